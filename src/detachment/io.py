@@ -1,0 +1,331 @@
+"""Reading, validating and atomically writing volumes, label images and tables.
+
+Contract (DESIGN.md): a volume file is HDF5 with dataset ``/volume`` (float32,
+axes z, y, x, chunked by slab) and attributes ``voxel_size_um`` (3 floats, z, y, x)
+and ``source``. Label volumes are ``/labels`` (uint32, 0 = background), phase maps
+``/phases`` (uint8, codes in :mod:`detachment.phases`).
+
+Every writer goes through :func:`atomic_output`: the file is written under a
+temporary name in the destination folder and renamed into place only when it is
+complete, so a killed job never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+VOLUME_DATASET = "volume"
+MIN_INPLANE = 16  # px; smaller slices cannot hold a particle cross-section
+MAX_VOXELS = 2**36  # 64 Gi voxels: beyond this something is wrong with the shape
+
+
+class InputError(ValueError):
+    """Bad user input; the message names the file, the field and what is expected."""
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+
+    On any exception the temporary file is removed and ``path`` is left as it was
+    (a previous complete result stays intact).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def slab_ranges(depth: int, slab: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ``(z0, z1)`` half-open ranges of at most ``slab`` slices."""
+    for z0 in range(0, depth, max(1, slab)):
+        yield z0, min(depth, z0 + slab)
+
+
+def slab_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """HDF5 chunk shape for a (z, y, x) array: one slice deep, tiles of <= 1024 px."""
+    return (1,) + tuple(min(s, 1024) for s in shape[1:])
+
+
+def parse_voxel_size(value, where: str) -> tuple[float, float, float]:
+    """Voxel size in µm as (z, y, x) from one number or three; errors name ``where``."""
+    if isinstance(value, str):
+        parts = value.replace(",", " ").split()
+        try:
+            value = [float(p) for p in parts]
+        except ValueError:
+            raise InputError(f"{where}: voxel size {value!r} is not a number or three numbers (µm)") from None
+    vals = np.atleast_1d(np.asarray(value, dtype=float)).ravel()
+    if vals.size == 1:
+        vals = np.repeat(vals, 3)
+    if vals.size != 3 or not np.all(np.isfinite(vals)) or np.any(vals <= 0):
+        raise InputError(f"{where}: voxel size must be one or three positive finite numbers (µm, z y x), got {value!r}")
+    return tuple(float(v) for v in vals)
+
+
+def check_volume_dtype(dtype: np.dtype, where: str) -> None:
+    """Accept real integer or floating voxels; refuse bool, complex and others."""
+    if np.dtype(dtype).kind not in "iuf":
+        raise InputError(f"{where}: voxel type {np.dtype(dtype)} is not a real number type (expected integer or float)")
+
+
+def check_volume_shape(shape: tuple[int, ...], where: str) -> None:
+    if len(shape) != 3:
+        raise InputError(f"{where}: volume has {len(shape)} dimensions {tuple(shape)}; expected 3 (z, y, x)")
+    if shape[0] < 1 or shape[1] < MIN_INPLANE or shape[2] < MIN_INPLANE:
+        raise InputError(f"{where}: volume shape {tuple(shape)} is too small; slices need at least "
+                         f"{MIN_INPLANE}x{MIN_INPLANE} px")
+    if int(np.prod(shape, dtype=np.int64)) > MAX_VOXELS:
+        raise InputError(f"{where}: volume shape {tuple(shape)} exceeds {MAX_VOXELS} voxels")
+
+
+class _SlabStats:
+    """Running finiteness and range checks over slabs of a volume."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.lo = np.inf
+        self.hi = -np.inf
+
+    def update(self, slab: np.ndarray, z0: int) -> None:
+        finite = np.isfinite(slab)
+        if not finite.all():
+            z, y, x = np.argwhere(~finite)[0]
+            raise InputError(f"{self.where}: voxel (z={z + z0}, y={y}, x={x}) is {slab[z, y, x]}; "
+                             f"volumes must be finite (no NaN or Inf)")
+        self.lo = min(self.lo, float(slab.min()))
+        self.hi = max(self.hi, float(slab.max()))
+
+    def finish(self) -> None:
+        if not self.hi > self.lo:
+            raise InputError(f"{self.where}: volume is constant ({self.lo}); nothing to segment")
+
+
+def _tiff_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    else:
+        files = sorted(Path(p) for p in glob.glob(str(path)))
+    if not files:
+        raise InputError(f"{path}: no TIFF files found")
+    return files
+
+
+class VolumeSource:
+    """A (z, y, x) volume to import, read slab by slab without loading it whole.
+
+    Parameters
+    ----------
+    path : HDF5 file (``.h5``, ``.hdf5``), a multi-page TIFF, or a folder / glob of 2D TIFF slices
+        sorted by name (one slice per file).
+    dataset : HDF5 dataset name (required for HDF5).
+    """
+
+    def __init__(self, path: str | os.PathLike, dataset: str | None = None):
+        self.path = Path(path)
+        self.dataset = dataset
+        is_pattern = any(c in str(path) for c in "*?[")
+        if not is_pattern and not self.path.exists():
+            raise InputError(f"{self.path}: volume file does not exist")
+        suffix = self.path.suffix.lower()
+        self._files: list[Path] | None = None
+        if suffix in (".h5", ".hdf5", ".hdf"):
+            self.kind = "hdf5"
+            if not dataset:
+                raise InputError(f"{self.path}: field 'dataset' is required for an HDF5 volume")
+            try:
+                with h5py.File(self.path, "r") as f:
+                    if dataset not in f:
+                        raise InputError(f"{self.path}: has no dataset '{dataset}' "
+                                         f"(found: {', '.join(sorted(f.keys())) or 'nothing'})")
+                    d = f[dataset]
+                    if not isinstance(d, h5py.Dataset):
+                        raise InputError(f"{self.path}: '{dataset}' is a group, not a dataset")
+                    self.shape, self.dtype = tuple(d.shape), d.dtype
+            except OSError as e:
+                raise InputError(f"{self.path}: cannot be read as HDF5 ({e})") from None
+        elif self.path.is_dir() or is_pattern or suffix in (".tif", ".tiff"):
+            self.kind = "tiff"
+            import tifffile
+
+            files = _tiff_files(self.path) if (self.path.is_dir() or is_pattern) else [self.path]
+            try:
+                if len(files) == 1:
+                    with tifffile.TiffFile(files[0]) as t:
+                        series = t.series[0]
+                        self.shape, self.dtype = tuple(series.shape), series.dtype
+                else:
+                    self._files = files
+                    first = tifffile.TiffFile(files[0])
+                    with first:
+                        page = first.pages[0]
+                        shape2, self.dtype = tuple(page.shape), page.dtype
+                    self.shape = (len(files),) + shape2
+            except (tifffile.TiffFileError, OSError, IndexError) as e:
+                raise InputError(f"{self.path}: cannot be read as TIFF ({e})") from None
+        else:
+            raise InputError(f"{self.path}: unknown volume format '{suffix}' (expected .h5/.hdf5, .tif/.tiff "
+                             f"or a folder of TIFF slices)")
+        check_volume_shape(self.shape, str(self.path))
+        check_volume_dtype(self.dtype, str(self.path))
+
+    def slabs(self, slab: int = 16) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(z0, float32 slab)`` in order of z."""
+        if self.kind == "hdf5":
+            with h5py.File(self.path, "r") as f:
+                d = f[self.dataset]
+                for z0, z1 in slab_ranges(self.shape[0], slab):
+                    yield z0, np.asarray(d[z0:z1], dtype=np.float32)
+            return
+        import tifffile
+
+        if self._files is None:
+            data = tifffile.memmap(self.path) if _is_memmappable(self.path) else tifffile.imread(self.path)
+            for z0, z1 in slab_ranges(self.shape[0], slab):
+                yield z0, np.asarray(data[z0:z1], dtype=np.float32)
+            return
+        for z0, z1 in slab_ranges(self.shape[0], slab):
+            out = np.empty((z1 - z0,) + self.shape[1:], np.float32)
+            for i, fname in enumerate(self._files[z0:z1]):
+                img = tifffile.imread(fname)
+                if img.shape != self.shape[1:]:
+                    raise InputError(f"{fname}: slice shape {img.shape} differs from the first slice "
+                                     f"{self.shape[1:]} ({self._files[0].name})")
+                check_volume_dtype(img.dtype, str(fname))
+                out[i] = img
+            yield z0, out
+
+
+def _is_memmappable(path: Path) -> bool:
+    import tifffile
+
+    try:
+        tifffile.memmap(path, mode="r")
+        return True
+    except ValueError:
+        return False
+
+
+def import_volume(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None,
+                  voxel_size_um, slab: int = 16) -> tuple[int, int, int]:
+    """Validate a user volume and write it in the project's HDF5 contract.
+
+    Streams slab by slab (memory ~ one slab). Refuses, with a message naming the
+    file and what is wrong: a missing file or dataset, a non-3D shape, a
+    non-real dtype, NaN/Inf voxels, a constant volume. Returns the shape.
+    """
+    source = VolumeSource(src, dataset)
+    voxel = parse_voxel_size(voxel_size_um, f"{src}: field 'voxel_size_um'")
+    stats = _SlabStats(str(src))
+    with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
+        d = f.create_dataset(VOLUME_DATASET, shape=source.shape, dtype=np.float32, chunks=slab_chunks(source.shape))
+        for z0, data in source.slabs(slab):
+            stats.update(data, z0)
+            d[z0:z0 + len(data)] = data
+        stats.finish()
+        d.attrs["voxel_size_um"] = np.asarray(voxel)
+        d.attrs["source"] = str(src) + (f":{dataset}" if dataset else "")
+    log.info("imported %s %s -> %s", src, source.shape, out)
+    return source.shape
+
+
+def write_volume(path: str | os.PathLike, volume: np.ndarray, voxel_size_um, source: str) -> None:
+    """Write a float32 (z, y, x) volume to ``path`` atomically, by the contract."""
+    volume = np.asarray(volume, dtype=np.float32)
+    check_volume_shape(volume.shape, str(path))
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        d = f.create_dataset(VOLUME_DATASET, data=volume, chunks=slab_chunks(volume.shape))
+        d.attrs["voxel_size_um"] = np.asarray(parse_voxel_size(voxel_size_um, str(path)))
+        d.attrs["source"] = source
+
+
+def read_volume_info(path: str | os.PathLike) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Shape and voxel size (µm, z y x) of a contract volume file, validated."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: volume file does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            if VOLUME_DATASET not in f:
+                raise InputError(f"{path}: has no dataset '/{VOLUME_DATASET}'")
+            d = f[VOLUME_DATASET]
+            shape = tuple(d.shape)
+            check_volume_shape(shape, str(path))
+            voxel = parse_voxel_size(d.attrs.get("voxel_size_um", np.nan), f"{path}: attribute 'voxel_size_um'")
+    except OSError as e:
+        raise InputError(f"{path}: cannot be read as HDF5 ({e})") from None
+    return shape, voxel
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Whole float32 (z, y, x) volume and its voxel size in µm (z, y, x)."""
+    _, voxel = read_volume_info(path)
+    with h5py.File(path, "r") as f:
+        return f[VOLUME_DATASET][...].astype(np.float32, copy=False), voxel
+
+
+def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0
+                      ) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(z0, z1, data)`` where ``data`` covers ``[z0 - halo, z1 + halo)`` clipped to the volume."""
+    shape, _ = read_volume_info(path)
+    with h5py.File(path, "r") as f:
+        d = f[VOLUME_DATASET]
+        for z0, z1 in slab_ranges(shape[0], slab):
+            a, b = max(0, z0 - halo), min(shape[0], z1 + halo)
+            yield z0, z1, d[a:b].astype(np.float32, copy=False)
+
+
+def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict | None = None,
+                 voxel_size_um=None) -> None:
+    """Write several (z, y, x) arrays (labels, phases) to one HDF5 file atomically, chunked by slab."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, arr in arrays.items():
+            arr = np.asarray(arr)
+            kw = {"chunks": slab_chunks(arr.shape), "compression": "gzip", "compression_opts": 1} \
+                if arr.ndim == 3 else {}
+            d = f.create_dataset(name, data=arr, **kw)
+            if voxel_size_um is not None and arr.ndim == 3:
+                d.attrs["voxel_size_um"] = np.asarray(voxel_size_um, dtype=float)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+
+
+def read_dataset(path: str | os.PathLike, name: str) -> np.ndarray:
+    """One dataset of an HDF5 file, with an error naming file and dataset when absent."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file does not exist")
+    with h5py.File(path, "r") as f:
+        if name not in f:
+            raise InputError(f"{path}: has no dataset '/{name}'")
+        return f[name][...]
+
+
+def write_csv(path: str | os.PathLike, table) -> None:
+    """Write a pandas DataFrame to CSV atomically (no index column)."""
+    with atomic_output(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
+    plt.close(fig)

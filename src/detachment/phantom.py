@@ -1,0 +1,451 @@
+"""Synthetic cycled NMC monolayer electrode: the embedded default data and its ground truth.
+
+A monolayer of polydisperse secondary NMC particles (lognormal diameters) rests
+on an Al current collector (low z) inside a porous carbon/binder (CBD) matrix
+whose height varies across the electrode; above it is electrolyte. Each
+particle has
+
+* an irregular, roughly ellipsoidal envelope; some touch their neighbours, in
+  true contact or across a one-voxel gap (as wide as the cracks);
+* a planted detached fraction of its surface: a patch facing mostly away from
+  the collector, separated from the CBD by a thin electrolyte gap; the rest of
+  the surface is coated by CBD (or rests on Al);
+* an intergranular crack network: grain boundaries of a Voronoi tessellation
+  whose seeds lie on a shell, so cracks radiate from the core, wider in the
+  core; some reach the surface and cut the outline;
+* low / high electron-density domains (phases 2 / 3), the high fraction
+  correlated with detachment (Supp. Fig. 8).
+
+The grey levels follow Supp. Fig. 8: each phase has a mean and a FWHM (the
+FWHM is planted exactly in the interior voxels: white measurement noise common
+to all phases plus a smooth per-phase texture), the geometry is blurred by the
+point-spread function and a slow intensity drift is added. Everything is
+deterministic for a seed.
+
+Axes are (z, y, x); z = 0 is the collector side.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .phases import AL, CBD, FWHM_PER_SIGMA, NMC_HIGH, NMC_LOW, PHASE_NAMES, VOID
+from .surface import crack_faces, surface_contacts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PhantomParams:
+    """Parameters of the phantom; lengths in µm unless the name says ``_vox``.
+
+    Detachment of each particle is drawn from a Beta distribution with mean
+    ``detachment_mean`` and concentration ``detachment_concentration`` (alpha + beta).
+    """
+
+    shape_zyx: tuple[int, int, int] = (40, 192, 192)
+    voxel_size_um: float = 0.5
+    n_particles: int = 60
+    diameter_median_um: float = 9.0
+    diameter_sigma_log: float = 0.25
+    diameter_min_um: float = 5.0
+    diameter_max_um: float = 15.0
+    shape_irregularity: float = 0.08
+    collector_thickness_vox: int = 4
+    contact_fraction: float = 0.5
+    contact_gap_probability: float = 0.5
+    detachment_mean: float = 0.3
+    detachment_concentration: float = 6.0
+    gap_width_vox: float = 2.0
+    coating_width_vox: float = 2.0
+    cbd_height_fraction: float = 0.75
+    cbd_porosity: float = 0.3
+    crack_grains: int = 10
+    crack_density: float = 0.35
+    crack_width_vox: float = 2.0
+    crack_reach_surface_probability: float = 0.3
+    high_fraction_mean: float = 0.3
+    high_fraction_detachment_slope: float = 0.4
+    domain_correlation_vox: float = 6.0
+    intensity: dict = field(default_factory=lambda: {
+        "void": 0.0, "cbd": 0.30, "al": 0.50, "nmc_low": 0.72, "nmc_high": 0.90})
+    fwhm: dict = field(default_factory=lambda: {
+        "void": 0.053, "cbd": 0.064, "al": 0.053, "nmc_low": 0.07, "nmc_high": 0.07})
+    texture_correlation_vox: float = 1.0
+    blur_sigma_vox: float = 0.5
+    drift_amplitude: float = 0.02
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "phantom") -> PhantomParams:
+        """Build from a config mapping; unknown keys and bad values raise ``ValueError`` naming them."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        p = cls(**d)
+        p.shape_zyx = tuple(int(s) for s in p.shape_zyx)
+        p.validate(where)
+        return p
+
+    def validate(self, where: str = "phantom") -> None:
+        def bad(name, expected):
+            raise ValueError(f"{where}.{name}: {getattr(self, name)!r} is invalid; expected {expected}")
+
+        if len(self.shape_zyx) != 3 or min(self.shape_zyx) < 8:
+            bad("shape_zyx", "three sizes >= 8 (z, y, x)")
+        for name in ("voxel_size_um", "diameter_median_um", "diameter_min_um", "diameter_max_um"):
+            if not getattr(self, name) > 0:
+                bad(name, "a positive length in µm")
+        if self.diameter_min_um > self.diameter_max_um:
+            bad("diameter_min_um", f"<= diameter_max_um ({self.diameter_max_um})")
+        for name in ("contact_fraction", "contact_gap_probability", "detachment_mean", "cbd_porosity",
+                     "crack_density", "crack_reach_surface_probability", "high_fraction_mean",
+                     "cbd_height_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                bad(name, "a fraction in [0, 1]")
+        if set(self.intensity) != set(PHASE_NAMES.values()):
+            bad("intensity", f"one grey level for each of {sorted(PHASE_NAMES.values())}")
+        if set(self.fwhm) != set(PHASE_NAMES.values()) or min(self.fwhm.values()) <= 0:
+            bad("fwhm", f"one positive FWHM for each of {sorted(PHASE_NAMES.values())}")
+        dmax_vox = self.diameter_max_um / self.voxel_size_um
+        if self.collector_thickness_vox + dmax_vox + 2 > self.shape_zyx[0]:
+            bad("shape_zyx", f"z >= collector + largest particle + 2 = "
+                             f"{int(np.ceil(self.collector_thickness_vox + dmax_vox + 2))} voxels")
+
+    @property
+    def noise_sigma(self) -> float:
+        """Measurement noise σ shared by all phases: the narrowest phase is pure noise."""
+        return min(self.fwhm.values()) / FWHM_PER_SIGMA
+
+
+@dataclass
+class Particle:
+    label: int
+    center_vox: np.ndarray  # (z, y, x)
+    radius_vox: float
+    detachment_planted: float
+    high_fraction_planted: float
+    axes: np.ndarray = field(repr=False)  # (3, 3) rotation, rows = principal directions
+    stretch: np.ndarray = field(repr=False)  # (3,) relative semi-axes
+    bumps: np.ndarray = field(repr=False)  # (k, 4): direction (3) + phase
+    detach_dir: np.ndarray = field(repr=False)
+
+
+@dataclass
+class Phantom:
+    """A generated phantom: grey volume, truth instances, truth phases, per-particle truth."""
+
+    volume: np.ndarray
+    labels: np.ndarray
+    phases: np.ndarray
+    table: pd.DataFrame
+    planted_fwhm: dict
+    params: PhantomParams
+    seed: int
+
+
+def _smooth_field(rng, shape, sigma) -> np.ndarray:
+    """Gaussian-correlated random field with zero mean and unit variance."""
+    f = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
+    f -= f.mean()
+    f /= f.std() + 1e-12
+    return f
+
+
+def _random_rotation(rng) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def _unit(v):
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _place_particles(p: PhantomParams, rng) -> list[Particle]:
+    """Random sequential placement of a monolayer on the collector, some particles touching."""
+    Z, Y, X = p.shape_zyx
+    vs = p.voxel_size_um
+    top = p.collector_thickness_vox
+    mu = np.log(p.diameter_median_um)
+    a = p.detachment_mean * p.detachment_concentration
+    b = (1 - p.detachment_mean) * p.detachment_concentration
+    parts: list[Particle] = []
+    attempts = 0
+    while len(parts) < p.n_particles and attempts < 200 * p.n_particles:
+        attempts += 1
+        d_um = float(np.clip(rng.lognormal(mu, p.diameter_sigma_log), p.diameter_min_um, p.diameter_max_um))
+        r = 0.5 * d_um / vs
+        zc = top + r * (1.0 + rng.uniform(-0.04, 0.12))  # resting on the collector or a little above
+        zc = min(zc, Z - 1.5 - r)
+        partner = None
+        if parts and rng.random() < p.contact_fraction:
+            partner = parts[rng.integers(len(parts))]
+            phi = rng.uniform(0, 2 * np.pi)
+            dist = (partner.radius_vox + r) * rng.uniform(0.9, 0.97)  # slight interpenetration = contact
+            dz = zc - partner.center_vox[0]
+            dxy = np.sqrt(max(dist**2 - dz**2, 1.0))
+            c = np.array([zc, partner.center_vox[1] + dxy * np.sin(phi),
+                          partner.center_vox[2] + dxy * np.cos(phi)])
+        else:
+            c = np.array([zc, rng.uniform(0, Y), rng.uniform(0, X)])
+        if not (-0.3 * r <= c[1] < Y + 0.3 * r and -0.3 * r <= c[2] < X + 0.3 * r):
+            continue
+        if any(np.linalg.norm(c - q.center_vox) < 1.02 * (r + q.radius_vox) for q in parts if q is not partner):
+            continue
+        f = float(rng.beta(a, b))
+        hf = float(np.clip(p.high_fraction_mean + p.high_fraction_detachment_slope * (f - p.detachment_mean)
+                           + rng.normal(0, 0.05), 0.05, 0.9))
+        stretch = 1 + p.shape_irregularity * rng.uniform(-1, 1, 3)
+        bumps = np.concatenate([_unit(rng.standard_normal((4, 3))), rng.uniform(0, 2 * np.pi, (4, 1))], 1)
+        ddir = _unit(rng.standard_normal(3) + np.array([1.2, 0, 0]))
+        parts.append(Particle(len(parts) + 1, c, r, f, hf, _random_rotation(rng), stretch, bumps, ddir))
+    if len(parts) < p.n_particles:
+        log.warning("placed %d of %d particles; the volume is too small for the requested count",
+                    len(parts), p.n_particles)
+    return parts
+
+
+def _bbox(c, r, shape, pad):
+    lo = np.maximum(np.floor(c - r - pad).astype(int), 0)
+    hi = np.minimum(np.ceil(c + r + pad + 1).astype(int), shape)
+    return tuple(slice(a, b) for a, b in zip(lo, hi))
+
+
+def _local_coords(sl, c):
+    zz, yy, xx = np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij")
+    return np.stack([zz - c[0], yy - c[1], xx - c[2]], -1).astype(np.float32)
+
+
+def _envelope_score(part: Particle, d: np.ndarray, amp: float) -> np.ndarray:
+    """Normalised radius: < 1 inside the particle's irregular envelope."""
+    local = d @ part.axes.T / part.stretch
+    rho = np.linalg.norm(local, axis=-1) + 1e-6
+    u = d / (np.linalg.norm(d, axis=-1, keepdims=True) + 1e-6)
+    bump = sum(np.sin(3.0 * (u @ bk[:3]) + bk[3]) for bk in part.bumps) / len(part.bumps)
+    return rho / (part.radius_vox * (1 + amp * bump))
+
+
+def _draw_envelopes(parts, shape, p: PhantomParams, rng) -> np.ndarray:
+    labels = np.zeros(shape, np.uint32)
+    score = np.full(shape, np.inf, np.float32)
+    for part in parts:
+        sl = _bbox(part.center_vox, part.radius_vox * 1.25, shape, 1)
+        s = _envelope_score(part, _local_coords(sl, part.center_vox), p.shape_irregularity)
+        sub_s, sub_l = score[sl], labels[sl]
+        win = (s < 1) & (s < sub_s)
+        sub_s[win] = s[win]
+        sub_l[win] = part.label
+    labels[: p.collector_thickness_vox] = 0
+    return labels
+
+
+def _contact_pairs(labels: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted pairs (i < j) of labels that share at least one voxel face."""
+    codes = []
+    for axis in range(3):
+        a = np.moveaxis(labels, axis, 0)
+        la, lb = a[:-1].astype(np.int64), a[1:].astype(np.int64)
+        m = (la != lb) & (la > 0) & (lb > 0)
+        lo, hi = np.minimum(la[m], lb[m]), np.maximum(la[m], lb[m])
+        codes.append(lo * (1 << 32) + hi)
+    u = np.unique(np.concatenate(codes)) if codes else np.array([], np.int64)
+    return [(int(c >> 32), int(c & 0xFFFFFFFF)) for c in u]
+
+
+def _open_contact_gaps(labels, pairs, prob, rng) -> int:
+    """Separate a random subset of touching pairs by a one-voxel electrolyte gap (in place)."""
+    n = 0
+    for i, j in pairs:
+        if rng.random() >= prob:
+            continue
+        n += 1
+        mask_j = labels == j
+        near_j = ndimage.binary_dilation(mask_j, ndimage.generate_binary_structure(3, 1))
+        labels[near_j & (labels == i)] = 0
+    return n
+
+
+def _surface_directions(mask: np.ndarray, c_local: np.ndarray):
+    """Surface voxels of a boolean mask and their unit directions from the centre."""
+    surf = mask & ~ndimage.binary_erosion(mask, ndimage.generate_binary_structure(3, 1))
+    idx = np.argwhere(surf)
+    return surf, idx, _unit(idx - c_local + 1e-6)
+
+
+def _matrix_and_shells(labels, parts, p: PhantomParams, rng) -> np.ndarray:
+    """Phases outside the particles: porous CBD matrix, electrolyte above, coating and detachment gaps."""
+    Z, Y, X = labels.shape
+    top = p.collector_thickness_vox
+    phases = np.full(labels.shape, VOID, np.uint8)
+    # CBD fills from the collector to a smoothly varying height
+    mean_d = p.diameter_median_um / p.voxel_size_um
+    h = top + p.cbd_height_fraction * mean_d * (1 + 0.25 * _smooth_field(rng, (Y, X), max(Y, X) / 8))
+    zz = np.arange(Z)[:, None, None]
+    pores = _smooth_field(rng, labels.shape, 1.5) > np.quantile(rng.standard_normal(20000), 1 - p.cbd_porosity)
+    phases[(zz < h[None]) & ~pores] = CBD
+    # coating (attached) and thin electrolyte gaps (detached), particle by particle
+    width = max(p.gap_width_vox, p.coating_width_vox)
+    for part in parts:
+        sl = _bbox(part.center_vox, part.radius_vox * 1.25, labels.shape, width + 2)
+        lab = labels[sl]
+        mask = lab == part.label
+        if not mask.any():
+            continue
+        c_local = part.center_vox - np.array([s.start for s in sl])
+        surf, idx, u = _surface_directions(mask, c_local)
+        k = 0.35
+        g = u @ part.detach_dir + k * np.sin(4.0 * (u @ part.bumps[0, :3]) + part.bumps[0, 3])
+        thr = np.quantile(g, 1 - part.detachment_planted) if part.detachment_planted > 0 else np.inf
+        detached_surface = np.zeros(mask.shape, bool)
+        detached_surface[tuple(idx[g > thr].T)] = True
+        dist, nearest = ndimage.distance_transform_edt(~surf, return_indices=True)
+        outside = (lab == 0)
+        near_det = detached_surface[tuple(nearest)]
+        sub = phases[sl]
+        gap = outside & near_det & (dist <= p.gap_width_vox)
+        coat = outside & ~near_det & (dist <= p.coating_width_vox)
+        sub[coat] = CBD
+        sub[gap] = VOID
+    phases[:top] = AL
+    return phases
+
+
+def _cracks(labels, parts, p: PhantomParams, rng) -> np.ndarray:
+    """Boolean crack mask: selected grain boundaries of a radial Voronoi tessellation per particle."""
+    cracks = np.zeros(labels.shape, bool)
+    for part in parts:
+        sl = _bbox(part.center_vox, part.radius_vox * 1.25, labels.shape, 1)
+        mask = labels[sl] == part.label
+        if not mask.any():
+            continue
+        d = _local_coords(sl, part.center_vox)[mask]
+        r = part.radius_vox
+        n_grains = max(4, int(round(p.crack_grains * (r / 9.0) ** 2)))
+        seeds = _unit(rng.standard_normal((n_grains, 3))) * r * rng.uniform(0.45, 0.75, (n_grains, 1))
+        dist = np.linalg.norm(d[:, None, :] - seeds[None], axis=-1)
+        order = np.argsort(dist, axis=1)[:, :2]
+        d1 = np.take_along_axis(dist, order[:, :1], 1)[:, 0]
+        d2 = np.take_along_axis(dist, order[:, 1:2], 1)[:, 0]
+        # per boundary: cracked or not, and how far out it runs
+        pair_crack = rng.random((n_grains, n_grains)) < p.crack_density
+        pair_reach = np.where(rng.random((n_grains, n_grains)) < p.crack_reach_surface_probability,
+                              1.2, rng.uniform(0.55, 0.85, (n_grains, n_grains)))
+        a, b = np.minimum(order[:, 0], order[:, 1]), np.maximum(order[:, 0], order[:, 1])
+        rho = np.linalg.norm(d, axis=-1) / r
+        w = p.crack_width_vox * (1.2 - 0.4 * np.clip(rho, 0, 1))  # wider in the core
+        on = pair_crack[a, b] & (d2 - d1 < w) & (rho < pair_reach[a, b])
+        sub = cracks[sl]
+        sub[mask] = on
+    return cracks
+
+
+def _density_domains(labels, parts, p: PhantomParams, rng) -> np.ndarray:
+    """Boolean NMC-high mask: thresholded smooth field, per-particle quantile = planted high fraction."""
+    field_ = _smooth_field(rng, labels.shape, p.domain_correlation_vox)
+    high = np.zeros(labels.shape, bool)
+    for part in parts:
+        sl = _bbox(part.center_vox, part.radius_vox * 1.25, labels.shape, 1)
+        mask = labels[sl] == part.label
+        if not mask.any():
+            continue
+        vals = field_[sl][mask]
+        thr = np.quantile(vals, 1 - part.high_fraction_planted)
+        sub = high[sl]
+        sub[mask] = vals > thr
+    return high
+
+
+def render_intensity(phases: np.ndarray, p: PhantomParams, rng) -> tuple[np.ndarray, dict]:
+    """Grey volume from a phase map: blurred means + per-phase texture + noise + drift.
+
+    Returns the volume and the planted FWHM per phase (interior voxels, drift excluded).
+    """
+    means = np.array([p.intensity[PHASE_NAMES[c]] for c in range(5)], np.float32)
+    vol = ndimage.gaussian_filter(means[phases], p.blur_sigma_vox, mode="nearest") \
+        if p.blur_sigma_vox > 0 else means[phases]
+    sn = p.noise_sigma
+    tex_sigma = np.array([np.sqrt(max((p.fwhm[PHASE_NAMES[c]] / FWHM_PER_SIGMA) ** 2 - sn**2, 0.0))
+                          for c in range(5)], np.float32)
+    texture = _smooth_field(rng, phases.shape, p.texture_correlation_vox)
+    vol += tex_sigma[phases] * texture
+    vol += sn * rng.standard_normal(phases.shape, dtype=np.float32)
+    Z, Y, X = phases.shape
+    zz = (np.arange(Z, dtype=np.float32) / max(Z - 1, 1) - 0.5)[:, None, None]
+    inplane = _smooth_field(rng, (Y, X), max(Y, X) / 4)
+    inplane /= max(np.abs(inplane).max(), 1e-6) * 2
+    vol += p.drift_amplitude * (0.6 * zz + 0.4 * inplane[None])
+    planted = {PHASE_NAMES[c]: float(np.sqrt(tex_sigma[c] ** 2 + sn**2) * FWHM_PER_SIGMA) for c in range(5)}
+    return vol.astype(np.float32), planted
+
+
+def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], voxel_size_um) -> pd.DataFrame:
+    """Per-particle ground truth by the DESIGN.md definitions (face-counted contacts)."""
+    n = len(parts)
+    vs = np.asarray(voxel_size_um, float)
+    contacts = surface_contacts(labels, phases, vs, n_labels=n)
+    crack_area = crack_faces(labels, phases, vs, n_labels=n)
+    idx = np.arange(1, n + 1)
+    vox = ndimage.sum_labels(np.ones(labels.shape, np.int64), labels, idx)
+    crack_vox = ndimage.sum_labels(phases == VOID, labels, idx)
+    high_vox = ndimage.sum_labels(phases == NMC_HIGH, labels, idx)
+    solid_vox = ndimage.sum_labels((phases == NMC_LOW) | (phases == NMC_HIGH), labels, idx)
+    com = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, idx)) if n else np.zeros((0, 3))
+    zmin = np.array([np.nonzero(np.any(labels == i, axis=(1, 2)))[0].min() if v > 0 else -1
+                     for i, v in zip(idx, vox)])
+    collector_top = int(np.nonzero(np.all(phases == AL, axis=(1, 2)))[0].max() + 1) \
+        if np.all(phases[0] == AL) else 0
+    vvol = float(np.prod(vs))
+    volume_um3 = vox * vvol
+    lab_sl = ndimage.find_objects(labels, max_label=n)
+    border = [sl is not None and any(s.start == 0 or s.stop == dim for s, dim in zip(sl[1:], labels.shape[1:]))
+              for sl in lab_sl]
+    df = pd.DataFrame({
+        "label": idx,
+        "detachment": contacts.detachment[1:],
+        "detachment_std": contacts.detachment_std[1:],
+        "detachment_planted": [q.detachment_planted for q in parts],
+        "volume_um3": volume_um3,
+        "diameter_um": np.cbrt(6 * volume_um3 / np.pi),
+        "diameter_planted_um": [2 * q.radius_vox * vs[1] for q in parts],
+        "crack_area_um2": crack_area[1:],
+        "crack_volume_fraction": np.where(vox > 0, crack_vox / np.maximum(vox, 1), np.nan),
+        "nmc_high_fraction": np.where(solid_vox > 0, high_vox / np.maximum(solid_vox, 1), np.nan),
+        "centroid_z_um": com[:, 0] * vs[0], "centroid_y_um": com[:, 1] * vs[1], "centroid_x_um": com[:, 2] * vs[2],
+        "distance_to_collector_um": (zmin - collector_top) * vs[0],
+        "contact_void_um2": contacts.area[1:, 0], "contact_cbd_um2": contacts.area[1:, 1],
+        "contact_al_um2": contacts.area[1:, 2], "contact_particle_um2": contacts.area[1:, 3],
+        "touches_border": border,
+    })
+    return df[df.volume_um3 > 0].reset_index(drop=True)
+
+
+def generate_phantom(params: PhantomParams, seed: int) -> Phantom:
+    """Generate a phantom; identical output for identical ``(params, seed)``."""
+    params.validate()
+    rng = np.random.default_rng(seed)
+    shape = tuple(params.shape_zyx)
+    parts = _place_particles(params, rng)
+    labels = _draw_envelopes(parts, shape, params, rng)
+    n_gaps = _open_contact_gaps(labels, _contact_pairs(labels), params.contact_gap_probability, rng)
+    phases = _matrix_and_shells(labels, parts, params, rng)
+    inside = labels > 0
+    high = _density_domains(labels, parts, params, rng)
+    phases[inside] = np.where(high[inside], NMC_HIGH, NMC_LOW)
+    cracks = _cracks(labels, parts, params, rng)
+    phases[cracks] = VOID
+    volume, planted = render_intensity(phases, params, rng)
+    table = truth_table(labels, phases, parts, (params.voxel_size_um,) * 3)
+    log.info("phantom seed %d: %d particles, %d separated contacts, detachment %.3f ± %.3f", seed,
+             len(table), n_gaps, table.detachment.mean(), table.detachment.std())
+    return Phantom(volume, labels, phases, table, planted, params, seed)
+
+
+def params_dict(params: PhantomParams) -> dict:
+    d = asdict(params)
+    d["shape_zyx"] = list(d["shape_zyx"])
+    return d

@@ -1,0 +1,118 @@
+"""Per-particle surface contacts counted on voxel faces.
+
+A particle's envelope is the set of voxels carrying its label (cracks inside it
+included). Its surface is the set of voxel faces between one of its voxels and
+a 6-neighbour with another label. Each such face is classified by what lies on
+the other side: another particle, or, for background, the phase there (void =
+electrolyte, CBD, Al). Faces on the volume border are not counted: what lies
+beyond is unknown.
+
+Counting faces (each weighted by its physical area, so anisotropic voxels are
+handled) rather than surface voxels avoids counting a voxel with two exposed
+faces once: it is the voxel-level analogue of an area ratio. The staircase
+over-estimates absolute areas (by about 1.5x for a sphere) but, to first
+order, equally for every contact class, so fractions are unbiased.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .phases import AL, CBD, NMC_HIGH, NMC_LOW, VOID
+
+CONTACT_CLASSES = ("void", "cbd", "al", "particle")
+
+
+@dataclass
+class SurfaceContacts:
+    """Face areas in µm² per particle label (index = label; row 0 unused).
+
+    ``area[:, k]`` is the area facing ``CONTACT_CLASSES[k]``; ``n_faces`` counts faces.
+    """
+
+    area: np.ndarray
+    n_faces: np.ndarray
+
+    @property
+    def detachment(self) -> np.ndarray:
+        """Fraction of the counted surface facing void (electrolyte); NaN where no surface."""
+        total = self.area.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(total > 0, self.area[:, 0] / total, np.nan)
+
+    @property
+    def detachment_std(self) -> np.ndarray:
+        """Binomial standard error of :attr:`detachment` from the number of faces."""
+        d = self.detachment
+        n = self.n_faces.sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n > 0, np.sqrt(d * (1 - d) / np.maximum(n, 1)), np.nan)
+
+
+def _pairs(shape, axis):
+    """Slices selecting each voxel and its +1 neighbour along ``axis``."""
+    a = [slice(None)] * 3
+    b = [slice(None)] * 3
+    a[axis] = slice(0, shape[axis] - 1)
+    b[axis] = slice(1, shape[axis])
+    return tuple(a), tuple(b)
+
+
+def face_areas(voxel_size_um) -> tuple[float, float, float]:
+    """Area in µm² of a voxel face normal to z, y and x."""
+    vz, vy, vx = voxel_size_um
+    return vy * vx, vz * vx, vz * vy
+
+
+def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),
+                     n_labels: int | None = None) -> SurfaceContacts:
+    """Contact areas of every labelled particle with void, CBD, Al and other particles.
+
+    Parameters
+    ----------
+    labels : (z, y, x) integer instances, 0 = background.
+    phases : (z, y, x) phase codes (see :mod:`detachment.phases`).
+    voxel_size_um : (z, y, x) voxel edge lengths in µm.
+
+    Background voxels whose phase is NMC (solid not assigned to any instance)
+    count as ``particle`` contact: the face touches solid, not electrolyte.
+    """
+    labels = np.asarray(labels)
+    n = int(labels.max()) + 1 if n_labels is None else n_labels + 1
+    cls_of_phase = np.full(256, -1, np.int64)
+    cls_of_phase[[VOID, CBD, AL, NMC_LOW, NMC_HIGH]] = [0, 1, 2, 3, 3]
+    area = np.zeros((n, len(CONTACT_CLASSES)))
+    count = np.zeros((n, len(CONTACT_CLASSES)), np.int64)
+    for axis, a_face in enumerate(face_areas(voxel_size_um)):
+        sa, sb = _pairs(labels.shape, axis)
+        la, lb = labels[sa], labels[sb]
+        differ = la != lb
+        for own, other, oth_sl in ((la, lb, sb), (lb, la, sa)):
+            m = differ & (own > 0)
+            if not m.any():
+                continue
+            owner = own[m].astype(np.int64)
+            oth = other[m]
+            cls = np.where(oth > 0, 3, cls_of_phase[phases[oth_sl][m]])
+            valid = cls >= 0
+            idx = owner[valid] * len(CONTACT_CLASSES) + cls[valid]
+            c = np.bincount(idx, minlength=n * len(CONTACT_CLASSES)).reshape(n, -1)
+            count += c
+            area += c * a_face
+    return SurfaceContacts(area, count)
+
+
+def crack_faces(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),
+                n_labels: int | None = None) -> np.ndarray:
+    """Crack surface area in µm² per label: faces between void and NMC solid inside one envelope."""
+    n = int(labels.max()) + 1 if n_labels is None else n_labels + 1
+    solid = (phases == NMC_LOW) | (phases == NMC_HIGH)
+    out = np.zeros(n)
+    for axis, a_face in enumerate(face_areas(voxel_size_um)):
+        sa, sb = _pairs(labels.shape, axis)
+        la = labels[sa]
+        m = (la > 0) & (la == labels[sb]) & (solid[sa] != solid[sb])
+        out += np.bincount(la[m].astype(np.int64), minlength=n) * a_face
+    return out
