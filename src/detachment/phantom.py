@@ -395,13 +395,12 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     high_vox = ndimage.sum_labels(phases == NMC_HIGH, labels, idx)
     solid_vox = ndimage.sum_labels((phases == NMC_LOW) | (phases == NMC_HIGH), labels, idx)
     com = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, idx)) if n else np.zeros((0, 3))
-    zmin = np.array([np.nonzero(np.any(labels == i, axis=(1, 2)))[0].min() if v > 0 else -1
-                     for i, v in zip(idx, vox)])
     collector_top = int(np.nonzero(np.all(phases == AL, axis=(1, 2)))[0].max() + 1) \
         if np.all(phases[0] == AL) else 0
     vvol = float(np.prod(vs))
     volume_um3 = vox * vvol
     lab_sl = ndimage.find_objects(labels, max_label=n)
+    zmin = np.array([sl[0].start if sl is not None else -1 for sl in lab_sl])
     border = [sl is not None and any(s.start == 0 or s.stop == dim for s, dim in zip(sl[1:], labels.shape[1:]))
               for sl in lab_sl]
     df = pd.DataFrame({
@@ -449,3 +448,19 @@ def params_dict(params: PhantomParams) -> dict:
     d = asdict(params)
     d["shape_zyx"] = list(d["shape_zyx"])
     return d
+
+
+def write_phantom(ph: Phantom, volume_path, truth_path, table_path) -> None:
+    """Write the grey volume, the truth (``/labels``, ``/phases``, ``/particles``) and the truth table."""
+    import json
+
+    from . import io
+
+    vs = (ph.params.voxel_size_um,) * 3
+    io.write_volume(volume_path, ph.volume, vs, source=f"phantom seed={ph.seed}")
+    records = ph.table.to_records(index=False)
+    io.write_arrays(truth_path, {"labels": ph.labels, "phases": ph.phases, "particles": records},
+                    attrs={"seed": ph.seed, "planted_fwhm": json.dumps(ph.planted_fwhm),
+                           "params": json.dumps(params_dict(ph.params))},
+                    voxel_size_um=vs)
+    io.write_csv(table_path, ph.table)

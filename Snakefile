@@ -1,0 +1,23 @@
+# Detachment statistics of cathode particles from nano-tomography (after Jiang et al. 2020).
+# The Snakefile only declares; validation and helpers live in workflow/rules/common.smk.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/volume.smk"
+include: "workflow/rules/threshold.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand(rules.threshold_phases.output.phases, sample=SAMPLES.index),
+        expand(rules.threshold_phases.output.figure, sample=SAMPLES.index),

@@ -1,0 +1,54 @@
+"""Figures in the manner of the paper's (matplotlib, Agg backend, no screen needed)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+
+from .phases import PHASE_NAMES  # noqa: E402
+
+PHASE_COLOURS = {"void": "#1b1b3a", "cbd": "#e0a030", "nmc_low": "#2e8b57", "nmc_high": "#c0392b", "al": "#9aa7b0"}
+PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE_NAMES)])
+
+
+def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_edges, thresholds, names,
+                 fwhm_table=None, voxel_size_um: float = 1.0, title: str = ""):
+    """Supp. Fig. 1 style: grey slice, histogram with thresholds (log), phase map."""
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1, 1.25, 1]})
+    ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
+    ax[0].imshow(image, cmap="gray", extent=ext)
+    ax[0].set_title("(a) reconstruction slice")
+    ax[0].set_xlabel("x (µm)")
+    ax[0].set_ylabel("y (µm)")
+    centers = 0.5 * (hist_edges[1:] + hist_edges[:-1])
+    ax[1].fill_between(centers, hist_counts, step="mid", color="0.6")
+    ax[1].set_yscale("log")
+    bounds = np.concatenate([[hist_edges[0]], thresholds, [hist_edges[-1]]])
+    for k, name in enumerate(names):
+        ax[1].axvspan(bounds[k], bounds[k + 1], color=PHASE_COLOURS[name], alpha=0.18)
+        label = name
+        if fwhm_table is not None:
+            row = fwhm_table[fwhm_table.phase == name]
+            if len(row):
+                label += f"\nFWHM {row.fwhm.iloc[0]:.3f}"
+        ax[1].text(0.5 * (bounds[k] + bounds[k + 1]), 0.97, label, transform=ax[1].get_xaxis_transform(),
+                   ha="center", va="top", fontsize=8)
+    for t in thresholds:
+        ax[1].axvline(t, color="k", lw=0.8, ls="--")
+    ax[1].set_xlabel("grey level (normalised electron density)")
+    ax[1].set_ylabel("voxels")
+    ax[1].set_title("(b) histogram and thresholds")
+    ax[2].imshow(phase_slice, cmap=PHASE_CMAP, vmin=-0.5, vmax=len(PHASE_NAMES) - 0.5, interpolation="nearest",
+                 extent=ext)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=PHASE_COLOURS[n]) for n in PHASE_NAMES.values()]
+    ax[2].legend(handles, list(PHASE_NAMES.values()), loc="upper right", fontsize=7, framealpha=0.8)
+    ax[2].set_title("(c) phase map")
+    ax[2].set_xlabel("x (µm)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

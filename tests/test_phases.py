@@ -1,0 +1,122 @@
+"""Phase thresholding against known mixtures, scikit-image, and the streamed vs whole-volume result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.filters import threshold_multiotsu
+
+from detachment import io, phases
+from detachment.threshold import ThresholdSettings, classify_slab, threshold_volume
+
+MEANS = {"void": 0.0, "cbd": 0.3, "al": 0.5, "nmc_low": 0.72, "nmc_high": 0.9}
+
+
+def _blocks(rng, sigma=0.02, shape=(20, 40, 40)):
+    """Five thick slabs of pure phases with Gaussian noise; returns (volume, truth codes)."""
+    truth = np.zeros(shape, np.uint8)
+    order = [phases.AL, phases.CBD, phases.NMC_LOW, phases.NMC_HIGH, phases.VOID]
+    for k, code in enumerate(order):
+        truth[k * 4:(k + 1) * 4] = code
+    mean = np.array([MEANS[phases.PHASE_NAMES[c]] for c in range(5)])[truth]
+    return (mean + rng.normal(0, sigma, shape)).astype(np.float32), truth
+
+
+@pytest.mark.parametrize("method", ["gmm", "multiotsu"])
+def test_thresholds_separate_known_mixture(method):
+    vol, truth = _blocks(np.random.default_rng(0))
+    model = phases.fit_phase_model(phases.histogram(vol, 256), method)
+    if method == "gmm":  # Otsu is indifferent to where in an empty gap it cuts; the mixture is not
+        np.testing.assert_allclose(model.thresholds, [0.15, 0.4, 0.61, 0.81], atol=0.02)
+    assert (phases.classify(vol, model) == truth).mean() > 0.999
+
+
+def test_multiotsu_equals_scikit_image_on_the_same_histogram():
+    vol, _ = _blocks(np.random.default_rng(1), sigma=0.05)
+    hist = phases.histogram(vol, 128)
+    ours = phases.fit_phase_model(hist, "multiotsu").thresholds
+    ref = threshold_multiotsu(hist=(hist.counts, hist.centers), classes=5)
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_gmm_peak_fit_recovers_means_and_widths_beside_a_dominant_phase():
+    rng = np.random.default_rng(2)
+    sizes = [600_000, 150_000, 60_000, 40_000, 10_000]  # electrolyte dominates, NMC-high is small
+    sig = [0.0225, 0.027, 0.0225, 0.03, 0.03]
+    mus = [0.0, 0.3, 0.5, 0.72, 0.9]
+    x = np.concatenate([rng.normal(m, s, n) for m, s, n in zip(mus, sig, sizes)])
+    means, sigmas, weights = phases.fit_peak_gaussians(phases.histogram(x, 256), 5)
+    np.testing.assert_allclose(means, mus, atol=0.01)
+    np.testing.assert_allclose(sigmas, sig, rtol=0.15)
+    np.testing.assert_allclose(weights, np.array(sizes) / sum(sizes), rtol=0.2)
+
+
+def test_fit_fwhm_of_gaussian_sample_is_2_3548_sigma():
+    x = np.random.default_rng(4).normal(0.4, 0.03, 200_000)
+    counts, edges = np.histogram(x, bins=200)
+    mu, fwhm = phases.fit_fwhm(counts, edges)
+    assert mu == pytest.approx(0.4, abs=1e-3)
+    assert fwhm == pytest.approx(2.3548 * 0.03, rel=0.03)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="unknown thresholding method 'kmeans'"):
+        phases.fit_phase_model(phases.histogram(np.arange(100.0), 16), "kmeans")
+    with pytest.raises(ValueError, match="threshold.method"):
+        ThresholdSettings(method="kmeans")
+    with pytest.raises(ValueError, match="threshold.order"):
+        ThresholdSettings(order=("void", "cbd", "al", "nmc_low", "void"))
+
+
+def _model():
+    mu = np.array([MEANS[n] for n in phases.DEFAULT_ORDER])
+    return phases.PhaseModel(phases.DEFAULT_ORDER, (mu[1:] + mu[:-1]) / 2, mu, np.full(5, 0.02),
+                             np.full(5, 0.2), "test")
+
+
+def test_thin_al_shell_is_reassigned_and_collector_slab_kept():
+    model = _model()
+    ph = np.full((20, 30, 30), phases.CBD, np.uint8)
+    ph[:4] = phases.AL  # collector
+    ph[10, 5:25, 5:25] = phases.AL  # a one-voxel partial-volume sheet
+    vol = np.where(ph == phases.AL, 0.47, 0.3).astype(np.float32)
+    vol[10, 5:15, 5:25] = 0.55  # brighter half of the sheet: closer to NMC
+    out = phases.remove_thin_collector(ph, vol, model, 3)
+    assert (out[:4] == phases.AL).all()
+    assert not (out[4:] == phases.AL).any()
+    assert (out[10, 5:15, 5:25] == phases.NMC_LOW).all()
+    assert (out[10, 15:25, 5:25] == phases.CBD).all()
+
+
+def test_nmc_domain_refinement_restores_high_density_at_a_blurred_surface():
+    model = _model()
+    zz, yy, xx = np.mgrid[:24, :24, :24]
+    ball = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 < 9**2
+    truth = np.where(ball, phases.NMC_HIGH, phases.VOID).astype(np.uint8)
+    vol = ndimage.gaussian_filter(np.where(ball, 0.9, 0.0).astype(np.float32), 0.5)
+    single = phases.classify(vol, model)
+    surface = ball & ~ndimage.binary_erosion(ball)
+    assert (single[surface] == phases.NMC_HIGH).mean() < 0.5  # per-voxel thresholding misreads the surface
+    refined = phases.refine_nmc_domains(vol, single, model, 0.7)
+    solid = (single == phases.NMC_LOW) | (single == phases.NMC_HIGH)
+    assert (refined[solid] == phases.NMC_HIGH).all()
+    assert ((refined == truth) | ~solid).all()
+
+
+def test_streamed_thresholding_equals_whole_volume_classification(tmp_path):
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    ph = generate_phantom(PhantomParams(shape_zyx=(24, 64, 64), n_particles=8, diameter_median_um=5,
+                                        diameter_min_um=3.5, diameter_max_um=8), seed=5)
+    path = tmp_path / "volume.h5"
+    io.write_volume(path, ph.volume, (0.5, 0.5, 0.5), "test")
+    s = ThresholdSettings(slab=5)
+    res = threshold_volume(path, tmp_path / "phases.h5", s, progress=False)
+    streamed = io.read_dataset(tmp_path / "phases.h5", "phases")
+    whole = classify_slab(ph.volume, res.model, s)
+    np.testing.assert_array_equal(streamed, whole)
+    # interior-voxel FWHMs summed over slabs equal those of the whole volume
+    direct = phases.phase_fwhm(ph.volume, whole, bins=4 * s.bins)
+    for row in res.fwhm.itertuples():
+        assert row.interior_voxels == direct[row.phase][2]

@@ -1,0 +1,9 @@
+"""Adapter: validate a user's tomogram and write it in the project's HDF5 contract."""
+
+from detachment.io import import_volume
+from detachment.logs import log_to
+
+log_to(snakemake.log[0])
+fields = snakemake.params.fields
+import_volume(snakemake.input[0], snakemake.output.volume, dataset=fields["dataset"],
+              voxel_size_um=fields["voxel_size_um"], slab=snakemake.params.slab)

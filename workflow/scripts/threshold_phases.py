@@ -1,0 +1,24 @@
+"""Adapter: phase thresholding of one sample (phases.h5, histogram, FWHMs, Supp. Fig. 1 figure)."""
+
+import h5py
+
+from detachment import io, plots
+from detachment.logs import log_to
+from detachment.threshold import ThresholdSettings, histogram_table, threshold_volume
+
+log_to(snakemake.log[0])
+settings = ThresholdSettings(**snakemake.params.settings)
+result = threshold_volume(snakemake.input.volume, snakemake.output.phases, settings)
+io.write_csv(snakemake.output.histogram, histogram_table(result))
+io.write_csv(snakemake.output.fwhm, result.fwhm)
+
+z = result.most_solid_slice
+with h5py.File(snakemake.output.phases, "r") as f:
+    phase_slice = f["phases"][z]
+_, voxel = io.read_volume_info(snakemake.input.volume)
+with h5py.File(snakemake.input.volume, "r") as f:
+    image = f[io.VOLUME_DATASET][z]
+fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.histogram.edges,
+                         result.model.thresholds, result.model.names, result.fwhm, voxel[1],
+                         title=f"{snakemake.wildcards.sample}: slice z={z}, {settings.method}")
+io.save_figure(fig, snakemake.output.figure)
