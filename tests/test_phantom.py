@@ -1,0 +1,130 @@
+"""The phantom: determinism, planted truth, realism, and thresholding accuracy on the default cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+
+from detachment import io, phases
+from detachment.phantom import PhantomParams, generate_phantom
+from detachment.surface import surface_contacts
+from detachment.threshold import ThresholdSettings, threshold_volume
+
+from .conftest import TINY_PHANTOM
+
+
+def _default_cells(cfg):
+    """The default config's two cells: (name, params, seed) as the workflow builds them."""
+    import zlib
+
+    out = []
+    for sample, rate in (("cell_1C", "1C"), ("cell_C10", "C/10")):
+        d = dict(cfg["phantom"]["defaults"])
+        d.update(cfg["phantom"]["by_c_rate"][rate])
+        seed = (int(cfg["seed"]) * 1_000_003 + zlib.crc32(sample.encode())) % 2**32
+        out.append((sample, PhantomParams.from_dict(d), seed))
+    return out
+
+
+@pytest.fixture(scope="module")
+def default_phantoms(default_config):
+    return {name: generate_phantom(p, seed) for name, p, seed in _default_cells(default_config)}
+
+
+def test_same_seed_same_phantom_other_seed_other_phantom():
+    p = PhantomParams(**TINY_PHANTOM)
+    a, b, c = generate_phantom(p, 7), generate_phantom(p, 7), generate_phantom(p, 8)
+    np.testing.assert_array_equal(a.volume, b.volume)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.table.equals(b.table)
+    assert not np.array_equal(a.labels, c.labels)
+
+
+def test_truth_table_agrees_with_the_truth_volumes(default_phantoms):
+    ph = default_phantoms["cell_1C"]
+    t = ph.table
+    vs = ph.params.voxel_size_um
+    counts = np.bincount(ph.labels.ravel())[t.label]
+    np.testing.assert_allclose(t.volume_um3, counts * vs**3)
+    # detachment recomputed independently: fraction of exposed faces whose neighbour is void
+    det = surface_contacts(ph.labels, ph.phases, (vs,) * 3).detachment[t.label]
+    np.testing.assert_allclose(t.detachment, det)
+    # the realised detachment follows the planted one (gaps are drawn around the planted patch)
+    inner = ~t.touches_border
+    err = np.abs(t.detachment[inner] - t.detachment_planted[inner])
+    assert np.median(err) < 0.06
+    assert stats.pearsonr(t.detachment_planted, t.detachment).statistic > 0.9
+
+
+def test_default_cells_are_a_monolayer_with_the_planted_statistics(default_phantoms):
+    for name, ph in default_phantoms.items():
+        t = ph.table
+        assert len(t) >= 30, name
+        assert (ph.phases[: ph.params.collector_thickness_vox] == phases.AL).all()
+        # every particle rests within ~one diameter of the collector (monolayer)
+        assert (t.distance_to_collector_um < t.diameter_um).all()
+        # polydisperse: lognormal spread of diameters
+        assert t.diameter_um.std() / t.diameter_um.mean() > 0.15
+        # touching neighbours exist, in true contact and across one-voxel gaps
+        assert (t.contact_particle_um2 > 0).sum() >= 5
+        # cracks: nearly every particle is cracked, crack volume a few to ~30 %
+        assert (t.crack_area_um2 > 0).mean() >= 0.9
+        assert 0.03 < t.crack_volume_fraction.median() < 0.3
+        # density domains: both NMC phases in most particles
+        assert ((t.nmc_high_fraction > 0.02) & (t.nmc_high_fraction < 0.98)).mean() > 0.9
+    d1 = default_phantoms["cell_1C"].table.detachment
+    d10 = default_phantoms["cell_C10"].table.detachment
+    assert d1.mean() > d10.mean() + 0.1
+    assert stats.mannwhitneyu(d1, d10, alternative="greater").pvalue < 1e-3
+
+
+def test_cracks_are_as_wide_as_the_gaps_between_touching_particles(default_phantoms):
+    ph = default_phantoms["cell_1C"]
+    crack = (ph.phases == phases.VOID) & (ph.labels > 0)
+    # crack width ~ twice the distance from the crack's medial voxels to solid
+    dist = ndimage.distance_transform_edt(crack)
+    width = 2 * np.percentile(dist[crack], 90)
+    assert 1.0 <= width <= 4.0
+    # separated contacts: background voxels with two different particles as 6-neighbours
+    lab = ph.labels.astype(np.int64)
+    lo = ndimage.grey_erosion(np.where(lab > 0, lab, 1 << 40), footprint=ndimage.generate_binary_structure(3, 1))
+    hi = ndimage.grey_dilation(lab, footprint=ndimage.generate_binary_structure(3, 1))
+    between = (lab == 0) & (lo < hi) & (lo < (1 << 40)) & (hi > 0)
+    assert between.sum() > 20
+
+
+def test_planted_intensities_and_widths_follow_supp_fig_8(default_phantoms):
+    ph = default_phantoms["cell_1C"]
+    assert ph.planted_fwhm["al"] == pytest.approx(0.053)
+    assert ph.planted_fwhm["cbd"] == pytest.approx(0.064)
+    # interior voxels of each phase (2 voxels from any other phase) have the planted width
+    for code, name in phases.PHASE_NAMES.items():
+        interior = ndimage.binary_erosion(ph.phases == code, iterations=2, border_value=1)
+        counts, edges = np.histogram(ph.volume[interior], bins=200)
+        _, fwhm = phases.fit_fwhm(counts, edges)
+        assert fwhm == pytest.approx(ph.planted_fwhm[name], rel=0.1), name
+
+
+def test_thresholding_default_phantoms_meets_accuracy_recall_and_fwhm(default_phantoms, tmp_path):
+    """Issue goal: phase voxel accuracy >= 97 %, every phase's recall >= 90 %, FWHMs within 15 %."""
+    for name, ph in default_phantoms.items():
+        path = tmp_path / f"{name}.h5"
+        io.write_volume(path, ph.volume, (ph.params.voxel_size_um,) * 3, "test")
+        res = threshold_volume(path, tmp_path / f"{name}_phases.h5", ThresholdSettings(), progress=False)
+        pred = io.read_dataset(tmp_path / f"{name}_phases.h5", "phases")
+        assert (pred == ph.phases).mean() >= 0.97, name
+        for code, pname in phases.PHASE_NAMES.items():
+            recall = (pred[ph.phases == code] == code).mean()
+            assert recall >= 0.90, (name, pname, recall)
+        for row in res.fwhm.itertuples():
+            assert row.fwhm == pytest.approx(ph.planted_fwhm[row.phase], rel=0.15), (name, row.phase)
+
+
+def test_bad_phantom_parameters_name_the_field():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['n_particle'\]"):
+        PhantomParams.from_dict({"n_particle": 3})
+    with pytest.raises(ValueError, match="phantom.contact_fraction"):
+        PhantomParams.from_dict({"contact_fraction": 1.5})
+    with pytest.raises(ValueError, match="phantom.shape_zyx"):
+        PhantomParams.from_dict({"shape_zyx": [12, 64, 64]})

@@ -1,0 +1,171 @@
+"""End to end: the workflow on a tiny config, its caching, and its refusal of bad config and input."""
+
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from .conftest import run_snakemake, write_tiny_workdir
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    work = write_tiny_workdir(tmp_path_factory.mktemp("e2e") / "work")
+    r = run_snakemake(work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return work
+
+
+def _jobs(proc) -> set[str]:
+    """Rule names scheduled in a dry run (from the job-stats table)."""
+    out = proc.stdout + proc.stderr
+    names = set()
+    for rule in ("make_phantom", "import_volume", "threshold_phases", "all"):
+        if f"rule {rule}:" in out or f"localrule {rule}:" in out:
+            names.add(rule)
+    return names
+
+
+def test_outputs_follow_the_contract(finished_run):
+    for sample in ("cell_1C", "cell_C10"):
+        d = finished_run / "results" / sample
+        with h5py.File(d / "volume.h5") as f:
+            assert f["volume"].dtype == np.float32 and f["volume"].ndim == 3
+            np.testing.assert_allclose(f["volume"].attrs["voxel_size_um"], [0.5] * 3)
+        with h5py.File(d / "truth.h5") as f:
+            labels, truth = f["labels"][...], f["phases"][...]
+            assert f["labels"].dtype == np.uint32 and f["phases"].dtype == np.uint8
+        with h5py.File(d / "phases.h5") as f:
+            pred = f["phases"][...]
+        assert pred.shape == truth.shape
+        assert (pred == truth).mean() > 0.9
+        table = pd.read_csv(d / "truth_particles.csv")
+        assert set(table.label) == set(np.unique(labels)) - {0}
+        fwhm = pd.read_csv(d / "phase_fwhm.csv")
+        assert list(fwhm.phase) == ["void", "cbd", "nmc_low", "nmc_high", "al"]
+        hist = pd.read_csv(d / "histogram.csv")
+        assert hist["count"].sum() == truth.size
+        assert (d / "fig1_phases.png").read_bytes()[:4] == b"\x89PNG"
+        assert not list(d.glob(".*.tmp-*"))  # no temporary leftovers
+
+
+def test_second_run_has_nothing_to_do(finished_run):
+    r = run_snakemake(finished_run, "-n")
+    assert r.returncode == 0
+    assert "Nothing to be done" in r.stdout + r.stderr
+
+
+def test_threshold_parameter_change_reruns_thresholding_not_the_phantom(finished_run):
+    r = run_snakemake(finished_run, "-n", "--config", "threshold={method: multiotsu}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _jobs(r) == {"threshold_phases", "all"}
+    r = run_snakemake(finished_run, "-n", "--config", "seed=7")
+    assert {"make_phantom", "threshold_phases"} <= _jobs(r)
+
+
+def test_lost_output_is_rebuilt_without_touching_upstream(finished_run, tmp_path):
+    work = tmp_path / "copy"
+    shutil.copytree(finished_run, work, symlinks=True)
+    volume = work / "results" / "cell_1C" / "volume.h5"
+    before = volume.stat().st_mtime
+    (work / "results" / "cell_1C" / "phases.h5").unlink()
+    r = run_snakemake(work, "--rerun-incomplete")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert volume.stat().st_mtime == before
+    assert (work / "results" / "cell_1C" / "phases.h5").exists()
+
+
+def _config_error(tmp_path, mutate) -> str:
+    work = write_tiny_workdir(tmp_path / "bad")
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    mutate(cfg, work)
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_snakemake(work, "-n")
+    assert r.returncode != 0
+    assert not (work / "results").exists()
+    return r.stdout + r.stderr
+
+
+def test_bad_input_config_misspelled_key(tmp_path):
+    out = _config_error(tmp_path, lambda c, w: c["threshold"].update(methd="gmm"))
+    assert "methd" in out and "Additional properties are not allowed" in out
+
+
+def test_bad_input_config_unknown_method(tmp_path):
+    out = _config_error(tmp_path, lambda c, w: c["threshold"].update(method="kmeans"))
+    assert "'kmeans' is not one of ['gmm', 'multiotsu']" in out
+
+
+def test_bad_input_config_wrong_type_and_range(tmp_path):
+    out = _config_error(tmp_path, lambda c, w: c["threshold"].update(bins="many"))
+    assert "'many' is not of type 'integer'" in out
+    out = _config_error(tmp_path, lambda c, w: c["phantom"]["defaults"].update(voxel_size_um=-0.5))
+    assert "voxel_size_um" in out and "-0.5" in out
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "with space", "x;rm -rf", ".hidden"])
+def test_bad_input_sample_name(tmp_path, name):
+    def mutate(cfg, work):
+        (work / "samples.tsv").write_text(f"sample\tcell\tc_rate\tvolume\n{name}\tc\t1C\tphantom\n")
+
+    out = _config_error(tmp_path, mutate)
+    assert "does not match" in out and "sample" in out
+
+
+def test_bad_input_duplicate_sample(tmp_path):
+    def mutate(cfg, work):
+        (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\na\tc\t1C\tphantom\na\tc\tC/10\tphantom\n")
+
+    assert "duplicate sample name(s) ['a']" in _config_error(tmp_path, mutate)
+
+
+def test_bad_input_imported_sample_without_voxel_size(tmp_path):
+    def mutate(cfg, work):
+        (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\nr1\tc\t1C\tvol.h5\tdata\n")
+
+    out = _config_error(tmp_path, mutate)
+    assert "sample 'r1', field 'voxel_size_um' is empty" in out
+
+
+@pytest.mark.parametrize("case", ["2d", "nan", "missing_dataset"])
+def test_bad_input_imported_volume_fails_with_named_file(tmp_path, case):
+    work = write_tiny_workdir(tmp_path / "imp")
+    src = work / "tomo.h5"
+    arr = np.random.default_rng(0).normal(size=(8, 32, 32)).astype(np.float32)
+    if case == "2d":
+        arr = arr[0]
+    if case == "nan":
+        arr[3, 4, 5] = np.nan
+    with h5py.File(src, "w") as f:
+        f["other" if case == "missing_dataset" else "data"] = arr
+    (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\n"
+                                      f"real\tc\t1C\t{src}\tdata\t0.05\n")
+    r = run_snakemake(work)
+    assert r.returncode != 0
+    log = (work / "logs" / "import_volume" / "real.log").read_text()
+    expected = {"2d": "has 2 dimensions", "nan": "(z=3, y=4, x=5) is nan", "missing_dataset": "no dataset 'data'"}
+    assert str(src) in log and expected[case] in log
+    assert not (work / "results" / "real" / "volume.h5").exists()
+
+
+def test_imported_volume_runs_through_thresholding(tmp_path):
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    from .conftest import TINY_PHANTOM
+
+    work = write_tiny_workdir(tmp_path / "imp")
+    ph = generate_phantom(PhantomParams(**TINY_PHANTOM), 3)
+    import tifffile
+
+    tifffile.imwrite(work / "tomo.tif", (ph.volume * 10000).astype(np.int32))
+    (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\n"
+                                      "real\tc\t1C\ttomo.tif\t\t0.5 0.5 0.5\n")
+    r = run_snakemake(work)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pred = h5py.File(work / "results" / "real" / "phases.h5")["phases"][...]
+    assert (pred == ph.phases).mean() > 0.9
