@@ -97,7 +97,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     edges = np.linspace(lo, hi, s.bins + 1)
     counts = np.zeros(s.bins, np.int64)
     for z0, z1, a, data in slabs("histogram"):
-        counts += np.histogram(data[z0 - a: z1 - a], bins=edges)[0]
+        counts += np.histogram(data[z0 - a: z1 - a], bins=s.bins, range=(lo, hi))[0]
     hist = phases.Histogram(counts, edges)
     model = phases.fit_phase_model(hist, s.method, s.order)
     log.info("%s thresholds %s", s.method, np.round(model.thresholds, 4))
