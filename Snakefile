@@ -8,12 +8,17 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+scattergather:
+    infer_slab=config.get("infer", {}).get("slabs", 2),
+
+
 report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/volume.smk"
 include: "workflow/rules/threshold.smk"
+include: "workflow/rules/cnn.smk"
 
 
 rule all:
@@ -21,3 +26,6 @@ rule all:
     input:
         expand(rules.threshold_phases.output.phases, sample=SAMPLES.index),
         expand(rules.threshold_phases.output.figure, sample=SAMPLES.index),
+        expand(rules.gather_slices.output.labels, sample=SAMPLES.index),
+        rules.train.output.figure,
+        rules.activation_map.output[0],

@@ -52,3 +52,42 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def loss_curve_figure(log_table):
+    """Training and validation loss per epoch, and validation precision / sensitivity."""
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    ax[0].plot(log_table.epoch, log_table.train_loss, "o-", label="train")
+    ax[0].plot(log_table.epoch, log_table.val_loss, "s-", label="validation")
+    parts = [c for c in log_table.columns if c.startswith("train_loss_")]
+    for c in parts:
+        ax[0].plot(log_table.epoch, log_table[c], ":", lw=1, label=c.removeprefix("train_"))
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("loss")
+    ax[0].set_yscale("log")
+    ax[0].legend(fontsize=7)
+    for c, m in (("val_precision", "o-"), ("val_sensitivity", "s-"), ("val_f1", "^-")):
+        ax[1].plot(log_table.epoch, log_table[c], m, label=c.removeprefix("val_"))
+    ax[1].set_ylim(0, 1.02)
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel("validation score (IoU ≥ 0.5)")
+    ax[1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def activation_figure(images, activations, titles):
+    """Supp. Fig. 9a style: input slices above their activation maps."""
+    n = len(images)
+    fig, ax = plt.subplots(2, n, figsize=(4 * n, 8), squeeze=False)
+    for i in range(n):
+        ax[0, i].imshow(images[i], cmap="gray")
+        ax[0, i].set_title(titles[i], fontsize=9)
+        ax[1, i].imshow(activations[i], cmap="inferno")
+        for a in ax[:, i]:
+            a.set_xticks([])
+            a.set_yticks([])
+    ax[0, 0].set_ylabel("input")
+    ax[1, 0].set_ylabel("activation (FPN P2 norm)")
+    fig.tight_layout()
+    return fig

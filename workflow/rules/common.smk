@@ -36,6 +36,7 @@ def sample_regex(names):
 
 wildcard_constraints:
     sample=sample_regex(SAMPLES.index),
+    scatteritem=r"\d+-of-\d+",
 
 
 def phantom_params(wildcards):
@@ -62,3 +63,20 @@ def imported_fields(wildcards):
         "voxel_size_um": row["voxel_size_um"],
         "sheet": config["samples"],
     }
+
+
+def label_file(sample):
+    """Instance labels of a sample: the phantom's truth, or the sheet's `labels` column."""
+    if sample in PHANTOM_SAMPLES:
+        return f"results/{sample}/truth.h5"
+    return SAMPLES.loc[sample, "labels"]
+
+
+LABELLED_SAMPLES = [
+    s for s in SAMPLES.index if s in PHANTOM_SAMPLES or SAMPLES.loc[s, "labels"].strip()
+]
+if not LABELLED_SAMPLES:
+    raise ValueError(
+        f"{config['samples']}: no sample has labels: give label slices in the 'labels' column "
+        "(HDF5 with /labels) or include a phantom sample"
+    )

@@ -1,0 +1,91 @@
+"""Per-slice Mask R-CNN inference over z-slabs of a volume, and the gathering of slabs."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+
+from . import io
+from .maskrcnn import load_model, predict, select_device
+
+log = logging.getLogger(__name__)
+
+TABLE_COLUMNS = ["z", "label", "score", "y0", "x0", "y1", "x1", "area_px"]
+
+
+def scatter_range(item: str, depth: int) -> tuple[int, int]:
+    """z range ``[z0, z1)`` of Snakemake scatter item ``"k-of-n"`` over ``depth`` slices (near-equal parts)."""
+    m = re.fullmatch(r"(\d+)-of-(\d+)", item)
+    if not m:
+        raise ValueError(f"scatter item {item!r} is not of the form 'k-of-n'")
+    k, n = int(m.group(1)), int(m.group(2))
+    if not 1 <= k <= n:
+        raise ValueError(f"scatter item {item!r}: k must lie in 1..n")
+    edges = np.linspace(0, depth, n + 1).round().astype(int)
+    return int(edges[k - 1]), int(edges[k])
+
+
+def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path, *, batch_size: int = 4,
+               score_threshold: float = 0.5, mask_threshold: float = 0.5, device: str = "auto",
+               threads: int = 1, progress: bool = True) -> int:
+    """Instance labels for slices ``[z0, z1)``; writes ``/labels`` (slab), ``/table`` rows and attrs z0, z1."""
+    torch.set_num_threads(max(1, threads))
+    dev = select_device(device)
+    model, _ = load_model(weights_path, meta_path, dev)
+    rows = []
+    with h5py.File(volume_path, "r") as f:
+        images = f[io.VOLUME_DATASET][z0:z1].astype(np.float32)
+    labels, r = predict(model, images, dev, batch_size, score_threshold, mask_threshold, progress) \
+        if z1 > z0 else (np.zeros((0,) + images.shape[1:], np.uint32), [])
+    for row in r:
+        rows.append({"z": z0 + row.pop("index"), **row})
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    with io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("labels", data=labels, compression="gzip", compression_opts=1)
+        f.create_dataset("table", data=table.to_numpy(dtype=np.float64))
+        f.attrs["columns"] = ",".join(TABLE_COLUMNS)
+        f.attrs["z0"], f.attrs["z1"] = z0, z1
+    log.info("slab [%d, %d): %d instances", z0, z1, len(table))
+    return len(table)
+
+
+def gather_slabs(slab_paths, volume_path, labels_path, table_path) -> pd.DataFrame:
+    """Concatenate slab outputs into ``/labels`` (z, y, x) uint32 (ids per slice) and one table.
+
+    Refuses gaps or overlaps between slabs, so a missing slab cannot pass unnoticed.
+    """
+    shape, voxel = io.read_volume_info(volume_path)
+    parts = []
+    for p in slab_paths:
+        with h5py.File(p, "r") as f:
+            parts.append((int(f.attrs["z0"]), int(f.attrs["z1"]), p))
+    parts.sort()
+    expect = 0
+    for z0, z1, p in parts:
+        if z0 != expect:
+            raise ValueError(f"{p}: slab starts at z={z0}, expected {expect} (a slab is missing or overlaps)")
+        expect = z1
+    if expect != shape[0]:
+        raise ValueError(f"slabs cover z < {expect} but the volume has {shape[0]} slices")
+    tables = []
+    with io.atomic_output(labels_path) as tmp, h5py.File(tmp, "w") as out:
+        d = out.create_dataset("labels", shape=shape, dtype=np.uint32, chunks=io.slab_chunks(shape),
+                               compression="gzip", compression_opts=1)
+        d.attrs["voxel_size_um"] = np.asarray(voxel)
+        d.attrs["note"] = "instance ids are per slice (1..n in each z); link_slices makes 3D ids"
+        for z0, z1, p in parts:
+            with h5py.File(p, "r") as f:
+                d[z0:z1] = f["labels"][...]
+                cols = str(f.attrs["columns"]).split(",")
+                tables.append(pd.DataFrame(f["table"][...], columns=cols))
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TABLE_COLUMNS)
+    for c in TABLE_COLUMNS:
+        if c != "score":
+            table[c] = table[c].astype(np.int64)
+    io.write_csv(table_path, table)
+    return table

@@ -1,0 +1,445 @@
+"""Mask R-CNN for per-slice particle instances (Supp. Fig. 4, Supp. Note 1).
+
+torchvision's :class:`~torchvision.models.detection.MaskRCNN` with a ResNet +
+FPN backbone trained from scratch (no weights can be downloaded). For the CPU
+the heads are trimmed (FPN width, box-head width, mask-head width, RoI and RPN
+sample sizes) and the transform's ``min_size``/``max_size`` equal the tile
+size, so images are never resized (the default 800 px resize costs ~10x on a
+CPU). Everything that shapes the model is in :class:`ModelSettings`, stored
+with every checkpoint.
+
+Images are single-channel grey slices, repeated to three channels;
+normalisation uses the training tiles' mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import io, metrics
+
+log = logging.getLogger(__name__)
+
+BACKBONES = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
+CLASSES = ["background", "particle"]
+
+
+@dataclass
+class ModelSettings:
+    """Architecture (``model`` config section)."""
+
+    backbone: str = "resnet18"
+    fpn_channels: int = 64
+    box_head_width: int = 256
+    mask_head_width: int = 64
+    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    rpn_batch_size_per_image: int = 128
+    rpn_pre_nms_top_n_train: int = 600
+    rpn_post_nms_top_n_train: int = 300
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 500
+    box_batch_size_per_image: int = 128
+    box_detections_per_img: int = 150
+    tile: int = 128
+    image_mean: float = 0.0
+    image_std: float = 1.0
+
+    def __post_init__(self):
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"model.backbone: {self.backbone!r} is not one of {sorted(BACKBONES)}")
+        self.anchor_sizes = tuple(int(a) for a in self.anchor_sizes)
+        if len(self.anchor_sizes) != 5:
+            raise ValueError(f"model.anchor_sizes: need 5 sizes (one per FPN level), got {list(self.anchor_sizes)}")
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation (``train`` config section). lr decays from ``lr_start`` to ``lr_end`` (cosine)."""
+
+    epochs: int = 4
+    batch_size: int = 4
+    lr_start: float = 0.02
+    lr_end: float = 0.002
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iterations: int = 50
+    grad_clip_norm: float = 10.0
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 0
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    iou_threshold: float = 0.5
+    max_iterations_per_epoch: int | None = None
+
+
+def select_device(requested: str = "auto") -> torch.device:
+    """``auto``: CUDA when present, else CPU. Asking for ``cuda`` without one is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} was requested but no CUDA device is available; "
+                           f"use device: auto or cpu")
+    if requested not in ("cpu",) and not requested.startswith("cuda"):
+        raise ValueError(f"device: {requested!r} is not auto, cpu or cuda[:N]")
+    return torch.device(requested)
+
+
+def build_model(s: ModelSettings) -> nn.Module:
+    """An untrained Mask R-CNN with a ResNet-FPN backbone and trimmed heads (2 classes)."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+    # from scratch: trainable BatchNorm (frozen BN with random statistics would not normalise)
+    backbone = resnet_fpn_backbone(backbone_name=s.backbone, weights=None, norm_layer=nn.BatchNorm2d,
+                                   trainable_layers=5, returned_layers=[1, 2, 3, 4])
+    c = BACKBONES[s.backbone]
+    backbone.fpn = FeaturePyramidNetwork([c // 8, c // 4, c // 2, c], s.fpn_channels,
+                                         extra_blocks=LastLevelMaxPool())
+    backbone.out_channels = s.fpn_channels
+    anchors = AnchorGenerator(sizes=tuple((a,) for a in s.anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
+    return MaskRCNN(
+        backbone, num_classes=None,
+        box_head=TwoMLPHead(s.fpn_channels * 7 * 7, s.box_head_width),
+        box_predictor=FastRCNNPredictor(s.box_head_width, len(CLASSES)),
+        mask_head=MaskRCNNHeads(s.fpn_channels, (s.mask_head_width,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(s.mask_head_width, s.mask_head_width, len(CLASSES)),
+        min_size=s.tile, max_size=s.tile,
+        image_mean=[s.image_mean] * 3, image_std=[s.image_std] * 3,
+        rpn_anchor_generator=anchors,
+        rpn_batch_size_per_image=s.rpn_batch_size_per_image,
+        rpn_pre_nms_top_n_train=s.rpn_pre_nms_top_n_train, rpn_post_nms_top_n_train=s.rpn_post_nms_top_n_train,
+        rpn_pre_nms_top_n_test=s.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=s.rpn_post_nms_top_n_test,
+        box_batch_size_per_image=s.box_batch_size_per_image, box_detections_per_img=s.box_detections_per_img,
+    )
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """(y, x) grey slice -> (3, y, x) float tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].expand(3, -1, -1).contiguous()
+
+
+def make_target(mask: np.ndarray) -> dict[str, torch.Tensor]:
+    """torchvision target (boxes x1 y1 x2 y2, labels, masks) from a (y, x) instance label slice."""
+    ids = np.unique(mask[mask > 0])
+    if len(ids) == 0:
+        return {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64),
+                "masks": torch.zeros((0,) + mask.shape, dtype=torch.uint8)}
+    masks = mask[None] == ids[:, None, None]
+    boxes = []
+    for m in masks:
+        ys, xs = np.nonzero(m)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    return {"boxes": torch.tensor(np.array(boxes), dtype=torch.float32),
+            "labels": torch.ones(len(ids), dtype=torch.int64),
+            "masks": torch.from_numpy(masks.astype(np.uint8))}
+
+
+def predictions_to_labels(pred: dict[str, torch.Tensor], shape: tuple[int, int], score_threshold: float,
+                          mask_threshold: float) -> tuple[np.ndarray, list[dict]]:
+    """Paint detections into one non-overlapping label slice, highest score first.
+
+    A pixel goes to the highest-scoring detection whose mask probability there is
+    ≥ ``mask_threshold``. Detections left with no pixel are dropped. Returns the
+    label slice (uint32, ids 1..n by decreasing score) and rows (label, score, bbox, area).
+    """
+    scores = pred["scores"].detach().cpu().numpy()
+    keep = np.nonzero(scores >= score_threshold)[0]
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    out = np.zeros(shape, np.uint32)
+    rows = []
+    if len(keep) == 0:
+        return out, rows
+    probs = pred["masks"][keep, 0].detach().cpu().numpy()
+    n = 0
+    for k, p in zip(keep, probs):
+        pix = (p >= mask_threshold) & (out == 0)
+        if not pix.any():
+            continue
+        n += 1
+        out[pix] = n
+        ys, xs = np.nonzero(pix)
+        rows.append({"label": n, "score": float(scores[k]), "y0": int(ys.min()), "x0": int(xs.min()),
+                     "y1": int(ys.max()) + 1, "x1": int(xs.max()) + 1, "area_px": int(pix.sum())})
+    return out, rows
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, score_threshold: float,
+            mask_threshold: float, progress: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """Instance labels for a stack of (n, y, x) slices at native scale; rows carry ``index``."""
+    from tqdm import tqdm
+
+    model.eval()
+    h, w = images.shape[1:]
+    # no resizing at inference: the model was trained at native scale
+    model.transform.min_size = (min(h, w),)
+    model.transform.max_size = max(h, w)
+    out = np.zeros(images.shape, np.uint32)
+    rows = []
+    starts = range(0, len(images), batch_size)
+    for b in tqdm(starts, desc="infer", unit="batch", disable=not progress):
+        batch = [to_tensor(im).to(device) for im in images[b:b + batch_size]]
+        for i, pred in enumerate(model(batch)):
+            out[b + i], r = predictions_to_labels(pred, (h, w), score_threshold, mask_threshold)
+            rows.extend({"index": b + i, **row} for row in r)
+    return out, rows
+
+
+def evaluate(model: nn.Module, images: np.ndarray, masks: np.ndarray, device, t: TrainSettings) -> dict:
+    """Mean instance precision / sensitivity / F over images at ``t.iou_threshold``."""
+    pred, _ = predict(model, images, device, t.batch_size, t.score_threshold, t.mask_threshold)
+    sc = [metrics.instance_scores(m, p, t.iou_threshold) for m, p in zip(masks, pred)]
+    return {"precision": float(np.mean([s.precision for s in sc])),
+            "sensitivity": float(np.mean([s.sensitivity for s in sc])),
+            "f1": float(np.mean([s.f1 for s in sc]))}
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def fingerprint(obj) -> str:
+    """Short SHA-256 of a JSON-serialisable object (config) or of a file's bytes."""
+    h = hashlib.sha256()
+    if isinstance(obj, (str, os.PathLike)) and Path(obj).is_file():
+        with open(obj, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    else:
+        h.update(json.dumps(obj, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(path, state: dict) -> None:
+    """Atomic ``torch.save`` of a dict of state dicts and plain values."""
+    with io.atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path) -> dict:
+    """Load a checkpoint safely (``weights_only=True``); errors name the file and say what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise io.InputError(f"{path}: checkpoint does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
+        msg = str(e).splitlines()[0][:300]
+        if "Weights only load failed" in str(e) or "Unsupported global" in str(e):
+            raise io.InputError(f"{path}: refused to load: it holds objects other than tensors and plain "
+                                f"values (possibly a malicious pickle); only weights are accepted ({msg})") from None
+        raise io.InputError(f"{path}: not a readable PyTorch checkpoint ({msg})") from None
+
+
+def load_model(weights_path, meta_path, device) -> tuple[nn.Module, dict]:
+    """Rebuild the model from its JSON metadata and load its weights; refuse a mismatched architecture."""
+    meta_path = Path(meta_path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        settings = ModelSettings(**meta["model"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise io.InputError(f"{meta_path}: model metadata is missing or invalid ({e})") from None
+    model = build_model(settings)
+    state = load_checkpoint(weights_path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise io.InputError(f"{weights_path}: expected a state dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise io.InputError(f"{weights_path}: weights do not fit the architecture in {meta_path} "
+                            f"({settings.backbone}, FPN {settings.fpn_channels}): {first}") from None
+    return model.to(device), meta
+
+
+def environment() -> dict:
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+@dataclass
+class TrainResult:
+    log_rows: list[dict] = field(default_factory=list)
+    resumed_from_epoch: int = 0
+
+
+def lr_at(it: int, total: int, t: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay from ``lr_start`` to ``lr_end`` over ``total`` iterations."""
+    if it < t.warmup_iterations:
+        return t.lr_start * (0.1 + 0.9 * it / max(t.warmup_iterations, 1))
+    frac = min(1.0, (it - t.warmup_iterations) / max(total - t.warmup_iterations, 1))
+    return t.lr_end + 0.5 * (t.lr_start - t.lr_end) * (1 + math.cos(math.pi * frac))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (weights init, RPN/RoI sampling); numpy randomness here always uses explicit generators."""
+    torch.manual_seed(seed)
+
+
+def train(tiles: np.ndarray, tile_masks: np.ndarray, val_images: np.ndarray, val_masks: np.ndarray,
+          m: ModelSettings, t: TrainSettings, checkpoint_dir, run_id: str, progress: bool = True,
+          stop_after_epoch: int | None = None) -> tuple[nn.Module, TrainResult]:
+    """Train from scratch (or resume from ``checkpoint_dir/last.pt`` of the same ``run_id``).
+
+    One checkpoint per epoch (model, optimizer, epoch, log so far) is written
+    atomically to ``checkpoint_dir/last.pt``; a run killed at any point resumes
+    at the epoch after the last finished one. Data order is drawn from a
+    generator seeded by (seed, epoch), so a resumed run sees the same batches
+    as an uninterrupted one. ``stop_after_epoch`` ends early (tests).
+    """
+    from tqdm import tqdm
+
+    device = select_device(t.device)
+    torch.set_num_threads(max(1, t.threads))
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    seed_everything(t.seed)
+    model = build_model(m).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=t.lr_start, momentum=t.momentum, weight_decay=t.weight_decay)
+    n = len(tiles)
+    per_epoch = math.ceil(n / t.batch_size)
+    if t.max_iterations_per_epoch:
+        per_epoch = min(per_epoch, t.max_iterations_per_epoch)
+    total = per_epoch * t.epochs
+    ckpt = Path(checkpoint_dir) / "last.pt"
+    result = TrainResult()
+    start = 0
+    if ckpt.exists():
+        state = load_checkpoint(ckpt)
+        if state.get("run_id") == run_id:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start = int(state["epoch"]) + 1
+            result.log_rows = json.loads(state["log"])
+            result.resumed_from_epoch = start
+            log.info("resuming from %s at epoch %d", ckpt, start)
+        else:
+            log.info("ignoring %s: it belongs to another configuration or data", ckpt)
+    for epoch in range(start, t.epochs):
+        model.train()
+        g = torch.Generator().manual_seed(t.seed * 1000 + epoch)
+        order = torch.randperm(n, generator=g).numpy()
+        losses = []
+        bar = tqdm(range(per_epoch), desc=f"epoch {epoch + 1}/{t.epochs}", unit="it", disable=not progress)
+        for i in bar:
+            it = epoch * per_epoch + i
+            for group in opt.param_groups:
+                group["lr"] = lr_at(it, total, t)
+            idx = order[(i * t.batch_size) % n: (i * t.batch_size) % n + t.batch_size]
+            imgs = [to_tensor(tiles[j]).to(device) for j in idx]
+            tg = [{k: v.to(device) for k, v in make_target(tile_masks[j]).items()} for j in idx]
+            loss_dict = model(imgs, tg)
+            loss = sum(loss_dict.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite training loss at epoch {epoch}, iteration {i}: "
+                                         f"{ {k: float(v) for k, v in loss_dict.items()} }")
+            opt.zero_grad()
+            loss.backward()
+            if t.grad_clip_norm > 0:  # from-scratch detection heads spike early; clipping keeps SGD stable
+                torch.nn.utils.clip_grad_norm_(params, t.grad_clip_norm)
+            opt.step()
+            losses.append({k: float(v.detach()) for k, v in loss_dict.items()} | {"loss": float(loss.detach())})
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        val_loss = validation_loss(model, val_images, val_masks, device)
+        scores = evaluate(model, val_images, val_masks, device, t)
+        row = {"epoch": epoch + 1, "iterations": (epoch + 1) * per_epoch, "lr": lr_at((epoch + 1) * per_epoch - 1, total, t),
+               "train_loss": float(np.mean([x["loss"] for x in losses])),
+               **{f"train_{k}": float(np.mean([x[k] for x in losses])) for k in losses[0] if k != "loss"},
+               "val_loss": val_loss, **{f"val_{k}": v for k, v in scores.items()}}
+        result.log_rows.append(row)
+        log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in row.items()})
+        save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                               "run_id": run_id, "log": json.dumps(result.log_rows)})
+        if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            break
+    return model, result
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, images: np.ndarray, masks: np.ndarray, device) -> float:
+    """Mean total loss on validation slices (train-mode heads, BatchNorm statistics frozen)."""
+    was = model.training
+    model.train()
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.eval()
+    h, w = images.shape[1:]
+    saved = (model.transform.min_size, model.transform.max_size)
+    model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)
+    total = []
+    for im, mk in zip(images, masks):
+        d = model([to_tensor(im).to(device)], [{k: v.to(device) for k, v in make_target(mk).items()}])
+        total.append(float(sum(d.values())))
+    model.transform.min_size, model.transform.max_size = saved
+    model.train(was)
+    return float(np.mean(total)) if total else float("nan")
+
+
+def activation_map(model: nn.Module, image: np.ndarray, device) -> np.ndarray:
+    """Supp. Fig. 9a-style activation: L2 norm over channels of the finest FPN level, upsampled to the image."""
+    model.eval()
+    with torch.inference_mode():
+        x = to_tensor(image).to(device)
+        h, w = image.shape
+        model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)
+        batch, _ = model.transform([x])
+        feats = model.backbone(batch.tensors)
+        f = feats["0"][0].norm(dim=0)[None, None]
+        f = torch.nn.functional.interpolate(f, size=batch.tensors.shape[-2:], mode="bilinear", align_corners=False)
+        return f[0, 0, :h, :w].cpu().numpy()
+
+
+def settings_dict(m: ModelSettings, t: TrainSettings) -> dict:
+    return {"model": asdict(m), "train": asdict(t)}
+
+
+def train_from_files(tiles_path, val_path, weights_path, meta_path, model_cfg: dict, train_cfg: dict,
+                     checkpoint_dir, progress: bool = True):
+    """Train on an augmented tile file, validate on a split file, write weights + JSON metadata.
+
+    Returns the training log rows. The run id (resume key) hashes the settings and both data files.
+    """
+    import h5py
+
+    from .annotations import read_split
+
+    with h5py.File(tiles_path, "r") as f:
+        tiles, tile_masks = f["images"][...], f["masks"][...]
+    val_images, val_masks, _, _ = read_split(val_path)
+    m = ModelSettings(**model_cfg, tile=int(tiles.shape[-1]), image_mean=float(tiles.mean()),
+                      image_std=float(tiles.std()) or 1.0)
+    t = TrainSettings(**train_cfg)
+    run_id = fingerprint({"settings": settings_dict(m, t), "tiles": fingerprint(tiles_path),
+                          "val": fingerprint(val_path)})
+    model, result = train(tiles, tile_masks, val_images, val_masks, m, t, checkpoint_dir, run_id, progress)
+    with io.atomic_output(weights_path) as tmp:
+        torch.save(model.state_dict(), tmp)
+    meta = {"classes": CLASSES, "run_id": run_id, "epochs": t.epochs, **settings_dict(m, t),
+            "device": str(select_device(t.device)), "versions": environment(),
+            "final": result.log_rows[-1] if result.log_rows else {}, "resumed_from_epoch": result.resumed_from_epoch}
+    with io.atomic_output(meta_path) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=2, default=float))
+    return result.log_rows

@@ -1,0 +1,157 @@
+# Mask R-CNN: labelled-slice splits, augmentation, training, per-slice inference (Supp. Fig. 4, Note 1).
+
+
+rule annotations:
+    input:
+        volumes=expand("results/{sample}/volume.h5", sample=LABELLED_SAMPLES),
+        labels=[label_file(s) for s in LABELLED_SAMPLES],
+    output:
+        train="results/annotations/train.h5",
+        val="results/annotations/val.h5",
+        test="results/annotations/test.h5",
+        table="results/annotations/split.csv",
+    params:
+        samples=LABELLED_SAMPLES,
+        settings=config["annotations"],
+        seed=config["seed"],
+    log:
+        "logs/annotations.log",
+    benchmark:
+        "benchmarks/out/annotations.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/annotations.py"
+
+
+rule augment:
+    input:
+        train=rules.annotations.output.train,
+    output:
+        "results/annotations/train_augmented.h5",
+    params:
+        settings=config["augment"],
+        min_area=config["annotations"]["min_instance_area_px"],
+        seed=config["seed"] + 1,
+    log:
+        "logs/augment.log",
+    benchmark:
+        "benchmarks/out/augment.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/augment.py"
+
+
+rule train:
+    input:
+        tiles=rules.augment.output[0],
+        val=rules.annotations.output.val,
+    output:
+        weights="results/model/maskrcnn.pt",
+        meta="results/model/maskrcnn.json",
+        log_table="results/model/training_log.csv",
+        figure=report(
+            "results/model/loss_curve.png",
+            caption="../report/loss_curve.rst",
+            category="Mask R-CNN",
+        ),
+    params:
+        model=config["model"],
+        train=config["train"],
+        seed=config["seed"] + 2,
+        checkpoints="results/model/checkpoints",
+    log:
+        "logs/train.log",
+    benchmark:
+        "benchmarks/out/train.tsv"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=config["train"]["runtime_min"],
+        gpu=config["train"]["gpus"],
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/train.py"
+
+
+rule infer_slab:
+    input:
+        volume="results/{sample}/volume.h5",
+        weights=rules.train.output.weights,
+        meta=rules.train.output.meta,
+    output:
+        temp("results/{sample}/cnn/slabs/{scatteritem}.h5"),
+    params:
+        settings=config["infer"],
+    log:
+        "logs/infer_slab/{sample}/{scatteritem}.log",
+    benchmark:
+        "benchmarks/out/infer_slab/{sample}/{scatteritem}.tsv"
+    threads: config["infer"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=config["infer"]["gpus"],
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/infer_slab.py"
+
+
+rule gather_slices:
+    input:
+        slabs=gather.infer_slab("results/{{sample}}/cnn/slabs/{scatteritem}.h5"),
+        volume="results/{sample}/volume.h5",
+    output:
+        labels="results/{sample}/cnn/slices.h5",
+        table="results/{sample}/cnn/slices.csv",
+    log:
+        "logs/gather_slices/{sample}.log",
+    benchmark:
+        "benchmarks/out/gather_slices/{sample}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/gather_slices.py"
+
+
+rule activation_map:
+    input:
+        test=rules.annotations.output.test,
+        weights=rules.train.output.weights,
+        meta=rules.train.output.meta,
+    output:
+        report(
+            "results/model/fig9a_activation.png",
+            caption="../report/activation.rst",
+            category="Mask R-CNN",
+        ),
+    params:
+        n_slices=3,
+        device=config["infer"]["device"],
+    log:
+        "logs/activation_map.log",
+    benchmark:
+        "benchmarks/out/activation_map.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../scripts/activation_map.py"
