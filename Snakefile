@@ -19,6 +19,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/volume.smk"
 include: "workflow/rules/threshold.smk"
 include: "workflow/rules/cnn.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:
@@ -29,3 +30,4 @@ rule all:
         expand(rules.gather_slices.output.labels, sample=SAMPLES.index),
         rules.train.output.figure,
         rules.activation_map.output[0],
+        rules.compare.output.summary,

@@ -340,6 +340,9 @@ def train(tiles: np.ndarray, tile_masks: np.ndarray, val_images: np.ndarray, val
             log.info("ignoring %s: it belongs to another configuration or data", ckpt)
     for epoch in range(start, t.epochs):
         model.train()
+        # reseed per epoch: the RPN / RoI samplers draw from torch's global generator, so a resumed
+        # run must not depend on how much randomness earlier epochs consumed
+        torch.manual_seed(t.seed * 1000 + epoch)
         g = torch.Generator().manual_seed(t.seed * 1000 + epoch)
         order = torch.randperm(n, generator=g).numpy()
         losses = []

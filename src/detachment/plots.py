@@ -91,3 +91,53 @@ def activation_figure(images, activations, titles):
     ax[1, 0].set_ylabel("activation (FPN P2 norm)")
     fig.tight_layout()
     return fig
+
+
+METHOD_COLOURS = {"cnn": "#1f77b4", "watershed": "#ff7f0e", "watershed_distance": "#2ca02c"}
+
+
+def fig9b(summary, metrics=("precision", "sensitivity", "jaccard", "dice", "f", "mcc")):
+    """Grouped bars (mean ± std over test images) per metric and method, as Supp. Fig. 9b."""
+    methods = list(dict.fromkeys(summary.method))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    width = 0.8 / len(methods)
+    x = np.arange(len(metrics))
+    for k, method in enumerate(methods):
+        rows = summary[summary.method == method].set_index("metric").loc[list(metrics)]
+        ax.bar(x + (k - (len(methods) - 1) / 2) * width, rows["mean"], width, yerr=rows["std"], capsize=3,
+               label=method, color=METHOD_COLOURS.get(method))
+    ref = summary[(summary.method == methods[0])].set_index("metric")
+    for i, m in enumerate(metrics):
+        p = ref.loc[m, "p_value"]
+        if np.isfinite(p):
+            ax.text(i, 1.04, f"p={p:.1g}", ha="center", fontsize=7)
+    ax.set_xticks(x)
+    ax.set_xticklabels(["Precision", "Sensitivity", "Jaccard", "Dice", "F measure", "MCC"][: len(metrics)])
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("mean over test images (± std)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def outline_figure(images, panels: dict, titles):
+    """Rows = test slices; columns = truth and each method's instance outlines over the grey image."""
+    from skimage.segmentation import find_boundaries
+
+    names = list(panels)
+    fig, ax = plt.subplots(len(images), len(names), figsize=(3.6 * len(names), 3.6 * len(images)), squeeze=False)
+    for i, img in enumerate(images):
+        for j, name in enumerate(names):
+            lab = panels[name][i]
+            ax[i, j].imshow(img, cmap="gray")
+            b = find_boundaries(lab, mode="inner")
+            over = np.zeros(img.shape + (4,))
+            over[b] = matplotlib.colors.to_rgba(METHOD_COLOURS.get(name, "#d62728"))
+            ax[i, j].imshow(over)
+            ax[i, j].set_xticks([])
+            ax[i, j].set_yticks([])
+            if i == 0:
+                ax[i, j].set_title(name)
+        ax[i, 0].set_ylabel(titles[i], fontsize=8)
+    fig.tight_layout()
+    return fig

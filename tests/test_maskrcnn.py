@@ -1,0 +1,167 @@
+"""Mask R-CNN: a tiny model learns, resumes exactly, and refuses unsafe or mismatched checkpoints."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from detachment import io
+from detachment.inference import gather_slabs, infer_slab, scatter_range
+from detachment.maskrcnn import (
+    ModelSettings,
+    TrainSettings,
+    build_model,
+    load_checkpoint,
+    load_model,
+    make_target,
+    predictions_to_labels,
+    select_device,
+    settings_dict,
+    train,
+)
+
+TINY = ModelSettings(fpn_channels=16, box_head_width=32, mask_head_width=8, tile=64,
+                     anchor_sizes=(4, 8, 16, 32, 64), rpn_pre_nms_top_n_train=100, rpn_post_nms_top_n_train=50,
+                     rpn_pre_nms_top_n_test=100, rpn_post_nms_top_n_test=50, box_batch_size_per_image=32,
+                     image_mean=0.3, image_std=0.3)
+
+
+def disks(n, size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    imgs = np.zeros((n, size, size), np.float32)
+    masks = np.zeros((n, size, size), np.uint16)
+    for i in range(n):
+        for k in range(1, 4):
+            cy, cx, r = rng.integers(12, size - 12), rng.integers(12, size - 12), rng.integers(5, 9)
+            d = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) & (masks[i] == 0)
+            masks[i][d] = k
+        imgs[i] = (masks[i] > 0) * 0.8 + rng.normal(0, 0.05, (size, size))
+    return imgs, masks
+
+
+def tiny_train(tmp_path, epochs=3, stop=None, run_id="r"):
+    imgs, masks = disks(8)
+    t = TrainSettings(epochs=epochs, batch_size=2, lr_start=0.01, lr_end=0.001, warmup_iterations=2,
+                      device="cpu", threads=1, seed=0, max_iterations_per_epoch=4)
+    return train(imgs, masks, imgs[:2], masks[:2], TINY, t, tmp_path, run_id, progress=False,
+                 stop_after_epoch=stop)
+
+
+def test_tiny_model_trains_and_its_loss_falls(tmp_path):
+    _, result = tiny_train(tmp_path)
+    losses = [r["train_loss"] for r in result.log_rows]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    assert losses[-1] < 0.8 * losses[0]
+    for key in ("val_loss", "val_precision", "val_sensitivity", "lr"):
+        assert key in result.log_rows[0]
+
+
+def test_resume_after_interruption_continues_at_the_next_epoch_with_the_same_state(tmp_path):
+    full, _ = tiny_train(tmp_path / "full")
+    _, first = tiny_train(tmp_path / "cut", stop=0)
+    assert len(first.log_rows) == 1
+    ckpt = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert ckpt["epoch"] == 0 and ckpt["optimizer"]["state"]  # momentum buffers saved
+    resumed, second = tiny_train(tmp_path / "cut")
+    assert second.resumed_from_epoch == 1
+    assert [r["epoch"] for r in second.log_rows] == [1, 2, 3]
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    # a checkpoint of another configuration or data is not resumed
+    _, other = tiny_train(tmp_path / "cut", run_id="different")
+    assert other.resumed_from_epoch == 0
+
+
+def test_corrupted_checkpoint_is_refused_with_the_file_name(tmp_path):
+    p = tmp_path / "model.pt"
+    p.write_bytes(b"\x80\x04this is not a checkpoint")
+    with pytest.raises(io.InputError, match="model.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(p)
+    with pytest.raises(io.InputError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_malicious_pickle_checkpoint_is_refused_and_never_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "evil.pt"
+    torch.save({"model": _Payload()}, p)
+    with pytest.raises(io.InputError, match="refused to load"):
+        load_checkpoint(p)
+    p2 = tmp_path / "evil2.pt"
+    p2.write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(io.InputError):
+        load_checkpoint(p2)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    weights = tmp_path / "w.pt"
+    torch.save(build_model(TINY).state_dict(), weights)
+    meta = tmp_path / "m.json"
+    other = ModelSettings(**{**TINY.__dict__, "fpn_channels": 32})
+    meta.write_text(json.dumps(settings_dict(other, TrainSettings())))
+    with pytest.raises(io.InputError, match="do not fit the architecture"):
+        load_model(weights, meta, torch.device("cpu"))
+
+
+def test_cuda_request_without_cuda_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(RuntimeError, match="no CUDA device is available"):
+        select_device("cuda")
+    assert select_device("auto").type == "cpu"
+
+
+def test_targets_and_painting_round_trip():
+    _, masks = disks(1)
+    t = make_target(masks[0])
+    assert t["boxes"].shape == (3, 4) and t["masks"].shape == (3, 64, 64)
+    # painting the true masks as perfect predictions returns the same instances
+    pred = {"scores": torch.tensor([0.9, 0.8, 0.7]), "masks": t["masks"][:, None].float()}
+    labels, rows = predictions_to_labels(pred, (64, 64), 0.5, 0.5)
+    assert len(rows) == 3
+    for k in range(1, 4):
+        assert len(np.unique(labels[masks[0] == k])) == 1
+
+
+def test_scatter_ranges_tile_the_volume():
+    for depth in (1, 7, 40):
+        for n in (1, 2, 3, 5):
+            ranges = [scatter_range(f"{k}-of-{n}", depth) for k in range(1, n + 1)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == depth
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    with pytest.raises(ValueError):
+        scatter_range("3-of-2", 10)
+
+
+def test_slab_inference_gathers_to_the_whole_volume_result(tmp_path):
+    model = build_model(TINY)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "m.json").write_text(json.dumps(settings_dict(TINY, TrainSettings())))
+    imgs, _ = disks(5)
+    vol = tmp_path / "volume.h5"
+    io.write_volume(vol, np.concatenate([imgs, imgs]).astype(np.float32), 0.5, "test")
+    kw = {"score_threshold": 0.0, "device": "cpu", "progress": False}
+    parts = []
+    for k, (z0, z1) in enumerate([(0, 3), (3, 10)]):
+        parts.append(tmp_path / f"s{k}.h5")
+        infer_slab(vol, tmp_path / "w.pt", tmp_path / "m.json", z0, z1, parts[-1], **kw)
+    infer_slab(vol, tmp_path / "w.pt", tmp_path / "m.json", 0, 10, tmp_path / "whole.h5", **kw)
+    table = gather_slabs(parts, vol, tmp_path / "slices.h5", tmp_path / "slices.csv")
+    np.testing.assert_array_equal(io.read_dataset(tmp_path / "slices.h5", "labels"),
+                                  io.read_dataset(tmp_path / "whole.h5", "labels"))
+    assert set(table.columns) >= {"z", "label", "score", "y0", "x0", "y1", "x1"}
+    with pytest.raises(ValueError, match="slab is missing"):
+        gather_slabs(parts[1:], vol, tmp_path / "x.h5", tmp_path / "x.csv")
