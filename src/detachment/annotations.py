@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 PAPER_TEST_FRACTION = 66 / 221
-PAPER_VAL_FRACTION = 0.15  # of all labelled slices; the paper does not give its train/val cut
+PAPER_VAL_FRACTION = 0.10  # of all labelled slices; the paper does not give its train/val cut
 
 
 @dataclass
@@ -67,10 +67,14 @@ def relabel_slice(mask: np.ndarray, min_area: int) -> np.ndarray:
 def split_slices(available: dict[str, list[int]], s: SplitSettings) -> dict[str, list[LabelledSlice]]:
     """Assign labelled slices ``{sample: [z, ...]}`` to train / val / test without leakage.
 
-    Per sample, the test slices form one contiguous z-range at a random (seeded)
-    position and the val slices the range just above it; ``margin_slices``
-    slices are left out between ranges of different splits. The requested
-    counts are shared among samples in proportion to their labelled slices.
+    Per sample, the test slices form one contiguous z-range with the val
+    slices right beside it; ``margin_slices`` training slices are left out on
+    either side of that held-out block. The ranges are stratified over depth: sample
+    k of K holds out the range at relative depth (k + u) / K (u seeded), so in
+    a monolayer, where every depth looks different (particle bottoms, equators,
+    caps), each depth is held out in one sample and trained on in the others.
+    The requested counts are shared among samples in proportion to their
+    labelled slices.
     """
     rng = np.random.default_rng(s.seed)
     total = sum(len(v) for v in available.values())
@@ -84,27 +88,30 @@ def split_slices(available: dict[str, list[int]], s: SplitSettings) -> dict[str,
     # largest-remainder shares of the test and val counts per sample
     share_test = _shares(n_test, [len(available[k]) for k in samples])
     share_val = _shares(n_val, [len(available[k]) for k in samples])
-    for sample, nt, nv in zip(samples, share_test, share_val):
+    # stratified positions: sample k's test range sits near quantile (k + shift) / K of its z-range, so
+    # the held-out ranges of different samples cover different depths and training sees every depth
+    shift = rng.random()
+    for k_sample, (sample, nt, nv) in enumerate(zip(samples, share_test, share_val)):
         zs = np.array(sorted(available[sample]))
         n = len(zs)
-        span = nt + nv + (s.margin_slices if nv and nt else 0)
-        if nt + nv == 0:
-            out["train"].extend(LabelledSlice(sample, int(z)) for z in zs)
-            continue
-        if span > n:
+        if nt + nv > n:
             raise ValueError(f"annotations: sample {sample} has {n} labelled slices, too few for {nt} test and "
-                             f"{nv} val slices with margin {s.margin_slices}")
-        start = int(rng.integers(0, n - span + 1))
+                             f"{nv} val slices")
+        q = ((k_sample + shift) / len(samples)) % 1.0
+        t0 = int(round(q * (n - nt - nv)))
+        # val right beside the test range (both are held out, so no margin between them), on the side
+        # with more room; the held-out block [test + val] then costs only two margins of training slices
+        if t0 >= n - (t0 + nt + nv):
+            v0, t0 = t0, t0 + nv
+        else:
+            v0 = t0 + nt
         split_of = np.full(n, "train", dtype=object)
-        split_of[start:start + nt] = "test"
-        v0 = start + nt + (s.margin_slices if nt else 0)
+        split_of[t0:t0 + nt] = "test"
         split_of[v0:v0 + nv] = "val"
         for i, z in enumerate(zs):
             own = split_of[i]
             near = [split_of[j] for j in range(n) if j != i and abs(zs[j] - z) <= s.margin_slices]
             if own == "train" and any(o != "train" for o in near):
-                continue
-            if own == "val" and "test" in near:
                 continue
             out[own].append(LabelledSlice(sample, int(z)))
     for k in SPLITS:
