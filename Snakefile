@@ -20,6 +20,7 @@ include: "workflow/rules/volume.smk"
 include: "workflow/rules/threshold.smk"
 include: "workflow/rules/cnn.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/link.smk"
 
 
 rule all:
@@ -31,3 +32,5 @@ rule all:
         rules.train.output.figure,
         rules.activation_map.output[0],
         rules.compare.output.summary,
+        expand(rules.link_slices.output.particles, sample=SAMPLES.index),
+        rules.summarize_linking.output.table,

@@ -141,3 +141,26 @@ def outline_figure(images, panels: dict, titles):
         ax[i, 0].set_ylabel(titles[i], fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def linking_figure(table):
+    """Recovered fraction and split + merge rate per (input, method), one bar group per sample."""
+    table = table.assign(case=table["input"] + "\n" + table["method"], error=table.split_rate + table.merge_rate)
+    cases = list(dict.fromkeys(table.case))
+    samples = list(dict.fromkeys(table["sample"]))
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4))
+    width = 0.8 / len(samples)
+    x = np.arange(len(cases))
+    for k, s in enumerate(samples):
+        rows = table[table["sample"] == s].set_index("case").loc[cases]
+        ax[0].bar(x + (k - (len(samples) - 1) / 2) * width, rows.recovered, width, label=s)
+        ax[1].bar(x + (k - (len(samples) - 1) / 2) * width, rows.error, width, label=s)
+    ax[0].set_ylabel("recovered at 3D IoU ≥ 0.5")
+    ax[0].set_ylim(0, 1.05)
+    ax[1].set_ylabel("split + merge rate")
+    for a in ax:
+        a.set_xticks(x)
+        a.set_xticklabels(cases, fontsize=7)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

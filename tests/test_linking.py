@@ -1,0 +1,179 @@
+"""Hungarian linking and greedy stitching on stacks with known answers; bounded memory."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import h5py
+import numpy as np
+import pytest
+
+from detachment.linking import LinkSettings, link_file, link_slices, stitch_greedy
+from detachment.metrics import particle_scores
+
+
+def disk(shape, cy, cx, r):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def linked(stack, **kw):
+    it, linker = link_slices(stack, LinkSettings(**kw))
+    return np.stack(list(it)), linker
+
+
+def per_slice_ids(vol3d):
+    """Turn 3D ids into arbitrary per-slice ids (what a slice-wise segmenter gives)."""
+    out = np.zeros_like(vol3d)
+    rng = np.random.default_rng(0)
+    for z, sl in enumerate(vol3d):
+        ids = np.unique(sl[sl > 0])
+        perm = rng.permutation(len(ids)) + 1
+        for i, p in zip(ids, perm):
+            out[z][sl == i] = p
+    return out
+
+
+def test_shifted_disks_become_one_particle_each():
+    truth = np.zeros((12, 64, 64), np.int32)
+    for z in range(12):
+        truth[z][disk((64, 64), 20, 15 + z, 8)] = 1  # drifts 1 px per slice
+        truth[z][disk((64, 64), 45, 45 - z // 2, 6)] = 2
+    out, _ = linked(per_slice_ids(truth))
+    s = particle_scores(truth, out)
+    assert s["recovered"] == 1.0 and s["n_pred"] == 2 and s["split_rate"] == 0 and s["merge_rate"] == 0
+
+
+def test_spheres_from_true_slices_are_recovered_exactly():
+    zz, yy, xx = np.mgrid[:30, :60, :60]
+    truth = np.zeros(zz.shape, np.int32)
+    centres = [(15, 15, 15, 10), (15, 15, 38, 10), (12, 42, 25, 9), (20, 45, 48, 8)]
+    for k, (cz, cy, cx, r) in enumerate(centres, 1):
+        truth[((zz - cz) ** 2 + (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (truth == 0)] = k
+    out, _ = linked(per_slice_ids(truth))
+    s = particle_scores(truth, out)
+    # a one- or few-pixel polar cap may start a track of its own (IoU with the next slice < min_iou)
+    assert s["recovered"] == 1.0 and s["mean_iou"] > 0.99 and s["split_rate"] == 0 and s["merge_rate"] == 0
+    out, _ = linked(per_slice_ids(truth), cost="overlap")  # overlap-fraction cost keeps the caps
+    assert particle_scores(truth, out)["mean_iou"] == 1.0
+
+
+def test_a_particle_missing_for_one_slice_is_bridged():
+    stack = np.zeros((9, 40, 40), np.int32)
+    for z in range(9):
+        if z != 4:
+            stack[z][disk((40, 40), 20, 20, 8)] = 3
+    out, linker = linked(stack, max_gap=1)
+    assert set(np.unique(out)) == {0, 1}
+    assert linker.tracks[0].gaps == 1
+    out0, _ = linked(stack, max_gap=0)
+    assert set(np.unique(out0)) == {0, 1, 2}  # without gap closing: two particles
+
+
+def test_two_particles_touching_in_one_slice_are_not_merged():
+    stack = np.zeros((7, 40, 60), np.int32)
+    for z in range(7):
+        gap = 0 if z == 3 else 4  # they touch at z = 3
+        stack[z][disk((40, 60), 20, 18, 10)] = 1
+        stack[z][disk((40, 60), 20, 18 + 20 + gap, 10) & (stack[z] == 0)] = 2
+    out, _ = linked(per_slice_ids(stack))
+    truth = np.zeros_like(stack)
+    truth[stack > 0] = np.where(np.indices(stack.shape)[2][stack > 0] < 29, 1, 2)
+    assert particle_scores(truth, out)["merge_rate"] == 0
+    assert len(np.unique(out)) == 3
+
+
+def test_a_branch_continues_one_track_and_starts_another():
+    stack = np.zeros((8, 40, 60), np.int32)
+    for z in range(4):
+        stack[z][disk((40, 60), 20, 30, 10)] = 1
+    for z in range(4, 8):
+        stack[z][disk((40, 60), 20, 24, 6)] = 1
+        stack[z][disk((40, 60), 20, 40, 5)] = 2
+    out, _ = linked(stack, min_iou=0.2)
+    ids = np.unique(out[out > 0])
+    assert len(ids) == 2  # one branch continues the trunk, the other is a new particle
+    assert out[0, 20, 30] == out[7, 20, 24]
+
+
+def test_empty_slices_and_a_one_slice_volume():
+    stack = np.zeros((5, 30, 30), np.int32)
+    out, linker = linked(stack)
+    assert not out.any() and linker.tracks == []
+    one = np.zeros((1, 30, 30), np.int32)
+    one[0][disk((30, 30), 15, 15, 5)] = 7
+    out, _ = linked(one)
+    assert set(np.unique(out)) == {0, 1}
+
+
+def test_greedy_stitcher_merges_where_hungarian_does_not():
+    # a large particle above two small ones: greedy gives both small ones the big one's id
+    stack = np.zeros((4, 40, 60), np.int32)
+    for z in range(2):
+        stack[z][disk((40, 60), 20, 30, 14)] = 1
+    for z in range(2, 4):
+        stack[z][disk((40, 60), 20, 22, 7)] = 1
+        stack[z][disk((40, 60), 20, 38, 7)] = 2
+    greedy = np.stack(list(stitch_greedy(stack, threshold=0.2)))
+    hung, _ = linked(stack, min_iou=0.2)
+    assert len(np.unique(greedy[greedy > 0])) == 1
+    assert len(np.unique(hung[hung > 0])) == 2
+
+
+def _write_slices(path, stack):
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("labels", data=stack.astype(np.uint32), chunks=(1,) + stack.shape[1:])
+        d.attrs["voxel_size_um"] = np.ones(3)
+
+
+def test_link_file_drops_small_renumbers_and_flags(tmp_path):
+    stack = np.zeros((6, 40, 40), np.int32)
+    for z in range(6):
+        stack[z][disk((40, 40), 20, 20, 8)] = 1
+    stack[2, 0:3, 0:3] = 2  # 9 voxels at the border: below min_voxels
+    stack[3:6, 0:6, 30:36] = 5  # at the border, 108 voxels
+    _write_slices(tmp_path / "slices.h5", stack)
+    table = link_file(tmp_path / "slices.h5", tmp_path / "particles.h5", LinkSettings(min_voxels=50, slab=4))
+    with h5py.File(tmp_path / "particles.h5") as f:
+        out = f["labels"][...]
+    assert sorted(np.unique(out)) == [0, 1, 2]
+    assert table.label.tolist() == [1, 2]
+    assert table.touches_border.tolist() == [True, True]  # z = 0 and z = 5 are volume faces too
+    assert table.voxels.tolist() == [int((out == 1).sum()), 108]
+    assert table.connected_6.all()
+
+
+def test_link_file_greedy_method(tmp_path):
+    stack = np.zeros((4, 30, 30), np.int32)
+    for z in range(4):
+        stack[z][disk((30, 30), 15, 15, 6)] = z + 1
+    _write_slices(tmp_path / "s.h5", stack)
+    table = link_file(tmp_path / "s.h5", tmp_path / "p.h5", LinkSettings(min_voxels=1), method="greedy")
+    assert len(table) == 1
+    with pytest.raises(ValueError, match="linking method"):
+        link_file(tmp_path / "s.h5", tmp_path / "q.h5", LinkSettings(), method="magic")
+
+
+def _peak_linking_memory(depth):
+    rng = np.random.default_rng(0)
+    base = np.zeros((64, 64), np.int32)
+    for k in range(1, 9):
+        cy, cx = rng.integers(8, 56, 2)
+        base[disk((64, 64), cy, cx, 5) & (base == 0)] = k
+
+    def slices():
+        for _ in range(depth):
+            yield base.copy()
+
+    tracemalloc.start()
+    it, _ = link_slices(slices(), LinkSettings())
+    for _ in it:
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_peak_memory_does_not_grow_with_depth():
+    small, deep = _peak_linking_memory(16), _peak_linking_memory(128)
+    assert deep < 1.5 * small
