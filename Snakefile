@@ -21,6 +21,7 @@ include: "workflow/rules/threshold.smk"
 include: "workflow/rules/cnn.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/link.smk"
+include: "workflow/rules/science.smk"
 
 
 rule all:
@@ -34,3 +35,5 @@ rule all:
         rules.compare.output.summary,
         expand(rules.link_slices.output.particles, sample=SAMPLES.index),
         rules.summarize_linking.output.table,
+        expand(rules.damage.output.table, sample=SAMPLES.index),
+        rules.statistics.output.fig4,

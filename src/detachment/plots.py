@@ -164,3 +164,105 @@ def linking_figure(table):
         a.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def damage_figure(image, labels_slice, damage_by_label: dict, profile, voxel_size_um: float, title=""):
+    """Supp. Fig. 2 style: a slice with particles coloured by crack surface per volume, and the depth profile."""
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1.2, 1]})
+    ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
+    ax[0].imshow(image, cmap="gray", extent=ext)
+    colour = np.full(labels_slice.shape, np.nan)
+    for lab, v in damage_by_label.items():
+        colour[labels_slice == lab] = v
+    im = ax[0].imshow(colour, cmap="plasma", alpha=0.75, extent=ext)
+    fig.colorbar(im, ax=ax[0], label="crack surface per volume (µm⁻¹)")
+    ax[0].set_xlabel("x (µm)")
+    ax[0].set_title(title)
+    mid = 0.5 * (profile.height_low_um + profile.height_high_um)
+    ax[1].errorbar(profile.crack_surface_per_volume_mean, mid, xerr=profile.crack_surface_per_volume_sem, fmt="o-")
+    ax[1].set_xlabel("crack surface per volume (µm⁻¹), mean ± SEM")
+    ax[1].set_ylabel("particle height above collector (µm)")
+    fig.tight_layout()
+    return fig
+
+
+def diffusion_figure(image, field, envelope, paths, voxel_size_um: float, title=""):
+    """Supp. Fig. 3 style: a particle slice colour-coded by diffusion length with steepest-descent paths."""
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
+    ax.imshow(image, cmap="gray", extent=ext)
+    shown = np.where(np.isfinite(field), field, np.nan)
+    im = ax.imshow(shown, cmap="viridis", extent=ext)
+    fig.colorbar(im, ax=ax, label="electron diffusion length (µm)")
+    ax.contour(envelope, levels=[0.5], colors="w", linewidths=0.8,
+               extent=[0, image.shape[1] * voxel_size_um, 0, image.shape[0] * voxel_size_um], origin="upper")
+    for p in paths:
+        ax.plot((p[:, 1] + 0.5) * voxel_size_um, (p[:, 0] + 0.5) * voxel_size_um, "w-", lw=0.8)
+    ax.set_title(title)
+    ax.set_xlabel("x (µm)")
+    fig.tight_layout()
+    return fig
+
+
+def fig4(particles, by_rate, by_size_table):
+    """Main-text Fig. 4 panels: detachment by C-rate (bootstrap CI), vs particle size (per-bin uncertainty),
+    vs volume for all particles."""
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
+    rates = list(by_rate.c_rate)
+    for i, r in enumerate(rates):
+        v = particles.loc[particles.c_rate == r, "detachment"]
+        ax[0].scatter(np.full(len(v), i) + np.random.default_rng(i).uniform(-0.15, 0.15, len(v)), v, s=8,
+                      alpha=0.5)
+    ax[0].errorbar(range(len(rates)), by_rate["mean"],
+                   yerr=[by_rate["mean"] - by_rate.ci95_low, by_rate.ci95_high - by_rate["mean"]],
+                   fmt="ks", capsize=6, label="mean, 95 % bootstrap CI")
+    pcol = [c for c in by_rate.columns if c.startswith("mannwhitney")]
+    if len(rates) > 1 and pcol:
+        ax[0].set_title(f"Mann–Whitney p = {by_rate[pcol[0]].iloc[1]:.2g}")
+    ax[0].set_xticks(range(len(rates)))
+    ax[0].set_xticklabels(rates)
+    ax[0].set_ylabel("detachment fraction")
+    ax[0].legend(fontsize=8)
+    mid = 0.5 * (by_size_table.diameter_low_um + by_size_table.diameter_high_um)
+    ax[1].errorbar(mid, by_size_table["mean"], yerr=by_size_table.sem, fmt="o-", capsize=4, label="mean ± SEM")
+    ax[1].errorbar(mid, by_size_table["mean"], yerr=by_size_table.measurement_std_mean, fmt="none", ecolor="r",
+                   capsize=8, label="mean per-particle uncertainty")
+    ax[1].set_xlabel("equivalent diameter (µm)")
+    ax[1].set_ylabel("detachment fraction")
+    ax[1].legend(fontsize=8)
+    for r in rates:
+        sub = particles[particles.c_rate == r]
+        ax[2].errorbar(sub.volume_um3, sub.detachment, yerr=sub.detachment_std, fmt="o", ms=3, alpha=0.6, label=r)
+    ax[2].set_xscale("log")
+    ax[2].set_xlabel("particle volume (µm³)")
+    ax[2].set_ylabel("detachment fraction")
+    ax[2].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig8(particles, r_p, histograms: dict, fwhm_tables: dict):
+    """Supp. Fig. 8 style: electron density vs detachment, and the phases' grey-level histograms with FWHMs."""
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in dict.fromkeys(particles.c_rate):
+        sub = particles[particles.c_rate == r]
+        ax[0].scatter(sub.detachment, sub.electron_density_mean, s=10, alpha=0.7, label=r)
+    ax[0].set_xlabel("detachment fraction")
+    ax[0].set_ylabel("mean electron density (grey level)")
+    ax[0].set_title(f"Pearson r = {r_p[0]:.2f} (p = {r_p[1]:.2g})")
+    ax[0].legend(fontsize=8)
+    for sample, h in histograms.items():
+        centres = 0.5 * (h.bin_low + h.bin_high)
+        ax[1].plot(centres, h["count"], lw=1, label=sample)
+        ft = fwhm_tables[sample]
+        for row in ft.itertuples():
+            if np.isfinite(row.fwhm):
+                ax[1].annotate(f"{row.phase}\n{row.fwhm:.3f}", (row.centre, h["count"].max() * 0.3), fontsize=7,
+                               ha="center")
+    ax[1].set_yscale("log")
+    ax[1].set_xlabel("grey level")
+    ax[1].set_ylabel("voxels")
+    ax[1].set_title("phase histograms, FWHM per phase")
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,124 @@
+"""Per-particle table: size, shape, electron density, cracks, detachment and contacts (main text Fig. 4).
+
+Inputs are a 3D particle label volume (envelopes: cracks inside a particle
+carry its label), the phase map and the grey volume, axes (z, y, x), voxel size
+in µm (z, y, x; anisotropic voxels supported).
+
+Definitions
+-----------
+* Detachment = area of the envelope's voxel faces facing void (electrolyte)
+  over the area facing void, CBD, Al or another particle
+  (:mod:`detachment.surface`); ``detachment_std`` is its binomial standard
+  error from the number of faces, so small particles carry more uncertainty.
+* Contact areas (µm²) are face areas times 2/3: a voxelised surface of
+  isotropically distributed orientation has 3/2 times the true area in faces
+  (mean of |n_x| + |n_y| + |n_z| over the sphere), the staircase bias.
+* Surface area for sphericity: marching cubes (:func:`skimage.measure.marching_cubes`,
+  physical spacing) on the envelope smoothed by a 0.7-voxel Gaussian, within
+  ~5 % of a ball's area for radii ≥ 5 voxels; sphericity = π^(1/3) (6V)^(2/3) / A.
+* Crack volume fraction = void voxels inside the envelope / envelope voxels;
+  crack surface per volume (µm⁻¹) = crack face area × 2/3 / envelope volume.
+* Electron density: mean and standard deviation of the grey level over the
+  particle's solid (NMC) voxels; NMC-high fraction over the solid.
+* Distance to the collector: lowest z of the particle minus the collector
+  top (highest slice that is mostly Al, + 1), in µm; ``height_um``: the
+  centroid's height above the collector top.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .phases import AL, NMC_HIGH, NMC_LOW, VOID
+from .surface import crack_faces, surface_contacts
+
+log = logging.getLogger(__name__)
+
+STAIRCASE = 2.0 / 3.0
+
+
+def collector_top(phases: np.ndarray) -> int:
+    """First z above the collector: one past the highest slice whose voxels are mostly Al (0 if none)."""
+    frac = (phases == AL).mean(axis=(1, 2))
+    idx = np.nonzero(frac > 0.5)[0]
+    return int(idx.max()) + 1 if idx.size else 0
+
+
+def surface_area_mc(mask: np.ndarray, voxel_size_um) -> float:
+    """Envelope surface area in µm² by marching cubes on the (padded) boolean mask."""
+    from skimage.measure import marching_cubes, mesh_surface_area
+
+    if mask.sum() < 2:
+        return float(np.nan)
+    # marching cubes on a raw binary mask still over-estimates a sphere's area by ~9-12 %; a 0.7-voxel
+    # Gaussian first brings it within ~5 % for radii >= 5 voxels (measured; see tests/test_science.py)
+    padded = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 3), 0.7)
+    verts, faces, _, _ = marching_cubes(padded, 0.5, spacing=tuple(float(v) for v in voxel_size_um))
+    return float(mesh_surface_area(verts, faces))
+
+
+def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, voxel_size_um,
+                   border: dict | None = None) -> pd.DataFrame:
+    """One row per label of ``labels`` (column ``label`` = the id in the volume), units in column names."""
+    vs = np.asarray(voxel_size_um, float)
+    labels = np.asarray(labels)
+    n = int(labels.max())
+    idx = np.arange(1, n + 1)
+    if n == 0:
+        return pd.DataFrame(columns=["label", "detachment"])
+    contacts = surface_contacts(labels, phases, vs, n_labels=n)
+    crack_area = crack_faces(labels, phases, vs, n_labels=n) * STAIRCASE
+    ones = np.ones(labels.shape, np.int64)
+    vox = ndimage.sum_labels(ones, labels, idx)
+    solid = (phases == NMC_LOW) | (phases == NMC_HIGH)
+    solid_vox = ndimage.sum_labels(solid, labels, idx)
+    high_vox = ndimage.sum_labels(phases == NMC_HIGH, labels, idx)
+    crack_vox = ndimage.sum_labels(phases == VOID, labels, idx)
+    solid_labels = np.where(solid, labels, 0)
+    dens_mean = ndimage.mean(volume, solid_labels, idx)
+    dens_std = ndimage.standard_deviation(volume, solid_labels, idx)
+    com = np.array(ndimage.center_of_mass(ones, labels, idx))
+    objs = ndimage.find_objects(labels, max_label=n)
+    top = collector_top(phases)
+    area_mc, zmin = [], []
+    for lab, sl in zip(idx, objs):
+        if sl is None:
+            area_mc.append(np.nan)
+            zmin.append(-1)
+            continue
+        area_mc.append(surface_area_mc(labels[sl] == lab, vs))
+        zmin.append(sl[0].start)
+    vvox = float(np.prod(vs))
+    volume_um3 = vox * vvox
+    area_mc = np.asarray(area_mc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sphericity = np.pi ** (1 / 3) * (6 * volume_um3) ** (2 / 3) / area_mc
+        table = pd.DataFrame({
+            "label": idx,
+            "volume_um3": volume_um3,
+            "diameter_um": np.cbrt(6 * volume_um3 / np.pi),
+            "surface_area_um2": area_mc,
+            "sphericity": sphericity,
+            "centroid_z_um": com[:, 0] * vs[0], "centroid_y_um": com[:, 1] * vs[1],
+            "centroid_x_um": com[:, 2] * vs[2],
+            "distance_to_collector_um": (np.asarray(zmin) - top) * vs[0],
+            "height_um": com[:, 0] * vs[0] - top * vs[0],
+            "electron_density_mean": dens_mean, "electron_density_std": dens_std,
+            "nmc_high_fraction": np.where(solid_vox > 0, high_vox / np.maximum(solid_vox, 1), np.nan),
+            "crack_volume_fraction": crack_vox / np.maximum(vox, 1),
+            "crack_surface_per_volume_per_um": crack_area[1:] / volume_um3,
+            "detachment": contacts.detachment[1:],
+            "detachment_std": contacts.detachment_std[1:],
+            "surface_faces": contacts.n_faces[1:].sum(1),
+            "contact_void_um2": contacts.area[1:, 0] * STAIRCASE,
+            "contact_cbd_um2": contacts.area[1:, 1] * STAIRCASE,
+            "contact_al_um2": contacts.area[1:, 2] * STAIRCASE,
+            "contact_particle_um2": contacts.area[1:, 3] * STAIRCASE,
+        })
+    if border is not None:
+        table["touches_border"] = table.label.map(border).fillna(False).astype(bool)
+    return table[table.volume_um3 > 0].reset_index(drop=True)

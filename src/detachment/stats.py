@@ -1,0 +1,62 @@
+"""Statistics across particles and cells (main text Fig. 4, Supp. Fig. 8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+
+def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = rng.choice(v, size=(n_boot, v.size), replace=True).mean(1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def by_group(particles: pd.DataFrame, group: str = "c_rate", value: str = "detachment", seed: int = 0
+             ) -> pd.DataFrame:
+    """Per group: n, mean, median, std and bootstrap 95 % CI of ``value``; Mann–Whitney U p-value of each
+    group against the first group (two-sided)."""
+    groups = list(dict.fromkeys(particles[group]))
+    first = particles.loc[particles[group] == groups[0], value].dropna()
+    rows = []
+    for g in groups:
+        v = particles.loc[particles[group] == g, value].dropna()
+        lo, hi = bootstrap_ci(v, seed=seed)
+        p = stats.mannwhitneyu(v, first, alternative="two-sided").pvalue if g != groups[0] and len(v) and \
+            len(first) else np.nan
+        rows.append({group: g, "n": int(v.size), "mean": v.mean(), "median": v.median(),
+                     "std": v.std(ddof=1), "ci95_low": lo, "ci95_high": hi, "mannwhitney_p_vs_" + str(groups[0]): p})
+    return pd.DataFrame(rows)
+
+
+def by_size(particles: pd.DataFrame, n_bins: int = 5, value: str = "detachment") -> pd.DataFrame:
+    """Detachment in diameter quantile bins: mean, SEM across particles, and the mean per-particle
+    measurement uncertainty (``detachment_std``), which is larger for small particles (fewer faces)."""
+    d = particles.dropna(subset=[value])
+    edges = np.unique(np.quantile(d.diameter_um, np.linspace(0, 1, n_bins + 1)))
+    which = np.clip(np.digitize(d.diameter_um, edges) - 1, 0, len(edges) - 2)
+    rows = []
+    for b in range(len(edges) - 1):
+        g = d[which == b]
+        rows.append({"diameter_low_um": edges[b], "diameter_high_um": edges[b + 1], "n": len(g),
+                     "mean": g[value].mean(), "sem": g[value].std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else np.nan,
+                     "measurement_std_mean": g["detachment_std"].mean() if "detachment_std" in g else np.nan})
+    return pd.DataFrame(rows)
+
+
+def correlation(x, y) -> tuple[float, float]:
+    """Pearson r and its two-sided p-value, finite pairs only."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        return float("nan"), float("nan")
+    r = stats.pearsonr(x[ok], y[ok])
+    return float(r.statistic), float(r.pvalue)

@@ -1,0 +1,114 @@
+# The paper's science: per-particle table, crack damage profile, electron diffusion length, statistics.
+
+
+rule particles:
+    input:
+        particles=rules.link_slices.output.particles,
+        links=rules.link_slices.output.links,
+        phases=rules.threshold_phases.output.phases,
+        volume="results/{sample}/volume.h5",
+    output:
+        "results/{sample}/particles.csv",
+    log:
+        "logs/particles/{sample}.log",
+    benchmark:
+        "benchmarks/out/particles/{sample}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/particles.py"
+
+
+rule damage:
+    input:
+        table=rules.particles.output[0],
+        particles=rules.link_slices.output.particles,
+        phases=rules.threshold_phases.output.phases,
+        volume="results/{sample}/volume.h5",
+    output:
+        table="results/{sample}/damage_profile.csv",
+        figure=report(
+            "results/{sample}/fig2_damage.png",
+            caption="../report/fig2.rst",
+            category="Science",
+            labels={"sample": "{sample}"},
+        ),
+    params:
+        bin_um=config["science"]["damage_bin_um"],
+    log:
+        "logs/damage/{sample}.log",
+    benchmark:
+        "benchmarks/out/damage/{sample}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/damage.py"
+
+
+rule diffusion:
+    input:
+        particles=rules.link_slices.output.particles,
+        phases=rules.threshold_phases.output.phases,
+        volume="results/{sample}/volume.h5",
+    output:
+        table="results/{sample}/diffusion.csv",
+        figure=report(
+            "results/{sample}/fig3_diffusion.png",
+            caption="../report/fig3.rst",
+            category="Science",
+            labels={"sample": "{sample}"},
+        ),
+    log:
+        "logs/diffusion/{sample}.log",
+    benchmark:
+        "benchmarks/out/diffusion/{sample}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/diffusion.py"
+
+
+rule statistics:
+    input:
+        particles=expand(rules.particles.output[0], sample=SAMPLES.index),
+        diffusion=expand(rules.diffusion.output.table, sample=SAMPLES.index),
+        histograms=expand(rules.threshold_phases.output.histogram, sample=SAMPLES.index),
+        fwhm=expand(rules.threshold_phases.output.fwhm, sample=SAMPLES.index),
+    output:
+        all_particles="results/statistics/particles_all.csv",
+        by_rate="results/statistics/detachment_by_c_rate.csv",
+        by_size="results/statistics/detachment_by_size.csv",
+        correlations="results/statistics/correlations.csv",
+        fig4=report("results/statistics/fig4.png", caption="../report/fig4.rst", category="Science"),
+        fig8=report("results/statistics/fig8.png", caption="../report/fig8.rst", category="Science"),
+    params:
+        samples=list(SAMPLES.index),
+        c_rates=list(SAMPLES.c_rate),
+        cells=list(SAMPLES.cell),
+        size_bins=config["science"]["size_bins"],
+        seed=config["seed"],
+        exclude_border=config["science"]["exclude_border"],
+    log:
+        "logs/statistics.log",
+    benchmark:
+        "benchmarks/out/statistics.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/statistics.py"
