@@ -27,13 +27,4 @@ include: "workflow/rules/science.smk"
 rule all:
     default_target: True
     input:
-        expand(rules.threshold_phases.output.phases, sample=SAMPLES.index),
-        expand(rules.threshold_phases.output.figure, sample=SAMPLES.index),
-        expand(rules.gather_slices.output.labels, sample=SAMPLES.index),
-        rules.train.output.figure,
-        rules.activation_map.output[0],
-        rules.compare.output.summary,
-        expand(rules.link_slices.output.particles, sample=SAMPLES.index),
-        rules.summarize_linking.output.table,
-        expand(rules.damage.output.table, sample=SAMPLES.index),
-        rules.statistics.output.fig4,
+        final_targets(),

@@ -30,13 +30,24 @@ def default_config() -> dict:
         return yaml.safe_load(f)
 
 
+TINY_SECTIONS = {
+    "annotations": {"margin_slices": 1},
+    "augment": {"copies": 2, "tile": 64},
+    "model": {"fpn_channels": 16, "box_head_width": 32, "mask_head_width": 8},
+    "train": {"epochs": 2, "max_iterations_per_epoch": 2, "batch_size": 2, "threads": 1, "warmup_iterations": 1},
+    "infer": {"slabs": 2},
+}
+
+
 def write_tiny_workdir(path: Path, **overrides) -> Path:
-    """A work directory with a tiny config and the default two-phantom sample sheet."""
+    """A work directory with a tiny config (small phantoms, a few training steps) and the default sheet."""
     path.mkdir(parents=True, exist_ok=True)
     with open(ROOT / "config" / "config.yaml") as f:
         cfg = yaml.safe_load(f)
     cfg["samples"] = "samples.tsv"
     cfg["phantom"]["defaults"].update(TINY_PHANTOM)
+    for section, values in TINY_SECTIONS.items():
+        cfg[section].update(values)
     for key, value in overrides.items():
         cfg[key] = value
     (path / "config.yaml").write_text(yaml.safe_dump(cfg))

@@ -224,7 +224,7 @@ def fig4(particles, by_rate, by_size_table):
     ax[0].set_ylabel("detachment fraction")
     ax[0].legend(fontsize=8)
     mid = 0.5 * (by_size_table.diameter_low_um + by_size_table.diameter_high_um)
-    ax[1].errorbar(mid, by_size_table["mean"], yerr=by_size_table.sem, fmt="o-", capsize=4, label="mean ± SEM")
+    ax[1].errorbar(mid, by_size_table["mean"], yerr=by_size_table["sem"], fmt="o-", capsize=4, label="mean ± SEM")
     ax[1].errorbar(mid, by_size_table["mean"], yerr=by_size_table.measurement_std_mean, fmt="none", ecolor="r",
                    capsize=8, label="mean per-particle uncertainty")
     ax[1].set_xlabel("equivalent diameter (µm)")
@@ -265,4 +265,12 @@ def fig8(particles, r_p, histograms: dict, fwhm_tables: dict):
     ax[1].set_title("phase histograms, FWHM per phase")
     ax[1].legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def empty_figure(message: str):
+    """A placeholder figure that says why there is nothing to show (e.g. no particle found)."""
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
     return fig

@@ -3,6 +3,7 @@ import re
 import zlib
 
 import pandas as pd
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 
@@ -76,7 +77,24 @@ LABELLED_SAMPLES = [
     s for s in SAMPLES.index if s in PHANTOM_SAMPLES or SAMPLES.loc[s, "labels"].strip()
 ]
 if not LABELLED_SAMPLES:
-    raise ValueError(
-        f"{config['samples']}: no sample has labels: give label slices in the 'labels' column "
-        "(HDF5 with /labels) or include a phantom sample"
+    logger.warning(
+        f"{config['samples']}: no sample has label slices (column 'labels') and none is a phantom: "
+        "only import and phase thresholding can run; add labels to train the Mask R-CNN"
     )
+
+
+def final_targets():
+    """Everything `all` builds: thresholding always; the CNN, comparison and science when labels exist."""
+    targets = expand("results/{sample}/phases.h5", sample=SAMPLES.index)
+    targets += expand("results/{sample}/fig1_phases.png", sample=SAMPLES.index)
+    if LABELLED_SAMPLES:
+        targets += [
+            "results/model/loss_curve.png",
+            "results/model/fig9a_activation.png",
+            "results/comparison/metrics_summary.csv",
+            "results/statistics/fig4.png",
+        ]
+        targets += expand("results/{sample}/damage_profile.csv", sample=SAMPLES.index)
+        if PHANTOM_SAMPLES:
+            targets.append("results/linking/summary.csv")
+    return targets
