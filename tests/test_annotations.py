@@ -88,3 +88,21 @@ def test_augment_is_deterministic_and_relabels_per_tile():
     for tm in tmasks:
         ids = np.unique(tm[tm > 0])
         assert ids.tolist() == list(range(1, len(ids) + 1))
+
+
+@pytest.mark.parametrize("case", ["shape", "dataset", "dtype"])
+def test_bad_input_label_slices_that_do_not_fit_the_volume(tmp_path, case):
+    import h5py
+
+    from detachment.annotations import check_label_volume
+    from detachment.io import InputError
+
+    p = tmp_path / "labels.h5"
+    arr = np.zeros((10, 32, 32), np.uint16 if case != "dtype" else np.float32)
+    with h5py.File(p, "w") as f:
+        f["other" if case == "dataset" else "labels"] = arr
+    expected = {"shape": "label slices must index the volume", "dataset": "has no dataset '/labels'",
+                "dtype": "must be integers"}[case]
+    with pytest.raises(InputError, match=expected) as e:
+        check_label_volume(p, "labels", (10, 32, 40) if case == "shape" else (10, 32, 32))
+    assert str(p) in str(e.value)

@@ -77,7 +77,7 @@ def test_resume_after_interruption_continues_at_the_next_epoch_with_the_same_sta
     assert other.resumed_from_epoch == 0
 
 
-def test_corrupted_checkpoint_is_refused_with_the_file_name(tmp_path):
+def test_bad_input_corrupted_checkpoint_is_refused_with_the_file_name(tmp_path):
     p = tmp_path / "model.pt"
     p.write_bytes(b"\x80\x04this is not a checkpoint")
     with pytest.raises(io.InputError, match="model.pt: not a readable PyTorch checkpoint"):
@@ -93,7 +93,7 @@ class _Payload:
         return (os.system, ("touch PWNED",))
 
 
-def test_malicious_pickle_checkpoint_is_refused_and_never_executed(tmp_path, monkeypatch):
+def test_bad_input_malicious_pickle_checkpoint_is_refused_and_never_executed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = tmp_path / "evil.pt"
     torch.save({"model": _Payload()}, p)
@@ -106,7 +106,7 @@ def test_malicious_pickle_checkpoint_is_refused_and_never_executed(tmp_path, mon
     assert not (tmp_path / "PWNED").exists()
 
 
-def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+def test_bad_input_checkpoint_of_another_architecture_is_refused(tmp_path):
     weights = tmp_path / "w.pt"
     torch.save(build_model(TINY).state_dict(), weights)
     meta = tmp_path / "m.json"
@@ -116,7 +116,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
         load_model(weights, meta, torch.device("cpu"))
 
 
-def test_cuda_request_without_cuda_is_a_clear_error():
+def test_bad_input_cuda_request_without_cuda_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     with pytest.raises(RuntimeError, match="no CUDA device is available"):

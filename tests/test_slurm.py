@@ -1,0 +1,50 @@
+"""The tiny workflow through the SLURM profile on a real one-node SLURM equals a local run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+
+from .conftest import ROOT, SNAKEMAKE, run_snakemake, write_tiny_workdir
+from .test_reliability import assert_same_results
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def local_slurm(tmp_path_factory):
+    if os.geteuid() != 0 and not shutil.which("slurmctld"):
+        pytest.skip("starting a local SLURM needs root (apt-get, daemons)")
+    state = tmp_path_factory.mktemp("slurm-state")
+    start = subprocess.run([str(ROOT / "tests/slurm/start-local-slurm.sh"), str(state)], capture_output=True,
+                           text=True, timeout=900)
+    if start.returncode != 0:
+        pytest.fail(f"local SLURM did not start:\n{start.stdout}\n{start.stderr}")
+    yield state
+    subprocess.run([str(ROOT / "tests/slurm/stop-local-slurm.sh"), str(state)], timeout=60)
+
+
+def test_tiny_workflow_on_slurm_equals_local_run(local_slurm, tmp_path):
+    local = write_tiny_workdir(tmp_path / "local")
+    r = run_snakemake(local)
+    assert r.returncode == 0, r.stderr[-2000:]
+    cluster = write_tiny_workdir(tmp_path / "cluster")
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(cluster), "--configfile",
+           str(cluster / "config.yaml"), "--workflow-profile", str(ROOT / "profiles/slurm"),
+           "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4"]
+    proc = subprocess.Popen(cmd, cwd=cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # snakemake ignores SIGTERM while it waits on jobs
+        out, _ = proc.communicate(timeout=120)
+        pytest.fail("SLURM run timed out:\n" + out[-3000:])
+    assert proc.returncode == 0, out[-4000:]
+    assert "sbatch" in out or "slurm" in out.lower()
+    # the jobs really went through SLURM: the plugin writes one log folder per rule
+    assert (cluster / ".snakemake" / "slurm_logs").exists()
+    assert_same_results(local, cluster)
