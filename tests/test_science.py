@@ -133,3 +133,24 @@ def test_small_particles_carry_more_measurement_uncertainty():
     t = by_size(df, 4)
     assert t.n.sum() == 200
     assert t.measurement_std_mean.is_monotonic_decreasing
+
+
+def test_streamed_particle_table_equals_whole_volume_table(tmp_path):
+    from detachment import io
+    from detachment.linking import LinkSettings, link_file
+    from detachment.particles import particle_table_from_files
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    from .conftest import TINY_PHANTOM
+
+    ph = generate_phantom(PhantomParams(**TINY_PHANTOM), seed=4)
+    io.write_volume(tmp_path / "v.h5", ph.volume, 0.5, "t")
+    io.write_arrays(tmp_path / "s.h5", {"labels": ph.labels}, voxel_size_um=(0.5,) * 3)
+    io.write_arrays(tmp_path / "p.h5", {"phases": ph.phases})
+    links = link_file(tmp_path / "s.h5", tmp_path / "particles.h5", LinkSettings(min_voxels=1))
+    labels = io.read_dataset(tmp_path / "particles.h5", "labels")
+    whole = particle_table(labels, ph.phases, ph.volume, (0.5,) * 3, dict(zip(links.label, links.touches_border)))
+    streamed = particle_table_from_files(tmp_path / "particles.h5", tmp_path / "p.h5", tmp_path / "v.h5", links,
+                                         progress=False)
+    pd.testing.assert_frame_equal(whole.reset_index(drop=True), streamed[whole.columns].reset_index(drop=True),
+                                  check_dtype=False, rtol=1e-6)

@@ -156,3 +156,22 @@ def descent_path(field: np.ndarray, start: tuple[int, int], max_steps: int = 10_
         y, x = by, bx
         path.append((y, x))
     return np.array(path)
+
+
+def diffusion_table_from_files(labels_path, phases_path, links: pd.DataFrame, voxel_size_um, pad: int = 1,
+                               progress: bool = True) -> pd.DataFrame:
+    """:func:`diffusion_table` reading one bounding-box crop per particle (``links`` rows) from HDF5."""
+    import h5py
+    from tqdm import tqdm
+
+    rows = []
+    with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp:
+        dl, dp = fl["labels"], fp["phases"]
+        shape = dl.shape
+        for row in tqdm(list(links.itertuples()), desc="diffusion", unit="particle", disable=not progress):
+            sl = (slice(max(0, row.z_min - pad), min(shape[0], row.z_max + 1 + pad)),
+                  slice(max(0, row.y_min - pad), min(shape[1], row.y_max + pad)),
+                  slice(max(0, row.x_min - pad), min(shape[2], row.x_max + pad)))
+            stats, _ = particle_diffusion(dl[sl] == row.label, dp[sl], voxel_size_um, int(row.label))
+            rows.append(stats.__dict__)
+    return pd.DataFrame(rows, columns=list(ParticleDiffusion.__dataclass_fields__))

@@ -38,18 +38,20 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
     dev = select_device(device)
     model, _ = load_model(weights_path, meta_path, dev)
     rows = []
-    with h5py.File(volume_path, "r") as f:
-        images = f[io.VOLUME_DATASET][z0:z1].astype(np.float32)
-    labels, r = predict(model, images, dev, batch_size, score_threshold, mask_threshold, progress) \
-        if z1 > z0 else (np.zeros((0,) + images.shape[1:], np.uint32), [])
-    for row in r:
-        rows.append({"z": z0 + row.pop("index"), **row})
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    with io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("labels", data=labels, compression="gzip", compression_opts=1)
-        f.create_dataset("table", data=table.to_numpy(dtype=np.float64))
-        f.attrs["columns"] = ",".join(TABLE_COLUMNS)
-        f.attrs["z0"], f.attrs["z1"] = z0, z1
+    shape, _ = io.read_volume_info(volume_path)
+    chunk = max(batch_size, 16)  # slices held in memory at a time
+    with io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as out, h5py.File(volume_path, "r") as f:
+        kw = {"chunks": (1,) + tuple(shape[1:]), "compression": "gzip", "compression_opts": 1} if z1 > z0 else {}
+        d = out.create_dataset("labels", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
+        for a, b in io.slab_ranges(z1 - z0, chunk):
+            images = f[io.VOLUME_DATASET][z0 + a:z0 + b].astype(np.float32)
+            labels, r = predict(model, images, dev, batch_size, score_threshold, mask_threshold, progress)
+            d[a:b] = labels
+            rows += [{"z": z0 + a + row.pop("index"), **row} for row in r]
+        table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+        out.create_dataset("table", data=table.to_numpy(dtype=np.float64))
+        out.attrs["columns"] = ",".join(TABLE_COLUMNS)
+        out.attrs["z0"], out.attrs["z1"] = z0, z1
     log.info("slab [%d, %d): %d instances", z0, z1, len(table))
     return len(table)
 

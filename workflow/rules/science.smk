@@ -56,6 +56,7 @@ rule damage:
 rule diffusion:
     input:
         particles=rules.link_slices.output.particles,
+        links=rules.link_slices.output.links,
         phases=rules.threshold_phases.output.phases,
         volume="results/{sample}/volume.h5",
     output:
