@@ -25,7 +25,8 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/threshold.py
+	@for b in threshold metrics linking maskrcnn memory dag; do \
+	  echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean-results:
 	rm -rf results logs
