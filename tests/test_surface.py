@@ -61,3 +61,19 @@ def test_crack_faces_count_void_solid_faces_inside_one_particle():
     area = crack_faces(labels, phases, (1.0, 1.0, 1.0))
     # two 5x5 faces across y, plus the crack's rim faces inside the particle along z and x
     assert area[1] == pytest.approx(2 * 25 + 2 * 5 + 2 * 5)
+
+
+def test_probe_two_reads_a_blurred_gap_as_electrolyte():
+    # particle with a 2-voxel electrolyte gap on top, beyond it CBD; thresholding turned the gap voxel
+    # touching the particle into CBD (partial volume): probe=1 reads attached, probe=2 reads detached
+    labels = np.zeros((14, 12, 12), np.uint32)
+    labels[3:8, 3:9, 3:9] = 1
+    phases = np.full(labels.shape, CBD, np.uint8)
+    phases[labels == 1] = NMC_LOW
+    phases[9, 3:9, 3:9] = VOID  # second gap voxel; the first (z = 8) was misread as CBD
+    top = 6 * 6
+    c1 = surface_contacts(labels, phases, probe=1)
+    c2 = surface_contacts(labels, phases, probe=2)
+    assert c1.n_faces[1, 0] == 0
+    assert c2.n_faces[1, 0] == top
+    assert c2.n_faces[1].sum() == c1.n_faces[1].sum()

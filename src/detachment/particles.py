@@ -10,6 +10,12 @@ Definitions
   over the area facing void, CBD, Al or another particle
   (:mod:`detachment.surface`); ``detachment_std`` is its binomial standard
   error from the number of faces, so small particles carry more uncertainty.
+  Improvement over reading the face neighbour (DESIGN.md): on a thresholded
+  reconstruction the contact class is read ``probe`` = 2 voxels out along the
+  face normal. The face neighbour is the voxel most blurred with the bright
+  particle, so a thin electrolyte gap reads as CBD there; on the default
+  phantoms this cut the detachment error with true envelopes from 0.25 / 0.12
+  (mean absolute, biased low) to 0.04 / 0.02.
 * Contact areas (µm²) are face areas times 2/3: a voxelised surface of
   isotropically distributed orientation has 3/2 times the true area in faces
   (mean of |n_x| + |n_y| + |n_z| over the sphere), the staircase bias.
@@ -64,7 +70,7 @@ def surface_area_mc(mask: np.ndarray, voxel_size_um) -> float:
 
 
 def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, voxel_size_um,
-                   border: dict | None = None) -> pd.DataFrame:
+                   border: dict | None = None, probe: int = 2) -> pd.DataFrame:
     """One row per label of ``labels`` (column ``label`` = the id in the volume), units in column names."""
     vs = np.asarray(voxel_size_um, float)
     labels = np.asarray(labels)
@@ -72,7 +78,7 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     idx = np.arange(1, n + 1)
     if n == 0:
         return pd.DataFrame(columns=["label", "detachment"])
-    contacts = surface_contacts(labels, phases, vs, n_labels=n)
+    contacts = surface_contacts(labels, phases, vs, n_labels=n, probe=probe)
     crack_area = crack_faces(labels, phases, vs, n_labels=n) * STAIRCASE
     ones = np.ones(labels.shape, np.int64)
     vox = ndimage.sum_labels(ones, labels, idx)
@@ -126,8 +132,8 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     return table[table.volume_um3 > 0].reset_index(drop=True)
 
 
-def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 1,
-                              progress: bool = True) -> pd.DataFrame:
+def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
+                              progress: bool = True, probe: int = 2) -> pd.DataFrame:
     """:func:`particle_table` particle by particle on bounding-box crops read from the HDF5 files.
 
     Memory is bounded by the largest particle's box, not the volume. Each crop has ``pad`` voxels of
@@ -157,7 +163,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
             lab = dl[sl]
             # this particle becomes label 1; other particles keep distinct ids (> 1) for contact classes
             crop = np.where(lab == row.label, 1, np.where(lab > 0, 2, 0)).astype(np.uint32)
-            t = particle_table(crop, dp[sl], dv[sl].astype(np.float32), vs)
+            t = particle_table(crop, dp[sl], dv[sl].astype(np.float32), vs, probe=probe)
             t = t[t.label == 1].copy()
             if t.empty:
                 continue

@@ -9,6 +9,8 @@ rule particles:
         volume="results/{sample}/volume.h5",
     output:
         "results/{sample}/particles.csv",
+    params:
+        probe=config["science"]["contact_probe_vox"],
     log:
         "logs/particles/{sample}.log",
     benchmark:
