@@ -151,6 +151,18 @@ def test_streamed_particle_table_equals_whole_volume_table(tmp_path):
     labels = io.read_dataset(tmp_path / "particles.h5", "labels")
     whole = particle_table(labels, ph.phases, ph.volume, (0.5,) * 3, dict(zip(links.label, links.touches_border)))
     streamed = particle_table_from_files(tmp_path / "particles.h5", tmp_path / "p.h5", tmp_path / "v.h5", links,
-                                         progress=False)
+                                         progress=False, refine=False)
     pd.testing.assert_frame_equal(whole.reset_index(drop=True), streamed[whole.columns].reset_index(drop=True),
                                   check_dtype=False, rtol=1e-6)
+
+
+def test_refined_envelope_snaps_a_shifted_mask_to_the_solid_and_fills_cracks():
+    from detachment.particles import refine_envelope
+
+    b = ball((24, 24, 24), (12, 12, 12), 7.0)
+    phases = np.where(b, NMC_LOW, CBD).astype(np.uint8)
+    phases[12, 6:18, 12] = VOID  # a crack, inside the envelope
+    phases[b & (np.indices(b.shape)[0] > 16)] = NMC_HIGH
+    mask = np.roll(b, 1, axis=2)  # a segmentation one voxel off
+    env = refine_envelope(mask, np.zeros_like(b), phases)
+    np.testing.assert_array_equal(env, b)

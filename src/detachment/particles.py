@@ -132,11 +132,33 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     return table[table.volume_um3 > 0].reset_index(drop=True)
 
 
+def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, closing_vox: int = 2) -> np.ndarray:
+    """The particle's envelope from the phase map, guided by its segmentation mask (DESIGN.md: the
+    connected NMC solid of the instance, cracks enclosed by closing and hole filling).
+
+    A slice-wise CNN mask is ±1 voxel off the particle's boundary, which is as wide as a thin
+    electrolyte gap; the thresholded solid is not. Envelope = the NMC solid within one voxel of the
+    mask (not in another particle), closed by a ball of ``closing_vox`` and hole-filled, kept within
+    two voxels of the mask. Falls back to the mask when the region holds no solid.
+    """
+    ball = ndimage.generate_binary_structure(3, 1)
+    region = ndimage.binary_dilation(mask, ball) & ~others
+    solid = region & ((phases == NMC_LOW) | (phases == NMC_HIGH))
+    if not solid.any():
+        return mask
+    pad = closing_vox + 1
+    env = np.pad(solid, pad)
+    env = ndimage.binary_closing(env, ndimage.iterate_structure(ball, closing_vox))[pad:-pad, pad:-pad, pad:-pad]
+    env = ndimage.binary_fill_holes(env)
+    return env & ndimage.binary_dilation(mask, ball, iterations=2) & ~others
+
+
 def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
-                              progress: bool = True, probe: int = 2) -> pd.DataFrame:
+                              progress: bool = True, probe: int = 2, refine: bool = True) -> pd.DataFrame:
     """:func:`particle_table` particle by particle on bounding-box crops read from the HDF5 files.
 
-    Memory is bounded by the largest particle's box, not the volume. Each crop has ``pad`` voxels of
+    Memory is bounded by the largest particle's box, not the volume. With ``refine`` the envelope
+    is :func:`refine_envelope` of the segmentation mask. Each crop has ``pad`` voxels of
     context so contacts are seen; other particles in the crop count as particle contacts. The collector
     top is found from the phase map slice by slice.
     """
@@ -161,9 +183,12 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
             hi = [min(shape[0], row.z_max + 1 + pad), min(shape[1], row.y_max + pad), min(shape[2], row.x_max + pad)]
             sl = tuple(slice(a, b) for a, b in zip(lo, hi))
             lab = dl[sl]
-            # this particle becomes label 1; other particles keep distinct ids (> 1) for contact classes
-            crop = np.where(lab == row.label, 1, np.where(lab > 0, 2, 0)).astype(np.uint32)
-            t = particle_table(crop, dp[sl], dv[sl].astype(np.float32), vs, probe=probe)
+            # this particle becomes label 1 (its envelope refined on the phase map); others label 2
+            ph = dp[sl]
+            others = (lab > 0) & (lab != row.label)
+            env = refine_envelope(lab == row.label, others, ph) if refine else lab == row.label
+            crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
+            t = particle_table(crop, ph, dv[sl].astype(np.float32), vs, probe=probe)
             t = t[t.label == 1].copy()
             if t.empty:
                 continue
