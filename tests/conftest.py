@@ -66,3 +66,11 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.C
 @pytest.fixture
 def tiny_workdir(tmp_path) -> Path:
     return write_tiny_workdir(tmp_path / "work")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the size of the bad-input suite (tests named *bad_input*) after every run."""
+    reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])
+               if getattr(r, "when", "call") == "call"]
+    n = sum(1 for r in reports if "bad_input" in r.nodeid)
+    terminalreporter.write_line(f"bad-input cases run: {n}")
