@@ -194,8 +194,9 @@ def diffusion_figure(image, field, envelope, paths, voxel_size_um: float, title=
     shown = np.where(np.isfinite(field), field, np.nan)
     im = ax.imshow(shown, cmap="viridis", extent=ext)
     fig.colorbar(im, ax=ax, label="electron diffusion length (µm)")
-    ax.contour(envelope, levels=[0.5], colors="w", linewidths=0.8,
-               extent=[0, image.shape[1] * voxel_size_um, 0, image.shape[0] * voxel_size_um], origin="upper")
+    ys = (np.arange(image.shape[0]) + 0.5) * voxel_size_um
+    xs = (np.arange(image.shape[1]) + 0.5) * voxel_size_um
+    ax.contour(xs, ys, envelope.astype(float), levels=[0.5], colors="w", linewidths=0.8)
     for p in paths:
         ax.plot((p[:, 1] + 0.5) * voxel_size_um, (p[:, 0] + 0.5) * voxel_size_um, "w-", lw=0.8)
     ax.set_title(title)

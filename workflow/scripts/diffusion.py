@@ -13,8 +13,9 @@ _, voxel = io.read_volume_info(snakemake.input.volume)
 links = pd.read_csv(snakemake.input.links)
 table = diffusion_table_from_files(snakemake.input.particles, snakemake.input.phases, links, voxel)
 io.write_csv(snakemake.output.table, table)
-# figure: the particle with the largest detour, through its widest slice
-finite = table.dropna(subset=["detour_ratio"])
+# figure: among the larger half of the particles, the one with the largest detour, through its widest slice
+finite = table.dropna(subset=["detour_ratio"]).merge(links[["label", "voxels"]], on="label")
+finite = finite[finite.voxels >= finite.voxels.median()]
 if len(finite):
     lab = int(finite.sort_values("detour_ratio").label.iloc[-1])
     row = links.set_index("label").loc[lab]
