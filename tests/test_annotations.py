@@ -106,3 +106,8 @@ def test_bad_input_label_slices_that_do_not_fit_the_volume(tmp_path, case):
     with pytest.raises(InputError, match=expected) as e:
         check_label_volume(p, "labels", (10, 32, 40) if case == "shape" else (10, 32, 32))
     assert str(p) in str(e.value)
+
+
+def test_bad_input_split_counts_larger_than_the_labelled_slices():
+    with pytest.raises(ValueError, match=r"n_test \(30\) and n_val \(5\) must be >= 1 and leave training slices"):
+        split_slices({"a": list(range(20))}, SplitSettings(n_test=30, n_val=5))

@@ -169,3 +169,15 @@ def test_imported_volume_runs_through_thresholding(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     pred = h5py.File(work / "results" / "real" / "phases.h5")["phases"][...]
     assert (pred == ph.phases).mean() > 0.9
+
+
+@pytest.mark.parametrize("section,key,value,expected", [
+    ("watershed", "iou_threshold", 1.5, "1.5 is greater than the maximum of 1"),
+    ("link", "min_iou", 0, "0 is less than or equal to the minimum of 0"),
+    ("train", "device", "tpu", "'tpu' does not match"),
+    ("infer", "slabs", 0, "0 is less than the minimum of 1"),
+    ("augment", "scale_range", [0.8], "is too short"),
+])
+def test_bad_input_config_out_of_range(tmp_path, section, key, value, expected):
+    out = _config_error(tmp_path, lambda c, w: c[section].update({key: value}))
+    assert expected in out and key in out
