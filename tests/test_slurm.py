@@ -7,13 +7,37 @@ import re
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, SNAKEMAKE, run_snakemake, write_tiny_workdir
+from .conftest import ROOT, run_snakemake, write_tiny_workdir
 from .test_reliability import assert_same_results
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+SLURM_PLUGINS = ["snakemake-executor-plugin-slurm==2.8.0", "snakemake-executor-plugin-slurm-jobstep==0.6.1",
+                 "throttler==1.2.3"]
+
+
+@pytest.fixture(scope="module")
+def slurm_python(tmp_path_factory) -> str:
+    """A Python with the SLURM executor plugin: an overlay venv on top of the project's environment,
+    so the project's own snakemake stays free of the plugin (see pyproject's `slurm` extra)."""
+    import site
+    import sys
+
+    env = tmp_path_factory.mktemp("slurm-venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    py = env / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    base = [p for p in site.getsitepackages() if p.endswith("site-packages")][0]
+    Path(purelib, "_project_env.pth").write_text(f"import site; site.addsitedir({base!r})\n")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", purelib,
+                    *SLURM_PLUGINS], check=True)
+    return str(py)
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +53,12 @@ def local_slurm(tmp_path_factory):
     subprocess.run([str(ROOT / "tests/slurm/stop-local-slurm.sh"), str(state)], timeout=60)
 
 
-def test_tiny_workflow_on_slurm_equals_local_run(local_slurm, tmp_path):
+def test_tiny_workflow_on_slurm_equals_local_run(local_slurm, slurm_python, tmp_path):
     local = write_tiny_workdir(tmp_path / "local")
     r = run_snakemake(local)
     assert r.returncode == 0, r.stderr[-2000:]
     cluster = write_tiny_workdir(tmp_path / "cluster")
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(cluster), "--configfile",
+    cmd = [slurm_python, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(cluster), "--configfile",
            str(cluster / "config.yaml"), "--workflow-profile", str(ROOT / "profiles/slurm"),
            "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4"]
     proc = subprocess.Popen(cmd, cwd=cluster, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
