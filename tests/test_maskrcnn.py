@@ -165,3 +165,14 @@ def test_slab_inference_gathers_to_the_whole_volume_result(tmp_path):
     assert set(table.columns) >= {"z", "label", "score", "y0", "x0", "y1", "x1"}
     with pytest.raises(ValueError, match="slab is missing"):
         gather_slabs(parts[1:], vol, tmp_path / "x.h5", tmp_path / "x.csv")
+
+
+def test_prediction_on_whole_slices_leaves_the_training_scale_alone():
+    from detachment.maskrcnn import predict
+
+    model = build_model(TINY)
+    model.train()
+    imgs, _ = disks(2, size=96)
+    predict(model, imgs, torch.device("cpu"), 2, 0.5, 0.5)
+    assert model.transform.min_size == (64,) and model.transform.max_size == 64
+    assert model.training

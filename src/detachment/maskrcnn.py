@@ -14,6 +14,7 @@ normalisation uses the training tiles' mean and standard deviation.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -185,20 +186,35 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     """Instance labels for a stack of (n, y, x) slices at native scale; rows carry ``index``."""
     from tqdm import tqdm
 
+    was_training = model.training
     model.eval()
     h, w = images.shape[1:]
-    # no resizing at inference: the model was trained at native scale
-    model.transform.min_size = (min(h, w),)
-    model.transform.max_size = max(h, w)
     out = np.zeros(images.shape, np.uint32)
     rows = []
     starts = range(0, len(images), batch_size)
-    for b in tqdm(starts, desc="infer", unit="batch", disable=not progress):
-        batch = [to_tensor(im).to(device) for im in images[b:b + batch_size]]
-        for i, pred in enumerate(model(batch)):
-            out[b + i], r = predictions_to_labels(pred, (h, w), score_threshold, mask_threshold)
-            rows.extend({"index": b + i, **row} for row in r)
+    with native_scale(model, h, w):
+        for b in tqdm(starts, desc="infer", unit="batch", disable=not progress):
+            batch = [to_tensor(im).to(device) for im in images[b:b + batch_size]]
+            for i, pred in enumerate(model(batch)):
+                out[b + i], r = predictions_to_labels(pred, (h, w), score_threshold, mask_threshold)
+                rows.extend({"index": b + i, **row} for row in r)
+    model.train(was_training)
     return out, rows
+
+
+@contextlib.contextmanager
+def native_scale(model: nn.Module, h: int, w: int):
+    """Let the model's transform take (h, w) images without resizing, restoring the tile size after.
+
+    The model is trained at native scale on tiles (min_size = max_size = tile); whole slices must not be
+    resized either, and validation inside training must not leave the transform at the slice size.
+    """
+    saved = (model.transform.min_size, model.transform.max_size)
+    model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)
+    try:
+        yield
+    finally:
+        model.transform.min_size, model.transform.max_size = saved
 
 
 def evaluate(model: nn.Module, images: np.ndarray, masks: np.ndarray, device, t: TrainSettings) -> dict:
@@ -390,13 +406,11 @@ def validation_loss(model: nn.Module, images: np.ndarray, masks: np.ndarray, dev
         if isinstance(mod, nn.BatchNorm2d):
             mod.eval()
     h, w = images.shape[1:]
-    saved = (model.transform.min_size, model.transform.max_size)
-    model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)
     total = []
-    for im, mk in zip(images, masks):
-        d = model([to_tensor(im).to(device)], [{k: v.to(device) for k, v in make_target(mk).items()}])
-        total.append(float(sum(d.values())))
-    model.transform.min_size, model.transform.max_size = saved
+    with native_scale(model, h, w):
+        for im, mk in zip(images, masks):
+            d = model([to_tensor(im).to(device)], [{k: v.to(device) for k, v in make_target(mk).items()}])
+            total.append(float(sum(d.values())))
     model.train(was)
     return float(np.mean(total)) if total else float("nan")
 
@@ -407,8 +421,8 @@ def activation_map(model: nn.Module, image: np.ndarray, device) -> np.ndarray:
     with torch.inference_mode():
         x = to_tensor(image).to(device)
         h, w = image.shape
-        model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)
-        batch, _ = model.transform([x])
+        with native_scale(model, h, w):
+            batch, _ = model.transform([x])
         feats = model.backbone(batch.tensors)
         f = feats["0"][0].norm(dim=0)[None, None]
         f = torch.nn.functional.interpolate(f, size=batch.tensors.shape[-2:], mode="bilinear", align_corners=False)
