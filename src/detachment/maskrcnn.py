@@ -449,8 +449,10 @@ def train_from_files(tiles_path, val_path, weights_path, meta_path, model_cfg: d
     m = ModelSettings(**model_cfg, tile=int(tiles.shape[-1]), image_mean=float(tiles.mean()),
                       image_std=float(tiles.std()) or 1.0)
     t = TrainSettings(**train_cfg)
+    # the resume key: settings, both data files and this module's code (a changed training loop must
+    # not resume a checkpoint written by the old one)
     run_id = fingerprint({"settings": settings_dict(m, t), "tiles": fingerprint(tiles_path),
-                          "val": fingerprint(val_path)})
+                          "val": fingerprint(val_path), "code": fingerprint(__file__)})
     model, result = train(tiles, tile_masks, val_images, val_masks, m, t, checkpoint_dir, run_id, progress)
     with io.atomic_output(weights_path) as tmp:
         torch.save(model.state_dict(), tmp)
