@@ -63,6 +63,15 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.C
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One finished run of the whole workflow on the tiny config, shared read-only by the test modules."""
+    work = write_tiny_workdir(tmp_path_factory.mktemp("tiny_run") / "work")
+    r = run_snakemake(work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return work
+
+
 @pytest.fixture
 def tiny_workdir(tmp_path) -> Path:
     return write_tiny_workdir(tmp_path / "work")

@@ -18,12 +18,9 @@ from .conftest import ROOT, SNAKEMAKE, run_snakemake, write_tiny_workdir
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    work = write_tiny_workdir(tmp_path_factory.mktemp("ref") / "work")
-    r = run_snakemake(work)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return work
+@pytest.fixture
+def reference_run(tiny_run):
+    return tiny_run
 
 
 def result_files(work: Path) -> dict[str, Path]:

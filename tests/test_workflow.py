@@ -13,12 +13,9 @@ import yaml
 from .conftest import run_snakemake, write_tiny_workdir
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    work = write_tiny_workdir(tmp_path_factory.mktemp("e2e") / "work")
-    r = run_snakemake(work)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return work
+@pytest.fixture
+def finished_run(tiny_run):
+    return tiny_run
 
 
 def _jobs(proc) -> set[str]:
