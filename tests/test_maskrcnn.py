@@ -136,6 +136,21 @@ def test_targets_and_painting_round_trip():
         assert len(np.unique(labels[masks[0] == k])) == 1
 
 
+def test_painting_drops_a_duplicate_mostly_covered_by_a_higher_score():
+    a = np.zeros((32, 32), np.float32)
+    a[4:16, 4:16] = 1  # 144 px
+    dup = np.zeros_like(a)
+    dup[6:18, 4:16] = 1  # same particle shifted by 2: 24 of 144 px free
+    other = np.zeros_like(a)
+    other[20:30, 20:30] = 1
+    pred = {"scores": torch.tensor([0.9, 0.8, 0.7]), "masks": torch.from_numpy(np.stack([a, dup, other]))[:, None]}
+    labels, rows = predictions_to_labels(pred, (32, 32), 0.5, 0.5, min_visible_fraction=0.5)
+    assert [r["score"] for r in rows] == pytest.approx([0.9, 0.7])  # the duplicate's fragment is not an instance
+    assert labels.max() == 2 and (labels == 1).sum() == 144
+    labels, rows = predictions_to_labels(pred, (32, 32), 0.5, 0.5, min_visible_fraction=0.0)
+    assert len(rows) == 3 and (labels == 2).sum() == 24  # without mask NMS the fragment survives
+
+
 def test_scatter_ranges_tile_the_volume():
     for depth in (1, 7, 40):
         for n in (1, 2, 3, 5):

@@ -77,3 +77,19 @@ def test_probe_two_reads_a_blurred_gap_as_electrolyte():
     assert c1.n_faces[1, 0] == 0
     assert c2.n_faces[1, 0] == top
     assert c2.n_faces[1].sum() == c1.n_faces[1].sum()
+
+
+def test_probe_two_keeps_a_one_voxel_gap_as_electrolyte_even_before_cbd_or_another_particle():
+    # particle 1 with a 1-voxel void gap above it (then CBD) and a 1-voxel void gap beside it (then
+    # particle 2): the faces across both gaps are electrolyte, as the face neighbour says (probe=1)
+    labels = np.zeros((14, 12, 16), np.uint32)
+    labels[3:8, 3:9, 3:9] = 1
+    labels[3:8, 3:9, 10:14] = 2
+    phases = np.full(labels.shape, CBD, np.uint8)
+    phases[labels > 0] = NMC_LOW
+    phases[8, 3:9, 3:9] = VOID  # gap above, CBD at z = 9
+    phases[3:8, 3:9, 9] = VOID  # gap between the particles
+    c1 = surface_contacts(labels, phases, probe=1)
+    c2 = surface_contacts(labels, phases, probe=2)
+    assert c2.n_faces[1, 0] == c1.n_faces[1, 0] == 6 * 6 + 5 * 6
+    assert c2.n_faces[1, 3] == c1.n_faces[1, 3] == 0

@@ -31,7 +31,8 @@ def scatter_range(item: str, depth: int) -> tuple[int, int]:
 
 
 def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path, *, batch_size: int = 4,
-               score_threshold: float = 0.5, mask_threshold: float = 0.5, device: str = "auto",
+               score_threshold: float = 0.5, mask_threshold: float = 0.5, min_visible_fraction: float = 0.5,
+               device: str = "auto",
                threads: int = 1, progress: bool = True) -> int:
     """Instance labels for slices ``[z0, z1)``; writes ``/labels`` (slab), ``/table`` rows and attrs z0, z1."""
     torch.set_num_threads(max(1, threads))
@@ -45,7 +46,8 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
         d = out.create_dataset("labels", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
         for a, b in io.slab_ranges(z1 - z0, chunk):
             images = f[io.VOLUME_DATASET][z0 + a:z0 + b].astype(np.float32)
-            labels, r = predict(model, images, dev, batch_size, score_threshold, mask_threshold, progress)
+            labels, r = predict(model, images, dev, batch_size, score_threshold, mask_threshold, progress,
+                                min_visible_fraction)
             d[a:b] = labels
             rows += [{"z": z0 + a + row.pop("index"), **row} for row in r]
         table = pd.DataFrame(rows, columns=TABLE_COLUMNS)

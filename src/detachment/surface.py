@@ -79,9 +79,12 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         neighbour (exact on a noise-free phase map, used for phantom truth). On a thresholded
         reconstruction the face neighbour is the voxel most mixed with the particle by the point-spread
         function: a thin electrolyte gap beside bright NMC is blurred up into CBD's grey range and
-        would read as attached. ``probe=2`` reads the next voxel out instead (still the neighbour
-        itself when that next voxel is back inside the same particle; another particle at either
-        depth counts as particle contact; clipped at the volume border).
+        would read as attached. With ``probe`` > 1 the face is electrolyte (void) when the face
+        neighbour or the voxel ``probe`` out is void: contact needs no electrolyte gap in between
+        (measured with true envelopes on the default phantoms, detachment MAE 0.050 / 0.022 with the
+        far voxel alone, 0.043 / 0.018 with this rule). Otherwise the class is read at the far voxel
+        (the neighbour itself when the far voxel is back inside the same particle); another particle
+        at either depth counts as particle contact; clipped at the volume border.
 
     Background voxels whose phase is NMC (solid not assigned to any instance)
     count as ``particle`` contact: the face touches solid, not electrolyte.
@@ -110,8 +113,10 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
                 phase_far = np.take(phases, far, axis=axis)[oth_sl][m]
                 back_inside = lab_far == owner
                 lab_far = np.where(back_inside, 0, lab_far)
-                phase_near = np.where(back_inside, phase_near, phase_far)
-                oth = np.where(oth > 0, oth, lab_far)
+                near_void = phase_near == VOID
+                gap = near_void | (phase_far == VOID)
+                phase_near = np.where(back_inside, phase_near, np.where(gap, VOID, phase_far))
+                oth = np.where(oth > 0, oth, np.where(near_void, 0, lab_far))
             cls = np.where(oth > 0, 3, cls_of_phase[phase_near])
             valid = cls >= 0
             idx = owner[valid] * len(CONTACT_CLASSES) + cls[valid]

@@ -97,4 +97,5 @@ def final_targets():
         targets += expand("results/{sample}/damage_profile.csv", sample=SAMPLES.index)
         if PHANTOM_SAMPLES:
             targets.append("results/linking/summary.csv")
+            targets.append("results/statistics/validation.csv")
     return targets

@@ -115,3 +115,61 @@ rule statistics:
         "../../envs/core.yaml"
     script:
         "../scripts/statistics.py"
+
+
+rule validate_science:
+    input:
+        truth="results/{sample}/truth.h5",
+        truth_table="results/{sample}/truth_particles.csv",
+        particles=rules.link_slices.output.particles,
+        table=rules.particles.output[0],
+        phases=rules.threshold_phases.output.phases,
+        volume="results/{sample}/volume.h5",
+    output:
+        "results/{sample}/science_eval.csv",
+    params:
+        probe=config["science"]["contact_probe_vox"],
+    wildcard_constraints:
+        sample=sample_regex(PHANTOM_SAMPLES),
+    log:
+        "logs/validate_science/{sample}.log",
+    benchmark:
+        "benchmarks/out/validate_science/{sample}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/validate_science.py"
+
+
+rule summarize_science_validation:
+    input:
+        evals=expand(rules.validate_science.output[0], sample=PHANTOM_SAMPLES),
+        truth_tables=expand("results/{sample}/truth_particles.csv", sample=PHANTOM_SAMPLES),
+        tables=expand(rules.particles.output[0], sample=PHANTOM_SAMPLES),
+    output:
+        table="results/statistics/validation.csv",
+        figure=report(
+            "results/statistics/validation.png",
+            caption="../report/validation.rst",
+            category="Science",
+        ),
+    params:
+        samples=PHANTOM_SAMPLES,
+        c_rates=[SAMPLES.c_rate[s] for s in PHANTOM_SAMPLES],
+        exclude_border=config["science"]["exclude_border"],
+    log:
+        "logs/summarize_science_validation.log",
+    benchmark:
+        "benchmarks/out/summarize_science_validation.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/summarize_science_validation.py"

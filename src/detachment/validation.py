@@ -1,0 +1,114 @@
+"""The science outputs against a phantom's truth (issue: detachment MAE, crack surface, planted effect).
+
+Two sources of particles are checked against ``truth_particles.csv``:
+
+* ``true``: the truth's own 3D labels measured with the pipeline's phase map
+  (isolates thresholding and the surface estimator from segmentation);
+* ``pipeline``: the pipeline's linked 3D particles, each matched one-to-one to
+  a true particle at 3D IoU ≥ 0.5 (:func:`detachment.metrics.match`).
+
+Crack surface per volume is compared on one definition for both: crack voxel
+faces × 2/3 (the staircase factor of :mod:`detachment.particles`) over the
+envelope volume, µm⁻¹.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .particles import STAIRCASE
+
+
+def links_from_labels(labels: np.ndarray) -> pd.DataFrame:
+    """Bounding boxes of every label, in the ``links.csv`` layout (z_max inclusive, y/x max exclusive)."""
+    from scipy import ndimage
+
+    rows = []
+    for lab, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        border = any(s.start == 0 or s.stop == n for s, n in zip(sl[1:], labels.shape[1:]))
+        rows.append({"label": lab, "z_min": sl[0].start, "z_max": sl[0].stop - 1, "y_min": sl[1].start,
+                     "y_max": sl[1].stop, "x_min": sl[2].start, "x_max": sl[2].stop, "touches_border": border})
+    return pd.DataFrame(rows, columns=["label", "z_min", "z_max", "y_min", "y_max", "x_min", "x_max",
+                                       "touches_border"])
+
+
+def matched_particles(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
+    """One-to-one matches of 3D labels at IoU ≥ ``threshold``: columns truth_label, label, iou."""
+    ov = metrics.overlap(truth, pred)
+    r, c, iou = metrics.match(ov, threshold)
+    return pd.DataFrame({"truth_label": ov.a_ids[r].astype(int), "label": ov.b_ids[c].astype(int), "iou": iou})
+
+
+def compare_particles(truth_table: pd.DataFrame, measured: pd.DataFrame, pairs: pd.DataFrame | None,
+                      source: str) -> pd.DataFrame:
+    """Per matched particle: truth and measured detachment and crack surface per volume, and errors.
+
+    ``pairs`` maps truth labels to measured labels; ``None`` means the labels are the truth's own.
+    """
+    t = truth_table.assign(
+        crack_surface_truth=truth_table.crack_area_um2 * STAIRCASE / truth_table.volume_um3)
+    t = t[["label", "detachment", "crack_surface_truth", "touches_border"]].rename(
+        columns={"label": "truth_label", "detachment": "detachment_truth", "touches_border": "border_truth"})
+    if pairs is None:
+        pairs = pd.DataFrame({"truth_label": measured.label.astype(int), "label": measured.label.astype(int),
+                              "iou": 1.0})
+    m = measured[["label", "detachment", "detachment_std", "crack_surface_per_volume_per_um"]]
+    out = pairs.merge(t, on="truth_label").merge(m, on="label")
+    out.insert(0, "source", source)
+    out["detachment_error"] = out.detachment - out.detachment_truth
+    out["crack_surface_rel_error"] = (out.crack_surface_per_volume_per_um - out.crack_surface_truth) / \
+        out.crack_surface_truth.where(out.crack_surface_truth > 0)
+    return out
+
+
+def summarize(per_particle: pd.DataFrame, n_truth: dict[str, int]) -> pd.DataFrame:
+    """Per (sample, source): particles matched, detachment MAE and bias, crack-surface errors.
+
+    ``crack_surface_rel_error_of_mean``: relative error of the sample's mean crack surface per volume
+    (what a damage profile reports); ``crack_surface_median_abs_rel_error``: per particle.
+    """
+    rows = []
+    for (sample, source), g in per_particle.groupby(["sample", "source"], sort=False):
+        interior = g[~g.border_truth]
+        ct = g.crack_surface_truth.mean()
+        rows.append({
+            "sample": sample, "source": source, "n_truth": n_truth.get(sample, np.nan), "n_matched": len(g),
+            "detachment_mae": float(g.detachment_error.abs().mean()),
+            "detachment_bias": float(g.detachment_error.mean()),
+            "detachment_mae_interior": float(interior.detachment_error.abs().mean()) if len(interior) else np.nan,
+            "crack_surface_rel_error_of_mean": float((g.crack_surface_per_volume_per_um.mean() - ct) / ct)
+            if ct > 0 else np.nan,
+            "crack_surface_median_abs_rel_error": float(g.crack_surface_rel_error.abs().median()),
+        })
+    return pd.DataFrame(rows)
+
+
+def effect_size(truth_tables: dict[str, pd.DataFrame], measured: dict[str, pd.DataFrame],
+                rates: dict[str, str], high: str = "1C", low: str = "C/10", exclude_border: bool = True) -> dict:
+    """Planted vs found difference of mean detachment between the ``high`` and ``low`` C-rate groups.
+
+    Planted: the truth tables' particles; found: the pipeline's. Returns both differences, their ratio
+    and the Mann–Whitney p-value of the found groups.
+    """
+    from scipy.stats import mannwhitneyu
+
+    def groups(tables):
+        out = {high: [], low: []}
+        for s, t in tables.items():
+            if rates.get(s) in out:
+                keep = ~t.touches_border.astype(bool) if exclude_border and "touches_border" in t else slice(None)
+                out[rates[s]].append(t.loc[keep, "detachment"].dropna().to_numpy())
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+    gt, gm = groups(truth_tables), groups(measured)
+    if min(len(gt[high]), len(gt[low]), len(gm[high]), len(gm[low])) == 0:
+        return {}
+    planted = float(gt[high].mean() - gt[low].mean())
+    found = float(gm[high].mean() - gm[low].mean())
+    p = float(mannwhitneyu(gm[high], gm[low], alternative="two-sided").pvalue)
+    return {"planted_difference": planted, "found_difference": found,
+            "found_over_planted": found / planted if planted else np.nan, "mann_whitney_p": p}

@@ -1,0 +1,26 @@
+"""Adapter: one phantom sample's per-particle detachment and crack surface against its truth."""
+
+import h5py
+import pandas as pd
+
+from detachment import io, validation
+from detachment.logs import log_to
+from detachment.particles import particle_table_from_files
+
+log_to(snakemake.log[0])
+truth_table = pd.read_csv(snakemake.input.truth_table)
+with h5py.File(snakemake.input.truth, "r") as f:
+    truth = f["labels"][...]
+with h5py.File(snakemake.input.particles, "r") as f:
+    pred = f["labels"][...]
+# the truth's own envelopes measured on the pipeline's phase map (no envelope refinement: they are exact)
+true_measured = particle_table_from_files(snakemake.input.truth, snakemake.input.phases, snakemake.input.volume,
+                                          validation.links_from_labels(truth), probe=snakemake.params.probe,
+                                          refine=False)
+pipeline = pd.read_csv(snakemake.input.table)
+pairs = validation.matched_particles(truth, pred)
+table = pd.concat([validation.compare_particles(truth_table, true_measured, None, "true"),
+                   validation.compare_particles(truth_table, pipeline, pairs, "pipeline")], ignore_index=True)
+table.insert(0, "sample", snakemake.wildcards.sample)
+table["n_truth"] = len(truth_table)
+io.write_csv(snakemake.output[0], table)
