@@ -70,6 +70,23 @@ def test_a_particle_missing_for_one_slice_is_bridged():
     assert set(np.unique(out0)) == {0, 1, 2}  # without gap closing: two particles
 
 
+def test_a_bridged_gap_is_filled_with_the_overlap_of_its_ends_and_spares_other_instances():
+    stack = np.zeros((10, 40, 40), np.int32)
+    for z in range(10):
+        if z not in (4, 5):
+            stack[z][disk((40, 40), 20, 18 + (z >= 6) * 4, 8)] = 1  # shifted by 4 px across the gap
+    stack[5][disk((40, 40), 20, 30, 4)] = 2  # another instance inside the gap region
+    out, linker = linked(stack, max_gap=2)
+    track = out[3][20, 18]
+    shared = (out[3] == track) & (out[6] == track)
+    assert linker.tracks[track - 1].gaps == 2
+    assert np.array_equal(out[4] == track, shared)
+    assert np.array_equal(out[5] == track, shared & (stack[5] != 2))
+    assert linker.tracks[track - 1].voxels == int((out == track).sum())
+    unfilled, _ = linked(stack, max_gap=2, fill_gaps=False)
+    assert not (unfilled[4] > 0).any()
+
+
 def test_two_particles_touching_in_one_slice_are_not_merged():
     stack = np.zeros((7, 40, 60), np.int32)
     for z in range(7):

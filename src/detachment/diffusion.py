@@ -143,8 +143,10 @@ def particle_diffusion(envelope: np.ndarray, phases: np.ndarray, voxel_size_um, 
     field = geodesic_distance(solid, ex, voxel_size_um, method)
     ref = geodesic_distance(solid, surface_solid(envelope, solid), voxel_size_um, method)
     vals = field[solid]
-    finite = vals[np.isfinite(vals)]
-    ref_vals = ref[solid]
+    reach = np.isfinite(vals)
+    finite = vals[reach]
+    # the fully attached reference over the same (reachable) voxels, so the ratio measures detours only
+    ref_vals = ref[solid][reach]
     ref_mean = float(np.mean(ref_vals[np.isfinite(ref_vals)])) if np.isfinite(ref_vals).any() else np.nan
     surf = surface_solid(envelope, solid).sum()
     stats = ParticleDiffusion(
@@ -183,9 +185,9 @@ def descent_path(field: np.ndarray, start, spacing=None, step: float = 0.25, max
     same axis order; default 1). Steps of ``step`` voxel (of the finest axis) follow the unit physical
     direction -grad/|grad|, the gradient interpolated multilinearly from finite differences between finite
     voxels. Where such a step would not lower the distance or would enter a non-solid voxel (at an obstacle's
-    corner), the path moves to the lowest neighbouring voxel instead. Stops on an exit (a voxel of distance 0)
-    or where no move lowers the distance (e.g. an exit outside a 2D slice). Returns (k, ndim) float voxel
-    coordinates, the first being ``start``; the distance decreases strictly along them."""
+    corner), the path moves to the neighbouring voxel centre of steepest descent instead. Stops on an exit (a
+    voxel of distance 0) or where no move lowers the distance (e.g. an exit outside a 2D slice). Returns
+    (k, ndim) float voxel coordinates, the first being ``start``; the distance decreases strictly along them."""
     f = np.where(np.isfinite(field), field, np.nan).astype(float)
     h = np.ones(f.ndim) if spacing is None else np.asarray(spacing, float)
     grad = np.stack([_gradient(f, ax, h[ax]) for ax in range(f.ndim)])
@@ -197,31 +199,33 @@ def descent_path(field: np.ndarray, start, spacing=None, step: float = 0.25, max
         g = np.array([_interp(gi, p) for gi in grad])
         norm = np.linalg.norm(g)
         q = p - step * h.min() * (g / norm) / h if norm > 0 else p  # unit physical step, in voxels per axis
+        q = np.clip(q, 0, np.array(f.shape) - 1)
         val = _interp(f, q)
         if not val < cur or np.isnan(f[_nearest(q, f.shape)]):
-            q = _lowest_neighbour(f, _nearest(p, f.shape))
-            val = f[q] if q is not None else np.nan
-            if not val < cur:
+            q = _steepest_neighbour(f, p, cur, h)
+            if q is None:
                 break
-            q = np.asarray(q, float)
+            val, q = f[q], np.asarray(q, float)
         p, cur = q, val
         path.append(p)
     return np.array(path)
 
 
-def _lowest_neighbour(f, idx):
-    """Index of the smallest finite value among the 8 (2D) / 26 (3D) neighbours of ``idx``, or None."""
-    sl = tuple(slice(max(0, i - 1), i + 2) for i in idx)
-    block = f[sl]
-    if not np.isfinite(block).any():
-        return None
-    k = np.unravel_index(np.nanargmin(block), block.shape)
-    return tuple(s.start + a for s, a in zip(sl, k))
+def _steepest_neighbour(f, p, cur, h):
+    """The voxel around ``p`` (8 in 2D, 26 in 3D, and its own) with the steepest physical descent from ``cur``."""
+    idx = _nearest(p, f.shape)
+    sl = tuple(slice(max(0, i - 1), min(n, i + 2)) for i, n in zip(idx, f.shape))
+    grid = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) for s in sl], indexing="ij"), axis=-1)
+    dist = np.linalg.norm((grid - p) * h, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slope = np.where(np.isfinite(f[sl]) & (dist > 0), (cur - f[sl]) / dist, -np.inf)
+    k = np.unravel_index(np.argmax(slope), slope.shape)
+    return tuple(grid[k]) if slope[k] > 0 else None
 
 
 def _gradient(f, axis, h):
-    """Derivative of ``f`` along ``axis`` (per µm): central where both neighbours are finite, else one-sided;
-    NaN where the voxel or both neighbours are NaN."""
+    """Derivative of ``f`` along ``axis`` (per µm): central where both neighbours are finite, else one-sided,
+    0 where neither is (no information along that axis); NaN where ``f`` is."""
     fwd = (np.roll(f, -1, axis) - f) / h
     bwd = (f - np.roll(f, 1, axis)) / h
     edge = [slice(None)] * f.ndim
@@ -229,7 +233,8 @@ def _gradient(f, axis, h):
     fwd[tuple(edge)] = np.nan  # np.roll wraps around: no neighbour past the border
     edge[axis] = 0
     bwd[tuple(edge)] = np.nan
-    return np.where(np.isnan(fwd), bwd, np.where(np.isnan(bwd), fwd, 0.5 * (fwd + bwd)))
+    g = np.where(np.isnan(fwd), bwd, np.where(np.isnan(bwd), fwd, 0.5 * (fwd + bwd)))
+    return np.where(np.isnan(g) & ~np.isnan(f), 0.0, g)
 
 
 def _interp(a, p):

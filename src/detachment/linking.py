@@ -6,8 +6,12 @@ on the cost 1 − IoU (overlaps counted sparsely by :func:`detachment.metrics.ov
 pairs below ``min_iou`` are rejected. Instances left over are then offered to
 tracks last seen in slice z-2, z-3, … up to ``max_gap`` missing slices (gap
 closing), nearest slice first. Whatever is still unmatched starts a new
-track. Only the last ``max_gap + 1`` slices are kept in memory, and the output
-is written slab by slab, so memory does not grow with depth.
+track. A bridged gap is filled (``fill_gaps``) with the pixels the two linked
+instances share, where the gap slice holds no other instance: a particle the
+per-slice model missed in one slice is not left with a hole through it. Only
+the last ``max_gap + 1`` slices are kept in memory (output is delayed by
+``max_gap`` slices so that gaps can still be filled), and the output is
+written slab by slab, so memory does not grow with depth.
 
 :func:`stitch_greedy` is the baseline in the manner of cellpose's
 ``stitch3D``: each instance takes the id of the previous-slice instance it
@@ -44,6 +48,7 @@ class LinkSettings:
     cost: str = "iou"  # "iou": 1 - IoU; "overlap": 1 - |a ∩ b| / min(|a|, |b|)
     min_voxels: int = 50
     slab: int = 16
+    fill_gaps: bool = True
 
 
 @dataclass
@@ -88,6 +93,7 @@ class SliceLinker:
         assigned: dict[int, int] = {}
         ious: dict[int, float] = {}
         remaining = set(ids.tolist())
+        bridged: list[tuple[int, int, int]] = []  # (instance, track, previous z) across a gap
         for prev_z, prev in reversed(self.history):  # nearest slice first
             if not remaining:
                 break
@@ -109,6 +115,8 @@ class SliceLinker:
                     ious[inst] = float(iou[i, j])
                     remaining.discard(inst)
                     self.tracks[track - 1].gaps += z - prev_z - 1
+                    if z - prev_z > 1:
+                        bridged.append((inst, track, prev_z))
         for inst in sorted(remaining):
             self.tracks.append(_Track(first_z=z, last_z=z))
             assigned[inst] = len(self.tracks)
@@ -123,8 +131,29 @@ class SliceLinker:
                 t.iou_sum += ious[inst]
                 t.links += 1
         self._update_stats(out, z)
+        if self.s.fill_gaps:
+            for inst, track, prev_z in bridged:
+                self._fill_gap(track, prev_z, z, lab == inst)
         self.history.append((z, out))
         return out
+
+    def _fill_gap(self, track: int, prev_z: int, z: int, current: np.ndarray) -> None:
+        """Paint ``track`` into the slices strictly between ``prev_z`` and ``z`` (still in the history, not
+        yet handed out) where its masks in both end slices overlap and the gap slice is unlabelled."""
+        slices = dict(self.history)
+        shared = (slices[prev_z] == track) & current
+        t = self.tracks[track - 1]
+        for gz in range(prev_z + 1, z):
+            gap = slices[gz]
+            fill = shared & (gap == 0)
+            n = int(fill.sum())
+            if n == 0:
+                continue
+            gap[fill] = track
+            t.voxels += n
+            ys, xs = np.nonzero(fill)
+            t.bbox_lo = [min(t.bbox_lo[0], gz), min(t.bbox_lo[1], ys.min()), min(t.bbox_lo[2], xs.min())]
+            t.bbox_hi = [max(t.bbox_hi[0], gz + 1), max(t.bbox_hi[1], ys.max() + 1), max(t.bbox_hi[2], xs.max() + 1)]
 
     def _update_stats(self, out: np.ndarray, z: int) -> None:
         if not out.any():
@@ -143,9 +172,21 @@ class SliceLinker:
 
 
 def link_slices(slices: Iterable[np.ndarray], s: LinkSettings) -> tuple[Iterator[np.ndarray], SliceLinker]:
-    """Lazily link an iterable of (y, x) slices; returns (iterator of linked slices, the linker)."""
+    """Lazily link an iterable of (y, x) slices; returns (iterator of linked slices, the linker).
+
+    A slice is handed out ``max_gap`` slices after it was added, once no later link can fill it.
+    """
     linker = SliceLinker(s)
-    return (linker.add(sl) for sl in slices), linker
+
+    def delayed():
+        pending: deque = deque()
+        for sl in slices:
+            pending.append(linker.add(sl))
+            if len(pending) > s.max_gap:
+                yield pending.popleft()
+        yield from pending
+
+    return delayed(), linker
 
 
 def stitch_greedy(slices: Iterable[np.ndarray], threshold: float = 0.25) -> Iterator[np.ndarray]:

@@ -187,7 +187,8 @@ def damage_figure(image, labels_slice, damage_by_label: dict, profile, voxel_siz
 
 
 def diffusion_figure(image, field, envelope, paths, voxel_size_um: float, title=""):
-    """Supp. Fig. 3 style: a particle slice colour-coded by diffusion length with steepest-descent paths."""
+    """Supp. Fig. 3 style: a particle slice colour-coded by diffusion length with optimal paths ((k, 2) float
+    voxel coordinates, e.g. :func:`detachment.diffusion.descent_path` streamlines)."""
     fig, ax = plt.subplots(figsize=(6, 5.5))
     ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
     ax.imshow(image, cmap="gray", extent=ext)

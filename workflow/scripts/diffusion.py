@@ -32,10 +32,12 @@ if len(finite):
     stats, field = particle_diffusion(env, phase_crop, voxel, lab)
     z = int(np.argmax(env.sum(axis=(1, 2))))
     f2 = field[z]
-    starts = np.argwhere(np.isfinite(f2) & (f2 >= np.nanpercentile(f2, 80)))
+    reachable = np.isfinite(f2)
+    starts = np.argwhere(reachable & (f2 >= np.percentile(f2[reachable], 80))) if reachable.any() else []
     rng = np.random.default_rng(0)
     pick = rng.choice(len(starts), min(12, len(starts)), replace=False) if len(starts) else []
-    paths = [descent_path(f2, tuple(starts[i])) for i in pick]
+    # streamlines of -grad within the slice (they stop where the nearest exit lies out of the slice)
+    paths = [descent_path(f2, tuple(starts[i]), voxel[1:]) for i in pick]
     fig = plots.diffusion_figure(image_crop[z], f2, env[z], paths, voxel[1],
                                  f"particle {lab}: mean {stats.mean_um:.2f} µm, detour ×{stats.detour_ratio:.2f}")
 else:
