@@ -44,7 +44,9 @@ def test_compare_and_summarize_errors_and_the_crack_surface_definition():
     np.testing.assert_allclose(c.detachment_error, [0.05, -0.1])
     np.testing.assert_allclose(c.crack_surface_truth, [30 * STAIRCASE / 100, 0.0])
     assert np.isnan(c.crack_surface_rel_error.iloc[1])  # no cracks in truth: no relative error
-    s = validation.summarize(c, {"s": 3}).iloc[0]
+    summary = validation.summarize(c, {"s": 3})
+    assert summary["sample"].tolist() == ["s", "all"]
+    s = summary.iloc[0]
     assert s.n_matched == 2 and s.n_truth == 3
     assert np.isclose(s.detachment_mae, 0.075) and np.isclose(s.detachment_bias, -0.025)
     assert np.isclose(s.crack_surface_rel_error_of_mean, (0.11 - 0.1) / 0.1)

@@ -66,17 +66,21 @@ def compare_particles(truth_table: pd.DataFrame, measured: pd.DataFrame, pairs: 
 
 
 def summarize(per_particle: pd.DataFrame, n_truth: dict[str, int]) -> pd.DataFrame:
-    """Per (sample, source): particles matched, detachment MAE and bias, crack-surface errors.
+    """Per (sample, source), and per source over all samples (sample ``all``): particles matched,
+    detachment MAE and bias, crack-surface errors.
 
     ``crack_surface_rel_error_of_mean``: relative error of the sample's mean crack surface per volume
     (what a damage profile reports); ``crack_surface_median_abs_rel_error``: per particle.
     """
     rows = []
-    for (sample, source), g in per_particle.groupby(["sample", "source"], sort=False):
+    pooled = per_particle.assign(sample="all")  # every sample's particles together
+    groups = [*per_particle.groupby(["sample", "source"], sort=False), *pooled.groupby(["sample", "source"], sort=False)]
+    for (sample, source), g in groups:
         interior = g[~g.border_truth]
         ct = g.crack_surface_truth.mean()
         rows.append({
-            "sample": sample, "source": source, "n_truth": n_truth.get(sample, np.nan), "n_matched": len(g),
+            "sample": sample, "source": source, "n_matched": len(g),
+            "n_truth": sum(n_truth.values()) if sample == "all" else n_truth.get(sample, np.nan),
             "detachment_mae": float(g.detachment_error.abs().mean()),
             "detachment_bias": float(g.detachment_error.mean()),
             "detachment_mae_interior": float(interior.detachment_error.abs().mean()) if len(interior) else np.nan,
