@@ -22,6 +22,7 @@ include: "workflow/rules/cnn.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/link.smk"
 include: "workflow/rules/science.smk"
+include: "workflow/rules/second_map.smk"
 
 
 rule all:

@@ -301,3 +301,51 @@ def validation_figure(per_particle, effect: dict | None = None):
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def second_map_figure(panels: list[dict]):
+    """Supp. Fig. 7 style, one row per sample: the electron density (grey) slice, the co-registered second
+    map on the same slice (NaN = no measurement, shown black), and per-particle mean electron density vs
+    mean second map with the particle- and voxel-level Pearson r.
+
+    Each panel: ``sample``, ``z`` (slice index), ``density`` and ``second_map`` ((y, x) arrays),
+    ``voxel_size_um`` (in-plane, µm), ``quantity`` (axis label), ``particles`` (per-particle table, the
+    particles used), ``rows`` ({level: correlation row}) and optionally ``planted`` (phantom r or None).
+    """
+    n = len(panels)
+    fig, ax = plt.subplots(n, 3, figsize=(15, 4.4 * n), squeeze=False,
+                           gridspec_kw={"width_ratios": [1, 1.2, 1.1]})
+    for i, p in enumerate(panels):
+        vs = p["voxel_size_um"]
+        img, vmap = p["density"], p["second_map"]
+        ext = [0, img.shape[1] * vs, img.shape[0] * vs, 0]
+        ax[i, 0].imshow(img, cmap="gray", extent=ext)
+        ax[i, 0].set_title(f"{p['sample']}: electron density, z = {p['z']}", fontsize=10)
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="black")
+        finite = vmap[np.isfinite(vmap)]
+        lim = np.quantile(finite, [0.01, 0.99]) if finite.size else (None, None)
+        im = ax[i, 1].imshow(np.ma.masked_invalid(vmap), cmap=cmap, extent=ext, vmin=lim[0], vmax=lim[1])
+        fig.colorbar(im, ax=ax[i, 1], fraction=0.046, pad=0.02, label=p["quantity"])
+        ax[i, 1].set_title(f"{p['quantity']} (co-registered), z = {p['z']}", fontsize=10)
+        for a in ax[i, :2]:
+            a.set_xlabel("x (µm)")
+            a.set_ylabel("y (µm)")
+        t = p["particles"]
+        ax[i, 2].scatter(t.electron_density_mean, t.second_map_mean, s=12, alpha=0.75)
+        if len(t) >= 2 and t.electron_density_mean.std() > 0:
+            k, b = np.polyfit(t.electron_density_mean, t.second_map_mean, 1)
+            xs = np.linspace(t.electron_density_mean.min(), t.electron_density_mean.max(), 2)
+            ax[i, 2].plot(xs, k * xs + b, color="0.3", lw=1, ls="--")
+        rp, rv = p["rows"].get("particle", {}), p["rows"].get("voxel", {})
+        text = (f"particles: r = {rp.get('pearson_r', np.nan):.2f} "
+                f"[{rp.get('ci95_low', np.nan):.2f}, {rp.get('ci95_high', np.nan):.2f}], "
+                f"p = {rp.get('p_value', np.nan):.1g}, n = {rp.get('n', 0)}\n"
+                f"voxels: r = {rv.get('pearson_r', np.nan):.2f} "
+                f"[{rv.get('ci95_low', np.nan):.2f}, {rv.get('ci95_high', np.nan):.2f}]")
+        if p.get("planted") is not None:
+            text += f"; planted r = {p['planted']:.2f}"
+        ax[i, 2].set_title(text, fontsize=9)
+        ax[i, 2].set_xlabel("particle mean electron density (grey level)")
+        ax[i, 2].set_ylabel(f"particle mean {p['quantity']}")
+    fig.tight_layout()
+    return fig

@@ -60,3 +60,67 @@ def correlation(x, y) -> tuple[float, float]:
         return float("nan"), float("nan")
     r = stats.pearsonr(x[ok], y[ok])
     return float(r.statistic), float(r.pvalue)
+
+
+def pearson_bootstrap_ci(x, y, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of Pearson r, resampling (x, y) pairs; finite pairs only."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 3:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, x.size, (n_boot, x.size))
+    xb, yb = x[idx], y[idx]
+    xb = xb - xb.mean(1, keepdims=True)
+    yb = yb - yb.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xb * yb).sum(1) / np.sqrt((xb**2).sum(1) * (yb**2).sum(1))
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(r, a)), float(np.quantile(r, 1 - a))
+
+
+def _pooled(w, n, mx, my, sx, sy, cxy):
+    """Pooled Pearson r of groups weighted ``w`` (rows of bootstrap weights, or one row of ones)."""
+    wn = w * n
+    tot = wn.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ex, ey = (wn @ mx) / tot, (wn @ my) / tot
+        vx = (wn @ (sx**2 + mx**2)) / tot - ex**2
+        vy = (wn @ (sy**2 + my**2)) / tot - ey**2
+        c = (wn @ (cxy + mx * my)) / tot - ex * ey
+        return c / np.sqrt(vx * vy)
+
+
+def pooled_pearson(n, mean_x, mean_y, std_x, std_y, cov_xy) -> float:
+    """Pearson r over the union of groups (e.g. the voxels of several particles) from each group's size
+    and population moments (means, standard deviations and covariance with ddof = 0): the law of total
+    covariance, exact. Groups with ``n`` = 0 or non-finite moments are left out."""
+    arrs = [np.asarray(a, float) for a in (n, mean_x, mean_y, std_x, std_y, cov_xy)]
+    ok = (arrs[0] > 0) & np.all([np.isfinite(a) for a in arrs], axis=0)
+    if ok.sum() == 0:
+        return float("nan")
+    return float(_pooled(np.ones(int(ok.sum())), *[a[ok] for a in arrs]))
+
+
+def cluster_bootstrap_pooled_ci(n, mean_x, mean_y, std_x, std_y, cov_xy, n_boot: int = 2000,
+                                level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of :func:`pooled_pearson`, resampling whole groups (a cluster bootstrap:
+    voxels of one particle are not independent)."""
+    arrs = [np.asarray(a, float) for a in (n, mean_x, mean_y, std_x, std_y, cov_xy)]
+    ok = (arrs[0] > 0) & np.all([np.isfinite(a) for a in arrs], axis=0)
+    k = int(ok.sum())
+    if k < 3:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, k, (n_boot, k))
+    w = np.zeros((n_boot, k))
+    np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)
+    r = _pooled(w, *[a[ok] for a in arrs])
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(r, a)), float(np.quantile(r, 1 - a))

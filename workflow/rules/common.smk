@@ -40,12 +40,27 @@ wildcard_constraints:
     scatteritem=r"\d+-of-\d+",
 
 
-def phantom_params(wildcards):
+def phantom_all_params(sample):
     """Phantom parameters of a sample: defaults overlaid with its C-rate's settings."""
-    rate = SAMPLES.loc[wildcards.sample, "c_rate"]
+    rate = SAMPLES.loc[sample, "c_rate"]
     params = dict(config["phantom"]["defaults"])
     params.update(config["phantom"]["by_c_rate"].get(rate, {}))
     return params
+
+
+def phantom_params(wildcards):
+    """Parameters of the phantom itself: without the `valence_*` keys of its optional second map
+    (detachment.phantom.VALENCE_KEYS), so that switching the map on or retuning it does not regenerate
+    the phantom and everything downstream."""
+    return {
+        k: v
+        for k, v in phantom_all_params(wildcards.sample).items()
+        if not k.startswith("valence_")
+    }
+
+
+def second_map_phantom_params(wildcards):
+    return phantom_all_params(wildcards.sample)
 
 
 def phantom_seed(wildcards):
@@ -62,6 +77,48 @@ def imported_fields(wildcards):
     return {
         "dataset": row.get("dataset", "") or None,
         "voxel_size_um": row["voxel_size_um"],
+        "sheet": config["samples"],
+    }
+
+
+def planted_valence_correlation(sample):
+    """The phantom's planted density/valence Pearson r (None: no map, or not a phantom)."""
+    if sample not in PHANTOM_SAMPLES:
+        return None
+    return phantom_all_params(sample).get("valence_density_correlation")
+
+
+for _s in SAMPLES.index:
+    _map, _ds = SAMPLES.loc[_s, "second_map"].strip(), SAMPLES.loc[_s, "second_map_dataset"].strip()
+    if _map and _s in PHANTOM_SAMPLES:
+        raise ValueError(
+            f"{config['samples']}: sample '{_s}', field 'second_map' is set for a phantom; a phantom's "
+            "second map is its Ni valence map, switched on by phantom.valence_density_correlation in the config"
+        )
+    if _ds and not _map:
+        raise ValueError(
+            f"{config['samples']}: sample '{_s}', field 'second_map_dataset' is set but 'second_map' is empty"
+        )
+PHANTOM_SECOND_MAP_SAMPLES = [
+    s for s in PHANTOM_SAMPLES if planted_valence_correlation(s) is not None
+]
+IMPORTED_SECOND_MAP_SAMPLES = [
+    s for s in IMPORTED_SAMPLES if SAMPLES.loc[s, "second_map"].strip()
+]
+SECOND_MAP_SAMPLES = [
+    s
+    for s in SAMPLES.index
+    if s in PHANTOM_SECOND_MAP_SAMPLES or s in IMPORTED_SECOND_MAP_SAMPLES
+]
+
+
+def imported_second_map(wildcards):
+    return SAMPLES.loc[wildcards.sample, "second_map"].strip()
+
+
+def imported_second_map_fields(wildcards):
+    return {
+        "dataset": SAMPLES.loc[wildcards.sample, "second_map_dataset"].strip() or None,
         "sheet": config["samples"],
     }
 
@@ -84,7 +141,8 @@ if not LABELLED_SAMPLES:
 
 
 def final_targets():
-    """Everything `all` builds: thresholding always; the CNN, comparison and science when labels exist."""
+    """Everything `all` builds: thresholding always; the CNN, comparison and science when labels exist;
+    the second-map correlation when, in addition, some sample has a second map."""
     targets = expand("results/{sample}/phases.h5", sample=SAMPLES.index)
     targets += expand("results/{sample}/fig1_phases.png", sample=SAMPLES.index)
     if LABELLED_SAMPLES:
@@ -98,4 +156,7 @@ def final_targets():
         if PHANTOM_SAMPLES:
             targets.append("results/linking/summary.csv")
             targets.append("results/statistics/validation.csv")
+        if SECOND_MAP_SAMPLES:
+            targets.append("results/statistics/second_map_correlation.csv")
+            targets.append("results/statistics/fig7_second_map.png")
     return targets
