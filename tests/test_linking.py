@@ -70,6 +70,25 @@ def test_a_particle_missing_for_one_slice_is_bridged():
     assert set(np.unique(out0)) == {0, 1, 2}  # without gap closing: two particles
 
 
+def test_hysteresis_keeps_a_particle_with_one_confident_slice_and_drops_one_without():
+    from detachment.linking import link_array, max_score_per_particle
+
+    stack = np.zeros((8, 40, 40), np.int32)
+    for z in range(8):
+        stack[z][disk((40, 40), 12, 12, 6)] = 1
+        stack[z][disk((40, 40), 28, 28, 6)] = 2
+    scores = [np.array([np.nan, 0.35, 0.4]) for _ in range(8)]
+    scores[5] = np.array([np.nan, 0.9, 0.45])  # particle 1 is a confident detection in one slice only
+    s = LinkSettings(min_track_score=0.6, min_voxels=1)
+    out = link_array(stack, s, scores=scores)
+    assert out[:, 12, 12].min() > 0 and len(np.unique(out[:, 12, 12])) == 1  # whole particle 1 kept
+    assert not out[:, 28, 28].any()  # particle 2 never reaches 0.6: dropped
+    best = max_score_per_particle(stack, link_array(stack, LinkSettings(min_voxels=1)), scores)
+    assert sorted(best[1:].tolist()) == [0.45, 0.9]
+    greedy = link_array(stack, s, method="greedy", scores=scores)
+    assert np.array_equal(greedy > 0, out > 0)  # the greedy baseline gets the same hysteresis
+
+
 def test_a_bridged_gap_is_filled_with_the_overlap_of_its_ends_and_spares_other_instances():
     stack = np.zeros((10, 40, 40), np.int32)
     for z in range(10):

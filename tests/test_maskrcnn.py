@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -180,6 +181,32 @@ def test_slab_inference_gathers_to_the_whole_volume_result(tmp_path):
     assert set(table.columns) >= {"z", "label", "score", "y0", "x0", "y1", "x1"}
     with pytest.raises(ValueError, match="slab is missing"):
         gather_slabs(parts[1:], vol, tmp_path / "x.h5", tmp_path / "x.csv")
+
+
+def test_detections_are_the_candidates_above_the_score_threshold(tmp_path):
+    torch.manual_seed(1)
+    model = build_model(TINY)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    (tmp_path / "m.json").write_text(json.dumps(settings_dict(TINY, TrainSettings())))
+    imgs, _ = disks(4)
+    vol = tmp_path / "volume.h5"
+    io.write_volume(vol, imgs.astype(np.float32), 0.5, "test")
+    run = {"device": "cpu", "progress": False}
+    infer_slab(vol, tmp_path / "w.pt", tmp_path / "m.json", 0, 4, tmp_path / "all.h5", score_threshold=0.0, **run)
+    with h5py.File(tmp_path / "all.h5") as f:
+        scores = f["table"][:, 2]
+    mid = float(np.median(scores))
+    assert (scores < mid).any() and (scores >= mid).any()
+    infer_slab(vol, tmp_path / "w.pt", tmp_path / "m.json", 0, 4, tmp_path / "hyst.h5", score_threshold=mid,
+               candidate_threshold=0.0, **run)
+    infer_slab(vol, tmp_path / "w.pt", tmp_path / "m.json", 0, 4, tmp_path / "high.h5", score_threshold=mid, **run)
+    # the detections equal painting at the high threshold alone; the candidates equal painting at the low one
+    np.testing.assert_array_equal(io.read_dataset(tmp_path / "hyst.h5", "labels"),
+                                  io.read_dataset(tmp_path / "high.h5", "labels"))
+    np.testing.assert_array_equal(io.read_dataset(tmp_path / "hyst.h5", "candidates"),
+                                  io.read_dataset(tmp_path / "all.h5", "labels"))
+    table = gather_slabs([tmp_path / "hyst.h5"], vol, tmp_path / "slices.h5", tmp_path / "slices.csv")
+    assert table.detection.sum() == (scores >= mid).sum() and len(table) == len(scores)
 
 
 def test_prediction_on_whole_slices_leaves_the_training_scale_alone():

@@ -303,3 +303,18 @@ def test_refined_envelope_snaps_a_shifted_mask_to_the_solid_and_fills_cracks():
     mask = np.roll(b, 1, axis=2)  # a segmentation one voxel off
     env = refine_envelope(mask, np.zeros_like(b), phases)
     np.testing.assert_array_equal(env, b)
+
+
+def test_refined_envelope_keeps_a_crack_open_to_the_surface_inside_the_particle():
+    from detachment.particles import refine_envelope
+
+    zz, yy, xx = np.indices((24, 24, 24))
+    b = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 <= 49
+    phases = np.where(b, NMC_LOW, CBD).astype(np.uint8)
+    slot = b & (abs(zz - 12) <= 2) & (abs(xx - 12) <= 2) & (yy >= 12)  # 5 voxels wide, centre to surface
+    phases[slot] = VOID
+    solid_only = refine_envelope(b, np.zeros_like(b), phases, core_erosion_vox=0)
+    with_core = refine_envelope(b, np.zeros_like(b), phases)
+    assert (slot & ~solid_only).sum() > 0.4 * slot.sum()  # closing alone leaves the slot open
+    assert (slot & ~with_core).sum() < 0.5 * (slot & ~solid_only).sum()
+    assert not (with_core & ~b).any()  # the core never grows the envelope past the particle

@@ -150,7 +150,8 @@ def test_bad_input_imported_volume_fails_with_named_file(tmp_path, case):
     assert not (work / "results" / "real" / "volume.h5").exists()
 
 
-def test_imported_volume_runs_through_thresholding(tmp_path):
+@pytest.mark.parametrize("layout", ["multipage", "glob"])
+def test_imported_volume_runs_through_thresholding(tmp_path, layout):
     from detachment.phantom import PhantomParams, generate_phantom
 
     from .conftest import TINY_PHANTOM
@@ -159,9 +160,17 @@ def test_imported_volume_runs_through_thresholding(tmp_path):
     ph = generate_phantom(PhantomParams(**TINY_PHANTOM), 3)
     import tifffile
 
-    tifffile.imwrite(work / "tomo.tif", (ph.volume * 10000).astype(np.int32))
+    grey = (ph.volume * 10000).astype(np.int32)
+    if layout == "multipage":
+        tifffile.imwrite(work / "tomo.tif", grey)
+        spec = "tomo.tif"
+    else:  # one 2D TIFF per slice, named by a glob in the sheet (zero-padded, so sorted = z order)
+        (work / "slices").mkdir()
+        for z, sl in enumerate(grey):
+            tifffile.imwrite(work / "slices" / f"z{z:04d}.tif", sl)
+        spec = "slices/z*.tif"
     (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\n"
-                                      "real\tc\t1C\ttomo.tif\t\t0.5 0.5 0.5\n")
+                                      f"real\tc\t1C\t{spec}\t\t0.5 0.5 0.5\n")
     r = run_snakemake(work)
     assert r.returncode == 0, r.stderr[-2000:]
     pred = h5py.File(work / "results" / "real" / "phases.h5")["phases"][...]

@@ -1,4 +1,15 @@
-"""Per-slice Mask R-CNN inference over z-slabs of a volume, and the gathering of slabs."""
+"""Per-slice Mask R-CNN inference over z-slabs of a volume, and the gathering of slabs.
+
+Two label stacks are written: ``/labels``, the detections scoring at least
+``score_threshold`` (the operating point the comparison reports), and
+``/candidates``, every detection scoring at least ``candidate_threshold``
+(≤ ``score_threshold``). Painting is by decreasing score, so ``/labels`` is
+exactly ``/candidates`` with the low-scoring ids removed. The linker uses the
+candidates with hysteresis: a 3D particle is kept when one of its slices is a
+detection, and continues through candidates, so a particle is not cut where
+the per-slice model was unsure (measured on the default phantom: 3D recovery
+0.64 with detections only).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +27,7 @@ from .maskrcnn import load_model, predict, select_device
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ["z", "label", "score", "y0", "x0", "y1", "x1", "area_px"]
+CSV_COLUMNS = TABLE_COLUMNS + ["detection"]
 
 
 def scatter_range(item: str, depth: int) -> tuple[int, int]:
@@ -32,9 +44,11 @@ def scatter_range(item: str, depth: int) -> tuple[int, int]:
 
 def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path, *, batch_size: int = 4,
                score_threshold: float = 0.5, mask_threshold: float = 0.5, min_visible_fraction: float = 0.5,
-               device: str = "auto",
-               threads: int = 1, progress: bool = True) -> int:
-    """Instance labels for slices ``[z0, z1)``; writes ``/labels`` (slab), ``/table`` rows and attrs z0, z1."""
+               candidate_threshold: float | None = None, device: str = "auto", threads: int = 1,
+               progress: bool = True) -> int:
+    """Instances of slices ``[z0, z1)``: writes ``/labels`` and ``/candidates`` (slab), ``/table`` rows (every
+    candidate) and attrs z0, z1, score_threshold. ``candidate_threshold`` defaults to ``score_threshold``."""
+    low = score_threshold if candidate_threshold is None else min(candidate_threshold, score_threshold)
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
     model, _ = load_model(weights_path, meta_path, dev)
@@ -44,22 +58,31 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
     with io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as out, h5py.File(volume_path, "r") as f:
         kw = {"chunks": (1,) + tuple(shape[1:]), "compression": "gzip", "compression_opts": 1} if z1 > z0 else {}
         d = out.create_dataset("labels", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
+        dc = out.create_dataset("candidates", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
         for a, b in io.slab_ranges(z1 - z0, chunk):
             images = f[io.VOLUME_DATASET][z0 + a:z0 + b].astype(np.float32)
-            labels, r = predict(model, images, dev, batch_size, score_threshold, mask_threshold, progress,
-                                min_visible_fraction)
-            d[a:b] = labels
+            cand, r = predict(model, images, dev, batch_size, low, mask_threshold, progress, min_visible_fraction)
+            dc[a:b] = cand
+            # ids are 1..n by decreasing score in each slice: the detections are the first k of them
+            n_det = np.zeros(len(cand), np.int64)
+            for row in r:
+                if row["score"] >= score_threshold:
+                    n_det[row["index"]] = max(n_det[row["index"]], row["label"])
+            d[a:b] = np.where(cand <= n_det[:, None, None], cand, 0)
             rows += [{"z": z0 + a + row.pop("index"), **row} for row in r]
         table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
         out.create_dataset("table", data=table.to_numpy(dtype=np.float64))
         out.attrs["columns"] = ",".join(TABLE_COLUMNS)
         out.attrs["z0"], out.attrs["z1"] = z0, z1
-    log.info("slab [%d, %d): %d instances", z0, z1, len(table))
+        out.attrs["score_threshold"] = score_threshold
+    log.info("slab [%d, %d): %d candidates, %d detections", z0, z1, len(table),
+             int((table.score >= score_threshold).sum()))
     return len(table)
 
 
 def gather_slabs(slab_paths, volume_path, labels_path, table_path) -> pd.DataFrame:
-    """Concatenate slab outputs into ``/labels`` (z, y, x) uint32 (ids per slice) and one table.
+    """Concatenate slab outputs into ``/labels`` and ``/candidates`` (z, y, x) uint32 (ids per slice), the
+    candidates' ``/table`` (columns in its attrs), and one CSV with a ``detection`` column (in ``/labels``).
 
     Refuses gaps or overlaps between slabs, so a missing slab cannot pass unnoticed.
     """
@@ -82,14 +105,23 @@ def gather_slabs(slab_paths, volume_path, labels_path, table_path) -> pd.DataFra
                                compression="gzip", compression_opts=1)
         d.attrs["voxel_size_um"] = np.asarray(voxel)
         d.attrs["note"] = "instance ids are per slice (1..n in each z); link_slices makes 3D ids"
+        dc = out.create_dataset("candidates", shape=shape, dtype=np.uint32, chunks=io.slab_chunks(shape),
+                                compression="gzip", compression_opts=1)
+        threshold = np.inf
         for z0, z1, p in parts:
             with h5py.File(p, "r") as f:
                 d[z0:z1] = f["labels"][...]
+                dc[z0:z1] = f["candidates"][...] if "candidates" in f else f["labels"][...]
+                threshold = min(threshold, float(f.attrs.get("score_threshold", 0.0)))
                 cols = str(f.attrs["columns"]).split(",")
                 tables.append(pd.DataFrame(f["table"][...], columns=cols))
-    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TABLE_COLUMNS)
-    for c in TABLE_COLUMNS:
-        if c != "score":
-            table[c] = table[c].astype(np.int64)
+        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=TABLE_COLUMNS)
+        for c in TABLE_COLUMNS:
+            if c != "score":
+                table[c] = table[c].astype(np.int64)
+        out.create_dataset("table", data=table[TABLE_COLUMNS].to_numpy(dtype=np.float64))
+        out["table"].attrs["columns"] = ",".join(TABLE_COLUMNS)
+        out.attrs["score_threshold"] = threshold if np.isfinite(threshold) else 0.0
+    table["detection"] = table.score >= (threshold if np.isfinite(threshold) else 0.0)
     io.write_csv(table_path, table)
     return table

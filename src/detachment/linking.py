@@ -17,10 +17,16 @@ written slab by slab, so memory does not grow with depth.
 ``stitch3D``: each instance takes the id of the previous-slice instance it
 overlaps most if that IoU reaches the threshold, without one-to-one
 constraint or gap closing.
+
+Hysteresis (``min_track_score``): given each instance's detection score, a
+particle is kept only if at least one of its instances scores
+``min_track_score``; linking itself runs over every candidate instance, so a
+particle continues through slices where the model was less sure.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -49,6 +55,7 @@ class LinkSettings:
     min_voxels: int = 50
     slab: int = 16
     fill_gaps: bool = True
+    min_track_score: float = 0.0  # hysteresis: keep a particle only if one of its instances scores this
 
 
 @dataclass
@@ -59,6 +66,7 @@ class _Track:
     iou_sum: float = 0.0
     links: int = 0
     gaps: int = 0
+    max_score: float = float("nan")
     bbox_lo: list = field(default_factory=lambda: [np.inf, np.inf, np.inf])
     bbox_hi: list = field(default_factory=lambda: [-np.inf, -np.inf, -np.inf])
 
@@ -84,8 +92,11 @@ class SliceLinker:
         self.history: deque = deque(maxlen=s.max_gap + 1)  # (z, slice labels as track ids)
         self.z = 0
 
-    def add(self, labels2d: np.ndarray) -> np.ndarray:
-        """Link one (y, x) slice of per-slice instance ids; returns it relabelled with track ids (1-based)."""
+    def add(self, labels2d: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+        """Link one (y, x) slice of per-slice instance ids; returns it relabelled with track ids (1-based).
+
+        ``scores[i]``: detection score of instance id ``i`` (optional; tracks keep their maximum).
+        """
         z = self.z
         self.z += 1
         lab = np.asarray(labels2d)
@@ -127,6 +138,8 @@ class SliceLinker:
         for inst, track in assigned.items():
             t = self.tracks[track - 1]
             t.last_z = z
+            if scores is not None and inst < len(scores):
+                t.max_score = float(np.nanmax([t.max_score, scores[inst]]))
             if inst in ious:
                 t.iou_sum += ious[inst]
                 t.links += 1
@@ -171,17 +184,19 @@ class SliceLinker:
             t.bbox_hi = [max(a, b) for a, b in zip(t.bbox_hi, hi)]
 
 
-def link_slices(slices: Iterable[np.ndarray], s: LinkSettings) -> tuple[Iterator[np.ndarray], SliceLinker]:
+def link_slices(slices: Iterable[np.ndarray], s: LinkSettings, scores: Iterable[np.ndarray] | None = None
+                ) -> tuple[Iterator[np.ndarray], SliceLinker]:
     """Lazily link an iterable of (y, x) slices; returns (iterator of linked slices, the linker).
 
+    ``scores``: per slice, an array of detection scores indexed by instance id (optional).
     A slice is handed out ``max_gap`` slices after it was added, once no later link can fill it.
     """
     linker = SliceLinker(s)
 
     def delayed():
         pending: deque = deque()
-        for sl in slices:
-            pending.append(linker.add(sl))
+        for sl, sc in zip(slices, scores if scores is not None else itertools.repeat(None)):
+            pending.append(linker.add(sl, sc))
             if len(pending) > s.max_gap:
                 yield pending.popleft()
         yield from pending
@@ -243,13 +258,16 @@ def write_linked(path, linked: Iterator[np.ndarray], shape, voxel_size_um, slab:
             d[z0:z0 + len(buf)] = np.stack(buf)
 
 
-def finalize(path, out_path, tracks_table: pd.DataFrame, min_voxels: int, slab: int) -> pd.DataFrame:
-    """Drop particles under ``min_voxels``, renumber 1..n in order of first appearance, stream to ``out_path``.
+def finalize(path, out_path, tracks_table: pd.DataFrame, min_voxels: int, slab: int, min_score: float = 0.0
+             ) -> pd.DataFrame:
+    """Drop particles under ``min_voxels`` or whose best instance scores under ``min_score`` (NaN = no score:
+    kept), renumber 1..n in order of first appearance, stream to ``out_path``.
 
     Adds per particle: ``touches_border`` (any face of the volume: statistics biased) and
     ``connected_6`` (its voxels form one 6-connected component; else it is flagged).
     """
-    keep = tracks_table[tracks_table.voxels >= min_voxels].copy()
+    low = tracks_table.max_score < min_score if "max_score" in tracks_table else False
+    keep = tracks_table[(tracks_table.voxels >= min_voxels) & ~low].copy()
     lut = np.zeros(int(tracks_table.track.max()) + 1 if len(tracks_table) else 1, np.uint32)
     lut[keep.track.to_numpy()] = np.arange(1, len(keep) + 1, dtype=np.uint32)
     keep.insert(0, "label", np.arange(1, len(keep) + 1))
@@ -269,22 +287,52 @@ def finalize(path, out_path, tracks_table: pd.DataFrame, min_voxels: int, slab: 
     return keep.drop(columns="track").reset_index(drop=True)
 
 
+def slice_scores(table: pd.DataFrame, depth: int) -> list[np.ndarray]:
+    """Per slice, detection scores indexed by instance id (NaN where no row), from a (z, label, score) table."""
+    out = []
+    by_z = {z: g for z, g in table.groupby("z")} if len(table) else {}
+    for z in range(depth):
+        g = by_z.get(z)
+        a = np.full(int(g.label.max()) + 1 if g is not None else 1, np.nan)
+        if g is not None:
+            a[g.label.to_numpy(int)] = g.score.to_numpy(float)
+        out.append(a)
+    return out
+
+
+def read_candidates(slices_path) -> tuple[str, list[np.ndarray] | None]:
+    """Which dataset of a per-slice file to link (``/candidates`` when present) and its per-slice scores."""
+    with h5py.File(slices_path, "r") as f:
+        if "candidates" not in f or "table" not in f:
+            return "labels", None
+        cols = str(f["table"].attrs["columns"]).split(",")
+        table = pd.DataFrame(f["table"][...], columns=cols)
+        depth = f["candidates"].shape[0]
+    return "candidates", slice_scores(table, depth)
+
+
 def link_file(slices_path, out_path, s: LinkSettings, method: str = "hungarian", greedy_threshold: float = 0.25
               ) -> pd.DataFrame:
-    """Link ``/labels`` of a per-slice file into 3D particles at ``out_path``; returns the per-particle table."""
+    """Link a per-slice file into 3D particles at ``out_path``; returns the per-particle table.
+
+    Links ``/candidates`` with their scores (hysteresis, :class:`LinkSettings` ``min_track_score``) when the
+    file has them, else ``/labels``.
+    """
+    dataset, scores = read_candidates(slices_path) if method == "hungarian" else ("labels", None)
     with h5py.File(slices_path, "r") as f:
-        shape = f["labels"].shape
+        shape = f[dataset].shape
         voxel = f["labels"].attrs.get("voxel_size_um", np.ones(3))
-    raw = _slices_from(slices_path, "labels", s.slab)
+    raw = _slices_from(slices_path, dataset, s.slab)
     out_path = Path(out_path)
     tmp_path = out_path.with_name(f".{out_path.name}.unfiltered")
     if method == "hungarian":
-        linked, linker = link_slices(raw, s)
+        linked, linker = link_slices(raw, s, scores)
         write_linked(tmp_path, linked, shape, voxel, s.slab)
         rows = [{"track": i, "z_min": int(t.bbox_lo[0]), "z_max": int(t.bbox_hi[0]) - 1,
                  "y_min": int(t.bbox_lo[1]), "y_max": int(t.bbox_hi[1]), "x_min": int(t.bbox_lo[2]),
                  "x_max": int(t.bbox_hi[2]), "voxels": t.voxels,
-                 "mean_link_iou": t.iou_sum / t.links if t.links else np.nan, "gaps_bridged": t.gaps}
+                 "mean_link_iou": t.iou_sum / t.links if t.links else np.nan, "gaps_bridged": t.gaps,
+                 "max_score": t.max_score}
                 for i, t in enumerate(linker.tracks, start=1) if t.voxels > 0]
     elif method == "greedy":
         write_linked(tmp_path, stitch_greedy(raw, greedy_threshold), shape, voxel, s.slab)
@@ -292,9 +340,9 @@ def link_file(slices_path, out_path, s: LinkSettings, method: str = "hungarian",
     else:
         raise ValueError(f"linking method {method!r} is not 'hungarian' or 'greedy'")
     table = pd.DataFrame(rows, columns=["track", "z_min", "z_max", "y_min", "y_max", "x_min", "x_max", "voxels",
-                                        "mean_link_iou", "gaps_bridged"])
+                                        "mean_link_iou", "gaps_bridged", "max_score"])
     try:
-        return finalize(tmp_path, out_path, table, s.min_voxels, s.slab)
+        return finalize(tmp_path, out_path, table, s.min_voxels, s.slab, s.min_track_score)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -320,35 +368,49 @@ def _bbox_rows(path, slab: int) -> list[dict]:
     return [acc[k] for k in sorted(acc)]
 
 
-def link_array(stack: np.ndarray, s: LinkSettings, method: str = "hungarian", greedy_threshold: float = 0.25
-               ) -> np.ndarray:
-    """In-memory linking of a (z, y, x) per-slice label stack, particles under ``min_voxels`` removed."""
+def link_array(stack: np.ndarray, s: LinkSettings, method: str = "hungarian", greedy_threshold: float = 0.25,
+               scores: list[np.ndarray] | None = None) -> np.ndarray:
+    """In-memory linking of a (z, y, x) per-slice label stack, particles under ``min_voxels`` removed and,
+    given per-slice ``scores``, particles whose best instance scores under ``s.min_track_score``."""
     if method == "hungarian":
-        out = np.stack(list(link_slices(stack, s)[0]))
+        out = np.stack(list(link_slices(stack, s, scores)[0]))
     elif method == "greedy":
         out = np.stack(list(stitch_greedy(stack, greedy_threshold)))
     else:
         raise ValueError(f"linking method {method!r} is not 'hungarian' or 'greedy'")
     sizes = np.bincount(out.ravel())
-    small = sizes < s.min_voxels
-    small[0] = False
-    return np.where(small[out], 0, out).astype(np.uint32)
+    drop = sizes < s.min_voxels
+    if scores is not None:
+        drop |= max_score_per_particle(stack, out, scores) < s.min_track_score
+    drop[0] = False
+    return np.where(drop[out], 0, out).astype(np.uint32)
+
+
+def max_score_per_particle(stack: np.ndarray, linked: np.ndarray, scores: list[np.ndarray]) -> np.ndarray:
+    """Best instance score of every 3D id of ``linked`` (index = id; NaN where unknown)."""
+    best = np.full(int(linked.max()) + 1, -np.inf)
+    for sl, ln, sc in zip(stack, linked, scores):
+        m = (sl > 0) & (ln > 0) & (sl < len(sc))
+        if m.any():
+            np.fmax.at(best, ln[m], sc[sl[m]])
+    return np.where(np.isfinite(best), best, np.nan)
 
 
 def evaluate_linking(truth: np.ndarray, cnn_slices: np.ndarray, s: LinkSettings, watershed_3d: np.ndarray | None,
-                     greedy_threshold: float = 0.25) -> pd.DataFrame:
+                     greedy_threshold: float = 0.25, scores: list[np.ndarray] | None = None) -> pd.DataFrame:
     """Particle recovery of each linker on true and on CNN per-slice instances, and of 3D watershed.
 
     Rows: ``input`` (true_slices | cnn_slices | volume), ``method`` (hungarian | greedy | watershed_3d)
     and :func:`detachment.metrics.particle_scores`. Linking true slices measures linking errors apart
-    from segmentation errors.
+    from segmentation errors. Given ``scores``, ``cnn_slices`` are candidates and both linkers apply the
+    same hysteresis (``s.min_track_score``).
     """
     from .metrics import particle_scores
 
     rows = []
     for name, stack in (("true_slices", truth), ("cnn_slices", cnn_slices)):
         for method in ("hungarian", "greedy"):
-            pred = link_array(stack, s, method, greedy_threshold)
+            pred = link_array(stack, s, method, greedy_threshold, scores if name == "cnn_slices" else None)
             rows.append({"input": name, "method": method, **particle_scores(truth, pred)})
     if watershed_3d is not None:
         rows.append({"input": "volume", "method": "watershed_3d", **particle_scores(truth, watershed_3d)})

@@ -134,22 +134,28 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     return table[table.volume_um3 > 0].reset_index(drop=True)
 
 
-def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, closing_vox: int = 2) -> np.ndarray:
+def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, closing_vox: int = 2,
+                    core_erosion_vox: int = 2) -> np.ndarray:
     """The particle's envelope from the phase map, guided by its segmentation mask (DESIGN.md: the
     connected NMC solid of the instance, cracks enclosed by closing and hole filling).
 
     A slice-wise CNN mask is ±1 voxel off the particle's boundary, which is as wide as a thin
     electrolyte gap; the thresholded solid is not. Envelope = the NMC solid within one voxel of the
-    mask (not in another particle), closed by a ball of ``closing_vox`` and hole-filled, kept within
-    two voxels of the mask. Falls back to the mask when the region holds no solid.
+    mask (not in another particle) plus the mask's core (the mask eroded by ``core_erosion_vox``),
+    closed by a ball of ``closing_vox`` and hole-filled, kept within two voxels of the mask. The core
+    keeps cracks that run out through the surface inside the particle, as in the truth's envelopes:
+    without it their walls read as detached surface (measured on the default phantoms, pipeline
+    detachment MAE 0.084 / 0.080 -> 0.070 / 0.074 and crack surface per volume error 16 % -> 8-10 %).
+    Falls back to the mask when the region holds no solid.
     """
     ball = ndimage.generate_binary_structure(3, 1)
     region = ndimage.binary_dilation(mask, ball) & ~others
     solid = region & ((phases == NMC_LOW) | (phases == NMC_HIGH))
     if not solid.any():
         return mask
+    core = ndimage.binary_erosion(mask, ball, iterations=core_erosion_vox) if core_erosion_vox else False
     pad = closing_vox + 1
-    env = np.pad(solid, pad)
+    env = np.pad(solid | core, pad)
     env = ndimage.binary_closing(env, ndimage.iterate_structure(ball, closing_vox))[pad:-pad, pad:-pad, pad:-pad]
     env = ndimage.binary_fill_holes(env)
     return env & ndimage.binary_dilation(mask, ball, iterations=2) & ~others

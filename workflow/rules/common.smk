@@ -1,4 +1,5 @@
 # Validation of config and sample sheet, wildcard constraints, input functions.
+import glob
 import re
 import zlib
 
@@ -68,13 +69,31 @@ def phantom_seed(wildcards):
     return (int(config["seed"]) * 1_000_003 + zlib.crc32(wildcards.sample.encode())) % 2**32
 
 
+def source_files(spec):
+    """The files behind a sheet path: a glob of TIFF slices becomes its matches (a literal glob is
+    no file Snakemake could find); a file or folder stays itself."""
+    spec = spec.strip()
+    if glob.has_magic(spec):
+        return sorted(glob.glob(spec)) or [spec]  # no match: Snakemake names the pattern as missing
+    return [spec]
+
+
 def imported_volume(wildcards):
-    return SAMPLES.loc[wildcards.sample, "volume"]
+    return source_files(SAMPLES.loc[wildcards.sample, "volume"])
+
+
+def link_settings():
+    """The `link` section; min_track_score null = the inference's score_threshold (hysteresis)."""
+    s = dict(config["link"])
+    if s.get("min_track_score") is None:
+        s["min_track_score"] = config["infer"]["score_threshold"]
+    return s
 
 
 def imported_fields(wildcards):
     row = SAMPLES.loc[wildcards.sample]
     return {
+        "source": row["volume"].strip(),
         "dataset": row.get("dataset", "") or None,
         "voxel_size_um": row["voxel_size_um"],
         "sheet": config["samples"],
@@ -113,11 +132,12 @@ SECOND_MAP_SAMPLES = [
 
 
 def imported_second_map(wildcards):
-    return SAMPLES.loc[wildcards.sample, "second_map"].strip()
+    return source_files(SAMPLES.loc[wildcards.sample, "second_map"])
 
 
 def imported_second_map_fields(wildcards):
     return {
+        "source": SAMPLES.loc[wildcards.sample, "second_map"].strip(),
         "dataset": SAMPLES.loc[wildcards.sample, "second_map_dataset"].strip() or None,
         "sheet": config["samples"],
     }

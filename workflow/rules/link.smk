@@ -8,7 +8,7 @@ rule link_slices:
         particles="results/{sample}/cnn/particles.h5",
         links="results/{sample}/cnn/links.csv",
     params:
-        settings=config["link"],
+        settings=link_settings(),
     log:
         "logs/link_slices/{sample}.log",
     benchmark:
@@ -32,7 +32,7 @@ rule evaluate_linking:
     output:
         "results/{sample}/linking_eval.csv",
     params:
-        settings=config["link"],
+        settings=link_settings(),
     wildcard_constraints:
         sample=sample_regex(PHANTOM_SAMPLES),
     log:

@@ -5,5 +5,5 @@ from detachment.logs import log_to
 
 log_to(snakemake.log[0])
 fields = snakemake.params.fields
-import_volume(snakemake.input[0], snakemake.output.volume, dataset=fields["dataset"],
+import_volume(fields["source"], snakemake.output.volume, dataset=fields["dataset"],
               voxel_size_um=fields["voxel_size_um"], slab=snakemake.params.slab)
