@@ -10,6 +10,7 @@ configfile: "config/config.yaml"
 
 scattergather:
     infer_slab=config.get("infer", {}).get("slabs", 2),
+    particle_parts=config.get("science", {}).get("particle_parts", 2),
 
 
 report: "workflow/report/workflow.rst"

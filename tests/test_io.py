@@ -136,3 +136,23 @@ def test_atomic_output_keeps_previous_result_on_failure(tmp_path):
             raise OSError(28, "No space left on device")
     assert target.read_text() == "previous\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"]
+
+
+def test_scatter_parts_cover_every_row_once_and_gather_restores_label_order(tmp_path):
+    import pandas as pd
+
+    from detachment.io import gather_tables, part_rows, scatter_part
+
+    table = pd.DataFrame({"label": np.arange(1, 12), "v": np.arange(11) * 2.0})
+    for n in (1, 2, 3, 20):
+        parts = [part_rows(table, f"{k}-of-{n}") for k in range(1, n + 1)]
+        assert sorted(np.concatenate([p.label.to_numpy() for p in parts]).tolist()) == table.label.tolist()
+        paths = []
+        for k, p in enumerate(reversed(parts)):
+            paths.append(tmp_path / f"{n}_{k}.csv")
+            p.to_csv(paths[-1], index=False)
+        pd.testing.assert_frame_equal(gather_tables(paths), table)
+    assert scatter_part("2-of-5") == (2, 5)
+    for bad in ("0-of-2", "3-of-2", "2of5"):
+        with pytest.raises(ValueError):
+            scatter_part(bad)

@@ -14,7 +14,6 @@ the per-slice model was unsure (measured on the default phantom: 3D recovery
 from __future__ import annotations
 
 import logging
-import re
 
 import h5py
 import numpy as np
@@ -32,12 +31,7 @@ CSV_COLUMNS = TABLE_COLUMNS + ["detection"]
 
 def scatter_range(item: str, depth: int) -> tuple[int, int]:
     """z range ``[z0, z1)`` of Snakemake scatter item ``"k-of-n"`` over ``depth`` slices (near-equal parts)."""
-    m = re.fullmatch(r"(\d+)-of-(\d+)", item)
-    if not m:
-        raise ValueError(f"scatter item {item!r} is not of the form 'k-of-n'")
-    k, n = int(m.group(1)), int(m.group(2))
-    if not 1 <= k <= n:
-        raise ValueError(f"scatter item {item!r}: k must lie in 1..n")
+    k, n = io.scatter_part(item)
     edges = np.linspace(0, depth, n + 1).round().astype(int)
     return int(edges[k - 1]), int(edges[k])
 

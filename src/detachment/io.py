@@ -16,6 +16,7 @@ import contextlib
 import glob
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -333,3 +334,31 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight")
     plt.close(fig)
+
+
+def scatter_part(item: str) -> tuple[int, int]:
+    """(k, n) of a Snakemake scatter item ``"k-of-n"`` (1 <= k <= n)."""
+    m = re.fullmatch(r"(\d+)-of-(\d+)", item)
+    if not m:
+        raise ValueError(f"scatter item {item!r} is not of the form 'k-of-n'")
+    k, n = int(m.group(1)), int(m.group(2))
+    if not 1 <= k <= n:
+        raise ValueError(f"scatter item {item!r}: k must lie in 1..n")
+    return k, n
+
+
+def part_rows(table, item: str):
+    """The rows of ``table`` (a DataFrame) belonging to scatter item ``"k-of-n"``: every n-th row from the
+    (k-1)-th, so parts of a size-sorted or z-sorted table get a fair share of large and small particles."""
+    k, n = scatter_part(item)
+    return table.iloc[k - 1::n]
+
+
+def gather_tables(paths, key: str = "label"):
+    """Concatenate part tables (CSV) and sort them by ``key``; an empty part contributes nothing."""
+    import pandas as pd
+
+    read = [pd.read_csv(p) for p in paths]
+    parts = [t for t in read if len(t)]  # empty parts would turn every column's dtype to object
+    table = pd.concat(parts, ignore_index=True) if parts else (read[0] if read else pd.DataFrame(columns=[key]))
+    return table.sort_values(key, kind="stable").reset_index(drop=True) if key in table else table

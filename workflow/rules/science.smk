@@ -1,20 +1,20 @@
 # The paper's science: per-particle table, crack damage profile, electron diffusion length, statistics.
 
 
-rule particles:
+rule particles_part:
     input:
         particles=rules.link_slices.output.particles,
         links=rules.link_slices.output.links,
         phases=rules.threshold_phases.output.phases,
         volume="results/{sample}/volume.h5",
     output:
-        "results/{sample}/particles.csv",
+        temp("results/{sample}/parts/particles_{scatteritem}.csv"),
     params:
         probe=config["science"]["contact_probe_vox"],
     log:
-        "logs/particles/{sample}.log",
+        "logs/particles/{sample}/{scatteritem}.log",
     benchmark:
-        "benchmarks/out/particles/{sample}.tsv"
+        "benchmarks/out/particles/{sample}/{scatteritem}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -22,7 +22,26 @@ rule particles:
     conda:
         "../../envs/core.yaml"
     script:
-        "../scripts/particles.py"
+        "../scripts/particles_part.py"
+
+
+rule particles:
+    input:
+        gather.particle_parts("results/{{sample}}/parts/particles_{scatteritem}.csv"),
+    output:
+        "results/{sample}/particles.csv",
+    log:
+        "logs/particles/{sample}.log",
+    benchmark:
+        "benchmarks/out/particles/{sample}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/gather_table.py"
 
 
 rule damage:
@@ -55,8 +74,31 @@ rule damage:
         "../scripts/damage.py"
 
 
+rule diffusion_part:
+    input:
+        particles=rules.link_slices.output.particles,
+        links=rules.link_slices.output.links,
+        phases=rules.threshold_phases.output.phases,
+        volume="results/{sample}/volume.h5",
+    output:
+        temp("results/{sample}/parts/diffusion_{scatteritem}.csv"),
+    log:
+        "logs/diffusion/{sample}/{scatteritem}.log",
+    benchmark:
+        "benchmarks/out/diffusion/{sample}/{scatteritem}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/diffusion_part.py"
+
+
 rule diffusion:
     input:
+        parts=gather.particle_parts("results/{{sample}}/parts/diffusion_{scatteritem}.csv"),
         particles=rules.link_slices.output.particles,
         links=rules.link_slices.output.links,
         phases=rules.threshold_phases.output.phases,
@@ -76,7 +118,7 @@ rule diffusion:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=10,
     conda:
         "../../envs/core.yaml"
     script:

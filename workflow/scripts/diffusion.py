@@ -1,17 +1,17 @@
-"""Adapter: electron diffusion lengths of every particle and a Supp. Fig. 3-style figure."""
+"""Adapter: gather the diffusion parts of a sample into one table and draw a Supp. Fig. 3-style figure."""
 
 import h5py
 import numpy as np
 import pandas as pd
 
 from detachment import io, plots
-from detachment.diffusion import descent_path, diffusion_table_from_files, particle_diffusion
+from detachment.diffusion import descent_path, particle_diffusion
 from detachment.logs import log_to
 
 log_to(snakemake.log[0])
 _, voxel = io.read_volume_info(snakemake.input.volume)
 links = pd.read_csv(snakemake.input.links)
-table = diffusion_table_from_files(snakemake.input.particles, snakemake.input.phases, links, voxel)
+table = io.gather_tables(list(snakemake.input.parts))
 io.write_csv(snakemake.output.table, table)
 # figure: among the larger half of the particles, the one with the largest detour, through its widest slice
 finite = table.dropna(subset=["detour_ratio"]).merge(links[["label", "voxels"]], on="label")

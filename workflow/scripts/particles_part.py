@@ -1,4 +1,4 @@
-"""Adapter: per-particle table of one sample (results/{sample}/particles.csv), particle by particle."""
+"""Adapter: per-particle table rows of one scatter part of a sample's particles."""
 
 import pandas as pd
 
@@ -7,7 +7,7 @@ from detachment.logs import log_to
 from detachment.particles import particle_table_from_files
 
 log_to(snakemake.log[0])
-links = pd.read_csv(snakemake.input.links)
+links = io.part_rows(pd.read_csv(snakemake.input.links), snakemake.wildcards.scatteritem)
 table = particle_table_from_files(snakemake.input.particles, snakemake.input.phases, snakemake.input.volume, links,
                                   probe=snakemake.params.probe)
 io.write_csv(snakemake.output[0], table)
