@@ -22,8 +22,10 @@ Definitions
   isotropically distributed orientation has 3/2 times the true area in faces
   (mean of |n_x| + |n_y| + |n_z| over the sphere), the staircase bias.
 * Surface area for sphericity: marching cubes (:func:`skimage.measure.marching_cubes`,
-  physical spacing) on the envelope smoothed by a 0.7-voxel Gaussian, within
-  ~5 % of a ball's area for radii ≥ 5 voxels; sphericity = π^(1/3) (6V)^(2/3) / A.
+  physical spacing) on the envelope smoothed by a 0.7-voxel Gaussian: within
+  2 % of a ball's area for radii ≥ 6 voxels (also with anisotropic voxels),
+  -5 % at 5 and -10 % at 4 voxels (tests/test_science.py; the raw mask is
+  3-12 % high); sphericity = π^(1/3) (6V)^(2/3) / A.
 * Crack volume fraction = void voxels inside the envelope / envelope voxels;
   crack surface per volume (µm⁻¹) = crack face area × 2/3 / envelope volume.
 * Electron density: mean and standard deviation of the grey level over the
@@ -62,8 +64,8 @@ def surface_area_mc(mask: np.ndarray, voxel_size_um) -> float:
 
     if mask.sum() < 2:
         return float(np.nan)
-    # marching cubes on a raw binary mask still over-estimates a sphere's area by ~9-12 %; a 0.7-voxel
-    # Gaussian first brings it within ~5 % for radii >= 5 voxels (measured; see tests/test_science.py)
+    # marching cubes on a raw binary mask over-estimates a sphere's area by 3-12 %; a 0.7-voxel Gaussian
+    # first brings it within 2 % for radii >= 6 voxels (measured; sigma 0.5 leaves +4 %, 1.0 gives -5 % at 6)
     padded = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 3), 0.7)
     if padded.max() <= 0.5:  # thinner than the smoothing: use the raw mask
         padded = np.pad(mask.astype(np.float32), 3)
