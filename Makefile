@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 bench: $(STAMP)
-	@for b in threshold metrics linking diffusion maskrcnn memory dag; do \
+	@for b in threshold metrics linking diffusion maskrcnn memory paper_scale dag; do \
 	  echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean-results:

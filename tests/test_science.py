@@ -321,3 +321,15 @@ def test_refined_envelope_keeps_a_crack_open_to_the_surface_inside_the_particle(
     assert (slot & ~solid_only).sum() > 0.4 * slot.sum()  # closing alone leaves the slot open
     assert (slot & ~with_core).sum() < 0.5 * (slot & ~solid_only).sum()
     assert not (with_core & ~b).any()  # the core never grows the envelope past the particle
+
+
+def test_an_empty_particle_table_has_every_column_of_a_full_one(tmp_path):
+    from detachment.particles import COLUMNS
+
+    labels = np.zeros((6, 12, 12), np.uint32)
+    labels[1:4, 2:6, 2:6] = 1
+    phases = np.where(labels > 0, NMC_LOW, CBD).astype(np.uint8)
+    full = particle_table(labels, phases, np.zeros(labels.shape, np.float32), (1, 1, 1), border={1: False})
+    assert list(full.columns) == COLUMNS
+    empty = particle_table(np.zeros_like(labels), phases, np.zeros(labels.shape, np.float32), (1, 1, 1), border={})
+    assert list(empty.columns) == COLUMNS and len(empty) == 0

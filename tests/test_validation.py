@@ -66,3 +66,13 @@ def test_effect_size_matches_a_direct_computation_and_leaves_border_particles_ou
     assert np.isclose(e["found_over_planted"], 0.9)
     assert np.isclose(e["mann_whitney_p"], mannwhitneyu(0.9 * hi[5:], 0.9 * lo).pvalue)
     assert validation.effect_size({"a": hi_t}, {"a": hi_m}, {"a": "1C"}) == {}
+
+
+def test_compare_particles_with_an_empty_pipeline_table_gives_no_rows():
+    truth = pd.DataFrame({"label": [1], "detachment": [0.2], "crack_area_um2": [3.0], "volume_um3": [10.0],
+                          "touches_border": [False]})
+    empty = pd.DataFrame(columns=["label", "detachment"])
+    pairs = pd.DataFrame({"truth_label": pd.Series([], dtype=int), "label": pd.Series([], dtype=int),
+                          "iou": pd.Series([], dtype=float)})
+    c = validation.compare_particles(truth, empty, pairs, "pipeline")
+    assert len(c) == 0 and "detachment_error" in c

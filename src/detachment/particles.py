@@ -49,6 +49,11 @@ from .surface import crack_faces, surface_contacts
 log = logging.getLogger(__name__)
 
 STAIRCASE = 2.0 / 3.0
+COLUMNS = ["label", "volume_um3", "diameter_um", "surface_area_um2", "sphericity", "centroid_z_um", "centroid_y_um",
+           "centroid_x_um", "distance_to_collector_um", "height_um", "electron_density_mean",
+           "electron_density_std", "nmc_high_fraction", "crack_volume_fraction", "crack_surface_per_volume_per_um",
+           "detachment", "detachment_std", "surface_faces", "contact_void_um2", "contact_cbd_um2", "contact_al_um2",
+           "contact_particle_um2", "touches_border"]
 
 
 def collector_top(phases: np.ndarray) -> int:
@@ -81,7 +86,7 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     n = int(labels.max())
     idx = np.arange(1, n + 1)
     if n == 0:
-        return pd.DataFrame(columns=["label", "detachment"])
+        return pd.DataFrame(columns=COLUMNS if border is not None else COLUMNS[:-1])
     contacts = surface_contacts(labels, phases, vs, n_labels=n, probe=probe)
     crack_area = crack_faces(labels, phases, vs, n_labels=n) * STAIRCASE
     ones = np.ones(labels.shape, np.int64)
@@ -210,4 +215,4 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
             t["height_um"] = t["centroid_z_um"] - top * vs[0]
             t["touches_border"] = bool(getattr(row, "touches_border", False))
             rows.append(t)
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=["label", "detachment"])
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)

@@ -56,7 +56,9 @@ def compare_particles(truth_table: pd.DataFrame, measured: pd.DataFrame, pairs: 
     if pairs is None:
         pairs = pd.DataFrame({"truth_label": measured.label.astype(int), "label": measured.label.astype(int),
                               "iou": 1.0})
-    m = measured[["label", "detachment", "detachment_std", "crack_surface_per_volume_per_um"]]
+    # reindex: a sample where the pipeline found no particle has a table without the measured columns
+    m = measured.reindex(columns=["label", "detachment", "detachment_std", "crack_surface_per_volume_per_um"])
+    m = m.astype({"label": "int64"})
     out = pairs.merge(t, on="truth_label").merge(m, on="label")
     out.insert(0, "source", source)
     out["detachment_error"] = out.detachment - out.detachment_truth

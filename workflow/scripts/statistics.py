@@ -16,8 +16,11 @@ for sample, rate, cell, path, dpath in zip(p.samples, p.c_rates, p.cells, snakem
     t.insert(1, "cell", cell)
     t.insert(2, "c_rate", rate)
     tables.append(t)
-particles = pd.concat(tables, ignore_index=True)
+# a sample with no particle contributes no rows (its empty table would turn every column to object dtype)
+particles = pd.concat([t for t in tables if len(t)] or tables[:1], ignore_index=True)
 io.write_csv(snakemake.output.all_particles, particles)
+if "touches_border" in particles:  # an empty sample's table leaves the column as object dtype
+    particles["touches_border"] = particles.touches_border.astype("boolean").fillna(False).astype(bool)
 used = particles[~particles.touches_border] if p.exclude_border and "touches_border" in particles else particles
 by_rate = by_group(used, "c_rate", "detachment", seed=p.seed)
 size = by_size(used, p.size_bins)
