@@ -333,3 +333,27 @@ def test_an_empty_particle_table_has_every_column_of_a_full_one(tmp_path):
     assert list(full.columns) == COLUMNS
     empty = particle_table(np.zeros_like(labels), phases, np.zeros(labels.shape, np.float32), (1, 1, 1), border={})
     assert list(empty.columns) == COLUMNS and len(empty) == 0
+
+
+def test_streamed_diffusion_uses_the_refined_envelope_of_the_particle_table(tmp_path):
+    import h5py
+
+    from detachment.diffusion import diffusion_table_from_files, particle_diffusion
+    from detachment.validation import links_from_labels
+
+    b = ball((24, 24, 24), (12, 12, 12), 7.0)
+    phases = np.where(b, NMC_LOW, CBD).astype(np.uint8)
+    phases[b & (np.indices(b.shape)[1] > 15)] = NMC_HIGH
+    phases[:, 19:, :] = VOID  # the top of the ball faces electrolyte: no exit there
+    mask = np.roll(b, 1, axis=2).astype(np.uint32)  # a segmentation one voxel off
+    with h5py.File(tmp_path / "l.h5", "w") as f:
+        f["labels"] = mask
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        f["phases"] = phases
+    links = links_from_labels(mask)
+    refined = diffusion_table_from_files(tmp_path / "l.h5", tmp_path / "p.h5", links, (1, 1, 1), progress=False)
+    raw = diffusion_table_from_files(tmp_path / "l.h5", tmp_path / "p.h5", links, (1, 1, 1), progress=False,
+                                     refine=False)
+    exact, _ = particle_diffusion(b, phases, (1, 1, 1))
+    assert refined.mean_um.iloc[0] == pytest.approx(exact.mean_um, rel=1e-9)
+    assert raw.mean_um.iloc[0] != pytest.approx(exact.mean_um, rel=1e-3)

@@ -23,9 +23,10 @@ is kept as ``method="dijkstra"``, the oracle of the tests and of
 diagonal Dijkstra step needs the whole voxel cube it crosses to be solid, so a
 one-voxel oblique crack blocks both.
 
-Per particle (each in its bounding-box crop, bounded memory): mean, 95th
-percentile and max diffusion length (µm), the fraction of solid with no path
-(isolated), and the detour ratio: mean length with the real exits over the mean
+Per particle (each in its bounding-box crop, bounded memory, on the same
+refined envelope as the per-particle table): mean, 95th percentile and max
+diffusion length (µm), the fraction of solid with no path (isolated), and the
+detour ratio: mean length with the real exits over the mean
 length if every surface solid voxel were an exit (the same particle fully
 attached). Optimal paths are streamlines of the negative gradient
 (:func:`descent_path`).
@@ -141,14 +142,15 @@ def particle_diffusion(envelope: np.ndarray, phases: np.ndarray, voxel_size_um, 
     solid = envelope & ((phases == NMC_LOW) | (phases == NMC_HIGH))
     ex = exits(envelope, solid, phases)
     field = geodesic_distance(solid, ex, voxel_size_um, method)
-    ref = geodesic_distance(solid, surface_solid(envelope, solid), voxel_size_um, method)
+    surface = surface_solid(envelope, solid)
+    ref = geodesic_distance(solid, surface, voxel_size_um, method)
     vals = field[solid]
     reach = np.isfinite(vals)
     finite = vals[reach]
     # the fully attached reference over the same (reachable) voxels, so the ratio measures detours only
     ref_vals = ref[solid][reach]
     ref_mean = float(np.mean(ref_vals[np.isfinite(ref_vals)])) if np.isfinite(ref_vals).any() else np.nan
-    surf = surface_solid(envelope, solid).sum()
+    surf = surface.sum()
     stats = ParticleDiffusion(
         label=label,
         mean_um=float(finite.mean()) if finite.size else np.nan,
@@ -159,22 +161,6 @@ def particle_diffusion(envelope: np.ndarray, phases: np.ndarray, voxel_size_um, 
         exit_fraction=float(ex.sum() / surf) if surf else np.nan,
     )
     return stats, field
-
-
-def diffusion_table(labels: np.ndarray, phases: np.ndarray, voxel_size_um, pad: int = 1,
-                    progress: bool = True) -> pd.DataFrame:
-    """:class:`ParticleDiffusion` of every particle, each in its own bounding-box crop (bounded memory)."""
-    from tqdm import tqdm
-
-    rows = []
-    objs = ndimage.find_objects(labels)
-    for lab, sl in tqdm(list(enumerate(objs, start=1)), desc="diffusion", unit="particle", disable=not progress):
-        if sl is None:
-            continue
-        crop = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(sl, labels.shape))
-        stats, _ = particle_diffusion(labels[crop] == lab, phases[crop], voxel_size_um, lab)
-        rows.append(stats.__dict__)
-    return pd.DataFrame(rows, columns=list(ParticleDiffusion.__dataclass_fields__))
 
 
 def descent_path(field: np.ndarray, start, spacing=None, step: float = 0.25, max_steps: int = 10_000
@@ -256,20 +242,26 @@ def _nearest(p, shape):
     return tuple(int(np.clip(np.rint(v), 0, n - 1)) for v, n in zip(p, shape))
 
 
-def diffusion_table_from_files(labels_path, phases_path, links: pd.DataFrame, voxel_size_um, pad: int = 1,
-                               progress: bool = True) -> pd.DataFrame:
-    """:func:`diffusion_table` reading one bounding-box crop per particle (``links`` rows) from HDF5."""
+def diffusion_table_from_files(labels_path, phases_path, links: pd.DataFrame, voxel_size_um, pad: int = 2,
+                               progress: bool = True, refine: bool = True) -> pd.DataFrame:
+    """:class:`ParticleDiffusion` of every particle of ``links``, each on its bounding-box crop read from HDF5
+    (bounded memory). With ``refine`` the envelope is :func:`detachment.particles.refine_envelope` of the
+    mask, the same envelope as ``particles.csv``; else the mask itself."""
     import h5py
     from tqdm import tqdm
+
+    from . import io
+    from .particles import refine_envelope
 
     rows = []
     with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp:
         dl, dp = fl["labels"], fp["phases"]
         shape = dl.shape
         for row in tqdm(list(links.itertuples()), desc="diffusion", unit="particle", disable=not progress):
-            sl = (slice(max(0, row.z_min - pad), min(shape[0], row.z_max + 1 + pad)),
-                  slice(max(0, row.y_min - pad), min(shape[1], row.y_max + pad)),
-                  slice(max(0, row.x_min - pad), min(shape[2], row.x_max + pad)))
-            stats, _ = particle_diffusion(dl[sl] == row.label, dp[sl], voxel_size_um, int(row.label))
+            sl = io.particle_crop(row, shape, pad)
+            lab, ph = dl[sl], dp[sl]
+            mask = lab == row.label
+            env = refine_envelope(mask, (lab > 0) & ~mask, ph) if refine else mask
+            stats, _ = particle_diffusion(env, ph, voxel_size_um, int(row.label))
             rows.append(stats.__dict__)
     return pd.DataFrame(rows, columns=list(ParticleDiffusion.__dataclass_fields__))

@@ -26,7 +26,6 @@ from .maskrcnn import load_model, predict, select_device
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ["z", "label", "score", "y0", "x0", "y1", "x1", "area_px"]
-CSV_COLUMNS = TABLE_COLUMNS + ["detection"]
 
 
 def scatter_range(item: str, depth: int) -> tuple[int, int]:

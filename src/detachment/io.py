@@ -336,6 +336,14 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
     plt.close(fig)
 
 
+def particle_crop(row, shape, pad: int) -> tuple[slice, slice, slice]:
+    """Bounding box of one ``links.csv`` row (``z_max`` inclusive, ``y_max``/``x_max`` exclusive) grown by
+    ``pad`` voxels and clipped to the volume ``shape`` (z, y, x)."""
+    lo = (row.z_min - pad, row.y_min - pad, row.x_min - pad)
+    hi = (row.z_max + 1 + pad, row.y_max + pad, row.x_max + pad)
+    return tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(lo, hi, shape))
+
+
 def scatter_part(item: str) -> tuple[int, int]:
     """(k, n) of a Snakemake scatter item ``"k-of-n"`` (1 <= k <= n)."""
     m = re.fullmatch(r"(\d+)-of-(\d+)", item)

@@ -70,6 +70,11 @@ class _Track:
     bbox_lo: list = field(default_factory=lambda: [np.inf, np.inf, np.inf])
     bbox_hi: list = field(default_factory=lambda: [-np.inf, -np.inf, -np.inf])
 
+    def grow(self, lo, hi) -> None:
+        """Extend the bounding box (z, y, x; ``hi`` exclusive) to cover ``[lo, hi)``."""
+        self.bbox_lo = [min(a, b) for a, b in zip(self.bbox_lo, lo)]
+        self.bbox_hi = [max(a, b) for a, b in zip(self.bbox_hi, hi)]
+
 
 def _pair_cost(ov, how: str) -> np.ndarray:
     """Dense (tracks x instances) similarity over the labels present (small per slice)."""
@@ -165,8 +170,7 @@ class SliceLinker:
             gap[fill] = track
             t.voxels += n
             ys, xs = np.nonzero(fill)
-            t.bbox_lo = [min(t.bbox_lo[0], gz), min(t.bbox_lo[1], ys.min()), min(t.bbox_lo[2], xs.min())]
-            t.bbox_hi = [max(t.bbox_hi[0], gz + 1), max(t.bbox_hi[1], ys.max() + 1), max(t.bbox_hi[2], xs.max() + 1)]
+            t.grow([gz, ys.min(), xs.min()], [gz + 1, ys.max() + 1, xs.max() + 1])
 
     def _update_stats(self, out: np.ndarray, z: int) -> None:
         if not out.any():
@@ -178,10 +182,7 @@ class SliceLinker:
                 continue
             t = self.tracks[track - 1]
             t.voxels += int(counts[track])
-            lo = [z, sl[0].start, sl[1].start]
-            hi = [z + 1, sl[0].stop, sl[1].stop]
-            t.bbox_lo = [min(a, b) for a, b in zip(t.bbox_lo, lo)]
-            t.bbox_hi = [max(a, b) for a, b in zip(t.bbox_hi, hi)]
+            t.grow([z, sl[0].start, sl[1].start], [z + 1, sl[0].stop, sl[1].stop])
 
 
 def link_slices(slices: Iterable[np.ndarray], s: LinkSettings, scores: Iterable[np.ndarray] | None = None

@@ -194,9 +194,8 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
             if hit.size:
                 top = z0 + int(hit.max()) + 1
         for row in tqdm(list(links.itertuples()), desc="particles", unit="particle", disable=not progress):
-            lo = [max(0, row.z_min - pad), max(0, row.y_min - pad), max(0, row.x_min - pad)]
-            hi = [min(shape[0], row.z_max + 1 + pad), min(shape[1], row.y_max + pad), min(shape[2], row.x_max + pad)]
-            sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+            sl = io.particle_crop(row, shape, pad)
+            lo = [s.start for s in sl]
             lab = dl[sl]
             # this particle becomes label 1 (its envelope refined on the phase map); others label 2
             ph = dp[sl]

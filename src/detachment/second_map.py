@@ -154,9 +154,7 @@ def particle_map_table(labels_path, phases_path, volume_path, map_path, links: p
             h5py.File(volume_path, "r") as fv, h5py.File(map_path, "r") as fm:
         dl, dp, dv, dm = fl["labels"], fp["phases"], fv[io.VOLUME_DATASET], fm[SECOND_MAP_DATASET]
         for row in tqdm(list(links.itertuples()), desc="second map", unit="particle", disable=not progress):
-            lo = [max(0, row.z_min - pad), max(0, row.y_min - pad), max(0, row.x_min - pad)]
-            hi = [min(shape[0], row.z_max + 1 + pad), min(shape[1], row.y_max + pad), min(shape[2], row.x_max + pad)]
-            sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+            sl = io.particle_crop(row, shape, pad)
             lab, ph = dl[sl], dp[sl]
             mask = lab == row.label
             env = refine_envelope(mask, (lab > 0) & ~mask, ph) if refine else mask
@@ -166,7 +164,7 @@ def particle_map_table(labels_path, phases_path, volume_path, map_path, links: p
             r = {"label": int(row.label), "solid_voxels": int(solid.sum())}
             r.update(_moments(dv[sl][use], vals[use]))
             zz = np.nonzero(use)[0]
-            r["centroid_z_um"] = (zz.mean() + lo[0]) * voxel[0] if zz.size else np.nan
+            r["centroid_z_um"] = (zz.mean() + sl[0].start) * voxel[0] if zz.size else np.nan
             r["touches_border"] = bool(getattr(row, "touches_border", False))
             rows.append(r)
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)

@@ -7,6 +7,15 @@ import pandas as pd
 from scipy import stats
 
 
+def _percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
+    """Central ``level`` interval of bootstrap replicates (non-finite ones left out)."""
+    samples = samples[np.isfinite(samples)]
+    if samples.size == 0:
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(samples, a)), float(np.quantile(samples, 1 - a))
+
+
 def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of the mean."""
     v = np.asarray(values, float)
@@ -14,9 +23,7 @@ def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0)
     if v.size == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    means = rng.choice(v, size=(n_boot, v.size), replace=True).mean(1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+    return _percentile_ci(rng.choice(v, size=(n_boot, v.size), replace=True).mean(1), level)
 
 
 def by_group(particles: pd.DataFrame, group: str = "c_rate", value: str = "detachment", seed: int = 0
@@ -76,11 +83,7 @@ def pearson_bootstrap_ci(x, y, n_boot: int = 2000, level: float = 0.95, seed: in
     yb = yb - yb.mean(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (xb * yb).sum(1) / np.sqrt((xb**2).sum(1) * (yb**2).sum(1))
-    r = r[np.isfinite(r)]
-    if r.size == 0:
-        return float("nan"), float("nan")
-    a = (1 - level) / 2
-    return float(np.quantile(r, a)), float(np.quantile(r, 1 - a))
+    return _percentile_ci(r, level)
 
 
 def _pooled(w, n, mx, my, sx, sy, cxy):
@@ -95,32 +98,32 @@ def _pooled(w, n, mx, my, sx, sy, cxy):
         return c / np.sqrt(vx * vy)
 
 
+def _usable_groups(*moments) -> list[np.ndarray]:
+    """The groups' (n, moments...) arrays restricted to groups with n > 0 and finite moments."""
+    arrs = [np.asarray(a, float) for a in moments]
+    ok = (arrs[0] > 0) & np.all([np.isfinite(a) for a in arrs], axis=0)
+    return [a[ok] for a in arrs]
+
+
 def pooled_pearson(n, mean_x, mean_y, std_x, std_y, cov_xy) -> float:
     """Pearson r over the union of groups (e.g. the voxels of several particles) from each group's size
     and population moments (means, standard deviations and covariance with ddof = 0): the law of total
     covariance, exact. Groups with ``n`` = 0 or non-finite moments are left out."""
-    arrs = [np.asarray(a, float) for a in (n, mean_x, mean_y, std_x, std_y, cov_xy)]
-    ok = (arrs[0] > 0) & np.all([np.isfinite(a) for a in arrs], axis=0)
-    if ok.sum() == 0:
+    groups = _usable_groups(n, mean_x, mean_y, std_x, std_y, cov_xy)
+    if groups[0].size == 0:
         return float("nan")
-    return float(_pooled(np.ones(int(ok.sum())), *[a[ok] for a in arrs]))
+    return float(_pooled(np.ones(groups[0].size), *groups))
 
 
 def cluster_bootstrap_pooled_ci(n, mean_x, mean_y, std_x, std_y, cov_xy, n_boot: int = 2000,
                                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of :func:`pooled_pearson`, resampling whole groups (a cluster bootstrap:
     voxels of one particle are not independent)."""
-    arrs = [np.asarray(a, float) for a in (n, mean_x, mean_y, std_x, std_y, cov_xy)]
-    ok = (arrs[0] > 0) & np.all([np.isfinite(a) for a in arrs], axis=0)
-    k = int(ok.sum())
+    groups = _usable_groups(n, mean_x, mean_y, std_x, std_y, cov_xy)
+    k = groups[0].size
     if k < 3:
         return float("nan"), float("nan")
     idx = np.random.default_rng(seed).integers(0, k, (n_boot, k))
     w = np.zeros((n_boot, k))
-    np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)
-    r = _pooled(w, *[a[ok] for a in arrs])
-    r = r[np.isfinite(r)]
-    if r.size == 0:
-        return float("nan"), float("nan")
-    a = (1 - level) / 2
-    return float(np.quantile(r, a)), float(np.quantile(r, 1 - a))
+    np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)  # how often each group is drawn per replicate
+    return _percentile_ci(_pooled(w, *groups), level)

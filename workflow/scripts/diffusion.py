@@ -7,9 +7,10 @@ import pandas as pd
 from detachment import io, plots
 from detachment.diffusion import descent_path, particle_diffusion
 from detachment.logs import log_to
+from detachment.particles import refine_envelope
 
 log_to(snakemake.log[0])
-_, voxel = io.read_volume_info(snakemake.input.volume)
+shape, voxel = io.read_volume_info(snakemake.input.volume)
 links = pd.read_csv(snakemake.input.links)
 table = io.gather_tables(list(snakemake.input.parts))
 io.write_csv(snakemake.output.table, table)
@@ -18,15 +19,14 @@ finite = table.dropna(subset=["detour_ratio"]).merge(links[["label", "voxels"]],
 finite = finite[finite.voxels >= finite.voxels.median()]
 if len(finite):
     lab = int(finite.sort_values("detour_ratio").label.iloc[-1])
-    row = links.set_index("label").loc[lab]
-    shape, _ = io.read_volume_info(snakemake.input.volume)
-    crop = (slice(max(0, row.z_min - 2), min(shape[0], row.z_max + 3)),
-            slice(max(0, row.y_min - 2), min(shape[1], row.y_max + 2)),
-            slice(max(0, row.x_min - 2), min(shape[2], row.x_max + 2)))
+    row = links[links.label == lab].iloc[0]
+    crop = io.particle_crop(row, shape, 2)
     with h5py.File(snakemake.input.particles) as f:
-        env = f["labels"][crop] == lab
+        lab_crop = f["labels"][crop]
     with h5py.File(snakemake.input.phases) as f:
         phase_crop = f["phases"][crop]
+    # the same envelope as the table (diffusion_table_from_files)
+    env = refine_envelope(lab_crop == lab, (lab_crop > 0) & (lab_crop != lab), phase_crop)
     with h5py.File(snakemake.input.volume) as f:
         image_crop = f[io.VOLUME_DATASET][crop]
     stats, field = particle_diffusion(env, phase_crop, voxel, lab)
