@@ -132,6 +132,60 @@ def test_a_branch_continues_one_track_and_starts_another():
     assert out[0, 20, 30] == out[7, 20, 24]
 
 
+def _cracked_disk_stack(pieces_from=3, pieces_to=6, n_pieces=2, crack_half_width=0.5):
+    """A drifting disk of radius 12 cut into ``n_pieces`` wedges by 1-px cracks in slices [from, to)."""
+    stack = np.zeros((9, 48, 64), np.int32)
+    yy, xx = np.mgrid[:48, :64]
+    for z in range(9):
+        cx = 28 + z // 3
+        d = disk((48, 64), 24, cx, 12)
+        if pieces_from <= z < pieces_to:
+            angle = (np.arctan2(yy - 24, xx - cx) + np.pi) / (2 * np.pi) * n_pieces  # 0 .. n_pieces
+            wedge = np.minimum(angle.astype(int), n_pieces - 1)
+            crack = np.abs(angle - np.round(angle)) * 2 * np.pi / n_pieces * np.hypot(yy - 24, xx - cx) < crack_half_width
+            for k in range(n_pieces):
+                stack[z][d & (wedge == k) & ~crack] = k + 1
+        else:
+            stack[z][d] = 1
+    return stack
+
+
+def test_fragments_of_a_cracked_particle_join_its_track():
+    halves = _cracked_disk_stack(n_pieces=2)
+    # without absorption the half the Hungarian step leaves over starts a second particle
+    off, _ = linked(halves, absorb_fraction=0)
+    assert len(np.unique(off[off > 0])) == 2
+    on, _ = linked(halves, absorb_fraction=0.6)
+    assert set(np.unique(on)) == {0, 1}
+    assert np.array_equal(on > 0, halves > 0)  # every piece kept, none painted where there was nothing
+    # three wedges: none alone reaches min_iou with the whole disk above, together they do
+    wedges = _cracked_disk_stack(n_pieces=3, crack_half_width=0.3)
+    off, _ = linked(wedges, absorb_fraction=0, min_iou=0.4)
+    assert len(np.unique(off[off > 0])) > 2
+    on, linker = linked(wedges, absorb_fraction=0.6, min_iou=0.4)
+    assert set(np.unique(on)) == {0, 1} and linker.tracks[0].gaps == 0
+
+
+def test_two_small_particles_under_a_big_one_are_not_absorbed():
+    # the greedy-stitcher case below: both small disks lie inside the big one's last mask, but side by
+    # side they are not convex, so the second one is a new particle, not a fragment
+    stack = np.zeros((4, 40, 60), np.int32)
+    for z in range(2):
+        stack[z][disk((40, 60), 20, 30, 14)] = 1
+    for z in range(2, 4):
+        stack[z][disk((40, 60), 20, 22, 7)] = 1
+        stack[z][disk((40, 60), 20, 38, 7)] = 2
+    out, _ = linked(stack, min_iou=0.2, absorb_fraction=0.6)
+    assert len(np.unique(out[out > 0])) == 2
+    # and the touching pair of the test above stays two particles
+    touch = np.zeros((7, 40, 60), np.int32)
+    for z in range(7):
+        touch[z][disk((40, 60), 20, 18, 10)] = 1
+        touch[z][disk((40, 60), 20, 18 + 20 + (0 if z == 3 else 4), 10) & (touch[z] == 0)] = 2
+    out, _ = linked(per_slice_ids(touch), absorb_fraction=0.6)
+    assert len(np.unique(out)) == 3
+
+
 def test_empty_slices_and_a_one_slice_volume():
     stack = np.zeros((5, 30, 30), np.int32)
     out, linker = linked(stack)

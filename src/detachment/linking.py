@@ -5,8 +5,11 @@ tracks last seen in slice z-1 by :func:`scipy.optimize.linear_sum_assignment`
 on the cost 1 − IoU (overlaps counted sparsely by :func:`detachment.metrics.overlap`);
 pairs below ``min_iou`` are rejected. Instances left over are then offered to
 tracks last seen in slice z-2, z-3, … up to ``max_gap`` missing slices (gap
-closing), nearest slice first. Whatever is still unmatched starts a new
-track. A bridged gap is filled (``fill_gaps``) with the pixels the two linked
+closing), nearest slice first. With ``absorb_fraction``, a leftover instance
+that lies mostly inside a track's last mask joins that track when the joined
+mask stays convex (fragment absorption: a per-slice model may cut one cracked
+particle into pieces; two particles side by side are not convex together).
+Whatever is still unmatched starts a new track. A bridged gap is filled (``fill_gaps``) with the pixels the two linked
 instances share, where the gap slice holds no other instance: a particle the
 per-slice model missed in one slice is not left with a hole through it. Only
 the last ``max_gap + 1`` slices are kept in memory (output is delayed by
@@ -56,6 +59,8 @@ class LinkSettings:
     slab: int = 16
     fill_gaps: bool = True
     min_track_score: float = 0.0  # hysteresis: keep a particle only if one of its instances scores this
+    absorb_fraction: float = 0.0  # a leftover instance this much inside a track's last mask may join it (0 = off)
+    absorb_solidity: float = 0.9  # ... if the joined mask stays this convex (area / convex-hull area)
 
 
 @dataclass
@@ -133,6 +138,8 @@ class SliceLinker:
                     self.tracks[track - 1].gaps += z - prev_z - 1
                     if z - prev_z > 1:
                         bridged.append((inst, track, prev_z))
+        if self.s.absorb_fraction > 0 and remaining:
+            self._absorb_fragments(lab, remaining, assigned, ious, bridged, z)
         for inst in sorted(remaining):
             self.tracks.append(_Track(first_z=z, last_z=z))
             assigned[inst] = len(self.tracks)
@@ -154,6 +161,69 @@ class SliceLinker:
                 self._fill_gap(track, prev_z, z, lab == inst)
         self.history.append((z, out))
         return out
+
+    def _absorb_fragments(self, lab, remaining: set, assigned: dict, ious: dict, bridged: list, z: int) -> None:
+        """Join leftover instances that are fragments of a continuing particle to its track (in place).
+
+        A per-slice model may cut one particle into pieces along a crack. A leftover instance ``j`` joins
+        track ``t`` when at least ``absorb_fraction`` of ``j`` lies inside ``t``'s last mask, the mask of
+        ``t`` in this slice with ``j`` added stays convex (solidity ≥ ``absorb_solidity``: two particles
+        side by side are not convex together, pieces of one cut particle are) and matches ``t``'s last
+        mask better than without ``j``. A track not yet continued in this slice takes a group of such
+        pieces only if together they reach ``min_iou``.
+        """
+        from skimage.morphology import convex_hull_image
+
+        cur = np.where(np.isin(lab, list(remaining)), lab, 0)
+        pieces: dict[int, list[int]] = {}  # track -> leftover instances mostly inside its last mask
+        last_z: dict[int, int] = {}
+        for prev_z, prev in self.history:
+            alive = [t for t in np.unique(prev[prev > 0]) if self.tracks[t - 1].last_z == prev_z]
+            if not alive:
+                continue
+            ov = overlap(np.where(np.isin(prev, alive), prev, 0), cur)
+            inside = ov.counts / ov.b_sizes[ov.pairs[:, 1]]
+            for (i, j), f in zip(ov.pairs, inside):
+                if f >= self.s.absorb_fraction:
+                    t = int(ov.a_ids[i])
+                    pieces.setdefault(t, []).append(int(ov.b_ids[j]))
+                    last_z[t] = prev_z
+        slices = dict(self.history)
+        for t, cand in pieces.items():
+            prev_z = last_z[t]
+            own = [i for i, tr in assigned.items() if tr == t]
+            # crop to the track's last mask, its instances here and the candidate pieces
+            box = ndimage.find_objects(((slices[prev_z] == t) | np.isin(lab, own + cand)).astype(np.uint8))[0]
+            target, lab_c = slices[prev_z][box] == t, lab[box]
+            mask = np.isin(lab_c, own)
+            sizes = {j: np.count_nonzero(lab_c == j) for j in cand}
+            cand = [j for j in cand if j in remaining]  # not taken by a track of a nearer slice
+
+            def joins(trial, before, target=target):
+                return _solidity(trial, convex_hull_image) >= self.s.absorb_solidity and \
+                    _iou(trial, target) > _iou(before, target)
+
+            # all pieces at once first: a particle cut in three is convex only when whole again
+            whole = mask | np.isin(lab_c, cand)
+            if cand and joins(whole, mask):
+                mask, taken = whole, cand
+            else:
+                taken = []
+                for j in sorted(cand, key=lambda j: -sizes[j]):
+                    trial = mask | (lab_c == j)
+                    if joins(trial, mask):
+                        mask = trial
+                        taken.append(j)
+            if not taken or (not own and _iou(mask, target) < self.s.min_iou):
+                continue
+            for j in taken:
+                remaining.discard(j)
+                assigned[j] = t
+            if not own:
+                ious[taken[0]] = _iou(mask, target)
+                self.tracks[t - 1].gaps += z - prev_z - 1
+                if z - prev_z > 1:
+                    bridged.extend((j, t, prev_z) for j in taken)
 
     def _fill_gap(self, track: int, prev_z: int, z: int, current: np.ndarray) -> None:
         """Paint ``track`` into the slices strictly between ``prev_z`` and ``z`` (still in the history, not
@@ -183,6 +253,18 @@ class SliceLinker:
             t = self.tracks[track - 1]
             t.voxels += int(counts[track])
             t.grow([z, sl[0].start, sl[1].start], [z + 1, sl[0].stop, sl[1].stop])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 0.0
+
+
+def _solidity(mask: np.ndarray, convex_hull_image) -> float:
+    """Area over convex-hull area of a 2D mask, computed on its bounding box."""
+    sl = ndimage.find_objects(mask.astype(np.uint8))[0]
+    crop = mask[sl]
+    return float(crop.sum() / max(convex_hull_image(crop).sum(), 1))
 
 
 def link_slices(slices: Iterable[np.ndarray], s: LinkSettings, scores: Iterable[np.ndarray] | None = None
