@@ -111,3 +111,40 @@ def test_bad_input_label_slices_that_do_not_fit_the_volume(tmp_path, case):
 def test_bad_input_split_counts_larger_than_the_labelled_slices():
     with pytest.raises(ValueError, match=r"n_test \(30\) and n_val \(5\) must be >= 1 and leave training slices"):
         split_slices({"a": list(range(20))}, SplitSettings(n_test=30, n_val=5))
+
+
+def test_split_files_carry_neighbour_slices_for_a_2_5d_model(tmp_path):
+    import h5py
+
+    from detachment import io
+    from detachment.annotations import LabelledSlice, read_model_images, write_split
+    from detachment.augment import augment_file
+
+    rng = np.random.default_rng(2)
+    vol = rng.random((6, 40, 40)).astype(np.float32)
+    labels = np.zeros((6, 40, 40), np.uint16)
+    labels[:, 10:25, 10:25] = 1
+    io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
+    with h5py.File(tmp_path / "l.h5", "w") as f:
+        f.create_dataset("labels", data=labels)
+    zs = [0, 3, 5]  # both faces of the volume and one inside
+    write_split(tmp_path / "s.h5", [LabelledSlice("a", z) for z in zs], {"a": tmp_path / "v.h5"},
+                {"a": tmp_path / "l.h5"}, "labels", 12)
+    np.testing.assert_array_equal(read_model_images(tmp_path / "s.h5", 0), vol[zs])
+    stacked = read_model_images(tmp_path / "s.h5", 1)
+    assert stacked.shape == (3, 3, 40, 40)
+    for i, z in enumerate(zs):  # z-1, z, z+1, the edge slice repeated at the faces
+        np.testing.assert_array_equal(stacked[i], vol[[max(z - 1, 0), z, min(z + 1, 5)]])
+    # augmented tiles keep the channels, every channel under the same map
+    s = AugmentSettings(tile=32, copies=2, seed=1, noise_sigma_max=0, gain_range=(1, 1), offset_range=(0, 0))
+    augment_file(tmp_path / "s.h5", tmp_path / "t.h5", s, context_slices=1)
+    tiles = io.read_dataset(tmp_path / "t.h5", "images")
+    assert tiles.shape == (6, 3, 32, 32)
+    m = random_affine(np.random.default_rng(1), (40, 40), s)  # the first tile's map
+    for c in range(3):
+        np.testing.assert_allclose(tiles[0, c], warp_pair(stacked[0, c], labels[0], m, 32)[0], atol=1e-6)
+    # a split file written before neighbour slices were stored is refused by name
+    with h5py.File(tmp_path / "old.h5", "w") as f:
+        f.create_dataset("images", data=vol[:2])
+    with pytest.raises(io.InputError, match="old.h5.*context"):
+        read_model_images(tmp_path / "old.h5", 1)

@@ -218,3 +218,49 @@ def test_prediction_on_whole_slices_leaves_the_training_scale_alone():
     predict(model, imgs, torch.device("cpu"), 2, 0.5, 0.5)
     assert model.transform.min_size == (64,) and model.transform.max_size == 64
     assert model.training
+
+
+def test_a_2_5d_model_sees_slices_z_minus_1_z_z_plus_1_in_every_slab(tmp_path, monkeypatch):
+    from detachment import inference
+    from detachment.maskrcnn import to_tensor
+
+    rng = np.random.default_rng(4)
+    vol = rng.random((7, 24, 24)).astype(np.float32)
+    io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
+    with h5py.File(tmp_path / "v.h5", "r") as f:
+        for z0, z1 in [(0, 3), (3, 7), (2, 5)]:
+            got = inference.model_slices(f[io.VOLUME_DATASET], z0, z1, 1)
+            for i, z in enumerate(range(z0, z1)):
+                np.testing.assert_array_equal(got[i], vol[[max(z - 1, 0), z, min(z + 1, 6)]])
+            np.testing.assert_array_equal(inference.model_slices(f[io.VOLUME_DATASET], z0, z1, 0), vol[z0:z1])
+    # the network gets those three slices as its channels, and a plain slice repeated
+    assert torch.equal(to_tensor(vol[:3]), torch.from_numpy(vol[:3]))
+    assert torch.equal(to_tensor(vol[0]), torch.from_numpy(vol[0])[None].expand(3, -1, -1))
+    with pytest.raises(ValueError, match="shape"):
+        to_tensor(vol[:2])
+    with pytest.raises(ValueError, match="context_slices"):
+        ModelSettings(context_slices=2)
+    # slab inference with a context model hands predict the stacked slices
+    ctx = ModelSettings(**{**TINY.__dict__, "context_slices": 1})
+    torch.save(build_model(ctx).state_dict(), tmp_path / "w.pt")
+    (tmp_path / "m.json").write_text(json.dumps(settings_dict(ctx, TrainSettings())))
+    seen = []
+    real = inference.predict
+    monkeypatch.setattr(inference, "predict", lambda model, images, *a, **k: (seen.append(images), real(
+        model, images, *a, **k))[1])
+    infer_slab(tmp_path / "v.h5", tmp_path / "w.pt", tmp_path / "m.json", 2, 6, tmp_path / "s.h5", device="cpu",
+               progress=False)
+    np.testing.assert_array_equal(np.concatenate(seen), np.stack([vol[[z - 1, z, min(z + 1, 6)]]
+                                                                  for z in range(2, 6)]))
+    assert io.read_dataset(tmp_path / "s.h5", "labels").shape == (4, 24, 24)
+
+
+def test_a_2_5d_model_trains_on_three_channel_tiles(tmp_path):
+    imgs, masks = disks(6)
+    stacked = np.stack([np.roll(imgs, 1, 0), imgs, np.roll(imgs, -1, 0)], axis=1)  # (n, 3, y, x)
+    ctx = ModelSettings(**{**TINY.__dict__, "context_slices": 1})
+    t = TrainSettings(epochs=2, batch_size=2, lr_start=0.01, lr_end=0.001, warmup_iterations=2, device="cpu",
+                      threads=1, seed=0, max_iterations_per_epoch=3)
+    model, result = train(stacked, masks, stacked[:2], masks[:2], ctx, t, tmp_path, "ctx", progress=False)
+    assert len(result.log_rows) == 2 and all(np.isfinite(r["train_loss"]) for r in result.log_rows)
+    assert 0 <= result.log_rows[-1]["val_precision"] <= 1

@@ -145,11 +145,15 @@ def labelled_slices(labels: np.ndarray, min_area: int) -> list[int]:
 def write_split(path, slices: list[LabelledSlice], volumes: dict[str, str], labels: dict[str, str],
                 label_dataset: str, min_area: int) -> int:
     """Write one split: ``/images`` (n, y, x) float32, ``/masks`` (n, y, x) uint16 instances,
-    ``/sample`` and ``/z`` provenance. All slices must share one shape. Returns n."""
-    images, masks, samples, zs = [], [], [], []
+    ``/context`` (n, 2, y, x) float32 the slices z-1 and z+1 (the edge slice repeated at the volume's
+    faces; for models that see their neighbours, :func:`read_model_images`), ``/sample`` and ``/z``
+    provenance. All slices must share one shape. Returns n."""
+    images, context, masks, samples, zs = [], [], [], [], []
     for sl in slices:
         with h5py.File(volumes[sl.sample], "r") as f:
-            images.append(f[io.VOLUME_DATASET][sl.z])
+            vol = f[io.VOLUME_DATASET]
+            images.append(vol[sl.z])
+            context.append(np.stack([vol[max(sl.z - 1, 0)], vol[min(sl.z + 1, vol.shape[0] - 1)]]))
         with h5py.File(labels[sl.sample], "r") as f:
             masks.append(relabel_slice(f[label_dataset][sl.z], min_area))
         samples.append(sl.sample)
@@ -159,6 +163,7 @@ def write_split(path, slices: list[LabelledSlice], volumes: dict[str, str], labe
         raise ValueError(f"{path}: labelled slices differ in shape {sorted(shapes)}; crop volumes to one size")
     with io.atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("images", data=np.stack(images).astype(np.float32), chunks=True)
+        f.create_dataset("context", data=np.stack(context).astype(np.float32), chunks=True)
         f.create_dataset("masks", data=np.stack(masks), chunks=True, compression="gzip", compression_opts=1)
         f.create_dataset("sample", data=np.array(samples, dtype=h5py.string_dtype()))
         f.create_dataset("z", data=np.array(zs, np.int64))
@@ -170,6 +175,20 @@ def read_split(path) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     with h5py.File(path, "r") as f:
         return (f["images"][...], f["masks"][...], [s.decode() if isinstance(s, bytes) else s for s in f["sample"][...]],
                 f["z"][...])
+
+
+def read_model_images(path, context_slices: int) -> np.ndarray:
+    """A split file's images as a model takes them: (n, y, x) without context, else (n, 3, y, x) holding
+    slices z-1, z, z+1 (``model.context_slices`` 1)."""
+    with h5py.File(path, "r") as f:
+        images = f["images"][...]
+        if not context_slices:
+            return images
+        if "context" not in f:
+            raise io.InputError(f"{path}: no /context dataset (neighbour slices), which model.context_slices "
+                                f"{context_slices} needs; rerun the annotations rule")
+        ctx = f["context"][...]
+    return np.stack([ctx[:, 0], images, ctx[:, 1]], axis=1)
 
 
 def check_label_volume(path, dataset: str, volume_shape: tuple[int, ...]) -> None:

@@ -51,11 +51,16 @@ def random_affine(rng, shape: tuple[int, int], s: AugmentSettings) -> np.ndarray
 
 
 def warp_pair(image: np.ndarray, mask: np.ndarray, m: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the map ``m`` (output -> input coordinates) to an image (linear) and its mask (nearest)."""
+    """Apply the map ``m`` (output -> input coordinates) to an image (linear) and its mask (nearest).
+
+    ``image`` is (y, x) or (channels, y, x); every channel gets the same map."""
     kw = {"matrix": m[:2, :2], "offset": m[:2, 2], "output_shape": (tile, tile), "mode": "constant"}
     # outside the image: the median grey level and no instance (reflection would mirror
     # particles into the tile and give one id to two mirrored fragments)
-    img = ndimage.affine_transform(image, order=1, cval=float(np.median(image)), **kw)
+    if image.ndim == 3:
+        img = np.stack([ndimage.affine_transform(c, order=1, cval=float(np.median(c)), **kw) for c in image])
+    else:
+        img = ndimage.affine_transform(image, order=1, cval=float(np.median(image)), **kw)
     msk = ndimage.affine_transform(mask, order=0, cval=0, **kw)
     return img.astype(np.float32), msk
 
@@ -70,7 +75,8 @@ def jitter_intensity(rng, image: np.ndarray, s: AugmentSettings) -> np.ndarray:
 def augment(images: np.ndarray, masks: np.ndarray, s: AugmentSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``s.copies`` augmented tiles per input slice.
 
-    Returns (tiles (n, tile, tile) float32, masks (n, tile, tile) uint16 with
+    ``images``: (n, y, x), or (n, channels, y, x) for a model that sees neighbour slices.
+    Returns (tiles (n, [channels,] tile, tile) float32, masks (n, tile, tile) uint16 with
     consecutive ids per tile, source index (n,)). Instances cut to fewer than
     ``min_instance_area_px`` pixels by the crop are dropped.
     """
@@ -78,13 +84,13 @@ def augment(images: np.ndarray, masks: np.ndarray, s: AugmentSettings) -> tuple[
 
     rng = np.random.default_rng(s.seed)
     n = len(images) * s.copies
-    out_img = np.empty((n, s.tile, s.tile), np.float32)
+    out_img = np.empty((n,) + images.shape[1:-2] + (s.tile, s.tile), np.float32)
     out_msk = np.empty((n, s.tile, s.tile), np.uint16)
     source = np.empty(n, np.int64)
     k = 0
     for i in range(len(images)):
         for _ in range(s.copies):
-            m = random_affine(rng, images[i].shape, s)
+            m = random_affine(rng, images[i].shape[-2:], s)
             img, msk = warp_pair(images[i], masks[i], m, s.tile)
             out_img[k] = jitter_intensity(rng, img, s)
             out_msk[k] = relabel_slice(msk, s.min_instance_area_px)
@@ -93,17 +99,19 @@ def augment(images: np.ndarray, masks: np.ndarray, s: AugmentSettings) -> tuple[
     return out_img, out_msk, source
 
 
-def augment_file(train_path, out_path, s: AugmentSettings) -> int:
-    """Augment a split file (``/images``, ``/masks``) into ``out_path`` (``/images``, ``/masks``, ``/source``)."""
+def augment_file(train_path, out_path, s: AugmentSettings, context_slices: int = 0) -> int:
+    """Augment a split file (``/images``, ``/masks``) into ``out_path`` (``/images``, ``/masks``, ``/source``);
+    with ``context_slices`` the tiles carry the neighbour slices as channels (n, 3, tile, tile)."""
     import h5py
 
     from . import io
-    from .annotations import read_split
+    from .annotations import read_model_images, read_split
 
-    images, masks, _, _ = read_split(train_path)
+    _, masks, _, _ = read_split(train_path)
+    images = read_model_images(train_path, context_slices)
     tiles, tile_masks, source = augment(images, masks, s)
     with io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("images", data=tiles, chunks=(1, s.tile, s.tile))
+        f.create_dataset("images", data=tiles, chunks=(1,) + tiles.shape[1:])
         f.create_dataset("masks", data=tile_masks, chunks=(1, s.tile, s.tile), compression="gzip",
                          compression_opts=1)
         f.create_dataset("source", data=source)

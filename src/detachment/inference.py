@@ -35,6 +35,18 @@ def scatter_range(item: str, depth: int) -> tuple[int, int]:
     return int(edges[k - 1]), int(edges[k])
 
 
+def model_slices(volume, z0: int, z1: int, context: int) -> np.ndarray:
+    """Slices ``[z0, z1)`` of a (z, y, x) dataset as the model takes them: (n, y, x), or with ``context``
+    (n, 3, y, x) holding z-1, z, z+1 (the edge slice repeated at the volume's faces)."""
+    if not context:
+        return volume[z0:z1].astype(np.float32)
+    lo, hi = max(z0 - 1, 0), min(z1 + 1, volume.shape[0])
+    block = volume[lo:hi].astype(np.float32)
+    z = np.arange(z0, z1)
+    pick = lambda zz: block[np.clip(zz, 0, volume.shape[0] - 1) - lo]  # noqa: E731
+    return np.stack([pick(z - 1), pick(z), pick(z + 1)], axis=1)
+
+
 def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path, *, batch_size: int = 4,
                score_threshold: float = 0.5, mask_threshold: float = 0.5, min_visible_fraction: float = 0.5,
                candidate_threshold: float | None = None, device: str = "auto", threads: int = 1,
@@ -44,7 +56,8 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
     low = score_threshold if candidate_threshold is None else min(candidate_threshold, score_threshold)
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
-    model, _ = load_model(weights_path, meta_path, dev)
+    model, meta = load_model(weights_path, meta_path, dev)
+    context = int(meta["model"].get("context_slices", 0))
     rows = []
     shape, _ = io.read_volume_info(volume_path)
     chunk = max(batch_size, 16)  # slices held in memory at a time
@@ -53,7 +66,7 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
         d = out.create_dataset("labels", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
         dc = out.create_dataset("candidates", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
         for a, b in io.slab_ranges(z1 - z0, chunk):
-            images = f[io.VOLUME_DATASET][z0 + a:z0 + b].astype(np.float32)
+            images = model_slices(f[io.VOLUME_DATASET], z0 + a, z0 + b, context)
             cand, r = predict(model, images, dev, batch_size, low, mask_threshold, progress, min_visible_fraction)
             dc[a:b] = cand
             # ids are 1..n by decreasing score in each slice: the detections are the first k of them

@@ -56,8 +56,11 @@ class ModelSettings:
     tile: int = 128
     image_mean: float = 0.0
     image_std: float = 1.0
+    context_slices: int = 0  # 1: the three input channels are slices z-1, z, z+1 (2.5D); 0: z repeated
 
     def __post_init__(self):
+        if self.context_slices not in (0, 1):
+            raise ValueError(f"model.context_slices: {self.context_slices!r} is not 0 or 1")
         if self.backbone not in BACKBONES:
             raise ValueError(f"model.backbone: {self.backbone!r} is not one of {sorted(BACKBONES)}")
         self.anchor_sizes = tuple(int(a) for a in self.anchor_sizes)
@@ -134,8 +137,13 @@ def build_model(s: ModelSettings) -> nn.Module:
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """(y, x) grey slice -> (3, y, x) float tensor."""
-    return torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].expand(3, -1, -1).contiguous()
+    """(y, x) grey slice -> (3, y, x) float tensor (repeated); (3, y, x) slices z-1, z, z+1 are kept."""
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    if x.ndim == 3 and x.shape[0] == 3:
+        return x
+    if x.ndim != 2:
+        raise ValueError(f"expected a (y, x) slice or (3, y, x) slices z-1, z, z+1, got shape {tuple(x.shape)}")
+    return x[None].expand(3, -1, -1).contiguous()
 
 
 def make_target(mask: np.ndarray) -> dict[str, torch.Tensor]:
@@ -192,13 +200,14 @@ def predictions_to_labels(pred: dict[str, torch.Tensor], shape: tuple[int, int],
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, score_threshold: float,
             mask_threshold: float, progress: bool = False, min_visible_fraction: float = 0.5
             ) -> tuple[np.ndarray, list[dict]]:
-    """Instance labels for a stack of (n, y, x) slices at native scale; rows carry ``index``."""
+    """Instance labels (n, y, x) for (n, y, x) slices, or (n, 3, y, x) slices with their neighbours, at
+    native scale; rows carry ``index``."""
     from tqdm import tqdm
 
     was_training = model.training
     model.eval()
-    h, w = images.shape[1:]
-    out = np.zeros(images.shape, np.uint32)
+    h, w = images.shape[-2:]
+    out = np.zeros((len(images), h, w), np.uint32)
     rows = []
     starts = range(0, len(images), batch_size)
     with native_scale(model, h, w):
@@ -416,7 +425,7 @@ def validation_loss(model: nn.Module, images: np.ndarray, masks: np.ndarray, dev
     for mod in model.modules():
         if isinstance(mod, nn.BatchNorm2d):
             mod.eval()
-    h, w = images.shape[1:]
+    h, w = images.shape[-2:]
     total = []
     with native_scale(model, h, w):
         for im, mk in zip(images, masks):
@@ -431,7 +440,7 @@ def activation_map(model: nn.Module, image: np.ndarray, device) -> np.ndarray:
     model.eval()
     with torch.inference_mode():
         x = to_tensor(image).to(device)
-        h, w = image.shape
+        h, w = image.shape[-2:]
         with native_scale(model, h, w):
             batch, _ = model.transform([x])
         feats = model.backbone(batch.tensors)
@@ -452,13 +461,17 @@ def train_from_files(tiles_path, val_path, weights_path, meta_path, model_cfg: d
     """
     import h5py
 
-    from .annotations import read_split
+    from .annotations import read_model_images, read_split
 
     with h5py.File(tiles_path, "r") as f:
         tiles, tile_masks = f["images"][...], f["masks"][...]
-    val_images, val_masks, _, _ = read_split(val_path)
     m = ModelSettings(**model_cfg, tile=int(tiles.shape[-1]), image_mean=float(tiles.mean()),
                       image_std=float(tiles.std()) or 1.0)
+    if (tiles.ndim == 4) != bool(m.context_slices):
+        raise io.InputError(f"{tiles_path}: tiles of shape {tiles.shape[1:]} do not fit model.context_slices "
+                            f"{m.context_slices}; rerun the augment rule")
+    _, val_masks, _, _ = read_split(val_path)
+    val_images = read_model_images(val_path, m.context_slices)
     t = TrainSettings(**train_cfg)
     # the resume key: settings, both data files and this module's code (a changed training loop must
     # not resume a checkpoint written by the old one)

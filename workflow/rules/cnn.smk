@@ -35,6 +35,7 @@ rule augment:
         "results/annotations/train_augmented.h5",
     params:
         settings=config["augment"],
+        context_slices=config["model"]["context_slices"],
         min_area=config["annotations"]["min_instance_area_px"],
         seed=config["seed"] + 1,
     log:
