@@ -323,6 +323,22 @@ def test_refined_envelope_keeps_a_crack_open_to_the_surface_inside_the_particle(
     assert not (with_core & ~b).any()  # the core never grows the envelope past the particle
 
 
+def test_refined_envelope_keeps_the_crack_network_and_cuts_an_overshoot_into_a_gap():
+    from detachment.particles import refine_envelope
+
+    zz, yy, xx = np.indices((26, 26, 26))
+    b = (zz - 13) ** 2 + (yy - 13) ** 2 + (xx - 13) ** 2 <= 49
+    shell = ndimage.binary_dilation(b) & ~b
+    phases = np.where(b, NMC_LOW, CBD).astype(np.uint8)
+    phases[shell & (yy < 13)] = VOID  # an electrolyte gap around the lower half: the particle detached there
+    slot = b & (abs(zz - 13) <= 2) & (abs(xx - 13) <= 2) & (yy >= 13)  # a crack from the core out to the surface
+    phases[slot] = VOID
+    # the truth's envelope holds its cracks: refining the exact mask must give it back unchanged
+    np.testing.assert_array_equal(refine_envelope(b, np.zeros_like(b), phases), b)
+    # a mask one voxel too large: the overshoot into the gap and into CBD is cut, the crack kept
+    np.testing.assert_array_equal(refine_envelope(b | shell, np.zeros_like(b), phases), b)
+
+
 def test_an_empty_particle_table_has_every_column_of_a_full_one(tmp_path):
     from detachment.particles import COLUMNS
 
