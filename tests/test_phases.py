@@ -120,3 +120,22 @@ def test_streamed_thresholding_equals_whole_volume_classification(tmp_path):
     direct = phases.phase_fwhm(ph.volume, whole, bins=4 * s.bins)
     for row in res.fwhm.itertuples():
         assert row.interior_voxels == direct[row.phase][2]
+
+
+def test_phase_file_carries_the_grey_levels_the_contact_rule_reads(tmp_path):
+    import h5py
+
+    from detachment.particles import gap_level
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    ph = generate_phantom(PhantomParams(shape_zyx=(24, 48, 48), n_particles=4, diameter_median_um=5,
+                                        diameter_min_um=3.5, diameter_max_um=7), seed=2)
+    io.write_volume(tmp_path / "v.h5", ph.volume, (0.5, 0.5, 0.5), "test")
+    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        attrs = dict(f["phases"].attrs)
+    np.testing.assert_allclose(attrs["means"], res.model.means)
+    # the level sits between the void and CBD grey levels measured on the volume's own pure voxels
+    void, cbd = ph.volume[ph.phases == phases.VOID], ph.volume[ph.phases == phases.CBD]
+    assert np.median(void) < gap_level(attrs) < np.median(cbd)
+    assert gap_level(attrs) == pytest.approx((np.median(void) + np.median(cbd)) / 2, abs=0.05)

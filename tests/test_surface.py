@@ -93,3 +93,36 @@ def test_probe_two_keeps_a_one_voxel_gap_as_electrolyte_even_before_cbd_or_anoth
     c2 = surface_contacts(labels, phases, probe=2)
     assert c2.n_faces[1, 0] == c1.n_faces[1, 0] == 6 * 6 + 5 * 6
     assert c2.n_faces[1, 3] == c1.n_faces[1, 3] == 0
+
+
+@pytest.mark.parametrize("probe", [1, 2])
+def test_a_dark_gap_thresholded_as_cbd_reads_as_electrolyte_with_the_grey_level_rule(probe):
+    # a one-voxel gap above the particle, blurred up into CBD's phase range, then CBD; beside the
+    # particle true CBD contact (grey level above the cut); the cut is the void/CBD midpoint
+    labels = np.zeros((14, 12, 12), np.uint32)
+    labels[3:8, 3:9, 3:9] = 1
+    phases = np.full(labels.shape, CBD, np.uint8)
+    phases[labels == 1] = NMC_LOW
+    grey = np.where(labels == 1, 0.72, 0.37).astype(np.float32)  # CBD beside NMC, lifted by blur
+    grey[8, 3:9, 3:9] = 0.14  # the gap: phase CBD (above the 0.12 volume threshold), darker than 0.15
+    plain = surface_contacts(labels, phases, probe=probe)
+    seen = surface_contacts(labels, phases, probe=probe, intensity=grey, gap_level=0.15)
+    assert plain.n_faces[1, 0] == 0
+    assert seen.n_faces[1, 0] == 6 * 6  # exactly the faces under the gap
+    assert seen.n_faces[1, 1] == plain.n_faces[1, 1] - 6 * 6  # the rest stays CBD
+    assert seen.n_faces[1].sum() == plain.n_faces[1].sum()
+    # a dark voxel inside another particle is particle contact, not a gap
+    labels[9:12, 3:9, 3:9] = 2
+    grey[9:12, 3:9, 3:9] = 0.72
+    phases[9:12, 3:9, 3:9] = NMC_LOW
+    grey[8, 3:9, 3:9] = 0.37  # no gap now
+    assert surface_contacts(labels, phases, probe=probe, intensity=grey, gap_level=0.15).n_faces[1, 0] == 0
+
+
+def test_gap_level_is_the_void_cbd_midpoint_of_the_phase_model():
+    from detachment.particles import gap_level
+
+    attrs = {"order": "void, cbd, al, nmc_low, nmc_high", "means": np.array([0.0, 0.3, 0.5, 0.7, 0.9])}
+    assert gap_level(attrs) == pytest.approx(0.15)
+    assert gap_level({"order": "void, cbd"}) is None  # imported phases without grey levels
+    assert gap_level({"order": "a, b", "means": np.array([0.0, 1.0])}) is None

@@ -78,16 +78,31 @@ def surface_area_mc(mask: np.ndarray, voxel_size_um) -> float:
     return float(mesh_surface_area(verts, faces))
 
 
+def gap_level(phase_attrs) -> float | None:
+    """Grey level below which a voxel just outside a particle reads as electrolyte: the midpoint of the
+    void and CBD grey levels of the phase model (``/phases`` attrs ``order`` and ``means``); ``None``
+    when the phase file does not carry them (e.g. imported phases)."""
+    if "means" not in phase_attrs or "order" not in phase_attrs:
+        return None
+    names = [n.strip() for n in str(phase_attrs["order"]).split(",")]
+    means = np.asarray(phase_attrs["means"], float)
+    if "void" not in names or "cbd" not in names or len(means) != len(names):
+        return None
+    return float((means[names.index("void")] + means[names.index("cbd")]) / 2)
+
+
 def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, voxel_size_um,
-                   border: dict | None = None, probe: int = 2) -> pd.DataFrame:
-    """One row per label of ``labels`` (column ``label`` = the id in the volume), units in column names."""
+                   border: dict | None = None, probe: int = 2, gap_level: float | None = None) -> pd.DataFrame:
+    """One row per label of ``labels`` (column ``label`` = the id in the volume), units in column names.
+
+    ``gap_level``: see :func:`detachment.surface.surface_contacts` (``None``: contacts from phases only)."""
     vs = np.asarray(voxel_size_um, float)
     labels = np.asarray(labels)
     n = int(labels.max())
     idx = np.arange(1, n + 1)
     if n == 0:
         return pd.DataFrame(columns=COLUMNS if border is not None else COLUMNS[:-1])
-    contacts = surface_contacts(labels, phases, vs, n_labels=n, probe=probe)
+    contacts = surface_contacts(labels, phases, vs, n_labels=n, probe=probe, intensity=volume, gap_level=gap_level)
     crack_area = crack_faces(labels, phases, vs, n_labels=n) * STAIRCASE
     ones = np.ones(labels.shape, np.int64)
     vox = ndimage.sum_labels(ones, labels, idx)
@@ -178,13 +193,15 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
 
 
 def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
-                              progress: bool = True, probe: int = 2, refine: bool = True) -> pd.DataFrame:
+                              progress: bool = True, probe: int = 2, refine: bool = True,
+                              gap_from_intensity: bool = True) -> pd.DataFrame:
     """:func:`particle_table` particle by particle on bounding-box crops read from the HDF5 files.
 
     Memory is bounded by the largest particle's box, not the volume. With ``refine`` the envelope
     is :func:`refine_envelope` of the segmentation mask. Each crop has ``pad`` voxels of
     context so contacts are seen; other particles in the crop count as particle contacts. The collector
-    top is found from the phase map slice by slice.
+    top is found from the phase map slice by slice. With ``gap_from_intensity`` the contacts also read
+    the grey levels against :func:`gap_level` of the phase file.
     """
     import h5py
     from tqdm import tqdm
@@ -196,6 +213,9 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     rows = []
     with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
         dl, dp, dv = fl["labels"], fp["phases"], fv[io.VOLUME_DATASET]
+        level = gap_level(dp.attrs) if gap_from_intensity else None
+        if gap_from_intensity and level is None:
+            log.warning("%s: no phase grey levels (attrs order, means); contacts read from phases only", phases_path)
         top = 0
         for z0, z1 in io.slab_ranges(shape[0], 16):
             frac = (dp[z0:z1] == AL).mean(axis=(1, 2))
@@ -211,7 +231,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
             others = (lab > 0) & (lab != row.label)
             env = refine_envelope(lab == row.label, others, ph) if refine else lab == row.label
             crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
-            t = particle_table(crop, ph, dv[sl].astype(np.float32), vs, probe=probe)
+            t = particle_table(crop, ph, dv[sl].astype(np.float32), vs, probe=probe, gap_level=level)
             t = t[t.label == 1].copy()
             if t.empty:
                 continue

@@ -67,7 +67,8 @@ def face_areas(voxel_size_um) -> tuple[float, float, float]:
 
 
 def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),
-                     n_labels: int | None = None, probe: int = 1) -> SurfaceContacts:
+                     n_labels: int | None = None, probe: int = 1, intensity: np.ndarray | None = None,
+                     gap_level: float | None = None) -> SurfaceContacts:
     """Contact areas of every labelled particle with void, CBD, Al and other particles.
 
     Parameters
@@ -85,6 +86,13 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         far voxel alone, 0.043 / 0.018 with this rule). Otherwise the class is read at the far voxel
         (the neighbour itself when the far voxel is back inside the same particle); another particle
         at either depth counts as particle contact; clipped at the volume border.
+
+    intensity, gap_level : optional grey levels (same grid) and a level: a face whose neighbour is
+        background is electrolyte also where the darker of the voxels read (the neighbour and the one
+        ``probe`` out) is below ``gap_level``. A one-voxel gap beside bright NMC is lifted by the blur
+        above the volume's void/CBD threshold, which is placed low because void is the most common
+        phase; at a particle's surface the two are about equally likely, so the midpoint of the void and
+        CBD grey levels is the fairer cut (see :func:`detachment.particles.gap_level`).
 
     Background voxels whose phase is NMC (solid not assigned to any instance)
     count as ``particle`` contact: the face touches solid, not electrolyte.
@@ -107,16 +115,25 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
             owner = own[m].astype(np.int64)
             oth = other[m]
             phase_near = phases[oth_sl][m]
+            dark = np.zeros(len(oth), bool)
+            if intensity is not None and gap_level is not None:
+                dark = intensity[oth_sl][m] < gap_level
             if probe > 1:
                 far = np.clip(np.arange(size) + step * (probe - 1), 0, size - 1)
                 lab_far = np.take(labels, far, axis=axis)[oth_sl][m]
                 phase_far = np.take(phases, far, axis=axis)[oth_sl][m]
                 back_inside = lab_far == owner
                 lab_far = np.where(back_inside, 0, lab_far)
-                near_void = phase_near == VOID
+                if intensity is not None and gap_level is not None:
+                    far_dark = np.take(intensity, far, axis=axis)[oth_sl][m] < gap_level
+                    dark |= far_dark & ~back_inside & (lab_far == 0)
+                dark &= oth == 0
+                near_void = (phase_near == VOID) | dark
                 gap = near_void | (phase_far == VOID)
-                phase_near = np.where(back_inside, phase_near, np.where(gap, VOID, phase_far))
+                phase_near = np.where(back_inside, np.where(near_void, VOID, phase_near), np.where(gap, VOID, phase_far))
                 oth = np.where(oth > 0, oth, np.where(near_void, 0, lab_far))
+            else:
+                phase_near = np.where(dark & (oth == 0), VOID, phase_near)
             cls = np.where(oth > 0, 3, cls_of_phase[phase_near])
             valid = cls >= 0
             idx = owner[valid] * len(CONTACT_CLASSES) + cls[valid]

@@ -124,6 +124,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         d.attrs["codes"] = ", ".join(f"{c}={n}" for c, n in phases.PHASE_NAMES.items())
         d.attrs["method"] = s.method
         d.attrs["thresholds"] = model.thresholds
+        d.attrs["means"] = np.asarray(model.means, float)  # grey level of each phase, in ``order``
         d.attrs["order"] = ", ".join(model.names)
     rows = []
     for code, name in phases.PHASE_NAMES.items():

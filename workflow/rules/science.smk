@@ -11,6 +11,7 @@ rule particles_part:
         temp("results/{sample}/parts/particles_{scatteritem}.csv"),
     params:
         probe=config["science"]["contact_probe_vox"],
+        gap_from_intensity=config["science"]["contact_gap_from_intensity"],
     log:
         "logs/particles/{sample}/{scatteritem}.log",
     benchmark:
@@ -171,6 +172,7 @@ rule validate_science:
         "results/{sample}/science_eval.csv",
     params:
         probe=config["science"]["contact_probe_vox"],
+        gap_from_intensity=config["science"]["contact_gap_from_intensity"],
     wildcard_constraints:
         sample=sample_regex(PHANTOM_SAMPLES),
     log:

@@ -9,5 +9,6 @@ from detachment.particles import particle_table_from_files
 log_to(snakemake.log[0])
 links = io.part_rows(pd.read_csv(snakemake.input.links), snakemake.wildcards.scatteritem)
 table = particle_table_from_files(snakemake.input.particles, snakemake.input.phases, snakemake.input.volume, links,
-                                  probe=snakemake.params.probe)
+                                  probe=snakemake.params.probe,
+                                  gap_from_intensity=snakemake.params.gap_from_intensity)
 io.write_csv(snakemake.output[0], table)

@@ -16,6 +16,7 @@ with h5py.File(snakemake.input.particles, "r") as f:
 # the truth's own envelopes measured on the pipeline's phase map (no envelope refinement: they are exact)
 true_measured = particle_table_from_files(snakemake.input.truth, snakemake.input.phases, snakemake.input.volume,
                                           validation.links_from_labels(truth), probe=snakemake.params.probe,
+                                          gap_from_intensity=snakemake.params.gap_from_intensity,
                                           refine=False)
 pipeline = pd.read_csv(snakemake.input.table)
 pairs = validation.matched_particles(truth, pred)
