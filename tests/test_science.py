@@ -316,8 +316,8 @@ def test_refined_envelope_keeps_a_crack_open_to_the_surface_inside_the_particle(
     phases = np.where(b, NMC_LOW, CBD).astype(np.uint8)
     slot = b & (abs(zz - 12) <= 2) & (abs(xx - 12) <= 2) & (yy >= 12)  # 5 voxels wide, centre to surface
     phases[slot] = VOID
-    solid_only = refine_envelope(b, np.zeros_like(b), phases, core_erosion_vox=0)
-    with_core = refine_envelope(b, np.zeros_like(b), phases)
+    solid_only = refine_envelope(b, np.zeros_like(b), phases, core_erosion_vox=0, crack_span_vox=0)
+    with_core = refine_envelope(b, np.zeros_like(b), phases, crack_span_vox=0)
     assert (slot & ~solid_only).sum() > 0.4 * slot.sum()  # closing alone leaves the slot open
     assert (slot & ~with_core).sum() < 0.5 * (slot & ~solid_only).sum()
     assert not (with_core & ~b).any()  # the core never grows the envelope past the particle
@@ -337,6 +337,29 @@ def test_refined_envelope_keeps_the_crack_network_and_cuts_an_overshoot_into_a_g
     np.testing.assert_array_equal(refine_envelope(b, np.zeros_like(b), phases), b)
     # a mask one voxel too large: the overshoot into the gap and into CBD is cut, the crack kept
     np.testing.assert_array_equal(refine_envelope(b | shell, np.zeros_like(b), phases), b)
+
+
+def test_refined_envelope_takes_back_cracks_where_the_mask_falls_short_but_not_a_gap():
+    from detachment.particles import refine_envelope
+
+    zz, yy, xx = np.indices((28, 28, 28))
+    b = (zz - 14) ** 2 + (yy - 14) ** 2 + (xx - 14) ** 2 <= 64
+    phases = np.where(b, NMC_LOW, CBD).astype(np.uint8)
+    crack = b & ((zz == 14) | (zz == 15)) & (xx >= 14)  # 2 voxels thick, from the centre out through +x
+    phases[crack] = VOID
+    gap = (ndimage.binary_dilation(b, iterations=2) & ~b) & (xx < 12)  # a 2-voxel electrolyte gap on -x
+    phases[gap] = VOID
+    # the segmentation missed the particle's outer two voxels on +x, where the crack reaches the surface
+    short = b & ~((xx >= 14) & ~ndimage.binary_erosion(b, iterations=2))
+    env = refine_envelope(short, np.zeros_like(b), phases)
+    assert (crack & ~short).sum() > 0
+    # the crack is inside again, not read as detached surface (but for its last voxels on the sphere's
+    # rim, where the ball curves away above and below)
+    assert (crack & ~env).sum() <= 0.1 * crack.sum()
+    assert not (env & gap).any()  # solid on one side only: still electrolyte
+    assert not (env & ~b).any()
+    without = refine_envelope(short, np.zeros_like(b), phases, crack_span_vox=0)
+    assert (crack & ~without).sum() >= 3 * (crack & ~env).sum()  # what the rule adds
 
 
 def test_an_empty_particle_table_has_every_column_of_a_full_one(tmp_path):
