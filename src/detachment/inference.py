@@ -43,8 +43,7 @@ def model_slices(volume, z0: int, z1: int, context: int) -> np.ndarray:
     lo, hi = max(z0 - 1, 0), min(z1 + 1, volume.shape[0])
     block = volume[lo:hi].astype(np.float32)
     z = np.arange(z0, z1)
-    pick = lambda zz: block[np.clip(zz, 0, volume.shape[0] - 1) - lo]  # noqa: E731
-    return np.stack([pick(z - 1), pick(z), pick(z + 1)], axis=1)
+    return np.stack([block[np.clip(z + k, 0, volume.shape[0] - 1) - lo] for k in (-1, 0, 1)], axis=1)
 
 
 def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path, *, batch_size: int = 4,

@@ -9,8 +9,8 @@ closing), nearest slice first. With ``absorb_fraction``, a leftover instance
 that lies mostly inside a track's last mask joins that track when the joined
 mask stays convex (fragment absorption: a per-slice model may cut one cracked
 particle into pieces; two particles side by side are not convex together).
-Whatever is still unmatched starts a new track. A bridged gap is filled (``fill_gaps``) with the pixels the two linked
-instances share, where the gap slice holds no other instance: a particle the
+Whatever is still unmatched starts a new track. A bridged gap is filled
+(``fill_gaps``) with the pixels the two linked instances share, where the gap slice holds no other instance: a particle the
 per-slice model missed in one slice is not left with a hole through it. Only
 the last ``max_gap + 1`` slices are kept in memory (output is delayed by
 ``max_gap`` slices so that gaps can still be filled), and the output is
@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
+from skimage.morphology import convex_hull_image
 
 from . import io
 from .metrics import overlap
@@ -172,12 +173,10 @@ class SliceLinker:
         mask better than without ``j``. A track not yet continued in this slice takes a group of such
         pieces only if together they reach ``min_iou``.
         """
-        from skimage.morphology import convex_hull_image
-
         cur = np.where(np.isin(lab, list(remaining)), lab, 0)
         pieces: dict[int, list[int]] = {}  # track -> leftover instances mostly inside its last mask
         last_z: dict[int, int] = {}
-        for prev_z, prev in self.history:
+        for prev_z, prev in reversed(self.history):  # nearest slice first: its tracks choose first
             alive = [t for t in np.unique(prev[prev > 0]) if self.tracks[t - 1].last_z == prev_z]
             if not alive:
                 continue
@@ -200,7 +199,7 @@ class SliceLinker:
             cand = [j for j in cand if j in remaining]  # not taken by a track of a nearer slice
 
             def joins(trial, before, target=target):
-                return _solidity(trial, convex_hull_image) >= self.s.absorb_solidity and \
+                return _solidity(trial) >= self.s.absorb_solidity and \
                     _iou(trial, target) > _iou(before, target)
 
             # all pieces at once first: a particle cut in three is convex only when whole again
@@ -260,7 +259,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return np.count_nonzero(a & b) / union if union else 0.0
 
 
-def _solidity(mask: np.ndarray, convex_hull_image) -> float:
+def _solidity(mask: np.ndarray) -> float:
     """Area over convex-hull area of a 2D mask, computed on its bounding box."""
     sl = ndimage.find_objects(mask.astype(np.uint8))[0]
     crop = mask[sl]

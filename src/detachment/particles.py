@@ -161,24 +161,25 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
     """The particle's envelope from the phase map, guided by its segmentation mask (DESIGN.md: the
     connected NMC solid of the instance, cracks enclosed by closing and hole filling).
 
-    A slice-wise CNN mask is ±1 voxel off the particle's boundary, which is as wide as a thin
-    electrolyte gap; the thresholded solid is not. Envelope = the NMC solid within one voxel of the
-    mask (not in another particle), the mask's core (the mask eroded by ``core_erosion_vox``) and the
-    mask's crack network (its void voxels connected through void to void in the core), closed by a
-    ball of ``closing_vox`` and hole-filled, kept within two voxels of the mask. Core and crack network
-    keep cracks that run out through the surface inside the particle, as in the truth's envelopes:
-    without them their walls read as detached surface. Measured on the default phantoms (detachment
-    MAE, 1C / C/10): with the core, pipeline particles 0.084 / 0.080 -> 0.070 / 0.074; with the crack
-    network too, 0.072 / 0.069 -> 0.075 / 0.045, and on the truth's own masks 0.048 / 0.072 -> 0.054 /
-    0.021 (0.041 / 0.016 unrefined): the rest of the C/10 bias came from crack voxels the closing
-    could not reach. Void the mask overshoots into (an electrolyte gap) is not connected to the core
-    and is still cut off. Last (``crack_span_vox`` > 0), where the mask falls short of the particle: the
-    envelope takes the solid up to two voxels from the mask, and the void there with solid on both
-    sides along z, y or x within ``crack_span_vox`` (a crack; an electrolyte gap has solid on one side
-    only), so those cracks are not read as detached surface (pipeline particles 0.061 / 0.054 -> 0.059 /
-    0.049, crack surface per volume error of the mean −3 % / −2 % -> −5 % / −4 %; also taking the
-    CBD-classified voxels between solid gave 0.056 / 0.048 but +9 % crack surface). Falls back to the
-    mask when the region holds no solid.
+    A slice-wise CNN mask is ±1-2 voxels off the particle's boundary, as wide as a thin electrolyte
+    gap; the thresholded solid is not. The truth's envelopes hold their cracks, so the envelope must
+    too, or crack walls read as detached surface. Envelope, within two voxels of the mask and outside
+    other particles:
+
+    * the NMC solid within one voxel of the mask, the mask's core (eroded by ``core_erosion_vox``) and
+      the mask's crack network (void connected through void to void in the core), closed by a ball of
+      ``closing_vox`` and hole-filled; void the mask overshoots into (a gap) is not connected to the
+      core and is cut off;
+    * with ``crack_span_vox``, where the mask falls short: the solid up to two voxels out, and void
+      there with solid on both sides along z, y or x within ``crack_span_vox`` (a crack; a gap has solid
+      on one side only).
+
+    Measured on the default phantoms, pipeline particles (detachment MAE 1C / C/10): core 0.084 /
+    0.080 -> 0.070 / 0.074; crack network 0.072 / 0.069 -> 0.075 / 0.045; falling-short rule 0.061 /
+    0.054 -> 0.059 / 0.049 with crack surface per volume still within 5 % (taking CBD-classified voxels
+    between solid as crack too gave 0.056 / 0.048 but +9 % crack surface). On the truth's exact masks the
+    refinement costs 0.024 / 0.011 -> 0.027 / 0.018. Falls back to the mask when the region holds no
+    solid.
     """
     ball = ndimage.generate_binary_structure(3, 1)
     region = ndimage.binary_dilation(mask, ball) & ~others
