@@ -38,9 +38,9 @@ def run(fn, stack):
     return time.perf_counter() - t0
 
 
-def peak(stack):
+def peak(stack, settings):
     tracemalloc.start()
-    for _ in link_slices(iter(stack), default_settings())[0]:
+    for _ in link_slices(iter(stack), settings)[0]:
         pass
     p = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -54,14 +54,15 @@ def main():
     labels = generate_phantom(PhantomParams(), seed=1).labels
     stack = np.concatenate([labels] * int(np.ceil(args.depth / len(labels))))[: args.depth]
     n = stack.size
-    t_h = run(lambda s: link_slices(iter(s), default_settings())[0], stack)
+    settings = default_settings()
+    t_h = run(lambda s: link_slices(iter(s), settings)[0], stack)
     t_g = run(lambda s: stitch_greedy(iter(s)), stack)
     print(f"stack {stack.shape} = {n / 1e6:.1f} Mvoxel")
     print(f"hungarian : {n / t_h / 1e6:7.2f} Mvoxel/s")
     print(f"greedy    : {n / t_g / 1e6:7.2f} Mvoxel/s")
     print(f"ratio hungarian / greedy speed: {t_g / t_h:.3f}")
     quarter = stack[: max(1, args.depth // 4)]
-    print(f"peak traced memory, depth {len(quarter)} vs {len(stack)}: ratio {peak(stack) / peak(quarter):.2f}")
+    print(f"peak traced memory, depth {len(quarter)} vs {len(stack)}: ratio {peak(stack, settings) / peak(quarter, settings):.2f}")
 
 
 if __name__ == "__main__":

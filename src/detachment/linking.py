@@ -174,10 +174,14 @@ class SliceLinker:
         pieces only if together they reach ``min_iou``.
         """
         cur = np.where(np.isin(lab, list(remaining)), lab, 0)
+        fg = cur > 0
         pieces: dict[int, list[int]] = {}  # track -> leftover instances mostly inside its last mask
         last_z: dict[int, int] = {}
         for prev_z, prev in reversed(self.history):  # nearest slice first: its tracks choose first
-            alive = [t for t in np.unique(prev[prev > 0]) if self.tracks[t - 1].last_z == prev_z]
+            under = prev[fg]
+            if not under.any():  # the usual case: a new particle's first slice, on background
+                continue
+            alive = [t for t in np.unique(under[under > 0]) if self.tracks[t - 1].last_z == prev_z]
             if not alive:
                 continue
             ov = overlap(np.where(np.isin(prev, alive), prev, 0), cur)
