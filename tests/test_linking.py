@@ -106,27 +106,33 @@ def test_a_bridged_gap_is_filled_with_the_overlap_of_its_ends_and_spares_other_i
     assert not (unfilled[4] > 0).any()
 
 
-def test_two_particles_touching_in_one_slice_are_not_merged():
+# fragment absorption must not join distinct particles: the known-answer cases below hold with it too
+ABSORB = pytest.mark.parametrize("absorb", [0.0, 0.6])
+
+
+@ABSORB
+def test_two_particles_touching_in_one_slice_are_not_merged(absorb):
     stack = np.zeros((7, 40, 60), np.int32)
     for z in range(7):
         gap = 0 if z == 3 else 4  # they touch at z = 3
         stack[z][disk((40, 60), 20, 18, 10)] = 1
         stack[z][disk((40, 60), 20, 18 + 20 + gap, 10) & (stack[z] == 0)] = 2
-    out, _ = linked(per_slice_ids(stack))
+    out, _ = linked(per_slice_ids(stack), absorb_fraction=absorb)
     truth = np.zeros_like(stack)
     truth[stack > 0] = np.where(np.indices(stack.shape)[2][stack > 0] < 29, 1, 2)
     assert particle_scores(truth, out)["merge_rate"] == 0
     assert len(np.unique(out)) == 3
 
 
-def test_a_branch_continues_one_track_and_starts_another():
+@ABSORB
+def test_a_branch_continues_one_track_and_starts_another(absorb):
     stack = np.zeros((8, 40, 60), np.int32)
     for z in range(4):
         stack[z][disk((40, 60), 20, 30, 10)] = 1
     for z in range(4, 8):
         stack[z][disk((40, 60), 20, 24, 6)] = 1
         stack[z][disk((40, 60), 20, 40, 5)] = 2
-    out, _ = linked(stack, min_iou=0.2)
+    out, _ = linked(stack, min_iou=0.2, absorb_fraction=absorb)
     ids = np.unique(out[out > 0])
     assert len(ids) == 2  # one branch continues the trunk, the other is a new particle
     assert out[0, 20, 30] == out[7, 20, 24]
@@ -166,26 +172,6 @@ def test_fragments_of_a_cracked_particle_join_its_track():
     assert set(np.unique(on)) == {0, 1} and linker.tracks[0].gaps == 0
 
 
-def test_two_small_particles_under_a_big_one_are_not_absorbed():
-    # the greedy-stitcher case below: both small disks lie inside the big one's last mask, but side by
-    # side they are not convex, so the second one is a new particle, not a fragment
-    stack = np.zeros((4, 40, 60), np.int32)
-    for z in range(2):
-        stack[z][disk((40, 60), 20, 30, 14)] = 1
-    for z in range(2, 4):
-        stack[z][disk((40, 60), 20, 22, 7)] = 1
-        stack[z][disk((40, 60), 20, 38, 7)] = 2
-    out, _ = linked(stack, min_iou=0.2, absorb_fraction=0.6)
-    assert len(np.unique(out[out > 0])) == 2
-    # and the touching pair of the test above stays two particles
-    touch = np.zeros((7, 40, 60), np.int32)
-    for z in range(7):
-        touch[z][disk((40, 60), 20, 18, 10)] = 1
-        touch[z][disk((40, 60), 20, 18 + 20 + (0 if z == 3 else 4), 10) & (touch[z] == 0)] = 2
-    out, _ = linked(per_slice_ids(touch), absorb_fraction=0.6)
-    assert len(np.unique(out)) == 3
-
-
 def test_empty_slices_and_a_one_slice_volume():
     stack = np.zeros((5, 30, 30), np.int32)
     out, linker = linked(stack)
@@ -196,8 +182,11 @@ def test_empty_slices_and_a_one_slice_volume():
     assert set(np.unique(out)) == {0, 1}
 
 
-def test_greedy_stitcher_merges_where_hungarian_does_not():
-    # a large particle above two small ones: greedy gives both small ones the big one's id
+@ABSORB
+def test_greedy_stitcher_merges_where_hungarian_does_not(absorb):
+    # a large particle above two small ones: greedy gives both small ones the big one's id; with
+    # absorption both small ones lie inside the big one's last mask, but side by side they are not
+    # convex, so the second one stays a new particle
     stack = np.zeros((4, 40, 60), np.int32)
     for z in range(2):
         stack[z][disk((40, 60), 20, 30, 14)] = 1
@@ -205,7 +194,7 @@ def test_greedy_stitcher_merges_where_hungarian_does_not():
         stack[z][disk((40, 60), 20, 22, 7)] = 1
         stack[z][disk((40, 60), 20, 38, 7)] = 2
     greedy = np.stack(list(stitch_greedy(stack, threshold=0.2)))
-    hung, _ = linked(stack, min_iou=0.2)
+    hung, _ = linked(stack, min_iou=0.2, absorb_fraction=absorb)
     assert len(np.unique(greedy[greedy > 0])) == 1
     assert len(np.unique(hung[hung > 0])) == 2
 

@@ -199,8 +199,8 @@ class SliceLinker:
             box = ndimage.find_objects(((slices[prev_z] == t) | np.isin(lab, own + cand)).astype(np.uint8))[0]
             target, lab_c = slices[prev_z][box] == t, lab[box]
             mask = np.isin(lab_c, own)
-            sizes = {j: np.count_nonzero(lab_c == j) for j in cand}
             cand = [j for j in cand if j in remaining]  # not taken by a track of a nearer slice
+            sizes = {j: np.count_nonzero(lab_c == j) for j in cand}
 
             def joins(trial, before, target=target):
                 return _solidity(trial) >= self.s.absorb_solidity and \
