@@ -172,6 +172,59 @@ def test_fragments_of_a_cracked_particle_join_its_track():
     assert set(np.unique(on)) == {0, 1} and linker.tracks[0].gaps == 0
 
 
+def _chipped_disk_stack():
+    """A disk of radius 12 that the model cuts into a big and a small piece (3-px crack) in slices 3-5:
+    together the pieces are not convex enough to be absorbed, so the small one starts a track."""
+    stack = np.zeros((9, 48, 48), np.int32)
+    xx = np.mgrid[:48, :48][1]
+    d = disk((48, 48), 24, 24, 12)
+    for z in range(9):
+        if 3 <= z < 6:
+            stack[z][d & (xx < 28)] = 1
+            stack[z][d & (xx >= 31)] = 2
+        else:
+            stack[z][d] = 1
+    return stack
+
+
+def test_a_fragment_track_rejoins_the_particle_when_it_is_whole_again(tmp_path):
+    stack = _chipped_disk_stack()
+    off, _ = linked(stack, absorb_fraction=0)
+    assert len(np.unique(off[off > 0])) == 2  # the small piece's track ends where the disk is whole again
+    on, linker = linked(stack, absorb_fraction=0.6)
+    assert len(np.unique(on[on > 0])) == 2  # still two ids in the stream: earlier slices were handed out
+    from detachment.linking import link_array
+
+    out = link_array(stack, LinkSettings(absorb_fraction=0.6, min_voxels=1))
+    assert set(np.unique(out)) == {0, 1} and np.array_equal(out > 0, stack > 0)
+    root = linker.root(int(on[4, 24, 40]))
+    assert root == linker.root(int(on[0, 24, 24])) and linker.tracks[root - 1].voxels == int((stack > 0).sum())
+    _write_slices(tmp_path / "s.h5", stack)
+    table = link_file(tmp_path / "s.h5", tmp_path / "p.h5", LinkSettings(absorb_fraction=0.6, min_voxels=1))
+    with h5py.File(tmp_path / "p.h5") as f:
+        written = f["labels"][...]
+    assert set(np.unique(written)) == {0, 1} and table.voxels.tolist() == [int((written == 1).sum())]
+    assert table.z_min.tolist() == [0] and table.z_max.tolist() == [8] and table.connected_6.all()
+
+
+@ABSORB
+def test_two_particles_merged_by_the_model_in_one_slice_stay_apart(absorb):
+    stack = np.zeros((9, 40, 60), np.int32)
+    for z in range(9):
+        a, b = disk((40, 60), 20, 19, 10), disk((40, 60), 20, 38, 8) & ~disk((40, 60), 20, 19, 10)
+        if z == 4:
+            stack[z][a | b] = 1  # one instance over both
+        else:
+            stack[z][a], stack[z][b] = 1, 2
+    out, linker = linked(per_slice_ids(stack), absorb_fraction=absorb)
+    ids = linker.aliases()[out]
+    assert len(np.unique(ids[ids > 0])) == 2
+    assert ids[0, 20, 19] == ids[8, 20, 19] and ids[0, 20, 38] == ids[8, 20, 38] != ids[0, 20, 19]
+    if absorb:  # it is the convexity test that keeps them apart: side by side they are not convex
+        out, linker = linked(per_slice_ids(stack), absorb_fraction=absorb, absorb_solidity=0.0)
+        assert len(np.unique(linker.aliases()[out])) == 2
+
+
 def test_empty_slices_and_a_one_slice_volume():
     stack = np.zeros((5, 30, 30), np.int32)
     out, linker = linked(stack)

@@ -75,6 +75,19 @@ class _Track:
     max_score: float = float("nan")
     bbox_lo: list = field(default_factory=lambda: [np.inf, np.inf, np.inf])
     bbox_hi: list = field(default_factory=lambda: [-np.inf, -np.inf, -np.inf])
+    merged_into: int | None = None  # set when this track turned out to be a fragment of another
+    born_in: int | None = None  # the track whose previous-slice mask this one's first instance lies in
+
+    def absorb(self, other: _Track) -> None:
+        """Take over the statistics of ``other``, a fragment of the same particle."""
+        self.first_z = min(self.first_z, other.first_z)
+        self.voxels += other.voxels
+        self.iou_sum += other.iou_sum
+        self.links += other.links
+        self.gaps += other.gaps
+        if not np.isnan(other.max_score):
+            self.max_score = float(np.nanmax([self.max_score, other.max_score]))
+        self.grow(other.bbox_lo, other.bbox_hi)
 
     def grow(self, lo, hi) -> None:
         """Extend the bounding box (z, y, x; ``hi`` exclusive) to cover ``[lo, hi)``."""
@@ -141,8 +154,9 @@ class SliceLinker:
                         bridged.append((inst, track, prev_z))
         if self.s.absorb_fraction > 0 and remaining:
             self._absorb_fragments(lab, remaining, assigned, ious, bridged, z)
+        parents = self._parents(lab, remaining, assigned, z) if remaining and self.s.absorb_fraction > 0 else {}
         for inst in sorted(remaining):
-            self.tracks.append(_Track(first_z=z, last_z=z))
+            self.tracks.append(_Track(first_z=z, last_z=z, born_in=parents.get(inst)))
             assigned[inst] = len(self.tracks)
         lut = np.zeros(int(lab.max()) + 1 if lab.size else 1, np.uint32)
         for inst, track in assigned.items():
@@ -157,6 +171,8 @@ class SliceLinker:
                 t.iou_sum += ious[inst]
                 t.links += 1
         self._update_stats(out, z)
+        if self.s.absorb_fraction > 0:
+            self._rejoin_fragments(lab, assigned, z)
         if self.s.fill_gaps:
             for inst, track, prev_z in bridged:
                 self._fill_gap(track, prev_z, z, lab == inst)
@@ -228,6 +244,76 @@ class SliceLinker:
                 if z - prev_z > 1:
                     bridged.extend((j, t, prev_z) for j in taken)
 
+    def _parents(self, lab, remaining: set, assigned: dict, z: int) -> dict[int, int]:
+        """Leftover instance -> the track continuing here whose slice z-1 mask holds at least
+        ``absorb_fraction`` of it (a piece the model cut off a particle it saw whole the slice before)."""
+        if not self.history or self.history[-1][0] != z - 1:
+            return {}
+        cont = set(assigned.values())
+        prev = self.history[-1][1]
+        ov = overlap(np.where(np.isin(lab, list(remaining)), lab, 0), prev)
+        out = {}
+        for (i, j), c in zip(ov.pairs, ov.counts):
+            t = int(ov.b_ids[j])
+            if t in cont and c >= self.s.absorb_fraction * ov.a_sizes[i]:
+                out[int(ov.a_ids[i])] = t
+        return out
+
+    def _rejoin_fragments(self, lab, assigned: dict, z: int) -> None:
+        """Merge a track that ended in slice z-1 into the track continuing over it (track aliases).
+
+        The mirror of :meth:`_absorb_fragments`: where a per-slice model cut a particle into pieces and the
+        pieces become whole again, the whole instance continues one piece's track and the other piece's
+        track would end there, splitting the particle in 3D. A track ``e`` last seen in slice z-1 is merged
+        into track ``t`` when at least ``absorb_fraction`` of ``e``'s mask lies inside ``t``'s instance in
+        this slice, the union of ``e`` and ``t`` in z-1 is convex (solidity ≥ ``absorb_solidity``) and it
+        matches this instance by at least ``REJOIN_GAIN`` IoU better than ``t`` alone (a particle whose cap
+        ends under a bigger one is already matched well by the bigger one's own mask, and is left alone).
+        """
+        if not self.history or self.history[-1][0] != z - 1 or not assigned:
+            return
+        prev = self.history[-1][1]
+        under = prev[lab > 0]
+        ended = [e for e in np.unique(under[under > 0]) if self.tracks[e - 1].last_z == z - 1]
+        if not ended:
+            return
+        inst_of = {t: [i for i, tr in assigned.items() if tr == t] for t in set(assigned.values())}
+        ov = overlap(np.where(np.isin(prev, ended), prev, 0), lab)
+        best: dict[int, tuple[int, float]] = {}
+        for (i, j), c in zip(ov.pairs, ov.counts):
+            e, inst = int(ov.a_ids[i]), int(ov.b_ids[j])
+            f = c / ov.a_sizes[i]
+            if f >= self.s.absorb_fraction and f > best.get(e, (0, 0.0))[1]:
+                best[e] = (inst, f)
+        for e, (inst, _) in sorted(best.items()):
+            t = assigned.get(inst)
+            if t is None or t == e or self.tracks[t - 1].last_z != z:
+                continue
+            here = np.isin(lab, inst_of[t])
+            before = prev == t
+            if not before.any():
+                continue
+            both = before | (prev == e)
+            box = ndimage.find_objects((both | here).astype(np.uint8))[0]
+            gain = _iou(both[box], here[box]) - _iou(before[box], here[box])
+            kin = self.tracks[e - 1].born_in == t or self.tracks[t - 1].born_in == e
+            if gain < REJOIN_GAIN or not (kin or _solidity(both[box]) >= self.s.absorb_solidity):
+                continue
+            prev[prev == e] = t  # not yet handed out: relabel in place; earlier slices go through aliases
+            self.tracks[t - 1].absorb(self.tracks[e - 1])
+            self.tracks[e - 1].merged_into = t
+            self.tracks[e - 1].last_z = -1  # never continued again
+
+    def root(self, track: int) -> int:
+        """The track a (1-based) track id was finally merged into."""
+        while self.tracks[track - 1].merged_into is not None:
+            track = self.tracks[track - 1].merged_into
+        return track
+
+    def aliases(self) -> np.ndarray:
+        """Lookup table track id -> the track it was merged into (identity for the others; index 0 = 0)."""
+        return np.array([0] + [self.root(i) for i in range(1, len(self.tracks) + 1)], np.uint32)
+
     def _fill_gap(self, track: int, prev_z: int, z: int, current: np.ndarray) -> None:
         """Paint ``track`` into the slices strictly between ``prev_z`` and ``z`` (still in the history, not
         yet handed out) where its masks in both end slices overlap and the gap slice is unlabelled."""
@@ -256,6 +342,11 @@ class SliceLinker:
             t = self.tracks[track - 1]
             t.voxels += int(counts[track])
             t.grow([z, sl[0].start, sl[1].start], [z + 1, sl[0].stop, sl[1].stop])
+
+
+# a fragment's track joins the track continuing over it only if the union matches the continuing
+# instance this much better (IoU) than that track alone
+REJOIN_GAIN = 0.1
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -344,18 +435,25 @@ def write_linked(path, linked: Iterator[np.ndarray], shape, voxel_size_um, slab:
             d[z0:z0 + len(buf)] = np.stack(buf)
 
 
-def finalize(path, out_path, tracks_table: pd.DataFrame, min_voxels: int, slab: int, min_score: float = 0.0
-             ) -> pd.DataFrame:
+def finalize(path, out_path, tracks_table: pd.DataFrame, min_voxels: int, slab: int, min_score: float = 0.0,
+             aliases: np.ndarray | None = None) -> pd.DataFrame:
     """Drop particles under ``min_voxels`` or whose best instance scores under ``min_score`` (NaN = no score:
     kept), renumber 1..n in order of first appearance, stream to ``out_path``.
+
+    ``aliases``: track id -> the track it was merged into (:meth:`SliceLinker.aliases`); ``tracks_table``
+    then holds only the tracks merged into.
 
     Adds per particle: ``touches_border`` (any face of the volume: statistics biased) and
     ``connected_6`` (its voxels form one 6-connected component; else it is flagged).
     """
     low = tracks_table.max_score < min_score if "max_score" in tracks_table else False
     keep = tracks_table[(tracks_table.voxels >= min_voxels) & ~low].copy()
-    lut = np.zeros(int(tracks_table.track.max()) + 1 if len(tracks_table) else 1, np.uint32)
+    top = max(int(tracks_table.track.max()) if len(tracks_table) else 0,
+              int(aliases.max()) if aliases is not None and len(aliases) else 0)
+    lut = np.zeros(top + 1, np.uint32)
     lut[keep.track.to_numpy()] = np.arange(1, len(keep) + 1, dtype=np.uint32)
+    if aliases is not None:
+        lut = lut[aliases]
     keep.insert(0, "label", np.arange(1, len(keep) + 1))
     with h5py.File(path, "r") as f:
         shape = f["labels"].shape
@@ -419,16 +517,18 @@ def link_file(slices_path, out_path, s: LinkSettings, method: str = "hungarian",
                  "x_max": int(t.bbox_hi[2]), "voxels": t.voxels,
                  "mean_link_iou": t.iou_sum / t.links if t.links else np.nan, "gaps_bridged": t.gaps,
                  "max_score": t.max_score}
-                for i, t in enumerate(linker.tracks, start=1) if t.voxels > 0]
+                for i, t in enumerate(linker.tracks, start=1) if t.voxels > 0 and t.merged_into is None]
+        aliases = linker.aliases()
     elif method == "greedy":
         write_linked(tmp_path, stitch_greedy(raw, greedy_threshold), shape, voxel, s.slab)
         rows = _bbox_rows(tmp_path, s.slab)
+        aliases = None
     else:
         raise ValueError(f"linking method {method!r} is not 'hungarian' or 'greedy'")
     table = pd.DataFrame(rows, columns=["track", "z_min", "z_max", "y_min", "y_max", "x_min", "x_max", "voxels",
                                         "mean_link_iou", "gaps_bridged", "max_score"])
     try:
-        return finalize(tmp_path, out_path, table, s.min_voxels, s.slab, s.min_track_score)
+        return finalize(tmp_path, out_path, table, s.min_voxels, s.slab, s.min_track_score, aliases)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -459,7 +559,9 @@ def link_array(stack: np.ndarray, s: LinkSettings, method: str = "hungarian", gr
     """In-memory linking of a (z, y, x) per-slice label stack, particles under ``min_voxels`` removed and,
     given per-slice ``scores``, particles whose best instance scores under ``s.min_track_score``."""
     if method == "hungarian":
-        out = np.stack(list(link_slices(stack, s, scores)[0]))
+        linked, linker = link_slices(stack, s, scores)
+        out = np.stack(list(linked))  # runs the linker
+        out = linker.aliases()[out]
     elif method == "greedy":
         out = np.stack(list(stitch_greedy(stack, greedy_threshold)))
     else:
