@@ -9,7 +9,11 @@ closing), nearest slice first. With ``absorb_fraction``, a leftover instance
 that lies mostly inside a track's last mask joins that track when the joined
 mask stays convex (fragment absorption: a per-slice model may cut one cracked
 particle into pieces; two particles side by side are not convex together).
-Whatever is still unmatched starts a new track. A bridged gap is filled
+Whatever is still unmatched starts a new track. The mirror case, pieces
+becoming whole again, is fragment rejoining: a track ending in slice z-1 under
+an instance that continues another track is merged into it when the two
+together explain that instance better and are convex together or one was cut
+off the other (track aliases, applied when the particles are renumbered). A bridged gap is filled
 (``fill_gaps``) with the pixels the two linked instances share, where the gap slice holds no other instance: a particle the
 per-slice model missed in one slice is not left with a hole through it. Only
 the last ``max_gap + 1`` slices are kept in memory (output is delayed by
