@@ -205,6 +205,11 @@ def test_a_fragment_track_rejoins_the_particle_when_it_is_whole_again(tmp_path):
         written = f["labels"][...]
     assert set(np.unique(written)) == {0, 1} and table.voxels.tolist() == [int((written == 1).sum())]
     assert table.z_min.tolist() == [0] and table.z_max.tolist() == [8] and table.connected_6.all()
+    # the same across a slice where the model saw nothing: the pieces' tracks are compared where last seen
+    stack[6] = 0
+    out = link_array(stack, LinkSettings(absorb_fraction=0.6, min_voxels=1, max_gap=1))
+    assert set(np.unique(out)) == {0, 1}
+    assert len(np.unique(link_array(stack, LinkSettings(absorb_fraction=0, min_voxels=1, max_gap=1)))) == 3
 
 
 @ABSORB

@@ -264,24 +264,30 @@ class SliceLinker:
         return out
 
     def _rejoin_fragments(self, lab, assigned: dict, z: int) -> None:
-        """Merge a track that ended in slice z-1 into the track continuing over it (track aliases).
+        """Merge a track that ended under an instance continuing another track into that track (aliases).
 
         The mirror of :meth:`_absorb_fragments`: where a per-slice model cut a particle into pieces and the
         pieces become whole again, the whole instance continues one piece's track and the other piece's
-        track would end there, splitting the particle in 3D. A track ``e`` last seen in slice z-1 is merged
-        into track ``t`` when at least ``absorb_fraction`` of ``e``'s mask lies inside ``t``'s instance in
-        this slice, the union of ``e`` and ``t`` in z-1 is convex (solidity ≥ ``absorb_solidity``) and it
-        matches this instance by at least ``REJOIN_GAIN`` IoU better than ``t`` alone (a particle whose cap
-        ends under a bigger one is already matched well by the bigger one's own mask, and is left alone).
+        track would end there, splitting the particle in 3D. A track ``e`` last seen in slice z' (z-1 or,
+        across a gap, down to z-1-``max_gap``, nearest first) is merged into track ``t`` when at least
+        ``absorb_fraction`` of ``e``'s last mask lies inside ``t``'s instance in this slice, and the union
+        of ``e`` and ``t`` in z' matches this instance by at least ``REJOIN_GAIN`` IoU better than ``t``
+        alone (a particle whose cap ends under a bigger one is already matched well by the bigger one's
+        own mask, and is left alone), and either that union is convex (solidity ≥ ``absorb_solidity``)
+        or one of the two tracks began as a piece cut off the other (``born_in``).
         """
-        if not self.history or self.history[-1][0] != z - 1 or not assigned:
-            return
-        prev = self.history[-1][1]
-        under = prev[lab > 0]
-        ended = [e for e in np.unique(under[under > 0]) if self.tracks[e - 1].last_z == z - 1]
-        if not ended:
+        if not assigned:
             return
         inst_of = {t: [i for i, tr in assigned.items() if tr == t] for t in set(assigned.values())}
+        for prev_z, prev in reversed(self.history):  # nearest slice first
+            self._rejoin_from(prev_z, prev, lab, assigned, inst_of, z)
+
+    def _rejoin_from(self, prev_z: int, prev, lab, assigned: dict, inst_of: dict, z: int) -> None:
+        """:meth:`_rejoin_fragments` for the tracks last seen in slice ``prev_z``."""
+        under = prev[lab > 0]
+        ended = [e for e in np.unique(under[under > 0]) if self.tracks[e - 1].last_z == prev_z]
+        if not ended:
+            return
         ov = overlap(np.where(np.isin(prev, ended), prev, 0), lab)
         best: dict[int, tuple[int, float]] = {}
         for (i, j), c in zip(ov.pairs, ov.counts):
@@ -303,7 +309,7 @@ class SliceLinker:
             kin = self.tracks[e - 1].born_in == t or self.tracks[t - 1].born_in == e
             if gain < REJOIN_GAIN or not (kin or _solidity(both[box]) >= self.s.absorb_solidity):
                 continue
-            prev[prev == e] = t  # not yet handed out: relabel in place; earlier slices go through aliases
+            prev[prev == e] = t  # relabel in place; slices already handed out go through aliases
             self.tracks[t - 1].absorb(self.tracks[e - 1])
             self.tracks[e - 1].merged_into = t
             self.tracks[e - 1].last_z = -1  # never continued again
