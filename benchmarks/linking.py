@@ -5,7 +5,7 @@ Usage: .venv/bin/python benchmarks/linking.py [--depth 160]
 The stack is the default phantom's true labels cut into per-slice instances and
 tiled in z to ``--depth`` slices; both linkers stream over the same slices. The
 Hungarian linker runs with the ``link`` settings of ``config/config.yaml`` (gap
-closing, gap filling, fragment absorption). Also prints the peak traced memory
+closing, gap filling, fragment absorption and rejoining). Also prints the peak traced memory
 of the Hungarian linker at depth D and 4D.
 """
 
