@@ -457,7 +457,8 @@ def finalize(path, out_path, tracks_table: pd.DataFrame, min_voxels: int, slab: 
     ``connected_6`` (its voxels form one 6-connected component; else it is flagged).
     """
     low = tracks_table.max_score < min_score if "max_score" in tracks_table else False
-    keep = tracks_table[(tracks_table.voxels >= min_voxels) & ~low].copy()
+    # sorted: a track that other tracks were merged into may have been started after them
+    keep = tracks_table[(tracks_table.voxels >= min_voxels) & ~low].sort_values(["z_min", "track"], kind="stable")
     top = max(int(tracks_table.track.max()) if len(tracks_table) else 0,
               int(aliases.max()) if aliases is not None and len(aliases) else 0)
     lut = np.zeros(top + 1, np.uint32)
