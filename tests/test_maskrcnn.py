@@ -264,3 +264,55 @@ def test_a_2_5d_model_trains_on_three_channel_tiles(tmp_path):
     model, result = train(stacked, masks, stacked[:2], masks[:2], ctx, t, tmp_path, "ctx", progress=False)
     assert len(result.log_rows) == 2 and all(np.isfinite(r["train_loss"]) for r in result.log_rows)
     assert 0 <= result.log_rows[-1]["val_precision"] <= 1
+
+
+def _pred(scores, masks):
+    return {"scores": torch.tensor(scores, dtype=torch.float32),
+            "masks": torch.from_numpy(np.stack(masks).astype(np.float32))[:, None]}
+
+
+def test_flip_fusion_averages_matched_passes_and_discounts_detections_seen_once():
+    from detachment.maskrcnn import fuse_flips
+
+    a = np.zeros((32, 32), np.float32)
+    a[4:16, 4:16] = 0.9
+    a_shift = np.zeros_like(a)
+    a_shift[5:17, 4:16] = 0.7  # the same particle in another pass, one pixel lower
+    b = np.zeros_like(a)
+    b[20:30, 20:30] = 0.8
+    passes = [_pred([0.9, 0.6], [a, b]), _pred([0.8], [a_shift]), _pred([0.7], [a]), _pred([0.6], [a])]
+    fused = fuse_flips(passes, mask_threshold=0.5)
+    assert fused["scores"].tolist() == pytest.approx([(0.9 + 0.8 + 0.7 + 0.6) / 4, 0.6 / 4])
+    mean_a = (3 * a + a_shift) / 4  # mean over the four passes that saw it
+    np.testing.assert_allclose(fused["masks"][0, 0].numpy(), mean_a, atol=1e-6)
+    np.testing.assert_allclose(fused["masks"][1, 0].numpy(), b)  # seen once: its own probabilities
+    same = fuse_flips([_pred([0.9, 0.6], [a, b])] * 4, mask_threshold=0.5)
+    assert same["scores"].tolist() == pytest.approx([0.9, 0.6])
+    empty = {"scores": torch.zeros(0), "masks": torch.zeros((0, 1, 8, 8))}
+    assert fuse_flips([empty] * 4, mask_threshold=0.5)["masks"].shape == (0, 1, 8, 8)
+
+
+class _ThresholdModel(torch.nn.Module):
+    """Stands in for Mask R-CNN: one detection per image, its mask where the image is bright."""
+
+    def __init__(self):
+        super().__init__()
+        import types
+
+        self.transform = types.SimpleNamespace(min_size=(64,), max_size=64)
+
+    def forward(self, batch):
+        return [{"scores": torch.tensor([0.9]), "masks": (x[0] > 0.5).float()[None, None]} for x in batch]
+
+
+def test_test_time_augmentation_maps_every_flip_back_onto_the_slice():
+    from detachment.maskrcnn import predict
+
+    img = np.zeros((1, 40, 48), np.float32)
+    img[0, 5:30, 6:12] = 1  # an L: no flip maps it onto itself
+    img[0, 24:30, 6:30] = 1
+    for tta in (False, True):
+        labels, rows = predict(_ThresholdModel(), img, torch.device("cpu"), 1, 0.5, 0.5, tta=tta)
+        # all four passes agree only if each was flipped back: else the fused score falls to 0.9 / 4
+        assert [r["score"] for r in rows] == pytest.approx([0.9])
+        np.testing.assert_array_equal(labels[0] > 0, img[0] > 0.5)

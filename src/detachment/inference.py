@@ -49,7 +49,7 @@ def model_slices(volume, z0: int, z1: int, context: int) -> np.ndarray:
 def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path, *, batch_size: int = 4,
                score_threshold: float = 0.5, mask_threshold: float = 0.5, min_visible_fraction: float = 0.5,
                candidate_threshold: float | None = None, device: str = "auto", threads: int = 1,
-               progress: bool = True) -> int:
+               progress: bool = True, tta: bool = False) -> int:
     """Instances of slices ``[z0, z1)``: writes ``/labels`` and ``/candidates`` (slab), ``/table`` rows (every
     candidate) and attrs z0, z1, score_threshold. ``candidate_threshold`` defaults to ``score_threshold``."""
     low = score_threshold if candidate_threshold is None else min(candidate_threshold, score_threshold)
@@ -66,7 +66,8 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
         dc = out.create_dataset("candidates", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
         for a, b in io.slab_ranges(z1 - z0, chunk):
             images = model_slices(f[io.VOLUME_DATASET], z0 + a, z0 + b, context)
-            cand, r = predict(model, images, dev, batch_size, low, mask_threshold, progress, min_visible_fraction)
+            cand, r = predict(model, images, dev, batch_size, low, mask_threshold, progress, min_visible_fraction,
+                              tta=tta)
             dc[a:b] = cand
             # ids are 1..n by decreasing score in each slice: the detections are the first k of them
             n_det = np.zeros(len(cand), np.int64)

@@ -196,12 +196,69 @@ def predictions_to_labels(pred: dict[str, torch.Tensor], shape: tuple[int, int],
     return out, rows
 
 
+# test-time augmentation: the four flips of a slice (dims of a (3, y, x) tensor), identity first
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+TTA_MIN_SCORE = 0.05  # detections below this in a flipped pass are not worth fusing
+
+
+def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, match_iou: float = 0.5
+               ) -> dict[str, torch.Tensor]:
+    """Fuse the predictions of one slice's flipped passes (masks already flipped back) into one set.
+
+    Greedy by score over all passes: a detection gathers at most one detection of every other pass whose
+    binarised mask overlaps it at IoU ≥ ``match_iou``. The fused score is the group's summed score over
+    the number of passes (a particle seen in one pass of four keeps a quarter of its score); the fused
+    mask probability is the mean over the passes that saw it, so the mask threshold keeps its meaning.
+    """
+    n = len(preds)
+    dets = [(float(sc), v, m) for v, p in enumerate(preds)
+            for sc, m in zip(p["scores"].tolist(), p["masks"][:, 0]) if sc >= TTA_MIN_SCORE]
+    dets.sort(key=lambda d: -d[0])
+    binary = [d[2] >= mask_threshold for d in dets]
+    used = [False] * len(dets)
+    scores, masks = [], []
+    for i, (sc, v, m) in enumerate(dets):
+        if used[i]:
+            continue
+        used[i] = True
+        group = {v: (sc, m)}
+        for j in range(i + 1, len(dets)):
+            if used[j] or dets[j][1] in group:
+                continue
+            inter = (binary[i] & binary[j]).sum().item()
+            union = (binary[i] | binary[j]).sum().item()
+            if union and inter / union >= match_iou:
+                group[dets[j][1]] = dets[j][0], dets[j][2]
+                used[j] = True
+        scores.append(sum(g[0] for g in group.values()) / n)
+        masks.append(torch.stack([g[1] for g in group.values()]).mean(0))
+    if not scores:
+        h, w = preds[0]["masks"].shape[-2:]
+        return {"scores": torch.zeros(0), "masks": torch.zeros((0, 1, h, w))}
+    return {"scores": torch.tensor(scores), "masks": torch.stack(masks)[:, None]}
+
+
+def _predict_batch(model: nn.Module, batch: list[torch.Tensor], tta: bool, mask_threshold: float
+                   ) -> list[dict[str, torch.Tensor]]:
+    """The model's predictions for a batch of (3, y, x) tensors; with ``tta``, fused over the four flips."""
+    if not tta:
+        return model(batch)
+    passes = [model([torch.flip(x, f) if f else x for x in batch]) for f in TTA_FLIPS]
+    out = []
+    for i in range(len(batch)):
+        preds = [{"scores": p[i]["scores"], "masks": torch.flip(p[i]["masks"], f) if f else p[i]["masks"]}
+                 for f, p in zip(TTA_FLIPS, passes)]
+        out.append(fuse_flips(preds, mask_threshold))
+    return out
+
+
 @torch.inference_mode()
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, score_threshold: float,
-            mask_threshold: float, progress: bool = False, min_visible_fraction: float = 0.5
+            mask_threshold: float, progress: bool = False, min_visible_fraction: float = 0.5, tta: bool = False
             ) -> tuple[np.ndarray, list[dict]]:
     """Instance labels (n, y, x) for (n, y, x) slices, or (n, 3, y, x) slices with their neighbours, at
-    native scale; rows carry ``index``."""
+    native scale; rows carry ``index``. ``tta``: fuse the four flips of each slice (:func:`fuse_flips`;
+    four times the compute)."""
     from tqdm import tqdm
 
     was_training = model.training
@@ -213,7 +270,7 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     with native_scale(model, h, w):
         for b in tqdm(starts, desc="infer", unit="batch", disable=not progress):
             batch = [to_tensor(im).to(device) for im in images[b:b + batch_size]]
-            for i, pred in enumerate(model(batch)):
+            for i, pred in enumerate(_predict_batch(model, batch, tta, mask_threshold)):
                 out[b + i], r = predictions_to_labels(pred, (h, w), score_threshold, mask_threshold,
                                                           min_visible_fraction)
                 rows.extend({"index": b + i, **row} for row in r)

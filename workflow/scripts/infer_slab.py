@@ -11,4 +11,5 @@ z0, z1 = scatter_range(snakemake.wildcards.scatteritem, shape[0])
 infer_slab(snakemake.input.volume, snakemake.input.weights, snakemake.input.meta, z0, z1, snakemake.output[0],
            batch_size=s["batch_size"], score_threshold=s["score_threshold"], mask_threshold=s["mask_threshold"],
            min_visible_fraction=s["min_visible_fraction"],
-           candidate_threshold=s["candidate_threshold"], device=s["device"], threads=snakemake.threads)
+           candidate_threshold=s["candidate_threshold"], device=s["device"], threads=snakemake.threads,
+           tta=s["tta"])
