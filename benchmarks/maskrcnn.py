@@ -3,7 +3,8 @@
 Usage: .venv/bin/python benchmarks/maskrcnn.py [--slices 16] [--steps 12]
 
 1. Inference: slices/s of :func:`detachment.maskrcnn.predict` (batching, painting
-   non-overlapping labels) vs a bare ``model(batch)`` forward under inference_mode.
+   non-overlapping labels) vs a bare ``model(batch)`` forward under inference_mode;
+   with test-time augmentation (four flips fused) vs four bare forwards.
 2. Training: seconds per SGD step of :func:`detachment.maskrcnn.train` (targets
    from label tiles, lr schedule, clipping, logging, checkpoint) vs a bare loop of
    ``loss = sum(model(images, targets).values()); backward; clip; step`` with
@@ -65,6 +66,12 @@ def main():
         t_bare = time.perf_counter() - t0
     print(f"inference: pipeline {len(images) / t_pipe:.2f} slices/s, bare forward {len(images) / t_bare:.2f} "
           f"slices/s, ratio {t_bare / t_pipe:.3f}")
+    t0 = time.perf_counter()
+    predict(model, images, dev, 4, 0.5, 0.5, tta=True)
+    t_tta = time.perf_counter() - t0
+    # test-time augmentation runs four forward passes; the ratio says what the fusion adds on top of them
+    print(f"inference with tta: {len(images) / t_tta:.2f} slices/s, ratio to four bare forwards "
+          f"{4 * t_bare / t_tta:.3f}")
 
     # one epoch of exactly ``steps`` batches of 4 (train() stops an epoch when the tiles run out)
     reps = np.arange(4 * args.steps) % len(images)
