@@ -264,6 +264,14 @@ def test_bootstrap_ci_and_group_statistics_match_scipy():
     assert r == pytest.approx(1.0)
 
 
+def test_statistics_of_no_particles_are_empty_tables_not_errors():
+    # a model that finds nothing must leave empty statistics, not an IndexError deep in pandas
+    empty = pd.DataFrame({"c_rate": pd.Series([], dtype=object), "detachment": pd.Series([], dtype=float),
+                          "diameter_um": pd.Series([], dtype=float), "detachment_std": pd.Series([], dtype=float)})
+    assert by_group(empty).empty and "n" in by_group(empty)
+    assert by_size(empty, 4).empty and "measurement_std_mean" in by_size(empty, 4)
+
+
 def test_small_particles_carry_more_measurement_uncertainty():
     rng = np.random.default_rng(1)
     d = rng.uniform(3, 15, 200)

@@ -31,6 +31,8 @@ def by_group(particles: pd.DataFrame, group: str = "c_rate", value: str = "detac
     """Per group: n, mean, median, std and bootstrap 95 % CI of ``value``; Mann–Whitney U p-value of each
     group against the first group (two-sided)."""
     groups = list(dict.fromkeys(particles[group]))
+    if not groups:  # no particle at all (e.g. a model that found none): an empty table, not a crash
+        return pd.DataFrame(columns=[group, "n", "mean", "median", "std", "ci95_low", "ci95_high"])
     first = particles.loc[particles[group] == groups[0], value].dropna()
     rows = []
     for g in groups:
@@ -47,7 +49,10 @@ def by_size(particles: pd.DataFrame, n_bins: int = 5, value: str = "detachment")
     """Detachment in diameter quantile bins: mean, SEM across particles, and the mean per-particle
     measurement uncertainty (``detachment_std``), which is larger for small particles (fewer faces)."""
     d = particles.dropna(subset=[value])
-    edges = np.unique(np.quantile(d.diameter_um, np.linspace(0, 1, n_bins + 1)))
+    if d.empty:
+        return pd.DataFrame(columns=["diameter_low_um", "diameter_high_um", "n", "mean", "sem",
+                                     "measurement_std_mean"])
+    edges = np.unique(np.quantile(d.diameter_um.astype(float), np.linspace(0, 1, n_bins + 1)))
     which = np.clip(np.digitize(d.diameter_um, edges) - 1, 0, len(edges) - 2)
     rows = []
     for b in range(len(edges) - 1):
