@@ -270,6 +270,8 @@ def test_statistics_of_no_particles_are_empty_tables_not_errors():
                           "diameter_um": pd.Series([], dtype=float), "detachment_std": pd.Series([], dtype=float)})
     assert by_group(empty).empty and "n" in by_group(empty)
     assert by_size(empty, 4).empty and "measurement_std_mean" in by_size(empty, 4)
+    one = pd.DataFrame({"c_rate": ["1C"], "detachment": [0.3], "diameter_um": [8.0], "detachment_std": [0.02]})
+    assert "diameter_low_um" in by_size(one, 4) and by_group(one)["n"].tolist() == [1]
 
 
 def test_small_particles_carry_more_measurement_uncertainty():

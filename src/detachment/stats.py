@@ -48,10 +48,10 @@ def by_group(particles: pd.DataFrame, group: str = "c_rate", value: str = "detac
 def by_size(particles: pd.DataFrame, n_bins: int = 5, value: str = "detachment") -> pd.DataFrame:
     """Detachment in diameter quantile bins: mean, SEM across particles, and the mean per-particle
     measurement uncertainty (``detachment_std``), which is larger for small particles (fewer faces)."""
+    columns = ["diameter_low_um", "diameter_high_um", "n", "mean", "sem", "measurement_std_mean"]
     d = particles.dropna(subset=[value])
     if d.empty:
-        return pd.DataFrame(columns=["diameter_low_um", "diameter_high_um", "n", "mean", "sem",
-                                     "measurement_std_mean"])
+        return pd.DataFrame(columns=columns)
     edges = np.unique(np.quantile(d.diameter_um.astype(float), np.linspace(0, 1, n_bins + 1)))
     which = np.clip(np.digitize(d.diameter_um, edges) - 1, 0, len(edges) - 2)
     rows = []
@@ -60,7 +60,7 @@ def by_size(particles: pd.DataFrame, n_bins: int = 5, value: str = "detachment")
         rows.append({"diameter_low_um": edges[b], "diameter_high_um": edges[b + 1], "n": len(g),
                      "mean": g[value].mean(), "sem": g[value].std(ddof=1) / np.sqrt(len(g)) if len(g) > 1 else np.nan,
                      "measurement_std_mean": g["detachment_std"].mean() if "detachment_std" in g else np.nan})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)  # one particle: one edge, no bin
 
 
 def correlation(x, y) -> tuple[float, float]:
