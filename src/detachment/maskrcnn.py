@@ -215,6 +215,12 @@ def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, matc
             for sc, m in zip(p["scores"].tolist(), p["masks"][:, 0]) if sc >= TTA_MIN_SCORE]
     dets.sort(key=lambda d: -d[0])
     binary = [d[2] >= mask_threshold for d in dets]
+    # boxes of the binarised masks (y0, x0, y1, x1; empty masks get an empty box): only pairs whose boxes
+    # intersect are compared, and on the joint box, so a slice with hundreds of particles stays cheap
+    boxes = []
+    for b in binary:
+        ys, xs = torch.nonzero(b.any(1)).flatten(), torch.nonzero(b.any(0)).flatten()
+        boxes.append((int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1) if len(ys) else (0, 0, 0, 0))
     used = [False] * len(dets)
     scores, masks = [], []
     for i, (sc, v, m) in enumerate(dets):
@@ -225,8 +231,14 @@ def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, matc
         for j in range(i + 1, len(dets)):
             if used[j] or dets[j][1] in group:
                 continue
-            inter = (binary[i] & binary[j]).sum().item()
-            union = (binary[i] | binary[j]).sum().item()
+            (a0, a1, a2, a3), (b0, b1, b2, b3) = boxes[i], boxes[j]
+            y0, x0, y1, x1 = max(a0, b0), max(a1, b1), min(a2, b2), min(a3, b3)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            y0, x0, y1, x1 = min(a0, b0), min(a1, b1), max(a2, b2), max(a3, b3)
+            bi, bj = binary[i][y0:y1, x0:x1], binary[j][y0:y1, x0:x1]
+            inter = (bi & bj).sum().item()
+            union = (bi | bj).sum().item()
             if union and inter / union >= match_iou:
                 group[dets[j][1]] = dets[j][0], dets[j][2]
                 used[j] = True
