@@ -89,8 +89,7 @@ class _Track:
         self.iou_sum += other.iou_sum
         self.links += other.links
         self.gaps += other.gaps
-        if not np.isnan(other.max_score):
-            self.max_score = float(np.nanmax([self.max_score, other.max_score]))
+        self.max_score = float(np.fmax(self.max_score, other.max_score))  # NaN = no score
         self.grow(other.bbox_lo, other.bbox_hi)
 
     def grow(self, lo, hi) -> None:
@@ -296,8 +295,8 @@ class SliceLinker:
             if f >= self.s.absorb_fraction and f > best.get(e, (0, 0.0))[1]:
                 best[e] = (inst, f)
         for e, (inst, _) in sorted(best.items()):
-            t = assigned.get(inst)
-            if t is None or t == e or self.tracks[t - 1].last_z != z:
+            t = assigned.get(inst)  # e ended before this slice, so t != e
+            if t is None:
                 continue
             here = np.isin(lab, inst_of[t])
             before = prev == t
