@@ -68,6 +68,29 @@ def test_effect_size_matches_a_direct_computation_and_leaves_border_particles_ou
     assert validation.effect_size({"a": hi_t}, {"a": hi_m}, {"a": "1C"}) == {}
 
 
+def test_effect_on_the_truths_own_particles_reads_the_true_rows_of_the_comparison():
+    # the true-source rows of compare_particles, fed back to effect_size, give the direct computation
+    rng = np.random.default_rng(4)
+    frames = []
+    for sample, n, lo_hi in (("a", 30, (0.3, 0.6)), ("b", 20, (0.1, 0.3))):
+        det = rng.uniform(*lo_hi, n)
+        border = np.arange(n) < 3
+        truth = pd.DataFrame({"label": np.arange(1, n + 1), "detachment": det, "crack_area_um2": 1.0,
+                              "volume_um3": 10.0, "touches_border": border})
+        measured = pd.DataFrame({"label": np.arange(1, n + 1), "detachment": det + 0.05})
+        frames.append((sample, truth, validation.compare_particles(truth, measured, None, "true")
+                       .assign(sample=sample)))
+    pipeline = frames[0][2].assign(source="pipeline")  # rows of another source are not read
+    per_particle = pd.concat([f for _, _, f in frames] + [pipeline], ignore_index=True)
+    tables = validation.true_particle_tables(per_particle)
+    assert sorted(tables) == ["a", "b"] and len(tables["a"]) == 30
+    e = validation.effect_size({s: t for s, t, _ in frames}, tables, {"a": "1C", "b": "C/10"})
+    ta, tb = frames[0][1], frames[1][1]
+    planted = ta.detachment[3:].mean() - tb.detachment[3:].mean()
+    assert np.isclose(e["planted_difference"], planted)
+    assert np.isclose(e["found_difference"], planted)  # the same +0.05 bias in both cells cancels
+
+
 def test_compare_particles_with_an_empty_pipeline_table_gives_no_rows():
     truth = pd.DataFrame({"label": [1], "detachment": [0.2], "crack_area_um2": [3.0], "volume_um3": [10.0],
                           "touches_border": [False]})

@@ -118,3 +118,12 @@ def effect_size(truth_tables: dict[str, pd.DataFrame], measured: dict[str, pd.Da
     p = float(mannwhitneyu(gm[high], gm[low], alternative="two-sided").pvalue)
     return {"planted_difference": planted, "found_difference": found,
             "found_over_planted": found / planted if planted else np.nan, "mann_whitney_p": p}
+
+
+def true_particle_tables(per_particle: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per sample, the truth's own particles as measured by the pipeline (``source`` = ``true`` rows of
+    :func:`compare_particles`) in the particle-table layout :func:`effect_size` reads."""
+    t = per_particle[per_particle.source == "true"]
+    return {s: pd.DataFrame({"label": g.label.to_numpy(), "detachment": g.detachment.to_numpy(),
+                             "touches_border": g.border_truth.to_numpy(bool)})
+            for s, g in t.groupby("sample", sort=False)}
