@@ -278,7 +278,7 @@ def empty_figure(message: str):
     return fig
 
 
-def validation_figure(per_particle, effect: dict | None = None):
+def validation_figure(per_particle, effect: dict | None = None, effect_true: dict | None = None):
     """Measured vs true per-particle detachment and crack surface per volume, for each particle source."""
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.8))
     colours = {"true": "#2e86c1", "pipeline": "#c0392b"}
@@ -298,6 +298,8 @@ def validation_figure(per_particle, effect: dict | None = None):
     if effect:
         title += (f"; 1C − C/10 detachment: planted {effect['planted_difference']:.3f}, found "
                   f"{effect['found_difference']:.3f} (p = {effect['mann_whitney_p']:.1e})")
+        if effect_true:
+            title += f", {effect_true['found_difference']:.3f} on true particles"
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -21,6 +21,5 @@ effects = {src: validation.effect_size(truth_tables, m, rates, exclude_border=sn
 rows = [{"sample": "all", "source": src, **e} for src, e in effects.items() if e]
 if rows:
     table = pd.concat([table, pd.DataFrame(rows)], ignore_index=True)
-effect = effects["pipeline"]
 io.write_csv(snakemake.output.table, table)
-io.save_figure(plots.validation_figure(per_particle, effect), snakemake.output.figure)
+io.save_figure(plots.validation_figure(per_particle, effects["pipeline"], effects["true"]), snakemake.output.figure)
