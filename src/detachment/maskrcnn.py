@@ -53,6 +53,9 @@ class ModelSettings:
     box_batch_size_per_image: int = 128
     box_positive_fraction: float = 0.5
     box_detections_per_img: int = 150
+    # RoIAlign samples per bin side (torchvision: 2). On a CPU the RoIAlign backward pass is single-threaded
+    # and a fifth of a training step at 2; 1 takes a quarter of the samples
+    roi_sampling_ratio: int = 2
     tile: int = 128
     image_mean: float = 0.0
     image_std: float = 1.0
@@ -88,6 +91,13 @@ class TrainSettings:
     min_visible_fraction: float = 0.5
     iou_threshold: float = 0.5
     max_iterations_per_epoch: int | None = None
+    # "bf16": forward passes under torch.autocast (bfloat16 matmuls and convolutions, float32 weights and
+    # optimiser); "fp32": none. Validation and inference always run in float32
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"train.precision: {self.precision!r} is not 'fp32' or 'bf16'")
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -109,6 +119,7 @@ def build_model(s: ModelSettings) -> nn.Module:
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
     from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
     from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
     # from scratch: trainable BatchNorm (frozen BN with random statistics would not normalise)
@@ -121,6 +132,8 @@ def build_model(s: ModelSettings) -> nn.Module:
     anchors = AnchorGenerator(sizes=tuple((a,) for a in s.anchor_sizes), aspect_ratios=((0.5, 1.0, 2.0),) * 5)
     return MaskRCNN(
         backbone, num_classes=None,
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, s.roi_sampling_ratio),
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 14, s.roi_sampling_ratio),
         box_head=TwoMLPHead(s.fpn_channels * 7 * 7, s.box_head_width),
         box_predictor=FastRCNNPredictor(s.box_head_width, len(CLASSES)),
         mask_head=MaskRCNNHeads(s.fpn_channels, (s.mask_head_width,) * 4, 1),
@@ -459,8 +472,9 @@ def train(tiles: np.ndarray, tile_masks: np.ndarray, val_images: np.ndarray, val
             idx = order[(i * t.batch_size) % n: (i * t.batch_size) % n + t.batch_size]
             imgs = [to_tensor(tiles[j]).to(device) for j in idx]
             tg = [{k: v.to(device) for k, v in make_target(tile_masks[j]).items()} for j in idx]
-            loss_dict = model(imgs, tg)
-            loss = sum(loss_dict.values())
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+                loss_dict = model(imgs, tg)
+            loss = sum(v.float() for v in loss_dict.values())
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite training loss at epoch {epoch}, iteration {i}: "
                                          f"{ {k: float(v) for k, v in loss_dict.items()} }")
