@@ -266,6 +266,42 @@ def test_a_2_5d_model_trains_on_three_channel_tiles(tmp_path):
     assert 0 <= result.log_rows[-1]["val_precision"] <= 1
 
 
+def test_bf16_training_with_one_roi_sample_learns_like_fp32_and_is_deterministic(tmp_path):
+    # the faster CPU settings (bf16 autocast, RoIAlign sampling ratio 1) still learn the disks, give the
+    # same weights on a rerun, and change nothing when left at their defaults
+    imgs, masks = disks(8)
+    fast = ModelSettings(**{**TINY.__dict__, "roi_sampling_ratio": 1})
+    t = TrainSettings(epochs=3, batch_size=2, lr_start=0.01, lr_end=0.001, warmup_iterations=2, device="cpu",
+                      threads=1, seed=0, max_iterations_per_epoch=4, precision="bf16")
+    runs = [train(imgs, masks, imgs[:2], masks[:2], fast, t, tmp_path / f"run{i}", "bf16", progress=False)
+            for i in range(2)]
+    model = runs[0][0]
+    assert model.roi_heads.box_roi_pool.sampling_ratio == 1 and model.roi_heads.mask_roi_pool.sampling_ratio == 1
+    losses = [r["train_loss"] for r in runs[0][1].log_rows]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0]
+    for a, b in zip(runs[0][0].state_dict().values(), runs[1][0].state_dict().values()):
+        assert torch.equal(a, b)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights float32
+    default = build_model(TINY)
+    assert default.roi_heads.box_roi_pool.sampling_ratio == 2  # torchvision's value
+
+
+def test_auto_precision_takes_bf16_only_where_the_device_runs_it_natively(monkeypatch):
+    import detachment.maskrcnn as mr
+
+    cpu = torch.device("cpu")
+    assert mr.training_dtype("fp32", cpu) == torch.float32 and mr.training_dtype("bf16", cpu) == torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(mr, "bf16_native", lambda device, native=native: native)
+        assert mr.training_dtype("auto", cpu) == expected
+        assert mr.training_dtype("fp32", cpu) == torch.float32  # forcing wins
+
+
+def test_bad_input_unknown_training_precision_is_refused():
+    with pytest.raises(ValueError, match="train.precision"):
+        TrainSettings(precision="fp16")
+
+
 def _pred(scores, masks):
     return {"scores": torch.tensor(scores, dtype=torch.float32),
             "masks": torch.from_numpy(np.stack(masks).astype(np.float32))[:, None]}

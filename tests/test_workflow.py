@@ -181,6 +181,7 @@ def test_imported_volume_runs_through_thresholding(tmp_path, layout):
     ("watershed", "iou_threshold", 1.5, "1.5 is greater than the maximum of 1"),
     ("link", "min_iou", 0, "0 is less than or equal to the minimum of 0"),
     ("train", "device", "tpu", "'tpu' does not match"),
+    ("train", "precision", "fp16", "'fp16' is not one of"),
     ("infer", "slabs", 0, "0 is less than the minimum of 1"),
     ("augment", "scale_range", [0.8], "is too short"),
 ])

@@ -92,12 +92,13 @@ class TrainSettings:
     iou_threshold: float = 0.5
     max_iterations_per_epoch: int | None = None
     # "bf16": forward passes under torch.autocast (bfloat16 matmuls and convolutions, float32 weights and
-    # optimiser); "fp32": none. Validation and inference always run in float32
+    # optimiser); "fp32": none; "auto": bf16 where the device runs it natively (see bf16_native).
+    # Validation and inference always run in float32
     precision: str = "fp32"
 
     def __post_init__(self):
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"train.precision: {self.precision!r} is not 'fp32' or 'bf16'")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"train.precision: {self.precision!r} is not 'auto', 'fp32' or 'bf16'")
 
 
 def select_device(requested: str = "auto") -> torch.device:
@@ -110,6 +111,24 @@ def select_device(requested: str = "auto") -> torch.device:
     if requested not in ("cpu",) and not requested.startswith("cuda"):
         raise ValueError(f"device: {requested!r} is not auto, cpu or cuda[:N]")
     return torch.device(requested)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU whose oneDNN
+    has bfloat16 kernels (AVX-512 or AMX). Elsewhere bfloat16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN
+        return False
+
+
+def training_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype of training forward passes for ``train.precision`` on ``device``."""
+    if precision == "bf16" or (precision == "auto" and bf16_native(device)):
+        return torch.bfloat16
+    return torch.float32
 
 
 def build_model(s: ModelSettings) -> nn.Module:
@@ -435,6 +454,8 @@ def train(tiles: np.ndarray, tile_masks: np.ndarray, val_images: np.ndarray, val
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(t.seed)
     model = build_model(m).to(device)
+    dtype = training_dtype(t.precision, device)
+    log.info("training on %s, forward passes in %s (train.precision %s)", device, dtype, t.precision)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=t.lr_start, momentum=t.momentum, weight_decay=t.weight_decay)
     n = len(tiles)
@@ -472,7 +493,7 @@ def train(tiles: np.ndarray, tile_masks: np.ndarray, val_images: np.ndarray, val
             idx = order[(i * t.batch_size) % n: (i * t.batch_size) % n + t.batch_size]
             imgs = [to_tensor(tiles[j]).to(device) for j in idx]
             tg = [{k: v.to(device) for k, v in make_target(tile_masks[j]).items()} for j in idx]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=t.precision == "bf16"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
                 loss_dict = model(imgs, tg)
             loss = sum(v.float() for v in loss_dict.values())
             if not torch.isfinite(loss):
