@@ -86,6 +86,9 @@ def test_cracks_are_as_wide_as_the_gaps_between_touching_particles(default_phant
     dist = ndimage.distance_transform_edt(crack)
     width = 2 * np.percentile(dist[crack], 90)
     assert 1.0 <= width <= 4.0
+    # nowhere wider than planted: a slab of width W (1.2 crack_width_vox in the core) holds no voxel more than
+    # W / 2 + sqrt(3) / 2 from its walls (the cracks once opened into wedges up to 8 voxels wide)
+    assert 2 * dist.max() <= 1.2 * ph.params.crack_width_vox + np.sqrt(3)
     # separated contacts: background voxels with two different particles as 6-neighbours
     lab = ph.labels.astype(np.int64)
     lo = ndimage.grey_erosion(np.where(lab > 0, lab, 1 << 40), footprint=ndimage.generate_binary_structure(3, 1))

@@ -350,6 +350,12 @@ def _cracks(labels, parts, p: PhantomParams, rng) -> np.ndarray:
         order = np.argsort(dist, axis=1)[:, :2]
         d1 = np.take_along_axis(dist, order[:, :1], 1)[:, 0]
         d2 = np.take_along_axis(dist, order[:, 1:2], 1)[:, 0]
+        # distance to the bisector plane of the two nearest seeds, (d2² - d1²) / (2 |s2 - s1|). (d2 - d1 is
+        # not: its level sets are hyperboloids that open into wedges of half-angle arcsin(w / |s2 - s1|),
+        # which made the cracks 17 % of the particle volume on average and up to half of it, with void
+        # caps no image could tell from electrolyte)
+        sep = np.linalg.norm(seeds[order[:, 0]] - seeds[order[:, 1]], axis=-1)
+        plane = (d2 ** 2 - d1 ** 2) / (2 * np.maximum(sep, 1e-6))
         # per boundary: cracked or not, and how far out it runs
         pair_crack = rng.random((n_grains, n_grains)) < p.crack_density
         pair_reach = np.where(rng.random((n_grains, n_grains)) < p.crack_reach_surface_probability,
@@ -357,7 +363,7 @@ def _cracks(labels, parts, p: PhantomParams, rng) -> np.ndarray:
         a, b = np.minimum(order[:, 0], order[:, 1]), np.maximum(order[:, 0], order[:, 1])
         rho = np.linalg.norm(d, axis=-1) / r
         w = p.crack_width_vox * (1.2 - 0.4 * np.clip(rho, 0, 1))  # wider in the core
-        on = pair_crack[a, b] & (d2 - d1 < w) & (rho < pair_reach[a, b])
+        on = pair_crack[a, b] & (plane < w / 2) & (rho < pair_reach[a, b])
         sub = cracks[sl]
         sub[mask] = on
     return cracks
