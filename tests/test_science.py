@@ -372,6 +372,29 @@ def test_refined_envelope_takes_back_cracks_where_the_mask_falls_short_but_not_a
     assert (crack & ~without).sum() >= 3 * (crack & ~env).sum()  # what the rule adds
 
 
+def test_refined_envelope_takes_a_blurred_crack_mouth_but_not_the_cbd_coating():
+    from detachment.particles import refine_envelope
+
+    zz, yy, xx = np.indices((28, 28, 28))
+    b = (zz - 14) ** 2 + (yy - 14) ** 2 + (xx - 14) ** 2 <= 64
+    phases = np.where(b, NMC_LOW, VOID).astype(np.uint8)
+    coat = ndimage.binary_dilation(b, iterations=2) & ~b
+    phases[coat] = CBD  # the particle is coated by CBD all round
+    crack = b & (zz == 14) & (xx >= 14)  # one voxel thick, from the centre out through +x
+    # a thin crack is blurred into CBD's grey range where it opens at the surface (its outer 2 voxels)
+    rim = crack & ~ndimage.binary_erosion(b, iterations=2)
+    phases[crack & ~rim] = VOID
+    phases[rim] = CBD
+    mask = ndimage.binary_erosion(b, iterations=1)  # the segmentation, a voxel short all round
+    env = refine_envelope(mask, np.zeros_like(b), phases)
+    without = refine_envelope(mask, np.zeros_like(b), phases, crack_mouths=False)
+    assert rim.sum() >= 8
+    assert (rim & ~without).sum() >= 0.5 * rim.sum()  # a CBD-grey mouth is not a crack to the void rule
+    assert (rim & ~env).sum() <= 0.25 * (rim & ~without).sum()
+    assert not (env & coat).any()  # the CBD coating is one-sided: not taken
+    assert (crack & ~rim & ~env).sum() == 0
+
+
 def test_an_empty_particle_table_has_every_column_of_a_full_one(tmp_path):
     from detachment.particles import COLUMNS
 

@@ -82,17 +82,18 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         function: a thin electrolyte gap beside bright NMC is blurred up into CBD's grey range and
         would read as attached. With ``probe`` > 1 the face is electrolyte (void) when the face
         neighbour or the voxel ``probe`` out is void: contact needs no electrolyte gap in between
-        (measured with true envelopes on the default phantoms, detachment MAE 0.050 / 0.022 with the
-        far voxel alone, 0.043 / 0.018 with this rule). Otherwise the class is read at the far voxel
+        (the workflow's default is 1 with a fitted grey level instead, which reads the gap on the face
+        neighbour itself: see :mod:`detachment.contact_level`). Otherwise the class is read at the far voxel
         (the neighbour itself when the far voxel is back inside the same particle); another particle
         at either depth counts as particle contact; clipped at the volume border.
 
     intensity, gap_level : optional grey levels (same grid) and a level: a face whose neighbour is
         background is electrolyte also where the darker of the voxels read (the neighbour and the one
-        ``probe`` out) is below ``gap_level``. A one-voxel gap beside bright NMC is lifted by the blur
-        above the volume's void/CBD threshold, which is placed low because void is the most common
-        phase; at a particle's surface the two are about equally likely, so the midpoint of the void and
-        CBD grey levels is the fairer cut (see :func:`detachment.particles.gap_level`).
+        ``probe`` out) is below ``gap_level``. A thin gap beside bright NMC is lifted by the blur above
+        the volume's void/CBD threshold, which is placed low because void is the most common phase; the
+        workflow's level is fitted to the grey levels just outside the particles
+        (:mod:`detachment.contact_level`), with the void/CBD midpoint
+        (:func:`detachment.particles.gap_level`) as the fallback.
 
     Background voxels whose phase is NMC (solid not assigned to any instance)
     count as ``particle`` contact: the face touches solid, not electrolyte.

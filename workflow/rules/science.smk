@@ -1,17 +1,41 @@
 # The paper's science: per-particle table, crack damage profile, electron diffusion length, statistics.
 
 
-rule particles_part:
+rule contact_level:
     input:
         particles=rules.link_slices.output.particles,
         links=rules.link_slices.output.links,
         phases=rules.threshold_phases.output.phases,
         volume="results/{sample}/volume.h5",
     output:
+        "results/{sample}/contact_level.csv",
+    log:
+        "logs/contact_level/{sample}.log",
+    benchmark:
+        "benchmarks/out/contact_level/{sample}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/core.yaml"
+    script:
+        "../scripts/contact_level.py"
+
+
+rule particles_part:
+    input:
+        particles=rules.link_slices.output.particles,
+        links=rules.link_slices.output.links,
+        phases=rules.threshold_phases.output.phases,
+        volume="results/{sample}/volume.h5",
+        contact_level=rules.contact_level.output[0],
+    output:
         temp("results/{sample}/parts/particles_{scatteritem}.csv"),
     params:
         probe=config["science"]["contact_probe_vox"],
         gap_from_intensity=config["science"]["contact_gap_from_intensity"],
+        contact_level=config["science"]["contact_level"],
     log:
         "logs/particles/{sample}/{scatteritem}.log",
     benchmark:
@@ -168,11 +192,13 @@ rule validate_science:
         table=rules.particles.output[0],
         phases=rules.threshold_phases.output.phases,
         volume="results/{sample}/volume.h5",
+        contact_level=rules.contact_level.output[0],
     output:
         "results/{sample}/science_eval.csv",
     params:
         probe=config["science"]["contact_probe_vox"],
         gap_from_intensity=config["science"]["contact_gap_from_intensity"],
+        contact_level=config["science"]["contact_level"],
     wildcard_constraints:
         sample=sample_regex(PHANTOM_SAMPLES),
     log:

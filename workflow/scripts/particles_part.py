@@ -3,6 +3,7 @@
 import pandas as pd
 
 from detachment import io
+from detachment.contact_level import ContactLevel
 from detachment.logs import log_to
 from detachment.particles import particle_table_from_files
 
@@ -10,5 +11,7 @@ log_to(snakemake.log[0])
 links = io.part_rows(pd.read_csv(snakemake.input.links), snakemake.wildcards.scatteritem)
 table = particle_table_from_files(snakemake.input.particles, snakemake.input.phases, snakemake.input.volume, links,
                                   probe=snakemake.params.probe,
-                                  gap_from_intensity=snakemake.params.gap_from_intensity)
+                                  gap_from_intensity=snakemake.params.gap_from_intensity,
+                                  contact_level=ContactLevel.read_csv(snakemake.input.contact_level).level
+                                  if snakemake.params.contact_level == "fit" else None)
 io.write_csv(snakemake.output[0], table)

@@ -4,6 +4,7 @@ import h5py
 import pandas as pd
 
 from detachment import io, validation
+from detachment.contact_level import ContactLevel
 from detachment.logs import log_to
 from detachment.particles import particle_table_from_files
 
@@ -13,10 +14,13 @@ with h5py.File(snakemake.input.truth, "r") as f:
     truth = f["labels"][...]
 with h5py.File(snakemake.input.particles, "r") as f:
     pred = f["labels"][...]
-# the truth's own envelopes measured on the pipeline's phase map (no envelope refinement: they are exact)
+# the truth's own envelopes measured on the pipeline's phase map (no envelope refinement: they are exact), at
+# the contact level fitted on the pipeline's particles (a property of the volume, not of the envelopes)
 true_measured = particle_table_from_files(snakemake.input.truth, snakemake.input.phases, snakemake.input.volume,
                                           validation.links_from_labels(truth), probe=snakemake.params.probe,
                                           gap_from_intensity=snakemake.params.gap_from_intensity,
+                                          contact_level=ContactLevel.read_csv(snakemake.input.contact_level).level
+                                          if snakemake.params.contact_level == "fit" else None,
                                           refine=False)
 pipeline = pd.read_csv(snakemake.input.table)
 pairs = validation.matched_particles(truth, pred)
