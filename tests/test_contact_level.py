@@ -91,12 +91,18 @@ def test_fitted_level_reads_a_blurred_gap_that_the_void_cbd_midpoint_misses():
 
 
 @pytest.mark.parametrize("content", ["level,fitted\n", "level,fitted\n0.2,True\n0.3,True\n", "level,fitted\nnan,True\n",
-                                     "fitted\nTrue\n"])
+                                     "fitted\nTrue\n", "level,fitted\n0.2,maybe\n"])
 def test_bad_input_contact_level_table_is_refused_naming_the_file(tmp_path, content):
     path = tmp_path / "contact_level.csv"
     path.write_text(content)
     with pytest.raises(ValueError, match="contact_level.csv"):
         ContactLevel.read_csv(path)
+
+
+def test_an_unfitted_level_may_be_missing_and_then_contacts_come_from_phases(tmp_path):
+    (tmp_path / "c.csv").write_text("level,fitted,n_faces\nnan,False,0\n")
+    back = ContactLevel.read_csv(tmp_path / "c.csv")
+    assert not back.fitted and np.isnan(back.level)
 
 
 def test_contact_level_table_round_trips(tmp_path):

@@ -48,11 +48,16 @@ class ContactLevel:
 
     @classmethod
     def read_csv(cls, path) -> ContactLevel:
-        """From a one-row table written by :meth:`to_frame`; ``ValueError`` naming the file otherwise."""
+        """From a one-row table written by :meth:`to_frame`; ``ValueError`` naming the file otherwise. The
+        level may be NaN only where it was not fitted (no grey levels to fall back on: phases only)."""
         t = pd.read_csv(path)
-        missing = {"level", "fitted"} - set(t.columns)
-        if len(t) != 1 or missing or not np.isfinite(float(t.level.iloc[0])):
-            raise ValueError(f"{path}: expected one row with a finite 'level' and 'fitted' (missing {sorted(missing)})")
+        missing = sorted({"level", "fitted"} - set(t.columns))
+        if len(t) != 1 or missing:
+            raise ValueError(f"{path}: expected one row with columns 'level' and 'fitted' (missing {missing}, "
+                             f"{len(t)} rows)")
+        if t.fitted.iloc[0] not in (True, False) or \
+                not (np.isfinite(float(t.level.iloc[0])) or not bool(t.fitted.iloc[0])):
+            raise ValueError(f"{path}: 'fitted' must be True or False and a fitted 'level' finite")
         row = t.iloc[0].to_dict()
         names = set(cls.__dataclass_fields__)
         row = {k: v for k, v in row.items() if k in names}

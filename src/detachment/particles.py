@@ -19,7 +19,7 @@ Definitions
   they cross). Detachment MAE with true envelopes on the default phantoms
   (1C / C/10): phase only 0.27 / 0.12; void/CBD midpoint 0.20 / 0.09, and
   read also 2 voxels out 0.028 / 0.012 (biased low: gap edges read as CBD);
-  the fitted level on the face neighbour 0.010 / 0.010.
+  the fitted level on the face neighbour 0.010 / 0.009.
 * Contact areas (µm²) are face areas times 2/3: a voxelised surface of
   isotropically distributed orientation has 3/2 times the true area in faces
   (mean of |n_x| + |n_y| + |n_z| over the sphere), the staircase bias.
@@ -182,7 +182,7 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
     Measured on the default phantoms, pipeline particles (detachment MAE 1C / C/10), with the earlier
     phantom whose cracks were wedges: core 0.084 / 0.080 -> 0.070 / 0.074; crack network 0.072 / 0.069
     -> 0.075 / 0.045; falling-short rule 0.061 / 0.054 -> 0.059 / 0.049. With the slab cracks and the
-    fitted contact level, crack mouths: 0.030 / 0.041 -> 0.030 / 0.026, crack surface per volume (error
+    fitted contact level, crack mouths: 0.030 / 0.041 -> 0.030 / 0.025, crack surface per volume (error
     of the mean) -6 % / -6 % -> -1 % / -0.5 %; all CBD voxels between solid, not only those touching a
     pore, gave 0.031 / 0.026 but +5 % (half of them lay outside the true particle). Falls back to the mask
     when the region holds no solid.
@@ -237,7 +237,7 @@ def _collector_top_from_file(dp, n_slices: int) -> int:
 
 
 def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bool, progress: bool, desc: str):
-    """Per particle row of ``links``: (row, crop offset, crop slices, envelope, other particles, phases, grey).
+    """Per particle row of ``links``: (row, crop origin (z, y, x), envelope, other particles, phases, grey).
 
     Crops are the particle's bounding box plus ``pad`` voxels of context, read from the open datasets."""
     from tqdm import tqdm
@@ -257,7 +257,8 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
                              progress: bool = True, refine: bool = True):
     """:func:`detachment.contact_level.fit_contact_level` over the face neighbours of every particle in
     ``links`` (envelopes as :func:`particle_table_from_files` builds them); falls back to
-    :func:`gap_level` of the phase file (``None`` when it has no grey levels and nothing can be fitted)."""
+    :func:`gap_level` of the phase file (level NaN, ``fitted`` False, when it has no grey levels and
+    nothing can be fitted: contacts are then read from the phases only)."""
     import h5py
 
     from . import io
