@@ -258,7 +258,10 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     """:func:`detachment.contact_level.fit_contact_level` over the face neighbours of every particle in
     ``links`` (envelopes as :func:`particle_table_from_files` builds them); falls back to
     :func:`gap_level` of the phase file (level NaN, ``fitted`` False, when it has no grey levels and
-    nothing can be fitted: contacts are then read from the phases only)."""
+    nothing can be fitted: contacts are then read from the phases only).
+
+    Returns ``(fit, values, midpoint)``: the fit, the grey levels it was fitted to, the void/CBD midpoint
+    (``None`` without grey levels in the phase file)."""
     import h5py
 
     from . import io
@@ -275,8 +278,10 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     values = np.concatenate(values) if values else np.zeros(0)
     if midpoint is None:
         fit = fit_contact_level(values, np.nan)
-        return fit if fit.fitted else ContactLevel(float("nan"), False, n_faces=fit.n_faces)
-    return fit_contact_level(values, midpoint)
+        if not fit.fitted:
+            fit = ContactLevel(float("nan"), False, n_faces=fit.n_faces)
+        return fit, values, None
+    return fit_contact_level(values, midpoint), values, midpoint
 
 
 def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,

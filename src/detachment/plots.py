@@ -351,3 +351,27 @@ def second_map_figure(panels: list[dict]):
         ax[i, 2].set_ylabel(f"particle mean {p['quantity']}")
     fig.tight_layout()
     return fig
+
+
+def contact_level_figure(values, fit, midpoint: float | None = None, title: str = ""):
+    """Grey levels just outside the particles (histogram, density), the two fitted Gaussians (gap, CBD),
+    the contact level used and the void/CBD midpoint of the phase model."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    values = np.asarray(values, float)
+    if values.size:
+        ax.hist(values, bins=120, density=True, color="0.7", label=f"face neighbours (n={values.size})")
+    if fit.fitted:
+        x = np.linspace(np.nanmin(values), np.nanmax(values), 400)
+        for name, mu, sd, w in (("gap", fit.gap_mean, fit.gap_sigma, fit.gap_weight),
+                                ("CBD", fit.cbd_mean, fit.cbd_sigma, fit.cbd_weight)):
+            ax.plot(x, w * np.exp(-0.5 * ((x - mu) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)),
+                    color=PHASE_COLOURS["void" if name == "gap" else "cbd"], label=f"{name} {mu:.3f} ± {sd:.3f}")
+    if np.isfinite(fit.level):
+        ax.axvline(fit.level, color="k", label=f"contact level {fit.level:.3f} ({'fitted' if fit.fitted else 'fallback'})")
+    if midpoint is not None:
+        ax.axvline(midpoint, color="k", ls=":", label=f"void/CBD midpoint {midpoint:.3f}")
+    ax.set_xlabel("grey level across a surface face (background voxels)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return fig

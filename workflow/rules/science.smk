@@ -8,7 +8,13 @@ rule contact_level:
         phases=rules.threshold_phases.output.phases,
         volume="results/{sample}/volume.h5",
     output:
-        "results/{sample}/contact_level.csv",
+        table="results/{sample}/contact_level.csv",
+        figure=report(
+            "results/{sample}/contact_level.png",
+            caption="../report/contact_level.rst",
+            category="Science",
+            labels={"sample": "{sample}"},
+        ),
     log:
         "logs/contact_level/{sample}.log",
     benchmark:
@@ -29,7 +35,7 @@ rule particles_part:
         links=rules.link_slices.output.links,
         phases=rules.threshold_phases.output.phases,
         volume="results/{sample}/volume.h5",
-        contact_level=rules.contact_level.output[0],
+        contact_level=rules.contact_level.output.table,
     output:
         temp("results/{sample}/parts/particles_{scatteritem}.csv"),
     params:
@@ -192,7 +198,7 @@ rule validate_science:
         table=rules.particles.output[0],
         phases=rules.threshold_phases.output.phases,
         volume="results/{sample}/volume.h5",
-        contact_level=rules.contact_level.output[0],
+        contact_level=rules.contact_level.output.table,
     output:
         "results/{sample}/science_eval.csv",
     params:
