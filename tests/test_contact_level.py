@@ -11,10 +11,10 @@ from detachment.phases import CBD, NMC_LOW, VOID
 from detachment.surface import surface_contacts
 
 
-def test_fit_recovers_a_known_mixture_and_cuts_where_the_weighted_densities_cross():
+@pytest.mark.parametrize("n", [40000, 300000])  # the larger is fitted on a subset
+def test_fit_recovers_a_known_mixture_and_cuts_where_the_weighted_densities_cross(n):
     rng = np.random.default_rng(0)
     w, mu, sd = (0.3, 0.7), (0.14, 0.37), (0.06, 0.045)
-    n = 40000
     k = rng.random(n) < w[0]
     x = np.where(k, rng.normal(mu[0], sd[0], n), rng.normal(mu[1], sd[1], n))
     fit = fit_contact_level(x, fallback=0.15)
