@@ -75,8 +75,9 @@ def test_fitted_level_reads_a_blurred_gap_that_the_void_cbd_midpoint_misses():
     phases[detached_shell] = VOID
     labels = ball.astype(np.uint32)
     truth = surface_contacts(labels, phases, probe=1).detachment[1]
-    levels = {VOID: 0.0, CBD: 0.3, NMC_LOW: 0.72}
-    sharp = np.choose(np.searchsorted([VOID, CBD, NMC_LOW], phases), [levels[VOID], levels[CBD], levels[NMC_LOW]])
+    grey_of_phase = np.zeros(256, np.float32)
+    grey_of_phase[[VOID, CBD, NMC_LOW]] = 0.0, 0.3, 0.72
+    sharp = grey_of_phase[phases]
     rng = np.random.default_rng(3)
     grey = (ndimage.gaussian_filter(sharp.astype(np.float32), 0.5) + rng.normal(0, 0.02, shape)).astype(np.float32)
     # the phase map a volume-wide threshold gives (void/CBD cut low, void being the commonest phase)

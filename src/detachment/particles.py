@@ -265,7 +265,7 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     import h5py
 
     from . import io
-    from .contact_level import ContactLevel, face_neighbour_levels, fit_contact_level
+    from .contact_level import face_neighbour_levels, fit_contact_level
 
     shape, _ = io.read_volume_info(volume_path)
     values = []
@@ -276,12 +276,7 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
                                                           "contact level"):
             values.append(face_neighbour_levels(env, others, ph, grey))
     values = np.concatenate(values) if values else np.zeros(0)
-    if midpoint is None:
-        fit = fit_contact_level(values, np.nan)
-        if not fit.fitted:
-            fit = ContactLevel(float("nan"), False, n_faces=fit.n_faces)
-        return fit, values, None
-    return fit_contact_level(values, midpoint), values, midpoint
+    return fit_contact_level(values, np.nan if midpoint is None else midpoint), values, midpoint
 
 
 def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
