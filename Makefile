@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: run test lint bench clean-results
+.PHONY: run test validate lint bench clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+
+# out-of-sample validation on every phantom preset (reuses the default run's model; ~see docs/results.md)
+validate: $(STAMP)
+	$(BIN)/snakemake --cores $(CORES) --configfile config/validate.yaml -- results/validation/robustness.csv
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -24,6 +24,7 @@ include: "workflow/rules/compare.smk"
 include: "workflow/rules/link.smk"
 include: "workflow/rules/science.smk"
 include: "workflow/rules/second_map.smk"
+include: "workflow/rules/validation.smk"
 
 
 rule all:

@@ -429,3 +429,35 @@ def test_streamed_diffusion_uses_the_refined_envelope_of_the_particle_table(tmp_
     exact, _ = particle_diffusion(b, phases, (1, 1, 1))
     assert refined.mean_um.iloc[0] == pytest.approx(exact.mean_um, rel=1e-9)
     assert raw.mean_um.iloc[0] != pytest.approx(exact.mean_um, rel=1e-3)
+
+
+def test_cell_level_test_against_hand_computed_values():
+    from detachment.stats import cell_level_test
+
+    cells = pd.DataFrame({"cell": list("abcdef"), "c_rate": ["1C"] * 3 + ["C/10"] * 3,
+                          "mean": [4.0, 5.0, 6.0, 1.0, 2.0, 3.0]})
+    t = cell_level_test(cells).set_index("c_rate")
+    assert t.loc["C/10", "n_cells"] == 3 and t.loc["C/10", "cell_mean"] == pytest.approx(2.0)
+    # Welch: t = 3 / sqrt(1/3 + 1/3) = 3.674 with 4 degrees of freedom
+    assert t.loc["C/10", "welch_p_cells_vs_1C"] == pytest.approx(2 * stats.t.sf(3 / np.sqrt(2 / 3), 4))
+    # of the 20 ways to pick three of six cells, 2 separate the means by 3 or more
+    assert t.loc["C/10", "permutation_p_cells_vs_1C"] == pytest.approx(2 / 20)
+    assert np.isnan(t.loc["1C", "welch_p_cells_vs_1C"])
+
+
+def test_particles_of_two_cells_separate_volumes_not_rates():
+    """Pseudo-replication: two cells per rate whose means scatter as much within a rate as between rates.
+    Particles (the units of Mann–Whitney) look overwhelmingly different; cells do not."""
+    from detachment.stats import by_cell, cell_level_test
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for cell, rate, mean in (("a", "1C", 0.45), ("b", "1C", 0.25), ("c", "C/10", 0.35), ("d", "C/10", 0.15)):
+        rows.append(pd.DataFrame({"cell": cell, "c_rate": rate, "detachment": rng.normal(mean, 0.05, 200)}))
+    particles = pd.concat(rows, ignore_index=True)
+    assert by_group(particles).iloc[1]["mannwhitney_p_vs_1C"] < 1e-10
+    cells = by_cell(particles)
+    assert list(cells.n) == [200] * 4
+    t = cell_level_test(cells).set_index("c_rate")
+    assert t.loc["C/10", "permutation_p_cells_vs_1C"] >= 1 / 3
+    assert t.loc["C/10", "welch_p_cells_vs_1C"] > 0.05

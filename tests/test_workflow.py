@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import h5py
@@ -188,3 +189,60 @@ def test_imported_volume_runs_through_thresholding(tmp_path, layout):
 def test_bad_input_config_out_of_range(tmp_path, section, key, value, expected):
     out = _config_error(tmp_path, lambda c, w: c[section].update({key: value}))
     assert expected in out and key in out
+
+
+#: Rules that may read a phantom's truth: generating it (its second map), the labelled cells' training labels
+#: (annotations, as a user's hand labels), and evaluation against it. Nothing that measures may.
+TRUTH_READERS = {"phantom_second_map", "annotations", "evaluate_linking", "validate_science", "evaluate_sample",
+                 "summarize_science_validation", "robustness"}
+
+
+def _dag_inputs(workdir) -> dict[str, set[str]]:
+    """Per rule, every input file of its jobs in the whole DAG (from a dry run's job listing)."""
+    r = run_snakemake(workdir, "-n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out: dict[str, set[str]] = {}
+    rule = None
+    for line in (r.stdout + r.stderr).splitlines():
+        head = re.match(r"^(?:local)?rule (\w+):", line)
+        if head:
+            rule = head.group(1)
+            out.setdefault(rule, set())
+        elif rule and line.strip().startswith("input:"):
+            out[rule].update(f.strip() for f in line.split(":", 1)[1].split(","))
+    return out
+
+
+def test_only_evaluation_rules_read_the_truth_and_unseen_cells_never_reach_training(tiny_workdir):
+    sheet = pd.read_csv(tiny_workdir / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    unseen = set(sheet[sheet.labels == ""]["sample"])
+    assert unseen, "the default sheet has unseen evaluation cells"
+    inputs = _dag_inputs(tiny_workdir)
+    readers = {rule for rule, files in inputs.items() if any("/truth" in f for f in files)}
+    assert readers and readers <= TRUTH_READERS, readers - TRUTH_READERS
+    # the training labels are the labelled cells' only; unseen cells reach no training step in any form
+    for rule in ("annotations", "augment", "train", "tune_watershed"):
+        assert not any(f"results/{s}/" in f for f in inputs.get(rule, ()) for s in unseen), rule
+    assert inputs["augment"] == {"results/annotations/train.h5"}
+    assert "results/annotations/test.h5" not in inputs["train"]
+
+
+def test_no_test_slice_and_no_unseen_cell_reaches_training(finished_run):
+    from detachment.annotations import read_split
+
+    splits = {name: read_split(finished_run / "results" / "annotations" / f"{name}.h5")
+              for name in ("train", "val", "test")}
+    sheet = pd.read_csv(finished_run / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    unseen = set(sheet[sheet.labels == ""]["sample"])
+    test = {(s, int(z)) for s, z in zip(splits["test"][2], splits["test"][3])}
+    margin = yaml.safe_load((finished_run / "config.yaml").read_text())["annotations"]["margin_slices"]
+    for name in ("train", "val"):
+        for s, z in zip(splits[name][2], splits[name][3]):
+            assert s not in unseen
+            assert all(not (s == ts and abs(int(z) - tz) <= margin) for ts, tz in test), (name, s, z)
+    assert not unseen & set(splits["test"][2])
+    # every phantom cell is scored, the unseen ones as out-of-sample
+    table = pd.read_csv(finished_run / "results" / "validation" / "robustness_default.csv")
+    split_of = dict(zip(table["sample"], table["split"]))
+    assert {s for s in unseen} <= set(split_of) and all(split_of[s] == "out_of_sample" for s in unseen)
+    assert all(split_of[s] == "in_sample" for s in sheet["sample"] if s not in unseen)

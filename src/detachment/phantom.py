@@ -9,7 +9,8 @@ particle has
   true contact or across a one-voxel gap (as wide as the cracks);
 * a planted detached fraction of its surface: a patch facing mostly away from
   the collector, separated from the CBD by a thin electrolyte gap; the rest of
-  the surface is coated by CBD (or rests on Al);
+  the surface is coated by CBD (or rests on Al), or, for a share of the
+  particles (``coating_probability``), touches the porous CBD matrix bare;
 * an intergranular crack network: grain boundaries of a Voronoi tessellation
   whose seeds lie on a shell, so cracks radiate from the core, wider in the
   core; some reach the surface and cut the outline;
@@ -19,6 +20,11 @@ particle has
 Optionally (``valence_density_correlation`` not ``None``) a co-registered
 second map, the Ni valence state per voxel of NMC solid (Supp. Fig. 7), with a
 planted Pearson correlation to the grey level: :func:`valence_map`.
+
+The truth (:func:`truth_table`) is measured on the planted geometry with
+:mod:`detachment.truth` (mesh areas), which shares no code with the pipeline's
+face-counting estimator. Named presets spanning what real tomograms show are in
+:mod:`detachment.presets`.
 
 The grey levels follow Supp. Fig. 8: each phase has a mean and a FWHM (the
 FWHM is planted exactly in the interior voxels: white measurement noise common
@@ -40,12 +46,14 @@ from scipy import ndimage
 
 from .phases import AL, CBD, FWHM_PER_SIGMA, NMC_HIGH, NMC_LOW, PHASE_NAMES, VOID
 from .surface import crack_faces, surface_contacts
+from .truth import mesh_contacts
 
 log = logging.getLogger(__name__)
 
 VALENCE_KEYS = ("valence_density_correlation", "valence_mean", "valence_std")
 VALENCE_RANGE = (2.0, 4.0)  # Ni2+ .. Ni4+: the planted map is clipped to it
 VALENCE_STREAM = 0x5EC0DE  # mixed with the phantom seed: the map has its own random stream
+COATING_STREAM = 0xC0A7ED  # own stream: drawing coats leaves every other draw of a seed unchanged
 
 
 @dataclass
@@ -71,6 +79,7 @@ class PhantomParams:
     detachment_concentration: float = 6.0
     gap_width_vox: float = 2.0
     coating_width_vox: float = 2.0
+    coating_probability: float = 1.0  # share of particles whose attached surface is CBD-coated; others bare
     cbd_height_fraction: float = 0.75
     cbd_porosity: float = 0.3
     crack_grains: int = 10
@@ -117,9 +126,11 @@ class PhantomParams:
             bad("diameter_min_um", f"<= diameter_max_um ({self.diameter_max_um})")
         for name in ("contact_fraction", "contact_gap_probability", "detachment_mean", "cbd_porosity",
                      "crack_density", "crack_reach_surface_probability", "high_fraction_mean",
-                     "cbd_height_fraction"):
+                     "coating_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 bad(name, "a fraction in [0, 1]")
+        if not 0 <= self.cbd_height_fraction <= 2:
+            bad("cbd_height_fraction", "the CBD's mean height above the collector in median diameters, in [0, 2]")
         if set(self.intensity) != set(PHASE_NAMES.values()):
             bad("intensity", f"one grey level for each of {sorted(PHASE_NAMES.values())}")
         if set(self.fwhm) != set(PHASE_NAMES.values()) or min(self.fwhm.values()) <= 0:
@@ -296,8 +307,11 @@ def _surface_directions(mask: np.ndarray, c_local: np.ndarray):
     return surf, idx, _unit(idx - c_local + 1e-6)
 
 
-def _matrix_and_shells(labels, parts, p: PhantomParams, rng) -> np.ndarray:
-    """Phases outside the particles: porous CBD matrix, electrolyte above, coating and detachment gaps."""
+def _matrix_and_shells(labels, parts, p: PhantomParams, rng, coated: np.ndarray) -> np.ndarray:
+    """Phases outside the particles: porous CBD matrix, electrolyte above, coating and detachment gaps.
+
+    ``coated[i]``: particle i + 1's attached surface gets a CBD coat; otherwise it touches whatever the
+    matrix holds there (porous CBD, or electrolyte above the CBD)."""
     Z, Y, X = labels.shape
     top = p.collector_thickness_vox
     phases = np.full(labels.shape, VOID, np.uint8)
@@ -328,7 +342,8 @@ def _matrix_and_shells(labels, parts, p: PhantomParams, rng) -> np.ndarray:
         sub = phases[sl]
         gap = outside & near_det & (dist <= p.gap_width_vox)
         coat = outside & ~near_det & (dist <= p.coating_width_vox)
-        sub[coat] = CBD
+        if coated[part.label - 1]:
+            sub[coat] = CBD
         sub[gap] = VOID
     phases[:top] = AL
     return phases
@@ -408,11 +423,19 @@ def render_intensity(phases: np.ndarray, p: PhantomParams, rng) -> tuple[np.ndar
     return vol.astype(np.float32), planted
 
 
-def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], voxel_size_um) -> pd.DataFrame:
-    """Per-particle ground truth by the DESIGN.md definitions (face-counted contacts)."""
+def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], voxel_size_um,
+                coated: np.ndarray | None = None) -> pd.DataFrame:
+    """Per-particle ground truth measured on the planted geometry.
+
+    ``detachment`` and the ``contact_*_um2`` areas come from :func:`detachment.truth.mesh_contacts`
+    (envelope mesh areas, independent of the pipeline's estimator); ``detachment_voxel_faces`` is the
+    pipeline's face-counting definition applied to the planted phases, kept to show that estimator's bias;
+    ``detachment_planted`` is the share of surface voxels the generator put in the detached patch.
+    """
     n = len(parts)
     vs = np.asarray(voxel_size_um, float)
-    contacts = surface_contacts(labels, phases, vs, n_labels=n)
+    contacts = mesh_contacts(labels, phases, vs, n_labels=n)
+    faces = surface_contacts(labels, phases, vs, n_labels=n)
     crack_area = crack_faces(labels, phases, vs, n_labels=n)
     idx = np.arange(1, n + 1)
     vox = ndimage.sum_labels(np.ones(labels.shape, np.int64), labels, idx)
@@ -431,8 +454,9 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     df = pd.DataFrame({
         "label": idx,
         "detachment": contacts.detachment[1:],
-        "detachment_std": contacts.detachment_std[1:],
+        "detachment_voxel_faces": faces.detachment[1:],
         "detachment_planted": [q.detachment_planted for q in parts],
+        "coated": coated if coated is not None else True,
         "volume_um3": volume_um3,
         "diameter_um": np.cbrt(6 * volume_um3 / np.pi),
         "diameter_planted_um": [2 * q.radius_vox * vs[1] for q in parts],
@@ -456,14 +480,15 @@ def generate_phantom(params: PhantomParams, seed: int) -> Phantom:
     parts = _place_particles(params, rng)
     labels = _draw_envelopes(parts, shape, params, rng)
     n_gaps = _open_contact_gaps(labels, _contact_pairs(labels), params.contact_gap_probability, rng)
-    phases = _matrix_and_shells(labels, parts, params, rng)
+    coated = np.random.default_rng([int(seed), COATING_STREAM]).random(len(parts)) < params.coating_probability
+    phases = _matrix_and_shells(labels, parts, params, rng, coated)
     inside = labels > 0
     high = _density_domains(labels, parts, params, rng)
     phases[inside] = np.where(high[inside], NMC_HIGH, NMC_LOW)
     cracks = _cracks(labels, parts, params, rng)
     phases[cracks] = VOID
     volume, planted = render_intensity(phases, params, rng)
-    table = truth_table(labels, phases, parts, (params.voxel_size_um,) * 3)
+    table = truth_table(labels, phases, parts, (params.voxel_size_um,) * 3, coated)
     log.info("phantom seed %d: %d particles, %d separated contacts, detachment %.3f ± %.3f", seed,
              len(table), n_gaps, table.detachment.mean(), table.detachment.std())
     return Phantom(volume, labels, phases, table, planted, params, seed)

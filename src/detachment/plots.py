@@ -375,3 +375,45 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
     ax.legend(fontsize=8)
     ax.set_title(title)
     return fig
+
+
+#: Goals drawn on the robustness figure: (metric, value, higher is better).
+ROBUSTNESS_GOALS = {"phase_accuracy": 0.97, "cnn_precision": 0.9, "cnn_sensitivity": 0.85, "recovery_3d": 0.95,
+                    "split_merge_3d": 0.03, "detachment_mae": 0.03, "detachment_bias": (-0.02, 0.02),
+                    "effect_found_over_planted": (0.85, 1.15)}
+
+
+def robustness_figure(table, metrics=None):
+    """Each headline metric against the phantom preset: filled = out-of-sample cells, open = in-sample;
+    dashed lines mark the goals."""
+    from .robustness import METRICS
+
+    metrics = list(metrics or METRICS)
+    presets = list(dict.fromkeys(table.preset))
+    x_of = {p: i for i, p in enumerate(presets)}
+    ncol = 4
+    nrow = int(np.ceil(len(metrics) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.9 * nrow), squeeze=False)
+    for ax, metric in zip(axes.ravel(), metrics):
+        t = table[table.metric == metric]
+        for split, style in (("out_of_sample", {"color": "#c0392b"}),
+                             ("in_sample", {"facecolors": "none", "edgecolors": "#2e86c1"})):
+            s = t[t.split == split]
+            if len(s):
+                jitter = 0.12 if split == "in_sample" else -0.12
+                ax.scatter([x_of[p] + jitter for p in s.preset], s.value, s=22, label=split.replace("_", " "),
+                           **style)
+        goal = ROBUSTNESS_GOALS.get(metric)
+        for g in (goal if isinstance(goal, tuple) else (goal,)):
+            if g is not None:
+                ax.axhline(g, color="0.4", lw=0.8, ls="--")
+        ax.set_title(metric, fontsize=9)
+        ax.set_xticks(range(len(presets)))
+        ax.set_xticklabels(presets, rotation=60, ha="right", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+    for ax in axes.ravel()[len(metrics):]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=7)
+    fig.suptitle("validation across the phantom family (dashed: goals)", fontsize=10)
+    fig.tight_layout()
+    return fig

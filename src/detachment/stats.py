@@ -29,7 +29,10 @@ def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0)
 def by_group(particles: pd.DataFrame, group: str = "c_rate", value: str = "detachment", seed: int = 0
              ) -> pd.DataFrame:
     """Per group: n, mean, median, std and bootstrap 95 % CI of ``value``; Mann–Whitney U p-value of each
-    group against the first group (two-sided)."""
+    group against the first group (two-sided).
+
+    The particles are the units of this test: its p-value says the particles of the groups differ, which
+    with one cell per group separates two volumes, not two cycling rates (see :func:`cell_level_test`)."""
     groups = list(dict.fromkeys(particles[group]))
     if not groups:  # no particle at all (e.g. a model that found none): an empty table, not a crash
         return pd.DataFrame(columns=[group, "n", "mean", "median", "std", "ci95_low", "ci95_high"])
@@ -42,6 +45,67 @@ def by_group(particles: pd.DataFrame, group: str = "c_rate", value: str = "detac
             len(first) else np.nan
         rows.append({group: g, "n": int(v.size), "mean": v.mean(), "median": v.median(),
                      "std": v.std(ddof=1), "ci95_low": lo, "ci95_high": hi, "mannwhitney_p_vs_" + str(groups[0]): p})
+    return pd.DataFrame(rows)
+
+
+def by_cell(particles: pd.DataFrame, group: str = "c_rate", cell: str = "cell", value: str = "detachment"
+            ) -> pd.DataFrame:
+    """Per cell: its group, particle count and mean / std of ``value`` over its particles."""
+    columns = [cell, group, "n", "mean", "std"]
+    d = particles.dropna(subset=[value])
+    if d.empty:
+        return pd.DataFrame(columns=columns)
+    g = d.groupby([cell, group], sort=False)[value]
+    return pd.DataFrame({"n": g.size(), "mean": g.mean(), "std": g.std(ddof=1)}).reset_index()[columns]
+
+
+def _permutation_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact two-sided permutation p-value of the difference of means of ``a`` and ``b`` (every split of
+    the pooled values into groups of their sizes; at most 20 values)."""
+    from itertools import combinations
+
+    pooled = np.concatenate([a, b])
+    if len(pooled) > 20:
+        raise ValueError(f"exact permutation test over {len(pooled)} cells: at most 20")
+    observed = abs(a.mean() - b.mean())
+    total = pooled.sum()
+    hits = n = 0
+    for idx in combinations(range(len(pooled)), len(a)):
+        sa = pooled[list(idx)].sum()
+        diff = abs(sa / len(a) - (total - sa) / len(b))
+        hits += diff >= observed - 1e-12
+        n += 1
+    return hits / n
+
+
+def cell_level_test(cells: pd.DataFrame, group: str = "c_rate") -> pd.DataFrame:
+    """Tests between groups on the cells' means (the cell is the replicate, not the particle).
+
+    Parameters
+    ----------
+    cells : :func:`by_cell` output (one row per cell, ``mean`` = its mean over particles).
+    group : the grouping column; each group is tested against the first.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per group: ``n_cells``, ``cell_mean`` and ``cell_sd`` (over cell means), the Welch t-test p-value
+        of the cell means against the first group (needs two cells in each) and the exact permutation
+        p-value (with two cells per group its smallest possible value is 1/3).
+    """
+    groups = list(dict.fromkeys(cells[group]))
+    if not groups:
+        return pd.DataFrame(columns=[group, "n_cells", "cell_mean", "cell_sd"])
+    first = cells.loc[cells[group] == groups[0], "mean"].to_numpy(float)
+    rows = []
+    for g in groups:
+        v = cells.loc[cells[group] == g, "mean"].to_numpy(float)
+        test = g != groups[0] and len(v) >= 2 and len(first) >= 2
+        rows.append({group: g, "n_cells": len(v), "cell_mean": v.mean(),
+                     "cell_sd": v.std(ddof=1) if len(v) > 1 else np.nan,
+                     f"welch_p_cells_vs_{groups[0]}": stats.ttest_ind(v, first, equal_var=False).pvalue
+                     if test else np.nan,
+                     f"permutation_p_cells_vs_{groups[0]}": _permutation_p(v, first) if test else np.nan})
     return pd.DataFrame(rows)
 
 

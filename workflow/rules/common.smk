@@ -1,11 +1,16 @@
 # Validation of config and sample sheet, wildcard constraints, input functions.
 import glob
+import os
 import re
+import sys
 import zlib
 
 import pandas as pd
 from snakemake.logging import logger
 from snakemake.utils import validate
+
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))  # the library, also where it is not installed
+from detachment.presets import preset_params  # noqa: E402
 
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -41,10 +46,20 @@ wildcard_constraints:
     scatteritem=r"\d+-of-\d+",
 
 
+def sample_preset(sample):
+    """The phantom preset of a sheet row: its `preset` column, else config phantom.preset."""
+    return SAMPLES.loc[sample, "preset"].strip() or config["phantom"]["preset"]
+
+
 def phantom_all_params(sample):
-    """Phantom parameters of a sample: defaults overlaid with its C-rate's settings."""
+    """Phantom parameters of a sample: defaults, overlaid with its preset, then its C-rate's settings."""
     rate = SAMPLES.loc[sample, "c_rate"]
-    params = dict(config["phantom"]["defaults"])
+    params = preset_params(
+        config["phantom"]["defaults"],
+        sample_preset(sample),
+        config["phantom"]["presets"],
+        where=f"{config['samples']}: sample '{sample}', field 'preset'",
+    )
     params.update(config["phantom"]["by_c_rate"].get(rate, {}))
     return params
 
@@ -144,18 +159,53 @@ def imported_second_map_fields(wildcards):
 
 
 def label_file(sample):
-    """Instance labels of a sample: the phantom's truth, or the sheet's `labels` column."""
+    """Instance labels of a labelled sample: a phantom's planted instances, or the sheet's `labels` column."""
     if sample in PHANTOM_SAMPLES:
         return f"results/{sample}/truth.h5"
     return SAMPLES.loc[sample, "labels"]
 
 
-LABELLED_SAMPLES = [
-    s for s in SAMPLES.index if s in PHANTOM_SAMPLES or SAMPLES.loc[s, "labels"].strip()
-]
+for _s in PHANTOM_SAMPLES:
+    sample_preset(_s)  # an unknown preset stops here, naming the sheet, sample and field
+    if SAMPLES.loc[_s, "labels"].strip() not in ("", "truth"):
+        raise ValueError(
+            f"{config['samples']}: sample '{_s}', field 'labels' is "
+            f"'{SAMPLES.loc[_s, 'labels'].strip()}'; a phantom takes 'truth' (train on its planted "
+            "instances) or nothing (an unseen evaluation cell)"
+        )
+for _s in IMPORTED_SAMPLES:
+    if SAMPLES.loc[_s, "preset"].strip():
+        raise ValueError(
+            f"{config['samples']}: sample '{_s}', field 'preset' is set for an imported volume; "
+            "presets select phantom parameters only"
+        )
+# labelled samples feed annotations and training; every other sample is unseen by the model
+LABELLED_SAMPLES = [s for s in SAMPLES.index if SAMPLES.loc[s, "labels"].strip()]
+#: phantoms no slice of which is labelled, trained on or tuned on: the out-of-sample evaluation cells
+UNSEEN_PHANTOM_SAMPLES = [s for s in PHANTOM_SAMPLES if s not in LABELLED_SAMPLES]
+
+
+def sample_split(sample):
+    """`in_sample` for a labelled cell (its slices train the model), else `out_of_sample`."""
+    return "in_sample" if sample in LABELLED_SAMPLES else "out_of_sample"
+
+
+def preset_of(wildcards):
+    return sample_preset(wildcards.sample)
+
+
+def split_of(wildcards):
+    return sample_split(wildcards.sample)
+
+
+def robustness_figure_path():
+    """The robustness figure: beside the table, same stem."""
+    return re.sub(r"\.csv$", "", config["validation"]["table"]) + ".png"
+
+
 if not LABELLED_SAMPLES:
     logger.warning(
-        f"{config['samples']}: no sample has label slices (column 'labels') and none is a phantom: "
+        f"{config['samples']}: no sample has label slices (column 'labels'; 'truth' for a phantom): "
         "only import and phase thresholding can run; add labels to train the Mask R-CNN"
     )
 
@@ -176,6 +226,7 @@ def final_targets():
         if PHANTOM_SAMPLES:
             targets.append("results/linking/summary.csv")
             targets.append("results/statistics/validation.csv")
+            targets.append(config["validation"]["table"])
         if SECOND_MAP_SAMPLES:
             targets.append("results/statistics/second_map_correlation.csv")
             targets.append("results/statistics/fig7_second_map.png")

@@ -165,6 +165,7 @@ rule statistics:
     output:
         all_particles="results/statistics/particles_all.csv",
         by_rate="results/statistics/detachment_by_c_rate.csv",
+        by_cell="results/statistics/detachment_by_cell.csv",
         by_size="results/statistics/detachment_by_size.csv",
         correlations="results/statistics/correlations.csv",
         fig4=report("results/statistics/fig4.png", caption="../report/fig4.rst", category="Science"),

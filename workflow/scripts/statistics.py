@@ -4,7 +4,7 @@ import pandas as pd
 
 from detachment import io, plots
 from detachment.logs import log_to
-from detachment.stats import by_group, by_size, correlation
+from detachment.stats import by_cell, by_group, by_size, cell_level_test, correlation
 
 log_to(snakemake.log[0])
 p = snakemake.params
@@ -22,7 +22,11 @@ io.write_csv(snakemake.output.all_particles, particles)
 if "touches_border" in particles:  # an empty sample's table leaves the column as object dtype
     particles["touches_border"] = particles.touches_border.astype("boolean").fillna(False).astype(bool)
 used = particles[~particles.touches_border] if p.exclude_border and "touches_border" in particles else particles
+cells = by_cell(used, "c_rate", "cell", "detachment")
 by_rate = by_group(used, "c_rate", "detachment", seed=p.seed)
+if len(by_rate):  # particle-level columns, then the cell-level test beside them
+    by_rate = by_rate.merge(cell_level_test(cells, "c_rate"), on="c_rate", how="left")
+io.write_csv(snakemake.output.by_cell, cells)
 size = by_size(used, p.size_bins)
 io.write_csv(snakemake.output.by_rate, by_rate)
 io.write_csv(snakemake.output.by_size, size)

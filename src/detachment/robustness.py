@@ -1,0 +1,146 @@
+"""Validation across the phantom family: per-sample metrics against the truth, in one long table.
+
+Rows are ``preset, sample, split, metric, value``; ``split`` is ``in_sample`` for
+a cell whose slices were labelled for training (its whole volume is scored) and
+``out_of_sample`` for an unseen cell (no slice labelled, trained or tuned on).
+Detachment is scored against the truth measured on the planted geometry
+(:mod:`detachment.truth`), not against the pipeline's own estimator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .annotations import labelled_slices, relabel_slice
+from .metrics import image_metrics, particle_scores
+from .validation import effect_size
+
+COLUMNS = ("preset", "sample", "split", "metric", "value")
+SPLITS = ("out_of_sample", "in_sample")
+#: The headline metrics, in the order tables and figures show them.
+METRICS = ("phase_accuracy", "cnn_precision", "cnn_sensitivity", "recovery_3d", "split_merge_3d",
+           "detachment_mae", "detachment_bias", "effect_found_over_planted")
+
+
+def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray) -> float:
+    """Fraction of voxels whose phase code equals the truth's."""
+    if phases.shape != truth_phases.shape:
+        raise ValueError(f"phase map shape {phases.shape} differs from the truth's {truth_phases.shape}")
+    return float(np.mean(phases == truth_phases))
+
+
+def slice_detection_scores(truth_labels: np.ndarray, cnn_labels: np.ndarray, min_area: int,
+                           iou_threshold: float = 0.5) -> dict[str, float]:
+    """Mean per-slice instance precision and sensitivity of the CNN's slices against the truth.
+
+    Parameters
+    ----------
+    truth_labels, cnn_labels : (z, y, x) instance labels; the truth is relabelled per slice (connected
+        pieces of at least ``min_area`` px, as the annotations are built).
+    min_area : smallest truth instance counted (px).
+    iou_threshold : IoU of a match.
+
+    Returns
+    -------
+    dict
+        ``cnn_precision``, ``cnn_sensitivity`` (means over the slices holding a truth instance) and
+        ``n_slices``.
+    """
+    zs = labelled_slices(truth_labels, min_area)
+    rows = [image_metrics(relabel_slice(truth_labels[z], min_area), cnn_labels[z], iou_threshold) for z in zs]
+    if not rows:
+        return {"cnn_precision": np.nan, "cnn_sensitivity": np.nan, "n_slices": 0}
+    return {"cnn_precision": float(np.mean([r["precision"] for r in rows])),
+            "cnn_sensitivity": float(np.mean([r["sensitivity"] for r in rows])), "n_slices": len(rows)}
+
+
+def detachment_errors(science_eval: pd.DataFrame, source: str = "pipeline") -> dict[str, float]:
+    """MAE and mean (bias) of measured − true detachment over the matched particles of one ``source``
+    (rows of :func:`detachment.validation.compare_particles`)."""
+    e = science_eval.loc[science_eval.source == source, "detachment_error"].dropna()
+    if e.empty:
+        return {"mae": np.nan, "bias": np.nan, "n": 0}
+    return {"mae": float(e.abs().mean()), "bias": float(e.mean()), "n": int(e.size)}
+
+
+def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, science_eval: pd.DataFrame,
+                   min_area: int, iou_threshold: float = 0.5) -> dict[str, float]:
+    """Every per-sample metric of one phantom cell.
+
+    Parameters
+    ----------
+    truth_labels, truth_phases : the truth (z, y, x) instances and phase codes.
+    phases : the pipeline's phase map.
+    cnn_slices : the CNN's per-slice instances (z, y, x).
+    particles : the pipeline's linked 3D particles (z, y, x).
+    science_eval : per matched particle, measured vs true detachment (``science_eval.csv``).
+    min_area, iou_threshold : see :func:`slice_detection_scores`.
+
+    Returns
+    -------
+    dict
+        ``phase_accuracy``, ``cnn_precision``, ``cnn_sensitivity``, ``recovery_3d`` (true particles matched
+        one-to-one at 3D IoU ≥ 0.5), ``split_merge_3d`` (split + merge rate), ``detachment_mae`` /
+        ``detachment_bias`` (pipeline particles matched at 3D IoU ≥ 0.5), the same on the truth's own
+        envelopes (``*_true_envelopes``: phases and contact reading without segmentation errors), and
+        ``n_particles_truth`` / ``n_particles_matched``.
+    """
+    out = {"phase_accuracy": phase_accuracy(phases, truth_phases)}
+    out.update({k: v for k, v in slice_detection_scores(truth_labels, cnn_slices, min_area, iou_threshold).items()
+                if k != "n_slices"})
+    ps = particle_scores(truth_labels, particles, iou_threshold)
+    out["recovery_3d"] = ps["recovered"]
+    out["split_merge_3d"] = ps["split_rate"] + ps["merge_rate"]
+    pipe, true = detachment_errors(science_eval, "pipeline"), detachment_errors(science_eval, "true")
+    out.update({"detachment_mae": pipe["mae"], "detachment_bias": pipe["bias"],
+                "detachment_mae_true_envelopes": true["mae"], "detachment_bias_true_envelopes": true["bias"],
+                "n_particles_truth": float(ps["n_true"]), "n_particles_matched": float(pipe["n"])})
+    return out
+
+
+def long_table(preset: str, sample: str, split: str, metrics: dict[str, float]) -> pd.DataFrame:
+    """``metrics`` as rows of the long layout (:data:`COLUMNS`)."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    return pd.DataFrame([{"preset": preset, "sample": sample, "split": split, "metric": k, "value": float(v)}
+                         for k, v in metrics.items()], columns=list(COLUMNS))
+
+
+def effect_rows(samples: pd.DataFrame, truth_tables: dict[str, pd.DataFrame],
+                measured: dict[str, pd.DataFrame], exclude_border: bool = True) -> pd.DataFrame:
+    """Found over planted 1C − C/10 difference of mean detachment, per (preset, split).
+
+    Parameters
+    ----------
+    samples : one row per sample with columns ``sample``, ``preset``, ``split``, ``c_rate``.
+    truth_tables : per sample, the truth table (its ``detachment`` is the planted geometry's).
+    measured : per sample, the pipeline's particle table.
+    exclude_border : leave particles cut by the volume border out, as the statistics do.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Long rows (``sample`` = the samples joined by ``+``) for ``effect_found_over_planted``,
+        ``effect_planted`` and ``effect_found``; none for a group lacking either C-rate.
+    """
+    rows = []
+    for (preset, split), g in samples.groupby(["preset", "split"], sort=False):
+        names = list(g["sample"])
+        rates = dict(zip(g["sample"], g["c_rate"]))
+        e = effect_size({s: truth_tables[s] for s in names}, {s: measured[s] for s in names}, rates,
+                        exclude_border=exclude_border)
+        if not e:
+            continue
+        for metric, key in (("effect_found_over_planted", "found_over_planted"),
+                            ("effect_planted", "planted_difference"), ("effect_found", "found_difference")):
+            rows.append({"preset": preset, "sample": "+".join(names), "split": split, "metric": metric,
+                         "value": float(e[key])})
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def headline(table: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
+    """Wide summary: per (preset, split), the mean of each headline metric over the samples."""
+    t = table[table.metric.isin(metrics)]
+    wide = t.pivot_table(index=["preset", "split"], columns="metric", values="value", aggfunc="mean")
+    return wide.reindex(columns=[m for m in metrics if m in wide.columns])

@@ -1,0 +1,81 @@
+"""Validation across the phantom family: per-sample metrics and the planted effect per preset and split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from detachment import robustness
+
+from .test_validation import _balls
+
+
+def _science(errors_pipeline, errors_true):
+    rows = [{"source": "pipeline", "detachment_error": e} for e in errors_pipeline]
+    rows += [{"source": "true", "detachment_error": e} for e in errors_true]
+    return pd.DataFrame(rows)
+
+
+def test_sample_metrics_of_a_perfect_and_of_a_flawed_pipeline():
+    centres = [(8, 8, 8), (8, 8, 24), (8, 24, 8), (8, 24, 24)]
+    truth = _balls((16, 32, 32), centres, 5)
+    ph_true = (truth > 0).astype(np.uint8) * 2
+    perfect = robustness.sample_metrics(truth, ph_true, ph_true, truth, truth, _science([0.0], [0.0]), 4)
+    assert perfect["phase_accuracy"] == 1.0
+    assert perfect["cnn_precision"] == perfect["cnn_sensitivity"] == 1.0
+    assert perfect["recovery_3d"] == 1.0 and perfect["split_merge_3d"] == 0.0
+    # flawed: a quarter of the voxels' phases wrong, one particle missed in every slice and in 3D, another
+    # split in four quarters, detachment read 0.04 high on one particle and 0.02 low on the other
+    ph = ph_true.copy()
+    ph[:4] = 1
+    missed = np.where(truth == 4, 0, truth)
+    split = missed.copy()
+    _, yy, xx = np.indices(truth.shape)
+    split[truth == 1] = (5 + (yy >= 8) + 2 * (xx >= 8))[truth == 1]
+    m = robustness.sample_metrics(truth, ph_true, ph, missed, split, _science([0.04, -0.02], [0.01, 0.01]), 4)
+    assert m["phase_accuracy"] == pytest.approx(0.75)
+    assert m["cnn_precision"] == 1.0 and m["cnn_sensitivity"] == pytest.approx(3 / 4)
+    assert m["recovery_3d"] == pytest.approx(2 / 4)  # the missed one and the split one
+    assert m["split_merge_3d"] == pytest.approx(1 / 4)
+    assert m["detachment_mae"] == pytest.approx(0.03) and m["detachment_bias"] == pytest.approx(0.01)
+    assert m["detachment_mae_true_envelopes"] == pytest.approx(0.01)
+
+
+def test_long_table_layout_and_split_names():
+    t = robustness.long_table("blurry", "b_1C", "out_of_sample", {"phase_accuracy": 0.9, "recovery_3d": 1})
+    assert list(t.columns) == list(robustness.COLUMNS)
+    assert t.value.tolist() == [0.9, 1.0] and set(t.split) == {"out_of_sample"}
+    with pytest.raises(ValueError, match="split 'test'"):
+        robustness.long_table("p", "s", "test", {})
+
+
+def test_effect_rows_per_preset_and_split_against_a_direct_computation():
+    rng = np.random.default_rng(0)
+
+    def table(mean, n=40):
+        return pd.DataFrame({"label": np.arange(1, n + 1), "detachment": rng.uniform(mean - 0.1, mean + 0.1, n),
+                             "touches_border": np.arange(n) % 5 == 0})
+
+    names = ["a_1C", "a_C10", "b_1C", "b_C10", "c_1C"]
+    truth = {s: table(0.5 if s.endswith("1C") else 0.2) for s in names}
+    measured = {s: t.assign(detachment=t.detachment * 0.8) for s, t in truth.items()}
+    samples = pd.DataFrame({"sample": names, "preset": ["p", "p", "p", "p", "q"],
+                            "split": ["in_sample", "in_sample", "out_of_sample", "out_of_sample", "out_of_sample"],
+                            "c_rate": ["1C", "C/10", "1C", "C/10", "1C"]})
+    rows = robustness.effect_rows(samples, truth, measured)
+    ratio = rows[rows.metric == "effect_found_over_planted"]
+    # preset q has no C/10 cell: no effect row; p has one per split, found = 0.8 x planted exactly
+    assert sorted(ratio.split) == ["in_sample", "out_of_sample"] and set(ratio.preset) == {"p"}
+    np.testing.assert_allclose(ratio.value, 0.8)
+    planted = rows[(rows.metric == "effect_planted") & (rows.split == "out_of_sample")].value.item()
+    inner = {s: t[~t.touches_border].detachment.mean() for s, t in truth.items()}
+    assert planted == pytest.approx(inner["b_1C"] - inner["b_C10"])
+    assert rows[rows.split == "out_of_sample"]["sample"].iloc[0] == "b_1C+b_C10"
+
+
+def test_headline_averages_samples_per_preset_and_split():
+    t = pd.concat([robustness.long_table("p", s, "out_of_sample", {"phase_accuracy": v})
+                   for s, v in (("x", 0.9), ("y", 0.8))])
+    h = robustness.headline(t)
+    assert h.loc[("p", "out_of_sample"), "phase_accuracy"] == pytest.approx(0.85)
