@@ -400,14 +400,20 @@ def _density_domains(labels, parts, p: PhantomParams, rng) -> np.ndarray:
     return high
 
 
+def noise_free_density(phases: np.ndarray, p: PhantomParams) -> np.ndarray:
+    """The electron density a perfect instrument would see: each phase's mean grey level, blurred by the
+    point-spread function; no texture, noise or drift. float32 (z, y, x)."""
+    means = np.array([p.intensity[PHASE_NAMES[c]] for c in range(5)], np.float32)
+    return ndimage.gaussian_filter(means[phases], p.blur_sigma_vox, mode="nearest") \
+        if p.blur_sigma_vox > 0 else means[phases]
+
+
 def render_intensity(phases: np.ndarray, p: PhantomParams, rng) -> tuple[np.ndarray, dict]:
     """Grey volume from a phase map: blurred means + per-phase texture + noise + drift.
 
     Returns the volume and the planted FWHM per phase (interior voxels, drift excluded).
     """
-    means = np.array([p.intensity[PHASE_NAMES[c]] for c in range(5)], np.float32)
-    vol = ndimage.gaussian_filter(means[phases], p.blur_sigma_vox, mode="nearest") \
-        if p.blur_sigma_vox > 0 else means[phases]
+    vol = noise_free_density(phases, p)
     sn = p.noise_sigma
     tex_sigma = np.array([np.sqrt(max((p.fwhm[PHASE_NAMES[c]] / FWHM_PER_SIGMA) ** 2 - sn**2, 0.0))
                           for c in range(5)], np.float32)
@@ -506,31 +512,33 @@ def _neighbour_correlation(values: np.ndarray, labels: np.ndarray, solid: np.nda
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def valence_map(volume: np.ndarray, labels: np.ndarray, phases: np.ndarray, params: PhantomParams,
+def valence_map(density: np.ndarray, labels: np.ndarray, phases: np.ndarray, params: PhantomParams,
                 seed: int) -> np.ndarray | None:
-    """Co-registered Ni valence map with a planted Pearson correlation to the grey level (Supp. Fig. 7).
+    """Co-registered Ni valence map with a planted Pearson correlation to the electron density (Supp. Fig. 7).
 
-    Returns float32 (z, y, x) like ``volume``: the Ni valence state (valence units, clipped to
+    ``density`` is what the correlation is planted against: the workflow passes the noise-free density
+    (:func:`noise_free_density`), so the correlation a measurement finds against the noisy grey level is
+    attenuated by the noise, as it would be in a real experiment.
+
+    Returns float32 (z, y, x) like ``density``: the Ni valence state (valence units, clipped to
     :data:`VALENCE_RANGE` = 2..4) on the NMC solid of the particles (``labels`` > 0 and phase
     NMC low / high), NaN elsewhere (no measurement: pores, cracks, CBD, Al). ``None`` when
     ``params.valence_density_correlation`` is ``None``.
 
-    With r = ``valence_density_correlation``, z = the grey level standardised over the solid
+    With r = ``valence_density_correlation``, z = ``density`` standardised over the solid
     voxels and n a noise field of unit variance uncorrelated with z::
 
         valence = valence_mean + valence_std * (r z + sqrt(1 - r^2) n)
 
     The paper (Supp. Fig. 7d) finds r = +0.54 between electron density and Ni edge energy
-    (higher density = higher valence = higher local state of charge). The correlation is
-    planted against the *rendered* grey level (noise, blur and drift included), i.e. against
-    what a measurement sees, so the statistics can recover it without attenuation. The noise
+    (higher density = higher valence = higher local state of charge). The noise
     is a per-particle offset plus white within-particle noise, each orthogonalised (as the
     FWHMs are planted exactly) so that on the truth's solid voxels the Pearson r equals the
     planted r at both levels the statistics report: over voxels, and over particles between
     per-particle means (unweighted). Clipping moves it by < 1e-3 at the defaults. Needs more
     than 5 particles for the exact particle level (otherwise only in expectation). The
     within-particle noise is a smooth field (correlation length ``domain_correlation_vox``) plus
-    white noise in the proportion of the grey level's own neighbour correlation, so that parts of
+    white noise in the proportion of the density's own neighbour correlation, so that parts of
     particles (fragments of an over-segmented particle) also show about the planted r; with white
     noise alone their means would correlate far better than the planted r (measured on the
     default cells' CNN particles: 0.74 / 0.88 for a planted 0.54).
@@ -543,10 +551,10 @@ def valence_map(volume: np.ndarray, labels: np.ndarray, phases: np.ndarray, para
         return None
     rng = np.random.default_rng([int(seed), VALENCE_STREAM])
     solid = (labels > 0) & ((phases == NMC_LOW) | (phases == NMC_HIGH))
-    out = np.full(volume.shape, np.nan, np.float32)
+    out = np.full(density.shape, np.nan, np.float32)
     if not solid.any():
         return out
-    z = volume[solid].astype(np.float64)  # float64 over the solid only: the orthogonalisation needs it
+    z = density[solid].astype(np.float64)  # float64 over the solid only: the orthogonalisation needs it
     z -= z.mean()
     z /= z.std() or 1.0
     _, inv = np.unique(labels[solid], return_inverse=True)

@@ -221,6 +221,7 @@ def final_targets():
             "results/model/fig9a_activation.png",
             "results/comparison/metrics_summary.csv",
             "results/statistics/fig4.png",
+            "results/statistics/detachment_by_cell.csv",
         ]
         targets += expand("results/{sample}/damage_profile.csv", sample=SAMPLES.index)
         if PHANTOM_SAMPLES:
