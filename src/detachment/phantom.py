@@ -19,7 +19,7 @@ particle has
 
 Optionally (``valence_density_correlation`` not ``None``) a co-registered
 second map, the Ni valence state per voxel of NMC solid (Supp. Fig. 7), with a
-planted Pearson correlation to the grey level: :func:`valence_map`.
+planted Pearson correlation to the noise-free electron density: :func:`valence_map`.
 
 The truth (:func:`truth_table`) is measured on the planted geometry with
 :mod:`detachment.truth` (mesh areas), which shares no code with the pipeline's
