@@ -96,8 +96,30 @@ def test_empty_images_follow_the_documented_convention(truth_empty, pred_empty):
     p = np.zeros((20, 20), np.int32) if pred_empty else full
     m = image_metrics(t, p)
     assert all(np.isfinite(v) for v in m.values())
-    expected = {(True, True): (1.0, 1.0), (True, False): (0.0, 1.0), (False, True): (1.0, 0.0)}
+    expected = {(True, True): (1.0, 1.0), (True, False): (0.0, 1.0), (False, True): (0.0, 0.0)}
     assert (m["precision"], m["sensitivity"]) == expected[(truth_empty, pred_empty)]
+    assert instance_scores(t, p).precision == expected[(truth_empty, pred_empty)][0]
+    if not truth_empty:  # scikit-learn's pixel precision of an empty prediction is 0 (zero_division=0)
+        from sklearn.metrics import precision_score
+
+        ref = precision_score((t > 0).ravel(), (p > 0).ravel(), zero_division=0)
+        assert m["precision_pixel"] == ref
+
+
+@pytest.mark.parametrize("size", [1024, 2048])
+def test_pixel_mcc_is_exact_on_paper_sized_images_against_scikit_learn(size):
+    from sklearn.metrics import matthews_corrcoef
+
+    rng = np.random.default_rng(size)
+    t = np.zeros((size, size), np.int32)
+    p = np.zeros_like(t)
+    for k in range(1, 150):
+        y, x = rng.integers(0, size - 60, 2)
+        t[y:y + 50, x:x + 50] = k
+        p[y + 3:y + 53, x + 2:x + 52] = k
+    m = image_metrics(t, p)
+    assert m["mcc_pixel"] == pytest.approx(matthews_corrcoef((t > 0).ravel(), (p > 0).ravel()), abs=1e-12)
+    assert 0 < m["mcc"] <= m["mcc_pixel"]
 
 
 def test_overlap_works_in_3d_and_refuses_shape_mismatch():

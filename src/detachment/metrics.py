@@ -15,7 +15,9 @@ Definitions (Supp. Note 1, after stardist ``matching.py`` / cellpose ``metrics.p
 Conventions for empty images: with no truth and no prediction, precision,
 sensitivity and F are 1 (nothing to find, nothing wrongly found); with
 predictions but no truth, precision = 0 and sensitivity = 1; with truth but no
-prediction, precision = 1 and sensitivity = 0. No NaN is produced.
+prediction, precision = 0 and sensitivity = 0 (as StarDist's ``matching`` and
+scikit-learn: a model that misses a whole slice is not rewarded). No NaN is
+produced. Counts are combined in floating point, so any image size is exact.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ class InstanceScores:
 
     @property
     def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+        """TP / (TP + FP); with no prediction: 1 on an image without truth, 0 where truth was missed."""
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else (0.0 if self.fn else 1.0)
 
     @property
     def sensitivity(self) -> float:
@@ -125,10 +128,20 @@ def _ratio(num: float, den: float, empty: float = 1.0) -> float:
     return float(num / den) if den else empty
 
 
+def _precision(tp: float, fp: float, fn: float) -> float:
+    """TP / (TP + FP); an empty prediction scores 0 where there was truth to find (as StarDist's
+    ``matching`` and scikit-learn), 1 on an empty image."""
+    return _ratio(tp, tp + fp, empty=0.0 if fn else 1.0)
+
+
 def _mcc(tp: float, fp: float, fn: float, tn: float) -> float:
     """Matthews correlation; 1 when prediction equals truth with a single class present, else 0 on a zero
-    denominator (scikit-learn returns 0 there; the perfect single-class case is our convention)."""
-    den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    denominator (scikit-learn returns 0 there; the perfect single-class case is our convention).
+
+    In floating point, factor by factor: the product of the four integer sums leaves int64 for images
+    above ~300² pixels."""
+    tp, fp, fn, tn = (float(v) for v in (tp, fp, fn, tn))
+    den = np.sqrt(tp + fp) * np.sqrt(tp + fn) * np.sqrt(tn + fp) * np.sqrt(tn + fn)
     if den == 0:
         return 1.0 if fp == 0 and fn == 0 else 0.0
     return float((tp * tn - fp * fn) / den)
@@ -170,7 +183,7 @@ def image_metrics(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -
     ov = overlap(truth, pred)
     r, c, ious = match(ov, threshold)
     tp, fp, fn = len(r), len(ov.b_ids) - len(r), len(ov.a_ids) - len(r)
-    out = {"tp": tp, "fp": fp, "fn": fn, "precision": _ratio(tp, tp + fp), "sensitivity": _ratio(tp, tp + fn),
+    out = {"tp": tp, "fp": fp, "fn": fn, "precision": _precision(tp, fp, fn), "sensitivity": _ratio(tp, tp + fn),
            "f": _ratio(2 * tp, 2 * tp + fp + fn)}
     # matched-pixel confusion from the sparse overlap table
     matched_overlap = 0
@@ -187,7 +200,7 @@ def image_metrics(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -
     # pixels in both foregrounds but unmatched are counted once as FP and once as FN; TN = background in both
     out["mcc"] = _mcc(mtp, mfp, mfn, both_bg)
     ptp, pfp, pfn, ptn = pixel_confusion(truth > 0, pred > 0)
-    out["precision_pixel"] = _ratio(ptp, ptp + pfp)
+    out["precision_pixel"] = _precision(ptp, pfp, pfn)
     out["sensitivity_pixel"] = _ratio(ptp, ptp + pfn)
     out["jaccard_pixel"] = _ratio(ptp, ptp + pfp + pfn)
     out["dice_pixel"] = _ratio(2 * ptp, 2 * ptp + pfp + pfn)
