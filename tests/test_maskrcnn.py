@@ -297,6 +297,16 @@ def test_auto_precision_takes_bf16_only_where_the_device_runs_it_natively(monkey
         assert mr.training_dtype("fp32", cpu) == torch.float32  # forcing wins
 
 
+def test_native_bf16_needs_the_cpu_flags_not_only_avx512():
+    from detachment.maskrcnn import cpu_has_bf16_instructions
+
+    xeon_avx512 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
+    assert not cpu_has_bf16_instructions(xeon_avx512)
+    assert cpu_has_bf16_instructions(xeon_avx512.replace("avx512_vnni", "avx512_vnni avx512_bf16"))
+    assert cpu_has_bf16_instructions("flags : fpu avx512f amx_tile amx_bf16 amx_int8\n")
+    assert not cpu_has_bf16_instructions("")  # nothing to tell: float32, the safe choice
+
+
 def test_bad_input_unknown_training_precision_is_refused():
     with pytest.raises(ValueError, match="train.precision"):
         TrainSettings(precision="fp16")

@@ -113,11 +113,34 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+#: CPU flags (Linux ``/proc/cpuinfo``) of bfloat16 arithmetic in hardware.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16_instructions(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has bfloat16 instructions (:data:`BF16_CPU_FLAGS`), from ``cpuinfo`` (the text of
+    ``/proc/cpuinfo``; read when ``None``). False where it cannot be told (no ``/proc/cpuinfo``)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.lower().startswith(("flags", "features")):
+            flags.update(line.split(":", 1)[-1].split())
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
 def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU whose oneDNN
-    has bfloat16 kernels (AVX-512 or AMX). Elsewhere bfloat16 is emulated and slower than float32."""
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with bfloat16
+    instructions (AVX512_BF16 or AMX) and oneDNN kernels for them. oneDNN also reports bfloat16 support on
+    AVX-512 CPUs without those instructions, where it emulates bfloat16, slower than float32."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
+    if not cpu_has_bf16_instructions():
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch build without oneDNN
