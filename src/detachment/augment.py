@@ -19,7 +19,7 @@ from scipy import ndimage
 class AugmentSettings:
     """``augment`` config section; ``tile`` in pixels, angles in degrees."""
 
-    copies: int = 12
+    copies: int = 48
     tile: int = 128
     scale_range: tuple[float, float] = (0.8, 1.25)
     max_angle_deg: float = 180.0

@@ -57,15 +57,15 @@ log = logging.getLogger(__name__)
 class LinkSettings:
     """``link`` config section."""
 
-    min_iou: float = 0.3
-    max_gap: int = 1
+    min_iou: float = 0.2
+    max_gap: int = 3
     cost: str = "iou"  # "iou": 1 - IoU; "overlap": 1 - |a ∩ b| / min(|a|, |b|)
     min_voxels: int = 50
     slab: int = 16
     fill_gaps: bool = True
     min_track_score: float = 0.0  # hysteresis: keep a particle only if one of its instances scores this
-    absorb_fraction: float = 0.0  # a leftover instance this much inside a track's last mask may join it (0 = off)
-    absorb_solidity: float = 0.9  # ... if the joined mask stays this convex (area / convex-hull area)
+    absorb_fraction: float = 0.6  # a leftover instance this much inside a track's last mask may join it (0 = off)
+    absorb_solidity: float = 0.85  # ... if the joined mask stays this convex (area / convex-hull area)
 
 
 @dataclass
