@@ -1,6 +1,6 @@
 """Reading, validating and atomically writing volumes, label images and tables.
 
-Contract (DESIGN.md): a volume file is HDF5 with dataset ``/volume`` (float32,
+Contract (docs/outputs.md): a volume file is HDF5 with dataset ``/volume`` (float32,
 axes z, y, x, chunked by slab) and attributes ``voxel_size_um`` (3 floats, z, y, x)
 and ``source``. Label volumes are ``/labels`` (uint32, 0 = background), phase maps
 ``/phases`` (uint8, codes in :mod:`detachment.phases`).

@@ -10,7 +10,7 @@ Definitions
   over the area facing void, CBD, Al or another particle
   (:mod:`detachment.surface`); ``detachment_std`` is its binomial standard
   error from the number of faces, so small particles carry more uncertainty.
-  Improvement over reading the face neighbour's phase (DESIGN.md): on a
+  Improvement over reading the face neighbour's phase: on a
   reconstruction the face neighbour is mixed with the bright particle by the
   point-spread function, so a thin electrolyte gap reads as CBD in the phase
   map. A face is also electrolyte where the neighbour's grey level is below the
@@ -160,7 +160,7 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
 
 def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, closing_vox: int = 2,
                     core_erosion_vox: int = 2, crack_span_vox: int = 2, crack_mouths: bool = True) -> np.ndarray:
-    """The particle's envelope from the phase map, guided by its segmentation mask (DESIGN.md: the
+    """The particle's envelope from the phase map, guided by its segmentation mask (the
     connected NMC solid of the instance, cracks enclosed by closing and hole filling).
 
     A slice-wise CNN mask is ±1-2 voxels off the particle's boundary, as wide as a thin electrolyte

@@ -1,6 +1,6 @@
 """Phase thresholding of a phase-contrast reconstruction (Supp. Figs. 1 and 8).
 
-Phase codes (DESIGN.md): 0 void/pore (electrolyte), 1 CBD, 2 NMC low electron
+Phase codes (docs/outputs.md): 0 void/pore (electrolyte), 1 CBD, 2 NMC low electron
 density, 3 NMC high electron density, 4 Al current collector.
 
 The classes are found from the volume's grey-level histogram, either by
