@@ -178,6 +178,33 @@ def test_imported_volume_runs_through_thresholding(tmp_path, layout):
     assert (pred == ph.phases).mean() > 0.9
 
 
+def test_bad_input_volume_upside_down_stops_at_the_phase_checks_naming_the_sample(tmp_path):
+    """A volume with the collector at the top (not z = 0): the phase map cannot be plausible; the rule stops,
+    names the sample and the check, keeps the figure beside the log, and goes on when told to warn."""
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    from .conftest import TINY_PHANTOM
+
+    work = write_tiny_workdir(tmp_path / "flip")
+    ph = generate_phantom(PhantomParams(**TINY_PHANTOM), 3)
+    with h5py.File(work / "tomo.h5", "w") as f:
+        f["data"] = ph.volume[::-1]
+    (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\n"
+                                      "real\tc\t1C\ttomo.h5\tdata\t0.5\n")
+    target = "results/real/phases.h5"
+    r = run_snakemake(work, target)
+    assert r.returncode != 0
+    log = (work / "logs" / "threshold_phases" / "real.log").read_text()
+    assert "sample 'real': implausible phase map: al_fraction_first_slice" in log
+    assert "threshold.on_implausible: warn" in log and "collector must be at z = 0" in log
+    assert (work / "logs" / "threshold_phases" / "real.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (work / target).exists()
+    r = run_snakemake(work, target, "--config", "threshold={on_implausible: warn}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    qc = pd.read_csv(work / "results" / "real" / "phase_qc.csv").set_index("check")
+    assert not qc.loc["al_fraction_first_slice", "passed"]
+
+
 @pytest.mark.parametrize("section,key,value,expected", [
     ("watershed", "iou_threshold", 1.5, "1.5 is greater than the maximum of 1"),
     ("link", "min_iou", 0, "0 is less than or equal to the minimum of 0"),

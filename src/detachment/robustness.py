@@ -84,7 +84,8 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         one-to-one at 3D IoU ≥ 0.5), ``split_merge_3d`` (split + merge rate), ``detachment_mae`` /
         ``detachment_bias`` (pipeline particles matched at 3D IoU ≥ 0.5), the same on the truth's own
         envelopes (``*_true_envelopes``: phases and contact reading without segmentation errors), and
-        ``n_particles_truth`` / ``n_particles_matched``.
+        ``n_particles_truth`` / ``n_particles_matched``. The workflow adds ``phase_map_plausible`` (1 when
+        every check of :mod:`detachment.plausibility` passed).
     """
     out = {"phase_accuracy": phase_accuracy(phases, truth_phases)}
     out.update({k: v for k, v in slice_detection_scores(truth_labels, cnn_slices, min_area, iou_threshold).items()

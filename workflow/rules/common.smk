@@ -97,6 +97,12 @@ def imported_volume(wildcards):
     return source_files(SAMPLES.loc[wildcards.sample, "volume"])
 
 
+def threshold_settings():
+    """The `threshold` section without `on_implausible`: what to do on a failed plausibility check changes no
+    phase map, so it is read by the script from the config and reruns nothing."""
+    return {k: v for k, v in config["threshold"].items() if k != "on_implausible"}
+
+
 def link_settings():
     """The `link` section; min_track_score null = the inference's score_threshold (hysteresis)."""
     s = dict(config["link"])

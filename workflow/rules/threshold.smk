@@ -8,6 +8,7 @@ rule threshold_phases:
         phases="results/{sample}/phases.h5",
         histogram="results/{sample}/histogram.csv",
         fwhm="results/{sample}/phase_fwhm.csv",
+        qc="results/{sample}/phase_qc.csv",
         figure=report(
             "results/{sample}/fig1_phases.png",
             caption="../report/fig1_phases.rst",
@@ -15,7 +16,7 @@ rule threshold_phases:
             labels={"sample": "{sample}"},
         ),
     params:
-        settings=config["threshold"],
+        settings=threshold_settings(),
     log:
         "logs/threshold_phases/{sample}.log",
     benchmark:

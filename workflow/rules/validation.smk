@@ -5,6 +5,7 @@ rule evaluate_sample:
     input:
         truth="results/{sample}/truth.h5",
         phases=rules.threshold_phases.output.phases,
+        qc=rules.threshold_phases.output.qc,
         slices=rules.gather_slices.output.labels,
         particles=rules.link_slices.output.particles,
         science=rules.validate_science.output[0],

@@ -1,8 +1,11 @@
-"""Adapter: phase thresholding of one sample (phases.h5, histogram, FWHMs, Supp. Fig. 1 figure)."""
+"""Adapter: phase thresholding of one sample (phases.h5, histogram, FWHMs, Supp. Fig. 1 figure, checks)."""
+
+import shutil
+from pathlib import Path
 
 import h5py
 
-from detachment import io, plots
+from detachment import io, plausibility, plots
 from detachment.logs import log_to
 from detachment.threshold import ThresholdSettings, histogram_table, threshold_volume
 
@@ -22,3 +25,12 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          result.model.thresholds, result.model.names, result.fwhm, voxel[1],
                          title=f"{snakemake.wildcards.sample}: slice z={z}, {settings.method}")
 io.save_figure(fig, snakemake.output.figure)
+
+checks = plausibility.check_phase_map(plausibility.phase_counts(snakemake.output.phases, settings.slab))
+io.write_csv(snakemake.output.qc, checks)
+if not checks.passed.all():
+    # a failed job's outputs are removed: keep the figure beside the log for the user to look at
+    kept = Path(snakemake.log[0]).with_suffix(".png")
+    shutil.copyfile(snakemake.output.figure, kept)
+    plausibility.enforce(checks, snakemake.wildcards.sample, snakemake.config["threshold"]["on_implausible"],
+                         figure_hint=str(kept))

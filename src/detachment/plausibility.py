@@ -1,0 +1,106 @@
+"""Plausibility checks of a phase map: stop a wrong labelling instead of passing it downstream.
+
+A histogram that resolves fewer peaks than there are phases (a wide point-spread
+function, NMC's broad peak, little of a phase) makes the histogram model label
+the phases shifted by one class, silently: e.g. CBD read as Al and the Al
+collector read as NMC. The collector's geometry gives this away: the Al
+collector is a slab at z = 0 (the collector side), so the first slice must be
+mostly Al and nearly all Al voxels must lie in the slab.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from . import io
+from .phases import AL, NMC_HIGH, NMC_LOW, VOID
+
+log = logging.getLogger(__name__)
+
+#: Bounds of the checks (physical, not fitted): (check, bound, what is required).
+BOUNDS = {
+    "al_fraction_first_slice": (0.5, "the first slice (z = 0, the collector side) is mostly Al"),
+    "al_in_collector_slab": (0.8, "at least this share of the Al voxels lies in the collector slab "
+                                  "(the run of mostly-Al slices from z = 0)"),
+    "void_fraction": (0.001, "electrolyte / pores make up at least this share of the volume"),
+    "nmc_fraction": (0.001, "NMC (low + high density) makes up at least this share of the volume"),
+}
+
+
+class ImplausiblePhaseMap(ValueError):
+    """A phase map failed a plausibility check; the message names the sample, the check and the way out."""
+
+
+@dataclass
+class PhaseCounts:
+    """Voxel counts per z slice (rows) and phase code (columns 0..4) of a phase map."""
+
+    per_slice: np.ndarray
+
+
+def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
+    """Count each phase code in every z slice of ``phases.h5`` (``/phases``), streamed by slab."""
+    import h5py
+
+    with h5py.File(phases_path, "r") as f:
+        d = f["phases"]
+        out = np.zeros((d.shape[0], 5), np.int64)
+        for z0, z1 in io.slab_ranges(d.shape[0], slab):
+            block = d[z0:z1].reshape(z1 - z0, -1)
+            for c in range(5):
+                out[z0:z1, c] = np.count_nonzero(block == c, axis=1)
+    return PhaseCounts(out)
+
+
+def check_phase_map(counts: PhaseCounts) -> pd.DataFrame:
+    """Every check of :data:`BOUNDS` on a phase map's per-slice counts.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per check: ``check``, ``value``, ``bound`` (minimum), ``passed``, ``requirement``.
+    """
+    c = counts.per_slice.astype(float)
+    per_slice_total = np.maximum(c.sum(1), 1)
+    al_frac = c[:, AL] / per_slice_total
+    # the collector slab: the run of mostly-Al slices from z = 0 up
+    slab = np.cumprod(al_frac > 0.5).astype(bool)
+    total = max(c.sum(), 1)
+    values = {
+        "al_fraction_first_slice": float(al_frac[0]) if len(al_frac) else 0.0,
+        "al_in_collector_slab": float(c[slab, AL].sum() / c[:, AL].sum()) if c[:, AL].sum() else 0.0,
+        "void_fraction": float(c[:, VOID].sum() / total),
+        "nmc_fraction": float((c[:, NMC_LOW].sum() + c[:, NMC_HIGH].sum()) / total),
+    }
+    return pd.DataFrame([{"check": k, "value": v, "bound": BOUNDS[k][0], "passed": bool(v >= BOUNDS[k][0]),
+                          "requirement": BOUNDS[k][1]} for k, v in values.items()])
+
+
+def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figure_hint: str = "") -> None:
+    """Stop (raise :class:`ImplausiblePhaseMap`) or warn when a check failed.
+
+    Parameters
+    ----------
+    table : :func:`check_phase_map` output.
+    sample : named in the message.
+    on_implausible : ``stop`` or ``warn`` (config ``threshold.on_implausible``).
+    figure_hint : where the user can look at the histogram and the phase map.
+    """
+    if on_implausible not in ("stop", "warn"):
+        raise ValueError(f"threshold.on_implausible: {on_implausible!r} is not 'stop' or 'warn'")
+    failed = table[~table.passed]
+    if failed.empty:
+        return
+    what = "; ".join(f"{r.check} = {r.value:.3f} < {r.bound} ({r.requirement})" for r in failed.itertuples())
+    msg = (f"sample '{sample}': implausible phase map: {what}. The histogram probably resolves fewer peaks "
+           f"than phases and the classes are shifted (e.g. CBD read as Al, the collector as NMC), or the volume "
+           f"holds no collector at z = 0. Look at {figure_hint or 'the phase figure'}; check the volume's "
+           f"orientation (the collector must be at z = 0); try threshold.method: multiotsu; or set "
+           f"threshold.on_implausible: warn to go on with this map (every downstream number inherits it).")
+    if on_implausible == "stop":
+        raise ImplausiblePhaseMap(msg)
+    log.warning(msg)
