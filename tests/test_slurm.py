@@ -40,17 +40,54 @@ def slurm_python(tmp_path_factory) -> str:
     return str(py)
 
 
+def slurm_test_refusal(environ) -> str | None:
+    """Why the SLURM test must not run here (``None``: it may). It installs packages, writes /etc/slurm and
+    starts daemons, so it runs only when asked: ``DETACHMENT_SLURM_TEST=1`` (set by ``.ci/run``) or ``CI=true``."""
+    if environ.get("DETACHMENT_SLURM_TEST") != "1" and environ.get("CI", "").lower() != "true":
+        return "the SLURM test runs only when asked: DETACHMENT_SLURM_TEST=1 (as .ci/run sets) or CI=true"
+    return None
+
+
 @pytest.fixture(scope="module")
 def local_slurm(tmp_path_factory):
+    refusal = slurm_test_refusal(os.environ)
+    if refusal:
+        pytest.skip(refusal)
     if os.geteuid() != 0 and not shutil.which("slurmctld"):
         pytest.skip("starting a local SLURM needs root (apt-get, daemons)")
     state = tmp_path_factory.mktemp("slurm-state")
     start = subprocess.run([str(ROOT / "tests/slurm/start-local-slurm.sh"), str(state)], capture_output=True,
                            text=True, timeout=900)
+    if start.returncode == 3:  # a site SLURM (conf or daemons) this test must not touch
+        pytest.skip(start.stderr.strip())
     if start.returncode != 0:
         pytest.fail(f"local SLURM did not start:\n{start.stdout}\n{start.stderr}")
     yield state
     subprocess.run([str(ROOT / "tests/slurm/stop-local-slurm.sh"), str(state)], timeout=60)
+
+
+def test_slurm_test_runs_only_when_asked():
+    assert slurm_test_refusal({}) is not None
+    assert slurm_test_refusal({"CI": "false", "DETACHMENT_SLURM_TEST": "0"}) is not None
+    assert slurm_test_refusal({"DETACHMENT_SLURM_TEST": "1"}) is None
+    assert slurm_test_refusal({"CI": "true"}) is None
+
+
+def test_start_script_leaves_a_site_slurm_conf_alone(tmp_path):
+    """A machine with its own slurm.conf (a cluster node): the start script refuses before installing,
+    writing or starting anything, and the file is unchanged."""
+    site = tmp_path / "etc-slurm"
+    site.mkdir()
+    conf = site / "slurm.conf"
+    conf.write_text("ClusterName=site\nSlurmctldHost=head\n")
+    before = conf.read_bytes(), conf.stat().st_mtime_ns
+    state = tmp_path / "state"
+    r = subprocess.run([str(ROOT / "tests/slurm/start-local-slurm.sh"), str(state)], capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "SLURM_CONF_DIR": str(site)})
+    assert r.returncode == 3, r.stderr
+    assert f"{conf} exists and was not written by these tests" in r.stderr
+    assert (conf.read_bytes(), conf.stat().st_mtime_ns) == before
+    assert not state.exists()  # nothing started, no PID recorded
 
 
 def test_tiny_workflow_on_slurm_equals_local_run(local_slurm, slurm_python, tmp_path):

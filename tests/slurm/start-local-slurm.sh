@@ -3,8 +3,22 @@
 # Debian packages when missing, writes slurm.conf, starts munged, slurmctld and slurmd in the background,
 # records their PIDs in $STATE/pids and waits until sinfo shows the node idle.
 # Usage: tests/slurm/start-local-slurm.sh STATE_DIR      (stop with tests/slurm/stop-local-slurm.sh STATE_DIR)
+# Refuses (exit 3, before installing or writing anything) on a machine that has a slurm.conf these tests did
+# not write, or SLURM / munge daemons already running: a cluster node or login node is left alone.
 set -euo pipefail
 STATE=${1:?state directory}
+CONF_DIR=${SLURM_CONF_DIR:-/etc/slurm}
+MARK="# written by detachment tests/slurm/start-local-slurm.sh"
+if [ -e "$CONF_DIR/slurm.conf" ] && ! grep -qxF "$MARK" "$CONF_DIR/slurm.conf"; then
+  echo "refusing to start a test SLURM: $CONF_DIR/slurm.conf exists and was not written by these tests" >&2
+  exit 3
+fi
+for d in slurmctld slurmd munged; do
+  if pgrep -x "$d" >/dev/null 2>&1; then
+    echo "refusing to start a test SLURM: a $d is already running on this machine" >&2
+    exit 3
+  fi
+done
 mkdir -p "$STATE"
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
@@ -14,8 +28,10 @@ fi
 host=$(hostname -s)
 cpus=$(nproc)
 mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
-mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /etc/munge /var/lib/munge /var/log/munge
-cat > /etc/slurm/slurm.conf <<CONF
+mkdir -p "$CONF_DIR" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /etc/munge /var/lib/munge /var/log/munge
+export SLURM_CONF="$CONF_DIR/slurm.conf"
+cat > "$SLURM_CONF" <<CONF
+$MARK
 ClusterName=localtest
 SlurmctldHost=$host
 SlurmUser=root
