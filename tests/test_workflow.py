@@ -275,3 +275,19 @@ def test_no_test_slice_and_no_unseen_cell_reaches_training(finished_run):
     split_of = dict(zip(table["sample"], table["split"]))
     assert {s for s in unseen} <= set(split_of) and all(split_of[s] == "out_of_sample" for s in unseen)
     assert all(split_of[s] == "in_sample" for s in sheet["sample"] if s not in unseen)
+
+
+SHEET_HEAD = "sample\tcell\tc_rate\tvolume\tvoxel_size_um\tlabels\tpreset\n"
+
+
+@pytest.mark.parametrize("row, expected", [
+    ("a\tc\t1C\tphantom\t\t\tblury", "samples.tsv: sample 'a', field 'preset': unknown phantom preset 'blury'"),
+    ("a\tc\t1C\tphantom\t\tlabels.h5\t", "sample 'a', field 'labels' is 'labels.h5'; a phantom takes 'truth'"),
+    ("a\tc\t1C\ttomo.h5\t0.5\t\tblurry", "sample 'a', field 'preset' is set for an imported volume"),
+])
+def test_bad_input_sheet_presets_and_phantom_labels_are_refused(tmp_path, row, expected):
+    work = write_tiny_workdir(tmp_path / "bad")
+    (work / "samples.tsv").write_text(SHEET_HEAD + row + "\n")
+    r = run_snakemake(work, "-n")
+    assert r.returncode != 0
+    assert expected in r.stdout + r.stderr
