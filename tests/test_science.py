@@ -445,6 +445,17 @@ def test_cell_level_test_against_hand_computed_values():
     assert np.isnan(t.loc["1C", "welch_p_cells_vs_1C"])
 
 
+def test_permutation_test_samples_splits_when_there_are_too_many_cells():
+    from detachment.stats import _permutation_p
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(0.4, 0.05, 12), rng.normal(0.2, 0.05, 12)  # C(24, 12) = 2.7 million splits
+    p = _permutation_p(a, b, n_random=2000, seed=1)
+    assert p == pytest.approx(1 / 2001)  # no random split separates the groups as well
+    same = _permutation_p(a, a + rng.normal(0, 0.001, 12), n_random=2000, seed=1)
+    assert same > 0.5
+
+
 def test_particles_of_two_cells_separate_volumes_not_rates():
     """Pseudo-replication: two cells per rate whose means scatter as much within a rate as between rates.
     Particles (the units of Mann–Whitney) look overwhelmingly different; cells do not."""
