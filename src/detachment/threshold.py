@@ -60,7 +60,12 @@ class ThresholdResult:
     histogram: phases.Histogram
     fwhm: pd.DataFrame
     fractions: dict
-    solid_per_slice: np.ndarray  # NMC voxels in each z slice
+    counts_per_slice: np.ndarray  # (z, phase code 0..4) voxel counts of the written map
+
+    @property
+    def solid_per_slice(self) -> np.ndarray:
+        """NMC voxels (low + high density) in each z slice."""
+        return self.counts_per_slice[:, phases.NMC_LOW] + self.counts_per_slice[:, phases.NMC_HIGH]
 
     @property
     def most_solid_slice(self) -> int:
@@ -105,7 +110,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     fine_edges = np.linspace(lo, hi, 4 * s.bins + 1)
     interior = np.zeros((len(phases.PHASE_NAMES), 4 * s.bins), np.int64)
     frac = np.zeros(len(phases.PHASE_NAMES), np.int64)
-    solid = np.zeros(shape[0], np.int64)
+    per_slice = np.zeros((shape[0], len(phases.PHASE_NAMES)), np.int64)
     with io.atomic_output(phases_path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("phases", shape=shape, dtype=np.uint8, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
@@ -119,7 +124,9 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
             core = p[z0 - a: z1 - a]
             d[z0:z1] = core
             frac += np.bincount(core.ravel(), minlength=len(frac))[: len(frac)]
-            solid[z0:z1] = ((core == phases.NMC_LOW) | (core == phases.NMC_HIGH)).sum(axis=(1, 2))
+            flat = core.reshape(z1 - z0, -1)
+            for code in phases.PHASE_NAMES:
+                per_slice[z0:z1, code] = np.count_nonzero(flat == code, axis=1)
         d.attrs["voxel_size_um"] = np.asarray(voxel)
         d.attrs["codes"] = ", ".join(f"{c}={n}" for c, n in phases.PHASE_NAMES.items())
         d.attrs["method"] = s.method
@@ -136,7 +143,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
                      "threshold_below": model.thresholds[k - 1] if k > 0 else np.nan,
                      "threshold_above": model.thresholds[k] if k < len(model.thresholds) else np.nan})
     return ThresholdResult(model, hist, pd.DataFrame(rows),
-                           {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, solid)
+                           {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, per_slice)
 
 
 def histogram_table(result: ThresholdResult) -> pd.DataFrame:

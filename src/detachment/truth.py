@@ -10,15 +10,12 @@ no code with it, so a bias of the face count shows up as an error.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 from .phases import AL, CBD, NMC_HIGH, NMC_LOW, VOID
-
-log = logging.getLogger(__name__)
 
 CLASSES = ("void", "cbd", "al", "particle")
 #: Distances (voxels) along the outward normal at which the outside of a triangle is read; the first

@@ -26,7 +26,7 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          title=f"{snakemake.wildcards.sample}: slice z={z}, {settings.method}")
 io.save_figure(fig, snakemake.output.figure)
 
-checks = plausibility.check_phase_map(plausibility.phase_counts(snakemake.output.phases, settings.slab))
+checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice))
 io.write_csv(snakemake.output.qc, checks)
 if not checks.passed.all():
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
