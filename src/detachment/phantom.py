@@ -540,8 +540,7 @@ def valence_map(density: np.ndarray, labels: np.ndarray, phases: np.ndarray, par
     within-particle noise is a smooth field (correlation length ``domain_correlation_vox``) plus
     white noise in the proportion of the density's own neighbour correlation, so that parts of
     particles (fragments of an over-segmented particle) also show about the planted r; with white
-    noise alone their means would correlate far better than the planted r (measured on the
-    default cells' CNN particles: 0.74 / 0.88 for a planted 0.54).
+    noise alone their means would correlate far better than the planted r.
 
     Deterministic for ``seed`` and independent of the phantom's own random stream (the map
     can be switched on or retuned without changing the phantom).
@@ -559,30 +558,9 @@ def valence_map(density: np.ndarray, labels: np.ndarray, phases: np.ndarray, par
     z /= z.std() or 1.0
     _, inv = np.unique(labels[solid], return_inverse=True)
     n_i = np.bincount(inv).astype(np.float64)
-    k = n_i.size
     zbar = np.bincount(inv, weights=z) / n_i  # per-particle mean of z
-    z_within = z - zbar[inv]
-    # between particles: u orthogonal (unweighted) to 1, zbar, n_i and n_i * zbar, so that it is uncorrelated
-    # with zbar over particles and with z over voxels; scaled to zbar's spread over particles
-    u = rng.standard_normal(k)
-    basis = np.stack([np.ones(k), zbar, n_i, n_i * zbar], 1)
-    if k > basis.shape[1] + 1:
-        u -= basis @ np.linalg.lstsq(basis, u, rcond=None)[0]
-    u *= zbar.std() / (u.std() or 1.0)
-    # within particles: a smooth field (the density domains' correlation length) plus white noise, mixed in the
-    # proportion that z itself shows (its neighbour correlation), so a part of a particle (e.g. a fragment of an
-    # over-segmented particle, or a coarser pixel) shows about the same correlation as a whole one; then zero
-    # mean in each particle, orthogonal to z's within-particle part, total noise variance 1
-    smooth_share = float(np.clip(_neighbour_correlation(z_within, labels, solid), 0.0, 1.0))
-    smooth = _smooth_field(rng, labels.shape, params.domain_correlation_vox)[solid]
-    w = rng.standard_normal(z.size)
-    w *= np.sqrt(1.0 - smooth_share)
-    w += np.sqrt(smooth_share) * smooth
-    del smooth
-    w -= (np.bincount(inv, weights=w) / n_i)[inv]
-    if z_within @ z_within > 0:
-        w -= (w @ z_within) / (z_within @ z_within) * z_within
-    del z_within
+    u = _between_particle_noise(rng, zbar, n_i)
+    w = _within_particle_noise(rng, z, zbar, inv, labels, solid, params.domain_correlation_vox)
     w_var = max(1.0 - float(np.sum(n_i * u**2)) / z.size, 0.0)
     w *= np.sqrt(w_var) / (w.std() or 1.0)
     # valence = mean + std * (r z + sqrt(1 - r^2) (u + w)), built in place in w
@@ -592,8 +570,46 @@ def valence_map(density: np.ndarray, labels: np.ndarray, phases: np.ndarray, par
     w *= params.valence_std
     w += params.valence_mean
     out[solid] = np.clip(w, *VALENCE_RANGE)
-    log.info("valence map seed %d: planted r = %.3f over %d solid voxels of %d particles", seed, r, z.size, k)
+    log.info("valence map seed %d: planted r = %.3f over %d solid voxels of %d particles", seed, r, z.size, n_i.size)
     return out
+
+
+def _between_particle_noise(rng: np.random.Generator, zbar: np.ndarray, n_i: np.ndarray) -> np.ndarray:
+    """Per-particle noise orthogonal (unweighted) to 1, ``zbar``, ``n_i`` and ``n_i * zbar``.
+
+    So it is uncorrelated with ``zbar`` over particles and with z over voxels; scaled to ``zbar``'s spread
+    over particles. ``zbar``: per-particle mean of the standardised density; ``n_i``: voxels per particle.
+    """
+    k = n_i.size
+    u = rng.standard_normal(k)
+    basis = np.stack([np.ones(k), zbar, n_i, n_i * zbar], 1)
+    if k > basis.shape[1] + 1:
+        u -= basis @ np.linalg.lstsq(basis, u, rcond=None)[0]
+    u *= zbar.std() / (u.std() or 1.0)
+    return u
+
+
+def _within_particle_noise(rng: np.random.Generator, z: np.ndarray, zbar: np.ndarray, inv: np.ndarray,
+                           labels: np.ndarray, solid: np.ndarray, correlation_vox: float) -> np.ndarray:
+    """Within-particle noise on the solid voxels (C order of ``solid``), not yet scaled.
+
+    A smooth field (correlation length ``correlation_vox``, the density domains') plus white noise, mixed in
+    the proportion that z itself shows (its neighbour correlation), so a part of a particle (a fragment of an
+    over-segmented particle, or a coarser pixel) shows about the same correlation as a whole one; then zero
+    mean in each particle and orthogonal to z's within-particle part.
+    """
+    n_i = np.bincount(inv).astype(np.float64)
+    z_within = z - zbar[inv]
+    smooth_share = float(np.clip(_neighbour_correlation(z_within, labels, solid), 0.0, 1.0))
+    smooth = _smooth_field(rng, labels.shape, correlation_vox)[solid]
+    w = rng.standard_normal(z.size)
+    w *= np.sqrt(1.0 - smooth_share)
+    w += np.sqrt(smooth_share) * smooth
+    del smooth
+    w -= (np.bincount(inv, weights=w) / n_i)[inv]
+    if z_within @ z_within > 0:
+        w -= (w @ z_within) / (z_within @ z_within) * z_within
+    return w
 
 
 def params_dict(params: PhantomParams) -> dict:

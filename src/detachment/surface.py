@@ -69,6 +69,43 @@ def face_areas(voxel_size_um) -> tuple[float, float, float]:
     return vy * vx, vz * vx, vz * vy
 
 
+_CLASS_OF_PHASE = np.full(256, -1, np.int64)
+_CLASS_OF_PHASE[[VOID, CBD, AL, NMC_LOW, NMC_HIGH]] = [0, 1, 2, 3, 3]
+
+
+def _face_classes(labels, phases, intensity, gap_level, axis: int, step: int, faces: tuple, probe: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Owner label and contact class index (into :data:`CONTACT_CLASSES`, -1 = none) of each face.
+
+    ``faces`` = (own, other, oth_sl, m): the faces between the particle voxels ``own[m]`` and their
+    neighbours ``other[m]`` one ``step`` along ``axis`` (``oth_sl`` selects the neighbours in the volume).
+    """
+    own, other, oth_sl, m = faces
+    owner = own[m].astype(np.int64)
+    oth = other[m]
+    phase_near = phases[oth_sl][m]
+    reads_gap = intensity is not None and gap_level is not None
+    dark = intensity[oth_sl][m] < gap_level if reads_gap else np.zeros(len(oth), bool)
+    if probe > 1:
+        size = labels.shape[axis]
+        far = np.clip(np.arange(size) + step * (probe - 1), 0, size - 1)
+        lab_far = np.take(labels, far, axis=axis)[oth_sl][m]
+        phase_far = np.take(phases, far, axis=axis)[oth_sl][m]
+        back_inside = lab_far == owner
+        lab_far = np.where(back_inside, 0, lab_far)
+        if reads_gap:
+            far_dark = np.take(intensity, far, axis=axis)[oth_sl][m] < gap_level
+            dark |= far_dark & ~back_inside & (lab_far == 0)
+        dark &= oth == 0
+        near_void = (phase_near == VOID) | dark
+        gap = near_void | (phase_far == VOID)
+        phase_near = np.where(back_inside, np.where(near_void, VOID, phase_near), np.where(gap, VOID, phase_far))
+        oth = np.where(oth > 0, oth, np.where(near_void, 0, lab_far))
+    else:
+        phase_near = np.where(dark & (oth == 0), VOID, phase_near)
+    return owner, np.where(oth > 0, 3, _CLASS_OF_PHASE[phase_near])
+
+
 def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),
                      n_labels: int | None = None, probe: int = 1, intensity: np.ndarray | None = None,
                      gap_level: float | None = None) -> SurfaceContacts:
@@ -103,42 +140,18 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
     """
     labels = np.asarray(labels)
     n = int(labels.max()) + 1 if n_labels is None else n_labels + 1
-    cls_of_phase = np.full(256, -1, np.int64)
-    cls_of_phase[[VOID, CBD, AL, NMC_LOW, NMC_HIGH]] = [0, 1, 2, 3, 3]
     area = np.zeros((n, len(CONTACT_CLASSES)))
     count = np.zeros((n, len(CONTACT_CLASSES)), np.int64)
     for axis, a_face in enumerate(face_areas(voxel_size_um)):
         sa, sb = _pairs(labels.shape, axis)
         la, lb = labels[sa], labels[sb]
         differ = la != lb
-        size = labels.shape[axis]
         for own, other, oth_sl, step in ((la, lb, sb, 1), (lb, la, sa, -1)):
             m = differ & (own > 0)
             if not m.any():
                 continue
-            owner = own[m].astype(np.int64)
-            oth = other[m]
-            phase_near = phases[oth_sl][m]
-            dark = np.zeros(len(oth), bool)
-            if intensity is not None and gap_level is not None:
-                dark = intensity[oth_sl][m] < gap_level
-            if probe > 1:
-                far = np.clip(np.arange(size) + step * (probe - 1), 0, size - 1)
-                lab_far = np.take(labels, far, axis=axis)[oth_sl][m]
-                phase_far = np.take(phases, far, axis=axis)[oth_sl][m]
-                back_inside = lab_far == owner
-                lab_far = np.where(back_inside, 0, lab_far)
-                if intensity is not None and gap_level is not None:
-                    far_dark = np.take(intensity, far, axis=axis)[oth_sl][m] < gap_level
-                    dark |= far_dark & ~back_inside & (lab_far == 0)
-                dark &= oth == 0
-                near_void = (phase_near == VOID) | dark
-                gap = near_void | (phase_far == VOID)
-                phase_near = np.where(back_inside, np.where(near_void, VOID, phase_near), np.where(gap, VOID, phase_far))
-                oth = np.where(oth > 0, oth, np.where(near_void, 0, lab_far))
-            else:
-                phase_near = np.where(dark & (oth == 0), VOID, phase_near)
-            cls = np.where(oth > 0, 3, cls_of_phase[phase_near])
+            owner, cls = _face_classes(labels, phases, intensity, gap_level, axis, step, (own, other, oth_sl, m),
+                                       probe)
             valid = cls >= 0
             idx = owner[valid] * len(CONTACT_CLASSES) + cls[valid]
             c = np.bincount(idx, minlength=n * len(CONTACT_CLASSES)).reshape(n, -1)
