@@ -116,19 +116,9 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     dens_mean = ndimage.mean(volume, solid_labels, idx)
     dens_std = ndimage.standard_deviation(volume, solid_labels, idx)
     com = np.array(ndimage.center_of_mass(ones, labels, idx))
-    objs = ndimage.find_objects(labels, max_label=n)
     top = collector_top(phases)
-    area_mc, zmin = [], []
-    for lab, sl in zip(idx, objs):
-        if sl is None:
-            area_mc.append(np.nan)
-            zmin.append(-1)
-            continue
-        area_mc.append(surface_area_mc(labels[sl] == lab, vs))
-        zmin.append(sl[0].start)
-    vvox = float(np.prod(vs))
-    volume_um3 = vox * vvox
-    area_mc = np.asarray(area_mc)
+    area_mc, zmin = _mesh_areas_and_bottoms(labels, n, vs)
+    volume_um3 = vox * float(np.prod(vs))
     with np.errstate(invalid="ignore", divide="ignore"):
         sphericity = np.pi ** (1 / 3) * (6 * volume_um3) ** (2 / 3) / area_mc
         table = pd.DataFrame({
@@ -139,7 +129,7 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
             "sphericity": sphericity,
             "centroid_z_um": com[:, 0] * vs[0], "centroid_y_um": com[:, 1] * vs[1],
             "centroid_x_um": com[:, 2] * vs[2],
-            "distance_to_collector_um": (np.asarray(zmin) - top) * vs[0],
+            "distance_to_collector_um": (zmin - top) * vs[0],
             "height_um": com[:, 0] * vs[0] - top * vs[0],
             "electron_density_mean": dens_mean, "electron_density_std": dens_std,
             "nmc_high_fraction": np.where(solid_vox > 0, high_vox / np.maximum(solid_vox, 1), np.nan),
@@ -156,6 +146,19 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     if border is not None:
         table["touches_border"] = table.label.map(border).fillna(False).astype(bool)
     return table[table.volume_um3 > 0].reset_index(drop=True)
+
+
+def _mesh_areas_and_bottoms(labels: np.ndarray, n: int, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Marching-cubes surface area (µm²) and lowest z slice of labels 1..n (NaN / -1 where absent)."""
+    area_mc, zmin = [], []
+    for lab, sl in enumerate(ndimage.find_objects(labels, max_label=n), start=1):
+        if sl is None:
+            area_mc.append(np.nan)
+            zmin.append(-1)
+            continue
+        area_mc.append(surface_area_mc(labels[sl] == lab, vs))
+        zmin.append(sl[0].start)
+    return np.asarray(area_mc), np.asarray(zmin)
 
 
 def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, closing_vox: int = 2,
@@ -179,19 +182,44 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
       envelope: where a crack thinner than ~2 voxels opens at the surface the blur lifts it into CBD's
       grey range, and without them its walls read as detached surface.
 
-    Measured on the default phantoms, pipeline particles (detachment MAE 1C / C/10), with the earlier
-    phantom whose cracks were wedges: core 0.084 / 0.080 -> 0.070 / 0.074; crack network 0.072 / 0.069
-    -> 0.075 / 0.045; falling-short rule 0.061 / 0.054 -> 0.059 / 0.049. With the slab cracks and the
-    fitted contact level, crack mouths: 0.030 / 0.041 -> 0.030 / 0.025, crack surface per volume (error
-    of the mean) -6 % / -6 % -> -1 % / -0.5 %; all CBD voxels between solid, not only those touching a
-    pore, gave 0.031 / 0.026 but +5 % (half of them lay outside the true particle). Falls back to the mask
-    when the region holds no solid.
+    Falls back to the mask when the region holds no solid.
+
+    Parameters
+    ----------
+    mask : (z, y, x) bool
+        The instance's segmentation mask (crop).
+    others : (z, y, x) bool
+        Voxels of other particles (never part of the envelope).
+    phases : (z, y, x) uint8
+        Phase codes of the same crop.
+    closing_vox, core_erosion_vox, crack_span_vox : int
+        Closing ball radius, core erosion and crack half-span, in voxels (0 switches core / span off).
+    crack_mouths : bool
+        Also take CBD-classified crack mouths (see above).
+
+    Returns
+    -------
+    (z, y, x) bool
+        The envelope.
     """
     ball = ndimage.generate_binary_structure(3, 1)
     region = ndimage.binary_dilation(mask, ball) & ~others
-    solid = region & ((phases == NMC_LOW) | (phases == NMC_HIGH))
+    nmc_phase = (phases == NMC_LOW) | (phases == NMC_HIGH)
+    solid = region & nmc_phase
     if not solid.any():
         return mask
+    env = _closed_core(mask, solid, phases, closing_vox, core_erosion_vox)
+    reach = ndimage.binary_dilation(mask, ball, iterations=2) & ~others
+    env &= reach
+    if crack_span_vox:
+        env = _add_spanned_cracks(env, reach, others, phases, nmc_phase, crack_span_vox, crack_mouths)
+    return env
+
+
+def _closed_core(mask, solid, phases, closing_vox: int, core_erosion_vox: int) -> np.ndarray:
+    """Solid, the mask's core and its crack network (void connected to void in the core), closed by a
+    ball of ``closing_vox`` and hole-filled."""
+    ball = ndimage.generate_binary_structure(3, 1)
     core = ndimage.binary_erosion(mask, ball, iterations=core_erosion_vox) if core_erosion_vox else \
         np.zeros_like(mask)
     pores = mask & (phases == VOID)
@@ -201,26 +229,28 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
     pad = closing_vox + 1
     env = np.pad(solid | core | cracks, pad)
     env = ndimage.binary_closing(env, ndimage.iterate_structure(ball, closing_vox))[pad:-pad, pad:-pad, pad:-pad]
-    env = ndimage.binary_fill_holes(env)
-    reach = ndimage.binary_dilation(mask, ball, iterations=2) & ~others
-    env &= reach
-    if crack_span_vox:
-        nmc = reach & ((phases == NMC_LOW) | (phases == NMC_HIGH))
-        env |= ndimage.binary_dilation(env, ball, mask=nmc)  # solid up to two voxels out
-        walls = np.pad(env | nmc, crack_span_vox + 1)
-        spanned = np.zeros_like(walls)
-        for axis in range(3):
-            line = [1, 1, 1]
-            line[axis] = 2 * crack_span_vox + 1
-            spanned |= ndimage.binary_closing(walls, np.ones(line, bool))
-        c = slice(crack_span_vox + 1, -crack_span_vox - 1)
-        spanned = spanned[c, c, c] & reach
-        add = spanned & (phases == VOID)
-        if crack_mouths:
-            pores_inside = (env | add) & ~((phases == NMC_LOW) | (phases == NMC_HIGH))
-            add |= spanned & (phases == CBD) & ndimage.binary_dilation(pores_inside, ball)
-        env = ndimage.binary_fill_holes(env | add) & ~others
-    return env
+    return ndimage.binary_fill_holes(env)
+
+
+def _add_spanned_cracks(env, reach, others, phases, nmc_phase, crack_span_vox: int, crack_mouths: bool):
+    """``env`` grown where the mask falls short: solid up to two voxels out, and void (with
+    ``crack_mouths`` also CBD touching a pore inside) with solid on both sides within ``crack_span_vox``."""
+    ball = ndimage.generate_binary_structure(3, 1)
+    nmc = reach & nmc_phase
+    env |= ndimage.binary_dilation(env, ball, mask=nmc)  # solid up to two voxels out
+    walls = np.pad(env | nmc, crack_span_vox + 1)
+    spanned = np.zeros_like(walls)
+    for axis in range(3):
+        line = [1, 1, 1]
+        line[axis] = 2 * crack_span_vox + 1
+        spanned |= ndimage.binary_closing(walls, np.ones(line, bool))
+    c = slice(crack_span_vox + 1, -crack_span_vox - 1)
+    spanned = spanned[c, c, c] & reach
+    add = spanned & (phases == VOID)
+    if crack_mouths:
+        pores_inside = (env | add) & ~nmc_phase
+        add |= spanned & (phases == CBD) & ndimage.binary_dilation(pores_inside, ball)
+    return ndimage.binary_fill_holes(env | add) & ~others
 
 
 def _collector_top_from_file(dp, n_slices: int) -> int:
