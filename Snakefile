@@ -1,33 +1,9 @@
-# Detachment statistics of cathode particles from nano-tomography (after Jiang et al. 2020).
-# The Snakefile only declares; validation and helpers live in workflow/rules/common.smk.
-from snakemake.utils import min_version
-
-min_version("9.0")
+# The workflow lives in workflow/Snakefile (the Snakemake catalog's layout); this file lets
+# `snakemake` run from the top level find it (an included file's default target does not carry over).
+include: "workflow/Snakefile"
 
 
-configfile: "config/config.yaml"
-
-
-scattergather:
-    infer_slab=config.get("infer", {}).get("slabs", 2),
-    particle_parts=config.get("science", {}).get("particle_parts", 2),
-
-
-report: "workflow/report/workflow.rst"
-
-
-include: "workflow/rules/common.smk"
-include: "workflow/rules/volume.smk"
-include: "workflow/rules/threshold.smk"
-include: "workflow/rules/cnn.smk"
-include: "workflow/rules/compare.smk"
-include: "workflow/rules/link.smk"
-include: "workflow/rules/science.smk"
-include: "workflow/rules/second_map.smk"
-include: "workflow/rules/validation.smk"
-
-
-rule all:
+rule default:
     default_target: True
     input:
-        final_targets(),
+        rules.all.input,

@@ -13,7 +13,7 @@ from detachment import io
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = [p for d in ("src", "workflow", "benchmarks") for p in (ROOT / d).rglob("*.py")]
-SMK = list((ROOT / "workflow" / "rules").glob("*.smk")) + [ROOT / "Snakefile"]
+SMK = list((ROOT / "workflow" / "rules").glob("*.smk")) + [ROOT / "Snakefile", ROOT / "workflow" / "Snakefile"]
 
 
 def test_every_torch_load_is_weights_only():

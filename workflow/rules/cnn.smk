@@ -17,13 +17,11 @@ rule annotations:
     log:
         "logs/annotations.log",
     benchmark:
-        "benchmarks/out/annotations.tsv"
-    threads: 1
+        "logs/benchmarks/annotations.tsv"
     resources:
-        mem_mb=2000,
         runtime=10,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/annotations.py"
 
@@ -41,13 +39,12 @@ rule augment:
     log:
         "logs/augment.log",
     benchmark:
-        "benchmarks/out/augment.tsv"
-    threads: 1
+        "logs/benchmarks/augment.tsv"
     resources:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/augment.py"
 
@@ -73,14 +70,14 @@ rule train:
     log:
         "logs/train.log",
     benchmark:
-        "benchmarks/out/train.tsv"
+        "logs/benchmarks/train.tsv"
     threads: config["train"]["threads"]
     resources:
         mem_mb=8000,
         runtime=config["train"]["runtime_min"],
         gpu=config["train"]["gpus"],
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     script:
         "../scripts/train.py"
 
@@ -97,14 +94,14 @@ rule infer_slab:
     log:
         "logs/infer_slab/{sample}/{scatteritem}.log",
     benchmark:
-        "benchmarks/out/infer_slab/{sample}/{scatteritem}.tsv"
+        "logs/benchmarks/infer_slab/{sample}/{scatteritem}.tsv"
     threads: config["infer"]["threads"]
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=config["infer"]["gpus"],
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     script:
         "../scripts/infer_slab.py"
 
@@ -119,13 +116,11 @@ rule gather_slices:
     log:
         "logs/gather_slices/{sample}.log",
     benchmark:
-        "benchmarks/out/gather_slices/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/gather_slices/{sample}.tsv"
     resources:
-        mem_mb=2000,
         runtime=10,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/gather_slices.py"
 
@@ -147,12 +142,10 @@ rule activation_map:
     log:
         "logs/activation_map.log",
     benchmark:
-        "benchmarks/out/activation_map.tsv"
-    threads: 1
+        "logs/benchmarks/activation_map.tsv"
     resources:
-        mem_mb=2000,
         runtime=10,
     conda:
-        "../../envs/torch.yaml"
+        "../envs/torch.yaml"
     script:
         "../scripts/activation_map.py"

@@ -9,7 +9,8 @@ import pandas as pd
 from snakemake.logging import logger
 from snakemake.utils import validate
 
-sys.path.insert(0, os.path.join(workflow.basedir, "src"))  # the library, also where it is not installed
+# the library (src/, two levels up from this file), also where it is not installed
+sys.path.insert(0, os.path.normpath(os.path.join(workflow.current_basedir, "..", "..", "src")))
 from detachment.presets import preset_params  # noqa: E402
 
 

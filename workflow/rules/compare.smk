@@ -14,13 +14,11 @@ rule tune_watershed:
     log:
         "logs/tune_watershed.log",
     benchmark:
-        "benchmarks/out/tune_watershed.tsv"
-    threads: 1
+        "logs/benchmarks/tune_watershed.tsv"
     resources:
-        mem_mb=2000,
         runtime=60,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/tune_watershed.py"
 
@@ -50,12 +48,10 @@ rule compare:
     log:
         "logs/compare.log",
     benchmark:
-        "benchmarks/out/compare.tsv"
-    threads: 1
+        "logs/benchmarks/compare.tsv"
     resources:
-        mem_mb=2000,
         runtime=10,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/compare.py"

@@ -12,13 +12,9 @@ rule link_slices:
     log:
         "logs/link_slices/{sample}.log",
     benchmark:
-        "benchmarks/out/link_slices/{sample}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
+        "logs/benchmarks/link_slices/{sample}.tsv"
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/link_slices.py"
 
@@ -38,13 +34,11 @@ rule evaluate_linking:
     log:
         "logs/evaluate_linking/{sample}.log",
     benchmark:
-        "benchmarks/out/evaluate_linking/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/evaluate_linking/{sample}.tsv"
     resources:
         mem_mb=4000,
-        runtime=30,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/evaluate_linking.py"
 
@@ -64,12 +58,11 @@ rule summarize_linking:
     log:
         "logs/summarize_linking.log",
     benchmark:
-        "benchmarks/out/summarize_linking.tsv"
-    threads: 1
+        "logs/benchmarks/summarize_linking.tsv"
     resources:
         mem_mb=1000,
         runtime=5,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/summarize_linking.py"

@@ -18,13 +18,11 @@ rule contact_level:
     log:
         "logs/contact_level/{sample}.log",
     benchmark:
-        "benchmarks/out/contact_level/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/contact_level/{sample}.tsv"
     resources:
         mem_mb=4000,
-        runtime=30,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/contact_level.py"
 
@@ -45,13 +43,11 @@ rule particles_part:
     log:
         "logs/particles/{sample}/{scatteritem}.log",
     benchmark:
-        "benchmarks/out/particles/{sample}/{scatteritem}.tsv"
-    threads: 1
+        "logs/benchmarks/particles/{sample}/{scatteritem}.tsv"
     resources:
         mem_mb=4000,
-        runtime=30,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/particles_part.py"
 
@@ -64,13 +60,12 @@ rule particles:
     log:
         "logs/particles/{sample}.log",
     benchmark:
-        "benchmarks/out/particles/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/particles/{sample}.tsv"
     resources:
         mem_mb=1000,
         runtime=5,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/gather_table.py"
 
@@ -94,13 +89,11 @@ rule damage:
     log:
         "logs/damage/{sample}.log",
     benchmark:
-        "benchmarks/out/damage/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/damage/{sample}.tsv"
     resources:
-        mem_mb=2000,
         runtime=10,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/damage.py"
 
@@ -116,13 +109,12 @@ rule diffusion_part:
     log:
         "logs/diffusion/{sample}/{scatteritem}.log",
     benchmark:
-        "benchmarks/out/diffusion/{sample}/{scatteritem}.tsv"
-    threads: 1
+        "logs/benchmarks/diffusion/{sample}/{scatteritem}.tsv"
     resources:
         mem_mb=4000,
         runtime=60,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/diffusion_part.py"
 
@@ -145,13 +137,12 @@ rule diffusion:
     log:
         "logs/diffusion/{sample}.log",
     benchmark:
-        "benchmarks/out/diffusion/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/diffusion/{sample}.tsv"
     resources:
         mem_mb=4000,
         runtime=10,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/diffusion.py"
 
@@ -180,13 +171,12 @@ rule statistics:
     log:
         "logs/statistics.log",
     benchmark:
-        "benchmarks/out/statistics.tsv"
-    threads: 1
+        "logs/benchmarks/statistics.tsv"
     resources:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/statistics.py"
 
@@ -211,13 +201,11 @@ rule validate_science:
     log:
         "logs/validate_science/{sample}.log",
     benchmark:
-        "benchmarks/out/validate_science/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/validate_science/{sample}.tsv"
     resources:
         mem_mb=4000,
-        runtime=30,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/validate_science.py"
 
@@ -241,12 +229,11 @@ rule summarize_science_validation:
     log:
         "logs/summarize_science_validation.log",
     benchmark:
-        "benchmarks/out/summarize_science_validation.tsv"
-    threads: 1
+        "logs/benchmarks/summarize_science_validation.tsv"
     resources:
         mem_mb=1000,
         runtime=5,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/summarize_science_validation.py"

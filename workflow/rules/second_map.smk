@@ -17,14 +17,13 @@ rule phantom_second_map:
     log:
         "logs/phantom_second_map/{sample}.log",
     benchmark:
-        "benchmarks/out/phantom_second_map/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/phantom_second_map/{sample}.tsv"
     resources:
         # whole phantom in memory, ~33 B per voxel measured: 0.05 GB default, ~2.8 GB at paper scale
         mem_mb=4000,
         runtime=10,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/phantom_second_map.py"
 
@@ -43,13 +42,12 @@ rule import_second_map:
     log:
         "logs/import_second_map/{sample}.log",
     benchmark:
-        "benchmarks/out/import_second_map/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/import_second_map/{sample}.tsv"
     resources:
         mem_mb=4000,
         runtime=60,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/import_second_map.py"
 
@@ -68,13 +66,9 @@ rule second_map_particles:
     log:
         "logs/second_map_particles/{sample}.log",
     benchmark:
-        "benchmarks/out/second_map_particles/{sample}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
+        "logs/benchmarks/second_map_particles/{sample}.tsv"
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/second_map_particles.py"
 
@@ -101,12 +95,11 @@ rule second_map_correlation:
     log:
         "logs/second_map_correlation.log",
     benchmark:
-        "benchmarks/out/second_map_correlation.tsv"
-    threads: 1
+        "logs/benchmarks/second_map_correlation.tsv"
     resources:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/second_map_correlation.py"

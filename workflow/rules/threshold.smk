@@ -20,12 +20,10 @@ rule threshold_phases:
     log:
         "logs/threshold_phases/{sample}.log",
     benchmark:
-        "benchmarks/out/threshold_phases/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/threshold_phases/{sample}.tsv"
     resources:
         mem_mb=4000,
-        runtime=30,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/threshold_phases.py"

@@ -21,13 +21,12 @@ rule evaluate_sample:
     log:
         "logs/evaluate_sample/{sample}.log",
     benchmark:
-        "benchmarks/out/evaluate_sample/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/evaluate_sample/{sample}.tsv"
     resources:
         mem_mb=4000,
         runtime=20,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/evaluate_sample.py"
 
@@ -53,12 +52,11 @@ rule robustness:
     log:
         "logs/robustness.log",
     benchmark:
-        "benchmarks/out/robustness.tsv"
-    threads: 1
+        "logs/benchmarks/robustness.tsv"
     resources:
         mem_mb=1000,
         runtime=5,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/robustness.py"

@@ -14,13 +14,11 @@ rule make_phantom:
     log:
         "logs/make_phantom/{sample}.log",
     benchmark:
-        "benchmarks/out/make_phantom/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/make_phantom/{sample}.tsv"
     resources:
-        mem_mb=2000,
         runtime=10,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/make_phantom.py"
 
@@ -38,12 +36,11 @@ rule import_volume:
     log:
         "logs/import_volume/{sample}.log",
     benchmark:
-        "benchmarks/out/import_volume/{sample}.tsv"
-    threads: 1
+        "logs/benchmarks/import_volume/{sample}.tsv"
     resources:
         mem_mb=4000,
         runtime=60,
     conda:
-        "../../envs/core.yaml"
+        "../envs/core.yaml"
     script:
         "../scripts/import_volume.py"
