@@ -179,6 +179,7 @@ def effect_size(truth_tables: dict[str, pd.DataFrame], measured: dict[str, pd.Da
     from scipy.stats import mannwhitneyu
 
     def groups(tables):
+        """Per C-rate (``high``, ``low``), the detachment values of the tables' particles pooled."""
         out = {high: [], low: []}
         for s, t in tables.items():
             if rates.get(s) in out:
