@@ -1,13 +1,13 @@
 """Labelled slices and their train / val / test split without leakage (Supp. Note 1).
 
-The paper labelled 221 slices, 155 for training and validation and 66 held out
-for testing. Neighbouring slices of a tomogram are nearly identical, so a
-random per-slice split would test on near-copies of training slices. Here
-the test and val slices of each sample are contiguous z-ranges at a seeded
-random position, and every train or val slice that lies within ``margin``
-slices of a slice of another split (same sample) is dropped, test keeping
-priority over val, val over train. So no test slice has a training slice
-within ``margin``.
+Neighbouring slices of a tomogram are nearly identical, so a random per-slice split would test on
+near-copies of training slices. Per sample, the test and val slices form one contiguous held-out block
+at a seeded, depth-stratified position, and every training slice within ``margin_slices`` slices (in z)
+of a held-out slice is dropped, so no test or val slice has a training slice within the margin. The
+paper labelled 221 slices, 155 for training and validation and 66 held out for testing.
+
+Main entry points: :func:`build_splits`, :func:`split_slices`, :func:`read_split`,
+:func:`read_model_images`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,24 @@ PAPER_VAL_FRACTION = 0.10  # of all labelled slices; the paper does not give its
 
 @dataclass
 class SplitSettings:
-    """``annotations`` config section. Counts, when given, override the fractions."""
+    """``annotations`` config section. Counts, when given, override the fractions.
+
+    Attributes
+    ----------
+    test_fraction : float
+        Fraction (0-1) of all labelled slices held out for testing; default the paper's 66/221.
+    val_fraction : float
+        Fraction (0-1) of all labelled slices held out for validation (the paper does not give its
+        train/val cut).
+    n_test, n_val : int or None
+        Numbers of test and val slices; override the fractions when given.
+    margin_slices : int
+        Training slices within this many slices (in z) of a held-out slice are dropped.
+    min_instance_area_px : int
+        Smallest instance (px) kept in a mask; a slice counts as labelled when it holds one.
+    seed : int
+        Seed of the held-out blocks' positions.
+    """
 
     test_fraction: float = 0.2986  # PAPER_TEST_FRACTION to 4 digits, as the config schema
     val_fraction: float = PAPER_VAL_FRACTION
@@ -43,13 +60,37 @@ class SplitSettings:
 
 @dataclass
 class LabelledSlice:
+    """One labelled slice: the sample it belongs to and its z index.
+
+    Attributes
+    ----------
+    sample : str
+        Sample name.
+    z : int
+        Slice index in the sample's volume.
+    """
     sample: str
     z: int
 
 
 def relabel_slice(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Consecutive instance ids 1..n of a 2D label slice; instances under ``min_area`` px and
-    disconnected fragments smaller than that are dropped (an annotator would not label them)."""
+    """Consecutive instance ids 1..n of a 2D label slice, small instances and fragments dropped.
+
+    Of each instance, the connected pieces of at least ``min_area`` px are kept, and the instance is kept
+    when those pieces together cover at least ``min_area`` px (an annotator would not label less).
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        (y, x) integer instance labels, 0 = background.
+    min_area : int
+        Smallest piece and instance kept, in px.
+
+    Returns
+    -------
+    numpy.ndarray
+        (y, x) uint16 instance labels 1..n in order of the input ids, 0 = background.
+    """
     out = np.zeros(mask.shape, np.uint16)
     n = 0
     for lab in np.unique(mask[mask > 0]):
@@ -67,14 +108,31 @@ def relabel_slice(mask: np.ndarray, min_area: int) -> np.ndarray:
 def split_slices(available: dict[str, list[int]], s: SplitSettings) -> dict[str, list[LabelledSlice]]:
     """Assign labelled slices ``{sample: [z, ...]}`` to train / val / test without leakage.
 
-    Per sample, the test slices form one contiguous z-range with the val
-    slices right beside it; ``margin_slices`` training slices are left out on
-    either side of that held-out block. The ranges are stratified over depth: sample
-    k of K holds out the range at relative depth (k + u) / K (u seeded), so in
-    a monolayer, where every depth looks different (particle bottoms, equators,
-    caps), each depth is held out in one sample and trained on in the others.
-    The requested counts are shared among samples in proportion to their
-    labelled slices.
+    Per sample, the test slices form one contiguous run of the sample's labelled slices with the val
+    slices right beside it (on the side with more room); training slices within ``margin_slices`` (in z)
+    of that held-out block are left out. The blocks are stratified over depth: sample k of K holds out
+    the block at relative depth (k + u) / K (u seeded), so in a monolayer, where every depth looks
+    different (particle bottoms, equators, caps), each depth is held out in one sample and trained on in
+    the others. The requested counts are shared among samples in proportion to their labelled slices
+    (largest remainder).
+
+    Parameters
+    ----------
+    available : dict of str to list of int
+        Per sample, the z indices of its labelled slices (:func:`labelled_slices`).
+    s : SplitSettings
+        Fractions or counts, margin and seed.
+
+    Returns
+    -------
+    dict of str to list of LabelledSlice
+        ``"train"``, ``"val"`` and ``"test"`` slices, each non-empty.
+
+    Raises
+    ------
+    ValueError
+        When the test or val count is below 1 or leaves no training slice, a sample has fewer labelled
+        slices than its test and val share, or a split ends up empty.
     """
     rng = np.random.default_rng(s.seed)
     total = sum(len(v) for v in available.values())
@@ -133,7 +191,20 @@ def _shares(n: int, sizes: list[int]) -> list[int]:
 
 
 def labelled_slices(labels: np.ndarray, min_area: int) -> list[int]:
-    """z indices of a (z, y, x) label volume whose slice holds at least one instance of ``min_area`` px."""
+    """z indices of the slices of a label volume that hold at least one instance of ``min_area`` px.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (z, y, x) integer instance labels, 0 = background.
+    min_area : int
+        Smallest instance area, in px.
+
+    Returns
+    -------
+    list of int
+        The z indices, ascending.
+    """
     out = []
     for z in range(labels.shape[0]):
         ids, counts = np.unique(labels[z][labels[z] > 0], return_counts=True)
@@ -144,10 +215,38 @@ def labelled_slices(labels: np.ndarray, min_area: int) -> list[int]:
 
 def write_split(path, slices: list[LabelledSlice], volumes: dict[str, str], labels: dict[str, str],
                 label_dataset: str, min_area: int) -> int:
-    """Write one split: ``/images`` (n, y, x) float32, ``/masks`` (n, y, x) uint16 instances,
-    ``/context`` (n, 2, y, x) float32 the slices z-1 and z+1 (the edge slice repeated at the volume's
-    faces; for models that see their neighbours, :func:`read_model_images`), ``/sample`` and ``/z``
-    provenance. All slices must share one shape. Returns n."""
+    """Write one split's slices to an HDF5 file, atomically.
+
+    Datasets: ``/images`` (n, y, x) float32 grey levels; ``/masks`` (n, y, x) uint16 instances
+    (:func:`relabel_slice`); ``/context`` (n, 2, y, x) float32 slices z-1 and z+1 (the edge slice repeated
+    at the volume's faces; for models that see their neighbours, :func:`read_model_images`); ``/sample``
+    (n,) str and ``/z`` (n,) int64 provenance.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The split file to write.
+    slices : list of LabelledSlice
+        The split's slices (at least one).
+    volumes : dict of str to str
+        Per sample, its contract volume file (``/volume``).
+    labels : dict of str to str
+        Per sample, its label HDF5 file.
+    label_dataset : str
+        Dataset of the (z, y, x) instance labels in the label files.
+    min_area : int
+        Smallest instance kept, in px.
+
+    Returns
+    -------
+    int
+        Number of slices written, n.
+
+    Raises
+    ------
+    ValueError
+        When the slices differ in shape (all must share one (y, x)).
+    """
     images, context, masks, samples, zs = [], [], [], [], []
     for sl in slices:
         with h5py.File(volumes[sl.sample], "r") as f:
@@ -171,15 +270,49 @@ def write_split(path, slices: list[LabelledSlice], volumes: dict[str, str], labe
 
 
 def read_split(path) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
-    """(images, masks, samples, z) of a split file."""
+    """Read a split file written by :func:`write_split`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The split file.
+
+    Returns
+    -------
+    images : numpy.ndarray
+        (n, y, x) float32 grey levels.
+    masks : numpy.ndarray
+        (n, y, x) uint16 instance labels, 0 = background.
+    samples : list of str
+        Sample of each slice.
+    z : numpy.ndarray
+        (n,) int64 slice index of each slice in its sample's volume.
+    """
     with h5py.File(path, "r") as f:
         return (f["images"][...], f["masks"][...], [s.decode() if isinstance(s, bytes) else s for s in f["sample"][...]],
                 f["z"][...])
 
 
 def read_model_images(path, context_slices: int) -> np.ndarray:
-    """A split file's images as a model takes them: (n, y, x) without context, else (n, 3, y, x) holding
-    slices z-1, z, z+1 (``model.context_slices`` 1)."""
+    """A split file's images as a model takes them, with or without the neighbour slices.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The split file.
+    context_slices : int
+        ``model.context_slices``: 0 for single slices, 1 for slices z-1, z, z+1 as channels.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n, y, x) float32 without context, else (n, 3, y, x) holding slices z-1, z, z+1.
+
+    Raises
+    ------
+    InputError
+        When context is asked for and the file has no ``/context`` dataset.
+    """
     with h5py.File(path, "r") as f:
         images = f["images"][...]
         if not context_slices:
@@ -192,7 +325,23 @@ def read_model_images(path, context_slices: int) -> np.ndarray:
 
 
 def check_label_volume(path, dataset: str, volume_shape: tuple[int, ...]) -> None:
-    """Refuse a label file whose dataset is missing, not integer, or not the volume's shape."""
+    """Refuse a label file whose dataset is missing, not integer, or not the volume's shape.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The label HDF5 file.
+    dataset : str
+        Dataset of the (z, y, x) instance labels.
+    volume_shape : tuple of int
+        (z, y, x) shape of the sample's volume, in voxels.
+
+    Raises
+    ------
+    InputError
+        When the file is not HDF5, lacks the dataset, or the dataset is not of integer type or not of
+        ``volume_shape``.
+    """
     if not h5py.is_hdf5(path):
         raise io.InputError(f"{path}: label file is not HDF5")
     with h5py.File(path, "r") as f:
@@ -208,7 +357,36 @@ def check_label_volume(path, dataset: str, volume_shape: tuple[int, ...]) -> Non
 
 def build_splits(samples: list[str], volumes: list[str], labels: list[str], s: SplitSettings,
                  outputs: dict[str, str], label_dataset: str = "labels"):
-    """Find labelled slices, split them, write one HDF5 per split; returns the split table."""
+    """Find labelled slices, split them, and write one HDF5 file per split.
+
+    Parameters
+    ----------
+    samples : list of str
+        Sample names.
+    volumes : list of str
+        Contract volume file of each sample, in the order of ``samples``.
+    labels : list of str
+        Label HDF5 file of each sample (instances of the volume's shape), in the same order.
+    s : SplitSettings
+        Split settings.
+    outputs : dict of str to str
+        File to write for each split (``"train"``, ``"val"``, ``"test"``).
+    label_dataset : str, default "labels"
+        Dataset of the instance labels in the label files.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The split table: one row per slice used, columns ``sample``, ``z``, ``split``, sorted by sample
+        and z.
+
+    Raises
+    ------
+    InputError
+        When a volume or label file is refused.
+    ValueError
+        When the slices cannot be split (:func:`split_slices`) or differ in shape.
+    """
     import pandas as pd
 
     vols = dict(zip(samples, volumes))

@@ -2,6 +2,8 @@
 
 Run ``python -m detachment.config_docs workflow/schemas/config.schema.yaml > config/README.md``;
 a test keeps the file equal to what this writes, so the schema stays the one source of defaults.
+
+Main entry points: :func:`schema_markdown`, :func:`main`.
 """
 
 from __future__ import annotations
@@ -53,12 +55,16 @@ def _table(props: dict, defs: dict, prefix: str) -> list[str]:
 
 
 def schema_markdown(schema: dict) -> str:
-    """Markdown reference of a JSON config schema: the top-level keys, one table per section and one per
-    shared definition (``$defs``) of object type.
+    """Markdown reference of a JSON config schema.
+
+    The top-level keys in one table, one table per section and one per shared definition (``$defs``) of
+    object type; columns key, type (with enum, range, array items or the referenced definition), default
+    and meaning (the ``description``).
 
     Parameters
     ----------
-    schema : the parsed schema (``properties``, optional ``$defs``).
+    schema : dict
+        The parsed schema (``properties``, optional ``$defs``).
 
     Returns
     -------
@@ -83,6 +89,13 @@ def schema_markdown(schema: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
+    """Write the reference of a YAML schema file to standard output.
+
+    Parameters
+    ----------
+    argv : list of str
+        Command-line arguments; the first is the schema file.
+    """
     import yaml
 
     with open(argv[0]) as f:

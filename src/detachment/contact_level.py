@@ -1,19 +1,13 @@
 """The grey level that tells an electrolyte gap from CBD just outside a particle, fitted per volume.
 
-Axes (z, y, x). A particle's surface faces electrolyte (detached) or CBD / Al / another particle. On a
-reconstruction the voxel across a face is mixed with the bright particle by the point-spread function:
-an electrolyte gap beside NMC reads well above the void grey level, CBD well above the CBD level, both
-lifted by about the same spill. The volume-wide void/CBD threshold (placed for the bulk phases) and their
-midpoint leave part of the gaps on the CBD side (measured on the default phantoms with the truth's
-envelopes: detachment biased -0.026 / -0.008, 1C / C/10).
+On a reconstruction the voxel across a particle's surface face is mixed with the bright particle by the
+point-spread function: a gap reads above the void grey level and CBD above the CBD level, both lifted by
+about the same spill, so the volume-wide void/CBD threshold leaves part of the gaps on the CBD side.
+Over all particles of a volume the grey levels of the background face neighbours are bimodal (gap,
+CBD); two Gaussians fitted to them by EM cross at the contact level. Where they are not bimodal the
+phase model's void/CBD midpoint is used instead. Axes (z, y, x).
 
-Over all particles of a volume, the grey levels of the face neighbours that are background (void or CBD
-in the phase map) are bimodal: gap and CBD, each lifted by the spill. :func:`fit_contact_level` fits two
-Gaussians to them by expectation-maximisation and returns the level where the weighted components are
-equal. It needs no knowledge of the point-spread function and adapts to each volume's contrast. Where the
-grey levels are not bimodal (Ashman's D < 2, or a component under 2 % of the faces: a sample with almost
-no detachment or almost no coating), the fit is not trusted and the void/CBD midpoint of the phase model
-is used instead (``fitted`` = False).
+Main entry points: :func:`face_neighbour_levels`, :func:`fit_contact_level`, :class:`ContactLevel`.
 """
 
 from __future__ import annotations
@@ -33,7 +27,24 @@ MAX_FIT_VALUES = 200_000
 
 @dataclass
 class ContactLevel:
-    """A fitted (or fallback) contact level and the two components it came from (grey-level units)."""
+    """A fitted (or fallback) contact level and the two components it came from.
+
+    Attributes
+    ----------
+    level : float
+        The contact level, grey level: a face neighbour darker than this reads as electrolyte. NaN only
+        when not fitted and there was nothing to fall back on.
+    fitted : bool
+        True when the two-Gaussian fit was used, False for the fallback (void/CBD midpoint).
+    gap_mean, gap_sigma : float
+        Mean and standard deviation of the darker (gap) component, grey levels; NaN when not fitted.
+    gap_weight : float
+        Its share of the faces, 0-1.
+    cbd_mean, cbd_sigma, cbd_weight : float
+        The same for the brighter (CBD) component.
+    n_faces : int
+        Number of finite face-neighbour grey levels available.
+    """
 
     level: float
     fitted: bool
@@ -46,12 +57,38 @@ class ContactLevel:
     n_faces: int = 0
 
     def to_frame(self) -> pd.DataFrame:
+        """The fields as a one-row table (``contact_level.csv``).
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row, one column per field.
+        """
         return pd.DataFrame([asdict(self)])
 
     @classmethod
     def read_csv(cls, path) -> ContactLevel:
-        """From a one-row table written by :meth:`to_frame`; ``ValueError`` naming the file otherwise. The
-        level may be NaN only where it was not fitted (no grey levels to fall back on: phases only)."""
+        """Read a one-row table written by :meth:`to_frame`.
+
+        The level may be NaN only where it was not fitted (no grey levels to fall back on: phases only).
+        Columns other than the fields are ignored; missing component columns take their defaults.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The CSV file.
+
+        Returns
+        -------
+        ContactLevel
+            The level and its components.
+
+        Raises
+        ------
+        ValueError
+            Naming the file, when it is not one row with ``level`` and ``fitted``, ``fitted`` is not a
+            boolean, or a fitted level is not finite.
+        """
         t = pd.read_csv(path)
         missing = sorted({"level", "fitted"} - set(t.columns))
         if len(t) != 1 or missing:
@@ -70,8 +107,27 @@ class ContactLevel:
 
 def face_neighbour_levels(envelope: np.ndarray, others: np.ndarray, phases: np.ndarray,
                           intensity: np.ndarray) -> np.ndarray:
-    """Grey levels of the voxels across the faces of ``envelope`` (boolean) that are background (not in
-    ``others``) and void or CBD in ``phases``; faces on the array border are left out."""
+    """Grey levels of the background voxels across the faces of a particle's envelope.
+
+    A face neighbour counts when it is outside ``envelope``, not in ``others`` and void or CBD in
+    ``phases``; faces on the array border are left out.
+
+    Parameters
+    ----------
+    envelope : numpy.ndarray
+        (z, y, x) bool envelope of one particle (a crop).
+    others : numpy.ndarray
+        (z, y, x) bool voxels of the other particles.
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+    intensity : numpy.ndarray
+        (z, y, x) grey levels.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_faces,) float64 grey levels, one per face (a voxel beside several faces appears once per face).
+    """
     background = ~envelope & ~others & ((phases == VOID) | (phases == CBD))
     out = []
     for axis in range(3):
@@ -85,9 +141,8 @@ def _two_gaussians_em(x: np.ndarray, iterations: int = 200, tol: float = 1e-7):
     """Means, sigmas and weights (ascending means) of a two-component 1D Gaussian mixture by EM.
 
     Fitted on every value, not on the histogram's peak cores as the phase model is: here the tails are the
-    signal (gaps at a patch's edge read half way). On the default 1C phantom a peak-core fit put the cut
-    at 0.283 instead of 0.269, and the truth's envelopes' faces read 1.2 % too detached at 0.28, 0.5 %
-    at 0.27 (measured)."""
+    signal (gaps at a patch's edge read half way).
+    """
     mu = np.percentile(x, [20.0, 80.0])
     sd = np.full(2, max(x.std() / 2, 1e-6))
     w = np.array([0.5, 0.5])
@@ -109,9 +164,30 @@ def _two_gaussians_em(x: np.ndarray, iterations: int = 200, tol: float = 1e-7):
 
 
 def fit_contact_level(values, fallback: float, min_faces: int = 200) -> ContactLevel:
-    """:class:`ContactLevel` from face-neighbour grey levels (:func:`face_neighbour_levels` over all
-    particles); ``fallback`` (the void/CBD midpoint) where there are fewer than ``min_faces`` values or
-    they are not bimodal."""
+    """:class:`ContactLevel` from face-neighbour grey levels, or the fallback where they are not bimodal.
+
+    Two Gaussians are fitted by EM (to a fixed random subset of :data:`MAX_FIT_VALUES` values where there
+    are more) and the level is where the weighted densities cross between the means. The fit is not
+    trusted, and ``fallback`` is returned with ``fitted`` False, where there are fewer than ``min_faces``
+    finite values, Ashman's D is below :data:`MIN_ASHMAN_D`, or a component holds less than
+    :data:`MIN_WEIGHT` of the faces (a sample with almost no detachment or almost no coating).
+
+    Parameters
+    ----------
+    values : array_like
+        Face-neighbour grey levels (:func:`face_neighbour_levels` over all particles); non-finite values
+        are ignored.
+    fallback : float
+        The level used where the fit is not trusted: the phase model's void/CBD midpoint (NaN without
+        one).
+    min_faces : int, default 200
+        Fewest finite values to fit.
+
+    Returns
+    -------
+    ContactLevel
+        The level (grey level), whether it was fitted, and the components (where a fit was made).
+    """
     x = np.asarray(values, np.float64)
     x = x[np.isfinite(x)]
     if x.size < min_faces:

@@ -1,14 +1,12 @@
 """Per-slice Mask R-CNN inference over z-slabs of a volume, and the gathering of slabs.
 
-Two label stacks are written: ``/labels``, the detections scoring at least
-``score_threshold`` (the operating point the comparison reports), and
-``/candidates``, every detection scoring at least ``candidate_threshold``
-(≤ ``score_threshold``). Painting is by decreasing score, so ``/labels`` is
-exactly ``/candidates`` with the low-scoring ids removed. The linker uses the
-candidates with hysteresis: a 3D particle is kept when one of its slices is a
-detection, and continues through candidates, so a particle is not cut where
-the per-slice model was unsure (measured on the default phantom: 3D recovery
-0.64 with detections only).
+Two label stacks are written: ``/labels``, the detections scoring at least ``score_threshold`` (the
+operating point the comparison reports), and ``/candidates``, every detection scoring at least
+``candidate_threshold`` (≤ ``score_threshold``). Painting is by decreasing score, so ``/labels`` is
+exactly ``/candidates`` with the low-scoring ids removed. The linker follows particles through the
+candidates (hysteresis), so a particle is not cut where the per-slice model was unsure.
+
+Main entry points: :func:`scatter_range`, :func:`infer_slab`, :func:`gather_slabs`.
 """
 
 from __future__ import annotations
@@ -29,15 +27,48 @@ TABLE_COLUMNS = ["z", "label", "score", "y0", "x0", "y1", "x1", "area_px"]
 
 
 def scatter_range(item: str, depth: int) -> tuple[int, int]:
-    """z range ``[z0, z1)`` of Snakemake scatter item ``"k-of-n"`` over ``depth`` slices (near-equal parts)."""
+    """z range of a Snakemake scatter item over the volume's slices, in near-equal parts.
+
+    Parameters
+    ----------
+    item : str
+        Scatter item ``"k-of-n"``.
+    depth : int
+        Number of slices of the volume.
+
+    Returns
+    -------
+    tuple of int
+        ``(z0, z1)``, ``z1`` exclusive; empty (``z0 == z1``) when n exceeds ``depth`` for some k.
+
+    Raises
+    ------
+    ValueError
+        When ``item`` is malformed (:func:`detachment.io.scatter_part`).
+    """
     k, n = io.scatter_part(item)
     edges = np.linspace(0, depth, n + 1).round().astype(int)
     return int(edges[k - 1]), int(edges[k])
 
 
 def model_slices(volume, z0: int, z1: int, context: int) -> np.ndarray:
-    """Slices ``[z0, z1)`` of a (z, y, x) dataset as the model takes them: (n, y, x), or with ``context``
-    (n, 3, y, x) holding z-1, z, z+1 (the edge slice repeated at the volume's faces)."""
+    """Slices ``[z0, z1)`` of a volume as the model takes them.
+
+    Parameters
+    ----------
+    volume : h5py.Dataset or numpy.ndarray
+        (z, y, x) grey levels.
+    z0, z1 : int
+        Slice range, ``z1`` exclusive.
+    context : int
+        ``model.context_slices``: 0 for single slices, 1 to add the neighbours.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (n, y, x), or with ``context`` (n, 3, y, x) holding slices z-1, z, z+1 (the edge slice
+        repeated at the volume's faces).
+    """
     if not context:
         return volume[z0:z1].astype(np.float32)
     lo, hi = max(z0 - 1, 0), min(z1 + 1, volume.shape[0])
@@ -50,8 +81,47 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
                score_threshold: float = 0.5, mask_threshold: float = 0.5, min_visible_fraction: float = 0.5,
                candidate_threshold: float | None = None, device: str = "auto", threads: int = 1,
                progress: bool = True, tta: bool = False) -> int:
-    """Instances of slices ``[z0, z1)``: writes ``/labels`` and ``/candidates`` (slab), ``/table`` rows (every
-    candidate) and attrs z0, z1, score_threshold. ``candidate_threshold`` defaults to ``score_threshold``."""
+    """Mask R-CNN instances of slices ``[z0, z1)``, written to one slab file atomically.
+
+    The file holds ``/labels`` and ``/candidates`` ((z1 - z0, y, x) uint32, ids 1..n per slice by
+    decreasing score), ``/table`` (float64 rows of :data:`TABLE_COLUMNS`, one per candidate; column names
+    in the file attribute ``columns``) and the attributes ``z0``, ``z1`` and ``score_threshold``.
+
+    Parameters
+    ----------
+    volume_path : str or os.PathLike
+        The contract grey volume.
+    weights_path, meta_path : str or os.PathLike
+        The trained model's weights and its JSON metadata (:func:`detachment.maskrcnn.load_model`).
+    z0, z1 : int
+        Slice range, ``z1`` exclusive.
+    out_path : str or os.PathLike
+        The slab file to write.
+    batch_size : int, default 4
+        Slices per forward pass.
+    score_threshold : float, default 0.5
+        Detection score (0-1) of ``/labels``.
+    mask_threshold : float, default 0.5
+        Mask probability (0-1) for a pixel to belong to an instance.
+    min_visible_fraction : float, default 0.5
+        Mask-level NMS: a detection is dropped when less than this fraction (0-1) of its mask is free of
+        higher-scoring ones.
+    candidate_threshold : float, optional
+        Score (0-1) of ``/candidates``; defaults to, and is capped at, ``score_threshold``.
+    device : str, default "auto"
+        ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` (:func:`detachment.maskrcnn.select_device`).
+    threads : int, default 1
+        CPU threads of torch.
+    progress : bool, default True
+        Show a progress bar.
+    tta : bool, default False
+        Fuse the predictions of the four flips of each slice (four times the compute).
+
+    Returns
+    -------
+    int
+        Number of candidates found (rows of ``/table``).
+    """
     low = score_threshold if candidate_threshold is None else min(candidate_threshold, score_threshold)
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
@@ -87,10 +157,36 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
 
 
 def gather_slabs(slab_paths, volume_path, labels_path, table_path) -> pd.DataFrame:
-    """Concatenate slab outputs into ``/labels`` and ``/candidates`` (z, y, x) uint32 (ids per slice), the
-    candidates' ``/table`` (columns in its attrs), and one CSV with a ``detection`` column (in ``/labels``).
+    """Concatenate slab files into the sample's per-slice instances and their table.
 
-    Refuses gaps or overlaps between slabs, so a missing slab cannot pass unnoticed.
+    Writes ``labels_path`` with ``/labels`` and ``/candidates`` ((z, y, x) uint32, ids per slice; the
+    volume's ``voxel_size_um`` on ``/labels``), the candidates' ``/table`` (float64, column names in its
+    ``columns`` attribute) and the file attribute ``score_threshold`` (the lowest of the slabs'), and
+    ``table_path``, one CSV row per candidate with a ``detection`` column (in ``/labels``).
+
+    Parameters
+    ----------
+    slab_paths : iterable of str or os.PathLike
+        Slab files of :func:`infer_slab`, in any order.
+    volume_path : str or os.PathLike
+        The contract grey volume (shape and voxel size).
+    labels_path : str or os.PathLike
+        The HDF5 file to write.
+    table_path : str or os.PathLike
+        The CSV file to write.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The candidates: :data:`TABLE_COLUMNS` (``z`` the slice index, ``label`` the id in that slice,
+        ``score``, box ``y0``, ``x0``, ``y1``, ``x1`` in px with exclusive ends, ``area_px``) and
+        ``detection`` (bool).
+
+    Raises
+    ------
+    ValueError
+        When the slabs leave a gap, overlap, or do not cover the volume's slices, so a missing slab
+        cannot pass unnoticed.
     """
     shape, voxel = io.read_volume_info(volume_path)
     parts = []

@@ -1,13 +1,13 @@
 """Reading, validating and atomically writing volumes, label images and tables.
 
-Contract (docs/outputs.md): a volume file is HDF5 with dataset ``/volume`` (float32,
-axes z, y, x, chunked by slab) and attributes ``voxel_size_um`` (3 floats, z, y, x)
-and ``source``. Label volumes are ``/labels`` (uint32, 0 = background), phase maps
-``/phases`` (uint8, codes in :mod:`detachment.phases`).
+Contract (docs/outputs.md): a volume file is HDF5 with dataset ``/volume`` (float32, axes z, y, x,
+chunked by slab) and attributes ``voxel_size_um`` (3 floats, z, y, x) and ``source``. Label volumes
+are ``/labels`` (uint32, 0 = background), phase maps ``/phases`` (uint8, codes in
+:mod:`detachment.phases`). Every writer goes through :func:`atomic_output`, so a killed job never
+leaves a file that looks finished.
 
-Every writer goes through :func:`atomic_output`: the file is written under a
-temporary name in the destination folder and renamed into place only when it is
-complete, so a killed job never leaves a file that looks finished.
+Main entry points: :func:`import_volume`, :func:`read_volume_info`, :func:`read_volume`,
+:func:`iter_volume_slabs`, :func:`write_arrays`, :func:`write_csv`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,22 @@ class InputError(ValueError):
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is left as it was
-    (a previous complete result stays intact).
+    The file is written under a temporary name (``.{name}.tmp-{pid}``) in the destination folder and
+    renamed into place only when the ``with`` block completes, so a killed job never leaves a file that
+    looks finished. On any exception the temporary file is removed and ``path`` is left as it was (a
+    previous complete result stays intact). A writer killed by SIGKILL cannot clean up; its leftovers of
+    the same ``path`` are removed on entry (the workflow has one writer per target). The destination
+    folder is created if missing.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The final file.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary path to write to.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,18 +71,60 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def slab_ranges(depth: int, slab: int) -> Iterator[tuple[int, int]]:
-    """Consecutive ``(z0, z1)`` half-open ranges of at most ``slab`` slices."""
+    """Consecutive ``(z0, z1)`` half-open ranges of at most ``slab`` slices covering ``[0, depth)``.
+
+    Parameters
+    ----------
+    depth : int
+        Number of z slices of the volume.
+    slab : int
+        Slices per range; at least 1.
+
+    Yields
+    ------
+    tuple of int
+        ``(z0, z1)``, ``z1`` exclusive; the last range may be shorter.
+    """
     for z0 in range(0, depth, max(1, slab)):
         yield z0, min(depth, z0 + slab)
 
 
 def slab_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """HDF5 chunk shape for a (z, y, x) array: one slice deep, tiles of <= 1024 px."""
+    """HDF5 chunk shape for a (z, y, x) array: one slice deep, in-plane tiles of at most 1024 px.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Array shape, z first.
+
+    Returns
+    -------
+    tuple of int
+        ``(1, min(y, 1024), min(x, 1024))`` (each axis after the first capped at 1024).
+    """
     return (1,) + tuple(min(s, 1024) for s in shape[1:])
 
 
 def parse_voxel_size(value, where: str) -> tuple[float, float, float]:
-    """Voxel size in µm as (z, y, x) from one number or three; errors name ``where``."""
+    """Voxel size in µm as (z, y, x) from one number (isotropic) or three.
+
+    Parameters
+    ----------
+    value : float, str or sequence of float
+        One or three edge lengths in µm, z y x; a string may separate them by spaces or commas.
+    where : str
+        Prefix of the error message (file and field).
+
+    Returns
+    -------
+    tuple of float
+        Voxel edge lengths (z, y, x) in µm.
+
+    Raises
+    ------
+    InputError
+        When ``value`` is not one or three positive finite numbers.
+    """
     if isinstance(value, str):
         parts = value.replace(",", " ").split()
         try:
@@ -84,12 +140,40 @@ def parse_voxel_size(value, where: str) -> tuple[float, float, float]:
 
 
 def check_volume_dtype(dtype: np.dtype, where: str) -> None:
-    """Accept real integer or floating voxels; refuse bool, complex and others."""
+    """Accept real integer or floating voxels; refuse bool, complex and others.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype or dtype-like
+        Voxel type of the volume.
+    where : str
+        Prefix of the error message (the file).
+
+    Raises
+    ------
+    InputError
+        When the type is not a signed or unsigned integer or a float.
+    """
     if np.dtype(dtype).kind not in "iuf":
         raise InputError(f"{where}: voxel type {np.dtype(dtype)} is not a real number type (expected integer or float)")
 
 
 def check_volume_shape(shape: tuple[int, ...], where: str) -> None:
+    """Refuse a volume that is not 3D, too small in-plane or implausibly large.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Volume shape (z, y, x) in voxels.
+    where : str
+        Prefix of the error message (the file).
+
+    Raises
+    ------
+    InputError
+        When the shape has other than three axes, no slice, slices under :data:`MIN_INPLANE` px in y or x,
+        or more than :data:`MAX_VOXELS` voxels.
+    """
     if len(shape) != 3:
         raise InputError(f"{where}: volume has {len(shape)} dimensions {tuple(shape)}; expected 3 (z, y, x)")
     if shape[0] < 1 or shape[1] < MIN_INPLANE or shape[2] < MIN_INPLANE:
@@ -108,6 +192,7 @@ class _SlabStats:
         self.hi = -np.inf
 
     def update(self, slab: np.ndarray, z0: int) -> None:
+        """Refuse non-finite voxels of ``slab`` (starting at slice ``z0``); track min and max."""
         finite = np.isfinite(slab)
         if not finite.all():
             z, y, x = np.argwhere(~finite)[0]
@@ -117,6 +202,7 @@ class _SlabStats:
         self.hi = max(self.hi, float(slab.max()))
 
     def finish(self) -> None:
+        """Refuse a constant volume."""
         if not self.hi > self.lo:
             raise InputError(f"{self.where}: volume is constant ({self.lo}); nothing to segment")
 
@@ -134,11 +220,35 @@ def _tiff_files(path: Path) -> list[Path]:
 class VolumeSource:
     """A (z, y, x) volume to import, read slab by slab without loading it whole.
 
+    Shape and voxel type are read and validated on construction (:func:`check_volume_shape`,
+    :func:`check_volume_dtype`); the voxels are read by :meth:`slabs`.
+
     Parameters
     ----------
-    path : HDF5 file (``.h5``, ``.hdf5``), a multi-page TIFF, or a folder / glob of 2D TIFF slices
-        sorted by name (one slice per file).
-    dataset : HDF5 dataset name (required for HDF5).
+    path : str or os.PathLike
+        HDF5 file (``.h5``, ``.hdf5``, ``.hdf``), a multi-page TIFF (``.tif``, ``.tiff``), or a folder or
+        glob pattern of 2D TIFF slices sorted by name (one slice per file, in order of z).
+    dataset : str, optional
+        HDF5 dataset name (required for HDF5, ignored for TIFF).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The source as given.
+    dataset : str or None
+        HDF5 dataset name.
+    kind : str
+        ``"hdf5"`` or ``"tiff"``.
+    shape : tuple of int
+        (z, y, x) in voxels.
+    dtype : numpy.dtype
+        Voxel type of the source (slabs are converted to float32).
+
+    Raises
+    ------
+    InputError
+        When the file or dataset is missing, cannot be read, has an unknown suffix, or its shape or voxel
+        type is refused.
     """
 
     def __init__(self, path: str | os.PathLike, dataset: str | None = None):
@@ -190,7 +300,24 @@ class VolumeSource:
         check_volume_dtype(self.dtype, str(self.path))
 
     def slabs(self, slab: int = 16) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(z0, float32 slab)`` in order of z."""
+        """Read the volume in order of z, one slab at a time.
+
+        Parameters
+        ----------
+        slab : int, default 16
+            Slices per slab.
+
+        Yields
+        ------
+        tuple of (int, numpy.ndarray)
+            ``(z0, data)``: the first slice index and a (n <= slab, y, x) float32 array of grey levels.
+
+        Raises
+        ------
+        InputError
+            For a folder of TIFF slices, when a slice's shape differs from the first slice's or its type is
+            not a real number type.
+        """
         if self.kind == "hdf5":
             with h5py.File(self.path, "r") as f:
                 d = f[self.dataset]
@@ -230,9 +357,32 @@ def import_volume(src: str | os.PathLike, out: str | os.PathLike, *, dataset: st
                   voxel_size_um, slab: int = 16) -> tuple[int, int, int]:
     """Validate a user volume and write it in the project's HDF5 contract.
 
-    Streams slab by slab (memory ~ one slab). Refuses, with a message naming the
-    file and what is wrong: a missing file or dataset, a non-3D shape, a
-    non-real dtype, NaN/Inf voxels, a constant volume. Returns the shape.
+    Streams slab by slab (memory ~ one slab). Refuses, with a message naming the file and what is wrong:
+    a missing file or dataset, a non-3D or too small shape, a non-real dtype, NaN/Inf voxels, a constant
+    volume, a bad voxel size.
+
+    Parameters
+    ----------
+    src : str or os.PathLike
+        The user's volume, any format :class:`VolumeSource` reads.
+    out : str or os.PathLike
+        The contract file to write (``/volume`` float32, z y x), atomically.
+    dataset : str or None
+        HDF5 dataset name of ``src`` (required for HDF5).
+    voxel_size_um : float, str or sequence of float
+        Voxel size in µm, one number or three (z, y x); see :func:`parse_voxel_size`.
+    slab : int, default 16
+        Slices read and written at a time.
+
+    Returns
+    -------
+    tuple of int
+        The volume shape (z, y, x) in voxels.
+
+    Raises
+    ------
+    InputError
+        When the input is refused (see above).
     """
     source = VolumeSource(src, dataset)
     voxel = parse_voxel_size(voxel_size_um, f"{src}: field 'voxel_size_um'")
@@ -250,7 +400,24 @@ def import_volume(src: str | os.PathLike, out: str | os.PathLike, *, dataset: st
 
 
 def write_volume(path: str | os.PathLike, volume: np.ndarray, voxel_size_um, source: str) -> None:
-    """Write a float32 (z, y, x) volume to ``path`` atomically, by the contract."""
+    """Write a (z, y, x) volume to ``path`` atomically, by the contract (``/volume`` float32).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The HDF5 file to write.
+    volume : numpy.ndarray
+        (z, y, x) grey levels, any real type (converted to float32).
+    voxel_size_um : float, str or sequence of float
+        Voxel size in µm, one number or three (z, y, x).
+    source : str
+        Provenance, stored as the ``source`` attribute.
+
+    Raises
+    ------
+    InputError
+        When the shape or the voxel size is refused.
+    """
     volume = np.asarray(volume, dtype=np.float32)
     check_volume_shape(volume.shape, str(path))
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
@@ -260,7 +427,26 @@ def write_volume(path: str | os.PathLike, volume: np.ndarray, voxel_size_um, sou
 
 
 def read_volume_info(path: str | os.PathLike) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Shape and voxel size (µm, z y x) of a contract volume file, validated."""
+    """Shape and voxel size of a contract volume file, validated, without reading the voxels.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        HDF5 file with dataset ``/volume``.
+
+    Returns
+    -------
+    shape : tuple of int
+        (z, y, x) in voxels.
+    voxel_size_um : tuple of float
+        Voxel edge lengths (z, y, x) in µm.
+
+    Raises
+    ------
+    InputError
+        When the file is missing or not HDF5, has no ``/volume``, or its shape or ``voxel_size_um``
+        attribute is refused.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: volume file does not exist")
@@ -278,7 +464,25 @@ def read_volume_info(path: str | os.PathLike) -> tuple[tuple[int, int, int], tup
 
 
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
-    """Whole float32 (z, y, x) volume and its voxel size in µm (z, y, x)."""
+    """Read a whole contract volume and its voxel size.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        HDF5 file with dataset ``/volume``.
+
+    Returns
+    -------
+    volume : numpy.ndarray
+        (z, y, x) float32 grey levels.
+    voxel_size_um : tuple of float
+        Voxel edge lengths (z, y, x) in µm.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_volume_info`.
+    """
     _, voxel = read_volume_info(path)
     with h5py.File(path, "r") as f:
         return f[VOLUME_DATASET][...].astype(np.float32, copy=False), voxel
@@ -286,7 +490,28 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float
 
 def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0
                       ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield ``(z0, z1, data)`` where ``data`` covers ``[z0 - halo, z1 + halo)`` clipped to the volume."""
+    """Read a contract volume slab by slab, each slab with ``halo`` extra slices on either side.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        HDF5 file with dataset ``/volume``.
+    slab : int
+        Slices per slab (at least 1).
+    halo : int, default 0
+        Extra slices read on each side of a slab, clipped to the volume.
+
+    Yields
+    ------
+    tuple of (int, int, numpy.ndarray)
+        ``(z0, z1, data)``: the slab's range ``[z0, z1)`` and float32 (n, y, x) grey levels covering
+        ``[max(0, z0 - halo), min(depth, z1 + halo))``.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_volume_info`.
+    """
     shape, _ = read_volume_info(path)
     with h5py.File(path, "r") as f:
         d = f[VOLUME_DATASET]
@@ -297,7 +522,23 @@ def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0
 
 def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict | None = None,
                  voxel_size_um=None) -> None:
-    """Write several (z, y, x) arrays (labels, phases) to one HDF5 file atomically, chunked by slab."""
+    """Write several arrays (labels, phases, ...) to one HDF5 file atomically.
+
+    3D arrays are chunked by slice (:func:`slab_chunks`) and gzip-compressed (level 1); others are stored
+    as they are.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The HDF5 file to write.
+    arrays : dict of str to numpy.ndarray
+        Dataset name to array, e.g. ``{"labels": (z, y, x) uint32}``; dtypes are kept.
+    attrs : dict, optional
+        File-level attributes.
+    voxel_size_um : sequence of float, optional
+        Voxel size (z, y, x) in µm, stored as the ``voxel_size_um`` attribute of each 3D dataset (not
+        validated).
+    """
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         for name, arr in arrays.items():
             arr = np.asarray(arr)
@@ -311,7 +552,25 @@ def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: 
 
 
 def read_dataset(path: str | os.PathLike, name: str) -> np.ndarray:
-    """One dataset of an HDF5 file, with an error naming file and dataset when absent."""
+    """Read one whole dataset of an HDF5 file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        HDF5 file.
+    name : str
+        Dataset name (e.g. ``"labels"``, ``"phases"``).
+
+    Returns
+    -------
+    numpy.ndarray
+        The dataset, in its stored type and shape.
+
+    Raises
+    ------
+    InputError
+        When the file or the dataset does not exist.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file does not exist")
@@ -322,13 +581,31 @@ def read_dataset(path: str | os.PathLike, name: str) -> np.ndarray:
 
 
 def write_csv(path: str | os.PathLike, table) -> None:
-    """Write a pandas DataFrame to CSV atomically (no index column)."""
+    """Write a table to CSV atomically, without the index column.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The CSV file to write.
+    table : pandas.DataFrame
+        The table.
+    """
     with atomic_output(path) as tmp:
         table.to_csv(tmp, index=False)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Save a matplotlib figure atomically as PNG and close it."""
+    """Save a matplotlib figure atomically as PNG and close it.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure; closed afterwards.
+    path : str or os.PathLike
+        The file to write (PNG whatever its suffix).
+    dpi : int, default 120
+        Resolution in dots per inch.
+    """
     import matplotlib.pyplot as plt
 
     with atomic_output(path) as tmp:
@@ -337,15 +614,46 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> None:
 
 
 def particle_crop(row, shape, pad: int) -> tuple[slice, slice, slice]:
-    """Bounding box of one ``links.csv`` row (``z_max`` inclusive, ``y_max``/``x_max`` exclusive) grown by
-    ``pad`` voxels and clipped to the volume ``shape`` (z, y, x)."""
+    """Bounding box of one ``links.csv`` row, grown by ``pad`` voxels and clipped to the volume.
+
+    Parameters
+    ----------
+    row : namedtuple or pandas.Series
+        A row with ``z_min``, ``z_max`` (inclusive), ``y_min``, ``y_max``, ``x_min``, ``x_max``
+        (``y_max``/``x_max`` exclusive), in voxel indices.
+    shape : tuple of int
+        Volume shape (z, y, x) in voxels.
+    pad : int
+        Margin added on every side, in voxels.
+
+    Returns
+    -------
+    tuple of slice
+        (z, y, x) slices of the crop.
+    """
     lo = (row.z_min - pad, row.y_min - pad, row.x_min - pad)
     hi = (row.z_max + 1 + pad, row.y_max + pad, row.x_max + pad)
     return tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(lo, hi, shape))
 
 
 def scatter_part(item: str) -> tuple[int, int]:
-    """(k, n) of a Snakemake scatter item ``"k-of-n"`` (1 <= k <= n)."""
+    """Parse a Snakemake scatter item ``"k-of-n"``.
+
+    Parameters
+    ----------
+    item : str
+        The scatter item, e.g. ``"2-of-8"``.
+
+    Returns
+    -------
+    tuple of int
+        ``(k, n)`` with 1 <= k <= n.
+
+    Raises
+    ------
+    ValueError
+        When ``item`` is not of the form ``k-of-n`` or k is not in 1..n.
+    """
     m = re.fullmatch(r"(\d+)-of-(\d+)", item)
     if not m:
         raise ValueError(f"scatter item {item!r} is not of the form 'k-of-n'")
@@ -356,14 +664,48 @@ def scatter_part(item: str) -> tuple[int, int]:
 
 
 def part_rows(table, item: str):
-    """The rows of ``table`` (a DataFrame) belonging to scatter item ``"k-of-n"``: every n-th row from the
-    (k-1)-th, so parts of a size-sorted or z-sorted table get a fair share of large and small particles."""
+    """The rows of ``table`` belonging to scatter item ``"k-of-n"``.
+
+    Every n-th row from the (k-1)-th, so the parts of a size-sorted or z-sorted table get a fair share
+    of large and small particles.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The whole table (e.g. ``links.csv``).
+    item : str
+        Scatter item ``"k-of-n"`` (:func:`scatter_part`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Rows k-1, k-1+n, k-1+2n, ... of ``table`` (a view keeping the index).
+
+    Raises
+    ------
+    ValueError
+        When ``item`` is malformed.
+    """
     k, n = scatter_part(item)
     return table.iloc[k - 1::n]
 
 
 def gather_tables(paths, key: str = "label"):
-    """Concatenate part tables (CSV) and sort them by ``key``; an empty part contributes nothing."""
+    """Concatenate part tables (CSV) and sort them by ``key``; an empty part contributes nothing.
+
+    Parameters
+    ----------
+    paths : iterable of str or os.PathLike
+        The part CSV files.
+    key : str, default "label"
+        Column to sort by (stable sort); not sorted when the table lacks it.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows of every non-empty part, with a fresh index; where every part is empty, the first part
+        (its header only), or an empty table with column ``key`` when ``paths`` is empty.
+    """
     import pandas as pd
 
     read = [pd.read_csv(p) for p in paths]

@@ -1,23 +1,13 @@
 """Overlap of two label images and instance matching (one kernel for metrics, linking and tuning).
 
-Definitions (Supp. Note 1, after stardist ``matching.py`` / cellpose ``metrics.py``):
+Overlap is counted sparsely from the (truth, prediction) label pairs that occur. Matching is one-to-one
+by :func:`scipy.optimize.linear_sum_assignment`, first maximising the number of pairs with
+IoU ≥ threshold, then their summed IoU (after StarDist's ``matching.py``; Supp. Note 1). Empty images
+give no NaN: no truth and no prediction score 1; truth without prediction, precision and sensitivity 0;
+prediction without truth, precision 0 and sensitivity 1 (as StarDist and scikit-learn).
 
-* Overlap: for every pair (truth label i, predicted label j) that shares at
-  least one pixel/voxel, the number of shared elements. Counted sparsely from
-  the pairs that occur; never a dense loop over labels.
-* IoU(i, j) = |i ∩ j| / |i ∪ j|.
-* Matching: one-to-one by :func:`scipy.optimize.linear_sum_assignment` on a
-  cost that first maximises the number of pairs with IoU ≥ threshold and then
-  their summed IoU; a pair counts as a true positive when IoU ≥ threshold.
-* Precision = TP / (TP + FP), Sensitivity (recall) = TP / (TP + FN),
-  F = 2 TP / (2 TP + FP + FN).
-
-Conventions for empty images: with no truth and no prediction, precision,
-sensitivity and F are 1 (nothing to find, nothing wrongly found); with
-predictions but no truth, precision = 0 and sensitivity = 1; with truth but no
-prediction, precision = 0 and sensitivity = 0 (as StarDist's ``matching`` and
-scikit-learn: a model that misses a whole slice is not rewarded). No NaN is
-produced. Counts are combined in floating point, so any image size is exact.
+Main entry points: :func:`overlap`, :func:`match`, :func:`image_metrics`, :func:`particle_scores`,
+:func:`ap_curve`.
 """
 
 from __future__ import annotations
@@ -30,11 +20,19 @@ from scipy.optimize import linear_sum_assignment
 
 @dataclass
 class Overlap:
-    """Sparse overlap table of two label images.
+    """Sparse overlap table of two label images ``a`` (truth) and ``b`` (prediction).
 
-    ``a_ids``/``b_ids``: the non-zero labels present; ``a_sizes``/``b_sizes``:
-    their sizes; ``pairs``: (k, 2) indices into ``a_ids``, ``b_ids``;
-    ``counts``: (k,) shared elements of each pair (background excluded).
+    Attributes
+    ----------
+    a_ids, b_ids : numpy.ndarray
+        (n_a,) and (n_b,) sorted non-zero labels present in ``a`` and ``b``.
+    a_sizes, b_sizes : numpy.ndarray
+        (n_a,) and (n_b,) int64 sizes of those labels, in pixels (voxels in 3D).
+    pairs : numpy.ndarray
+        (k, 2) int64 indices into ``a_ids`` and ``b_ids`` of the label pairs that share at least one
+        element.
+    counts : numpy.ndarray
+        (k,) int64 number of elements each pair shares (background excluded).
     """
 
     a_ids: np.ndarray
@@ -45,20 +43,49 @@ class Overlap:
     counts: np.ndarray
 
     def iou(self) -> np.ndarray:
-        """IoU of each pair in ``pairs``."""
+        """IoU of each pair in ``pairs``.
+
+        Returns
+        -------
+        numpy.ndarray
+            (k,) float, |a ∩ b| / |a ∪ b| in [0, 1].
+        """
         ia, ib = self.pairs[:, 0], self.pairs[:, 1]
         union = self.a_sizes[ia] + self.b_sizes[ib] - self.counts
         return self.counts / np.maximum(union, 1)
 
     def iou_matrix(self) -> np.ndarray:
-        """Dense (n_a, n_b) IoU over the labels present only (small per image)."""
+        """Dense IoU over the labels present (small per image).
+
+        Returns
+        -------
+        numpy.ndarray
+            (n_a, n_b) float IoU, 0 for pairs that do not overlap.
+        """
         m = np.zeros((len(self.a_ids), len(self.b_ids)))
         m[self.pairs[:, 0], self.pairs[:, 1]] = self.iou()
         return m
 
 
 def overlap(a: np.ndarray, b: np.ndarray) -> Overlap:
-    """Sparse overlap between label images ``a`` and ``b`` of equal shape (2D or 3D, 0 = background)."""
+    """Sparse overlap between two label images of equal shape.
+
+    Parameters
+    ----------
+    a, b : numpy.ndarray
+        Integer label images, 2D (y, x) or 3D (z, y, x), of equal shape; 0 (and negative values) =
+        background.
+
+    Returns
+    -------
+    Overlap
+        Labels, sizes and shared counts of the overlapping pairs.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ.
+    """
     a = np.asarray(a)
     b = np.asarray(b)
     if a.shape != b.shape:
@@ -78,7 +105,32 @@ def overlap(a: np.ndarray, b: np.ndarray) -> Overlap:
 
 
 def match(ov: Overlap, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One-to-one matches with IoU ≥ ``threshold``: (index into a_ids, index into b_ids, IoU)."""
+    """One-to-one matches with IoU ≥ ``threshold``.
+
+    The assignment maximises the number of pairs at or above the threshold first and their summed IoU
+    second (StarDist's cost).
+
+    Parameters
+    ----------
+    ov : Overlap
+        Overlap of truth ``a`` and prediction ``b``.
+    threshold : float, default 0.5
+        Smallest IoU of a match, in (0, 1].
+
+    Returns
+    -------
+    rows : numpy.ndarray
+        (m,) int indices into ``ov.a_ids`` of the matched labels.
+    cols : numpy.ndarray
+        (m,) int indices into ``ov.b_ids``.
+    iou : numpy.ndarray
+        (m,) float IoU of each match.
+
+    Raises
+    ------
+    ValueError
+        When ``threshold`` is not in (0, 1].
+    """
     if not 0 < threshold <= 1:
         raise ValueError(f"IoU threshold must lie in (0, 1], got {threshold}")
     if len(ov.a_ids) == 0 or len(ov.b_ids) == 0 or len(ov.counts) == 0:
@@ -94,7 +146,15 @@ def match(ov: Overlap, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, 
 
 @dataclass
 class InstanceScores:
-    """Instance-level counts and scores of one image at one IoU threshold."""
+    """Instance-level counts and scores of one image at one IoU threshold.
+
+    Attributes
+    ----------
+    tp, fp, fn : int
+        Matched truth instances, unmatched predictions and unmatched truth instances.
+    mean_matched_iou : float
+        Mean IoU of the matches (0 when nothing matched).
+    """
 
     tp: int
     fp: int
@@ -108,16 +168,31 @@ class InstanceScores:
 
     @property
     def sensitivity(self) -> float:
+        """TP / (TP + FN); 1 on an image without truth."""
         return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
 
     @property
     def f1(self) -> float:
+        """F = 2 TP / (2 TP + FP + FN); 1 when there is neither truth nor prediction."""
         d = 2 * self.tp + self.fp + self.fn
         return 2 * self.tp / d if d else 1.0
 
 
 def instance_scores(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> InstanceScores:
-    """TP / FP / FN between truth and predicted instances at an IoU threshold."""
+    """TP / FP / FN between truth and predicted instances at an IoU threshold.
+
+    Parameters
+    ----------
+    truth, pred : numpy.ndarray
+        Integer label images of equal shape (2D or 3D), 0 = background.
+    threshold : float, default 0.5
+        Smallest IoU of a match, in (0, 1].
+
+    Returns
+    -------
+    InstanceScores
+        Counts, mean matched IoU, precision, sensitivity and F.
+    """
     ov = overlap(truth, pred)
     r, _, ious = match(ov, threshold)
     tp = len(r)
@@ -148,7 +223,18 @@ def _mcc(tp: float, fp: float, fn: float, tn: float) -> float:
 
 
 def pixel_confusion(truth_fg: np.ndarray, pred_fg: np.ndarray) -> tuple[int, int, int, int]:
-    """(TP, FP, FN, TN) pixel counts of two boolean foreground masks."""
+    """Pixel confusion counts of two foreground masks.
+
+    Parameters
+    ----------
+    truth_fg, pred_fg : numpy.ndarray
+        Foreground masks of equal shape (converted to bool).
+
+    Returns
+    -------
+    tuple of int
+        ``(TP, FP, FN, TN)`` in pixels (voxels in 3D).
+    """
     t = np.asarray(truth_fg, bool)
     p = np.asarray(pred_fg, bool)
     tp = int(np.count_nonzero(t & p))
@@ -160,23 +246,34 @@ def pixel_confusion(truth_fg: np.ndarray, pred_fg: np.ndarray) -> tuple[int, int
 def image_metrics(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """All metrics of one image (Supp. Fig. 9b), as a flat dict.
 
-    Instance level (IoU-matched at ``threshold``): ``tp``, ``fp``, ``fn``,
-    ``precision``, ``sensitivity``, ``f``.
+    Parameters
+    ----------
+    truth, pred : numpy.ndarray
+        Integer label images of equal shape ((y, x) slices; 3D works too), 0 = background.
+    threshold : float, default 0.5
+        Smallest IoU of an instance match, in (0, 1].
 
-    ``jaccard``, ``dice``, ``mcc`` (shown in the figure): matched-pixel
-    confusion. A pixel is a true positive only if it lies in a truth instance
-    *and* in the predicted instance matched to it; pixels of predictions that
-    are unmatched, or that spill into another instance, are false positives;
-    truth pixels not covered by their match are false negatives; pixels that
-    are background in both are true negatives. Unlike plain foreground
-    metrics, these penalise merged and split particles.
+    Returns
+    -------
+    dict of str to float
+        Instance level (IoU-matched at ``threshold``): ``tp``, ``fp``, ``fn`` (counts), ``precision``,
+        ``sensitivity``, ``f``.
 
-    ``*_pixel``: plain foreground-vs-background pixel metrics (``precision_pixel``,
-    ``sensitivity_pixel``, ``jaccard_pixel``, ``dice_pixel``, ``mcc_pixel``;
-    equal to scikit-learn's on the binarised masks).
+        ``jaccard``, ``dice``, ``mcc`` (shown in the figure): matched-pixel confusion. A pixel is a true
+        positive only if it lies in a truth instance *and* in the predicted instance matched to it;
+        pixels of predictions that are unmatched, or that spill into another instance, are false
+        positives; truth pixels not covered by their match are false negatives; pixels that are
+        background in both are true negatives. Unlike plain foreground metrics, these penalise merged
+        and split particles.
 
-    ``jaccard_instance``, ``dice_instance``: IoU and Dice averaged over matched
-    pairs (0 when nothing matched).
+        ``*_pixel``: plain foreground-vs-background pixel metrics (``precision_pixel``,
+        ``sensitivity_pixel``, ``jaccard_pixel``, ``dice_pixel``, ``mcc_pixel``; equal to
+        scikit-learn's on the binarised masks).
+
+        ``jaccard_instance``, ``dice_instance``: IoU and Dice averaged over matched pairs (0 when
+        nothing matched).
+
+        Scores lie in [0, 1] (MCC in [-1, 1]); empty images follow the module's conventions, no NaN.
     """
     truth = np.asarray(truth)
     pred = np.asarray(pred)
@@ -219,7 +316,22 @@ AP_THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))
 
 
 def ap_curve(truth: np.ndarray, pred: np.ndarray, thresholds=AP_THRESHOLDS) -> dict[float, float]:
-    """Matching score TP / (TP + FP + FN) at IoU thresholds 0.5 … 0.95 (the AP-style curve), from one overlap."""
+    """Matching score TP / (TP + FP + FN) at a series of IoU thresholds (the AP-style curve).
+
+    One overlap table serves every threshold.
+
+    Parameters
+    ----------
+    truth, pred : numpy.ndarray
+        Integer label images of equal shape, 0 = background.
+    thresholds : iterable of float, default :data:`AP_THRESHOLDS`
+        IoU thresholds in (0, 1]; the default is 0.5, 0.55, ..., 0.95.
+
+    Returns
+    -------
+    dict of float to float
+        Threshold (rounded to 2 decimals) to score in [0, 1] (1 when both images are empty).
+    """
     ov = overlap(truth, pred)
     out = {}
     for t in thresholds:
@@ -236,11 +348,25 @@ def particle_scores(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5,
                     ) -> dict[str, float]:
     """3D particle recovery against truth, from one sparse overlap.
 
-    ``recovered``: fraction of true particles matched one-to-one at IoU ≥ ``threshold``;
-    ``split_rate``: fraction of true particles with more than ``spread`` of their voxels in each of
-    two or more predicted particles; ``merge_rate``: number of predicted particles holding more than
-    ``spread`` of their voxels from each of two or more true particles, over the true particles;
-    ``mean_iou``: mean IoU of the matches.
+    Parameters
+    ----------
+    truth, pred : numpy.ndarray
+        (z, y, x) integer label volumes of equal shape, 0 = background.
+    threshold : float, default 0.5
+        Smallest 3D IoU of a one-to-one match, in (0, 1].
+    spread : float, default 0.2
+        Fraction (0-1) of a particle's voxels that another particle must hold to count in a split or
+        merge.
+
+    Returns
+    -------
+    dict of str to float
+        ``n_true``, ``n_pred``: particles in each volume. ``recovered``: fraction of true particles
+        matched one-to-one at IoU ≥ ``threshold`` (1 without true particles). ``split_rate``: fraction
+        of true particles with more than ``spread`` of their voxels in each of two or more predicted
+        particles. ``merge_rate``: number of predicted particles holding more than ``spread`` of their
+        voxels from each of two or more true particles, over the number of true particles.
+        ``mean_iou``: mean IoU of the matches (0 when none).
     """
     ov = overlap(truth, pred)
     r, _, ious = match(ov, threshold)

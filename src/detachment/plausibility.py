@@ -1,11 +1,12 @@
 """Plausibility checks of a phase map: stop a wrong labelling instead of passing it downstream.
 
-A histogram that resolves fewer peaks than there are phases (a wide point-spread
-function, NMC's broad peak, little of a phase) makes the histogram model label
-the phases shifted by one class, silently: e.g. CBD read as Al and the Al
-collector read as NMC. The collector's geometry gives this away: the Al
-collector is a slab at z = 0 (the collector side), so the first slice must be
-mostly Al and nearly all Al voxels must lie in the slab.
+A histogram that resolves fewer peaks than there are phases (a wide point-spread function, NMC's
+broad peak, little of a phase) makes the histogram model label the phases shifted by one class,
+silently: e.g. CBD read as Al and the Al collector read as NMC. The collector's geometry gives this
+away: the Al collector is a slab at z = 0 (the collector side), so the first slice must be mostly Al
+and nearly all Al voxels must lie in the slab.
+
+Main entry points: :func:`phase_counts`, :func:`check_phase_map`, :func:`enforce`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .phases import AL, NMC_HIGH, NMC_LOW, VOID
 
 log = logging.getLogger(__name__)
 
-#: Bounds of the checks (physical, not fitted): (check, bound, what is required).
+#: Bounds of the checks (physical, not fitted): check -> (lower bound, what is required).
 BOUNDS = {
     "al_fraction_first_slice": (0.5, "the first slice (z = 0, the collector side) is mostly Al"),
     "al_in_collector_slab": (0.8, "at least this share of the Al voxels lies in the collector slab "
@@ -37,13 +38,33 @@ class ImplausiblePhaseMap(ValueError):
 
 @dataclass
 class PhaseCounts:
-    """Voxel counts per z slice (rows) and phase code (columns 0..4) of a phase map."""
+    """Voxel counts per z slice and phase code of a phase map.
+
+    Attributes
+    ----------
+    per_slice : numpy.ndarray
+        (z, 5) int64 voxel counts; column = phase code 0..4 (void, CBD, NMC low, NMC high, Al;
+        :mod:`detachment.phases`).
+    """
 
     per_slice: np.ndarray
 
 
 def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
-    """Count each phase code in every z slice of ``phases.h5`` (``/phases``), streamed by slab."""
+    """Count each phase code in every z slice of ``phases.h5`` (``/phases``), streamed by slab.
+
+    Parameters
+    ----------
+    phases_path : str or os.PathLike
+        HDF5 file with the (z, y, x) uint8 phase map ``/phases``.
+    slab : int, default 32
+        Slices read at a time.
+
+    Returns
+    -------
+    PhaseCounts
+        Per-slice counts of codes 0..4 (other values are not counted).
+    """
     import h5py
 
     with h5py.File(phases_path, "r") as f:
@@ -59,10 +80,18 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
 def check_phase_map(counts: PhaseCounts) -> pd.DataFrame:
     """Every check of :data:`BOUNDS` on a phase map's per-slice counts.
 
+    The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice.
+
+    Parameters
+    ----------
+    counts : PhaseCounts
+        Per-slice phase counts (:func:`phase_counts`, or kept by the thresholding).
+
     Returns
     -------
     pandas.DataFrame
-        One row per check: ``check``, ``value``, ``bound`` (minimum), ``passed``, ``requirement``.
+        One row per check: ``check``, ``value`` (a fraction, 0-1), ``bound`` (minimum), ``passed``,
+        ``requirement``.
     """
     c = counts.per_slice.astype(float)
     per_slice_total = np.maximum(c.sum(1), 1)
@@ -85,10 +114,22 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
 
     Parameters
     ----------
-    table : :func:`check_phase_map` output.
-    sample : named in the message.
-    on_implausible : ``stop`` or ``warn`` (config ``threshold.on_implausible``).
-    figure_hint : where the user can look at the histogram and the phase map.
+    table : pandas.DataFrame
+        :func:`check_phase_map` output.
+    sample : str
+        Named in the message.
+    on_implausible : str, default "stop"
+        ``"stop"`` or ``"warn"`` (config ``threshold.on_implausible``).
+    figure_hint : str, default ""
+        Where the user can look at the histogram and the phase map.
+
+    Raises
+    ------
+    ImplausiblePhaseMap
+        When a check failed and ``on_implausible`` is ``"stop"``; the message names the sample, the
+        failed checks and the ways out.
+    ValueError
+        When ``on_implausible`` is neither ``"stop"`` nor ``"warn"``.
     """
     if on_implausible not in ("stop", "warn"):
         raise ValueError(f"threshold.on_implausible: {on_implausible!r} is not 'stop' or 'warn'")

@@ -1,4 +1,10 @@
-"""Figures in the manner of the paper's (matplotlib, Agg backend, no screen needed)."""
+"""Figures in the manner of the paper's (matplotlib, Agg backend, no screen needed).
+
+Each function takes arrays or tables and returns a :class:`matplotlib.figure.Figure` (saved and
+closed by :func:`detachment.io.save_figure`). Main entry points: :func:`phase_figure` (Supp. Fig. 1),
+:func:`fig4`, :func:`fig8`, :func:`fig9b`, :func:`second_map_figure` (Supp. Fig. 7),
+:func:`validation_figure`, :func:`robustness_figure`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,34 @@ PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE
 
 def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_edges, thresholds, names,
                  fwhm_table=None, voxel_size_um: float = 1.0, title: str = ""):
-    """Supp. Fig. 1 style: grey slice, histogram with thresholds (log), phase map."""
+    """Supp. Fig. 1 style: grey slice, histogram with thresholds (log counts), phase map.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (y, x) grey-level slice.
+    phase_slice : numpy.ndarray
+        (y, x) uint8 phase codes of the same slice (:mod:`detachment.phases`).
+    hist_counts : numpy.ndarray
+        (n_bins,) voxel counts of the volume's histogram.
+    hist_edges : numpy.ndarray
+        (n_bins + 1,) bin edges, grey levels.
+    thresholds : sequence of float
+        (k - 1,) ascending grey-level thresholds between the phase model's classes.
+    names : sequence of str
+        The k class names in order of grey level (keys of :data:`PHASE_COLOURS`).
+    fwhm_table : pandas.DataFrame, optional
+        Columns ``phase`` and ``fwhm`` (grey levels); the FWHM is written under each class name.
+    voxel_size_um : float, default 1.0
+        In-plane voxel size, µm (used for both y and x).
+    title : str, default ""
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three panels.
+    """
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1, 1.25, 1]})
     ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
     ax[0].imshow(image, cmap="gray", extent=ext)
@@ -55,7 +88,19 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
 
 
 def loss_curve_figure(log_table):
-    """Training and validation loss per epoch, and validation precision / sensitivity."""
+    """Training and validation loss per epoch, and validation precision / sensitivity / F1.
+
+    Parameters
+    ----------
+    log_table : pandas.DataFrame
+        One row per epoch: ``epoch``, ``train_loss``, ``val_loss``, optional loss components
+        ``train_loss_*``, and ``val_precision``, ``val_sensitivity``, ``val_f1`` (IoU ≥ 0.5).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels: losses (log scale) and validation scores.
+    """
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
     ax[0].plot(log_table.epoch, log_table.train_loss, "o-", label="train")
     ax[0].plot(log_table.epoch, log_table.val_loss, "s-", label="validation")
@@ -77,7 +122,23 @@ def loss_curve_figure(log_table):
 
 
 def activation_figure(images, activations, titles):
-    """Supp. Fig. 9a style: input slices above their activation maps."""
+    """Supp. Fig. 9a style: input slices above their activation maps.
+
+    Parameters
+    ----------
+    images : sequence of numpy.ndarray
+        (y, x) grey-level slices.
+    activations : sequence of numpy.ndarray
+        (y, x) activation of each slice (L2 norm of the finest FPN level,
+        :func:`detachment.maskrcnn.activation_map`).
+    titles : sequence of str
+        Caption of each column.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two rows, one column per slice.
+    """
     n = len(images)
     fig, ax = plt.subplots(2, n, figsize=(4 * n, 8), squeeze=False)
     for i in range(n):
@@ -97,7 +158,23 @@ METHOD_COLOURS = {"cnn": "#1f77b4", "watershed": "#ff7f0e", "watershed_distance"
 
 
 def fig9b(summary, metrics=("precision", "sensitivity", "jaccard", "dice", "f", "mcc")):
-    """Grouped bars (mean ± std over test images) per metric and method, as Supp. Fig. 9b."""
+    """Grouped bars (mean ± std over test images) per metric and method, as Supp. Fig. 9b.
+
+    The p-values written above the bars are those of the first method's rows (the reference).
+
+    Parameters
+    ----------
+    summary : pandas.DataFrame
+        One row per (method, metric): ``method``, ``metric``, ``mean``, ``std``, ``p_value``
+        (:func:`detachment.compare.summary_table`).
+    metrics : sequence of str, default ("precision", "sensitivity", "jaccard", "dice", "f", "mcc")
+        Metrics shown; the tick labels name these six in this order.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One bar group per metric.
+    """
     methods = list(dict.fromkeys(summary.method))
     fig, ax = plt.subplots(figsize=(9, 4.2))
     width = 0.8 / len(methods)
@@ -121,7 +198,22 @@ def fig9b(summary, metrics=("precision", "sensitivity", "jaccard", "dice", "f", 
 
 
 def outline_figure(images, panels: dict, titles):
-    """Rows = test slices; columns = truth and each method's instance outlines over the grey image."""
+    """Rows = test slices; columns = truth and each method's instance outlines over the grey image.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (n, y, x) grey-level slices.
+    panels : dict of str to numpy.ndarray
+        Column name (``"truth"``, a method) to its (n, y, x) instance labels.
+    titles : sequence of str
+        Caption of each row.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        n rows, one column per panel.
+    """
     from skimage.segmentation import find_boundaries
 
     names = list(panels)
@@ -144,7 +236,19 @@ def outline_figure(images, panels: dict, titles):
 
 
 def linking_figure(table):
-    """Recovered fraction and split + merge rate per (input, method), one bar group per sample."""
+    """Recovered fraction and split + merge rate per (input, method), one bar group per sample.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Linking evaluation rows: ``sample``, ``input``, ``method``, ``recovered``, ``split_rate``,
+        ``merge_rate`` (fractions, 0-1); every (input, method) case present for every sample.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels: recovered at 3D IoU ≥ 0.5, and split + merge rate.
+    """
     table = table.assign(case=table["input"] + "\n" + table["method"], error=table.split_rate + table.merge_rate)
     cases = list(dict.fromkeys(table.case))
     samples = list(dict.fromkeys(table["sample"]))
@@ -167,7 +271,29 @@ def linking_figure(table):
 
 
 def damage_figure(image, labels_slice, damage_by_label: dict, profile, voxel_size_um: float, title=""):
-    """Supp. Fig. 2 style: a slice with particles coloured by crack surface per volume, and the depth profile."""
+    """Supp. Fig. 2 style: a slice with particles coloured by crack surface per volume, and the depth profile.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (y, x) grey-level slice.
+    labels_slice : numpy.ndarray
+        (y, x) 3D particle labels in the same slice.
+    damage_by_label : dict of int to float
+        Particle label to its crack surface per volume, µm⁻¹.
+    profile : pandas.DataFrame
+        Depth profile (:func:`detachment.damage.depth_profile`): ``height_low_um``, ``height_high_um``,
+        ``crack_surface_per_volume_mean``, ``crack_surface_per_volume_sem`` (µm⁻¹).
+    voxel_size_um : float
+        In-plane voxel size, µm (used for both y and x).
+    title : str, default ""
+        Title of the slice panel.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels.
+    """
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1.2, 1]})
     ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
     ax[0].imshow(image, cmap="gray", extent=ext)
@@ -187,8 +313,30 @@ def damage_figure(image, labels_slice, damage_by_label: dict, profile, voxel_siz
 
 
 def diffusion_figure(image, field, envelope, paths, voxel_size_um: float, title=""):
-    """Supp. Fig. 3 style: a particle slice colour-coded by diffusion length with optimal paths ((k, 2) float
-    voxel coordinates, e.g. :func:`detachment.diffusion.descent_path` streamlines)."""
+    """Supp. Fig. 3 style: a particle slice colour-coded by diffusion length, with optimal paths.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (y, x) grey-level slice of the particle's crop.
+    field : numpy.ndarray
+        (y, x) electron diffusion length, µm; NaN outside the solid and inf where isolated (both left
+        blank).
+    envelope : numpy.ndarray
+        (y, x) bool envelope of the particle, drawn as a contour.
+    paths : sequence of numpy.ndarray
+        Optimal paths, each (k, 2) float (y, x) voxel coordinates in the crop
+        (e.g. :func:`detachment.diffusion.descent_path` streamlines).
+    voxel_size_um : float
+        In-plane voxel size, µm (used for both y and x).
+    title : str, default ""
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel.
+    """
     fig, ax = plt.subplots(figsize=(6, 5.5))
     ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
     ax.imshow(image, cmap="gray", extent=ext)
@@ -207,8 +355,26 @@ def diffusion_figure(image, field, envelope, paths, voxel_size_um: float, title=
 
 
 def fig4(particles, by_rate, by_size_table):
-    """Main-text Fig. 4 panels: detachment by C-rate (bootstrap CI), vs particle size (per-bin uncertainty),
-    vs volume for all particles."""
+    """Main-text Fig. 4 panels: detachment by C-rate, vs particle size, and vs volume for all particles.
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        The particles used: ``c_rate``, ``detachment``, ``detachment_std`` (fractions, 0-1),
+        ``volume_um3``.
+    by_rate : pandas.DataFrame
+        Per C-rate (:func:`detachment.stats.by_group`): ``c_rate``, ``mean``, ``ci95_low``,
+        ``ci95_high`` (bootstrap 95 % CI) and a ``mannwhitney_p_vs_*`` column; the title shows the
+        particle-level Mann–Whitney p of the second C-rate against the first.
+    by_size_table : pandas.DataFrame
+        Per diameter bin (:func:`detachment.stats.by_size`): ``diameter_low_um``, ``diameter_high_um``,
+        ``mean``, ``sem``, ``measurement_std_mean``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Three panels.
+    """
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.5))
     rates = list(by_rate.c_rate)
     for i, r in enumerate(rates):
@@ -244,7 +410,25 @@ def fig4(particles, by_rate, by_size_table):
 
 
 def fig8(particles, r_p, histograms: dict, fwhm_tables: dict):
-    """Supp. Fig. 8 style: electron density vs detachment, and the phases' grey-level histograms with FWHMs."""
+    """Supp. Fig. 8 style: electron density vs detachment, and the phases' grey-level histograms with FWHMs.
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        The particles used: ``c_rate``, ``detachment`` (fraction), ``electron_density_mean`` (grey
+        level).
+    r_p : tuple of float
+        Pearson r and its p-value between detachment and electron density, shown in the title.
+    histograms : dict of str to pandas.DataFrame
+        Per sample, its histogram table: ``bin_low``, ``bin_high`` (grey levels), ``count``.
+    fwhm_tables : dict of str to pandas.DataFrame
+        Per sample, its FWHM table: ``phase``, ``centre``, ``fwhm`` (grey levels).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels.
+    """
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
     for r in dict.fromkeys(particles.c_rate):
         sub = particles[particles.c_rate == r]
@@ -271,7 +455,18 @@ def fig8(particles, r_p, histograms: dict, fwhm_tables: dict):
 
 
 def empty_figure(message: str):
-    """A placeholder figure that says why there is nothing to show (e.g. no particle found)."""
+    """A placeholder figure that says why there is nothing to show (e.g. no particle found).
+
+    Parameters
+    ----------
+    message : str
+        The text shown.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The placeholder.
+    """
     fig, ax = plt.subplots(figsize=(6, 2))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
@@ -279,7 +474,25 @@ def empty_figure(message: str):
 
 
 def validation_figure(per_particle, effect: dict | None = None, effect_true: dict | None = None):
-    """Measured vs true per-particle detachment and crack surface per volume, for each particle source."""
+    """Measured vs true per-particle detachment and crack surface per volume, for each particle source.
+
+    Parameters
+    ----------
+    per_particle : pandas.DataFrame
+        :func:`detachment.validation.compare_particles` rows: ``source``, ``detachment_truth``,
+        ``detachment``, ``detachment_error`` (fractions), ``crack_surface_truth``,
+        ``crack_surface_per_volume_per_um`` (µm⁻¹).
+    effect : dict, optional
+        :func:`detachment.validation.effect_size` on the pipeline's particles (``planted_difference``,
+        ``found_difference``, ``mann_whitney_p``), shown in the title.
+    effect_true : dict, optional
+        The same on the truth's own particles (its ``found_difference`` is shown).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two panels with the identity line dashed.
+    """
     fig, ax = plt.subplots(1, 2, figsize=(11, 4.8))
     colours = {"true": "#2e86c1", "pipeline": "#c0392b"}
     for source, g in per_particle.groupby("source", sort=False):
@@ -306,13 +519,24 @@ def validation_figure(per_particle, effect: dict | None = None, effect_true: dic
 
 
 def second_map_figure(panels: list[dict]):
-    """Supp. Fig. 7 style, one row per sample: the electron density (grey) slice, the co-registered second
-    map on the same slice (NaN = no measurement, shown black), and per-particle mean electron density vs
-    mean second map with the particle- and voxel-level Pearson r.
+    """Supp. Fig. 7 style, one row per sample: grey slice, second map, and their per-particle relation.
 
-    Each panel: ``sample``, ``z`` (slice index), ``density`` and ``second_map`` ((y, x) arrays),
-    ``voxel_size_um`` (in-plane, µm), ``quantity`` (axis label), ``particles`` (per-particle table, the
-    particles used), ``rows`` ({level: correlation row}) and optionally ``planted`` (phantom r or None).
+    The columns are the electron density (grey) slice, the co-registered second map on the same slice
+    (NaN = no measurement, shown black), and per-particle mean electron density vs mean second map with
+    the particle- and voxel-level Pearson r.
+
+    Parameters
+    ----------
+    panels : list of dict
+        One per sample: ``sample``, ``z`` (slice index), ``density`` and ``second_map`` ((y, x)
+        arrays), ``voxel_size_um`` (in-plane, µm), ``quantity`` (axis label), ``particles``
+        (per-particle table, the particles used), ``rows`` ({level: correlation row} of
+        :func:`detachment.second_map.correlations`) and optionally ``planted`` (phantom r or None).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One row of three panels per sample.
     """
     n = len(panels)
     fig, ax = plt.subplots(n, 3, figsize=(15, 4.4 * n), squeeze=False,
@@ -354,8 +578,25 @@ def second_map_figure(panels: list[dict]):
 
 
 def contact_level_figure(values, fit, midpoint: float | None = None, title: str = ""):
-    """Grey levels just outside the particles (histogram, density), the two fitted Gaussians (gap, CBD),
-    the contact level used and the void/CBD midpoint of the phase model."""
+    """Grey levels just outside the particles, the fitted gap and CBD Gaussians, and the levels.
+
+    Parameters
+    ----------
+    values : array_like
+        Face-neighbour grey levels (:func:`detachment.contact_level.face_neighbour_levels`), shown as a
+        density histogram.
+    fit : detachment.contact_level.ContactLevel
+        The contact level; its components are drawn where it was fitted.
+    midpoint : float, optional
+        The phase model's void/CBD midpoint, grey level.
+    title : str, default ""
+        Figure title.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One panel.
+    """
     fig, ax = plt.subplots(figsize=(7, 4))
     values = np.asarray(values, float)
     if values.size:
@@ -377,15 +618,30 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
     return fig
 
 
-#: Goals drawn on the robustness figure: (metric, value, higher is better).
+#: Goals drawn on the robustness figure: metric -> goal value, or a (low, high) band.
 ROBUSTNESS_GOALS = {"phase_accuracy": 0.97, "cnn_precision": 0.9, "cnn_sensitivity": 0.85, "recovery_3d": 0.95,
                     "split_merge_3d": 0.03, "detachment_mae": 0.03, "detachment_bias": (-0.02, 0.02),
                     "effect_found_over_planted": (0.85, 1.15)}
 
 
 def robustness_figure(table, metrics=None):
-    """Each headline metric against the phantom preset: filled = out-of-sample cells, open = in-sample;
-    dashed lines mark the goals."""
+    """Each headline metric against the phantom preset: filled = out-of-sample cells, open = in-sample.
+
+    Dashed lines mark the goals (:data:`ROBUSTNESS_GOALS`).
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Long table of :mod:`detachment.robustness` (``preset``, ``sample``, ``split``, ``metric``,
+        ``value``).
+    metrics : sequence of str, optional
+        Metrics shown, one panel each (default :data:`detachment.robustness.METRICS`).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Four panels per row.
+    """
     from .robustness import METRICS
 
     metrics = list(metrics or METRICS)

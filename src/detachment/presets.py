@@ -1,12 +1,11 @@
 """Named phantom presets: a family spanning what cycled NMC tomograms show.
 
-Each preset overrides some :class:`detachment.phantom.PhantomParams` on top of
-the configured phantom defaults (``default`` overrides nothing). Together they
-span NMC FWHM 0.07-0.147, electrolyte 30-80 % of the volume (with empty space
-above the electrode), particle diameters 12-40 voxels, 15-90 % of placements
-touching, detachment gaps 1-4 voxels, CBD coats 0-2 voxels (bare porous-CBD
-contacts as well as coated ones), cracks 1-3 voxels, blur σ 0.5-1.5 voxel and
-collectors 3-12 voxels thick. Most presets change one property so a failure
+Each preset in :data:`PRESETS` overrides some :class:`detachment.phantom.PhantomParams` on top of the
+configured phantom defaults (``default`` overrides nothing); :func:`preset_params` applies one.
+Together they span NMC FWHM 0.07-0.147, electrolyte 30-80 % of the volume (with empty space above the
+electrode), particle diameters 12-40 voxels, 15-90 % of placements touching, detachment gaps 1-4
+voxels, CBD coats 0-2 voxels (bare porous-CBD contacts as well as coated ones), cracks 1-3 voxels,
+blur σ 0.5-1.5 voxel and collectors 3-12 voxels thick. Most presets change one property so a failure
 can be traced to it; ``paper_like`` combines several.
 """
 
@@ -57,15 +56,20 @@ def preset_params(base: dict, preset: str, extra_presets: dict | None = None, wh
 
     Parameters
     ----------
-    base : the configured phantom parameters (``phantom.defaults``).
-    preset : a name in :data:`PRESETS` or in ``extra_presets``.
-    extra_presets : user presets (``phantom.presets`` in the config); a name here replaces a built-in one.
-    where : what to name in an error message.
+    base : dict
+        The configured phantom parameters (``phantom.defaults``; :class:`detachment.phantom.PhantomParams`
+        fields).
+    preset : str
+        A name in :data:`PRESETS` or in ``extra_presets``.
+    extra_presets : dict of str to dict, optional
+        User presets (``phantom.presets`` in the config); a name here replaces a built-in one.
+    where : str, default "phantom"
+        What to name in an error message.
 
     Returns
     -------
     dict
-        A new mapping; ``base`` is left unchanged.
+        A new mapping (deep copies); ``base`` is left unchanged.
 
     Raises
     ------

@@ -1,10 +1,11 @@
 """Validation across the phantom family: per-sample metrics against the truth, in one long table.
 
-Rows are ``preset, sample, split, metric, value``; ``split`` is ``in_sample`` for
-a cell whose slices were labelled for training (its whole volume is scored) and
-``out_of_sample`` for an unseen cell (no slice labelled, trained or tuned on).
-Detachment is scored against the truth measured on the planted geometry
-(:mod:`detachment.truth`), not against the pipeline's own estimator.
+Rows are ``preset, sample, split, metric, value``; ``split`` is ``in_sample`` for a cell whose slices
+were labelled for training (its whole volume is scored) and ``out_of_sample`` for an unseen cell (no
+slice labelled, trained or tuned on). Detachment is scored against the truth measured on the planted
+geometry (:mod:`detachment.truth`), not against the pipeline's own estimator.
+
+Main entry points: :func:`sample_metrics`, :func:`long_table`, :func:`effect_rows`, :func:`headline`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,23 @@ METRICS = ("phase_accuracy", "cnn_precision", "cnn_sensitivity", "recovery_3d", 
 
 
 def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray) -> float:
-    """Fraction of voxels whose phase code equals the truth's."""
+    """Fraction of voxels whose phase code equals the truth's.
+
+    Parameters
+    ----------
+    phases, truth_phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`) of the pipeline and of the truth.
+
+    Returns
+    -------
+    float
+        Fraction, 0-1.
+
+    Raises
+    ------
+    ValueError
+        When the shapes differ.
+    """
     if phases.shape != truth_phases.shape:
         raise ValueError(f"phase map shape {phases.shape} differs from the truth's {truth_phases.shape}")
     return float(np.mean(phases == truth_phases))
@@ -34,18 +51,26 @@ def slice_detection_scores(truth_labels: np.ndarray, cnn_labels: np.ndarray, min
                            iou_threshold: float = 0.5) -> dict[str, float]:
     """Mean per-slice instance precision and sensitivity of the CNN's slices against the truth.
 
+    Only slices holding a truth instance of at least ``min_area`` px are scored, so detections in slices
+    without truth do not count.
+
     Parameters
     ----------
-    truth_labels, cnn_labels : (z, y, x) instance labels; the truth is relabelled per slice (connected
-        pieces of at least ``min_area`` px, as the annotations are built).
-    min_area : smallest truth instance counted (px).
-    iou_threshold : IoU of a match.
+    truth_labels : numpy.ndarray
+        (z, y, x) integer truth instances; relabelled per slice (connected pieces of at least
+        ``min_area`` px, as the annotations are built).
+    cnn_labels : numpy.ndarray
+        (z, y, x) integer per-slice CNN instances (``cnn/slices.h5`` ``/labels``).
+    min_area : int
+        Smallest truth instance counted, px.
+    iou_threshold : float, default 0.5
+        IoU of a match, in (0, 1].
 
     Returns
     -------
     dict
-        ``cnn_precision``, ``cnn_sensitivity`` (means over the slices holding a truth instance) and
-        ``n_slices``.
+        ``cnn_precision``, ``cnn_sensitivity`` (means over the scored slices, 0-1; NaN when none) and
+        ``n_slices`` (number of scored slices).
     """
     zs = labelled_slices(truth_labels, min_area)
     rows = [image_metrics(relabel_slice(truth_labels[z], min_area), cnn_labels[z], iou_threshold) for z in zs]
@@ -56,8 +81,21 @@ def slice_detection_scores(truth_labels: np.ndarray, cnn_labels: np.ndarray, min
 
 
 def detachment_errors(science_eval: pd.DataFrame, source: str = "pipeline") -> dict[str, float]:
-    """MAE and mean (bias) of measured − true detachment over the matched particles of one ``source``
-    (rows of :func:`detachment.validation.compare_particles`)."""
+    """MAE and mean (bias) of measured − true detachment over the matched particles of one source.
+
+    Parameters
+    ----------
+    science_eval : pandas.DataFrame
+        Rows of :func:`detachment.validation.compare_particles` (``science_eval.csv``), with columns
+        ``source`` and ``detachment_error``.
+    source : str, default "pipeline"
+        ``"pipeline"`` (the pipeline's particles) or ``"true"`` (the truth's own envelopes).
+
+    Returns
+    -------
+    dict
+        ``mae`` and ``bias`` (detachment fraction; NaN without rows) and ``n`` (particles used).
+    """
     e = science_eval.loc[science_eval.source == source, "detachment_error"].dropna()
     if e.empty:
         return {"mae": np.nan, "bias": np.nan, "n": 0}
@@ -70,22 +108,32 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
 
     Parameters
     ----------
-    truth_labels, truth_phases : the truth (z, y, x) instances and phase codes.
-    phases : the pipeline's phase map.
-    cnn_slices : the CNN's per-slice instances (z, y, x).
-    particles : the pipeline's linked 3D particles (z, y, x).
-    science_eval : per matched particle, measured vs true detachment (``science_eval.csv``).
-    min_area, iou_threshold : see :func:`slice_detection_scores`.
+    truth_labels : numpy.ndarray
+        (z, y, x) integer truth instances, 0 = background.
+    truth_phases : numpy.ndarray
+        (z, y, x) uint8 truth phase codes.
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes of the pipeline.
+    cnn_slices : numpy.ndarray
+        (z, y, x) per-slice CNN instances (ids per slice).
+    particles : numpy.ndarray
+        (z, y, x) the pipeline's linked 3D particles.
+    science_eval : pandas.DataFrame
+        Per matched particle, measured vs true detachment (``science_eval.csv``).
+    min_area : int
+        Smallest truth instance counted in a slice, px (:func:`slice_detection_scores`).
+    iou_threshold : float, default 0.5
+        IoU of a match, per slice and for ``recovery_3d``.
 
     Returns
     -------
-    dict
-        ``phase_accuracy``, ``cnn_precision``, ``cnn_sensitivity``, ``recovery_3d`` (true particles matched
-        one-to-one at 3D IoU ≥ 0.5), ``split_merge_3d`` (split + merge rate), ``detachment_mae`` /
-        ``detachment_bias`` (pipeline particles matched at 3D IoU ≥ 0.5), the same on the truth's own
-        envelopes (``*_true_envelopes``: phases and contact reading without segmentation errors), and
-        ``n_particles_truth`` / ``n_particles_matched``. The workflow adds ``phase_map_plausible`` (1 when
-        every check of :mod:`detachment.plausibility` passed).
+    dict of str to float
+        ``phase_accuracy``, ``cnn_precision``, ``cnn_sensitivity``, ``recovery_3d`` (true particles
+        matched one-to-one at 3D IoU ≥ ``iou_threshold``), ``split_merge_3d`` (split + merge rate),
+        ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
+        same on the truth's own envelopes (``*_true_envelopes``: phases and contact reading without
+        segmentation errors), and ``n_particles_truth`` / ``n_particles_matched``. The workflow adds
+        ``phase_map_plausible`` (1 when every check of :mod:`detachment.plausibility` passed).
     """
     out = {"phase_accuracy": phase_accuracy(phases, truth_phases)}
     out.update({k: v for k, v in slice_detection_scores(truth_labels, cnn_slices, min_area, iou_threshold).items()
@@ -101,7 +149,29 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
 
 
 def long_table(preset: str, sample: str, split: str, metrics: dict[str, float]) -> pd.DataFrame:
-    """``metrics`` as rows of the long layout (:data:`COLUMNS`)."""
+    """``metrics`` as rows of the long layout (:data:`COLUMNS`).
+
+    Parameters
+    ----------
+    preset : str
+        Phantom preset of the sample.
+    sample : str
+        Sample name.
+    split : str
+        ``"in_sample"`` or ``"out_of_sample"``.
+    metrics : dict of str to float
+        Metric name to value (:func:`sample_metrics`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per metric, columns :data:`COLUMNS`.
+
+    Raises
+    ------
+    ValueError
+        When ``split`` is not one of :data:`SPLITS`.
+    """
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     return pd.DataFrame([{"preset": preset, "sample": sample, "split": split, "metric": k, "value": float(v)}
@@ -114,16 +184,22 @@ def effect_rows(samples: pd.DataFrame, truth_tables: dict[str, pd.DataFrame],
 
     Parameters
     ----------
-    samples : one row per sample with columns ``sample``, ``preset``, ``split``, ``c_rate``.
-    truth_tables : per sample, the truth table (its ``detachment`` is the planted geometry's).
-    measured : per sample, the pipeline's particle table.
-    exclude_border : leave particles cut by the volume border out, as the statistics do.
+    samples : pandas.DataFrame
+        One row per sample with columns ``sample``, ``preset``, ``split``, ``c_rate`` (``"1C"`` and
+        ``"C/10"`` are compared).
+    truth_tables : dict of str to pandas.DataFrame
+        Per sample, the truth table (its ``detachment`` is the planted geometry's).
+    measured : dict of str to pandas.DataFrame
+        Per sample, the pipeline's particle table.
+    exclude_border : bool, default True
+        Leave particles cut by the volume border out, as the statistics do.
 
     Returns
     -------
     pandas.DataFrame
-        Long rows (``sample`` = the samples joined by ``+``) for ``effect_found_over_planted``,
-        ``effect_planted`` and ``effect_found``; none for a group lacking either C-rate.
+        Long rows (:data:`COLUMNS`; ``sample`` = the samples joined by ``+``) for
+        ``effect_found_over_planted``, ``effect_planted`` and ``effect_found`` (detachment fraction);
+        none for a group lacking either C-rate.
     """
     rows = []
     for (preset, split), g in samples.groupby(["preset", "split"], sort=False):
@@ -141,7 +217,20 @@ def effect_rows(samples: pd.DataFrame, truth_tables: dict[str, pd.DataFrame],
 
 
 def headline(table: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
-    """Wide summary: per (preset, split), the mean of each headline metric over the samples."""
+    """Wide summary: per (preset, split), the mean of each headline metric over the samples.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Long table (:data:`COLUMNS`).
+    metrics : sequence of str, default :data:`METRICS`
+        Metrics to show, in this order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index (preset, split), one column per metric present in ``table``.
+    """
     t = table[table.metric.isin(metrics)]
     wide = t.pivot_table(index=["preset", "split"], columns="metric", values="value", aggfunc="mean")
     return wide.reindex(columns=[m for m in metrics if m in wide.columns])

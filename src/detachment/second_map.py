@@ -1,18 +1,13 @@
-"""A co-registered second map per sample (e.g. the Ni valence state, Supp. Fig. 7): file contract,
-import of a user's map, and its per-particle statistics beside the electron density.
+"""A co-registered second map per sample (e.g. the Ni valence state, Supp. Fig. 7).
 
-Contract: ``results/{sample}/second_map.h5``, dataset ``/second_map``, float32, axes (z, y, x), the
-shape of the sample's ``volume.h5`` (co-registered voxel for voxel), chunked by slice, attributes
-``voxel_size_um`` (the volume's, µm, z y x), ``source`` and ``quantity`` (what the values are, with
-units, e.g. ``"Ni valence"``). NaN = no measurement at that voxel (the phantom's map is NaN outside the
-NMC solid); ±Inf is refused. Only finite values over a particle's solid are used.
+Contract: ``results/{sample}/second_map.h5``, dataset ``/second_map``, float32 (z, y, x) of the
+sample's volume shape (co-registered voxel for voxel), chunked by slice, attributes ``voxel_size_um``
+(µm, z y x), ``source`` and ``quantity`` (what the values are, with units, e.g. ``"Ni valence"``).
+NaN = no measurement at that voxel; ±Inf is refused. Per particle, the moments of map and grey level
+(electron density) are population moments (ddof = 0), so the pooled voxel-level correlation of any
+set of particles follows exactly from the table (:func:`detachment.stats.pooled_pearson`).
 
-Per particle (:func:`particle_map_table`): over the voxels of its solid (its envelope, refined as for
-``particles.csv``, in NMC phase 2 or 3) where the map is finite, the mean and standard deviation of the
-map and of the grey level (electron density), their covariance, and the within-particle Pearson r.
-Means, standard deviations and covariances are population moments (ddof = 0), so the pooled
-voxel-level correlation of any set of particles follows exactly from the table
-(:func:`detachment.stats.pooled_pearson`) without reading the voxels again.
+Main entry points: :func:`import_second_map`, :func:`particle_map_table`, :func:`correlations`.
 """
 
 from __future__ import annotations
@@ -38,7 +33,30 @@ TABLE_COLUMNS = ["label", "second_map_voxels", "solid_voxels", "electron_density
 
 def write_second_map(path: str | os.PathLike, values: np.ndarray, voxel_size_um, source: str,
                      quantity: str, slab: int = 16, attrs: dict | None = None) -> None:
-    """Write a (z, y, x) map to ``path`` atomically, slab by slab into a slice-chunked dataset."""
+    """Write a (z, y, x) map to ``path`` atomically, slab by slab into a slice-chunked dataset.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The contract file to write (``/second_map``).
+    values : numpy.ndarray
+        (z, y, x) map values (stored as float32); NaN = no measurement. Not checked for ±Inf.
+    voxel_size_um : float, str or sequence of float
+        Voxel size in µm, one number or three (z, y, x).
+    source : str
+        Provenance, the ``source`` attribute.
+    quantity : str
+        What the values are, with units (the ``quantity`` attribute).
+    slab : int, default 16
+        Slices written at a time.
+    attrs : dict, optional
+        Further attributes of the dataset.
+
+    Raises
+    ------
+    InputError
+        When the shape or the voxel size is refused.
+    """
     values = np.asarray(values)
     io.check_volume_shape(values.shape, str(path))
     with io.atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
@@ -60,13 +78,39 @@ def _set_attrs(d, voxel_size_um, source, quantity, attrs):
 def import_second_map(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None,
                       volume_path: str | os.PathLike, where: str = "field 'second_map'",
                       quantity: str = "second map", slab: int = 16) -> tuple[int, int, int]:
-    """Validate a user's co-registered map and write it by the contract; returns its shape.
+    """Validate a user's co-registered map and write it by the contract.
 
-    ``src`` is an HDF5 file (with ``dataset``, the sheet's ``second_map_dataset``), a multi-page TIFF or a
-    folder / glob of 2D TIFF slices, like a volume. Refused with :class:`detachment.io.InputError`, the
-    message naming the file, the sheet field (``where``) and what is expected: a missing file or dataset,
-    a shape other than the volume's (``volume_path``), a non-real type, ±Inf, or no finite value at all.
-    NaN voxels are kept (no measurement). Streams slab by slab (memory ~ one slab).
+    NaN voxels are kept (no measurement). Streams slab by slab (memory ~ one slab). The voxel size
+    written is the volume's.
+
+    Parameters
+    ----------
+    src : str or os.PathLike
+        An HDF5 file, a multi-page TIFF or a folder / glob of 2D TIFF slices, like a volume
+        (:class:`detachment.io.VolumeSource`).
+    out : str or os.PathLike
+        The contract file to write.
+    dataset : str or None
+        HDF5 dataset of ``src`` (the sheet's ``second_map_dataset``); required for HDF5.
+    volume_path : str or os.PathLike
+        The sample's contract volume; the map must have its shape.
+    where : str, default "field 'second_map'"
+        The sample-sheet field, named in error messages.
+    quantity : str, default "second map"
+        What the values are, with units.
+    slab : int, default 16
+        Slices read and written at a time.
+
+    Returns
+    -------
+    tuple of int
+        The map's shape (z, y, x), in voxels.
+
+    Raises
+    ------
+    InputError
+        Naming the file, the sheet field and what is expected: a missing file or dataset, a shape other
+        than the volume's, a non-real type, ±Inf, or no finite value at all.
     """
     src_s = str(src)
     if not any(c in src_s for c in "*?[") and not Path(src).exists():
@@ -102,7 +146,25 @@ def import_second_map(src: str | os.PathLike, out: str | os.PathLike, *, dataset
 
 
 def read_second_map_info(path: str | os.PathLike) -> tuple[tuple[int, int, int], str]:
-    """Shape and ``quantity`` of a contract second-map file."""
+    """Shape and ``quantity`` of a contract second-map file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        File with dataset ``/second_map``.
+
+    Returns
+    -------
+    shape : tuple of int
+        (z, y, x) in voxels.
+    quantity : str
+        What the values are (``"second map"`` when the attribute is absent).
+
+    Raises
+    ------
+    InputError
+        When the file or the dataset does not exist.
+    """
     path = Path(path)
     if not path.exists():
         raise io.InputError(f"{path}: second map file does not exist")
@@ -131,14 +193,48 @@ def _moments(g: np.ndarray, m: np.ndarray) -> dict:
 
 def particle_map_table(labels_path, phases_path, volume_path, map_path, links: pd.DataFrame, pad: int = 2,
                        refine: bool = True, progress: bool = False) -> pd.DataFrame:
-    """One row per particle of ``links`` (``label`` = the id in ``labels_path``'s ``/labels``).
+    """Per-particle moments of the second map and the grey level over each particle's solid.
 
-    Read particle by particle on bounding-box crops (``links``: ``z_min``..``z_max`` inclusive,
-    ``y_min``/``x_min`` inclusive, ``y_max``/``x_max`` exclusive, as ``links.csv``), so memory is bounded by
-    the largest particle's box. With ``refine`` the envelope is
-    :func:`detachment.particles.refine_envelope` of the mask (as in ``particles.csv``), else the mask.
-    Columns :data:`TABLE_COLUMNS`; ``solid_voxels`` counts the particle's solid, ``second_map_voxels`` the
-    part of it where the map is finite; ``centroid_z_um`` is the mean z of those voxels (µm).
+    Read particle by particle on bounding-box crops grown by ``pad``, so memory is bounded by the largest
+    particle's box. A particle's solid is its envelope (with ``refine``,
+    :func:`detachment.particles.refine_envelope` of its mask, as in ``particles.csv``; else the mask) in
+    NMC phase (low or high density); only its voxels where the map is finite are used.
+
+    Parameters
+    ----------
+    labels_path : str or os.PathLike
+        HDF5 file with the (z, y, x) 3D particle labels ``/labels``.
+    phases_path : str or os.PathLike
+        HDF5 file with the (z, y, x) uint8 phase map ``/phases``.
+    volume_path : str or os.PathLike
+        The contract grey volume (electron density).
+    map_path : str or os.PathLike
+        The contract second map, of the volume's shape.
+    links : pandas.DataFrame
+        One row per particle, ``links.csv`` layout: ``label`` (the id in ``/labels``), ``z_min``..``z_max``
+        inclusive, ``y_min``/``x_min`` inclusive, ``y_max``/``x_max`` exclusive, optional
+        ``touches_border``.
+    pad : int, default 2
+        Margin of the crops, voxels.
+    refine : bool, default True
+        Refine the envelope as ``particles.csv`` does.
+    progress : bool, default False
+        Show a progress bar.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`TABLE_COLUMNS`: ``label``; ``second_map_voxels`` (solid voxels with a finite
+        map value) and ``solid_voxels``; ``electron_density_mean`` / ``_std`` (grey level);
+        ``second_map_mean`` / ``_std`` (map units); ``density_map_covariance``; ``within_pearson_r``
+        (NaN for a constant map or grey level); ``centroid_z_um`` (mean z index of the voxels used ×
+        voxel size, µm); ``touches_border`` (from ``links``, False when absent). Moments are NaN for a
+        particle without map voxels.
+
+    Raises
+    ------
+    InputError
+        When the map's shape differs from the volume's.
     """
     from tqdm import tqdm
 
@@ -171,7 +267,20 @@ def particle_map_table(labels_path, phases_path, volume_path, map_path, links: p
 
 
 def used_particles(table: pd.DataFrame, exclude_border: bool = True) -> pd.DataFrame:
-    """The rows the correlations use: map voxels present, finite means, not on the border (``exclude_border``)."""
+    """The rows the correlations use: map voxels present, finite means, not on the border.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :func:`particle_map_table` output (also read back from a CSV, even a header-only one).
+    exclude_border : bool, default True
+        Leave out particles flagged ``touches_border``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The rows kept, numeric columns converted to numbers.
+    """
     t = table.copy()
     for c in TABLE_COLUMNS[:-1]:  # numeric even when read back from a header-only CSV
         t[c] = pd.to_numeric(t[c], errors="coerce")
@@ -181,14 +290,46 @@ def used_particles(table: pd.DataFrame, exclude_border: bool = True) -> pd.DataF
 
 
 def figure_slice(table: pd.DataFrame, voxel_z_um: float, depth: int) -> int:
-    """Slice index for the figure: the median z of the particles' map voxels (the middle slice if none)."""
+    """Slice index for the figure: the median z of the particles' map voxels.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Particle rows with ``centroid_z_um`` (:func:`used_particles`).
+    voxel_z_um : float
+        Voxel size along z, µm.
+    depth : int
+        Number of slices of the volume.
+
+    Returns
+    -------
+    int
+        z index in ``[0, depth)``; the middle slice when no particle has a finite centroid.
+    """
     z = table.centroid_z_um.to_numpy(float) / voxel_z_um if len(table) else np.array([])
     z = z[np.isfinite(z)]
     return int(np.clip(round(float(np.median(z))), 0, depth - 1)) if z.size else depth // 2
 
 
 def read_slices(volume_path, map_path, z: int) -> tuple[np.ndarray, np.ndarray]:
-    """Slice ``z`` (y, x) of the grey volume and of the second map."""
+    """Slice ``z`` of the grey volume and of the second map.
+
+    Parameters
+    ----------
+    volume_path : str or os.PathLike
+        The contract grey volume.
+    map_path : str or os.PathLike
+        The contract second map.
+    z : int
+        Slice index.
+
+    Returns
+    -------
+    density : numpy.ndarray
+        (y, x) float32 grey levels.
+    second_map : numpy.ndarray
+        (y, x) float32 map values (NaN = no measurement).
+    """
     with h5py.File(volume_path, "r") as fv, h5py.File(map_path, "r") as fm:
         return (fv[io.VOLUME_DATASET][z].astype(np.float32, copy=False),
                 fm[SECOND_MAP_DATASET][z].astype(np.float32, copy=False))
@@ -200,12 +341,29 @@ def correlations(table: pd.DataFrame, exclude_border: bool = True, n_boot: int =
 
     ``particle``: Pearson r between the per-particle means (``electron_density_mean`` vs
     ``second_map_mean``, one point per particle, unweighted), its two-sided p-value
-    (:func:`scipy.stats.pearsonr`) and a percentile bootstrap 95 % CI over particles.
-    ``voxel``: Pearson r over all the particles' map voxels pooled (the paper's Supp. Fig. 7d measure,
-    there on projected pixels of one particle), computed exactly from the per-particle moments; its 95 %
-    CI resamples whole particles (neighbouring voxels are not independent), and ``p_value`` is NaN because
-    a voxel-count p-value would overstate the evidence. Particles touching the volume border are left out
-    with ``exclude_border``. ``n`` = particles or voxels used.
+    (:func:`scipy.stats.pearsonr`) and a percentile bootstrap 95 % CI over particles. ``voxel``: Pearson r
+    over all the particles' map voxels pooled (the paper's Supp. Fig. 7d measure, there on projected
+    pixels of one particle), computed exactly from the per-particle moments; its 95 % CI resamples whole
+    particles (neighbouring voxels are not independent), and ``p_value`` is NaN because a voxel-count
+    p-value would overstate the evidence.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :func:`particle_map_table` output of one sample.
+    exclude_border : bool, default True
+        Leave out particles touching the volume border.
+    n_boot : int, default 2000
+        Bootstrap resamples.
+    seed : int, default 0
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    list of dict
+        Two rows (``level`` = ``"particle"``, ``"voxel"``) with ``x``, ``y`` (the quantities'
+        names), ``pearson_r``, ``p_value``, ``ci95_low``, ``ci95_high`` and ``n`` (particles or voxels
+        used).
     """
     from .stats import cluster_bootstrap_pooled_ci, correlation, pearson_bootstrap_ci, pooled_pearson
 

@@ -1,11 +1,12 @@
 """Ground truth of a phantom measured on its planted geometry, independently of the pipeline.
 
-Contact areas are measured on a triangle mesh of each particle's envelope
-(marching cubes on the lightly smoothed binary envelope), each triangle
-classified by what lies just outside it along its normal in the planted,
-noise-free phase map. The pipeline counts voxel faces (:mod:`detachment.surface`),
-which weights each bit of surface by |n_z| + |n_y| + |n_x|; this module shares
-no code with it, so a bias of the face count shows up as an error.
+Contact areas are measured on a triangle mesh of each particle's envelope (marching cubes on the
+lightly smoothed binary envelope), each triangle classified by what lies just outside it along its
+normal in the planted, noise-free phase map. The pipeline counts voxel faces
+(:mod:`detachment.surface`), which weights each bit of surface by |n_z| + |n_y| + |n_x|; this module
+shares no code with it, so a bias of the face count shows up as an error.
+
+Entry point: :func:`mesh_contacts`.
 """
 
 from __future__ import annotations
@@ -27,17 +28,24 @@ _PAD = 3
 
 @dataclass
 class MeshContacts:
-    """Mesh contact areas in µm² per particle label (row = label; row 0 unused).
+    """Mesh contact areas per particle label.
 
-    ``area[:, k]`` is the envelope area facing ``CLASSES[k]``; surface at the volume border, where
-    what lies beyond is unknown, is left out.
+    Attributes
+    ----------
+    area : numpy.ndarray
+        (n + 1, 4) float, µm²: row = label (row 0 unused), ``area[:, k]`` = envelope area facing
+        ``CLASSES[k]`` (void, CBD, Al, particle). Surface at the volume border, where what lies beyond is
+        unknown, is left out.
     """
 
     area: np.ndarray
 
     @property
     def detachment(self) -> np.ndarray:
-        """Area fraction of the envelope facing void (electrolyte); NaN where nothing was measured."""
+        """Area fraction (0-1) of each envelope facing void (electrolyte).
+
+        (n + 1,) per label; NaN where nothing was measured (row 0 and absent labels).
+        """
         total = self.area.sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(total > 0, self.area[:, 0] / total, np.nan)
@@ -89,23 +97,27 @@ def mesh_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.
                   n_labels: int | None = None) -> MeshContacts:
     """Envelope contact areas of every particle, measured on a marching-cubes mesh.
 
+    Each triangle of the envelope mesh is read at :data:`PROBE_DEPTHS_VOX` along its outward normal
+    (nearest voxel); the first depth outside the particle's own envelope gives its class. Where the volume
+    border cuts a particle, the envelope is continued beyond it and the triangles outside the volume
+    (centroid beyond the outer voxel faces) or whose probes leave it are not counted.
+
     Parameters
     ----------
-    labels : (z, y, x) integer instances, 0 = background; a particle's envelope is its labelled voxels
-        (cracks inside carry its label).
-    phases : (z, y, x) planted phase codes (noise-free).
-    voxel_size_um : (z, y, x) voxel edge lengths in µm.
-    n_labels : highest label (default: ``labels.max()``).
+    labels : numpy.ndarray
+        (z, y, x) integer instances, 0 = background; a particle's envelope is its labelled voxels (cracks
+        inside carry its label).
+    phases : numpy.ndarray
+        (z, y, x) uint8 planted phase codes (noise-free; :mod:`detachment.phases`).
+    voxel_size_um : sequence of float, default (1.0, 1.0, 1.0)
+        (z, y, x) voxel edge lengths in µm.
+    n_labels : int, optional
+        Highest label (default: ``labels.max()``).
 
     Returns
     -------
     MeshContacts
-        Per-label areas facing void, CBD, Al and other particles (or solid outside any envelope).
-
-    Each triangle of the envelope mesh is read at :data:`PROBE_DEPTHS_VOX` along its outward normal
-    (nearest voxel); the first depth outside the particle's own envelope gives its class. Where the
-    volume border cuts a particle, the envelope is continued beyond it and the triangles outside the
-    volume (centroid beyond the outer voxel faces) or whose probes leave it are not counted.
+        Per-label areas (µm²) facing void, CBD, Al and other particles (or solid outside any envelope).
     """
     labels = np.asarray(labels)
     n = int(labels.max()) if n_labels is None else int(n_labels)

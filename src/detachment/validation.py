@@ -1,15 +1,13 @@
-"""The science outputs against a phantom's truth (issue: detachment MAE, crack surface, planted effect).
+"""The science outputs against a phantom's truth: detachment MAE, crack surface, planted effect.
 
-Two sources of particles are checked against ``truth_particles.csv``:
+Two sources of particles are checked against ``truth_particles.csv``: ``true``, the truth's own 3D
+labels measured with the pipeline's phase map (isolating thresholding and the surface estimator from
+segmentation), and ``pipeline``, the pipeline's 3D particles matched one-to-one to true ones at 3D
+IoU ≥ 0.5. Crack surface per volume is compared on one definition for both: crack voxel faces × 2/3
+(the staircase factor of :mod:`detachment.particles`) over the envelope volume, µm⁻¹.
 
-* ``true``: the truth's own 3D labels measured with the pipeline's phase map
-  (isolates thresholding and the surface estimator from segmentation);
-* ``pipeline``: the pipeline's linked 3D particles, each matched one-to-one to
-  a true particle at 3D IoU ≥ 0.5 (:func:`detachment.metrics.match`).
-
-Crack surface per volume is compared on one definition for both: crack voxel
-faces × 2/3 (the staircase factor of :mod:`detachment.particles`) over the
-envelope volume, µm⁻¹.
+Main entry points: :func:`matched_particles`, :func:`compare_particles`, :func:`summarize`,
+:func:`effect_size`.
 """
 
 from __future__ import annotations
@@ -22,7 +20,20 @@ from .particles import STAIRCASE
 
 
 def links_from_labels(labels: np.ndarray) -> pd.DataFrame:
-    """Bounding boxes of every label, in the ``links.csv`` layout (z_max inclusive, y/x max exclusive)."""
+    """Bounding boxes of every label, in the ``links.csv`` layout.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (z, y, x) integer 3D labels, 0 = background.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per label present: ``label``, ``z_min``, ``z_max`` (inclusive), ``y_min``, ``y_max``,
+        ``x_min``, ``x_max`` (``y_max``/``x_max`` exclusive), in voxels, and ``touches_border`` (the box
+        reaches a y or x face of the volume; the z faces are not counted, as in the truth table).
+    """
     from scipy import ndimage
 
     rows = []
@@ -37,7 +48,20 @@ def links_from_labels(labels: np.ndarray) -> pd.DataFrame:
 
 
 def matched_particles(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> pd.DataFrame:
-    """One-to-one matches of 3D labels at IoU ≥ ``threshold``: columns truth_label, label, iou."""
+    """One-to-one matches of 3D labels at IoU ≥ ``threshold`` (:func:`detachment.metrics.match`).
+
+    Parameters
+    ----------
+    truth, pred : numpy.ndarray
+        (z, y, x) integer 3D labels of equal shape, 0 = background.
+    threshold : float, default 0.5
+        Smallest 3D IoU of a match, in (0, 1].
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``truth_label``, ``label`` (in ``pred``) and ``iou``, one row per match.
+    """
     ov = metrics.overlap(truth, pred)
     r, c, iou = metrics.match(ov, threshold)
     return pd.DataFrame({"truth_label": ov.a_ids[r].astype(int), "label": ov.b_ids[c].astype(int), "iou": iou})
@@ -47,7 +71,28 @@ def compare_particles(truth_table: pd.DataFrame, measured: pd.DataFrame, pairs: 
                       source: str) -> pd.DataFrame:
     """Per matched particle: truth and measured detachment and crack surface per volume, and errors.
 
-    ``pairs`` maps truth labels to measured labels; ``None`` means the labels are the truth's own.
+    Parameters
+    ----------
+    truth_table : pandas.DataFrame
+        ``truth_particles.csv``: ``label``, ``detachment``, ``crack_area_um2`` (crack voxel-face area,
+        µm²), ``volume_um3``, ``touches_border``.
+    measured : pandas.DataFrame
+        A particle table (``particles.csv`` layout): ``label``, ``detachment``, ``detachment_std``,
+        ``crack_surface_per_volume_per_um``.
+    pairs : pandas.DataFrame or None
+        ``truth_label`` to measured ``label`` (and ``iou``; :func:`matched_particles`); ``None`` means
+        the measured labels are the truth's own.
+    source : str
+        Written in the ``source`` column (``"true"`` or ``"pipeline"``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per pair present in both tables: ``source``, ``truth_label``, ``label``, ``iou``,
+        ``detachment_truth``, ``crack_surface_truth`` (µm⁻¹), ``border_truth``, ``detachment``,
+        ``detachment_std``, ``crack_surface_per_volume_per_um`` (µm⁻¹), ``detachment_error``
+        (measured − truth, detachment fraction) and ``crack_surface_rel_error`` (relative; NaN where the
+        truth has no crack surface).
     """
     t = truth_table.assign(
         crack_surface_truth=truth_table.crack_area_um2 * STAIRCASE / truth_table.volume_um3)
@@ -68,11 +113,23 @@ def compare_particles(truth_table: pd.DataFrame, measured: pd.DataFrame, pairs: 
 
 
 def summarize(per_particle: pd.DataFrame, n_truth: dict[str, int]) -> pd.DataFrame:
-    """Per (sample, source), and per source over all samples (sample ``all``): particles matched,
-    detachment MAE and bias, crack-surface errors.
+    """Errors per (sample, source), and per source over all samples (sample ``all``).
 
-    ``crack_surface_rel_error_of_mean``: relative error of the sample's mean crack surface per volume
-    (what a damage profile reports); ``crack_surface_median_abs_rel_error``: per particle.
+    Parameters
+    ----------
+    per_particle : pandas.DataFrame
+        :func:`compare_particles` rows of every sample, with a ``sample`` column.
+    n_truth : dict of str to int
+        Per sample, its number of true particles.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (sample, source): ``n_matched``, ``n_truth``, ``detachment_mae``,
+        ``detachment_bias`` (detachment fraction), ``detachment_mae_interior`` (particles not touching
+        the border in the truth), ``crack_surface_rel_error_of_mean`` (relative error of the mean crack
+        surface per volume, what a damage profile reports) and ``crack_surface_median_abs_rel_error``
+        (per particle).
     """
     rows = []
     pooled = per_particle.assign(sample="all")  # every sample's particles together
@@ -97,12 +154,32 @@ def effect_size(truth_tables: dict[str, pd.DataFrame], measured: dict[str, pd.Da
                 rates: dict[str, str], high: str = "1C", low: str = "C/10", exclude_border: bool = True) -> dict:
     """Planted vs found difference of mean detachment between the ``high`` and ``low`` C-rate groups.
 
-    Planted: the truth tables' particles; found: the pipeline's. Returns both differences, their ratio
-    and the Mann–Whitney p-value of the found groups.
+    Planted: the truth tables' particles; found: the measured tables' particles.
+
+    Parameters
+    ----------
+    truth_tables : dict of str to pandas.DataFrame
+        Per sample, the truth table (``detachment``, ``touches_border``).
+    measured : dict of str to pandas.DataFrame
+        Per sample, a measured particle table (``detachment``, ``touches_border``).
+    rates : dict of str to str
+        Per sample, its C-rate; samples of other rates are ignored.
+    high, low : str, default "1C", "C/10"
+        The C-rates compared (high minus low).
+    exclude_border : bool, default True
+        Leave out particles flagged ``touches_border``.
+
+    Returns
+    -------
+    dict
+        ``planted_difference`` and ``found_difference`` (detachment fraction), ``found_over_planted``
+        (NaN when nothing was planted) and ``mann_whitney_p`` (two-sided, found groups); empty when a
+        group has no particle.
     """
     from scipy.stats import mannwhitneyu
 
     def groups(tables):
+        """Per C-rate (``high``, ``low``), the detachment values of the tables' particles pooled."""
         out = {high: [], low: []}
         for s, t in tables.items():
             if rates.get(s) in out:
@@ -121,8 +198,20 @@ def effect_size(truth_tables: dict[str, pd.DataFrame], measured: dict[str, pd.Da
 
 
 def true_particle_tables(per_particle: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per sample, the truth's own particles as measured by the pipeline (``source`` = ``true`` rows of
-    :func:`compare_particles`) in the particle-table layout :func:`effect_size` reads."""
+    """Per sample, the truth's own particles as measured by the pipeline, as particle tables.
+
+    Parameters
+    ----------
+    per_particle : pandas.DataFrame
+        :func:`compare_particles` rows with a ``sample`` column; the ``source`` = ``"true"`` rows are
+        used.
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        Per sample, ``label``, ``detachment`` and ``touches_border`` (the truth's), the layout
+        :func:`effect_size` reads.
+    """
     t = per_particle[per_particle.source == "true"]
     return {s: pd.DataFrame({"label": g.label.to_numpy(), "detachment": g.detachment.to_numpy(),
                              "touches_border": g.border_truth.to_numpy(bool)})

@@ -1,15 +1,12 @@
 """Marker-controlled watershed baseline (Supp. Note 1), per slice and in 3D, with parameter tuning.
 
-As in the paper, markers come from the intensities: the regional maxima of
-the smoothed grey level that stand ``h`` above their surroundings (h-maxima),
-inside a foreground mask (smoothed grey level ≥ ``fg_threshold``, holes
-filled), and the image is flooded from them on the negated smoothed grey
-level. The distance-transform variant takes the h-maxima of the foreground's
-Euclidean distance map as markers and floods the negated distance. Markers
-closer than ``footprint`` px are merged (peak_local_max's min_distance), and
-``compactness`` > 0 gives compact watershed. Parameters are tuned by grid
-search on the train/val slices only (:func:`tune`), maximising the mean
-instance F at IoU ≥ 0.5.
+As in the paper, markers come from the intensities: the h-maxima of the smoothed grey level inside a
+foreground mask (smoothed grey level ≥ ``fg_threshold``, holes filled), and the image is flooded from
+them on the negated smoothed grey level. The distance variant takes the h-maxima of the foreground's
+Euclidean distance map and floods the negated distance. Parameters are tuned on the train/val slices
+only, maximising the mean instance F.
+
+Main entry points: :func:`segment`, :func:`tune`, :func:`default_grid`, :func:`foreground_guess`.
 """
 
 from __future__ import annotations
@@ -32,7 +29,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WatershedParams:
-    """One parameter set; lengths in pixels (voxels in 3D), grey levels in the volume's units."""
+    """One parameter set; lengths in pixels (voxels in 3D), grey levels in the volume's units.
+
+    Attributes
+    ----------
+    markers : str
+        ``"intensity"`` (h-maxima of the smoothed grey level, the paper's) or ``"distance"`` (h-maxima of
+        the foreground's distance map).
+    sigma : float
+        Standard deviation of the Gaussian smoothing, px; 0 = none.
+    fg_threshold : float
+        Foreground = smoothed grey level ≥ this, holes filled (per z slice in 3D).
+    h : float
+        Height of the h-maxima, in grey levels; distance markers use 20 × ``h`` px.
+    footprint : int
+        Maxima within ``footprint // 2`` px of a higher one are dropped (peak_local_max's
+        ``min_distance``), one marker per footprint × footprint window; 1 keeps every h-maximum.
+    compactness : float
+        0 for the classic watershed; above 0, compact watershed.
+    min_area : int
+        Instances smaller than this, in px, are dropped after flooding.
+    """
 
     markers: str = "intensity"  # "intensity" or "distance"
     sigma: float = 1.0
@@ -44,7 +61,25 @@ class WatershedParams:
 
 
 def segment(image: np.ndarray, p: WatershedParams) -> np.ndarray:
-    """Instance labels (uint32, 0 = background) of a 2D slice or 3D volume."""
+    """Watershed instances of a 2D slice or 3D volume.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (y, x) slice or (z, y, x) volume of grey levels.
+    p : WatershedParams
+        Parameter set.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint32 instance labels of ``image``'s shape, consecutive ids 1..n, 0 = background.
+
+    Raises
+    ------
+    ValueError
+        When ``p.markers`` is not ``"intensity"`` or ``"distance"``.
+    """
     img = np.asarray(image, dtype=np.float32)
     smooth = ndimage.gaussian_filter(img, p.sigma) if p.sigma > 0 else img
     fg = smooth >= p.fg_threshold
@@ -89,7 +124,22 @@ def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
 
 
 def default_grid(fg_center: float, spread: float) -> dict[str, list]:
-    """Search grid; foreground thresholds around ``fg_center`` in steps of ``spread``."""
+    """Search grid of the watershed parameters.
+
+    Parameters
+    ----------
+    fg_center : float
+        Centre of the foreground thresholds, grey level (:func:`foreground_guess`).
+    spread : float
+        Step between foreground thresholds, grey levels.
+
+    Returns
+    -------
+    dict of str to list
+        Candidate values per :class:`WatershedParams` field: ``markers``, ``sigma`` (px),
+        ``fg_threshold`` (``fg_center`` + k ``spread``, k = -3..2), ``h`` (grey levels), ``footprint``
+        (px), ``compactness``.
+    """
     return {
         "markers": ["intensity", "distance"],
         "sigma": [0.5, 1.0, 2.0],
@@ -110,11 +160,40 @@ def tune(images: np.ndarray, masks: np.ndarray, grid: dict[str, list], iou_thres
          ) -> tuple[WatershedParams, pd.DataFrame]:
     """Search ``grid`` on labelled slices; best = highest mean F (ties: mean Jaccard).
 
-    ``search="grid"`` tries every combination. ``"coordinate"`` (default, ~10x
-    cheaper) runs, for each marker type, coordinate ascent from the middle of
-    the grid: each parameter in turn is set to its best value with the others
-    fixed, until a full round brings no improvement. Returns the best
-    parameters and a table of every evaluated combination's mean scores.
+    ``search="grid"`` tries every combination. ``"coordinate"`` (default, ~10x cheaper) runs, for each
+    marker type, coordinate ascent from the middle of the grid: each parameter in turn is set to its best
+    value with the others fixed, until a full round brings no improvement.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (n, y, x) grey-level slices (train and val only).
+    masks : numpy.ndarray
+        (n, y, x) integer truth instances, 0 = background.
+    grid : dict of str to list
+        Candidate values per :class:`WatershedParams` field (:func:`default_grid`); ``markers``
+        defaults to ``["intensity"]``.
+    iou_threshold : float, default 0.5
+        IoU of an instance match, in (0, 1].
+    min_area : int, default 12
+        ``min_area`` of every set tried, px.
+    search : str, default "coordinate"
+        ``"coordinate"`` or ``"grid"``.
+    progress : bool, default True
+        Show a progress bar.
+
+    Returns
+    -------
+    best : WatershedParams
+        The best set over all marker types.
+    table : pandas.DataFrame
+        One row per set evaluated: its parameters and the mean ``f``, ``precision``, ``sensitivity`` and
+        ``jaccard`` over the slices (:func:`detachment.metrics.image_metrics`), best first.
+
+    Raises
+    ------
+    ValueError
+        When ``search`` is unknown.
     """
     from tqdm import tqdm
 
@@ -123,6 +202,7 @@ def tune(images: np.ndarray, masks: np.ndarray, grid: dict[str, list], iou_thres
     bar = tqdm(desc="tune watershed", unit="set", disable=not progress)
 
     def evaluate(markers, values):
+        """Parameters and mean scores of one set, evaluated once (cached by its values)."""
         key = (markers, *values)
         if key not in cache:
             p = WatershedParams(markers=markers, **dict(zip(keys, values)), min_area=min_area)
@@ -162,7 +242,18 @@ def _py(v):
 
 
 def best_per_marker(table: pd.DataFrame) -> dict[str, WatershedParams]:
-    """Best parameter set for each marker type in a tuning table (already sorted best first)."""
+    """Best parameter set for each marker type in a tuning table.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        :func:`tune`'s table, sorted best first.
+
+    Returns
+    -------
+    dict of str to WatershedParams
+        Marker type (``"intensity"``, ``"distance"``) to its best set.
+    """
     out = {}
     for markers, rows in table.groupby("markers", sort=False):
         out[markers] = WatershedParams(**{k: _py(rows.iloc[0][k]) for k in asdict(WatershedParams())})
@@ -170,9 +261,23 @@ def best_per_marker(table: pd.DataFrame) -> dict[str, WatershedParams]:
 
 
 def foreground_guess(images: np.ndarray) -> tuple[float, float]:
-    """Centre and step of the foreground-threshold grid from a 4-phase model of the slices' histogram
-    (slices through the particle layer hold no Al): the CBD / NMC-low threshold, and an eighth of the
-    gap between the CBD and NMC-low grey levels."""
+    """Centre and step of the foreground-threshold grid from the slices' histogram.
+
+    A 4-phase Gaussian model (void, CBD, NMC low, NMC high: slices through the particle layer hold no Al)
+    is fitted to the histogram (:func:`detachment.phases.fit_phase_model`).
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        (n, y, x) grey-level slices.
+
+    Returns
+    -------
+    centre : float
+        The CBD / NMC-low threshold, grey level.
+    step : float
+        An eighth of the gap between the CBD and NMC-low means, grey levels.
+    """
     from .phases import fit_phase_model, histogram
 
     model = fit_phase_model(histogram(images, 256), "gmm", ("void", "cbd", "nmc_low", "nmc_high"))
