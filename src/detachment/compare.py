@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .metrics import FIGURE_METRICS, image_metrics
+from . import io
+from .metrics import FIGURE_METRICS, ap_curve, image_metrics
+from .watershed import WatershedParams, segment
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +60,65 @@ def summary_table(per_image: pd.DataFrame, reference: str = "cnn") -> pd.DataFra
                          "std": x.std(ddof=1) if len(x) > 1 else 0.0, "n": len(x), "p_value": p,
                          "difference": ref_mean - other_mean})
     return pd.DataFrame(rows)
+
+
+def cnn_labels_on_split(slices_paths: dict, samples, zs, shape) -> np.ndarray:
+    """The CNN's per-slice instances (``cnn/slices.h5`` ``/labels``) at the split's slices.
+
+    Parameters
+    ----------
+    slices_paths : dict of str to path
+        Each sample's per-slice CNN output.
+    samples, zs : sequences of length n
+        Sample and z slice of each test slice.
+    shape : tuple (n, y, x)
+        Shape of the test split's images.
+
+    Returns
+    -------
+    (n, y, x) uint32
+        Instance labels, 0 = background.
+    """
+    cnn = np.zeros(shape, np.uint32)
+    for i, (sample, z) in enumerate(zip(samples, zs)):
+        cnn[i] = io.read_region(slices_paths[sample], "labels", int(z))
+    return cnn
+
+
+def method_predictions(images: np.ndarray, cnn: np.ndarray, tuned: dict) -> dict[str, np.ndarray]:
+    """Every method's instances on the test slices: the CNN, then each tuned watershed.
+
+    Parameters
+    ----------
+    images : (n, y, x) float
+        Test slices.
+    cnn : (n, y, x) int
+        The CNN's instances on them.
+    tuned : dict
+        The watershed tuning result (``per_marker``: marker kind to :class:`WatershedParams` fields);
+        marker kind ``intensity`` is named ``watershed``, others ``watershed_<kind>``.
+
+    Returns
+    -------
+    dict of str to (n, y, x) int
+        Ordered: ``cnn``, ``watershed``, then the other watersheds by name.
+    """
+    predictions = {"cnn": cnn}
+    for markers, params in tuned["per_marker"].items():
+        name = "watershed" if markers == "intensity" else f"watershed_{markers}"
+        p = WatershedParams(**params)
+        predictions[name] = np.stack([segment(im, p) for im in images])
+    return {k: predictions[k] for k in sorted(predictions, key=lambda k: (k != "cnn", k != "watershed", k))}
+
+
+def ap_table(truth: np.ndarray, predictions: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Average precision at each IoU threshold, per method and test image (:func:`metrics.ap_curve`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``method``, ``image``, ``iou_threshold``, ``score``.
+    """
+    return pd.DataFrame([{"method": m, "image": i, "iou_threshold": t, "score": v}
+                         for m, pred in predictions.items() for i, (t_img, p_img) in enumerate(zip(truth, pred))
+                         for t, v in ap_curve(t_img, p_img).items()])

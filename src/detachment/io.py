@@ -580,6 +580,59 @@ def read_dataset(path: str | os.PathLike, name: str) -> np.ndarray:
         return f[name][...]
 
 
+def read_region(path: str | os.PathLike, name: str, index) -> np.ndarray:
+    """Read part of a dataset of an HDF5 file (one slice, a crop), without the rest.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        HDF5 file.
+    name : str
+        Dataset name (e.g. ``"labels"``, ``"phases"``, :data:`VOLUME_DATASET`).
+    index : int, slice or tuple of slices
+        What to read, in the dataset's axes (e.g. ``z`` for one (y, x) slice of a (z, y, x) volume).
+
+    Returns
+    -------
+    numpy.ndarray
+        The selected part, in the stored type.
+
+    Raises
+    ------
+    InputError
+        When the file or the dataset does not exist.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file does not exist")
+    with h5py.File(path, "r") as f:
+        if name not in f:
+            raise InputError(f"{path}: has no dataset '/{name}'")
+        return f[name][index]
+
+
+def count_per_slice(path: str | os.PathLike, name: str, slab: int = 16) -> np.ndarray:
+    """Non-zero voxels in each z slice of a (z, y, x) dataset, read slab by slab.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        HDF5 file.
+    name : str
+        Dataset name (e.g. ``"labels"``).
+    slab : int
+        Slices read at once.
+
+    Returns
+    -------
+    (z,) int64 array
+        Count of non-zero voxels per slice.
+    """
+    with h5py.File(path, "r") as f:
+        d = f[name]
+        return np.concatenate([(d[z0:z1] > 0).sum(axis=(1, 2)) for z0, z1 in slab_ranges(d.shape[0], slab)])
+
+
 def write_csv(path: str | os.PathLike, table) -> None:
     """Write a table to CSV atomically, without the index column.
 

@@ -199,3 +199,68 @@ def cluster_bootstrap_pooled_ci(n, mean_x, mean_y, std_x, std_y, cov_xy, n_boot:
     w = np.zeros((n_boot, k))
     np.add.at(w, (np.arange(n_boot)[:, None], idx), 1.0)  # how often each group is drawn per replicate
     return _percentile_ci(_pooled(w, *groups), level)
+
+
+#: (x, y) column pairs of the correlation table (Supp. Fig. 8 and the damage analysis).
+CORRELATION_PAIRS = (("detachment", "electron_density_mean"), ("detachment", "nmc_high_fraction"),
+                     ("detachment", "mean_um"), ("detachment", "diameter_um"),
+                     ("crack_surface_per_volume_per_um", "height_um"))
+
+
+def all_particles(tables: list[pd.DataFrame], samples, cells, c_rates) -> pd.DataFrame:
+    """One table of every sample's particles, with ``sample``, ``cell`` and ``c_rate`` in front.
+
+    Parameters
+    ----------
+    tables : list of pandas.DataFrame
+        Per-sample particle tables (particles joined with diffusion), in the order of ``samples``.
+    samples, cells, c_rates : sequences
+        Each table's sample name, cell and C-rate.
+
+    Returns
+    -------
+    pandas.DataFrame
+        A sample with no particle contributes no rows (its empty table would turn every column to
+        object dtype); ``touches_border`` stays boolean.
+    """
+    tables = [t.copy() for t in tables]
+    for t, sample, cell, rate in zip(tables, samples, cells, c_rates):
+        t.insert(0, "sample", sample)
+        t.insert(1, "cell", cell)
+        t.insert(2, "c_rate", rate)
+    return pd.concat([t for t in tables if len(t)] or tables[:1], ignore_index=True)
+
+
+def analysed_particles(particles: pd.DataFrame, exclude_border: bool) -> pd.DataFrame:
+    """The particles the statistics use: all, or those not cut by the volume's border.
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        From :func:`all_particles`; its ``touches_border`` is made boolean in place (an empty sample's
+        table leaves it as object dtype).
+    exclude_border : bool
+        Leave out particles with ``touches_border``.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    if "touches_border" in particles:
+        particles["touches_border"] = particles.touches_border.astype("boolean").fillna(False).astype(bool)
+    return particles[~particles.touches_border] if exclude_border and "touches_border" in particles else particles
+
+
+def correlation_table(particles: pd.DataFrame, pairs=CORRELATION_PAIRS) -> pd.DataFrame:
+    """Pearson r, its p-value and n for each (x, y) column pair (rows with NaN in either left out).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``x``, ``y``, ``pearson_r``, ``p_value``, ``n``.
+    """
+    rows = []
+    for x, y in pairs:
+        r, pv = correlation(particles[x], particles[y])
+        rows.append({"x": x, "y": y, "pearson_r": r, "p_value": pv, "n": int(particles[[x, y]].dropna().shape[0])})
+    return pd.DataFrame(rows)

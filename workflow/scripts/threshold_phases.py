@@ -3,8 +3,6 @@
 import shutil
 from pathlib import Path
 
-import h5py
-
 from detachment import io, plausibility, plots
 from detachment.logs import log_to
 from detachment.threshold import ThresholdSettings, histogram_table, threshold_volume
@@ -16,11 +14,9 @@ io.write_csv(snakemake.output.histogram, histogram_table(result))
 io.write_csv(snakemake.output.fwhm, result.fwhm)
 
 z = result.most_solid_slice
-with h5py.File(snakemake.output.phases, "r") as f:
-    phase_slice = f["phases"][z]
+phase_slice = io.read_region(snakemake.output.phases, "phases", z)
 _, voxel = io.read_volume_info(snakemake.input.volume)
-with h5py.File(snakemake.input.volume, "r") as f:
-    image = f[io.VOLUME_DATASET][z]
+image = io.read_region(snakemake.input.volume, io.VOLUME_DATASET, z)
 fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.histogram.edges,
                          result.model.thresholds, result.model.names, result.fwhm, voxel[1],
                          title=f"{snakemake.wildcards.sample}: slice z={z}, {settings.method}")

@@ -1,6 +1,5 @@
 """Adapter: one phantom sample's per-particle detachment and crack surface against its truth."""
 
-import h5py
 import pandas as pd
 
 from detachment import io, validation
@@ -10,10 +9,8 @@ from detachment.particles import particle_table_from_files
 
 log_to(snakemake.log[0])
 truth_table = pd.read_csv(snakemake.input.truth_table)
-with h5py.File(snakemake.input.truth, "r") as f:
-    truth = f["labels"][...]
-with h5py.File(snakemake.input.particles, "r") as f:
-    pred = f["labels"][...]
+truth = io.read_dataset(snakemake.input.truth, "labels")
+pred = io.read_dataset(snakemake.input.particles, "labels")
 # the truth's own envelopes measured on the pipeline's phase map (no envelope refinement: they are exact), at
 # the contact level fitted on the pipeline's particles (a property of the volume, not of the envelopes)
 true_measured = particle_table_from_files(snakemake.input.truth, snakemake.input.phases, snakemake.input.volume,
