@@ -156,3 +156,17 @@ def test_scatter_parts_cover_every_row_once_and_gather_restores_label_order(tmp_
     for bad in ("0-of-2", "3-of-2", "2of5"):
         with pytest.raises(ValueError):
             scatter_part(bad)
+
+
+def test_read_region_and_count_per_slice_equal_numpy(tmp_path):
+    rng = np.random.default_rng(4)
+    labels = (rng.random((37, 9, 11)) < 0.3) * rng.integers(1, 50, (37, 9, 11))
+    path = tmp_path / "p.h5"
+    io.write_arrays(path, {"labels": labels.astype(np.uint32)})
+    crop = (slice(3, 30), slice(2, 7), slice(0, 11))
+    np.testing.assert_array_equal(io.read_region(path, "labels", crop), labels[crop])
+    np.testing.assert_array_equal(io.read_region(path, "labels", 17), labels[17])
+    # slab of 16 does not divide 37: the seams must not drop or repeat slices
+    np.testing.assert_array_equal(io.count_per_slice(path, "labels"), (labels > 0).sum(axis=(1, 2)))
+    with pytest.raises(io.InputError, match="no dataset '/phases'"):
+        io.read_region(path, "phases", 0)
