@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from detachment.annotations import SplitSettings, split_slices
+from detachment.config_docs import with_defaults
 from detachment.maskrcnn import ModelSettings, build_model, make_target, to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def merged_config() -> dict:
-    return deep_merge(yaml.safe_load((ROOT / "config/config.yaml").read_text()),
+    return deep_merge(with_defaults(yaml.safe_load((ROOT / "config/config.yaml").read_text())),
                       yaml.safe_load((ROOT / "config/paper.yaml").read_text()))
 
 
@@ -112,7 +113,7 @@ def main():
     model_keys = set(ModelSettings.__dataclass_fields__)
     paper = ModelSettings(**{k: v for k, v in cfg["model"].items() if k in model_keys}, tile=tile)
     t_paper = step_time(paper, batch, tile, args.steps, device)
-    base_cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    base_cfg = with_defaults(yaml.safe_load((ROOT / "config/config.yaml").read_text()))
     default = ModelSettings(**{k: v for k, v in base_cfg["model"].items() if k in model_keys},
                             tile=base_cfg["augment"]["tile"])
     t_default = step_time(default, base_cfg["train"]["batch_size"], base_cfg["augment"]["tile"], args.steps, device)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from detachment.config_docs import with_defaults
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
@@ -26,8 +28,9 @@ TINY_PHANTOM = {
 
 @pytest.fixture(scope="session")
 def default_config() -> dict:
+    """``config/config.yaml`` completed with the schema's defaults, as the workflow sees it."""
     with open(ROOT / "config" / "config.yaml") as f:
-        return yaml.safe_load(f)
+        return with_defaults(yaml.safe_load(f))
 
 
 TINY_SECTIONS = {
@@ -45,7 +48,7 @@ def write_tiny_workdir(path: Path, **overrides) -> Path:
     """A work directory with a tiny config (small phantoms, a few training steps) and the default sheet."""
     path.mkdir(parents=True, exist_ok=True)
     with open(ROOT / "config" / "config.yaml") as f:
-        cfg = yaml.safe_load(f)
+        cfg = with_defaults(yaml.safe_load(f))
     cfg["samples"] = "samples.tsv"
     cfg["phantom"]["defaults"].update(TINY_PHANTOM)
     for section, values in TINY_SECTIONS.items():

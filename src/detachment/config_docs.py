@@ -3,13 +3,20 @@
 Run ``python -m detachment.config_docs workflow/schemas/config.schema.yaml > config/README.md``;
 a test keeps the file equal to what this writes, so the schema stays the one source of defaults.
 
-Main entry points: :func:`schema_markdown`, :func:`main`.
+Main entry points: :func:`schema_markdown`, :func:`main`, :func:`with_defaults` (a config file completed
+with the schema's defaults, as the workflow sees it).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
+from pathlib import Path
+
+import yaml
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 HEADER = """# Configuration reference
 
@@ -86,6 +93,41 @@ def schema_markdown(schema: dict) -> str:
             about = _one_line(spec.get("description"))
             out += [f"## *{name}*", "", *([about, ""] if about else []), *_table(spec["properties"], defs, ""), ""]
     return "\n".join(line for line in out).rstrip() + "\n"
+
+
+def with_defaults(config: dict, schema: dict | None = None) -> dict:
+    """A copy of ``config`` with every key it leaves out set to the schema's default.
+
+    The same completion the workflow applies (``snakemake.utils.validate(..., set_default=True)``), for
+    code that reads ``config/config.yaml`` outside Snakemake (tests, benchmarks).
+
+    Parameters
+    ----------
+    config : dict
+        A configuration as loaded from YAML (may leave sections and keys out).
+    schema : dict, optional
+        The config schema; default: ``workflow/schemas/config.schema.yaml`` of this checkout.
+
+    Returns
+    -------
+    dict
+        A new mapping; ``config`` is left unchanged.
+    """
+    schema = yaml.safe_load(SCHEMA.read_text()) if schema is None else schema
+    defs = schema.get("$defs", {})
+
+    def fill(node: dict, spec: dict) -> None:
+        if "$ref" in spec:
+            spec = {**defs[spec["$ref"].split("/")[-1]], **spec}
+        for key, sub in spec.get("properties", {}).items():
+            if key not in node and "default" in sub:
+                node[key] = copy.deepcopy(sub["default"])
+            if isinstance(node.get(key), dict):
+                fill(node[key], sub)
+
+    out = copy.deepcopy(config)
+    fill(out, schema)
+    return out
 
 
 def main(argv: list[str]) -> None:
