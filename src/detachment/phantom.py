@@ -1,38 +1,13 @@
-"""Synthetic cycled NMC monolayer electrode: the embedded default data and its ground truth.
+"""Synthetic cycled NMC monolayer electrode with its ground truth: the embedded default data.
 
-A monolayer of polydisperse secondary NMC particles (lognormal diameters) rests
-on an Al current collector (low z) inside a porous carbon/binder (CBD) matrix
-whose height varies across the electrode; above it is electrolyte. Each
-particle has
+A monolayer of polydisperse NMC particles rests on an Al collector (low z) in a porous CBD matrix under
+electrolyte; each particle has an irregular envelope, a planted detached patch behind an electrolyte gap,
+an intergranular crack network and low / high electron-density domains. Grey levels follow Supp. Fig. 8
+(phase means and FWHMs, blur, noise, slow drift); everything is deterministic for a seed. Axes are
+(z, y, x), z = 0 the collector side. The geometry in detail: docs/methods.md, "The phantom".
 
-* an irregular, roughly ellipsoidal envelope; some touch their neighbours, in
-  true contact or across a one-voxel gap (as wide as the cracks);
-* a planted detached fraction of its surface: a patch facing mostly away from
-  the collector, separated from the CBD by a thin electrolyte gap; the rest of
-  the surface is coated by CBD (or rests on Al), or, for a share of the
-  particles (``coating_probability``), touches the porous CBD matrix bare;
-* an intergranular crack network: grain boundaries of a Voronoi tessellation
-  whose seeds lie on a shell, so cracks radiate from the core, wider in the
-  core; some reach the surface and cut the outline;
-* low / high electron-density domains (phases 2 / 3), the high fraction
-  correlated with detachment (Supp. Fig. 8).
-
-Optionally (``valence_density_correlation`` not ``None``) a co-registered
-second map, the Ni valence state per voxel of NMC solid (Supp. Fig. 7), with a
-planted Pearson correlation to the noise-free electron density: :func:`valence_map`.
-
-The truth (:func:`truth_table`) is measured on the planted geometry with
-:mod:`detachment.truth` (mesh areas), which shares no code with the pipeline's
-face-counting estimator. Named presets spanning what real tomograms show are in
-:mod:`detachment.presets`.
-
-The grey levels follow Supp. Fig. 8: each phase has a mean and a FWHM (the
-FWHM is planted exactly in the interior voxels: white measurement noise common
-to all phases plus a smooth per-phase texture), the geometry is blurred by the
-point-spread function and a slow intensity drift is added. Everything is
-deterministic for a seed.
-
-Axes are (z, y, x); z = 0 is the collector side.
+Main entry points: :class:`PhantomParams`, :func:`generate_phantom`, :func:`write_phantom`,
+:func:`truth_table`, :func:`valence_map` (the optional co-registered Ni valence map, Supp. Fig. 7).
 """
 
 from __future__ import annotations
@@ -58,10 +33,83 @@ COATING_STREAM = 0xC0A7ED  # own stream: drawing coats leaves every other draw o
 
 @dataclass
 class PhantomParams:
-    """Parameters of the phantom; lengths in µm unless the name says ``_vox``.
+    """Parameters of the phantom; lengths in µm unless the name says ``_vox`` (voxels).
 
     Detachment of each particle is drawn from a Beta distribution with mean
     ``detachment_mean`` and concentration ``detachment_concentration`` (alpha + beta).
+
+    Attributes
+    ----------
+    shape_zyx : tuple of int
+        Volume size (z, y, x) in voxels; z = 0 is the collector side.
+    voxel_size_um : float
+        Isotropic voxel edge, µm.
+    n_particles : int
+        Particles to place (fewer, with a warning, where the volume cannot hold them).
+    diameter_median_um, diameter_sigma_log : float
+        Median (µm) and σ of log(diameter) of the lognormal diameter distribution.
+    diameter_min_um, diameter_max_um : float
+        Diameters are clipped to this range, µm.
+    shape_irregularity : float
+        Relative amplitude of the envelope's stretch along its principal axes and of its bumps.
+    collector_thickness_vox : int
+        Al collector thickness, voxels (the slices z < this value).
+    contact_fraction : float
+        Probability (0-1) that a particle is placed touching an already placed one.
+    contact_gap_probability : float
+        Probability (0-1) that a touching pair is separated by a one-voxel gap.
+    detachment_mean : float
+        Mean (0-1) of the planted detached surface fraction.
+    detachment_concentration : float
+        Concentration alpha + beta of its Beta distribution (larger = narrower).
+    gap_width_vox : float
+        Width of the electrolyte gap over the detached patch, voxels.
+    coating_width_vox : float
+        Thickness of the CBD coat on the attached surface, voxels.
+    coating_probability : float
+        Share (0-1) of particles whose attached surface gets a CBD coat; the others touch the porous
+        CBD matrix bare.
+    cbd_height_fraction : float
+        Mean height of the CBD matrix above the collector, in median diameters (0-2); it varies
+        smoothly over (y, x) with a relative σ of 25 %.
+    cbd_porosity : float
+        Pore (electrolyte) fraction (0-1) of the CBD matrix.
+    crack_grains : int
+        Voronoi grains of a particle of radius 9 voxels; scales with the radius squared, at least 4.
+    crack_density : float
+        Fraction (0-1) of grain boundaries that are cracked.
+    crack_width_vox : float
+        Crack width, voxels: 1.2 times this at the particle's centre, 0.8 times at its surface.
+    crack_reach_surface_probability : float
+        Probability (0-1) that a cracked boundary runs out to the surface; the others stop at 0.55-0.85
+        of the radius.
+    high_fraction_mean : float
+        Mean NMC-high fraction (0-1) of a particle's solid.
+    high_fraction_detachment_slope : float
+        Change of a particle's NMC-high fraction per unit of its detachment (Supp. Fig. 8); a particle's
+        fraction is ``high_fraction_mean + slope * (detachment - detachment_mean)`` plus N(0, 0.05),
+        clipped to 0.05-0.9.
+    domain_correlation_vox : float
+        Correlation length (Gaussian σ) of the low / high electron-density domains, voxels.
+    intensity : dict of str to float
+        Mean grey level per phase name (``void``, ``cbd``, ``al``, ``nmc_low``, ``nmc_high``), in the
+        volume's normalised grey-level units.
+    fwhm : dict of str to float
+        Grey-level FWHM per phase name, planted exactly in each phase's interior voxels.
+    texture_correlation_vox : float
+        Correlation length (Gaussian σ) of the per-phase grey-level texture, voxels.
+    blur_sigma_vox : float
+        σ of the Gaussian point-spread function, voxels; 0 = no blur.
+    drift_amplitude : float
+        Peak-to-peak amplitude (grey levels) of the slow intensity drift, 60 % linear in z and 40 % a
+        smooth in-plane field.
+    valence_density_correlation : float or None
+        Planted Pearson r (-1 to 1) between the electron density and the co-registered Ni valence map;
+        ``None`` = no map. Used by :func:`valence_map` only, not by :func:`generate_phantom`.
+    valence_mean : float
+        Mean Ni valence over the particles' solid, valence units, strictly between 2 and 4.
+    valence_std : float
+        Standard deviation of the Ni valence over the solid, valence units, in (0, 1].
     """
 
     shape_zyx: tuple[int, int, int] = (40, 192, 192)
@@ -103,7 +151,25 @@ class PhantomParams:
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "phantom") -> PhantomParams:
-        """Build from a config mapping; unknown keys and bad values raise ``ValueError`` naming them."""
+        """Build from a config mapping and validate it.
+
+        Parameters
+        ----------
+        d : dict
+            Attribute name to value (the config's ``phantom`` parameters); missing names keep their
+            defaults.
+        where : str, default "phantom"
+            What the mapping is, for the error messages.
+
+        Returns
+        -------
+        PhantomParams
+
+        Raises
+        ------
+        ValueError
+            On unknown keys or invalid values, naming them (see :meth:`validate`).
+        """
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -114,6 +180,22 @@ class PhantomParams:
         return p
 
     def validate(self, where: str = "phantom") -> None:
+        """Check the values the generator relies on.
+
+        Checks the shape (three sizes ≥ 8 voxels, z deep enough for the collector, the largest particle
+        and 2 voxels), the lengths (positive, min ≤ max diameter), the fractions (0-1), the CBD height,
+        the per-phase ``intensity`` and ``fwhm`` (one per phase, FWHMs positive) and the valence keys.
+
+        Parameters
+        ----------
+        where : str, default "phantom"
+            Prefix of the error messages.
+
+        Raises
+        ------
+        ValueError
+            On the first invalid value, naming the field and what is expected.
+        """
         def bad(name, expected):
             raise ValueError(f"{where}.{name}: {getattr(self, name)!r} is invalid; expected {expected}")
 
@@ -149,12 +231,39 @@ class PhantomParams:
 
     @property
     def noise_sigma(self) -> float:
-        """Measurement noise σ shared by all phases: the narrowest phase is pure noise."""
+        """Measurement noise σ (grey levels) shared by all phases: the narrowest phase's FWHM / 2.3548.
+
+        The narrowest phase is pure noise; the others add a smooth texture to reach their FWHM.
+        """
         return min(self.fwhm.values()) / FWHM_PER_SIGMA
 
 
 @dataclass
 class Particle:
+    """One planted particle, as placed (before it is drawn into the label volume).
+
+    Attributes
+    ----------
+    label : int
+        Its label in the truth volume (1-based, in placement order).
+    center_vox : numpy.ndarray
+        (3,) float centre (z, y, x), voxels.
+    radius_vox : float
+        Nominal radius (half the drawn diameter), voxels.
+    detachment_planted : float
+        Share (0-1) of its surface voxels put in the detached patch.
+    high_fraction_planted : float
+        Share (0-1) of its envelope voxels put in the NMC-high domain (before the cracks are cut).
+    axes : numpy.ndarray
+        (3, 3) rotation; rows are the envelope's principal directions.
+    stretch : numpy.ndarray
+        (3,) relative semi-axes along those directions.
+    bumps : numpy.ndarray
+        (4, 4) envelope bumps: a unit direction (z, y, x) and a phase (radians) each.
+    detach_dir : numpy.ndarray
+        (3,) unit vector (z, y, x) the detached patch faces, biased towards +z (away from the collector).
+    """
+
     label: int
     center_vox: np.ndarray  # (z, y, x)
     radius_vox: float
@@ -168,7 +277,26 @@ class Particle:
 
 @dataclass
 class Phantom:
-    """A generated phantom: grey volume, truth instances, truth phases, per-particle truth."""
+    """A generated phantom: grey volume, truth instances, truth phases, per-particle truth.
+
+    Attributes
+    ----------
+    volume : numpy.ndarray
+        (z, y, x) float32 grey levels.
+    labels : numpy.ndarray
+        (z, y, x) uint32 truth particle labels, 0 = background; a label covers the particle's whole
+        envelope, the cracks inside included.
+    phases : numpy.ndarray
+        (z, y, x) uint8 planted (noise-free) phase codes (:mod:`detachment.phases`).
+    table : pandas.DataFrame
+        Per-particle truth (:func:`truth_table`).
+    planted_fwhm : dict of str to float
+        Phase name to the FWHM (grey levels) planted in its interior voxels, drift excluded.
+    params : PhantomParams
+        The parameters it was generated with.
+    seed : int
+        Its random seed.
+    """
 
     volume: np.ndarray
     labels: np.ndarray
@@ -288,7 +416,10 @@ def _contact_pairs(labels: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _open_contact_gaps(labels, pairs, prob, rng) -> int:
-    """Separate a random subset of touching pairs by a one-voxel electrolyte gap (in place)."""
+    """Separate a random subset of touching pairs by a one-voxel background gap (in place); returns how many.
+
+    The gap's phase is set later with the matrix (:func:`_matrix_and_shells`): CBD, a coat or electrolyte.
+    """
     n = 0
     for i, j in pairs:
         if rng.random() >= prob:
@@ -367,8 +498,8 @@ def _cracks(labels, parts, p: PhantomParams, rng) -> np.ndarray:
         d2 = np.take_along_axis(dist, order[:, 1:2], 1)[:, 0]
         # distance to the bisector plane of the two nearest seeds, (d2² - d1²) / (2 |s2 - s1|). (d2 - d1 is
         # not: its level sets are hyperboloids that open into wedges of half-angle arcsin(w / |s2 - s1|),
-        # which made the cracks 17 % of the particle volume on average and up to half of it, with void
-        # caps no image could tell from electrolyte)
+        # cracks far wider than w that fill much of the particle, with void caps no image could tell from
+        # electrolyte)
         sep = np.linalg.norm(seeds[order[:, 0]] - seeds[order[:, 1]], axis=-1)
         plane = (d2 ** 2 - d1 ** 2) / (2 * np.maximum(sep, 1e-6))
         # per boundary: cracked or not, and how far out it runs
@@ -401,8 +532,22 @@ def _density_domains(labels, parts, p: PhantomParams, rng) -> np.ndarray:
 
 
 def noise_free_density(phases: np.ndarray, p: PhantomParams) -> np.ndarray:
-    """The electron density a perfect instrument would see: each phase's mean grey level, blurred by the
-    point-spread function; no texture, noise or drift. float32 (z, y, x)."""
+    """The electron density a perfect instrument would see: each phase's mean grey level, blurred.
+
+    The blur is the point-spread function; no texture, noise or drift is added.
+
+    Parameters
+    ----------
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+    p : PhantomParams
+        Its ``intensity`` (mean grey level per phase) and ``blur_sigma_vox`` are used.
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) float32 grey levels.
+    """
     means = np.array([p.intensity[PHASE_NAMES[c]] for c in range(5)], np.float32)
     return ndimage.gaussian_filter(means[phases], p.blur_sigma_vox, mode="nearest") \
         if p.blur_sigma_vox > 0 else means[phases]
@@ -411,7 +556,25 @@ def noise_free_density(phases: np.ndarray, p: PhantomParams) -> np.ndarray:
 def render_intensity(phases: np.ndarray, p: PhantomParams, rng) -> tuple[np.ndarray, dict]:
     """Grey volume from a phase map: blurred means + per-phase texture + noise + drift.
 
-    Returns the volume and the planted FWHM per phase (interior voxels, drift excluded).
+    Each phase's interior gets exactly its FWHM: white noise of σ :attr:`PhantomParams.noise_sigma`
+    common to all phases plus a smooth per-phase texture (correlation ``texture_correlation_vox``) of the
+    remaining variance. The drift is linear in z plus a smooth in-plane field.
+
+    Parameters
+    ----------
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+    p : PhantomParams
+        Grey levels, FWHMs, blur, texture and drift.
+    rng : numpy.random.Generator
+        Random stream for the texture, the noise and the drift field.
+
+    Returns
+    -------
+    volume : numpy.ndarray
+        (z, y, x) float32 grey levels.
+    planted_fwhm : dict of str to float
+        Phase name to the FWHM (grey levels) planted in its interior voxels, drift excluded.
     """
     vol = noise_free_density(phases, p)
     sn = p.noise_sigma
@@ -437,6 +600,31 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     (envelope mesh areas, independent of the pipeline's estimator); ``detachment_voxel_faces`` is the
     pipeline's face-counting definition applied to the planted phases, kept to show that estimator's bias;
     ``detachment_planted`` is the share of surface voxels the generator put in the detached patch.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (z, y, x) uint32 truth particle labels 1..n, 0 = background (envelopes, cracks included).
+    phases : numpy.ndarray
+        (z, y, x) uint8 planted phase codes (:mod:`detachment.phases`).
+    parts : list of Particle
+        The planted particles, ``parts[i].label == i + 1``.
+    voxel_size_um : sequence of float
+        (z, y, x) voxel edge lengths, µm.
+    coated : numpy.ndarray, optional
+        (n,) bool per particle of ``parts``: its attached surface is CBD-coated (default: all).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per particle that has voxels: ``label``, ``detachment``, ``detachment_voxel_faces``,
+        ``detachment_planted`` (fractions 0-1), ``coated``, ``volume_um3``, ``diameter_um``
+        (equivalent-sphere), ``diameter_planted_um``, ``crack_area_um2`` (crack voxel-face area, µm², no
+        staircase correction), ``crack_volume_fraction`` (void share of the envelope),
+        ``nmc_high_fraction`` (of the solid), ``centroid_{z,y,x}_um``, ``distance_to_collector_um``
+        (lowest z minus the collector top, one past the highest all-Al slice), ``contact_void_um2``,
+        ``contact_cbd_um2``, ``contact_al_um2``, ``contact_particle_um2`` (mesh areas, µm²) and
+        ``touches_border`` (cut by a y or x border of the volume).
     """
     n = len(parts)
     vs = np.asarray(voxel_size_um, float)
@@ -479,7 +667,28 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
 
 
 def generate_phantom(params: PhantomParams, seed: int) -> Phantom:
-    """Generate a phantom; identical output for identical ``(params, seed)``."""
+    """Generate a phantom; identical output for identical ``(params, seed)``.
+
+    Places the particles, draws their envelopes, opens gaps between some touching pairs, builds the CBD
+    matrix, coats and detachment gaps, the density domains and the cracks, then renders the grey volume
+    and measures the truth.
+
+    Parameters
+    ----------
+    params : PhantomParams
+        The phantom's parameters (validated here).
+    seed : int
+        Seed of the random stream; the CBD coats use their own stream derived from it.
+
+    Returns
+    -------
+    Phantom
+
+    Raises
+    ------
+    ValueError
+        When ``params`` is invalid (:meth:`PhantomParams.validate`).
+    """
     params.validate()
     rng = np.random.default_rng(seed)
     shape = tuple(params.shape_zyx)
@@ -520,11 +729,6 @@ def valence_map(density: np.ndarray, labels: np.ndarray, phases: np.ndarray, par
     (:func:`noise_free_density`), so the correlation a measurement finds against the noisy grey level is
     attenuated by the noise, as it would be in a real experiment.
 
-    Returns float32 (z, y, x) like ``density``: the Ni valence state (valence units, clipped to
-    :data:`VALENCE_RANGE` = 2..4) on the NMC solid of the particles (``labels`` > 0 and phase
-    NMC low / high), NaN elsewhere (no measurement: pores, cracks, CBD, Al). ``None`` when
-    ``params.valence_density_correlation`` is ``None``.
-
     With r = ``valence_density_correlation``, z = ``density`` standardised over the solid
     voxels and n a noise field of unit variance uncorrelated with z::
 
@@ -544,6 +748,28 @@ def valence_map(density: np.ndarray, labels: np.ndarray, phases: np.ndarray, par
 
     Deterministic for ``seed`` and independent of the phantom's own random stream (the map
     can be switched on or retuned without changing the phantom).
+
+    Parameters
+    ----------
+    density : numpy.ndarray
+        (z, y, x) electron density (grey levels) the correlation is planted against.
+    labels : numpy.ndarray
+        (z, y, x) uint32 truth particle labels, 0 = background.
+    phases : numpy.ndarray
+        (z, y, x) uint8 truth phase codes (:mod:`detachment.phases`).
+    params : PhantomParams
+        ``valence_density_correlation``, ``valence_mean``, ``valence_std`` and ``domain_correlation_vox``
+        are used.
+    seed : int
+        The phantom's seed; the map draws from its own stream derived from it.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        (z, y, x) float32 like ``density``: the Ni valence state (valence units, clipped to
+        :data:`VALENCE_RANGE` = 2..4) on the NMC solid of the particles (``labels`` > 0 and phase
+        NMC low / high), NaN elsewhere (no measurement: pores, cracks, CBD, Al). ``None`` when
+        ``params.valence_density_correlation`` is ``None``.
     """
     r = params.valence_density_correlation
     if r is None:
@@ -613,13 +839,37 @@ def _within_particle_noise(rng: np.random.Generator, z: np.ndarray, zbar: np.nda
 
 
 def params_dict(params: PhantomParams) -> dict:
+    """The parameters as a JSON-ready dict (``shape_zyx`` as a list).
+
+    Parameters
+    ----------
+    params : PhantomParams
+
+    Returns
+    -------
+    dict
+        Attribute name to value.
+    """
     d = asdict(params)
     d["shape_zyx"] = list(d["shape_zyx"])
     return d
 
 
 def write_phantom(ph: Phantom, volume_path, truth_path, table_path) -> None:
-    """Write the grey volume, the truth (``/labels``, ``/phases``, ``/particles``) and the truth table."""
+    """Write the grey volume, the truth (``/labels``, ``/phases``, ``/particles``) and the truth table.
+
+    Parameters
+    ----------
+    ph : Phantom
+        The generated phantom.
+    volume_path : str or os.PathLike
+        Volume file to write (``/volume`` float32, voxel size, ``source`` = the seed).
+    truth_path : str or os.PathLike
+        HDF5 file of the truth: ``/labels`` (uint32), ``/phases`` (uint8), ``/particles`` (the truth table
+        as records); file attributes ``seed``, ``planted_fwhm`` and ``params`` (both JSON).
+    table_path : str or os.PathLike
+        CSV of the truth table (:func:`truth_table`).
+    """
     import json
 
     from . import io
