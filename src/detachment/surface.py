@@ -1,20 +1,12 @@
 """Per-particle surface contacts counted on voxel faces.
 
-A particle's envelope is the set of voxels carrying its label (cracks inside it
-included). Its surface is the set of voxel faces between one of its voxels and
-a 6-neighbour with another label. Each such face is classified by what lies on
-the other side: another particle, or, for background, the phase there (void =
-electrolyte, CBD, Al). Faces on the volume border are not counted: what lies
-beyond is unknown.
+A particle's surface is the set of voxel faces between one of its voxels (cracks inside the envelope
+included) and a 6-neighbour with another label. Each face, weighted by its physical area, is classified
+by what lies across it: void (electrolyte), CBD, Al or another particle; faces on the volume border are
+not counted. Definition and its bias: docs/methods.md, "Detachment"; :mod:`detachment.truth` measures
+the phantoms' truth on a mesh instead.
 
-Counting faces (each weighted by its physical area, so anisotropic voxels are
-handled) rather than surface voxels avoids counting a voxel with two exposed
-faces once: it is the voxel-level analogue of an area ratio. The staircase
-over-estimates absolute areas (by about 1.5x for a sphere) and weights each
-surface element by |n_z| + |n_y| + |n_x|, so a fraction is biased where the
-surface it counts faces another way than the rest (a cube turned 45° about z
-with its top free reads 0.131 instead of 1/6); :mod:`detachment.truth`
-measures the phantoms' truth on a mesh instead.
+Main entry points: :func:`surface_contacts`, :class:`SurfaceContacts`, :func:`crack_faces`.
 """
 
 from __future__ import annotations
@@ -33,6 +25,15 @@ class SurfaceContacts:
     """Face areas in µm² per particle label (index = label; row 0 unused).
 
     ``area[:, k]`` is the area facing ``CONTACT_CLASSES[k]``; ``n_faces`` counts faces.
+
+    Attributes
+    ----------
+    area : numpy.ndarray
+        (n_labels + 1, 4) float voxel-face areas, µm², facing void, CBD, Al and another particle
+        (:data:`CONTACT_CLASSES`); raw face areas, without the staircase factor
+        (:data:`detachment.particles.STAIRCASE`).
+    n_faces : numpy.ndarray
+        (n_labels + 1, 4) int64 number of faces in each class.
     """
 
     area: np.ndarray
@@ -40,14 +41,20 @@ class SurfaceContacts:
 
     @property
     def detachment(self) -> np.ndarray:
-        """Fraction of the counted surface facing void (electrolyte); NaN where no surface."""
+        """(n_labels + 1,) fraction (0-1) of the counted surface area facing void (electrolyte).
+
+        NaN where a label has no counted surface (row 0, absent labels).
+        """
         total = self.area.sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(total > 0, self.area[:, 0] / total, np.nan)
 
     @property
     def detachment_std(self) -> np.ndarray:
-        """Binomial standard error of :attr:`detachment` from the number of faces."""
+        """(n_labels + 1,) binomial standard error of :attr:`detachment` from the number of faces.
+
+        sqrt(d (1 - d) / n) with n the label's counted faces; NaN where it has none.
+        """
         d = self.detachment
         n = self.n_faces.sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -64,7 +71,18 @@ def _pairs(shape, axis):
 
 
 def face_areas(voxel_size_um) -> tuple[float, float, float]:
-    """Area in µm² of a voxel face normal to z, y and x."""
+    """Area in µm² of a voxel face normal to z, y and x.
+
+    Parameters
+    ----------
+    voxel_size_um : sequence of float
+        (z, y, x) voxel edge lengths, µm.
+
+    Returns
+    -------
+    tuple of float
+        Face areas normal to z, y and x, µm².
+    """
     vz, vy, vx = voxel_size_um
     return vy * vx, vz * vx, vz * vy
 
@@ -111,32 +129,44 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
                      gap_level: float | None = None) -> SurfaceContacts:
     """Contact areas of every labelled particle with void, CBD, Al and other particles.
 
-    Parameters
-    ----------
-    labels : (z, y, x) integer instances, 0 = background.
-    phases : (z, y, x) phase codes (see :mod:`detachment.phases`).
-    voxel_size_um : (z, y, x) voxel edge lengths in µm.
-    probe : how many voxels outward, along the face normal, the contact class is read. 1 = the face
-        neighbour (exact on a noise-free phase map, used for phantom truth). On a thresholded
-        reconstruction the face neighbour is the voxel most mixed with the particle by the point-spread
-        function: a thin electrolyte gap beside bright NMC is blurred up into CBD's grey range and
-        would read as attached. With ``probe`` > 1 the face is electrolyte (void) when the face
-        neighbour or the voxel ``probe`` out is void: contact needs no electrolyte gap in between
-        (the workflow's default is 1 with a fitted grey level instead, which reads the gap on the face
-        neighbour itself: see :mod:`detachment.contact_level`). Otherwise the class is read at the far voxel
-        (the neighbour itself when the far voxel is back inside the same particle); another particle
-        at either depth counts as particle contact; clipped at the volume border.
-
-    intensity, gap_level : optional grey levels (same grid) and a level: a face whose neighbour is
-        background is electrolyte also where the darker of the voxels read (the neighbour and the one
-        ``probe`` out) is below ``gap_level``. A thin gap beside bright NMC is lifted by the blur above
-        the volume's void/CBD threshold, which is placed low because void is the most common phase; the
-        workflow's level is fitted to the grey levels just outside the particles
-        (:mod:`detachment.contact_level`), with the void/CBD midpoint
-        (:func:`detachment.particles.gap_level`) as the fallback.
-
     Background voxels whose phase is NMC (solid not assigned to any instance)
     count as ``particle`` contact: the face touches solid, not electrolyte.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (z, y, x) integer particle labels, 0 = background; a particle's envelope is its labelled voxels.
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+    voxel_size_um : sequence of float, default (1.0, 1.0, 1.0)
+        (z, y, x) voxel edge lengths, µm.
+    n_labels : int, optional
+        Highest label counted (default: ``labels.max()``); the result has ``n_labels + 1`` rows.
+    probe : int, default 1
+        How many voxels outward, along the face normal, the contact class is read. 1 = the face
+        neighbour (exact on a noise-free phase map: the phantoms' ``detachment_voxel_faces``). On a
+        thresholded reconstruction the face neighbour is the voxel most mixed with the particle by the
+        point-spread function: a thin electrolyte gap beside bright NMC is blurred up into CBD's grey
+        range and would read as attached. With ``probe`` > 1 the face is electrolyte (void) when the
+        face neighbour or the voxel ``probe`` out is void: contact needs no electrolyte gap in between
+        (the workflow's default is 1 with a fitted grey level instead, which reads the gap on the face
+        neighbour itself: see :mod:`detachment.contact_level`). Otherwise the class is read at the far
+        voxel (the neighbour itself when the far voxel is back inside the same particle); another
+        particle at either depth counts as particle contact; clipped at the volume border.
+    intensity : numpy.ndarray, optional
+        (z, y, x) grey levels on the same grid; used only together with ``gap_level``.
+    gap_level : float, optional
+        Grey level: a face whose neighbour is background is electrolyte also where the darker of the
+        voxels read (the neighbour and the one ``probe`` out) is below it. A thin gap beside bright NMC
+        is lifted by the blur above the volume's void/CBD threshold, which is placed low because void is
+        the most common phase; the workflow's level is fitted to the grey levels just outside the
+        particles (:mod:`detachment.contact_level`), with the void/CBD midpoint
+        (:func:`detachment.particles.gap_level`) as the fallback.
+
+    Returns
+    -------
+    SurfaceContacts
+        Face areas (µm²) and face counts per label and contact class.
     """
     labels = np.asarray(labels)
     n = int(labels.max()) + 1 if n_labels is None else n_labels + 1
@@ -162,7 +192,28 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
 
 def crack_faces(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),
                 n_labels: int | None = None) -> np.ndarray:
-    """Crack surface area in µm² per label: faces between void and NMC solid inside one envelope."""
+    """Crack surface area in µm² per label: faces between NMC solid and non-solid inside one envelope.
+
+    The non-solid side is void in a crack; on a refined envelope it may also be a CBD-classified crack
+    mouth (:func:`detachment.particles.refine_envelope`).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (z, y, x) integer particle labels, 0 = background (envelopes, cracks included).
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+    voxel_size_um : sequence of float, default (1.0, 1.0, 1.0)
+        (z, y, x) voxel edge lengths, µm.
+    n_labels : int, optional
+        Highest label counted (default: ``labels.max()``).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n_labels + 1,) float crack voxel-face area per label (index = label), µm², without the staircase
+        factor.
+    """
     n = int(labels.max()) + 1 if n_labels is None else n_labels + 1
     solid = (phases == NMC_LOW) | (phases == NMC_HIGH)
     out = np.zeros(n)
