@@ -1,40 +1,13 @@
 """Per-particle table: size, shape, electron density, cracks, detachment and contacts (main text Fig. 4).
 
-Inputs are a 3D particle label volume (envelopes: cracks inside a particle
-carry its label), the phase map and the grey volume, axes (z, y, x), voxel size
-in µm (z, y, x; anisotropic voxels supported).
+Inputs are a 3D particle label volume (envelopes: cracks inside a particle carry its label), the phase
+map and the grey volume, axes (z, y, x), voxel size in µm (z, y, x; anisotropic voxels supported). A
+pipeline particle's envelope is its segmentation mask snapped to the thresholded solid
+(:func:`refine_envelope`). The columns' definitions (detachment, contact areas with the staircase
+factor, sphericity, cracks, collector distance): docs/methods.md, "Per-particle table".
 
-Definitions
------------
-* Detachment = area of the envelope's voxel faces facing void (electrolyte)
-  over the area facing void, CBD, Al or another particle
-  (:mod:`detachment.surface`); ``detachment_std`` is its binomial standard
-  error from the number of faces, so small particles carry more uncertainty.
-  Improvement over reading the face neighbour's phase: on a
-  reconstruction the face neighbour is mixed with the bright particle by the
-  point-spread function, so a thin electrolyte gap reads as CBD in the phase
-  map. A face is also electrolyte where the neighbour's grey level is below the
-  sample's contact level (:mod:`detachment.contact_level`: two Gaussians fitted
-  to the grey levels just outside all its particles, gap and CBD, cut where
-  they cross). Detachment MAE with true envelopes on the default phantoms
-  (1C / C/10): phase only 0.27 / 0.12; void/CBD midpoint 0.20 / 0.09, and
-  read also 2 voxels out 0.028 / 0.012 (biased low: gap edges read as CBD);
-  the fitted level on the face neighbour 0.010 / 0.009.
-* Contact areas (µm²) are face areas times 2/3: a voxelised surface of
-  isotropically distributed orientation has 3/2 times the true area in faces
-  (mean of |n_x| + |n_y| + |n_z| over the sphere), the staircase bias.
-* Surface area for sphericity: marching cubes (:func:`skimage.measure.marching_cubes`,
-  physical spacing) on the envelope smoothed by a 0.7-voxel Gaussian: within
-  2 % of a ball's area for radii ≥ 6 voxels (also with anisotropic voxels),
-  -5 % at 5 and -10 % at 4 voxels (tests/test_science.py; the raw mask is
-  3-12 % high); sphericity = π^(1/3) (6V)^(2/3) / A.
-* Crack volume fraction = void voxels inside the envelope / envelope voxels;
-  crack surface per volume (µm⁻¹) = crack face area × 2/3 / envelope volume.
-* Electron density: mean and standard deviation of the grey level over the
-  particle's solid (NMC) voxels; NMC-high fraction over the solid.
-* Distance to the collector: lowest z of the particle minus the collector
-  top (highest slice that is mostly Al, + 1), in µm; ``height_um``: the
-  centroid's height above the collector top.
+Main entry points: :func:`particle_table_from_files` (the workflow's, bounded memory),
+:func:`particle_table`, :func:`refine_envelope`, :func:`contact_level_from_files`.
 """
 
 from __future__ import annotations
@@ -59,20 +32,47 @@ COLUMNS = ["label", "volume_um3", "diameter_um", "surface_area_um2", "sphericity
 
 
 def collector_top(phases: np.ndarray) -> int:
-    """First z above the collector: one past the highest slice whose voxels are mostly Al (0 if none)."""
+    """First z above the collector: one past the highest slice whose voxels are mostly Al (0 if none).
+
+    Parameters
+    ----------
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+
+    Returns
+    -------
+    int
+        z index (voxels) of the first slice above the collector.
+    """
     frac = (phases == AL).mean(axis=(1, 2))
     idx = np.nonzero(frac > 0.5)[0]
     return int(idx.max()) + 1 if idx.size else 0
 
 
 def surface_area_mc(mask: np.ndarray, voxel_size_um) -> float:
-    """Envelope surface area in µm² by marching cubes on the (padded) boolean mask."""
+    """Envelope surface area in µm² by marching cubes on the (padded) boolean mask.
+
+    The mask is smoothed by a 0.7-voxel Gaussian first (a mask thinner than that is meshed raw): on a
+    raw binary mask marching cubes over-estimates a ball's area by 3-12 %.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        (z, y, x) bool envelope of one particle (a crop).
+    voxel_size_um : sequence of float
+        (z, y, x) voxel edge lengths, µm (the mesh's spacing).
+
+    Returns
+    -------
+    float
+        Surface area, µm²; NaN for fewer than 2 voxels.
+    """
     from skimage.measure import marching_cubes, mesh_surface_area
 
     if mask.sum() < 2:
         return float(np.nan)
     # marching cubes on a raw binary mask over-estimates a sphere's area by 3-12 %; a 0.7-voxel Gaussian
-    # first brings it within 2 % for radii >= 6 voxels (measured; sigma 0.5 leaves +4 %, 1.0 gives -5 % at 6)
+    # first brings it within 2 % for radii >= 6 voxels
     padded = ndimage.gaussian_filter(np.pad(mask.astype(np.float32), 3), 0.7)
     if padded.max() <= 0.5:  # thinner than the smoothing: use the raw mask
         padded = np.pad(mask.astype(np.float32), 3)
@@ -81,9 +81,23 @@ def surface_area_mc(mask: np.ndarray, voxel_size_um) -> float:
 
 
 def gap_level(phase_attrs) -> float | None:
-    """Grey level below which a voxel just outside a particle reads as electrolyte: the midpoint of the
-    void and CBD grey levels of the phase model (``/phases`` attrs ``order`` and ``means``); ``None``
-    when the phase file does not carry them (e.g. imported phases)."""
+    """Grey level below which a voxel just outside a particle reads as electrolyte: the void/CBD midpoint.
+
+    The midpoint of the void and CBD grey levels of the phase model (``/phases`` attrs ``order`` and
+    ``means``), the fallback of the fitted contact level (:mod:`detachment.contact_level`).
+
+    Parameters
+    ----------
+    phase_attrs : mapping
+        Attributes of the ``/phases`` dataset (h5py attributes or a dict): ``order``, the phase names
+        comma-separated, and ``means``, their grey levels in the same order.
+
+    Returns
+    -------
+    float or None
+        (void mean + CBD mean) / 2, grey levels; ``None`` when the phase file does not carry them
+        (e.g. imported phases) or lacks void or CBD.
+    """
     if "means" not in phase_attrs or "order" not in phase_attrs:
         return None
     names = [n.strip() for n in str(phase_attrs["order"]).split(",")]
@@ -97,7 +111,38 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
                    border: dict | None = None, probe: int = 1, gap_level: float | None = None) -> pd.DataFrame:
     """One row per label of ``labels`` (column ``label`` = the id in the volume), units in column names.
 
-    ``gap_level``: see :func:`detachment.surface.surface_contacts` (``None``: contacts from phases only)."""
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (z, y, x) integer particle labels, 0 = background; envelopes (cracks inside carry the label).
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+    volume : numpy.ndarray
+        (z, y, x) grey levels (electron density).
+    voxel_size_um : sequence of float
+        (z, y, x) voxel edge lengths, µm.
+    border : dict, optional
+        Label to bool, the particle touches the volume border; given, the table gets ``touches_border``
+        (False for labels it lacks).
+    probe : int, default 1
+        Depth, in voxels, at which the contact class is read (:func:`detachment.surface.surface_contacts`).
+    gap_level : float, optional
+        Grey level below which a background face neighbour reads as electrolyte
+        (:func:`detachment.surface.surface_contacts`); ``None``: contacts from the phases only.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`COLUMNS` (``touches_border`` only with ``border``), one row per label
+        1..``labels.max()`` that has voxels: ``volume_um3``, ``diameter_um`` (equivalent sphere),
+        ``surface_area_um2`` (marching cubes), ``sphericity``, ``centroid_{z,y,x}_um`` (of the envelope,
+        from the array's origin), ``distance_to_collector_um`` (lowest z minus :func:`collector_top`),
+        ``height_um`` (centroid above the collector top), ``electron_density_mean`` and ``_std`` (grey
+        level over the NMC solid), ``nmc_high_fraction`` (of the solid, 0-1), ``crack_volume_fraction``
+        (void share of the envelope, 0-1), ``crack_surface_per_volume_per_um`` (µm⁻¹), ``detachment``
+        and ``detachment_std`` (fraction 0-1), ``surface_faces`` (faces counted) and
+        ``contact_{void,cbd,al,particle}_um2`` (face areas times :data:`STAIRCASE`, µm²).
+    """
     vs = np.asarray(voxel_size_um, float)
     labels = np.asarray(labels)
     n = int(labels.max())
@@ -186,21 +231,22 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
 
     Parameters
     ----------
-    mask : (z, y, x) bool
-        The instance's segmentation mask (crop).
-    others : (z, y, x) bool
-        Voxels of other particles (never part of the envelope).
-    phases : (z, y, x) uint8
-        Phase codes of the same crop.
-    closing_vox, core_erosion_vox, crack_span_vox : int
-        Closing ball radius, core erosion and crack half-span, in voxels (0 switches core / span off).
-    crack_mouths : bool
+    mask : numpy.ndarray
+        (z, y, x) bool segmentation mask of the instance (a crop).
+    others : numpy.ndarray
+        (z, y, x) bool voxels of other particles (never part of the envelope).
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes of the same crop (:mod:`detachment.phases`).
+    closing_vox, core_erosion_vox, crack_span_vox : int, default 2
+        Closing radius (of the 6-connected structure iterated), core erosion and crack half-span, in
+        voxels; 0 switches the core or the spanned cracks off.
+    crack_mouths : bool, default True
         Also take CBD-classified crack mouths (see above).
 
     Returns
     -------
-    (z, y, x) bool
-        The envelope.
+    numpy.ndarray
+        (z, y, x) bool envelope.
     """
     ball = ndimage.generate_binary_structure(3, 1)
     region = ndimage.binary_dilation(mask, ball) & ~others
@@ -285,13 +331,40 @@ def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bo
 
 def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
                              progress: bool = True, refine: bool = True):
-    """:func:`detachment.contact_level.fit_contact_level` over the face neighbours of every particle in
-    ``links`` (envelopes as :func:`particle_table_from_files` builds them); falls back to
-    :func:`gap_level` of the phase file (level NaN, ``fitted`` False, when it has no grey levels and
-    nothing can be fitted: contacts are then read from the phases only).
+    """The sample's contact level, fitted to the face neighbours of every particle in ``links``.
 
-    Returns ``(fit, values, midpoint)``: the fit, the grey levels it was fitted to, the void/CBD midpoint
-    (``None`` without grey levels in the phase file)."""
+    :func:`detachment.contact_level.fit_contact_level` over the grey levels of the background face
+    neighbours (envelopes as :func:`particle_table_from_files` builds them), read crop by crop; it falls
+    back to :func:`gap_level` of the phase file (level NaN, ``fitted`` False, when the file has no grey
+    levels and nothing can be fitted: contacts are then read from the phases only).
+
+    Parameters
+    ----------
+    labels_path : str or os.PathLike
+        HDF5 file of the 3D particle labels (``/labels``, uint32, 0 = background).
+    phases_path : str or os.PathLike
+        HDF5 file of the phase map (``/phases``, uint8; attrs ``order`` and ``means`` for the fallback).
+    volume_path : str or os.PathLike
+        The volume file (``/volume``).
+    links : pandas.DataFrame
+        One row per particle (``links.csv``): ``label`` and its bounding box ``z_min``, ``z_max``,
+        ``y_min``, ``y_max``, ``x_min``, ``x_max`` (voxels, see :func:`detachment.io.particle_crop`).
+    pad : int, default 2
+        Voxels of context around each bounding box.
+    progress : bool, default True
+        Show a progress bar.
+    refine : bool, default True
+        Envelope = :func:`refine_envelope` of the mask; else the mask itself.
+
+    Returns
+    -------
+    fit : detachment.contact_level.ContactLevel
+        The level (grey level), whether it was fitted, and the two components.
+    values : numpy.ndarray
+        (n_faces,) float64 grey levels the fit was made on, one per face.
+    midpoint : float or None
+        The void/CBD midpoint of the phase file (``None`` without grey levels there).
+    """
     import h5py
 
     from . import io
@@ -320,6 +393,39 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     top is found from the phase map slice by slice. With ``gap_from_intensity`` the contacts also read
     the grey levels against ``contact_level`` (see :mod:`detachment.contact_level`; ``None``: the
     void/CBD midpoint :func:`gap_level` of the phase file).
+
+    Parameters
+    ----------
+    labels_path : str or os.PathLike
+        HDF5 file of the 3D particle labels (``/labels``, uint32, 0 = background).
+    phases_path : str or os.PathLike
+        HDF5 file of the phase map (``/phases``, uint8; attrs ``order`` and ``means``).
+    volume_path : str or os.PathLike
+        The volume file (``/volume`` and its voxel size).
+    links : pandas.DataFrame
+        One row per particle (``links.csv``): ``label``, its bounding box ``z_min``, ``z_max``, ``y_min``,
+        ``y_max``, ``x_min``, ``x_max`` (voxels) and optionally ``touches_border``.
+    pad : int, default 2
+        Voxels of context around each bounding box.
+    progress : bool, default True
+        Show a progress bar.
+    probe : int, default 1
+        Depth, in voxels, at which the contact class is read (:func:`detachment.surface.surface_contacts`).
+    refine : bool, default True
+        Envelope = :func:`refine_envelope` of the mask; else the mask itself.
+    gap_from_intensity : bool, default True
+        Also read electrolyte from the grey level of the face neighbours.
+    contact_level : float, optional
+        Grey level below which a background face neighbour is electrolyte (the fitted
+        ``contact_level.csv`` level); ``None`` or NaN: the void/CBD midpoint.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`COLUMNS` (see :func:`particle_table`), one row per particle of ``links`` whose
+        envelope has voxels; ``label`` as in ``links``, centroids in the volume's coordinates (µm),
+        ``distance_to_collector_um`` from the mask's ``z_min``, ``touches_border`` from ``links`` (False
+        without that column).
     """
     import h5py
 
