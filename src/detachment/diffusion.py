@@ -1,35 +1,13 @@
 """Electron diffusion length inside each particle (Supp. Fig. 3), by fast marching (scikit-fmm).
 
-Electrons leave a particle where its solid touches the conductive network: the
-solid voxels with a face neighbour outside the particle that is CBD or Al are
-the exits. The diffusion length of a solid voxel is its geodesic distance (µm)
-to the nearest exit, through the particle's solid only: cracks (void inside the
-envelope) are obstacles, as the paper models the particle as a continuous,
-isotropic conductor. Arrays are (z, y, x); the voxel size is (z, y, x) in µm
-and may be anisotropic.
+Electrons leave a particle where its solid touches the conductive network: the solid voxels with a face
+neighbour outside the envelope that is CBD or Al are the exits. A solid voxel's diffusion length is its
+geodesic distance (µm) to the nearest exit through the particle's solid only (cracks are obstacles).
+Arrays are (z, y, x); the voxel size is (z, y, x) in µm and may be anisotropic. Method, accuracy and
+the per-particle statistics: docs/methods.md, "Electron diffusion length".
 
-The distance solves the eikonal equation |grad d| = 1 in the solid by fast
-marching (:func:`skfmm.distance`, second order, per-axis spacing), with every
-non-solid voxel masked; it is measured from exit-voxel centres (see
-:func:`geodesic_distance`). Shortest paths on the 26-connected voxel graph
-(Dijkstra) over-estimate oblique lengths by up to ~8 % with cubic voxels
-(directions between the 26 neighbours) and by more with anisotropic ones (~30 %
-at 1 : 0.5 : 0.25); fast marching is accurate to about 1 % in every direction.
-Its sub-voxel errors: near a lone exit voxel it runs long (up to ~15 % a few
-voxels away, the point-source error of the scheme), and across a staircase of
-exits the front cuts the corners (up to ~0.3 voxel short). The exact Dijkstra
-is kept as ``method="dijkstra"``, the oracle of the tests and of
-``benchmarks/diffusion.py``. Both connect solid voxels through faces only: a
-diagonal Dijkstra step needs the whole voxel cube it crosses to be solid, so a
-one-voxel oblique crack blocks both.
-
-Per particle (each in its bounding-box crop, bounded memory, on the same
-refined envelope as the per-particle table): mean, 95th percentile and max
-diffusion length (µm), the fraction of solid with no path (isolated), and the
-detour ratio: mean length with the real exits over the mean
-length if every surface solid voxel were an exit (the same particle fully
-attached). Optimal paths are streamlines of the negative gradient
-(:func:`descent_path`).
+Main entry points: :func:`diffusion_table_from_files` (the workflow's, bounded memory),
+:func:`particle_diffusion`, :func:`geodesic_distance`, :func:`descent_path`.
 """
 
 from __future__ import annotations
@@ -55,9 +33,33 @@ _OFFSETS = np.array([(dz, dy, dx) for dz in (-1, 0, 1) for dy in (-1, 0, 1) for 
 
 def geodesic_distance(solid: np.ndarray, sources: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),
                       method: str = "fmm") -> np.ndarray:
-    """Geodesic distance (µm) inside ``solid`` from the nearest ``sources`` voxel centre; 0 on the sources,
-    inf where no path exists, NaN outside the solid. Arrays are (z, y, x) booleans of equal shape;
-    ``method`` is ``"fmm"`` (fast marching) or ``"dijkstra"`` (exact on the voxel graph)."""
+    """Geodesic distance (µm) inside ``solid`` from the nearest ``sources`` voxel centre.
+
+    Fast marching solves |grad d| = 1 with every non-solid voxel masked; Dijkstra is exact on the
+    26-neighbour voxel graph, a diagonal step allowed only where the whole voxel cube it crosses is solid.
+
+    Parameters
+    ----------
+    solid : numpy.ndarray
+        (z, y, x) bool voxels the paths may use.
+    sources : numpy.ndarray
+        (z, y, x) bool start voxels (the exits); only those in ``solid`` count.
+    voxel_size_um : sequence of float, default (1.0, 1.0, 1.0)
+        (z, y, x) voxel edge lengths, µm.
+    method : str, default "fmm"
+        ``"fmm"`` (fast marching, second order) or ``"dijkstra"`` (exact on the voxel graph, the tests'
+        oracle).
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) float64 distance, µm: 0 on the sources, inf where no path exists, NaN outside the solid.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``method``.
+    """
     solid = np.asarray(solid, bool)
     sources = np.asarray(sources, bool) & solid
     out = np.full(solid.shape, np.nan)
@@ -113,20 +115,66 @@ def _dijkstra(solid, sources, vs):
 
 
 def exits(envelope: np.ndarray, solid: np.ndarray, phases: np.ndarray) -> np.ndarray:
-    """Solid voxels of the envelope with a face neighbour outside the envelope that is CBD or Al."""
+    """Solid voxels of the envelope with a face neighbour outside the envelope that is CBD or Al.
+
+    Parameters
+    ----------
+    envelope : numpy.ndarray
+        (z, y, x) bool envelope of one particle (a crop).
+    solid : numpy.ndarray
+        (z, y, x) bool NMC solid of the envelope.
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) bool exit voxels.
+    """
     conductive = ((phases == CBD) | (phases == AL)) & ~envelope
     touching = ndimage.binary_dilation(conductive, ndimage.generate_binary_structure(3, 1))
     return solid & touching
 
 
 def surface_solid(envelope: np.ndarray, solid: np.ndarray) -> np.ndarray:
-    """Solid voxels with a face neighbour outside the envelope (the fully-attached reference exits)."""
+    """Solid voxels with a face neighbour outside the envelope (the fully-attached reference exits).
+
+    Parameters
+    ----------
+    envelope : numpy.ndarray
+        (z, y, x) bool envelope of one particle (a crop); beyond the array's border counts as outside.
+    solid : numpy.ndarray
+        (z, y, x) bool NMC solid of the envelope.
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) bool surface solid voxels.
+    """
     outside = ndimage.binary_dilation(~envelope, ndimage.generate_binary_structure(3, 1), border_value=1)
     return solid & outside
 
 
 @dataclass
 class ParticleDiffusion:
+    """Diffusion-length statistics of one particle.
+
+    Attributes
+    ----------
+    label : int
+        The particle's label.
+    mean_um, p95_um, max_um : float
+        Mean, 95th percentile and maximum diffusion length over the solid voxels that reach an exit, µm
+        (NaN when none does).
+    isolated_fraction : float
+        Fraction (0-1) of the solid voxels with no path to an exit (NaN without solid).
+    detour_ratio : float
+        Mean length over the mean length, on the same voxels, with every surface solid voxel an exit
+        (the same particle fully attached); ≥ 1, NaN when undefined.
+    exit_fraction : float
+        Fraction (0-1) of the surface solid voxels that are exits (NaN without surface solid).
+    """
+
     label: int
     mean_um: float
     p95_um: float
@@ -138,7 +186,28 @@ class ParticleDiffusion:
 
 def particle_diffusion(envelope: np.ndarray, phases: np.ndarray, voxel_size_um, label: int = 0,
                        method: str = "fmm") -> tuple[ParticleDiffusion, np.ndarray]:
-    """Diffusion statistics and field (µm; NaN outside the solid, inf where isolated) of one particle crop."""
+    """Diffusion statistics and field (µm; NaN outside the solid, inf where isolated) of one particle crop.
+
+    Parameters
+    ----------
+    envelope : numpy.ndarray
+        (z, y, x) bool envelope of the particle (a crop with context around it).
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes of the crop; the solid is the envelope's NMC low / high voxels.
+    voxel_size_um : sequence of float
+        (z, y, x) voxel edge lengths, µm.
+    label : int, default 0
+        Stored in the statistics.
+    method : str, default "fmm"
+        ``"fmm"`` or ``"dijkstra"`` (:func:`geodesic_distance`).
+
+    Returns
+    -------
+    stats : ParticleDiffusion
+        The particle's statistics.
+    field : numpy.ndarray
+        (z, y, x) float64 diffusion length, µm: 0 on the exits, inf where isolated, NaN outside the solid.
+    """
     solid = envelope & ((phases == NMC_LOW) | (phases == NMC_HIGH))
     ex = exits(envelope, solid, phases)
     field = geodesic_distance(solid, ex, voxel_size_um, method)
@@ -167,13 +236,31 @@ def descent_path(field: np.ndarray, start, spacing=None, step: float = 0.25, max
                  ) -> np.ndarray:
     """Optimal path from ``start`` (voxel index) to the nearest exit: a streamline of -grad(field).
 
-    ``field`` is a 2D or 3D distance (µm; NaN/inf where there is no path) and ``spacing`` its voxel size (µm,
-    same axis order; default 1). Steps of ``step`` voxel (of the finest axis) follow the unit physical
-    direction -grad/|grad|, the gradient interpolated multilinearly from finite differences between finite
-    voxels. Where such a step would not lower the distance or would enter a non-solid voxel (at an obstacle's
-    corner), the path moves to the neighbouring voxel centre of steepest descent instead. Stops on an exit (a
-    voxel of distance 0) or where no move lowers the distance (e.g. an exit outside a 2D slice). Returns
-    (k, ndim) float voxel coordinates, the first being ``start``; the distance decreases strictly along them."""
+    Steps of ``step`` voxel (of the finest axis) follow the unit physical direction -grad/|grad|, the
+    gradient interpolated multilinearly from finite differences between finite voxels. Where such a step
+    would not lower the distance or would enter a non-solid voxel (at an obstacle's corner), the path
+    moves to the neighbouring voxel centre of steepest descent instead. Stops on an exit (a voxel of
+    distance 0) or where no move lowers the distance (e.g. an exit outside a 2D slice).
+
+    Parameters
+    ----------
+    field : numpy.ndarray
+        2D (y, x) or 3D (z, y, x) distance, µm; NaN or inf where there is no path.
+    start : sequence of float
+        Start point, voxel coordinates in the same axis order.
+    spacing : sequence of float, optional
+        Voxel size per axis, µm (default 1 on every axis).
+    step : float, default 0.25
+        Step length, in voxels of the finest axis.
+    max_steps : int, default 10000
+        Most steps taken.
+
+    Returns
+    -------
+    numpy.ndarray
+        (k, ndim) float voxel coordinates, the first being ``start``; the distance decreases strictly
+        along them.
+    """
     f = np.where(np.isfinite(field), field, np.nan).astype(float)
     h = np.ones(f.ndim) if spacing is None else np.asarray(spacing, float)
     grad = np.stack([_gradient(f, ax, h[ax]) for ax in range(f.ndim)])
@@ -244,9 +331,37 @@ def _nearest(p, shape):
 
 def diffusion_table_from_files(labels_path, phases_path, links: pd.DataFrame, voxel_size_um, pad: int = 2,
                                progress: bool = True, refine: bool = True) -> pd.DataFrame:
-    """:class:`ParticleDiffusion` of every particle of ``links``, each on its bounding-box crop read from HDF5
-    (bounded memory). With ``refine`` the envelope is :func:`detachment.particles.refine_envelope` of the
-    mask, the same envelope as ``particles.csv``; else the mask itself."""
+    """:class:`ParticleDiffusion` of every particle of ``links``, each on its bounding-box crop from HDF5.
+
+    Memory is bounded by the largest particle's box. With ``refine`` the envelope is
+    :func:`detachment.particles.refine_envelope` of the mask, the same envelope as ``particles.csv``;
+    else the mask itself.
+
+    Parameters
+    ----------
+    labels_path : str or os.PathLike
+        HDF5 file of the 3D particle labels (``/labels``, uint32, 0 = background).
+    phases_path : str or os.PathLike
+        HDF5 file of the phase map (``/phases``, uint8).
+    links : pandas.DataFrame
+        One row per particle (``links.csv``): ``label`` and its bounding box ``z_min``, ``z_max``,
+        ``y_min``, ``y_max``, ``x_min``, ``x_max`` (voxels).
+    voxel_size_um : sequence of float
+        (z, y, x) voxel edge lengths, µm.
+    pad : int, default 2
+        Voxels of context around each bounding box.
+    progress : bool, default True
+        Show a progress bar.
+    refine : bool, default True
+        Envelope = the refined mask; else the mask itself.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per particle, the fields of :class:`ParticleDiffusion` as columns (``label``,
+        ``mean_um``, ``p95_um``, ``max_um``, ``isolated_fraction``, ``detour_ratio``,
+        ``exit_fraction``).
+    """
     import h5py
     from tqdm import tqdm
 
