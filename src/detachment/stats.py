@@ -1,4 +1,12 @@
-"""Statistics across particles and cells (main text Fig. 4, Supp. Fig. 8)."""
+"""Statistics across particles and cells (main text Fig. 4, Supp. Fig. 8).
+
+Particle-level summaries and tests per group (C-rate), the cell-level test (the cell is the replicate),
+detachment by size, Pearson correlations with bootstrap intervals, and the pooled voxel-level Pearson r
+of a set of particles from their moments (law of total covariance).
+
+Main entry points: :func:`all_particles`, :func:`analysed_particles`, :func:`by_group`, :func:`by_cell`,
+:func:`cell_level_test`, :func:`by_size`, :func:`correlation_table`, :func:`pooled_pearson`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +25,24 @@ def _percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def bootstrap_ci(values, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean."""
+    """Percentile bootstrap confidence interval of the mean.
+
+    Parameters
+    ----------
+    values : array_like
+        The sample; non-finite values are left out.
+    n_boot : int, default 2000
+        Bootstrap replicates.
+    level : float, default 0.95
+        Confidence level, 0-1.
+    seed : int, default 0
+        Seed of the resampling.
+
+    Returns
+    -------
+    tuple of float
+        (low, high), in the values' units; NaN, NaN without finite values.
+    """
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -32,7 +57,26 @@ def by_group(particles: pd.DataFrame, group: str = "c_rate", value: str = "detac
     group against the first group (two-sided).
 
     The particles are the units of this test: its p-value says the particles of the groups differ, which
-    with one cell per group separates two volumes, not two cycling rates (see :func:`cell_level_test`)."""
+    with one cell per group separates two volumes, not two cycling rates (see :func:`cell_level_test`).
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        One row per particle, with the ``group`` and ``value`` columns (NaN values left out).
+    group : str, default "c_rate"
+        Grouping column; groups in order of first appearance, the first is the reference.
+    value : str, default "detachment"
+        Column summarised.
+    seed : int, default 0
+        Seed of the bootstrap.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group: ``group``, ``n``, ``mean``, ``median``, ``std`` (ddof 1), ``ci95_low``,
+        ``ci95_high`` (bootstrap CI of the mean, :func:`bootstrap_ci`) and
+        ``mannwhitney_p_vs_<first group>`` (NaN for the first group). Empty without particles.
+    """
     groups = list(dict.fromkeys(particles[group]))
     if not groups:  # no particle at all (e.g. a model that found none): an empty table, not a crash
         return pd.DataFrame(columns=[group, "n", "mean", "median", "std", "ci95_low", "ci95_high"])
@@ -50,7 +94,25 @@ def by_group(particles: pd.DataFrame, group: str = "c_rate", value: str = "detac
 
 def by_cell(particles: pd.DataFrame, group: str = "c_rate", cell: str = "cell", value: str = "detachment"
             ) -> pd.DataFrame:
-    """Per cell: its group, particle count and mean / std of ``value`` over its particles."""
+    """Per cell: its group, particle count and mean / std of ``value`` over its particles.
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        One row per particle with the ``cell``, ``group`` and ``value`` columns (NaN values left out).
+    group : str, default "c_rate"
+        Grouping column.
+    cell : str, default "cell"
+        Cell column.
+    value : str, default "detachment"
+        Column summarised.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``cell``, ``group``, ``n``, ``mean``, ``std`` (ddof 1), one row per cell, in order of
+        first appearance.
+    """
     columns = [cell, group, "n", "mean", "std"]
     d = particles.dropna(subset=[value])
     if d.empty:
@@ -86,15 +148,20 @@ def cell_level_test(cells: pd.DataFrame, group: str = "c_rate") -> pd.DataFrame:
 
     Parameters
     ----------
-    cells : :func:`by_cell` output (one row per cell, ``mean`` = its mean over particles).
-    group : the grouping column; each group is tested against the first.
+    cells : pandas.DataFrame
+        :func:`by_cell` output (one row per cell, ``mean`` = its mean over particles).
+    group : str, default "c_rate"
+        The grouping column; each group is tested against the first.
 
     Returns
     -------
     pandas.DataFrame
-        Per group: ``n_cells``, ``cell_mean`` and ``cell_sd`` (over cell means), the Welch t-test p-value
-        of the cell means against the first group (needs two cells in each) and the permutation
-        p-value (exact up to 100 000 splits; with two cells per group its smallest possible value is 1/3).
+        Per group: ``n_cells``, ``cell_mean`` and ``cell_sd`` (over cell means, ddof 1),
+        ``welch_p_cells_vs_<first>``, the Welch t-test p-value of the cell means against the first
+        group (needs two cells in each), and ``permutation_p_cells_vs_<first>``, the two-sided
+        permutation p-value of the difference of means (exact up to :data:`EXACT_PERMUTATIONS_MAX`
+        splits, else 20 000 seeded random splits; with two cells per group its smallest possible value
+        is 1/3). p-values are NaN for the first group.
     """
     groups = list(dict.fromkeys(cells[group]))
     if not groups:
@@ -114,7 +181,24 @@ def cell_level_test(cells: pd.DataFrame, group: str = "c_rate") -> pd.DataFrame:
 
 def by_size(particles: pd.DataFrame, n_bins: int = 5, value: str = "detachment") -> pd.DataFrame:
     """Detachment in diameter quantile bins: mean, SEM across particles, and the mean per-particle
-    measurement uncertainty (``detachment_std``), which is larger for small particles (fewer faces)."""
+    measurement uncertainty (``detachment_std``), which is larger for small particles (fewer faces).
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        One row per particle with ``diameter_um``, ``value`` and optionally ``detachment_std``.
+    n_bins : int, default 5
+        Number of quantile bins of the diameter (fewer where quantiles coincide).
+    value : str, default "detachment"
+        Column summarised (NaN rows left out).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per bin: ``diameter_low_um``, ``diameter_high_um`` (µm), ``n``, ``mean``, ``sem`` (NaN
+        below two particles) and ``measurement_std_mean`` (mean ``detachment_std``, whatever ``value``
+        is; NaN without that column).
+    """
     columns = ["diameter_low_um", "diameter_high_um", "n", "mean", "sem", "measurement_std_mean"]
     d = particles.dropna(subset=[value])
     if d.empty:
@@ -131,7 +215,18 @@ def by_size(particles: pd.DataFrame, n_bins: int = 5, value: str = "detachment")
 
 
 def correlation(x, y) -> tuple[float, float]:
-    """Pearson r and its two-sided p-value, finite pairs only."""
+    """Pearson r and its two-sided p-value, finite pairs only.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Paired values of equal length.
+
+    Returns
+    -------
+    tuple of float
+        (r, p); NaN, NaN with fewer than 3 finite pairs.
+    """
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -142,7 +237,24 @@ def correlation(x, y) -> tuple[float, float]:
 
 
 def pearson_bootstrap_ci(x, y, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of Pearson r, resampling (x, y) pairs; finite pairs only."""
+    """Percentile bootstrap confidence interval of Pearson r, resampling (x, y) pairs; finite pairs only.
+
+    Parameters
+    ----------
+    x, y : array_like
+        Paired values of equal length.
+    n_boot : int, default 2000
+        Bootstrap replicates.
+    level : float, default 0.95
+        Confidence level, 0-1.
+    seed : int, default 0
+        Seed of the resampling.
+
+    Returns
+    -------
+    tuple of float
+        (low, high); NaN, NaN with fewer than 3 finite pairs.
+    """
     x = np.asarray(x, float)
     y = np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
@@ -180,7 +292,24 @@ def _usable_groups(*moments) -> list[np.ndarray]:
 def pooled_pearson(n, mean_x, mean_y, std_x, std_y, cov_xy) -> float:
     """Pearson r over the union of groups (e.g. the voxels of several particles) from each group's size
     and population moments (means, standard deviations and covariance with ddof = 0): the law of total
-    covariance, exact. Groups with ``n`` = 0 or non-finite moments are left out."""
+    covariance, exact. Groups with ``n`` = 0 or non-finite moments are left out.
+
+    Parameters
+    ----------
+    n : array_like
+        (k,) size of each group (e.g. voxels per particle).
+    mean_x, mean_y : array_like
+        (k,) group means of x and y.
+    std_x, std_y : array_like
+        (k,) group population standard deviations (ddof 0).
+    cov_xy : array_like
+        (k,) group population covariances (ddof 0).
+
+    Returns
+    -------
+    float
+        Pearson r of the pooled values; NaN without a usable group.
+    """
     groups = _usable_groups(n, mean_x, mean_y, std_x, std_y, cov_xy)
     if groups[0].size == 0:
         return float("nan")
@@ -190,7 +319,24 @@ def pooled_pearson(n, mean_x, mean_y, std_x, std_y, cov_xy) -> float:
 def cluster_bootstrap_pooled_ci(n, mean_x, mean_y, std_x, std_y, cov_xy, n_boot: int = 2000,
                                 level: float = 0.95, seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of :func:`pooled_pearson`, resampling whole groups (a cluster bootstrap:
-    voxels of one particle are not independent)."""
+    voxels of one particle are not independent).
+
+    Parameters
+    ----------
+    n, mean_x, mean_y, std_x, std_y, cov_xy : array_like
+        (k,) group sizes and population moments, as for :func:`pooled_pearson`.
+    n_boot : int, default 2000
+        Bootstrap replicates.
+    level : float, default 0.95
+        Confidence level, 0-1.
+    seed : int, default 0
+        Seed of the resampling.
+
+    Returns
+    -------
+    tuple of float
+        (low, high); NaN, NaN with fewer than 3 usable groups.
+    """
     groups = _usable_groups(n, mean_x, mean_y, std_x, std_y, cov_xy)
     k = groups[0].size
     if k < 3:
@@ -214,14 +360,15 @@ def all_particles(tables: list[pd.DataFrame], samples, cells, c_rates) -> pd.Dat
     ----------
     tables : list of pandas.DataFrame
         Per-sample particle tables (particles joined with diffusion), in the order of ``samples``.
-    samples, cells, c_rates : sequences
+    samples, cells, c_rates : sequence
         Each table's sample name, cell and C-rate.
 
     Returns
     -------
     pandas.DataFrame
-        A sample with no particle contributes no rows (its empty table would turn every column to
-        object dtype); ``touches_border`` stays boolean.
+        The tables concatenated, ``sample``, ``cell`` and ``c_rate`` first. A sample with no particle
+        contributes no rows (its empty table would turn every column to object dtype); ``touches_border``
+        stays boolean.
     """
     tables = [t.copy() for t in tables]
     for t, sample, cell, rate in zip(tables, samples, cells, c_rates):
@@ -245,6 +392,7 @@ def analysed_particles(particles: pd.DataFrame, exclude_border: bool) -> pd.Data
     Returns
     -------
     pandas.DataFrame
+        ``particles`` itself, or its rows not touching the border.
     """
     if "touches_border" in particles:
         particles["touches_border"] = particles.touches_border.astype("boolean").fillna(False).astype(bool)
@@ -253,6 +401,13 @@ def analysed_particles(particles: pd.DataFrame, exclude_border: bool) -> pd.Data
 
 def correlation_table(particles: pd.DataFrame, pairs=CORRELATION_PAIRS) -> pd.DataFrame:
     """Pearson r, its p-value and n for each (x, y) column pair (rows with NaN in either left out).
+
+    Parameters
+    ----------
+    particles : pandas.DataFrame
+        One row per particle with the columns of ``pairs``.
+    pairs : sequence of (str, str), default :data:`CORRELATION_PAIRS`
+        (x, y) column pairs.
 
     Returns
     -------
