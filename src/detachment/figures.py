@@ -2,6 +2,8 @@
 
 Each function picks its view from the sample's outputs and returns a matplotlib figure from
 :mod:`detachment.plots`; the workflow's scripts only save it.
+
+Main entry points: :func:`damage_figure`, :func:`diffusion_figure`, :func:`comparison_examples`.
 """
 
 from __future__ import annotations
@@ -20,17 +22,18 @@ def damage_figure(table: pd.DataFrame, profile: pd.DataFrame, particles_path, vo
     Parameters
     ----------
     table : pandas.DataFrame
-        The sample's particle table (``label``, ``crack_surface_per_volume_per_um``).
+        The sample's particle table (``label``, ``crack_surface_per_volume_per_um`` in µm⁻¹).
     profile : pandas.DataFrame
         Its crack damage depth profile (:func:`detachment.damage.depth_profile`).
-    particles_path, volume_path : path
-        ``particles.h5`` (``/labels``) and ``volume.h5`` of the sample.
+    particles_path, volume_path : str or os.PathLike
+        ``particles.h5`` (``/labels``, uint32 particle labels) and ``volume.h5`` of the sample.
     sample : str
         Name in the title.
 
     Returns
     -------
     matplotlib.figure.Figure
+        The slice with its particles coloured by crack surface per volume, and the depth profile.
     """
     _, voxel = io.read_volume_info(volume_path)
     z = int(np.argmax(io.count_per_slice(particles_path, "labels")))
@@ -46,16 +49,18 @@ def diffusion_figure(table: pd.DataFrame, links: pd.DataFrame, particles_path, p
 
     The particle is, among the larger half (by voxels), the one with the largest detour ratio, shown
     through its widest slice; its envelope is the one the table used
-    (:func:`detachment.diffusion.diffusion_table_from_files`).
+    (:func:`detachment.diffusion.diffusion_table_from_files`). The paths are streamlines of the
+    in-slice field from up to 12 seeded random starts among the slice's voxels in the top fifth of
+    diffusion length.
 
     Parameters
     ----------
     table : pandas.DataFrame
         The sample's diffusion table (``label``, ``detour_ratio``).
     links : pandas.DataFrame
-        The linking table (``label``, ``voxels`` and the bounding box columns).
-    particles_path, phases_path, volume_path : path
-        ``particles.h5``, ``phases.h5`` and ``volume.h5`` of the sample.
+        The linking table (``links.csv``: ``label``, ``voxels`` and the bounding box columns).
+    particles_path, phases_path, volume_path : str or os.PathLike
+        ``particles.h5`` (``/labels``), ``phases.h5`` (``/phases``) and ``volume.h5`` of the sample.
 
     Returns
     -------
@@ -91,18 +96,19 @@ def comparison_examples(images: np.ndarray, truth: np.ndarray, predictions: dict
 
     Parameters
     ----------
-    images : (n, y, x) float
-        Test slices.
-    truth : (n, y, x) int
-        Their annotated instances.
-    predictions : dict of str to (n, y, x) int
-        Each method's instances on the same slices.
-    samples, zs : sequences of length n
+    images : numpy.ndarray
+        (n, y, x) float grey levels of the test slices.
+    truth : numpy.ndarray
+        (n, y, x) integer annotated instances, 0 = background.
+    predictions : dict of str to numpy.ndarray
+        Method name to its (n, y, x) integer instances on the same slices.
+    samples, zs : sequence of length n
         Sample and z slice of each test slice (titles).
 
     Returns
     -------
     matplotlib.figure.Figure
+        One row of panels per picked slice: the truth's and each method's outlines.
     """
     pick = np.linspace(0, len(images) - 1, min(3, len(images))).round().astype(int)
     panels = {"truth": truth[pick], **{k: v[pick] for k, v in predictions.items()}}
