@@ -284,15 +284,34 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float
         return f[VOLUME_DATASET][...].astype(np.float32, copy=False), voxel
 
 
-def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0
+def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0, reuse: bool = False
                       ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield ``(z0, z1, data)`` where ``data`` covers ``[z0 - halo, z1 + halo)`` clipped to the volume."""
+    """Yield ``(z0, z1, data)`` where ``data`` covers ``[z0 - halo, z1 + halo)`` clipped to the volume.
+
+    Parameters
+    ----------
+    path : volume file (``/volume``, z, y, x).
+    slab : slices per slab.
+    halo : extra slices read on each side.
+    reuse : read a float32 volume into one buffer, overwritten by the next slab (no allocation per slab;
+        the caller must not keep ``data``).
+
+    Yields
+    ------
+    tuple
+        ``z0, z1`` (the slab's own slices) and ``data``, float32 (z, y, x).
+    """
     shape, _ = read_volume_info(path)
     with h5py.File(path, "r") as f:
         d = f[VOLUME_DATASET]
+        buf = np.empty((min(shape[0], slab + 2 * halo),) + shape[1:], np.float32) if reuse else None
         for z0, z1 in slab_ranges(shape[0], slab):
             a, b = max(0, z0 - halo), min(shape[0], z1 + halo)
-            yield z0, z1, d[a:b].astype(np.float32, copy=False)
+            if buf is not None and d.dtype == np.float32:
+                d.read_direct(buf, np.s_[a:b], np.s_[0:b - a])
+                yield z0, z1, buf[: b - a]
+            else:
+                yield z0, z1, d[a:b].astype(np.float32, copy=False)
 
 
 def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict | None = None,

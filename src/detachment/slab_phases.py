@@ -202,11 +202,13 @@ class SlabClassifier:
     domain_sigma_vox : σ (voxels) of the NMC domain refinement; 0 turns it off.
     screen : decide the NMC refinement from the float32 bound where it is certain (False: recompute every
         NMC voxel exactly, for tests).
+    value_range : bounds (lo, hi) of every grey level that will be passed, if known (else each slab's).
     """
 
     def __init__(self, model: phases.PhaseModel, collector_min_thickness_vox: int, domain_sigma_vox: float,
-                 screen: bool = True):
+                 screen: bool = True, value_range: tuple[float, float] | None = None):
         self.model = model
+        self.value_range = value_range
         self.thickness = collector_min_thickness_vox
         self.sigma = domain_sigma_vox
         self.screen = screen
@@ -226,12 +228,13 @@ class SlabClassifier:
     def codes_of(self, data: np.ndarray) -> np.ndarray:
         """Per-voxel phase codes (uint8) of ``data``, as :func:`detachment.phases.classify`."""
         p = np.full(data.shape, self.first, np.uint8)
-        above = np.empty(data.shape, bool)
-        step = np.empty(data.shape, np.uint8)
-        for t, s in zip(self.t32, self.steps):
-            np.greater_equal(data, t, out=above)
-            np.multiply(above.view(np.uint8), s, out=step)
-            p += step  # wraps modulo 256 by design
+        above = np.empty(data.shape[1:], bool)
+        step = np.empty(data.shape[1:], np.uint8)
+        for z in range(data.shape[0]):  # slice by slice, so the grey levels are read from the CPU cache
+            for t, s in zip(self.t32, self.steps):
+                np.greater_equal(data[z], t, out=above)
+                np.multiply(above.view(np.uint8), s, out=step)
+                p[z] += step  # wraps modulo 256 by design
         return p
 
     def remove_thin_collector(self, data: np.ndarray, p: np.ndarray) -> None:
@@ -242,13 +245,14 @@ class SlabClassifier:
         al = p == phases.AL
         if not al.any():
             return
-        drop = al & ~opening6(al, max(1, self.thickness // 2))
-        if not drop.any():
+        kept = opening6(al, max(1, self.thickness // 2))
+        drop = np.flatnonzero(al > kept)  # al and not kept
+        if not drop.size:
             return
         k = m.names.index("al")
         below = m.codes[k - 1] if k > 0 else m.codes[k + 1]
         above = m.codes[k + 1] if k + 1 < len(m.names) else m.codes[k - 1]
-        p[drop] = np.where(data[drop] < m.means[k], below, above)
+        p.ravel()[drop] = np.where(data.ravel()[drop] < m.means[k], below, above)
 
     def __call__(self, data: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
         """Phase codes of the rows ``rows`` of a slab, computed with the whole slab as context.
@@ -330,20 +334,20 @@ class SlabClassifier:
         a, b = max(0, z0 - r), min(nz, z1 + r)
         off = a - (z0 - r)
         zpad = np.empty((n + 2 * r, ny, nx), np.float32)
-        u = zpad[off: off + b - a]
-        w = interior[a:b].astype(np.float32)
-        w += np.float32(0.05)
-        w *= nmc[a:b]
-        np.subtract(data[a:b], np.float32(self.thr), out=u)
-        u *= w
+        w = np.empty((ny, nx), np.float32)
+        for z in range(a, b):
+            u = zpad[off + z - a]
+            np.add(interior[z], np.float32(0.05), out=w)
+            w *= nmc[z]
+            np.subtract(data[z], np.float32(self.thr), out=u)
+            u *= w
         zpad[:off] = zpad[off]
         zpad[off + b - a:] = zpad[off + b - a - 1]
-        # one output row at a time, so the y and x passes work on planes that stay in the CPU cache
         ypad = np.empty((ny + 2 * r, nx), np.float32)
         xpad = np.empty((ny, nx + 2 * r), np.float32)
         tmp = np.empty((ny, nx), np.float32)
-        out = np.empty((n, ny, nx), np.float32)
-        for i in range(n):
+        out = np.zeros((n, ny, nx), np.float32)
+        for i in np.flatnonzero(nmc[z0:z1].any(axis=(1, 2))):  # planes holding NMC, one at a time (in cache)
             _smooth_axis(zpad[i: i + 2 * r + 1], 0, k, ypad[None, r:r + ny], tmp[None])
             _pad_edges(ypad, 0, r)
             _smooth_axis(ypad, 0, k, xpad[:, r:r + nx], tmp)
@@ -361,7 +365,8 @@ class SlabClassifier:
         covers the reference's own float64 rounding of ``num / den``.
         """
         thr = float(self.thr)
-        m = max(abs(float(data.max()) - thr), abs(float(data.min()) - thr))
+        lo, hi = self.value_range or (float(data.min()), float(data.max()))
+        m = max(abs(hi - thr), abs(lo - thr))
         c = 3 * (self.radius + 3) + 6
         gamma = c * _U32 / (1 - c * _U32)
         gsum = float(self.k32.astype(np.float64).sum()) ** 3

@@ -90,7 +90,7 @@ def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettin
 
 def _slabs(volume_path, s: ThresholdSettings, depth: int, halo: int, desc: str, progress: bool):
     """``(z0, z1, a, data)``: denoised float32 slab covering ``[a, z0 + slab + halo)``, ``a = z0 - halo`` clipped."""
-    it = io.iter_volume_slabs(volume_path, s.slab, halo)
+    it = io.iter_volume_slabs(volume_path, s.slab, halo, reuse=True)
     for z0, z1, data in tqdm(it, total=math.ceil(depth / s.slab), desc=desc, disable=not progress, unit="slab"):
         yield z0, z1, max(0, z0 - halo), phases.denoise(data, s.denoise, s.denoise_sigma_vox)
 
@@ -129,8 +129,9 @@ def _grey_histogram(volume_path, s: ThresholdSettings, depth: int, progress: boo
     return phases.Histogram(counts, np.linspace(lo, hi, s.bins + 1))
 
 
-def _interior_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins) -> np.ndarray:
-    """Per phase code (rows 0..4), fine histogram of the grey levels of its interior voxels in ``p[rows]``.
+def _slab_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Fine histograms of the interior voxels of each phase code and per-slice voxel counts of ``p[rows]``.
 
     Parameters
     ----------
@@ -141,18 +142,22 @@ def _interior_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: Unifo
 
     Returns
     -------
-    np.ndarray
-        int64 (5, fine.n), as :func:`detachment.phases.interior_histograms` with ``keep`` = ``rows``.
+    interior : int64 (5, fine.n), as :func:`detachment.phases.interior_histograms` with ``keep`` = ``rows``.
+    per_slice : int64 (z, 5), voxels of each code (columns 0..4) in each slice.
     """
     n = len(phases.PHASE_NAMES)
     same = slab_phases.same_as_neighbours(p, rows)
-    codes = p[rows]
-    counts = np.zeros((n + 1) * fine.n, np.int64)
-    for z in range(codes.shape[0]):  # slice by slice, so the temporaries stay in the CPU cache
+    cls = p[rows] + np.uint8(n)  # code c for interior voxels, n + c for the others
+    cls -= same.view(np.uint8) * np.uint8(n)
+    interior = np.zeros((n, fine.n), np.int64)
+    per_slice = np.zeros((cls.shape[0], n), np.int64)
+    for z in range(cls.shape[0]):  # slice by slice, so the temporaries stay in the CPU cache
         key = fine.index(values[z])
-        key += np.where(same[z], codes[z], np.uint8(n)) * np.int32(fine.n)  # n: not interior, dropped
-        counts += np.bincount(key.ravel(), minlength=len(counts))
-    return counts[: n * fine.n].reshape(n, fine.n)
+        key += cls[z] * np.int32(fine.n)
+        counts = np.bincount(key.ravel(), minlength=2 * n * fine.n).reshape(2, n, fine.n)
+        interior += counts[0]
+        per_slice[z] = counts.sum(axis=(0, 2))
+    return interior, per_slice
 
 
 def _slice_counts(core: np.ndarray) -> np.ndarray:
@@ -188,7 +193,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
 
     fine_edges = np.linspace(lo, hi, 4 * s.bins + 1)
     fine = _uniform_bins(fine_edges[0], fine_edges[-1], 4 * s.bins, np.float64)
-    classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, s.domain_sigma_vox)
+    classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, s.domain_sigma_vox,
+                                            value_range=(lo, hi) if s.denoise == "none" else None)
     interior = np.zeros((len(phases.PHASE_NAMES), 4 * s.bins), np.int64)
     per_slice = np.zeros((shape[0], len(phases.PHASE_NAMES)), np.int64)
     with io.atomic_output(phases_path) as tmp, h5py.File(tmp, "w") as f:
@@ -199,14 +205,15 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
             b0, b1 = max(0, z0 - 1) - a, min(shape[0], z1 + 1) - a
             p = classifier(data, slice(b0, b1))
             rows = slice(z0 - a - b0, z1 - a - b0)
+            d[z0:z1] = p[rows]
             if fine is not None:
-                interior += _interior_counts(data[z0 - a: z1 - a], p, rows, fine)
+                counts, per_slice[z0:z1] = _slab_counts(data[z0 - a: z1 - a], p, rows, fine)
+                interior += counts
             else:
                 keep = np.zeros(b1 - b0, bool)
                 keep[rows] = True
                 interior += phases.interior_histograms(data[b0:b1], p, fine_edges, keep=keep)
-            d[z0:z1] = p[rows]
-            per_slice[z0:z1] = _slice_counts(p[rows])
+                per_slice[z0:z1] = _slice_counts(p[rows])
         _write_attrs(d, voxel, s, model)
     frac = per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, interior, fine_edges, frac),
