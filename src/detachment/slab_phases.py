@@ -32,7 +32,7 @@ from .binning import ceil_float32
 #: relative rounding of one float32 operation
 _U32 = 2.0**-24
 #: above this many uncertain voxels in a slab, the refinement is recomputed whole (exactly)
-_MAX_EXACT_VOXELS = 4000
+_MAX_EXACT_VOXELS = 100_000
 
 
 def _shift_pairs(ndim: int, axis: int):
@@ -304,27 +304,46 @@ class SlabClassifier:
         if len(uncertain) > self.max_exact:
             p[z0:z1] = phases.refine_nmc_domains(data, p, self.model, self.sigma)[z0:z1]
             return
-        local = [self._exact_local(data, nmc, interior, (z + z0, y, x)) for z, y, x in uncertain]
-        high[tuple(uncertain.T)] = np.asarray(local, float) >= self.thr
+        local = self.exact_local(data, nmc, interior, uncertain + (z0, 0, 0))
+        high[tuple(uncertain.T)] = local >= self.thr
         rows = p[z0:z1]
         np.copyto(rows, phases.NMC_LOW, where=sel)
         np.copyto(rows, phases.NMC_HIGH, where=sel & high)
 
     max_exact = _MAX_EXACT_VOXELS
 
-    def _exact_local(self, data, nmc, interior, voxel) -> float:
-        """The reference's ``local`` at one voxel: its float64 computation on a crop of radius R around it.
+    def exact_local(self, data: np.ndarray, nmc: np.ndarray, interior: np.ndarray, voxels: np.ndarray
+                    ) -> np.ndarray:
+        """The reference's ``local`` (float64) at some voxels, from crops of radius R around them.
 
-        Along each axis the separable filter reads R voxels either side (clamped at the slab's faces,
-        where the crop ends too), so the crop gives the same float64 operations on the same values.
+        Along each axis the separable filter reads R voxels either side, clamped at the slab's faces;
+        the crops are indexed with the same clamping, so the three passes repeat the reference's float64
+        operations on the same values at each crop's centre.
+
+        Parameters
+        ----------
+        data : float32 grey levels (z, y, x) of the slab.
+        nmc, interior : bool (z, y, x): NMC voxels and those not on an NMC surface.
+        voxels : (m, 3) int (z, y, x) indices into the slab.
+
+        Returns
+        -------
+        np.ndarray
+            float64 (m,): ``num / max(den, 1e-6)`` of :func:`detachment.phases.refine_nmc_domains`.
         """
-        r = self.radius
-        crop = tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, n in zip(voxel, data.shape))
-        at = tuple(c - s.start for c, s in zip(voxel, crop))
-        w = interior[crop].astype(np.float32) + 0.05 * nmc[crop]
-        num = ndimage.gaussian_filter(data[crop] * w, self.sigma, mode="nearest")
-        den = ndimage.gaussian_filter(w, self.sigma, mode="nearest")
-        return float(num[at] / np.maximum(den[at], 1e-6))
+        r, out = self.radius, np.empty(len(voxels))
+        offsets = np.arange(-r, r + 1)
+        for i in range(0, len(voxels), 2048):  # bounded memory: 2048 crops of (2R + 1)^3 voxels
+            v = voxels[i: i + 2048]
+            crop = tuple(np.clip(v[:, k, None] + offsets, 0, n - 1) for k, n in enumerate(data.shape))
+            crop = (crop[0][:, :, None, None], crop[1][:, None, :, None], crop[2][:, None, None, :])
+            w = interior[crop].astype(np.float32) + 0.05 * nmc[crop]
+            num, den = data[crop] * w, w
+            for axis in (1, 2, 3):  # the axes gaussian_filter runs through, in its order
+                num = ndimage.gaussian_filter1d(num, self.sigma, axis=axis, mode="nearest")
+                den = ndimage.gaussian_filter1d(den, self.sigma, axis=axis, mode="nearest")
+            out[i: i + 2048] = num[:, r, r, r] / np.maximum(den[:, r, r, r], 1e-6)
+        return out
 
     def _screen(self, data, nmc, interior, z0, z1) -> np.ndarray:
         """float32 ``G * ((v - thr) w)`` on rows ``z0:z1`` (nearest-voxel extension at the slab's faces)."""
