@@ -104,7 +104,17 @@ class UniformBins:
         return b
 
     def counts(self, v: np.ndarray) -> np.ndarray:
-        """Histogram of the float32 values ``v``: int64 counts per bin, shape (n,)."""
+        """Histogram of ``v``, as ``np.histogram`` with these bins.
+
+        Parameters
+        ----------
+        v : float32 array (any shape) of values in ``[edges[0], edges[-1]]`` (grey levels).
+
+        Returns
+        -------
+        np.ndarray
+            int64 voxel counts per bin, shape (n,).
+        """
         flat = np.ravel(v)
         out = np.zeros(self.n, np.int64)
         for i in range(0, flat.size, BLOCK):

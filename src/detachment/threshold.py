@@ -4,9 +4,11 @@ Pass 1 reads the grey-level range, pass 2 the histogram; the phase model is
 fitted on the histogram (:mod:`detachment.phases`); pass 3 classifies each slab
 with a halo of slices for the local clean-ups and accumulates the per-phase
 interior histograms used for the FWHMs. Without denoising, passes 1 and 2 read
-the slabs without halo. Pass 3 uses :class:`detachment.slab_phases.SlabClassifier`
-and the histograms :class:`detachment.binning.UniformBins`: both give exactly what
-:func:`classify_slab` and numpy.histogram give, faster.
+the slabs without halo. Pass 3 classifies with
+:class:`detachment.slab_phases.SlabClassifier` and the histograms use
+:class:`detachment.binning.UniformBins`: they give exactly what
+:func:`classify_slab` and numpy.histogram give (``tests/test_threshold.py``),
+in less time.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def _grey_histogram(volume_path, s: ThresholdSettings, depth: int, progress: boo
     counts = np.zeros(s.bins, np.int64)
     for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "histogram", progress):
         core = data[z0 - a: z1 - a]
-        counts += bins.counts(core) if bins else np.histogram(core, bins=s.bins, range=(lo, hi))[0]
+        counts += bins.counts(core) if bins is not None else np.histogram(core, bins=s.bins, range=(lo, hi))[0]
     return phases.Histogram(counts, np.linspace(lo, hi, s.bins + 1))
 
 
