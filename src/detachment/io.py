@@ -488,7 +488,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float
         return f[VOLUME_DATASET][...].astype(np.float32, copy=False), voxel
 
 
-def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0
+def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0, reuse: bool = False
                       ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Read a contract volume slab by slab, each slab with ``halo`` extra slices on either side.
 
@@ -500,6 +500,9 @@ def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0
         Slices per slab (at least 1).
     halo : int, default 0
         Extra slices read on each side of a slab, clipped to the volume.
+    reuse : bool, default False
+        Read a float32 volume into one buffer, overwritten by the next slab (no allocation per slab;
+        the caller must not keep ``data``).
 
     Yields
     ------
@@ -515,9 +518,14 @@ def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0
     shape, _ = read_volume_info(path)
     with h5py.File(path, "r") as f:
         d = f[VOLUME_DATASET]
+        buf = np.empty((min(shape[0], slab + 2 * halo),) + shape[1:], np.float32) if reuse else None
         for z0, z1 in slab_ranges(shape[0], slab):
             a, b = max(0, z0 - halo), min(shape[0], z1 + halo)
-            yield z0, z1, d[a:b].astype(np.float32, copy=False)
+            if buf is not None and d.dtype == np.float32:
+                d.read_direct(buf, np.s_[a:b], np.s_[0:b - a])
+                yield z0, z1, buf[: b - a]
+            else:
+                yield z0, z1, d[a:b].astype(np.float32, copy=False)
 
 
 def write_arrays(path: str | os.PathLike, arrays: dict[str, np.ndarray], attrs: dict | None = None,

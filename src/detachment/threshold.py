@@ -3,7 +3,12 @@
 Pass 1 reads the grey-level range, pass 2 the histogram; the phase model is
 fitted on the histogram (:mod:`detachment.phases`); pass 3 classifies each slab
 with a halo of slices for the local clean-ups and accumulates the per-phase
-interior histograms used for the FWHMs.
+interior histograms used for the FWHMs. Without denoising, passes 1 and 2 read
+the slabs without halo. Pass 3 classifies with
+:class:`detachment.slab_phases.SlabClassifier` and the histograms use
+:class:`detachment.binning.UniformBins`: they give exactly what
+:func:`classify_slab` and numpy.histogram give (``tests/test_threshold.py``),
+in less time.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import io, phases
+from . import io, phases, slab_phases
+from .binning import UniformBins
 
 log = logging.getLogger(__name__)
 
@@ -74,65 +80,159 @@ class ThresholdResult:
 
 
 def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettings) -> np.ndarray:
-    """Phase codes of one (z, y, x) slab (already denoised), with the local clean-ups."""
+    """Phase codes of one (z, y, x) slab (already denoised), with the local clean-ups.
+
+    The plain composition of :mod:`detachment.phases`; :func:`threshold_volume` computes the same codes
+    with :class:`detachment.slab_phases.SlabClassifier`.
+    """
     p = phases.classify(data, model)
     p = phases.remove_thin_collector(p, data, model, s.collector_min_thickness_vox)
     return phases.refine_nmc_domains(data, p, model, s.domain_sigma_vox)
 
 
+def _slabs(volume_path, s: ThresholdSettings, depth: int, halo: int, desc: str, progress: bool):
+    """``(z0, z1, a, data)``: denoised float32 slab covering ``[a, z0 + slab + halo)``, ``a = z0 - halo`` clipped."""
+    it = io.iter_volume_slabs(volume_path, s.slab, halo, reuse=True)
+    for z0, z1, data in tqdm(it, total=math.ceil(depth / s.slab), desc=desc, disable=not progress, unit="slab"):
+        yield z0, z1, max(0, z0 - halo), phases.denoise(data, s.denoise, s.denoise_sigma_vox)
+
+
+def _uniform_bins(lo, hi, n: int, edge_type) -> UniformBins | None:
+    """Fast bins equal to ``np.histogram(v, n, range=(lo, hi))`` for float32 ``v``, or None where not built.
+
+    ``edge_type`` is the type numpy.histogram compares in: float32 for Python-float ``lo, hi``, float64
+    for numpy float64 ones. Equality with numpy.histogram is checked on the edges and the float32 values
+    beside them; where it fails (or the range is degenerate) the caller uses numpy.histogram.
+    """
+    try:
+        bins = UniformBins(np.linspace(lo, hi, n + 1, dtype=edge_type))
+    except ValueError:
+        return None
+    e = np.linspace(lo, hi, n + 1, dtype=edge_type).astype(np.float32)
+    probe = np.concatenate([e, np.nextafter(e, np.float32(-np.inf)), np.nextafter(e, np.float32(np.inf))])
+    probe = probe[(probe >= np.float32(lo)) & (probe <= np.float32(hi))]
+    if not np.array_equal(bins.counts(probe), np.histogram(probe, bins=n, range=(lo, hi))[0]):
+        return None
+    return bins
+
+
+def _grey_histogram(volume_path, s: ThresholdSettings, depth: int, progress: bool) -> phases.Histogram:
+    """Passes 1 and 2: the grey-level range, then the histogram of ``s.bins`` bins over it (Supp. Fig. 1)."""
+    halo = s.halo if s.denoise != "none" else 0  # without denoising, a slab's core needs no neighbours
+    lo, hi = np.inf, -np.inf
+    for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "range", progress):
+        core = data[z0 - a: z1 - a]
+        lo, hi = min(lo, float(core.min())), max(hi, float(core.max()))
+    bins = _uniform_bins(lo, hi, s.bins, np.float32)
+    counts = np.zeros(s.bins, np.int64)
+    for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "histogram", progress):
+        core = data[z0 - a: z1 - a]
+        counts += bins.counts(core) if bins is not None else np.histogram(core, bins=s.bins, range=(lo, hi))[0]
+    return phases.Histogram(counts, np.linspace(lo, hi, s.bins + 1))
+
+
+def _slab_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Fine histograms of the interior voxels of each phase code and per-slice voxel counts of ``p[rows]``.
+
+    Parameters
+    ----------
+    values : float32 grey levels of ``p[rows]`` (z, y, x).
+    p : uint8 phase codes (z, y, x); the rows beside ``rows`` decide which voxels are interior.
+    rows : the z rows counted.
+    fine : the fine bins.
+
+    Returns
+    -------
+    interior : int64 (5, fine.n), as :func:`detachment.phases.interior_histograms` with ``keep`` = ``rows``.
+    per_slice : int64 (z, 5), voxels of each code (columns 0..4) in each slice.
+    """
+    n = len(phases.PHASE_NAMES)
+    same = slab_phases.same_as_neighbours(p, rows)
+    cls = p[rows] + np.uint8(n)  # code c for interior voxels, n + c for the others
+    cls -= same.view(np.uint8) * np.uint8(n)
+    interior = np.zeros((n, fine.n), np.int64)
+    per_slice = np.zeros((cls.shape[0], n), np.int64)
+    for z in range(cls.shape[0]):  # slice by slice, so the temporaries stay in the CPU cache
+        key = fine.index(values[z])
+        key += cls[z] * np.int32(fine.n)
+        counts = np.bincount(key.ravel(), minlength=2 * n * fine.n).reshape(2, n, fine.n)
+        interior += counts[0]
+        per_slice[z] = counts.sum(axis=(0, 2))
+    return interior, per_slice
+
+
+def _slice_counts(core: np.ndarray) -> np.ndarray:
+    """Voxels of each phase code (columns 0..4) in each z slice of ``core`` (uint8 codes, z, y, x)."""
+    flat = core.reshape(core.shape[0], -1)
+    return np.stack([np.count_nonzero(flat == code, axis=1) for code in phases.PHASE_NAMES], axis=1)
+
+
 def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, progress: bool = True
                      ) -> ThresholdResult:
-    """Classify every voxel of ``volume_path`` and write ``/phases`` (uint8) to ``phases_path`` atomically."""
+    """Classify every voxel of ``volume_path`` and write ``/phases`` (uint8) to ``phases_path`` atomically.
+
+    Parameters
+    ----------
+    volume_path : volume file (docs/outputs.md: ``/volume`` float32, z, y, x).
+    phases_path : the phase map to write (``/phases`` uint8 codes, gzip).
+    settings : the ``threshold`` config section.
+    progress : show progress bars.
+
+    Returns
+    -------
+    ThresholdResult
+        The phase model, the grey-level histogram, per-phase FWHMs of interior voxels, volume fractions
+        and per-slice voxel counts of each code.
+    """
     s = settings
     shape, voxel = io.read_volume_info(volume_path)
     halo = s.halo
-
-    def slabs(desc):
-        it = io.iter_volume_slabs(volume_path, s.slab, halo)
-        for z0, z1, data in tqdm(it, total=math.ceil(shape[0] / s.slab), desc=desc, disable=not progress,
-                                 unit="slab"):
-            data = phases.denoise(data, s.denoise, s.denoise_sigma_vox)
-            a = max(0, z0 - halo)
-            yield z0, z1, a, data
-
-    lo, hi = np.inf, -np.inf
-    for z0, z1, a, data in slabs("range"):
-        core = data[z0 - a: z1 - a]
-        lo, hi = min(lo, float(core.min())), max(hi, float(core.max()))
-    edges = np.linspace(lo, hi, s.bins + 1)
-    counts = np.zeros(s.bins, np.int64)
-    for z0, z1, a, data in slabs("histogram"):
-        counts += np.histogram(data[z0 - a: z1 - a], bins=s.bins, range=(lo, hi))[0]
-    hist = phases.Histogram(counts, edges)
+    hist = _grey_histogram(volume_path, s, shape[0], progress)
+    lo, hi = float(hist.edges[0]), float(hist.edges[-1])
     model = phases.fit_phase_model(hist, s.method, s.order)
     log.info("%s thresholds %s", s.method, np.round(model.thresholds, 4))
 
     fine_edges = np.linspace(lo, hi, 4 * s.bins + 1)
+    fine = _uniform_bins(fine_edges[0], fine_edges[-1], 4 * s.bins, np.float64)
+    classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, s.domain_sigma_vox,
+                                            value_range=(lo, hi) if s.denoise == "none" else None)
     interior = np.zeros((len(phases.PHASE_NAMES), 4 * s.bins), np.int64)
-    frac = np.zeros(len(phases.PHASE_NAMES), np.int64)
     per_slice = np.zeros((shape[0], len(phases.PHASE_NAMES)), np.int64)
     with io.atomic_output(phases_path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("phases", shape=shape, dtype=np.uint8, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
-        for z0, z1, a, data in slabs("classify"):
-            p = classify_slab(data, model, s)
+        for z0, z1, a, data in _slabs(volume_path, s, shape[0], halo, "classify", progress):
             # one extra slice each side so the erosion of the interior is exact at slab seams
             b0, b1 = max(0, z0 - 1) - a, min(shape[0], z1 + 1) - a
-            keep = np.zeros(b1 - b0, bool)
-            keep[z0 - a - b0: z1 - a - b0] = True
-            interior += phases.interior_histograms(data[b0:b1], p[b0:b1], fine_edges, keep=keep)
-            core = p[z0 - a: z1 - a]
-            d[z0:z1] = core
-            frac += np.bincount(core.ravel(), minlength=len(frac))[: len(frac)]
-            flat = core.reshape(z1 - z0, -1)
-            for code in phases.PHASE_NAMES:
-                per_slice[z0:z1, code] = np.count_nonzero(flat == code, axis=1)
-        d.attrs["voxel_size_um"] = np.asarray(voxel)
-        d.attrs["codes"] = ", ".join(f"{c}={n}" for c, n in phases.PHASE_NAMES.items())
-        d.attrs["method"] = s.method
-        d.attrs["thresholds"] = model.thresholds
-        d.attrs["means"] = np.asarray(model.means, float)  # grey level of each phase, in ``order``
-        d.attrs["order"] = ", ".join(model.names)
+            p = classifier(data, slice(b0, b1))
+            rows = slice(z0 - a - b0, z1 - a - b0)
+            d[z0:z1] = p[rows]
+            if fine is not None:
+                counts, per_slice[z0:z1] = _slab_counts(data[z0 - a: z1 - a], p, rows, fine)
+                interior += counts
+            else:
+                keep = np.zeros(b1 - b0, bool)
+                keep[rows] = True
+                interior += phases.interior_histograms(data[b0:b1], p, fine_edges, keep=keep)
+                per_slice[z0:z1] = _slice_counts(p[rows])
+        _write_attrs(d, voxel, s, model)
+    frac = per_slice.sum(0)
+    return ThresholdResult(model, hist, _fwhm_table(model, interior, fine_edges, frac),
+                           {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, per_slice)
+
+
+def _write_attrs(d, voxel, s: ThresholdSettings, model: phases.PhaseModel) -> None:
+    d.attrs["voxel_size_um"] = np.asarray(voxel)
+    d.attrs["codes"] = ", ".join(f"{c}={n}" for c, n in phases.PHASE_NAMES.items())
+    d.attrs["method"] = s.method
+    d.attrs["thresholds"] = model.thresholds
+    d.attrs["means"] = np.asarray(model.means, float)  # grey level of each phase, in ``order``
+    d.attrs["order"] = ", ".join(model.names)
+
+
+def _fwhm_table(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np.ndarray,
+                frac: np.ndarray) -> pd.DataFrame:
     rows = []
     for code, name in phases.PHASE_NAMES.items():
         centre, fwhm = phases.fit_fwhm(interior[code], fine_edges)
@@ -142,8 +242,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
                      "model_mean": model.means[k], "model_fwhm": model.sigmas[k] * phases.FWHM_PER_SIGMA,
                      "threshold_below": model.thresholds[k - 1] if k > 0 else np.nan,
                      "threshold_above": model.thresholds[k] if k < len(model.thresholds) else np.nan})
-    return ThresholdResult(model, hist, pd.DataFrame(rows),
-                           {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, per_slice)
+    return pd.DataFrame(rows)
 
 
 def histogram_table(result: ThresholdResult) -> pd.DataFrame:

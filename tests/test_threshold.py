@@ -1,0 +1,154 @@
+"""The fast streamed thresholding against plain, unstreamed oracles: numpy.histogram, scipy.ndimage
+morphology, the reference composition :func:`detachment.threshold.classify_slab` and a direct whole-volume
+computation of the phase map, interior-voxel histograms and per-slice counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from detachment import io, phases
+from detachment.binning import UniformBins, ceil_float32
+from detachment.slab_phases import SlabClassifier, dilate6_border, erode6, opening6, same_as_neighbours
+from detachment.threshold import ThresholdSettings, classify_slab, threshold_volume
+
+CROSS = ndimage.generate_binary_structure(3, 1)
+
+
+def _near_edges(edges: np.ndarray) -> np.ndarray:
+    """float32 values on and beside each edge (both roundings of a float64 edge)."""
+    e = np.concatenate([np.asarray(edges).astype(np.float32), ceil_float32(edges)])
+    return np.concatenate([e, np.nextafter(e, np.float32(-np.inf)), np.nextafter(e, np.float32(np.inf))])
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("edge_type", [np.float32, np.float64])
+def test_uniform_bins_equal_numpy_histogram_next_to_every_edge(seed, edge_type):
+    rng = np.random.default_rng(seed)
+    lo = np.float32(rng.normal() * 10.0 ** rng.uniform(-2, 1))
+    hi = np.float32(lo + np.float32(10.0 ** rng.uniform(-2, 1)))
+    n = int(rng.choice([7, 256, 1024]))
+    edges = np.linspace(float(lo), float(hi), n + 1, dtype=edge_type)
+    v = np.concatenate([rng.uniform(lo, hi, 20_000).astype(np.float32), _near_edges(edges), [lo, hi]])
+    v = v[(v >= lo) & (v <= hi)].astype(np.float32)
+    # the range as threshold_volume passes it: Python floats compare in float32, numpy float64 in float64
+    value_range = (float(lo), float(hi)) if edge_type is np.float32 else (edges[0], edges[-1])
+    expected = np.histogram(v, bins=n, range=value_range)[0]
+    np.testing.assert_array_equal(UniformBins(edges).counts(v), expected)
+    np.testing.assert_array_equal(np.bincount(UniformBins(edges).index(v), minlength=n), expected)
+
+
+def test_uniform_bins_refuse_a_range_too_narrow_for_their_grid():
+    with pytest.raises(ValueError):
+        UniformBins(np.linspace(18.434334, 18.434483, 1025, dtype=np.float32))
+    with pytest.raises(ValueError):
+        UniformBins(np.zeros(5, np.float32))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cross_morphology_equals_scipy(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        shape = tuple(rng.integers(1, 9, 3))
+        m = rng.random(shape) < rng.random()
+        np.testing.assert_array_equal(erode6(m), ndimage.binary_erosion(m, CROSS, border_value=1))
+        np.testing.assert_array_equal(dilate6_border(m), ndimage.binary_dilation(m, CROSS, border_value=1))
+        r = int(rng.integers(1, 4))
+        np.testing.assert_array_equal(opening6(m, r),
+                                      ndimage.binary_opening(m, CROSS, iterations=r, border_value=1))
+
+
+def test_same_as_neighbours_is_the_interior_of_each_code():
+    rng = np.random.default_rng(3)
+    p = rng.integers(0, 3, (9, 11, 12)).astype(np.uint8)
+    p[2:7, 2:9, 3:10] = 1  # a block with an interior
+    for rows in (slice(0, 9), slice(1, 8), slice(3, 4), slice(0, 1), slice(8, 9)):
+        expected = np.zeros(p[rows].shape, bool)
+        for code in range(3):
+            expected |= ndimage.binary_erosion(p == code, CROSS, border_value=1)[rows] & (p[rows] == code)
+        np.testing.assert_array_equal(same_as_neighbours(p, rows), expected)
+
+
+MEANS = {"void": 0.0, "cbd": 0.3, "al": 0.5, "nmc_low": 0.72, "nmc_high": 0.9}
+
+
+def _model(order=phases.DEFAULT_ORDER):
+    mu = np.array([MEANS[n] for n in order])
+    return phases.PhaseModel(tuple(order), (mu[1:] + mu[:-1]) / 2, mu, np.full(5, 0.02), np.full(5, 0.2), "test")
+
+
+def _hard_volume(model, rng, shape=(14, 24, 26)):
+    """Grey levels on and beside every threshold, thin Al sheets, and NMC regions whose local mean sits
+    within float32 rounding of the NMC low / high threshold (so the screening cannot decide them)."""
+    t = np.sort(model.thresholds)
+    near = _near_edges(t)
+    v = rng.choice(np.concatenate([near, rng.uniform(-0.1, 1.0, 64).astype(np.float32)]), shape)
+    thr = np.float32(model.thresholds[model.names.index("nmc_low")])
+    ulps = thr + rng.integers(-3, 4, (6, 10, 10)).astype(np.float32) * np.spacing(thr)
+    v[4:10, 5:15, 5:15] = ulps
+    v[2, 3:20, 3:20] = model.means[model.names.index("al")]  # a one-voxel Al sheet
+    return v.astype(np.float32)
+
+
+@pytest.mark.parametrize("order", [phases.DEFAULT_ORDER, ("void", "al", "cbd", "nmc_low", "nmc_high"),
+                                   ("al", "void", "cbd", "nmc_low", "nmc_high"), ("void", "nmc_low", "cbd", "al", "nmc_high")])
+@pytest.mark.parametrize("thickness, sigma", [(3, 0.7), (5, 1.0), (1, 0.4), (3, 0.0), (2, 1.6)])
+def test_slab_classifier_equals_the_reference_composition(order, thickness, sigma):
+    model = _model(order)
+    s = ThresholdSettings(order=order, collector_min_thickness_vox=thickness, domain_sigma_vox=sigma)
+    vol = _hard_volume(model, np.random.default_rng(len(order[0]) + thickness))
+    expected = classify_slab(vol, model, s)
+    fast = SlabClassifier(model, thickness, sigma)
+    np.testing.assert_array_equal(fast(vol), expected)
+    np.testing.assert_array_equal(fast(vol, slice(3, 11)), expected[3:11])
+    # every NMC voxel through the exact per-voxel recomputation, and through the whole-slab fallback
+    exact = SlabClassifier(model, thickness, sigma, screen=False)
+    exact.max_exact = 10**9
+    np.testing.assert_array_equal(exact(vol, slice(5, 9)), expected[5:9])
+    exact.max_exact = 0
+    np.testing.assert_array_equal(exact(vol), expected)
+
+
+def test_slab_classifier_equals_the_reference_on_a_phantom():
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    vol = generate_phantom(PhantomParams(shape_zyx=(24, 64, 64), n_particles=10, diameter_median_um=5,
+                                         diameter_min_um=3.5, diameter_max_um=8), seed=9).volume
+    model = _model()
+    np.testing.assert_array_equal(SlabClassifier(model, 3, 0.7)(vol), classify_slab(vol, model, ThresholdSettings()))
+
+
+def _direct(vol: np.ndarray, s: ThresholdSettings):
+    """Unstreamed thresholding of a whole volume with the reference functions."""
+    lo, hi = float(vol.min()), float(vol.max())
+    hist = phases.Histogram(np.histogram(vol, bins=s.bins, range=(lo, hi))[0], np.linspace(lo, hi, s.bins + 1))
+    model = phases.fit_phase_model(hist, s.method, s.order)
+    p = classify_slab(vol, model, s)
+    fine = np.linspace(lo, hi, 4 * s.bins + 1)
+    interior = phases.interior_histograms(vol, p, fine)
+    per_slice = np.stack([(p == c).sum(axis=(1, 2)) for c in phases.PHASE_NAMES], axis=1)
+    return model, p, interior, fine, per_slice
+
+
+@pytest.mark.parametrize("slab, fast_bins", [(1, True), (4, True), (100, True), (4, False)])
+def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path, monkeypatch, slab, fast_bins):
+    from detachment import threshold
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    if not fast_bins:  # the numpy.histogram path taken where the cell grid cannot be built
+        monkeypatch.setattr(threshold, "_uniform_bins", lambda *args: None)
+
+    vol = generate_phantom(PhantomParams(shape_zyx=(20, 48, 48), n_particles=6, diameter_median_um=5,
+                                         diameter_min_um=3.5, diameter_max_um=7), seed=4).volume
+    io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
+    s = ThresholdSettings(slab=slab)
+    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False)
+    model, p, interior, fine, per_slice = _direct(vol, s)
+    np.testing.assert_array_equal(res.model.thresholds, model.thresholds)
+    np.testing.assert_array_equal(io.read_dataset(tmp_path / "p.h5", "phases"), p)
+    np.testing.assert_array_equal(res.counts_per_slice, per_slice)
+    for row in res.fwhm.itertuples():
+        centre, fwhm = phases.fit_fwhm(interior[row.code], fine)
+        assert row.interior_voxels == interior[row.code].sum()
+        assert (row.centre, row.fwhm) == (centre, fwhm) or np.isnan(centre) and np.isnan(row.centre)
