@@ -291,3 +291,38 @@ def test_bad_input_sheet_presets_and_phantom_labels_are_refused(tmp_path, row, e
     r = run_snakemake(work, "-n")
     assert r.returncode != 0
     assert expected in r.stdout + r.stderr
+
+
+def test_tiny_run_linking_watershed_and_science_against_the_truth(finished_run):
+    """Loose bounds on the tiny run's downstream steps, each against the phantom's truth, that a broken step
+    would fail. The tiny run's CNN is trained for a few iterations only and finds no particle: its outputs
+    are checked for their contract here; its accuracy is tested in test_maskrcnn and measured by make run."""
+    results = finished_run / "results"
+    samples = ("cell_1C", "cell_C10", "unseen_1C", "unseen_C10")
+    linking = pd.read_csv(results / "linking" / "summary.csv")
+    true_input = linking[linking.input == "true_slices"]
+    assert set(true_input["sample"]) == set(samples)
+    # the linker on the truth's own slices rebuilds every particle
+    hungarian = true_input[true_input.method == "hungarian"]
+    assert (hungarian.recovered >= 0.99).all() and (hungarian.mean_iou > 0.95).all()
+    # the 3D watershed baseline finds most particles
+    assert (linking[linking.method == "watershed_3d"].recovered >= 0.4).all()
+    summary = pd.read_csv(results / "comparison" / "metrics_summary.csv").set_index(["method", "metric"])
+    assert summary.loc[("watershed", "precision"), "mean"] > 0.5
+    assert summary.loc[("watershed", "sensitivity"), "mean"] > 0.5
+    # science on the truth's envelopes measured on the pipeline's phase map: every particle matched,
+    # detachment within 0.3 (planted means 0.45 / 0.20) and the crack surface within 30 %
+    science = pd.read_csv(results / "statistics" / "validation.csv")
+    true_env = science[(science.source.astype(str).str.lower() == "true") & science["sample"].isin(samples)]
+    assert set(true_env["sample"]) == set(samples)
+    assert (true_env.n_matched == true_env.n_truth).all() and (true_env.n_truth > 0).all()
+    assert (true_env.detachment_mae < 0.3).all()
+    assert (true_env.crack_surface_rel_error_of_mean.abs() < 0.3).all()
+    for sample in samples:
+        truth = pd.read_csv(results / sample / "truth_particles.csv")
+        assert len(truth) > 0 and truth.detachment.between(0, 1).all()
+        with h5py.File(results / sample / "cnn" / "slices.h5") as f, h5py.File(results / sample / "volume.h5") as v:
+            assert f["labels"].shape == v["volume"].shape
+        slices = pd.read_csv(results / sample / "cnn" / "slices.csv")
+        assert {"z", "label", "score", "detection"} <= set(slices.columns)
+        assert slices.score.between(0, 1).all()
