@@ -1,16 +1,10 @@
 """Bin indices of float32 grey levels on uniform bins, equal to :func:`numpy.histogram`'s.
 
-numpy.histogram with ``bins=n`` and ``range=(lo, hi)`` puts a value ``v`` in bin
-``i`` when ``edges[i] <= v < edges[i + 1]`` (the last bin also holds ``hi``),
-comparing in the type of its edges (float32 when ``lo`` and ``hi`` are Python
-floats and the data float32; float64 when they are numpy float64). Here the
-comparison is made once per volume on a fine grid of cells instead of per
-voxel: ``x = (v - lo) * scale`` in float32 is monotone in ``v``, so its integer
-part ``q`` splits the float32 line into consecutive cells; a lookup table gives
-the bin of each cell that lies inside one bin, and the few voxels in a cell
-holding an edge are compared with that edge. The result is exact, not an
-approximation (``tests/test_threshold.py`` checks it against numpy.histogram on
-values next to every edge).
+:class:`UniformBins` gives the bin of each value (:meth:`UniformBins.index`) and the histogram
+(:meth:`UniformBins.counts`) exactly as ``np.histogram(v, n, range=(lo, hi))`` does, from a lookup
+table over a fine grid of cells, comparing only the values in a cell that holds an edge with that
+edge (docs/methods.md, "Streamed thresholding"). :func:`ceil_float32` rounds float64 thresholds up
+to float32. ``tests/test_threshold.py`` checks the equality on values next to every edge.
 """
 
 from __future__ import annotations
@@ -28,12 +22,13 @@ def ceil_float32(x) -> np.ndarray:
 
     Parameters
     ----------
-    x : array_like of float64
+    x : array_like
+        float64 values (e.g. thresholds, grey level), any shape.
 
     Returns
     -------
-    np.ndarray
-        float32, same shape.
+    numpy.ndarray
+        float32, same shape as ``x``.
     """
     x = np.asarray(x, np.float64)
     c = x.astype(np.float32)
@@ -45,13 +40,30 @@ class UniformBins:
 
     Parameters
     ----------
-    edges : (n + 1,) increasing array, float32 or float64 (the type numpy.histogram compares in);
-        evenly spaced, as from ``np.linspace``.
+    edges : numpy.ndarray
+        (n + 1,) increasing bin edges, grey level, float32 or float64 (the type numpy.histogram
+        compares in), evenly spaced as from ``np.linspace``; the end edges must be float32 values.
+
+    Attributes
+    ----------
+    n : int
+        Number of bins.
+    lo : numpy.float32
+        The lowest edge.
+    inner : numpy.ndarray
+        (n - 1,) float32 inner edges (float64 ones rounded up by :func:`ceil_float32`).
+    scale : numpy.float32
+        Cells per grey-level unit.
+    lut : numpy.ndarray
+        int32 bin of the values in each cell (the bin below the edge in a cell that holds one).
+    edge_in : numpy.ndarray
+        float32 edge inside each cell, +inf where a cell holds none.
 
     Raises
     ------
     ValueError
-        When the edges are not increasing or the grid cannot be built (the caller then uses numpy.histogram).
+        When the edges are not increasing, the end edges are not float32 values, or the grid cannot be
+        built (range too small, bins narrower than two cells); the caller then uses numpy.histogram.
     """
 
     def __init__(self, edges: np.ndarray):
@@ -90,12 +102,14 @@ class UniformBins:
 
         Parameters
         ----------
-        v : float32 array of values in ``[edges[0], edges[-1]]`` (grey levels); at most a few
-            :data:`BLOCK` values for speed (the caller splits larger arrays).
+        v : numpy.ndarray
+            float32 grey levels in ``[edges[0], edges[-1]]``, any shape; at most a few :data:`BLOCK`
+            values for speed (the caller splits larger arrays). Values outside the range give wrong
+            bins or an IndexError.
 
         Returns
         -------
-        np.ndarray
+        numpy.ndarray
             int32 bin indices in ``0 .. n - 1``, same shape as ``v``.
         """
         q = self._cells(v)
@@ -108,12 +122,13 @@ class UniformBins:
 
         Parameters
         ----------
-        v : float32 array (any shape) of values in ``[edges[0], edges[-1]]`` (grey levels).
+        v : numpy.ndarray
+            float32 grey levels in ``[edges[0], edges[-1]]``, any shape.
 
         Returns
         -------
-        np.ndarray
-            int64 voxel counts per bin, shape (n,).
+        numpy.ndarray
+            (n,) int64 voxel counts per bin.
         """
         flat = np.ravel(v)
         out = np.zeros(self.n, np.int64)

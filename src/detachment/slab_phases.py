@@ -1,24 +1,12 @@
 """Phase classification of a slab, voxel for voxel equal to :func:`detachment.threshold.classify_slab`.
 
-:func:`detachment.threshold.classify_slab` composes the readable definitions in
-:mod:`detachment.phases` (per-voxel thresholds, removal of thin Al, NMC domain
-refinement). :class:`SlabClassifier` computes the same phase codes faster:
-
-* thresholds are compared in float32 (each float64 threshold rounded up to
-  the next float32, which gives the same answer for float32 grey levels);
-* the binary erosions and dilations by the 6-neighbour cross are shifted
-  boolean ANDs / ORs (about 10x faster than scipy.ndimage's generic
-  structuring-element loop on a 42 x 384 x 384 slab);
-* the NMC refinement needs, per NMC voxel, the sign of
-  ``G * ((v - thr) w)`` (``G`` the Gaussian, ``w`` the interior weights):
-  that is ``local >= thr`` of :func:`detachment.phases.refine_nmc_domains`.
-  It is evaluated in float32 with an error bound (:meth:`SlabClassifier._bound`);
-  the few voxels whose value lies within the bound are recomputed exactly as
-  the reference does (scipy.ndimage's Gaussian passes in float64, on crops
-  around them that hold the same inputs).
-
-``tests/test_threshold.py`` checks the equality against the reference on
-phantoms, random volumes and unusual settings.
+:class:`SlabClassifier` computes the phase codes of :mod:`detachment.phases` (per-voxel thresholds,
+removal of thin Al, NMC domain refinement) faster: float32 threshold comparisons, morphology by the
+6-neighbour cross as shifted boolean ANDs / ORs (:func:`erode6`, :func:`dilate6_border`,
+:func:`opening6`), and the NMC refinement screened in float32 with an error bound and recomputed
+exactly where the bound cannot decide (docs/methods.md, "Streamed thresholding").
+:func:`same_as_neighbours` marks the interior voxels of the FWHM histograms. ``tests/test_threshold.py``
+checks the equality against the reference on phantoms, random volumes and unusual settings.
 """
 
 from __future__ import annotations
@@ -50,12 +38,13 @@ def erode6(mask: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    mask : bool array (z, y, x).
+    mask : numpy.ndarray
+        (z, y, x) bool mask.
 
     Returns
     -------
-    np.ndarray
-        bool array, same shape.
+    numpy.ndarray
+        (z, y, x) bool, a new array.
     """
     out = mask.copy()
     for axis in range(mask.ndim):
@@ -73,12 +62,13 @@ def dilate6_border(mask: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    mask : bool array (z, y, x).
+    mask : numpy.ndarray
+        (z, y, x) bool mask.
 
     Returns
     -------
-    np.ndarray
-        bool array, same shape.
+    numpy.ndarray
+        (z, y, x) bool, a new array.
     """
     out = mask.copy()
     for axis in range(mask.ndim):
@@ -97,13 +87,16 @@ def opening6(mask: np.ndarray, iterations: int) -> np.ndarray:
 
     Parameters
     ----------
-    mask : bool array (z, y, x).
-    iterations : erosions (then as many dilations) by the 6-neighbour cross.
+    mask : numpy.ndarray
+        (z, y, x) bool mask.
+    iterations : int
+        Erosions (then as many dilations) by the 6-neighbour cross, :func:`erode6` and
+        :func:`dilate6_border`.
 
     Returns
     -------
-    np.ndarray
-        bool array, same shape.
+    numpy.ndarray
+        (z, y, x) bool (``mask`` itself for 0 iterations).
     """
     out = mask
     for _ in range(iterations):
@@ -121,13 +114,15 @@ def same_as_neighbours(p: np.ndarray, rows: slice) -> np.ndarray:
 
     Parameters
     ----------
-    p : uint8 phase codes (z, y, x).
-    rows : the z rows to return (step 1).
+    p : numpy.ndarray
+        (z, y, x) uint8 phase codes; the rows beside ``rows`` serve as z neighbours.
+    rows : slice
+        The z rows to return (step 1).
 
     Returns
     -------
-    np.ndarray
-        bool array of shape ``p[rows].shape``.
+    numpy.ndarray
+        bool, shape ``p[rows].shape``.
     """
     z0, z1, _ = rows.indices(p.shape[0])
     core = p[z0:z1]
@@ -150,12 +145,13 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
 
     Parameters
     ----------
-    sigma : standard deviation in voxels (> 0).
+    sigma : float
+        Standard deviation, voxels (> 0).
 
     Returns
     -------
-    np.ndarray
-        ``2 R + 1`` weights summing to 1, ``R = int(4 sigma + 0.5)``.
+    numpy.ndarray
+        (2 R + 1,) float64 weights summing to 1, ``R = int(4 sigma + 0.5)``.
     """
     radius = int(4.0 * sigma + 0.5)
     x = np.arange(-radius, radius + 1)
@@ -197,12 +193,30 @@ class SlabClassifier:
 
     Parameters
     ----------
-    model : the phase model (thresholds, means, class order).
-    collector_min_thickness_vox : Al structures thinner than this (voxels) are reassigned.
-    domain_sigma_vox : σ (voxels) of the NMC domain refinement; 0 turns it off.
-    screen : decide the NMC refinement from the float32 bound where it is certain (False: recompute every
+    model : detachment.phases.PhaseModel
+        The phase model (thresholds, means, class order).
+    collector_min_thickness_vox : int
+        Al structures thinner than this (voxels) are reassigned
+        (:func:`detachment.phases.remove_thin_collector`); 1 or less turns it off.
+    domain_sigma_vox : float
+        σ (voxels) of the NMC domain refinement; 0 turns it off.
+    screen : bool, default True
+        Decide the NMC refinement from the float32 bound where it is certain (False: recompute every
         NMC voxel exactly, for tests).
-    value_range : bounds (lo, hi) of every grey level that will be passed, if known (else each slab's).
+    value_range : tuple of float, optional
+        Bounds ``(lo, hi)`` of every grey level that will be passed, if known (else each slab's
+        minimum and maximum); they size the error bound.
+
+    Attributes
+    ----------
+    max_exact : int
+        Above this many undecided voxels in a slab, the refinement is recomputed whole by
+        :func:`detachment.phases.refine_nmc_domains`.
+    refines : bool
+        Whether the NMC refinement runs (the model has ``nmc_low`` and ``nmc_high`` and σ > 0).
+    screen : bool
+        Whether the float32 screening is used: ``screen``, and off where the reference's
+        ``max(den, 1e-6)`` could apply (a very small σ).
     """
 
     #: above this many undecided voxels in a slab, the refinement is recomputed whole by the reference
@@ -233,12 +247,13 @@ class SlabClassifier:
 
         Parameters
         ----------
-        data : float32 grey levels (z, y, x).
+        data : numpy.ndarray
+            (z, y, x) float32 grey levels.
 
         Returns
         -------
-        np.ndarray
-            uint8 phase codes, same shape.
+        numpy.ndarray
+            (z, y, x) uint8 phase codes.
         """
         p = np.full(data.shape, self.first, np.uint8)
         above = np.empty(data.shape[1:], bool)
@@ -255,8 +270,10 @@ class SlabClassifier:
 
         Parameters
         ----------
-        data : float32 grey levels (z, y, x).
-        p : uint8 phase codes of ``data`` (z, y, x), changed in place.
+        data : numpy.ndarray
+            (z, y, x) float32 grey levels.
+        p : numpy.ndarray
+            (z, y, x) uint8 phase codes of ``data`` (contiguous), changed in place.
         """
         m = self.model
         if "al" not in m.names or self.thickness <= 1:
@@ -278,14 +295,21 @@ class SlabClassifier:
 
         Parameters
         ----------
-        data : float32 grey levels (z, y, x) of the slab (denoised as configured).
-        rows : z rows of the slab to return (step 1); the result there equals
+        data : numpy.ndarray
+            (z, y, x) float32 grey levels of the slab (denoised as configured).
+        rows : slice, default all
+            z rows of the slab to return (step 1); the result there equals
             ``threshold.classify_slab(data, ...)[rows]``.
 
         Returns
         -------
-        np.ndarray
+        numpy.ndarray
             uint8 phase codes, shape ``data[rows].shape``.
+
+        Raises
+        ------
+        TypeError
+            When ``data`` is not float32.
         """
         if data.dtype != np.float32:
             raise TypeError(f"SlabClassifier needs float32 grey levels, got {data.dtype}")
@@ -301,10 +325,13 @@ class SlabClassifier:
 
         Parameters
         ----------
-        data : float32 grey levels (z, y, x) of the slab.
-        p : uint8 phase codes of the slab after the thin-collector clean-up; rows outside
-            ``z0:z1`` are left as they are.
-        z0, z1 : the rows to refine (slab indices).
+        data : numpy.ndarray
+            (z, y, x) float32 grey levels of the slab.
+        p : numpy.ndarray
+            (z, y, x) uint8 phase codes of the slab after the thin-collector clean-up, changed in
+            place; rows outside ``z0:z1`` are left as they are.
+        z0, z1 : int
+            The rows to refine, ``[z0, z1)`` (slab indices).
         """
         nmc = (p == phases.NMC_LOW) | (p == phases.NMC_HIGH)
         sel = nmc[z0:z1]
@@ -339,14 +366,18 @@ class SlabClassifier:
 
         Parameters
         ----------
-        data : float32 grey levels (z, y, x) of the slab.
-        nmc, interior : bool (z, y, x): NMC voxels and those not on an NMC surface.
-        voxels : (m, 3) int (z, y, x) indices into the slab.
+        data : numpy.ndarray
+            (z, y, x) float32 grey levels of the slab.
+        nmc, interior : numpy.ndarray
+            (z, y, x) bool: NMC voxels, and those not on an NMC surface.
+        voxels : numpy.ndarray
+            (m, 3) int (z, y, x) indices into the slab.
 
         Returns
         -------
-        np.ndarray
-            float64 (m,): ``num / max(den, 1e-6)`` of :func:`detachment.phases.refine_nmc_domains`.
+        numpy.ndarray
+            (m,) float64 ``num / max(den, 1e-6)`` of :func:`detachment.phases.refine_nmc_domains`,
+            grey level.
         """
         r, out = self.radius, np.empty(len(voxels))
         offsets = np.arange(-r, r + 1)

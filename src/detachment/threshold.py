@@ -1,14 +1,12 @@
 """Phase thresholding of a volume file, streamed slab by slab (memory ~ one slab + halo).
 
-Pass 1 reads the grey-level range, pass 2 the histogram; the phase model is
-fitted on the histogram (:mod:`detachment.phases`); pass 3 classifies each slab
-with a halo of slices for the local clean-ups and accumulates the per-phase
-interior histograms used for the FWHMs. Without denoising, passes 1 and 2 read
-the slabs without halo. Pass 3 classifies with
-:class:`detachment.slab_phases.SlabClassifier` and the histograms use
-:class:`detachment.binning.UniformBins`: they give exactly what
-:func:`classify_slab` and numpy.histogram give (``tests/test_threshold.py``),
-in less time.
+:func:`threshold_volume` reads the grey-level range and histogram, fits the phase model
+(:mod:`detachment.phases`), classifies each slab with a halo, writes ``phases.h5`` and accumulates
+the per-phase interior histograms for the FWHMs. It gives exactly what :func:`classify_slab` (the
+plain composition of :mod:`detachment.phases`) and numpy.histogram give, faster
+(:class:`detachment.slab_phases.SlabClassifier`, :class:`detachment.binning.UniformBins`;
+docs/methods.md, "Streamed thresholding"). Settings: :class:`ThresholdSettings`; the histogram
+table: :func:`histogram_table`.
 """
 
 from __future__ import annotations
@@ -30,7 +28,34 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ThresholdSettings:
-    """Settings of the ``threshold`` config section (see workflow/schemas/config.schema.yaml)."""
+    """Settings of the ``threshold`` config section (see workflow/schemas/config.schema.yaml).
+
+    Attributes
+    ----------
+    method : {"gmm", "multiotsu"}
+        Phase-model fit (:func:`detachment.phases.fit_phase_model`).
+    bins : int
+        Bins of the grey-level histogram the model is fitted on; the FWHM histograms have 4x as many.
+    order : tuple of str
+        The five phase names by increasing grey level (a list is turned into a tuple).
+    denoise : {"none", "gaussian", "median"}
+        Denoising before classification (:func:`detachment.phases.denoise`).
+    denoise_sigma_vox : float
+        Gaussian σ, or median radius, of the denoising, voxels.
+    collector_min_thickness_vox : int
+        Al structures thinner than this are reassigned (:func:`detachment.phases.remove_thin_collector`),
+        voxels; 1 or less turns it off.
+    domain_sigma_vox : float
+        σ of the NMC low / high refinement (:func:`detachment.phases.refine_nmc_domains`), voxels;
+        0 turns it off.
+    slab : int
+        Slices classified at a time.
+
+    Raises
+    ------
+    ValueError
+        When ``method`` or ``denoise`` is unknown, or ``order`` does not list each phase once.
+    """
 
     method: str = "gmm"
     bins: int = 256
@@ -53,6 +78,11 @@ class ThresholdSettings:
 
     @property
     def halo(self) -> int:
+        """Slices read on either side of a slab for the local clean-ups and the denoising, int.
+
+        ``max(collector_min_thickness_vox + 1, ceil(3 domain_sigma_vox) + 2)``, plus
+        ``ceil(3 denoise_sigma_vox) + 1`` when denoising.
+        """
         h = self.collector_min_thickness_vox + 1
         h = max(h, math.ceil(3 * self.domain_sigma_vox) + 2)
         if self.denoise != "none":
@@ -62,28 +92,62 @@ class ThresholdSettings:
 
 @dataclass
 class ThresholdResult:
+    """What :func:`threshold_volume` found, besides the phase map it wrote.
+
+    Attributes
+    ----------
+    model : detachment.phases.PhaseModel
+        The phase model fitted on ``histogram``.
+    histogram : detachment.phases.Histogram
+        Grey-level histogram of the whole volume (after denoising), ``bins`` bins over its range.
+    fwhm : pandas.DataFrame
+        One row per phase: ``phase``, ``code``, ``centre`` and ``fwhm`` (grey level, of its interior
+        voxels), ``interior_voxels``, ``volume_fraction`` (0-1), ``model_mean`` and ``model_fwhm``
+        (grey level, of the phase model), ``threshold_below`` and ``threshold_above`` (grey level,
+        NaN at the ends).
+    fractions : dict
+        Phase name -> volume fraction (0-1) in the written map.
+    counts_per_slice : numpy.ndarray
+        (z, 5) int64 voxel counts of each phase code (columns 0..4) in each slice of the written map.
+    """
+
     model: phases.PhaseModel
     histogram: phases.Histogram
     fwhm: pd.DataFrame
     fractions: dict
-    counts_per_slice: np.ndarray  # (z, phase code 0..4) voxel counts of the written map
+    counts_per_slice: np.ndarray
 
     @property
     def solid_per_slice(self) -> np.ndarray:
-        """NMC voxels (low + high density) in each z slice."""
+        """NMC voxels (low + high density) in each z slice, (z,) int64."""
         return self.counts_per_slice[:, phases.NMC_LOW] + self.counts_per_slice[:, phases.NMC_HIGH]
 
     @property
     def most_solid_slice(self) -> int:
-        """The z slice with the most NMC voxels (through the particle layer)."""
+        """Index of the z slice with the most NMC voxels (through the particle layer), int."""
         return int(np.argmax(self.solid_per_slice))
 
 
 def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettings) -> np.ndarray:
     """Phase codes of one (z, y, x) slab (already denoised), with the local clean-ups.
 
-    The plain composition of :mod:`detachment.phases`; :func:`threshold_volume` computes the same codes
-    with :class:`detachment.slab_phases.SlabClassifier`.
+    The plain composition of :mod:`detachment.phases` (:func:`~detachment.phases.classify`,
+    :func:`~detachment.phases.remove_thin_collector`, :func:`~detachment.phases.refine_nmc_domains`);
+    :func:`threshold_volume` computes the same codes with :class:`detachment.slab_phases.SlabClassifier`.
+
+    Parameters
+    ----------
+    data : numpy.ndarray
+        (z, y, x) grey levels (float32 for the equality with the streamed result).
+    model : detachment.phases.PhaseModel
+        The phase model.
+    s : ThresholdSettings
+        Settings; ``collector_min_thickness_vox`` and ``domain_sigma_vox`` are used.
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) uint8 phase codes.
     """
     p = phases.classify(data, model)
     p = phases.remove_thin_collector(p, data, model, s.collector_min_thickness_vox)
@@ -91,7 +155,10 @@ def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettin
 
 
 def _slabs(volume_path, s: ThresholdSettings, depth: int, halo: int, desc: str, progress: bool):
-    """``(z0, z1, a, data)``: denoised float32 slab covering ``[a, z0 + slab + halo)``, ``a = z0 - halo`` clipped."""
+    """Yield ``(z0, z1, a, data)``: the slab ``[z0, z1)`` and its denoised float32 slices from ``a``.
+
+    ``data`` covers ``[a, z1 + halo)``, ``a = z0 - halo``, both clipped to the volume.
+    """
     it = io.iter_volume_slabs(volume_path, s.slab, halo, reuse=True)
     for z0, z1, data in tqdm(it, total=math.ceil(depth / s.slab), desc=desc, disable=not progress, unit="slab"):
         yield z0, z1, max(0, z0 - halo), phases.denoise(data, s.denoise, s.denoise_sigma_vox)
@@ -137,15 +204,21 @@ def _slab_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBi
 
     Parameters
     ----------
-    values : float32 grey levels of ``p[rows]`` (z, y, x).
-    p : uint8 phase codes (z, y, x); the rows beside ``rows`` decide which voxels are interior.
-    rows : the z rows counted.
-    fine : the fine bins.
+    values : numpy.ndarray
+        (z, y, x) float32 grey levels of ``p[rows]``.
+    p : numpy.ndarray
+        (z, y, x) uint8 phase codes; the rows beside ``rows`` decide which voxels are interior.
+    rows : slice
+        The z rows counted.
+    fine : UniformBins
+        The fine bins.
 
     Returns
     -------
-    interior : int64 (5, fine.n), as :func:`detachment.phases.interior_histograms` with ``keep`` = ``rows``.
-    per_slice : int64 (z, 5), voxels of each code (columns 0..4) in each slice.
+    interior : numpy.ndarray
+        (5, fine.n) int64, as :func:`detachment.phases.interior_histograms` with ``keep`` = ``rows``.
+    per_slice : numpy.ndarray
+        (z, 5) int64 voxels of each code (columns 0..4) in each slice.
     """
     n = len(phases.PHASE_NAMES)
     same = slab_phases.same_as_neighbours(p, rows)
@@ -174,16 +247,26 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
 
     Parameters
     ----------
-    volume_path : volume file (docs/outputs.md: ``/volume`` float32, z, y, x).
-    phases_path : the phase map to write (``/phases`` uint8 codes, gzip).
-    settings : the ``threshold`` config section.
-    progress : show progress bars.
+    volume_path : str or os.PathLike
+        Volume file (docs/outputs.md: ``/volume`` float32, (z, y, x)).
+    phases_path : str or os.PathLike
+        The phase map to write: ``/phases`` (z, y, x) uint8 codes, gzip, with attributes
+        ``voxel_size_um``, ``codes``, ``method``, ``thresholds``, ``means`` and ``order``.
+    settings : ThresholdSettings
+        The ``threshold`` config section.
+    progress : bool, default True
+        Show progress bars.
 
     Returns
     -------
     ThresholdResult
         The phase model, the grey-level histogram, per-phase FWHMs of interior voxels, volume fractions
         and per-slice voxel counts of each code.
+
+    Raises
+    ------
+    detachment.io.InputError
+        When the volume file is missing or refused (:func:`detachment.io.read_volume_info`).
     """
     s = settings
     shape, voxel = io.read_volume_info(volume_path)
@@ -246,7 +329,19 @@ def _fwhm_table(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np.n
 
 
 def histogram_table(result: ThresholdResult) -> pd.DataFrame:
-    """Histogram as a table: bin edges, counts and the phase each bin is assigned to."""
+    """Histogram as a table: bin edges, counts and the phase each bin is assigned to.
+
+    Parameters
+    ----------
+    result : ThresholdResult
+        A thresholding result.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per bin: ``bin_low`` and ``bin_high`` (grey level), ``count`` (voxels) and ``phase``
+        (name of the phase the bin centre is classified as).
+    """
     h = result.histogram
     codes = phases.classify(h.centers, result.model)
     return pd.DataFrame({"bin_low": h.edges[:-1], "bin_high": h.edges[1:], "count": h.counts,
