@@ -319,11 +319,12 @@ def run_child(plan: Plan, step: str) -> dict:
         jobs, extra = plan.jobs(step)
     except FileNotFoundError as e:
         raise RuntimeError(f"step {step} needs {e.filename}: run the steps before it (same --workdir)") from None
+    made = set()  # outputs of the step's earlier jobs
     for job in jobs:
-        inp = job.get("input", [])
-        for p in _Named(inp):
-            if not Path(p).exists():
+        for p in _Named(job.get("input")):
+            if p not in made and not Path(p).exists():
                 raise RuntimeError(f"step {step} needs {p}: run the steps before it (same --workdir)")
+        made.update(_Named(job.get("output")))
     config = dict(plan.config)
     config["threshold"] = {**config["threshold"], "on_implausible": "warn"}  # report, never stop the benchmark
     spec_path = plan.w / "specs" / f"{step}.json"
