@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 
-.PHONY: run test validate lint bench clean-results
+.PHONY: run test validate lint bench bench-paper clean-results
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	@for b in threshold metrics linking diffusion maskrcnn memory paper_scale dag; do \
 	  echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || exit 1; done
+	@echo "== benchmarks/paper_volume.py --side 256 --depth 32"
+	$(BIN)/python benchmarks/paper_volume.py --side 256 --depth 32 --skip-without-model
+
+# the end-to-end run at paper scale (1024 x 1024 x 256, the default run's model; target <= 60 min, <= 4 GiB)
+bench-paper: $(STAMP)
+	$(BIN)/python benchmarks/paper_volume.py --side 1024 --depth 256
 
 clean-results:
 	rm -rf results logs
