@@ -244,7 +244,7 @@ def test_a_small_particle_ending_under_a_bigger_one_stays_apart(absorb, monkeypa
     ids = linker.aliases()[out]
     assert len(np.unique(ids[ids > 0])) == 2 and ids[2, 24, 14] != ids[2, 24, 30] == ids[5, 24, 27]
     if absorb:  # without the gain and convexity guards the two would be joined
-        monkeypatch.setattr("detachment.linking.REJOIN_GAIN", 0.0)
+        monkeypatch.setattr("detachment.linking.repair.REJOIN_GAIN", 0.0)
         out, linker = linked(per_slice_ids(stack), absorb_fraction=absorb, min_iou=0.2, absorb_solidity=0.0)
         assert len(np.unique(linker.aliases()[out])) == 2
 
