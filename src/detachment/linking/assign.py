@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..metrics import overlap
+from .overlaps import SliceIndex, iou_matrix
 from .settings import LinkSettings
 from .tracks import TrackBook
 
@@ -52,13 +52,15 @@ class Assignment:
             self.bridged.append((inst, track, prev_z))
 
 
-def similarity(ov, how: str) -> np.ndarray:
-    """Dense similarity of the labels present in an overlap table (small per slice).
+def similarity(counts: np.ndarray, a_sizes: np.ndarray, b_sizes: np.ndarray, how: str) -> np.ndarray:
+    """Dense similarity of tracks' last masks (rows) and instances (columns).
 
     Parameters
     ----------
-    ov : detachment.metrics.Overlap
-        Overlap of the tracks' last masks (``a``) with the instances (``b``).
+    counts : (n_a, n_b) int array
+        Shared pixels of each pair (:meth:`.overlaps.SliceIndex.overlap`).
+    a_sizes, b_sizes : (n_a,), (n_b,) int arrays
+        Pixels of each mask and each instance.
     how : {"iou", "overlap"}
         ``"iou"``: |a ∩ b| / |a ∪ b|; ``"overlap"``: |a ∩ b| / min(|a|, |b|).
 
@@ -73,16 +75,13 @@ def similarity(ov, how: str) -> np.ndarray:
         When ``how`` is neither.
     """
     if how == "iou":
-        return ov.iou_matrix()
+        return iou_matrix(counts, a_sizes, b_sizes)
     if how == "overlap":
-        m = np.zeros((len(ov.a_ids), len(ov.b_ids)))
-        ia, ib = ov.pairs[:, 0], ov.pairs[:, 1]
-        m[ia, ib] = ov.counts / np.minimum(ov.a_sizes[ia], ov.b_sizes[ib])
-        return m
+        return counts / np.minimum(a_sizes[:, None], b_sizes[None, :])
     raise ValueError(f"link.cost: {how!r} is not 'iou' or 'overlap'")
 
 
-def match_slice(lab: np.ndarray, history, book: TrackBook, s: LinkSettings, z: int) -> Assignment:
+def match_slice(cur: SliceIndex, history, book: TrackBook, s: LinkSettings, z: int) -> Assignment:
     """Hungarian matching of slice ``z`` to the tracks, with gap closing.
 
     The instances are matched to the tracks last seen in slice z-1 by
@@ -91,40 +90,41 @@ def match_slice(lab: np.ndarray, history, book: TrackBook, s: LinkSettings, z: i
 
     Parameters
     ----------
-    lab : (y, x) int array
-        Instance ids of slice ``z``, 0 = background.
-    history : sequence of (z, (y, x) uint32 array)
-        The previous slices (oldest first) labelled with track ids.
+    cur : SliceIndex
+        The instances of slice ``z``.
+    history : sequence of LinkedSlice
+        The previous slices, oldest first.
     book : TrackBook
         The tracks; gap statistics are updated.
     s : LinkSettings
         ``min_iou`` and ``cost`` are used.
     z : int
-        Slice index of ``lab``.
+        Slice index of ``cur``.
 
     Returns
     -------
     Assignment
         The instances matched and those left over.
     """
-    a = Assignment(remaining=set(np.unique(lab[lab > 0]).tolist()))
-    for prev_z, prev in reversed(history):  # nearest slice first
+    a = Assignment(remaining=set(cur.ids.tolist()))
+    for layer in reversed(history):  # nearest slice first
         if not a.remaining:
             break
-        cur = np.where(np.isin(lab, list(a.remaining)), lab, 0)
         # only tracks whose last appearance is this previous slice may continue from it
-        alive = np.array([t for t in np.unique(prev[prev > 0]) if book[t].last_z == prev_z])
-        if alive.size == 0:
+        alive = [t for t in layer.tracks() if book[t].last_z == layer.z]
+        if not alive:
             continue
-        ov = overlap(np.where(np.isin(prev, alive), prev, 0), cur)
-        if len(ov.counts) == 0:
+        rem = sorted(a.remaining)
+        counts = cur.overlap(layer, alive, rem)
+        if not counts.any():
             continue
-        sim = similarity(ov, s.cost)
-        iou = sim if s.cost == "iou" else ov.iou_matrix()
+        a_sizes = np.array([layer.sizes[t] for t in alive], np.int64)
+        b_sizes = cur.sizes[cur.positions(rem)]
+        sim = similarity(counts, a_sizes, b_sizes, s.cost)
+        iou = sim if s.cost == "iou" else iou_matrix(counts, a_sizes, b_sizes)
         r, c = linear_sum_assignment(1.0 - sim)
-        for i, j in zip(r, c):
-            if sim[i, j] >= s.min_iou and sim[i, j] > 0:
-                inst = int(ov.b_ids[j])
-                a.ious[inst] = float(iou[i, j])
-                a.link(inst, int(ov.a_ids[i]), book, prev_z, z)
+        keep = (sim[r, c] >= s.min_iou) & (sim[r, c] > 0)
+        for i, j in zip(r[keep].tolist(), c[keep].tolist()):
+            a.ious[rem[j]] = float(iou[i, j])
+            a.link(rem[j], alive[i], book, layer.z, z)
     return a

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import repair
 from .assign import match_slice
+from .overlaps import LinkedSlice, SliceIndex
 from .settings import LinkSettings
 from .tracks import Track, TrackBook
 
@@ -26,7 +27,7 @@ class SliceLinker:
     ----------
     book : TrackBook
         The tracks so far; ``tracks`` is its list (``tracks[i - 1]`` = track ``i``).
-    history : deque of (z, (y, x) uint32 array)
+    history : deque of LinkedSlice
         The last ``s.max_gap + 1`` slices, labelled with track ids (gap filling and rejoining paint them).
     z : int
         Index of the next slice.
@@ -61,27 +62,25 @@ class SliceLinker:
         """
         z = self.z
         self.z += 1
-        lab = np.asarray(labels2d)
-        s = self.s
-        a = match_slice(lab, self.history, self.book, s, z)
+        s, book, history = self.s, self.book, self.history
+        cur = SliceIndex(np.asarray(labels2d))
+        a = match_slice(cur, history, book, s, z)
         if s.absorb_fraction > 0 and a.remaining:
-            repair.absorb_fragments(lab, a, self.history, self.book, s, z)
-        parents = repair.piece_parents(lab, a, self.history, s, z) if a.remaining and s.absorb_fraction > 0 \
-            else {}
+            repair.absorb_fragments(cur, a, history, book, s, z)
+        parents = repair.piece_parents(cur, a, history, s, z) if a.remaining and s.absorb_fraction > 0 else {}
         for inst in sorted(a.remaining):
-            a.assigned[inst] = self.book.start(z, born_in=parents.get(inst))
-        lut = np.zeros(int(lab.max()) + 1 if lab.size else 1, np.uint32)
-        for inst, track in a.assigned.items():
-            lut[inst] = track
-        out = lut[lab]
-        self.book.record_links(a.assigned, a.ious, scores, z)
-        self.book.record_slice(out, z)
+            a.assigned[inst] = book.start(z, born_in=parents.get(inst))
+        track_of = np.array([a.assigned[i] for i in cur.ids.tolist()], np.uint32)  # per position in ids
+        out = np.zeros(cur.lab.shape, np.uint32)
+        out.ravel()[cur.fg] = track_of[cur.index]
+        book.record_links(a.assigned, a.ious, scores, z)
+        sizes = book.record_slice(z, track_of.tolist(), cur.sizes.tolist(), cur.boxes())
         if s.absorb_fraction > 0:
-            repair.rejoin_fragments(lab, a.assigned, self.history, self.book, s)
+            repair.rejoin_fragments(cur, a.assigned, history, book, s)
         if s.fill_gaps:
             for inst, track, prev_z in a.bridged:
-                repair.fill_gap(self.history, self.book, track, prev_z, z, lab == inst)
-        self.history.append((z, out))
+                repair.fill_gap(cur, inst, history, book, track, prev_z, z)
+        history.append(LinkedSlice(z, out, sizes))
         return out
 
     def root(self, track: int) -> int:

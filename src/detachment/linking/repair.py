@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-from skimage.morphology import convex_hull_image
 
-from ..metrics import overlap
 from .assign import Assignment
+from .overlaps import SliceIndex, mask_box, mask_iou, solidity_at_least, union_box
 from .settings import LinkSettings
 from .tracks import TrackBook
 
@@ -16,40 +14,29 @@ from .tracks import TrackBook
 REJOIN_GAIN = 0.1
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks of equal shape (0 when both are empty)."""
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 0.0
-
-
-def solidity(mask: np.ndarray) -> float:
-    """Area over convex-hull area of a non-empty 2D boolean mask, computed on its bounding box."""
-    sl = ndimage.find_objects(mask.astype(np.uint8))[0]
-    crop = mask[sl]
-    return float(crop.sum() / max(convex_hull_image(crop).sum(), 1))
-
-
-def _pieces(lab, remaining: set, history, book: TrackBook, s: LinkSettings) -> tuple[dict, dict]:
+def _pieces(cur: SliceIndex, remaining: set, history, book: TrackBook, s: LinkSettings) -> tuple[dict, dict]:
     """Track -> the leftover instances at least ``s.absorb_fraction`` inside its last mask, and track -> the
-    slice of that mask (tracks of nearer slices first)."""
-    cur = np.where(np.isin(lab, list(remaining)), lab, 0)
-    fg = cur > 0
+    slice of that mask (tracks of nearer slices first, instances ascending)."""
+    rem = sorted(remaining)
+    rem_pos = cur.positions(rem)
+    rem_sizes = cur.sizes[rem_pos]
     pieces: dict[int, list[int]] = {}
     last_z: dict[int, int] = {}
-    for prev_z, prev in reversed(history):  # nearest slice first: its tracks choose first
-        under = prev[fg]
-        if not under.any():  # the usual case: a new particle's first slice, on background
+    for layer in reversed(history):  # nearest slice first: its tracks choose first
+        under = cur.counts_under(layer)[:, rem_pos]  # every track there x the leftover instances
+        hit = under.any(1)
+        if not hit.any():  # the usual case: a new particle's first slice, on background
             continue
-        alive = [t for t in np.unique(under[under > 0]) if book[t].last_z == prev_z]
+        tracks = layer.tracks()
+        alive = [t for t, h in zip(tracks, hit.tolist()) if h and book[t].last_z == layer.z]
         if not alive:
             continue
-        ov = overlap(np.where(np.isin(prev, alive), prev, 0), cur)
-        inside = ov.counts / ov.b_sizes[ov.pairs[:, 1]]
-        for (i, j), f in zip(ov.pairs, inside):
-            if f >= s.absorb_fraction:
-                t = int(ov.a_ids[i])
-                pieces.setdefault(t, []).append(int(ov.b_ids[j]))
-                last_z[t] = prev_z
+        counts = cur.overlap(layer, alive, rem)
+        ii, jj = np.nonzero(counts)  # row-major: tracks ascending, then instances
+        inside = counts[ii, jj] / rem_sizes[jj]
+        for i, j in zip(ii[inside >= s.absorb_fraction].tolist(), jj[inside >= s.absorb_fraction].tolist()):
+            pieces.setdefault(alive[i], []).append(rem[j])
+            last_z[alive[i]] = layer.z
     return pieces, last_z
 
 
@@ -61,8 +48,8 @@ def _choose_pieces(target, lab_c, own: list, cand: list, s: LinkSettings) -> tup
     mask = np.isin(lab_c, own)
     sizes = {j: np.count_nonzero(lab_c == j) for j in cand}
 
-    def joins(trial, before):
-        return solidity(trial) >= s.absorb_solidity and mask_iou(trial, target) > mask_iou(before, target)
+    def joins(trial, before):  # the cheap test first: the convex hull is the costly one
+        return mask_iou(trial, target) > mask_iou(before, target) and solidity_at_least(trial, s.absorb_solidity)
 
     # all pieces at once first: a particle cut in three is convex only when whole again
     whole = mask | np.isin(lab_c, cand)
@@ -77,7 +64,7 @@ def _choose_pieces(target, lab_c, own: list, cand: list, s: LinkSettings) -> tup
     return mask, taken
 
 
-def absorb_fragments(lab, a: Assignment, history, book: TrackBook, s: LinkSettings, z: int) -> None:
+def absorb_fragments(cur: SliceIndex, a: Assignment, history, book: TrackBook, s: LinkSettings, z: int) -> None:
     """Join leftover instances that are fragments of a continuing particle to its track (``a`` in place).
 
     A leftover instance ``j`` joins track ``t`` when at least ``s.absorb_fraction`` of ``j`` lies inside
@@ -87,27 +74,28 @@ def absorb_fragments(lab, a: Assignment, history, book: TrackBook, s: LinkSettin
 
     Parameters
     ----------
-    lab : (y, x) int array
-        Instance ids of slice ``z``, 0 = background.
+    cur : SliceIndex
+        The instances of slice ``z``.
     a : Assignment
         The slice's assignment after matching; updated in place.
-    history : sequence of (z, (y, x) uint32 array)
-        The previous slices (oldest first) labelled with track ids.
+    history : sequence of LinkedSlice
+        The previous slices, oldest first.
     book : TrackBook
         The tracks; gap statistics are updated.
     s : LinkSettings
         ``absorb_fraction``, ``absorb_solidity`` and ``min_iou`` are used.
     z : int
-        Slice index of ``lab``.
+        Slice index of ``cur``.
     """
-    pieces, last_z = _pieces(lab, a.remaining, history, book, s)
-    slices = dict(history)
+    pieces, last_z = _pieces(cur, a.remaining, history, book, s)
+    slices = {layer.z: layer.labels for layer in history}
+    boxes = cur.boxes()
     for t, cand in pieces.items():
         prev_z = last_z[t]
         own = [i for i, tr in a.assigned.items() if tr == t]
         # crop to the track's last mask, its instances here and the candidate pieces
-        box = ndimage.find_objects(((slices[prev_z] == t) | np.isin(lab, own + cand)).astype(np.uint8))[0]
-        target, lab_c = slices[prev_z][box] == t, lab[box]
+        box = union_box([mask_box(slices[prev_z] == t)] + [boxes[k] for k in cur.positions(own + cand)])
+        target, lab_c = slices[prev_z][box] == t, cur.lab[box]
         cand = [j for j in cand if j in a.remaining]  # not taken by a track of a nearer slice
         mask, taken = _choose_pieces(target, lab_c, own, cand, s)
         if not taken or (not own and mask_iou(mask, target) < s.min_iou):
@@ -122,42 +110,43 @@ def absorb_fragments(lab, a: Assignment, history, book: TrackBook, s: LinkSettin
                 a.bridged.extend((j, t, prev_z) for j in taken)
 
 
-def piece_parents(lab, a: Assignment, history, s: LinkSettings, z: int) -> dict[int, int]:
+def piece_parents(cur: SliceIndex, a: Assignment, history, s: LinkSettings, z: int) -> dict[int, int]:
     """Leftover instance -> the track continuing here whose slice z-1 mask holds at least
     ``s.absorb_fraction`` of it (a piece the model cut off a particle it saw whole the slice before).
 
     Parameters
     ----------
-    lab : (y, x) int array
-        Instance ids of slice ``z``, 0 = background.
+    cur : SliceIndex
+        The instances of slice ``z``.
     a : Assignment
         The slice's assignment after matching and absorption.
-    history : sequence of (z, (y, x) uint32 array)
-        The previous slices (oldest first) labelled with track ids.
+    history : sequence of LinkedSlice
+        The previous slices, oldest first.
     s : LinkSettings
         ``absorb_fraction`` is used.
     z : int
-        Slice index of ``lab``.
+        Slice index of ``cur``.
 
     Returns
     -------
     dict
         Instance id -> track id (:attr:`Track.born_in` of the track the instance starts).
     """
-    if not history or history[-1][0] != z - 1:
+    if not history or history[-1].z != z - 1:
         return {}
-    cont = set(a.assigned.values())
-    prev = history[-1][1]
-    ov = overlap(np.where(np.isin(lab, list(a.remaining)), lab, 0), prev)
+    layer = history[-1]
+    cont = sorted(set(a.assigned.values()) & layer.sizes.keys())  # tracks continuing, present in z-1
+    rem = sorted(a.remaining)
+    counts = cur.overlap(layer, cont, rem).T  # instances x tracks
+    rem_sizes = cur.sizes[cur.positions(rem)]
     out = {}
-    for (i, j), c in zip(ov.pairs, ov.counts):
-        t = int(ov.b_ids[j])
-        if t in cont and c >= s.absorb_fraction * ov.a_sizes[i]:
-            out[int(ov.a_ids[i])] = t
+    for j, i in zip(*np.nonzero(counts)):  # instances ascending, then tracks: the last track wins
+        if counts[j, i] >= s.absorb_fraction * rem_sizes[j]:
+            out[rem[j]] = cont[i]
     return out
 
 
-def rejoin_fragments(lab, assigned: dict, history, book: TrackBook, s: LinkSettings) -> None:
+def rejoin_fragments(cur: SliceIndex, assigned: dict, history, book: TrackBook, s: LinkSettings) -> None:
     """Merge a track that ended under an instance continuing another track into that track.
 
     Where a per-slice model cut a particle into pieces and the pieces become whole again, the whole
@@ -170,13 +159,13 @@ def rejoin_fragments(lab, assigned: dict, history, book: TrackBook, s: LinkSetti
 
     Parameters
     ----------
-    lab : (y, x) int array
-        Instance ids of the slice being linked, 0 = background.
+    cur : SliceIndex
+        The instances of the slice being linked.
     assigned : dict
         Its instance id -> track id, complete.
-    history : sequence of (z, (y, x) uint32 array)
-        The previous slices (oldest first) labelled with track ids; merged tracks are relabelled in place
-        (slices already handed out go through :meth:`TrackBook.aliases`).
+    history : sequence of LinkedSlice
+        The previous slices, oldest first; merged tracks are relabelled in place (slices already handed
+        out go through :meth:`TrackBook.aliases`).
     book : TrackBook
         The tracks; merges are recorded.
     s : LinkSettings
@@ -184,50 +173,55 @@ def rejoin_fragments(lab, assigned: dict, history, book: TrackBook, s: LinkSetti
     """
     if not assigned:
         return
-    inst_of = {t: [i for i, tr in assigned.items() if tr == t] for t in set(assigned.values())}
-    for prev_z, prev in reversed(history):  # nearest slice first
-        _rejoin_from(prev_z, prev, lab, assigned, inst_of, book, s)
+    inst_of: dict[int, list[int]] = {}
+    for i, tr in assigned.items():
+        inst_of.setdefault(tr, []).append(i)
+    for layer in reversed(history):  # nearest slice first
+        _rejoin_from(layer, cur, assigned, inst_of, book, s)
 
 
-def _rejoin_from(prev_z: int, prev, lab, assigned: dict, inst_of: dict, book: TrackBook, s: LinkSettings
+def _rejoin_from(layer, cur: SliceIndex, assigned: dict, inst_of: dict, book: TrackBook, s: LinkSettings
                  ) -> None:
-    """:func:`rejoin_fragments` for the tracks last seen in slice ``prev_z``."""
-    under = prev[lab > 0]
-    ended = [e for e in np.unique(under[under > 0]) if book[e].last_z == prev_z]
+    """:func:`rejoin_fragments` for the tracks last seen in slice ``layer``."""
+    ended = [e for e in layer.tracks() if book[e].last_z == layer.z]  # those under ``cur`` count below
     if not ended:
         return
-    ov = overlap(np.where(np.isin(prev, ended), prev, 0), lab)
+    counts = cur.overlap(layer, ended, cur.ids.tolist())
+    ii, jj = np.nonzero(counts)  # row-major: tracks ascending, then instances
     best: dict[int, tuple[int, float]] = {}
-    for (i, j), c in zip(ov.pairs, ov.counts):
-        e, inst = int(ov.a_ids[i]), int(ov.b_ids[j])
-        f = c / ov.a_sizes[i]
+    for i, j in zip(ii.tolist(), jj.tolist()):
+        e = ended[i]
+        f = counts[i, j] / layer.sizes[e]
         if f >= s.absorb_fraction and f > best.get(e, (0, 0.0))[1]:
-            best[e] = (inst, f)
+            best[e] = (int(cur.ids[j]), f)
+    prev, boxes = layer.labels, cur.boxes()
     for e, (inst, _) in sorted(best.items()):
         t = assigned.get(inst)  # e ended before this slice, so t != e
-        if t is None:
+        if t is None or t not in layer.sizes:  # t has no mask in that slice
             continue
-        here = np.isin(lab, inst_of[t])
-        before = prev == t
-        if not before.any():
-            continue
-        both = before | (prev == e)
-        box = ndimage.find_objects((both | here).astype(np.uint8))[0]
-        gain = mask_iou(both[box], here[box]) - mask_iou(before[box], here[box])
+        # crop to t and e there and t's instances here
+        box = union_box([mask_box(prev == t), mask_box(prev == e)] + [boxes[k] for k in cur.positions(inst_of[t])])
+        before, here = prev[box] == t, np.isin(cur.lab[box], inst_of[t])
+        both = before | (prev[box] == e)
+        gain = mask_iou(both, here) - mask_iou(before, here)
         kin = book[e].born_in == t or book[t].born_in == e
-        if gain < REJOIN_GAIN or not (kin or solidity(both[box]) >= s.absorb_solidity):
+        if gain < REJOIN_GAIN or not (kin or solidity_at_least(both, s.absorb_solidity)):
             continue
-        prev[prev == e] = t  # relabel in place; slices already handed out go through aliases
+        layer.relabel(e, t)  # in place; slices already handed out go through aliases
         book.merge(e, t)
 
 
-def fill_gap(history, book: TrackBook, track: int, prev_z: int, z: int, current: np.ndarray) -> None:
+def fill_gap(cur: SliceIndex, inst: int, history, book: TrackBook, track: int, prev_z: int, z: int) -> None:
     """Paint ``track`` into the slices strictly between ``prev_z`` and ``z`` where its masks in both end
     slices overlap and the gap slice is unlabelled.
 
     Parameters
     ----------
-    history : sequence of (z, (y, x) uint32 array)
+    cur : SliceIndex
+        The instances of slice ``z``.
+    inst : int
+        The track's instance in slice ``z``.
+    history : sequence of LinkedSlice
         The previous slices, holding ``prev_z`` .. z-1 (not yet handed out); painted in place.
     book : TrackBook
         The tracks; ``track``'s voxels and bounding box grow.
@@ -235,19 +229,20 @@ def fill_gap(history, book: TrackBook, track: int, prev_z: int, z: int, current:
         Track id, bridged from slice ``prev_z`` to slice ``z``.
     prev_z, z : int
         Slice indices of the gap's ends.
-    current : (y, x) bool array
-        The track's instance in slice ``z``.
     """
-    slices = dict(history)
-    shared = (slices[prev_z] == track) & current
+    layers = {layer.z: layer for layer in history}
+    box = cur.boxes()[int(cur.positions([inst])[0])]  # the fill lies inside the instance
+    shared = (layers[prev_z].labels[box] == track) & (cur.lab[box] == inst)
     t = book[track]
     for gz in range(prev_z + 1, z):
-        gap = slices[gz]
-        fill = shared & (gap == 0)
+        fill = shared & (layers[gz].labels[box] == 0)
         n = int(fill.sum())
         if n == 0:
             continue
-        gap[fill] = track
+        layers[gz].paint(track, box, fill)
         t.voxels += n
         ys, xs = np.nonzero(fill)
-        t.grow([gz, ys.min(), xs.min()], [gz + 1, ys.max() + 1, xs.max() + 1])
+        y0, x0 = box[0].start, box[1].start
+        t.grow([gz, ys.min() + y0, xs.min() + x0], [gz + 1, ys.max() + 1 + y0, xs.max() + 1 + x0])
+
+

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
 #: columns of the per-track table handed to :func:`detachment.linking.finalize`
 TABLE_COLUMNS = ["track", "z_min", "z_max", "y_min", "y_max", "x_min", "x_max", "voxels", "mean_link_iou",
@@ -73,8 +72,9 @@ class Track:
         lo, hi : sequences of 3 numbers
             Corners (z, y, x) in voxels, ``hi`` exclusive.
         """
-        self.bbox_lo = [min(a, b) for a, b in zip(self.bbox_lo, lo)]
-        self.bbox_hi = [max(a, b) for a, b in zip(self.bbox_hi, hi)]
+        a, b = self.bbox_lo, self.bbox_hi
+        self.bbox_lo = [min(a[0], lo[0]), min(a[1], lo[1]), min(a[2], lo[2])]
+        self.bbox_hi = [max(b[0], hi[0]), max(b[1], hi[1]), max(b[2], hi[2])]
 
 
 class TrackBook:
@@ -167,35 +167,45 @@ class TrackBook:
         z : int
             Slice index.
         """
+        n_scores = len(scores) if scores is not None else 0
         for inst, track in assigned.items():
             t = self[track]
             t.last_z = z
-            if scores is not None and inst < len(scores):
-                t.max_score = float(np.nanmax([t.max_score, scores[inst]]))
+            if inst < n_scores:
+                t.max_score = _nanmax2(t.max_score, scores[inst])
             if inst in ious:
                 t.iou_sum += ious[inst]
                 t.links += 1
 
-    def record_slice(self, out: np.ndarray, z: int) -> None:
-        """Add the voxels and bounding boxes of slice ``z``, relabelled with track ids.
+    def record_slice(self, z: int, tracks: list[int], sizes: list[int], boxes: list) -> dict[int, int]:
+        """Add the voxels and bounding boxes of the instances of slice ``z``.
 
         Parameters
         ----------
-        out : (y, x) uint32 array
-            The slice's track ids, 0 = background.
         z : int
             Slice index.
+        tracks, sizes, boxes : lists
+            Per instance: its track id, its pixels and its bounding box (y, x slices).
+
+        Returns
+        -------
+        dict
+            Track id -> its pixels in slice ``z``.
         """
-        if not out.any():
-            return
-        objs = ndimage.find_objects(out)
-        counts = np.bincount(out.ravel())
-        for track, sl in enumerate(objs, start=1):
-            if sl is None:
-                continue
+        acc: dict[int, list[int]] = {}
+        for track, n, (ys, xs) in zip(tracks, sizes, boxes):
+            g = acc.get(track)
+            if g is None:
+                acc[track] = [n, ys.start, xs.start, ys.stop, xs.stop]
+            else:
+                g[0] += n
+                g[1], g[2] = min(g[1], ys.start), min(g[2], xs.start)
+                g[3], g[4] = max(g[3], ys.stop), max(g[4], xs.stop)
+        for track, (n, y0, x0, y1, x1) in acc.items():
             t = self[track]
-            t.voxels += int(counts[track])
-            t.grow([z, sl[0].start, sl[1].start], [z + 1, sl[0].stop, sl[1].stop])
+            t.voxels += n
+            t.grow([z, y0, x0], [z + 1, y1, x1])
+        return {track: g[0] for track, g in acc.items()}
 
     def table(self) -> pd.DataFrame:
         """Per-track table of the tracks that hold voxels and were not merged away.
@@ -214,3 +224,13 @@ class TrackBook:
                  "max_score": t.max_score}
                 for i, t in enumerate(self.tracks, start=1) if t.voxels > 0 and t.merged_into is None]
         return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _nanmax2(a: float, b) -> float:
+    """``float(np.nanmax([a, b]))`` without its array overhead and all-NaN warning (same result, signed
+    zeros included)."""
+    if b != b:
+        return float(a)
+    if a != a or b >= a:
+        return float(b)
+    return float(a)
