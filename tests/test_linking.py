@@ -311,22 +311,34 @@ def test_fast_overlap_counting_equals_per_pair_masks():
         assert np.array_equal(iou_matrix(counts, a_sizes, idx.sizes), np.reshape(brute_iou, counts.shape))
         dense = np.where(b > 0, np.searchsorted(idx.ids, b) + 1, 0)  # instance k -> k + 1
         assert idx.boxes() == ndimage.find_objects(dense, len(idx.ids))
-        # a held slice: a subset of its tracks against a subset of the instances, after painting it
-        layer = LinkedSlice(0, a.copy(), {int(i): int(n) for i, n in zip(rows, a_sizes)})
+        # a held slice, painted and relabelled: subsets of its tracks against subsets of the instances,
+        # counted over the whole foreground, over the instances' pixels and over the tracks' pixels
+        boxes = ndimage.find_objects(a)
+        layer = LinkedSlice(0, a.copy(), {int(i): int(n) for i, n in zip(rows, a_sizes)},
+                            {int(i): boxes[i - 1] for i in rows})
         if len(rows) and idx.ids.size:
-            free = layer.labels == 0
-            layer.paint(int(rows[0]), (slice(0, shape[0]), slice(0, shape[1])), free)
+            y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+            box = (slice(y, min(y + 8, shape[0])), slice(x, min(x + 8, shape[1])))
+            layer.paint(int(rows[0]), box, layer.labels[box] == 0)
             layer.relabel(int(rows[-1]), int(rows[0]))
             assert layer.sizes == {int(i): int(np.count_nonzero(layer.labels == i)) for i in layer.tracks()}
-            r = layer.tracks()[:: 2]
-            c = idx.ids.tolist()[1::2]
-            got = idx.overlap(layer, r, c)
-            want = [[np.count_nonzero((layer.labels == i) & (b == j)) for j in c] for i in r]
-            assert np.array_equal(got, np.reshape(want, (len(r), len(c))))
+            for r, c in ((layer.tracks()[::2], idx.ids.tolist()[1::2]), (layer.tracks(), idx.ids.tolist()[:1]),
+                         (layer.tracks()[:1], idx.ids.tolist())):
+                want = np.reshape([[np.count_nonzero((layer.labels == i) & (b == j)) for j in c] for i in r],
+                                  (len(r), len(c)))
+                assert np.array_equal(idx._counts_at_cols(layer, r, c), want)
+                assert np.array_equal(idx._counts_at_rows(layer, r, c), want)
+                assert np.array_equal(idx.overlap(layer, r, c), want)
+            idx.counts_under(layer)  # cached, then painted again: the cache must not be used
+            layer.paint(int(rows[0]), (slice(0, shape[0]), slice(0, shape[1])), layer.labels == 0)
+            r, c = layer.tracks(), idx.ids.tolist()
+            want = np.reshape([[np.count_nonzero((layer.labels == i) & (b == j)) for j in c] for i in r],
+                              (len(r), len(c)))
+            assert np.array_equal(idx.overlap(layer, r, c), want)
 
 
 def test_solidity_shortcut_decides_as_the_convex_hull():
-    from detachment.linking.overlaps import solidity, solidity_at_least
+    from detachment.linking.masks import solidity, solidity_at_least
 
     rng = np.random.default_rng(2)
     yy, xx = np.mgrid[:30, :30]

@@ -33,23 +33,28 @@ class Assignment:
     ious: dict[int, float] = field(default_factory=dict)
     bridged: list[tuple[int, int, int]] = field(default_factory=list)
 
-    def link(self, inst: int, track: int, book: TrackBook, prev_z: int, z: int) -> None:
-        """Assign ``inst`` of slice ``z`` to ``track``, last seen in slice ``prev_z``, counting the gap.
+    def add_links(self, insts: list[int], tracks: list[int], ious: list[float], book: TrackBook, prev_z: int,
+                  z: int) -> None:
+        """Assign instances of slice ``z`` to tracks last seen in slice ``prev_z``, counting the gap.
 
         Parameters
         ----------
-        inst, track : int
-            Instance id and track id.
+        insts, tracks : lists of int
+            Instance ids and their track ids.
+        ious : list of float
+            IoU of each link.
         book : TrackBook
-            The tracks; ``track``'s bridged gap (slices) is added to its statistics.
+            The tracks; the bridged gap (slices) is added to their statistics.
         prev_z, z : int
             Slice indices, ``prev_z < z``.
         """
-        self.assigned[inst] = track
-        self.remaining.discard(inst)
-        book[track].gaps += z - prev_z - 1
+        self.assigned.update(zip(insts, tracks))
+        self.ious.update(zip(insts, ious))
+        self.remaining.difference_update(insts)
         if z - prev_z > 1:
-            self.bridged.append((inst, track, prev_z))
+            for inst, track in zip(insts, tracks):
+                book[track].gaps += z - prev_z - 1
+                self.bridged.append((inst, track, prev_z))
 
 
 def similarity(counts: np.ndarray, a_sizes: np.ndarray, b_sizes: np.ndarray, how: str) -> np.ndarray:
@@ -111,7 +116,7 @@ def match_slice(cur: SliceIndex, history, book: TrackBook, s: LinkSettings, z: i
         if not a.remaining:
             break
         # only tracks whose last appearance is this previous slice may continue from it
-        alive = [t for t in layer.tracks() if book[t].last_z == layer.z]
+        alive = book.last_seen_in(layer.tracks(), layer.z)
         if not alive:
             continue
         rem = sorted(a.remaining)
@@ -124,7 +129,7 @@ def match_slice(cur: SliceIndex, history, book: TrackBook, s: LinkSettings, z: i
         iou = sim if s.cost == "iou" else iou_matrix(counts, a_sizes, b_sizes)
         r, c = linear_sum_assignment(1.0 - sim)
         keep = (sim[r, c] >= s.min_iou) & (sim[r, c] > 0)
-        for i, j in zip(r[keep].tolist(), c[keep].tolist()):
-            a.ious[rem[j]] = float(iou[i, j])
-            a.link(rem[j], alive[i], book, layer.z, z)
+        r, c = r[keep], c[keep]
+        a.add_links([rem[j] for j in c.tolist()], [alive[i] for i in r.tolist()], iou[r, c].tolist(),
+                    book, layer.z, z)
     return a

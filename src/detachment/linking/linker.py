@@ -70,17 +70,17 @@ class SliceLinker:
         parents = repair.piece_parents(cur, a, history, s, z) if a.remaining and s.absorb_fraction > 0 else {}
         for inst in sorted(a.remaining):
             a.assigned[inst] = book.start(z, born_in=parents.get(inst))
-        track_of = np.array([a.assigned[i] for i in cur.ids.tolist()], np.uint32)  # per position in ids
+        track_of = np.fromiter(map(a.assigned.__getitem__, cur.ids.tolist()), np.uint32, len(cur.ids))
         out = np.zeros(cur.lab.shape, np.uint32)
         out.ravel()[cur.fg] = track_of[cur.index]
         book.record_links(a.assigned, a.ious, scores, z)
-        sizes = book.record_slice(z, track_of.tolist(), cur.sizes.tolist(), cur.boxes())
+        sizes, boxes = book.record_slice(z, track_of.tolist(), cur.sizes.tolist(), cur.boxes())
         if s.absorb_fraction > 0:
             repair.rejoin_fragments(cur, a.assigned, history, book, s)
         if s.fill_gaps:
             for inst, track, prev_z in a.bridged:
                 repair.fill_gap(cur, inst, history, book, track, prev_z, z)
-        history.append(LinkedSlice(z, out, sizes))
+        history.append(LinkedSlice(z, out, sizes, boxes))
         return out
 
     def root(self, track: int) -> int:

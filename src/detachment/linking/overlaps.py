@@ -1,8 +1,9 @@
-"""Per-slice instance index and overlap counting for the linker (one pass over the foreground per pair).
+"""Per-slice instance index and overlap counting for the linker.
 
 :class:`SliceIndex` indexes a slice's instances once (foreground pixels, ids, sizes, boxes);
-:class:`LinkedSlice` is a slice labelled with track ids that keeps its per-track pixel counts;
-:func:`pair_counts` counts the pixels shared by the labels of two slices with one ``bincount``.
+:class:`LinkedSlice` is a held slice of track ids that keeps its per-track pixel counts and boxes.
+Overlaps are counted with one ``bincount`` of pair codes, over the slice's foreground (:func:`pair_counts`)
+or, for a few tracks or instances, over their bounding boxes only.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
-from skimage.morphology import convex_hull_image
 
 
 class SliceIndex:
@@ -45,19 +44,23 @@ class SliceIndex:
         self.lab = lab
         flat = lab.ravel()
         self.fg = np.flatnonzero(flat != 0)
-        values = flat[self.fg].astype(np.intp, copy=False)
-        if values.size and lab.dtype.kind == "i" and values.min() < 0:
+        values = flat[self.fg]
+        if lab.dtype.kind != "u" and values.size and values.min() < 0:
             raise ValueError("instance ids must be >= 0 (0 = background)")
+        values = values.astype(np.intp, copy=False)  # intp: gathers by it take numpy's fast path
         top = int(values.max()) if values.size else 0
         if top <= 4 * values.size + 1024:  # dense enough to count by id
             counts = np.bincount(values, minlength=top + 1)
             self.ids = np.flatnonzero(counts)
             self.sizes = counts[self.ids]
-            self.index = self.lookup(self.ids, top + 1)[values]
+            self._pos: np.ndarray | None = self.lookup(self.ids, top + 1)  # id -> position, -1 = absent
+            self.index = self._pos[values]
         else:
             self.ids, self.index, self.sizes = np.unique(values, return_inverse=True, return_counts=True)
+            self._pos = None
         self._boxes: list | None = None
         self._counts: dict[int, tuple[int, np.ndarray]] = {}
+        self._pixels: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     @staticmethod
     def lookup(ids: Sequence[int] | np.ndarray, size: int) -> np.ndarray:
@@ -94,20 +97,82 @@ class SliceIndex:
         version, counts = self._counts.get(id(layer), (-1, None))
         if version != layer.version:
             tracks = layer.tracks()
-            counts = pair_counts(self, layer.labels.ravel()[self.fg], tracks, tracks[-1] if tracks else 0)
+            under = layer.labels.ravel()[self.fg].astype(np.intp)
+            counts = pair_counts(self, under, tracks, int(tracks[-1]) if len(tracks) else 0)
             self._counts[id(layer)] = (layer.version, counts)
         return counts
 
+    def positions_at(self, pixels: np.ndarray) -> np.ndarray:
+        """Position in :attr:`ids` of the instance at each flat pixel position (-1 on background)."""
+        values = self.lab.ravel()[pixels].astype(np.intp, copy=False)
+        if self._pos is not None:
+            return self._pos[values]
+        pos = np.searchsorted(self.ids, values)
+        pos[values == 0] = -1
+        return pos
+
+    def pixels_of(self, cols: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat positions of the pixels of instances ``cols`` and, per pixel, its instance's index in ``cols``."""
+        key = tuple(cols)
+        if key not in self._pixels:
+            col_of = np.full(len(self.ids), -1, np.intp)
+            col_of[self.positions(cols)] = np.arange(len(cols))
+            c = col_of[self.index]
+            self._pixels[key] = (self.fg[c >= 0], c[c >= 0])
+        return self._pixels[key]
+
     def overlap(self, layer: LinkedSlice, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
         """Pixels shared by tracks ``rows`` of ``layer`` (present there) and instances ``cols`` of this slice.
+
+        Counted over the whole foreground once per ``layer`` (:meth:`counts_under`), unless that is not
+        counted yet and the rows or the columns are few: then over their pixels only.
+
+        Parameters
+        ----------
+        layer : LinkedSlice
+            A held slice.
+        rows : sequence of int
+            Distinct track ids present in ``layer``.
+        cols : sequence of int
+            Distinct instance ids present in this slice.
 
         Returns
         -------
         (len(rows), len(cols)) int64 array
         """
+        cached = self._counts.get(id(layer), (-1, None))[0] == layer.version
+        if not cached and 4 * len(cols) <= len(self.ids):
+            return self._counts_at_cols(layer, rows, cols)
+        if not cached and 4 * len(rows) <= len(layer.tracks()):
+            return self._counts_at_rows(layer, rows, cols)
         counts = self.counts_under(layer)
-        r = np.searchsorted(np.asarray(layer.tracks(), np.intp), np.asarray(rows, np.intp))
-        return counts[np.ix_(r, self.positions(cols))]
+        if len(rows) != counts.shape[0]:
+            counts = counts[np.searchsorted(layer.tracks(), np.asarray(rows, np.intp))]
+        if len(cols) != counts.shape[1]:
+            counts = counts[:, self.positions(cols)]
+        return counts
+
+    def _counts_at_cols(self, layer: LinkedSlice, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
+        """:meth:`overlap` counted over the pixels of the instances ``cols``."""
+        pixels, col = self.pixels_of(cols)
+        tracks = layer.tracks()
+        row_of = np.full((int(tracks[-1]) if len(tracks) else 0) + 1, len(rows), np.intp)  # spare row
+        row_of[np.asarray(rows, np.intp)] = np.arange(len(rows))
+        row = row_of[layer.labels.ravel()[pixels]]
+        counts = np.bincount(row * len(cols) + col, minlength=(len(rows) + 1) * len(cols))
+        return counts[: len(rows) * len(cols)].reshape(len(rows), len(cols)).astype(np.int64, copy=False)
+
+    def _counts_at_rows(self, layer: LinkedSlice, rows: Sequence[int], cols: Sequence[int]) -> np.ndarray:
+        """:meth:`overlap` counted over the pixels of the tracks ``rows`` of ``layer``."""
+        pixels, row = layer.pixels_of(rows)
+        nc = len(cols)
+        col = self.positions_at(pixels)  # -1 on background
+        if nc != len(self.ids):  # some instances only: the others to the spare column -1 too
+            col_of = np.full(len(self.ids) + 1, -1, np.intp)
+            col_of[self.positions(cols)] = np.arange(nc)
+            col = col_of[col]
+        counts = np.bincount(row * (nc + 1) + col + 1, minlength=len(rows) * (nc + 1))
+        return counts.reshape(len(rows), nc + 1)[:, 1:].astype(np.int64, copy=False)
 
 
 def _run_boxes(fg: np.ndarray, index: np.ndarray, n: int, shape) -> list[tuple[slice, slice]]:
@@ -158,9 +223,10 @@ def pair_counts(index: SliceIndex, under: np.ndarray, rows: Sequence[int], top: 
         return np.zeros((0, nb), np.int64)
     if top is None:
         top = max(int(under.max()) if under.size else 0, int(rows.max()))
-    ra = SliceIndex.lookup(rows, top + 1)[under]
-    sel = ra >= 0
-    return np.bincount(ra[sel] * nb + index.index[sel], minlength=na * nb).reshape(na, nb).astype(np.int64, copy=False)
+    row_of = np.full(top + 1, na, np.intp)  # labels not in rows (and background) go to a spare row
+    row_of[rows] = np.arange(na)
+    counts = np.bincount(row_of[under] * nb + index.index, minlength=(na + 1) * nb)
+    return counts[: na * nb].reshape(na, nb).astype(np.int64, copy=False)
 
 
 def iou_matrix(counts: np.ndarray, a_sizes: np.ndarray, b_sizes: np.ndarray) -> np.ndarray:
@@ -182,7 +248,7 @@ def iou_matrix(counts: np.ndarray, a_sizes: np.ndarray, b_sizes: np.ndarray) -> 
 
 
 class LinkedSlice:
-    """A linked slice held for gap closing: track ids with per-track pixel counts kept up to date.
+    """A linked slice held for gap closing: track ids with per-track pixel counts and boxes kept up to date.
 
     Parameters
     ----------
@@ -192,6 +258,8 @@ class LinkedSlice:
         Track ids, 0 = background; painted in place by :meth:`relabel` and :meth:`paint`.
     sizes : dict
         Track id -> its pixels in ``labels`` (tracks present only).
+    boxes : dict
+        Track id -> a box (y, x slices) holding all its pixels.
 
     Attributes
     ----------
@@ -199,84 +267,58 @@ class LinkedSlice:
         Incremented on every change of ``labels``.
     """
 
-    def __init__(self, z: int, labels: np.ndarray, sizes: dict[int, int]):
+    def __init__(self, z: int, labels: np.ndarray, sizes: dict[int, int], boxes: dict[int, tuple[slice, slice]]):
         self.z = z
         self.labels = labels
         self.sizes = sizes
+        self.boxes = boxes
         self.version = 0
-        self._tracks: tuple[int, list[int]] = (-1, [])
+        self._tracks: tuple[int, np.ndarray] = (-1, np.zeros(0, np.intp))
+        self._pixels: tuple = (None, None)
 
-    def tracks(self) -> list[int]:
-        """The track ids present, ascending."""
+    def tracks(self) -> np.ndarray:
+        """The track ids present, ascending (intp array)."""
         if self._tracks[0] != self.version:
-            self._tracks = (self.version, sorted(self.sizes))
+            self._tracks = (self.version, np.array(sorted(self.sizes), np.intp))
         return self._tracks[1]
+
+    def pixels_of(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Flat positions of the pixels of tracks ``rows`` and, per pixel, its track's index in ``rows``
+        (cached until the slice changes)."""
+        key = (self.version, tuple(rows))
+        if self._pixels[0] != key:
+            parts, index = [np.zeros(0, np.intp)], [np.zeros(0, np.intp)]
+            for k, r in enumerate(rows):
+                box = self.boxes[r]
+                ys, xs = np.nonzero(self.labels[box] == r)
+                parts.append((ys + box[0].start) * self.labels.shape[1] + xs + box[1].start)
+                index.append(np.full(len(ys), k, np.intp))
+            self._pixels = (key, (np.concatenate(parts), np.concatenate(index)))
+        return self._pixels[1]
 
     def relabel(self, old: int, new: int) -> None:
         """Give the pixels of track ``old`` to track ``new``."""
-        if old == new:
+        if old == new or old not in self.sizes:
             return
-        self.labels[self.labels == old] = new
-        self.sizes[new] = self.sizes.get(new, 0) + self.sizes.pop(old, 0)
+        box = self.boxes.pop(old)
+        self.labels[box][self.labels[box] == old] = new
+        self.sizes[new] = self.sizes.get(new, 0) + self.sizes.pop(old)
+        self.boxes[new] = _union(self.boxes.get(new), box)
         self.version += 1
 
     def paint(self, track: int, box: tuple[slice, slice], mask: np.ndarray) -> None:
         """Set the pixels ``mask`` of the crop ``box`` (all background) to ``track``."""
+        n = int(np.count_nonzero(mask))
+        if n == 0:
+            return
         self.labels[box][mask] = track
-        self.sizes[track] = self.sizes.get(track, 0) + int(np.count_nonzero(mask))
+        self.sizes[track] = self.sizes.get(track, 0) + n
+        self.boxes[track] = _union(self.boxes.get(track), box)
         self.version += 1
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks of equal shape (0 when both are empty)."""
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 0.0
-
-
-def solidity(mask: np.ndarray) -> float:
-    """Area over convex-hull area of a non-empty 2D boolean mask, computed on its bounding box."""
-    sl = ndimage.find_objects(mask.astype(np.uint8))[0]
-    crop = mask[sl]
-    return float(crop.sum() / max(convex_hull_image(crop).sum(), 1))
-
-
-def mask_box(mask: np.ndarray) -> tuple[slice, slice]:
-    """Bounding box (y, x slices) of a non-empty 2D boolean mask."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
-
-
-def union_box(boxes) -> tuple[slice, slice]:
-    """The smallest box (y, x slices) holding all of ``boxes``."""
-    boxes = list(boxes)
-    return (slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes)),
-            slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes)))
-
-
-def solidity_at_least(mask: np.ndarray, threshold: float) -> bool:
-    """``solidity(mask) >= threshold``, the convex hull computed only where a cheap bound does not decide.
-
-    The hull's pixels lie in the octagon of the mask's extents along y, x, y + x and y - x (its vertices
-    are pixel centres ± 0.5 along one axis), so area / octagon area ≤ solidity: at or above the
-    threshold, so is the solidity.
-
-    Parameters
-    ----------
-    mask : (y, x) bool array
-        Non-empty.
-    threshold : float
-        Solidity to reach.
-
-    Returns
-    -------
-    bool
-        Exactly ``solidity(mask) >= threshold``.
-    """
-    crop = mask[ndimage.find_objects(mask.astype(np.uint8))[0]]
-    ys, xs = np.nonzero(crop)
-    gy, gx = np.ogrid[: crop.shape[0], : crop.shape[1]]
-    octagon = np.count_nonzero((gy + gx >= (ys + xs).min()) & (gy + gx <= (ys + xs).max())
-                               & (gy - gx >= (ys - xs).min()) & (gy - gx <= (ys - xs).max()))
-    if crop.sum() / max(octagon, 1) >= threshold:
-        return True
-    return solidity(mask) >= threshold
+def _union(a: tuple[slice, slice] | None, b: tuple[slice, slice]) -> tuple[slice, slice]:
+    if a is None:
+        return b
+    return (slice(min(a[0].start, b[0].start), max(a[0].stop, b[0].stop)),
+            slice(min(a[1].start, b[1].start), max(a[1].stop, b[1].stop)))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from .assign import Assignment
-from .overlaps import SliceIndex, mask_box, mask_iou, solidity_at_least, union_box
+from .masks import mask_iou, solidity_at_least, union_box
+from .overlaps import SliceIndex
 from .settings import LinkSettings
 from .tracks import TrackBook
 
@@ -18,20 +19,18 @@ def _pieces(cur: SliceIndex, remaining: set, history, book: TrackBook, s: LinkSe
     """Track -> the leftover instances at least ``s.absorb_fraction`` inside its last mask, and track -> the
     slice of that mask (tracks of nearer slices first, instances ascending)."""
     rem = sorted(remaining)
-    rem_pos = cur.positions(rem)
-    rem_sizes = cur.sizes[rem_pos]
+    rem_sizes = cur.sizes[cur.positions(rem)]
     pieces: dict[int, list[int]] = {}
     last_z: dict[int, int] = {}
     for layer in reversed(history):  # nearest slice first: its tracks choose first
-        under = cur.counts_under(layer)[:, rem_pos]  # every track there x the leftover instances
-        hit = under.any(1)
-        if not hit.any():  # the usual case: a new particle's first slice, on background
+        counts = cur.overlap(layer, layer.tracks(), rem)  # every track there x the leftover instances
+        if not counts.any():  # the usual case: a new particle's first slice, on background
             continue
-        tracks = layer.tracks()
-        alive = [t for t, h in zip(tracks, hit.tolist()) if h and book[t].last_z == layer.z]
+        hit = layer.tracks()[counts.any(1)]
+        alive = book.last_seen_in(hit, layer.z)
         if not alive:
             continue
-        counts = cur.overlap(layer, alive, rem)
+        counts = counts[np.searchsorted(layer.tracks(), alive)]
         ii, jj = np.nonzero(counts)  # row-major: tracks ascending, then instances
         inside = counts[ii, jj] / rem_sizes[jj]
         for i, j in zip(ii[inside >= s.absorb_fraction].tolist(), jj[inside >= s.absorb_fraction].tolist()):
@@ -88,14 +87,14 @@ def absorb_fragments(cur: SliceIndex, a: Assignment, history, book: TrackBook, s
         Slice index of ``cur``.
     """
     pieces, last_z = _pieces(cur, a.remaining, history, book, s)
-    slices = {layer.z: layer.labels for layer in history}
+    layers = {layer.z: layer for layer in history}
     boxes = cur.boxes()
     for t, cand in pieces.items():
         prev_z = last_z[t]
         own = [i for i, tr in a.assigned.items() if tr == t]
         # crop to the track's last mask, its instances here and the candidate pieces
-        box = union_box([mask_box(slices[prev_z] == t)] + [boxes[k] for k in cur.positions(own + cand)])
-        target, lab_c = slices[prev_z][box] == t, cur.lab[box]
+        box = union_box([layers[prev_z].boxes[t]] + [boxes[k] for k in cur.positions(own + cand)])
+        target, lab_c = layers[prev_z].labels[box] == t, cur.lab[box]
         cand = [j for j in cand if j in a.remaining]  # not taken by a track of a nearer slice
         mask, taken = _choose_pieces(target, lab_c, own, cand, s)
         if not taken or (not own and mask_iou(mask, target) < s.min_iou):
@@ -183,7 +182,7 @@ def rejoin_fragments(cur: SliceIndex, assigned: dict, history, book: TrackBook, 
 def _rejoin_from(layer, cur: SliceIndex, assigned: dict, inst_of: dict, book: TrackBook, s: LinkSettings
                  ) -> None:
     """:func:`rejoin_fragments` for the tracks last seen in slice ``layer``."""
-    ended = [e for e in layer.tracks() if book[e].last_z == layer.z]  # those under ``cur`` count below
+    ended = book.last_seen_in(layer.tracks(), layer.z)  # those under ``cur`` count below
     if not ended:
         return
     counts = cur.overlap(layer, ended, cur.ids.tolist())
@@ -191,7 +190,7 @@ def _rejoin_from(layer, cur: SliceIndex, assigned: dict, inst_of: dict, book: Tr
     best: dict[int, tuple[int, float]] = {}
     for i, j in zip(ii.tolist(), jj.tolist()):
         e = ended[i]
-        f = counts[i, j] / layer.sizes[e]
+        f = counts[i, j] / layer.sizes[e]  # of e's last mask
         if f >= s.absorb_fraction and f > best.get(e, (0, 0.0))[1]:
             best[e] = (int(cur.ids[j]), f)
     prev, boxes = layer.labels, cur.boxes()
@@ -200,7 +199,7 @@ def _rejoin_from(layer, cur: SliceIndex, assigned: dict, inst_of: dict, book: Tr
         if t is None or t not in layer.sizes:  # t has no mask in that slice
             continue
         # crop to t and e there and t's instances here
-        box = union_box([mask_box(prev == t), mask_box(prev == e)] + [boxes[k] for k in cur.positions(inst_of[t])])
+        box = union_box([layer.boxes[t], layer.boxes[e]] + [boxes[k] for k in cur.positions(inst_of[t])])
         before, here = prev[box] == t, np.isin(cur.lab[box], inst_of[t])
         both = before | (prev[box] == e)
         gain = mask_iou(both, here) - mask_iou(before, here)

@@ -84,10 +84,17 @@ class TrackBook:
     ----------
     tracks : list of Track
         ``tracks[i - 1]`` is track ``i``.
+
+    Notes
+    -----
+    The book keeps each track's :attr:`Track.last_z` also in an array (index = track id), so the
+    tracks last seen in a slice are found in one step (:meth:`last_seen_in`); ``last_z`` is therefore
+    changed through the book only (:meth:`start`, :meth:`record_links`, :meth:`merge`).
     """
 
     def __init__(self):
         self.tracks: list[Track] = []
+        self._last_z = np.zeros(64, np.int64)  # index = track id
 
     def __getitem__(self, track: int) -> Track:
         return self.tracks[track - 1]
@@ -111,7 +118,27 @@ class TrackBook:
             The new track's id.
         """
         self.tracks.append(Track(first_z=z, last_z=z, born_in=born_in))
+        if len(self.tracks) >= len(self._last_z):
+            self._last_z = np.concatenate([self._last_z, np.zeros_like(self._last_z)])
+        self._last_z[len(self.tracks)] = z
         return len(self.tracks)
+
+    def last_seen_in(self, tracks, z: int) -> list[int]:
+        """The tracks among ``tracks`` whose last instance lies in slice ``z`` (order kept).
+
+        Parameters
+        ----------
+        tracks : sequence or array of int
+            Track ids.
+        z : int
+            Slice index.
+
+        Returns
+        -------
+        list of int
+        """
+        ids = np.asarray(tracks, np.intp)
+        return ids[self._last_z[ids] == z].tolist()
 
     def merge(self, fragment: int, into: int) -> None:
         """Merge track ``fragment`` into track ``into`` (statistics and alias); ``fragment`` ends for good.
@@ -123,7 +150,7 @@ class TrackBook:
         """
         self[into].absorb(self[fragment])
         self[fragment].merged_into = into
-        self[fragment].last_z = -1  # never continued again
+        self[fragment].last_z = self._last_z[fragment] = -1  # never continued again
 
     def root(self, track: int) -> int:
         """The track a track id was finally merged into (itself when never merged).
@@ -176,8 +203,9 @@ class TrackBook:
             if inst in ious:
                 t.iou_sum += ious[inst]
                 t.links += 1
+        self._last_z[list(assigned.values())] = z
 
-    def record_slice(self, z: int, tracks: list[int], sizes: list[int], boxes: list) -> dict[int, int]:
+    def record_slice(self, z: int, tracks: list[int], sizes: list[int], boxes: list) -> tuple[dict, dict]:
         """Add the voxels and bounding boxes of the instances of slice ``z``.
 
         Parameters
@@ -191,21 +219,26 @@ class TrackBook:
         -------
         dict
             Track id -> its pixels in slice ``z``.
+        dict
+            Track id -> its bounding box (y, x slices) in slice ``z``.
         """
-        acc: dict[int, list[int]] = {}
-        for track, n, (ys, xs) in zip(tracks, sizes, boxes):
-            g = acc.get(track)
-            if g is None:
-                acc[track] = [n, ys.start, xs.start, ys.stop, xs.stop]
-            else:
-                g[0] += n
-                g[1], g[2] = min(g[1], ys.start), min(g[2], xs.start)
-                g[3], g[4] = max(g[3], ys.stop), max(g[4], xs.stop)
-        for track, (n, y0, x0, y1, x1) in acc.items():
-            t = self[track]
+        if len(set(tracks)) == len(tracks):  # one instance per track (the usual case)
+            per_size, per_box = dict(zip(tracks, sizes)), dict(zip(tracks, boxes))
+        else:
+            per_size, per_box = {}, {}
+            for track, n, (ys, xs) in zip(tracks, sizes, boxes):
+                if track in per_size:
+                    b = per_box[track]
+                    n += per_size[track]
+                    ys = slice(min(b[0].start, ys.start), max(b[0].stop, ys.stop))
+                    xs = slice(min(b[1].start, xs.start), max(b[1].stop, xs.stop))
+                per_size[track], per_box[track] = n, (ys, xs)
+        for track, n in per_size.items():
+            ys, xs = per_box[track]
+            t = self.tracks[track - 1]
             t.voxels += n
-            t.grow([z, y0, x0], [z + 1, y1, x1])
-        return {track: g[0] for track, g in acc.items()}
+            t.grow((z, ys.start, xs.start), (z + 1, ys.stop, xs.stop))
+        return per_size, per_box
 
     def table(self) -> pd.DataFrame:
         """Per-track table of the tracks that hold voxels and were not merged away.
