@@ -2,8 +2,9 @@
 
 Modules: :mod:`.assign` (matching slice z to the tracks), :mod:`.tracks` (tracks, aliases, statistics),
 :mod:`.repair` (fragment absorption and rejoining, gap filling), :mod:`.linker` (the streaming linker),
-:mod:`.baselines` (greedy stitching, in-memory evaluation), :mod:`.files` (HDF5 front end). The algorithm
-is described in docs/methods.md (Linking).
+:mod:`.overlaps` (per-slice instance index, overlap counting), :mod:`.masks` (mask IoU, convexity),
+:mod:`.baselines` (greedy stitching, in-memory evaluation), :mod:`.files` (HDF5 front end),
+:mod:`.settings`. The algorithm is described in docs/methods.md (Linking).
 """
 
 from .baselines import evaluate_linking, link_array, max_score_per_particle, stitch_greedy

@@ -41,7 +41,13 @@ class SliceLinker:
 
     @property
     def tracks(self) -> list[Track]:
-        """All tracks, ``tracks[i - 1]`` = track ``i``."""
+        """All tracks so far.
+
+        Returns
+        -------
+        list of Track
+            ``tracks[i - 1]`` is track ``i``.
+        """
         return self.book.tracks
 
     def add(self, labels2d: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
@@ -84,11 +90,28 @@ class SliceLinker:
         return out
 
     def root(self, track: int) -> int:
-        """The track a track id was finally merged into (see :meth:`TrackBook.root`)."""
+        """The track a track was finally merged into (:meth:`TrackBook.root`).
+
+        Parameters
+        ----------
+        track : int
+            A track id.
+
+        Returns
+        -------
+        int
+            Its root's track id (itself when never merged).
+        """
         return self.book.root(track)
 
     def aliases(self) -> np.ndarray:
-        """Lookup table track id -> the track it was merged into (see :meth:`TrackBook.aliases`)."""
+        """Lookup table track id -> the track it was finally merged into (:meth:`TrackBook.aliases`).
+
+        Returns
+        -------
+        (n_tracks + 1,) uint32 array
+            Identity for tracks never merged; index 0 (background) maps to 0.
+        """
         return self.book.aliases()
 
 

@@ -8,20 +8,52 @@ from skimage.morphology import convex_hull_image
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks of equal shape (0 when both are empty)."""
+    """IoU of two masks.
+
+    Parameters
+    ----------
+    a, b : bool arrays of equal shape
+        The masks.
+
+    Returns
+    -------
+    float
+        |a ∩ b| / |a ∪ b| (pixels); 0 when both are empty.
+    """
     union = np.count_nonzero(a | b)
     return np.count_nonzero(a & b) / union if union else 0.0
 
 
 def solidity(mask: np.ndarray) -> float:
-    """Area over convex-hull area of a non-empty 2D boolean mask, computed on its bounding box."""
+    """Convexity of a mask, computed on its bounding box.
+
+    Parameters
+    ----------
+    mask : (y, x) bool array
+        Non-empty.
+
+    Returns
+    -------
+    float
+        Its area over the area of its convex hull (:func:`skimage.morphology.convex_hull_image`), in (0, 1].
+    """
     sl = ndimage.find_objects(mask.astype(np.uint8))[0]
     crop = mask[sl]
     return float(crop.sum() / max(convex_hull_image(crop).sum(), 1))
 
 
 def union_box(boxes) -> tuple[slice, slice]:
-    """The smallest box (y, x slices) holding all of ``boxes``."""
+    """The smallest box holding some boxes.
+
+    Parameters
+    ----------
+    boxes : iterable of (slice, slice)
+        (y, x) boxes, stops exclusive; at least one.
+
+    Returns
+    -------
+    (slice, slice)
+    """
     boxes = list(boxes)
     return (slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes)),
             slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes)))

@@ -3,7 +3,7 @@
 :class:`SliceIndex` indexes a slice's instances once (foreground pixels, ids, sizes, boxes);
 :class:`LinkedSlice` is a held slice of track ids that keeps its per-track pixel counts and boxes.
 Overlaps are counted with one ``bincount`` of pair codes, over the slice's foreground (:func:`pair_counts`)
-or, for a few tracks or instances, over their bounding boxes only.
+or, for a few tracks or instances, over their pixels only.
 """
 
 from __future__ import annotations
@@ -82,18 +82,45 @@ class SliceIndex:
         return lut
 
     def positions(self, ids: Sequence[int]) -> np.ndarray:
-        """Positions in :attr:`ids` of instance ids present in the slice."""
+        """Positions in :attr:`ids` of instance ids.
+
+        Parameters
+        ----------
+        ids : sequence of int
+            Instance ids present in the slice.
+
+        Returns
+        -------
+        (len(ids),) intp array
+        """
         return np.searchsorted(self.ids, np.asarray(ids, np.intp))
 
     def boxes(self) -> list[tuple[slice, slice]]:
-        """Bounding box (y, x slices, pixels) of each instance of :attr:`ids`, from its row runs."""
+        """Bounding boxes of the instances, from their row runs (computed once).
+
+        Returns
+        -------
+        list of (slice, slice)
+            Per instance of :attr:`ids`, its (y, x) extent in pixels, stops exclusive.
+        """
         if self._boxes is None:
             self._boxes = _run_boxes(self.fg, self.index, len(self.ids), self.lab.shape)
         return self._boxes
 
     def counts_under(self, layer: LinkedSlice) -> np.ndarray:
-        """Pixels shared by every track of ``layer`` (rows: :meth:`LinkedSlice.tracks`) and every instance
-        (columns: :attr:`ids`); one pass over the foreground, cached until ``layer`` changes."""
+        """Pixels shared by every track of a held slice and every instance: one pass over the foreground,
+        cached until ``layer`` changes.
+
+        Parameters
+        ----------
+        layer : LinkedSlice
+            A held slice.
+
+        Returns
+        -------
+        (len(layer.tracks()), len(ids)) int64 array
+            Rows: :meth:`LinkedSlice.tracks`; columns: :attr:`ids`.
+        """
         version, counts = self._counts.get(id(layer), (-1, None))
         if version != layer.version:
             tracks = layer.tracks()
@@ -103,7 +130,18 @@ class SliceIndex:
         return counts
 
     def positions_at(self, pixels: np.ndarray) -> np.ndarray:
-        """Position in :attr:`ids` of the instance at each flat pixel position (-1 on background)."""
+        """The instances at some pixels.
+
+        Parameters
+        ----------
+        pixels : 1D int array
+            Flat (raster-order) pixel positions.
+
+        Returns
+        -------
+        (len(pixels),) intp array
+            Position in :attr:`ids` of the instance at each pixel, -1 on background.
+        """
         values = self.lab.ravel()[pixels].astype(np.intp, copy=False)
         if self._pos is not None:
             return self._pos[values]
@@ -112,7 +150,20 @@ class SliceIndex:
         return pos
 
     def pixels_of(self, cols: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Flat positions of the pixels of instances ``cols`` and, per pixel, its instance's index in ``cols``."""
+        """The pixels of some instances (cached).
+
+        Parameters
+        ----------
+        cols : sequence of int
+            Distinct instance ids present in the slice.
+
+        Returns
+        -------
+        1D intp array
+            Flat (raster-order) positions of their pixels.
+        1D intp array
+            Per pixel, the index in ``cols`` of its instance.
+        """
         key = tuple(cols)
         if key not in self._pixels:
             col_of = np.full(len(self.ids), -1, np.intp)
@@ -277,14 +328,32 @@ class LinkedSlice:
         self._pixels: tuple = (None, None)
 
     def tracks(self) -> np.ndarray:
-        """The track ids present, ascending (intp array)."""
+        """The track ids present.
+
+        Returns
+        -------
+        1D intp array
+            Ascending.
+        """
         if self._tracks[0] != self.version:
             self._tracks = (self.version, np.array(sorted(self.sizes), np.intp))
         return self._tracks[1]
 
     def pixels_of(self, rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Flat positions of the pixels of tracks ``rows`` and, per pixel, its track's index in ``rows``
-        (cached until the slice changes)."""
+        """The pixels of some tracks, found in their boxes (cached until the slice changes).
+
+        Parameters
+        ----------
+        rows : sequence of int
+            Distinct track ids present in the slice.
+
+        Returns
+        -------
+        1D intp array
+            Flat (raster-order) positions of their pixels.
+        1D intp array
+            Per pixel, the index in ``rows`` of its track.
+        """
         key = (self.version, tuple(rows))
         if self._pixels[0] != key:
             parts, index = [np.zeros(0, np.intp)], [np.zeros(0, np.intp)]
@@ -297,7 +366,13 @@ class LinkedSlice:
         return self._pixels[1]
 
     def relabel(self, old: int, new: int) -> None:
-        """Give the pixels of track ``old`` to track ``new``."""
+        """Give the pixels of one track to another.
+
+        Parameters
+        ----------
+        old, new : int
+            Track ids; nothing happens when ``old`` is absent or equals ``new``.
+        """
         if old == new or old not in self.sizes:
             return
         box = self.boxes.pop(old)
@@ -307,7 +382,17 @@ class LinkedSlice:
         self.version += 1
 
     def paint(self, track: int, box: tuple[slice, slice], mask: np.ndarray) -> None:
-        """Set the pixels ``mask`` of the crop ``box`` (all background) to ``track``."""
+        """Paint a track into background pixels.
+
+        Parameters
+        ----------
+        track : int
+            Track id.
+        box : (slice, slice)
+            A (y, x) crop of the slice.
+        mask : bool array, the shape of the crop
+            The pixels to paint; background (0) in ``labels``.
+        """
         n = int(np.count_nonzero(mask))
         if n == 0:
             return
