@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .assign import Assignment
-from .masks import mask_iou, solidity_at_least, union_box
+from .masks import labels_in, mask_iou, solidity_at_least, union_box
 from .overlaps import SliceIndex
 from .settings import LinkSettings
 from .tracks import TrackBook
@@ -44,14 +44,14 @@ def _choose_pieces(target, lab_c, own: list, cand: list, s: LinkSettings) -> tup
 
     Returns the track's mask in this slice with the pieces taken (cropped like ``target``) and the pieces.
     """
-    mask = np.isin(lab_c, own)
+    mask = labels_in(lab_c, own)
     sizes = {j: np.count_nonzero(lab_c == j) for j in cand}
 
     def joins(trial, before):  # the cheap test first: the convex hull is the costly one
         return mask_iou(trial, target) > mask_iou(before, target) and solidity_at_least(trial, s.absorb_solidity)
 
     # all pieces at once first: a particle cut in three is convex only when whole again
-    whole = mask | np.isin(lab_c, cand)
+    whole = mask | labels_in(lab_c, cand)
     if cand and joins(whole, mask):
         return whole, cand
     taken = []
@@ -200,7 +200,7 @@ def _rejoin_from(layer, cur: SliceIndex, assigned: dict, inst_of: dict, book: Tr
             continue
         # crop to t and e there and t's instances here
         box = union_box([layer.boxes[t], layer.boxes[e]] + [boxes[k] for k in cur.positions(inst_of[t])])
-        before, here = prev[box] == t, np.isin(cur.lab[box], inst_of[t])
+        before, here = prev[box] == t, labels_in(cur.lab[box], inst_of[t])
         both = before | (prev[box] == e)
         gain = mask_iou(both, here) - mask_iou(before, here)
         kin = book[e].born_in == t or book[t].born_in == e
