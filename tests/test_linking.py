@@ -244,7 +244,7 @@ def test_a_small_particle_ending_under_a_bigger_one_stays_apart(absorb, monkeypa
     ids = linker.aliases()[out]
     assert len(np.unique(ids[ids > 0])) == 2 and ids[2, 24, 14] != ids[2, 24, 30] == ids[5, 24, 27]
     if absorb:  # without the gain and convexity guards the two would be joined
-        monkeypatch.setattr("detachment.linking.REJOIN_GAIN", 0.0)
+        monkeypatch.setattr("detachment.linking.repair.REJOIN_GAIN", 0.0)
         out, linker = linked(per_slice_ids(stack), absorb_fraction=absorb, min_iou=0.2, absorb_solidity=0.0)
         assert len(np.unique(linker.aliases()[out])) == 2
 
@@ -274,6 +274,84 @@ def test_greedy_stitcher_merges_where_hungarian_does_not(absorb):
     hung, _ = linked(stack, min_iou=0.2, absorb_fraction=absorb)
     assert len(np.unique(greedy[greedy > 0])) == 1
     assert len(np.unique(hung[hung > 0])) == 2
+
+
+def _random_labels(rng, shape, n_max, sparse=False):
+    """Salt-and-pepper or blob labels, 0 = background; ``sparse``: ids far apart (> 4x the pixel count)."""
+    if rng.random() < 0.5:
+        lab = rng.integers(0, rng.integers(1, n_max + 1) + 1, shape)
+    else:
+        from scipy import ndimage
+
+        lab = ndimage.label(ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.5)[0]
+    return lab * 1_000_003 if sparse else lab
+
+
+def test_fast_overlap_counting_equals_per_pair_masks():
+    """The linker's one-pass counts, IoUs and boxes against the direct per-pair boolean masks."""
+    from scipy import ndimage
+
+    from detachment.linking.overlaps import LinkedSlice, SliceIndex, iou_matrix, pair_counts
+
+    rng = np.random.default_rng(5)
+    for trial in range(60):
+        shape = tuple(int(v) for v in rng.integers(1, 50, 2))
+        a = _random_labels(rng, shape, 12).astype(np.uint32)  # a previous slice's track ids
+        b = _random_labels(rng, shape, 12, sparse=trial % 5 == 0).astype(np.int64)  # instance ids
+        idx = SliceIndex(b)
+        assert idx.ids.tolist() == np.unique(b[b > 0]).tolist()
+        assert idx.sizes.tolist() == [np.count_nonzero(b == j) for j in idx.ids]
+        rows = np.unique(a[a > 0])
+        counts = pair_counts(idx, a.ravel()[idx.fg], rows)
+        brute = np.array([[np.count_nonzero((a == i) & (b == j)) for j in idx.ids] for i in rows], np.int64)
+        assert np.array_equal(counts, brute.reshape(len(rows), len(idx.ids)))
+        a_sizes = np.array([np.count_nonzero(a == i) for i in rows], np.int64)
+        brute_iou = [[np.count_nonzero((a == i) & (b == j)) / np.count_nonzero((a == i) | (b == j))
+                      for j in idx.ids] for i in rows]
+        assert np.array_equal(iou_matrix(counts, a_sizes, idx.sizes), np.reshape(brute_iou, counts.shape))
+        dense = np.where(b > 0, np.searchsorted(idx.ids, b) + 1, 0)  # instance k -> k + 1
+        assert idx.boxes() == ndimage.find_objects(dense, len(idx.ids))
+        # a held slice, painted and relabelled: subsets of its tracks against subsets of the instances,
+        # counted over the whole foreground, over the instances' pixels and over the tracks' pixels
+        boxes = ndimage.find_objects(a)
+        layer = LinkedSlice(0, a.copy(), {int(i): int(n) for i, n in zip(rows, a_sizes)},
+                            {int(i): boxes[i - 1] for i in rows})
+        if len(rows) and idx.ids.size:
+            y, x = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+            box = (slice(y, min(y + 8, shape[0])), slice(x, min(x + 8, shape[1])))
+            layer.paint(int(rows[0]), box, layer.labels[box] == 0)
+            layer.relabel(int(rows[-1]), int(rows[0]))
+            assert layer.sizes == {int(i): int(np.count_nonzero(layer.labels == i)) for i in layer.tracks()}
+            for r, c in ((layer.tracks()[::2], idx.ids.tolist()[1::2]), (layer.tracks(), idx.ids.tolist()[:1]),
+                         (layer.tracks()[:1], idx.ids.tolist())):
+                want = np.reshape([[np.count_nonzero((layer.labels == i) & (b == j)) for j in c] for i in r],
+                                  (len(r), len(c)))
+                assert np.array_equal(idx._counts_at_cols(layer, r, c), want)
+                assert np.array_equal(idx._counts_at_rows(layer, r, c), want)
+                assert np.array_equal(idx.overlap(layer, r, c), want)
+            idx.counts_under(layer)  # cached, then painted again: the cache must not be used
+            layer.paint(int(rows[0]), (slice(0, shape[0]), slice(0, shape[1])), layer.labels == 0)
+            r, c = layer.tracks(), idx.ids.tolist()
+            want = np.reshape([[np.count_nonzero((layer.labels == i) & (b == j)) for j in c] for i in r],
+                              (len(r), len(c)))
+            assert np.array_equal(idx.overlap(layer, r, c), want)
+
+
+def test_solidity_shortcut_decides_as_the_convex_hull():
+    from detachment.linking.masks import solidity, solidity_at_least
+
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:30, :30]
+    for trial in range(150):
+        if trial % 3 == 0:  # discs, ellipses and pairs of them: around the threshold
+            m = (yy - 15) ** 2 / rng.uniform(4, 80) + (xx - 15) ** 2 / rng.uniform(4, 80) <= 1
+            m |= (yy - rng.integers(5, 25)) ** 2 + (xx - rng.integers(5, 25)) ** 2 <= rng.integers(0, 30)
+        else:
+            m = rng.random((rng.integers(1, 12), rng.integers(1, 12))) < rng.uniform(0.3, 1.0)
+        if not m.any():
+            continue
+        for thr in (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0):
+            assert solidity_at_least(m, thr) == (solidity(m) >= thr)
 
 
 def _write_slices(path, stack):
