@@ -20,13 +20,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from detachment.config_docs import with_defaults
 from detachment.linking import LinkSettings, link_slices, stitch_greedy
 from detachment.phantom import PhantomParams, generate_phantom
 
 
 def default_settings() -> LinkSettings:
     """The ``link`` section of the default config (keys LinkSettings does not take left out)."""
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text())["link"]
+    cfg = with_defaults(yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text()))
+    cfg = cfg["link"]
     names = {f.name for f in dataclasses.fields(LinkSettings)}
     return LinkSettings(**{k: v for k, v in cfg.items() if k in names and v is not None})
 
