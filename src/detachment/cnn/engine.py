@@ -262,7 +262,8 @@ def train_one_epoch(model: nn.Module, opt: torch.optim.Optimizer, batches: Itera
             losses.append(train_step(model, opt, images, targets, lr, t.grad_clip_norm, dtype))
         except FloatingPointError as e:
             raise FloatingPointError(f"epoch {epoch}, iteration {i}: {e}") from None
-        bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
+        # refresh=False: a redraw per step would ignore tqdm's mininterval (TQDM_MININTERVAL in log files)
+        bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}", refresh=False)
     return losses
 
 

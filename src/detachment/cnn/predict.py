@@ -61,18 +61,26 @@ def predictions_to_labels(pred: dict[str, torch.Tensor], shape: tuple[int, int],
     rows = []
     if len(keep) == 0:
         return out, rows
-    probs = pred["masks"][keep, 0].detach().cpu().numpy()
+    probs = pred["masks"][:, 0].detach().cpu().numpy()  # on a CPU a view: the kept masks are not copied
     n = 0
-    for k, p in zip(keep, probs):
-        full = p >= mask_threshold
-        pix = full & (out == 0)
-        if not pix.any() or pix.sum() < min_visible_fraction * full.sum():
+    for k in keep:
+        full = probs[k] >= mask_threshold
+        # the rest is done within the mask's bounding box (it is empty outside)
+        ys, xs = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
+        if len(ys) == 0:
+            continue
+        y0, x0 = ys[0], xs[0]
+        box = full[y0:ys[-1] + 1, x0:xs[-1] + 1]
+        free = out[y0:ys[-1] + 1, x0:xs[-1] + 1]
+        pix = box & (free == 0)
+        area = int(np.count_nonzero(pix))
+        if area == 0 or area < min_visible_fraction * np.count_nonzero(box):
             continue
         n += 1
-        out[pix] = n
-        ys, xs = np.nonzero(pix)
-        rows.append({"label": n, "score": float(scores[k]), "y0": int(ys.min()), "x0": int(xs.min()),
-                     "y1": int(ys.max()) + 1, "x1": int(xs.max()) + 1, "area_px": int(pix.sum())})
+        free[pix] = n
+        py, px = np.nonzero(pix)
+        rows.append({"label": n, "score": float(scores[k]), "y0": int(py.min() + y0), "x0": int(px.min() + x0),
+                     "y1": int(py.max() + y0) + 1, "x1": int(px.max() + x0) + 1, "area_px": area})
     return out, rows
 
 
