@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/maskrcnn.py [--steps 30] [--warmup 3] [--size 128] [--batch 2]
        [--precision auto] [--slices 8] [--rounds 5] [--score 0] [--weights W --meta M] [--threads 2]
-       [--no-settings]
+       [--tta] [--no-settings]
 
 Model and training settings are config/config.yaml's (tile = ``--size``), on phantom tiles.
 1. Training, seconds per SGD step. Ours: the library's loop (``train_one_epoch`` over
@@ -17,7 +17,8 @@ Model and training settings are config/config.yaml's (tile = ``--size``), on pha
 2. Inference, slices/s: ``predict`` without TTA (batching, tensors from numpy, painting labels) vs a
    bare ``model(batch)`` in eval mode under inference_mode on the same slices and batches; one warm-up
    round, then rounds alternating; median of the per-round ratios. Goal: ours / bare >= 0.9. An
-   untrained model (or ``--weights``/``--meta``); at ``--score`` 0 every detection is painted.
+   untrained model (or ``--weights``/``--meta``); at ``--score`` 0 every detection is painted. With
+   ``--tta`` also ``predict(tta=True)`` vs four bare forwards of the flipped batches (no goal).
 3. Unless ``--no-settings``: the bare step at the configured speed settings (``model.roi_sampling_ratio``,
    ``train.precision``) vs torchvision's float32 at RoIAlign ratio 2, interleaved the same way.
 """
@@ -36,7 +37,7 @@ import yaml
 
 from detachment.cnn.engine import epoch_batches, make_batch, train_one_epoch
 from detachment.cnn.model import ModelSettings, TrainSettings, build_model, to_tensor, training_dtype
-from detachment.cnn.predict import load_model, predict
+from detachment.cnn.predict import TTA_FLIPS, load_model, predict
 from detachment.phantom import PhantomParams, generate_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,33 +134,37 @@ def bench_training(m: ModelSettings, t: TrainSettings, tiles, masks, n_warmup: i
 
 
 def bench_inference(model, name: str, slices: np.ndarray, batch: int, score: float, mask: float,
-                    rounds: int) -> float:
-    """Ours vs bare slices/s over whole slices; prints and returns the median throughput ratio."""
+                    rounds: int, tta: bool = False) -> float:
+    """Ours vs bare slices/s over whole slices; prints and returns the median throughput ratio. With
+    ``tta``, predict fusing four flips vs four bare forwards of the flipped batches."""
     model.eval()
     tile = model.transform.min_size, model.transform.max_size
     dev = torch.device("cpu")
     h, w = slices.shape[-2:]
     tensors = [to_tensor(s) for s in slices]
+    flips = TTA_FLIPS if tta else ((),)
     found = []
 
     def ours(_):
-        labels, rows = predict(model, slices, dev, batch, score, mask)
+        labels, rows = predict(model, slices, dev, batch, score, mask, tta=tta)
         found.append(len(rows))
 
     def bare(_):
         model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)  # as predict does
         with torch.inference_mode():
             for b in range(0, len(tensors), batch):
-                model(tensors[b:b + batch])
+                for f in flips:
+                    model([torch.flip(x, f) if f else x for x in tensors[b:b + batch]])
         model.transform.min_size, model.transform.max_size = tile
 
     t_ours, t_bare = interleaved(ours, bare, 1, rounds)
     n = len(slices)
-    print(f"inference ({name}, {n} slices {h}x{w}, batch {batch}, no TTA, {found[-1] / n:.0f} painted detections per "
-          f"slice at score {score}; 1 warm-up + {rounds} rounds, interleaved)")
+    what = "TTA (four flips fused) vs four bare forwards" if tta else "no TTA"
+    print(f"inference ({name}, {n} slices {h}x{w}, batch {batch}, {what}, {found[-1] / n:.0f} painted "
+          f"detections per slice at score {score}; 1 warm-up + {rounds} rounds, interleaved)")
     ratio = float(np.median(t_bare / t_ours))
     print(f"  ours {n / np.median(t_ours):.2f} slices/s, bare {n / np.median(t_bare):.2f} slices/s; "
-          f"ours / bare throughput {ratio:.3f} (median of rounds); goal >= 0.9")
+          f"ours / bare throughput {ratio:.3f} (median of rounds)" + ("" if tta else "; goal >= 0.9"))
     return ratio
 
 
@@ -197,6 +202,7 @@ def main():
     ap.add_argument("--weights", type=Path, help="a trained model's weights for part 2 (with --meta)")
     ap.add_argument("--meta", type=Path, help="its JSON metadata (results/model/maskrcnn.json)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tta", action="store_true", help="part 2 also with test-time augmentation (longer)")
     ap.add_argument("--no-settings", action="store_true", help="skip part 3")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -211,8 +217,10 @@ def main():
     else:
         torch.manual_seed(1)
         model = build_model(m)
-    bench_inference(model, str(args.weights or "untrained model"), slices, args.batch, args.score, infer_mask,
-                    args.rounds)
+    name = str(args.weights or "untrained model")
+    bench_inference(model, name, slices, args.batch, args.score, infer_mask, args.rounds)
+    if args.tta:
+        bench_inference(model, name, slices, args.batch, args.score, infer_mask, args.rounds, tta=True)
     if not args.no_settings:
         bench_settings(m, t, tiles, masks, args.warmup, args.steps)
     print(f"({time.perf_counter() - t0:.0f} s, {args.threads} threads; load average before / after "
