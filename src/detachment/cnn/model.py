@@ -354,10 +354,9 @@ def make_target(mask: np.ndarray) -> dict[str, torch.Tensor]:
         return {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64),
                 "masks": torch.zeros((0,) + mask.shape, dtype=torch.uint8)}
     masks = mask[None] == ids[:, None, None]
-    boxes = []
-    for m in masks:
-        ys, xs = np.nonzero(m)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    return {"boxes": torch.tensor(np.array(boxes), dtype=torch.float32),
+    rows, cols = masks.any(2), masks.any(1)  # (n, y), (n, x); every instance has a pixel
+    y0, x0 = rows.argmax(1), cols.argmax(1)
+    y1, x1 = rows.shape[1] - rows[:, ::-1].argmax(1), cols.shape[1] - cols[:, ::-1].argmax(1)
+    return {"boxes": torch.from_numpy(np.stack([x0, y0, x1, y1], 1).astype(np.float32)),
             "labels": torch.ones(len(ids), dtype=torch.int64),
-            "masks": torch.from_numpy(masks.astype(np.uint8))}
+            "masks": torch.from_numpy(masks.view(np.uint8))}
