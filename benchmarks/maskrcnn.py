@@ -1,130 +1,231 @@
-"""Mask R-CNN pipeline overheads, measured against bare torchvision calls on the same tensors.
+"""Mask R-CNN pipeline overheads against bare torchvision loops: same model, same batches, same dtype.
 
-Usage: .venv/bin/python benchmarks/maskrcnn.py [--slices 16] [--steps 12]
+Usage: .venv/bin/python benchmarks/maskrcnn.py [--steps 30] [--warmup 3] [--size 128] [--batch 2]
+       [--precision auto] [--slices 8] [--rounds 5] [--score 0] [--weights W --meta M] [--threads 2]
+       [--tta] [--no-settings]
 
-1. Inference: slices/s of :func:`detachment.maskrcnn.predict` (batching, painting
-   non-overlapping labels) vs a bare ``model(batch)`` forward under inference_mode;
-   with test-time augmentation (four flips fused) vs four bare forwards.
-2. Training: seconds per SGD step of :func:`detachment.maskrcnn.train` (targets
-   from label tiles, lr schedule, clipping, logging, checkpoint) vs a bare loop of
-   ``loss = sum(model(images, targets).values()); backward; clip; step`` with
-   precomputed targets. Both start from the same weights, see the same batches in
-   the same order with the same learning rate and clipping, so they do the same
-   arithmetic: a step's cost depends on how many proposals survive, which changes
-   as the weights move, so a bare loop with another learning rate or data order
-   is not comparable. The pipeline's one validation pass is timed alone and
-   subtracted.
-3. Training speed of the default CPU settings (``model.roi_sampling_ratio`` 1,
-   ``train.precision`` bf16) against torchvision's float32 at ratio 2: the same
-   bare loop, same weights and batches, seconds per step and their ratio.
-Both use the default (CPU) model settings and an untrained model.
+Model and training settings are config/config.yaml's (tile = ``--size``), on phantom tiles.
+1. Training, seconds per SGD step. Ours: the library's loop (``train_one_epoch`` over
+   ``epoch_batches``: targets built from the label tiles, lr set, autocast per ``train.precision``, the
+   finite check, clipping, per-step loss logging), under the deterministic algorithms ``train()``
+   switches on. Bare: a plain torchvision loop (``sum(model(images, targets).values())``, backward,
+   clip, step) on precomputed targets, deterministic algorithms off. Two copies of one model see the
+   same batches with the same lr, and torch's generator is reseeded alike before each pair of steps, so
+   both do the same arithmetic (checked: equal weights at the end). Warm-up steps are untimed; then
+   the steps are interleaved (which goes first alternates) and the median of the paired ratios is
+   reported. Goal: ours / bare <= 1.1. Per-epoch work (validation, checkpoint) is not a step cost.
+2. Inference, slices/s: ``predict`` without TTA (batching, tensors from numpy, painting labels) vs a
+   bare ``model(batch)`` in eval mode under inference_mode on the same slices and batches; one warm-up
+   round, then rounds alternating; median of the per-round ratios. Goal: ours / bare >= 0.9. An
+   untrained model (or ``--weights``/``--meta``); at ``--score`` 0 every detection is painted. With
+   ``--tta`` also ``predict(tta=True)`` vs four bare forwards of the flipped batches (no goal).
+3. Unless ``--no-settings``: the bare step at the configured speed settings (``model.roi_sampling_ratio``,
+   ``train.precision``) vs torchvision's float32 at RoIAlign ratio 2, interleaved the same way.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
+import copy
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
-from detachment.maskrcnn import (
-    ModelSettings,
-    TrainSettings,
-    build_model,
-    evaluate,
-    make_target,
-    predict,
-    seed_everything,
-    to_tensor,
-    train,
-    validation_loss,
-)
+from detachment.cnn.engine import epoch_batches, make_batch, train_one_epoch
+from detachment.cnn.model import ModelSettings, TrainSettings, build_model, to_tensor, training_dtype
+from detachment.cnn.predict import TTA_FLIPS, load_model, predict
 from detachment.phantom import PhantomParams, generate_phantom
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings(size: int, batch: int, precision: str | None, threads: int
+             ) -> tuple[ModelSettings, TrainSettings, float]:
+    """config/config.yaml's model and train sections, at tile ``size`` and batch ``batch`` on the CPU, and
+    ``infer.mask_threshold``."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    train_cfg = {k: v for k, v in cfg["train"].items() if k not in ("gpus", "runtime_min")}
+    train_cfg.update(batch_size=batch, device="cpu", threads=threads, warmup_iterations=0)
+    if precision:
+        train_cfg["precision"] = precision
+    return ModelSettings(**cfg["model"], tile=size), TrainSettings(**train_cfg), cfg["infer"]["mask_threshold"]
+
+
+def phantom_data(size: int, n_tiles: int, n_slices: int):
+    """Tiles of side ``size`` (with labels) and whole slices from the default phantom's particle layer."""
+    ph = generate_phantom(PhantomParams(), seed=1)
+    depth, ny, nx = ph.volume.shape
+    rng = np.random.default_rng(0)
+    zs = rng.integers(depth // 5, 4 * depth // 5, n_tiles)
+    ys, xs = rng.integers(0, ny - size + 1, n_tiles), rng.integers(0, nx - size + 1, n_tiles)
+    tiles = np.stack([ph.volume[z, y:y + size, x:x + size] for z, y, x in zip(zs, ys, xs)]).astype(np.float32)
+    masks = np.stack([ph.labels[z, y:y + size, x:x + size] for z, y, x in zip(zs, ys, xs)]).astype(np.int64)
+    slices = ph.volume[np.linspace(depth // 5, 4 * depth // 5, n_slices).astype(int)].astype(np.float32)
+    return tiles, masks, slices
+
+
+def bare_step(model, opt, images, targets, bf16: bool, clip: float) -> None:
+    """A plain torchvision training step."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss_dict = model(images, targets)
+    loss = sum(loss_dict.values())
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+    opt.step()
+
+
+def interleaved(a, b, n_warmup: int, n_timed: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seconds of ``a(i)`` and ``b(i)`` for i in the timed range, run in pairs, the first of a pair
+    alternating; torch is reseeded alike before each call (same RPN / RoI samples for both)."""
+    ta, tb = [], []
+    for i in range(n_warmup + n_timed):
+        pair = []
+        for f in ((a, b) if i % 2 == 0 else (b, a)):
+            torch.manual_seed(seed + i)
+            t0 = time.perf_counter()
+            f(i)
+            pair.append((f, time.perf_counter() - t0))
+        if i >= n_warmup:
+            ta.append(dict(pair)[a])
+            tb.append(dict(pair)[b])
+    return np.array(ta), np.array(tb)
+
+
+def summary(ours: np.ndarray, ref: np.ndarray) -> str:
+    r = ours / ref
+    q1, q3 = np.percentile(r, [25, 75])
+    return (f"ours {np.median(ours):.3f} s, bare {np.median(ref):.3f} s (medians of {len(r)}); "
+            f"ours / bare {np.median(r):.3f} (paired median, IQR {q1:.3f}-{q3:.3f})")
+
+
+def bench_training(m: ModelSettings, t: TrainSettings, tiles, masks, n_warmup: int, n_steps: int) -> float:
+    """Ours vs bare seconds per step; prints and returns the paired median ratio."""
+    dtype = training_dtype(t.precision, torch.device("cpu"))
+    torch.manual_seed(t.seed)
+    ours = build_model(m).train()
+    bare = copy.deepcopy(ours)
+    opts = [torch.optim.SGD(net.parameters(), lr=t.lr_start, momentum=t.momentum, weight_decay=t.weight_decay)
+            for net in (ours, bare)]
+    n = t.batch_size
+    order = np.arange(len(tiles))
+    pre = [make_batch(tiles, masks, order[i * n:(i + 1) * n], torch.device("cpu"))
+           for i in range(n_warmup + n_steps)]
+
+    def our_step(i):
+        torch.use_deterministic_algorithms(True, warn_only=True)  # as train() runs on a CPU
+        train_one_epoch(ours, opts[0], epoch_batches(tiles, masks, order[i * n:], 1, n, torch.device("cpu")),
+                        [t.lr_start], t, dtype, progress=False)
+        torch.use_deterministic_algorithms(False)
+
+    def bare_step_i(i):
+        bare_step(bare, opts[1], *pre[i], dtype == torch.bfloat16, t.grad_clip_norm)
+
+    t_ours, t_bare = interleaved(our_step, bare_step_i, n_warmup, n_steps)
+    same = all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), bare.state_dict().values()))
+    print(f"training step ({m.backbone}-FPN {m.fpn_channels}, tile {m.tile}, batch {n}, {dtype}, RoIAlign "
+          f"ratio {m.roi_sampling_ratio}; {n_warmup} warm-up + {n_steps} timed steps, interleaved)")
+    print(f"  {summary(t_ours, t_bare)}; goal <= 1.1; same weights after: {same}")
+    return float(np.median(t_ours / t_bare))
+
+
+def bench_inference(model, name: str, slices: np.ndarray, batch: int, score: float, mask: float,
+                    rounds: int, tta: bool = False) -> float:
+    """Ours vs bare slices/s over whole slices; prints and returns the median throughput ratio. With
+    ``tta``, predict fusing four flips vs four bare forwards of the flipped batches."""
+    model.eval()
+    tile = model.transform.min_size, model.transform.max_size
+    dev = torch.device("cpu")
+    h, w = slices.shape[-2:]
+    tensors = [to_tensor(s) for s in slices]
+    flips = TTA_FLIPS if tta else ((),)
+    found = []
+
+    def ours(_):
+        labels, rows = predict(model, slices, dev, batch, score, mask, tta=tta)
+        found.append(len(rows))
+
+    def bare(_):
+        model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)  # as predict does
+        with torch.inference_mode():
+            for b in range(0, len(tensors), batch):
+                for f in flips:
+                    model([torch.flip(x, f) if f else x for x in tensors[b:b + batch]])
+        model.transform.min_size, model.transform.max_size = tile
+
+    t_ours, t_bare = interleaved(ours, bare, 1, rounds)
+    n = len(slices)
+    what = "TTA (four flips fused) vs four bare forwards" if tta else "no TTA"
+    print(f"inference ({name}, {n} slices {h}x{w}, batch {batch}, {what}, {found[-1] / n:.0f} painted "
+          f"detections per slice at score {score}; 1 warm-up + {rounds} rounds, interleaved)")
+    ratio = float(np.median(t_bare / t_ours))
+    print(f"  ours {n / np.median(t_ours):.2f} slices/s, bare {n / np.median(t_bare):.2f} slices/s; "
+          f"ours / bare throughput {ratio:.3f} (median of rounds)" + ("" if tta else "; goal >= 0.9"))
+    return ratio
+
+
+def bench_settings(m: ModelSettings, t: TrainSettings, tiles, masks, n_warmup: int, n_steps: int) -> None:
+    """Bare steps at the configured speed settings vs torchvision's float32 at RoIAlign ratio 2."""
+    dtype = training_dtype(t.precision, torch.device("cpu"))
+    ref = ModelSettings(**{**m.__dict__, "roi_sampling_ratio": 2})
+    nets = []
+    for s in (m, ref):
+        torch.manual_seed(t.seed)
+        net = build_model(s).train()
+        nets.append((net, torch.optim.SGD(net.parameters(), lr=t.lr_start, momentum=t.momentum,
+                                          weight_decay=t.weight_decay)))
+    n = t.batch_size
+    pre = [make_batch(tiles, masks, range(i * n, (i + 1) * n), torch.device("cpu")) for i in range(n_warmup + n_steps)]
+    clip = t.grad_clip_norm
+    t_fast, t_ref = interleaved(lambda i: bare_step(*nets[0], *pre[i], dtype == torch.bfloat16, clip),
+                                lambda i: bare_step(*nets[1], *pre[i], False, clip), n_warmup, n_steps)
+    print(f"configured speed settings ({dtype}, RoIAlign ratio {m.roi_sampling_ratio}) vs float32 at ratio 2: "
+          f"{np.median(t_fast):.3f} vs {np.median(t_ref):.3f} s/step, speed-up {np.median(t_ref / t_fast):.2f}x "
+          f"(paired median)")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--slices", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=30, help="timed training steps (default 30)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (default 3)")
+    ap.add_argument("--size", type=int, default=128, help="training tile side, px (default 128, augment.tile)")
+    ap.add_argument("--batch", type=int, default=2, help="tiles per step and slices per forward (default 2)")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="default: train.precision")
+    ap.add_argument("--slices", type=int, default=8, help="whole slices per inference round (default 8)")
+    ap.add_argument("--rounds", type=int, default=5, help="timed inference rounds (default 5)")
+    ap.add_argument("--score", type=float, default=0.0,
+                    help="inference score threshold (default 0: every detection is painted, the most work)")
+    ap.add_argument("--weights", type=Path, help="a trained model's weights for part 2 (with --meta)")
+    ap.add_argument("--meta", type=Path, help="its JSON metadata (results/model/maskrcnn.json)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tta", action="store_true", help="part 2 also with test-time augmentation (longer)")
+    ap.add_argument("--no-settings", action="store_true", help="skip part 3")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    ph = generate_phantom(PhantomParams(), seed=1)
-    zs = np.linspace(8, 24, args.slices).astype(int)
-    images, masks = ph.volume[zs], ph.labels[zs].astype(np.int64)
-    m = ModelSettings(image_mean=float(images.mean()), image_std=float(images.std()))
-    torch.manual_seed(0)
-    model = build_model(m).eval()
-    dev = torch.device("cpu")
-
-    t0 = time.perf_counter()
-    predict(model, images, dev, 4, 0.5, 0.5)
-    t_pipe = time.perf_counter() - t0
-    batch = [to_tensor(im) for im in images]
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        for b in range(0, len(batch), 4):
-            model(batch[b:b + 4])
-        t_bare = time.perf_counter() - t0
-    print(f"inference: pipeline {len(images) / t_pipe:.2f} slices/s, bare forward {len(images) / t_bare:.2f} "
-          f"slices/s, ratio {t_bare / t_pipe:.3f}")
-    t0 = time.perf_counter()
-    predict(model, images, dev, 4, 0.5, 0.5, tta=True)
-    t_tta = time.perf_counter() - t0
-    # test-time augmentation runs four forward passes; the ratio says what the fusion adds on top of them
-    print(f"inference with tta: {len(images) / t_tta:.2f} slices/s, ratio to four bare forwards "
-          f"{4 * t_bare / t_tta:.3f}")
-
-    # one epoch of exactly ``steps`` batches of 4 (train() stops an epoch when the tiles run out)
-    reps = np.arange(4 * args.steps) % len(images)
-    tiles = images[reps, :128, :128]
-    tmasks = masks[reps, :128, :128]
-    lr = 0.005
-    t = TrainSettings(epochs=1, batch_size=4, device="cpu", threads=2, max_iterations_per_epoch=args.steps,
-                      warmup_iterations=0, lr_start=lr, lr_end=lr, seed=0)
-    # the validation pass inside train(), timed alone to subtract it
-    torch.manual_seed(0)
-    probe = build_model(m)
-    t0 = time.perf_counter()
-    validation_loss(probe, tiles[:1], tmasks[:1], dev)
-    evaluate(probe, tiles[:1], tmasks[:1], dev, t)
-    t_val = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
-        train(tiles, tmasks, tiles[:1], tmasks[:1], m, t, d, "bench", progress=False)
-        t_train = time.perf_counter() - t0 - t_val
-    targets = [make_target(mk) for mk in tmasks]
-    imgs = [to_tensor(im) for im in tiles]
-    order = torch.randperm(len(tiles), generator=torch.Generator().manual_seed(t.seed * 1000)).numpy()
-
-    def bare_seconds(settings: ModelSettings, bf16: bool = False) -> float:
-        """The same run without the pipeline (train() seeds torch with t.seed, then reseeds per epoch)."""
-        seed_everything(t.seed)
-        net = build_model(settings).train()
-        params = [p for p in net.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        torch.manual_seed(t.seed * 1000)
-        t0 = time.perf_counter()
-        for i in range(args.steps):
-            j = order[(i * 4) % len(imgs): (i * 4) % len(imgs) + 4]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = net([imgs[k] for k in j], [targets[k] for k in j])
-            loss = sum(v.float() for v in out.values())
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, t.grad_clip_norm)
-            opt.step()
-        return time.perf_counter() - t0
-
-    t_bare_train = bare_seconds(m)
-    assert len(tiles) // t.batch_size == args.steps  # both loops ran the same number of steps
-    print(f"training: pipeline {t_train / args.steps:.2f} s/step (validation pass of {t_val:.2f} s subtracted), "
-          f"bare loop {t_bare_train / args.steps:.2f} s/step, ratio {t_bare_train / t_train:.3f}")
-    # m is torchvision's float32 at RoIAlign ratio 2: the bare loop above is the reference
-    t_fast = bare_seconds(ModelSettings(**{**m.__dict__, "roi_sampling_ratio": 1}), bf16=True)
-    print(f"training step, default CPU settings (bf16, RoIAlign ratio 1) {t_fast / args.steps:.2f} s vs fp32 at "
-          f"ratio 2 {t_bare_train / args.steps:.2f} s: speed-up {t_bare_train / t_fast:.2f}x")
+    torch.set_num_threads(args.threads)
+    m, t, infer_mask = settings(args.size, args.batch, args.precision, args.threads)
+    n_tiles = args.batch * (args.warmup + args.steps)
+    tiles, masks, slices = phantom_data(args.size, n_tiles, args.slices)
+    m = ModelSettings(**{**m.__dict__, "image_mean": float(tiles.mean()), "image_std": float(tiles.std())})
+    t0, load0 = time.perf_counter(), os.getloadavg()[0]
+    bench_training(m, t, tiles, masks, args.warmup, args.steps)
+    if args.weights:
+        model, _ = load_model(args.weights, args.meta, torch.device("cpu"))
+    else:
+        torch.manual_seed(1)
+        model = build_model(m)
+    name = str(args.weights or "untrained model")
+    bench_inference(model, name, slices, args.batch, args.score, infer_mask, args.rounds)
+    if args.tta:
+        bench_inference(model, name, slices, args.batch, args.score, infer_mask, args.rounds, tta=True)
+    if not args.no_settings:
+        bench_settings(m, t, tiles, masks, args.warmup, args.steps)
+    print(f"({time.perf_counter() - t0:.0f} s, {args.threads} threads; load average before / after "
+          f"{load0:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: on a shared machine, compare "
+          f"only ratios, and prefer --threads 1 when the load exceeds the free cores)")
 
 
 if __name__ == "__main__":

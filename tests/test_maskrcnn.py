@@ -287,7 +287,7 @@ def test_bf16_training_with_one_roi_sample_learns_and_is_deterministic(tmp_path)
 
 
 def test_auto_precision_takes_bf16_only_where_the_device_runs_it_natively(monkeypatch):
-    import detachment.maskrcnn as mr
+    import detachment.cnn.model as mr
 
     cpu = torch.device("cpu")
     assert mr.training_dtype("fp32", cpu) == torch.float32 and mr.training_dtype("bf16", cpu) == torch.bfloat16
@@ -362,3 +362,41 @@ def test_test_time_augmentation_maps_every_flip_back_onto_the_slice():
         # all four passes agree only if each was flipped back: else the fused score falls to 0.9 / 4
         assert [r["score"] for r in rows] == pytest.approx([0.9])
         np.testing.assert_array_equal(labels[0] > 0, img[0] > 0.5)
+
+
+def test_the_facade_re_exports_the_cnn_modules_and_their_functions_stay_short():
+    import ast
+    import importlib
+    from pathlib import Path
+
+    import detachment.maskrcnn as facade
+
+    modules = [importlib.import_module(f"detachment.cnn.{m}")
+               for m in ("model", "engine", "predict", "checkpoint", "activation")]
+    for name in facade.__all__:
+        assert any(getattr(mod, name, None) is getattr(facade, name) for mod in modules), name
+    for mod in modules:
+        tree = ast.parse(Path(mod.__file__).read_text())
+        assert len((ast.get_docstring(tree) or "x" * 11).splitlines()) <= 10, mod.__name__
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                assert ast.get_docstring(node), f"{mod.__name__}.{node.name} has no docstring"
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 60, f"{mod.__name__}.{node.name} is over 60 lines"
+
+
+def test_a_non_finite_training_loss_stops_naming_epoch_and_iteration():
+    from detachment.cnn.engine import make_batch, train_one_epoch
+
+    imgs, masks = disks(2)
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.fill_(float("nan"))
+    before = model.roi_heads.box_predictor.bbox_pred.weight.clone()
+    batches = [make_batch(imgs, masks, [0, 1], torch.device("cpu"))] * 2
+    t = TrainSettings(epochs=3)
+    with pytest.raises(FloatingPointError, match=r"epoch 2, iteration 0: non-finite training loss"):
+        train_one_epoch(model, opt, batches, [0.01, 0.01], t, torch.float32, epoch=2)
+    assert torch.equal(model.roi_heads.box_predictor.bbox_pred.weight, before)  # no step was taken

@@ -19,7 +19,8 @@ import pandas as pd
 import torch
 
 from . import io
-from .maskrcnn import load_model, predict, select_device
+from .cnn.model import select_device
+from .cnn.predict import load_model, predict
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,287 @@
+"""Inference: a trained model's detections on whole slices, painted into non-overlapping instance labels.
+
+:func:`predict` runs at native scale (:func:`native_scale`), optionally fusing the four flips of each
+slice (:func:`fuse_flips`); :func:`predictions_to_labels` paints by decreasing score with mask-level NMS;
+:func:`load_model` rebuilds a model from its JSON metadata and weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import io
+from .checkpoint import load_checkpoint
+from .model import ModelSettings, build_model, to_tensor
+
+#: test-time augmentation: the four flips of a slice (dims of a (3, y, x) tensor), identity first
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
+#: detections below this score in a flipped pass are not worth fusing
+TTA_MIN_SCORE = 0.05
+
+
+def predictions_to_labels(pred: dict[str, torch.Tensor], shape: tuple[int, int], score_threshold: float,
+                          mask_threshold: float, min_visible_fraction: float = 0.5) -> tuple[np.ndarray, list[dict]]:
+    """Paint detections into one non-overlapping label slice, highest score first.
+
+    A pixel goes to the highest-scoring detection whose mask probability there is ≥ ``mask_threshold``.
+    A detection of which less than ``min_visible_fraction`` of its mask is still free is dropped
+    (mask-level NMS): box NMS at IoU 0.5 keeps duplicates of one particle whose boxes differ, and their
+    leftovers would be false fragments (measured on the default phantom's test split: precision
+    0.77 -> 0.87 at sensitivity 0.90).
+
+    Parameters
+    ----------
+    pred : dict
+        One image's model output: ``scores`` (n,) and ``masks`` (n, 1, y, x) probabilities.
+    shape : tuple of int
+        (y, x) of the slice, px.
+    score_threshold, mask_threshold : float
+        Lowest score of a painted detection; lowest mask probability of its pixels.
+    min_visible_fraction : float
+        Share of a detection's mask that must still be free for it to be painted.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        (y, x) uint32, ids 1..n by decreasing score, 0 = background.
+    rows : list of dict
+        Per painted detection: ``label``, ``score``, bounding box ``y0``, ``x0``, ``y1``, ``x1`` (px,
+        end exclusive) and ``area_px`` of its painted pixels.
+    """
+    scores = pred["scores"].detach().cpu().numpy()
+    keep = np.nonzero(scores >= score_threshold)[0]
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    out = np.zeros(shape, np.uint32)
+    rows = []
+    if len(keep) == 0:
+        return out, rows
+    probs = pred["masks"][:, 0].detach().cpu().numpy()  # on a CPU a view: the kept masks are not copied
+    n = 0
+    for k in keep:
+        full = probs[k] >= mask_threshold
+        # the rest is done within the mask's bounding box (it is empty outside)
+        ys, xs = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
+        if len(ys) == 0:
+            continue
+        y0, x0 = ys[0], xs[0]
+        box = full[y0:ys[-1] + 1, x0:xs[-1] + 1]
+        free = out[y0:ys[-1] + 1, x0:xs[-1] + 1]
+        pix = box & (free == 0)
+        area = int(np.count_nonzero(pix))
+        if area == 0 or area < min_visible_fraction * np.count_nonzero(box):
+            continue
+        n += 1
+        free[pix] = n
+        py, px = np.nonzero(pix)
+        rows.append({"label": n, "score": float(scores[k]), "y0": int(py.min() + y0), "x0": int(px.min() + x0),
+                     "y1": int(py.max() + y0) + 1, "x1": int(px.max() + x0) + 1, "area_px": area})
+    return out, rows
+
+
+def _mask_boxes(binary: list[torch.Tensor]) -> list[tuple[int, int, int, int]]:
+    """(y0, x0, y1, x1) boxes of binary (y, x) masks, end exclusive; (0, 0, 0, 0) for an empty mask."""
+    boxes = []
+    for b in binary:
+        ys, xs = torch.nonzero(b.any(1)).flatten(), torch.nonzero(b.any(0)).flatten()
+        boxes.append((int(ys[0]), int(xs[0]), int(ys[-1]) + 1, int(xs[-1]) + 1) if len(ys) else (0, 0, 0, 0))
+    return boxes
+
+
+def _mask_iou_at_least(bi: torch.Tensor, bj: torch.Tensor, a: tuple, b: tuple, match_iou: float) -> bool:
+    """Whether binary masks ``bi``, ``bj`` with boxes ``a``, ``b`` overlap at IoU ≥ ``match_iou``, compared on
+    the joint box only (masks whose boxes do not intersect never match)."""
+    (a0, a1, a2, a3), (b0, b1, b2, b3) = a, b
+    y0, x0, y1, x1 = max(a0, b0), max(a1, b1), min(a2, b2), min(a3, b3)
+    if y0 >= y1 or x0 >= x1:
+        return False
+    y0, x0, y1, x1 = min(a0, b0), min(a1, b1), max(a2, b2), max(a3, b3)
+    bi, bj = bi[y0:y1, x0:x1], bj[y0:y1, x0:x1]
+    inter = (bi & bj).sum().item()
+    union = (bi | bj).sum().item()
+    return bool(union and inter / union >= match_iou)
+
+
+def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, match_iou: float = 0.5
+               ) -> dict[str, torch.Tensor]:
+    """Fuse the predictions of one slice's flipped passes (masks already flipped back) into one set.
+
+    Greedy by score over all passes: a detection gathers at most one detection of every other pass whose
+    binarised mask overlaps it at IoU ≥ ``match_iou``. The fused score is the group's summed score over
+    the number of passes (a particle seen in one pass of four keeps a quarter of its score); the fused
+    mask probability is the mean over the passes that saw it, so the mask threshold keeps its meaning.
+    Detections below :data:`TTA_MIN_SCORE` are left out.
+
+    Parameters
+    ----------
+    preds : list of dict
+        One per pass: ``scores`` (n,) and ``masks`` (n, 1, y, x) probabilities, in the slice's orientation.
+    mask_threshold : float
+        Probability at which masks are binarised for matching.
+    match_iou : float
+        Lowest mask IoU of two detections of one particle.
+
+    Returns
+    -------
+    dict
+        ``scores`` (m,) float32 and ``masks`` (m, 1, y, x) float32 of the fused detections, by
+        decreasing best single-pass score.
+    """
+    n = len(preds)
+    dets = [(float(sc), v, m) for v, p in enumerate(preds)
+            for sc, m in zip(p["scores"].tolist(), p["masks"][:, 0]) if sc >= TTA_MIN_SCORE]
+    dets.sort(key=lambda d: -d[0])
+    binary = [d[2] >= mask_threshold for d in dets]
+    # only pairs whose boxes intersect are compared, and on the joint box, so a slice with hundreds of
+    # particles stays cheap
+    boxes = _mask_boxes(binary)
+    used = [False] * len(dets)
+    scores, masks = [], []
+    for i, (sc, v, m) in enumerate(dets):
+        if used[i]:
+            continue
+        used[i] = True
+        group = {v: (sc, m)}
+        for j in range(i + 1, len(dets)):
+            if used[j] or dets[j][1] in group:
+                continue
+            if _mask_iou_at_least(binary[i], binary[j], boxes[i], boxes[j], match_iou):
+                group[dets[j][1]] = dets[j][0], dets[j][2]
+                used[j] = True
+        scores.append(sum(g[0] for g in group.values()) / n)
+        masks.append(torch.stack([g[1] for g in group.values()]).mean(0))
+    if not scores:
+        h, w = preds[0]["masks"].shape[-2:]
+        return {"scores": torch.zeros(0), "masks": torch.zeros((0, 1, h, w))}
+    return {"scores": torch.tensor(scores), "masks": torch.stack(masks)[:, None]}
+
+
+def _predict_batch(model: nn.Module, batch: list[torch.Tensor], tta: bool, mask_threshold: float
+                   ) -> list[dict[str, torch.Tensor]]:
+    """The model's predictions for a batch of (3, y, x) tensors; with ``tta``, fused over the four flips."""
+    if not tta:
+        return model(batch)
+    passes = [model([torch.flip(x, f) if f else x for x in batch]) for f in TTA_FLIPS]
+    out = []
+    for i in range(len(batch)):
+        preds = [{"scores": p[i]["scores"], "masks": torch.flip(p[i]["masks"], f) if f else p[i]["masks"]}
+                 for f, p in zip(TTA_FLIPS, passes)]
+        out.append(fuse_flips(preds, mask_threshold))
+    return out
+
+
+@contextlib.contextmanager
+def native_scale(model: nn.Module, h: int, w: int):
+    """Let the model's transform take (h, w) images without resizing, restoring the tile size after.
+
+    The model is trained at native scale on tiles (min_size = max_size = tile); whole slices must not be
+    resized either, and validation inside training must not leave the transform at the slice size.
+
+    Parameters
+    ----------
+    model : MaskRCNN
+        Any model with a ``transform`` holding ``min_size`` and ``max_size``.
+    h, w : int
+        Image height and width, px.
+    """
+    saved = (model.transform.min_size, model.transform.max_size)
+    model.transform.min_size, model.transform.max_size = (min(h, w),), max(h, w)
+    try:
+        yield
+    finally:
+        model.transform.min_size, model.transform.max_size = saved
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, score_threshold: float,
+            mask_threshold: float, progress: bool = False, min_visible_fraction: float = 0.5, tta: bool = False
+            ) -> tuple[np.ndarray, list[dict]]:
+    """Instance labels of slices at native scale, in float32; the model's train / eval mode is restored.
+
+    Parameters
+    ----------
+    model : MaskRCNN
+    images : numpy.ndarray
+        (n, y, x) slices, or (n, 3, y, x) slices with their neighbours z-1, z, z+1.
+    device : torch.device
+        Where ``model`` is.
+    batch_size : int
+        Slices per forward pass.
+    score_threshold, mask_threshold, min_visible_fraction : float
+        Painting (:func:`predictions_to_labels`).
+    progress : bool
+        Show a progress bar.
+    tta : bool
+        Fuse the four flips of each slice (:func:`fuse_flips`; four times the compute).
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        (n, y, x) uint32 instance labels per slice.
+    rows : list of dict
+        :func:`predictions_to_labels` rows with the slice ``index`` (0..n-1) first.
+    """
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    h, w = images.shape[-2:]
+    out = np.zeros((len(images), h, w), np.uint32)
+    rows = []
+    starts = range(0, len(images), batch_size)
+    with native_scale(model, h, w):
+        for b in tqdm(starts, desc="infer", unit="batch", disable=not progress):
+            batch = [to_tensor(im).to(device) for im in images[b:b + batch_size]]
+            for i, pred in enumerate(_predict_batch(model, batch, tta, mask_threshold)):
+                out[b + i], r = predictions_to_labels(pred, (h, w), score_threshold, mask_threshold,
+                                                      min_visible_fraction)
+                rows.extend({"index": b + i, **row} for row in r)
+    model.train(was_training)
+    return out, rows
+
+
+def load_model(weights_path, meta_path, device) -> tuple[nn.Module, dict]:
+    """Rebuild the model from its JSON metadata and load its weights safely.
+
+    Parameters
+    ----------
+    weights_path, meta_path : str or os.PathLike
+        The state dict (``torch.save``) and the JSON metadata holding the ``model`` settings.
+    device : torch.device or str
+        Where to put the model.
+
+    Returns
+    -------
+    model : MaskRCNN
+        In training mode (callers that predict switch it).
+    meta : dict
+        The metadata.
+
+    Raises
+    ------
+    detachment.io.InputError
+        When the metadata is missing or invalid, the weights are not a safe state dict of tensors, or
+        they do not fit the architecture the metadata describes.
+    """
+    meta_path = Path(meta_path)
+    try:
+        meta = json.loads(meta_path.read_text())
+        settings = ModelSettings(**meta["model"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise io.InputError(f"{meta_path}: model metadata is missing or invalid ({e})") from None
+    model = build_model(settings)
+    state = load_checkpoint(weights_path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise io.InputError(f"{weights_path}: expected a state dict of tensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise io.InputError(f"{weights_path}: weights do not fit the architecture in {meta_path} "
+                            f"({settings.backbone}, FPN {settings.fpn_channels}): {first}") from None
+    return model.to(device), meta
