@@ -247,11 +247,10 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
 
     Parameters
     ----------
-    volume_path : str or os.PathLike
-        Volume file (docs/outputs.md: ``/volume`` float32, (z, y, x)).
-    phases_path : str or os.PathLike
-        The phase map to write: ``/phases`` (z, y, x) uint8 codes, gzip, with attributes
-        ``voxel_size_um``, ``codes``, ``method``, ``thresholds``, ``means`` and ``order``.
+    volume_path, phases_path : str or os.PathLike
+        Volume file (docs/outputs.md: ``/volume`` float32, (z, y, x)) and the phase map to write:
+        ``/phases`` (z, y, x) uint8 codes, gzip, with attributes ``voxel_size_um``, ``codes``,
+        ``method``, ``thresholds``, ``means`` and ``order``.
     settings : ThresholdSettings
         The ``threshold`` config section.
     progress : bool, default True
@@ -260,8 +259,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     Returns
     -------
     ThresholdResult
-        The phase model, the grey-level histogram, per-phase FWHMs of interior voxels, volume fractions
-        and per-slice voxel counts of each code.
+        Phase model, grey-level histogram, interior FWHMs, volume fractions, per-slice code counts.
 
     Raises
     ------
