@@ -27,14 +27,10 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
 
     Parameters
     ----------
-    image : numpy.ndarray
-        (y, x) grey-level slice.
-    phase_slice : numpy.ndarray
-        (y, x) uint8 phase codes of the same slice (:mod:`detachment.phases`).
-    hist_counts : numpy.ndarray
-        (n_bins,) voxel counts of the volume's histogram.
-    hist_edges : numpy.ndarray
-        (n_bins + 1,) bin edges, grey levels.
+    image, phase_slice : numpy.ndarray
+        (y, x) grey-level slice and its uint8 phase codes (:mod:`detachment.phases`).
+    hist_counts, hist_edges : numpy.ndarray
+        The volume's histogram: (n_bins,) voxel counts and (n_bins + 1,) bin edges (grey levels).
     thresholds : sequence of float
         (k - 1,) ascending grey-level thresholds between the phase model's classes.
     names : sequence of str
