@@ -78,28 +78,21 @@ def _set_attrs(d, voxel_size_um, source, quantity, attrs):
 def import_second_map(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None,
                       volume_path: str | os.PathLike, where: str = "field 'second_map'",
                       quantity: str = "second map", slab: int = 16) -> tuple[int, int, int]:
-    """Validate a user's co-registered map and write it by the contract.
-
-    NaN voxels are kept (no measurement). Streams slab by slab (memory ~ one slab). The voxel size
-    written is the volume's.
+    """Validate a user's co-registered map and write it by the contract (NaN kept, the volume's voxel size).
 
     Parameters
     ----------
-    src : str or os.PathLike
-        An HDF5 file, a multi-page TIFF or a folder / glob of 2D TIFF slices, like a volume
-        (:class:`detachment.io.VolumeSource`).
-    out : str or os.PathLike
-        The contract file to write.
+    src, out : str or os.PathLike
+        The map (HDF5 file, multi-page TIFF or folder / glob of 2D TIFF slices, as for a volume:
+        :class:`detachment.io.VolumeSource`) and the contract file to write.
     dataset : str or None
         HDF5 dataset of ``src`` (the sheet's ``second_map_dataset``); required for HDF5.
     volume_path : str or os.PathLike
         The sample's contract volume; the map must have its shape.
-    where : str, default "field 'second_map'"
-        The sample-sheet field, named in error messages.
-    quantity : str, default "second map"
-        What the values are, with units.
+    where, quantity : str, optional
+        The sample-sheet field named in error messages; what the values are, with units.
     slab : int, default 16
-        Slices read and written at a time.
+        Slices read and written at a time (memory ~ one slab).
 
     Returns
     -------
@@ -109,8 +102,7 @@ def import_second_map(src: str | os.PathLike, out: str | os.PathLike, *, dataset
     Raises
     ------
     InputError
-        Naming the file, the sheet field and what is expected: a missing file or dataset, a shape other
-        than the volume's, a non-real type, ±Inf, or no finite value at all.
+        A missing file or dataset, a shape other than the volume's, a non-real type, ±Inf, no finite value.
     """
     src_s = str(src)
     if not any(c in src_s for c in "*?[") and not Path(src).exists():
