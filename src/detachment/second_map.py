@@ -187,41 +187,28 @@ def particle_map_table(labels_path, phases_path, volume_path, map_path, links: p
                        refine: bool = True, progress: bool = False) -> pd.DataFrame:
     """Per-particle moments of the second map and the grey level over each particle's solid.
 
-    Read particle by particle on bounding-box crops grown by ``pad``, so memory is bounded by the largest
-    particle's box. A particle's solid is its envelope (with ``refine``,
-    :func:`detachment.particles.refine_envelope` of its mask, as in ``particles.csv``; else the mask) in
-    NMC phase (low or high density); only its voxels where the map is finite are used.
-
     Parameters
     ----------
-    labels_path : str or os.PathLike
-        HDF5 file with the (z, y, x) 3D particle labels ``/labels``.
-    phases_path : str or os.PathLike
-        HDF5 file with the (z, y, x) uint8 phase map ``/phases``.
-    volume_path : str or os.PathLike
-        The contract grey volume (electron density).
-    map_path : str or os.PathLike
-        The contract second map, of the volume's shape.
+    labels_path, phases_path, volume_path, map_path : str or os.PathLike
+        HDF5 files of one (z, y, x) shape: 3D particle labels ``/labels``, uint8 phase map ``/phases``,
+        the contract grey volume (electron density) and the contract second map.
     links : pandas.DataFrame
-        One row per particle, ``links.csv`` layout: ``label`` (the id in ``/labels``), ``z_min``..``z_max``
-        inclusive, ``y_min``/``x_min`` inclusive, ``y_max``/``x_max`` exclusive, optional
-        ``touches_border``.
+        One row per particle, ``links.csv`` layout: ``label`` (id in ``/labels``), inclusive ``z_min``..
+        ``z_max``, ``y_min``, ``x_min``, exclusive ``y_max``, ``x_max``; optional ``touches_border``.
     pad : int, default 2
-        Margin of the crops, voxels.
+        Margin of the bounding-box crops, voxels (memory ~ the largest particle's crop).
     refine : bool, default True
-        Refine the envelope as ``particles.csv`` does.
+        Envelope = :func:`detachment.particles.refine_envelope` of the mask (as in ``particles.csv``);
+        else the mask.
     progress : bool, default False
         Show a progress bar.
 
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`TABLE_COLUMNS`: ``label``; ``second_map_voxels`` (solid voxels with a finite
-        map value) and ``solid_voxels``; ``electron_density_mean`` / ``_std`` (grey level);
-        ``second_map_mean`` / ``_std`` (map units); ``density_map_covariance``; ``within_pearson_r``
-        (NaN for a constant map or grey level); ``centroid_z_um`` (mean z index of the voxels used ×
-        voxel size, µm); ``touches_border`` (from ``links``, False when absent). Moments are NaN for a
-        particle without map voxels.
+        Columns :data:`TABLE_COLUMNS` (docs/outputs.md): moments over the solid voxels with a finite map
+        (docs/methods.md, Second map), NaN without any (``within_pearson_r`` also for a constant map or
+        grey level); ``centroid_z_um`` their mean z, µm; ``touches_border`` False if not in ``links``.
 
     Raises
     ------
