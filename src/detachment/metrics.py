@@ -257,23 +257,12 @@ def image_metrics(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -
     -------
     dict of str to float
         Instance level (IoU-matched at ``threshold``): ``tp``, ``fp``, ``fn`` (counts), ``precision``,
-        ``sensitivity``, ``f``.
-
-        ``jaccard``, ``dice``, ``mcc`` (shown in the figure): matched-pixel confusion. A pixel is a true
-        positive only if it lies in a truth instance *and* in the predicted instance matched to it;
-        pixels of predictions that are unmatched, or that spill into another instance, are false
-        positives; truth pixels not covered by their match are false negatives; pixels that are
-        background in both are true negatives. Unlike plain foreground metrics, these penalise merged
-        and split particles.
-
-        ``*_pixel``: plain foreground-vs-background pixel metrics (``precision_pixel``,
-        ``sensitivity_pixel``, ``jaccard_pixel``, ``dice_pixel``, ``mcc_pixel``; equal to
-        scikit-learn's on the binarised masks).
-
-        ``jaccard_instance``, ``dice_instance``: IoU and Dice averaged over matched pairs (0 when
-        nothing matched).
-
-        Scores lie in [0, 1] (MCC in [-1, 1]); empty images follow the module's conventions, no NaN.
+        ``sensitivity``, ``f``; matched-pixel ``jaccard``, ``dice``, ``mcc`` (the figure's; merges and splits
+        penalised); plain foreground-vs-background ``precision_pixel``, ``sensitivity_pixel``,
+        ``jaccard_pixel``, ``dice_pixel``, ``mcc_pixel`` (scikit-learn's on the binarised masks);
+        ``jaccard_instance``, ``dice_instance`` (IoU and Dice averaged over matched pairs, 0 when none).
+        Scores lie in [0, 1] (MCC in [-1, 1]), no NaN. Definitions and empty images: docs/methods.md,
+        Instance metrics.
     """
     truth = np.asarray(truth)
     pred = np.asarray(pred)
