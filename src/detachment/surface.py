@@ -129,44 +129,34 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
                      gap_level: float | None = None) -> SurfaceContacts:
     """Contact areas of every labelled particle with void, CBD, Al and other particles.
 
-    Background voxels whose phase is NMC (solid not assigned to any instance)
-    count as ``particle`` contact: the face touches solid, not electrolyte.
-
     Parameters
     ----------
-    labels : numpy.ndarray
-        (z, y, x) integer particle labels, 0 = background; a particle's envelope is its labelled voxels.
-    phases : numpy.ndarray
-        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+    labels, phases : numpy.ndarray
+        (z, y, x) integer particle labels (0 = background; a particle's envelope is its labelled voxels)
+        and uint8 phase codes (:mod:`detachment.phases`).
     voxel_size_um : sequence of float, default (1.0, 1.0, 1.0)
         (z, y, x) voxel edge lengths, µm.
     n_labels : int, optional
         Highest label counted (default: ``labels.max()``); the result has ``n_labels + 1`` rows.
     probe : int, default 1
-        How many voxels outward, along the face normal, the contact class is read. 1 = the face
-        neighbour (exact on a noise-free phase map: the phantoms' ``detachment_voxel_faces``). On a
-        thresholded reconstruction the face neighbour is the voxel most mixed with the particle by the
-        point-spread function: a thin electrolyte gap beside bright NMC is blurred up into CBD's grey
-        range and would read as attached. With ``probe`` > 1 the face is electrolyte (void) when the
-        face neighbour or the voxel ``probe`` out is void: contact needs no electrolyte gap in between
-        (the workflow's default is 1 with a fitted grey level instead, which reads the gap on the face
-        neighbour itself: see :mod:`detachment.contact_level`). Otherwise the class is read at the far
-        voxel (the neighbour itself when the far voxel is back inside the same particle); another
-        particle at either depth counts as particle contact; clipped at the volume border.
+        How many voxels outward, along the face normal, the contact class is read; 1 = the face neighbour
+        (exact on a noise-free phase map: the phantoms' ``detachment_voxel_faces``). With ``probe`` > 1
+        the face is electrolyte (void) when the face neighbour or the voxel ``probe`` out is void;
+        otherwise the class is read at the far voxel (the neighbour itself when the far voxel is back
+        inside the same particle); another particle at either depth counts as particle contact; clipped
+        at the volume border. The workflow reads 1 with a fitted ``gap_level`` instead.
     intensity : numpy.ndarray, optional
         (z, y, x) grey levels on the same grid; used only together with ``gap_level``.
     gap_level : float, optional
         Grey level: a face whose neighbour is background is electrolyte also where the darker of the
-        voxels read (the neighbour and the one ``probe`` out) is below it. A thin gap beside bright NMC
-        is lifted by the blur above the volume's void/CBD threshold, which is placed low because void is
-        the most common phase; the workflow's level is fitted to the grey levels just outside the
-        particles (:mod:`detachment.contact_level`), with the void/CBD midpoint
-        (:func:`detachment.particles.gap_level`) as the fallback.
+        voxels read (the neighbour and the one ``probe`` out) is below it; the workflow's level:
+        :mod:`detachment.contact_level`, fallback :func:`detachment.particles.gap_level`.
 
     Returns
     -------
     SurfaceContacts
-        Face areas (µm²) and face counts per label and contact class.
+        Face areas (µm²) and face counts per label and contact class; a background voxel in an NMC phase
+        (solid of no instance) counts as particle contact. See docs/methods.md, Detachment.
     """
     labels = np.asarray(labels)
     n = int(labels.max()) + 1 if n_labels is None else n_labels + 1
