@@ -725,43 +725,23 @@ def valence_map(density: np.ndarray, labels: np.ndarray, phases: np.ndarray, par
                 seed: int) -> np.ndarray | None:
     """Co-registered Ni valence map with a planted Pearson correlation to the electron density (Supp. Fig. 7).
 
-    ``density`` is what the correlation is planted against: the workflow passes the noise-free density
-    (:func:`noise_free_density`), so the correlation a measurement finds against the noisy grey level is
-    attenuated by the noise, as it would be in a real experiment.
-
-    With r = ``valence_density_correlation``, z = ``density`` standardised over the solid
-    voxels and n a noise field of unit variance uncorrelated with z::
-
-        valence = valence_mean + valence_std * (r z + sqrt(1 - r^2) n)
-
-    The paper (Supp. Fig. 7d) finds r = +0.54 between electron density and Ni edge energy
-    (higher density = higher valence = higher local state of charge). The noise
-    is a per-particle offset plus white within-particle noise, each orthogonalised (as the
-    FWHMs are planted exactly) so that on the truth's solid voxels the Pearson r equals the
-    planted r at both levels the statistics report: over voxels, and over particles between
-    per-particle means (unweighted). Clipping moves it by < 1e-3 at the defaults. Needs more
-    than 5 particles for the exact particle level (otherwise only in expectation). The
-    within-particle noise is a smooth field (correlation length ``domain_correlation_vox``) plus
-    white noise in the proportion of the density's own neighbour correlation, so that parts of
-    particles (fragments of an over-segmented particle) also show about the planted r; with white
-    noise alone their means would correlate far better than the planted r.
-
-    Deterministic for ``seed`` and independent of the phantom's own random stream (the map
-    can be switched on or retuned without changing the phantom).
+    valence = ``valence_mean`` + ``valence_std`` (r z + sqrt(1 - r^2) n), r = ``valence_density_correlation``,
+    z the standardised density, n noise uncorrelated with z; see docs/methods.md, The phantom.
 
     Parameters
     ----------
     density : numpy.ndarray
-        (z, y, x) electron density (grey levels) the correlation is planted against.
-    labels : numpy.ndarray
-        (z, y, x) uint32 truth particle labels, 0 = background.
-    phases : numpy.ndarray
-        (z, y, x) uint8 truth phase codes (:mod:`detachment.phases`).
+        (z, y, x) electron density (grey levels) the correlation is planted against; the workflow passes the
+        noise-free density (:func:`noise_free_density`), so r against the noisy grey level is attenuated.
+    labels, phases : numpy.ndarray
+        (z, y, x) uint32 truth particle labels (0 = background) and uint8 truth phase codes
+        (:mod:`detachment.phases`).
     params : PhantomParams
         ``valence_density_correlation``, ``valence_mean``, ``valence_std`` and ``domain_correlation_vox``
         are used.
     seed : int
-        The phantom's seed; the map draws from its own stream derived from it.
+        The phantom's seed; the map draws from its own stream derived from it (deterministic, and the
+        phantom is unchanged when the map is switched on or retuned).
 
     Returns
     -------
