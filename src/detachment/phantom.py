@@ -594,19 +594,13 @@ def render_intensity(phases: np.ndarray, p: PhantomParams, rng) -> tuple[np.ndar
 
 def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], voxel_size_um,
                 coated: np.ndarray | None = None) -> pd.DataFrame:
-    """Per-particle ground truth measured on the planted geometry.
-
-    ``detachment`` and the ``contact_*_um2`` areas come from :func:`detachment.truth.mesh_contacts`
-    (envelope mesh areas, independent of the pipeline's estimator); ``detachment_voxel_faces`` is the
-    pipeline's face-counting definition applied to the planted phases, kept to show that estimator's bias;
-    ``detachment_planted`` is the share of surface voxels the generator put in the detached patch.
+    """Per-particle ground truth measured on the planted geometry (``truth_particles.csv``).
 
     Parameters
     ----------
-    labels : numpy.ndarray
-        (z, y, x) uint32 truth particle labels 1..n, 0 = background (envelopes, cracks included).
-    phases : numpy.ndarray
-        (z, y, x) uint8 planted phase codes (:mod:`detachment.phases`).
+    labels, phases : numpy.ndarray
+        (z, y, x) uint32 truth particle labels 1..n (0 = background; envelopes, cracks included) and
+        uint8 planted phase codes (:mod:`detachment.phases`).
     parts : list of Particle
         The planted particles, ``parts[i].label == i + 1``.
     voxel_size_um : sequence of float
@@ -617,14 +611,13 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     Returns
     -------
     pandas.DataFrame
-        One row per particle that has voxels: ``label``, ``detachment``, ``detachment_voxel_faces``,
-        ``detachment_planted`` (fractions 0-1), ``coated``, ``volume_um3``, ``diameter_um``
-        (equivalent-sphere), ``diameter_planted_um``, ``crack_area_um2`` (crack voxel-face area, µm², no
-        staircase correction), ``crack_volume_fraction`` (void share of the envelope),
-        ``nmc_high_fraction`` (of the solid), ``centroid_{z,y,x}_um``, ``distance_to_collector_um``
-        (lowest z minus the collector top, one past the highest all-Al slice), ``contact_void_um2``,
-        ``contact_cbd_um2``, ``contact_al_um2``, ``contact_particle_um2`` (mesh areas, µm²) and
-        ``touches_border`` (cut by a y or x border of the volume).
+        One row per particle that has voxels: the columns docs/outputs.md lists (``detachment`` and the
+        ``contact_{void,cbd,al,particle}_um2`` areas from the envelope mesh, :mod:`detachment.truth`;
+        ``detachment_planted`` the share of surface voxels in the planted patch; fractions 0-1;
+        ``crack_area_um2`` counts voxel faces, no staircase correction), and
+        ``diameter_planted_um``, ``crack_volume_fraction`` (void share of the envelope),
+        ``centroid_{z,y,x}_um``, ``distance_to_collector_um`` (lowest z minus the collector top, one past
+        the highest all-Al slice), ``touches_border`` (cut by a y or x border of the volume).
     """
     n = len(parts)
     vs = np.asarray(voxel_size_um, float)
@@ -637,14 +630,9 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     high_vox = ndimage.sum_labels(phases == NMC_HIGH, labels, idx)
     solid_vox = ndimage.sum_labels((phases == NMC_LOW) | (phases == NMC_HIGH), labels, idx)
     com = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, idx)) if n else np.zeros((0, 3))
-    collector_top = int(np.nonzero(np.all(phases == AL, axis=(1, 2)))[0].max() + 1) \
-        if np.all(phases[0] == AL) else 0
     vvol = float(np.prod(vs))
     volume_um3 = vox * vvol
-    lab_sl = ndimage.find_objects(labels, max_label=n)
-    zmin = np.array([sl[0].start if sl is not None else -1 for sl in lab_sl])
-    border = [sl is not None and any(s.start == 0 or s.stop == dim for s, dim in zip(sl[1:], labels.shape[1:]))
-              for sl in lab_sl]
+    above, border = _height_and_border(labels, phases, n)
     df = pd.DataFrame({
         "label": idx,
         "detachment": contacts.detachment[1:],
@@ -658,12 +646,24 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
         "crack_volume_fraction": np.where(vox > 0, crack_vox / np.maximum(vox, 1), np.nan),
         "nmc_high_fraction": np.where(solid_vox > 0, high_vox / np.maximum(solid_vox, 1), np.nan),
         "centroid_z_um": com[:, 0] * vs[0], "centroid_y_um": com[:, 1] * vs[1], "centroid_x_um": com[:, 2] * vs[2],
-        "distance_to_collector_um": (zmin - collector_top) * vs[0],
+        "distance_to_collector_um": above * vs[0],
         "contact_void_um2": contacts.area[1:, 0], "contact_cbd_um2": contacts.area[1:, 1],
         "contact_al_um2": contacts.area[1:, 2], "contact_particle_um2": contacts.area[1:, 3],
         "touches_border": border,
     })
     return df[df.volume_um3 > 0].reset_index(drop=True)
+
+
+def _height_and_border(labels: np.ndarray, phases: np.ndarray, n: int) -> tuple[np.ndarray, list[bool]]:
+    """Per label 1..n: lowest z slice minus the collector top (one past the highest all-Al slice, 0 when
+    slice 0 is not all Al), in voxels (-1 minus the top where absent), and whether a y or x border cuts it."""
+    collector_top = int(np.nonzero(np.all(phases == AL, axis=(1, 2)))[0].max() + 1) \
+        if np.all(phases[0] == AL) else 0
+    lab_sl = ndimage.find_objects(labels, max_label=n)
+    zmin = np.array([sl[0].start if sl is not None else -1 for sl in lab_sl])
+    border = [sl is not None and any(s.start == 0 or s.stop == dim for s, dim in zip(sl[1:], labels.shape[1:]))
+              for sl in lab_sl]
+    return zmin - collector_top, border
 
 
 def generate_phantom(params: PhantomParams, seed: int) -> Phantom:
