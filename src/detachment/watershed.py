@@ -160,16 +160,10 @@ def tune(images: np.ndarray, masks: np.ndarray, grid: dict[str, list], iou_thres
          ) -> tuple[WatershedParams, pd.DataFrame]:
     """Search ``grid`` on labelled slices; best = highest mean F (ties: mean Jaccard).
 
-    ``search="grid"`` tries every combination. ``"coordinate"`` (default, ~10x cheaper) runs, for each
-    marker type, coordinate ascent from the middle of the grid: each parameter in turn is set to its best
-    value with the others fixed, until a full round brings no improvement.
-
     Parameters
     ----------
-    images : numpy.ndarray
-        (n, y, x) grey-level slices (train and val only).
-    masks : numpy.ndarray
-        (n, y, x) integer truth instances, 0 = background.
+    images, masks : numpy.ndarray
+        (n, y, x) grey-level slices (train and val only) and their integer truth instances, 0 = background.
     grid : dict of str to list
         Candidate values per :class:`WatershedParams` field (:func:`default_grid`); ``markers``
         defaults to ``["intensity"]``.
@@ -177,8 +171,9 @@ def tune(images: np.ndarray, masks: np.ndarray, grid: dict[str, list], iou_thres
         IoU of an instance match, in (0, 1].
     min_area : int, default 12
         ``min_area`` of every set tried, px.
-    search : str, default "coordinate"
-        ``"coordinate"`` or ``"grid"``.
+    search : {"coordinate", "grid"}, default "coordinate"
+        Coordinate ascent per marker type (~10x cheaper) or every combination (docs/methods.md,
+        Watershed baseline).
     progress : bool, default True
         Show a progress bar.
 
@@ -187,8 +182,8 @@ def tune(images: np.ndarray, masks: np.ndarray, grid: dict[str, list], iou_thres
     best : WatershedParams
         The best set over all marker types.
     table : pandas.DataFrame
-        One row per set evaluated: its parameters and the mean ``f``, ``precision``, ``sensitivity`` and
-        ``jaccard`` over the slices (:func:`detachment.metrics.image_metrics`), best first.
+        One row per set evaluated, best first: its parameters and the mean ``f``, ``precision``,
+        ``sensitivity`` and ``jaccard`` over the slices (:func:`detachment.metrics.image_metrics`).
 
     Raises
     ------
@@ -210,6 +205,21 @@ def tune(images: np.ndarray, masks: np.ndarray, grid: dict[str, list], iou_thres
             bar.update()
         return cache[key]
 
+    _search(evaluate, grid, keys, search)
+    bar.close()
+    table = pd.DataFrame(list(cache.values())).sort_values(["f", "jaccard"], ascending=False, kind="stable")
+    table = table.reset_index(drop=True)
+    best = WatershedParams(**{k: _py(table.iloc[0][k]) for k in asdict(WatershedParams())})
+    log.info("best watershed %s: F %.3f (%d sets tried)", best, table.iloc[0]["f"], len(table))
+    return best, table
+
+
+def _search(evaluate, grid: dict[str, list], keys: list[str], search: str) -> None:
+    """Call ``evaluate(markers, values)`` on the sets ``search`` visits, for each marker type.
+
+    ``"grid"``: every combination. ``"coordinate"``: from the middle of the grid, each parameter in turn
+    set to its best value with the others fixed, until a full round brings no improvement.
+    """
     for markers in grid.get("markers", ["intensity"]):
         if search == "grid":
             for values in itertools.product(*(grid[k] for k in keys)):
@@ -229,12 +239,6 @@ def tune(images: np.ndarray, masks: np.ndarray, grid: dict[str, list], iou_thres
                     r = evaluate(markers, trial)
                     if (r["f"], r["jaccard"]) > (best["f"], best["jaccard"]):
                         best, current, improved = r, trial, True
-    bar.close()
-    table = pd.DataFrame(list(cache.values())).sort_values(["f", "jaccard"], ascending=False, kind="stable")
-    table = table.reset_index(drop=True)
-    best = WatershedParams(**{k: _py(table.iloc[0][k]) for k in asdict(WatershedParams())})
-    log.info("best watershed %s: F %.3f (%d sets tried)", best, table.iloc[0]["f"], len(table))
-    return best, table
 
 
 def _py(v):
