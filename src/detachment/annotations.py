@@ -108,13 +108,8 @@ def relabel_slice(mask: np.ndarray, min_area: int) -> np.ndarray:
 def split_slices(available: dict[str, list[int]], s: SplitSettings) -> dict[str, list[LabelledSlice]]:
     """Assign labelled slices ``{sample: [z, ...]}`` to train / val / test without leakage.
 
-    Per sample, the test slices form one contiguous run of the sample's labelled slices with the val
-    slices right beside it (on the side with more room); training slices within ``margin_slices`` (in z)
-    of that held-out block are left out. The blocks are stratified over depth: sample k of K holds out
-    the block at relative depth (k + u) / K (u seeded), so in a monolayer, where every depth looks
-    different (particle bottoms, equators, caps), each depth is held out in one sample and trained on in
-    the others. The requested counts are shared among samples in proportion to their labelled slices
-    (largest remainder).
+    Per sample, one held-out block (a run of test slices with the val slices beside it), stratified over
+    depth; training slices within ``margin_slices`` of it are left out. See docs/methods.md, Annotation split.
 
     Parameters
     ----------
@@ -156,21 +151,7 @@ def split_slices(available: dict[str, list[int]], s: SplitSettings) -> dict[str,
             raise ValueError(f"annotations: sample {sample} has {n} labelled slices, too few for {nt} test and "
                              f"{nv} val slices")
         q = ((k_sample + shift) / len(samples)) % 1.0
-        t0 = int(round(q * (n - nt - nv)))
-        # val right beside the test range (both are held out, so no margin between them), on the side
-        # with more room; the held-out block [test + val] then costs only two margins of training slices
-        if t0 >= n - (t0 + nt + nv):
-            v0, t0 = t0, t0 + nv
-        else:
-            v0 = t0 + nt
-        split_of = np.full(n, "train", dtype=object)
-        split_of[t0:t0 + nt] = "test"
-        split_of[v0:v0 + nv] = "val"
-        for i, z in enumerate(zs):
-            own = split_of[i]
-            near = [split_of[j] for j in range(n) if j != i and abs(zs[j] - z) <= s.margin_slices]
-            if own == "train" and any(o != "train" for o in near):
-                continue
+        for own, z in _held_out_block(zs, nt, nv, q, s.margin_slices):
             out[own].append(LabelledSlice(sample, int(z)))
     for k in SPLITS:
         if not out[k]:
@@ -178,6 +159,30 @@ def split_slices(available: dict[str, list[int]], s: SplitSettings) -> dict[str,
                              f"or label more slices ({total} available)")
     log.info("split: %s", {k: len(v) for k, v in out.items()})
     return out
+
+
+def _held_out_block(zs: np.ndarray, nt: int, nv: int, q: float, margin: int) -> list[tuple[str, int]]:
+    """(split, z) of one sample's sorted labelled slices ``zs``: ``nt`` test slices at relative depth ``q``
+    with ``nv`` val slices beside them; training slices within ``margin`` (in z) of those are left out."""
+    n = len(zs)
+    t0 = int(round(q * (n - nt - nv)))
+    # val right beside the test range (both are held out, so no margin between them), on the side
+    # with more room; the held-out block [test + val] then costs only two margins of training slices
+    if t0 >= n - (t0 + nt + nv):
+        v0, t0 = t0, t0 + nv
+    else:
+        v0 = t0 + nt
+    split_of = np.full(n, "train", dtype=object)
+    split_of[t0:t0 + nt] = "test"
+    split_of[v0:v0 + nv] = "val"
+    kept = []
+    for i, z in enumerate(zs):
+        own = split_of[i]
+        near = [split_of[j] for j in range(n) if j != i and abs(zs[j] - z) <= margin]
+        if own == "train" and any(o != "train" for o in near):
+            continue
+        kept.append((own, z))
+    return kept
 
 
 def _shares(n: int, sizes: list[int]) -> list[int]:
