@@ -84,29 +84,22 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
                progress: bool = True, tta: bool = False) -> int:
     """Mask R-CNN instances of slices ``[z0, z1)``, written to one slab file atomically.
 
-    The file holds ``/labels`` and ``/candidates`` ((z1 - z0, y, x) uint32, ids 1..n per slice by
-    decreasing score), ``/table`` (float64 rows of :data:`TABLE_COLUMNS`, one per candidate; column names
-    in the file attribute ``columns``) and the attributes ``z0``, ``z1`` and ``score_threshold``.
-
     Parameters
     ----------
-    volume_path : str or os.PathLike
-        The contract grey volume.
-    weights_path, meta_path : str or os.PathLike
-        The trained model's weights and its JSON metadata (:func:`detachment.maskrcnn.load_model`).
+    volume_path, weights_path, meta_path : str or os.PathLike
+        The contract grey volume, the model's weights and its JSON metadata
+        (:func:`detachment.maskrcnn.load_model`).
     z0, z1 : int
         Slice range, ``z1`` exclusive.
     out_path : str or os.PathLike
-        The slab file to write.
+        The slab file: ``/labels`` and ``/candidates`` ((z1 - z0, y, x) uint32, ids 1..n per slice by
+        decreasing score), ``/table`` (float64, one row of :data:`TABLE_COLUMNS` per candidate, names in the
+        file attribute ``columns``) and the attributes ``z0``, ``z1`` and ``score_threshold``.
     batch_size : int, default 4
         Slices per forward pass.
-    score_threshold : float, default 0.5
-        Detection score (0-1) of ``/labels``.
-    mask_threshold : float, default 0.5
-        Mask probability (0-1) for a pixel to belong to an instance.
-    min_visible_fraction : float, default 0.5
-        Mask-level NMS: a detection is dropped when less than this fraction (0-1) of its mask is free of
-        higher-scoring ones.
+    score_threshold, mask_threshold, min_visible_fraction : float, default 0.5
+        Detection score of ``/labels``; mask probability of an instance pixel; mask-level NMS: the least
+        share of a detection's mask free of higher-scoring ones (docs/methods.md, Mask R-CNN). All 0-1.
     candidate_threshold : float, optional
         Score (0-1) of ``/candidates``; defaults to, and is capped at, ``score_threshold``.
     device : str, default "auto"
@@ -132,29 +125,49 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
     shape, _ = io.read_volume_info(volume_path)
     chunk = max(batch_size, 16)  # slices held in memory at a time
     with io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as out, h5py.File(volume_path, "r") as f:
-        kw = {"chunks": (1,) + tuple(shape[1:]), "compression": "gzip", "compression_opts": 1} if z1 > z0 else {}
-        d = out.create_dataset("labels", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
-        dc = out.create_dataset("candidates", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
+        d, dc = _label_stacks(out, z0, z1, shape)
         for a, b in io.slab_ranges(z1 - z0, chunk):
             images = model_slices(f[io.VOLUME_DATASET], z0 + a, z0 + b, context)
             cand, r = predict(model, images, dev, batch_size, low, mask_threshold, progress, min_visible_fraction,
                               tta=tta)
             dc[a:b] = cand
-            # ids are 1..n by decreasing score in each slice: the detections are the first k of them
-            n_det = np.zeros(len(cand), np.int64)
-            for row in r:
-                if row["score"] >= score_threshold:
-                    n_det[row["index"]] = max(n_det[row["index"]], row["label"])
-            d[a:b] = np.where(cand <= n_det[:, None, None], cand, 0)
+            d[a:b] = _detections(cand, r, score_threshold)
             rows += [{"z": z0 + a + row.pop("index"), **row} for row in r]
-        table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-        out.create_dataset("table", data=table.to_numpy(dtype=np.float64))
-        out.attrs["columns"] = ",".join(TABLE_COLUMNS)
-        out.attrs["z0"], out.attrs["z1"] = z0, z1
-        out.attrs["score_threshold"] = score_threshold
+        table = _write_table(out, rows, z0, z1, score_threshold)
     log.info("slab [%d, %d): %d candidates, %d detections", z0, z1, len(table),
              int((table.score >= score_threshold).sum()))
     return len(table)
+
+
+def _label_stacks(out, z0: int, z1: int, shape) -> tuple:
+    """Create a slab file's ``/labels`` and ``/candidates``: (z1 - z0, y, x) uint32, one chunk per slice."""
+    kw = {"chunks": (1,) + tuple(shape[1:]), "compression": "gzip", "compression_opts": 1} if z1 > z0 else {}
+    d = out.create_dataset("labels", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
+    dc = out.create_dataset("candidates", shape=(z1 - z0,) + tuple(shape[1:]), dtype=np.uint32, **kw)
+    return d, dc
+
+
+def _detections(cand: np.ndarray, rows: list[dict], score_threshold: float) -> np.ndarray:
+    """The candidates ``cand`` (n, y, x) with only the detections (score ≥ ``score_threshold``) kept.
+
+    ``rows`` are :func:`detachment.cnn.predict.predict`'s, with ``index`` the slice in ``cand``. Ids are
+    1..n by decreasing score in each slice: the detections are the first k of them.
+    """
+    n_det = np.zeros(len(cand), np.int64)
+    for row in rows:
+        if row["score"] >= score_threshold:
+            n_det[row["index"]] = max(n_det[row["index"]], row["label"])
+    return np.where(cand <= n_det[:, None, None], cand, 0)
+
+
+def _write_table(out, rows: list[dict], z0: int, z1: int, score_threshold: float) -> pd.DataFrame:
+    """Write a slab file's ``/table`` and its attributes ``columns``, ``z0``, ``z1``, ``score_threshold``."""
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    out.create_dataset("table", data=table.to_numpy(dtype=np.float64))
+    out.attrs["columns"] = ",".join(TABLE_COLUMNS)
+    out.attrs["z0"], out.attrs["z1"] = z0, z1
+    out.attrs["score_threshold"] = score_threshold
+    return table
 
 
 def gather_slabs(slab_paths, volume_path, labels_path, table_path) -> pd.DataFrame:
@@ -171,10 +184,8 @@ def gather_slabs(slab_paths, volume_path, labels_path, table_path) -> pd.DataFra
         Slab files of :func:`infer_slab`, in any order.
     volume_path : str or os.PathLike
         The contract grey volume (shape and voxel size).
-    labels_path : str or os.PathLike
-        The HDF5 file to write.
-    table_path : str or os.PathLike
-        The CSV file to write.
+    labels_path, table_path : str or os.PathLike
+        The HDF5 file and the CSV file to write.
 
     Returns
     -------
@@ -190,18 +201,7 @@ def gather_slabs(slab_paths, volume_path, labels_path, table_path) -> pd.DataFra
         cannot pass unnoticed.
     """
     shape, voxel = io.read_volume_info(volume_path)
-    parts = []
-    for p in slab_paths:
-        with h5py.File(p, "r") as f:
-            parts.append((int(f.attrs["z0"]), int(f.attrs["z1"]), p))
-    parts.sort()
-    expect = 0
-    for z0, z1, p in parts:
-        if z0 != expect:
-            raise ValueError(f"{p}: slab starts at z={z0}, expected {expect} (a slab is missing or overlaps)")
-        expect = z1
-    if expect != shape[0]:
-        raise ValueError(f"slabs cover z < {expect} but the volume has {shape[0]} slices")
+    parts = _ordered_slabs(slab_paths, shape[0])
     tables = []
     with io.atomic_output(labels_path) as tmp, h5py.File(tmp, "w") as out:
         d = out.create_dataset("labels", shape=shape, dtype=np.uint32, chunks=io.slab_chunks(shape),
@@ -228,3 +228,20 @@ def gather_slabs(slab_paths, volume_path, labels_path, table_path) -> pd.DataFra
     table["detection"] = table.score >= (threshold if np.isfinite(threshold) else 0.0)
     io.write_csv(table_path, table)
     return table
+
+
+def _ordered_slabs(slab_paths, depth: int) -> list[tuple[int, int, object]]:
+    """``(z0, z1, path)`` of the slab files by z; ValueError unless they tile slices ``[0, depth)``."""
+    parts = []
+    for p in slab_paths:
+        with h5py.File(p, "r") as f:
+            parts.append((int(f.attrs["z0"]), int(f.attrs["z1"]), p))
+    parts.sort()
+    expect = 0
+    for z0, z1, p in parts:
+        if z0 != expect:
+            raise ValueError(f"{p}: slab starts at z={z0}, expected {expect} (a slab is missing or overlaps)")
+        expect = z1
+    if expect != depth:
+        raise ValueError(f"slabs cover z < {expect} but the volume has {depth} slices")
+    return parts
