@@ -113,35 +113,24 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
 
     Parameters
     ----------
-    labels : numpy.ndarray
-        (z, y, x) integer particle labels, 0 = background; envelopes (cracks inside carry the label).
-    phases : numpy.ndarray
-        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
-    volume : numpy.ndarray
-        (z, y, x) grey levels (electron density).
+    labels, phases, volume : numpy.ndarray
+        (z, y, x) integer particle labels (0 = background; envelopes, cracks inside carry the label), uint8
+        phase codes (:mod:`detachment.phases`) and grey levels (electron density).
     voxel_size_um : sequence of float
         (z, y, x) voxel edge lengths, µm.
     border : dict, optional
-        Label to bool, the particle touches the volume border; given, the table gets ``touches_border``
-        (False for labels it lacks).
+        Label to "touches the volume border"; given, the table gets ``touches_border`` (False if absent).
     probe : int, default 1
         Depth, in voxels, at which the contact class is read (:func:`detachment.surface.surface_contacts`).
     gap_level : float, optional
-        Grey level below which a background face neighbour reads as electrolyte
-        (:func:`detachment.surface.surface_contacts`); ``None``: contacts from the phases only.
+        Grey level below which a background face neighbour reads as electrolyte; ``None``: phases only.
 
     Returns
     -------
     pandas.DataFrame
         Columns :data:`COLUMNS` (``touches_border`` only with ``border``), one row per label
-        1..``labels.max()`` that has voxels: ``volume_um3``, ``diameter_um`` (equivalent sphere),
-        ``surface_area_um2`` (marching cubes), ``sphericity``, ``centroid_{z,y,x}_um`` (of the envelope,
-        from the array's origin), ``distance_to_collector_um`` (lowest z minus :func:`collector_top`),
-        ``height_um`` (centroid above the collector top), ``electron_density_mean`` and ``_std`` (grey
-        level over the NMC solid), ``nmc_high_fraction`` (of the solid, 0-1), ``crack_volume_fraction``
-        (void share of the envelope, 0-1), ``crack_surface_per_volume_per_um`` (µm⁻¹), ``detachment``
-        and ``detachment_std`` (fraction 0-1), ``surface_faces`` (faces counted) and
-        ``contact_{void,cbd,al,particle}_um2`` (face areas times :data:`STAIRCASE`, µm²).
+        1..``labels.max()`` that has voxels; definitions: docs/methods.md, Per-particle table. Centroids
+        are from the array's origin, ``surface_faces`` counts the faces, fractions are 0-1.
     """
     vs = np.asarray(voxel_size_um, float)
     labels = np.asarray(labels)
@@ -153,17 +142,11 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     crack_area = crack_faces(labels, phases, vs, n_labels=n) * STAIRCASE
     ones = np.ones(labels.shape, np.int64)
     vox = ndimage.sum_labels(ones, labels, idx)
-    solid = (phases == NMC_LOW) | (phases == NMC_HIGH)
-    solid_vox = ndimage.sum_labels(solid, labels, idx)
-    high_vox = ndimage.sum_labels(phases == NMC_HIGH, labels, idx)
-    crack_vox = ndimage.sum_labels(phases == VOID, labels, idx)
-    solid_labels = np.where(solid, labels, 0)
-    dens_mean = ndimage.mean(volume, solid_labels, idx)
-    dens_std = ndimage.standard_deviation(volume, solid_labels, idx)
     com = np.array(ndimage.center_of_mass(ones, labels, idx))
     top = collector_top(phases)
     area_mc, zmin = _mesh_areas_and_bottoms(labels, n, vs)
     volume_um3 = vox * float(np.prod(vs))
+    solid_columns = _solid_columns(labels, phases, volume, idx, vox)
     with np.errstate(invalid="ignore", divide="ignore"):
         sphericity = np.pi ** (1 / 3) * (6 * volume_um3) ** (2 / 3) / area_mc
         table = pd.DataFrame({
@@ -176,21 +159,43 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
             "centroid_x_um": com[:, 2] * vs[2],
             "distance_to_collector_um": (zmin - top) * vs[0],
             "height_um": com[:, 0] * vs[0] - top * vs[0],
-            "electron_density_mean": dens_mean, "electron_density_std": dens_std,
-            "nmc_high_fraction": np.where(solid_vox > 0, high_vox / np.maximum(solid_vox, 1), np.nan),
-            "crack_volume_fraction": crack_vox / np.maximum(vox, 1),
+            **solid_columns,
             "crack_surface_per_volume_per_um": crack_area[1:] / volume_um3,
-            "detachment": contacts.detachment[1:],
-            "detachment_std": contacts.detachment_std[1:],
-            "surface_faces": contacts.n_faces[1:].sum(1),
-            "contact_void_um2": contacts.area[1:, 0] * STAIRCASE,
-            "contact_cbd_um2": contacts.area[1:, 1] * STAIRCASE,
-            "contact_al_um2": contacts.area[1:, 2] * STAIRCASE,
-            "contact_particle_um2": contacts.area[1:, 3] * STAIRCASE,
+            **_contact_columns(contacts),
         })
     if border is not None:
         table["touches_border"] = table.label.map(border).fillna(False).astype(bool)
     return table[table.volume_um3 > 0].reset_index(drop=True)
+
+
+def _solid_columns(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, idx: np.ndarray,
+                   vox: np.ndarray) -> dict[str, np.ndarray]:
+    """Grey level over the NMC solid, NMC-high share of the solid and void share of the envelope (``vox``
+    voxels) of labels ``idx``: the columns ``electron_density_mean`` .. ``crack_volume_fraction``."""
+    solid = (phases == NMC_LOW) | (phases == NMC_HIGH)
+    solid_vox = ndimage.sum_labels(solid, labels, idx)
+    high_vox = ndimage.sum_labels(phases == NMC_HIGH, labels, idx)
+    crack_vox = ndimage.sum_labels(phases == VOID, labels, idx)
+    solid_labels = np.where(solid, labels, 0)
+    dens_mean = ndimage.mean(volume, solid_labels, idx)
+    dens_std = ndimage.standard_deviation(volume, solid_labels, idx)
+    return {"electron_density_mean": dens_mean, "electron_density_std": dens_std,
+            "nmc_high_fraction": np.where(solid_vox > 0, high_vox / np.maximum(solid_vox, 1), np.nan),
+            "crack_volume_fraction": crack_vox / np.maximum(vox, 1)}
+
+
+def _contact_columns(contacts) -> dict[str, np.ndarray]:
+    """The columns ``detachment`` .. ``contact_particle_um2`` of labels 1.. from their
+    :class:`detachment.surface.SurfaceContacts` (areas times :data:`STAIRCASE`)."""
+    return {
+        "detachment": contacts.detachment[1:],
+        "detachment_std": contacts.detachment_std[1:],
+        "surface_faces": contacts.n_faces[1:].sum(1),
+        "contact_void_um2": contacts.area[1:, 0] * STAIRCASE,
+        "contact_cbd_um2": contacts.area[1:, 1] * STAIRCASE,
+        "contact_al_um2": contacts.area[1:, 2] * STAIRCASE,
+        "contact_particle_um2": contacts.area[1:, 3] * STAIRCASE,
+    }
 
 
 def _mesh_areas_and_bottoms(labels: np.ndarray, n: int, vs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
