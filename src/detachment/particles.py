@@ -392,26 +392,17 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
                               gap_from_intensity: bool = True, contact_level: float | None = None) -> pd.DataFrame:
     """:func:`particle_table` particle by particle on bounding-box crops read from the HDF5 files.
 
-    Memory is bounded by the largest particle's box, not the volume. With ``refine`` the envelope
-    is :func:`refine_envelope` of the segmentation mask. Each crop has ``pad`` voxels of
-    context so contacts are seen; other particles in the crop count as particle contacts. The collector
-    top is found from the phase map slice by slice. With ``gap_from_intensity`` the contacts also read
-    the grey levels against ``contact_level`` (see :mod:`detachment.contact_level`; ``None``: the
-    void/CBD midpoint :func:`gap_level` of the phase file).
-
     Parameters
     ----------
-    labels_path : str or os.PathLike
-        HDF5 file of the 3D particle labels (``/labels``, uint32, 0 = background).
-    phases_path : str or os.PathLike
-        HDF5 file of the phase map (``/phases``, uint8; attrs ``order`` and ``means``).
-    volume_path : str or os.PathLike
-        The volume file (``/volume`` and its voxel size).
+    labels_path, phases_path, volume_path : str or os.PathLike
+        HDF5 files: 3D particle labels (``/labels``, uint32, 0 = background), phase map (``/phases``,
+        uint8; attrs ``order`` and ``means``) and the volume (``/volume`` and its voxel size).
     links : pandas.DataFrame
         One row per particle (``links.csv``): ``label``, its bounding box ``z_min``, ``z_max``, ``y_min``,
         ``y_max``, ``x_min``, ``x_max`` (voxels) and optionally ``touches_border``.
     pad : int, default 2
-        Voxels of context around each bounding box.
+        Voxels of context around each bounding box, so contacts are seen (other particles there count as
+        particle contact); memory is bounded by the largest box.
     progress : bool, default True
         Show a progress bar.
     probe : int, default 1
@@ -419,18 +410,17 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     refine : bool, default True
         Envelope = :func:`refine_envelope` of the mask; else the mask itself.
     gap_from_intensity : bool, default True
-        Also read electrolyte from the grey level of the face neighbours.
+        Also read electrolyte from the grey level of the face neighbours (:mod:`detachment.contact_level`).
     contact_level : float, optional
         Grey level below which a background face neighbour is electrolyte (the fitted
-        ``contact_level.csv`` level); ``None`` or NaN: the void/CBD midpoint.
+        ``contact_level.csv`` level); ``None`` or NaN: the void/CBD midpoint (:func:`gap_level`).
 
     Returns
     -------
     pandas.DataFrame
-        Columns :data:`COLUMNS` (see :func:`particle_table`), one row per particle of ``links`` whose
-        envelope has voxels; ``label`` as in ``links``, centroids in the volume's coordinates (µm),
-        ``distance_to_collector_um`` from the mask's ``z_min``, ``touches_border`` from ``links`` (False
-        without that column).
+        Columns :data:`COLUMNS` (:func:`particle_table`), a row per particle of ``links`` whose envelope has
+        voxels; ``label`` as in ``links``, centroids in the volume's coordinates, ``distance_to_collector_um``
+        from ``z_min`` and the phase map's collector top, ``touches_border`` from ``links`` (else False).
     """
     import h5py
 
@@ -441,12 +431,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     rows = []
     with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
         dl, dp, dv = fl["labels"], fp["phases"], fv[io.VOLUME_DATASET]
-        level = None
-        if gap_from_intensity:
-            level = contact_level if contact_level is not None and np.isfinite(contact_level) else gap_level(dp.attrs)
-            if level is None:
-                log.warning("%s: no phase grey levels (attrs order, means); contacts read from phases only",
-                            phases_path)
+        level = _contact_gap_level(gap_from_intensity, contact_level, dp.attrs, phases_path)
         top = _collector_top_from_file(dp, shape[0])
         for row, lo, env, others, ph, grey in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
                                                               "particles"):
@@ -456,12 +441,31 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
             t = t[t.label == 1].copy()
             if t.empty:
                 continue
-            t["label"] = row.label
-            t["centroid_z_um"] += lo[0] * vs[0]
-            t["centroid_y_um"] += lo[1] * vs[1]
-            t["centroid_x_um"] += lo[2] * vs[2]
-            t["distance_to_collector_um"] = (row.z_min - top) * vs[0]
-            t["height_um"] = t["centroid_z_um"] - top * vs[0]
-            t["touches_border"] = bool(getattr(row, "touches_border", False))
-            rows.append(t)
+            rows.append(_in_volume_frame(t, row, lo, vs, top))
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
+
+
+def _contact_gap_level(gap_from_intensity: bool, contact_level: float | None, phase_attrs,
+                       phases_path) -> float | None:
+    """The grey level the contacts read electrolyte below: ``contact_level`` when finite, else the phase
+    file's void/CBD midpoint; ``None`` without ``gap_from_intensity`` or those grey levels (logged)."""
+    level = None
+    if gap_from_intensity:
+        level = contact_level if contact_level is not None and np.isfinite(contact_level) else gap_level(phase_attrs)
+        if level is None:
+            log.warning("%s: no phase grey levels (attrs order, means); contacts read from phases only",
+                        phases_path)
+    return level
+
+
+def _in_volume_frame(t: pd.DataFrame, row, lo, vs: np.ndarray, top: int) -> pd.DataFrame:
+    """A crop's one-row table moved into the volume: ``row``'s label and border flag, centroids shifted by
+    the crop origin ``lo``, collector distance and height from the volume's collector top ``top``."""
+    t["label"] = row.label
+    t["centroid_z_um"] += lo[0] * vs[0]
+    t["centroid_y_um"] += lo[1] * vs[1]
+    t["centroid_x_um"] += lo[2] * vs[2]
+    t["distance_to_collector_um"] = (row.z_min - top) * vs[0]
+    t["height_um"] = t["centroid_z_um"] - top * vs[0]
+    t["touches_border"] = bool(getattr(row, "touches_border", False))
+    return t
