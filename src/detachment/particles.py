@@ -164,7 +164,7 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
             **_contact_columns(contacts),
         })
     if border is not None:
-        table["touches_border"] = table.label.map(border).fillna(False).astype(bool)
+        table["touches_border"] = table.label.map(lambda label: bool(border.get(label, False)))
     return table[table.volume_um3 > 0].reset_index(drop=True)
 
 
