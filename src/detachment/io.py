@@ -582,13 +582,7 @@ def read_dataset(path: str | os.PathLike, name: str) -> np.ndarray:
     InputError
         When the file or the dataset does not exist.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file does not exist")
-    with h5py.File(path, "r") as f:
-        if name not in f:
-            raise InputError(f"{path}: has no dataset '/{name}'")
-        return f[name][...]
+    return read_region(path, name, ...)
 
 
 def read_region(path: str | os.PathLike, name: str, index) -> np.ndarray:
