@@ -299,6 +299,7 @@ def test_tiny_run_linking_watershed_and_science_against_the_truth(finished_run):
     are checked for their contract here; its accuracy is tested in test_maskrcnn and measured by make run."""
     results = finished_run / "results"
     samples = ("cell_1C", "cell_C10", "unseen_1C", "unseen_C10")
+    score_threshold = yaml.safe_load((finished_run / "config.yaml").read_text())["infer"]["score_threshold"]
     linking = pd.read_csv(results / "linking" / "summary.csv")
     true_input = linking[linking.input == "true_slices"]
     assert set(true_input["sample"]) == set(samples)
@@ -326,3 +327,13 @@ def test_tiny_run_linking_watershed_and_science_against_the_truth(finished_run):
         slices = pd.read_csv(results / sample / "cnn" / "slices.csv")
         assert {"z", "label", "score", "detection"} <= set(slices.columns)
         assert slices.score.between(0, 1).all()
+        with h5py.File(results / sample / "cnn" / "slices.h5") as f:
+            candidates, labels = f["candidates"][...], f["labels"][...]
+        # the table describes the candidate maps: every row's area is its pixels, and detections alone are
+        # painted into the labels, at or above the score threshold
+        for z, rows in slices.groupby("z"):
+            area = np.bincount(candidates[z].ravel(), minlength=int(rows.label.max()) + 1)
+            assert (area[rows.label.to_numpy()] == rows.area_px.to_numpy()).all(), (sample, z)
+        kept = slices[slices.detection]
+        assert (kept.score >= score_threshold).all()
+        assert bool(labels.any()) == bool(len(kept))
