@@ -135,6 +135,10 @@ def test_bad_phantom_parameters_name_the_field():
         PhantomParams.from_dict({"contact_fraction": 1.5})
     with pytest.raises(ValueError, match="phantom.shape_zyx"):
         PhantomParams.from_dict({"shape_zyx": [12, 64, 64]})
+    # the detached fractions are Beta-distributed: a mean of exactly 0 or 1 has no Beta distribution
+    for bad in ({"detachment_mean": 0.0}, {"detachment_mean": 1.0}, {"detachment_concentration": 0.0}):
+        with pytest.raises(ValueError, match=f"phantom.{next(iter(bad))}"):
+            PhantomParams.from_dict(bad)
 
 
 def _preset(cfg, name, rate="1C"):

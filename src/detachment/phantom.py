@@ -211,6 +211,9 @@ class PhantomParams:
                      "coating_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 bad(name, "a fraction in [0, 1]")
+        if not (0 < self.detachment_mean < 1 and self.detachment_concentration > 0):
+            bad("detachment_mean" if not 0 < self.detachment_mean < 1 else "detachment_concentration",
+                "a Beta distribution's mean strictly between 0 and 1 and a positive concentration")
         if not 0 <= self.cbd_height_fraction <= 2:
             bad("cbd_height_fraction", "the CBD's mean height above the collector in median diameters, in [0, 2]")
         if set(self.intensity) != set(PHASE_NAMES.values()):
