@@ -8,7 +8,7 @@ from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 
 from detachment import io, phases
-from detachment.threshold import ThresholdSettings, classify_slab, threshold_volume
+from detachment.threshold import ThresholdSettings, classify_slab, collector_top, threshold_volume
 
 MEANS = {"void": 0.0, "cbd": 0.3, "al": 0.5, "nmc_low": 0.72, "nmc_high": 0.9}
 
@@ -114,7 +114,7 @@ def test_streamed_thresholding_equals_whole_volume_classification(tmp_path):
     s = ThresholdSettings(slab=5)
     res = threshold_volume(path, tmp_path / "phases.h5", s, progress=False)
     streamed = io.read_dataset(tmp_path / "phases.h5", "phases")
-    whole = classify_slab(ph.volume, res.model, s)
+    whole = classify_slab(ph.volume, res.model, s, collector_top(res.model, res.collector))
     np.testing.assert_array_equal(streamed, whole)
     # interior-voxel FWHMs summed over slabs equal those of the whole volume
     direct = phases.phase_fwhm(ph.volume, whole, bins=4 * s.bins)

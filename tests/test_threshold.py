@@ -11,7 +11,7 @@ from scipy import ndimage
 from detachment import io, phases
 from detachment.binning import UniformBins, ceil_float32
 from detachment.slab_phases import SlabClassifier, dilate6_border, erode6, opening6, same_as_neighbours
-from detachment.threshold import ThresholdSettings, classify_slab, threshold_volume
+from detachment.threshold import ThresholdSettings, classify_slab, collector_top, fit_model, threshold_volume
 
 CROSS = ndimage.generate_binary_structure(3, 1)
 
@@ -122,9 +122,10 @@ def test_slab_classifier_equals_the_reference_on_a_phantom():
 def _direct(vol: np.ndarray, s: ThresholdSettings):
     """Unstreamed thresholding of a whole volume with the reference functions."""
     lo, hi = float(vol.min()), float(vol.max())
-    hist = phases.Histogram(np.histogram(vol, bins=s.bins, range=(lo, hi))[0], np.linspace(lo, hi, s.bins + 1))
-    model = phases.fit_phase_model(hist, s.method, s.order)
-    p = classify_slab(vol, model, s)
+    per_slice_hist = np.stack([np.histogram(v, bins=s.bins, range=(lo, hi))[0] for v in vol])
+    hist = phases.Histogram(per_slice_hist.sum(0), np.linspace(lo, hi, s.bins + 1))
+    model, _, collector = fit_model(hist, per_slice_hist, s)
+    p = classify_slab(vol, model, s, collector_top(model, collector))
     fine = np.linspace(lo, hi, 4 * s.bins + 1)
     interior = phases.interior_histograms(vol, p, fine)
     per_slice = np.stack([(p == c).sum(axis=(1, 2)) for c in phases.PHASE_NAMES], axis=1)

@@ -442,7 +442,29 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
             if t.empty:
                 continue
             rows.append(_in_volume_frame(t, row, lo, vs, top))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
+        unresolved = phases_not_resolved(dp.attrs)
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
+    if "nmc_high" in unresolved:  # one NMC class: a high-density share of 0 would be a guess, not a measurement
+        out["nmc_high_fraction"] = np.nan
+    return out
+
+
+def phases_not_resolved(phase_attrs) -> set[str]:
+    """Phases a phase map's model did not separate (``/phases`` attribute ``unresolved``; empty if absent).
+
+    Parameters
+    ----------
+    phase_attrs : mapping
+        The attributes of ``phases.h5`` ``/phases``.
+
+    Returns
+    -------
+    set of str
+        Phase names, e.g. ``{"nmc_high"}`` when NMC low and high density form one class.
+    """
+    value = phase_attrs.get("unresolved", "")
+    value = value.decode() if isinstance(value, bytes) else str(value)
+    return {v.strip() for v in value.split(",") if v.strip()}
 
 
 def _contact_gap_level(gap_from_intensity: bool, contact_level: float | None, phase_attrs,

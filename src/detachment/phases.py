@@ -112,7 +112,7 @@ def _gauss(x, mu, sigma):
     return np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
 
 
-def histogram_peaks(hist: Histogram, n: int) -> np.ndarray:
+def histogram_peaks(hist: Histogram, n: int, fill: bool = True) -> np.ndarray:
     """Bin indices of the ``n`` most prominent modes of the (log-count, lightly smoothed) histogram.
 
     Modes are peaks of ``log1p(counts)`` smoothed by a Gaussian of 1.5 bins, with a prominence of
@@ -126,6 +126,9 @@ def histogram_peaks(hist: Histogram, n: int) -> np.ndarray:
         The grey-level histogram.
     n : int
         Number of modes wanted (the number of phases).
+    fill : bool, default True
+        Add the multi-Otsu modes where fewer than ``n`` modes are found; False returns only the modes
+        the histogram shows.
 
     Returns
     -------
@@ -144,7 +147,7 @@ def histogram_peaks(hist: Histogram, n: int) -> np.ndarray:
     logc = ndimage.gaussian_filter1d(np.log1p(hist.counts.astype(float)), 1.5)
     peaks, props = find_peaks(logc, prominence=0.05)
     peaks = np.sort(peaks[np.argsort(props["prominences"])[::-1][:n]])
-    if len(peaks) < n:
+    if fill and len(peaks) < n:
         bounds = np.concatenate([[-np.inf], multiotsu_thresholds(hist, n), [np.inf]])
         x = hist.centers
         for k in range(n):
@@ -304,26 +307,48 @@ def fit_phase_model(hist: Histogram, method: str = "gmm", names: tuple[str, ...]
         For an unknown ``method``, or from scikit-image's multi-Otsu when the histogram has too
         few non-empty bins (:func:`multiotsu_thresholds`).
     """
-    n = len(names)
     if method == "multiotsu":
-        thresholds = multiotsu_thresholds(hist, n)
-        bounds = np.concatenate([[-np.inf], thresholds, [np.inf]])
-        x, w = hist.centers, hist.counts.astype(float)
-        means, sigmas, weights = [], [], []
-        for k in range(n):
-            m = (x >= bounds[k]) & (x < bounds[k + 1])
-            wk = max(w[m].sum(), 1.0)
-            mu = (x[m] * w[m]).sum() / wk
-            means.append(mu)
-            sigmas.append(np.sqrt(((x[m] - mu) ** 2 * w[m]).sum() / wk))
-            weights.append(wk)
-        weights = np.asarray(weights) / np.sum(weights)
-        return PhaseModel(tuple(names), thresholds, np.asarray(means), np.asarray(sigmas), weights, method)
+        return model_from_thresholds(hist, multiotsu_thresholds(hist, len(names)), names, method)
     if method == "gmm":
-        mu, sd, pi = fit_peak_gaussians(hist, n)
+        mu, sd, pi = fit_peak_gaussians(hist, len(names))
         thresholds = gmm_decision_thresholds(mu, sd, pi, hist.centers)
         return PhaseModel(tuple(names), thresholds, mu, sd, pi, method)
     raise ValueError(f"unknown thresholding method {method!r} (expected 'gmm' or 'multiotsu')")
+
+
+def model_from_thresholds(hist: Histogram, thresholds, names: tuple[str, ...], method: str) -> PhaseModel:
+    """A phase model with given thresholds; each class's Gaussian is the moments of its histogram part.
+
+    Parameters
+    ----------
+    hist : Histogram
+        The grey-level histogram.
+    thresholds : array_like
+        (n - 1,) increasing grey levels between the ``n`` phases of ``names``.
+    names : tuple of str
+        Phase names in order of increasing grey level.
+    method : str
+        Recorded as the model's ``method`` (e.g. ``"multiotsu"``, ``"manual"``).
+
+    Returns
+    -------
+    PhaseModel
+        ``means``, ``sigmas`` and ``weights`` are the mean, standard deviation and share of the
+        histogram between each class's thresholds.
+    """
+    thresholds = np.asarray(thresholds, float)
+    bounds = np.concatenate([[-np.inf], thresholds, [np.inf]])
+    x, w = hist.centers, hist.counts.astype(float)
+    means, sigmas, weights = [], [], []
+    for k in range(len(names)):
+        m = (x >= bounds[k]) & (x < bounds[k + 1])
+        wk = max(w[m].sum(), 1.0)
+        mu = (x[m] * w[m]).sum() / wk
+        means.append(mu)
+        sigmas.append(np.sqrt(((x[m] - mu) ** 2 * w[m]).sum() / wk))
+        weights.append(wk)
+    weights = np.asarray(weights) / np.sum(weights)
+    return PhaseModel(tuple(names), thresholds, np.asarray(means), np.asarray(sigmas), weights, method)
 
 
 def classify(volume: np.ndarray, model: PhaseModel) -> np.ndarray:
@@ -398,6 +423,47 @@ def remove_thin_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseMo
     mid = model.means[k]
     out = phases.copy()
     out[drop] = np.where(volume[drop] < mid, below, above)
+    return out
+
+
+def confine_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseModel, top: int | None,
+                      z_first: int = 0) -> np.ndarray:
+    """Reassign Al voxels above the collector slab: the collector is a slab at z = 0, nothing else is Al.
+
+    Blur puts the edge between CBD (or electrolyte) and NMC through Al's grey-level range; where the
+    point-spread function is wide, those shells are thicker than :func:`remove_thin_collector` removes.
+    An Al voxel at z >= ``top`` goes to the class before Al in ``model.names`` if its grey level is
+    below Al's mean, else to the class after it.
+
+    Parameters
+    ----------
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes.
+    volume : numpy.ndarray
+        (z, y, x) grey levels, same shape.
+    model : PhaseModel
+        The phase model; nothing changes without an ``"al"`` class.
+    top : int or None
+        First slice above the collector (volume coordinates); None changes nothing.
+    z_first : int, default 0
+        Volume z of ``phases[0]`` (a slab of a streamed volume).
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) uint8 phase codes: a new array, or ``phases`` itself when nothing changes.
+    """
+    if top is None or "al" not in model.names:
+        return phases
+    start = max(0, top - z_first)
+    above = phases[start:] == AL
+    if not above.any():
+        return phases
+    k = model.names.index("al")
+    below_code = model.codes[k - 1] if k > 0 else model.codes[k + 1]
+    above_code = model.codes[k + 1] if k + 1 < len(model.names) else model.codes[k - 1]
+    out = phases.copy()
+    out[start:][above] = np.where(volume[start:][above] < model.means[k], below_code, above_code)
     return out
 
 

@@ -29,6 +29,12 @@ BOUNDS = {
                                   "(the run of mostly-Al slices from z = 0)"),
     "void_fraction": (0.001, "electrolyte / pores make up at least this share of the volume"),
     "nmc_fraction": (0.001, "NMC (low + high density) makes up at least this share of the volume"),
+    "cbd_resolved": (1.0, "the histogram separates CBD from the electrolyte (1 = resolved): the contacts "
+                          "are read between these two"),
+    "min_phase_fraction": (0.001, "every phase the model resolves makes up at least this share of the volume"),
+    "min_interior_share": (0.05, "every phase the model resolves is a region, not a shell: at least this "
+                                 "share of its voxels have all six neighbours in the same phase (a class "
+                                 "fitted to the blurred edges between two phases is a shell)"),
 }
 
 
@@ -77,8 +83,8 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
     return PhaseCounts(out)
 
 
-def check_phase_map(counts: PhaseCounts) -> pd.DataFrame:
-    """Every check of :data:`BOUNDS` on a phase map's per-slice counts.
+def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every check of :data:`BOUNDS` on a phase map's per-slice counts and its per-phase table.
 
     The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice.
 
@@ -86,6 +92,10 @@ def check_phase_map(counts: PhaseCounts) -> pd.DataFrame:
     ----------
     counts : PhaseCounts
         Per-slice phase counts (:func:`phase_counts`, or kept by the thresholding).
+    fwhm : pandas.DataFrame, optional
+        The thresholding's per-phase table (``phase_fwhm.csv``: ``phase``, ``resolved``,
+        ``interior_voxels``, ``volume_fraction``); without it the checks of the phase model
+        (``cbd_resolved``, ``min_phase_fraction``, ``min_interior_share``) are left out.
 
     Returns
     -------
@@ -105,8 +115,21 @@ def check_phase_map(counts: PhaseCounts) -> pd.DataFrame:
         "void_fraction": float(c[:, VOID].sum() / total),
         "nmc_fraction": float((c[:, NMC_LOW].sum() + c[:, NMC_HIGH].sum()) / total),
     }
+    if fwhm is not None:
+        values.update(_model_checks(fwhm, total))
     return pd.DataFrame([{"check": k, "value": v, "bound": BOUNDS[k][0], "passed": bool(v >= BOUNDS[k][0]),
                           "requirement": BOUNDS[k][1]} for k, v in values.items()])
+
+
+def _model_checks(fwhm: pd.DataFrame, total: float) -> dict:
+    """Values of the phase-model checks from the per-phase table (a table without ``resolved``: all are)."""
+    resolved = fwhm[fwhm["resolved"].astype(bool)] if "resolved" in fwhm else fwhm
+    voxels = resolved.volume_fraction.to_numpy(float) * total
+    return {
+        "cbd_resolved": float("cbd" in set(resolved.phase)),
+        "min_phase_fraction": float(resolved.volume_fraction.min()),
+        "min_interior_share": float(np.min(resolved.interior_voxels.to_numpy(float) / np.maximum(voxels, 1))),
+    }
 
 
 def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figure_hint: str = "") -> None:
@@ -140,8 +163,37 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
     msg = (f"sample '{sample}': implausible phase map: {what}. The histogram probably resolves fewer peaks "
            f"than phases and the classes are shifted (e.g. CBD read as Al, the collector as NMC), or the volume "
            f"holds no collector at z = 0. Look at {figure_hint or 'the phase figure'}; check the volume's "
-           f"orientation (the collector must be at z = 0); try threshold.method: multiotsu; or set "
-           f"threshold.on_implausible: warn to go on with this map (every downstream number inherits it).")
+           f"orientation (the collector must be at z = 0); set manual thresholds (the sample sheet's "
+           f"`thresholds` column, or threshold.thresholds); try another threshold.method (informed, gmm, "
+           f"multiotsu); or set threshold.on_implausible: warn to go on with this map (every downstream "
+           f"number inherits it).")
     if on_implausible == "stop":
         raise ImplausiblePhaseMap(msg)
     log.warning(msg)
+
+
+def enforce_model(error: Exception, sample: str, on_implausible: str = "stop") -> None:
+    """Stop (raise :class:`ImplausiblePhaseMap`) or warn when the informed phase model could not be fitted.
+
+    Parameters
+    ----------
+    error : Exception
+        The :class:`detachment.phase_fit.PhaseModelError` raised.
+    sample : str
+        Named in the message.
+    on_implausible : str, default "stop"
+        ``"stop"`` or ``"warn"`` (config ``threshold.on_implausible``); after a warning the caller
+        goes on with another method.
+
+    Raises
+    ------
+    ImplausiblePhaseMap
+        With ``"stop"``: the message names the sample, what failed and the ways out.
+    """
+    msg = (f"sample '{sample}': the phase model does not fit this volume: {error}. Check the volume's "
+           f"orientation (the collector must be at z = 0); set manual thresholds (the sample sheet's "
+           f"`thresholds` column, or threshold.thresholds in the config); or try threshold.method: gmm "
+           f"(one class per phase on the histogram alone).")
+    if on_implausible == "stop":
+        raise ImplausiblePhaseMap(msg) from error
+    log.warning("%s Going on with threshold.method: gmm (threshold.on_implausible: warn).", msg)

@@ -21,6 +21,31 @@ PHASE_COLOURS = {"void": "#1b1b3a", "cbd": "#e0a030", "nmc_low": "#2e8b57", "nmc
 PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE_NAMES)])
 
 
+def phase_title(sample: str, z: int, method: str, unresolved=()) -> str:
+    """Title of the phase figure: sample, slice, method and the phases the model could not separate.
+
+    Parameters
+    ----------
+    sample : str
+        Sample name.
+    z : int
+        The slice shown.
+    method : str
+        The phase model's method.
+    unresolved : sequence of str, default ()
+        Phases not separated from a neighbour (:attr:`detachment.threshold.ThresholdResult.unresolved`).
+
+    Returns
+    -------
+    str
+        E.g. ``"cell: slice z=12, informed; NOT RESOLVED: nmc_high (merged into a neighbour)"``.
+    """
+    title = f"{sample}: slice z={z}, {method}"
+    if unresolved:
+        title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
+    return title
+
+
 def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_edges, thresholds, names,
                  fwhm_table=None, voxel_size_um: float = 1.0, title: str = ""):
     """Supp. Fig. 1 style: grey slice, histogram with thresholds (log counts), phase map.

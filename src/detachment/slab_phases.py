@@ -206,6 +206,9 @@ class SlabClassifier:
     value_range : tuple of float, optional
         Bounds ``(lo, hi)`` of every grey level that will be passed, if known (else each slab's
         minimum and maximum); they size the error bound.
+    collector_top : int, optional
+        First slice above the collector slab (volume z): Al above it is reassigned
+        (:func:`detachment.phases.confine_collector`); None keeps it.
 
     Attributes
     ----------
@@ -223,8 +226,10 @@ class SlabClassifier:
     max_exact = _MAX_EXACT_VOXELS
 
     def __init__(self, model: phases.PhaseModel, collector_min_thickness_vox: int, domain_sigma_vox: float,
-                 screen: bool = True, value_range: tuple[float, float] | None = None):
+                 screen: bool = True, value_range: tuple[float, float] | None = None,
+                 collector_top: int | None = None):
         self.model = model
+        self.collector_top = collector_top
         self.value_range = value_range
         self.thickness = collector_min_thickness_vox
         self.sigma = domain_sigma_vox
@@ -290,7 +295,7 @@ class SlabClassifier:
         above = m.codes[k + 1] if k + 1 < len(m.names) else m.codes[k - 1]
         p.ravel()[drop] = np.where(data.ravel()[drop] < m.means[k], below, above)
 
-    def __call__(self, data: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+    def __call__(self, data: np.ndarray, rows: slice = slice(None), z_first: int = 0) -> np.ndarray:
         """Phase codes of the rows ``rows`` of a slab, computed with the whole slab as context.
 
         Parameters
@@ -300,6 +305,8 @@ class SlabClassifier:
         rows : slice, default all
             z rows of the slab to return (step 1); the result there equals
             ``threshold.classify_slab(data, ...)[rows]``.
+        z_first : int, default 0
+            Volume z of ``data[0]``, for the collector confinement.
 
         Returns
         -------
@@ -315,6 +322,7 @@ class SlabClassifier:
             raise TypeError(f"SlabClassifier needs float32 grey levels, got {data.dtype}")
         p = self.codes_of(data)
         self.remove_thin_collector(data, p)
+        p = phases.confine_collector(p, data, self.model, self.collector_top, z_first)
         z0, z1, _ = rows.indices(data.shape[0])
         if self.refines:
             self.refine(data, p, z0, z1)

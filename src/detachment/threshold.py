@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import io, phases, slab_phases
+from . import io, phase_fit, phases, slab_phases
 from .binning import UniformBins
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,14 @@ class ThresholdSettings:
 
     Attributes
     ----------
-    method : {"gmm", "multiotsu"}
-        Phase-model fit (:func:`detachment.phases.fit_phase_model`).
+    method : {"informed", "gmm", "multiotsu"}
+        Phase-model fit: ``"informed"`` measures Al on the collector slab and fits the other phases with
+        as many components as the histogram resolves (:func:`detachment.phase_fit.fit_informed_model`);
+        ``"gmm"`` and ``"multiotsu"`` fit one class per phase on the histogram
+        (:func:`detachment.phases.fit_phase_model`).
+    thresholds : tuple of float or None
+        Manual thresholds between the phases of ``order`` (4 increasing grey levels); when given they
+        replace the fitted ones (``method`` is then not used).
     bins : int
         Bins of the grey-level histogram the model is fitted on; the FWHM histograms have 4x as many.
     order : tuple of str
@@ -57,7 +63,8 @@ class ThresholdSettings:
         When ``method`` or ``denoise`` is unknown, or ``order`` does not list each phase once.
     """
 
-    method: str = "gmm"
+    method: str = "informed"
+    thresholds: tuple[float, ...] | None = None
     bins: int = 256
     order: tuple[str, ...] = phases.DEFAULT_ORDER
     denoise: str = "none"
@@ -68,8 +75,13 @@ class ThresholdSettings:
 
     def __post_init__(self):
         self.order = tuple(self.order)
-        if self.method not in ("gmm", "multiotsu"):
-            raise ValueError(f"threshold.method: {self.method!r} is not 'gmm' or 'multiotsu'")
+        if self.method not in ("informed", "gmm", "multiotsu"):
+            raise ValueError(f"threshold.method: {self.method!r} is not 'informed', 'gmm' or 'multiotsu'")
+        if self.thresholds is not None:
+            self.thresholds = tuple(float(t) for t in self.thresholds)
+            if len(self.thresholds) != len(self.order) - 1 or np.any(np.diff(self.thresholds) <= 0):
+                raise ValueError(f"threshold.thresholds: {list(self.thresholds)} must be {len(self.order) - 1} "
+                                 f"increasing grey levels, one between each two phases of {list(self.order)}")
         if self.denoise not in ("none", "gaussian", "median"):
             raise ValueError(f"threshold.denoise: {self.denoise!r} is not 'none', 'gaussian' or 'median'")
         if sorted(self.order) != sorted(phases.PHASE_NAMES.values()):
@@ -109,6 +121,10 @@ class ThresholdResult:
         Phase name -> volume fraction (0-1) in the written map.
     counts_per_slice : numpy.ndarray
         (z, 5) int64 voxel counts of each phase code (columns 0..4) in each slice of the written map.
+    unresolved : tuple of str
+        Phases the model does not separate from a neighbour (their voxels carry the neighbour's code).
+    collector : detachment.phase_fit.CollectorSlab or None
+        The collector slab found at z = 0 in the grey levels.
     """
 
     model: phases.PhaseModel
@@ -116,6 +132,8 @@ class ThresholdResult:
     fwhm: pd.DataFrame
     fractions: dict
     counts_per_slice: np.ndarray
+    unresolved: tuple = ()
+    collector: phase_fit.CollectorSlab | None = None
 
     @property
     def solid_per_slice(self) -> np.ndarray:
@@ -128,7 +146,8 @@ class ThresholdResult:
         return int(np.argmax(self.solid_per_slice))
 
 
-def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettings) -> np.ndarray:
+def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettings,
+                  collector_top: int | None = None, z_first: int = 0) -> np.ndarray:
     """Phase codes of one (z, y, x) slab (already denoised), with the local clean-ups.
 
     The plain composition of :mod:`detachment.phases` (:func:`~detachment.phases.classify`,
@@ -143,6 +162,11 @@ def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettin
         The phase model.
     s : ThresholdSettings
         Settings; ``collector_min_thickness_vox`` and ``domain_sigma_vox`` are used.
+    collector_top : int, optional
+        First slice above the collector slab (volume z); Al above it is reassigned
+        (:func:`~detachment.phases.confine_collector`). None keeps it.
+    z_first : int, default 0
+        Volume z of ``data[0]``.
 
     Returns
     -------
@@ -151,6 +175,7 @@ def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettin
     """
     p = phases.classify(data, model)
     p = phases.remove_thin_collector(p, data, model, s.collector_min_thickness_vox)
+    p = phases.confine_collector(p, data, model, collector_top, z_first)
     return phases.refine_nmc_domains(data, p, model, s.domain_sigma_vox)
 
 
@@ -183,19 +208,62 @@ def _uniform_bins(lo, hi, n: int, edge_type) -> UniformBins | None:
     return bins
 
 
-def _grey_histogram(volume_path, s: ThresholdSettings, depth: int, progress: bool) -> phases.Histogram:
-    """Passes 1 and 2: the grey-level range, then the histogram of ``s.bins`` bins over it (Supp. Fig. 1)."""
+def _grey_histogram(volume_path, s: ThresholdSettings, depth: int, progress: bool
+                    ) -> tuple[phases.Histogram, np.ndarray]:
+    """Passes 1 and 2: the grey-level range, then the histogram of ``s.bins`` bins over it (Supp. Fig. 1).
+
+    Returns the volume's histogram and the (z, bins) int64 histograms of its slices.
+    """
     halo = s.halo if s.denoise != "none" else 0  # without denoising, a slab's core needs no neighbours
     lo, hi = np.inf, -np.inf
     for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "range", progress):
         core = data[z0 - a: z1 - a]
         lo, hi = min(lo, float(core.min())), max(hi, float(core.max()))
     bins = _uniform_bins(lo, hi, s.bins, np.float32)
-    counts = np.zeros(s.bins, np.int64)
+    per_slice = np.zeros((depth, s.bins), np.int64)
     for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "histogram", progress):
-        core = data[z0 - a: z1 - a]
-        counts += bins.counts(core) if bins is not None else np.histogram(core, bins=s.bins, range=(lo, hi))[0]
-    return phases.Histogram(counts, np.linspace(lo, hi, s.bins + 1))
+        for z in range(z0, z1):
+            v = data[z - a]
+            per_slice[z] = bins.counts(v) if bins is not None else np.histogram(v, bins=s.bins, range=(lo, hi))[0]
+    return phases.Histogram(per_slice.sum(0), np.linspace(lo, hi, s.bins + 1)), per_slice
+
+
+def fit_model(hist: phases.Histogram, slice_counts: np.ndarray, s: ThresholdSettings
+              ) -> tuple[phases.PhaseModel, tuple[str, ...], phase_fit.CollectorSlab]:
+    """The phase model of a volume by the settings: manual thresholds, ``informed``, ``gmm`` or ``multiotsu``.
+
+    Parameters
+    ----------
+    hist : detachment.phases.Histogram
+        The volume's grey-level histogram.
+    slice_counts : numpy.ndarray
+        (z, bins) int64 histograms of its slices on the same bins (z = 0 at the collector).
+    s : ThresholdSettings
+        ``thresholds``, ``method`` and ``order`` are used.
+
+    Returns
+    -------
+    model : detachment.phases.PhaseModel
+        Thresholds and class Gaussians (the resolved phases only, for ``informed``).
+    unresolved : tuple of str
+        Phases of ``s.order`` the model does not separate (``informed`` only).
+    collector : detachment.phase_fit.CollectorSlab
+        The collector slab found at z = 0 (``thickness`` 0 where none is).
+
+    Raises
+    ------
+    detachment.phase_fit.PhaseModelError
+        From :func:`detachment.phase_fit.fit_informed_model` (no collector slab, nothing resolved).
+    """
+    collector = phase_fit.find_collector_slab(slice_counts, hist.edges)
+    if s.thresholds is not None:
+        return phases.model_from_thresholds(hist, np.asarray(s.thresholds), s.order, "manual"), (), collector
+    if s.method == "informed":
+        fit = phase_fit.fit_informed_model(slice_counts, hist.edges, s.order)
+        for note in fit.notes:
+            log.info("not resolved: %s", note)
+        return fit.model, fit.unresolved, fit.slab
+    return phases.fit_phase_model(hist, s.method, s.order), (), collector
 
 
 def _slab_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins
@@ -269,15 +337,16 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     s = settings
     shape, voxel = io.read_volume_info(volume_path)
     halo = s.halo
-    hist = _grey_histogram(volume_path, s, shape[0], progress)
+    hist, slice_counts = _grey_histogram(volume_path, s, shape[0], progress)
     lo, hi = float(hist.edges[0]), float(hist.edges[-1])
-    model = phases.fit_phase_model(hist, s.method, s.order)
-    log.info("%s thresholds %s", s.method, np.round(model.thresholds, 4))
+    model, unresolved, collector = fit_model(hist, slice_counts, s)
+    log.info("%s thresholds %s between %s", model.method, np.round(model.thresholds, 4), model.names)
 
     fine_edges = np.linspace(lo, hi, 4 * s.bins + 1)
     fine = _uniform_bins(fine_edges[0], fine_edges[-1], 4 * s.bins, np.float64)
     classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, s.domain_sigma_vox,
-                                            value_range=(lo, hi) if s.denoise == "none" else None)
+                                            value_range=(lo, hi) if s.denoise == "none" else None,
+                                            collector_top=collector_top(model, collector))
     interior = np.zeros((len(phases.PHASE_NAMES), 4 * s.bins), np.int64)
     per_slice = np.zeros((shape[0], len(phases.PHASE_NAMES)), np.int64)
     with io.atomic_output(phases_path) as tmp, h5py.File(tmp, "w") as f:
@@ -286,7 +355,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         for z0, z1, a, data in _slabs(volume_path, s, shape[0], halo, "classify", progress):
             # one extra slice each side so the erosion of the interior is exact at slab seams
             b0, b1 = max(0, z0 - 1) - a, min(shape[0], z1 + 1) - a
-            p = classifier(data, slice(b0, b1))
+            p = classifier(data, slice(b0, b1), z_first=a)
             rows = slice(z0 - a - b0, z1 - a - b0)
             d[z0:z1] = p[rows]
             if fine is not None:
@@ -297,16 +366,29 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
                 keep[rows] = True
                 interior += phases.interior_histograms(data[b0:b1], p, fine_edges, keep=keep)
                 per_slice[z0:z1] = _slice_counts(p[rows])
-        _write_attrs(d, voxel, s, model)
+        _write_attrs(d, voxel, model, unresolved)
     frac = per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, interior, fine_edges, frac),
-                           {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, per_slice)
+                           {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, per_slice,
+                           unresolved, collector)
 
 
-def _write_attrs(d, voxel, s: ThresholdSettings, model: phases.PhaseModel) -> None:
+def collector_top(model: phases.PhaseModel, collector: phase_fit.CollectorSlab | None) -> int | None:
+    """First slice above the collector for :func:`detachment.phases.confine_collector`, or None.
+
+    Only the ``informed`` model confines Al to the collector slab (it measured Al there): the slab's
+    thickness plus :data:`detachment.phase_fit.EDGE_SLICES` for its blurred top.
+    """
+    if model.method != "informed" or collector is None or not collector.found:
+        return None
+    return collector.thickness + phase_fit.EDGE_SLICES
+
+
+def _write_attrs(d, voxel, model: phases.PhaseModel, unresolved: tuple[str, ...]) -> None:
     d.attrs["voxel_size_um"] = np.asarray(voxel)
     d.attrs["codes"] = ", ".join(f"{c}={n}" for c, n in phases.PHASE_NAMES.items())
-    d.attrs["method"] = s.method
+    d.attrs["method"] = model.method
+    d.attrs["unresolved"] = ", ".join(unresolved)  # phases not separated: their voxels carry a neighbour's code
     d.attrs["thresholds"] = model.thresholds
     d.attrs["means"] = np.asarray(model.means, float)  # grey level of each phase, in ``order``
     d.attrs["order"] = ", ".join(model.names)
@@ -317,12 +399,16 @@ def _fwhm_table(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np.n
     rows = []
     for code, name in phases.PHASE_NAMES.items():
         centre, fwhm = phases.fit_fwhm(interior[code], fine_edges)
-        k = model.names.index(name)
-        rows.append({"phase": name, "code": code, "centre": centre, "fwhm": fwhm,
-                     "interior_voxels": int(interior[code].sum()), "volume_fraction": frac[code] / frac.sum(),
-                     "model_mean": model.means[k], "model_fwhm": model.sigmas[k] * phases.FWHM_PER_SIGMA,
-                     "threshold_below": model.thresholds[k - 1] if k > 0 else np.nan,
-                     "threshold_above": model.thresholds[k] if k < len(model.thresholds) else np.nan})
+        row = {"phase": name, "code": code, "centre": centre, "fwhm": fwhm,
+               "interior_voxels": int(interior[code].sum()), "volume_fraction": frac[code] / frac.sum(),
+               "model_mean": np.nan, "model_fwhm": np.nan, "threshold_below": np.nan, "threshold_above": np.nan,
+               "resolved": name in model.names}
+        if name in model.names:
+            k = model.names.index(name)
+            row.update(model_mean=model.means[k], model_fwhm=model.sigmas[k] * phases.FWHM_PER_SIGMA,
+                       threshold_below=model.thresholds[k - 1] if k > 0 else np.nan,
+                       threshold_above=model.thresholds[k] if k < len(model.thresholds) else np.nan)
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

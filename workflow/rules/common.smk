@@ -98,10 +98,15 @@ def imported_volume(wildcards):
     return source_files(SAMPLES.loc[wildcards.sample, "volume"])
 
 
-def threshold_settings():
-    """The `threshold` section without `on_implausible`: what to do on a failed plausibility check changes no
-    phase map, so it is read by the script from the config and reruns nothing."""
-    return {k: v for k, v in config["threshold"].items() if k != "on_implausible"}
+def threshold_settings(wildcards):
+    """The `threshold` section without `on_implausible` (what to do on a failed plausibility check changes no
+    phase map, so it is read by the script from the config and reruns nothing), with the sample's manual
+    thresholds from the sheet where set."""
+    s = {k: v for k, v in config["threshold"].items() if k != "on_implausible"}
+    manual = SAMPLES.loc[wildcards.sample, "thresholds"].strip()
+    if manual:
+        s["thresholds"] = [float(t) for t in re.split(r"[\s,]+", manual)]
+    return s
 
 
 def link_settings():
@@ -185,6 +190,13 @@ for _s in IMPORTED_SAMPLES:
         raise ValueError(
             f"{config['samples']}: sample '{_s}', field 'preset' is set for an imported volume; "
             "presets select phantom parameters only"
+        )
+for _s in SAMPLES.index:
+    _t = [float(t) for t in re.split(r"[\s,]+", SAMPLES.loc[_s, "thresholds"].strip()) if t]
+    if _t and any(b <= a for a, b in zip(_t, _t[1:])):
+        raise ValueError(
+            f"{config['samples']}: sample '{_s}', field 'thresholds' is {_t}; four increasing grey levels "
+            f"are needed, one between each two phases of threshold.order {config['threshold']['order']}"
         )
 # labelled samples feed annotations and training; every other sample is unseen by the model
 LABELLED_SAMPLES = [s for s in SAMPLES.index if SAMPLES.loc[s, "labels"].strip()]

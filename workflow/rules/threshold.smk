@@ -16,7 +16,7 @@ rule threshold_phases:
             labels={"sample": "{sample}"},
         ),
     params:
-        settings=threshold_settings(),
+        settings=threshold_settings,
     log:
         "logs/threshold_phases/{sample}.log",
     benchmark:

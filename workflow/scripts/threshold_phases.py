@@ -5,11 +5,19 @@ from pathlib import Path
 
 from detachment import io, plausibility, plots
 from detachment.logs import log_to
+from detachment.phase_fit import PhaseModelError
 from detachment.threshold import ThresholdSettings, histogram_table, threshold_volume
 
 log_to(snakemake.log[0])
 settings = ThresholdSettings(**snakemake.params.settings)
-result = threshold_volume(snakemake.input.volume, snakemake.output.phases, settings)
+on_implausible = snakemake.config["threshold"]["on_implausible"]
+try:
+    result = threshold_volume(snakemake.input.volume, snakemake.output.phases, settings)
+except PhaseModelError as e:
+    # the data do not support the informed model (no collector slab, ...): stop, or go on with gmm
+    plausibility.enforce_model(e, snakemake.wildcards.sample, on_implausible)
+    settings.method = "gmm"
+    result = threshold_volume(snakemake.input.volume, snakemake.output.phases, settings)
 io.write_csv(snakemake.output.histogram, histogram_table(result))
 io.write_csv(snakemake.output.fwhm, result.fwhm)
 
@@ -19,14 +27,14 @@ _, voxel = io.read_volume_info(snakemake.input.volume)
 image = io.read_region(snakemake.input.volume, io.VOLUME_DATASET, z)
 fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.histogram.edges,
                          result.model.thresholds, result.model.names, result.fwhm, voxel[1],
-                         title=f"{snakemake.wildcards.sample}: slice z={z}, {settings.method}")
+                         title=plots.phase_title(snakemake.wildcards.sample, z, result.model.method,
+                                                 result.unresolved))
 io.save_figure(fig, snakemake.output.figure)
 
-checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice))
+checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm)
 io.write_csv(snakemake.output.qc, checks)
 if not checks.passed.all():
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
     kept = Path(snakemake.log[0]).with_suffix(".png")
     shutil.copyfile(snakemake.output.figure, kept)
-    plausibility.enforce(checks, snakemake.wildcards.sample, snakemake.config["threshold"]["on_implausible"],
-                         figure_hint=str(kept))
+    plausibility.enforce(checks, snakemake.wildcards.sample, on_implausible, figure_hint=str(kept))

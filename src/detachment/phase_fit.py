@@ -1,0 +1,342 @@
+"""A phase model that uses what is known besides the histogram: the collector slab and the phase order.
+
+The Al current collector is found as a slab at the collector side (z = 0), not as a grey-level class:
+its grey level and width are measured on the slab's own slices (:func:`find_collector_slab`). The
+phases darker and brighter than Al (by the configured order: electrolyte and CBD below, NMC low and
+high density above) are then fitted on the histogram of the volume above the slab, each side with as
+many Gaussian components as the data resolve (:func:`resolved_mixture`): NMC low and high density
+that overlap become one NMC class, and are reported as not resolved rather than split by a guess.
+Main entry point: :func:`fit_informed_model`; the method: docs/methods.md, "Phase thresholding".
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .phases import (
+    FWHM_PER_SIGMA,
+    Histogram,
+    PhaseModel,
+    fit_peak_gaussians,
+    gmm_decision_thresholds,
+    histogram_peaks,
+)
+
+log = logging.getLogger(__name__)
+
+#: Ashman's D below which two Gaussian components are not taken as two phases.
+MIN_SEPARATION = 2.0
+#: Smallest share (0-1) of a side's voxels a component must hold to be a phase.
+MIN_COMPONENT_WEIGHT = 0.05
+#: Slices above the collector slab that still hold its blurred top (left out of the side fits; Al
+#: may reach into them).
+EDGE_SLICES = 2
+
+
+class PhaseModelError(ValueError):
+    """The data do not support the phase model: no collector slab, a phase not resolved, ..."""
+
+
+@dataclass
+class CollectorSlab:
+    """The Al collector as a slab of slices from z = 0.
+
+    Attributes
+    ----------
+    thickness : int
+        Slices from z = 0 in which the collector's grey level dominates (0 = no slab found).
+    mean, sigma : float
+        Grey level of the collector (median of its core slices) and its spread (interquartile range /
+        1.349), grey level.
+    reason : str
+        Why no slab was found ("" when found).
+    """
+
+    thickness: int
+    mean: float
+    sigma: float
+    reason: str = ""
+
+    @property
+    def found(self) -> bool:
+        """Whether a collector slab was found."""
+        return self.thickness > 0
+
+
+def _quantiles(counts: np.ndarray, edges: np.ndarray, q) -> np.ndarray:
+    """Quantiles ``q`` (0-1) of histogram rows ``counts`` (n, bins), interpolated in the bins; (n, len(q))."""
+    c = np.atleast_2d(counts).astype(float)
+    cum = np.cumsum(c, axis=1)
+    cum = np.concatenate([np.zeros((len(c), 1)), cum], axis=1) / np.maximum(cum[:, -1:], 1)
+    return np.stack([[np.interp(qq, row, edges) for qq in q] for row in cum])
+
+
+def find_collector_slab(slice_counts: np.ndarray, edges: np.ndarray, max_iqr_fraction: float = 0.15
+                        ) -> CollectorSlab:
+    """The collector slab at z = 0 from per-slice grey-level histograms.
+
+    Slice 0 must be uniform (interquartile range below ``max_iqr_fraction`` of the volume's 1-99 %
+    grey-level span); the slab is the run of slices from z = 0 in which more than half the voxels lie
+    within 3 σ of slice 0's median; and the slab must not be the darkest phase (at least 5 % of the
+    voxels above it must be darker than it by 3 σ: the electrolyte).
+
+    Parameters
+    ----------
+    slice_counts : numpy.ndarray
+        (z, bins) int voxel counts of each slice's grey levels.
+    edges : numpy.ndarray
+        (bins + 1,) float bin edges, grey level.
+    max_iqr_fraction : float, default 0.15
+        Largest interquartile range of a collector slice, as a fraction of the volume's span.
+
+    Returns
+    -------
+    CollectorSlab
+        ``thickness`` 0 and a ``reason`` when no slab is found.
+    """
+    x = 0.5 * (edges[1:] + edges[:-1])
+    binw = float(edges[1] - edges[0])
+    span = np.diff(_quantiles(slice_counts.sum(0), edges, (0.01, 0.99))[0])[0]
+    q = _quantiles(slice_counts, edges, (0.25, 0.5, 0.75))
+    iqr0, med0 = q[0, 2] - q[0, 0], q[0, 1]
+    sigma0 = max(iqr0 / 1.349, binw)
+    if iqr0 > max_iqr_fraction * span:
+        return CollectorSlab(0, np.nan, np.nan, f"slice z = 0 is not uniform (interquartile range {iqr0:.3g} "
+                                                f"> {max_iqr_fraction} x the volume's grey-level span {span:.3g})")
+    near = np.abs(x - med0) <= 3 * sigma0
+    share = slice_counts[:, near].sum(1) / np.maximum(slice_counts.sum(1), 1)
+    thickness = int(np.argmin(share > 0.5)) if not (share > 0.5).all() else len(share)
+    if thickness == len(share):
+        return CollectorSlab(0, np.nan, np.nan, "every slice has the grey level of slice z = 0")
+    rest = slice_counts[thickness:].sum(0)
+    if rest[x < med0 - 3 * sigma0].sum() < 0.05 * rest.sum():
+        return CollectorSlab(0, np.nan, np.nan, f"the slab at z = 0 (grey level {med0:.3g}) is the darkest "
+                                                f"phase of the volume, not the collector")
+    core = slice_counts[: max(1, thickness - 2)].sum(0)  # its last slices are blurred into the layer above
+    cq = _quantiles(core, edges, (0.25, 0.5, 0.75))[0]
+    return CollectorSlab(thickness, float(cq[1]), float(max((cq[2] - cq[0]) / 1.349, binw / 2)))
+
+
+@dataclass
+class Mixture:
+    """Gaussian components of one side of the histogram (grey levels, increasing means).
+
+    Attributes
+    ----------
+    means, sigmas, weights : numpy.ndarray
+        (k,) float component means and standard deviations (grey level) and weights (voxels).
+    tried : list of str
+        Why each larger number of components was rejected.
+    """
+
+    means: np.ndarray
+    sigmas: np.ndarray
+    weights: np.ndarray
+    tried: list = field(default_factory=list)
+
+
+def _em(x: np.ndarray, w: np.ndarray, mu: np.ndarray, sd: np.ndarray, floor: float,
+        iterations: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EM for a 1-D Gaussian mixture on weighted points (bin centres ``x``, counts ``w``)."""
+    pi = np.full(len(mu), 1.0 / len(mu))
+    for _ in range(iterations):
+        dens = pi[:, None] * np.exp(-0.5 * ((x[None] - mu[:, None]) / sd[:, None]) ** 2) / sd[:, None]
+        r = dens / np.maximum(dens.sum(0, keepdims=True), 1e-300) * w[None]
+        nk = np.maximum(r.sum(1), 1e-12)
+        new_mu = (r * x[None]).sum(1) / nk
+        sd = np.maximum(np.sqrt((r * (x[None] - new_mu[:, None]) ** 2).sum(1) / nk), floor)
+        pi = nk / nk.sum()
+        if np.allclose(new_mu, mu, atol=1e-7, rtol=0):
+            mu = new_mu
+            break
+        mu = new_mu
+    order = np.argsort(mu)
+    return mu[order], sd[order], (pi * w.sum())[order]
+
+
+def resolved_mixture(counts: np.ndarray, centers: np.ndarray, k_max: int) -> Mixture:
+    """As many Gaussian components (at most ``k_max``) as the histogram resolves.
+
+    k components are fitted by EM started at the k-quantiles; the largest k whose neighbouring
+    components are separated by Ashman's D >= :data:`MIN_SEPARATION` and each hold at least
+    :data:`MIN_COMPONENT_WEIGHT` of the voxels is kept (k = 1 always is).
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        (bins,) voxel counts.
+    centers : numpy.ndarray
+        (bins,) bin centres, grey level, evenly spaced.
+    k_max : int
+        Most components wanted.
+
+    Returns
+    -------
+    Mixture
+        The kept components, and why larger k were rejected.
+    """
+    w = counts.astype(float)
+    floor = float(centers[1] - centers[0]) / 2
+    cum = np.cumsum(w) / max(w.sum(), 1)
+    best, tried = None, []
+    for k in range(1, k_max + 1):
+        start = np.interp((np.arange(k) + 0.5) / k, cum, centers)
+        mu, sd, pi = _em(centers, w, start, np.full(k, max(np.sqrt(np.average((centers - start.mean()) ** 2,
+                                                                               weights=w)) / k, floor)), floor)
+        d = np.sqrt(2) * np.diff(mu) / np.sqrt(sd[1:] ** 2 + sd[:-1] ** 2)
+        share = pi / max(w.sum(), 1)
+        if k == 1 or (d.min() >= MIN_SEPARATION and share.min() >= MIN_COMPONENT_WEIGHT):
+            best = Mixture(mu, sd, pi)
+        else:
+            tried.append(f"{k} components: separation D = {np.round(d, 2).tolist()}, "
+                         f"shares {np.round(share, 3).tolist()}")
+    best.tried = tried
+    return best
+
+
+@dataclass
+class InformedFit:
+    """What :func:`fit_informed_model` found.
+
+    Attributes
+    ----------
+    model : detachment.phases.PhaseModel
+        Thresholds and class Gaussians of the phases the data resolve, in grey-level order.
+    slab : CollectorSlab
+        The collector slab the Al class was measured on.
+    unresolved : tuple of str
+        Phases of the configured order that the histogram does not separate from a neighbour (e.g.
+        ``("nmc_high",)``: NMC low and high density form one class, coded ``nmc_low``).
+    notes : list of str
+        Why components were rejected, for the log.
+    """
+
+    model: PhaseModel
+    slab: CollectorSlab
+    unresolved: tuple
+    notes: list
+
+
+def fit_informed_model(slice_counts: np.ndarray, edges: np.ndarray, order: tuple[str, ...],
+                       margin: int = EDGE_SLICES) -> InformedFit:
+    """Phase model from per-slice histograms: Al from the collector slab, the other phases by side.
+
+    Parameters
+    ----------
+    slice_counts : numpy.ndarray
+        (z, bins) int voxel counts of each slice's grey levels (z = 0 at the collector).
+    edges : numpy.ndarray
+        (bins + 1,) float bin edges, grey level, evenly spaced.
+    order : tuple of str
+        The five phase names by increasing grey level; the phases before ``"al"`` are fitted on the
+        grey levels below the collector's, the ones after it above.
+    margin : int, default EDGE_SLICES
+        Slices above the slab left out of the side fits (the collector's blurred edge).
+
+    Returns
+    -------
+    InformedFit
+        The model (only resolved phases; an unresolved phase's voxels go to its resolved neighbour in
+        the order, towards ``"al"``), the slab, the unresolved phases.
+
+    Raises
+    ------
+    PhaseModelError
+        When no collector slab is found, or a side resolves no phase at all.
+    """
+    slab = find_collector_slab(slice_counts, edges)
+    if not slab.found:
+        raise PhaseModelError(f"no Al collector slab at z = 0: {slab.reason}")
+    x = 0.5 * (edges[1:] + edges[:-1])
+    rest = slice_counts[min(slab.thickness + margin, len(slice_counts) - 1):].sum(0)
+    k_al = order.index("al")
+    sides = [(order[:k_al], x < slab.mean - 3 * slab.sigma), (order[k_al + 1:], x > slab.mean + 3 * slab.sigma)]
+    names, means, sigmas, weights, unresolved, notes = [], [], [], [], [], []
+    for side_names, inside in sides:
+        if not side_names:
+            continue
+        if rest[inside].sum() == 0:
+            raise PhaseModelError(f"no voxels {'below' if side_names[0] == order[0] else 'above'} the "
+                                  f"collector's grey level {slab.mean:.3g} for {list(side_names)}")
+        mix = _peak_cores(resolved_mixture(rest[inside], x[inside], len(side_names)), rest[inside], edges, inside)
+        kept = list(side_names[: len(mix.means)])  # an unresolved phase merges into its darker neighbour
+        unresolved += [n for n in side_names if n not in kept]
+        notes += [f"{'/'.join(side_names)}: {t}" for t in mix.tried]
+        names += kept
+        means += list(mix.means)
+        sigmas += list(mix.sigmas)
+        weights += list(mix.weights)
+    # the collector's weight: its slab; the side weights are counts of the volume above the slab
+    names.insert(len([n for n in names if order.index(n) < k_al]), "al")
+    k = names.index("al")
+    means.insert(k, slab.mean)
+    sigmas.insert(k, slab.sigma)
+    weights.insert(k, float(slice_counts[: slab.thickness].sum()))
+    means, sigmas, weights = map(np.asarray, (means, sigmas, weights))
+    weights = weights / weights.sum()
+    thresholds = valley_thresholds(Histogram(slice_counts.sum(0), edges), means,
+                                   gmm_decision_thresholds(means, sigmas, weights, x))
+    model = PhaseModel(tuple(names), thresholds, means, sigmas, weights, "informed")
+    log.info("informed phase model: collector %d slices at %.4g (FWHM %.3g); classes %s at %s; not resolved: %s",
+             slab.thickness, slab.mean, slab.sigma * FWHM_PER_SIGMA, names, np.round(means, 4), unresolved or "none")
+    return InformedFit(model, slab, tuple(unresolved), notes)
+
+
+
+def _peak_cores(mix: Mixture, counts: np.ndarray, edges: np.ndarray, inside: np.ndarray) -> Mixture:
+    """The resolved components refitted on their peak cores, where the side shows as many modes.
+
+    EM spreads each component over the partial-volume voxels between phases; the peak cores
+    (:func:`detachment.phases.fit_peak_gaussians`) describe the pure phases.
+    """
+    idx = np.nonzero(inside)[0]
+    side = Histogram(counts, edges[idx[0]: idx[-1] + 2])
+    if len(mix.means) == 1 or len(histogram_peaks(side, len(mix.means), fill=False)) == len(mix.means):
+        mu, sd, pi = fit_peak_gaussians(side, len(mix.means))
+        if len(mu) == len(mix.means):
+            return Mixture(mu, sd, pi * counts.sum(), mix.tried)
+    return mix
+
+
+def valley_thresholds(hist: Histogram, means: np.ndarray, fallback: np.ndarray, smooth_bins: float = 1.5,
+                      guard_bins: int = 2) -> np.ndarray:
+    """Thresholds at the histogram's valleys between consecutive class means.
+
+    The minimum of the log-count histogram (smoothed by a Gaussian of ``smooth_bins``) between two
+    means; where it lies within ``guard_bins`` of either mean (no valley: the two classes overlap),
+    the ``fallback`` threshold is kept. Blur and drift give each phase heavy tails that Gaussians
+    fitted on the peak cores leave out; the valley follows the data.
+
+    Parameters
+    ----------
+    hist : detachment.phases.Histogram
+        The volume's grey-level histogram.
+    means : numpy.ndarray
+        (k,) increasing class means, grey level.
+    fallback : numpy.ndarray
+        (k - 1,) thresholds used where no valley is found, grey level.
+    smooth_bins : float, default 1.5
+        σ of the smoothing, bins.
+    guard_bins : int, default 2
+        A minimum this close to a mean is no valley, bins.
+
+    Returns
+    -------
+    numpy.ndarray
+        (k - 1,) float64 thresholds, grey level.
+    """
+    from scipy import ndimage
+
+    x = hist.centers
+    logc = ndimage.gaussian_filter1d(np.log1p(hist.counts.astype(float)), smooth_bins)
+    out = np.asarray(fallback, float).copy()
+    for k in range(len(means) - 1):
+        idx = np.nonzero((x > means[k]) & (x < means[k + 1]))[0]
+        if idx.size > 2 * guard_bins:
+            j = int(np.argmin(logc[idx]))
+            if guard_bins <= j < idx.size - guard_bins:
+                out[k] = float(x[idx[j]])
+    return out

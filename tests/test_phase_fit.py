@@ -1,0 +1,137 @@
+"""The informed phase model: the collector found as a slab, as many classes as the histogram resolves."""
+
+from __future__ import annotations
+
+import logging
+
+import h5py
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from detachment import io, plausibility
+from detachment.phantom import PhantomParams, generate_phantom
+from detachment.phase_fit import PhaseModelError, find_collector_slab, fit_informed_model, resolved_mixture
+from detachment.phases import AL, NMC_HIGH, NMC_LOW, PHASE_CODES, VOID
+from detachment.threshold import ThresholdSettings, threshold_volume
+
+EDGES = np.linspace(-0.2, 1.2, 281)
+
+
+def _slice_hists(vol: np.ndarray) -> np.ndarray:
+    return np.stack([np.histogram(v, bins=len(EDGES) - 1, range=(EDGES[0], EDGES[-1]))[0] for v in vol])
+
+
+def _layered(thickness: int, collector_grey: float = 0.5, void_share: float = 0.6, seed: int = 0) -> np.ndarray:
+    """A collector slab of ``thickness`` slices (grey 0.5, σ 0.02) under a random void / NMC mix."""
+    rng = np.random.default_rng(seed)
+    vol = np.where(rng.random((30, 40, 40)) < void_share, 0.0, 0.8) + rng.normal(0, 0.02, (30, 40, 40))
+    vol[:thickness] = collector_grey + rng.normal(0, 0.02, (thickness, 40, 40))
+    return vol
+
+
+@pytest.mark.parametrize("thickness", [1, 3, 8])
+def test_the_collector_slab_is_found_with_its_thickness_and_grey_level(thickness):
+    slab = find_collector_slab(_slice_hists(_layered(thickness)), EDGES)
+    assert slab.found and slab.thickness == thickness
+    assert slab.mean == pytest.approx(0.5, abs=0.005)
+    assert slab.sigma == pytest.approx(0.02, abs=0.004)  # planted σ; bins are 0.005 wide
+
+
+def test_no_collector_slab_is_refused_with_the_reason():
+    vol = _layered(4)
+    assert not find_collector_slab(_slice_hists(vol[4:]), EDGES).found  # slice 0 is a void / NMC mix
+    dark = find_collector_slab(_slice_hists(_layered(4, collector_grey=0.0, void_share=0.3)), EDGES)
+    assert not dark.found and "darkest" in dark.reason  # an electrolyte layer at z = 0 is no collector
+    with pytest.raises(PhaseModelError, match="no Al collector slab at z = 0: slice z = 0 is not uniform"):
+        fit_informed_model(_slice_hists(vol[4:]), EDGES, ("void", "cbd", "al", "nmc_low", "nmc_high"))
+
+
+@pytest.mark.parametrize("separation, k", [(0.3, 2), (0.05, 1)])
+def test_only_components_the_histogram_resolves_are_kept(separation, k):
+    """Two Gaussians (σ 0.04, 70 / 30 %) at 0.5 and 0.5 + separation: Ashman's D 10.6 gives two
+    components at the planted means (and scikit-learn's EM on the raw samples agrees); D 1.8 gives one."""
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(1)
+    v = np.concatenate([rng.normal(0.5, 0.04, 70000), rng.normal(0.5 + separation, 0.04, 30000)])
+    counts, edges = np.histogram(v, bins=200, range=(0.2, 1.1))
+    mix = resolved_mixture(counts, 0.5 * (edges[1:] + edges[:-1]), 2)
+    assert len(mix.means) == k
+    if k == 2:
+        np.testing.assert_allclose(mix.means, [0.5, 0.5 + separation], atol=0.005)
+        np.testing.assert_allclose(mix.weights / mix.weights.sum(), [0.7, 0.3], atol=0.01)
+        ref = GaussianMixture(2, random_state=0).fit(v[:, None])
+        np.testing.assert_allclose(mix.means, np.sort(ref.means_.ravel()), atol=0.003)
+    else:
+        assert mix.means[0] == pytest.approx(v.mean(), abs=0.003) and "separation D" in mix.tried[0]
+
+
+def _phantom(tmp_path, seed: int = 3, **kw):
+    p = PhantomParams(shape_zyx=(28, 64, 64), n_particles=10, diameter_median_um=6, diameter_min_um=4,
+                      diameter_max_um=8, **kw)
+    ph = generate_phantom(p, seed=seed)
+    io.write_volume(tmp_path / "v.h5", ph.volume, (0.5,) * 3, "test")
+    return ph
+
+
+def test_overlapping_nmc_densities_become_one_class_reported_as_not_resolved(tmp_path):
+    """NMC low and high planted 0.04 apart with the paper's FWHM 0.147: one NMC class, said so in the file
+    attributes and the FWHM table; every other phase still matches the planted map."""
+    intensity = {"void": 0.0, "cbd": 0.30, "al": 0.50, "nmc_low": 0.74, "nmc_high": 0.78}
+    fwhm = {"void": 0.053, "cbd": 0.064, "al": 0.053, "nmc_low": 0.147, "nmc_high": 0.147}
+    ph = _phantom(tmp_path, intensity=intensity, fwhm=fwhm)
+    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
+    assert res.unresolved == ("nmc_high",) and "nmc_high" not in res.model.names
+    written = io.read_dataset(tmp_path / "p.h5", "phases")
+    assert not (written == NMC_HIGH).any()
+    truth = np.where(ph.phases == NMC_HIGH, NMC_LOW, ph.phases)
+    assert (written == truth).mean() > 0.93
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        from detachment.particles import phases_not_resolved
+
+        assert phases_not_resolved(f["phases"].attrs) == {"nmc_high"}
+    row = res.fwhm.set_index("phase").loc["nmc_high"]
+    assert not row.resolved and np.isnan(row.model_mean)
+    assert plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm).passed.all()
+
+
+def test_the_informed_model_measures_each_phase_near_its_planted_grey_level(tmp_path):
+    ph = _phantom(tmp_path, seed=5)
+    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
+    assert res.unresolved == () and res.model.method == "informed"
+    same = ndimage.binary_erosion  # interior voxels of the planted map: the grey level of the pure phase
+    for name, mean in zip(res.model.names, res.model.means):
+        inside = same(ph.phases == PHASE_CODES[name], border_value=1)
+        assert mean == pytest.approx(float(ph.volume[inside].mean()), abs=0.035), name
+    assert res.collector.thickness == pytest.approx(ph.params.collector_thickness_vox, abs=1)
+    assert (io.read_dataset(tmp_path / "p.h5", "phases") == ph.phases).mean() > 0.95
+
+
+def test_manual_thresholds_replace_the_fitted_ones_voxel_for_voxel(tmp_path):
+    """Without clean-ups, the map equals a digitisation of the grey levels at the manual thresholds."""
+    ph = _phantom(tmp_path, seed=6)
+    thresholds = (0.14, 0.41, 0.6, 0.8)
+    s = ThresholdSettings(thresholds=thresholds, collector_min_thickness_vox=0, domain_sigma_vox=0, slab=5)
+    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False)
+    codes = np.array([PHASE_CODES[n] for n in s.order], np.uint8)
+    expected = codes[np.searchsorted(np.asarray(thresholds, np.float32), ph.volume, side="right")]
+    np.testing.assert_array_equal(io.read_dataset(tmp_path / "p.h5", "phases"), expected)
+    assert res.model.method == "manual" and tuple(res.model.thresholds) == thresholds
+    with pytest.raises(ValueError, match=r"threshold.thresholds: \[0.5, 0.4, 0.6, 0.8\] must be 4 increasing"):
+        ThresholdSettings(thresholds=(0.5, 0.4, 0.6, 0.8))
+
+
+def test_a_volume_with_the_collector_on_the_far_face_stops_with_the_sample_and_the_way_out(tmp_path, caplog):
+    ph = _phantom(tmp_path, seed=7)
+    io.write_volume(tmp_path / "flipped.h5", ph.volume[::-1].copy(), (0.5,) * 3, "test")
+    with pytest.raises(PhaseModelError) as err:
+        threshold_volume(tmp_path / "flipped.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
+    assert not (tmp_path / "p.h5").exists()  # nothing half-written
+    with pytest.raises(plausibility.ImplausiblePhaseMap, match=r"sample 'cellB'.*no Al collector slab.*"
+                                                               r"orientation.*`thresholds` column"):
+        plausibility.enforce_model(err.value, "cellB", "stop")
+    with caplog.at_level(logging.WARNING):
+        plausibility.enforce_model(err.value, "cellB", "warn")
+    assert "Going on with threshold.method: gmm" in caplog.text
+    assert (ph.phases[0] == AL).all() and (ph.phases[-1] == VOID).mean() > 0.5  # what the flip did
