@@ -96,7 +96,7 @@ def test_bad_input_config_misspelled_key(tmp_path):
 
 def test_bad_input_config_unknown_method(tmp_path):
     out = _config_error(tmp_path, lambda c, w: c["threshold"].update(method="kmeans"))
-    assert "'kmeans' is not one of ['gmm', 'multiotsu']" in out
+    assert "'kmeans' is not one of ['informed', 'gmm', 'multiotsu']" in out
 
 
 def test_bad_input_config_wrong_type_and_range(tmp_path):
@@ -179,8 +179,10 @@ def test_imported_volume_runs_through_thresholding(tmp_path, layout):
 
 
 def test_bad_input_volume_upside_down_stops_at_the_phase_checks_naming_the_sample(tmp_path):
-    """A volume with the collector at the top (not z = 0): the phase map cannot be plausible; the rule stops,
-    names the sample and the check, keeps the figure beside the log, and goes on when told to warn."""
+    """A volume with the collector at the top (not z = 0): the informed phase model finds no collector slab
+    and the rule stops, naming the sample, the reason and the ways out; told to warn, it goes on with gmm,
+    whose map fails the plausibility checks: told to stop, that rule stops, keeping the figure beside the
+    log."""
     from detachment.phantom import PhantomParams, generate_phantom
 
     from .conftest import TINY_PHANTOM
@@ -193,6 +195,12 @@ def test_bad_input_volume_upside_down_stops_at_the_phase_checks_naming_the_sampl
                                       "real\tc\t1C\ttomo.h5\tdata\t0.5\n")
     target = "results/real/phases.h5"
     r = run_snakemake(work, target)
+    assert r.returncode != 0
+    log = (work / "logs" / "threshold_phases" / "real.log").read_text()
+    assert "sample 'real': the phase model does not fit this volume: no Al collector slab at z = 0" in log
+    assert "collector must be at z = 0" in log and "`thresholds` column" in log
+    assert not (work / target).exists()
+    r = run_snakemake(work, target, "--config", "threshold={method: gmm}")
     assert r.returncode != 0
     log = (work / "logs" / "threshold_phases" / "real.log").read_text()
     assert "sample 'real': implausible phase map: al_fraction_first_slice" in log
@@ -288,6 +296,18 @@ SHEET_HEAD = "sample\tcell\tc_rate\tvolume\tvoxel_size_um\tlabels\tpreset\n"
 def test_bad_input_sheet_presets_and_phantom_labels_are_refused(tmp_path, row, expected):
     work = write_tiny_workdir(tmp_path / "bad")
     (work / "samples.tsv").write_text(SHEET_HEAD + row + "\n")
+    r = run_snakemake(work, "-n")
+    assert r.returncode != 0
+    assert expected in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0.5 0.4 0.6 0.8", "sample 'a', field 'thresholds' is [0.5, 0.4, 0.6, 0.8]; four increasing grey levels"),
+    ("0.1 0.4 0.6", "'0.1 0.4 0.6' does not match"),
+])
+def test_bad_input_sheet_manual_thresholds_are_refused(tmp_path, value, expected):
+    work = write_tiny_workdir(tmp_path / "bad")
+    (work / "samples.tsv").write_text(SHEET_HEAD.replace("\n", "\tthresholds\n") + f"a\tc\t1C\tphantom\t\t\t\t{value}\n")
     r = run_snakemake(work, "-n")
     assert r.returncode != 0
     assert expected in r.stdout + r.stderr
