@@ -177,6 +177,9 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
     assert lo <= 3 and hi >= 12
     lo, hi = span(lambda p: p.contact_fraction)
     assert lo <= 0.1 and hi >= 0.85
+    # grey levels: CBD within 0.15 of the electrolyte in one preset, 0.3 above it in another
+    lo, hi = span(lambda p: p.intensity["cbd"] - p.intensity["void"])
+    assert lo <= 0.15 and hi >= 0.3
 
 
 def test_sparse_and_crowded_presets_span_the_electrolyte_fraction_and_touching(default_config):

@@ -61,11 +61,13 @@ def test_enforce_stops_naming_sample_check_and_way_out_or_warns(caplog):
 
 
 @pytest.mark.parametrize("preset, method, plausible", [("default", "informed", True), ("default", "gmm", True),
-                                                       ("blurry", "gmm", False), ("blurry", "informed", True)])
+                                                       ("blurry", "gmm", False), ("blurry", "informed", True),
+                                                       ("low_contrast", "gmm", False),
+                                                       ("low_contrast", "informed", True)])
 def test_a_shifted_phase_map_is_caught_and_the_informed_model_does_not_shift(tmp_path, default_config, preset,
                                                                             method, plausible):
-    """With blur σ 1.5 the five-class histogram model (gmm) shifts the classes (the collector lands in NMC's
-    class); the collector-slab checks catch it. The informed model measures Al on the collector slab and
+    """With blur σ 1.5, or NMC low / high density in one histogram mode, the five-class histogram model (gmm)
+    shifts the classes (the collector lands in NMC's class); the collector-slab checks catch it. The informed model measures Al on the collector slab and
     fits only the phases the histogram resolves: its map of the same volume passes and is right."""
     d = preset_params(default_config["phantom"]["defaults"], preset)
     d.update(default_config["phantom"]["by_c_rate"]["1C"], shape_zyx=[40, 96, 96], n_particles=20)
@@ -81,6 +83,7 @@ def test_a_shifted_phase_map_is_caught_and_the_informed_model_does_not_shift(tmp
     table = check_phase_map(PhaseCounts(result.counts_per_slice), result.fwhm)
     assert bool(table.passed.all()) == plausible, (table, merged.mean())
     # the check is not a formality: what it lets through is right, what it stops is wrong
-    assert (merged.mean() > 0.8) if plausible else (merged.mean() < 0.7)
+    strict = (written == ph.phases).mean()
+    assert (merged.mean() > 0.8) if plausible else (strict < 0.8), (merged.mean(), strict)
     if preset == "default":
         assert merged.mean() > 0.95 and result.unresolved == ()

@@ -106,7 +106,7 @@ class ContactLevel:
 
 
 def face_neighbour_levels(envelope: np.ndarray, others: np.ndarray, phases: np.ndarray,
-                          intensity: np.ndarray) -> np.ndarray:
+                          intensity: np.ndarray, solid_level: float | None = None) -> np.ndarray:
     """Grey levels of the background voxels across the faces of a particle's envelope.
 
     A face neighbour counts when it is outside ``envelope``, not in ``others`` and void or CBD in
@@ -122,6 +122,9 @@ def face_neighbour_levels(envelope: np.ndarray, others: np.ndarray, phases: np.n
         (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
     intensity : numpy.ndarray
         (z, y, x) grey levels.
+    solid_level : float, optional
+        The particle's solid grey level: each value is then outside + inside − ``solid_level``, the
+        background with the spill of a symmetric point-spread function removed.
 
     Returns
     -------
@@ -132,8 +135,9 @@ def face_neighbour_levels(envelope: np.ndarray, others: np.ndarray, phases: np.n
     out = []
     for axis in range(3):
         a, b = _pairs(envelope.shape, axis)  # each voxel and its +1 neighbour along the axis
-        out.append(intensity[b][envelope[a] & background[b]])  # face towards +axis
-        out.append(intensity[a][envelope[b] & background[a]])  # face towards -axis
+        up, down = envelope[a] & background[b], envelope[b] & background[a]
+        out.append(intensity[b][up] + (intensity[a][up] - solid_level if solid_level is not None else 0))
+        out.append(intensity[a][down] + (intensity[b][down] - solid_level if solid_level is not None else 0))
     return np.concatenate(out).astype(np.float64)
 
 

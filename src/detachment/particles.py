@@ -108,7 +108,8 @@ def gap_level(phase_attrs) -> float | None:
 
 
 def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, voxel_size_um,
-                   border: dict | None = None, probe: int = 1, gap_level: float | None = None) -> pd.DataFrame:
+                   border: dict | None = None, probe: int = 1, gap_level: float | None = None,
+                   solid_level: float | None = None) -> pd.DataFrame:
     """One row per label of ``labels`` (column ``label`` = the id in the volume), units in column names.
 
     Parameters
@@ -124,6 +125,9 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
         Depth, in voxels, at which the contact class is read (:func:`detachment.surface.surface_contacts`).
     gap_level : float, optional
         Grey level below which a background face neighbour reads as electrolyte; ``None``: phases only.
+    solid_level : float, optional
+        The particle's solid grey level: the background is read with the point-spread spill removed
+        (:func:`detachment.surface.surface_contacts`).
 
     Returns
     -------
@@ -138,7 +142,8 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     idx = np.arange(1, n + 1)
     if n == 0:
         return pd.DataFrame(columns=COLUMNS if border is not None else COLUMNS[:-1])
-    contacts = surface_contacts(labels, phases, vs, n_labels=n, probe=probe, intensity=volume, gap_level=gap_level)
+    contacts = surface_contacts(labels, phases, vs, n_labels=n, probe=probe, intensity=volume, gap_level=gap_level,
+                                solid_level=solid_level)
     crack_area = crack_faces(labels, phases, vs, n_labels=n) * STAIRCASE
     ones = np.ones(labels.shape, np.int64)
     vox = ndimage.sum_labels(ones, labels, idx)
@@ -335,7 +340,7 @@ def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bo
 
 
 def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
-                             progress: bool = True, refine: bool = True):
+                             progress: bool = True, refine: bool = True, deconvolve: bool = False):
     """The sample's contact level, fitted to the face neighbours of every particle in ``links``.
 
     :func:`detachment.contact_level.fit_contact_level` over the grey levels of the background face
@@ -360,6 +365,8 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         Show a progress bar.
     refine : bool, default True
         Envelope = :func:`refine_envelope` of the mask; else the mask itself.
+    deconvolve : bool, default False
+        Fit the face readings with the spill removed (:func:`particle_table_from_files`).
 
     Returns
     -------
@@ -382,14 +389,17 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         midpoint = gap_level(dp.attrs)
         for _, _, env, others, ph, grey in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
                                                           "contact level"):
-            values.append(face_neighbour_levels(env, others, ph, grey))
+            solid = solid_grey(env, ph, grey) if deconvolve else None
+            if not deconvolve or solid is not None:
+                values.append(face_neighbour_levels(env, others, ph, grey, solid))
     values = np.concatenate(values) if values else np.zeros(0)
     return fit_contact_level(values, np.nan if midpoint is None else midpoint), values, midpoint
 
 
 def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
                               progress: bool = True, probe: int = 1, refine: bool = True,
-                              gap_from_intensity: bool = True, contact_level: float | None = None) -> pd.DataFrame:
+                              gap_from_intensity: bool = True, contact_level: float | None = None,
+                              deconvolve: bool = False) -> pd.DataFrame:
     """:func:`particle_table` particle by particle on bounding-box crops read from the HDF5 files.
 
     Parameters
@@ -414,6 +424,9 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     contact_level : float, optional
         Grey level below which a background face neighbour is electrolyte (the fitted
         ``contact_level.csv`` level); ``None`` or NaN: the void/CBD midpoint (:func:`gap_level`).
+    deconvolve : bool, default False
+        Read each face's background as outside + inside − the particle's solid grey level (the median
+        of its interior NMC voxels), against ``contact_level`` or the void/CBD midpoint.
 
     Returns
     -------
@@ -437,7 +450,8 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
                                                               "particles"):
             # this particle becomes label 1 (its envelope refined on the phase map); others label 2
             crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
-            t = particle_table(crop, ph, grey, vs, probe=probe, gap_level=level)
+            t = particle_table(crop, ph, grey, vs, probe=probe, gap_level=level,
+                               solid_level=solid_grey(env, ph, grey) if deconvolve else None)
             t = t[t.label == 1].copy()
             if t.empty:
                 continue
@@ -447,6 +461,27 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     if "nmc_high" in unresolved:  # one NMC class: a high-density share of 0 would be a guess, not a measurement
         out["nmc_high_fraction"] = np.nan
     return out
+
+
+def solid_grey(envelope: np.ndarray, phases: np.ndarray, volume: np.ndarray) -> float | None:
+    """Median grey level of a particle's interior NMC voxels (envelope eroded by one voxel).
+
+    Parameters
+    ----------
+    envelope : numpy.ndarray
+        (z, y, x) bool envelope of the particle.
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes.
+    volume : numpy.ndarray
+        (z, y, x) grey levels.
+
+    Returns
+    -------
+    float or None
+        Grey level; None when the particle has no interior NMC voxel.
+    """
+    inside = ndimage.binary_erosion(envelope) & ((phases == NMC_LOW) | (phases == NMC_HIGH))
+    return float(np.median(volume[inside])) if inside.any() else None
 
 
 def phases_not_resolved(phase_attrs) -> set[str]:

@@ -139,12 +139,16 @@ class Mixture:
 
 
 def _em(x: np.ndarray, w: np.ndarray, mu: np.ndarray, sd: np.ndarray, floor: float,
-        iterations: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """EM for a 1-D Gaussian mixture on weighted points (bin centres ``x``, counts ``w``)."""
+        iterations: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """EM for a 1-D Gaussian mixture on weighted points (bin centres ``x``, counts ``w``).
+
+    Returns means, sigmas, weights (voxels), sorted by mean, and the log-likelihood per voxel.
+    """
     pi = np.full(len(mu), 1.0 / len(mu))
     for _ in range(iterations):
         dens = pi[:, None] * np.exp(-0.5 * ((x[None] - mu[:, None]) / sd[:, None]) ** 2) / sd[:, None]
-        r = dens / np.maximum(dens.sum(0, keepdims=True), 1e-300) * w[None]
+        total = np.maximum(dens.sum(0, keepdims=True), 1e-300)
+        r = dens / total * w[None]
         nk = np.maximum(r.sum(1), 1e-12)
         new_mu = (r * x[None]).sum(1) / nk
         sd = np.maximum(np.sqrt((r * (x[None] - new_mu[:, None]) ** 2).sum(1) / nk), floor)
@@ -154,15 +158,25 @@ def _em(x: np.ndarray, w: np.ndarray, mu: np.ndarray, sd: np.ndarray, floor: flo
             break
         mu = new_mu
     order = np.argsort(mu)
-    return mu[order], sd[order], (pi * w.sum())[order]
+    loglik = float((w * np.log(total[0])).sum() / max(w.sum(), 1))
+    return mu[order], sd[order], (pi * w.sum())[order], loglik
+
+
+def _edges_of(centers: np.ndarray) -> np.ndarray:
+    """Bin edges of evenly spaced bin centres."""
+    h = (centers[1] - centers[0]) / 2 if len(centers) > 1 else 0.5
+    return np.concatenate([centers - h, [centers[-1] + h]])
 
 
 def resolved_mixture(counts: np.ndarray, centers: np.ndarray, k_max: int) -> Mixture:
     """As many Gaussian components (at most ``k_max``) as the histogram resolves.
 
-    k components are fitted by EM started at the k-quantiles; the largest k whose neighbouring
-    components are separated by Ashman's D >= :data:`MIN_SEPARATION` and each hold at least
-    :data:`MIN_COMPONENT_WEIGHT` of the voxels is kept (k = 1 always is).
+    k components are resolved when the histogram shows k modes (:func:`detachment.phases.histogram_peaks`)
+    or when k Gaussians fitted by EM (started at the k-quantiles and at the k most prominent modes,
+    keeping the likelier) are separated by Ashman's D >= :data:`MIN_SEPARATION` and each hold at least
+    :data:`MIN_COMPONENT_WEIGHT` of the voxels (two phases overlapping into one skewed mode); the largest
+    resolved k is kept (k = 1 always is). The partial-volume voxels between two modes widen EM's
+    components, so a visible mode is enough.
 
     Parameters
     ----------
@@ -182,13 +196,17 @@ def resolved_mixture(counts: np.ndarray, centers: np.ndarray, k_max: int) -> Mix
     floor = float(centers[1] - centers[0]) / 2
     cum = np.cumsum(w) / max(w.sum(), 1)
     best, tried = None, []
+    n_modes = len(histogram_peaks(Histogram(counts, _edges_of(centers)), k_max, fill=False))
     for k in range(1, k_max + 1):
-        start = np.interp((np.arange(k) + 0.5) / k, cum, centers)
-        mu, sd, pi = _em(centers, w, start, np.full(k, max(np.sqrt(np.average((centers - start.mean()) ** 2,
-                                                                               weights=w)) / k, floor)), floor)
+        sd0 = np.full(k, max(float(np.sqrt(np.cov(centers, aweights=np.maximum(w, 1e-12)))) / k, floor))
+        starts = [np.interp((np.arange(k) + 0.5) / k, cum, centers)]
+        modes = histogram_peaks(Histogram(counts, _edges_of(centers)), k)
+        if len(modes) == k:
+            starts.append(centers[modes])
+        mu, sd, pi, _ = max((_em(centers, w, start, sd0, floor) for start in starts), key=lambda f: f[3])
         d = np.sqrt(2) * np.diff(mu) / np.sqrt(sd[1:] ** 2 + sd[:-1] ** 2)
         share = pi / max(w.sum(), 1)
-        if k == 1 or (d.min() >= MIN_SEPARATION and share.min() >= MIN_COMPONENT_WEIGHT):
+        if k <= n_modes or (d.min() >= MIN_SEPARATION and share.min() >= MIN_COMPONENT_WEIGHT):
             best = Mixture(mu, sd, pi)
         else:
             tried.append(f"{k} components: separation D = {np.round(d, 2).tolist()}, "

@@ -2,7 +2,7 @@
 
 Each preset in :data:`PRESETS` overrides some :class:`detachment.phantom.PhantomParams` on top of the
 configured phantom defaults (``default`` overrides nothing); :func:`preset_params` applies one.
-Together they span NMC FWHM 0.07-0.147, electrolyte 30-80 % of the volume (with empty space above the
+Together they span two grey-level contrasts (phase means), NMC FWHM 0.07-0.147, electrolyte 30-80 % of the volume (with empty space above the
 electrode), particle diameters 12-40 voxels, 15-90 % of placements touching, detachment gaps 1-4
 voxels, CBD coats 0-2 voxels (bare porous-CBD contacts as well as coated ones), cracks 1-3 voxels,
 blur σ 0.5-1.5 voxel and collectors 3-12 voxels thick. Most presets change one property so a failure
@@ -41,6 +41,10 @@ PRESETS: dict[str, dict] = {
     # half the particles touch porous CBD bare (no coat), 4-voxel gaps, a 12-voxel collector
     "bare_contacts": {"shape_zyx": [48, 192, 192], "coating_probability": 0.5, "coating_width_vox": 1.0,
                       "gap_width_vox": 4.0, "collector_thickness_vox": 12, "cbd_porosity": 0.45},
+    # other grey levels: CBD close to the electrolyte, Al close to NMC, NMC low and high density 0.08 apart
+    # at the paper's FWHM (one histogram mode): the pipeline must not rely on the default contrast
+    "low_contrast": {"shape_zyx": [48, 192, 192], "fwhm": PAPER_FWHM,
+                     "intensity": {"void": 0.05, "cbd": 0.17, "al": 0.62, "nmc_low": 0.76, "nmc_high": 0.84}},
     # several at once, after what the paper's tomograms show: NMC FWHM 0.147, ~30-voxel particles, much
     # electrolyte above the electrode, few touching, thin mixed coats, blur
     "paper_like": {"shape_zyx": [96, 192, 192], "voxel_size_um": 0.3, "n_particles": 30,

@@ -91,19 +91,24 @@ _CLASS_OF_PHASE = np.full(256, -1, np.int64)
 _CLASS_OF_PHASE[[VOID, CBD, AL, NMC_LOW, NMC_HIGH]] = [0, 1, 2, 3, 3]
 
 
-def _face_classes(labels, phases, intensity, gap_level, axis: int, step: int, faces: tuple, probe: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _face_classes(labels, phases, intensity, gap_level, axis: int, step: int, faces: tuple, probe: int,
+                  solid_level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Owner label and contact class index (into :data:`CONTACT_CLASSES`, -1 = none) of each face.
 
-    ``faces`` = (own, other, oth_sl, m): the faces between the particle voxels ``own[m]`` and their
-    neighbours ``other[m]`` one ``step`` along ``axis`` (``oth_sl`` selects the neighbours in the volume).
+    ``faces`` = (own, other, own_sl, oth_sl, m): the faces between the particle voxels ``own[m]`` and their
+    neighbours ``other[m]`` one ``step`` along ``axis`` (``own_sl``, ``oth_sl`` select them in the volume).
     """
-    own, other, oth_sl, m = faces
+    own, other, own_sl, oth_sl, m = faces
     owner = own[m].astype(np.int64)
     oth = other[m]
     phase_near = phases[oth_sl][m]
     reads_gap = intensity is not None and gap_level is not None
-    dark = intensity[oth_sl][m] < gap_level if reads_gap else np.zeros(len(oth), bool)
+    read = intensity[oth_sl][m] if reads_gap else None
+    if reads_gap and solid_level is not None:
+        # a symmetric point-spread function moves as much grey level across a plane edge one way as the
+        # other: outside + inside = background + solid, whatever the blur
+        read = read + intensity[own_sl][m] - solid_level
+    dark = read < gap_level if reads_gap else np.zeros(len(oth), bool)
     if probe > 1:
         size = labels.shape[axis]
         far = np.clip(np.arange(size) + step * (probe - 1), 0, size - 1)
@@ -126,7 +131,7 @@ def _face_classes(labels, phases, intensity, gap_level, axis: int, step: int, fa
 
 def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),
                      n_labels: int | None = None, probe: int = 1, intensity: np.ndarray | None = None,
-                     gap_level: float | None = None) -> SurfaceContacts:
+                     gap_level: float | None = None, solid_level: float | None = None) -> SurfaceContacts:
     """Contact areas of every labelled particle with void, CBD, Al and other particles.
 
     Parameters
@@ -151,6 +156,10 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         Grey level: a face whose neighbour is background is electrolyte also where the darker of the
         voxels read (the neighbour and the one ``probe`` out) is below it; the workflow's level:
         :mod:`detachment.contact_level`, fallback :func:`detachment.particles.gap_level`.
+    solid_level : float, optional
+        Grey level of the particles' solid. When given (with ``intensity`` and ``gap_level``), the
+        background across a face is read as outside + inside − ``solid_level`` (the spill of a symmetric
+        point-spread function removed) and compared with ``gap_level`` (then the void/CBD midpoint).
 
     Returns
     -------
@@ -166,12 +175,12 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         sa, sb = _pairs(labels.shape, axis)
         la, lb = labels[sa], labels[sb]
         differ = la != lb
-        for own, other, oth_sl, step in ((la, lb, sb, 1), (lb, la, sa, -1)):
+        for own, other, own_sl, oth_sl, step in ((la, lb, sa, sb, 1), (lb, la, sb, sa, -1)):
             m = differ & (own > 0)
             if not m.any():
                 continue
-            owner, cls = _face_classes(labels, phases, intensity, gap_level, axis, step, (own, other, oth_sl, m),
-                                       probe)
+            owner, cls = _face_classes(labels, phases, intensity, gap_level, axis, step,
+                                       (own, other, own_sl, oth_sl, m), probe, solid_level)
             valid = cls >= 0
             idx = owner[valid] * len(CONTACT_CLASSES) + cls[valid]
             c = np.bincount(idx, minlength=n * len(CONTACT_CLASSES)).reshape(n, -1)
