@@ -112,3 +112,67 @@ def test_contact_level_table_round_trips(tmp_path):
     fit.to_frame().to_csv(tmp_path / "c.csv", index=False)
     back = ContactLevel.read_csv(tmp_path / "c.csv")
     assert back.level == pytest.approx(fit.level) and back.fitted == fit.fitted and back.n_faces == 600
+
+
+def _blurred_ball(sigma: float, detached: bool, seed: int = 3):
+    """A ball (NMC 0.72) in CBD, blurred by σ with noise 0.01. ``detached``: its upper part behind a two-voxel
+    electrolyte gap (0.0), the CBD 0.3; else no gap, but CBD of two densities (0.36 above, porous 0.24 below)."""
+    shape = (40, 40, 40)
+    zz, yy, xx = np.indices(shape)
+    r = np.sqrt((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2)
+    ball = r <= 9
+    phases = np.full(shape, CBD, np.uint8)
+    phases[ball] = NMC_LOW
+    upper = zz + 0.3 * (yy - 20) > 21
+    sharp = np.where(ball, 0.72, 0.3)
+    if detached:
+        phases[~ball & (r <= 11) & upper] = VOID
+        sharp[phases == VOID] = 0.0
+    else:
+        sharp[~ball] = np.where(upper[~ball], 0.36, 0.24)
+    grey = ndimage.gaussian_filter(sharp.astype(np.float32), sigma)
+    grey = (grey + np.random.default_rng(seed).normal(0, 0.01, shape)).astype(np.float32)
+    return ball, phases, grey
+
+
+@pytest.mark.parametrize("sigma, detached, switched", [(1.5, True, False), (1.0, False, True)])
+def test_the_reading_switches_where_the_fitted_level_splits_cbd_and_reports_the_disagreement(sigma, detached,
+                                                                                              switched):
+    """A detached ball blurred by σ 1.5: the fitted level separates gap from CBD, the deconvolved reading
+    agrees, the level is kept. An attached ball in CBD of two densities: the two Gaussians split the CBD faces
+    (the level reads half of them as electrolyte); the deconvolved reading disagrees, is used and comes
+    within 0.12 of the truth (no gap). Both against the face count on the sharp phases."""
+    from detachment.contact_level import choose_reading
+    from detachment.particles import solid_grey
+
+    ball, phases, grey = _blurred_ball(sigma, detached)
+    truth = surface_contacts(ball.astype(np.uint32), phases, probe=1).detachment[1]
+    seen = np.where(grey < 0.15, VOID, np.where(grey < 0.51, CBD, NMC_LOW)).astype(np.uint8)
+    solid = solid_grey(ball, seen, grey)
+    assert solid == pytest.approx(0.72, abs=0.02)
+    plain = face_neighbour_levels(ball, np.zeros_like(ball), seen, grey)
+    deconvolved = face_neighbour_levels(ball, np.zeros_like(ball), seen, grey, solid_level=solid)
+    level = fit_contact_level(plain, fallback=0.15)
+    fit = choose_reading(level, plain, deconvolved, 0.15)
+    assert (fit.reading == "deconvolved") == switched, fit
+    assert fit.spread == pytest.approx(fit.gap_share - fit.gap_share_deconvolved)
+    assert (abs(fit.spread) > 0.1) == switched
+    read = surface_contacts(ball.astype(np.uint32), seen, probe=1, intensity=grey, gap_level=fit.level,
+                            solid_level=solid if fit.reading == "deconvolved" else None).detachment[1]
+    # the deconvolved reading is noisier (a voxel staircase and the curvature break the plane-edge symmetry)
+    assert abs(read - truth) < (0.12 if switched else 0.05), (read, truth)
+    if switched:  # what the level alone would have read
+        alone = surface_contacts(ball.astype(np.uint32), seen, probe=1, intensity=grey, gap_level=level.level)
+        assert alone.detachment[1] - truth > 0.2
+    assert choose_reading(level, plain, deconvolved, 0.15, max_spread=None).reading == "level"
+
+
+def test_reading_settings_follow_the_file_and_the_mode(tmp_path):
+    from detachment.contact_level import reading_settings
+
+    (tmp_path / "c.csv").write_text("level,fitted,reading\n0.14,False,deconvolved\n")
+    assert reading_settings(tmp_path / "c.csv") == {"contact_level": 0.14, "deconvolve": True}
+    assert reading_settings(tmp_path / "c.csv", "midpoint") == {"contact_level": None, "deconvolve": False}
+    (tmp_path / "bad.csv").write_text("level,fitted,reading\n0.14,False,guess\n")
+    with pytest.raises(ValueError, match="bad.csv: 'reading' must be one of"):
+        reading_settings(tmp_path / "bad.csv")

@@ -23,6 +23,7 @@ from .surface import _pairs
 MIN_ASHMAN_D = 2.0
 MIN_WEIGHT = 0.02
 MAX_FIT_VALUES = 200_000
+READINGS = ("level", "deconvolved")
 
 
 @dataclass
@@ -44,6 +45,16 @@ class ContactLevel:
         The same for the brighter (CBD) component.
     n_faces : int
         Number of finite face-neighbour grey levels available.
+    reading : str
+        How the faces are read downstream: ``"level"`` (each face neighbour against ``level``) or
+        ``"deconvolved"`` (outside + inside − the particle's solid grey level against ``level``, then
+        the void/CBD midpoint; :func:`choose_reading`).
+    gap_share, gap_share_deconvolved : float
+        Share (0-1) of the background faces read as electrolyte by the level and by the deconvolved
+        reading; NaN where not computed.
+    spread : float
+        ``gap_share - gap_share_deconvolved``: how much the two readings disagree, a share of the
+        faces; the uncertainty of the contact reading.
     """
 
     level: float
@@ -55,6 +66,10 @@ class ContactLevel:
     cbd_sigma: float = float("nan")
     cbd_weight: float = float("nan")
     n_faces: int = 0
+    reading: str = "level"
+    gap_share: float = float("nan")
+    gap_share_deconvolved: float = float("nan")
+    spread: float = float("nan")
 
     def to_frame(self) -> pd.DataFrame:
         """The fields as a one-row table (``contact_level.csv``).
@@ -102,6 +117,8 @@ class ContactLevel:
         row = {k: v for k, v in row.items() if k in names}
         row["fitted"] = bool(row["fitted"])
         row["n_faces"] = int(row.get("n_faces", 0))
+        if row.get("reading", "level") not in READINGS:
+            raise ValueError(f"{path}: 'reading' must be one of {READINGS}, not {row['reading']!r}")
         return cls(**row)
 
 
@@ -207,3 +224,74 @@ def fit_contact_level(values, fallback: float, min_faces: int = 200) -> ContactL
     # where the weighted densities cross between the means, as the phase model cuts its classes
     level = float(gmm_decision_thresholds(mu, sd, w, np.linspace(mu[0], mu[1], 4001))[0])
     return ContactLevel(level, True, **comps)
+
+
+def choose_reading(fit: ContactLevel, values, deconvolved, midpoint: float | None,
+                   max_spread: float | None = 0.1) -> ContactLevel:
+    """Compare the level's reading of the faces with the deconvolved one; switch where they disagree.
+
+    Two readings of the same faces: each face neighbour against ``fit.level`` (it carries the spill of
+    the point-spread function, which the fitted level absorbs where the grey levels are bimodal), and
+    outside + inside − the particle's solid grey level (the spill removed; noisier) against the void/CBD
+    midpoint. Where their shares of electrolyte faces differ by more than ``max_spread``, the level's
+    two Gaussians did not separate gap from CBD (a wide point-spread function, or CBD faces split in
+    two): the deconvolved reading is used. The difference is kept either way as the reading's
+    uncertainty.
+
+    Parameters
+    ----------
+    fit : ContactLevel
+        :func:`fit_contact_level` on ``values``.
+    values, deconvolved : array_like
+        The same faces' grey levels, read plain and deconvolved (:func:`face_neighbour_levels`).
+    midpoint : float or None
+        The phase model's void/CBD midpoint; None (no grey levels): nothing is compared.
+    max_spread : float or None, default 0.1
+        Largest disagreement (share of faces, 0-1) at which the level's reading is kept; None never
+        switches.
+
+    Returns
+    -------
+    ContactLevel
+        ``fit`` with ``gap_share``, ``gap_share_deconvolved`` and ``spread`` filled in, and ``reading``
+        ``"deconvolved"`` (``level`` = the midpoint) where switched.
+    """
+    from dataclasses import replace
+
+    v = np.asarray(values, float)
+    d = np.asarray(deconvolved, float)
+    if midpoint is None or not np.isfinite(fit.level) or not v.size or not d.size:
+        return fit
+    share, share_d = float(np.mean(v < fit.level)), float(np.mean(d < midpoint))
+    out = replace(fit, gap_share=share, gap_share_deconvolved=share_d, spread=share - share_d)
+    if max_spread is not None and abs(share - share_d) > max_spread:
+        out = replace(out, reading="deconvolved", level=float(midpoint))
+    return out
+
+
+def reading_settings(path, mode: str = "fit") -> dict:
+    """How to read the contacts of a sample: keyword arguments of
+    :func:`detachment.particles.particle_table_from_files`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The sample's ``contact_level.csv``.
+    mode : {"fit", "midpoint"}, default "fit"
+        Config ``science.contact_level``: ``"fit"`` reads the file's level and reading;
+        ``"midpoint"`` ignores the file (the phase model's void/CBD midpoint, plain reading).
+
+    Returns
+    -------
+    dict
+        ``contact_level`` (float or None) and ``deconvolve`` (bool).
+
+    Raises
+    ------
+    ValueError
+        From :meth:`ContactLevel.read_csv`, naming the file.
+    """
+    if mode != "fit":
+        return {"contact_level": None, "deconvolve": False}
+    level = ContactLevel.read_csv(path)
+    return {"contact_level": level.level, "deconvolve": level.reading == "deconvolved"}

@@ -15,6 +15,8 @@ rule contact_level:
             category="Science",
             labels={"sample": "{sample}"},
         ),
+    params:
+        max_spread=config["science"]["contact_max_spread"],
     log:
         "logs/contact_level/{sample}.log",
     benchmark:

@@ -11,11 +11,18 @@ from detachment.particles import contact_level_from_files
 log_to(snakemake.log[0])
 links = pd.read_csv(snakemake.input.links)
 fit, values, midpoint = contact_level_from_files(snakemake.input.particles, snakemake.input.phases,
-                                                 snakemake.input.volume, links)
+                                                 snakemake.input.volume, links,
+                                                 max_spread=snakemake.params.max_spread)
 logging.getLogger(__name__).info("contact level %.4f (%s) from %d faces: gap %.3f ± %.3f (weight %.2f), "
                                  "CBD %.3f ± %.3f", fit.level, "fitted" if fit.fitted else "fallback",
                                  fit.n_faces, fit.gap_mean, fit.gap_sigma, fit.gap_weight, fit.cbd_mean,
                                  fit.cbd_sigma)
+if fit.reading == "deconvolved":
+    logging.getLogger(__name__).warning(
+        "the fitted level reads %.0f %% of the faces as electrolyte, the deconvolved reading %.0f %%: the level's "
+        "two Gaussians did not separate gap from CBD; contacts are read deconvolved (outside + inside - the "
+        "particle's solid grey level) against the void/CBD midpoint %.4f. The disagreement is the reading's "
+        "uncertainty (contact_level.csv: spread).", 100 * fit.gap_share, 100 * fit.gap_share_deconvolved, fit.level)
 io.write_csv(snakemake.output.table, fit.to_frame())
 io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample),
                snakemake.output.figure)

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from detachment import io
-from detachment.contact_level import ContactLevel
+from detachment.contact_level import reading_settings
 from detachment.logs import log_to
 from detachment.particles import particle_table_from_files
 
@@ -12,6 +12,5 @@ links = io.part_rows(pd.read_csv(snakemake.input.links), snakemake.wildcards.sca
 table = particle_table_from_files(snakemake.input.particles, snakemake.input.phases, snakemake.input.volume, links,
                                   probe=snakemake.params.probe,
                                   gap_from_intensity=snakemake.params.gap_from_intensity,
-                                  contact_level=ContactLevel.read_csv(snakemake.input.contact_level).level
-                                  if snakemake.params.contact_level == "fit" else None)
+                                  **reading_settings(snakemake.input.contact_level, snakemake.params.contact_level))
 io.write_csv(snakemake.output[0], table)

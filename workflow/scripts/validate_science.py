@@ -3,7 +3,7 @@
 import pandas as pd
 
 from detachment import io, validation
-from detachment.contact_level import ContactLevel
+from detachment.contact_level import reading_settings
 from detachment.logs import log_to
 from detachment.particles import particle_table_from_files
 
@@ -16,8 +16,7 @@ pred = io.read_dataset(snakemake.input.particles, "labels")
 true_measured = particle_table_from_files(snakemake.input.truth, snakemake.input.phases, snakemake.input.volume,
                                           validation.links_from_labels(truth), probe=snakemake.params.probe,
                                           gap_from_intensity=snakemake.params.gap_from_intensity,
-                                          contact_level=ContactLevel.read_csv(snakemake.input.contact_level).level
-                                          if snakemake.params.contact_level == "fit" else None,
+                                          **reading_settings(snakemake.input.contact_level, snakemake.params.contact_level),
                                           refine=False)
 pipeline = pd.read_csv(snakemake.input.table)
 pairs = validation.matched_particles(truth, pred)
