@@ -629,7 +629,11 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
             ax.plot(x, w * np.exp(-0.5 * ((x - mu) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)),
                     color=PHASE_COLOURS["void" if name == "gap" else "cbd"], label=f"{name} {mu:.3f} ± {sd:.3f}")
     if np.isfinite(fit.level):
-        ax.axvline(fit.level, color="k", label=f"contact level {fit.level:.3f} ({'fitted' if fit.fitted else 'fallback'})")
+        how = "deconvolved reading" if getattr(fit, "reading", "level") == "deconvolved" else \
+            ("fitted" if fit.fitted else "fallback")
+        ax.axvline(fit.level, color="k", label=f"contact level {fit.level:.3f} ({how})")
+    if np.isfinite(getattr(fit, "spread", np.nan)):
+        title = f"{title}\nelectrolyte faces: level {fit.gap_share:.2f}, deconvolved {fit.gap_share_deconvolved:.2f}"
     if midpoint is not None:
         ax.axvline(midpoint, color="k", ls=":", label=f"void/CBD midpoint {midpoint:.3f}")
     ax.set_xlabel("grey level across a surface face (background voxels)")
