@@ -472,3 +472,15 @@ def test_particles_of_two_cells_separate_volumes_not_rates():
     t = cell_level_test(cells).set_index("c_rate")
     assert t.loc["C/10", "permutation_p_cells_vs_1C"] >= 1 / 3
     assert t.loc["C/10", "welch_p_cells_vs_1C"] > 0.05
+
+
+def test_a_cells_contact_reading_uncertainty_is_its_worst_samples_spread():
+    from detachment.stats import by_cell, with_reading_uncertainty
+
+    particles = pd.DataFrame({"cell": ["a", "a", "b", "c"], "c_rate": ["1C", "1C", "C/10", "C/10"],
+                              "detachment": [0.4, 0.5, 0.2, 0.1]})
+    cells = with_reading_uncertainty(by_cell(particles), {"s1": 0.02, "s2": -0.3, "s3": 0.05, "s4": np.nan},
+                                     {"s1": "a", "s2": "a", "s3": "b", "s4": "c"})
+    assert cells.set_index("cell").contact_reading_spread.to_dict() == pytest.approx(
+        {"a": 0.3, "b": 0.05, "c": np.nan}, nan_ok=True)
+    assert list(cells["mean"]) == pytest.approx([0.45, 0.2, 0.1])

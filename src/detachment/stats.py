@@ -121,6 +121,39 @@ def by_cell(particles: pd.DataFrame, group: str = "c_rate", cell: str = "cell", 
     return pd.DataFrame({"n": g.size(), "mean": g.mean(), "std": g.std(ddof=1)}).reset_index()[columns]
 
 
+def with_reading_uncertainty(cells: pd.DataFrame, spreads: dict, sample_cells: dict, cell: str = "cell"
+                             ) -> pd.DataFrame:
+    """Add each cell's contact-reading uncertainty to :func:`by_cell`'s table.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        :func:`by_cell` output.
+    spreads : dict of str to float
+        Sample -> ``spread`` of its ``contact_level.csv`` (share of faces on which the level's and the
+        deconvolved reading disagree, signed; NaN where not computed).
+    sample_cells : dict of str to str
+        Sample -> its cell.
+    cell : str, default "cell"
+        Cell column of ``cells``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``cells`` with ``contact_reading_spread``: the largest absolute spread over the cell's samples
+        (0-1; NaN where none was computed). A cell mean whose spread is near the C-rate difference
+        cannot tell the rates apart by its contacts.
+    """
+    worst = {}
+    for sample, c in sample_cells.items():
+        v = abs(float(spreads.get(sample, np.nan)))
+        if np.isfinite(v):
+            worst[c] = max(worst.get(c, 0.0), v)
+    out = cells.copy()
+    out["contact_reading_spread"] = [worst.get(c, np.nan) for c in out[cell]]
+    return out
+
+
 #: Above this many ways to split the cells, the permutation test samples splits instead of listing them.
 EXACT_PERMUTATIONS_MAX = 100_000
 

@@ -155,6 +155,7 @@ rule statistics:
         diffusion=expand(rules.diffusion.output.table, sample=SAMPLES.index),
         histograms=expand(rules.threshold_phases.output.histogram, sample=SAMPLES.index),
         fwhm=expand(rules.threshold_phases.output.fwhm, sample=SAMPLES.index),
+        contact_level=expand(rules.contact_level.output.table, sample=SAMPLES.index),
     output:
         all_particles="results/statistics/particles_all.csv",
         by_rate="results/statistics/detachment_by_c_rate.csv",
