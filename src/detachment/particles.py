@@ -121,13 +121,10 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
         (z, y, x) voxel edge lengths, µm.
     border : dict, optional
         Label to "touches the volume border"; given, the table gets ``touches_border`` (False if absent).
-    probe : int, default 1
-        Depth, in voxels, at which the contact class is read (:func:`detachment.surface.surface_contacts`).
-    gap_level : float, optional
-        Grey level below which a background face neighbour reads as electrolyte; ``None``: phases only.
-    solid_level : float, optional
-        The particle's solid grey level: the background is read with the point-spread spill removed
-        (:func:`detachment.surface.surface_contacts`).
+    probe, gap_level, solid_level : int, float, float
+        How the contact class of a face is read (:func:`detachment.surface.surface_contacts`): at depth
+        ``probe`` voxels, electrolyte also below ``gap_level`` (None: phases only), with the spill
+        removed given the particle's solid grey level ``solid_level``.
 
     Returns
     -------
@@ -160,8 +157,7 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
             "diameter_um": np.cbrt(6 * volume_um3 / np.pi),
             "surface_area_um2": area_mc,
             "sphericity": sphericity,
-            "centroid_z_um": com[:, 0] * vs[0], "centroid_y_um": com[:, 1] * vs[1],
-            "centroid_x_um": com[:, 2] * vs[2],
+            "centroid_z_um": com[:, 0] * vs[0], "centroid_y_um": com[:, 1] * vs[1], "centroid_x_um": com[:, 2] * vs[2],
             "distance_to_collector_um": (zmin - top) * vs[0],
             "height_um": com[:, 0] * vs[0] - top * vs[0],
             **solid_columns,
@@ -420,18 +416,13 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         particle contact); memory is bounded by the largest box.
     progress : bool, default True
         Show a progress bar.
-    probe : int, default 1
-        Depth, in voxels, at which the contact class is read (:func:`detachment.surface.surface_contacts`).
     refine : bool, default True
         Envelope = :func:`refine_envelope` of the mask; else the mask itself.
-    gap_from_intensity : bool, default True
-        Also read electrolyte from the grey level of the face neighbours (:mod:`detachment.contact_level`).
-    contact_level : float, optional
-        Grey level below which a background face neighbour is electrolyte (the fitted
-        ``contact_level.csv`` level); ``None`` or NaN: the void/CBD midpoint (:func:`gap_level`).
-    deconvolve : bool, default False
-        Read each face's background as outside + inside − the particle's solid grey level (the median
-        of its interior NMC voxels), against ``contact_level`` or the void/CBD midpoint.
+    probe, gap_from_intensity, contact_level, deconvolve : int, bool, float, bool
+        How a face is read (:func:`detachment.surface.surface_contacts`): at depth ``probe`` voxels;
+        electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the
+        void/CBD midpoint, :func:`gap_level`) if ``gap_from_intensity``; with ``deconvolve``, as
+        outside + inside − the particle's solid grey level (:func:`solid_grey`).
 
     Returns
     -------
@@ -457,10 +448,8 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
             crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
             t = particle_table(crop, ph, grey, vs, probe=probe, gap_level=level,
                                solid_level=solid_grey(env, ph, grey) if deconvolve else None)
-            t = t[t.label == 1].copy()
-            if t.empty:
-                continue
-            rows.append(_in_volume_frame(t, row, lo, vs, top))
+            if (t.label == 1).any():
+                rows.append(_in_volume_frame(t[t.label == 1].copy(), row, lo, vs, top))
         unresolved = phases_not_resolved(dp.attrs)
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
     if "nmc_high" in unresolved:  # one NMC class: a high-density share of 0 would be a guess, not a measurement

@@ -271,22 +271,16 @@ def fit_informed_model(slice_counts: np.ndarray, edges: np.ndarray, order: tuple
     x = 0.5 * (edges[1:] + edges[:-1])
     rest = slice_counts[min(slab.thickness + margin, len(slice_counts) - 1):].sum(0)
     k_al = order.index("al")
-    sides = [(order[:k_al], x < slab.mean - 3 * slab.sigma), (order[k_al + 1:], x > slab.mean + 3 * slab.sigma)]
     names, means, sigmas, weights, unresolved, notes = [], [], [], [], [], []
-    for side_names, inside in sides:
-        if not side_names:
-            continue
-        if rest[inside].sum() == 0:
-            raise PhaseModelError(f"no voxels {'below' if side_names[0] == order[0] else 'above'} the "
-                                  f"collector's grey level {slab.mean:.3g} for {list(side_names)}")
-        mix = _peak_cores(resolved_mixture(rest[inside], x[inside], len(side_names)), rest[inside], edges, inside)
-        kept = list(side_names[: len(mix.means)])  # an unresolved phase merges into its darker neighbour
-        unresolved += [n for n in side_names if n not in kept]
-        notes += [f"{'/'.join(side_names)}: {t}" for t in mix.tried]
-        names += kept
-        means += list(mix.means)
-        sigmas += list(mix.sigmas)
-        weights += list(mix.weights)
+    for side_names, inside in [(order[:k_al], x < slab.mean - 3 * slab.sigma),
+                               (order[k_al + 1:], x > slab.mean + 3 * slab.sigma)]:
+        if side_names:
+            mix = _side_mixture(rest, edges, inside, side_names, slab.mean)
+            kept = list(side_names[: len(mix.means)])  # an unresolved phase merges into its darker neighbour
+            unresolved += [n for n in side_names if n not in kept]
+            notes += [f"{'/'.join(side_names)}: {t}" for t in mix.tried]
+            names += kept
+            means, sigmas, weights = means + list(mix.means), sigmas + list(mix.sigmas), weights + list(mix.weights)
     # the collector's weight: its slab; the side weights are counts of the volume above the slab
     names.insert(len([n for n in names if order.index(n) < k_al]), "al")
     k = names.index("al")
@@ -302,6 +296,16 @@ def fit_informed_model(slice_counts: np.ndarray, edges: np.ndarray, order: tuple
              slab.thickness, slab.mean, slab.sigma * FWHM_PER_SIGMA, names, np.round(means, 4), unresolved or "none")
     return InformedFit(model, slab, tuple(unresolved), notes)
 
+
+
+def _side_mixture(rest: np.ndarray, edges: np.ndarray, inside: np.ndarray, side_names, collector_grey: float
+                  ) -> Mixture:
+    """The resolved components of one side (below or above the collector's grey level) of ``rest``."""
+    if rest[inside].sum() == 0:
+        raise PhaseModelError(f"no voxels on the side of the collector's grey level {collector_grey:.3g} "
+                              f"where {list(side_names)} should be")
+    x = 0.5 * (edges[1:] + edges[:-1])
+    return _peak_cores(resolved_mixture(rest[inside], x[inside], len(side_names)), rest[inside], edges, inside)
 
 
 def _peak_cores(mix: Mixture, counts: np.ndarray, edges: np.ndarray, inside: np.ndarray) -> Mixture:

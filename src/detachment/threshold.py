@@ -316,9 +316,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     Parameters
     ----------
     volume_path, phases_path : str or os.PathLike
-        Volume file (docs/outputs.md: ``/volume`` float32, (z, y, x)) and the phase map to write:
-        ``/phases`` (z, y, x) uint8 codes, gzip, with attributes ``voxel_size_um``, ``codes``,
-        ``method``, ``thresholds``, ``means`` and ``order``.
+        Volume file (``/volume`` float32, (z, y, x)) and the phase map to write: ``/phases`` (z, y, x)
+        uint8 codes with the attributes of docs/outputs.md.
     settings : ThresholdSettings
         The ``threshold`` config section.
     progress : bool, default True
@@ -333,15 +332,15 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     ------
     detachment.io.InputError
         When the volume file is missing or refused (:func:`detachment.io.read_volume_info`).
+    detachment.phase_fit.PhaseModelError
+        When the ``informed`` model does not fit the volume (:func:`fit_model`); nothing is written.
     """
     s = settings
     shape, voxel = io.read_volume_info(volume_path)
-    halo = s.halo
     hist, slice_counts = _grey_histogram(volume_path, s, shape[0], progress)
     lo, hi = float(hist.edges[0]), float(hist.edges[-1])
     model, unresolved, collector = fit_model(hist, slice_counts, s)
     log.info("%s thresholds %s between %s", model.method, np.round(model.thresholds, 4), model.names)
-
     fine_edges = np.linspace(lo, hi, 4 * s.bins + 1)
     fine = _uniform_bins(fine_edges[0], fine_edges[-1], 4 * s.bins, np.float64)
     classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, s.domain_sigma_vox,
@@ -352,7 +351,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     with io.atomic_output(phases_path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("phases", shape=shape, dtype=np.uint8, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
-        for z0, z1, a, data in _slabs(volume_path, s, shape[0], halo, "classify", progress):
+        for z0, z1, a, data in _slabs(volume_path, s, shape[0], s.halo, "classify", progress):
             # one extra slice each side so the erosion of the interior is exact at slab seams
             b0, b1 = max(0, z0 - 1) - a, min(shape[0], z1 + 1) - a
             p = classifier(data, slice(b0, b1), z_first=a)
@@ -368,9 +367,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
                 per_slice[z0:z1] = _slice_counts(p[rows])
         _write_attrs(d, voxel, model, unresolved)
     frac = per_slice.sum(0)
-    return ThresholdResult(model, hist, _fwhm_table(model, interior, fine_edges, frac),
-                           {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, per_slice,
-                           unresolved, collector)
+    return ThresholdResult(model, hist, _fwhm_table(model, interior, fine_edges, frac), {
+        phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, per_slice, unresolved, collector)
 
 
 def collector_top(model: phases.PhaseModel, collector: phase_fit.CollectorSlab | None) -> int | None:
