@@ -214,3 +214,14 @@ def test_second_map_follows_the_volume_orientation(tmp_path):
     with h5py.File(out) as f:
         np.testing.assert_array_equal(f["second_map"][...], values)  # NaN at the same place compares equal
         assert f["second_map"].attrs["collector_side"] == "z1"
+
+
+def test_bad_input_second_map_inf_is_located_in_the_file_axes(tmp_path):
+    vol = _vol()
+    volume = _imported(tmp_path, vol, "x1")
+    file = AS_FILE["x1"](_vol(seed=4))
+    file[17, 20, 3] = np.inf
+    src = tmp_path / "map.tif"
+    tifffile.imwrite(src, file)
+    with pytest.raises(io.InputError, match=r"z=17, y=20, x=3\) is inf"):
+        import_second_map(src, tmp_path / "m.h5", dataset=None, volume_path=volume, slab=4)

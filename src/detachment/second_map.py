@@ -75,6 +75,16 @@ def _set_attrs(d, voxel_size_um, source, quantity, attrs):
         d.attrs[k] = v
 
 
+def _refuse_inf(data: np.ndarray, locate, src: str, where: str) -> None:
+    """Refuse an infinite value of a slab; ``locate`` maps its slab index to the file's (axis 0, 1, 2) index."""
+    inf = np.isinf(data)
+    if inf.any():
+        i = tuple(np.argwhere(inf)[0])
+        z, y, x = locate(i)
+        raise io.InputError(f"{src}: voxel (z={z}, y={y}, x={x}) is {data[i]} ({where}); "
+                            f"a second map may hold NaN (no measurement) but not Inf")
+
+
 def import_second_map(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None,
                       volume_path: str | os.PathLike, where: str = "field 'second_map'",
                       quantity: str = "second map", slab: int = 16) -> tuple[int, int, int]:
@@ -126,12 +136,8 @@ def import_second_map(src: str | os.PathLike, out: str | os.PathLike, *, dataset
         d = f.create_dataset(SECOND_MAP_DATASET, shape=shape, dtype=np.float32, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
         for z0, data in io.oriented_slabs(source, orient, slab):
-            inf = np.isinf(data)
-            if inf.any():
-                i = tuple(np.argwhere(inf)[0])
-                z, y, x = orient.source_index((i[0] + z0, i[1], i[2]), source.shape)
-                raise io.InputError(f"{src}: voxel (z={z}, y={y}, x={x}) is {data[i]} ({where}); "
-                                    f"a second map may hold NaN (no measurement) but not Inf")
+            _refuse_inf(data, lambda i, z0=z0: orient.source_index((i[0] + z0, i[1], i[2]), source.shape),
+                        f"{src}", where)
             n_finite += int(np.isfinite(data).sum())
             d[z0:z0 + len(data)] = data
         if n_finite == 0:
