@@ -64,7 +64,7 @@ def test_import_brings_each_face_to_z0_with_attrs_and_voxel_size(tmp_path, side)
     np.testing.assert_array_equal(to_source_layout(data, side), AS_FILE[side](vol))
 
 
-@pytest.mark.parametrize("layout", ["folder", "zlib_stack", "plain_stack"])
+@pytest.mark.parametrize("layout", ["folder", "zlib_stack", "plain_stack", "folder_of_one_stack"])
 def test_tiff_layouts_are_reoriented_block_by_block(tmp_path, layout):
     vol = (_vol(seed=2) * 100 + 1000).astype(np.uint16)
     file = AS_FILE["x1"](vol)
@@ -73,6 +73,10 @@ def test_tiff_layouts_are_reoriented_block_by_block(tmp_path, layout):
         src.mkdir()
         for z, img in enumerate(file):
             tifffile.imwrite(src / f"s{z:03d}.tif", img)
+    elif layout == "folder_of_one_stack":  # a folder whose only TIFF is the multi-page stack
+        src = tmp_path / "one"
+        src.mkdir()
+        tifffile.imwrite(src / "stack.tif", file)
     else:
         src = tmp_path / "stack.tif"
         tifffile.imwrite(src, file, compression="zlib" if layout == "zlib_stack" else None)

@@ -77,9 +77,8 @@ def tiff_type(path, name, slab: int = 16) -> tuple[np.dtype, bool]:
     if any(dtype == t for t in IMAGEJ_TYPES):
         return np.dtype(dtype), True
     if dtype.kind in "iu":
-        lo = min((int(s.min()) for s in _slabs(path, name, slab)), default=0)
-        hi = max((int(s.max()) for s in _slabs(path, name, slab)), default=0)
-        if lo >= 0 and hi <= np.iinfo(np.uint16).max:
+        ranges = [(int(s.min()), int(s.max())) for s in _slabs(path, name, slab) if s.size]
+        if all(lo >= 0 and hi <= np.iinfo(np.uint16).max for lo, hi in ranges):
             return np.dtype(np.uint16), True
     return np.dtype(dtype), False
 

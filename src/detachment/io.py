@@ -288,6 +288,7 @@ class VolumeSource:
             files = _tiff_files(self.path) if (self.path.is_dir() or is_pattern) else [self.path]
             try:
                 if len(files) == 1:
+                    self._tiff = files[0]  # the stack itself, also when a folder or glob holds only it
                     with tifffile.TiffFile(files[0]) as t:
                         series = t.series[0]
                         self.shape, self.dtype = tuple(series.shape), series.dtype
@@ -360,13 +361,13 @@ class VolumeSource:
                 return np.asarray(f[self.dataset][index], dtype=dtype)
         import tifffile
 
-        if self._files is None and _is_memmappable(self.path):
-            return np.asarray(tifffile.memmap(self.path, mode="r")[index], dtype=dtype)
+        if self._files is None and _is_memmappable(self._tiff):
+            return np.asarray(tifffile.memmap(self._tiff, mode="r")[index], dtype=dtype)
         zs = range(lo, hi) if axis == 0 else range(self.shape[0])
         out = np.empty((len(zs),) + tuple(len(range(n)[i]) for n, i in zip(self.shape[1:], index[1:])),
                        dtype or self.dtype)
         if self._files is None:
-            with tifffile.TiffFile(self.path) as t:
+            with tifffile.TiffFile(self._tiff) as t:
                 for i, z in enumerate(zs):
                     out[i] = t.pages[z].asarray()[index[1:]]
             return out
