@@ -266,7 +266,7 @@ def final_targets():
     return targets
 
 
-#: exported layer -> (HDF5 file, dataset) (rule export)
+#: exported layer -> (HDF5 file, dataset) (rules export_tiff, export_ome_zarr)
 EXPORT_SOURCES = {
     "phases": ("results/{sample}/phases.h5", "phases"),
     "particles": ("results/{sample}/cnn/particles.h5", "labels"),
