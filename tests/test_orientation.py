@@ -229,3 +229,24 @@ def test_bad_input_second_map_inf_is_located_in_the_file_axes(tmp_path):
     tifffile.imwrite(src, file)
     with pytest.raises(io.InputError, match=r"z=17, y=20, x=3\) is inf"):
         import_second_map(src, tmp_path / "m.h5", dataset=None, volume_path=volume, slab=4)
+
+
+@pytest.mark.parametrize("side", ["auto", "y1"])
+def test_import_reads_the_file_one_slab_at_a_time(tmp_path, phantom, monkeypatch, side):
+    src = tmp_path / "in.h5"
+    with h5py.File(src, "w") as f:
+        f["d"] = AS_FILE["y1"](phantom.volume)
+    reads = []
+    block = io.VolumeSource.block
+
+    def recording(self, axis, lo, hi, dtype=np.float32):
+        out = block(self, axis, lo, hi, dtype)
+        reads.append((axis, out.shape))
+        return out
+
+    monkeypatch.setattr(io.VolumeSource, "block", recording)
+    io.import_volume(src, tmp_path / "o.h5", dataset="d", voxel_size_um=0.5, slab=4, collector_side=side)
+    assert reads and all(shape[axis] <= 4 for axis, shape in reads)
+    assert {axis for axis, _ in reads} == ({0, 1} if side == "auto" else {1})  # auto: one pass along axis 0
+    file_shape = AS_FILE["y1"](phantom.volume).shape
+    assert sum(shape[1] for axis, shape in reads if axis == 1) == file_shape[1]  # each y slice read once
