@@ -250,3 +250,13 @@ def test_import_reads_the_file_one_slab_at_a_time(tmp_path, phantom, monkeypatch
     assert {axis for axis, _ in reads} == ({0, 1} if side == "auto" else {1})  # auto: one pass along axis 0
     file_shape = AS_FILE["y1"](phantom.volume).shape
     assert sum(shape[1] for axis, shape in reads if axis == 1) == file_shape[1]  # each y slice read once
+
+
+def test_bad_input_auto_reports_a_nonfinite_voxel_before_looking_for_the_face(tmp_path):
+    file = _vol(shape=(20, 30, 22))
+    file[11, 2, 9] = np.inf
+    src = tmp_path / "in.h5"
+    with h5py.File(src, "w") as f:
+        f["d"] = file
+    with pytest.raises(io.InputError, match=r"voxel \(z=11, y=2, x=9\) is inf"):
+        io.import_volume(src, tmp_path / "o.h5", dataset="d", voxel_size_um=1.0, slab=4, collector_side="auto")

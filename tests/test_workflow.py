@@ -238,8 +238,9 @@ def test_particles_export_of_the_tiny_run_equals_its_hdf5(finished_run, tmp_path
 
 
 def test_bad_input_volume_upside_down_stops_at_the_phase_checks_naming_the_sample(tmp_path):
-    """A volume with the collector at the top (not z = 0): the phase map cannot be plausible; the rule stops,
-    names the sample and the check, keeps the figure beside the log, and goes on when told to warn."""
+    """A volume with the collector at the top, declared `collector_side` z0 (not z1, which `auto` finds): the
+    phase map cannot be plausible; the rule stops, names the sample and the check, keeps the figure beside the
+    log, and goes on when told to warn."""
     from detachment.phantom import PhantomParams, generate_phantom
 
     from .conftest import TINY_PHANTOM
@@ -248,8 +249,8 @@ def test_bad_input_volume_upside_down_stops_at_the_phase_checks_naming_the_sampl
     ph = generate_phantom(PhantomParams(**TINY_PHANTOM), 3)
     with h5py.File(work / "tomo.h5", "w") as f:
         f["data"] = ph.volume[::-1]
-    (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\n"
-                                      "real\tc\t1C\ttomo.h5\tdata\t0.5\n")
+    (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\tcollector_side\n"
+                                      "real\tc\t1C\ttomo.h5\tdata\t0.5\tz0\n")
     target = "results/real/phases.h5"
     r = run_snakemake(work, target)
     assert r.returncode != 0

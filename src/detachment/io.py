@@ -418,6 +418,14 @@ def oriented_slabs(source: VolumeSource, orient, slab: int, dtype=np.float32
         yield z0, np.ascontiguousarray(orient.apply(source.block(orient.axis, lo, hi, dtype)))
 
 
+def _checked_slabs(source: VolumeSource, slab: int) -> Iterator[tuple[int, np.ndarray]]:
+    """:meth:`VolumeSource.slabs`, refusing a NaN or Inf voxel (by its position) as it is read."""
+    checked = _SlabStats(str(source.path))
+    for z0, data in source.slabs(slab):
+        checked.update(data, lambda i, z0=z0: (i[0] + z0, i[1], i[2]))
+        yield z0, data
+
+
 def resolve_orientation(source: VolumeSource, collector_side: str, slab: int, where: str):
     """The :class:`~detachment.orientation.Orientation` of a file; ``auto`` reads it once to find the face.
 
@@ -446,7 +454,7 @@ def resolve_orientation(source: VolumeSource, collector_side: str, slab: int, wh
     side = (collector_side or orient_mod.AUTO).strip()
     try:
         if side == orient_mod.AUTO:
-            stats = orient_mod.face_statistics(source.slabs(slab), source.shape)
+            stats = orient_mod.face_statistics(_checked_slabs(source, slab), source.shape)
             side = orient_mod.detect_collector_side(stats, f"{where} ({source.path})")
             log.info("%s: collector found on face %s", source.path, side)
         return orient_mod.orientation(side, where)
