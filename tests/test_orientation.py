@@ -7,6 +7,7 @@ detachment.orientation's transpose tables.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -260,3 +261,19 @@ def test_bad_input_auto_reports_a_nonfinite_voxel_before_looking_for_the_face(tm
         f["d"] = file
     with pytest.raises(io.InputError, match=r"voxel \(z=11, y=2, x=9\) is inf"):
         io.import_volume(src, tmp_path / "o.h5", dataset="d", voxel_size_um=1.0, slab=4, collector_side="auto")
+
+
+def test_folder_of_slices_with_a_side_collector_is_read_once_and_the_staging_copy_removed(tmp_path, monkeypatch):
+    vol = (_vol(shape=(30, 20, 23), seed=6) * 100 + 1000).astype(np.uint16)
+    src = tmp_path / "slices"
+    src.mkdir()
+    for z, img in enumerate(AS_FILE["y0"](vol)):
+        tifffile.imwrite(src / f"s{z:03d}.tif", img)
+    reads = []
+    imread = tifffile.imread
+    monkeypatch.setattr(tifffile, "imread", lambda f, *a, **k: reads.append(Path(f).name) or imread(f, *a, **k))
+    out = tmp_path / "res" / "volume.h5"
+    io.import_volume(src, out, dataset=None, voxel_size_um=0.5, slab=4, collector_side="y0")
+    np.testing.assert_array_equal(io.read_volume(out)[0], vol.astype(np.float32))
+    assert sorted(reads) == sorted(p.name for p in src.iterdir())  # every slice once, not once per slab
+    assert [p.name for p in out.parent.iterdir()] == ["volume.h5"]

@@ -392,9 +392,14 @@ def _is_memmappable(path: Path) -> bool:
         return False
 
 
-def oriented_slabs(source: VolumeSource, orient, slab: int, dtype=np.float32
+def oriented_slabs(source: VolumeSource, orient, slab: int, dtype=np.float32, stage_dir=None
                    ) -> Iterator[tuple[int, np.ndarray]]:
     """Read a file in the internal convention, one output z-slab at a time, without loading it whole.
+
+    A file that cannot be read by blocks across its slices (a folder of TIFF slices, a compressed TIFF)
+    whose collector is not on a ``z`` face is first copied, slab by slab, into a temporary HDF5 file in
+    ``stage_dir`` (chunked for the transposed reads; removed afterwards), so that it is read once rather
+    than once per output slab.
 
     Parameters
     ----------
@@ -406,16 +411,43 @@ def oriented_slabs(source: VolumeSource, orient, slab: int, dtype=np.float32
         Output slices per slab.
     dtype : numpy dtype or None, default float32
         Type of the slabs; None keeps the file's.
+    stage_dir : str or os.PathLike, optional
+        Folder of the temporary copy (default: the system's temporary folder).
 
     Yields
     ------
     tuple of (int, numpy.ndarray)
         ``(z0, data)``: the first output slice and the (n, y, x) slab, contiguous, in output axes.
     """
+    import tempfile
+
     shape = orient.shape(source.shape)
-    for z0, z1 in slab_ranges(shape[0], slab):
-        lo, hi = orient.source_range(z0, z1, shape[0])
-        yield z0, np.ascontiguousarray(orient.apply(source.block(orient.axis, lo, hi, dtype)))
+    with contextlib.ExitStack() as stack:
+        if _needs_staging(source, orient):
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=".stage-", dir=stage_dir))
+            source = _stage(source, orient, slab, Path(folder) / "staged.h5")
+        for z0, z1 in slab_ranges(shape[0], slab):
+            lo, hi = orient.source_range(z0, z1, shape[0])
+            yield z0, np.ascontiguousarray(orient.apply(source.block(orient.axis, lo, hi, dtype)))
+
+
+def _needs_staging(source: VolumeSource, orient) -> bool:
+    """A TIFF read by pages (a folder of slices or a compressed stack) and a collector on a y or x face."""
+    if orient.axis == 0 or source.kind != "tiff":
+        return False
+    return source._files is not None or not _is_memmappable(source._tiff)
+
+
+def _stage(source: VolumeSource, orient, slab: int, path: Path) -> VolumeSource:
+    """Copy ``source`` (its own type, file axes) to HDF5 ``path`` by slabs along axis 0; chunks of ``slab``
+    along axis 0 and the collector's axis, whole along the third, so both the writes and the reads across
+    the slices touch whole chunks."""
+    chunks = tuple(min(slab, n) if a in (0, orient.axis) else n for a, n in enumerate(source.shape))
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("staged", shape=source.shape, dtype=source.dtype, chunks=chunks)
+        for z0, z1 in slab_ranges(source.shape[0], slab):
+            d[z0:z1] = source.block(0, z0, z1, dtype=None)
+    return VolumeSource(path, "staged")
 
 
 def _checked_slabs(source: VolumeSource, slab: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -510,7 +542,7 @@ def import_volume(src: str | os.PathLike, out: str | os.PathLike, *, dataset: st
     stats = _SlabStats(str(src))
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset(VOLUME_DATASET, shape=shape, dtype=np.float32, chunks=slab_chunks(shape))
-        for z0, data in oriented_slabs(source, orient, slab):
+        for z0, data in oriented_slabs(source, orient, slab, stage_dir=Path(out).parent):
             stats.update(data, lambda i, z0=z0: orient.source_index((i[0] + z0, i[1], i[2]), source.shape))
             d[z0:z0 + len(data)] = data
         stats.finish()
@@ -592,7 +624,7 @@ def import_labels(src: str | os.PathLike, out: str | os.PathLike, *, volume_path
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset(LABELS_DATASET, shape=shape, dtype=np.uint32, chunks=slab_chunks(shape),
                              compression="gzip", compression_opts=1)
-        for z0, data in oriented_slabs(source, orient, slab, dtype=None):
+        for z0, data in oriented_slabs(source, orient, slab, dtype=None, stage_dir=Path(out).parent):
             if data.size and (data.min() < 0 or data.max() > np.iinfo(np.uint32).max):
                 raise InputError(f"{src}: label ids must lie in 0..{np.iinfo(np.uint32).max}, found "
                                  f"{data.min()}..{data.max()} ({where})")

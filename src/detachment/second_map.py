@@ -135,7 +135,7 @@ def import_second_map(src: str | os.PathLike, out: str | os.PathLike, *, dataset
     with io.atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset(SECOND_MAP_DATASET, shape=shape, dtype=np.float32, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
-        for z0, data in io.oriented_slabs(source, orient, slab):
+        for z0, data in io.oriented_slabs(source, orient, slab, stage_dir=Path(out).parent):
             _refuse_inf(data, lambda i, z0=z0: orient.source_index((i[0] + z0, i[1], i[2]), source.shape),
                         f"{src}", where)
             n_finite += int(np.isfinite(data).sum())
