@@ -232,8 +232,9 @@ class Plan:
         if step == "import":
             return [{"script": "import_volume.py", "output": {"volume": s(self.volume)}, "log": self.log(step),
                      "params": {"fields": {"source": s(self.source), "dataset": "raw",
-                                           "voxel_size_um": self.built()["voxel_size_um"], "sheet": "benchmark"},
-                                "slab": c["io"]["slab"]}}], {}
+                                           "voxel_size_um": self.built()["voxel_size_um"], "collector_side": "z0",
+                                           "sheet": "benchmark"},
+                                "slab": c["io"]["slab"]}, "wildcards": {"sample": SAMPLE}}], {}
         if step == "threshold":
             return [{"script": "threshold_phases.py", "input": {"volume": s(self.volume)}, "log": self.log(step),
                      "output": {"phases": s(self.phases), "histogram": s(r / "histogram.csv"),

@@ -151,38 +151,97 @@ def test_bad_input_imported_volume_fails_with_named_file(tmp_path, case):
     assert not (work / "results" / "real" / "volume.h5").exists()
 
 
-@pytest.mark.parametrize("layout", ["multipage", "glob"])
-def test_imported_volume_runs_through_thresholding(tmp_path, layout):
+@pytest.mark.slow
+def test_imported_volumes_on_any_face_are_oriented_thresholded_and_exported(tmp_path):
+    """Two TIFF imports of one phantom: `conv`, 2D slices named by a glob, in the convention; `rot`, a
+    multi-page TIFF with the collector on y1 and its labels likewise. `auto` finds both faces; both imports
+    equal the phantom bitwise, so do their phase maps; the labels arrive in the convention; the exports
+    equal the HDF5."""
+    import tifffile
+
     from detachment.phantom import PhantomParams, generate_phantom
 
     from .conftest import TINY_PHANTOM
+    from .test_export import read_ome_zarr
 
-    work = write_tiny_workdir(tmp_path / "imp")
+    work = write_tiny_workdir(tmp_path / "imp", export={"formats": ["tiff", "ome-zarr"]})
     ph = generate_phantom(PhantomParams(**TINY_PHANTOM), 3)
+    grey = (ph.volume * 10000).astype(np.int32)
+    (work / "slices").mkdir()
+    for z, sl in enumerate(grey):  # one 2D TIFF per slice, zero-padded names: sorted = z order
+        tifffile.imwrite(work / "slices" / f"z{z:04d}.tif", sl)
+    # collector on the last y slice: file axis 1 runs towards the collector; numpy's own swapaxes
+    tifffile.imwrite(work / "tomo_y1.tif", np.swapaxes(grey[::-1], 0, 1))
+    tifffile.imwrite(work / "labels_y1.tif", np.swapaxes(ph.labels[::-1], 0, 1).astype(np.uint16))
+    (work / "samples.tsv").write_text(
+        "sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\tlabels\tcollector_side\n"
+        "conv\tc\t1C\tslices/z*.tif\t\t0.5 0.5 0.5\t\t\n"
+        "rot\tr\t1C\ttomo_y1.tif\t\t0.5\tlabels_y1.tif\tauto\n")
+    targets = [f"results/{s}/{f}" for s in ("conv", "rot")
+               for f in ("phases.h5", "export/phases.tif", "export/phases.ome.zarr")] + ["results/rot/labels.h5"]
+    r = run_snakemake(work, *targets)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = work / "results"
+    phases = {}
+    for s, side in (("conv", "z0"), ("rot", "y1")):
+        with h5py.File(res / s / "volume.h5") as f:
+            assert f["volume"].attrs["collector_side"] == side
+            np.testing.assert_array_equal(f["volume"][...], grey.astype(np.float32))
+        with h5py.File(res / s / "phases.h5") as f:
+            phases[s] = f["phases"][...]
+        np.testing.assert_array_equal(tifffile.imread(res / s / "export" / "phases.tif"), phases[s])
+        np.testing.assert_array_equal(read_ome_zarr(res / s / "export" / "phases.ome.zarr")[0], phases[s])
+    np.testing.assert_array_equal(phases["rot"], phases["conv"])
+    assert (phases["conv"] == ph.phases).mean() > 0.9
+    with h5py.File(res / "rot" / "labels.h5") as f:
+        np.testing.assert_array_equal(f["labels"][...], ph.labels)
+    # training reads the imported labels, in the convention, never the user's file (left to import_labels)
+    inputs = _dag_inputs(work)
+    assert {"results/rot/volume.h5", "results/rot/labels.h5"} <= inputs["annotations"]
+    assert not any("labels_y1.tif" in f for files in inputs.values() for f in files)
+
+
+@pytest.mark.parametrize("row, expected", [
+    ("a\tc\t1C\tv.h5\td\t0.5\ttop", "row 1 (sample 'a'), field 'collector_side' is 'top'; expected one of"),
+    ("a\tc\t1C\tphantom\t\t\ty1", "row 1 (sample 'a'), field 'collector_side' is 'y1' for a phantom"),
+])
+def test_bad_input_sheet_collector_side(tmp_path, row, expected):
+    def mutate(cfg, work):
+        (work / "samples.tsv").write_text(
+            f"sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\tcollector_side\n{row}\n")
+
+    out = _config_error(tmp_path, mutate)
+    assert "samples.tsv: " + expected in out
+
+
+@pytest.mark.slow
+def test_particles_export_of_the_tiny_run_equals_its_hdf5(finished_run, tmp_path):
+    """The tiny run's barely trained CNN finds no particle, so the copy's cnn/particles.h5 /labels is
+    overwritten with the planted instances first (same file, dataset, type and attrs); only the exports run."""
     import tifffile
 
-    grey = (ph.volume * 10000).astype(np.int32)
-    if layout == "multipage":
-        tifffile.imwrite(work / "tomo.tif", grey)
-        spec = "tomo.tif"
-    else:  # one 2D TIFF per slice, named by a glob in the sheet (zero-padded, so sorted = z order)
-        (work / "slices").mkdir()
-        for z, sl in enumerate(grey):
-            tifffile.imwrite(work / "slices" / f"z{z:04d}.tif", sl)
-        spec = "slices/z*.tif"
-    (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\n"
-                                      f"real\tc\t1C\t{spec}\t\t0.5 0.5 0.5\n")
-    r = run_snakemake(work)
+    from .test_export import read_ome_zarr
+
+    work = tmp_path / "copy"
+    shutil.copytree(finished_run, work, symlinks=True)
+    res = work / "results" / "cell_1C"
+    with h5py.File(res / "truth.h5") as t, h5py.File(res / "cnn" / "particles.h5", "r+") as f:
+        f["labels"][...] = t["labels"][...]
+        particles = f["labels"][...]
+    assert particles.max() > 0
+    exports = ["results/cell_1C/export/particles.tif", "results/cell_1C/export/particles.ome.zarr"]
+    r = run_snakemake(work, *exports, "--config", "export={formats: [tiff, ome-zarr]}")
     assert r.returncode == 0, r.stderr[-2000:]
-    pred = h5py.File(work / "results" / "real" / "phases.h5")["phases"][...]
-    assert (pred == ph.phases).mean() > 0.9
+    assert "rule link_slices" not in r.stdout + r.stderr  # only the exports ran
+    np.testing.assert_array_equal(tifffile.imread(work / exports[0]), particles)
+    np.testing.assert_array_equal(read_ome_zarr(work / exports[1])[0], particles)
 
 
 def test_bad_input_volume_upside_down_stops_at_the_phase_checks_naming_the_sample(tmp_path):
-    """A volume with the collector at the top (not z = 0): the informed phase model finds no collector slab
-    and the rule stops, naming the sample, the reason and the ways out; told to warn, it goes on with gmm,
-    whose map fails the plausibility checks: told to stop, that rule stops, keeping the figure beside the
-    log."""
+    """A volume with the collector at the top, declared `collector_side` z0 (not z1, which `auto` finds): the
+    informed phase model finds no collector slab and the rule stops, naming the sample, the reason and the ways
+    out; with gmm the map fails the plausibility checks and the rule stops, keeping the figure beside the log;
+    told to warn, it goes on."""
     from detachment.phantom import PhantomParams, generate_phantom
 
     from .conftest import TINY_PHANTOM
@@ -191,8 +250,8 @@ def test_bad_input_volume_upside_down_stops_at_the_phase_checks_naming_the_sampl
     ph = generate_phantom(PhantomParams(**TINY_PHANTOM), 3)
     with h5py.File(work / "tomo.h5", "w") as f:
         f["data"] = ph.volume[::-1]
-    (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\n"
-                                      "real\tc\t1C\ttomo.h5\tdata\t0.5\n")
+    (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\tcollector_side\n"
+                                      "real\tc\t1C\ttomo.h5\tdata\t0.5\tz0\n")
     target = "results/real/phases.h5"
     r = run_snakemake(work, target)
     assert r.returncode != 0

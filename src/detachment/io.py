@@ -194,12 +194,16 @@ class _SlabStats:
         self.lo = np.inf
         self.hi = -np.inf
 
-    def update(self, slab: np.ndarray, z0: int) -> None:
-        """Refuse non-finite voxels of ``slab`` (starting at slice ``z0``); track min and max."""
+    def update(self, slab: np.ndarray, locate) -> None:
+        """Refuse non-finite voxels of ``slab``; track min and max.
+
+        ``locate`` maps an index into ``slab`` to the voxel's (axis 0, 1, 2) index in the file.
+        """
         finite = np.isfinite(slab)
         if not finite.all():
-            z, y, x = np.argwhere(~finite)[0]
-            raise InputError(f"{self.where}: voxel (z={z + z0}, y={y}, x={x}) is {slab[z, y, x]}; "
+            i = tuple(np.argwhere(~finite)[0])
+            z, y, x = locate(i)
+            raise InputError(f"{self.where}: voxel (z={z}, y={y}, x={x}) is {slab[i]}; "
                              f"volumes must be finite (no NaN or Inf)")
         self.lo = min(self.lo, float(slab.min()))
         self.hi = max(self.hi, float(slab.max()))
@@ -284,6 +288,7 @@ class VolumeSource:
             files = _tiff_files(self.path) if (self.path.is_dir() or is_pattern) else [self.path]
             try:
                 if len(files) == 1:
+                    self._tiff = files[0]  # the stack itself, also when a folder or glob holds only it
                     with tifffile.TiffFile(files[0]) as t:
                         series = t.series[0]
                         self.shape, self.dtype = tuple(series.shape), series.dtype
@@ -321,29 +326,60 @@ class VolumeSource:
             For a folder of TIFF slices, when a slice's shape differs from the first slice's or its type is
             not a real number type.
         """
+        for z0, z1 in slab_ranges(self.shape[0], slab):
+            yield z0, self.block(0, z0, z1)
+
+    def block(self, axis: int, lo: int, hi: int, dtype=np.float32) -> np.ndarray:
+        """Read the file's indices ``[lo, hi)`` along ``axis``, whole along the two other axes.
+
+        HDF5 and uncompressed TIFF read only the block; a compressed multi-page TIFF or a folder of slices
+        reads every slice for a block along axis 1 or 2 (memory stays one block).
+
+        Parameters
+        ----------
+        axis : int
+            File axis (0, 1 or 2) of the range.
+        lo, hi : int
+            Half-open index range along ``axis``.
+        dtype : numpy dtype or None, default float32
+            Type of the result; None keeps the file's.
+
+        Returns
+        -------
+        numpy.ndarray
+            The block, in the file's axes order.
+
+        Raises
+        ------
+        InputError
+            For a folder of TIFF slices, when a slice's shape differs from the first slice's or its type is
+            not a real number type.
+        """
+        index = tuple(slice(lo, hi) if a == axis else slice(None) for a in range(3))
         if self.kind == "hdf5":
             with h5py.File(self.path, "r") as f:
-                d = f[self.dataset]
-                for z0, z1 in slab_ranges(self.shape[0], slab):
-                    yield z0, np.asarray(d[z0:z1], dtype=np.float32)
-            return
+                return np.asarray(f[self.dataset][index], dtype=dtype)
         import tifffile
 
+        if self._files is None and _is_memmappable(self._tiff):
+            return np.asarray(tifffile.memmap(self._tiff, mode="r")[index], dtype=dtype)
+        zs = range(lo, hi) if axis == 0 else range(self.shape[0])
+        out = np.empty((len(zs),) + tuple(len(range(n)[i]) for n, i in zip(self.shape[1:], index[1:])),
+                       dtype or self.dtype)
         if self._files is None:
-            data = tifffile.memmap(self.path) if _is_memmappable(self.path) else tifffile.imread(self.path)
-            for z0, z1 in slab_ranges(self.shape[0], slab):
-                yield z0, np.asarray(data[z0:z1], dtype=np.float32)
-            return
-        for z0, z1 in slab_ranges(self.shape[0], slab):
-            out = np.empty((z1 - z0,) + self.shape[1:], np.float32)
-            for i, fname in enumerate(self._files[z0:z1]):
-                img = tifffile.imread(fname)
-                if img.shape != self.shape[1:]:
-                    raise InputError(f"{fname}: slice shape {img.shape} differs from the first slice "
-                                     f"{self.shape[1:]} ({self._files[0].name})")
-                check_volume_dtype(img.dtype, str(fname))
-                out[i] = img
-            yield z0, out
+            with tifffile.TiffFile(self._tiff) as t:
+                for i, z in enumerate(zs):
+                    out[i] = t.pages[z].asarray()[index[1:]]
+            return out
+        for i, z in enumerate(zs):
+            fname = self._files[z]
+            img = tifffile.imread(fname)
+            if img.shape != self.shape[1:]:
+                raise InputError(f"{fname}: slice shape {img.shape} differs from the first slice "
+                                 f"{self.shape[1:]} ({self._files[0].name})")
+            check_volume_dtype(img.dtype, str(fname))
+            out[i] = img[index[1:]]
+        return out
 
 
 def _is_memmappable(path: Path) -> bool:
@@ -356,13 +392,121 @@ def _is_memmappable(path: Path) -> bool:
         return False
 
 
-def import_volume(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None,
-                  voxel_size_um, slab: int = 16) -> tuple[int, int, int]:
-    """Validate a user volume and write it in the project's HDF5 contract.
+def oriented_slabs(source: VolumeSource, orient, slab: int, dtype=np.float32, stage_dir=None
+                   ) -> Iterator[tuple[int, np.ndarray]]:
+    """Read a file in the internal convention, one output z-slab at a time, without loading it whole.
 
-    Streams slab by slab (memory ~ one slab). Refuses, with a message naming the file and what is wrong:
-    a missing file or dataset, a non-3D or too small shape, a non-real dtype, NaN/Inf voxels, a constant
-    volume, a bad voxel size.
+    A file that cannot be read by blocks across its slices (a folder of TIFF slices, a compressed TIFF)
+    whose collector is not on a ``z`` face is first copied, slab by slab, into a temporary HDF5 file in
+    ``stage_dir`` (chunked for the transposed reads; removed afterwards), so that it is read once rather
+    than once per output slab.
+
+    Parameters
+    ----------
+    source : VolumeSource
+        The file.
+    orient : detachment.orientation.Orientation
+        Where its collector lies.
+    slab : int
+        Output slices per slab.
+    dtype : numpy dtype or None, default float32
+        Type of the slabs; None keeps the file's.
+    stage_dir : str or os.PathLike, optional
+        Folder of the temporary copy (default: the system's temporary folder).
+
+    Yields
+    ------
+    tuple of (int, numpy.ndarray)
+        ``(z0, data)``: the first output slice and the (n, y, x) slab, contiguous, in output axes.
+    """
+    import tempfile
+
+    shape = orient.shape(source.shape)
+    with contextlib.ExitStack() as stack:
+        if _needs_staging(source, orient):
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix=".stage-", dir=stage_dir))
+            source = _stage(source, orient, slab, Path(folder) / "staged.h5")
+        for z0, z1 in slab_ranges(shape[0], slab):
+            lo, hi = orient.source_range(z0, z1, shape[0])
+            yield z0, np.ascontiguousarray(orient.apply(source.block(orient.axis, lo, hi, dtype)))
+
+
+def _needs_staging(source: VolumeSource, orient) -> bool:
+    """A TIFF read by pages (a folder of slices or a compressed stack) and a collector on a y or x face."""
+    if orient.axis == 0 or source.kind != "tiff":
+        return False
+    return source._files is not None or not _is_memmappable(source._tiff)
+
+
+def _stage(source: VolumeSource, orient, slab: int, path: Path) -> VolumeSource:
+    """Copy ``source`` (its own type, file axes) to HDF5 ``path`` by slabs along axis 0; chunks of ``slab``
+    along axis 0 and the collector's axis, whole along the third, so both the writes and the reads across
+    the slices touch whole chunks."""
+    chunks = tuple(min(slab, n) if a in (0, orient.axis) else n for a, n in enumerate(source.shape))
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("staged", shape=source.shape, dtype=source.dtype, chunks=chunks)
+        for z0, z1 in slab_ranges(source.shape[0], slab):
+            d[z0:z1] = source.block(0, z0, z1, dtype=None)
+    return VolumeSource(path, "staged")
+
+
+def _checked_slabs(source: VolumeSource, slab: int) -> Iterator[tuple[int, np.ndarray]]:
+    """:meth:`VolumeSource.slabs`, refusing a NaN or Inf voxel (by its position) as it is read."""
+    checked = _SlabStats(str(source.path))
+    for z0, data in source.slabs(slab):
+        checked.update(data, lambda i, z0=z0: (i[0] + z0, i[1], i[2]))
+        yield z0, data
+
+
+def resolve_orientation(source: VolumeSource, collector_side: str, slab: int, where: str):
+    """The :class:`~detachment.orientation.Orientation` of a file; ``auto`` reads it once to find the face.
+
+    Parameters
+    ----------
+    source : VolumeSource
+        The volume file.
+    collector_side : str
+        ``auto`` or one of :data:`detachment.orientation.SIDES`; empty means ``auto``.
+    slab : int
+        Slices read at a time by ``auto``.
+    where : str
+        Prefix of error messages (sheet file, sample, field).
+
+    Returns
+    -------
+    detachment.orientation.Orientation
+
+    Raises
+    ------
+    InputError
+        When the side is not valid, or ``auto`` finds no face or several.
+    """
+    from detachment import orientation as orient_mod
+
+    side = (collector_side or orient_mod.AUTO).strip()
+    try:
+        if side == orient_mod.AUTO:
+            stats = orient_mod.face_statistics(_checked_slabs(source, slab), source.shape)
+            side = orient_mod.detect_collector_side(stats, f"{where} ({source.path})")
+            log.info("%s: collector found on face %s", source.path, side)
+        return orient_mod.orientation(side, where)
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def import_volume(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None,
+                  voxel_size_um, slab: int = 16, collector_side: str = "z0",
+                  where: str = "field 'collector_side'") -> tuple[int, int, int]:
+    """Validate a user volume and write it in the project's HDF5 contract, in the internal convention.
+
+    Streams slab by slab (memory ~ one slab): the file is transposed and flipped so that z runs away from
+    the current collector (:mod:`detachment.orientation`); the dataset's attributes ``collector_side``,
+    ``axes_order`` and ``flipped`` state the transform. Refuses, with a message naming the file and what is
+    wrong: a missing file or dataset, a non-3D or too small shape, a non-real dtype, NaN/Inf voxels (their
+    position given in the file's axes), a constant volume, a bad voxel size, a bad or undetectable
+    collector side.
 
     Parameters
     ----------
@@ -373,14 +517,18 @@ def import_volume(src: str | os.PathLike, out: str | os.PathLike, *, dataset: st
     dataset : str or None
         HDF5 dataset name of ``src`` (required for HDF5).
     voxel_size_um : float, str or sequence of float
-        Voxel size in µm, one number or three (z, y x); see :func:`parse_voxel_size`.
+        Voxel size in µm, one number or three along the file's axes 0, 1, 2; see :func:`parse_voxel_size`.
     slab : int, default 16
         Slices read and written at a time.
+    collector_side : str, default "z0"
+        File face the collector lies on (:data:`detachment.orientation.SIDES`) or ``auto``.
+    where : str, default "field 'collector_side'"
+        Prefix of orientation errors (sheet file, sample, field).
 
     Returns
     -------
     tuple of int
-        The volume shape (z, y, x) in voxels.
+        The volume shape (z, y, x) in voxels, in the internal convention.
 
     Raises
     ------
@@ -389,17 +537,104 @@ def import_volume(src: str | os.PathLike, out: str | os.PathLike, *, dataset: st
     """
     source = VolumeSource(src, dataset)
     voxel = parse_voxel_size(voxel_size_um, f"{src}: field 'voxel_size_um'")
+    orient = resolve_orientation(source, collector_side, slab, where)
+    shape = orient.shape(source.shape)
     stats = _SlabStats(str(src))
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
-        d = f.create_dataset(VOLUME_DATASET, shape=source.shape, dtype=np.float32, chunks=slab_chunks(source.shape))
-        for z0, data in source.slabs(slab):
-            stats.update(data, z0)
+        d = f.create_dataset(VOLUME_DATASET, shape=shape, dtype=np.float32, chunks=slab_chunks(shape))
+        for z0, data in oriented_slabs(source, orient, slab, stage_dir=Path(out).parent):
+            stats.update(data, lambda i, z0=z0: orient.source_index((i[0] + z0, i[1], i[2]), source.shape))
             d[z0:z0 + len(data)] = data
         stats.finish()
-        d.attrs["voxel_size_um"] = np.asarray(voxel)
+        d.attrs["voxel_size_um"] = np.asarray(orient.voxel_size(voxel))
         d.attrs["source"] = str(src) + (f":{dataset}" if dataset else "")
-    log.info("imported %s %s -> %s", src, source.shape, out)
-    return source.shape
+        for k, v in orient.attrs().items():
+            d.attrs[k] = v
+    log.info("imported %s %s (collector %s) -> %s %s", src, source.shape, orient.collector_side, out, shape)
+    return shape
+
+
+def volume_orientation(path: str | os.PathLike):
+    """The :class:`~detachment.orientation.Orientation` an imported contract volume was written with.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Contract volume (``/volume``); without a ``collector_side`` attribute (a phantom) it is ``z0``.
+
+    Returns
+    -------
+    detachment.orientation.Orientation
+    """
+    from detachment import orientation as orient_mod
+
+    with h5py.File(path, "r") as f:
+        side = f[VOLUME_DATASET].attrs.get("collector_side", orient_mod.CONVENTION)
+    return orient_mod.orientation(str(side), f"{path}: attribute 'collector_side'")
+
+
+LABELS_DATASET = "labels"
+
+
+def import_labels(src: str | os.PathLike, out: str | os.PathLike, *, volume_path: str | os.PathLike,
+                  slab: int = 16, where: str = "field 'labels'") -> tuple[int, int, int]:
+    """Validate a user's instance labels and write them as ``/labels`` (uint32) in the internal convention.
+
+    The labels are read like a volume (HDF5 dataset ``/labels``, a multi-page TIFF such as napari's or
+    Fiji's saved label layer, or a folder / glob of 2D TIFF slices), must have the shape of the file the
+    volume was imported from and an integer type (0 = background, unlabelled slices all 0), and are
+    transposed and flipped as the volume was (its ``collector_side`` attribute). Streams slab by slab.
+
+    Parameters
+    ----------
+    src : str or os.PathLike
+        The label file, folder or glob.
+    out : str or os.PathLike
+        The contract file to write, atomically.
+    volume_path : str or os.PathLike
+        The sample's imported contract volume.
+    slab : int, default 16
+        Slices read and written at a time.
+    where : str, default "field 'labels'"
+        Sheet file, sample and field, named in error messages.
+
+    Returns
+    -------
+    tuple of int
+        The label volume's shape (z, y, x) in voxels, the volume's.
+
+    Raises
+    ------
+    InputError
+        A missing file or dataset, a shape other than the volume's file's, a non-integer type, negative ids
+        or ids beyond uint32.
+    """
+    try:
+        source = VolumeSource(src, LABELS_DATASET)
+    except InputError as e:
+        raise InputError(f"{e} ({where})") from None
+    if np.dtype(source.dtype).kind not in "iu":
+        raise InputError(f"{src}: labels have type {source.dtype}; instance labels must be integers ({where})")
+    shape, voxel = read_volume_info(volume_path)
+    orient = volume_orientation(volume_path)
+    if orient.shape(source.shape) != tuple(shape):
+        raise InputError(f"{src}: labels shape {tuple(source.shape)} (file axes) differs from the volume's "
+                         f"{orient.source_shape(shape)} ({volume_path}, in its file's axes); {where} must label "
+                         f"the volume voxel for voxel")
+    with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
+        d = f.create_dataset(LABELS_DATASET, shape=shape, dtype=np.uint32, chunks=slab_chunks(shape),
+                             compression="gzip", compression_opts=1)
+        for z0, data in oriented_slabs(source, orient, slab, dtype=None, stage_dir=Path(out).parent):
+            if data.size and (data.min() < 0 or data.max() > np.iinfo(np.uint32).max):
+                raise InputError(f"{src}: label ids must lie in 0..{np.iinfo(np.uint32).max}, found "
+                                 f"{data.min()}..{data.max()} ({where})")
+            d[z0:z0 + len(data)] = data
+        d.attrs["voxel_size_um"] = np.asarray(voxel, float)
+        d.attrs["source"] = str(src)
+        for k, v in orient.attrs().items():
+            d.attrs[k] = v
+    log.info("imported labels %s %s -> %s %s", src, source.shape, out, shape)
+    return tuple(shape)
 
 
 def write_volume(path: str | os.PathLike, volume: np.ndarray, voxel_size_um, source: str) -> None:

@@ -163,7 +163,8 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
     msg = (f"sample '{sample}': implausible phase map: {what}. The histogram probably resolves fewer peaks "
            f"than phases and the classes are shifted (e.g. CBD read as Al, the collector as NMC), or the volume "
            f"holds no collector at z = 0. Look at {figure_hint or 'the phase figure'}; check the volume's "
-           f"orientation (the collector must be at z = 0); set manual thresholds (the sample sheet's "
+           f"orientation (the collector must be at z = 0 after import: the sample sheet's `collector_side`); "
+           f"set manual thresholds (the sample sheet's "
            f"`thresholds` column, or threshold.thresholds); try another threshold.method (informed, gmm, "
            f"multiotsu); or set threshold.on_implausible: warn to go on with this map (every downstream "
            f"number inherits it).")
@@ -191,7 +192,8 @@ def enforce_model(error: Exception, sample: str, on_implausible: str = "stop") -
         With ``"stop"``: the message names the sample, what failed and the ways out.
     """
     msg = (f"sample '{sample}': the phase model does not fit this volume: {error}. Check the volume's "
-           f"orientation (the collector must be at z = 0); set manual thresholds (the sample sheet's "
+           f"orientation (the collector must be at z = 0 after import: the sample sheet's `collector_side`); "
+           f"set manual thresholds (the sample sheet's "
            f"`thresholds` column, or threshold.thresholds in the config); or try threshold.method: gmm "
            f"(one class per phase on the histogram alone).")
     if on_implausible == "stop":

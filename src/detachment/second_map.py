@@ -75,6 +75,16 @@ def _set_attrs(d, voxel_size_um, source, quantity, attrs):
         d.attrs[k] = v
 
 
+def _refuse_inf(data: np.ndarray, locate, src: str, where: str) -> None:
+    """Refuse an infinite value of a slab; ``locate`` maps its slab index to the file's (axis 0, 1, 2) index."""
+    inf = np.isinf(data)
+    if inf.any():
+        i = tuple(np.argwhere(inf)[0])
+        z, y, x = locate(i)
+        raise io.InputError(f"{src}: voxel (z={z}, y={y}, x={x}) is {data[i]} ({where}); "
+                            f"a second map may hold NaN (no measurement) but not Inf")
+
+
 def import_second_map(src: str | os.PathLike, out: str | os.PathLike, *, dataset: str | None,
                       volume_path: str | os.PathLike, where: str = "field 'second_map'",
                       quantity: str = "second map", slab: int = 16) -> tuple[int, int, int]:
@@ -88,7 +98,8 @@ def import_second_map(src: str | os.PathLike, out: str | os.PathLike, *, dataset
     dataset : str or None
         HDF5 dataset of ``src`` (the sheet's ``second_map_dataset``); required for HDF5.
     volume_path : str or os.PathLike
-        The sample's contract volume; the map must have its shape.
+        The sample's contract volume; the map must have the shape of the file it was imported from, and is
+        brought to the internal convention the same way (its ``collector_side`` attribute).
     where, quantity : str, optional
         The sample-sheet field named in error messages; what the values are, with units.
     slab : int, default 16
@@ -114,25 +125,24 @@ def import_second_map(src: str | os.PathLike, out: str | os.PathLike, *, dataset
     except io.InputError as e:
         raise io.InputError(f"{e} ({where})") from None
     shape, voxel = io.read_volume_info(volume_path)
-    if tuple(source.shape) != tuple(shape):
-        raise io.InputError(f"{src}: second map shape {tuple(source.shape)} (z, y, x) differs from the volume's "
-                            f"{tuple(shape)} ({volume_path}); {where} must name a map co-registered with the "
-                            f"volume voxel for voxel")
+    orient = io.volume_orientation(volume_path)
+    if orient.shape(source.shape) != tuple(shape):
+        raise io.InputError(f"{src}: second map shape {tuple(source.shape)} (file axes) differs from the volume's "
+                            f"{orient.source_shape(shape)} "
+                            f"({volume_path}, in the file's axes); {where} must name a map co-registered with "
+                            f"the volume voxel for voxel")
     n_finite = 0
     with io.atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset(SECOND_MAP_DATASET, shape=shape, dtype=np.float32, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
-        for z0, data in source.slabs(slab):
-            inf = np.isinf(data)
-            if inf.any():
-                z, y, x = np.argwhere(inf)[0]
-                raise io.InputError(f"{src}: voxel (z={z + z0}, y={y}, x={x}) is {data[z, y, x]} ({where}); "
-                                    f"a second map may hold NaN (no measurement) but not Inf")
+        for z0, data in io.oriented_slabs(source, orient, slab, stage_dir=Path(out).parent):
+            _refuse_inf(data, lambda i, z0=z0: orient.source_index((i[0] + z0, i[1], i[2]), source.shape),
+                        f"{src}", where)
             n_finite += int(np.isfinite(data).sum())
             d[z0:z0 + len(data)] = data
         if n_finite == 0:
             raise io.InputError(f"{src}: second map has no finite value ({where})")
-        _set_attrs(d, voxel, src_s + (f":{dataset}" if dataset else ""), quantity, None)
+        _set_attrs(d, voxel, src_s + (f":{dataset}" if dataset else ""), quantity, orient.attrs())
     log.info("imported second map %s %s -> %s (%d finite voxels)", src, shape, out, n_finite)
     return tuple(shape)
 

@@ -34,6 +34,19 @@ for _s in IMPORTED_SAMPLES:
             f"{config['samples']}: sample '{_s}', field 'voxel_size_um' is empty; "
             "an imported volume needs its voxel size in µm (one number or 'z y x')"
         )
+COLLECTOR_SIDES = ("auto", "z0", "z1", "y0", "y1", "x0", "x1")
+for _row, _s in enumerate(SAMPLES.index, start=1):
+    _side = SAMPLES.loc[_s, "collector_side"].strip()
+    if _side not in ("",) + COLLECTOR_SIDES:
+        raise ValueError(
+            f"{config['samples']}: row {_row} (sample '{_s}'), field 'collector_side' is '{_side}'; "
+            f"expected one of {', '.join(COLLECTOR_SIDES)} (empty = auto)"
+        )
+    if _s in PHANTOM_SAMPLES and _side not in ("", "auto", "z0"):
+        raise ValueError(
+            f"{config['samples']}: row {_row} (sample '{_s}'), field 'collector_side' is '{_side}' for a "
+            "phantom; phantoms are generated with the collector at z = 0 (empty, auto or z0)"
+        )
 NO_MATCH = "(?!x)x"  # a regex matching nothing, for an empty sample list
 
 
@@ -123,6 +136,7 @@ def imported_fields(wildcards):
         "source": row["volume"].strip(),
         "dataset": row.get("dataset", "") or None,
         "voxel_size_um": row["voxel_size_um"],
+        "collector_side": row["collector_side"].strip() or "auto",
         "sheet": config["samples"],
     }
 
@@ -171,10 +185,19 @@ def imported_second_map_fields(wildcards):
 
 
 def label_file(sample):
-    """Instance labels of a labelled sample: a phantom's planted instances, or the sheet's `labels` column."""
+    """Instance labels of a labelled sample: a phantom's planted instances, or the sheet's `labels` column
+    imported in the internal convention (rule import_labels)."""
     if sample in PHANTOM_SAMPLES:
         return f"results/{sample}/truth.h5"
-    return SAMPLES.loc[sample, "labels"]
+    return f"results/{sample}/labels.h5"
+
+
+def imported_labels(wildcards):
+    return source_files(SAMPLES.loc[wildcards.sample, "labels"])
+
+
+def imported_label_fields(wildcards):
+    return {"source": SAMPLES.loc[wildcards.sample, "labels"].strip(), "sheet": config["samples"]}
 
 
 for _s in PHANTOM_SAMPLES:
@@ -200,6 +223,7 @@ for _s in SAMPLES.index:
         )
 # labelled samples feed annotations and training; every other sample is unseen by the model
 LABELLED_SAMPLES = [s for s in SAMPLES.index if SAMPLES.loc[s, "labels"].strip()]
+IMPORTED_LABELLED_SAMPLES = [s for s in LABELLED_SAMPLES if s in IMPORTED_SAMPLES]
 #: phantoms no slice of which is labelled, trained on or tuned on: the out-of-sample evaluation cells
 UNSEEN_PHANTOM_SAMPLES = [s for s in PHANTOM_SAMPLES if s not in LABELLED_SAMPLES]
 
@@ -250,4 +274,33 @@ def final_targets():
         if SECOND_MAP_SAMPLES:
             targets.append("results/statistics/second_map_correlation.csv")
             targets.append("results/statistics/fig7_second_map.png")
+    targets += export_targets()
     return targets
+
+
+#: exported layer -> (HDF5 file, dataset) (rules export_tiff, export_ome_zarr)
+EXPORT_SOURCES = {
+    "phases": ("results/{sample}/phases.h5", "phases"),
+    "particles": ("results/{sample}/cnn/particles.h5", "labels"),
+}
+EXPORT_SUFFIXES = {"tiff": "tif", "ome-zarr": "ome.zarr"}
+
+
+def export_targets():
+    """The export files of config export.formats: the phase map always, the particles when the CNN runs."""
+    layers = ["phases"] + (["particles"] if LABELLED_SAMPLES else [])
+    suffixes = [EXPORT_SUFFIXES[f] for f in config["export"]["formats"]]
+    return expand(
+        "results/{sample}/export/{layer}.{suffix}",
+        sample=SAMPLES.index,
+        layer=layers,
+        suffix=suffixes,
+    )
+
+
+def export_source(wildcards):
+    return EXPORT_SOURCES[wildcards.layer][0].format(sample=wildcards.sample)
+
+
+def export_dataset(wildcards):
+    return EXPORT_SOURCES[wildcards.layer][1]

@@ -44,3 +44,27 @@ rule import_volume:
         "../envs/core.yaml"
     script:
         "../scripts/import_volume.py"
+
+
+rule import_labels:
+    input:
+        labels=imported_labels,
+        volume="results/{sample}/volume.h5",
+    output:
+        "results/{sample}/labels.h5",
+    params:
+        fields=imported_label_fields,
+        slab=config["io"]["slab"],
+    wildcard_constraints:
+        sample=sample_regex(IMPORTED_LABELLED_SAMPLES),
+    log:
+        "logs/import_labels/{sample}.log",
+    benchmark:
+        "logs/benchmarks/import_labels/{sample}.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/import_labels.py"
