@@ -311,3 +311,21 @@ def test_bad_input_model_checkpoint_config_stops_before_any_job(tmp_path, case, 
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     r = run_snakemake(work, "-n")
     assert r.returncode != 0 and expected in r.stdout + r.stderr
+
+
+def test_inference_only_run_segments_with_the_reused_model_at_its_training_scale(tmp_path):
+    """A real (small) inference-only run up to one sample's per-slice instances: the checkpoint is checked and
+    copied with its provenance, and slices of the 0.5 µm phantom are resized x2 for a model trained at 0.25 µm."""
+    work, weights = _model_workdir(tmp_path, labels=False)
+    _edit_meta(work / "models" / "phantom" / "maskrcnn.json", "scale.voxel_size_um", [0.25, 0.25])
+    r = run_snakemake(work, "results/unseen_1C/cnn/slices.h5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads((work / "results" / "model" / "maskrcnn.json").read_text())
+    assert meta["reused_from"]["weights"] == "models/phantom/maskrcnn.pt"
+    assert (work / "results" / "model" / "maskrcnn.pt").read_bytes() == weights.read_bytes()
+    with h5py.File(work / "results" / "unseen_1C" / "cnn" / "slices.h5") as f, \
+            h5py.File(work / "results" / "unseen_1C" / "volume.h5") as v:
+        assert f["labels"].shape == v["volume"].shape
+    logs = "".join(p.read_text() for p in (work / "logs" / "infer_slab" / "unseen_1C").glob("*.log"))
+    assert "slices resized by (y, x) (2.0, 2.0)" in logs
+    assert not (work / "results" / "annotations").exists() and not (work / "logs" / "train.log").exists()
