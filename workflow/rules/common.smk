@@ -235,8 +235,7 @@ def model_mode():
 
 MODEL_MODE = model_mode()
 if MODEL_CHECKPOINT:
-    _ckpt = os.path.normpath(MODEL_CHECKPOINT)
-    if _ckpt in (MODEL_WEIGHTS, MODEL_META) or _ckpt.startswith(os.path.join("results", "model", "")):
+    if os.path.abspath(MODEL_CHECKPOINT).startswith(os.path.abspath(os.path.join("results", "model")) + os.sep):
         raise ValueError(
             f"config: model.checkpoint '{MODEL_CHECKPOINT}' lies in results/model/, which this run writes; "
             "copy the model's maskrcnn.pt and maskrcnn.json to another folder (e.g. models/) and name that"
