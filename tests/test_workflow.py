@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -416,3 +417,24 @@ def test_tiny_run_linking_watershed_and_science_against_the_truth(finished_run):
         kept = slices[slices.detection]
         assert (kept.score >= score_threshold).all()
         assert bool(labels.any()) == bool(len(kept))
+
+
+def test_the_trained_model_records_its_training_scale(finished_run):
+    """maskrcnn.json carries the labelled volumes' in-plane voxel size and the training sections' median
+    diameter, against the tiny phantom's 0.5 µm voxels and the truth's own sections on the training slices."""
+    meta = json.loads((finished_run / "results" / "model" / "maskrcnn.json").read_text())
+    assert meta["scale"]["voxel_size_um"] == [0.5, 0.5]
+    split = pd.read_csv(finished_run / "results" / "annotations" / "split.csv")
+    train = split[split.split == "train"]
+    areas = []
+    for sample, rows in train.groupby("sample"):
+        with h5py.File(finished_run / "results" / sample / "truth.h5") as f:
+            for z in rows.z:
+                ids, counts = np.unique(f["labels"][z], return_counts=True)
+                areas += list(counts[ids > 0])
+    # the split drops sections (and their pieces) below annotations.min_instance_area_px
+    min_area = yaml.safe_load((finished_run / "config.yaml").read_text())["annotations"]["min_instance_area_px"]
+    areas = np.array(areas)
+    expected = np.median(2 * np.sqrt(areas[areas >= min_area] / np.pi))
+    assert meta["scale"]["particle_diameter_px"] == pytest.approx(expected, rel=0.05)
+    assert meta["finetuned_from"] is None and "detachment" in meta["versions"]

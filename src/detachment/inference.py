@@ -21,6 +21,7 @@ import torch
 from . import io
 from .cnn.model import select_device
 from .cnn.predict import load_model, predict
+from .cnn.scale import scale_factor
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def model_slices(volume, z0: int, z1: int, context: int) -> np.ndarray:
 def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path, *, batch_size: int = 4,
                score_threshold: float = 0.5, mask_threshold: float = 0.5, min_visible_fraction: float = 0.5,
                candidate_threshold: float | None = None, device: str = "auto", threads: int = 1,
-               progress: bool = True, tta: bool = False) -> int:
+               progress: bool = True, tta: bool = False, rescale: str = "auto") -> int:
     """Mask R-CNN instances of slices ``[z0, z1)``, written to one slab file atomically.
 
     Parameters
@@ -110,6 +111,9 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
         Show a progress bar.
     tta : bool, default False
         Fuse the predictions of the four flips of each slice (four times the compute).
+    rescale : {"auto", "off"}, default "auto"
+        ``auto``: slices resized by volume / training voxel size, masks mapped back
+        (:func:`detachment.cnn.scale.scale_factor`); ``off``: native scale.
 
     Returns
     -------
@@ -117,19 +121,16 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
         Number of candidates found (rows of ``/table``).
     """
     low = score_threshold if candidate_threshold is None else min(candidate_threshold, score_threshold)
-    torch.set_num_threads(max(1, threads))
-    dev = select_device(device)
-    model, meta = load_model(weights_path, meta_path, dev)
-    context = int(meta["model"].get("context_slices", 0))
+    model, dev, context, shape, factor = _model_at_scale(weights_path, meta_path, volume_path, device, threads,
+                                                         rescale)
     rows = []
-    shape, _ = io.read_volume_info(volume_path)
     chunk = max(batch_size, 16)  # slices held in memory at a time
     with io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as out, h5py.File(volume_path, "r") as f:
         d, dc = _label_stacks(out, z0, z1, shape)
         for a, b in io.slab_ranges(z1 - z0, chunk):
             images = model_slices(f[io.VOLUME_DATASET], z0 + a, z0 + b, context)
             cand, r = predict(model, images, dev, batch_size, low, mask_threshold, progress, min_visible_fraction,
-                              tta=tta)
+                              tta=tta, scale=factor)
             dc[a:b] = cand
             d[a:b] = _detections(cand, r, score_threshold)
             rows += [{"z": z0 + a + row.pop("index"), **row} for row in r]
@@ -137,6 +138,19 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
     log.info("slab [%d, %d): %d candidates, %d detections", z0, z1, len(table),
              int((table.score >= score_threshold).sum()))
     return len(table)
+
+
+def _model_at_scale(weights_path, meta_path, volume_path, device: str, threads: int, rescale: str) -> tuple:
+    """The model on its device, its context slices, the volume's shape and the (y, x) resize factor of its
+    slices for the model (logged); InputError when the model or the factor is refused."""
+    torch.set_num_threads(max(1, threads))
+    dev = select_device(device)
+    model, meta = load_model(weights_path, meta_path, dev)
+    shape, voxel = io.read_volume_info(volume_path)
+    factor = scale_factor(voxel, meta, rescale, where=str(volume_path))
+    log.info("%s: slices resized by (y, x) %s for the model (voxel size %s µm, training %s µm)", volume_path,
+             factor, list(voxel[1:]), (meta.get("scale") or {}).get("voxel_size_um"))
+    return model, dev, int(meta["model"].get("context_slices", 0)), shape, factor
 
 
 def _label_stacks(out, z0: int, z1: int, shape) -> tuple:

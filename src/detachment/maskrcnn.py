@@ -2,8 +2,9 @@
 
 Kept for existing callers and users' scripts; the code lives in :mod:`detachment.cnn.model` (settings,
 model, inputs, device and precision), :mod:`~detachment.cnn.engine` (training),
-:mod:`~detachment.cnn.predict` (inference), :mod:`~detachment.cnn.checkpoint` and
-:mod:`~detachment.cnn.activation`.
+:mod:`~detachment.cnn.predict` (inference), :mod:`~detachment.cnn.checkpoint`,
+:mod:`~detachment.cnn.activation`, :mod:`~detachment.cnn.reuse` (model reuse) and
+:mod:`~detachment.cnn.scale` (training scale, rescaling).
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ from .cnn.predict import (
     predict,
     predictions_to_labels,
 )
+from .cnn.reuse import ARCH_FIELDS, check_model_meta, copy_model, meta_path_for
+from .cnn.scale import RESCALE_RANGE, scale_factor, training_scale
 
 __all__ = [
-    "BACKBONES", "BF16_CPU_FLAGS", "CLASSES", "TTA_FLIPS", "TTA_MIN_SCORE", "ModelSettings", "TrainResult",
+    "ARCH_FIELDS", "BACKBONES", "BF16_CPU_FLAGS", "RESCALE_RANGE", "check_model_meta", "copy_model",
+    "meta_path_for", "scale_factor", "training_scale", "CLASSES", "TTA_FLIPS", "TTA_MIN_SCORE", "ModelSettings", "TrainResult",
     "TrainSettings", "activation_map", "bf16_native", "build_model", "cpu_has_bf16_instructions",
     "environment", "epoch_batches", "epoch_order", "evaluate", "fingerprint", "fuse_flips",
     "iterations_per_epoch", "load_checkpoint", "load_model", "lr_at", "make_batch", "make_target",

@@ -1,4 +1,5 @@
-# Mask R-CNN: labelled-slice splits, augmentation, training, per-slice inference (Supp. Fig. 4, Note 1).
+# Mask R-CNN: labelled-slice splits, augmentation, training (from scratch or fine-tuning model.checkpoint) or
+# reuse of model.checkpoint as is, per-slice inference (Supp. Fig. 4, Note 1).
 
 
 rule annotations:
@@ -49,44 +50,71 @@ rule augment:
         "../scripts/augment.py"
 
 
-rule train:
-    input:
-        tiles=rules.augment.output[0],
-        val=rules.annotations.output.val,
-    output:
-        weights="results/model/maskrcnn.pt",
-        meta="results/model/maskrcnn.json",
-        log_table="results/model/training_log.csv",
-        figure=report(
-            "results/model/loss_curve.png",
-            caption="../report/loss_curve.rst",
-            category="Mask R-CNN",
-        ),
-    params:
-        model=config["model"],
-        train=config["train"],
-        seed=config["seed"] + 2,
-        checkpoints="results/model/checkpoints",
-    log:
-        "logs/train.log",
-    benchmark:
-        "logs/benchmarks/train.tsv"
-    threads: config["train"]["threads"]
-    resources:
-        mem_mb=8000,
-        runtime=config["train"]["runtime_min"],
-        gpu=config["train"]["gpus"],
-    conda:
-        "../envs/torch.yaml"
-    script:
-        "../scripts/train.py"
+if MODEL_MODE != "reuse":
+
+    rule train:
+        input:
+            tiles=rules.augment.output[0],
+            val=rules.annotations.output.val,
+            split=rules.annotations.output.train,
+            volumes=expand("results/{sample}/volume.h5", sample=LABELLED_SAMPLES),
+            **finetune_inputs(),
+        output:
+            weights=MODEL_WEIGHTS,
+            meta=MODEL_META,
+            log_table="results/model/training_log.csv",
+            figure=report(
+                "results/model/loss_curve.png",
+                caption="../report/loss_curve.rst",
+                category="Mask R-CNN",
+            ),
+        params:
+            model=model_settings(),
+            train=train_settings(),
+            samples=LABELLED_SAMPLES,
+            seed=config["seed"] + 2,
+            checkpoints="results/model/checkpoints",
+        log:
+            "logs/train.log",
+        benchmark:
+            "logs/benchmarks/train.tsv"
+        threads: config["train"]["threads"]
+        resources:
+            mem_mb=8000,
+            runtime=config["train"]["runtime_min"],
+            gpu=config["train"]["gpus"],
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/train.py"
+
+
+if MODEL_MODE == "reuse":
+
+    rule reuse_model:
+        input:
+            weights=MODEL_CHECKPOINT,
+            meta=str(meta_path_for(MODEL_CHECKPOINT)),
+        output:
+            weights=MODEL_WEIGHTS,
+            meta=MODEL_META,
+        log:
+            "logs/reuse_model.log",
+        benchmark:
+            "logs/benchmarks/reuse_model.tsv"
+        resources:
+            runtime=10,
+        conda:
+            "../envs/torch.yaml"
+        script:
+            "../scripts/reuse_model.py"
 
 
 rule infer_slab:
     input:
         volume="results/{sample}/volume.h5",
-        weights=rules.train.output.weights,
-        meta=rules.train.output.meta,
+        weights=MODEL_WEIGHTS,
+        meta=MODEL_META,
     output:
         temp("results/{sample}/cnn/slabs/{scatteritem}.h5"),
     params:
@@ -128,8 +156,8 @@ rule gather_slices:
 rule activation_map:
     input:
         test=rules.annotations.output.test,
-        weights=rules.train.output.weights,
-        meta=rules.train.output.meta,
+        weights=MODEL_WEIGHTS,
+        meta=MODEL_META,
     output:
         report(
             "results/model/fig9a_activation.png",

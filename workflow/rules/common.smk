@@ -12,6 +12,7 @@ from snakemake.utils import validate
 # the library (src/, two levels up from this file), also where it is not installed
 sys.path.insert(0, os.path.normpath(os.path.join(workflow.current_basedir, "..", "..", "src")))
 from detachment.presets import preset_params  # noqa: E402
+from detachment.cnn.reuse import architecture_config, check_model_meta, meta_path_for  # noqa: E402
 
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -246,29 +247,95 @@ def robustness_figure_path():
     return re.sub(r"\.csv$", "", config["validation"]["table"]) + ".png"
 
 
-if not LABELLED_SAMPLES:
+#: the model every sample is segmented with, written by rule train or rule reuse_model
+MODEL_WEIGHTS = "results/model/maskrcnn.pt"
+MODEL_META = "results/model/maskrcnn.json"
+MODEL_CHECKPOINT = config["model"]["checkpoint"]
+
+
+def model_mode():
+    """How the model comes about: `train` (from scratch on the labelled samples), `finetune` (from
+    model.checkpoint on them), `reuse` (model.checkpoint as is) or `none` (no labels, no checkpoint: no CNN)."""
+    if not MODEL_CHECKPOINT:
+        return "train" if LABELLED_SAMPLES else "none"
+    if config["model"]["finetune"]:
+        if not LABELLED_SAMPLES:
+            raise ValueError(
+                f"config: model.finetune is true but no sample of {config['samples']} has labels "
+                "(column 'labels'); add labelled samples or set model.finetune: false to apply "
+                f"{MODEL_CHECKPOINT} as it is"
+            )
+        return "finetune"
+    return "reuse"
+
+
+MODEL_MODE = model_mode()
+if MODEL_CHECKPOINT:
+    if os.path.abspath(MODEL_CHECKPOINT).startswith(os.path.abspath(os.path.join("results", "model")) + os.sep):
+        raise ValueError(
+            f"config: model.checkpoint '{MODEL_CHECKPOINT}' lies in results/model/, which this run writes; "
+            "copy the model's maskrcnn.pt and maskrcnn.json to another folder (e.g. models/) and name that"
+        )
+    if not os.path.isfile(MODEL_CHECKPOINT):
+        raise ValueError(f"config: model.checkpoint '{MODEL_CHECKPOINT}' does not exist")
+    # a model this code cannot rebuild, or (fine-tuning) of another architecture, stops here, naming the field
+    check_model_meta(
+        meta_path_for(MODEL_CHECKPOINT),
+        expect_model=config["model"] if MODEL_MODE == "finetune" else None,
+    )
+if not LABELLED_SAMPLES and MODEL_MODE == "none":
     logger.warning(
         f"{config['samples']}: no sample has label slices (column 'labels'; 'truth' for a phantom): "
-        "only import and phase thresholding can run; add labels to train the Mask R-CNN"
+        "only import and phase thresholding can run; add labels to train the Mask R-CNN, or name a "
+        "trained model in model.checkpoint"
     )
 
 
+def model_settings():
+    """The `model` section as the architecture (ModelSettings): without checkpoint and fine-tuning keys, so
+    that these leave a from-scratch training's parameters as they are."""
+    return architecture_config(config["model"])
+
+
+def train_settings():
+    """The `train` section; when fine-tuning, with model.finetune_epochs and the learning rates scaled by
+    model.finetune_lr_scale."""
+    s = dict(config["train"])
+    if MODEL_MODE == "finetune":
+        m = config["model"]
+        s["epochs"] = m["finetune_epochs"]
+        s["lr_start"] = s["lr_start"] * m["finetune_lr_scale"]
+        s["lr_end"] = s["lr_end"] * m["finetune_lr_scale"]
+    return s
+
+
+def finetune_inputs():
+    """The checkpoint's files as inputs of rule train when fine-tuning, else none."""
+    if MODEL_MODE != "finetune":
+        return {}
+    return {"init": MODEL_CHECKPOINT, "init_meta": str(meta_path_for(MODEL_CHECKPOINT))}
+
+
 def final_targets():
-    """Everything `all` builds: thresholding always; the CNN, comparison and science when labels exist;
-    the second-map correlation when, in addition, some sample has a second map."""
+    """Everything `all` builds: thresholding always; the CNN and science when there is a model (labels or
+    model.checkpoint); the training figures when training; the activation maps, the CNN-vs-watershed
+    comparison and the linking evaluation (which needs the tuned watershed) when labels exist; the
+    second-map correlation when, in addition, some sample has a second map."""
     targets = expand("results/{sample}/phases.h5", sample=SAMPLES.index)
     targets += expand("results/{sample}/fig1_phases.png", sample=SAMPLES.index)
-    if LABELLED_SAMPLES:
+    if MODEL_MODE != "none":
         targets += [
-            "results/model/loss_curve.png",
-            "results/model/fig9a_activation.png",
-            "results/comparison/metrics_summary.csv",
             "results/statistics/fig4.png",
             "results/statistics/detachment_by_cell.csv",
         ]
         targets += expand("results/{sample}/damage_profile.csv", sample=SAMPLES.index)
+        if MODEL_MODE in ("train", "finetune"):
+            targets.append("results/model/loss_curve.png")
+        if LABELLED_SAMPLES:
+            targets += ["results/model/fig9a_activation.png", "results/comparison/metrics_summary.csv"]
+            if PHANTOM_SAMPLES:
+                targets.append("results/linking/summary.csv")
         if PHANTOM_SAMPLES:
-            targets.append("results/linking/summary.csv")
             targets.append("results/statistics/validation.csv")
             targets.append(config["validation"]["table"])
         if SECOND_MAP_SAMPLES:

@@ -93,9 +93,16 @@ def environment() -> dict:
     Returns
     -------
     dict
-        ``torch``, ``torchvision``, ``numpy`` and ``python`` version strings.
+        ``torch``, ``torchvision``, ``numpy``, ``python`` and ``detachment`` (this package; ``unknown``
+        where it is not installed) version strings.
     """
+    from importlib import metadata
+
     import torchvision
 
+    try:
+        package = metadata.version("detachment")
+    except metadata.PackageNotFoundError:
+        package = "unknown"
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+            "python": platform.python_version(), "detachment": package}

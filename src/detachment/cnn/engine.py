@@ -328,14 +328,18 @@ def evaluate(model: nn.Module, images: np.ndarray, masks: np.ndarray, device, t:
             "f1": float(np.mean([s.f1 for s in sc]))}
 
 
-def _setup(m: ModelSettings, t: TrainSettings, device: torch.device
+def _setup(m: ModelSettings, t: TrainSettings, device: torch.device, init_state: dict | None = None
            ) -> tuple[nn.Module, torch.optim.Optimizer, torch.dtype]:
-    """Threads, CPU determinism, seed, then the model, its SGD optimiser and the training dtype."""
+    """Threads, CPU determinism, seed, then the model (``init_state``'s weights when given: fine-tuning),
+    its SGD optimiser and the training dtype."""
     torch.set_num_threads(max(1, t.threads))
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(t.seed)
-    model = build_model(m).to(device)
+    model = build_model(m)
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     dtype = training_dtype(t.precision, device)
     log.info("training on %s, forward passes in %s (train.precision %s)", device, dtype, t.precision)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -393,8 +397,8 @@ def _epoch_row(epoch: int, per_epoch: int, total: int, t: TrainSettings, losses:
 
 def train(tiles: np.ndarray, tile_masks: np.ndarray, val_images: np.ndarray, val_masks: np.ndarray,
           m: ModelSettings, t: TrainSettings, checkpoint_dir, run_id: str, progress: bool = True,
-          stop_after_epoch: int | None = None) -> tuple[nn.Module, TrainResult]:
-    """Train from scratch, or resume from ``checkpoint_dir/last.pt`` of the same ``run_id``.
+          stop_after_epoch: int | None = None, init_state: dict | None = None) -> tuple[nn.Module, TrainResult]:
+    """Train from scratch or from given weights, or resume from ``checkpoint_dir/last.pt`` of the same ``run_id``.
 
     Per epoch, a checkpoint (model, optimiser, epoch, log so far) is written atomically to
     ``checkpoint_dir/last.pt``; a killed run resumes after the last finished epoch and, on a CPU (where
@@ -416,6 +420,8 @@ def train(tiles: np.ndarray, tile_masks: np.ndarray, val_images: np.ndarray, val
         Show progress bars.
     stop_after_epoch : int, optional
         End after this epoch (from 0; tests of resuming).
+    init_state : dict, optional
+        A state dict of the architecture ``m`` to start from (fine-tuning); from scratch when None.
 
     Returns
     -------
@@ -425,13 +431,11 @@ def train(tiles: np.ndarray, tile_masks: np.ndarray, val_images: np.ndarray, val
 
     Raises
     ------
-    FloatingPointError
-        When a training loss is not finite.
-    detachment.io.InputError
-        When ``last.pt`` is not a safe, readable checkpoint.
+    FloatingPointError, detachment.io.InputError
+        When a training loss is not finite; when ``last.pt`` is not a safe, readable checkpoint.
     """
     device = select_device(t.device)
-    model, opt, dtype = _setup(m, t, device)
+    model, opt, dtype = _setup(m, t, device, init_state)
     per_epoch = iterations_per_epoch(len(tiles), t)
     total = per_epoch * t.epochs
     ckpt = Path(checkpoint_dir) / "last.pt"
@@ -454,24 +458,25 @@ def train(tiles: np.ndarray, tile_masks: np.ndarray, val_images: np.ndarray, val
 
 
 def _write_model(model: nn.Module, result: TrainResult, m: ModelSettings, t: TrainSettings, run_id: str,
-                 weights_path, meta_path) -> None:
-    """The trained weights (state dict) and their JSON metadata, each written atomically."""
+                 weights_path, meta_path, extra: dict) -> None:
+    """The trained weights (state dict) and their JSON metadata (with ``extra``), each written atomically."""
     with io.atomic_output(weights_path) as tmp:
         torch.save(model.state_dict(), tmp)
     meta = {"classes": CLASSES, "run_id": run_id, "epochs": t.epochs, **settings_dict(m, t),
             "device": str(select_device(t.device)), "versions": environment(),
-            "final": result.log_rows[-1] if result.log_rows else {}, "resumed_from_epoch": result.resumed_from_epoch}
+            "final": result.log_rows[-1] if result.log_rows else {}, "resumed_from_epoch": result.resumed_from_epoch, **extra}
     with io.atomic_output(meta_path) as tmp:
         Path(tmp).write_text(json.dumps(meta, indent=2, default=float))
 
 
 def train_from_files(tiles_path, val_path, weights_path, meta_path, model_cfg: dict, train_cfg: dict,
-                     checkpoint_dir, progress: bool = True) -> list[dict]:
+                     checkpoint_dir, progress: bool = True, scale: dict | None = None,
+                     init_from=None) -> list[dict]:
     """Train on an augmented tile file, validate on a split file, write weights and JSON metadata.
 
-    The image normalisation and tile size are taken from the tiles. The run id (resume key, stored in
-    the metadata) hashes the settings, both data files and the code of :data:`CODE`, so a changed
-    training loop does not resume a checkpoint written by the old one.
+    Normalisation and tile size come from the tiles (also when fine-tuning: each data set is normalised by
+    its own grey levels). The run id (resume key, in the metadata) hashes the settings, both data files,
+    the starting weights and the code of :data:`CODE`, so a changed loop does not resume an old checkpoint.
 
     Parameters
     ----------
@@ -486,6 +491,11 @@ def train_from_files(tiles_path, val_path, weights_path, meta_path, model_cfg: d
         ``image_mean``, ``image_std``; :class:`~.model.TrainSettings`).
     checkpoint_dir : str or os.PathLike
     progress : bool
+    scale : dict, optional
+        The training scale (:func:`~.scale.training_scale`), stored as the metadata's ``scale``.
+    init_from : str or os.PathLike, optional
+        Weights of a model of this workflow to fine-tune, of ``model_cfg``'s architecture (metadata beside
+        them, :func:`~.reuse.meta_path_for`). From scratch when None.
 
     Returns
     -------
@@ -495,11 +505,30 @@ def train_from_files(tiles_path, val_path, weights_path, meta_path, model_cfg: d
     Raises
     ------
     detachment.io.InputError
-        When the tiles do not fit ``model.context_slices``, or a checkpoint is unsafe or unreadable.
+        When the tiles do not fit ``model.context_slices``, a checkpoint is unsafe or unreadable, or the
+        model to fine-tune has another architecture (naming its file and the field).
     """
-    import h5py
-
     from ..annotations import read_model_images, read_split
+
+    tiles, tile_masks, m = _read_tiles(tiles_path, model_cfg)
+    _, val_masks, _, _ = read_split(val_path)
+    val_images = read_model_images(val_path, m.context_slices)
+    t = TrainSettings(**train_cfg)
+    init_state, origin = _finetune_start(init_from, model_cfg)
+    code = {name: fingerprint(Path(__file__).with_name(name)) for name in CODE}
+    run_id = fingerprint({"settings": settings_dict(m, t), "tiles": fingerprint(tiles_path),
+                          "val": fingerprint(val_path), "code": code, "init": origin})
+    model, result = train(tiles, tile_masks, val_images, val_masks, m, t, checkpoint_dir, run_id, progress,
+                          init_state=init_state)
+    extra = {"scale": scale, "finetuned_from": origin}
+    _write_model(model, result, m, t, run_id, weights_path, meta_path, extra)
+    return result.log_rows
+
+
+def _read_tiles(tiles_path, model_cfg: dict) -> tuple[np.ndarray, np.ndarray, ModelSettings]:
+    """The tiles, their labels, and the model settings with the tiles' size and normalisation; InputError
+    when the tiles do not fit ``model.context_slices``."""
+    import h5py
 
     with h5py.File(tiles_path, "r") as f:
         tiles, tile_masks = f["images"][...], f["masks"][...]
@@ -508,12 +537,18 @@ def train_from_files(tiles_path, val_path, weights_path, meta_path, model_cfg: d
     if (tiles.ndim == 4) != bool(m.context_slices):
         raise io.InputError(f"{tiles_path}: tiles of shape {tiles.shape[1:]} do not fit model.context_slices "
                             f"{m.context_slices}; rerun the augment rule")
-    _, val_masks, _, _ = read_split(val_path)
-    val_images = read_model_images(val_path, m.context_slices)
-    t = TrainSettings(**train_cfg)
-    code = {name: fingerprint(Path(__file__).with_name(name)) for name in CODE}
-    run_id = fingerprint({"settings": settings_dict(m, t), "tiles": fingerprint(tiles_path),
-                          "val": fingerprint(val_path), "code": code})
-    model, result = train(tiles, tile_masks, val_images, val_masks, m, t, checkpoint_dir, run_id, progress)
-    _write_model(model, result, m, t, run_id, weights_path, meta_path)
-    return result.log_rows
+    return tiles, tile_masks, m
+
+
+def _finetune_start(init_from, model_cfg: dict) -> tuple[dict | None, dict | None]:
+    """The state dict to fine-tune from and its provenance (path, fingerprint, its run id), or Nones."""
+    if init_from is None:
+        return None, None
+    from .predict import load_model
+    from .reuse import check_model_meta, meta_path_for
+
+    check_model_meta(meta_path_for(init_from), expect_model=model_cfg)
+    model, meta = load_model(init_from, meta_path_for(init_from), "cpu")
+    log.info("fine-tuning from %s (run %s)", init_from, meta.get("run_id"))
+    return model.state_dict(), {"weights": str(init_from), "fingerprint": fingerprint(init_from),
+                                "run_id": meta.get("run_id")}

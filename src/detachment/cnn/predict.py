@@ -8,8 +8,6 @@ slice (:func:`fuse_flips`); :func:`predictions_to_labels` paints by decreasing s
 from __future__ import annotations
 
 import contextlib
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +16,8 @@ from torch import nn
 from .. import io
 from .checkpoint import load_checkpoint
 from .model import ModelSettings, build_model, to_tensor
+from .reuse import check_model_meta
+from .scale import resize_images, restore_prediction, scaled_shape
 
 #: test-time augmentation: the four flips of a slice (dims of a (3, y, x) tensor), identity first
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -198,9 +198,12 @@ def native_scale(model: nn.Module, h: int, w: int):
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, score_threshold: float,
-            mask_threshold: float, progress: bool = False, min_visible_fraction: float = 0.5, tta: bool = False
-            ) -> tuple[np.ndarray, list[dict]]:
-    """Instance labels of slices at native scale, in float32; the model's train / eval mode is restored.
+            mask_threshold: float, progress: bool = False, min_visible_fraction: float = 0.5, tta: bool = False,
+            scale: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, list[dict]]:
+    """Instance labels of slices, in float32; the model's train / eval mode is restored.
+
+    The model sees each slice resized by ``scale`` (at native scale when 1) and its mask probabilities are
+    resized back to the slice before painting (:mod:`.scale`), so labels are on the slice's grid.
 
     Parameters
     ----------
@@ -217,6 +220,8 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
         Show a progress bar.
     tta : bool
         Fuse the four flips of each slice (:func:`fuse_flips`; four times the compute).
+    scale : tuple of float
+        (fy, fx) resize factor of the slices for the model (:func:`~.scale.scale_factor`).
 
     Returns
     -------
@@ -233,12 +238,13 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     out = np.zeros((len(images), h, w), np.uint32)
     rows = []
     starts = range(0, len(images), batch_size)
-    with native_scale(model, h, w):
+    hs, ws = scaled_shape((h, w), scale)
+    with native_scale(model, hs, ws):
         for b in tqdm(starts, desc="infer", unit="batch", disable=not progress):
-            batch = [to_tensor(im).to(device) for im in images[b:b + batch_size]]
+            batch = resize_images([to_tensor(im).to(device) for im in images[b:b + batch_size]], (hs, ws))
             for i, pred in enumerate(_predict_batch(model, batch, tta, mask_threshold)):
-                out[b + i], r = predictions_to_labels(pred, (h, w), score_threshold, mask_threshold,
-                                                      min_visible_fraction)
+                out[b + i], r = predictions_to_labels(restore_prediction(pred, (h, w)), (h, w), score_threshold,
+                                                      mask_threshold, min_visible_fraction)
                 rows.extend({"index": b + i, **row} for row in r)
     model.train(was_training)
     return out, rows
@@ -264,23 +270,32 @@ def load_model(weights_path, meta_path, device) -> tuple[nn.Module, dict]:
     Raises
     ------
     detachment.io.InputError
-        When the metadata is missing or invalid, the weights are not a safe state dict of tensors, or
-        they do not fit the architecture the metadata describes.
+        When the metadata is missing or invalid (:func:`~.reuse.check_model_meta`, naming the field), the
+        weights are not a safe state dict of tensors, or they do not fit the architecture the metadata
+        describes (naming the first tensor that does not).
     """
-    meta_path = Path(meta_path)
-    try:
-        meta = json.loads(meta_path.read_text())
-        settings = ModelSettings(**meta["model"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise io.InputError(f"{meta_path}: model metadata is missing or invalid ({e})") from None
+    meta = check_model_meta(meta_path)
+    settings = ModelSettings(**meta["model"])
     model = build_model(settings)
     state = load_checkpoint(weights_path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise io.InputError(f"{weights_path}: expected a state dict of tensors")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise io.InputError(f"{weights_path}: weights do not fit the architecture in {meta_path} "
-                            f"({settings.backbone}, FPN {settings.fpn_channels}): {first}") from None
+    _check_state(model, state, weights_path, meta_path, settings)
+    model.load_state_dict(state)
     return model.to(device), meta
+
+
+def _check_state(model: nn.Module, state: dict, weights_path, meta_path, settings: ModelSettings) -> None:
+    """InputError naming the first missing, unexpected or differently shaped tensor of ``state``."""
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if not (missing or extra or shapes):
+        return
+    if shapes:
+        k = shapes[0]
+        what = f"tensor '{k}' has shape {tuple(state[k].shape)}, the architecture needs {tuple(own[k].shape)}"
+    else:
+        what = f"tensor '{(missing or extra)[0]}' is {'missing' if missing else 'not part of the architecture'}"
+    raise io.InputError(f"{weights_path}: weights do not fit the architecture in {meta_path} "
+                        f"(model.backbone {settings.backbone}, model.fpn_channels {settings.fpn_channels}): {what}")
