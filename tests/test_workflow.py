@@ -202,6 +202,39 @@ def test_imported_volumes_on_any_face_are_oriented_thresholded_and_exported(tmp_
     assert not any("labels_y1.tif" in f for files in inputs.values() for f in files)
 
 
+def test_a_reused_model_segments_a_tiff_volume_with_the_collector_on_y1(tmp_path, finished_run):
+    """The walkthrough's model step on its TIFF volume: the tiny run's model, copied out of results/model/
+    and named by model.checkpoint, is applied as is to an unlabelled TIFF whose collector is on y1 (turned on
+    import): no annotation or training job runs, the model is copied with its provenance, and the per-slice
+    instances lie on the volume's grid in the convention."""
+    import tifffile
+
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    from .conftest import TINY_PHANTOM
+
+    work = tmp_path / "reuse"
+    (work / "models").mkdir(parents=True)
+    for name in ("maskrcnn.pt", "maskrcnn.json"):
+        shutil.copy(finished_run / "results" / "model" / name, work / "models" / name)
+    model = yaml.safe_load((finished_run / "config.yaml").read_text())["model"]
+    write_tiny_workdir(work, model={**model, "checkpoint": "models/maskrcnn.pt"})
+    ph = generate_phantom(PhantomParams(**TINY_PHANTOM), 5)
+    tifffile.imwrite(work / "tomo_y1.tif", np.swapaxes(ph.volume[::-1], 0, 1))
+    (work / "samples.tsv").write_text("sample\tcell\tc_rate\tvolume\tdataset\tvoxel_size_um\tcollector_side\n"
+                                      "rot\tr\t1C\ttomo_y1.tif\t\t0.5\tauto\n")
+    r = run_snakemake(work, "results/rot/cnn/slices.h5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not (work / "results" / "annotations").exists() and not (work / "logs" / "train.log").exists()
+    meta = json.loads((work / "results" / "model" / "maskrcnn.json").read_text())
+    assert meta["reused_from"]["weights"] == "models/maskrcnn.pt"
+    with h5py.File(work / "results" / "rot" / "volume.h5") as v, \
+            h5py.File(work / "results" / "rot" / "cnn" / "slices.h5") as f:
+        assert v["volume"].attrs["collector_side"] == "y1"
+        np.testing.assert_array_equal(v["volume"][...], ph.volume)
+        assert f["labels"].shape == v["volume"].shape
+
+
 @pytest.mark.parametrize("row, expected", [
     ("a\tc\t1C\tv.h5\td\t0.5\ttop", "row 1 (sample 'a'), field 'collector_side' is 'top'; expected one of"),
     ("a\tc\t1C\tphantom\t\t\ty1", "row 1 (sample 'a'), field 'collector_side' is 'y1' for a phantom"),
