@@ -36,6 +36,12 @@ BOUNDS = {
                                  "share of its voxels have all six neighbours in the same phase (a class "
                                  "fitted to the blurred edges between two phases is a shell)"),
 }
+#: Upper bounds: check -> (upper bound, what is required).
+MAX_BOUNDS = {
+    "blur_sigma_vox": (0.8, "the point-spread function is narrow enough to see gaps of one to three voxels (σ "
+                            "measured on the particles' edges, voxels; detachment read on the phantom family "
+                            "0.2-0.3 too low at σ 1.2 and 1.6, within 0.1 at 0.5-0.6)"),
+}
 
 
 class ImplausiblePhaseMap(ValueError):
@@ -83,8 +89,9 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
     return PhaseCounts(out)
 
 
-def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every check of :data:`BOUNDS` on a phase map's per-slice counts and its per-phase table.
+def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_sigma_vox: float | None = None
+                    ) -> pd.DataFrame:
+    """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur.
 
     The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice.
 
@@ -96,12 +103,15 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None) -> pd
         The thresholding's per-phase table (``phase_fwhm.csv``: ``phase``, ``resolved``,
         ``interior_voxels``, ``volume_fraction``); without it the checks of the phase model
         (``cbd_resolved``, ``min_phase_fraction``, ``min_interior_share``) are left out.
+    blur_sigma_vox : float, optional
+        The point-spread σ measured on the particles' edges (:mod:`detachment.blur`); without it, or
+        NaN (too few edges), ``blur_sigma_vox`` is left out.
 
     Returns
     -------
     pandas.DataFrame
-        One row per check: ``check``, ``value`` (a fraction, 0-1), ``bound`` (minimum), ``passed``,
-        ``requirement``.
+        One row per check: ``check``, ``value``, ``bound``, ``bound_type`` (``min``: value >= bound;
+        ``max``: value <= bound), ``passed``, ``requirement``.
     """
     c = counts.per_slice.astype(float)
     per_slice_total = np.maximum(c.sum(1), 1)
@@ -117,8 +127,13 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None) -> pd
     }
     if fwhm is not None:
         values.update(_model_checks(fwhm, total))
-    return pd.DataFrame([{"check": k, "value": v, "bound": BOUNDS[k][0], "passed": bool(v >= BOUNDS[k][0]),
-                          "requirement": BOUNDS[k][1]} for k, v in values.items()])
+    rows = [{"check": k, "value": v, "bound": BOUNDS[k][0], "bound_type": "min", "passed": bool(v >= BOUNDS[k][0]),
+             "requirement": BOUNDS[k][1]} for k, v in values.items()]
+    if blur_sigma_vox is not None and np.isfinite(blur_sigma_vox):
+        bound, requirement = MAX_BOUNDS["blur_sigma_vox"]
+        rows.append({"check": "blur_sigma_vox", "value": float(blur_sigma_vox), "bound": bound, "bound_type": "max",
+                     "passed": bool(blur_sigma_vox <= bound), "requirement": requirement})
+    return pd.DataFrame(rows)
 
 
 def _model_checks(fwhm: pd.DataFrame, total: float) -> dict:
@@ -159,7 +174,8 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
     failed = table[~table.passed]
     if failed.empty:
         return
-    what = "; ".join(f"{r.check} = {r.value:.3f} < {r.bound} ({r.requirement})" for r in failed.itertuples())
+    what = "; ".join(f"{r.check} = {r.value:.3f} {'>' if getattr(r, 'bound_type', 'min') == 'max' else '<'} "
+                     f"{r.bound} ({r.requirement})" for r in failed.itertuples())
     msg = (f"sample '{sample}': implausible phase map: {what}. The histogram probably resolves fewer peaks "
            f"than phases and the classes are shifted (e.g. CBD read as Al, the collector as NMC), or the volume "
            f"holds no collector at z = 0. Look at {figure_hint or 'the phase figure'}; check the volume's "

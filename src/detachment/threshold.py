@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import io, phase_fit, phases, slab_phases
+from . import blur, io, phase_fit, phases, slab_phases
 from .binning import UniformBins
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,9 @@ class ThresholdResult:
         Phases the model does not separate from a neighbour (their voxels carry the neighbour's code).
     collector : detachment.phase_fit.CollectorSlab or None
         The collector slab found at z = 0 in the grey levels.
+    blur_sigma_vox : float
+        σ of the point-spread function measured on the particles' edges (:mod:`detachment.blur`),
+        voxels; NaN where too few edges were found.
     """
 
     model: phases.PhaseModel
@@ -134,6 +137,7 @@ class ThresholdResult:
     counts_per_slice: np.ndarray
     unresolved: tuple = ()
     collector: phase_fit.CollectorSlab | None = None
+    blur_sigma_vox: float = float("nan")
 
     @property
     def solid_per_slice(self) -> np.ndarray:
@@ -303,6 +307,14 @@ def _slab_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBi
     return interior, per_slice
 
 
+def _reference_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine_edges: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_slab_counts` by the reference functions, where the fast bins could not be built."""
+    keep = np.zeros(len(p), bool)
+    keep[rows] = True
+    return phases.interior_histograms(values, p, fine_edges, keep=keep), _slice_counts(p[rows])
+
+
 def _slice_counts(core: np.ndarray) -> np.ndarray:
     """Voxels of each phase code (columns 0..4) in each z slice of ``core`` (uint8 codes, z, y, x)."""
     flat = core.reshape(core.shape[0], -1)
@@ -346,8 +358,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, s.domain_sigma_vox,
                                             value_range=(lo, hi) if s.denoise == "none" else None,
                                             collector_top=collector_top(model, collector))
-    interior = np.zeros((len(phases.PHASE_NAMES), 4 * s.bins), np.int64)
-    per_slice = np.zeros((shape[0], len(phases.PHASE_NAMES)), np.int64)
+    interior, per_slice = np.zeros((5, 4 * s.bins), np.int64), np.zeros((shape[0], 5), np.int64)
+    edges = blur.EdgeProfiles()
     with io.atomic_output(phases_path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("phases", shape=shape, dtype=np.uint8, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
@@ -357,18 +369,15 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
             p = classifier(data, slice(b0, b1), z_first=a)
             rows = slice(z0 - a - b0, z1 - a - b0)
             d[z0:z1] = p[rows]
-            if fine is not None:
-                counts, per_slice[z0:z1] = _slab_counts(data[z0 - a: z1 - a], p, rows, fine)
-                interior += counts
-            else:
-                keep = np.zeros(b1 - b0, bool)
-                keep[rows] = True
-                interior += phases.interior_histograms(data[b0:b1], p, fine_edges, keep=keep)
-                per_slice[z0:z1] = _slice_counts(p[rows])
+            edges.add(p[rows], data[z0 - a: z1 - a])
+            counts, per_slice[z0:z1] = (_slab_counts(data[z0 - a: z1 - a], p, rows, fine) if fine is not None
+                                        else _reference_counts(data[b0:b1], p, rows, fine_edges))
+            interior += counts
         _write_attrs(d, voxel, model, unresolved)
     frac = per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, interior, fine_edges, frac), {
-        phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, per_slice, unresolved, collector)
+        phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, per_slice, unresolved, collector,
+        edges.sigma())
 
 
 def collector_top(model: phases.PhaseModel, collector: phase_fit.CollectorSlab | None) -> int | None:

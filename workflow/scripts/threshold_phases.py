@@ -31,7 +31,8 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                                                  result.unresolved))
 io.save_figure(fig, snakemake.output.figure)
 
-checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm)
+checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
+                                     result.blur_sigma_vox)
 io.write_csv(snakemake.output.qc, checks)
 if not checks.passed.all():
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
