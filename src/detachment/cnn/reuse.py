@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from .. import io
-from .model import CLASSES, ModelSettings
+from .settings import CLASSES, ModelSettings
 
 log = logging.getLogger(__name__)
 
