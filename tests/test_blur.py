@@ -26,7 +26,7 @@ def test_edge_profiles_measure_the_planted_blur(sigma):
     blurred = ndimage.gaussian_filter(grey[phases], sigma) + rng.normal(0, 0.02, phases.shape)
     profiles = EdgeProfiles()
     for z0 in range(0, 24, 8):  # slab by slab, as the thresholding adds them
-        profiles.add(phases[z0:z0 + 8], blurred[z0:z0 + 8])
+        profiles.add(phases[z0:z0 + 8], blurred[z0:z0 + 8], z0)
     assert profiles.count > 1000
     if sigma < 1:
         assert profiles.sigma() < 0.8

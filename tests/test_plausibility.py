@@ -62,7 +62,7 @@ def test_enforce_stops_naming_sample_check_and_way_out_or_warns(caplog):
 
 @pytest.mark.parametrize("preset, method, failed", [
     ("default", "informed", set()), ("default", "gmm", set()),
-    ("blurry", "gmm", {"al_fraction_first_slice", "al_in_collector_slab", "blur_sigma_vox"}),
+    ("blurry", "gmm", {"al_fraction_first_slice", "al_in_collector_slab"}),
     ("blurry", "informed", {"blur_sigma_vox"}),
     ("low_contrast", "gmm", {"al_fraction_first_slice", "al_in_collector_slab"}),
     ("low_contrast", "informed", set())])

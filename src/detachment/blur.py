@@ -19,12 +19,17 @@ from .phases import CBD, NMC_HIGH, NMC_LOW, VOID
 RUN = 3
 #: Profiles kept per slab and axis (an even subsample beyond), enough for a stable mean.
 MAX_PER_SLAB = 20_000
+#: Every this many slices (by volume z) is read: the mean profile needs thousands of edges, not all.
+SLICE_STEP = 4
 
 
 def _window_all(mask: np.ndarray, k: int) -> np.ndarray:
-    """``out[..., i]`` = ``mask[..., i:i + k].all(-1)`` for ``i`` in ``0 .. n - k``, by cumulative sums."""
-    c = np.concatenate([np.zeros(mask.shape[:-1] + (1,), np.int32), np.cumsum(mask, axis=-1, dtype=np.int32)], -1)
-    return (c[..., k:] - c[..., :-k]) == k
+    """``out[..., i]`` = ``mask[..., i:i + k].all(-1)`` for ``i`` in ``0 .. n - k``."""
+    n = mask.shape[-1] - k + 1
+    out = mask[..., :n].copy()
+    for j in range(1, k):
+        out &= mask[..., j: j + n]
+    return out
 
 
 class EdgeProfiles:
@@ -43,8 +48,8 @@ class EdgeProfiles:
         self.total = np.zeros(2 * RUN)
         self.count = 0
 
-    def add(self, phases: np.ndarray, grey: np.ndarray) -> None:
-        """Add the edges of one slab.
+    def add(self, phases: np.ndarray, grey: np.ndarray, z0: int = 0) -> None:
+        """Add the edges of one slab (of its slices whose volume z is a multiple of :data:`SLICE_STEP`).
 
         Parameters
         ----------
@@ -52,7 +57,11 @@ class EdgeProfiles:
             (z, y, x) uint8 phase codes.
         grey : numpy.ndarray
             (z, y, x) grey levels, same shape.
+        z0 : int, default 0
+            Volume z of the slab's first slice.
         """
+        keep = np.nonzero((np.arange(z0, z0 + len(phases)) % SLICE_STEP) == 0)[0]
+        phases, grey = phases[keep], grey[keep]
         nmc = (phases == NMC_LOW) | (phases == NMC_HIGH)
         background = (phases == VOID) | (phases == CBD)
         for axis in (1, 2):

@@ -369,7 +369,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
             p = classifier(data, slice(b0, b1), z_first=a)
             rows = slice(z0 - a - b0, z1 - a - b0)
             d[z0:z1] = p[rows]
-            edges.add(p[rows], data[z0 - a: z1 - a])
+            edges.add(p[rows], data[z0 - a: z1 - a], z0)
             counts, per_slice[z0:z1] = (_slab_counts(data[z0 - a: z1 - a], p, rows, fine) if fine is not None
                                         else _reference_counts(data[b0:b1], p, rows, fine_edges))
             interior += counts
