@@ -91,6 +91,7 @@ def test_a_shifted_phase_map_is_caught_and_the_informed_model_does_not_shift(tmp
     # the checks are not a formality: what they let through is right, a shifted map they stop is wrong
     strict = (written == ph.phases).mean()
     assert (strict < 0.8) if stopped_by - {"blur_sigma_vox"} else (merged.mean() > 0.8), (merged.mean(), strict)
-    assert result.blur_sigma_vox == pytest.approx(ph.params.blur_sigma_vox, abs=0.25)
+    if method == "informed":  # a shifted map's "NMC" edges are not the particles' edges
+        assert result.blur_sigma_vox == pytest.approx(ph.params.blur_sigma_vox, abs=0.25)
     if preset == "default":
         assert merged.mean() > 0.95 and result.unresolved == ()
