@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,22 @@ def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.C
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
+
+
+def dag_inputs(workdir: Path) -> dict[str, set[str]]:
+    """Per rule, every input file of its jobs still to run (from a dry run's job listing)."""
+    r = run_snakemake(workdir, "-n")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out: dict[str, set[str]] = {}
+    rule = None
+    for line in (r.stdout + r.stderr).splitlines():
+        head = re.match(r"^(?:local)?rule (\w+):", line)
+        if head:
+            rule = head.group(1)
+            out.setdefault(rule, set())
+        elif rule and line.strip().startswith("input:"):
+            out[rule].update(f.strip() for f in line.split(":", 1)[1].split(","))
+    return out
 
 
 @pytest.fixture(scope="session")

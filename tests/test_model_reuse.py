@@ -21,7 +21,7 @@ from detachment.cnn.reuse import check_model_meta, copy_model
 from detachment.cnn.scale import restore_prediction, scale_factor, training_scale
 from detachment.maskrcnn import CLASSES, ModelSettings, TrainSettings, build_model, load_model
 
-from .conftest import run_snakemake, write_tiny_workdir
+from .conftest import dag_inputs, run_snakemake, write_tiny_workdir
 from .test_maskrcnn import TINY, disks
 
 TRAIN = dict(epochs=1, batch_size=2, lr_start=0.01, lr_end=0.001, warmup_iterations=0, device="cpu", threads=1,
@@ -257,28 +257,13 @@ def _model_workdir(tmp_path, labels: bool, **model) -> tuple:
     return work, weights
 
 
-def _jobs(work) -> dict[str, set[str]]:
-    """Per rule of a dry run's jobs, their input files."""
-    r = run_snakemake(work, "-n")
-    assert r.returncode == 0, r.stderr[-2000:]
-    out, rule = {}, None
-    for line in (r.stdout + r.stderr).splitlines():
-        head = re.match(r"^(?:local)?rule (\w+):", line)
-        if head:
-            rule = head.group(1)
-            out.setdefault(rule, set())
-        elif rule and line.strip().startswith("input:"):
-            out[rule].update(f.strip() for f in line.split(":", 1)[1].split(","))
-    return out
-
-
 LABEL_RULES = {"annotations", "augment", "train", "tune_watershed", "compare", "activation_map", "evaluate_linking",
                "summarize_linking"}
 
 
 def test_inference_only_run_has_no_training_annotation_or_comparison_job(tmp_path):
     work, weights = _model_workdir(tmp_path, labels=False)
-    jobs = _jobs(work)
+    jobs = dag_inputs(work)
     assert not LABEL_RULES & set(jobs), LABEL_RULES & set(jobs)
     assert jobs["reuse_model"] == {"models/phantom/maskrcnn.pt", "models/phantom/maskrcnn.json"}
     assert {"infer_slab", "link_slices", "particles", "statistics", "robustness"} <= set(jobs)
@@ -287,11 +272,11 @@ def test_inference_only_run_has_no_training_annotation_or_comparison_job(tmp_pat
 
 def test_reuse_with_labels_scores_the_model_without_training_and_finetuning_trains_from_it(tmp_path):
     work, _ = _model_workdir(tmp_path / "reuse", labels=True)
-    jobs = _jobs(work)
+    jobs = dag_inputs(work)
     assert not {"augment", "train"} & set(jobs)
     assert {"reuse_model", "annotations", "compare", "tune_watershed", "infer_slab"} <= set(jobs)
     work, weights = _model_workdir(tmp_path / "ft", labels=True, finetune=True)
-    jobs = _jobs(work)
+    jobs = dag_inputs(work)
     assert "reuse_model" not in jobs
     assert {"models/phantom/maskrcnn.pt", "models/phantom/maskrcnn.json"} <= jobs["train"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 
 import h5py
@@ -12,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from .conftest import run_snakemake, write_tiny_workdir
+from .conftest import dag_inputs, run_snakemake, write_tiny_workdir
 
 
 @pytest.fixture
@@ -197,7 +196,7 @@ def test_imported_volumes_on_any_face_are_oriented_thresholded_and_exported(tmp_
     with h5py.File(res / "rot" / "labels.h5") as f:
         np.testing.assert_array_equal(f["labels"][...], ph.labels)
     # training reads the imported labels, in the convention, never the user's file (left to import_labels)
-    inputs = _dag_inputs(work)
+    inputs = dag_inputs(work)
     assert {"results/rot/volume.h5", "results/rot/labels.h5"} <= inputs["annotations"]
     assert not any("labels_y1.tif" in f for files in inputs.values() for f in files)
 
@@ -325,27 +324,11 @@ TRUTH_READERS = {"phantom_second_map", "annotations", "evaluate_linking", "valid
                  "summarize_science_validation", "robustness"}
 
 
-def _dag_inputs(workdir) -> dict[str, set[str]]:
-    """Per rule, every input file of its jobs in the whole DAG (from a dry run's job listing)."""
-    r = run_snakemake(workdir, "-n")
-    assert r.returncode == 0, r.stderr[-2000:]
-    out: dict[str, set[str]] = {}
-    rule = None
-    for line in (r.stdout + r.stderr).splitlines():
-        head = re.match(r"^(?:local)?rule (\w+):", line)
-        if head:
-            rule = head.group(1)
-            out.setdefault(rule, set())
-        elif rule and line.strip().startswith("input:"):
-            out[rule].update(f.strip() for f in line.split(":", 1)[1].split(","))
-    return out
-
-
 def test_only_evaluation_rules_read_the_truth_and_unseen_cells_never_reach_training(tiny_workdir):
     sheet = pd.read_csv(tiny_workdir / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
     unseen = set(sheet[sheet.labels == ""]["sample"])
     assert unseen, "the default sheet has unseen evaluation cells"
-    inputs = _dag_inputs(tiny_workdir)
+    inputs = dag_inputs(tiny_workdir)
     readers = {rule for rule, files in inputs.items() if any("/truth" in f for f in files)}
     assert readers and readers <= TRUTH_READERS, readers - TRUTH_READERS
     # the training labels are the labelled cells' only; unseen cells reach no training step in any form
