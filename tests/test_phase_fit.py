@@ -12,7 +12,7 @@ from scipy import ndimage
 from detachment import io, plausibility
 from detachment.phantom import PhantomParams, generate_phantom
 from detachment.phase_fit import PhaseModelError, find_collector_slab, fit_informed_model, resolved_mixture
-from detachment.phases import AL, NMC_HIGH, NMC_LOW, PHASE_CODES, VOID
+from detachment.phases import AL, NMC_HIGH, NMC_LOW, PHASE_CODES, VOID, Histogram
 from detachment.threshold import ThresholdSettings, threshold_volume
 
 EDGES = np.linspace(-0.2, 1.2, 281)
@@ -56,7 +56,7 @@ def test_only_components_the_histogram_resolves_are_kept(separation, k):
     rng = np.random.default_rng(1)
     v = np.concatenate([rng.normal(0.5, 0.04, 70000), rng.normal(0.5 + separation, 0.04, 30000)])
     counts, edges = np.histogram(v, bins=200, range=(0.2, 1.1))
-    mix = resolved_mixture(counts, 0.5 * (edges[1:] + edges[:-1]), 2)
+    mix = resolved_mixture(Histogram(counts, edges), 2)
     assert len(mix.means) == k
     if k == 2:
         np.testing.assert_allclose(mix.means, [0.5, 0.5 + separation], atol=0.005)

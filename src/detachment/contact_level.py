@@ -122,11 +122,11 @@ class ContactLevel:
         return cls(**row)
 
 
-def face_neighbour_levels(envelope: np.ndarray, others: np.ndarray, phases: np.ndarray,
-                          intensity: np.ndarray, solid_level: float | None = None) -> np.ndarray:
-    """Grey levels of the background voxels across the faces of a particle's envelope.
+def face_neighbour_pairs(envelope: np.ndarray, others: np.ndarray, phases: np.ndarray, intensity: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Grey levels on both sides of each face between a particle's envelope and the background.
 
-    A face neighbour counts when it is outside ``envelope``, not in ``others`` and void or CBD in
+    A face counts when its outer voxel is outside ``envelope``, not in ``others`` and void or CBD in
     ``phases``; faces on the array border are left out.
 
     Parameters
@@ -139,6 +139,31 @@ def face_neighbour_levels(envelope: np.ndarray, others: np.ndarray, phases: np.n
         (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
     intensity : numpy.ndarray
         (z, y, x) grey levels.
+
+    Returns
+    -------
+    outside, inside : numpy.ndarray
+        (n_faces,) float64 grey levels of the background voxel and of the envelope voxel of each face (a
+        voxel beside several faces appears once per face).
+    """
+    background = ~envelope & ~others & ((phases == VOID) | (phases == CBD))
+    outside, inside = [], []
+    for axis in range(3):
+        a, b = _pairs(envelope.shape, axis)  # each voxel and its +1 neighbour along the axis
+        up, down = envelope[a] & background[b], envelope[b] & background[a]
+        outside += [intensity[b][up], intensity[a][down]]
+        inside += [intensity[a][up], intensity[b][down]]
+    return np.concatenate(outside).astype(np.float64), np.concatenate(inside).astype(np.float64)
+
+
+def face_neighbour_levels(envelope: np.ndarray, others: np.ndarray, phases: np.ndarray,
+                          intensity: np.ndarray, solid_level: float | None = None) -> np.ndarray:
+    """Grey levels of the background voxels across the faces of a particle's envelope.
+
+    Parameters
+    ----------
+    envelope, others, phases, intensity : numpy.ndarray
+        As :func:`face_neighbour_pairs`.
     solid_level : float, optional
         The particle's solid grey level: each value is then outside + inside − ``solid_level``, the
         background with the spill of a symmetric point-spread function removed.
@@ -146,16 +171,10 @@ def face_neighbour_levels(envelope: np.ndarray, others: np.ndarray, phases: np.n
     Returns
     -------
     numpy.ndarray
-        (n_faces,) float64 grey levels, one per face (a voxel beside several faces appears once per face).
+        (n_faces,) float64 grey levels, one per face (:func:`face_neighbour_pairs`' order).
     """
-    background = ~envelope & ~others & ((phases == VOID) | (phases == CBD))
-    out = []
-    for axis in range(3):
-        a, b = _pairs(envelope.shape, axis)  # each voxel and its +1 neighbour along the axis
-        up, down = envelope[a] & background[b], envelope[b] & background[a]
-        out.append(intensity[b][up] + (intensity[a][up] - solid_level if solid_level is not None else 0))
-        out.append(intensity[a][down] + (intensity[b][down] - solid_level if solid_level is not None else 0))
-    return np.concatenate(out).astype(np.float64)
+    outside, inside = face_neighbour_pairs(envelope, others, phases, intensity)
+    return outside if solid_level is None else outside + inside - solid_level
 
 
 def _two_gaussians_em(x: np.ndarray, iterations: int = 200, tol: float = 1e-7):

@@ -378,7 +378,7 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     import h5py
 
     from . import io
-    from .contact_level import choose_reading, face_neighbour_levels, fit_contact_level
+    from .contact_level import choose_reading, face_neighbour_pairs, fit_contact_level
 
     shape, _ = io.read_volume_info(volume_path)
     values, deconvolved = [], []
@@ -387,10 +387,11 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         midpoint = gap_level(dp.attrs)
         for _, _, env, others, ph, grey in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
                                                           "contact level"):
-            values.append(face_neighbour_levels(env, others, ph, grey))
+            outside, inside = face_neighbour_pairs(env, others, ph, grey)
+            values.append(outside)
             solid = solid_grey(env, ph, grey)
             if solid is not None:
-                deconvolved.append(face_neighbour_levels(env, others, ph, grey, solid))
+                deconvolved.append(outside + inside - solid)
     values = np.concatenate(values) if values else np.zeros(0)
     deconvolved = np.concatenate(deconvolved) if deconvolved else np.zeros(0)
     fit = fit_contact_level(values, np.nan if midpoint is None else midpoint)

@@ -162,13 +162,7 @@ def _em(x: np.ndarray, w: np.ndarray, mu: np.ndarray, sd: np.ndarray, floor: flo
     return mu[order], sd[order], (pi * w.sum())[order], loglik
 
 
-def _edges_of(centers: np.ndarray) -> np.ndarray:
-    """Bin edges of evenly spaced bin centres."""
-    h = (centers[1] - centers[0]) / 2 if len(centers) > 1 else 0.5
-    return np.concatenate([centers - h, [centers[-1] + h]])
-
-
-def resolved_mixture(counts: np.ndarray, centers: np.ndarray, k_max: int) -> Mixture:
+def resolved_mixture(hist: Histogram, k_max: int) -> Mixture:
     """As many Gaussian components (at most ``k_max``) as the histogram resolves.
 
     k components are resolved when the histogram shows k modes (:func:`detachment.phases.histogram_peaks`)
@@ -180,10 +174,8 @@ def resolved_mixture(counts: np.ndarray, centers: np.ndarray, k_max: int) -> Mix
 
     Parameters
     ----------
-    counts : numpy.ndarray
-        (bins,) voxel counts.
-    centers : numpy.ndarray
-        (bins,) bin centres, grey level, evenly spaced.
+    hist : detachment.phases.Histogram
+        The histogram (evenly spaced bins).
     k_max : int
         Most components wanted.
 
@@ -192,15 +184,15 @@ def resolved_mixture(counts: np.ndarray, centers: np.ndarray, k_max: int) -> Mix
     Mixture
         The kept components, and why larger k were rejected.
     """
-    w = counts.astype(float)
+    w, centers = hist.counts.astype(float), hist.centers
     floor = float(centers[1] - centers[0]) / 2
     cum = np.cumsum(w) / max(w.sum(), 1)
     best, tried = None, []
-    n_modes = len(histogram_peaks(Histogram(counts, _edges_of(centers)), k_max, fill=False))
+    n_modes = len(histogram_peaks(hist, k_max, fill=False))
     for k in range(1, k_max + 1):
         sd0 = np.full(k, max(float(np.sqrt(np.cov(centers, aweights=np.maximum(w, 1e-12)))) / k, floor))
         starts = [np.interp((np.arange(k) + 0.5) / k, cum, centers)]
-        modes = histogram_peaks(Histogram(counts, _edges_of(centers)), k)
+        modes = histogram_peaks(hist, k)
         if len(modes) == k:
             starts.append(centers[modes])
         mu, sd, pi, _ = max((_em(centers, w, start, sd0, floor) for start in starts), key=lambda f: f[3])
@@ -304,22 +296,21 @@ def _side_mixture(rest: np.ndarray, edges: np.ndarray, inside: np.ndarray, side_
     if rest[inside].sum() == 0:
         raise PhaseModelError(f"no voxels on the side of the collector's grey level {collector_grey:.3g} "
                               f"where {list(side_names)} should be")
-    x = 0.5 * (edges[1:] + edges[:-1])
-    return _peak_cores(resolved_mixture(rest[inside], x[inside], len(side_names)), rest[inside], edges, inside)
+    idx = np.nonzero(inside)[0]
+    side = Histogram(rest[inside], edges[idx[0]: idx[-1] + 2])
+    return _peak_cores(resolved_mixture(side, len(side_names)), side)
 
 
-def _peak_cores(mix: Mixture, counts: np.ndarray, edges: np.ndarray, inside: np.ndarray) -> Mixture:
+def _peak_cores(mix: Mixture, side: Histogram) -> Mixture:
     """The resolved components refitted on their peak cores, where the side shows as many modes.
 
     EM spreads each component over the partial-volume voxels between phases; the peak cores
     (:func:`detachment.phases.fit_peak_gaussians`) describe the pure phases.
     """
-    idx = np.nonzero(inside)[0]
-    side = Histogram(counts, edges[idx[0]: idx[-1] + 2])
     if len(mix.means) == 1 or len(histogram_peaks(side, len(mix.means), fill=False)) == len(mix.means):
         mu, sd, pi = fit_peak_gaussians(side, len(mix.means))
         if len(mu) == len(mix.means):
-            return Mixture(mu, sd, pi * counts.sum(), mix.tried)
+            return Mixture(mu, sd, pi * side.counts.sum(), mix.tried)
     return mix
 
 

@@ -39,8 +39,7 @@ BOUNDS = {
 #: Upper bounds: check -> (upper bound, what is required).
 MAX_BOUNDS = {
     "blur_sigma_vox": (0.8, "the point-spread function is narrow enough to see gaps of one to three voxels (σ "
-                            "measured on the particles' edges, voxels; detachment read on the phantom family "
-                            "0.2-0.3 too low at σ 1.2 and 1.6, within 0.1 at 0.5-0.6)"),
+                            "measured on the particles' edges, voxels; the bound: docs/results.md)"),
 }
 
 
