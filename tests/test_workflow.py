@@ -389,6 +389,20 @@ def test_bad_input_sheet_manual_thresholds_are_refused(tmp_path, value, expected
     assert expected in r.stdout + r.stderr
 
 
+def test_a_sheets_manual_thresholds_reach_its_phase_map(tmp_path):
+    work = write_tiny_workdir(tmp_path / "manual")
+    (work / "samples.tsv").write_text(SHEET_HEAD.replace("\n", "\tthresholds\n")
+                                      + "a\tc\t1C\tphantom\t\t\t\t0.14, 0.41 0.6 0.8\n"
+                                      + "b\tc\t1C\tphantom\t\t\t\t\n")
+    r = run_snakemake(work, "results/a/phases.h5", "results/b/phases.h5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for sample, method in (("a", "manual"), ("b", "informed")):
+        with h5py.File(work / "results" / sample / "phases.h5") as f:
+            assert f["phases"].attrs["method"] == method
+            if method == "manual":
+                np.testing.assert_array_equal(f["phases"].attrs["thresholds"], [0.14, 0.41, 0.6, 0.8])
+
+
 def test_tiny_run_linking_watershed_and_science_against_the_truth(finished_run):
     """Loose bounds on the tiny run's downstream steps, each against the phantom's truth, that a broken step
     would fail. The tiny run's CNN is trained for a few iterations only and finds no particle: its outputs

@@ -117,10 +117,15 @@ def threshold_settings(wildcards):
     phase map, so it is read by the script from the config and reruns nothing), with the sample's manual
     thresholds from the sheet where set."""
     s = {k: v for k, v in config["threshold"].items() if k != "on_implausible"}
-    manual = SAMPLES.loc[wildcards.sample, "thresholds"].strip()
+    manual = sheet_thresholds(wildcards.sample)
     if manual:
-        s["thresholds"] = [float(t) for t in re.split(r"[\s,]+", manual)]
+        s["thresholds"] = manual
     return s
+
+
+def sheet_thresholds(sample):
+    """The sample's manual thresholds from the sheet's `thresholds` column (grey levels; [] when empty)."""
+    return [float(t) for t in re.split(r"[\s,]+", SAMPLES.loc[sample, "thresholds"].strip()) if t]
 
 
 def link_settings():
@@ -216,7 +221,7 @@ for _s in IMPORTED_SAMPLES:
             "presets select phantom parameters only"
         )
 for _s in SAMPLES.index:
-    _t = [float(t) for t in re.split(r"[\s,]+", SAMPLES.loc[_s, "thresholds"].strip()) if t]
+    _t = sheet_thresholds(_s)
     if _t and any(b <= a for a, b in zip(_t, _t[1:])):
         raise ValueError(
             f"{config['samples']}: sample '{_s}', field 'thresholds' is {_t}; four increasing grey levels "
