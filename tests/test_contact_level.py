@@ -61,25 +61,34 @@ def test_face_neighbour_levels_match_a_brute_force_walk_over_the_faces():
     np.testing.assert_allclose(np.sort(got), np.sort(np.asarray(expected, np.float64)))
 
 
-def test_fitted_level_reads_a_blurred_gap_that_the_void_cbd_midpoint_misses():
-    """A ball in CBD, its upper half detached by a two-voxel electrolyte gap, blurred (σ 0.5 voxel) with
-    noise: the truth is the face count on the sharp phases; the fitted level finds it within 0.03, the
-    void/CBD midpoint reads the edges of the patch as attached."""
+def _blurred_ball(sigma: float, detached: bool, noise: float = 0.01, seed: int = 3):
+    """A ball (NMC 0.72) in CBD, blurred by σ with Gaussian noise of SD ``noise``. ``detached``: its upper part behind a two-voxel
+    electrolyte gap (0.0), the CBD 0.3; else no gap, but CBD of two densities (0.36 above, porous 0.24 below)."""
     shape = (40, 40, 40)
     zz, yy, xx = np.indices(shape)
     r = np.sqrt((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2)
     ball = r <= 9
     phases = np.full(shape, CBD, np.uint8)
     phases[ball] = NMC_LOW
-    detached_shell = ~ball & (r <= 11) & (zz + 0.3 * (yy - 20) > 21)
-    phases[detached_shell] = VOID
+    upper = zz + 0.3 * (yy - 20) > 21
+    sharp = np.where(ball, 0.72, 0.3)
+    if detached:
+        phases[~ball & (r <= 11) & upper] = VOID
+        sharp[phases == VOID] = 0.0
+    else:
+        sharp[~ball] = np.where(upper[~ball], 0.36, 0.24)
+    grey = ndimage.gaussian_filter(sharp.astype(np.float32), sigma)
+    grey = (grey + np.random.default_rng(seed).normal(0, noise, shape)).astype(np.float32)
+    return ball, phases, grey
+
+
+def test_fitted_level_reads_a_blurred_gap_that_the_void_cbd_midpoint_misses():
+    """A ball in CBD, its upper half detached by a two-voxel electrolyte gap, blurred (σ 0.5 voxel) with
+    noise: the truth is the face count on the sharp phases; the fitted level finds it within 0.03, the
+    void/CBD midpoint reads the edges of the patch as attached."""
+    ball, phases, grey = _blurred_ball(0.5, detached=True, noise=0.02)
     labels = ball.astype(np.uint32)
     truth = surface_contacts(labels, phases, probe=1).detachment[1]
-    grey_of_phase = np.zeros(256, np.float32)
-    grey_of_phase[[VOID, CBD, NMC_LOW]] = 0.0, 0.3, 0.72
-    sharp = grey_of_phase[phases]
-    rng = np.random.default_rng(3)
-    grey = (ndimage.gaussian_filter(sharp.astype(np.float32), 0.5) + rng.normal(0, 0.02, shape)).astype(np.float32)
     # the phase map a volume-wide threshold gives (void/CBD cut low, void being the commonest phase)
     seen = np.where(grey < 0.1, VOID, np.where(grey < 0.51, CBD, NMC_LOW)).astype(np.uint8)
     fit = fit_contact_level(face_neighbour_levels(ball, np.zeros_like(ball), seen, grey), fallback=0.15)
@@ -112,27 +121,6 @@ def test_contact_level_table_round_trips(tmp_path):
     fit.to_frame().to_csv(tmp_path / "c.csv", index=False)
     back = ContactLevel.read_csv(tmp_path / "c.csv")
     assert back.level == pytest.approx(fit.level) and back.fitted == fit.fitted and back.n_faces == 600
-
-
-def _blurred_ball(sigma: float, detached: bool, seed: int = 3):
-    """A ball (NMC 0.72) in CBD, blurred by σ with noise 0.01. ``detached``: its upper part behind a two-voxel
-    electrolyte gap (0.0), the CBD 0.3; else no gap, but CBD of two densities (0.36 above, porous 0.24 below)."""
-    shape = (40, 40, 40)
-    zz, yy, xx = np.indices(shape)
-    r = np.sqrt((zz - 20) ** 2 + (yy - 20) ** 2 + (xx - 20) ** 2)
-    ball = r <= 9
-    phases = np.full(shape, CBD, np.uint8)
-    phases[ball] = NMC_LOW
-    upper = zz + 0.3 * (yy - 20) > 21
-    sharp = np.where(ball, 0.72, 0.3)
-    if detached:
-        phases[~ball & (r <= 11) & upper] = VOID
-        sharp[phases == VOID] = 0.0
-    else:
-        sharp[~ball] = np.where(upper[~ball], 0.36, 0.24)
-    grey = ndimage.gaussian_filter(sharp.astype(np.float32), sigma)
-    grey = (grey + np.random.default_rng(seed).normal(0, 0.01, shape)).astype(np.float32)
-    return ball, phases, grey
 
 
 @pytest.mark.parametrize("sigma, detached, switched", [(1.5, True, False), (1.0, False, True)])
