@@ -249,8 +249,8 @@ def test_bad_input_sheet_collector_side(tmp_path, row, expected):
 
 @pytest.mark.slow
 def test_particles_export_of_the_tiny_run_equals_its_hdf5(finished_run, tmp_path):
-    """The tiny run's barely trained CNN finds no particle, so the copy's cnn/particles.h5 /labels is
-    overwritten with the planted instances first (same file, dataset, type and attrs); only the exports run."""
+    """The copy's cnn/particles.h5 /labels is overwritten with the planted instances first (same file,
+    dataset, type and attrs), so the exports carry known particles; only the exports run."""
     import tifffile
 
     from .test_export import read_ome_zarr
@@ -404,9 +404,9 @@ def test_a_sheets_manual_thresholds_reach_its_phase_map(tmp_path):
 
 
 def test_tiny_run_linking_watershed_and_science_against_the_truth(finished_run):
-    """Loose bounds on the tiny run's downstream steps, each against the phantom's truth, that a broken step
-    would fail. The tiny run's CNN is trained for a few iterations only and finds no particle: its outputs
-    are checked for their contract here; its accuracy is tested in test_maskrcnn and measured by make run."""
+    """Loose bounds on the tiny run's steps, each against the phantom's truth, that a broken step would
+    fail: its CNN (about 500 training steps on the two labelled cells, scored on their test slices), the
+    linking of its slices into particles on all four cells, and the science on those particles."""
     results = finished_run / "results"
     samples = ("cell_1C", "cell_C10", "unseen_1C", "unseen_C10")
     score_threshold = yaml.safe_load((finished_run / "config.yaml").read_text())["infer"]["score_threshold"]
@@ -421,6 +421,11 @@ def test_tiny_run_linking_watershed_and_science_against_the_truth(finished_run):
     summary = pd.read_csv(results / "comparison" / "metrics_summary.csv").set_index(["method", "metric"])
     assert summary.loc[("watershed", "precision"), "mean"] > 0.5
     assert summary.loc[("watershed", "sensitivity"), "mean"] > 0.5
+    # the CNN finds most sections on the test slices, and the linker makes particles of them
+    assert summary.loc[("cnn", "precision"), "mean"] > 0.4
+    assert summary.loc[("cnn", "sensitivity"), "mean"] > 0.5
+    cnn_linked = linking[(linking.input == "cnn_slices") & (linking.method == "hungarian")]
+    assert set(cnn_linked["sample"]) == set(samples) and cnn_linked.recovered.mean() >= 0.3
     # science on the truth's envelopes measured on the pipeline's phase map: every particle matched,
     # detachment within 0.3 (planted means 0.45 / 0.20) and the crack surface within 30 %
     science = pd.read_csv(results / "statistics" / "validation.csv")
@@ -429,6 +434,10 @@ def test_tiny_run_linking_watershed_and_science_against_the_truth(finished_run):
     assert (true_env.n_matched == true_env.n_truth).all() and (true_env.n_truth > 0).all()
     assert (true_env.detachment_mae < 0.3).all()
     assert (true_env.crack_surface_rel_error_of_mean.abs() < 0.3).all()
+    # and on the CNN's own particles: at least 40 % of the true particles matched, detachment within 0.15
+    pipeline = science[(science.source == "pipeline") & (science["sample"] == "all")].dropna(subset=["n_truth"])
+    assert len(pipeline) == 1 and pipeline.n_matched.iloc[0] >= 0.4 * pipeline.n_truth.iloc[0]
+    assert pipeline.detachment_mae.iloc[0] < 0.15
     for sample in samples:
         truth = pd.read_csv(results / sample / "truth_particles.csv")
         assert len(truth) > 0 and truth.detachment.between(0, 1).all()
