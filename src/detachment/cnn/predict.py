@@ -106,6 +106,20 @@ def _mask_iou_at_least(bi: torch.Tensor, bj: torch.Tensor, a: tuple, b: tuple, m
     return bool(union and inter / union >= match_iou)
 
 
+def _intersecting_later(boxes: np.ndarray, block: int = 1024) -> list[np.ndarray]:
+    """Per box i of (n, 4) (y0, x0, y1, x1) boxes, the ascending indices j > i of the boxes that intersect it
+    (positive area; an empty box intersects none), compared ``block`` rows at a time."""
+    n = len(boxes)
+    later = []
+    for a in range(0, n, block):
+        b = boxes[a:a + block, None, :]
+        hit = ((np.maximum(b[..., 0], boxes[:, 0]) < np.minimum(b[..., 2], boxes[:, 2]))
+               & (np.maximum(b[..., 1], boxes[:, 1]) < np.minimum(b[..., 3], boxes[:, 3])))
+        hit &= np.arange(n)[None, :] > np.arange(a, a + len(b))[:, None]
+        later.extend(np.flatnonzero(row) for row in hit)
+    return later
+
+
 def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, match_iou: float = 0.5
                ) -> dict[str, torch.Tensor]:
     """Fuse the predictions of one slice's flipped passes (masks already flipped back) into one set.
@@ -136,9 +150,10 @@ def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, matc
             for sc, m in zip(p["scores"].tolist(), p["masks"][:, 0]) if sc >= TTA_MIN_SCORE]
     dets.sort(key=lambda d: -d[0])
     binary = [d[2] >= mask_threshold for d in dets]
-    # only pairs whose boxes intersect are compared, and on the joint box, so a slice with hundreds of
-    # particles stays cheap
+    # only pairs whose boxes intersect are compared (found vectorised), and on the joint box, so a slice
+    # or tile with hundreds of particles stays cheap
     boxes = _mask_boxes(binary)
+    later = _intersecting_later(np.asarray(boxes, np.int64).reshape(-1, 4))
     used = [False] * len(dets)
     scores, masks = [], []
     for i, (sc, v, m) in enumerate(dets):
@@ -146,14 +161,15 @@ def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, matc
             continue
         used[i] = True
         group = {v: (sc, m)}
-        for j in range(i + 1, len(dets)):
+        for j in later[i]:
             if used[j] or dets[j][1] in group:
                 continue
             if _mask_iou_at_least(binary[i], binary[j], boxes[i], boxes[j], match_iou):
                 group[dets[j][1]] = dets[j][0], dets[j][2]
                 used[j] = True
         scores.append(sum(g[0] for g in group.values()) / n)
-        masks.append(torch.stack([g[1] for g in group.values()]).mean(0))
+        # the mean of one mask is the mask itself: not copied twice
+        masks.append(torch.stack([g[1] for g in group.values()]).mean(0) if len(group) > 1 else group[v][1])
     if not scores:
         h, w = preds[0]["masks"].shape[-2:]
         return {"scores": torch.zeros(0), "masks": torch.zeros((0, 1, h, w))}
