@@ -139,7 +139,7 @@ def test_axis_tiles_are_equal_overlap_enough_and_their_cores_partition_the_axis(
 
 
 def test_tile_settings_resolve_and_refuse_what_cannot_work():
-    assert resolve_tile_px("auto") == AUTO_TILE_PX == 512
+    assert resolve_tile_px("auto") == AUTO_TILE_PX == 256
     assert resolve_tile_px(None) is None and resolve_tile_px(256) == 256 and resolve_tile_px(384.0) == 384
     for bad in (100, "big", True, 300.5):
         with pytest.raises(ValueError, match="infer.tile_px"):
@@ -215,7 +215,7 @@ def test_a_slice_that_fits_one_tile_is_predicted_whole_as_without_tiling(tta):
     image, truth = disk_scene(192, 6.0, 30.0, seed=1)
     a, b = BlobModel(), BlobModel()
     whole = predict(a, image[None], CPU, 2, 0.5, 0.5, tta=tta)
-    tiled = predict(b, image[None], CPU, 2, 0.5, 0.5, tta=tta, tile_px=512, overlap_px=64)
+    tiled = predict(b, image[None], CPU, 2, 0.5, 0.5, tta=tta, tile_px=resolve_tile_px("auto"), overlap_px=64)
     np.testing.assert_array_equal(whole[0], tiled[0])
     assert whole[1] == tiled[1] and set(b.seen) == {(192, 192)}
     assert same_instances(truth, tiled[0][0])

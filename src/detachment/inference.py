@@ -118,7 +118,7 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
         (:func:`detachment.cnn.scale.scale_factor`); ``off``: native scale.
     tile_px : int, "auto" or None, default "auto"
         Largest slice side (px, after rescaling) the model sees whole; larger slices go in overlapping tiles
-        (:mod:`detachment.cnn.tiles`; ``auto``: 512 px; None: never).
+        (:mod:`detachment.cnn.tiles`; ``auto``: 256 px; None: never).
 
     Returns
     -------
@@ -193,8 +193,13 @@ def _tiling(tile_px, meta: dict, shape, factor, where: str) -> dict:
         log.info("%s: slices of %s px as the model sees them, predicted in %d tiles of %d x %d slice px "
                  "(infer.tile_px %d, overlap %d px of the model's input: 2 x the training particle diameter "
                  "%s px, at least %d)", where, list(seen), len(tiles), t.y1 - t.y0, t.x1 - t.x0, tile, overlap,
-                 (meta.get("scale") or {}).get("particle_diameter_px"), MIN_OVERLAP_PX)
+                 _rounded((meta.get("scale") or {}).get("particle_diameter_px")), MIN_OVERLAP_PX)
     return {"tile_px": tile, "overlap_px": overlap}
+
+
+def _rounded(value, digits: int = 1):
+    """``value`` rounded for a message; None stays None."""
+    return None if value is None else round(float(value), digits)
 
 
 def _label_stacks(out, z0: int, z1: int, shape) -> tuple:
