@@ -1,10 +1,11 @@
 """Paper-scale end-to-end run: a side x side x depth tiled phantom through the default workflow's steps.
 
 Usage: .venv/bin/python benchmarks/paper_volume.py [--side 1024] [--depth 256] [--model results/model/maskrcnn.pt]
-       [--workdir DIR] [--tta-slices 2] [--steps build,import,...] [--threads 2] [--json OUT.json]
+       [--workdir DIR] [--tta-slices 2] [--steps build,import,...] [--threads 2] [--tile-px auto] [--json OUT.json]
 Each step runs its workflow script (workflow/scripts/*.py, config/config.yaml) in a fresh subprocess; printed:
-wall and CPU time, peak RSS and Mvoxel/s per step, seconds per slice with and without TTA, detections per slice
-against the model's cap, and the totals against the paper-scale targets (60 min on 2 cores, 4 GiB peak RSS).
+wall and CPU time, peak RSS and Mvoxel/s per step, seconds per slice with and without TTA, whether inference ran
+in tiles (infer.tile_px) and which slices reached the model's detection cap (the inference's warnings), and the
+totals against the paper-scale targets (60 min on 2 cores, 4 GiB peak RSS).
 The volume is PhantomParams() (seed 1) tiled: mirrored in y and x, its part above the Al collector repeated in z.
 --workdir keeps the files, so --steps can rerun a subset. `make bench` runs 256 x 256 x 32, `make bench-paper` 1024.
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,15 +153,19 @@ def build_volume(source: str, info: str, side: int, depth: int, seed: int, prese
 
 def time_tta(volume: str, weights: str, meta: str, out: str, slices: list, settings: dict, threads: int) -> None:
     """Seconds per slice of the workflow's inference on ``slices`` without and with TTA (after a one-slice
-    warm-up), detections per slice and the peak RSS after each (RSS only grows: the TTA figure includes the
-    plain pass's)."""
+    warm-up; rescaled and tiled as the workflow does), detections per slice, tiles per slice, the detection-cap
+    warnings and the peak RSS after each (RSS only grows: the TTA figure includes the plain pass's)."""
     import h5py
     import numpy as np
     import torch
 
     from detachment import io
+    from detachment.cnn.tiles import resolve_tile_px, tile_overlap, tile_windows
     from detachment.inference import model_slices
-    from detachment.maskrcnn import load_model, predict, select_device
+    from detachment.maskrcnn import load_model, predict, scale_factor, select_device
+
+    warnings = _WarningCount()
+    logging.getLogger("detachment").addHandler(warnings)
 
     torch.set_num_threads(max(1, threads))
     dev = select_device(settings["device"])
@@ -168,11 +175,16 @@ def time_tta(volume: str, weights: str, meta: str, out: str, slices: list, setti
         d = f[io.VOLUME_DATASET]
         images = [model_slices(d, z, z + 1, context) for z in slices]
     images = np.concatenate(images)
+    factor = scale_factor(io.read_volume_info(volume)[1], m, settings.get("rescale", "auto"))
+    tiling = {"tile_px": resolve_tile_px(settings.get("tile_px", "auto")), "overlap_px": tile_overlap(m)}
+    tiles = tile_windows(images.shape[-2:], factor, **tiling)
     kw = dict(device=dev, batch_size=settings["batch_size"], score_threshold=settings["candidate_threshold"],
-              mask_threshold=settings["mask_threshold"], min_visible_fraction=settings["min_visible_fraction"])
+              mask_threshold=settings["mask_threshold"], min_visible_fraction=settings["min_visible_fraction"],
+              scale=factor, **tiling)
     predict(model, images[:1], tta=False, **kw)  # warm-up: allocators, kernels
-    result = {"slices": [int(z) for z in slices]}
+    result = {"slices": [int(z) for z in slices], "tiles_per_slice": len(tiles) if tiles else 1, **tiling}
     for tta in (False, True):
+        warnings.messages.clear()
         t0 = time.perf_counter()
         labels, rows = predict(model, images, tta=tta, **kw)
         dt = time.perf_counter() - t0
@@ -180,8 +192,33 @@ def time_tta(volume: str, weights: str, meta: str, out: str, slices: list, setti
                for i in range(len(images))]
         result["tta" if tta else "plain"] = {
             "s_per_slice": dt / len(images), "candidates_per_slice": [int(x.max()) for x in labels],
-            "detections_per_slice": det, "peak_rss_mib": peak_rss_mib()}
+            "detections_per_slice": det, "cap_warnings": list(warnings.messages), "peak_rss_mib": peak_rss_mib()}
     Path(out).write_text(json.dumps(result))
+
+
+class _WarningCount(logging.Handler):
+    """Keeps the messages of the warnings logged (the inference's detection-cap warnings)."""
+
+    def __init__(self):
+        super().__init__(level=logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def infer_log_findings(log_path: Path) -> dict:
+    """From the infer step's log (its last run): how slices were predicted (whole or in tiles, the inference's
+    own line) and the slices that reached the model's detection cap (its warnings)."""
+    if not log_path.exists():
+        return {"tiling": "not logged", "capped": []}
+    lines = log_path.read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if "as the model sees them" in line]
+    lines = lines[starts[-1]:] if starts else lines
+    tiling = re.search(r"(whole )?slices of \[.*", lines[0]).group(0) if starts else "not logged"
+    capped = [line.split("WARNING ", 1)[1].split(": ", 1)[1] for line in lines
+              if " WARNING " in line and "detections" in line and "cap" in line]
+    return {"tiling": tiling, "tiled": " tiles of " in tiling, "capped": capped}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -243,7 +280,7 @@ class Plan:
                      "params": {"settings": {k: v for k, v in c["threshold"].items() if k != "on_implausible"}},
                      "wildcards": {"sample": SAMPLE}}], {}
         if step == "infer":
-            settings = dict(c["infer"])
+            settings = self.infer_settings()
             if self.args.volume_tta != "config":
                 settings["tta"] = self.args.volume_tta == "on"
             return [{"script": "infer_slab.py", "output": [s(self.slab_file)], "log": self.log(step),
@@ -253,7 +290,7 @@ class Plan:
         if step == "tta":
             dense = [z for z in self.built()["dense_slices"] if z < self.args.depth][: self.args.tta_slices]
             return [], {"tta": {"volume": s(self.volume), "weights": s(self.weights), "meta": s(self.meta),
-                                "out": s(self.tta_out), "slices": sorted(dense), "settings": c["infer"],
+                                "out": s(self.tta_out), "slices": sorted(dense), "settings": self.infer_settings(),
                                 "threads": self.args.threads}}
         if step == "gather":
             return [{"script": "gather_slices.py", "input": {"slabs": [s(self.slab_file)], "volume": s(self.volume)},
@@ -309,6 +346,14 @@ class Plan:
                                 "cells": [f"{SAMPLE}_a", f"{SAMPLE}_b"], "size_bins": sc["size_bins"],
                                 "seed": c["seed"], "exclude_border": sc["exclude_border"]}}], {}
         raise ValueError(step)
+
+    def infer_settings(self) -> dict:
+        """The config's ``infer`` section, with ``--tile-px`` where given."""
+        settings = dict(self.config["infer"])
+        if self.args.tile_px != "config":
+            settings["tile_px"] = None if self.args.tile_px == "null" else \
+                (self.args.tile_px if self.args.tile_px == "auto" else int(self.args.tile_px))
+        return settings
 
     def built(self) -> dict:
         return json.loads(self.info.read_text())
@@ -374,20 +419,8 @@ def report_after(plan: Plan, step: str, row: dict) -> list[str]:
         verdict = "passed" if qc.passed.all() else "FAILED (on_implausible: warn; the benchmark goes on)"
         lines.append(f"threshold: plausibility {verdict}: " + ", ".join(
             f"{row.check} {row.value:.3f}{'' if row.passed else ' < ' + str(row.bound)}" for row in qc.itertuples()))
-    elif step == "gather":
-        t = pd.read_csv(plan.r / "cnn" / "slices.csv")
-        cap = model_cap(plan)
-        per = t.groupby("z").size()
-        det = t[t.detection].groupby("z").size()
-        b = plan.built() if plan.info.exists() else {}
-        lines.append(f"infer: {len(t)} candidates, {int(t.detection.sum())} detections; per slice at most "
-                     f"{per.max() if len(per) else 0} candidates / {det.max() if len(det) else 0} detections; "
-                     f"model cap {cap['box_detections_per_img']} detections and {cap['rpn_post_nms_top_n_test']} "
-                     f"proposals per image; planted sections per slice up to {b.get('sections_per_slice_max', '?')}")
-        if b and isinstance(cap["box_detections_per_img"], int) and \
-                b["sections_per_slice_max"] > cap["box_detections_per_img"]:
-            lines.append(f"  WARNING: a slice holds more particles ({b['sections_per_slice_max']}) than the model "
-                         f"may return ({cap['box_detections_per_img']}): detections are capped at this slice size")
+    elif step in ("infer", "gather"):
+        lines += inference_findings(plan, step, row)
     elif step == "tta":
         t = json.loads(plan.tta_out.read_text())
         row["tta"] = t
@@ -396,8 +429,11 @@ def report_after(plan: Plan, step: str, row: dict) -> list[str]:
         lines.append(f"inference per {side}x{side} slice (slices {t['slices']}, batch "
                      f"{plan.config['infer']['batch_size']}, {plan.args.threads} threads): without TTA "
                      f"{p['s_per_slice']:.2f} s, with TTA {q['s_per_slice']:.2f} s (x{q['s_per_slice'] / p['s_per_slice']:.1f}); "
-                     f"detections per slice {p['detections_per_slice']} / {q['detections_per_slice']}; peak RSS after "
-                     f"the plain pass {p['peak_rss_mib']:.0f} MiB, after TTA {q['peak_rss_mib']:.0f} MiB")
+                     f"detections per slice {p['detections_per_slice']} / {q['detections_per_slice']}; "
+                     f"{t['tiles_per_slice']} tile(s) per slice (infer.tile_px {t['tile_px']}, overlap "
+                     f"{t['overlap_px']} px); detection-cap warnings {len(p['cap_warnings'])} / "
+                     f"{len(q['cap_warnings'])}; peak RSS after the plain pass {p['peak_rss_mib']:.0f} MiB, after "
+                     f"TTA {q['peak_rss_mib']:.0f} MiB")
     elif step == "link":
         n = len(pd.read_csv(plan.links))
         b = plan.built() if plan.info.exists() else {}
@@ -409,6 +445,35 @@ def report_after(plan: Plan, step: str, row: dict) -> list[str]:
     elif step == "statistics":
         lines.append("statistics: the one sample stands in for both C-rates (1C and C/10: the same rows) so that "
                      "the workflow's statistics script runs unchanged")
+    return lines
+
+
+def inference_findings(plan: Plan, step: str, row: dict) -> list[str]:
+    """:func:`report_after`'s lines for the infer step (tiling, slices at the detection cap, from its log) and the
+    gather step (candidates and detections per slice against the model's cap and the planted sections)."""
+    import pandas as pd
+
+    found = infer_log_findings(Path(plan.log("infer")[0]))
+    if step == "infer":
+        row["tiled"], row["capped_slices"] = found.get("tiled"), len(found["capped"])
+        return [f"infer: {found['tiling']}",
+                f"infer: {len(found['capped'])} slices reached the model's detection cap" +
+                (f" (particles lost there), e.g. {found['capped'][0]}" if found["capped"] else "")]
+    t = pd.read_csv(plan.r / "cnn" / "slices.csv")
+    cap = model_cap(plan)
+    per = t.groupby("z").size()
+    det = t[t.detection].groupby("z").size()
+    b = plan.built() if plan.info.exists() else {}
+    lines = [f"infer: {len(t)} candidates, {int(t.detection.sum())} detections; per slice at most "
+             f"{per.max() if len(per) else 0} candidates / {det.max() if len(det) else 0} detections; "
+             f"model cap {cap['box_detections_per_img']} detections and {cap['rpn_post_nms_top_n_test']} "
+             f"proposals per image (per tile where tiled); planted sections per slice up to "
+             f"{b.get('sections_per_slice_max', '?')}"]
+    if b and not found.get("tiled") and isinstance(cap["box_detections_per_img"], int) and \
+            b["sections_per_slice_max"] > cap["box_detections_per_img"]:
+        lines.append(f"  WARNING: a slice holds more particles ({b['sections_per_slice_max']}) than the model "
+                     f"may return ({cap['box_detections_per_img']}) and slices were predicted whole: "
+                     f"detections are capped at this slice size")
     return lines
 
 
@@ -446,6 +511,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the inference steps")
     ap.add_argument("--volume-tta", choices=("config", "on", "off"), default="config",
                     help="TTA of the whole-volume inference (default: the config's infer.tta)")
+    ap.add_argument("--tile-px", default="config", help="infer.tile_px: auto, null, px, or config (default)")
     ap.add_argument("--preset", default="default", help="phantom preset (detachment.presets) of the tiled base")
     ap.add_argument("--seed", type=int, default=1, help="phantom seed")
     ap.add_argument("--json", help="write the step table and findings here")

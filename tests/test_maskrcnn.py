@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from detachment import io
+from detachment import io, maskrcnn
 from detachment.inference import gather_slabs, infer_slab, scatter_range
 from detachment.maskrcnn import (
     ModelSettings,
@@ -338,6 +338,62 @@ def test_flip_fusion_averages_matched_passes_and_discounts_detections_seen_once(
     assert fuse_flips([empty] * 4, mask_threshold=0.5)["masks"].shape == (0, 1, 8, 8)
 
 
+def random_detections(rng, n: int, shape=(64, 80)) -> dict[str, torch.Tensor]:
+    """``n`` overlapping detections: ellipses of random probabilities, some empty, scores with ties."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    masks = np.zeros((n, 1) + shape, np.float32)
+    for k in range(n):
+        cy, cx = rng.uniform(0, shape[0]), rng.uniform(0, shape[1])
+        ry, rx = rng.uniform(2, 12, 2)
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+        if rng.random() > 0.05:
+            masks[k, 0][inside] = rng.uniform(0.2, 1.0, inside.sum())
+    scores = rng.choice([0.02, 0.3, 0.5, 0.7, 0.9], n) + rng.choice([0.0, 0.01], n)
+    return {"scores": torch.tensor(scores, dtype=torch.float32), "masks": torch.from_numpy(masks)}
+
+
+def fuse_flips_all_pairs(preds, mask_threshold, match_iou=0.5):
+    """Brute-force flip fusion, as fuse_flips was before its box prefilter: each detection, by score, gathers
+    every later unused one of another pass whose whole binary mask overlaps it at IoU ≥ match_iou."""
+    dets = [(float(sc), v, m) for v, p in enumerate(preds)
+            for sc, m in zip(p["scores"].tolist(), p["masks"][:, 0]) if sc >= 0.05]
+    dets.sort(key=lambda d: -d[0])
+    binary = [d[2] >= mask_threshold for d in dets]
+    used = [False] * len(dets)
+    scores, masks = [], []
+    for i, (sc, v, m) in enumerate(dets):
+        if used[i]:
+            continue
+        used[i] = True
+        group = {v: (sc, m)}
+        for j in range(i + 1, len(dets)):
+            union = (binary[i] | binary[j]).sum().item()
+            if not used[j] and dets[j][1] not in group and union and \
+                    (binary[i] & binary[j]).sum().item() / union >= match_iou:
+                group[dets[j][1]] = dets[j][0], dets[j][2]
+                used[j] = True
+        scores.append(sum(g[0] for g in group.values()) / len(preds))
+        masks.append(torch.stack([g[1] for g in group.values()]).mean(0))
+    return {"scores": torch.tensor(scores), "masks": torch.stack(masks)[:, None]}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_flip_fusion_equals_the_all_pairs_fusion(seed):
+    rng = np.random.default_rng(seed)
+    base = random_detections(rng, 50)
+    passes = []
+    for _ in range(4):  # each pass: the base detections jittered, some dropped, some new
+        keep = rng.random(50) > 0.2
+        shifted = torch.roll(base["masks"][keep], shifts=tuple(rng.integers(-2, 3, 2)), dims=(2, 3))
+        extra = random_detections(rng, 10)
+        passes.append({"scores": torch.cat([base["scores"][keep] * 0.9, extra["scores"]]),
+                       "masks": torch.cat([shifted, extra["masks"]])})
+    for iou in (0.3, 0.5, 0.8):
+        expect, got = fuse_flips_all_pairs(passes, 0.5, iou), maskrcnn.fuse_flips(passes, 0.5, iou)
+        assert torch.equal(expect["scores"], got["scores"]) and torch.equal(expect["masks"], got["masks"])
+    assert len(got["scores"]) < sum(len(p["scores"]) for p in passes)  # detections were fused
+
+
 class _ThresholdModel(torch.nn.Module):
     """Stands in for Mask R-CNN: one detection per image, its mask where the image is bright."""
 
@@ -372,7 +428,7 @@ def test_the_facade_re_exports_the_cnn_modules_and_their_functions_stay_short():
     import detachment.maskrcnn as facade
 
     modules = [importlib.import_module(f"detachment.cnn.{m}")
-               for m in ("model", "engine", "predict", "checkpoint", "activation", "reuse", "scale")]
+               for m in ("model", "engine", "predict", "checkpoint", "activation", "reuse", "scale", "tiles")]
     for name in facade.__all__:
         assert any(getattr(mod, name, None) is getattr(facade, name) for mod in modules), name
     for mod in modules:

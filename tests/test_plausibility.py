@@ -95,3 +95,73 @@ def test_a_shifted_phase_map_is_caught_and_the_informed_model_does_not_shift(tmp
         assert result.blur_sigma_vox == pytest.approx(ph.params.blur_sigma_vox, abs=0.25)
     if preset == "default":
         assert merged.mean() > 0.95 and result.unresolved == ()
+
+
+def _two_balls(void: float, cbd: float, nmc_sd: float, seed: int = 3):
+    """Two NMC balls (grey 0.8 with smooth density domains of SD ``nmc_sd``) in CBD, the upper part of each
+    behind a two-voxel electrolyte gap; blurred (σ 0.5 voxel) with noise. Returns labels, sharp phases and
+    grey levels."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (48, 48, 96)
+    zz, yy, xx = np.indices(shape)
+    phases = np.full(shape, CBD, np.uint8)
+    sharp = np.full(shape, cbd, np.float32)
+    labels = np.zeros(shape, np.uint32)
+    for i, cx in enumerate((24, 72)):
+        r = np.sqrt((zz - 24) ** 2 + (yy - 24) ** 2 + (xx - cx) ** 2)
+        ball = r <= 10
+        gap = ~ball & (r <= 12) & (zz + 0.3 * (yy - 24) > 24 + 3 * i)
+        phases[gap], sharp[gap] = VOID, void
+        phases[ball], labels[ball] = NMC_LOW, i + 1
+        domains = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.5)
+        sharp[ball] = 0.8 + domains[ball] * nmc_sd / domains[ball].std()
+    grey = ndimage.gaussian_filter(sharp, 0.5) + rng.normal(0, 0.02, shape).astype(np.float32)
+    return labels, phases, grey
+
+
+@pytest.mark.parametrize("void, cbd, nmc_sd, ambiguous", [(0.0, 0.3, 0.03, False), (0.05, 0.17, 0.06, True)])
+def test_contacts_are_flagged_ambiguous_where_gap_and_cbd_cannot_be_told_apart(void, cbd, nmc_sd, ambiguous):
+    """Balls with known detached caps (truth: the face count on the sharp phases). At the default contrast
+    the two readings agree and the level reads the truth; with CBD 0.12 above the electrolyte and NMC density
+    domains (as the low_contrast preset) they disagree on over a third of the faces, the level's reading is
+    far off, and the check says so."""
+    from scipy import ndimage
+
+    from detachment.contact_level import choose_reading, face_neighbour_pairs, fit_contact_level
+    from detachment.plausibility import contacts_ambiguous
+    from detachment.surface import surface_contacts
+
+    labels, phases, grey = _two_balls(void, cbd, nmc_sd)
+    truth = surface_contacts(labels, phases).detachment[1:]
+    midpoint = (void + cbd) / 2
+    seen = np.where(grey < midpoint, VOID, np.where(grey < (cbd + 0.8) / 2, CBD, NMC_LOW)).astype(np.uint8)
+    plain, deconvolved = [], []
+    for label in (1, 2):
+        env = labels == label
+        outside, inside = face_neighbour_pairs(env, (labels > 0) & ~env, seen, grey)
+        plain.append(outside)
+        deconvolved.append(outside + inside - np.median(grey[ndimage.binary_erosion(env, iterations=2)]))
+    plain, deconvolved = np.concatenate(plain), np.concatenate(deconvolved)
+    fit = choose_reading(fit_contact_level(plain, midpoint), plain, deconvolved, midpoint, 0.1)
+    by_level = surface_contacts(labels, seen, intensity=grey, gap_level=fit_contact_level(plain, midpoint).level)
+    error = np.abs(by_level.detachment[1:] - truth).max()
+    assert contacts_ambiguous(fit.spread, 0.15) == ambiguous
+    assert (error > 0.2) if ambiguous else (error < 0.03)
+
+
+def test_enforce_contacts_stops_naming_sample_disagreement_and_way_out_or_warns(caplog):
+    from detachment.plausibility import AmbiguousContacts, contacts_ambiguous, enforce_contacts
+
+    assert contacts_ambiguous(-0.2, 0.15) and not contacts_ambiguous(0.1, 0.15)
+    assert not contacts_ambiguous(float("nan"), 0.15) and not contacts_ambiguous(0.9, None)
+    with pytest.raises(AmbiguousContacts, match=r"sample 'cellA'.*disagree on 35% .*contact_max_ambiguity: 15%.*"
+                                                r"logs/x\.png.*on_ambiguous_contacts: warn"):
+        enforce_contacts(-0.35, 0.15, "cellA", "stop", figure_hint="logs/x.png")
+    with caplog.at_level(logging.WARNING):
+        enforce_contacts(0.35, 0.15, "cellA", "warn")
+    assert "the contacts cannot be read" in caplog.text
+    enforce_contacts(0.05, 0.15, "ok", "stop")  # nothing to say
+    with pytest.raises(ValueError, match="science.on_ambiguous_contacts: 'maybe'"):
+        enforce_contacts(0.35, 0.15, "cellA", "maybe")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import h5py
@@ -477,3 +478,23 @@ def test_the_trained_model_records_its_training_scale(finished_run):
     expected = np.median(2 * np.sqrt(areas[areas >= min_area] / np.pi))
     assert meta["scale"]["particle_diameter_px"] == pytest.approx(expected, rel=0.05)
     assert meta["finetuned_from"] is None and "detachment" in meta["versions"]
+
+
+def test_an_ambiguous_contact_reading_stops_naming_the_sample_or_is_flagged(finished_run, tmp_path):
+    """The tiny run with science.contact_max_ambiguity 0 (any disagreement of the two contact readings is
+    too much): contact_level stops, naming a sample and keeping its figure beside the log; told to warn it
+    goes on, and contact_level.csv and the robustness table say the reading was ambiguous."""
+    work = tmp_path / "copy"
+    shutil.copytree(finished_run, work, symlinks=True)
+    r = run_snakemake(work, "--config", "science={contact_max_ambiguity: 0.0}")
+    assert r.returncode != 0
+    assert re.search(r"sample '(cell|unseen)_\w+': the contacts cannot be read", r.stderr + r.stdout)
+    assert any((work / "logs" / "contact_level").glob("*.png"))
+    r = run_snakemake(work, "--config", "science={contact_max_ambiguity: 0.0, on_ambiguous_contacts: warn}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    for sample in ("cell_1C", "unseen_C10"):
+        level = pd.read_csv(work / "results" / sample / "contact_level.csv")
+        assert bool(level.ambiguous.iloc[0]) == (abs(level.spread.iloc[0]) > 0)
+    table = pd.read_csv(work / "results" / "validation" / "robustness_default.csv")
+    flags = table[table.metric == "contact_reading_plausible"].set_index("sample").value
+    assert set(flags.index) == {"cell_1C", "cell_C10", "unseen_1C", "unseen_C10"} and (flags == 0).any()

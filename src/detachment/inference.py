@@ -11,6 +11,7 @@ Main entry points: :func:`scatter_range`, :func:`infer_slab`, :func:`gather_slab
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import h5py
@@ -21,7 +22,8 @@ import torch
 from . import io
 from .cnn.model import select_device
 from .cnn.predict import load_model, predict
-from .cnn.scale import scale_factor
+from .cnn.scale import scale_factor, scaled_shape
+from .cnn.tiles import MIN_OVERLAP_PX, resolve_tile_px, tile_overlap, tile_windows
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ def model_slices(volume, z0: int, z1: int, context: int) -> np.ndarray:
 def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path, *, batch_size: int = 4,
                score_threshold: float = 0.5, mask_threshold: float = 0.5, min_visible_fraction: float = 0.5,
                candidate_threshold: float | None = None, device: str = "auto", threads: int = 1,
-               progress: bool = True, tta: bool = False, rescale: str = "auto") -> int:
+               progress: bool = True, tta: bool = False, rescale: str = "auto", tile_px="auto") -> int:
     """Mask R-CNN instances of slices ``[z0, z1)``, written to one slab file atomically.
 
     Parameters
@@ -114,35 +116,55 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
     rescale : {"auto", "off"}, default "auto"
         ``auto``: slices resized by volume / training voxel size, masks mapped back
         (:func:`detachment.cnn.scale.scale_factor`); ``off``: native scale.
+    tile_px : int, "auto" or None, default "auto"
+        Largest slice side (px, after rescaling) the model sees whole; larger slices go in overlapping tiles
+        (:mod:`detachment.cnn.tiles`; ``auto``: 256 px; None: never).
 
     Returns
     -------
     int
         Number of candidates found (rows of ``/table``).
+
+    Raises
+    ------
+    detachment.io.InputError
+        When the model, the rescale factor or ``tile_px`` is refused.
     """
     low = score_threshold if candidate_threshold is None else min(candidate_threshold, score_threshold)
-    model, dev, context, shape, factor = _model_at_scale(weights_path, meta_path, volume_path, device, threads,
-                                                         rescale)
-    rows = []
-    chunk = max(batch_size, 16)  # slices held in memory at a time
+    model, dev, context, shape, factor, tiling = _model_at_scale(weights_path, meta_path, volume_path, device,
+                                                                 threads, rescale, tile_px)
+    run = functools.partial(predict, model, device=dev, batch_size=batch_size, score_threshold=low, tta=tta,
+                            mask_threshold=mask_threshold, progress=progress, scale=factor,
+                            min_visible_fraction=min_visible_fraction, **tiling)
     with io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as out, h5py.File(volume_path, "r") as f:
-        d, dc = _label_stacks(out, z0, z1, shape)
-        for a, b in io.slab_ranges(z1 - z0, chunk):
-            images = model_slices(f[io.VOLUME_DATASET], z0 + a, z0 + b, context)
-            cand, r = predict(model, images, dev, batch_size, low, mask_threshold, progress, min_visible_fraction,
-                              tta=tta, scale=factor)
-            dc[a:b] = cand
-            d[a:b] = _detections(cand, r, score_threshold)
-            rows += [{"z": z0 + a + row.pop("index"), **row} for row in r]
-        table = _write_table(out, rows, z0, z1, score_threshold)
-    log.info("slab [%d, %d): %d candidates, %d detections", z0, z1, len(table),
-             int((table.score >= score_threshold).sum()))
+        table = _infer_chunks(run, f[io.VOLUME_DATASET], out, (z0, z1), shape, context, max(batch_size, 16),
+                              score_threshold)
     return len(table)
 
 
-def _model_at_scale(weights_path, meta_path, volume_path, device: str, threads: int, rescale: str) -> tuple:
-    """The model on its device, its context slices, the volume's shape and the (y, x) resize factor of its
-    slices for the model (logged); InputError when the model or the factor is refused."""
+def _infer_chunks(run, volume, out, zs: tuple[int, int], shape, context: int, chunk: int,
+                  score_threshold: float) -> pd.DataFrame:
+    """Predict slices ``[z0, z1)`` of ``volume`` ``chunk`` at a time with ``run`` (:func:`predict` bound to
+    the model and settings) into the slab file ``out`` (:func:`infer_slab`); its table."""
+    z0, z1 = zs
+    d, dc = _label_stacks(out, z0, z1, shape)
+    rows = []
+    for a, b in io.slab_ranges(z1 - z0, chunk):
+        cand, r = run(model_slices(volume, z0 + a, z0 + b, context), first_z=z0 + a)
+        dc[a:b] = cand
+        d[a:b] = _detections(cand, r, score_threshold)
+        rows += [{"z": z0 + a + row.pop("index"), **row} for row in r]
+    table = _write_table(out, rows, z0, z1, score_threshold)
+    log.info("slab [%d, %d): %d candidates, %d detections", z0, z1, len(table),
+             int((table.score >= score_threshold).sum()))
+    return table
+
+
+def _model_at_scale(weights_path, meta_path, volume_path, device: str, threads: int, rescale: str,
+                    tile_px=None) -> tuple:
+    """The model on its device, its context slices, the volume's shape, the (y, x) resize factor of its
+    slices for the model and the tiling (:func:`_tiling`), logged; InputError when the model, the factor or
+    the tile side is refused."""
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
     model, meta = load_model(weights_path, meta_path, dev)
@@ -150,7 +172,34 @@ def _model_at_scale(weights_path, meta_path, volume_path, device: str, threads: 
     factor = scale_factor(voxel, meta, rescale, where=str(volume_path))
     log.info("%s: slices resized by (y, x) %s for the model (voxel size %s µm, training %s µm)", volume_path,
              factor, list(voxel[1:]), (meta.get("scale") or {}).get("voxel_size_um"))
-    return model, dev, int(meta["model"].get("context_slices", 0)), shape, factor
+    tiling = _tiling(tile_px, meta, shape, factor, str(volume_path))
+    return model, dev, int(meta["model"].get("context_slices", 0)), shape, factor, tiling
+
+
+def _tiling(tile_px, meta: dict, shape, factor, where: str) -> dict:
+    """``tile_px`` and ``overlap_px`` of :func:`detachment.cnn.predict.predict` for a volume's slices, the
+    decision logged; InputError for a ``tile_px`` that is not one or under twice the overlap."""
+    try:
+        tile = resolve_tile_px(tile_px)
+        overlap = tile_overlap(meta)
+        tiles = tile_windows(tuple(shape[1:]), factor, tile, overlap)
+    except ValueError as e:
+        raise io.InputError(f"{where}: {e}") from None
+    seen = scaled_shape(tuple(shape[1:]), factor)
+    if tiles is None:
+        log.info("%s: whole slices of %s px as the model sees them (infer.tile_px %s)", where, list(seen), tile)
+    else:
+        t = tiles[0]
+        log.info("%s: slices of %s px as the model sees them, predicted in %d tiles of %d x %d slice px "
+                 "(infer.tile_px %d, overlap %d px of the model's input: 2 x the training particle diameter "
+                 "%s px, at least %d)", where, list(seen), len(tiles), t.y1 - t.y0, t.x1 - t.x0, tile, overlap,
+                 _rounded((meta.get("scale") or {}).get("particle_diameter_px")), MIN_OVERLAP_PX)
+    return {"tile_px": tile, "overlap_px": overlap}
+
+
+def _rounded(value, digits: int = 1):
+    """``value`` rounded for a message; None stays None."""
+    return None if value is None else round(float(value), digits)
 
 
 def _label_stacks(out, z0: int, z1: int, shape) -> tuple:

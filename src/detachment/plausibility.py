@@ -6,7 +6,7 @@ silently: e.g. CBD read as Al and the Al collector read as NMC. The collector's 
 away: the Al collector is a slab at z = 0 (the collector side), so the first slice must be mostly Al
 and nearly all Al voxels must lie in the slab.
 
-Main entry points: :func:`phase_counts`, :func:`check_phase_map`, :func:`enforce`.
+Entry points: :func:`phase_counts`, :func:`check_phase_map`, :func:`enforce`, :func:`enforce_contacts`.
 """
 
 from __future__ import annotations
@@ -214,3 +214,68 @@ def enforce_model(error: Exception, sample: str, on_implausible: str = "stop") -
     if on_implausible == "stop":
         raise ImplausiblePhaseMap(msg) from error
     log.warning("%s Going on with threshold.method: gmm (threshold.on_implausible: warn).", msg)
+
+
+class AmbiguousContacts(ValueError):
+    """The contact reading of a sample cannot tell gap from CBD; the message names the sample and the way out."""
+
+
+def contacts_ambiguous(spread: float, max_ambiguity: float | None) -> bool:
+    """Whether a sample's two contact readings disagree too much for its detachment to be reported.
+
+    Parameters
+    ----------
+    spread : float
+        ``contact_level.csv``'s ``spread``: share (0-1, signed) of the background faces that the fitted
+        level reads as electrolyte minus the share the deconvolved reading does
+        (:func:`detachment.contact_level.choose_reading`); NaN where not computed.
+    max_ambiguity : float or None
+        Config ``science.contact_max_ambiguity``: the largest ``|spread|`` accepted; None accepts all.
+
+    Returns
+    -------
+    bool
+        True when ``|spread|`` exceeds ``max_ambiguity`` (a NaN spread is not ambiguous: nothing was
+        compared).
+    """
+    return max_ambiguity is not None and bool(np.isfinite(spread)) and abs(spread) > max_ambiguity
+
+
+def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on_ambiguous: str = "stop",
+                     figure_hint: str = "") -> None:
+    """Stop (raise :class:`AmbiguousContacts`) or warn when a sample's contact reading is ambiguous.
+
+    Parameters
+    ----------
+    spread, max_ambiguity : float
+        As :func:`contacts_ambiguous`.
+    sample : str
+        Named in the message.
+    on_ambiguous : str, default "stop"
+        ``"stop"`` or ``"warn"`` (config ``science.on_ambiguous_contacts``).
+    figure_hint : str, default ""
+        Where the user can look at the face-neighbour grey levels.
+
+    Raises
+    ------
+    AmbiguousContacts
+        When the reading is ambiguous and ``on_ambiguous`` is ``"stop"``; the message names the sample,
+        the disagreement, the bound and the ways out.
+    ValueError
+        When ``on_ambiguous`` is neither ``"stop"`` nor ``"warn"``.
+    """
+    if on_ambiguous not in ("stop", "warn"):
+        raise ValueError(f"science.on_ambiguous_contacts: {on_ambiguous!r} is not 'stop' or 'warn'")
+    if not contacts_ambiguous(spread, max_ambiguity):
+        return
+    msg = (f"sample '{sample}': the contacts cannot be read: the fitted contact level and the deconvolved "
+           f"reading disagree on {abs(spread):.0%} of the background faces (science.contact_max_ambiguity: "
+           f"{max_ambiguity:.0%}), so gap and CBD are not told apart in these grey levels (CBD too close to "
+           f"the electrolyte, or a point-spread function wider than the gaps) and every detachment number "
+           f"would carry an error of that order. Look at {figure_hint or 'the contact-level figure'}; set "
+           f"science.contact_level: midpoint or manual thresholds if you know the grey levels better; or set "
+           f"science.on_ambiguous_contacts: warn to go on (detachment_by_cell.csv reports the spread as "
+           f"contact_reading_spread).")
+    if on_ambiguous == "stop":
+        raise AmbiguousContacts(msg)
+    log.warning(msg)

@@ -133,7 +133,8 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
         same on the truth's own envelopes (``*_true_envelopes``: phases and contact reading without
         segmentation errors), and ``n_particles_truth`` / ``n_particles_matched``. The workflow adds
-        ``phase_map_plausible`` (1 when every check of :mod:`detachment.plausibility` passed).
+        ``phase_map_plausible`` (1 when every check of :mod:`detachment.plausibility` passed) and
+        ``contact_reading_plausible`` (:func:`contact_reading_plausible`).
     """
     out = {"phase_accuracy": phase_accuracy(phases, truth_phases)}
     out.update({k: v for k, v in slice_detection_scores(truth_labels, cnn_slices, min_area, iou_threshold).items()
@@ -146,6 +147,26 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
                 "detachment_mae_true_envelopes": true["mae"], "detachment_bias_true_envelopes": true["bias"],
                 "n_particles_truth": float(ps["n_true"]), "n_particles_matched": float(pipe["n"])})
     return out
+
+
+def contact_reading_plausible(contact_level_path) -> float:
+    """1.0 when a sample's contact reading was not ambiguous, else 0.0.
+
+    Parameters
+    ----------
+    contact_level_path : str or os.PathLike
+        The sample's ``contact_level.csv``; its ``ambiguous`` column
+        (:func:`detachment.plausibility.contacts_ambiguous`), absent in files written before it existed.
+
+    Returns
+    -------
+    float
+        0.0 where ``ambiguous`` is true, 1.0 where false, NaN where the column is absent.
+    """
+    t = pd.read_csv(contact_level_path)
+    if "ambiguous" not in t.columns:
+        return float("nan")
+    return 0.0 if bool(t.ambiguous.iloc[0]) else 1.0
 
 
 def long_table(preset: str, sample: str, split: str, metrics: dict[str, float]) -> pd.DataFrame:

@@ -17,6 +17,8 @@ rule contact_level:
         ),
     params:
         max_spread=config["science"]["contact_max_spread"],
+        max_ambiguity=config["science"]["contact_max_ambiguity"],
+        on_ambiguous=config["science"]["on_ambiguous_contacts"],
     log:
         "logs/contact_level/{sample}.log",
     benchmark:

@@ -9,6 +9,7 @@ rule evaluate_sample:
         slices=rules.gather_slices.output.labels,
         particles=rules.link_slices.output.particles,
         science=rules.validate_science.output[0],
+        contact_level=rules.contact_level.output.table,
     output:
         "results/{sample}/robustness.csv",
     params:

@@ -1,10 +1,12 @@
 """Adapter: the grey level separating an electrolyte gap from CBD beside the particles of one sample."""
 
 import logging
+import shutil
+from pathlib import Path
 
 import pandas as pd
 
-from detachment import io, plots
+from detachment import io, plausibility, plots
 from detachment.logs import log_to
 from detachment.particles import contact_level_from_files
 
@@ -23,6 +25,15 @@ if fit.reading == "deconvolved":
         "two Gaussians did not separate gap from CBD; contacts are read deconvolved (outside + inside - the "
         "particle's solid grey level) against the void/CBD midpoint %.4f. The disagreement is the reading's "
         "uncertainty (contact_level.csv: spread).", 100 * fit.gap_share, 100 * fit.gap_share_deconvolved, fit.level)
-io.write_csv(snakemake.output.table, fit.to_frame())
+p = snakemake.params
+table = fit.to_frame()
+table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity)
+io.write_csv(snakemake.output.table, table)
 io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample),
                snakemake.output.figure)
+if table.ambiguous.iloc[0]:
+    # a failed job's outputs are removed: keep the figure beside the log for the user to look at
+    kept = Path(snakemake.log[0]).with_suffix(".png")
+    shutil.copyfile(snakemake.output.figure, kept)
+    plausibility.enforce_contacts(fit.spread, p.max_ambiguity, snakemake.wildcards.sample, p.on_ambiguous,
+                                  figure_hint=str(kept))

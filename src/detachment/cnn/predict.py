@@ -1,13 +1,15 @@
-"""Inference: a trained model's detections on whole slices, painted into non-overlapping instance labels.
+"""Inference: a trained model's detections on slices, painted into non-overlapping instance labels.
 
-:func:`predict` runs at native scale (:func:`native_scale`), optionally fusing the four flips of each
-slice (:func:`fuse_flips`); :func:`predictions_to_labels` paints by decreasing score with mask-level NMS;
+:func:`predict` runs at native scale (:func:`native_scale`) on whole slices or, for large ones, on
+overlapping tiles (:mod:`.tiles`), optionally fusing the four flips of each slice or tile
+(:func:`fuse_flips`); :func:`predictions_to_labels` paints by decreasing score with mask-level NMS;
 :func:`load_model` rebuilds a model from its JSON metadata and weights.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
 import torch
@@ -18,6 +20,9 @@ from .checkpoint import load_checkpoint
 from .model import ModelSettings, build_model, to_tensor
 from .reuse import check_model_meta
 from .scale import resize_images, restore_prediction, scaled_shape
+from .tiles import MIN_OVERLAP_PX, Tile, core_crops, paint_crops, tile_windows
+
+log = logging.getLogger(__name__)
 
 #: test-time augmentation: the four flips of a slice (dims of a (3, y, x) tensor), identity first
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
@@ -106,6 +111,20 @@ def _mask_iou_at_least(bi: torch.Tensor, bj: torch.Tensor, a: tuple, b: tuple, m
     return bool(union and inter / union >= match_iou)
 
 
+def _intersecting_later(boxes: np.ndarray, block: int = 1024) -> list[np.ndarray]:
+    """Per box i of (n, 4) (y0, x0, y1, x1) boxes, the ascending indices j > i of the boxes that intersect it
+    (positive area; an empty box intersects none), compared ``block`` rows at a time."""
+    n = len(boxes)
+    later = []
+    for a in range(0, n, block):
+        b = boxes[a:a + block, None, :]
+        hit = ((np.maximum(b[..., 0], boxes[:, 0]) < np.minimum(b[..., 2], boxes[:, 2]))
+               & (np.maximum(b[..., 1], boxes[:, 1]) < np.minimum(b[..., 3], boxes[:, 3])))
+        hit &= np.arange(n)[None, :] > np.arange(a, a + len(b))[:, None]
+        later.extend(np.flatnonzero(row) for row in hit)
+    return later
+
+
 def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, match_iou: float = 0.5
                ) -> dict[str, torch.Tensor]:
     """Fuse the predictions of one slice's flipped passes (masks already flipped back) into one set.
@@ -136,9 +155,10 @@ def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, matc
             for sc, m in zip(p["scores"].tolist(), p["masks"][:, 0]) if sc >= TTA_MIN_SCORE]
     dets.sort(key=lambda d: -d[0])
     binary = [d[2] >= mask_threshold for d in dets]
-    # only pairs whose boxes intersect are compared, and on the joint box, so a slice with hundreds of
-    # particles stays cheap
+    # only pairs whose boxes intersect are compared (found vectorised), and on the joint box, so a slice
+    # or tile with hundreds of particles stays cheap
     boxes = _mask_boxes(binary)
+    later = _intersecting_later(np.asarray(boxes, np.int64).reshape(-1, 4))
     used = [False] * len(dets)
     scores, masks = [], []
     for i, (sc, v, m) in enumerate(dets):
@@ -146,14 +166,15 @@ def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, matc
             continue
         used[i] = True
         group = {v: (sc, m)}
-        for j in range(i + 1, len(dets)):
+        for j in later[i]:
             if used[j] or dets[j][1] in group:
                 continue
             if _mask_iou_at_least(binary[i], binary[j], boxes[i], boxes[j], match_iou):
                 group[dets[j][1]] = dets[j][0], dets[j][2]
                 used[j] = True
         scores.append(sum(g[0] for g in group.values()) / n)
-        masks.append(torch.stack([g[1] for g in group.values()]).mean(0))
+        # the mean of one mask is the mask itself: not copied twice
+        masks.append(torch.stack([g[1] for g in group.values()]).mean(0) if len(group) > 1 else group[v][1])
     if not scores:
         h, w = preds[0]["masks"].shape[-2:]
         return {"scores": torch.zeros(0), "masks": torch.zeros((0, 1, h, w))}
@@ -161,17 +182,36 @@ def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, matc
 
 
 def _predict_batch(model: nn.Module, batch: list[torch.Tensor], tta: bool, mask_threshold: float
-                   ) -> list[dict[str, torch.Tensor]]:
-    """The model's predictions for a batch of (3, y, x) tensors; with ``tta``, fused over the four flips."""
+                   ) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+    """The model's predictions for a batch of (3, y, x) tensors; with ``tta``, fused over the four flips.
+    Also, per image, the most raw detections of one pass (to hold against the model's cap)."""
     if not tta:
-        return model(batch)
+        preds = model(batch)
+        return preds, [len(p["scores"]) for p in preds]
     passes = [model([torch.flip(x, f) if f else x for x in batch]) for f in TTA_FLIPS]
     out = []
     for i in range(len(batch)):
         preds = [{"scores": p[i]["scores"], "masks": torch.flip(p[i]["masks"], f) if f else p[i]["masks"]}
                  for f, p in zip(TTA_FLIPS, passes)]
         out.append(fuse_flips(preds, mask_threshold))
-    return out
+    return out, [max(len(p[i]["scores"]) for p in passes) for i in range(len(batch))]
+
+
+def detection_cap(model: nn.Module) -> int | None:
+    """The most detections the model returns per image (``model.box_detections_per_img``; torchvision's
+    ``roi_heads.detections_per_img``), None for a model without one.
+
+    Parameters
+    ----------
+    model : MaskRCNN
+        Or a stand-in; one without ``roi_heads.detections_per_img`` has no cap.
+
+    Returns
+    -------
+    int or None
+    """
+    cap = getattr(getattr(model, "roi_heads", None), "detections_per_img", None)
+    return None if cap is None else int(cap)
 
 
 @contextlib.contextmanager
@@ -199,11 +239,15 @@ def native_scale(model: nn.Module, h: int, w: int):
 @torch.inference_mode()
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, score_threshold: float,
             mask_threshold: float, progress: bool = False, min_visible_fraction: float = 0.5, tta: bool = False,
-            scale: tuple[float, float] = (1.0, 1.0)) -> tuple[np.ndarray, list[dict]]:
+            scale: tuple[float, float] = (1.0, 1.0), tile_px: int | None = None, overlap_px: int = MIN_OVERLAP_PX,
+            first_z: int = 0) -> tuple[np.ndarray, list[dict]]:
     """Instance labels of slices, in float32; the model's train / eval mode is restored.
 
     The model sees each slice resized by ``scale`` (at native scale when 1) and its mask probabilities are
-    resized back to the slice before painting (:mod:`.scale`), so labels are on the slice's grid.
+    resized back to the slice before painting (:mod:`.scale`), so labels are on the slice's grid. A slice
+    the model would see larger than ``tile_px`` is predicted in overlapping tiles (:mod:`.tiles`). A slice
+    or tile on which the model returns as many detections as it may (:func:`detection_cap`) is logged as a
+    warning: particles beyond the cap are lost.
 
     Parameters
     ----------
@@ -213,15 +257,21 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     device : torch.device
         Where ``model`` is.
     batch_size : int
-        Slices per forward pass.
+        Slices (or tiles of one slice) per forward pass.
     score_threshold, mask_threshold, min_visible_fraction : float
         Painting (:func:`predictions_to_labels`).
     progress : bool
         Show a progress bar.
     tta : bool
-        Fuse the four flips of each slice (:func:`fuse_flips`; four times the compute).
+        Fuse the four flips of each slice or tile (:func:`fuse_flips`; four times the compute).
     scale : tuple of float
         (fy, fx) resize factor of the slices for the model (:func:`~.scale.scale_factor`).
+    tile_px : int, optional
+        Largest tile side the model sees, px (:func:`~.tiles.tile_windows`); None: whole slices, any size.
+    overlap_px : int
+        Least overlap of neighbouring tiles as the model sees them, px (:func:`~.tiles.tile_overlap`).
+    first_z : int
+        z of ``images[0]`` in its volume, for the warnings.
 
     Returns
     -------
@@ -230,10 +280,25 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     rows : list of dict
         :func:`predictions_to_labels` rows with the slice ``index`` (0..n-1) first.
     """
-    from tqdm import tqdm
-
     was_training = model.training
     model.eval()
+    tiles = tile_windows(images.shape[-2:], scale, tile_px, overlap_px)
+    paint = (score_threshold, mask_threshold, min_visible_fraction)
+    if tiles is None:
+        out, rows = _predict_whole(model, images, device, batch_size, paint, progress, tta, scale, first_z)
+    else:
+        out, rows = _predict_tiled(model, images, device, batch_size, paint, progress, tta, scale, first_z, tiles)
+    model.train(was_training)
+    return out, rows
+
+
+def _predict_whole(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, paint: tuple,
+                   progress: bool, tta: bool, scale: tuple[float, float], first_z: int) -> tuple[np.ndarray, list]:
+    """:func:`predict` on whole slices; ``paint`` = (score_threshold, mask_threshold, min_visible_fraction)."""
+    from tqdm import tqdm
+
+    score_threshold, mask_threshold, min_visible_fraction = paint
+    cap = detection_cap(model)
     h, w = images.shape[-2:]
     out = np.zeros((len(images), h, w), np.uint32)
     rows = []
@@ -242,12 +307,61 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     with native_scale(model, hs, ws):
         for b in tqdm(starts, desc="infer", unit="batch", disable=not progress):
             batch = resize_images([to_tensor(im).to(device) for im in images[b:b + batch_size]], (hs, ws))
-            for i, pred in enumerate(_predict_batch(model, batch, tta, mask_threshold)):
+            preds, counts = _predict_batch(model, batch, tta, mask_threshold)
+            for i, pred in enumerate(preds):
+                if cap is not None and counts[i] >= cap:
+                    log.warning("slice z=%d: %d raw detections, the model's cap (model.box_detections_per_img "
+                                "%d): particles beyond it are lost; predict in tiles (infer.tile_px) or raise "
+                                "the cap", first_z + b + i, counts[i], cap)
                 out[b + i], r = predictions_to_labels(restore_prediction(pred, (h, w)), (h, w), score_threshold,
                                                       mask_threshold, min_visible_fraction)
                 rows.extend({"index": b + i, **row} for row in r)
-    model.train(was_training)
     return out, rows
+
+
+def _predict_tiled(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, paint: tuple,
+                   progress: bool, tta: bool, scale: tuple[float, float], first_z: int, tiles: list[Tile]
+                   ) -> tuple[np.ndarray, list]:
+    """:func:`predict` slice by slice in ``tiles`` (of one size), ``batch_size`` tiles per forward pass."""
+    from tqdm import tqdm
+
+    score_threshold, mask_threshold, min_visible_fraction = paint
+    cap = detection_cap(model)
+    h, w = images.shape[-2:]
+    th, tw = tiles[0].y1 - tiles[0].y0, tiles[0].x1 - tiles[0].x0
+    ths, tws = scaled_shape((th, tw), scale)
+    out = np.zeros((len(images), h, w), np.uint32)
+    rows = []
+    with native_scale(model, ths, tws):
+        for i in tqdm(range(len(images)), desc="infer", unit="slice", disable=not progress):
+            x = to_tensor(images[i]).to(device)
+            crops, capped = [], 0
+            for a in range(0, len(tiles), batch_size):
+                part = tiles[a:a + batch_size]
+                batch = resize_images([x[:, t.y0:t.y1, t.x0:t.x1] for t in part], (ths, tws))
+                preds, counts = _predict_batch(model, batch, tta, mask_threshold)
+                for t, pred, n in zip(part, preds, counts):
+                    capped += cap is not None and n >= cap
+                    crops += _tile_crops(pred, t, score_threshold, mask_threshold)
+                del batch, preds, pred  # these tiles' masks go before the next forward pass makes new ones
+            if capped:
+                log.warning("slice z=%d: %d of %d tiles (%d x %d px) reach the model's cap of %d raw detections "
+                            "(model.box_detections_per_img): particles beyond it are lost; use smaller tiles "
+                            "(infer.tile_px) or raise the cap", first_z + i, capped, len(tiles), th, tw, cap)
+            out[i], r = paint_crops(crops, (h, w), min_visible_fraction)
+            rows.extend({"index": i, **row} for row in r)
+    return out, rows
+
+
+def _tile_crops(pred: dict[str, torch.Tensor], tile: Tile, score_threshold: float, mask_threshold: float) -> list:
+    """The detections of one tile scoring at least ``score_threshold`` whose centre is in its core, as
+    :class:`~.tiles.Crop` on the slice (masks mapped back to the tile's window first)."""
+    scores = pred["scores"].detach().cpu().numpy()
+    keep = torch.from_numpy(np.nonzero(scores >= score_threshold)[0])
+    kept = restore_prediction({"scores": pred["scores"][keep], "masks": pred["masks"][keep]},
+                              (tile.y1 - tile.y0, tile.x1 - tile.x0))
+    return core_crops(kept["scores"].detach().cpu().numpy(), kept["masks"][:, 0].detach().cpu().numpy(), tile,
+                      mask_threshold)
 
 
 def load_model(weights_path, meta_path, device) -> tuple[nn.Module, dict]:
