@@ -346,12 +346,9 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
 
     Parameters
     ----------
-    labels_path : str or os.PathLike
-        HDF5 file of the 3D particle labels (``/labels``, uint32, 0 = background).
-    phases_path : str or os.PathLike
-        HDF5 file of the phase map (``/phases``, uint8; attrs ``order`` and ``means`` for the fallback).
-    volume_path : str or os.PathLike
-        The volume file (``/volume``).
+    labels_path, phases_path, volume_path : str or os.PathLike
+        HDF5 files of the 3D particle labels (``/labels``, uint32, 0 = background), the phase map
+        (``/phases``, uint8; attrs ``order`` and ``means`` for the fallback) and the volume (``/volume``).
     links : pandas.DataFrame
         One row per particle (``links.csv``): ``label`` and its bounding box ``z_min``, ``z_max``,
         ``y_min``, ``y_max``, ``x_min``, ``x_max`` (voxels, see :func:`detachment.io.particle_crop`).
