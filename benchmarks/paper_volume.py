@@ -305,11 +305,12 @@ class Plan:
                      "params": {"settings": link}, "log": self.log(step)}], {}
         common = {"particles": s(self.particles_h5), "links": s(self.links), "phases": s(self.phases),
                   "volume": s(self.volume)}
-        if step == "contact_level":
+        sc = c["science"]
+        if step == "contact_level":  # an ambiguous reading is logged, not stopped: the step is timed either way
             return [{"script": "contact_level.py", "input": common, "log": self.log(step),
                      "output": {"table": s(self.contact), "figure": s(r / "contact_level.png")},
-                     "wildcards": {"sample": SAMPLE}}], {}
-        sc = c["science"]
+                     "params": {"max_spread": sc["contact_max_spread"], "max_ambiguity": sc["contact_max_ambiguity"],
+                                "on_ambiguous": "warn"}, "wildcards": {"sample": SAMPLE}}], {}
         if step == "particles":  # one part (the workflow runs science.particle_parts of them in parallel)
             part = r / "parts" / "particles_1-of-1.csv"
             return [{"script": "particles_part.py", "input": {**common, "contact_level": s(self.contact)},
@@ -337,7 +338,8 @@ class Plan:
             two = [s(self.particles)] * 2
             return [{"script": "statistics.py", "log": self.log(step),
                      "input": {"particles": two, "diffusion": [s(self.diffusion)] * 2,
-                               "histograms": [s(r / "histogram.csv")] * 2, "fwhm": [s(r / "phase_fwhm.csv")] * 2},
+                               "histograms": [s(r / "histogram.csv")] * 2, "fwhm": [s(r / "phase_fwhm.csv")] * 2,
+                               "contact_level": [s(self.contact)] * 2},
                      "output": {k: s(st / v) for k, v in (
                          ("all_particles", "particles_all.csv"), ("by_rate", "detachment_by_c_rate.csv"),
                          ("by_cell", "detachment_by_cell.csv"), ("by_size", "detachment_by_size.csv"),
