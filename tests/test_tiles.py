@@ -276,13 +276,32 @@ def test_painting_holds_crops_not_slice_sized_masks():
 # --- painting and flip fusion against brute-force oracles
 
 
+def paint_whole_masks(pred, shape, score_threshold, mask_threshold, fraction):
+    """Brute-force painting on whole-slice masks: by decreasing score (stable), a detection takes the free
+    pixels of its mask unless they are fewer than ``fraction`` of it (or none)."""
+    scores, masks = pred["scores"].numpy(), pred["masks"][:, 0].numpy() >= mask_threshold
+    out, rows = np.zeros(shape, np.uint32), []
+    for k in sorted(np.flatnonzero(scores >= score_threshold), key=lambda i: -scores[i]):
+        free = masks[k] & (out == 0)
+        if not free.any() or free.sum() < fraction * masks[k].sum():
+            continue
+        out[free] = len(rows) + 1
+        ys, xs = np.nonzero(free)
+        rows.append({"label": len(rows) + 1, "score": float(scores[k]), "y0": int(ys.min()), "x0": int(xs.min()),
+                     "y1": int(ys.max()) + 1, "x1": int(xs.max()) + 1, "area_px": int(free.sum())})
+    return out, rows
+
+
 @pytest.mark.parametrize("seed", range(4))
-def test_painting_crops_equals_painting_whole_masks(seed):
+def test_painting_crops_and_predictions_equals_painting_whole_masks(seed):
     rng = np.random.default_rng(seed)
     pred = random_detections(rng, 60)
     whole = Tile(0, 64, 0, 80, 0, 64, 0, 80)
     for fraction in (0.0, 0.5, 0.9):
-        expect = predictions_to_labels(pred, (64, 80), 0.4, 0.5, fraction)
+        expect = paint_whole_masks(pred, (64, 80), 0.4, 0.5, fraction)
+        by_predictions = predictions_to_labels(pred, (64, 80), 0.4, 0.5, fraction)
+        np.testing.assert_array_equal(by_predictions[0], expect[0])
+        assert by_predictions[1] == expect[1]
         keep = pred["scores"].numpy() >= 0.4
         crops = core_crops(pred["scores"].numpy()[keep], pred["masks"][keep, 0].numpy(), whole, 0.5)
         got = paint_crops(crops, (64, 80), fraction)

@@ -20,7 +20,7 @@ from .checkpoint import load_checkpoint
 from .model import ModelSettings, build_model, to_tensor
 from .reuse import check_model_meta
 from .scale import resize_images, restore_prediction, scaled_shape
-from .tiles import MIN_OVERLAP_PX, Tile, core_crops, paint_crops, tile_windows
+from .tiles import MIN_OVERLAP_PX, Crop, Tile, core_crops, paint_crops, tile_windows
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +61,16 @@ def predictions_to_labels(pred: dict[str, torch.Tensor], shape: tuple[int, int],
     scores = pred["scores"].detach().cpu().numpy()
     keep = np.nonzero(scores >= score_threshold)[0]
     keep = keep[np.argsort(-scores[keep], kind="stable")]
-    out = np.zeros(shape, np.uint32)
-    rows = []
-    if len(keep) == 0:
-        return out, rows
     probs = pred["masks"][:, 0].detach().cpu().numpy()  # on a CPU a view: the kept masks are not copied
-    n = 0
+    crops = []
     for k in keep:
         full = probs[k] >= mask_threshold
-        # the rest is done within the mask's bounding box (it is empty outside)
+        # painting works within the mask's bounding box (it is empty outside)
         ys, xs = np.flatnonzero(full.any(1)), np.flatnonzero(full.any(0))
-        if len(ys) == 0:
-            continue
-        y0, x0 = ys[0], xs[0]
-        box = full[y0:ys[-1] + 1, x0:xs[-1] + 1]
-        free = out[y0:ys[-1] + 1, x0:xs[-1] + 1]
-        pix = box & (free == 0)
-        area = int(np.count_nonzero(pix))
-        if area == 0 or area < min_visible_fraction * np.count_nonzero(box):
-            continue
-        n += 1
-        free[pix] = n
-        py, px = np.nonzero(pix)
-        rows.append({"label": n, "score": float(scores[k]), "y0": int(py.min() + y0), "x0": int(px.min() + x0),
-                     "y1": int(py.max() + y0) + 1, "x1": int(px.max() + x0) + 1, "area_px": area})
-    return out, rows
+        if len(ys):
+            crops.append(Crop(float(scores[k]), int(ys[0]), int(xs[0]),
+                              full[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1].copy()))
+    return paint_crops(crops, shape, min_visible_fraction)
 
 
 def _mask_boxes(binary: list[torch.Tensor]) -> list[tuple[int, int, int, int]]:
