@@ -180,7 +180,7 @@ def time_tta(volume: str, weights: str, meta: str, out: str, slices: list, setti
     tiles = tile_windows(images.shape[-2:], factor, **tiling)
     kw = dict(device=dev, batch_size=settings["batch_size"], score_threshold=settings["candidate_threshold"],
               mask_threshold=settings["mask_threshold"], min_visible_fraction=settings["min_visible_fraction"],
-              scale=factor, **tiling)
+              scale=factor, max_detections=settings.get("max_detections"), **tiling)
     predict(model, images[:1], tta=False, **kw)  # warm-up: allocators, kernels
     result = {"slices": [int(z) for z in slices], "tiles_per_slice": len(tiles) if tiles else 1, **tiling}
     for tta in (False, True):

@@ -456,3 +456,29 @@ def test_a_non_finite_training_loss_stops_naming_epoch_and_iteration():
     with pytest.raises(FloatingPointError, match=r"epoch 2, iteration 0: non-finite training loss"):
         train_one_epoch(model, opt, batches, [0.01, 0.01], t, torch.float32, epoch=2)
     assert torch.equal(model.roi_heads.box_predictor.bbox_pred.weight, before)  # no step was taken
+
+
+def test_the_raised_cap_reaches_torchvision_and_is_undone():
+    """An untrained model scores its many proposals alike, so it fills any cap: at 10 it returns 10, under
+    detection_budget(40) 40 (the RPN keeping 4x the proposals), and after it 10 again, RPN restored; the
+    score floor lets through only what scores at least the floor."""
+    from detachment.cnn.caps import detection_budget, score_floor
+
+    torch.manual_seed(0)
+    model = build_model(ModelSettings(**{**TINY.__dict__, "box_detections_per_img": 10})).eval()
+    image = [torch.rand(3, 64, 64)]
+    before = dict(model.rpn._post_nms_top_n), dict(model.rpn._pre_nms_top_n)
+    with torch.inference_mode():
+        assert len(model(image)[0]["scores"]) == 10
+        with detection_budget(model, 40):
+            assert model.rpn.post_nms_top_n() == 4 * before[0]["testing"]
+            assert model.rpn.pre_nms_top_n() == 4 * before[1]["testing"]
+            assert len(model(image)[0]["scores"]) == 40
+        assert (dict(model.rpn._post_nms_top_n), dict(model.rpn._pre_nms_top_n)) == before
+        scores = model(image)[0]["scores"]
+        assert len(scores) == 10 and model.roi_heads.detections_per_img == 10
+        floor = float(scores[4])
+        with score_floor(model, floor):
+            kept = model(image)[0]["scores"]
+        assert model.roi_heads.score_thresh == 0.05
+        assert len(kept) >= 5 and float(kept.min()) >= floor

@@ -45,16 +45,24 @@ CPU = torch.device("cpu")
 
 class BlobModel(nn.Module):
     """An analytic stand-in for a trained Mask R-CNN: every bright connected blob (> 0.5) of an image is one
-    detection, its mask the blob and its score the blob's mean grey value; at most ``cap`` detections, best
-    first, as torchvision's ``roi_heads.detections_per_img`` keeps. Masks are numpy-backed (seen by
-    tracemalloc). Records the (h, w) of every image it sees and the most mask bytes one call returns."""
+    detection, its mask the blob and its score the blob's mean grey value; those scoring above
+    ``roi_heads.score_thresh``, at most ``roi_heads.detections_per_img`` of them, best first, as torchvision
+    keeps (both read at each call, as torchvision does; the RPN's settings are held for the code that raises
+    the cap). Masks are numpy-backed (seen by tracemalloc). Records the (h, w) of every image it sees and the
+    most mask bytes one call returns."""
 
     def __init__(self, cap: int | None = None):
         super().__init__()
         self.transform = types.SimpleNamespace(min_size=(64,), max_size=64)
         if cap is not None:
-            self.roi_heads = types.SimpleNamespace(detections_per_img=cap)
-        self.cap, self.seen, self.output_bytes = cap, [], 0
+            self.roi_heads = types.SimpleNamespace(detections_per_img=cap, score_thresh=0.05)
+            self.rpn = types.SimpleNamespace(_pre_nms_top_n={"training": 1, "testing": 1000},
+                                             _post_nms_top_n={"training": 1, "testing": 500})
+        self.seen, self.output_bytes = [], 0
+
+    @property
+    def cap(self):
+        return self.roi_heads.detections_per_img if hasattr(self, "roi_heads") else None
 
     def forward(self, images):
         out, size = [], 0
@@ -62,8 +70,10 @@ class BlobModel(nn.Module):
             a = im[0].numpy()
             self.seen.append(a.shape)
             lab, n = ndimage.label(a > 0.5)
-            score = np.asarray(ndimage.mean(a, lab, np.arange(1, n + 1)), np.float64).reshape(-1)
+            score = np.asarray(ndimage.mean(a, lab, np.arange(1, n + 1)), np.float32).reshape(-1)
             ids = np.argsort(-score, kind="stable")[: self.cap] + 1
+            if hasattr(self, "roi_heads"):
+                ids = ids[score[ids - 1] > self.roi_heads.score_thresh]
             masks = np.zeros((len(ids), 1) + a.shape, np.float32)
             for i, k in enumerate(ids):
                 masks[i, 0] = lab == k
@@ -198,6 +208,48 @@ def test_the_same_slice_untiled_hits_the_cap_and_says_so(seam_scene, caplog):
         predict(BlobModel(cap=40), image[None], CPU, 4, 0.5, 0.5, tile_px=512, overlap_px=64, first_z=3)
     assert any("slice z=3" in r.message and "of 9 tiles" in r.message and "cap of 40" in r.message
                for r in caplog.records)
+
+
+def test_a_crowded_slice_is_predicted_again_with_the_cap_raised_until_nothing_is_lost(seam_scene, caplog):
+    """The untiled slice of 635 disks fills the model's cap of 150: predicted again with 300, 600, then
+    infer.max_detections (1000), every disk is found once and whole, without a warning; with infer.max_detections 300 the warning names
+    the raised cap and 300 disks are kept, the best-scoring."""
+    image, truth, _ = seam_scene
+    n = int(truth.max())
+    assert 600 < n < 1000
+    model = BlobModel(cap=150)
+    with caplog.at_level(logging.WARNING):
+        labels, rows = predict(model, image[None], CPU, 1, 0.5, 0.5, max_detections=1000)
+    assert not caplog.records
+    assert len(model.seen) == 4  # 150, 300, 600, 1000
+    assert len(rows) == n and same_instances(truth, labels[0])
+    assert (model.cap, model.rpn._post_nms_top_n["testing"], model.rpn._pre_nms_top_n["testing"]) == (150, 500, 1000)
+    with caplog.at_level(logging.WARNING):
+        labels, rows = predict(BlobModel(cap=150), image[None], CPU, 1, 0.5, 0.5, first_z=2, max_detections=300)
+    assert len(rows) == 300
+    assert sorted(r["score"] for r in rows) == pytest.approx(np.sort(np.unique(image[truth > 0]))[-300:])
+    assert any("slice z=2" in r.message and "cap" in r.message and "300" in r.message for r in caplog.records)
+
+
+def test_detections_below_the_lowest_score_kept_take_no_place_under_the_cap(caplog):
+    """120 bright disks (scores 0.55-0.95) and 200 dim ones (0.51-0.54) against a cap of 150: the dim ones
+    are below the score kept (0.55), so they are not let in: no re-prediction, no warning, every bright disk
+    found; with TTA (whose flips fuse scores down to 0.05) they count, and the cap is raised."""
+    image, truth = disk_scene(640, 6.0, 30.0, seed=5)
+    n = int(truth.max())
+    assert n > 300
+    dim = truth > 120
+    image[dim] = 0.51 + 0.03 * truth[dim] / n
+    bright = np.where(dim, 0, truth)
+    model = BlobModel(cap=150)
+    with caplog.at_level(logging.WARNING):
+        labels, rows = predict(model, image[None], CPU, 1, 0.55, 0.5, max_detections=1000)
+    assert not caplog.records and len(model.seen) == 1
+    assert same_instances(bright, labels[0]) and model.roi_heads.score_thresh == 0.05
+    model = BlobModel(cap=150)
+    labels, _ = predict(model, image[None], CPU, 1, 0.55, 0.5, tta=True, max_detections=1000)
+    assert len(model.seen) == 4 * (1 + sum(n >= c for c in (150, 300, 600)))  # four flips per cap tried
+    assert same_instances(bright, labels[0])
 
 
 def _inside(mask: np.ndarray, t: Tile, core: bool = False) -> bool:

@@ -84,7 +84,8 @@ def model_slices(volume, z0: int, z1: int, context: int) -> np.ndarray:
 def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path, *, batch_size: int = 4,
                score_threshold: float = 0.5, mask_threshold: float = 0.5, min_visible_fraction: float = 0.5,
                candidate_threshold: float | None = None, device: str = "auto", threads: int = 1,
-               progress: bool = True, tta: bool = False, rescale: str = "auto", tile_px="auto") -> int:
+               progress: bool = True, tta: bool = False, rescale: str = "auto", tile_px="auto",
+               max_detections: int | None = None) -> int:
     """Mask R-CNN instances of slices ``[z0, z1)``, written to one slab file atomically.
 
     Parameters
@@ -119,6 +120,9 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
     tile_px : int, "auto" or None, default "auto"
         Largest slice side (px, after rescaling) the model sees whole; larger slices go in overlapping tiles
         (:mod:`detachment.cnn.tiles`; ``auto``: 256 px; None: never).
+    max_detections : int, optional
+        The cap a crowded slice or tile is predicted again with, at most (:mod:`detachment.cnn.caps`);
+        None: the model's cap, never raised.
 
     Returns
     -------
@@ -135,7 +139,7 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
                                                                  threads, rescale, tile_px)
     run = functools.partial(predict, model, device=dev, batch_size=batch_size, score_threshold=low, tta=tta,
                             mask_threshold=mask_threshold, progress=progress, scale=factor,
-                            min_visible_fraction=min_visible_fraction, **tiling)
+                            min_visible_fraction=min_visible_fraction, max_detections=max_detections, **tiling)
     with io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as out, h5py.File(volume_path, "r") as f:
         table = _infer_chunks(run, f[io.VOLUME_DATASET], out, (z0, z1), shape, context, max(batch_size, 16),
                               score_threshold)

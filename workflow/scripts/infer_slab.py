@@ -12,4 +12,4 @@ infer_slab(snakemake.input.volume, snakemake.input.weights, snakemake.input.meta
            batch_size=s["batch_size"], score_threshold=s["score_threshold"], mask_threshold=s["mask_threshold"],
            min_visible_fraction=s["min_visible_fraction"],
            candidate_threshold=s["candidate_threshold"], device=s["device"], threads=snakemake.threads,
-           tta=s["tta"], rescale=s["rescale"], tile_px=s["tile_px"])
+           tta=s["tta"], rescale=s["rescale"], tile_px=s["tile_px"], max_detections=s["max_detections"])

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import io
+from .caps import detection_budget, detection_cap, raised_caps, score_floor
 from .checkpoint import load_checkpoint
 from .model import ModelSettings, build_model, to_tensor
 from .reuse import check_model_meta
@@ -166,6 +167,27 @@ def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, matc
     return {"scores": torch.tensor(scores), "masks": torch.stack(masks)[:, None]}
 
 
+def _predict_uncapped(model: nn.Module, batch: list[torch.Tensor], tta: bool, mask_threshold: float,
+                      max_detections: int | None) -> tuple[list[dict[str, torch.Tensor]], list[int], list]:
+    """:func:`_predict_batch`, each image that fills the model's cap predicted again alone with the cap
+    raised (:func:`~.caps.raised_caps`) until it does not or the cap is ``max_detections``.
+
+    Returns the predictions, the raw detections of each image and the cap each was last predicted with
+    (None for a model without one): an image with as many detections as its cap may have lost some.
+    """
+    preds, counts = _predict_batch(model, batch, tta, mask_threshold)
+    cap = detection_cap(model)
+    caps = [cap] * len(batch)
+    for i in range(len(batch)):
+        for raised in raised_caps(cap, max_detections):
+            if counts[i] < caps[i]:
+                break
+            with detection_budget(model, raised):
+                (preds[i],), (counts[i],) = _predict_batch(model, [batch[i]], tta, mask_threshold)
+            caps[i] = raised
+    return preds, counts, caps
+
+
 def _predict_batch(model: nn.Module, batch: list[torch.Tensor], tta: bool, mask_threshold: float
                    ) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
     """The model's predictions for a batch of (3, y, x) tensors; with ``tta``, fused over the four flips.
@@ -180,23 +202,6 @@ def _predict_batch(model: nn.Module, batch: list[torch.Tensor], tta: bool, mask_
                  for f, p in zip(TTA_FLIPS, passes)]
         out.append(fuse_flips(preds, mask_threshold))
     return out, [max(len(p[i]["scores"]) for p in passes) for i in range(len(batch))]
-
-
-def detection_cap(model: nn.Module) -> int | None:
-    """The most detections the model returns per image (``model.box_detections_per_img``; torchvision's
-    ``roi_heads.detections_per_img``), None for a model without one.
-
-    Parameters
-    ----------
-    model : MaskRCNN
-        Or a stand-in; one without ``roi_heads.detections_per_img`` has no cap.
-
-    Returns
-    -------
-    int or None
-    """
-    cap = getattr(getattr(model, "roi_heads", None), "detections_per_img", None)
-    return None if cap is None else int(cap)
 
 
 @contextlib.contextmanager
@@ -225,14 +230,16 @@ def native_scale(model: nn.Module, h: int, w: int):
 def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, score_threshold: float,
             mask_threshold: float, progress: bool = False, min_visible_fraction: float = 0.5, tta: bool = False,
             scale: tuple[float, float] = (1.0, 1.0), tile_px: int | None = None, overlap_px: int = MIN_OVERLAP_PX,
-            first_z: int = 0) -> tuple[np.ndarray, list[dict]]:
+            first_z: int = 0, max_detections: int | None = None) -> tuple[np.ndarray, list[dict]]:
     """Instance labels of slices, in float32; the model's train / eval mode is restored.
 
     The model sees each slice resized by ``scale`` (at native scale when 1) and its mask probabilities are
     resized back to the slice before painting (:mod:`.scale`), so labels are on the slice's grid. A slice
     the model would see larger than ``tile_px`` is predicted in overlapping tiles (:mod:`.tiles`). A slice
-    or tile on which the model returns as many detections as it may (:func:`detection_cap`) is logged as a
-    warning: particles beyond the cap are lost.
+    or tile on which the model returns as many detections as it may (:func:`~.caps.detection_cap`) is
+    predicted again with the cap raised, up to ``max_detections`` (:mod:`.caps`); one that still fills it is
+    logged as a warning: particles beyond the cap are lost. Detections scoring below ``score_threshold``
+    (below :data:`TTA_MIN_SCORE` with ``tta``) are not let in under the cap.
 
     Parameters
     ----------
@@ -257,6 +264,8 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
         Least overlap of neighbouring tiles as the model sees them, px (:func:`~.tiles.tile_overlap`).
     first_z : int
         z of ``images[0]`` in its volume, for the warnings.
+    max_detections : int, optional
+        The most detections per slice or tile the cap may be raised to; None: never raised.
 
     Returns
     -------
@@ -268,22 +277,24 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     was_training = model.training
     model.eval()
     tiles = tile_windows(images.shape[-2:], scale, tile_px, overlap_px)
-    paint = (score_threshold, mask_threshold, min_visible_fraction)
-    if tiles is None:
-        out, rows = _predict_whole(model, images, device, batch_size, paint, progress, tta, scale, first_z)
-    else:
-        out, rows = _predict_tiled(model, images, device, batch_size, paint, progress, tta, scale, first_z, tiles)
+    paint = (score_threshold, mask_threshold, min_visible_fraction, max_detections)
+    with score_floor(model, TTA_MIN_SCORE if tta else score_threshold):
+        if tiles is None:
+            out, rows = _predict_whole(model, images, device, batch_size, paint, progress, tta, scale, first_z)
+        else:
+            out, rows = _predict_tiled(model, images, device, batch_size, paint, progress, tta, scale, first_z,
+                                       tiles)
     model.train(was_training)
     return out, rows
 
 
 def _predict_whole(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, paint: tuple,
                    progress: bool, tta: bool, scale: tuple[float, float], first_z: int) -> tuple[np.ndarray, list]:
-    """:func:`predict` on whole slices; ``paint`` = (score_threshold, mask_threshold, min_visible_fraction)."""
+    """:func:`predict` on whole slices; ``paint`` = (score_threshold, mask_threshold, min_visible_fraction,
+    max_detections)."""
     from tqdm import tqdm
 
-    score_threshold, mask_threshold, min_visible_fraction = paint
-    cap = detection_cap(model)
+    score_threshold, mask_threshold, min_visible_fraction, max_detections = paint
     h, w = images.shape[-2:]
     out = np.zeros((len(images), h, w), np.uint32)
     rows = []
@@ -292,12 +303,16 @@ def _predict_whole(model: nn.Module, images: np.ndarray, device: torch.device, b
     with native_scale(model, hs, ws):
         for b in tqdm(starts, desc="infer", unit="batch", disable=not progress):
             batch = resize_images([to_tensor(im).to(device) for im in images[b:b + batch_size]], (hs, ws))
-            preds, counts = _predict_batch(model, batch, tta, mask_threshold)
+            preds, counts, caps = _predict_uncapped(model, batch, tta, mask_threshold, max_detections)
             for i, pred in enumerate(preds):
-                if cap is not None and counts[i] >= cap:
-                    log.warning("slice z=%d: %d raw detections, the model's cap (model.box_detections_per_img "
-                                "%d): particles beyond it are lost; predict in tiles (infer.tile_px) or raise "
-                                "the cap", first_z + b + i, counts[i], cap)
+                if caps[i] != detection_cap(model):
+                    log.info("slice z=%d: predicted again with the detection cap raised to %d (%d raw detections)",
+                             first_z + b + i, caps[i], counts[i])
+                if caps[i] is not None and counts[i] >= caps[i]:
+                    log.warning("slice z=%d: %d raw detections, the cap (model.box_detections_per_img, raised "
+                                "up to infer.max_detections) %d: particles beyond it are lost; predict in tiles "
+                                "(infer.tile_px) or raise infer.max_detections", first_z + b + i, counts[i],
+                                caps[i])
                 out[b + i], r = predictions_to_labels(restore_prediction(pred, (h, w)), (h, w), score_threshold,
                                                       mask_threshold, min_visible_fraction)
                 rows.extend({"index": b + i, **row} for row in r)
@@ -310,8 +325,7 @@ def _predict_tiled(model: nn.Module, images: np.ndarray, device: torch.device, b
     """:func:`predict` slice by slice in ``tiles`` (of one size), ``batch_size`` tiles per forward pass."""
     from tqdm import tqdm
 
-    score_threshold, mask_threshold, min_visible_fraction = paint
-    cap = detection_cap(model)
+    score_threshold, mask_threshold, min_visible_fraction, max_detections = paint
     h, w = images.shape[-2:]
     th, tw = tiles[0].y1 - tiles[0].y0, tiles[0].x1 - tiles[0].x0
     ths, tws = scaled_shape((th, tw), scale)
@@ -320,19 +334,26 @@ def _predict_tiled(model: nn.Module, images: np.ndarray, device: torch.device, b
     with native_scale(model, ths, tws):
         for i in tqdm(range(len(images)), desc="infer", unit="slice", disable=not progress):
             x = to_tensor(images[i]).to(device)
-            crops, capped = [], 0
+            crops, capped, tile_caps = [], [], []
             for a in range(0, len(tiles), batch_size):
                 part = tiles[a:a + batch_size]
                 batch = resize_images([x[:, t.y0:t.y1, t.x0:t.x1] for t in part], (ths, tws))
-                preds, counts = _predict_batch(model, batch, tta, mask_threshold)
-                for t, pred, n in zip(part, preds, counts):
-                    capped += cap is not None and n >= cap
+                preds, counts, caps = _predict_uncapped(model, batch, tta, mask_threshold, max_detections)
+                tile_caps += caps
+                for t, pred, n, cap in zip(part, preds, counts, caps):
+                    if cap is not None and n >= cap:
+                        capped.append(cap)
                     crops += _tile_crops(pred, t, score_threshold, mask_threshold)
                 del batch, preds, pred  # these tiles' masks go before the next forward pass makes new ones
+            raised = sum(c != detection_cap(model) for c in tile_caps)
+            if raised:
+                log.info("slice z=%d: %d of %d tiles predicted again with the detection cap raised (up to %d)",
+                         first_z + i, raised, len(tiles), max(tile_caps))
             if capped:
-                log.warning("slice z=%d: %d of %d tiles (%d x %d px) reach the model's cap of %d raw detections "
-                            "(model.box_detections_per_img): particles beyond it are lost; use smaller tiles "
-                            "(infer.tile_px) or raise the cap", first_z + i, capped, len(tiles), th, tw, cap)
+                log.warning("slice z=%d: %d of %d tiles (%d x %d px) reach the cap of %d raw detections "
+                            "(model.box_detections_per_img, raised up to infer.max_detections): particles beyond "
+                            "it are lost; use smaller tiles (infer.tile_px) or raise infer.max_detections",
+                            first_z + i, len(capped), len(tiles), th, tw, max(capped))
             out[i], r = paint_crops(crops, (h, w), min_visible_fraction)
             rows.extend({"index": i, **row} for row in r)
     return out, rows
