@@ -428,7 +428,8 @@ def test_the_facade_re_exports_the_cnn_modules_and_their_functions_stay_short():
     import detachment.maskrcnn as facade
 
     modules = [importlib.import_module(f"detachment.cnn.{m}")
-               for m in ("model", "engine", "predict", "checkpoint", "activation", "reuse", "scale", "tiles")]
+               for m in ("model", "engine", "predict", "checkpoint", "activation", "reuse", "scale", "tiles",
+                          "caps")]
     for name in facade.__all__:
         assert any(getattr(mod, name, None) is getattr(facade, name) for mod in modules), name
     for mod in modules:

@@ -168,40 +168,60 @@ def fuse_flips(preds: list[dict[str, torch.Tensor]], mask_threshold: float, matc
 
 
 def _predict_uncapped(model: nn.Module, batch: list[torch.Tensor], tta: bool, mask_threshold: float,
-                      max_detections: int | None) -> tuple[list[dict[str, torch.Tensor]], list[int], list]:
+                      max_detections: int | None, relevant: float) -> tuple[list[dict[str, torch.Tensor]], list]:
     """:func:`_predict_batch`, each image that fills the model's cap predicted again alone with the cap
     raised (:func:`~.caps.raised_caps`) until it does not or the cap is ``max_detections``.
 
-    Returns the predictions, the raw detections of each image and the cap each was last predicted with
-    (None for a model without one): an image with as many detections as its cap may have lost some.
+    A pass fills the cap when it returns as many detections as the cap and the lowest of them scores at
+    least ``relevant``: below that, what the cap cut cannot reach an output. With ``tta``, an image whose
+    first (unflipped) pass fills the cap goes straight to the raised cap, without its other flips.
+
+    Returns the predictions and, per image, ``(raw detections of its fullest pass, the cap it was last
+    predicted with (None for a model without one), whether that still filled it)``.
     """
-    preds, counts = _predict_batch(model, batch, tta, mask_threshold)
     cap = detection_cap(model)
-    caps = [cap] * len(batch)
+    raised = raised_caps(cap, max_detections)
+
+    def fills(scores, c):
+        """Whether a pass's raw ``scores`` fill the cap ``c`` with detections that matter."""
+        return c is not None and len(scores) >= c and float(scores.min()) >= relevant
+
+    preds, raw = _predict_batch(model, batch, tta, mask_threshold, (lambda r: fills(r, cap)) if raised else None)
+    state = [(max(len(r) for r in scores), cap, any(fills(r, cap) for r in scores)) for scores in raw]
     for i in range(len(batch)):
-        for raised in raised_caps(cap, max_detections):
-            if counts[i] < caps[i]:
+        for k, c in enumerate(raised):
+            if not state[i][2]:
                 break
-            with detection_budget(model, raised):
-                (preds[i],), (counts[i],) = _predict_batch(model, [batch[i]], tta, mask_threshold)
-            caps[i] = raised
-    return preds, counts, caps
+            last = k == len(raised) - 1
+            with detection_budget(model, c):
+                (preds[i],), (scores,) = _predict_batch(model, [batch[i]], tta, mask_threshold,
+                                                        None if last else (lambda r, c=c: fills(r, c)))
+            state[i] = (max(len(r) for r in scores), c, any(fills(r, c) for r in scores))
+    return preds, state
 
 
-def _predict_batch(model: nn.Module, batch: list[torch.Tensor], tta: bool, mask_threshold: float
-                   ) -> tuple[list[dict[str, torch.Tensor]], list[int]]:
+def _predict_batch(model: nn.Module, batch: list[torch.Tensor], tta: bool, mask_threshold: float,
+                   redo=None) -> tuple[list[dict[str, torch.Tensor] | None], list[list[torch.Tensor]]]:
     """The model's predictions for a batch of (3, y, x) tensors; with ``tta``, fused over the four flips.
-    Also, per image, the most raw detections of one pass (to hold against the model's cap)."""
+    Also, per image, the raw scores of each pass (to hold against the model's cap).
+
+    With ``tta`` and ``redo`` (a test on the raw scores of a pass), an image whose unflipped pass passes the
+    test will be predicted again: its other flips are skipped and its prediction is None.
+    """
     if not tta:
         preds = model(batch)
-        return preds, [len(p["scores"]) for p in preds]
-    passes = [model([torch.flip(x, f) if f else x for x in batch]) for f in TTA_FLIPS]
-    out = []
-    for i in range(len(batch)):
-        preds = [{"scores": p[i]["scores"], "masks": torch.flip(p[i]["masks"], f) if f else p[i]["masks"]}
+        return preds, [[p["scores"]] for p in preds]
+    first = model(batch)
+    go = [i for i, p in enumerate(first) if redo is None or not redo(p["scores"])]
+    rest = [model([torch.flip(batch[i], f) for i in go]) if go else [] for f in TTA_FLIPS[1:]]
+    out, raw = [None] * len(batch), [[p["scores"]] for p in first]
+    for j, i in enumerate(go):
+        passes = [first[i]] + [r[j] for r in rest]
+        preds = [{"scores": p["scores"], "masks": torch.flip(p["masks"], f) if f else p["masks"]}
                  for f, p in zip(TTA_FLIPS, passes)]
-        out.append(fuse_flips(preds, mask_threshold))
-    return out, [max(len(p[i]["scores"]) for p in passes) for i in range(len(batch))]
+        out[i] = fuse_flips(preds, mask_threshold)
+        raw[i] = [p["scores"] for p in passes]
+    return out, raw
 
 
 @contextlib.contextmanager
@@ -236,10 +256,8 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     The model sees each slice resized by ``scale`` (at native scale when 1) and its mask probabilities are
     resized back to the slice before painting (:mod:`.scale`), so labels are on the slice's grid. A slice
     the model would see larger than ``tile_px`` is predicted in overlapping tiles (:mod:`.tiles`). A slice
-    or tile on which the model returns as many detections as it may (:func:`~.caps.detection_cap`) is
-    predicted again with the cap raised, up to ``max_detections`` (:mod:`.caps`); one that still fills it is
-    logged as a warning: particles beyond the cap are lost. Detections scoring below ``score_threshold``
-    (below :data:`TTA_MIN_SCORE` with ``tta``) are not let in under the cap.
+    or tile that fills the model's detection cap is predicted again with it raised, up to ``max_detections``
+    (:mod:`.caps`); one that still fills it is logged as a warning: particles beyond the cap are lost.
 
     Parameters
     ----------
@@ -277,8 +295,9 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     was_training = model.training
     model.eval()
     tiles = tile_windows(images.shape[-2:], scale, tile_px, overlap_px)
-    paint = (score_threshold, mask_threshold, min_visible_fraction, max_detections)
-    with score_floor(model, TTA_MIN_SCORE if tta else score_threshold):
+    floor, relevant = _cap_scores(score_threshold, tta)
+    paint = (score_threshold, mask_threshold, min_visible_fraction, max_detections, relevant)
+    with score_floor(model, floor):
         if tiles is None:
             out, rows = _predict_whole(model, images, device, batch_size, paint, progress, tta, scale, first_z)
         else:
@@ -288,13 +307,27 @@ def predict(model: nn.Module, images: np.ndarray, device: torch.device, batch_si
     return out, rows
 
 
+def _cap_scores(score_threshold: float, tta: bool) -> tuple[float, float]:
+    """The score floor (:func:`~.caps.score_floor`) and the least score of a detection that the cap must not
+    cut (:func:`_predict_uncapped`'s ``relevant``) of a prediction kept from ``score_threshold``.
+
+    Detections below ``score_threshold`` (below :data:`TTA_MIN_SCORE` with TTA) take no place under the cap.
+    With TTA a detection cut from one flip moves its fused score (the mean over the flips) by its own score
+    / 4; cuts below ``score_threshold / 4`` are let be: the low-score detections that fill the cap in every
+    flip of a crowded tile would otherwise have it predicted again, at four passes each time.
+    """
+    if tta:
+        return TTA_MIN_SCORE, score_threshold / len(TTA_FLIPS)
+    return score_threshold, score_threshold
+
+
 def _predict_whole(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, paint: tuple,
                    progress: bool, tta: bool, scale: tuple[float, float], first_z: int) -> tuple[np.ndarray, list]:
     """:func:`predict` on whole slices; ``paint`` = (score_threshold, mask_threshold, min_visible_fraction,
     max_detections)."""
     from tqdm import tqdm
 
-    score_threshold, mask_threshold, min_visible_fraction, max_detections = paint
+    score_threshold, mask_threshold, min_visible_fraction, max_detections, relevant = paint
     h, w = images.shape[-2:]
     out = np.zeros((len(images), h, w), np.uint32)
     rows = []
@@ -303,16 +336,16 @@ def _predict_whole(model: nn.Module, images: np.ndarray, device: torch.device, b
     with native_scale(model, hs, ws):
         for b in tqdm(starts, desc="infer", unit="batch", disable=not progress):
             batch = resize_images([to_tensor(im).to(device) for im in images[b:b + batch_size]], (hs, ws))
-            preds, counts, caps = _predict_uncapped(model, batch, tta, mask_threshold, max_detections)
+            preds, state = _predict_uncapped(model, batch, tta, mask_threshold, max_detections, relevant)
             for i, pred in enumerate(preds):
-                if caps[i] != detection_cap(model):
+                n, cap, filled = state[i]
+                if cap != detection_cap(model):
                     log.info("slice z=%d: predicted again with the detection cap raised to %d (%d raw detections)",
-                             first_z + b + i, caps[i], counts[i])
-                if caps[i] is not None and counts[i] >= caps[i]:
+                             first_z + b + i, cap, n)
+                if filled:
                     log.warning("slice z=%d: %d raw detections, the cap (model.box_detections_per_img, raised "
                                 "up to infer.max_detections) %d: particles beyond it are lost; predict in tiles "
-                                "(infer.tile_px) or raise infer.max_detections", first_z + b + i, counts[i],
-                                caps[i])
+                                "(infer.tile_px) or raise infer.max_detections", first_z + b + i, n, cap)
                 out[b + i], r = predictions_to_labels(restore_prediction(pred, (h, w)), (h, w), score_threshold,
                                                       mask_threshold, min_visible_fraction)
                 rows.extend({"index": b + i, **row} for row in r)
@@ -325,7 +358,7 @@ def _predict_tiled(model: nn.Module, images: np.ndarray, device: torch.device, b
     """:func:`predict` slice by slice in ``tiles`` (of one size), ``batch_size`` tiles per forward pass."""
     from tqdm import tqdm
 
-    score_threshold, mask_threshold, min_visible_fraction, max_detections = paint
+    score_threshold, mask_threshold, min_visible_fraction, max_detections, relevant = paint
     h, w = images.shape[-2:]
     th, tw = tiles[0].y1 - tiles[0].y0, tiles[0].x1 - tiles[0].x0
     ths, tws = scaled_shape((th, tw), scale)
@@ -338,10 +371,10 @@ def _predict_tiled(model: nn.Module, images: np.ndarray, device: torch.device, b
             for a in range(0, len(tiles), batch_size):
                 part = tiles[a:a + batch_size]
                 batch = resize_images([x[:, t.y0:t.y1, t.x0:t.x1] for t in part], (ths, tws))
-                preds, counts, caps = _predict_uncapped(model, batch, tta, mask_threshold, max_detections)
-                tile_caps += caps
-                for t, pred, n, cap in zip(part, preds, counts, caps):
-                    if cap is not None and n >= cap:
+                preds, state = _predict_uncapped(model, batch, tta, mask_threshold, max_detections, relevant)
+                for t, pred, (_, cap, filled) in zip(part, preds, state):
+                    tile_caps.append(cap)
+                    if filled:
                         capped.append(cap)
                     crops += _tile_crops(pred, t, score_threshold, mask_threshold)
                 del batch, preds, pred  # these tiles' masks go before the next forward pass makes new ones
