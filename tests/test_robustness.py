@@ -11,10 +11,13 @@ from detachment import robustness
 from .test_validation import _balls
 
 
-def _science(errors_pipeline, errors_true):
+def _science(errors_pipeline, errors_true, voxel_pipeline=None, voxel_true=None):
     rows = [{"source": "pipeline", "detachment_error": e} for e in errors_pipeline]
     rows += [{"source": "true", "detachment_error": e} for e in errors_true]
-    return pd.DataFrame(rows)
+    t = pd.DataFrame(rows)
+    if voxel_pipeline is not None:
+        t["detachment_error_voxel_truth"] = list(voxel_pipeline) + list(voxel_true)
+    return t
 
 
 def test_sample_metrics_of_a_perfect_and_of_a_flawed_pipeline():
@@ -40,6 +43,11 @@ def test_sample_metrics_of_a_perfect_and_of_a_flawed_pipeline():
     assert m["split_merge_3d"] == pytest.approx(1 / 4)
     assert m["detachment_mae"] == pytest.approx(0.03) and m["detachment_bias"] == pytest.approx(0.01)
     assert m["detachment_mae_true_envelopes"] == pytest.approx(0.01)
+    assert np.isnan(m["detachment_mae_voxel_truth"])  # a science table without the voxelised truth
+    m = robustness.sample_metrics(truth, ph_true, ph, missed, split,
+                                  _science([0.04, -0.02], [0.01, 0.01], [0.01, -0.03], [0.0, 0.02]), 4)
+    assert m["detachment_mae_voxel_truth"] == pytest.approx(0.02)
+    assert m["detachment_mae_voxel_truth_true_envelopes"] == pytest.approx(0.01)
 
 
 def test_long_table_layout_and_split_names():

@@ -50,6 +50,11 @@ def test_compare_and_summarize_errors_and_the_crack_surface_definition():
     assert s.n_matched == 2 and s.n_truth == 3
     assert np.isclose(s.detachment_mae, 0.075) and np.isclose(s.detachment_bias, -0.025)
     assert np.isclose(s.crack_surface_rel_error_of_mean, (0.11 - 0.1) / 0.1)
+    assert c.detachment_error_voxel_truth.isna().all()  # a truth without the voxelised detachment
+    voxel = truth.assign(detachment_voxel_faces=[0.22, 0.35, 0.7])
+    c = validation.compare_particles(voxel, measured, pairs, "pipeline")
+    np.testing.assert_allclose(c.detachment_error_voxel_truth, [0.03, 0.05])
+    np.testing.assert_allclose(c.detachment_error, [0.05, -0.1])
 
 
 def test_effect_size_matches_a_direct_computation_and_leaves_border_particles_out():

@@ -80,7 +80,8 @@ def slice_detection_scores(truth_labels: np.ndarray, cnn_labels: np.ndarray, min
             "cnn_sensitivity": float(np.mean([r["sensitivity"] for r in rows])), "n_slices": len(rows)}
 
 
-def detachment_errors(science_eval: pd.DataFrame, source: str = "pipeline") -> dict[str, float]:
+def detachment_errors(science_eval: pd.DataFrame, source: str = "pipeline", column: str = "detachment_error"
+                      ) -> dict[str, float]:
     """MAE and mean (bias) of measured − true detachment over the matched particles of one source.
 
     Parameters
@@ -90,13 +91,18 @@ def detachment_errors(science_eval: pd.DataFrame, source: str = "pipeline") -> d
         ``source`` and ``detachment_error``.
     source : str, default "pipeline"
         ``"pipeline"`` (the pipeline's particles) or ``"true"`` (the truth's own envelopes).
+    column : str, default "detachment_error"
+        The error column: ``detachment_error`` (against the truth) or ``detachment_error_voxel_truth``
+        (against the voxelised truth; a table without it gives NaN).
 
     Returns
     -------
     dict
         ``mae`` and ``bias`` (detachment fraction; NaN without rows) and ``n`` (particles used).
     """
-    e = science_eval.loc[science_eval.source == source, "detachment_error"].dropna()
+    if column not in science_eval:
+        return {"mae": np.nan, "bias": np.nan, "n": 0}
+    e = science_eval.loc[science_eval.source == source, column].dropna()
     if e.empty:
         return {"mae": np.nan, "bias": np.nan, "n": 0}
     return {"mae": float(e.abs().mean()), "bias": float(e.mean()), "n": int(e.size)}
@@ -132,7 +138,9 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         matched one-to-one at 3D IoU ≥ ``iou_threshold``), ``split_merge_3d`` (split + merge rate),
         ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
         same on the truth's own envelopes (``*_true_envelopes``: phases and contact reading without
-        segmentation errors), and ``n_particles_truth`` / ``n_particles_matched``. The workflow adds
+        segmentation errors), both MAEs against the voxelised truth (``detachment_mae_voxel_truth``,
+        ``detachment_mae_voxel_truth_true_envelopes``: the voxel grid's own loss taken out), and
+        ``n_particles_truth`` / ``n_particles_matched``. The workflow adds
         ``phase_map_plausible`` (1 when every check of :mod:`detachment.plausibility` passed) and
         ``contact_reading_plausible`` (:func:`contact_reading_plausible`).
     """
@@ -146,6 +154,9 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
     out.update({"detachment_mae": pipe["mae"], "detachment_bias": pipe["bias"],
                 "detachment_mae_true_envelopes": true["mae"], "detachment_bias_true_envelopes": true["bias"],
                 "n_particles_truth": float(ps["n_true"]), "n_particles_matched": float(pipe["n"])})
+    for source, suffix in (("pipeline", ""), ("true", "_true_envelopes")):
+        out["detachment_mae_voxel_truth" + suffix] = detachment_errors(science_eval, source,
+                                                                        "detachment_error_voxel_truth")["mae"]
     return out
 
 

@@ -75,7 +75,8 @@ def compare_particles(truth_table: pd.DataFrame, measured: pd.DataFrame, pairs: 
     ----------
     truth_table : pandas.DataFrame
         ``truth_particles.csv``: ``label``, ``detachment``, ``crack_area_um2`` (crack voxel-face area,
-        µm²), ``volume_um3``, ``touches_border``.
+        µm²), ``volume_um3``, ``touches_border``, and optionally ``detachment_voxel_faces`` (detachment
+        counted on the faces of the truth's voxelised phase map).
     measured : pandas.DataFrame
         A particle table (``particles.csv`` layout): ``label``, ``detachment``, ``detachment_std``,
         ``crack_surface_per_volume_per_um``.
@@ -91,13 +92,16 @@ def compare_particles(truth_table: pd.DataFrame, measured: pd.DataFrame, pairs: 
         One row per pair present in both tables: ``source``, ``truth_label``, ``label``, ``iou``,
         ``detachment_truth``, ``crack_surface_truth`` (µm⁻¹), ``border_truth``, ``detachment``,
         ``detachment_std``, ``crack_surface_per_volume_per_um`` (µm⁻¹), ``detachment_error``
-        (measured − truth, detachment fraction) and ``crack_surface_rel_error`` (relative; NaN where the
-        truth has no crack surface).
+        (measured − truth, detachment fraction), ``crack_surface_rel_error`` (relative; NaN where the
+        truth has no crack surface), ``detachment_voxel_truth`` and ``detachment_error_voxel_truth``
+        (measured − it; NaN without ``detachment_voxel_faces``): against the voxelised truth the error
+        has the voxel grid's own loss (gaps and pores thinner than a voxel) taken out.
     """
     t = truth_table.assign(
         crack_surface_truth=truth_table.crack_area_um2 * STAIRCASE / truth_table.volume_um3)
-    t = t[["label", "detachment", "crack_surface_truth", "touches_border"]].rename(
-        columns={"label": "truth_label", "detachment": "detachment_truth", "touches_border": "border_truth"})
+    t = t.reindex(columns=["label", "detachment", "crack_surface_truth", "touches_border", "detachment_voxel_faces"])
+    t = t.rename(columns={"label": "truth_label", "detachment": "detachment_truth", "touches_border": "border_truth",
+                          "detachment_voxel_faces": "detachment_voxel_truth"})
     if pairs is None:
         pairs = pd.DataFrame({"truth_label": measured.label.astype(int), "label": measured.label.astype(int),
                               "iou": 1.0})
@@ -109,6 +113,7 @@ def compare_particles(truth_table: pd.DataFrame, measured: pd.DataFrame, pairs: 
     out["detachment_error"] = out.detachment - out.detachment_truth
     out["crack_surface_rel_error"] = (out.crack_surface_per_volume_per_um - out.crack_surface_truth) / \
         out.crack_surface_truth.where(out.crack_surface_truth > 0)
+    out["detachment_error_voxel_truth"] = out.detachment - out.detachment_voxel_truth
     return out
 
 
