@@ -324,7 +324,7 @@ def _cap_scores(score_threshold: float, tta: bool) -> tuple[float, float]:
 def _predict_whole(model: nn.Module, images: np.ndarray, device: torch.device, batch_size: int, paint: tuple,
                    progress: bool, tta: bool, scale: tuple[float, float], first_z: int) -> tuple[np.ndarray, list]:
     """:func:`predict` on whole slices; ``paint`` = (score_threshold, mask_threshold, min_visible_fraction,
-    max_detections)."""
+    max_detections, relevant): the painting, the cap's limit and its relevant score (:func:`_cap_scores`)."""
     from tqdm import tqdm
 
     score_threshold, mask_threshold, min_visible_fraction, max_detections, relevant = paint
