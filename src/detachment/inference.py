@@ -106,12 +106,9 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
         share of a detection's mask free of higher-scoring ones (docs/methods.md, Mask R-CNN). All 0-1.
     candidate_threshold : float, optional
         Score (0-1) of ``/candidates``; defaults to, and is capped at, ``score_threshold``.
-    device : str, default "auto"
-        ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` (:func:`detachment.maskrcnn.select_device`).
-    threads : int, default 1
-        CPU threads of torch.
-    progress : bool, default True
-        Show a progress bar.
+    device, threads, progress : str, int, bool; default "auto", 1, True
+        ``"auto"``, ``"cpu"`` or ``"cuda[:N]"`` (:func:`detachment.maskrcnn.select_device`); CPU threads of
+        torch; whether to show a progress bar.
     tta : bool, default False
         Fuse the predictions of the four flips of each slice (four times the compute).
     rescale : {"auto", "off"}, default "auto"
@@ -121,8 +118,7 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
         Largest slice side (px, after rescaling) the model sees whole; larger slices go in overlapping tiles
         (:mod:`detachment.cnn.tiles`; ``auto``: 256 px; None: never).
     max_detections : int, optional
-        The cap a crowded slice or tile is predicted again with, at most (:mod:`detachment.cnn.caps`);
-        None: the model's cap, never raised.
+        Most detections a crowded slice or tile is predicted again with (:mod:`detachment.cnn.caps`).
 
     Returns
     -------

@@ -16,9 +16,10 @@ rule contact_level:
             labels={"sample": "{sample}"},
         ),
     params:
+        # science.on_ambiguous_contacts changes no output (only whether an ambiguous sample stops): the script
+        # reads it from the config, so switching it reruns nothing
         max_spread=config["science"]["contact_max_spread"],
         max_ambiguity=config["science"]["contact_max_ambiguity"],
-        on_ambiguous=config["science"]["on_ambiguous_contacts"],
     log:
         "logs/contact_level/{sample}.log",
     benchmark:

@@ -35,5 +35,5 @@ if table.ambiguous.iloc[0]:
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
     kept = Path(snakemake.log[0]).with_suffix(".png")
     shutil.copyfile(snakemake.output.figure, kept)
-    plausibility.enforce_contacts(fit.spread, p.max_ambiguity, snakemake.wildcards.sample, p.on_ambiguous,
-                                  figure_hint=str(kept))
+    plausibility.enforce_contacts(fit.spread, p.max_ambiguity, snakemake.wildcards.sample,
+                                  snakemake.config["science"]["on_ambiguous_contacts"], figure_hint=str(kept))
