@@ -328,6 +328,7 @@ def _predict_whole(model: nn.Module, images: np.ndarray, device: torch.device, b
     from tqdm import tqdm
 
     score_threshold, mask_threshold, min_visible_fraction, max_detections, relevant = paint
+    own_cap = detection_cap(model)
     h, w = images.shape[-2:]
     out = np.zeros((len(images), h, w), np.uint32)
     rows = []
@@ -339,7 +340,7 @@ def _predict_whole(model: nn.Module, images: np.ndarray, device: torch.device, b
             preds, state = _predict_uncapped(model, batch, tta, mask_threshold, max_detections, relevant)
             for i, pred in enumerate(preds):
                 n, cap, filled = state[i]
-                if cap != detection_cap(model):
+                if cap != own_cap:
                     log.info("slice z=%d: predicted again with the detection cap raised to %d (%d raw detections)",
                              first_z + b + i, cap, n)
                 if filled:
@@ -359,6 +360,7 @@ def _predict_tiled(model: nn.Module, images: np.ndarray, device: torch.device, b
     from tqdm import tqdm
 
     score_threshold, mask_threshold, min_visible_fraction, max_detections, relevant = paint
+    own_cap = detection_cap(model)
     h, w = images.shape[-2:]
     th, tw = tiles[0].y1 - tiles[0].y0, tiles[0].x1 - tiles[0].x0
     ths, tws = scaled_shape((th, tw), scale)
@@ -378,7 +380,7 @@ def _predict_tiled(model: nn.Module, images: np.ndarray, device: torch.device, b
                         capped.append(cap)
                     crops += _tile_crops(pred, t, score_threshold, mask_threshold)
                 del batch, preds, pred  # these tiles' masks go before the next forward pass makes new ones
-            raised = sum(c != detection_cap(model) for c in tile_caps)
+            raised = sum(c != own_cap for c in tile_caps)
             if raised:
                 log.info("slice z=%d: %d of %d tiles predicted again with the detection cap raised (up to %d)",
                          first_z + i, raised, len(tiles), max(tile_caps))
