@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import slab_kernels
+
 #: cells of the lookup grid: its tables (6 bytes a cell) stay in the CPU cache
 N_CELLS = 1 << 14
 #: values per block: a block's temporaries stay in the CPU cache
@@ -48,8 +50,8 @@ class UniformBins:
     ----------
     n : int
         Number of bins.
-    lo : numpy.float32
-        The lowest edge.
+    lo, hi : numpy.float32
+        The lowest and highest edges.
     inner : numpy.ndarray
         (n - 1,) float32 inner edges (float64 ones rounded up by :func:`ceil_float32`).
     scale : numpy.float32
@@ -73,7 +75,7 @@ class UniformBins:
         if not (np.all(np.diff(edges) > 0) and lo == edges[0] and hi == edges[-1] and np.isfinite(hi - lo)):
             raise ValueError("edges must be increasing float32 values")
         self.n = len(edges) - 1
-        self.lo, self.inner = lo, inner
+        self.lo, self.hi, self.inner = lo, hi, inner
         self.scale = np.float32(N_CELLS / (float(hi) - float(lo)))
         if not np.isfinite(self.scale) or not 0 < self.scale < np.float32(1e30):
             raise ValueError("range too small for the cell grid")
@@ -130,8 +132,26 @@ class UniformBins:
         numpy.ndarray
             (n,) int64 voxel counts per bin.
         """
-        flat = np.ravel(v)
+        return self.counts_and_range(v)[0]
+
+    def counts_and_range(self, v: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Histogram of the values of ``v`` within ``[edges[0], edges[-1]]``, and the min and max of all.
+
+        Parameters
+        ----------
+        v : numpy.ndarray
+            float32 grey levels, any shape.
+
+        Returns
+        -------
+        counts : numpy.ndarray
+            (n,) int64 voxel counts per bin (values outside the range are not counted).
+        vmin, vmax : float
+            The smallest and largest value of ``v`` (+inf and -inf when it is empty).
+        """
         out = np.zeros(self.n, np.int64)
-        for i in range(0, flat.size, BLOCK):
-            out += np.bincount(self.index(flat[i: i + BLOCK]), minlength=self.n)
-        return out
+        if not np.size(v):
+            return out, float("inf"), float("-inf")
+        vmin, vmax = slab_kernels.bin_counts(np.ravel(np.asarray(v, np.float32)), self.lo, self.hi, self.scale,
+                                             self.lut, self.edge_in, out)
+        return out, float(vmin), float(vmax)

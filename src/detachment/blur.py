@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from . import slab_kernels
 from .phases import CBD, NMC_HIGH, NMC_LOW, VOID
 
 #: Voxels of the same class required on each side of an edge (the profile is 2 x this long).
@@ -21,15 +22,6 @@ RUN = 3
 MAX_PER_SLAB = 20_000
 #: Every this many slices (by volume z) is read: the mean profile needs thousands of edges, not all.
 SLICE_STEP = 4
-
-
-def _window_all(mask: np.ndarray, k: int) -> np.ndarray:
-    """``out[..., i]`` = ``mask[..., i:i + k].all(-1)`` for ``i`` in ``0 .. n - k``."""
-    n = mask.shape[-1] - k + 1
-    out = mask[..., :n].copy()
-    for j in range(1, k):
-        out &= mask[..., j: j + n]
-    return out
 
 
 class EdgeProfiles:
@@ -61,25 +53,11 @@ class EdgeProfiles:
             Volume z of the slab's first slice.
         """
         keep = np.nonzero((np.arange(z0, z0 + len(phases)) % SLICE_STEP) == 0)[0]
-        phases, grey = phases[keep], grey[keep]
-        nmc = (phases == NMC_LOW) | (phases == NMC_HIGH)
-        background = (phases == VOID) | (phases == CBD)
-        for axis in (1, 2):
-            n, g = np.moveaxis(nmc, axis, -1), np.moveaxis(grey, axis, -1)
-            b = np.moveaxis(background, axis, -1)
-            if n.shape[-1] < 2 * RUN:
-                continue
-            run_n, run_b = _window_all(n, RUN), _window_all(b, RUN)
-            for first, second, flip in ((run_n, run_b, False), (run_b, run_n, True)):
-                edge = first[..., :-RUN] & second[..., RUN:]  # RUN of one class at i, RUN of the other at i + RUN
-                idx = np.nonzero(edge)
-                if not idx[0].size:
-                    continue
-                step = max(1, idx[0].size // MAX_PER_SLAB)
-                idx = tuple(i[::step] for i in idx)
-                prof = np.stack([g[idx[:-1] + (idx[-1] + j,)] for j in range(2 * RUN)], axis=1)
-                self.total += (prof[:, ::-1] if flip else prof).sum(0)
-                self.count += len(prof)
+        if not keep.size:
+            return
+        self.count += slab_kernels.edge_profiles(
+            np.ascontiguousarray(phases[keep]), np.ascontiguousarray(grey[keep], np.float32),
+            (NMC_LOW, NMC_HIGH), (VOID, CBD), RUN, MAX_PER_SLAB, self.total)
 
     def sigma(self, min_profiles: int = 200) -> float:
         """The blur σ, voxels: an error function fitted to the mean profile; NaN with too few edges.

@@ -26,6 +26,8 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 VOLUME_DATASET = "volume"
+#: attribute of ``/volume``: [min, max] of its grey levels as written (a hint; readers verify it)
+GREY_RANGE_ATTR = "grey_range"
 MIN_INPLANE = 16  # px; smaller slices cannot hold a particle cross-section
 MAX_VOXELS = 2**36  # 64 Gi voxels: beyond this something is wrong with the shape
 
@@ -546,6 +548,7 @@ def import_volume(src: str | os.PathLike, out: str | os.PathLike, *, dataset: st
             stats.update(data, lambda i, z0=z0: orient.source_index((i[0] + z0, i[1], i[2]), source.shape))
             d[z0:z0 + len(data)] = data
         stats.finish()
+        d.attrs[GREY_RANGE_ATTR] = np.array([stats.lo, stats.hi])
         d.attrs["voxel_size_um"] = np.asarray(orient.voxel_size(voxel))
         d.attrs["source"] = str(src) + (f":{dataset}" if dataset else "")
         for k, v in orient.attrs().items():
@@ -660,6 +663,8 @@ def write_volume(path: str | os.PathLike, volume: np.ndarray, voxel_size_um, sou
     check_volume_shape(volume.shape, str(path))
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset(VOLUME_DATASET, data=volume, chunks=slab_chunks(volume.shape))
+        if volume.size:
+            d.attrs[GREY_RANGE_ATTR] = np.array([volume.min(), volume.max()], float)
         d.attrs["voxel_size_um"] = np.asarray(parse_voxel_size(voxel_size_um, str(path)))
         d.attrs["source"] = source
 
@@ -701,6 +706,29 @@ def read_volume_info(path: str | os.PathLike) -> tuple[tuple[int, int, int], tup
     return shape, voxel
 
 
+def read_grey_range(path: str | os.PathLike) -> tuple[float, float] | None:
+    """The ``grey_range`` attribute of a contract volume, if it holds two finite increasing numbers.
+
+    It is a hint written with the volume (:func:`write_volume`, :func:`import_volume`): a file changed
+    since may hold other grey levels, so a caller that relies on it checks the values it reads.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        HDF5 file with dataset ``/volume``.
+
+    Returns
+    -------
+    tuple of float or None
+        ``(min, max)`` grey level, or None where the attribute is absent or malformed.
+    """
+    with h5py.File(path, "r") as f:
+        r = np.asarray(f[VOLUME_DATASET].attrs.get(GREY_RANGE_ATTR, []), dtype=float).ravel()
+    if r.size != 2 or not np.all(np.isfinite(r)) or not r[1] > r[0]:
+        return None
+    return float(r[0]), float(r[1])
+
+
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Read a whole contract volume and its voxel size.
 
@@ -726,7 +754,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float
         return f[VOLUME_DATASET][...].astype(np.float32, copy=False), voxel
 
 
-def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0, reuse: bool = False
+def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0, buffers: int = 0
                       ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Read a contract volume slab by slab, each slab with ``halo`` extra slices on either side.
 
@@ -738,9 +766,10 @@ def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0, reuse: 
         Slices per slab (at least 1).
     halo : int, default 0
         Extra slices read on each side of a slab, clipped to the volume.
-    reuse : bool, default False
-        Read a float32 volume into one buffer, overwritten by the next slab (no allocation per slab;
-        the caller must not keep ``data``).
+    buffers : int, default 0
+        Read a float32 volume into this many buffers in turn (no allocation per slab): a slab's
+        ``data`` is overwritten ``buffers`` slabs later, so the caller must be done with it by then.
+        0 allocates a new array per slab.
 
     Yields
     ------
@@ -756,10 +785,12 @@ def iter_volume_slabs(path: str | os.PathLike, slab: int, halo: int = 0, reuse: 
     shape, _ = read_volume_info(path)
     with h5py.File(path, "r") as f:
         d = f[VOLUME_DATASET]
-        buf = np.empty((min(shape[0], slab + 2 * halo),) + shape[1:], np.float32) if reuse else None
-        for z0, z1 in slab_ranges(shape[0], slab):
+        n = min(shape[0], slab + 2 * halo)
+        pool = [np.empty((n,) + shape[1:], np.float32) for _ in range(buffers)] if d.dtype == np.float32 else []
+        for i, (z0, z1) in enumerate(slab_ranges(shape[0], slab)):
             a, b = max(0, z0 - halo), min(shape[0], z1 + halo)
-            if buf is not None and d.dtype == np.float32:
+            if pool:
+                buf = pool[i % len(pool)]
                 d.read_direct(buf, np.s_[a:b], np.s_[0:b - a])
                 yield z0, z1, buf[: b - a]
             else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from . import phases
+from . import phases, slab_kernels
 from .binning import ceil_float32
 
 #: relative rounding of one float32 operation
@@ -159,35 +159,6 @@ def gaussian_kernel(sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
-def _smooth_axis(src: np.ndarray, axis: int, k: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
-    """``out = sum_j k[j] src[i + j - R]`` along ``axis`` (float32), ``src`` padded by R there."""
-    r = len(k) // 2
-    n = out.shape[axis]
-
-    def part(j):
-        s = [slice(None)] * src.ndim
-        s[axis] = slice(r + j, r + j + n)
-        return src[tuple(s)]
-
-    np.multiply(part(0), k[r], out=out)
-    for j in range(r, 0, -1):
-        np.add(part(-j), part(j), out=tmp)
-        tmp *= k[r + j]
-        out += tmp
-
-
-def _pad_edges(a: np.ndarray, axis: int, r: int) -> None:
-    """Fill the ``r`` first and last entries of ``a`` along ``axis`` with the entries next to them."""
-    lo = [slice(None)] * a.ndim
-    hi = [slice(None)] * a.ndim
-    lo[axis], hi[axis] = slice(0, r), slice(a.shape[axis] - r, None)
-    src_lo, src_hi = list(lo), list(hi)
-    src_lo[axis] = slice(r, r + 1)
-    src_hi[axis] = slice(a.shape[axis] - r - 1, a.shape[axis] - r)
-    a[tuple(lo)] = a[tuple(src_lo)]
-    a[tuple(hi)] = a[tuple(src_hi)]
-
-
 class SlabClassifier:
     """Phase codes of float32 (z, y, x) slabs, equal to :func:`detachment.threshold.classify_slab`.
 
@@ -237,7 +208,11 @@ class SlabClassifier:
         self.t32 = ceil_float32(np.sort(model.thresholds))
         codes = model.codes.astype(np.int64)
         self.first = np.uint8(codes[0])
-        self.steps = ((codes[1:] - codes[:-1]) % 256).astype(np.uint8)  # codes[i] = first + sum(steps[:i])
+        # codes[i] = first + sum(steps[:i]) modulo 256; padded to four thresholds (+inf never reached)
+        self.steps = np.zeros(4, np.uint8)
+        self.steps[: len(codes) - 1] = (codes[1:] - codes[:-1]) % 256
+        self.t4 = np.full(4, np.inf, np.float32)
+        self.t4[: len(self.t32)] = self.t32
         self.refines = {"nmc_low", "nmc_high"} <= set(model.names) and domain_sigma_vox > 0
         if self.refines:
             self.thr = model.thresholds[model.names.index("nmc_low")]
@@ -260,18 +235,14 @@ class SlabClassifier:
         numpy.ndarray
             (z, y, x) uint8 phase codes.
         """
-        p = np.full(data.shape, self.first, np.uint8)
-        above = np.empty(data.shape[1:], bool)
-        step = np.empty(data.shape[1:], np.uint8)
-        for z in range(data.shape[0]):  # slice by slice, so the grey levels are read from the CPU cache
-            for t, s in zip(self.t32, self.steps):
-                np.greater_equal(data[z], t, out=above)
-                np.multiply(above.view(np.uint8), s, out=step)
-                p[z] += step  # wraps modulo 256 by design
+        p = np.empty(data.shape, np.uint8)
+        slab_kernels.phase_codes(np.ascontiguousarray(data).reshape(-1), self.t4, self.first, self.steps,
+                                 p.reshape(-1))
         return p
 
-    def remove_thin_collector(self, data: np.ndarray, p: np.ndarray) -> None:
-        """:func:`detachment.phases.remove_thin_collector`, in place on ``p``.
+    def clean_collector(self, data: np.ndarray, p: np.ndarray, z_first: int = 0) -> None:
+        """:func:`detachment.phases.remove_thin_collector`, then :func:`~detachment.phases.confine_collector`,
+        in place on ``p``.
 
         Parameters
         ----------
@@ -279,21 +250,22 @@ class SlabClassifier:
             (z, y, x) float32 grey levels.
         p : numpy.ndarray
             (z, y, x) uint8 phase codes of ``data`` (contiguous), changed in place.
+        z_first : int, default 0
+            Volume z of ``data[0]``, for the confinement.
         """
         m = self.model
-        if "al" not in m.names or self.thickness <= 1:
+        if "al" not in m.names:
             return
-        al = p == phases.AL
-        if not al.any():
-            return
-        kept = opening6(al, max(1, self.thickness // 2))
-        drop = np.flatnonzero(al > kept)  # al and not kept
-        if not drop.size:
+        iterations = max(1, self.thickness // 2) if self.thickness > 1 else 0
+        start = len(p) if self.collector_top is None else max(0, self.collector_top - z_first)
+        if iterations == 0 and start >= len(p):
             return
         k = m.names.index("al")
         below = m.codes[k - 1] if k > 0 else m.codes[k + 1]
         above = m.codes[k + 1] if k + 1 < len(m.names) else m.codes[k - 1]
-        p.ravel()[drop] = np.where(data.ravel()[drop] < m.means[k], below, above)
+        al = p == phases.AL
+        kept = opening6(al, iterations) if iterations else al
+        slab_kernels.reassign_al(p, np.ascontiguousarray(data), al, kept, start, float(m.means[k]), below, above)
 
     def __call__(self, data: np.ndarray, rows: slice = slice(None), z_first: int = 0) -> np.ndarray:
         """Phase codes of the rows ``rows`` of a slab, computed with the whole slab as context.
@@ -321,8 +293,7 @@ class SlabClassifier:
         if data.dtype != np.float32:
             raise TypeError(f"SlabClassifier needs float32 grey levels, got {data.dtype}")
         p = self.codes_of(data)
-        self.remove_thin_collector(data, p)
-        p = phases.confine_collector(p, data, self.model, self.collector_top, z_first)
+        self.clean_collector(data, p, z_first)
         z0, z1, _ = rows.indices(data.shape[0])
         if self.refines:
             self.refine(data, p, z0, z1)
@@ -341,28 +312,24 @@ class SlabClassifier:
         z0, z1 : int
             The rows to refine, ``[z0, z1)`` (slab indices).
         """
-        nmc = (p == phases.NMC_LOW) | (p == phases.NMC_HIGH)
-        sel = nmc[z0:z1]
-        if not sel.any():
+        bound = self._bound(data) if self.screen else np.inf  # +inf: every NMC voxel undecided
+        undecided = np.empty(p[z0:z1].shape, np.uint8)
+        n = slab_kernels.nmc_refine(np.ascontiguousarray(data), p, z0, z1, phases.NMC_LOW, phases.NMC_HIGH,
+                                    np.float32(self.thr), self.k32, bound, undecided)
+        if n == 0:
             return
-        interior = erode6(nmc)
-        if self.screen:
-            s = self._screen(data, nmc, interior, z0, z1)
-            bound = self._bound(data)
-            high = s > bound
-            near = (s >= -bound) & ~high & sel
-            uncertain = np.transpose(np.unravel_index(np.flatnonzero(near), near.shape))
-        else:
-            high = np.zeros(sel.shape, bool)
-            uncertain = np.argwhere(sel)
-        if len(uncertain) > self.max_exact:
+        if n > self.max_exact:
             p[z0:z1] = phases.refine_nmc_domains(data, p, self.model, self.sigma)[z0:z1]
             return
-        local = self.exact_local(data, nmc, interior, uncertain + (z0, 0, 0))
-        high[tuple(uncertain.T)] = local >= self.thr
-        rows = p[z0:z1]
-        np.copyto(rows, phases.NMC_LOW, where=sel)
-        np.copyto(rows, phases.NMC_HIGH, where=sel & high)
+        voxels = np.transpose(np.unravel_index(np.flatnonzero(undecided), undecided.shape)) + (z0, 0, 0)
+        # the masks only where the crops reach (R planes around the voxels), one plane more for the erosion
+        a = max(0, int(voxels[:, 0].min()) - self.radius - 1)
+        b = min(len(p), int(voxels[:, 0].max()) + self.radius + 2)
+        nmc, interior = np.zeros(p.shape, bool), np.zeros(p.shape, bool)
+        nmc[a:b] = (p[a:b] == phases.NMC_LOW) | (p[a:b] == phases.NMC_HIGH)
+        interior[a:b] = erode6(nmc[a:b])
+        local = self.exact_local(data, nmc, interior, voxels)
+        p[tuple(voxels.T)] = np.where(local >= self.thr, phases.NMC_HIGH, phases.NMC_LOW)
 
     def exact_local(self, data: np.ndarray, nmc: np.ndarray, interior: np.ndarray, voxels: np.ndarray
                     ) -> np.ndarray:
@@ -399,35 +366,6 @@ class SlabClassifier:
                 num = ndimage.gaussian_filter1d(num, self.sigma, axis=axis, mode="nearest")
                 den = ndimage.gaussian_filter1d(den, self.sigma, axis=axis, mode="nearest")
             out[i: i + 2048] = num[:, r, r, r] / np.maximum(den[:, r, r, r], 1e-6)
-        return out
-
-    def _screen(self, data, nmc, interior, z0, z1) -> np.ndarray:
-        """float32 ``G * ((v - thr) w)`` on rows ``z0:z1`` (nearest-voxel extension at the slab's faces)."""
-        r, k = self.radius, self.k32
-        nz, ny, nx = data.shape
-        n = z1 - z0
-        a, b = max(0, z0 - r), min(nz, z1 + r)
-        off = a - (z0 - r)
-        zpad = np.empty((n + 2 * r, ny, nx), np.float32)
-        w = np.empty((ny, nx), np.float32)
-        for z in range(a, b):
-            u = zpad[off + z - a]
-            np.add(interior[z], np.float32(0.05), out=w)
-            w *= nmc[z]
-            np.subtract(data[z], np.float32(self.thr), out=u)
-            u *= w
-        zpad[:off] = zpad[off]
-        zpad[off + b - a:] = zpad[off + b - a - 1]
-        ypad = np.empty((ny + 2 * r, nx), np.float32)
-        xpad = np.empty((ny, nx + 2 * r), np.float32)
-        tmp = np.empty((ny, nx), np.float32)
-        out = np.zeros((n, ny, nx), np.float32)
-        for i in np.flatnonzero(nmc[z0:z1].any(axis=(1, 2))):  # planes holding NMC, one at a time (in cache)
-            _smooth_axis(zpad[i: i + 2 * r + 1], 0, k, ypad[None, r:r + ny], tmp[None])
-            _pad_edges(ypad, 0, r)
-            _smooth_axis(ypad, 0, k, xpad[:, r:r + nx], tmp)
-            _pad_edges(xpad, 1, r)
-            _smooth_axis(xpad, 1, k, out[i], tmp)
         return out
 
     def _bound(self, data: np.ndarray) -> float:

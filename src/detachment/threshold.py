@@ -11,8 +11,11 @@ table: :func:`histogram_table`.
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import h5py
@@ -20,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import blur, io, phase_fit, phases, slab_phases
+from . import blur, h5chunks, io, phase_fit, phases, slab_kernels, slab_phases
 from .binning import UniformBins
 
 log = logging.getLogger(__name__)
@@ -183,13 +186,18 @@ def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettin
     return phases.refine_nmc_domains(data, p, model, s.domain_sigma_vox)
 
 
-def _slabs(volume_path, s: ThresholdSettings, depth: int, halo: int, desc: str, progress: bool):
+def _slabs(volume_path, s: ThresholdSettings, depth: int, halo: int, desc: str, progress: bool, workers: int = 1):
     """Yield ``(z0, z1, a, data)``: the slab ``[z0, z1)`` and its denoised float32 slices from ``a``.
 
-    ``data`` covers ``[a, z1 + halo)``, ``a = z0 - halo``, both clipped to the volume.
+    ``data`` covers ``[a, z1 + halo)``, ``a = z0 - halo``, both clipped to the volume; it is overwritten
+    ``workers + 2`` slabs later (:func:`_pipelined` holds at most ``workers + 1``). The slabs are at
+    most ``s.slab`` slices, as even as can be and as many as a multiple of ``workers``, so that the
+    threads finish together.
     """
-    it = io.iter_volume_slabs(volume_path, s.slab, halo, reuse=True)
-    for z0, z1, data in tqdm(it, total=math.ceil(depth / s.slab), desc=desc, disable=not progress, unit="slab"):
+    count = workers * math.ceil(depth / (workers * s.slab))
+    slab = math.ceil(depth / count)
+    it = io.iter_volume_slabs(volume_path, slab, halo, buffers=workers + 2)
+    for z0, z1, data in tqdm(it, total=math.ceil(depth / slab), desc=desc, disable=not progress, unit="slab"):
         yield z0, z1, max(0, z0 - halo), phases.denoise(data, s.denoise, s.denoise_sigma_vox)
 
 
@@ -212,23 +220,54 @@ def _uniform_bins(lo, hi, n: int, edge_type) -> UniformBins | None:
     return bins
 
 
-def _grey_histogram(volume_path, s: ThresholdSettings, depth: int, progress: bool
+def _grey_histogram(volume_path, s: ThresholdSettings, depth: int, progress: bool, workers: int = 1
                     ) -> tuple[phases.Histogram, np.ndarray]:
-    """Passes 1 and 2: the grey-level range, then the histogram of ``s.bins`` bins over it (Supp. Fig. 1).
+    """The grey-level histogram of ``s.bins`` bins over the volume's range (Supp. Fig. 1), and its slices'.
 
-    Returns the volume's histogram and the (z, bins) int64 histograms of its slices.
+    The range is the volume's ``grey_range`` attribute where it has one and no denoising changes the
+    grey levels, checked against the minimum and maximum the histogram pass reads; otherwise (or
+    where they differ) a first pass reads the range. Returns the volume's histogram and the (z, bins)
+    int64 histograms of its slices.
     """
+    hint = io.read_grey_range(volume_path) if s.denoise == "none" else None
+    if hint is not None:
+        found = _histogram_pass(volume_path, s, depth, hint, progress, workers)
+        if found is not None:
+            return found
+        log.info("%s: grey_range attribute %s differs from the grey levels read; reading the range",
+                 volume_path, hint)
     halo = s.halo if s.denoise != "none" else 0  # without denoising, a slab's core needs no neighbours
     lo, hi = np.inf, -np.inf
     for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "range", progress):
         core = data[z0 - a: z1 - a]
         lo, hi = min(lo, float(core.min())), max(hi, float(core.max()))
+    return _histogram_pass(volume_path, s, depth, (lo, hi), progress, workers)
+
+
+def _histogram_pass(volume_path, s: ThresholdSettings, depth: int, value_range: tuple[float, float],
+                    progress: bool, workers: int) -> tuple[phases.Histogram, np.ndarray] | None:
+    """Histograms of the volume and of its slices over ``value_range``; None where that is not its range."""
+    lo, hi = value_range
+    halo = s.halo if s.denoise != "none" else 0
     bins = _uniform_bins(lo, hi, s.bins, np.float32)
     per_slice = np.zeros((depth, s.bins), np.int64)
-    for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "histogram", progress):
-        for z in range(z0, z1):
-            v = data[z - a]
-            per_slice[z] = bins.counts(v) if bins is not None else np.histogram(v, bins=s.bins, range=(lo, hi))[0]
+    seen_lo, seen_hi = np.inf, -np.inf
+
+    def count(values, z0):
+        out = []
+        for v in values:
+            out.append(bins.counts_and_range(v) if bins is not None
+                       else (np.histogram(v, bins=s.bins, range=(lo, hi))[0], v.min(), v.max()))
+        return z0, out
+
+    jobs = (functools.partial(count, data[z0 - a: z1 - a], z0)
+            for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "histogram", progress, workers))
+    for z0, found in _pipelined(jobs, workers):
+        for z, (counts, v_lo, v_hi) in enumerate(found, start=z0):
+            per_slice[z] = counts
+            seen_lo, seen_hi = min(seen_lo, float(v_lo)), max(seen_hi, float(v_hi))
+    if (seen_lo, seen_hi) != (lo, hi):
+        return None
     return phases.Histogram(per_slice.sum(0), np.linspace(lo, hi, s.bins + 1)), per_slice
 
 
@@ -293,17 +332,11 @@ def _slab_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBi
         (z, 5) int64 voxels of each code (columns 0..4) in each slice.
     """
     n = len(phases.PHASE_NAMES)
-    same = slab_phases.same_as_neighbours(p, rows)
-    cls = p[rows] + np.uint8(n)  # code c for interior voxels, n + c for the others
-    cls -= same.view(np.uint8) * np.uint8(n)
     interior = np.zeros((n, fine.n), np.int64)
-    per_slice = np.zeros((cls.shape[0], n), np.int64)
-    for z in range(cls.shape[0]):  # slice by slice, so the temporaries stay in the CPU cache
-        key = fine.index(values[z])
-        key += cls[z] * np.int32(fine.n)
-        counts = np.bincount(key.ravel(), minlength=2 * n * fine.n).reshape(2, n, fine.n)
-        interior += counts[0]
-        per_slice[z] = counts.sum(axis=(0, 2))
+    z0, z1, _ = rows.indices(len(p))
+    per_slice = np.zeros((z1 - z0, n), np.int64)
+    slab_kernels.interior_counts(np.ascontiguousarray(values), np.ascontiguousarray(p), z0, z1,
+                                 fine.lo, fine.scale, fine.lut, fine.edge_in, interior, per_slice)
     return interior, per_slice
 
 
@@ -321,8 +354,8 @@ def _slice_counts(core: np.ndarray) -> np.ndarray:
     return np.stack([np.count_nonzero(flat == code, axis=1) for code in phases.PHASE_NAMES], axis=1)
 
 
-def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, progress: bool = True
-                     ) -> ThresholdResult:
+def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, progress: bool = True,
+                     workers: int = 1) -> ThresholdResult:
     """Classify every voxel of ``volume_path`` and write ``/phases`` (uint8) to ``phases_path`` atomically.
 
     Parameters
@@ -334,6 +367,9 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         The ``threshold`` config section.
     progress : bool, default True
         Show progress bars.
+    workers : int, default 1
+        Threads of the classification pass: 2 or more compress and count one slab while the next is
+        classified (the same result, faster on two cores).
 
     Returns
     -------
@@ -349,7 +385,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     """
     s = settings
     shape, voxel = io.read_volume_info(volume_path)
-    hist, slice_counts = _grey_histogram(volume_path, s, shape[0], progress)
+    hist, slice_counts = _grey_histogram(volume_path, s, shape[0], progress, workers)
     lo, hi = float(hist.edges[0]), float(hist.edges[-1])
     model, unresolved, collector = fit_model(hist, slice_counts, s)
     log.info("%s thresholds %s between %s", model.method, np.round(model.thresholds, 4), model.names)
@@ -358,26 +394,85 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, s.domain_sigma_vox,
                                             value_range=(lo, hi) if s.denoise == "none" else None,
                                             collector_top=collector_top(model, collector))
-    interior, per_slice = np.zeros((5, 4 * s.bins), np.int64), np.zeros((shape[0], 5), np.int64)
-    edges = blur.EdgeProfiles()
     with io.atomic_output(phases_path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("phases", shape=shape, dtype=np.uint8, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
-        for z0, z1, a, data in _slabs(volume_path, s, shape[0], s.halo, "classify", progress):
-            # one extra slice each side so the erosion of the interior is exact at slab seams
-            b0, b1 = max(0, z0 - 1) - a, min(shape[0], z1 + 1) - a
-            p = classifier(data, slice(b0, b1), z_first=a)
-            rows = slice(z0 - a - b0, z1 - a - b0)
-            d[z0:z1] = p[rows]
-            edges.add(p[rows], data[z0 - a: z1 - a], z0)
-            counts, per_slice[z0:z1] = (_slab_counts(data[z0 - a: z1 - a], p, rows, fine) if fine is not None
-                                        else _reference_counts(data[b0:b1], p, rows, fine_edges))
-            interior += counts
+        tally = _classify_pass(volume_path, s, shape[0], classifier, h5chunks.GzipChunkWriter(d), fine,
+                               fine_edges, workers, progress)
         _write_attrs(d, voxel, model, unresolved)
-    frac = per_slice.sum(0)
-    return ThresholdResult(model, hist, _fwhm_table(model, interior, fine_edges, frac), {
-        phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, per_slice, unresolved, collector,
-        edges.sigma())
+    frac = tally.per_slice.sum(0)
+    return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac), {
+        phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, tally.per_slice, unresolved,
+        collector, tally.edges.sigma())
+
+
+class _SlabTally:
+    """What the classification pass counts, merged slab by slab in z order: interior histograms and
+    per-slice code counts (``interior``, ``per_slice``: see :func:`_slab_counts`) and edge profiles
+    (``edges``)."""
+
+    def __init__(self, depth: int, fine_edges: np.ndarray):
+        self.interior = np.zeros((len(phases.PHASE_NAMES), len(fine_edges) - 1), np.int64)
+        self.per_slice = np.zeros((depth, len(phases.PHASE_NAMES)), np.int64)
+        self.edges = blur.EdgeProfiles()
+
+    def merge(self, z0: int, interior: np.ndarray, per_slice: np.ndarray, edges: blur.EdgeProfiles) -> None:
+        """Add one slab's counts (its first slice at volume z ``z0``)."""
+        self.interior += interior
+        self.per_slice[z0: z0 + len(per_slice)] = per_slice
+        self.edges.total += edges.total
+        self.edges.count += edges.count
+
+
+def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: slab_phases.SlabClassifier,
+                   writer: h5chunks.GzipChunkWriter, fine: UniformBins | None, fine_edges: np.ndarray,
+                   workers: int, progress: bool) -> _SlabTally:
+    """Pass 3: classify each slab, write its codes and count them.
+
+    With ``workers`` > 1 that many threads classify, compress and count slabs side by side (compiled
+    code and zlib, without Python's GIL) while this one reads the next slabs and writes the finished
+    ones; the counts are merged in z order, so the results do not depend on ``workers``.
+    """
+
+    def job(data, a, z0, z1):
+        # one extra slice each side so the erosion of the interior is exact at slab seams
+        b0, b1 = max(0, z0 - 1) - a, min(depth, z1 + 1) - a
+        p = classifier(data, slice(b0, b1), z_first=a)
+        rows, grey = slice(z0 - a - b0, z1 - a - b0), data[b0:b1]
+        edges = blur.EdgeProfiles()
+        edges.add(p[rows], grey[rows], z0)
+        interior, per_slice = (_slab_counts(grey[rows], p, rows, fine) if fine is not None
+                               else _reference_counts(grey, p, rows, fine_edges))
+        return writer.compress(p[rows], z0), z0, interior, per_slice, edges
+
+    jobs = (functools.partial(job, data, a, z0, z1)
+            for z0, z1, a, data in _slabs(volume_path, s, depth, s.halo, "classify", progress, workers))
+    tally = _SlabTally(depth, fine_edges)
+    for chunks, *counts in _pipelined(jobs, workers):
+        writer.store(chunks)  # HDF5 is only called from this thread
+        tally.merge(*counts)
+    return tally
+
+
+def _pipelined(jobs, workers: int):
+    """Call each callable of ``jobs`` and yield the results in order.
+
+    With ``workers`` > 1 the calls run in that many background threads, at most ``workers + 1`` queued,
+    while this thread makes the next jobs (reads the next slabs); the jobs' compiled kernels and zlib
+    release Python's GIL, so they run side by side.
+    """
+    if workers <= 1:
+        for job in jobs:
+            yield job()
+        return
+    pending = collections.deque()
+    with ThreadPoolExecutor(workers) as pool:
+        for job in jobs:
+            pending.append(pool.submit(job))
+            if len(pending) > workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def collector_top(model: phases.PhaseModel, collector: phase_fit.CollectorSlab | None) -> int | None:

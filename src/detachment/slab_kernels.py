@@ -1,0 +1,344 @@
+"""Compiled per-voxel loops of the streamed thresholding (numba), one pass over memory each.
+
+The numpy versions of these steps made a full pass over the slab for every elementary operation
+(a comparison, a product, a shifted sum), which on two cores left thresholding at a few percent of
+a raw read's throughput; here each step reads its inputs once. Each kernel repeats the float32 (or
+integer) operations of the numpy code it replaces in the same order, so the results are equal
+bit for bit (no fast-math: numba then neither reassociates nor fuses multiply-adds).
+``tests/test_threshold.py`` checks them against numpy.histogram, scipy.ndimage and the reference
+composition :func:`detachment.threshold.classify_slab`.
+
+Compiled functions are cached on disk (``cache=True``): the first call on a new installation
+compiles them (seconds); later processes load them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _bin(x, lo, scale, lut, edge_in):
+    """Bin of float32 ``x`` on :class:`detachment.binning.UniformBins` tables (``x`` within their range)."""
+    q = int((x - lo) * scale)  # float32 arithmetic, truncation towards zero as numpy's astype(intp)
+    b = lut[q]
+    if x >= edge_in[q]:
+        b += 1
+    return b
+
+
+@njit(cache=True, nogil=True)
+def bin_counts(values, lo, hi, scale, lut, edge_in, out):
+    """Add the histogram of the float32 ``values`` (1D, not empty) within ``[lo, hi]`` to ``out``.
+
+    ``out``: int64, one entry per bin of the :class:`detachment.binning.UniformBins` tables; values
+    outside ``[lo, hi]`` are not counted. Returns the (min, max) of all ``values``.
+    """
+    # four interleaved partial histograms: runs of equal bins do not wait on one counter
+    part = np.zeros((4, out.size), np.int64)
+    vmin, vmax = values[0], values[0]
+    for i in range(values.size):
+        x = values[i]
+        vmin = min(vmin, x)
+        vmax = max(vmax, x)
+        if lo <= x <= hi:
+            part[i & 3, _bin(x, lo, scale, lut, edge_in)] += 1
+    for j in range(4):
+        out += part[j]
+    return vmin, vmax
+
+
+@njit(cache=True, nogil=True)
+def phase_codes(data, t, first, steps, out):
+    """Per-voxel phase codes of the 1D float32 ``data`` by up to four sorted float32 thresholds.
+
+    ``t`` holds the thresholds padded with +inf to four; ``out[i] = first + sum_j steps[j] (v >= t[j])``
+    modulo 256 (uint8), i.e. the code of the class above as many thresholds as ``v`` reaches.
+    """
+    t0, t1, t2, t3 = t[0], t[1], t[2], t[3]
+    s0, s1, s2, s3 = steps[0], steps[1], steps[2], steps[3]
+    for i in range(data.size):
+        v = data[i]
+        out[i] = np.uint8(first + (v >= t0) * s0 + (v >= t1) * s1 + (v >= t2) * s2 + (v >= t3) * s3)
+
+
+@njit(cache=True, nogil=True)
+def interior_counts(values, p, z0, z1, lo, scale, lut, edge_in, interior, per_slice):
+    """Fine histograms of the interior voxels of each code, and per-slice code counts, of ``p[z0:z1]``.
+
+    A voxel is interior when its 6 neighbours inside ``p`` carry its code
+    (:func:`detachment.slab_phases.same_as_neighbours`); ``values`` (float32) are the grey levels of
+    ``p[z0:z1]``. Adds to ``interior`` ((codes, bins) int64) and ``per_slice`` ((z1 - z0, codes) int64).
+    """
+    nz, ny, nx = p.shape
+    n, nb = interior.shape
+    same = np.empty(nx, np.uint8)
+    key = np.empty(nx, np.int64)
+    # interior voxels first, then the others; four interleaved copies, so that runs of equal keys do not
+    # wait on one counter
+    counts = np.zeros((4, 2 * n * nb), np.int64)
+    for z in range(z0, z1):
+        pz = p[z]
+        below = p[z - 1] if z > 0 else pz  # no neighbour: compare with itself
+        above = p[z + 1] if z < nz - 1 else pz
+        vz = values[z - z0]
+        counts[:] = 0
+        for y in range(ny):
+            c = pz[y]
+            up = pz[y - 1] if y > 0 else c
+            down = pz[y + 1] if y < ny - 1 else c
+            zb, za = below[y], above[y]
+            for x in range(nx):
+                same[x] = (c[x] == up[x]) & (c[x] == down[x]) & (c[x] == zb[x]) & (c[x] == za[x])
+            left, right = c[: nx - 1], c[1:]
+            head, tail = same[: nx - 1], same[1:]
+            for x in range(nx - 1):
+                eq = left[x] == right[x]
+                head[x] &= eq
+                tail[x] &= eq
+            v = vz[y]
+            for x in range(nx):
+                key[x] = ((1 - same[x]) * n + c[x]) * nb + _bin(v[x], lo, scale, lut, edge_in)
+            for x in range(nx):
+                counts[x & 3, key[x]] += 1
+        total = counts[0] + counts[1] + counts[2] + counts[3]
+        for code in range(n):
+            interior[code] += total[code * nb: (code + 1) * nb]
+            per_slice[z - z0, code] += (total[code * nb: (code + 1) * nb].sum()
+                                        + total[(n + code) * nb: (n + code + 1) * nb].sum())
+
+
+@njit(cache=True, nogil=True)
+def _nmc_mask(p, low, high, z, out):
+    """NMC (codes ``low`` or ``high``) of plane ``z`` into ``out`` ((y + 2, x) uint8, padded by one row each
+    side in y); rows and planes outside ``p`` are 1 (they count as NMC in the erosion). Returns whether
+    the plane holds NMC."""
+    nz, ny, nx = p.shape
+    out[:] = 1
+    if z < 0 or z >= nz:
+        return False
+    found = False
+    pz = p[z]
+    for y in range(ny):
+        py, my = pz[y], out[y + 1]
+        for x in range(nx):
+            my[x] = (py[x] == low) | (py[x] == high)
+        found |= my.any()
+    return found
+
+
+@njit(cache=True, nogil=True)
+def _nmc_weights(below, mid, above, thr, dz, inner, uz):
+    """``uz = (v - thr) w`` of one plane, ``w = (interior + 0.05) nmc`` (float32), from the NMC masks of
+    the plane and its two neighbours (:func:`_nmc_mask`); ``interior``: NMC with its 6 neighbours NMC, the
+    erosion of :func:`detachment.slab_phases.erode6`."""
+    ny, nx = dz.shape
+    five = np.float32(0.05)
+    for y in range(ny):
+        c, up, down, zb, za = mid[y + 1], mid[y], mid[y + 2], below[y + 1], above[y + 1]
+        for x in range(nx):
+            inner[x] = c[x] & up[x] & down[x] & zb[x] & za[x]
+        left, right = c[: nx - 1], c[1:]
+        head, tail = inner[: nx - 1], inner[1:]
+        for x in range(nx - 1):
+            head[x] &= right[x]
+            tail[x] &= left[x]
+        ur, dr = uz[y], dz[y]
+        for x in range(nx):
+            w = (np.float32(inner[x]) + five) * np.float32(c[x])
+            ur[x] = (dr[x] - thr) * w
+
+
+@njit(cache=True, nogil=True)
+def _smooth_rows(src, k, out, acc):
+    """Along y: ``out[y] = sum_j k[j] src[clamp(y + j - R)]``, in the order of :func:`nmc_refine`."""
+    ny, nx = src.shape
+    r = k.size // 2
+    for y in range(ny):
+        s = src[y]
+        for x in range(nx):
+            acc[x] = s[x] * k[r]
+        for j in range(r, 0, -1):
+            a = src[max(y - j, 0)]
+            b = src[min(y + j, ny - 1)]
+            kj = k[r + j]
+            for x in range(nx):
+                acc[x] += (a[x] + b[x]) * kj
+        out[y] = acc
+
+
+@njit(cache=True, nogil=True)
+def _smooth_columns(src, k, out, row, acc):
+    """Along x: ``out[:, x] = sum_j k[j] src[:, clamp(x + j - R)]``, same order."""
+    ny, nx = src.shape
+    r = k.size // 2
+    for y in range(ny):
+        row[r: r + nx] = src[y]
+        row[:r] = src[y, 0]
+        row[r + nx:] = src[y, nx - 1]
+        mid = row[r: r + nx]
+        for x in range(nx):
+            acc[x] = mid[x] * k[r]
+        for j in range(r, 0, -1):
+            a = row[r - j: r - j + nx]
+            b = row[r + j: r + j + nx]
+            kj = k[r + j]
+            for x in range(nx):
+                acc[x] += (a[x] + b[x]) * kj
+        out[y] = acc
+
+
+@njit(cache=True, nogil=True)
+def nmc_refine(data, p, z0, z1, low, high, thr, k, bound, undecided):
+    """Split the NMC voxels of rows ``z0:z1`` into ``low`` / ``high`` where a float32 screen decides.
+
+    The screen is ``s = G * ((v - thr) w)``, ``w = (interior + 0.05) nmc``, separable (z, then y, then
+    x) with the nearest voxel repeated beyond the slab's faces, each pass
+    ``k[R] s[i] + sum_{j=R..1} k[R + j] (s[i - j] + s[i + j])``: the operations
+    :meth:`detachment.slab_phases.SlabClassifier._bound` counts. ``s > bound`` gives ``high``,
+    ``s < -bound`` gives ``low``, in place in ``p``; the other NMC voxels are left as they are and
+    marked 1 in ``undecided`` ((z1 - z0, y, x) uint8, zeroed here). NMC membership does not change, so
+    the rows outside ``z0:z1`` serve as context unchanged. Returns the number of undecided voxels.
+    """
+    nz, ny, nx = data.shape
+    r = k.size // 2
+    # rings of planes, so that the working set stays in the CPU cache: the NMC masks of three planes
+    # and the weighted values u of the 2 R + 1 planes the z pass reads
+    masks = np.empty((3, ny + 2, nx), np.uint8)
+    u = np.empty((2 * r + 1, ny, nx), np.float32)
+    has_nmc = np.zeros(nz + 1, np.bool_)
+    inner = np.empty(nx, np.uint8)
+    first = max(0, z0 - r)
+    for z in (first - 1, first):
+        has_nmc[max(z, 0)] |= _nmc_mask(p, low, high, z, masks[z % 3])
+    done = first  # u holds the planes below ``done``
+    plane = np.empty((ny, nx), np.float32)
+    rows = np.empty((ny, nx), np.float32)
+    acc = np.empty(nx, np.float32)
+    row = np.empty(nx + 2 * r, np.float32)
+    n_undecided = 0
+    undecided[:] = 0
+    for z in range(z0, z1):
+        while done <= min(z + r, nz - 1):
+            has_nmc[min(done + 1, nz)] = _nmc_mask(p, low, high, done + 1, masks[(done + 1) % 3])
+            _nmc_weights(masks[(done - 1) % 3], masks[done % 3], masks[(done + 1) % 3], thr, data[done], inner,
+                         u[done % (2 * r + 1)])
+            done += 1
+        if not has_nmc[z]:
+            continue
+        mid = u[z % (2 * r + 1)]
+        for y in range(ny):
+            for x in range(nx):
+                plane[y, x] = mid[y, x] * k[r]
+        for j in range(r, 0, -1):
+            below = u[max(z - j, 0) % (2 * r + 1)]
+            above = u[min(z + j, nz - 1) % (2 * r + 1)]
+            kj = k[r + j]
+            for y in range(ny):
+                for x in range(nx):
+                    plane[y, x] += (below[y, x] + above[y, x]) * kj
+        _smooth_rows(plane, k, rows, acc)
+        _smooth_columns(rows, k, plane, row, acc)
+        mark = undecided[z - z0]
+        pz = p[z]
+        for y in range(ny):
+            s, py, my = plane[y], pz[y], mark[y]
+            for x in range(nx):
+                c = py[x]
+                if c == low or c == high:
+                    if s[x] > bound:
+                        py[x] = high
+                    elif s[x] < -bound:
+                        py[x] = low
+                    else:
+                        my[x] = 1
+                        n_undecided += 1
+    return n_undecided
+
+
+@njit(cache=True, nogil=True)
+def _line_edges(cls, run, out):
+    """Edges of one line of classes (1 solid, 2 background, 0 other): ``run`` voxels of one class, then
+    ``run`` of the other. Writes their first positions into ``out[:, 0]`` and the first class into
+    ``out[:, 1]``, by increasing position; returns how many."""
+    n = cls.size
+    found = 0
+    start = 0  # of the current run
+    prev_len, prev_class = 0, 0
+    for t in range(1, n + 1):
+        if t < n and cls[t] == cls[start]:
+            continue
+        length, c = t - start, cls[start]
+        if prev_class != 0 and c == 3 - prev_class and prev_len >= run and length >= run:
+            out[found, 0] = start - run
+            out[found, 1] = prev_class
+            found += 1
+        prev_len, prev_class = length, c
+        start = t
+    return found
+
+
+@njit(cache=True, nogil=True)
+def edge_profiles(phases, grey, solid, background, run, max_per, total):
+    """Add the grey-level profiles across straight solid / background edges of a slab to ``total``.
+
+    Lines run along y, then along x, in each (z, y, x) slice; an edge is ``run`` voxels of one class
+    followed by ``run`` of the other. For each line direction and each order of the classes the edges
+    are taken in C order of (z, line, position), every ``max(1, n // max_per)``-th of the n found; a
+    profile (``2 run`` float32 grey levels) is added to ``total`` ((2 run,) float64) solid side first.
+    ``solid`` and ``background`` are pairs of phase codes. Returns the number of profiles added.
+    """
+    nz = phases.shape[0]
+    cls = np.zeros(phases.shape, np.uint8)
+    for z in range(nz):
+        for y in range(phases.shape[1]):
+            pz, cz = phases[z, y], cls[z, y]
+            for x in range(phases.shape[2]):
+                c = pz[x]
+                cz[x] = ((c == solid[0]) | (c == solid[1])) + 2 * ((c == background[0]) | (c == background[1]))
+    added = 0
+    for axis in range(2):
+        # lines along y: transposed copies, so that every line is contiguous
+        c3 = np.ascontiguousarray(cls.transpose(0, 2, 1)) if axis == 0 else cls
+        g3 = np.ascontiguousarray(grey.transpose(0, 2, 1)) if axis == 0 else grey
+        lines, n = c3.shape[1], c3.shape[2]
+        if n < 2 * run:
+            continue
+        edges = np.empty((n, 2), np.int64)
+        found = np.zeros(3, np.int64)
+        for z in range(nz):
+            for o in range(lines):
+                m = _line_edges(c3[z, o], run, edges)
+                for e in range(m):
+                    found[edges[e, 1]] += 1
+        step = np.maximum(1, found // max_per)
+        k = np.zeros(3, np.int64)
+        for z in range(nz):
+            for o in range(lines):
+                m = _line_edges(c3[z, o], run, edges)
+                g = g3[z, o]
+                for e in range(m):
+                    i, first = edges[e, 0], edges[e, 1]
+                    if k[first] % step[first] == 0:
+                        for j in range(2 * run):
+                            total[j if first == 1 else 2 * run - 1 - j] += g[i + j]
+                        added += 1
+                    k[first] += 1
+    return added
+
+
+@njit(cache=True, nogil=True)
+def reassign_al(p, data, al, kept, start, mean, below, above):
+    """Reassign, in place, the Al voxels (``al`` set) of ``p`` that are not ``kept`` or lie at z >=
+    ``start``: to ``below`` where the grey level is < ``mean``, else to ``above``. Returns how many."""
+    nz, ny, nx = p.shape
+    moved = 0
+    for z in range(nz):
+        for y in range(ny):
+            pz, mz, kz, dz = p[z, y], al[z, y], kept[z, y], data[z, y]
+            for x in range(nx):
+                if mz[x] and (not kz[x] or z >= start):
+                    pz[x] = below if dz[x] < mean else above
+                    moved += 1
+    return moved
