@@ -279,7 +279,7 @@ class Plan:
                                 "fwhm": s(r / "phase_fwhm.csv"), "qc": s(r / "phase_qc.csv"),
                                 "figure": s(r / "fig1_phases.png")},
                      "params": {"settings": {k: v for k, v in c["threshold"].items() if k != "on_implausible"}},
-                     "wildcards": {"sample": SAMPLE}}], {}
+                     "wildcards": {"sample": SAMPLE}, "threads": self.args.threads}], {}
         if step == "infer":
             settings = self.infer_settings()
             if self.args.volume_tta != "config":
@@ -511,7 +511,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", help="keep every file here (default: a temporary folder, removed)")
     ap.add_argument("--tta-slices", type=int, default=2, help="slices timed with and without TTA (0: none)")
     ap.add_argument("--steps", default=",".join(STEPS), help="comma list, from: " + ",".join(STEPS))
-    ap.add_argument("--threads", type=int, default=2, help="torch threads of the inference steps")
+    ap.add_argument("--threads", type=int, default=2, help="threads of the thresholding and inference steps")
     ap.add_argument("--volume-tta", choices=("config", "on", "off"), default="config",
                     help="TTA of the whole-volume inference (default: the config's infer.tta)")
     ap.add_argument("--tile-px", default="config", help="infer.tile_px: auto, null, px, or config (default)")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from detachment.blur import EdgeProfiles
-from detachment.phases import CBD, NMC_LOW, VOID
+from detachment.blur import SLICE_STEP, EdgeProfiles
+from detachment.phases import AL, CBD, NMC_HIGH, NMC_LOW, VOID
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 1.5, 2.0])
@@ -38,3 +38,42 @@ def test_too_few_edges_give_no_estimate():
     profiles = EdgeProfiles()
     profiles.add(np.full((4, 20, 20), VOID, np.uint8), np.zeros((4, 20, 20), np.float32))
     assert profiles.count == 0 and np.isnan(profiles.sigma())
+
+
+def _edge_profiles_by_loops(phases: np.ndarray, grey: np.ndarray, z0: int, run: int, max_per: int):
+    """The edges and profiles of EdgeProfiles.add, by plain loops over every position of every line."""
+    solid = np.isin(phases, (NMC_LOW, NMC_HIGH))
+    background = np.isin(phases, (VOID, CBD))
+    total, count = np.zeros(2 * run), 0
+    keep = [i for i in range(len(phases)) if (z0 + i) % SLICE_STEP == 0]
+    for axis in (1, 2):  # lines along y, then x; positions in C order of (z, line, position)
+        s, b, g = (np.moveaxis(a[keep], axis, -1) for a in (solid, background, grey))
+        for first, second, flip in ((s, b, False), (b, s, True)):
+            found = [(z, o, i) for z in range(s.shape[0]) for o in range(s.shape[1])
+                     for i in range(s.shape[2] - 2 * run + 1)
+                     if first[z, o, i:i + run].all() and second[z, o, i + run:i + 2 * run].all()]
+            for z, o, i in found[:: max(1, len(found) // max_per)]:
+                prof = g[z, o, i:i + 2 * run].astype(np.float64)
+                total += prof[::-1] if flip else prof
+                count += 1
+    return total, count
+
+
+@pytest.mark.parametrize("max_per", [10**6, 7])
+def test_edge_profiles_equal_plain_loops(max_per, monkeypatch):
+    """Random phase maps with runs, every slice kept or one in SLICE_STEP, subsampled or not."""
+    from detachment import blur
+
+    monkeypatch.setattr(blur, "MAX_PER_SLAB", max_per)
+    rng = np.random.default_rng(5)
+    phases = rng.choice(np.array([VOID, CBD, NMC_LOW, NMC_HIGH, AL], np.uint8), size=(6, 30, 34),
+                        p=[0.3, 0.2, 0.3, 0.15, 0.05])
+    phases = np.repeat(phases, 3, axis=2)[:, :, :40]  # runs along x
+    phases[:, 5:20] = phases[:, 5:6]  # runs along y
+    grey = rng.random(phases.shape).astype(np.float32)
+    for z0 in (0, 3):
+        profiles = EdgeProfiles()
+        profiles.add(phases, grey, z0)
+        total, count = _edge_profiles_by_loops(phases, grey, z0, blur.RUN, max_per)
+        assert profiles.count == count > 0
+        np.testing.assert_allclose(profiles.total, total, rtol=1e-12)

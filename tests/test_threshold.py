@@ -102,6 +102,9 @@ def test_slab_classifier_equals_the_reference_composition(order, thickness, sigm
     fast = SlabClassifier(model, thickness, sigma)
     np.testing.assert_array_equal(fast(vol), expected)
     np.testing.assert_array_equal(fast(vol, slice(3, 11)), expected[3:11])
+    # Al confined to a collector slab below volume z = 6, the slab starting at volume z 2
+    confined = SlabClassifier(model, thickness, sigma, collector_top=6)
+    np.testing.assert_array_equal(confined(vol, z_first=2), classify_slab(vol, model, s, 6, z_first=2))
     # every NMC voxel through the exact per-voxel recomputation, and through the whole-slab fallback
     exact = SlabClassifier(model, thickness, sigma, screen=False)
     exact.max_exact = 10**9
@@ -132,8 +135,10 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
     return model, p, interior, fine, per_slice
 
 
-@pytest.mark.parametrize("slab, fast_bins", [(1, True), (4, True), (100, True), (4, False)])
-def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path, monkeypatch, slab, fast_bins):
+@pytest.mark.parametrize("slab, fast_bins, workers", [(1, True, 1), (4, True, 1), (100, True, 1), (4, False, 1),
+                                                      (3, True, 2), (1, True, 3)])
+def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path, monkeypatch, slab, fast_bins,
+                                                                        workers):
     from detachment import threshold
     from detachment.phantom import PhantomParams, generate_phantom
 
@@ -144,7 +149,7 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
                                          diameter_min_um=3.5, diameter_max_um=7), seed=4).volume
     io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
     s = ThresholdSettings(slab=slab)
-    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False)
+    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False, workers=workers)
     model, p, interior, fine, per_slice = _direct(vol, s)
     np.testing.assert_array_equal(res.model.thresholds, model.thresholds)
     np.testing.assert_array_equal(io.read_dataset(tmp_path / "p.h5", "phases"), p)
@@ -153,3 +158,39 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
         centre, fwhm = phases.fit_fwhm(interior[row.code], fine)
         assert row.interior_voxels == interior[row.code].sum()
         assert (row.centre, row.fwhm) == (centre, fwhm) or np.isnan(centre) and np.isnan(row.centre)
+
+
+@pytest.mark.parametrize("grey_range", [None, (0.0, 1.0), "narrower", "wider"])
+def test_a_missing_or_wrong_grey_range_attribute_changes_nothing(tmp_path, grey_range):
+    """The histogram pass takes the range from the volume's ``grey_range`` attribute and checks it
+    against the grey levels it reads: a file edited since it was written is thresholded as if the
+    attribute were right."""
+    import h5py
+
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    vol = generate_phantom(PhantomParams(shape_zyx=(20, 40, 40), n_particles=4, diameter_median_um=5,
+                                         diameter_min_um=3.5, diameter_max_um=7), seed=2).volume
+    io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
+    assert io.read_grey_range(tmp_path / "v.h5") == (float(vol.min()), float(vol.max()))
+    ref = threshold_volume(tmp_path / "v.h5", tmp_path / "ref.h5", ThresholdSettings(), progress=False)
+    lo, hi = float(vol.min()), float(vol.max())
+    value = {"narrower": (lo + 0.01, hi - 0.01), "wider": (lo - 0.5, hi + 0.5)}.get(grey_range, grey_range)
+    with h5py.File(tmp_path / "v.h5", "a") as f:
+        if value is None:
+            del f["volume"].attrs[io.GREY_RANGE_ATTR]
+        else:
+            f["volume"].attrs[io.GREY_RANGE_ATTR] = np.array(value)
+    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
+    np.testing.assert_array_equal(res.histogram.counts, ref.histogram.counts)
+    np.testing.assert_array_equal(res.histogram.edges, ref.histogram.edges)
+    np.testing.assert_array_equal(io.read_dataset(tmp_path / "p.h5", "phases"),
+                                  io.read_dataset(tmp_path / "ref.h5", "phases"))
+
+
+def test_bin_counts_skip_values_outside_the_range_and_report_it():
+    edges = np.linspace(0.0, 1.0, 9, dtype=np.float32)
+    v = np.array([-0.5, 0.0, 0.2, 0.5, 0.99, 1.0, 1.5], np.float32)
+    counts, vmin, vmax = UniformBins(edges).counts_and_range(v)
+    np.testing.assert_array_equal(counts, np.histogram(v, bins=8, range=(0.0, 1.0))[0])
+    assert (vmin, vmax) == (-0.5, 1.5)

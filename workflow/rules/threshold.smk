@@ -21,6 +21,7 @@ rule threshold_phases:
         "logs/threshold_phases/{sample}.log",
     benchmark:
         "logs/benchmarks/threshold_phases/{sample}.tsv"
+    threads: 2
     resources:
         mem_mb=4000,
     conda:

@@ -12,12 +12,12 @@ log_to(snakemake.log[0])
 settings = ThresholdSettings(**snakemake.params.settings)
 on_implausible = snakemake.config["threshold"]["on_implausible"]
 try:
-    result = threshold_volume(snakemake.input.volume, snakemake.output.phases, settings)
+    result = threshold_volume(snakemake.input.volume, snakemake.output.phases, settings, workers=snakemake.threads)
 except PhaseModelError as e:
     # the data do not support the informed model (no collector slab, ...): stop, or go on with gmm
     plausibility.enforce_model(e, snakemake.wildcards.sample, on_implausible)
     settings.method = "gmm"
-    result = threshold_volume(snakemake.input.volume, snakemake.output.phases, settings)
+    result = threshold_volume(snakemake.input.volume, snakemake.output.phases, settings, workers=snakemake.threads)
 io.write_csv(snakemake.output.histogram, histogram_table(result))
 io.write_csv(snakemake.output.fwhm, result.fwhm)
 
