@@ -154,6 +154,9 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
     np.testing.assert_array_equal(res.model.thresholds, model.thresholds)
     np.testing.assert_array_equal(io.read_dataset(tmp_path / "p.h5", "phases"), p)
     np.testing.assert_array_equal(res.counts_per_slice, per_slice)
+    # the blur measured on the edges is the same bit for bit whatever the slabs and threads
+    whole = threshold_volume(tmp_path / "v.h5", tmp_path / "w.h5", ThresholdSettings(slab=100), progress=False)
+    assert res.blur_sigma_vox == whole.blur_sigma_vox or np.isnan(res.blur_sigma_vox) and np.isnan(whole.blur_sigma_vox)
     for row in res.fwhm.itertuples():
         centre, fwhm = phases.fit_fwhm(interior[row.code], fine)
         assert row.interior_voxels == interior[row.code].sum()

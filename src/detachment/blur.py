@@ -18,30 +18,43 @@ from .phases import CBD, NMC_HIGH, NMC_LOW, VOID
 
 #: Voxels of the same class required on each side of an edge (the profile is 2 x this long).
 RUN = 3
-#: Profiles kept per slab and axis (an even subsample beyond), enough for a stable mean.
-MAX_PER_SLAB = 20_000
 #: Every this many slices (by volume z) is read: the mean profile needs thousands of edges, not all.
 SLICE_STEP = 4
 
 
 class EdgeProfiles:
-    """Mean grey-level profile across straight NMC / background edges, accumulated slab by slab.
+    """Mean grey-level profile across straight NMC / background edges, accumulated slice by slice.
+
+    The profiles of each slice are summed apart and the slices added in z order, so the result does
+    not depend on how the volume was cut into slabs or in which order they came.
 
     Attributes
     ----------
-    total : numpy.ndarray
-        (2 RUN,) float64 sum of the profiles, NMC side first (positions -RUN + 0.5 .. RUN - 0.5 voxels
-        from the edge).
-    count : int
-        Profiles summed.
+    slices : dict
+        Volume z -> ((2 RUN,) float64 sum of the slice's profiles, int number of profiles).
     """
 
     def __init__(self):
-        self.total = np.zeros(2 * RUN)
-        self.count = 0
+        self.slices: dict[int, tuple[np.ndarray, int]] = {}
+
+    @property
+    def total(self) -> np.ndarray:
+        """(2 RUN,) float64 sum of the profiles, NMC side first (positions -RUN + 0.5 .. RUN - 0.5 voxels
+        from the edge), the slices added in z order."""
+        out = np.zeros(2 * RUN)
+        for z in sorted(self.slices):
+            out += self.slices[z][0]
+        return out
+
+    @property
+    def count(self) -> int:
+        """Profiles summed."""
+        return sum(n for _, n in self.slices.values())
 
     def add(self, phases: np.ndarray, grey: np.ndarray, z0: int = 0) -> None:
         """Add the edges of one slab (of its slices whose volume z is a multiple of :data:`SLICE_STEP`).
+
+        Every edge of those slices is used (:func:`detachment.slab_kernels.edge_profiles`).
 
         Parameters
         ----------
@@ -55,9 +68,15 @@ class EdgeProfiles:
         keep = np.nonzero((np.arange(z0, z0 + len(phases)) % SLICE_STEP) == 0)[0]
         if not keep.size:
             return
-        self.count += slab_kernels.edge_profiles(
-            np.ascontiguousarray(phases[keep]), np.ascontiguousarray(grey[keep], np.float32),
-            (NMC_LOW, NMC_HIGH), (VOID, CBD), RUN, MAX_PER_SLAB, self.total)
+        totals, counts = np.zeros((keep.size, 2 * RUN)), np.zeros(keep.size, np.int64)
+        slab_kernels.edge_profiles(np.ascontiguousarray(phases[keep]), np.ascontiguousarray(grey[keep], np.float32),
+                                   (NMC_LOW, NMC_HIGH), (VOID, CBD), RUN, totals, counts)
+        for i, z in enumerate(keep):
+            self.slices[z0 + int(z)] = (totals[i], int(counts[i]))
+
+    def merge(self, other: EdgeProfiles) -> None:
+        """Take the slices of ``other`` (slabs added elsewhere, e.g. in another thread)."""
+        self.slices.update(other.slices)
 
     def sigma(self, min_profiles: int = 200) -> float:
         """The blur σ, voxels: an error function fitted to the mean profile; NaN with too few edges.

@@ -280,14 +280,13 @@ def _line_edges(cls, run, out):
 
 
 @njit(cache=True, nogil=True)
-def edge_profiles(phases, grey, solid, background, run, max_per, total):
-    """Add the grey-level profiles across straight solid / background edges of a slab to ``total``.
+def edge_profiles(phases, grey, solid, background, run, totals, counts):
+    """Add the grey-level profiles across straight solid / background edges of each slice of a slab.
 
     Lines run along y, then along x, in each (z, y, x) slice; an edge is ``run`` voxels of one class
-    followed by ``run`` of the other. For each line direction and each order of the classes the edges
-    are taken in C order of (z, line, position), every ``max(1, n // max_per)``-th of the n found; a
-    profile (``2 run`` float32 grey levels) is added to ``total`` ((2 run,) float64) solid side first.
-    ``solid`` and ``background`` are pairs of phase codes. Returns the number of profiles added.
+    followed by ``run`` of the other. Its profile (``2 run`` float32 grey levels, solid side first) is
+    added to ``totals[z]`` ((z, 2 run) float64), in C order of (line direction, z, line, position), and
+    ``counts[z]`` (int64) counts them. ``solid`` and ``background`` are pairs of phase codes.
     """
     nz = phases.shape[0]
     cls = np.zeros(phases.shape, np.uint8)
@@ -297,35 +296,23 @@ def edge_profiles(phases, grey, solid, background, run, max_per, total):
             for x in range(phases.shape[2]):
                 c = pz[x]
                 cz[x] = ((c == solid[0]) | (c == solid[1])) + 2 * ((c == background[0]) | (c == background[1]))
-    added = 0
     for axis in range(2):
-        # lines along y: transposed copies, so that every line is contiguous
+        # lines along y: a transposed copy, so that every line is contiguous
         c3 = np.ascontiguousarray(cls.transpose(0, 2, 1)) if axis == 0 else cls
         g3 = np.ascontiguousarray(grey.transpose(0, 2, 1)) if axis == 0 else grey
         lines, n = c3.shape[1], c3.shape[2]
         if n < 2 * run:
             continue
         edges = np.empty((n, 2), np.int64)
-        found = np.zeros(3, np.int64)
         for z in range(nz):
+            total = totals[z]
             for o in range(lines):
-                m = _line_edges(c3[z, o], run, edges)
-                for e in range(m):
-                    found[edges[e, 1]] += 1
-        step = np.maximum(1, found // max_per)
-        k = np.zeros(3, np.int64)
-        for z in range(nz):
-            for o in range(lines):
-                m = _line_edges(c3[z, o], run, edges)
                 g = g3[z, o]
-                for e in range(m):
+                for e in range(_line_edges(c3[z, o], run, edges)):
                     i, first = edges[e, 0], edges[e, 1]
-                    if k[first] % step[first] == 0:
-                        for j in range(2 * run):
-                            total[j if first == 1 else 2 * run - 1 - j] += g[i + j]
-                        added += 1
-                    k[first] += 1
-    return added
+                    for j in range(2 * run):
+                        total[j if first == 1 else 2 * run - 1 - j] += g[i + j]
+                    counts[z] += 1
 
 
 @njit(cache=True, nogil=True)

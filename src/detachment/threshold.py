@@ -420,8 +420,7 @@ class _SlabTally:
         """Add one slab's counts (its first slice at volume z ``z0``)."""
         self.interior += interior
         self.per_slice[z0: z0 + len(per_slice)] = per_slice
-        self.edges.total += edges.total
-        self.edges.count += edges.count
+        self.edges.merge(edges)
 
 
 def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: slab_phases.SlabClassifier,
