@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from detachment import io, phases
 from detachment.binning import UniformBins, ceil_float32
-from detachment.slab_phases import SlabClassifier, dilate6_border, erode6, opening6, same_as_neighbours
+from detachment.slab_phases import SlabClassifier, dilate6_border, erode6, opening6
 from detachment.threshold import ThresholdSettings, classify_slab, collector_top, fit_model, threshold_volume
 
 CROSS = ndimage.generate_binary_structure(3, 1)
@@ -57,17 +57,6 @@ def test_cross_morphology_equals_scipy(seed):
         r = int(rng.integers(1, 4))
         np.testing.assert_array_equal(opening6(m, r),
                                       ndimage.binary_opening(m, CROSS, iterations=r, border_value=1))
-
-
-def test_same_as_neighbours_is_the_interior_of_each_code():
-    rng = np.random.default_rng(3)
-    p = rng.integers(0, 3, (9, 11, 12)).astype(np.uint8)
-    p[2:7, 2:9, 3:10] = 1  # a block with an interior
-    for rows in (slice(0, 9), slice(1, 8), slice(3, 4), slice(0, 1), slice(8, 9)):
-        expected = np.zeros(p[rows].shape, bool)
-        for code in range(3):
-            expected |= ndimage.binary_erosion(p == code, CROSS, border_value=1)[rows] & (p[rows] == code)
-        np.testing.assert_array_equal(same_as_neighbours(p, rows), expected)
 
 
 MEANS = {"void": 0.0, "cbd": 0.3, "al": 0.5, "nmc_low": 0.72, "nmc_high": 0.9}

@@ -67,8 +67,8 @@ def phase_codes(data, t, first, steps, out):
 def interior_counts(values, p, z0, z1, lo, scale, lut, edge_in, interior, per_slice):
     """Fine histograms of the interior voxels of each code, and per-slice code counts, of ``p[z0:z1]``.
 
-    A voxel is interior when its 6 neighbours inside ``p`` carry its code
-    (:func:`detachment.slab_phases.same_as_neighbours`); ``values`` (float32) are the grey levels of
+    A voxel is interior when its 6 neighbours inside ``p`` carry its code (the interior voxels of
+    :func:`detachment.phases.interior_histograms`); ``values`` (float32) are the grey levels of
     ``p[z0:z1]``. Adds to ``interior`` ((codes, bins) int64) and ``per_slice`` ((z1 - z0, codes) int64).
     """
     nz, ny, nx = p.shape
@@ -227,34 +227,50 @@ def nmc_refine(data, p, z0, z1, low, high, thr, k, bound, undecided):
             done += 1
         if not has_nmc[z]:
             continue
-        mid = u[z % (2 * r + 1)]
-        for y in range(ny):
-            for x in range(nx):
-                plane[y, x] = mid[y, x] * k[r]
-        for j in range(r, 0, -1):
-            below = u[max(z - j, 0) % (2 * r + 1)]
-            above = u[min(z + j, nz - 1) % (2 * r + 1)]
-            kj = k[r + j]
-            for y in range(ny):
-                for x in range(nx):
-                    plane[y, x] += (below[y, x] + above[y, x]) * kj
+        _smooth_planes(u, z, nz, k, plane)
         _smooth_rows(plane, k, rows, acc)
         _smooth_columns(rows, k, plane, row, acc)
-        mark = undecided[z - z0]
-        pz = p[z]
-        for y in range(ny):
-            s, py, my = plane[y], pz[y], mark[y]
-            for x in range(nx):
-                c = py[x]
-                if c == low or c == high:
-                    if s[x] > bound:
-                        py[x] = high
-                    elif s[x] < -bound:
-                        py[x] = low
-                    else:
-                        my[x] = 1
-                        n_undecided += 1
+        n_undecided += _decide(plane, p[z], low, high, bound, undecided[z - z0])
     return n_undecided
+
+
+@njit(cache=True, nogil=True)
+def _smooth_planes(u, z, nz, k, out):
+    """Along z: ``out = sum_j k[j] u[clamp(z + j - R)]``, ``u`` a ring of 2 R + 1 planes (index z mod 2 R + 1)."""
+    r = k.size // 2
+    ring = 2 * r + 1
+    mid = u[z % ring]
+    ny, nx = out.shape
+    for y in range(ny):
+        for x in range(nx):
+            out[y, x] = mid[y, x] * k[r]
+    for j in range(r, 0, -1):
+        below = u[max(z - j, 0) % ring]
+        above = u[min(z + j, nz - 1) % ring]
+        kj = k[r + j]
+        for y in range(ny):
+            for x in range(nx):
+                out[y, x] += (below[y, x] + above[y, x]) * kj
+
+
+@njit(cache=True, nogil=True)
+def _decide(s, pz, low, high, bound, mark):
+    """Set the NMC voxels of plane ``pz`` to ``high`` where ``s > bound``, ``low`` where ``s < -bound``;
+    mark the others in ``mark`` and return how many."""
+    n = 0
+    for y in range(pz.shape[0]):
+        sy, py, my = s[y], pz[y], mark[y]
+        for x in range(pz.shape[1]):
+            c = py[x]
+            if c == low or c == high:
+                if sy[x] > bound:
+                    py[x] = high
+                elif sy[x] < -bound:
+                    py[x] = low
+                else:
+                    my[x] = 1
+                    n += 1
+    return n
 
 
 @njit(cache=True, nogil=True)

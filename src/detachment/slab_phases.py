@@ -1,12 +1,12 @@
 """Phase classification of a slab, voxel for voxel equal to :func:`detachment.threshold.classify_slab`.
 
 :class:`SlabClassifier` computes the phase codes of :mod:`detachment.phases` (per-voxel thresholds,
-removal of thin Al, NMC domain refinement) faster: float32 threshold comparisons, morphology by the
+removal of thin Al, NMC domain refinement) faster: float32 threshold comparisons and the NMC
+refinement in compiled loops (:mod:`detachment.slab_kernels`), the refinement screened in float32
+with an error bound and recomputed exactly where the bound cannot decide, and morphology by the
 6-neighbour cross as shifted boolean ANDs / ORs (:func:`erode6`, :func:`dilate6_border`,
-:func:`opening6`), and the NMC refinement screened in float32 with an error bound and recomputed
-exactly where the bound cannot decide (docs/methods.md, "Streamed thresholding").
-:func:`same_as_neighbours` marks the interior voxels of the FWHM histograms. ``tests/test_threshold.py``
-checks the equality against the reference on phantoms, random volumes and unusual settings.
+:func:`opening6`) (docs/methods.md, "Streamed thresholding"). ``tests/test_threshold.py`` checks the
+equality against the reference on phantoms, random volumes and unusual settings.
 """
 
 from __future__ import annotations
@@ -103,40 +103,6 @@ def opening6(mask: np.ndarray, iterations: int) -> np.ndarray:
         out = erode6(out)
     for _ in range(iterations):
         out = dilate6_border(out)
-    return out
-
-
-def same_as_neighbours(p: np.ndarray, rows: slice) -> np.ndarray:
-    """Voxels of ``p[rows]`` whose 6 neighbours inside ``p`` all carry the same code.
-
-    For each code c this is ``binary_erosion(p == c, border_value=1)[rows]`` restricted to the
-    voxels of code c, i.e. the interior voxels of :func:`detachment.phases.interior_histograms`.
-
-    Parameters
-    ----------
-    p : numpy.ndarray
-        (z, y, x) uint8 phase codes; the rows beside ``rows`` serve as z neighbours.
-    rows : slice
-        The z rows to return (step 1).
-
-    Returns
-    -------
-    numpy.ndarray
-        bool, shape ``p[rows].shape``.
-    """
-    z0, z1, _ = rows.indices(p.shape[0])
-    core = p[z0:z1]
-    out = np.ones(core.shape, bool)
-    for axis in (1, 2):
-        a, b = _shift_pairs(3, axis)
-        eq = core[a] == core[b]
-        out[a] &= eq
-        out[b] &= eq
-    lo, hi = max(z0, 1), min(z1, p.shape[0] - 1)  # rows with a neighbour below / above inside p
-    if hi > z0:
-        out[: hi - z0] &= p[z0:hi] == p[z0 + 1:hi + 1]
-    if z1 > lo:
-        out[lo - z0:] &= p[lo:z1] == p[lo - 1:z1 - 1]
     return out
 
 

@@ -1,12 +1,12 @@
-"""Phase thresholding of a volume file, streamed slab by slab (memory ~ one slab + halo).
+"""Phase thresholding of a volume file, streamed slab by slab (memory ~ a few slabs + halos).
 
-:func:`threshold_volume` reads the grey-level range and histogram, fits the phase model
+:func:`threshold_volume` reads the grey-level histogram, fits the phase model
 (:mod:`detachment.phases`), classifies each slab with a halo, writes ``phases.h5`` and accumulates
-the per-phase interior histograms for the FWHMs. It gives exactly what :func:`classify_slab` (the
-plain composition of :mod:`detachment.phases`) and numpy.histogram give, faster
-(:class:`detachment.slab_phases.SlabClassifier`, :class:`detachment.binning.UniformBins`;
-docs/methods.md, "Streamed thresholding"). Settings: :class:`ThresholdSettings`; the histogram
-table: :func:`histogram_table`.
+the per-phase interior histograms for the FWHMs and the edge profiles of the blur. It gives exactly
+what :func:`classify_slab` (the plain composition of :mod:`detachment.phases`) and numpy.histogram
+give, faster (:class:`detachment.slab_phases.SlabClassifier`, :class:`detachment.binning.UniformBins`,
+compiled loops; docs/methods.md, "Streamed thresholding"), and the same with any number of threads
+(``workers``). Settings: :class:`ThresholdSettings`; the histogram table: :func:`histogram_table`.
 """
 
 from __future__ import annotations
