@@ -1,9 +1,9 @@
 """Bin indices of float32 grey levels on uniform bins, equal to :func:`numpy.histogram`'s.
 
-:class:`UniformBins` gives the bin of each value (:meth:`UniformBins.index`) and the histogram
-(:meth:`UniformBins.counts`) exactly as ``np.histogram(v, n, range=(lo, hi))`` does, from a lookup
-table over a fine grid of cells, comparing only the values in a cell that holds an edge with that
-edge (docs/methods.md, "Streamed thresholding"). :func:`ceil_float32` rounds float64 thresholds up
+:class:`UniformBins` builds the tables that give the bin of each value, and the histogram
+(:meth:`UniformBins.counts`, compiled in :mod:`detachment.slab_kernels`), exactly as
+``np.histogram(v, n, range=(lo, hi))`` does: a lookup table over a fine grid of cells, comparing only
+the values in a cell that holds an edge with that edge (docs/methods.md, "Streamed thresholding"). :func:`ceil_float32` rounds float64 thresholds up
 to float32. ``tests/test_threshold.py`` checks the equality on values next to every edge.
 """
 
@@ -15,8 +15,6 @@ from . import slab_kernels
 
 #: cells of the lookup grid: its tables (6 bytes a cell) stay in the CPU cache
 N_CELLS = 1 << 14
-#: values per block: a block's temporaries stay in the CPU cache
-BLOCK = 1 << 16
 
 
 def ceil_float32(x) -> np.ndarray:
@@ -98,26 +96,6 @@ class UniformBins:
         x = np.subtract(v, self.lo, dtype=np.float32)
         x *= self.scale
         return x.astype(np.intp)
-
-    def index(self, v: np.ndarray) -> np.ndarray:
-        """Bin of each value.
-
-        Parameters
-        ----------
-        v : numpy.ndarray
-            float32 grey levels in ``[edges[0], edges[-1]]``, any shape; at most a few :data:`BLOCK`
-            values for speed (the caller splits larger arrays). Values outside the range give wrong
-            bins or an IndexError.
-
-        Returns
-        -------
-        numpy.ndarray
-            int32 bin indices in ``0 .. n - 1``, same shape as ``v``.
-        """
-        q = self._cells(v)
-        b = np.take(self.lut, q)
-        b += v >= np.take(self.edge_in, q)
-        return b
 
     def counts(self, v: np.ndarray) -> np.ndarray:
         """Histogram of ``v``, as ``np.histogram`` with these bins.
