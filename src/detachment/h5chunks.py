@@ -38,10 +38,10 @@ class GzipChunkWriter:
                 or dataset.shuffle or dataset.fletcher32 or dataset.scaleoffset is not None
                 or dataset.fillvalue != 0):
             raise ValueError(f"{dataset.name}: needs (1, y, x) chunks, gzip alone and fill value 0")
-        self.dataset = dataset
+        self.dataset, self.dtype = dataset, dataset.dtype
         self.level = min(int(dataset.compression_opts), isal_zlib.ISAL_BEST_COMPRESSION)
         self.cy, self.cx = chunks[1], chunks[2]
-        self.raw = self.cy * self.cx * dataset.dtype.itemsize
+        self.raw = self.cy * self.cx * self.dtype.itemsize
 
     def compress(self, data: np.ndarray, z0: int) -> list[tuple[tuple[int, int, int], int, bytes]]:
         """The stored chunks of slices ``z0 .. z0 + len(data)``: ``(offset, filter_mask, bytes)`` each.
@@ -56,7 +56,7 @@ class GzipChunkWriter:
             Dataset z of ``data[0]``.
         """
         out = []
-        tile = np.zeros((self.cy, self.cx), self.dataset.dtype)
+        tile = np.zeros((self.cy, self.cx), self.dtype)
         ny, nx = data.shape[1:]
         for z, y, x in itertools.product(range(len(data)), range(0, ny, self.cy), range(0, nx, self.cx)):
             part = data[z, y: y + self.cy, x: x + self.cx]

@@ -368,8 +368,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     progress : bool, default True
         Show progress bars.
     workers : int, default 1
-        Threads of the classification pass: 2 or more compress and count one slab while the next is
-        classified (the same result, faster on two cores).
+        Threads of the histogram and classification passes: with 2 or more, slabs are counted,
+        classified and compressed side by side (the same result, faster on two cores).
 
     Returns
     -------
@@ -429,7 +429,7 @@ def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: sl
     """Pass 3: classify each slab, write its codes and count them.
 
     With ``workers`` > 1 that many threads classify, compress and count slabs side by side (compiled
-    code and zlib, without Python's GIL) while this one reads the next slabs and writes the finished
+    code and ISA-L, without Python's GIL) while this one reads the next slabs and writes the finished
     ones; the counts are merged in z order, so the results do not depend on ``workers``.
     """
 
@@ -457,8 +457,8 @@ def _pipelined(jobs, workers: int):
     """Call each callable of ``jobs`` and yield the results in order.
 
     With ``workers`` > 1 the calls run in that many background threads, at most ``workers + 1`` queued,
-    while this thread makes the next jobs (reads the next slabs); the jobs' compiled kernels and zlib
-    release Python's GIL, so they run side by side.
+    while this thread makes the next jobs (reads the next slabs); the jobs' compiled kernels and the
+    compression release Python's GIL, so they run side by side.
     """
     if workers <= 1:
         for job in jobs:
