@@ -58,7 +58,8 @@ class ThresholdSettings:
         σ of the NMC low / high refinement (:func:`detachment.phases.refine_nmc_domains`), voxels;
         0 turns it off.
     slab : int
-        Slices classified at a time.
+        Most slices classified at a time by one thread (the volume is cut into even slabs, as many as a
+        multiple of the threads).
 
     Raises
     ------
