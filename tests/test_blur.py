@@ -84,3 +84,60 @@ def test_edge_profiles_equal_plain_loops_and_do_not_depend_on_the_slabs():
             merged.merge(part)
         assert merged.count == whole.count
         np.testing.assert_array_equal(merged.total, whole.total)
+
+
+def _coated_block(sigma: float, rng):
+    """An NMC block (0.72) in electrolyte (0.0) with a one-voxel CBD (0.3) coating on its +x face and a
+    CBD slab beyond a gap; the grey levels imaged as a scanner does: a Gaussian PSF of σ voxels on the
+    continuous scene (4x finer), averaged over each voxel, noise 0.02. Returns the true map and the grey."""
+    truth = np.full((20, 40, 40), VOID, np.uint8)
+    truth[5:15, 10:30, 8:20] = NMC_LOW
+    truth[5:15, 10:30, 20] = CBD  # the coating: CBD between NMC and electrolyte along x
+    truth[:, :, 30:] = CBD
+    grey = np.zeros(256, np.float32)
+    grey[[VOID, CBD, NMC_LOW]] = 0.0, 0.3, 0.72
+    fine = ndimage.gaussian_filter(np.kron(grey[truth], np.ones((4, 4, 4), np.float32)), 4 * sigma)
+    g = fine.reshape(20, 4, 40, 4, 40, 4).mean(axis=(1, 3, 5)) + rng.normal(0, 0.02, truth.shape)
+    return truth, g.astype(np.float32)
+
+
+@pytest.mark.parametrize("sigma", [0.45, 0.55, 0.6, 0.7])
+def test_edge_shells_go_back_to_the_electrolyte_and_a_coating_stays(sigma):
+    """Thresholds halfway between the phases read the blurred edge of the block in electrolyte as CBD; the
+    rule, with the cut from the planted σ, gives back nearly all of it up to σ 0.6 (where one face
+    neighbour is the whole spill) and most of it at 0.7, and keeps the coating."""
+    from detachment.blur import edge_shell_cut, reassign_edge_shells
+
+    truth, g = _coated_block(sigma, np.random.default_rng(2))
+    p = np.where(g < 0.15, VOID, np.where(g < 0.51, CBD, NMC_LOW)).astype(np.uint8)
+    shells = (truth == VOID) & (p == CBD)
+    assert shells.sum() > 50  # the blur did make a shell
+    cut = edge_shell_cut(("void", "cbd", "nmc_low"), (0.0, 0.3, 0.72), sigma)
+    out = reassign_edge_shells(p, g, cut)
+    assert (out[shells] == VOID).mean() > (0.9 if sigma <= 0.6 else 0.7)
+    assert (out == truth).mean() > (p == truth).mean()
+    coating = (truth == CBD) & (p == CBD)
+    coating[:, :, 30:] = False
+    assert coating.sum() > 150 and (out[coating] == CBD).mean() > 0.95
+    assert not np.any((out != p) & (p != CBD))  # only CBD voxels move
+
+
+def test_edge_shell_kernel_equals_the_reference():
+    """The compiled rule over random maps (faces included), and over rows of a slab, as the reference."""
+    from detachment import slab_kernels
+    from detachment.blur import reassign_edge_shells
+
+    rng = np.random.default_rng(3)
+    p = rng.choice(np.array([VOID, CBD, NMC_LOW, NMC_HIGH, AL], np.uint8), size=(9, 17, 19))
+    g = rng.random(p.shape).astype(np.float32)
+    cut = np.float32(0.6)
+    expected = reassign_edge_shells(p, g, cut)
+    assert np.any(expected != p)
+    out = p.copy()
+    n = slab_kernels.edge_shells(p, g, 0, len(p), cut, CBD, VOID, NMC_LOW, NMC_HIGH, out)
+    np.testing.assert_array_equal(out, expected)
+    assert n == np.count_nonzero(expected != p)
+    rows = p.copy()
+    slab_kernels.edge_shells(p, g, 3, 6, cut, CBD, VOID, NMC_LOW, NMC_HIGH, rows)
+    np.testing.assert_array_equal(rows[3:6], expected[3:6])
+    np.testing.assert_array_equal(rows[:3], p[:3])

@@ -10,6 +10,7 @@ from scipy import ndimage
 
 from detachment import io, phases
 from detachment.binning import UniformBins, ceil_float32
+from detachment.blur import EdgeProfiles, edge_shell_cut, reassign_edge_shells
 from detachment.slab_phases import SlabClassifier, dilate6_border, erode6, opening6
 from detachment.threshold import ThresholdSettings, classify_slab, collector_top, fit_model, threshold_volume
 
@@ -117,16 +118,24 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
     hist = phases.Histogram(per_slice_hist.sum(0), np.linspace(lo, hi, s.bins + 1))
     model, _, collector = fit_model(hist, per_slice_hist, s)
     p = classify_slab(vol, model, s, collector_top(model, collector))
+    if s.edge_shells:  # the blur measured on the whole map, then the edge shells given back to the electrolyte
+        edges = EdgeProfiles()
+        edges.add(p, vol)
+        cut = edge_shell_cut(model.names, model.means, edges.sigma())
+        assert cut is not None
+        p = reassign_edge_shells(p, vol, cut)
     fine = np.linspace(lo, hi, 4 * s.bins + 1)
     interior = phases.interior_histograms(vol, p, fine)
     per_slice = np.stack([(p == c).sum(axis=(1, 2)) for c in phases.PHASE_NAMES], axis=1)
     return model, p, interior, fine, per_slice
 
 
-@pytest.mark.parametrize("slab, fast_bins, workers", [(1, True, 1), (4, True, 1), (100, True, 1), (4, False, 1),
-                                                      (3, True, 2), (1, True, 3)])
+@pytest.mark.parametrize("slab, fast_bins, workers, shells", [(1, True, 1, True), (4, True, 1, True),
+                                                              (100, True, 1, True), (4, False, 1, True),
+                                                              (3, True, 2, True), (1, True, 3, True),
+                                                              (4, True, 2, False)])
 def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path, monkeypatch, slab, fast_bins,
-                                                                        workers):
+                                                                        workers, shells):
     from detachment import threshold
     from detachment.phantom import PhantomParams, generate_phantom
 
@@ -136,14 +145,15 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
     vol = generate_phantom(PhantomParams(shape_zyx=(20, 48, 48), n_particles=6, diameter_median_um=5,
                                          diameter_min_um=3.5, diameter_max_um=7), seed=4).volume
     io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
-    s = ThresholdSettings(slab=slab)
+    s = ThresholdSettings(slab=slab, edge_shells=shells)
     res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False, workers=workers)
     model, p, interior, fine, per_slice = _direct(vol, s)
     np.testing.assert_array_equal(res.model.thresholds, model.thresholds)
     np.testing.assert_array_equal(io.read_dataset(tmp_path / "p.h5", "phases"), p)
     np.testing.assert_array_equal(res.counts_per_slice, per_slice)
     # the blur measured on the edges is the same bit for bit whatever the slabs and threads
-    whole = threshold_volume(tmp_path / "v.h5", tmp_path / "w.h5", ThresholdSettings(slab=100), progress=False)
+    whole = threshold_volume(tmp_path / "v.h5", tmp_path / "w.h5", ThresholdSettings(slab=100, edge_shells=shells),
+                             progress=False)
     assert res.blur_sigma_vox == whole.blur_sigma_vox or np.isnan(res.blur_sigma_vox) and np.isnan(whole.blur_sigma_vox)
     for row in res.fwhm.itertuples():
         centre, fwhm = phases.fit_fwhm(interior[row.code], fine)

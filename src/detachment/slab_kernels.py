@@ -345,3 +345,35 @@ def reassign_al(p, data, al, kept, start, mean, below, above):
                     pz[x] = below if dz[x] < mean else above
                     moved += 1
     return moved
+
+
+@njit(cache=True, nogil=True)
+def _between(a, b, nmc_a, nmc_b, void):
+    """Whether codes ``a`` and ``b`` on opposite sides are NMC and electrolyte, in either order."""
+    a_nmc = a == nmc_a or a == nmc_b
+    b_nmc = b == nmc_a or b == nmc_b
+    return (a_nmc and b == void) or (a == void and b_nmc)
+
+
+@njit(cache=True, nogil=True)
+def edge_shells(p, grey, r0, r1, cut, cbd, void, nmc_a, nmc_b, out):
+    """:func:`detachment.blur.reassign_edge_shells` on rows ``r0:r1`` of ``p`` into ``out`` (same shape).
+
+    ``p`` is read only (the map before the rule); ``out`` gets ``void`` where the rule moves a voxel and
+    is left as it is elsewhere. Neighbours outside ``p`` are neither NMC nor electrolyte. Returns the
+    number of voxels moved.
+    """
+    nz, ny, nx = p.shape
+    moved = 0
+    for z in range(r0, r1):
+        for y in range(ny):
+            for x in range(nx):
+                if p[z, y, x] != cbd or not grey[z, y, x] < cut:
+                    continue
+                hit = (0 < x < nx - 1 and _between(p[z, y, x - 1], p[z, y, x + 1], nmc_a, nmc_b, void)) or \
+                      (0 < y < ny - 1 and _between(p[z, y - 1, x], p[z, y + 1, x], nmc_a, nmc_b, void)) or \
+                      (0 < z < nz - 1 and _between(p[z - 1, y, x], p[z + 1, y, x], nmc_a, nmc_b, void))
+                if hit:
+                    out[z, y, x] = void
+                    moved += 1
+    return moved

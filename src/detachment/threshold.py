@@ -57,6 +57,9 @@ class ThresholdSettings:
     domain_sigma_vox : float
         σ of the NMC low / high refinement (:func:`detachment.phases.refine_nmc_domains`), voxels;
         0 turns it off.
+    edge_shells : bool
+        Give electrolyte read as CBD at the particles' blurred edges back to the electrolyte
+        (:func:`detachment.blur.reassign_edge_shells`, with the blur σ measured on the map).
     slab : int
         Most slices classified at a time by one thread (the volume is cut into even slabs, as many as a
         multiple of the threads).
@@ -75,6 +78,7 @@ class ThresholdSettings:
     denoise_sigma_vox: float = 1.0
     collector_min_thickness_vox: int = 3
     domain_sigma_vox: float = 0.7
+    edge_shells: bool = True
     slab: int = 32
 
     def __post_init__(self):
@@ -398,8 +402,14 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     with io.atomic_output(phases_path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("phases", shape=shape, dtype=np.uint8, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
-        tally = _classify_pass(volume_path, s, shape[0], classifier, h5chunks.GzipChunkWriter(d), fine,
-                               fine_edges, workers, progress)
+        writer = h5chunks.GzipChunkWriter(d)
+        shells = s.edge_shells and {"void", "cbd"} <= set(model.names) and bool({"nmc_low", "nmc_high"} & set(model.names))
+        tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers, progress,
+                               count=not shells)
+        if shells:  # the cut needs the blur measured on the whole map: a further pass, which also counts
+            cut = blur.edge_shell_cut(model.names, model.means, tally.edges.sigma())
+            tally = _shell_pass(volume_path, s, shape[0], d, writer, cut, fine, fine_edges, tally.edges, workers,
+                                progress)
         _write_attrs(d, voxel, model, unresolved)
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac), {
@@ -426,8 +436,9 @@ class _SlabTally:
 
 def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: slab_phases.SlabClassifier,
                    writer: h5chunks.GzipChunkWriter, fine: UniformBins | None, fine_edges: np.ndarray,
-                   workers: int, progress: bool) -> _SlabTally:
-    """Pass 3: classify each slab, write its codes and count them.
+                   workers: int, progress: bool, count: bool = True) -> _SlabTally:
+    """The classification pass: classify each slab, write its codes, take its edge profiles and, with
+    ``count``, count its codes (else the tally's counts stay 0).
 
     With ``workers`` > 1 that many threads classify, compress and count slabs side by side (compiled
     code and ISA-L, without Python's GIL) while this one reads the next slabs and writes the finished
@@ -441,8 +452,8 @@ def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: sl
         rows, grey = slice(z0 - a - b0, z1 - a - b0), data[b0:b1]
         edges = blur.EdgeProfiles()
         edges.add(p[rows], grey[rows], z0)
-        interior, per_slice = (_slab_counts(grey[rows], p, rows, fine) if fine is not None
-                               else _reference_counts(grey, p, rows, fine_edges))
+        interior, per_slice = (_counts(grey, p, rows, fine, fine_edges) if count
+                               else (0, np.zeros((z1 - z0, len(phases.PHASE_NAMES)), np.int64)))
         return writer.compress(p[rows], z0), z0, interior, per_slice, edges
 
     jobs = (functools.partial(job, data, a, z0, z1)
@@ -451,6 +462,50 @@ def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: sl
     for chunks, *counts in _pipelined(jobs, workers):
         writer.store(chunks)  # HDF5 is only called from this thread
         tally.merge(*counts)
+    return tally
+
+
+def _counts(grey: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins | None, fine_edges: np.ndarray):
+    """:func:`_slab_counts` of ``p[rows]`` (grey levels ``grey``, the rows of ``p``), or its reference."""
+    return (_slab_counts(grey[rows], p, rows, fine) if fine is not None
+            else _reference_counts(grey, p, rows, fine_edges))
+
+
+def _shell_pass(volume_path, s: ThresholdSettings, depth: int, dataset: h5py.Dataset,
+                writer: h5chunks.GzipChunkWriter, cut, fine: UniformBins | None, fine_edges: np.ndarray,
+                edges: blur.EdgeProfiles, workers: int, progress: bool) -> _SlabTally:
+    """After the classification pass: reassign the edge shells (``cut`` None: none), rewrite the chunks
+    that change and count the final codes.
+
+    A slab's rule reads the map before the rule, one slice beyond the slab's counted rows on each side,
+    so the rows below the slab come from the previous slab's read (they may have been rewritten since).
+    The edge profiles do not change (CBD and electrolyte are both background to them).
+    """
+
+    def job(data, p, a, z0, z1):
+        r0, r1 = max(0, z0 - 1) - a, min(depth, z1 + 1) - a
+        q = p.copy()
+        if cut is not None:
+            slab_kernels.edge_shells(p, data, r0, r1, cut, phases.CBD, phases.VOID, phases.NMC_LOW,
+                                     phases.NMC_HIGH, q)
+        rows = slice(z0 - a - r0, z1 - a - r0)
+        interior, per_slice = _counts(data[r0:r1], q[r0:r1], rows, fine, fine_edges)
+        core = q[z0 - a: z1 - a]
+        changed = not np.array_equal(core, p[z0 - a: z1 - a])
+        return writer.compress(core, z0) if changed else [], z0, interior, per_slice
+
+    def jobs():
+        below = np.zeros((0,) + dataset.shape[1:], np.uint8)  # the map before the rule, rows below the slab
+        for z0, z1, a, data in _slabs(volume_path, s, depth, 2, "edge shells", progress, workers):
+            p = np.concatenate([below[len(below) - (z0 - a):], dataset[z0: a + len(data)]])
+            below = p[z1 - 2 - a: z1 - a].copy() if z1 - a >= 2 else p[: z1 - a].copy()
+            yield functools.partial(job, data, p, a, z0, z1)
+
+    tally = _SlabTally(depth, fine_edges)
+    tally.edges = edges
+    for chunks, z0, interior, per_slice in _pipelined(jobs(), workers):
+        writer.store(chunks)
+        tally.merge(z0, interior, per_slice, blur.EdgeProfiles())
     return tally
 
 
