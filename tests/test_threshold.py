@@ -147,6 +147,7 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
     io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
     s = ThresholdSettings(slab=slab, edge_shells=shells)
     res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False, workers=workers)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["p.h5", "v.h5"]  # no scratch map left behind
     model, p, interior, fine, per_slice = _direct(vol, s)
     np.testing.assert_array_equal(res.model.thresholds, model.thresholds)
     np.testing.assert_array_equal(io.read_dataset(tmp_path / "p.h5", "phases"), p)

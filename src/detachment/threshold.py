@@ -17,6 +17,7 @@ import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -403,13 +404,13 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         d = f.create_dataset("phases", shape=shape, dtype=np.uint8, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
         writer = h5chunks.GzipChunkWriter(d)
-        shells = s.edge_shells and {"void", "cbd"} <= set(model.names) and bool({"nmc_low", "nmc_high"} & set(model.names))
-        tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers, progress,
-                               count=not shells)
-        if shells:  # the cut needs the blur measured on the whole map: a further pass, which also counts
-            cut = blur.edge_shell_cut(model.names, model.means, tally.edges.sigma())
-            tally = _shell_pass(volume_path, s, shape[0], d, writer, cut, fine, fine_edges, tally.edges, workers,
-                                progress)
+        names = set(model.names)
+        if s.edge_shells and {"void", "cbd"} <= names and names & {"nmc_low", "nmc_high"}:
+            tally = _classify_with_shells(volume_path, s, shape, tmp, classifier, writer, model, fine, fine_edges,
+                                          workers, progress)
+        else:
+            tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers,
+                                   progress)
         _write_attrs(d, voxel, model, unresolved)
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac), {
@@ -434,11 +435,27 @@ class _SlabTally:
         self.edges.merge(edges)
 
 
+def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classifier: slab_phases.SlabClassifier,
+                          writer: h5chunks.GzipChunkWriter, model: phases.PhaseModel, fine: UniformBins | None,
+                          fine_edges: np.ndarray, workers: int, progress: bool) -> _SlabTally:
+    """The classification pass into an uncompressed scratch map beside ``tmp``, then the edge-shell pass
+    from it (the cut needs the blur measured on the whole map), which writes and counts the final map."""
+    scratch = Path(tmp).with_name(Path(tmp).name + ".map")  # swept with the output's leftovers if killed
+    try:
+        raw = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=tuple(shape))
+        edges = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers, progress,
+                               raw=raw).edges
+        cut = blur.edge_shell_cut(model.names, model.means, edges.sigma())
+        return _shell_pass(volume_path, s, raw, writer, cut, fine, fine_edges, edges, workers, progress)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
 def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: slab_phases.SlabClassifier,
                    writer: h5chunks.GzipChunkWriter, fine: UniformBins | None, fine_edges: np.ndarray,
-                   workers: int, progress: bool, count: bool = True) -> _SlabTally:
-    """The classification pass: classify each slab, write its codes, take its edge profiles and, with
-    ``count``, count its codes (else the tally's counts stay 0).
+                   workers: int, progress: bool, raw: np.ndarray | None = None) -> _SlabTally:
+    """The classification pass: classify each slab, take its edge profiles, and write and count its codes,
+    or, given ``raw``, only put them there (the tally's counts then stay 0).
 
     With ``workers`` > 1 that many threads classify, compress and count slabs side by side (compiled
     code and ISA-L, without Python's GIL) while this one reads the next slabs and writes the finished
@@ -452,9 +469,10 @@ def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: sl
         rows, grey = slice(z0 - a - b0, z1 - a - b0), data[b0:b1]
         edges = blur.EdgeProfiles()
         edges.add(p[rows], grey[rows], z0)
-        interior, per_slice = (_counts(grey, p, rows, fine, fine_edges) if count
-                               else (0, np.zeros((z1 - z0, len(phases.PHASE_NAMES)), np.int64)))
-        return writer.compress(p[rows], z0), z0, interior, per_slice, edges
+        if raw is not None:
+            raw[z0:z1] = p[rows]
+            return [], z0, 0, np.zeros((z1 - z0, len(phases.PHASE_NAMES)), np.int64), edges
+        return writer.compress(p[rows], z0), z0, *_counts(grey, p, rows, fine, fine_edges), edges
 
     jobs = (functools.partial(job, data, a, z0, z1)
             for z0, z1, a, data in _slabs(volume_path, s, depth, s.halo, "classify", progress, workers))
@@ -471,39 +489,30 @@ def _counts(grey: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins | No
             else _reference_counts(grey, p, rows, fine_edges))
 
 
-def _shell_pass(volume_path, s: ThresholdSettings, depth: int, dataset: h5py.Dataset,
-                writer: h5chunks.GzipChunkWriter, cut, fine: UniformBins | None, fine_edges: np.ndarray,
-                edges: blur.EdgeProfiles, workers: int, progress: bool) -> _SlabTally:
-    """After the classification pass: reassign the edge shells (``cut`` None: none), rewrite the chunks
-    that change and count the final codes.
+def _shell_pass(volume_path, s: ThresholdSettings, raw: np.ndarray, writer: h5chunks.GzipChunkWriter, cut,
+                fine: UniformBins | None, fine_edges: np.ndarray, edges: blur.EdgeProfiles, workers: int,
+                progress: bool) -> _SlabTally:
+    """From the classified map ``raw``: reassign the edge shells (``cut`` None: none), write the final map
+    and count it. A slab's rule reads ``raw`` one slice beyond the counted rows on each side; the edge
+    profiles do not change (CBD and electrolyte are both background to them)."""
+    depth = len(raw)
 
-    A slab's rule reads the map before the rule, one slice beyond the slab's counted rows on each side,
-    so the rows below the slab come from the previous slab's read (they may have been rewritten since).
-    The edge profiles do not change (CBD and electrolyte are both background to them).
-    """
-
-    def job(data, p, a, z0, z1):
+    def job(data, a, z0, z1):
+        p = np.array(raw[a: a + len(data)])
         r0, r1 = max(0, z0 - 1) - a, min(depth, z1 + 1) - a
         q = p.copy()
         if cut is not None:
             slab_kernels.edge_shells(p, data, r0, r1, cut, phases.CBD, phases.VOID, phases.NMC_LOW,
                                      phases.NMC_HIGH, q)
         rows = slice(z0 - a - r0, z1 - a - r0)
-        interior, per_slice = _counts(data[r0:r1], q[r0:r1], rows, fine, fine_edges)
-        core = q[z0 - a: z1 - a]
-        changed = not np.array_equal(core, p[z0 - a: z1 - a])
-        return writer.compress(core, z0) if changed else [], z0, interior, per_slice
+        return (writer.compress(q[z0 - a: z1 - a], z0), z0,
+                *_counts(data[r0:r1], q[r0:r1], rows, fine, fine_edges))
 
-    def jobs():
-        below = np.zeros((0,) + dataset.shape[1:], np.uint8)  # the map before the rule, rows below the slab
-        for z0, z1, a, data in _slabs(volume_path, s, depth, 2, "edge shells", progress, workers):
-            p = np.concatenate([below[len(below) - (z0 - a):], dataset[z0: a + len(data)]])
-            below = p[z1 - 2 - a: z1 - a].copy() if z1 - a >= 2 else p[: z1 - a].copy()
-            yield functools.partial(job, data, p, a, z0, z1)
-
+    jobs = (functools.partial(job, data, a, z0, z1)
+            for z0, z1, a, data in _slabs(volume_path, s, depth, 2, "edge shells", progress, workers))
     tally = _SlabTally(depth, fine_edges)
     tally.edges = edges
-    for chunks, z0, interior, per_slice in _pipelined(jobs(), workers):
+    for chunks, z0, interior, per_slice in _pipelined(jobs, workers):
         writer.store(chunks)
         tally.merge(z0, interior, per_slice, blur.EdgeProfiles())
     return tally
