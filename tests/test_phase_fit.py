@@ -112,7 +112,8 @@ def test_manual_thresholds_replace_the_fitted_ones_voxel_for_voxel(tmp_path):
     """Without clean-ups, the map equals a digitisation of the grey levels at the manual thresholds."""
     ph = _phantom(tmp_path, seed=6)
     thresholds = (0.14, 0.41, 0.6, 0.8)
-    s = ThresholdSettings(thresholds=thresholds, collector_min_thickness_vox=0, domain_sigma_vox=0, slab=5)
+    s = ThresholdSettings(thresholds=thresholds, collector_min_thickness_vox=0, domain_sigma_vox=0, slab=5,
+                          edge_shells=False)
     res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False)
     codes = np.array([PHASE_CODES[n] for n in s.order], np.uint8)
     expected = codes[np.searchsorted(np.asarray(thresholds, np.float32), ph.volume, side="right")]

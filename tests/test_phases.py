@@ -111,7 +111,7 @@ def test_streamed_thresholding_equals_whole_volume_classification(tmp_path):
                                         diameter_min_um=3.5, diameter_max_um=8), seed=5)
     path = tmp_path / "volume.h5"
     io.write_volume(path, ph.volume, (0.5, 0.5, 0.5), "test")
-    s = ThresholdSettings(slab=5)
+    s = ThresholdSettings(slab=5, edge_shells=False)  # the edge-shell pass: tests/test_threshold.py
     res = threshold_volume(path, tmp_path / "phases.h5", s, progress=False)
     streamed = io.read_dataset(tmp_path / "phases.h5", "phases")
     whole = classify_slab(ph.volume, res.model, s, collector_top(res.model, res.collector))
