@@ -508,8 +508,9 @@ def _shell_pass(volume_path, s: ThresholdSettings, raw: np.ndarray, writer: h5ch
         return (writer.compress(q[z0 - a: z1 - a], z0), z0,
                 *_counts(data[r0:r1], q[r0:r1], rows, fine, fine_edges))
 
+    halo = 2 if s.denoise == "none" else s.halo + 2  # denoised grey levels exact one slice beyond the slab
     jobs = (functools.partial(job, data, a, z0, z1)
-            for z0, z1, a, data in _slabs(volume_path, s, depth, 2, "edge shells", progress, workers))
+            for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "edge shells", progress, workers))
     tally = _SlabTally(depth, fine_edges)
     tally.edges = edges
     for chunks, z0, interior, per_slice in _pipelined(jobs, workers):
