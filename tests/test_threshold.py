@@ -130,10 +130,11 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
     return model, p, interior, fine, per_slice
 
 
+@pytest.mark.filterwarnings("ignore::scipy.optimize.OptimizeWarning")  # a Gaussian fit on the denoised volume
 @pytest.mark.parametrize("slab, fast_bins, workers, shells", [(1, True, 1, True), (4, True, 1, True),
                                                               (100, True, 1, True), (4, False, 1, True),
                                                               (3, True, 2, True), (1, True, 3, True),
-                                                              (4, True, 2, False)])
+                                                              (4, True, 2, False), (3, True, 2, "gaussian")])
 def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path, monkeypatch, slab, fast_bins,
                                                                         workers, shells):
     from detachment import threshold
@@ -145,16 +146,17 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
     vol = generate_phantom(PhantomParams(shape_zyx=(20, 48, 48), n_particles=6, diameter_median_um=5,
                                          diameter_min_um=3.5, diameter_max_um=7), seed=4).volume
     io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
-    s = ThresholdSettings(slab=slab, edge_shells=shells)
+    denoise = shells if isinstance(shells, str) else "none"  # a denoised volume, with the edge shells
+    s = ThresholdSettings(slab=slab, edge_shells=bool(shells), denoise=denoise)
     res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False, workers=workers)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["p.h5", "v.h5"]  # no scratch map left behind
-    model, p, interior, fine, per_slice = _direct(vol, s)
+    model, p, interior, fine, per_slice = _direct(phases.denoise(vol, s.denoise, s.denoise_sigma_vox), s)
     np.testing.assert_array_equal(res.model.thresholds, model.thresholds)
     np.testing.assert_array_equal(io.read_dataset(tmp_path / "p.h5", "phases"), p)
     np.testing.assert_array_equal(res.counts_per_slice, per_slice)
     # the blur measured on the edges is the same bit for bit whatever the slabs and threads
-    whole = threshold_volume(tmp_path / "v.h5", tmp_path / "w.h5", ThresholdSettings(slab=100, edge_shells=shells),
-                             progress=False)
+    whole = threshold_volume(tmp_path / "v.h5", tmp_path / "w.h5", ThresholdSettings(slab=100, edge_shells=bool(shells),
+                                                                                      denoise=denoise), progress=False)
     assert res.blur_sigma_vox == whole.blur_sigma_vox or np.isnan(res.blur_sigma_vox) and np.isnan(whole.blur_sigma_vox)
     for row in res.fwhm.itertuples():
         centre, fwhm = phases.fit_fwhm(interior[row.code], fine)
