@@ -14,7 +14,8 @@ phase map with the phantom's truth and prints:
   neighbour through a Gaussian point-spread function of the sample's measured blur σ (``phase_qc.csv``);
 - how many voxels the rule moves, and the share of them that are truly electrolyte.
 
-The rule has no free parameter; it is not part of the pipeline (see docs/results.md).
+The rule is the library's (:func:`detachment.blur.reassign_edge_shells`); the maps in results/ already
+carry it (``threshold.edge_shells``), so run this on maps made with it off to see its effect.
 """
 
 from __future__ import annotations
@@ -24,38 +25,13 @@ import sys
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pandas as pd
 from scipy import ndimage
-from scipy.stats import norm
 
+from detachment.blur import edge_shell_cut, face_spill, reassign_edge_shells
 from detachment.phases import CBD, NMC_HIGH, NMC_LOW, VOID
 
 CROSS = ndimage.generate_binary_structure(3, 1)
-
-
-def face_spill(sigma: float) -> float:
-    """Share of a unit voxel's mean grey level that comes from its face neighbour (1D Gaussian PSF, σ in voxels)."""
-    x = np.linspace(-0.5, 0.5, 201)  # positions across the voxel; the neighbour spans 0.5 .. 1.5 away
-    return float(np.mean(norm.cdf((x - 0.5) / sigma) - norm.cdf((x - 1.5) / sigma)))
-
-
-def _shifted(mask: np.ndarray, axis: int, step: int) -> np.ndarray:
-    """``out[i] = mask[i - step]`` along ``axis`` (False where that lies outside)."""
-    out = np.zeros_like(mask)
-    src, dst = [slice(None)] * 3, [slice(None)] * 3
-    src[axis], dst[axis] = (slice(0, -1), slice(1, None)) if step > 0 else (slice(1, None), slice(0, -1))
-    out[tuple(dst)] = mask[tuple(src)]
-    return out
-
-
-def sandwiched(between: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """Voxels with ``between`` on one side and ``other`` on the opposite side along some axis."""
-    out = np.zeros(between.shape, bool)
-    for axis in range(3):
-        for step in (1, -1):
-            out |= _shifted(between, axis, step) & _shifted(other, axis, -step)
-    return out
 
 
 def measure(results: Path, sample: str) -> dict:
@@ -68,17 +44,13 @@ def measure(results: Path, sample: str) -> dict:
     qc = pd.read_csv(results / sample / "phase_qc.csv")
     sigma = float(qc.loc[qc["check"] == "blur_sigma_vox", "value"].iloc[0])
     names = [n.strip() for n in str(attrs["order"]).split(",")]
-    means = dict(zip(names, np.asarray(attrs["means"], float)))
-    mu_nmc = float(np.mean([means[n] for n in ("nmc_low", "nmc_high") if n in means]))
-    s = face_spill(sigma)
-    cut = s * mu_nmc + s * means["void"] + (1 - 2 * s) * (means["void"] + means["cbd"]) / 2
-    nmc = (p == NMC_LOW) | (p == NMC_HIGH)
-    move = (p == CBD) & sandwiched(nmc, p == VOID) & (grey < cut)
-    after = p.copy()
-    after[move] = VOID
+    cut = edge_shell_cut(names, attrs["means"], sigma)
+    after = p if cut is None else reassign_edge_shells(p, grey, cut)
+    move = after != p
     wrong = (truth == VOID) & (p == CBD)
     true_nmc = (truth == NMC_LOW) | (truth == NMC_HIGH)
-    return {"sample": sample, "blur_sigma": sigma, "spill": s, "cut": cut, "accuracy": (p == truth).mean(),
+    return {"sample": sample, "blur_sigma": sigma, "spill": face_spill(sigma),
+            "cut": float("nan") if cut is None else float(cut), "accuracy": (p == truth).mean(),
             "void_as_cbd": wrong.mean(),
             "touching_nmc": (wrong & ndimage.binary_dilation(true_nmc, CROSS)).sum() / max(wrong.sum(), 1),
             "touching_cbd": (wrong & ndimage.binary_dilation(truth == CBD, CROSS)).sum() / max(wrong.sum(), 1),
