@@ -90,11 +90,22 @@ def test_start_script_leaves_a_site_slurm_conf_alone(tmp_path):
     assert not state.exists()  # nothing started, no PID recorded
 
 
+def two_cell_workdir(path: Path) -> Path:
+    """The tiny work directory with the sheet's two labelled cells (1C and C/10) only: every rule of the DAG
+    runs, on half the jobs (each SLURM job costs seconds of start-up and status polling)."""
+    work = write_tiny_workdir(path)
+    sheet = work / "samples.tsv"
+    rows = sheet.read_text().splitlines()
+    sheet.write_text("\n".join(rows[:3]) + "\n")
+    return work
+
+
 def test_tiny_workflow_on_slurm_equals_local_run(local_slurm, slurm_python, tmp_path):
-    local = write_tiny_workdir(tmp_path / "local")
+    local = two_cell_workdir(tmp_path / "local")
     r = run_snakemake(local)
     assert r.returncode == 0, r.stderr[-2000:]
-    cluster = write_tiny_workdir(tmp_path / "cluster")
+    assert {p.name for p in (local / "results").iterdir()} >= {"cell_1C", "cell_C10", "statistics"}
+    cluster = two_cell_workdir(tmp_path / "cluster")
     cmd = [slurm_python, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(cluster), "--configfile",
            str(cluster / "config.yaml"), "--workflow-profile", str(ROOT / "profiles/slurm"),
            "--slurm-init-seconds-before-status-checks", "2", "--jobs", "4"]
@@ -108,4 +119,8 @@ def test_tiny_workflow_on_slurm_equals_local_run(local_slurm, slurm_python, tmp_
     assert proc.returncode == 0, out[-4000:]
     # the jobs really went through SLURM: the plugin reports each submission's SLURM job id
     assert len(re.findall(r"SLURM job ?id \d+", out, re.I)) >= 5, out[-3000:]
+    # every rule but the local ones went through SLURM
+    submitted = set(re.findall(r"slurm_logs/rule_(\w+)/", out))
+    assert {"make_phantom", "threshold_phases", "train", "infer_slab", "link_slices", "diffusion"} <= submitted
+    assert "statistics" not in submitted
     assert_same_results(local, cluster)
