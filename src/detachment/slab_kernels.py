@@ -197,9 +197,10 @@ def nmc_refine(data, p, z0, z1, low, high, thr, k, bound, undecided):
     x) with the nearest voxel repeated beyond the slab's faces, each pass
     ``k[R] s[i] + sum_{j=R..1} k[R + j] (s[i - j] + s[i + j])``: the operations
     :meth:`detachment.slab_phases.SlabClassifier._bound` counts. ``s > bound`` gives ``high``,
-    ``s < -bound`` gives ``low``, in place in ``p``; the other NMC voxels are left as they are and
-    marked 1 in ``undecided`` ((z1 - z0, y, x) uint8, zeroed here). NMC membership does not change, so
-    the rows outside ``z0:z1`` serve as context unchanged. Returns the number of undecided voxels.
+    ``s < -bound`` gives ``low``, in place in ``p``; the other NMC voxels are left as they are and their
+    (z, y, x) indices into ``p`` written to ``undecided`` ((m, 3) int64) in C order, as many as it holds.
+    NMC membership does not change, so the rows outside ``z0:z1`` serve as context unchanged. Returns the
+    number of undecided voxels (all of them, also beyond ``m``).
     """
     nz, ny, nx = data.shape
     r = k.size // 2
@@ -218,7 +219,6 @@ def nmc_refine(data, p, z0, z1, low, high, thr, k, bound, undecided):
     acc = np.empty(nx, np.float32)
     row = np.empty(nx + 2 * r, np.float32)
     n_undecided = 0
-    undecided[:] = 0
     for z in range(z0, z1):
         while done <= min(z + r, nz - 1):
             has_nmc[min(done + 1, nz)] = _nmc_mask(p, low, high, done + 1, masks[(done + 1) % 3])
@@ -230,7 +230,7 @@ def nmc_refine(data, p, z0, z1, low, high, thr, k, bound, undecided):
         _smooth_planes(u, z, nz, k, plane)
         _smooth_rows(plane, k, rows, acc)
         _smooth_columns(rows, k, plane, row, acc)
-        n_undecided += _decide(plane, p[z], low, high, bound, undecided[z - z0])
+        n_undecided = _decide(plane, p[z], z, low, high, bound, undecided, n_undecided)
     return n_undecided
 
 
@@ -254,12 +254,12 @@ def _smooth_planes(u, z, nz, k, out):
 
 
 @njit(cache=True, nogil=True)
-def _decide(s, pz, low, high, bound, mark):
-    """Set the NMC voxels of plane ``pz`` to ``high`` where ``s > bound``, ``low`` where ``s < -bound``;
-    mark the others in ``mark`` and return how many."""
-    n = 0
+def _decide(s, pz, z, low, high, bound, where, n):
+    """Set the NMC voxels of plane ``pz`` (volume index ``z``) to ``high`` where ``s > bound``, ``low`` where
+    ``s < -bound``; write the others' (z, y, x) to ``where[n:]`` while it has room. Returns ``n`` plus
+    how many there were."""
     for y in range(pz.shape[0]):
-        sy, py, my = s[y], pz[y], mark[y]
+        sy, py = s[y], pz[y]
         for x in range(pz.shape[1]):
             c = py[x]
             if c == low or c == high:
@@ -268,7 +268,10 @@ def _decide(s, pz, low, high, bound, mark):
                 elif sy[x] < -bound:
                     py[x] = low
                 else:
-                    my[x] = 1
+                    if n < where.shape[0]:
+                        where[n, 0] = z
+                        where[n, 1] = y
+                        where[n, 2] = x
                     n += 1
     return n
 
@@ -329,6 +332,58 @@ def edge_profiles(phases, grey, solid, background, run, totals, counts):
                     for j in range(2 * run):
                         total[j if first == 1 else 2 * run - 1 - j] += g[i + j]
                     counts[z] += 1
+
+
+@njit(cache=True, nogil=True)
+def _cross6(src, dst, erode):
+    """One erosion (``erode``) or dilation of the (z, y, x) uint8 0/1 mask ``src`` by the 6-neighbour cross
+    into ``dst``, voxels outside the array counting as set: a dilation sets the array's faces."""
+    nz, ny, nx = src.shape
+    for z in range(nz):
+        for y in range(ny):
+            c = src[z, y]
+            # a missing neighbour is replaced by the voxel itself, which leaves the AND / OR unchanged
+            up = src[z, y - 1] if y > 0 else c
+            down = src[z, y + 1] if y < ny - 1 else c
+            zb = src[z - 1, y] if z > 0 else c
+            za = src[z + 1, y] if z < nz - 1 else c
+            d = dst[z, y]
+            head, tail = d[: nx - 1], d[1:]
+            left, right = c[: nx - 1], c[1:]
+            if erode:
+                for x in range(nx):
+                    d[x] = c[x] & up[x] & down[x] & zb[x] & za[x]
+                for x in range(nx - 1):
+                    head[x] &= right[x]
+                for x in range(nx - 1):
+                    tail[x] &= left[x]
+            elif z == 0 or z == nz - 1 or y == 0 or y == ny - 1:
+                d[:] = 1
+            else:
+                for x in range(nx):
+                    d[x] = c[x] | up[x] | down[x] | zb[x] | za[x]
+                for x in range(nx - 1):
+                    head[x] |= right[x]
+                for x in range(nx - 1):
+                    tail[x] |= left[x]
+                d[0] = 1
+                d[nx - 1] = 1
+
+
+@njit(cache=True, nogil=True)
+def opening6(mask, iterations, work, out):
+    """Binary opening of the (z, y, x) uint8 0/1 ``mask`` by the 6-neighbour cross, ``iterations`` erosions
+    then as many dilations, voxels outside the array counting as set (scipy.ndimage.binary_opening with
+    ``border_value=1``), into ``out``; ``work`` is scratch of the same shape. ``mask`` is not changed."""
+    if iterations == 0:
+        out[...] = mask
+        return
+    # odd steps write ``work``, even ones ``out``: the last (step 2 iterations) lands in ``out``
+    a, b = work, out
+    _cross6(mask, a, True)
+    for i in range(1, 2 * iterations):
+        _cross6(a, b, i < iterations)
+        a, b = b, a
 
 
 @njit(cache=True, nogil=True)
