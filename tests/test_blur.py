@@ -122,22 +122,53 @@ def test_edge_shells_go_back_to_the_electrolyte_and_a_coating_stays(sigma):
     assert not np.any((out != p) & (p != CBD))  # only CBD voxels move
 
 
-def test_edge_shell_kernel_equals_the_reference():
-    """The compiled rule over random maps (faces included), and over rows of a slab, as the reference."""
-    from detachment import slab_kernels
-    from detachment.blur import reassign_edge_shells
+def _brute_force_candidates(p: np.ndarray) -> np.ndarray:
+    """The edge-shell candidates by their definition, voxel by voxel."""
+    out = np.zeros(p.shape, bool)
+    nmc = (NMC_LOW, NMC_HIGH)
+    for z, y, x in np.ndindex(p.shape):
+        if p[z, y, x] != CBD:
+            continue
+        for axis in range(3):
+            lo, hi = [z, y, x], [z, y, x]
+            lo[axis] -= 1
+            hi[axis] += 1
+            if lo[axis] < 0 or hi[axis] >= p.shape[axis]:
+                continue
+            a, b = p[tuple(lo)], p[tuple(hi)]
+            out[z, y, x] |= (a in nmc and b == VOID) or (a == VOID and b in nmc)
+    return out
+
+
+@pytest.mark.parametrize("weights", [(0.3, 0.2, 0.2, 0.2, 0.1), (0.3, 0.4, 0.15, 0.15, 0.0)])
+def test_edge_shell_candidates_of_the_compiled_counts_equal_their_definition(weights):
+    """The candidates the compiled interior counts list (over rows of a slab, faces included; the second
+    map holds more candidates than the first guess of room for them) and the numpy ones equal a
+    voxel-by-voxel reading of the definition; the counts beside them equal the reference's."""
+    from detachment.binning import UniformBins
+    from detachment.blur import edge_shell_candidates, reassign_edge_shells
+    from detachment.threshold import _reference_counts, _slab_counts
 
     rng = np.random.default_rng(3)
-    p = rng.choice(np.array([VOID, CBD, NMC_LOW, NMC_HIGH, AL], np.uint8), size=(9, 17, 19))
+    p = rng.choice(np.array([VOID, CBD, NMC_LOW, NMC_HIGH, AL], np.uint8), size=(9, 17, 19), p=weights)
     g = rng.random(p.shape).astype(np.float32)
+    truth = _brute_force_candidates(p)
+    np.testing.assert_array_equal(edge_shell_candidates(p), truth)
     cut = np.float32(0.6)
-    expected = reassign_edge_shells(p, g, cut)
-    assert np.any(expected != p)
-    out = p.copy()
-    n = slab_kernels.edge_shells(p, g, 0, len(p), cut, CBD, VOID, NMC_LOW, NMC_HIGH, out)
-    np.testing.assert_array_equal(out, expected)
-    assert n == np.count_nonzero(expected != p)
-    rows = p.copy()
-    slab_kernels.edge_shells(p, g, 3, 6, cut, CBD, VOID, NMC_LOW, NMC_HIGH, rows)
-    np.testing.assert_array_equal(rows[3:6], expected[3:6])
-    np.testing.assert_array_equal(rows[:3], p[:3])
+    np.testing.assert_array_equal(reassign_edge_shells(p, g, cut), np.where(truth & (g < cut), VOID, p))
+    edges = np.linspace(0.0, 1.0, 65)
+    for rows in (slice(0, 9), slice(3, 6), slice(1, 8)):
+        fast = _slab_counts(g[rows], p, rows, UniformBins(edges), shells=True)
+        ref = _reference_counts(g, p, rows, edges, shells=True)
+        expected = np.flatnonzero(truth[rows])
+        assert rows != slice(0, 9) or weights[1] < 0.4 or expected.size > g.size // 8  # the room grows
+        for got in (fast, ref):
+            np.testing.assert_array_equal(got[2][0], expected)
+            np.testing.assert_array_equal(got[2][1], g[rows].reshape(-1)[expected])
+            np.testing.assert_array_equal(got[0], ref[0])
+            np.testing.assert_array_equal(got[1], ref[1])
+        none = _slab_counts(g[rows], p, rows, UniformBins(edges))
+        assert none[2][0].size == 0
+        np.testing.assert_array_equal(none[0], ref[0])
+
+

@@ -118,14 +118,14 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
     hist = phases.Histogram(per_slice_hist.sum(0), np.linspace(lo, hi, s.bins + 1))
     model, _, collector = fit_model(hist, per_slice_hist, s)
     p = classify_slab(vol, model, s, collector_top(model, collector))
+    fine = np.linspace(lo, hi, 4 * s.bins + 1)
+    interior = phases.interior_histograms(vol, p, fine)  # of the map before the edge-shell rule
     if s.edge_shells:  # the blur measured on the whole map, then the edge shells given back to the electrolyte
         edges = EdgeProfiles()
         edges.add(p, vol)
         cut = edge_shell_cut(model.names, model.means, edges.sigma())
         assert cut is not None
         p = reassign_edge_shells(p, vol, cut)
-    fine = np.linspace(lo, hi, 4 * s.bins + 1)
-    interior = phases.interior_histograms(vol, p, fine)
     per_slice = np.stack([(p == c).sum(axis=(1, 2)) for c in phases.PHASE_NAMES], axis=1)
     return model, p, interior, fine, per_slice
 

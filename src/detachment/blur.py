@@ -166,12 +166,37 @@ def edge_shell_cut(names, means, sigma: float) -> np.float32 | None:
     return np.float32((e_void + e_cbd) / 2)
 
 
+def edge_shell_candidates(phases: np.ndarray) -> np.ndarray:
+    """CBD voxels with NMC (low or high density) on one side and electrolyte on the opposite side along
+    the same axis: the voxels :func:`reassign_edge_shells` may move. Voxels outside the array are neither.
+
+    Parameters
+    ----------
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes.
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) bool.
+    """
+    nmc = (phases == NMC_LOW) | (phases == NMC_HIGH)
+    void = phases == VOID
+    between = np.zeros(phases.shape, bool)
+    for axis in range(phases.ndim):
+        lo, hi, mid = ([slice(None)] * phases.ndim for _ in range(3))
+        lo[axis], hi[axis], mid[axis] = slice(0, -2), slice(2, None), slice(1, -1)
+        lo, hi, mid = tuple(lo), tuple(hi), tuple(mid)
+        between[mid] |= (nmc[lo] & void[hi]) | (void[lo] & nmc[hi])
+    return (phases == CBD) & between
+
+
 def reassign_edge_shells(phases: np.ndarray, grey: np.ndarray, cut) -> np.ndarray:
     """Electrolyte read as CBD at the particles' blurred edges, given back to the electrolyte.
 
     A CBD voxel with NMC (low or high density) on one side and electrolyte on the opposite side along
-    the same axis, whose grey level is below ``cut`` (:func:`edge_shell_cut`), becomes electrolyte.
-    Voxels outside the array are neither. The rule reads the map as given, not its own changes.
+    the same axis (:func:`edge_shell_candidates`), whose grey level is below ``cut``
+    (:func:`edge_shell_cut`), becomes electrolyte. The rule reads the map as given, not its own changes.
 
     Parameters
     ----------
@@ -187,14 +212,6 @@ def reassign_edge_shells(phases: np.ndarray, grey: np.ndarray, cut) -> np.ndarra
     numpy.ndarray
         (z, y, x) uint8 phase codes, a new array.
     """
-    nmc = (phases == NMC_LOW) | (phases == NMC_HIGH)
-    void = phases == VOID
-    between = np.zeros(phases.shape, bool)
-    for axis in range(phases.ndim):
-        lo, hi, mid = ([slice(None)] * phases.ndim for _ in range(3))
-        lo[axis], hi[axis], mid[axis] = slice(0, -2), slice(2, None), slice(1, -1)
-        lo, hi, mid = tuple(lo), tuple(hi), tuple(mid)
-        between[mid] |= (nmc[lo] & void[hi]) | (void[lo] & nmc[hi])
     out = phases.copy()
-    out[(phases == CBD) & between & (grey.astype(np.float32) < np.float32(cut))] = VOID
+    out[edge_shell_candidates(phases) & (grey.astype(np.float32) < np.float32(cut))] = VOID
     return out

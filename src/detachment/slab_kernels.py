@@ -64,16 +64,49 @@ def phase_codes(data, t, first, steps, out):
 
 
 @njit(cache=True, nogil=True)
-def interior_counts(values, p, z0, z1, lo, scale, lut, edge_in, interior, per_slice):
-    """Fine histograms of the interior voxels of each code, and per-slice code counts, of ``p[z0:z1]``.
+def _pair(a, b, nmc_a, nmc_b, void):
+    """Whether codes ``a`` and ``b`` on opposite sides are NMC and electrolyte, in either order (no branch)."""
+    a_nmc = (a == nmc_a) | (a == nmc_b)
+    b_nmc = (b == nmc_a) | (b == nmc_b)
+    return (a_nmc & (b == void)) | ((a == void) & b_nmc)
+
+
+@njit(cache=True, nogil=True)
+def _candidate_row(c, up, down, zb, za, same, cbd, void, nmc_a, nmc_b, cand):
+    """Edge-shell candidates of a row ``c`` into ``cand`` (uint8): CBD, not interior (``same`` 0), with an
+    NMC / electrolyte pair across it along x, y or z. A missing neighbour is passed as the row itself; it
+    is then CBD, never one of a pair. Written without branches, so that the loops vectorise."""
+    nx = c.size
+    for x in range(nx):
+        cand[x] = (c[x] == cbd) & (same[x] == 0) & (_pair(up[x], down[x], nmc_a, nmc_b, void)
+                                                     | _pair(zb[x], za[x], nmc_a, nmc_b, void))
+    mid = cand[1: nx - 1]
+    left, centre, right = c[: nx - 2], c[1: nx - 1], c[2:]
+    for x in range(nx - 2):
+        mid[x] |= (centre[x] == cbd) & _pair(left[x], right[x], nmc_a, nmc_b, void)
+
+
+@njit(cache=True, nogil=True)
+def interior_counts(values, p, z0, z1, lo, scale, lut, edge_in, interior, per_slice, shells, where, where_grey):
+    """Fine histograms of the interior voxels of each code, per-slice code counts and the edge-shell
+    candidates of ``p[z0:z1]``.
 
     A voxel is interior when its 6 neighbours inside ``p`` carry its code (the interior voxels of
     :func:`detachment.phases.interior_histograms`); ``values`` (float32) are the grey levels of
     ``p[z0:z1]``. Adds to ``interior`` ((codes, bins) int64) and ``per_slice`` ((z1 - z0, codes) int64).
+
+    ``shells`` holds the codes (cbd, void, nmc_a, nmc_b): the CBD voxels with NMC on one side and void on
+    the opposite one along an axis (:func:`detachment.blur.edge_shell_candidates`) are written, in C
+    order, as flat indices into ``p[z0:z1]`` to ``where`` and their grey levels to ``where_grey``, as
+    many as they hold. Returns the number of candidates (all of them, also beyond the arrays' length).
     """
     nz, ny, nx = p.shape
     n, nb = interior.shape
+    cbd, void, nmc_a, nmc_b = shells[0], shells[1], shells[2], shells[3]
+    room = where.size
+    found = 0
     same = np.empty(nx, np.uint8)
+    cand = np.empty(nx, np.uint8)
     key = np.empty(nx, np.int64)
     # interior voxels first, then the others; four interleaved copies, so that runs of equal keys do not
     # wait on one counter
@@ -102,11 +135,19 @@ def interior_counts(values, p, z0, z1, lo, scale, lut, edge_in, interior, per_sl
                 key[x] = ((1 - same[x]) * n + c[x]) * nb + _bin(v[x], lo, scale, lut, edge_in)
             for x in range(nx):
                 counts[x & 3, key[x]] += 1
+            _candidate_row(c, up, down, zb, za, same, cbd, void, nmc_a, nmc_b, cand)
+            for x in range(nx):
+                if cand[x]:
+                    if found < room:
+                        where[found] = ((z - z0) * ny + y) * nx + x
+                        where_grey[found] = v[x]
+                    found += 1
         total = counts[0] + counts[1] + counts[2] + counts[3]
         for code in range(n):
             interior[code] += total[code * nb: (code + 1) * nb]
             per_slice[z - z0, code] += (total[code * nb: (code + 1) * nb].sum()
                                         + total[(n + code) * nb: (n + code + 1) * nb].sum())
+    return found
 
 
 @njit(cache=True, nogil=True)
@@ -398,37 +439,5 @@ def reassign_al(p, data, al, kept, start, mean, below, above):
             for x in range(nx):
                 if mz[x] and (not kz[x] or z >= start):
                     pz[x] = below if dz[x] < mean else above
-                    moved += 1
-    return moved
-
-
-@njit(cache=True, nogil=True)
-def _between(a, b, nmc_a, nmc_b, void):
-    """Whether codes ``a`` and ``b`` on opposite sides are NMC and electrolyte, in either order."""
-    a_nmc = a == nmc_a or a == nmc_b
-    b_nmc = b == nmc_a or b == nmc_b
-    return (a_nmc and b == void) or (a == void and b_nmc)
-
-
-@njit(cache=True, nogil=True)
-def edge_shells(p, grey, r0, r1, cut, cbd, void, nmc_a, nmc_b, out):
-    """:func:`detachment.blur.reassign_edge_shells` on rows ``r0:r1`` of ``p`` into ``out`` (same shape).
-
-    ``p`` is read only (the map before the rule); ``out`` gets ``void`` where the rule moves a voxel and
-    is left as it is elsewhere. Neighbours outside ``p`` are neither NMC nor electrolyte. Returns the
-    number of voxels moved.
-    """
-    nz, ny, nx = p.shape
-    moved = 0
-    for z in range(r0, r1):
-        for y in range(ny):
-            for x in range(nx):
-                if p[z, y, x] != cbd or not grey[z, y, x] < cut:
-                    continue
-                hit = (0 < x < nx - 1 and _between(p[z, y, x - 1], p[z, y, x + 1], nmc_a, nmc_b, void)) or \
-                      (0 < y < ny - 1 and _between(p[z, y - 1, x], p[z, y + 1, x], nmc_a, nmc_b, void)) or \
-                      (0 < z < nz - 1 and _between(p[z - 1, y, x], p[z + 1, y, x], nmc_a, nmc_b, void))
-                if hit:
-                    out[z, y, x] = void
                     moved += 1
     return moved

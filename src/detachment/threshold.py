@@ -315,20 +315,40 @@ def fit_model(hist: phases.Histogram, slice_counts: np.ndarray, s: ThresholdSett
     return phases.fit_phase_model(hist, s.method, s.order), (), collector
 
 
-def _slab_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fine histograms of the interior voxels of each phase code and per-slice voxel counts of ``p[rows]``.
+#: the codes (cbd, void, nmc_a, nmc_b) of :func:`detachment.slab_kernels.interior_counts`; ``NO_SHELLS`` finds none
+SHELL_CODES = np.array([phases.CBD, phases.VOID, phases.NMC_LOW, phases.NMC_HIGH], np.int64)
+NO_SHELLS = np.array([255, phases.VOID, phases.NMC_LOW, phases.NMC_HIGH], np.int64)
+
+
+@dataclass
+class ShellCandidates:
+    """The edge-shell candidates of a slab (:func:`detachment.blur.edge_shell_candidates`): flat indices
+    ``index`` (int64, C order) into the slab's counted rows, which start at volume z ``z0``, and their
+    float32 grey levels ``grey``."""
+
+    z0: int
+    index: np.ndarray
+    grey: np.ndarray
+
+
+def _slab_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins, shells: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Fine histograms of the interior voxels of each phase code, per-slice voxel counts and edge-shell
+    candidates of ``p[rows]``.
 
     Parameters
     ----------
     values : numpy.ndarray
         (z, y, x) float32 grey levels of ``p[rows]``.
     p : numpy.ndarray
-        (z, y, x) uint8 phase codes; the rows beside ``rows`` decide which voxels are interior.
+        (z, y, x) uint8 phase codes; the rows beside ``rows`` decide which voxels are interior and which
+        are candidates.
     rows : slice
         The z rows counted.
     fine : UniformBins
         The fine bins.
+    shells : bool, default False
+        Find the edge-shell candidates (else none are).
 
     Returns
     -------
@@ -336,22 +356,34 @@ def _slab_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBi
         (5, fine.n) int64, as :func:`detachment.phases.interior_histograms` with ``keep`` = ``rows``.
     per_slice : numpy.ndarray
         (z, 5) int64 voxels of each code (columns 0..4) in each slice.
+    candidates : tuple of numpy.ndarray
+        Flat indices into ``p[rows]`` (int64, C order) and float32 grey levels of the candidates.
     """
     n = len(phases.PHASE_NAMES)
     interior = np.zeros((n, fine.n), np.int64)
     z0, z1, _ = rows.indices(len(p))
     per_slice = np.zeros((z1 - z0, n), np.int64)
-    slab_kernels.interior_counts(np.ascontiguousarray(values), np.ascontiguousarray(p), z0, z1,
-                                 fine.lo, fine.scale, fine.lut, fine.edge_in, interior, per_slice)
-    return interior, per_slice
+    values, p = np.ascontiguousarray(values), np.ascontiguousarray(p)
+    room = values.size // 8 if shells else 0  # candidates lie on particle surfaces: far fewer
+    while True:
+        where, grey = np.empty(room, np.int64), np.empty(room, np.float32)
+        found = slab_kernels.interior_counts(values, p, z0, z1, fine.lo, fine.scale, fine.lut, fine.edge_in,
+                                             interior, per_slice, SHELL_CODES if shells else NO_SHELLS, where,
+                                             grey)
+        if found <= room:
+            return interior, per_slice, (where[:found].copy(), grey[:found].copy())
+        room = found  # counted again with room for all (the counts start from 0 again)
+        interior[:], per_slice[:] = 0, 0
 
 
-def _reference_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine_edges: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _reference_counts(values: np.ndarray, p: np.ndarray, rows: slice, fine_edges: np.ndarray, shells: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """:func:`_slab_counts` by the reference functions, where the fast bins could not be built."""
     keep = np.zeros(len(p), bool)
     keep[rows] = True
-    return phases.interior_histograms(values, p, fine_edges, keep=keep), _slice_counts(p[rows])
+    where = np.flatnonzero(blur.edge_shell_candidates(p)[rows]) if shells else np.zeros(0, np.int64)
+    grey = values[rows].reshape(-1)[where].astype(np.float32)
+    return phases.interior_histograms(values, p, fine_edges, keep=keep), _slice_counts(p[rows]), (where, grey)
 
 
 def _slice_counts(core: np.ndarray) -> np.ndarray:
@@ -420,33 +452,38 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
 
 class _SlabTally:
     """What the classification pass counts, merged slab by slab in z order: interior histograms and
-    per-slice code counts (``interior``, ``per_slice``: see :func:`_slab_counts`) and edge profiles
-    (``edges``)."""
+    per-slice code counts (``interior``, ``per_slice``: see :func:`_slab_counts`), edge profiles
+    (``edges``) and each slab's edge-shell candidates (``shells``, :class:`ShellCandidates`)."""
 
     def __init__(self, depth: int, fine_edges: np.ndarray):
         self.interior = np.zeros((len(phases.PHASE_NAMES), len(fine_edges) - 1), np.int64)
         self.per_slice = np.zeros((depth, len(phases.PHASE_NAMES)), np.int64)
         self.edges = blur.EdgeProfiles()
+        self.shells: list[ShellCandidates] = []
 
-    def merge(self, z0: int, interior: np.ndarray, per_slice: np.ndarray, edges: blur.EdgeProfiles) -> None:
+    def merge(self, z0: int, interior: np.ndarray, per_slice: np.ndarray, candidates, edges: blur.EdgeProfiles
+              ) -> None:
         """Add one slab's counts (its first slice at volume z ``z0``)."""
         self.interior += interior
         self.per_slice[z0: z0 + len(per_slice)] = per_slice
+        self.shells.append(ShellCandidates(z0, *candidates))
         self.edges.merge(edges)
 
 
 def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classifier: slab_phases.SlabClassifier,
                           writer: h5chunks.GzipChunkWriter, model: phases.PhaseModel, fine: UniformBins | None,
                           fine_edges: np.ndarray, workers: int, progress: bool) -> _SlabTally:
-    """The classification pass into an uncompressed scratch map beside ``tmp``, then the edge-shell pass
-    from it (the cut needs the blur measured on the whole map), which writes and counts the final map."""
+    """The classification pass into an uncompressed scratch map beside ``tmp``, counting the map and
+    listing the edge-shell candidates with their grey levels; then the edge-shell pass, which moves the
+    candidates below the cut (it needs the blur measured on the whole map) and writes the final map."""
     scratch = Path(tmp).with_name(Path(tmp).name + ".map")  # swept with the output's leftovers if killed
     try:
         raw = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=tuple(shape))
-        edges = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers, progress,
-                               raw=raw).edges
-        cut = blur.edge_shell_cut(model.names, model.means, edges.sigma())
-        return _shell_pass(volume_path, s, raw, writer, cut, fine, fine_edges, edges, workers, progress)
+        tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers, progress,
+                               raw=raw)
+        cut = blur.edge_shell_cut(model.names, model.means, tally.edges.sigma())
+        _shell_pass(raw, writer, cut, tally, workers, progress)
+        return tally
     finally:
         scratch.unlink(missing_ok=True)
 
@@ -454,8 +491,8 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
 def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: slab_phases.SlabClassifier,
                    writer: h5chunks.GzipChunkWriter, fine: UniformBins | None, fine_edges: np.ndarray,
                    workers: int, progress: bool, raw: np.ndarray | None = None) -> _SlabTally:
-    """The classification pass: classify each slab, take its edge profiles, and write and count its codes,
-    or, given ``raw``, only put them there (the tally's counts then stay 0).
+    """The classification pass: classify each slab, take its edge profiles, count its codes, and write
+    them, or, given ``raw``, put them there and list the edge-shell candidates.
 
     With ``workers`` > 1 that many threads classify, compress and count slabs side by side (compiled
     code and ISA-L, without Python's GIL) while this one reads the next slabs and writes the finished
@@ -463,16 +500,18 @@ def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: sl
     """
 
     def job(data, a, z0, z1):
-        # one extra slice each side so the erosion of the interior is exact at slab seams
+        # one extra slice each side: the erosion of the interior and the candidates' neighbours are exact
+        # at slab seams
         b0, b1 = max(0, z0 - 1) - a, min(depth, z1 + 1) - a
         p = classifier(data, slice(b0, b1), z_first=a)
         rows, grey = slice(z0 - a - b0, z1 - a - b0), data[b0:b1]
         edges = blur.EdgeProfiles()
         edges.add(p[rows], grey[rows], z0)
+        counts = _counts(grey, p, rows, fine, fine_edges, shells=raw is not None)
         if raw is not None:
             raw[z0:z1] = p[rows]
-            return [], z0, 0, np.zeros((z1 - z0, len(phases.PHASE_NAMES)), np.int64), edges
-        return writer.compress(p[rows], z0), z0, *_counts(grey, p, rows, fine, fine_edges), edges
+            return [], z0, *counts, edges
+        return writer.compress(p[rows], z0), z0, *counts, edges
 
     jobs = (functools.partial(job, data, a, z0, z1)
             for z0, z1, a, data in _slabs(volume_path, s, depth, s.halo, "classify", progress, workers))
@@ -483,40 +522,39 @@ def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: sl
     return tally
 
 
-def _counts(grey: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins | None, fine_edges: np.ndarray):
+def _counts(grey: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins | None, fine_edges: np.ndarray,
+            shells: bool = False):
     """:func:`_slab_counts` of ``p[rows]`` (grey levels ``grey``, the rows of ``p``), or its reference."""
-    return (_slab_counts(grey[rows], p, rows, fine) if fine is not None
-            else _reference_counts(grey, p, rows, fine_edges))
+    return (_slab_counts(grey[rows], p, rows, fine, shells) if fine is not None
+            else _reference_counts(grey, p, rows, fine_edges, shells))
 
 
-def _shell_pass(volume_path, s: ThresholdSettings, raw: np.ndarray, writer: h5chunks.GzipChunkWriter, cut,
-                fine: UniformBins | None, fine_edges: np.ndarray, edges: blur.EdgeProfiles, workers: int,
-                progress: bool) -> _SlabTally:
-    """From the classified map ``raw``: reassign the edge shells (``cut`` None: none), write the final map
-    and count it. A slab's rule reads ``raw`` one slice beyond the counted rows on each side; the edge
-    profiles do not change (CBD and electrolyte are both background to them)."""
-    depth = len(raw)
+def _shell_pass(raw: np.ndarray, writer: h5chunks.GzipChunkWriter, cut, tally: _SlabTally, workers: int,
+                progress: bool) -> None:
+    """From the classified map ``raw``: move the edge-shell candidates of ``tally.shells`` whose grey level
+    is below ``cut`` (None: none) to the electrolyte, write the final map and update ``tally.per_slice``.
 
-    def job(data, a, z0, z1):
-        p = np.array(raw[a: a + len(data)])
-        r0, r1 = max(0, z0 - 1) - a, min(depth, z1 + 1) - a
-        q = p.copy()
-        if cut is not None:
-            slab_kernels.edge_shells(p, data, r0, r1, cut, phases.CBD, phases.VOID, phases.NMC_LOW,
-                                     phases.NMC_HIGH, q)
-        rows = slice(z0 - a - r0, z1 - a - r0)
-        return (writer.compress(q[z0 - a: z1 - a], z0), z0,
-                *_counts(data[r0:r1], q[r0:r1], rows, fine, fine_edges))
+    The interior histograms (the FWHMs) stay those of the map before the rule, so that this pass needs no
+    grey levels beyond the candidates': a candidate touches NMC, so it is interior neither before nor
+    after; only its CBD and electrolyte neighbours could count otherwise. The edge profiles do not change
+    (CBD and electrolyte are both background to them).
+    """
+    plane = int(np.prod(raw.shape[1:]))
 
-    halo = 2 if s.denoise == "none" else s.halo + 2  # denoised grey levels exact one slice beyond the slab
-    jobs = (functools.partial(job, data, a, z0, z1)
-            for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "edge shells", progress, workers))
-    tally = _SlabTally(depth, fine_edges)
-    tally.edges = edges
-    for chunks, z0, interior, per_slice in _pipelined(jobs, workers):
+    def job(c: ShellCandidates, z1: int):
+        q = np.array(raw[c.z0: z1])
+        moved = c.index[c.grey < cut] if cut is not None else c.index[:0]
+        q.reshape(-1)[moved] = phases.VOID
+        per_z = np.bincount(moved // plane, minlength=z1 - c.z0)
+        return writer.compress(q, c.z0), c.z0, per_z
+
+    ends = [c.z0 for c in tally.shells[1:]] + [len(raw)]
+    jobs = (functools.partial(job, c, z1) for c, z1 in zip(tally.shells, ends))
+    for chunks, z0, per_z in tqdm(_pipelined(jobs, workers), total=len(ends), desc="edge shells",
+                                  disable=not progress, unit="slab"):
         writer.store(chunks)
-        tally.merge(z0, interior, per_slice, blur.EdgeProfiles())
-    return tally
+        tally.per_slice[z0: z0 + len(per_z), phases.CBD] -= per_z
+        tally.per_slice[z0: z0 + len(per_z), phases.VOID] += per_z
 
 
 def _pipelined(jobs, workers: int):
