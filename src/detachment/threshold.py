@@ -123,7 +123,7 @@ class ThresholdResult:
         Grey-level histogram of the whole volume (after denoising), ``bins`` bins over its range.
     fwhm : pandas.DataFrame
         One row per phase: ``phase``, ``code``, ``centre`` and ``fwhm`` (grey level, of its interior
-        voxels), ``interior_voxels``, ``volume_fraction`` (0-1), ``model_mean`` and ``model_fwhm``
+        voxels in the map before the edge-shell rule), ``interior_voxels``, ``volume_fraction`` (0-1), ``model_mean`` and ``model_fwhm``
         (grey level, of the phase model), ``threshold_below`` and ``threshold_above`` (grey level,
         NaN at the ends).
     fractions : dict
