@@ -4,8 +4,8 @@
 removal of thin Al, NMC domain refinement) faster: float32 threshold comparisons and the NMC
 refinement in compiled loops (:mod:`detachment.slab_kernels`), the refinement screened in float32
 with an error bound and recomputed exactly where the bound cannot decide, and morphology by the
-6-neighbour cross compiled (:func:`opening6`) or as shifted boolean ANDs / ORs (:func:`erode6`, :func:`dilate6_border`,
-:func:`opening6`) (docs/methods.md, "Streamed thresholding"). ``tests/test_threshold.py`` checks the
+6-neighbour cross, compiled on slabs (:func:`opening6`) and as shifted boolean ANDs / ORs on small crops
+(:func:`erode6`, :func:`dilate6_border`) (docs/methods.md, "Streamed thresholding"). ``tests/test_threshold.py`` checks the
 equality against the reference on phantoms, random volumes and unusual settings.
 """
 
