@@ -87,6 +87,20 @@ def _candidate_row(c, up, down, zb, za, same, cbd, void, nmc_a, nmc_b, cand):
 
 
 @njit(cache=True, nogil=True)
+def _list_candidates(cand, v, first, where, where_grey, found):
+    """Append the flat indices (``first`` + x) and grey levels ``v[x]`` of the row's candidates (``cand``
+    set) to ``where`` / ``where_grey`` after the ``found`` listed so far, while they have room; returns
+    the new count."""
+    for x in range(cand.size):
+        if cand[x]:
+            if found < where.size:
+                where[found] = first + x
+                where_grey[found] = v[x]
+            found += 1
+    return found
+
+
+@njit(cache=True, nogil=True)
 def interior_counts(values, p, z0, z1, lo, scale, lut, edge_in, interior, per_slice, shells, where, where_grey):
     """Fine histograms of the interior voxels of each code, per-slice code counts and the edge-shell
     candidates of ``p[z0:z1]``.
@@ -103,7 +117,6 @@ def interior_counts(values, p, z0, z1, lo, scale, lut, edge_in, interior, per_sl
     nz, ny, nx = p.shape
     n, nb = interior.shape
     cbd, void, nmc_a, nmc_b = shells[0], shells[1], shells[2], shells[3]
-    room = where.size
     found = 0
     same = np.empty(nx, np.uint8)
     cand = np.empty(nx, np.uint8)
@@ -136,12 +149,7 @@ def interior_counts(values, p, z0, z1, lo, scale, lut, edge_in, interior, per_sl
             for x in range(nx):
                 counts[x & 3, key[x]] += 1
             _candidate_row(c, up, down, zb, za, same, cbd, void, nmc_a, nmc_b, cand)
-            for x in range(nx):
-                if cand[x]:
-                    if found < room:
-                        where[found] = ((z - z0) * ny + y) * nx + x
-                        where_grey[found] = v[x]
-                    found += 1
+            found = _list_candidates(cand, v, ((z - z0) * ny + y) * nx, where, where_grey, found)
         total = counts[0] + counts[1] + counts[2] + counts[3]
         for code in range(n):
             interior[code] += total[code * nb: (code + 1) * nb]
