@@ -4,8 +4,8 @@
 removal of thin Al, NMC domain refinement) faster: float32 threshold comparisons and the NMC
 refinement in compiled loops (:mod:`detachment.slab_kernels`), the refinement screened in float32
 with an error bound and recomputed exactly where the bound cannot decide, and morphology by the
-6-neighbour cross, compiled on slabs (:func:`opening6`) and as shifted boolean ANDs / ORs on small crops
-(:func:`erode6`, :func:`dilate6_border`) (docs/methods.md, "Streamed thresholding"). ``tests/test_threshold.py`` checks the
+6-neighbour cross, compiled on slabs (:func:`opening6`) and as shifted boolean ANDs on small crops
+(:func:`erode6`) (docs/methods.md, "Streamed thresholding"). ``tests/test_threshold.py`` checks the
 equality against the reference on phantoms, random volumes and unusual settings.
 """
 
@@ -54,39 +54,11 @@ def erode6(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def dilate6_border(mask: np.ndarray) -> np.ndarray:
-    """Binary dilation by the 6-neighbour cross, voxels outside the array counting as set.
-
-    Equal to ``ndimage.binary_dilation(mask, generate_binary_structure(3, 1), border_value=1)``:
-    the voxels on the array's faces come out set.
-
-    Parameters
-    ----------
-    mask : numpy.ndarray
-        (z, y, x) bool mask.
-
-    Returns
-    -------
-    numpy.ndarray
-        (z, y, x) bool, a new array.
-    """
-    out = mask.copy()
-    for axis in range(mask.ndim):
-        a, b = _shift_pairs(mask.ndim, axis)
-        out[a] |= mask[b]
-        out[b] |= mask[a]
-        face = [slice(None)] * mask.ndim
-        for end in (0, -1):
-            face[axis] = end
-            out[tuple(face)] = True
-    return out
-
-
 def opening6(mask: np.ndarray, iterations: int) -> np.ndarray:
     """``ndimage.binary_opening(mask, cross, iterations, border_value=1)``: erosions, then dilations.
 
-    Compiled (:func:`detachment.slab_kernels.opening6`): one pass over the slab per step, where the
-    shifted numpy ANDs / ORs of :func:`erode6` and :func:`dilate6_border` made a dozen.
+    Compiled (:func:`detachment.slab_kernels.opening6`): one pass over the slab per erosion or dilation,
+    where shifted numpy ANDs / ORs make a dozen.
 
     Parameters
     ----------
