@@ -12,7 +12,7 @@ from scipy import ndimage
 from detachment import io, plausibility
 from detachment.phantom import PhantomParams, generate_phantom
 from detachment.phase_fit import PhaseModelError, find_collector_slab, fit_informed_model, resolved_mixture
-from detachment.phases import AL, NMC_HIGH, NMC_LOW, PHASE_CODES, VOID, Histogram
+from detachment.phases import AL, CBD, NMC_HIGH, NMC_LOW, PHASE_CODES, VOID, Histogram
 from detachment.threshold import ThresholdSettings, threshold_volume
 
 EDGES = np.linspace(-0.2, 1.2, 281)
@@ -136,3 +136,84 @@ def test_a_volume_with_the_collector_on_the_far_face_stops_with_the_sample_and_t
         plausibility.enforce_model(err.value, "cellB", "warn")
     assert "Going on with threshold.method: gmm" in caplog.text
     assert (ph.phases[0] == AL).all() and (ph.phases[-1] == VOID).mean() > 0.5  # what the flip did
+
+
+def _two_density_phantom(tmp_path, high: float, seed: int = 3):
+    """Paper FWHMs (NMC 0.147): NMC low 0.72 and high ``high`` overlap in the voxels' histogram."""
+    fwhm = {"void": 0.053, "cbd": 0.064, "al": 0.053, "nmc_low": 0.147, "nmc_high": 0.147}
+    p = PhantomParams(shape_zyx=(28, 96, 96), n_particles=20, diameter_median_um=6, diameter_min_um=4,
+                      diameter_max_um=8, fwhm=fwhm,
+                      intensity={"void": 0.0, "cbd": 0.30, "al": 0.50, "nmc_low": 0.72, "nmc_high": high})
+    ph = generate_phantom(p, seed=seed)
+    io.write_volume(tmp_path / "v.h5", ph.volume, (0.5,) * 3, "test")
+    return ph
+
+
+def test_nmc_densities_the_histogram_merges_are_split_on_their_domain_means(tmp_path):
+    """NMC low 0.72 / high 0.86 at FWHM 0.147: the voxels' histogram shows one NMC class, the domain means
+    two. The split is declared (attribute, FWHM table) and agrees with the planted domains far better than
+    one class does; switched off, NMC stays one class, declared unresolved."""
+    from detachment.particles import phases_not_resolved
+
+    ph = _two_density_phantom(tmp_path, 0.86)
+    off = threshold_volume(tmp_path / "v.h5", tmp_path / "off.h5", ThresholdSettings(nmc_domain_split=False),
+                           progress=False)
+    assert off.unresolved == ("nmc_high",) and off.nmc_split == "not resolved" and off.domain_split is None
+    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
+    assert res.unresolved == () and res.nmc_split == "domain means" and res.domain_split.resolved
+    low, high = res.domain_split.mixture.means
+    assert 0.69 < low < 0.76 and 0.78 < high < 0.9, (low, high)
+    assert low < res.domain_split.threshold < high
+    written = io.read_dataset(tmp_path / "p.h5", "phases")
+    nmc = np.isin(ph.phases, (NMC_LOW, NMC_HIGH)) & np.isin(written, (NMC_LOW, NMC_HIGH))
+    agree = (written[nmc] == ph.phases[nmc]).mean()
+    one_class = (ph.phases[nmc] == NMC_LOW).mean()
+    assert agree > 0.8 and agree > one_class + 0.1, (agree, one_class)
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        assert f["phases"].attrs["nmc_split"] == "domain means" and phases_not_resolved(f["phases"].attrs) == set()
+    table = res.fwhm.set_index("phase")
+    assert table.loc["nmc_high"].resolved and table.loc["nmc_high"].resolved_on == "domain means"
+    assert table.loc["void"].resolved_on == "histogram"
+    # outside NMC the map is the one-class map, but for edge shells beside a high-density domain: CBD
+    # voxels there read brighter than beside one NMC class, and the edge-shell cut follows the density
+    merged = io.read_dataset(tmp_path / "off.h5", "phases")
+    outside = ~np.isin(merged, (NMC_LOW, NMC_HIGH))
+    changed = written[outside] != merged[outside]
+    assert changed.mean() < 1e-3
+    assert (merged[outside][changed] == CBD).all() and (written[outside][changed] == VOID).all()
+
+
+@pytest.mark.parametrize("separation, resolved", [(0.12, True), (0.02, False)])
+def test_the_domain_split_needs_two_separated_components(separation, resolved):
+    """Two Gaussians of σ 0.02 (30 % high): 0.12 apart they are split where the weighted densities cross
+    (the analytic crossing); 0.02 apart, even a histogram ragged enough to show two modes stays one class."""
+    from detachment.phase_fit import split_nmc_domains
+
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(0.7, 0.02, 700), rng.normal(0.7 + separation, 0.02, 300)])
+    counts, edges = np.histogram(v, 256, range=(0.6, 0.9))
+    split = split_nmc_domains(Histogram(counts, edges))
+    assert split.resolved == resolved
+    if resolved:
+        # equal σ: 0.7 + s/2 + σ² ln(w_low / w_high) / s
+        expected = 0.7 + separation / 2 + 0.02**2 * np.log(0.7 / 0.3) / separation
+        assert split.threshold == pytest.approx(expected, abs=0.004)
+    else:
+        assert np.isnan(split.threshold) and "separation D" in split.mixture.tried[-1]
+        assert split.mixture.means[0] == pytest.approx(v.mean(), abs=0.002)
+
+
+def test_nmc_high_is_inserted_after_nmc_low_and_a_threshold_outside_its_range_is_refused():
+    from detachment.phases import PhaseModel, with_nmc_high
+
+    m = PhaseModel(("void", "cbd", "al", "nmc_low"), np.array([0.15, 0.4, 0.6]), np.array([0.0, 0.3, 0.5, 0.75]),
+                   np.full(4, 0.03), np.full(4, 0.25), "informed")
+    out = with_nmc_high(m, 0.78, 0.84, 0.03, 0.3, 0.72, 0.03)
+    assert out.names == ("void", "cbd", "al", "nmc_low", "nmc_high")
+    np.testing.assert_allclose(out.thresholds, [0.15, 0.4, 0.6, 0.78])
+    np.testing.assert_allclose(out.means, [0.0, 0.3, 0.5, 0.72, 0.84])
+    np.testing.assert_allclose(out.weights, [0.25, 0.25, 0.25, 0.175, 0.075])
+    with pytest.raises(ValueError, match="outside nmc_low's range"):
+        with_nmc_high(m, 0.55, 0.84, 0.03, 0.3, 0.72, 0.03)
+    with pytest.raises(ValueError, match="without nmc_high"):
+        with_nmc_high(out, 0.8, 0.84, 0.03, 0.3, 0.72, 0.03)

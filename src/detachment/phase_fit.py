@@ -353,3 +353,63 @@ def valley_thresholds(hist: Histogram, means: np.ndarray, fallback: np.ndarray, 
             if guard_bins <= j < idx.size - guard_bins:
                 out[k] = float(x[idx[j]])
     return out
+
+
+@dataclass
+class DomainSplit:
+    """NMC low / high density told apart on the domain-averaged NMC grey levels (:func:`split_nmc_domains`).
+
+    Attributes
+    ----------
+    histogram : detachment.phases.Histogram
+        Histogram of the local means (:func:`detachment.phases.nmc_domain_means`) of the interior NMC
+        voxels.
+    mixture : Mixture
+        The components that histogram resolves (one or two, increasing means; grey level).
+    threshold : float
+        Where the two weighted components cross, grey level; NaN when only one is resolved.
+    """
+
+    histogram: Histogram
+    mixture: Mixture
+    threshold: float
+
+    @property
+    def resolved(self) -> bool:
+        """Whether two densities were resolved."""
+        return len(self.mixture.means) == 2
+
+
+def split_nmc_domains(hist: Histogram) -> DomainSplit:
+    """Two NMC densities in the histogram of the domain-averaged NMC grey levels, if it resolves two.
+
+    A voxel's grey level carries the texture and noise of that voxel; its domain's density is shared
+    by its neighbours. Where the voxels' histogram shows one NMC peak, the local means over the domain
+    scale can still show two. Two are taken only where the two components :func:`resolved_mixture`
+    fits are separated by Ashman's D >= :data:`MIN_SEPARATION` and each holds at least
+    :data:`MIN_COMPONENT_WEIGHT` of the voxels; two modes alone are not enough here (the histogram of
+    the NMC voxels of a small volume is ragged enough to show a spurious one). The split lies where the
+    weighted components cross.
+
+    Parameters
+    ----------
+    hist : detachment.phases.Histogram
+        Histogram of the interior NMC voxels' local means.
+
+    Returns
+    -------
+    DomainSplit
+        The components and the threshold (NaN with one component).
+    """
+    mix = resolved_mixture(hist, 2)
+    if len(mix.means) == 2:
+        d = float(np.sqrt(2) * (mix.means[1] - mix.means[0]) / np.hypot(mix.sigmas[0], mix.sigmas[1]))
+        share = float(mix.weights.min() / mix.weights.sum())
+        if d >= MIN_SEPARATION and share >= MIN_COMPONENT_WEIGHT:
+            thr = float(gmm_decision_thresholds(mix.means, mix.sigmas, mix.weights, hist.centers)[0])
+            return DomainSplit(hist, mix, thr)
+        mix.tried.append(f"2 components: separation D = {d:.2f}, smaller share {share:.3f}")
+    w, x = hist.counts.astype(float), hist.centers
+    mean = float(np.average(x, weights=w)) if w.sum() else float("nan")
+    sd = float(np.sqrt(np.average((x - mean) ** 2, weights=w))) if w.sum() else float("nan")
+    return DomainSplit(hist, Mixture(np.array([mean]), np.array([sd]), np.array([w.sum()]), mix.tried), float("nan"))

@@ -613,6 +613,86 @@ def denoise(volume: np.ndarray, method: str = "none", sigma: float = 1.0) -> np.
     raise ValueError(f"unknown denoising method {method!r} (expected none, gaussian or median)")
 
 
+def nmc_domain_means(volume: np.ndarray, phases: np.ndarray, sigma: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Interior-weighted local mean grey level of each NMC voxel, the domain scale's average.
+
+    Normalised convolution ``G * (v w) / max(G * w, 1e-6)`` with a Gaussian of ``sigma`` voxels, the
+    weights ``w`` 1.05 on interior NMC voxels (the NMC mask eroded by the 6-neighbour cross, voxels
+    outside the array counted as NMC) and 0.05 on NMC surface voxels, 0 elsewhere: blur mixes a
+    surface voxel with the electrolyte or CBD beside it, so it takes the density of the solid beneath.
+
+    Parameters
+    ----------
+    volume : numpy.ndarray
+        (z, y, x) grey levels.
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes, same shape; NMC is ``NMC_LOW`` or ``NMC_HIGH``.
+    sigma : float
+        σ of the Gaussian, voxels (> 0).
+
+    Returns
+    -------
+    nmc : numpy.ndarray
+        (z, y, x) bool NMC voxels.
+    interior : numpy.ndarray
+        (z, y, x) bool interior NMC voxels.
+    local : numpy.ndarray
+        (n_nmc,) float local means at the NMC voxels, in C order of ``nmc``, grey level.
+    """
+    nmc = (phases == NMC_LOW) | (phases == NMC_HIGH)
+    if not nmc.any():
+        return nmc, nmc, np.zeros(0)
+    interior = ndimage.binary_erosion(nmc, ndimage.generate_binary_structure(3, 1), border_value=1)
+    w = interior.astype(np.float32) + 0.05 * nmc
+    num = ndimage.gaussian_filter(volume * w, sigma, mode="nearest")
+    den = ndimage.gaussian_filter(w, sigma, mode="nearest")
+    return nmc, interior, num[nmc] / np.maximum(den[nmc], 1e-6)
+
+
+def with_nmc_high(model: PhaseModel, threshold: float, mean: float, sigma: float, weight: float,
+                  low_mean: float, low_sigma: float) -> PhaseModel:
+    """``model`` with ``nmc_high`` put back right after ``nmc_low``, split from it at ``threshold``.
+
+    Parameters
+    ----------
+    model : PhaseModel
+        A model holding ``nmc_low`` but not ``nmc_high``.
+    threshold : float
+        The ``nmc_low`` / ``nmc_high`` threshold, grey level.
+    mean, sigma, weight : float
+        ``nmc_high``'s mean and standard deviation (grey level) and its share of ``nmc_low``'s weight
+        (0-1): ``nmc_low`` keeps the rest.
+    low_mean, low_sigma : float
+        ``nmc_low``'s new mean and standard deviation, grey level.
+
+    Returns
+    -------
+    PhaseModel
+        A new model; the other classes are unchanged.
+
+    Raises
+    ------
+    ValueError
+        When ``model`` has no ``nmc_low``, already has ``nmc_high``, or ``threshold`` does not lie
+        above ``nmc_low``'s lower threshold and below its upper one.
+    """
+    names = list(model.names)
+    if "nmc_low" not in names or "nmc_high" in names:
+        raise ValueError(f"with_nmc_high needs a model with nmc_low and without nmc_high, got {names}")
+    k = names.index("nmc_low")
+    lower = model.thresholds[k - 1] if k > 0 else -np.inf
+    upper = model.thresholds[k] if k < len(model.thresholds) else np.inf
+    if not lower < threshold < upper:
+        raise ValueError(f"nmc_low/nmc_high threshold {threshold:.4g} outside nmc_low's range ({lower:.4g}, {upper:.4g})")
+    w = np.asarray(model.weights, float)
+    return PhaseModel(tuple(names[: k + 1] + ["nmc_high"] + names[k + 1:]),
+                      np.insert(np.asarray(model.thresholds, float), k, threshold),
+                      np.concatenate([model.means[:k], [low_mean, mean], model.means[k + 1:]]),
+                      np.concatenate([model.sigmas[:k], [low_sigma, sigma], model.sigmas[k + 1:]]),
+                      np.concatenate([w[:k], [w[k] * (1 - weight), w[k] * weight], w[k + 1:]]), model.method)
+
+
 def refine_nmc_domains(volume: np.ndarray, phases: np.ndarray, model: PhaseModel, sigma: float = 1.0) -> np.ndarray:
     """Re-split NMC into low / high electron density from interior-weighted local means.
 
@@ -648,14 +728,9 @@ def refine_nmc_domains(volume: np.ndarray, phases: np.ndarray, model: PhaseModel
         return phases
     k = model.names.index("nmc_low")
     thr = model.thresholds[k]
-    nmc = (phases == NMC_LOW) | (phases == NMC_HIGH)
+    nmc, _, local = nmc_domain_means(volume, phases, sigma)
     if not nmc.any():
         return phases
-    interior = ndimage.binary_erosion(nmc, ndimage.generate_binary_structure(3, 1), border_value=1)
-    w = interior.astype(np.float32) + 0.05 * nmc
-    num = ndimage.gaussian_filter(volume * w, sigma, mode="nearest")
-    den = ndimage.gaussian_filter(w, sigma, mode="nearest")
-    local = num[nmc] / np.maximum(den[nmc], 1e-6)
     out = phases.copy()
     out[nmc] = np.where(local >= thr, NMC_HIGH, NMC_LOW)
     return out

@@ -21,7 +21,7 @@ PHASE_COLOURS = {"void": "#1b1b3a", "cbd": "#e0a030", "nmc_low": "#2e8b57", "nmc
 PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE_NAMES)])
 
 
-def phase_title(sample: str, z: int, method: str, unresolved=()) -> str:
+def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram") -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -34,6 +34,8 @@ def phase_title(sample: str, z: int, method: str, unresolved=()) -> str:
         The phase model's method.
     unresolved : sequence of str, default ()
         Phases not separated from a neighbour (:attr:`detachment.threshold.ThresholdResult.unresolved`).
+    nmc_split : str, default "histogram"
+        How NMC high was told from low (:attr:`detachment.threshold.ThresholdResult.nmc_split`).
 
     Returns
     -------
@@ -41,13 +43,15 @@ def phase_title(sample: str, z: int, method: str, unresolved=()) -> str:
         E.g. ``"cell: slice z=12, informed; NOT RESOLVED: nmc_high (merged into a neighbour)"``.
     """
     title = f"{sample}: slice z={z}, {method}"
+    if nmc_split == "domain means":
+        title += "; NMC low / high split on domain means (d), not on this histogram"
     if unresolved:
         title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
     return title
 
 
 def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_edges, thresholds, names,
-                 fwhm_table=None, voxel_size_um: float = 1.0, title: str = ""):
+                 fwhm_table=None, voxel_size_um: float = 1.0, title: str = "", domain_split=None):
     """Supp. Fig. 1 style: grey slice, histogram with thresholds (log counts), phase map.
 
     Parameters
@@ -66,13 +70,17 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
         In-plane voxel size, µm (used for both y and x).
     title : str, default ""
         Figure title.
+    domain_split : detachment.phase_fit.DomainSplit, optional
+        The NMC split tried on domain-averaged grey levels: a fourth panel shows its histogram, the
+        components it resolved and the threshold.
 
     Returns
     -------
     matplotlib.figure.Figure
-        Three panels.
+        Three panels, or four with ``domain_split``.
     """
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.6), gridspec_kw={"width_ratios": [1, 1.25, 1]})
+    n = 3 if domain_split is None else 4
+    fig, ax = plt.subplots(1, n, figsize=(5 * n, 4.6), gridspec_kw={"width_ratios": [1, 1.25, 1, 1.1][:n]})
     ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
     ax[0].imshow(image, cmap="gray", extent=ext)
     ax[0].set_title("(a) reconstruction slice")
@@ -102,10 +110,30 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
     ax[2].legend(handles, list(PHASE_NAMES.values()), loc="upper right", fontsize=7, framealpha=0.8)
     ax[2].set_title("(c) phase map")
     ax[2].set_xlabel("x (µm)")
+    if domain_split is not None:
+        _domain_split_panel(ax[3], domain_split)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _domain_split_panel(ax, split) -> None:
+    """Histogram of the NMC voxels' domain means with the resolved components and the split."""
+    h = split.histogram
+    x = h.centers
+    ax.fill_between(x, h.counts, step="mid", color="0.6")
+    width = float(h.edges[1] - h.edges[0])
+    mix = split.mixture
+    for mu, sd, w, name in zip(mix.means, mix.sigmas, mix.weights, ("nmc_low", "nmc_high")):
+        ax.plot(x, w * width * np.exp(-0.5 * ((x - mu) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)),
+                color=PHASE_COLOURS[name], lw=1.5, label=name if split.resolved else "one NMC class")
+    if split.resolved:
+        ax.axvline(split.threshold, color="k", lw=0.8, ls="--")
+    ax.legend(fontsize=7)
+    ax.set_xlabel("NMC domain mean grey level")
+    ax.set_ylabel("interior NMC voxels")
+    ax.set_title("(d) NMC " + ("split on domain means" if split.resolved else "NOT resolved on domain means"))
 
 
 def loss_curve_figure(log_table):

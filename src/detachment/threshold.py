@@ -61,6 +61,10 @@ class ThresholdSettings:
     edge_shells : bool
         Give electrolyte read as CBD at the particles' blurred edges back to the electrolyte
         (:func:`detachment.blur.reassign_edge_shells`, with the blur σ measured on the map).
+    nmc_domain_split : bool
+        Where the grey-level histogram does not resolve NMC high from low density, try again on the
+        domain-averaged NMC grey levels (:func:`detachment.phase_fit.split_nmc_domains`; needs
+        ``domain_sigma_vox`` > 0).
     slab : int
         Most slices classified at a time by one thread (the volume is cut into even slabs, as many as a
         multiple of the threads).
@@ -80,6 +84,7 @@ class ThresholdSettings:
     collector_min_thickness_vox: int = 3
     domain_sigma_vox: float = 0.7
     edge_shells: bool = True
+    nmc_domain_split: bool = True
     slab: int = 32
 
     def __post_init__(self):
@@ -137,6 +142,9 @@ class ThresholdResult:
     blur_sigma_vox : float
         σ of the point-spread function measured on the particles' edges (:mod:`detachment.blur`),
         voxels; NaN where too few edges were found.
+    domain_split : detachment.phase_fit.DomainSplit or None
+        The NMC split tried on domain-averaged grey levels where the histogram left ``nmc_high``
+        unresolved (:attr:`ThresholdSettings.nmc_domain_split`); None where it was not tried.
     """
 
     model: phases.PhaseModel
@@ -147,6 +155,14 @@ class ThresholdResult:
     unresolved: tuple = ()
     collector: phase_fit.CollectorSlab | None = None
     blur_sigma_vox: float = float("nan")
+    domain_split: phase_fit.DomainSplit | None = None
+
+    @property
+    def nmc_split(self) -> str:
+        """How NMC high density was told from low: ``"histogram"``, ``"domain means"`` or ``"not resolved"``."""
+        if "nmc_high" not in self.model.names:
+            return "not resolved"
+        return "domain means" if self.domain_split is not None and self.domain_split.resolved else "histogram"
 
     @property
     def solid_per_slice(self) -> np.ndarray:
@@ -426,6 +442,10 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     hist, slice_counts = _grey_histogram(volume_path, s, shape[0], progress, workers)
     lo, hi = float(hist.edges[0]), float(hist.edges[-1])
     model, unresolved, collector = fit_model(hist, slice_counts, s)
+    split = None
+    if _tries_domain_split(model, unresolved, s):
+        split = _domain_split(volume_path, s, shape[0], model, collector, (lo, hi), progress, workers)
+        model, unresolved = _with_domain_split(model, unresolved, split)
     log.info("%s thresholds %s between %s", model.method, np.round(model.thresholds, 4), model.names)
     fine_edges = np.linspace(lo, hi, 4 * s.bins + 1)
     fine = _uniform_bins(fine_edges[0], fine_edges[-1], 4 * s.bins, np.float64)
@@ -443,11 +463,64 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         else:
             tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers,
                                    progress)
-        _write_attrs(d, voxel, model, unresolved)
+        result = ThresholdResult(model, hist, pd.DataFrame(), {}, tally.per_slice, unresolved, collector,
+                                 tally.edges.sigma(), split)
+        _write_attrs(d, voxel, model, unresolved, result.nmc_split)
     frac = tally.per_slice.sum(0)
-    return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac), {
-        phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}, tally.per_slice, unresolved,
-        collector, tally.edges.sigma())
+    result.fwhm = _fwhm_table(model, tally.interior, fine_edges, frac, result.nmc_split)
+    result.fractions = {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}
+    return result
+
+
+def _tries_domain_split(model: phases.PhaseModel, unresolved: tuple[str, ...], s: ThresholdSettings) -> bool:
+    """Whether NMC high is to be looked for on domain means: on, σ > 0, ``nmc_high`` unresolved and
+    merged into ``nmc_low`` (its neighbour in the order)."""
+    order = s.order
+    return (s.nmc_domain_split and s.domain_sigma_vox > 0 and "nmc_high" in unresolved and "nmc_low" in model.names
+            and order.index("nmc_high") == order.index("nmc_low") + 1)
+
+
+def _domain_split(volume_path, s: ThresholdSettings, depth: int, model: phases.PhaseModel,
+                  collector: phase_fit.CollectorSlab | None, value_range: tuple[float, float], progress: bool,
+                  workers: int) -> phase_fit.DomainSplit:
+    """:func:`detachment.phase_fit.split_nmc_domains` on the histogram of the interior NMC voxels' local
+    means (:func:`detachment.phases.nmc_domain_means`), over ``nmc_low``'s grey-level range (one NMC
+    class), in a pass of its own."""
+    classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, 0.0,
+                                            collector_top=collector_top(model, collector))
+    k = model.names.index("nmc_low")
+    lo = model.thresholds[k - 1] if k > 0 else value_range[0]
+    hi = model.thresholds[k] if k < len(model.thresholds) else value_range[1]
+
+    def job(data, a, z0, z1):
+        p = classifier(data, z_first=a)
+        nmc, interior, local = phases.nmc_domain_means(data, p, s.domain_sigma_vox)
+        interior[: z0 - a], interior[z1 - a:] = False, False  # the slab's own rows only
+        return np.histogram(local[interior[nmc]], s.bins, range=(lo, hi))[0]
+
+    jobs = (functools.partial(job, data, a, z0, z1)
+            for z0, z1, a, data in _slabs(volume_path, s, depth, s.halo, "NMC domains", progress, workers))
+    counts = sum(_pipelined(jobs, workers), np.zeros(s.bins, np.int64))
+    return phase_fit.split_nmc_domains(phases.Histogram(counts, np.linspace(lo, hi, s.bins + 1)))
+
+
+def _with_domain_split(model: phases.PhaseModel, unresolved: tuple[str, ...], split: phase_fit.DomainSplit
+                       ) -> tuple[phases.PhaseModel, tuple[str, ...]]:
+    """The model with ``nmc_high`` split off ``nmc_low`` where ``split`` resolved two densities."""
+    if not split.resolved:
+        log.info("NMC high density not resolved on the domain means either: %s", "; ".join(split.mixture.tried))
+        return model, unresolved
+    mix = split.mixture
+    share = float(mix.weights[1] / mix.weights.sum())
+    try:
+        model = phases.with_nmc_high(model, split.threshold, mix.means[1], mix.sigmas[1], share, mix.means[0],
+                                     mix.sigmas[0])
+    except ValueError as e:
+        log.warning("NMC domain split not used: %s", e)
+        return model, unresolved
+    log.info("NMC high density resolved on the domain means: low %.4g, high %.4g (share %.2f), split at %.4g",
+             mix.means[0], mix.means[1], share, split.threshold)
+    return model, tuple(n for n in unresolved if n != "nmc_high")
 
 
 class _SlabTally:
@@ -589,8 +662,9 @@ def collector_top(model: phases.PhaseModel, collector: phase_fit.CollectorSlab |
     return collector.thickness + phase_fit.EDGE_SLICES
 
 
-def _write_attrs(d, voxel, model: phases.PhaseModel, unresolved: tuple[str, ...]) -> None:
+def _write_attrs(d, voxel, model: phases.PhaseModel, unresolved: tuple[str, ...], nmc_split: str) -> None:
     d.attrs["voxel_size_um"] = np.asarray(voxel)
+    d.attrs["nmc_split"] = nmc_split  # how NMC high was told from low (ThresholdResult.nmc_split)
     d.attrs["codes"] = ", ".join(f"{c}={n}" for c, n in phases.PHASE_NAMES.items())
     d.attrs["method"] = model.method
     d.attrs["unresolved"] = ", ".join(unresolved)  # phases not separated: their voxels carry a neighbour's code
@@ -600,14 +674,17 @@ def _write_attrs(d, voxel, model: phases.PhaseModel, unresolved: tuple[str, ...]
 
 
 def _fwhm_table(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np.ndarray,
-                frac: np.ndarray) -> pd.DataFrame:
+                frac: np.ndarray, nmc_split: str = "histogram") -> pd.DataFrame:
     rows = []
+    on_domains = nmc_split == "domain means"
     for code, name in phases.PHASE_NAMES.items():
         centre, fwhm = phases.fit_fwhm(interior[code], fine_edges)
         row = {"phase": name, "code": code, "centre": centre, "fwhm": fwhm,
                "interior_voxels": int(interior[code].sum()), "volume_fraction": frac[code] / frac.sum(),
                "model_mean": np.nan, "model_fwhm": np.nan, "threshold_below": np.nan, "threshold_above": np.nan,
-               "resolved": name in model.names}
+               "resolved": name in model.names,
+               "resolved_on": ("" if name not in model.names else
+                               "domain means" if on_domains and name.startswith("nmc") else "histogram")}
         if name in model.names:
             k = model.names.index(name)
             row.update(model_mean=model.means[k], model_fwhm=model.sigmas[k] * phases.FWHM_PER_SIGMA,
