@@ -139,3 +139,23 @@ def test_phase_file_carries_the_grey_levels_the_contact_rule_reads(tmp_path):
     void, cbd = ph.volume[ph.phases == phases.VOID], ph.volume[ph.phases == phases.CBD]
     assert np.median(void) < gap_level(attrs) < np.median(cbd)
     assert gap_level(attrs) == pytest.approx((np.median(void) + np.median(cbd)) / 2, abs=0.05)
+
+
+def test_al_range_voxels_of_a_blurred_cbd_nmc_edge_go_to_their_own_side():
+    """A CBD | NMC step (0.30 | 0.75) blurred by σ 1 voxel, Al (0.62) close to NMC: the first NMC voxel
+    reads ~0.61, in Al's range. Reassigned at the half height both sides' voxels get their own class;
+    Al's mean as the cut would have given the NMC edge to CBD."""
+    from detachment.phases import AL, CBD, NMC_LOW, PhaseModel, al_edge_cut, classify, confine_collector
+
+    truth = np.full((6, 8, 16), CBD, np.uint8)
+    truth[:, :, 8:] = NMC_LOW
+    means = {CBD: 0.30, NMC_LOW: 0.75}
+    grey = ndimage.gaussian_filter(np.where(truth == CBD, means[CBD], means[NMC_LOW]), 1.0, mode="nearest")
+    model = PhaseModel(("void", "cbd", "al", "nmc_low"), np.array([0.15, 0.46, 0.685]),
+                       np.array([0.0, 0.30, 0.62, 0.75]), np.full(4, 0.02), np.full(4, 0.25), "informed")
+    p = classify(grey, model)
+    assert (p[:, :, 8] == AL).all() and 0.6 < grey[0, 0, 8] < 0.62  # the NMC edge is in Al's range
+    assert al_edge_cut(model) == pytest.approx(0.525)
+    np.testing.assert_array_equal(confine_collector(p, grey, model, top=0), truth)
+    at_al_mean = np.where(p == AL, np.where(grey < 0.62, CBD, NMC_LOW), p)
+    assert (at_al_mean[:, :, 8] == CBD).all()

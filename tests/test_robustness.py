@@ -87,3 +87,33 @@ def test_headline_averages_samples_per_preset_and_split():
                    for s, v in (("x", 0.9), ("y", 0.8))])
     h = robustness.headline(t)
     assert h.loc[("p", "out_of_sample"), "phase_accuracy"] == pytest.approx(0.85)
+
+
+def test_declared_phase_accuracy_merges_nmc_densities_only_where_the_map_says_so():
+    """Truth: a third of the solid high-density; the map one NMC class. Strict accuracy counts those voxels
+    wrong; declared (merged) counts them right; other errors count in both."""
+    truth = np.zeros((3, 10, 10), np.uint8)
+    truth[:, :, 4:] = 2
+    truth[:, :, 8:] = 3          # 20 % of the voxels high density
+    found = np.where(truth == 3, 2, truth).astype(np.uint8)
+    found[0, 0, 0] = 1           # one electrolyte voxel read as CBD
+    n = truth.size
+    assert robustness.phase_accuracy(found, truth) == pytest.approx(1 - (0.2 * n + 1) / n)
+    assert robustness.phase_accuracy(found, truth, merge_nmc=True) == pytest.approx(1 - 1 / n)
+    labels = np.zeros_like(truth, np.int32)
+    m = robustness.sample_metrics(labels, truth, found, labels, labels, _science([0.0], [0.0]), 4, nmc_merged=True)
+    assert m["phase_accuracy_declared"] == pytest.approx(1 - 1 / n) and m["phase_accuracy"] < 0.81
+    m = robustness.sample_metrics(labels, truth, found, labels, labels, _science([0.0], [0.0]), 4)
+    assert m["phase_accuracy_declared"] == m["phase_accuracy"]
+
+
+def test_nmc_high_fraction_errors_of_matched_non_border_particles():
+    science = pd.DataFrame({"source": ["pipeline", "pipeline", "pipeline", "true"], "label": [1, 2, 3, 1],
+                            "truth_label": [10, 20, 30, 10], "border_truth": [False, False, True, False]})
+    measured = pd.DataFrame({"label": [1, 2, 3], "nmc_high_fraction": [0.30, 0.10, 0.9]})
+    truth = pd.DataFrame({"label": [10, 20, 30], "nmc_high_fraction": [0.25, 0.20, 0.1]})
+    e = robustness.nmc_high_fraction_errors(science, measured, truth)
+    assert e["nmc_high_fraction_mae"] == pytest.approx(0.075)  # (0.05 + 0.10) / 2; the border one left out
+    assert e["nmc_high_fraction_bias"] == pytest.approx(-0.025)
+    unresolved = measured.assign(nmc_high_fraction=np.nan)
+    assert np.isnan(robustness.nmc_high_fraction_errors(science, unresolved, truth)["nmc_high_fraction_mae"])

@@ -388,7 +388,7 @@ def remove_thin_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseMo
     ``2 r + 1`` voxels along the axes goes, which for an even ``min_thickness_vox``
     includes structures of exactly that thickness. Al voxels on the array's faces
     are always kept. A removed voxel goes to the class before Al in ``model.names``
-    if its grey level is below Al's mean, else to the class after it. The result
+    if its grey level is below :func:`al_edge_cut`, else to the class after it. The result
     at a voxel depends on the voxels within ``2 r`` of it: stream with a halo of
     ``min_thickness_vox`` slices.
 
@@ -420,10 +420,35 @@ def remove_thin_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseMo
     k = model.names.index("al")
     below = model.codes[k - 1] if k > 0 else model.codes[k + 1]
     above = model.codes[k + 1] if k + 1 < len(model.names) else model.codes[k - 1]
-    mid = model.means[k]
     out = phases.copy()
-    out[drop] = np.where(volume[drop] < mid, below, above)
+    out[drop] = np.where(volume[drop] < al_edge_cut(model), below, above)
     return out
+
+
+def al_edge_cut(model: PhaseModel) -> float:
+    """Grey level that sends an Al-range voxel outside the collector to the class below or above Al.
+
+    Such a voxel is the blurred edge between the classes either side of Al in grey level (CBD or
+    electrolyte, and NMC). Across a blurred step each side's first voxel reads as far from its own
+    level as the other's does from its level, so the two meet at the half height: the midpoint of the
+    two classes' means. (Al's own mean, where it lies nearer one side, sends the edge voxels of that
+    side to the other: with Al close to NMC, a tenth of the NMC voxels, nearly all on a surface.)
+    Where Al is the first or last class, its mean.
+
+    Parameters
+    ----------
+    model : PhaseModel
+        A phase model holding ``"al"``.
+
+    Returns
+    -------
+    float
+        The cut, grey level.
+    """
+    k = model.names.index("al")
+    if k == 0 or k + 1 == len(model.names):
+        return float(model.means[k])
+    return float(0.5 * (model.means[k - 1] + model.means[k + 1]))
 
 
 def confine_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseModel, top: int | None,
@@ -433,7 +458,7 @@ def confine_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseModel,
     Blur puts the edge between CBD (or electrolyte) and NMC through Al's grey-level range; where the
     point-spread function is wide, those shells are thicker than :func:`remove_thin_collector` removes.
     An Al voxel at z >= ``top`` goes to the class before Al in ``model.names`` if its grey level is
-    below Al's mean, else to the class after it.
+    below :func:`al_edge_cut`, else to the class after it.
 
     Parameters
     ----------
@@ -463,7 +488,7 @@ def confine_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseModel,
     below_code = model.codes[k - 1] if k > 0 else model.codes[k + 1]
     above_code = model.codes[k + 1] if k + 1 < len(model.names) else model.codes[k - 1]
     out = phases.copy()
-    out[start:][above] = np.where(volume[start:][above] < model.means[k], below_code, above_code)
+    out[start:][above] = np.where(volume[start:][above] < al_edge_cut(model), below_code, above_code)
     return out
 
 

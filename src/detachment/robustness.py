@@ -15,22 +15,25 @@ import pandas as pd
 
 from .annotations import labelled_slices, relabel_slice
 from .metrics import image_metrics, particle_scores
+from .phases import AL, CBD, NMC_LOW, VOID
 from .validation import effect_size
 
 COLUMNS = ("preset", "sample", "split", "metric", "value")
 SPLITS = ("out_of_sample", "in_sample")
 #: The headline metrics, in the order tables and figures show them.
-METRICS = ("phase_accuracy", "cnn_precision", "cnn_sensitivity", "recovery_3d", "split_merge_3d",
-           "detachment_mae", "detachment_bias", "effect_found_over_planted")
+METRICS = ("phase_accuracy", "phase_accuracy_declared", "cnn_precision", "cnn_sensitivity", "recovery_3d",
+           "split_merge_3d", "detachment_mae", "detachment_bias", "effect_found_over_planted")
 
 
-def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray) -> float:
+def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray, merge_nmc: bool = False) -> float:
     """Fraction of voxels whose phase code equals the truth's.
 
     Parameters
     ----------
     phases, truth_phases : numpy.ndarray
         (z, y, x) uint8 phase codes (:mod:`detachment.phases`) of the pipeline and of the truth.
+    merge_nmc : bool, default False
+        Count NMC low and high density as one phase (for a map that declares them not resolved).
 
     Returns
     -------
@@ -44,7 +47,41 @@ def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray) -> float:
     """
     if phases.shape != truth_phases.shape:
         raise ValueError(f"phase map shape {phases.shape} differs from the truth's {truth_phases.shape}")
+    if merge_nmc:
+        merge = np.array([VOID, CBD, NMC_LOW, NMC_LOW, AL], np.uint8)
+        return float(np.mean(merge[phases] == merge[truth_phases]))
     return float(np.mean(phases == truth_phases))
+
+
+def nmc_high_fraction_errors(science_eval: pd.DataFrame, measured: pd.DataFrame, truth_table: pd.DataFrame
+                             ) -> dict[str, float]:
+    """MAE and bias of the pipeline particles' ``nmc_high_fraction`` against their matched true particles'.
+
+    Parameters
+    ----------
+    science_eval : pandas.DataFrame
+        ``science_eval.csv``: rows with ``source`` ``"pipeline"`` pair ``label`` (pipeline) with
+        ``truth_label``; ``border_truth`` rows are left out.
+    measured : pandas.DataFrame
+        The pipeline's ``particles.csv`` (``label``, ``nmc_high_fraction``; NaN where the phase map
+        declares NMC high not resolved).
+    truth_table : pandas.DataFrame
+        ``truth_particles.csv`` (``label``, ``nmc_high_fraction``).
+
+    Returns
+    -------
+    dict
+        ``nmc_high_fraction_mae``, ``nmc_high_fraction_bias`` (share of the solid, 0-1; NaN where no
+        particle has a measured value).
+    """
+    pairs = science_eval[(science_eval.source == "pipeline") & ~science_eval.border_truth.astype(bool)]
+    both = pairs[["label", "truth_label"]].merge(measured[["label", "nmc_high_fraction"]], on="label").merge(
+        truth_table[["label", "nmc_high_fraction"]].rename(columns={"label": "truth_label"}), on="truth_label",
+        suffixes=("", "_true"))
+    e = (both.nmc_high_fraction - both.nmc_high_fraction_true).dropna()
+    if e.empty:
+        return {"nmc_high_fraction_mae": np.nan, "nmc_high_fraction_bias": np.nan}
+    return {"nmc_high_fraction_mae": float(e.abs().mean()), "nmc_high_fraction_bias": float(e.mean())}
 
 
 def slice_detection_scores(truth_labels: np.ndarray, cnn_labels: np.ndarray, min_area: int,
@@ -109,7 +146,7 @@ def detachment_errors(science_eval: pd.DataFrame, source: str = "pipeline", colu
 
 
 def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, science_eval: pd.DataFrame,
-                   min_area: int, iou_threshold: float = 0.5) -> dict[str, float]:
+                   min_area: int, iou_threshold: float = 0.5, nmc_merged: bool = False) -> dict[str, float]:
     """Every per-sample metric of one phantom cell.
 
     Parameters
@@ -130,21 +167,26 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         Smallest truth instance counted in a slice, px (:func:`slice_detection_scores`).
     iou_threshold : float, default 0.5
         IoU of a match, per slice and for ``recovery_3d``.
+    nmc_merged : bool, default False
+        Whether the phase map declares NMC high density not resolved (its attribute ``unresolved``).
 
     Returns
     -------
     dict of str to float
-        ``phase_accuracy``, ``cnn_precision``, ``cnn_sensitivity``, ``recovery_3d`` (true particles
+        ``phase_accuracy`` (every code must match), ``phase_accuracy_declared`` (NMC low and high counted
+        as one where ``nmc_merged``), ``cnn_precision``, ``cnn_sensitivity``, ``recovery_3d`` (true particles
         matched one-to-one at 3D IoU ≥ ``iou_threshold``), ``split_merge_3d`` (split + merge rate),
         ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
         same on the truth's own envelopes (``*_true_envelopes``: phases and contact reading without
         segmentation errors), both MAEs against the voxelised truth (``detachment_mae_voxel_truth``,
         ``detachment_mae_voxel_truth_true_envelopes``: the voxel grid's own loss taken out), and
         ``n_particles_truth`` / ``n_particles_matched``. The workflow adds
-        ``phase_map_plausible`` (1 when every check of :mod:`detachment.plausibility` passed) and
-        ``contact_reading_plausible`` (:func:`contact_reading_plausible`).
+        ``phase_map_plausible`` (1 when every check of :mod:`detachment.plausibility` passed),
+        ``contact_reading_plausible`` (:func:`contact_reading_plausible`) and the
+        ``nmc_high_fraction_*`` errors (:func:`nmc_high_fraction_errors`).
     """
-    out = {"phase_accuracy": phase_accuracy(phases, truth_phases)}
+    out = {"phase_accuracy": phase_accuracy(phases, truth_phases),
+           "phase_accuracy_declared": phase_accuracy(phases, truth_phases, merge_nmc=nmc_merged)}
     out.update({k: v for k, v in slice_detection_scores(truth_labels, cnn_slices, min_area, iou_threshold).items()
                 if k != "n_slices"})
     ps = particle_scores(truth_labels, particles, iou_threshold)

@@ -205,7 +205,7 @@ class SlabClassifier:
         above = m.codes[k + 1] if k + 1 < len(m.names) else m.codes[k - 1]
         al = p == phases.AL
         kept = opening6(al, iterations) if iterations else al
-        slab_kernels.reassign_al(p, np.ascontiguousarray(data), al, kept, start, float(m.means[k]), below, above)
+        slab_kernels.reassign_al(p, np.ascontiguousarray(data), al, kept, start, phases.al_edge_cut(m), below, above)
 
     def __call__(self, data: np.ndarray, rows: slice = slice(None), z_first: int = 0) -> np.ndarray:
         """Phase codes of the rows ``rows`` of a slab, computed with the whole slab as context.

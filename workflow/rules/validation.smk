@@ -10,6 +10,8 @@ rule evaluate_sample:
         particles=rules.link_slices.output.particles,
         science=rules.validate_science.output[0],
         contact_level=rules.contact_level.output.table,
+        table=rules.particles.output[0],
+        truth_table="results/{sample}/truth_particles.csv",
     output:
         "results/{sample}/robustness.csv",
     params:

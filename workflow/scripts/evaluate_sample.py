@@ -1,17 +1,23 @@
 """Adapter: one phantom cell's headline metrics against its truth (long rows of robustness.csv)."""
 
+import h5py
 import pandas as pd
 
 from detachment import io, robustness
 from detachment.logs import log_to
+from detachment.particles import phases_not_resolved
 
 log_to(snakemake.log[0])
 p = snakemake.params
+with h5py.File(snakemake.input.phases, "r") as f:
+    nmc_merged = "nmc_high" in phases_not_resolved(f["phases"].attrs)
+science = pd.read_csv(snakemake.input.science)
 metrics = robustness.sample_metrics(
     io.read_dataset(snakemake.input.truth, "labels"), io.read_dataset(snakemake.input.truth, "phases"),
     io.read_dataset(snakemake.input.phases, "phases"), io.read_dataset(snakemake.input.slices, "labels"),
-    io.read_dataset(snakemake.input.particles, "labels"), pd.read_csv(snakemake.input.science),
-    p.min_area, p.iou_threshold)
+    io.read_dataset(snakemake.input.particles, "labels"), science, p.min_area, p.iou_threshold, nmc_merged)
+metrics.update(robustness.nmc_high_fraction_errors(science, pd.read_csv(snakemake.input.table),
+                                                   pd.read_csv(snakemake.input.truth_table)))
 metrics["phase_map_plausible"] = float(pd.read_csv(snakemake.input.qc).passed.all())
 metrics["contact_reading_plausible"] = robustness.contact_reading_plausible(snakemake.input.contact_level)
 io.write_csv(snakemake.output[0], robustness.long_table(p.preset, snakemake.wildcards.sample, p.split, metrics))
