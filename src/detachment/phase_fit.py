@@ -198,7 +198,7 @@ def resolved_mixture(hist: Histogram, k_max: int) -> Mixture:
         mu, sd, pi, _ = max((_em(centers, w, start, sd0, floor) for start in starts), key=lambda f: f[3])
         d = np.sqrt(2) * np.diff(mu) / np.sqrt(sd[1:] ** 2 + sd[:-1] ** 2)
         share = pi / max(w.sum(), 1)
-        if k <= n_modes or (d.min() >= MIN_SEPARATION and share.min() >= MIN_COMPONENT_WEIGHT):
+        if k == 1 or k <= n_modes or (d.min() >= MIN_SEPARATION and share.min() >= MIN_COMPONENT_WEIGHT):
             best = Mixture(mu, sd, pi)
         else:
             tried.append(f"{k} components: separation D = {np.round(d, 2).tolist()}, "

@@ -112,13 +112,22 @@ def _gauss(x, mu, sigma):
     return np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
 
 
+#: A histogram mode's prominence must be at least this many times its counting noise (histogram_peaks).
+PEAK_SIGNIFICANCE = 3.0
+_PEAK_SMOOTHING_BINS = 1.5
+
+
 def histogram_peaks(hist: Histogram, n: int, fill: bool = True) -> np.ndarray:
     """Bin indices of the ``n`` most prominent modes of the (log-count, lightly smoothed) histogram.
 
     Modes are peaks of ``log1p(counts)`` smoothed by a Gaussian of 1.5 bins, with a prominence of
-    at least 0.05. Log counts let a small phase (Al, NMC-high) show its own mode beside a
-    dominant one (electrolyte). Where fewer than ``n`` modes exist, the missing
-    ones are taken as the modes of multi-Otsu classes that hold no peak yet.
+    at least 0.05 and at least :data:`PEAK_SIGNIFICANCE` times its counting noise: the Poisson noise
+    of the smoothed log counts at the peak and at its higher base, ``sqrt(1/c_peak + 1/c_base)``
+    times the smoothing's noise factor (a small volume's histogram is ragged enough to show spurious
+    modes; at the bin counts of a whole tomogram the 0.05 decides). Log counts let a small phase
+    (Al, NMC-high) show its own mode beside a dominant one (electrolyte). Where fewer than ``n``
+    modes exist, the missing ones are taken as the modes of multi-Otsu classes that hold no peak yet
+    (for ``n`` = 1: the fullest bin).
 
     Parameters
     ----------
@@ -144,9 +153,22 @@ def histogram_peaks(hist: Histogram, n: int, fill: bool = True) -> np.ndarray:
     """
     from scipy.signal import find_peaks
 
-    logc = ndimage.gaussian_filter1d(np.log1p(hist.counts.astype(float)), 1.5)
+    counts = hist.counts.astype(float)
+    logc = ndimage.gaussian_filter1d(np.log1p(counts), _PEAK_SMOOTHING_BINS)
     peaks, props = find_peaks(logc, prominence=0.05)
-    peaks = np.sort(peaks[np.argsort(props["prominences"])[::-1][:n]])
+    if len(peaks):
+        smooth = np.maximum(ndimage.gaussian_filter1d(counts, _PEAK_SMOOTHING_BINS), 1.0)
+        left, right = props["left_bases"], props["right_bases"]
+        base = np.where(logc[left] > logc[right], left, right)
+        # var(log c) ~ 1/c for Poisson counts; the Gaussian smoothing keeps sum(w^2) = 1/(2 sqrt(pi) s) of it
+        noise = np.sqrt((1 / smooth[peaks] + 1 / smooth[base]) / (2 * np.sqrt(np.pi) * _PEAK_SMOOTHING_BINS))
+        keep = props["prominences"] >= PEAK_SIGNIFICANCE * noise
+        peaks, prominences = peaks[keep], props["prominences"][keep]
+    else:
+        prominences = props["prominences"]
+    peaks = np.sort(peaks[np.argsort(prominences)[::-1][:n]])
+    if fill and n == 1 and len(peaks) == 0:
+        return np.array([int(np.argmax(hist.counts))])
     if fill and len(peaks) < n:
         bounds = np.concatenate([[-np.inf], multiotsu_thresholds(hist, n), [np.inf]])
         x = hist.centers
@@ -271,11 +293,13 @@ def multiotsu_thresholds(hist: Histogram, n_classes: int) -> np.ndarray:
     Raises
     ------
     ValueError
-        From :func:`skimage.filters.threshold_multiotsu` when fewer than ``n_classes`` bins are
-        non-empty.
+        When ``n_classes`` < 2, or from :func:`skimage.filters.threshold_multiotsu` when fewer than
+        ``n_classes`` bins are non-empty.
     """
     from skimage.filters import threshold_multiotsu
 
+    if n_classes < 2:  # scikit-image crashes (not raises) on one class
+        raise ValueError(f"multi-Otsu needs at least 2 classes, got {n_classes}")
     return np.asarray(threshold_multiotsu(hist=(hist.counts, hist.centers), classes=n_classes))
 
 
