@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from detachment.blur import SLICE_STEP, EdgeProfiles
+from detachment.blur import SLICE_STEP, EdgeProfiles, face_spill
 from detachment.phases import AL, CBD, NMC_HIGH, NMC_LOW, VOID
 
 
@@ -120,6 +120,47 @@ def test_edge_shells_go_back_to_the_electrolyte_and_a_coating_stays(sigma):
     coating[:, :, 30:] = False
     assert coating.sum() > 150 and (out[coating] == CBD).mean() > 0.95
     assert not np.any((out != p) & (p != CBD))  # only CBD voxels move
+
+
+@pytest.mark.parametrize("sigma", [0.45, 0.55, 0.7])
+def test_nmc_surface_read_as_cbd_goes_back_to_nmc_and_the_coating_stays(sigma):
+    """The block's NMC surface beside electrolyte reads (1 - s) 0.72, in the gap between CBD's and NMC's
+    ranges that a collector-like class leaves (here CBD up to 0.65): read as CBD. With the NMC cut of the
+    planted σ, those with electrolyte read beside them (the candidates; at larger σ the electrolyte beside
+    is itself read as CBD, and the rule reads the map as given) are NMC again; the one-voxel coating (CBD
+    between NMC and electrolyte, reading about 0.3 + s 0.42) stays CBD."""
+    from detachment.blur import edge_nmc_cut, edge_shell_candidates, edge_shell_cut, reassign_edge_shells
+
+    truth, g = _coated_block(sigma, np.random.default_rng(5))
+    p = np.where(g < 0.15, VOID, np.where(g < 0.65, CBD, NMC_LOW)).astype(np.uint8)
+    beside_void = ndimage.binary_dilation(truth == VOID, ndimage.generate_binary_structure(3, 1))
+    surface = (truth == NMC_LOW) & (p == CBD) & beside_void  # (the face under the coating is another case)
+    assert surface.sum() > 50
+    names, means = ("void", "cbd", "nmc_low"), (0.0, 0.3, 0.72)
+    nmc = edge_nmc_cut(names, means, (0.15, 0.65), sigma)
+    assert nmc.high_from is None and 0.3 < nmc.cut < 0.72 * (1 - face_spill(sigma))
+    out = reassign_edge_shells(p, g, edge_shell_cut(names, means, sigma), nmc)
+    seen = surface & edge_shell_candidates(p)
+    assert seen.sum() > 20 and (out[seen] == NMC_LOW).mean() > 0.95
+    coating = (truth == CBD) & (p == CBD)
+    coating[:, :, 30:] = False
+    assert (out[coating] == CBD).mean() > 0.95
+    assert (out == truth).mean() > (reassign_edge_shells(p, g, edge_shell_cut(names, means, sigma)) == truth).mean()
+
+
+def test_edge_nmc_cut_is_the_midpoint_of_an_nmc_surface_voxel_and_a_coat_and_splits_densities():
+    from detachment.blur import edge_nmc_cut, edge_shell_codes
+
+    s = face_spill(0.5)
+    names, means, thr = ("void", "cbd", "al", "nmc_low", "nmc_high"), (0.0, 0.3, 0.5, 0.7, 0.9), (0.15, 0.4, 0.6, 0.8)
+    c = edge_nmc_cut(names, means, thr, 0.5)
+    mu_n = 0.8  # the mean of the resolved NMC classes
+    assert c.cut == pytest.approx(((1 - s) * mu_n + s * mu_n + (1 - 2 * s) * 0.3) / 2, abs=1e-6)
+    assert c.high_from == pytest.approx((1 - s) * 0.8, abs=1e-6)
+    g = np.array([0.05, 0.3, c.cut, c.high_from, 0.99], np.float32)
+    np.testing.assert_array_equal(edge_shell_codes(g, np.float32(0.1), c), [VOID, CBD, NMC_LOW, NMC_HIGH, NMC_HIGH])
+    assert edge_nmc_cut(("void", "nmc_low"), (0.0, 0.7), (0.35,), 0.5) is None  # no CBD class
+    assert edge_nmc_cut(names, means, thr, float("nan")) is None
 
 
 def _brute_force_candidates(p: np.ndarray) -> np.ndarray:

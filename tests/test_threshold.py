@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from detachment import io, phases
 from detachment.binning import UniformBins, ceil_float32
-from detachment.blur import EdgeProfiles, edge_shell_cut, reassign_edge_shells
+from detachment.blur import EdgeProfiles, edge_nmc_cut, edge_shell_cut, reassign_edge_shells
 from detachment.slab_phases import SlabClassifier, erode6, opening6
 from detachment.threshold import ThresholdSettings, classify_slab, collector_top, fit_model, threshold_volume
 
@@ -119,12 +119,13 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
     p = classify_slab(vol, model, s, collector_top(model, collector))
     fine = np.linspace(lo, hi, 4 * s.bins + 1)
     interior = phases.interior_histograms(vol, p, fine)  # of the map before the edge-shell rule
-    if s.edge_shells:  # the blur measured on the whole map, then the edge shells given back to the electrolyte
+    if s.edge_shells:  # the blur measured on the whole map, then the edge shells given back to electrolyte / NMC
         edges = EdgeProfiles()
         edges.add(p, vol)
         cut = edge_shell_cut(model.names, model.means, edges.sigma())
-        assert cut is not None
-        p = reassign_edge_shells(p, vol, cut)
+        nmc = edge_nmc_cut(model.names, model.means, model.thresholds, edges.sigma())
+        assert cut is not None and nmc is not None
+        p = reassign_edge_shells(p, vol, cut, nmc)
     per_slice = np.stack([(p == c).sum(axis=(1, 2)) for c in phases.PHASE_NAMES], axis=1)
     return model, p, interior, fine, per_slice
 

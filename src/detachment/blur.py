@@ -10,6 +10,7 @@ Main entry point: :class:`EdgeProfiles`.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -166,6 +167,90 @@ def edge_shell_cut(names, means, sigma: float) -> np.float32 | None:
     return np.float32((e_void + e_cbd) / 2)
 
 
+@dataclass(frozen=True)
+class NmcEdgeCut:
+    """Where a CBD voxel between NMC and electrolyte is NMC's own blurred edge (:func:`edge_nmc_cut`).
+
+    Attributes
+    ----------
+    cut : numpy.float32
+        Grey level at and above which the voxel is NMC.
+    high_from : numpy.float32 or None
+        Grey level at and above which such a voxel is NMC high density (the model's NMC low / high
+        threshold as read at an edge beside electrolyte); None where the model has one NMC class.
+    """
+
+    cut: np.float32
+    high_from: np.float32 | None
+
+
+def edge_nmc_cut(names, means, thresholds, sigma: float) -> NmcEdgeCut | None:
+    """The cut above which a CBD voxel between NMC and electrolyte is NMC (:func:`reassign_edge_shells`).
+
+    An NMC voxel on a particle's surface with electrolyte outside reads ``(1 - s) μ_NMC + s μ_void``; a CBD
+    voxel between NMC and electrolyte ``s μ_NMC + (1 - 2 s) μ_CBD + s μ_void`` (``s``, ``μ`` as in
+    :func:`edge_shell_cut`). The cut is their midpoint. Such an NMC voxel, whose own texture is low, falls
+    in Al's grey range and is given to CBD by :func:`detachment.phases.remove_thin_collector` (the half
+    height there is that of an NMC / CBD edge, higher than of an NMC / electrolyte one); read as CBD it
+    would make a detached face attached.
+
+    Parameters
+    ----------
+    names, means : sequence
+        The phase model's resolved classes and their grey levels.
+    thresholds : sequence of float
+        The model's thresholds (``thresholds[i]`` between ``names[i]`` and ``names[i + 1]``).
+    sigma : float
+        The measured blur σ, voxels.
+
+    Returns
+    -------
+    NmcEdgeCut or None
+        None where it does not apply (as :func:`edge_shell_cut`).
+    """
+    mu = dict(zip(names, (float(m) for m in means)))
+    nmc = [mu[n] for n in ("nmc_low", "nmc_high") if n in mu]
+    if not np.isfinite(sigma) or sigma <= 0 or "void" not in mu or "cbd" not in mu or not nmc:
+        return None
+    s = face_spill(sigma)
+    e_nmc = (1 - s) * np.mean(nmc) + s * mu["void"]
+    e_cbd = s * np.mean(nmc) + (1 - 2 * s) * mu["cbd"] + s * mu["void"]
+    high = None
+    if {"nmc_low", "nmc_high"} <= set(mu):
+        high = np.float32((1 - s) * float(thresholds[list(names).index("nmc_low")]) + s * mu["void"])
+    return NmcEdgeCut(np.float32((e_nmc + e_cbd) / 2), high)
+
+
+def edge_shell_codes(grey: np.ndarray, cut, nmc: NmcEdgeCut | None) -> np.ndarray:
+    """New codes of edge-shell candidates from their grey levels: electrolyte below ``cut``, NMC at and
+    above ``nmc.cut`` (high density from ``nmc.high_from``), CBD (unchanged) between.
+
+    Parameters
+    ----------
+    grey : numpy.ndarray
+        (n,) grey levels of the candidates (compared in float32).
+    cut : numpy.float32 or None
+        :func:`edge_shell_cut` (None: none goes to the electrolyte).
+    nmc : NmcEdgeCut or None
+        :func:`edge_nmc_cut` (None: none goes to NMC).
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) uint8 phase codes.
+    """
+    g = np.asarray(grey, np.float32)
+    out = np.full(g.shape, CBD, np.uint8)
+    if cut is not None:
+        out[g < np.float32(cut)] = VOID
+    if nmc is not None:
+        solid = g >= nmc.cut
+        out[solid] = NMC_LOW
+        if nmc.high_from is not None:
+            out[solid & (g >= nmc.high_from)] = NMC_HIGH
+    return out
+
+
 def edge_shell_candidates(phases: np.ndarray) -> np.ndarray:
     """CBD voxels with NMC (low or high density) on one side and electrolyte on the opposite side along
     the same axis: the voxels :func:`reassign_edge_shells` may move. Voxels outside the array are neither.
@@ -191,12 +276,14 @@ def edge_shell_candidates(phases: np.ndarray) -> np.ndarray:
     return (phases == CBD) & between
 
 
-def reassign_edge_shells(phases: np.ndarray, grey: np.ndarray, cut) -> np.ndarray:
-    """Electrolyte read as CBD at the particles' blurred edges, given back to the electrolyte.
+def reassign_edge_shells(phases: np.ndarray, grey: np.ndarray, cut, nmc: NmcEdgeCut | None = None
+                         ) -> np.ndarray:
+    """Electrolyte and NMC read as CBD at the particles' blurred edges, given back.
 
     A CBD voxel with NMC (low or high density) on one side and electrolyte on the opposite side along
-    the same axis (:func:`edge_shell_candidates`), whose grey level is below ``cut``
-    (:func:`edge_shell_cut`), becomes electrolyte. The rule reads the map as given, not its own changes.
+    the same axis (:func:`edge_shell_candidates`) becomes electrolyte where its grey level is below
+    ``cut`` (:func:`edge_shell_cut`), and NMC where it is at or above ``nmc.cut`` (:func:`edge_nmc_cut`):
+    :func:`edge_shell_codes`. The rule reads the map as given, not its own changes.
 
     Parameters
     ----------
@@ -204,8 +291,10 @@ def reassign_edge_shells(phases: np.ndarray, grey: np.ndarray, cut) -> np.ndarra
         (z, y, x) uint8 phase codes.
     grey : numpy.ndarray
         (z, y, x) float32 grey levels.
-    cut : numpy.float32
-        Grey level (compared in float32).
+    cut : numpy.float32 or None
+        Grey level (compared in float32); None moves none to the electrolyte.
+    nmc : NmcEdgeCut, optional
+        Where candidates become NMC; None: none does.
 
     Returns
     -------
@@ -213,5 +302,6 @@ def reassign_edge_shells(phases: np.ndarray, grey: np.ndarray, cut) -> np.ndarra
         (z, y, x) uint8 phase codes, a new array.
     """
     out = phases.copy()
-    out[edge_shell_candidates(phases) & (grey.astype(np.float32) < np.float32(cut))] = VOID
+    where = edge_shell_candidates(phases)
+    out[where] = edge_shell_codes(grey[where], cut, nmc)
     return out

@@ -554,8 +554,10 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
         raw = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=tuple(shape))
         tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers, progress,
                                raw=raw)
-        cut = blur.edge_shell_cut(model.names, model.means, tally.edges.sigma())
-        _shell_pass(raw, writer, cut, tally, workers, progress)
+        sigma = tally.edges.sigma()
+        cut = blur.edge_shell_cut(model.names, model.means, sigma)
+        nmc = blur.edge_nmc_cut(model.names, model.means, model.thresholds, sigma)
+        _shell_pass(raw, writer, cut, nmc, tally, workers, progress)
         return tally
     finally:
         scratch.unlink(missing_ok=True)
@@ -602,10 +604,11 @@ def _counts(grey: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins | No
             else _reference_counts(grey, p, rows, fine_edges, shells))
 
 
-def _shell_pass(raw: np.ndarray, writer: h5chunks.GzipChunkWriter, cut, tally: _SlabTally, workers: int,
-                progress: bool) -> None:
+def _shell_pass(raw: np.ndarray, writer: h5chunks.GzipChunkWriter, cut, nmc: blur.NmcEdgeCut | None,
+                tally: _SlabTally, workers: int, progress: bool) -> None:
     """From the classified map ``raw``: move the edge-shell candidates of ``tally.shells`` whose grey level
-    is below ``cut`` (None: none) to the electrolyte, write the final map and update ``tally.per_slice``.
+    is below ``cut`` (None: none) to the electrolyte and those at or above ``nmc`` to NMC
+    (:func:`detachment.blur.edge_shell_codes`), write the final map and update ``tally.per_slice``.
 
     The interior histograms (the FWHMs) stay those of the map before the rule, so that this pass needs no
     grey levels beyond the candidates': a candidate touches NMC, so it is interior neither before nor
@@ -614,11 +617,16 @@ def _shell_pass(raw: np.ndarray, writer: h5chunks.GzipChunkWriter, cut, tally: _
     """
     plane = int(np.prod(raw.shape[1:]))
 
+    n_codes = len(phases.PHASE_NAMES)
+
     def job(c: ShellCandidates, z1: int):
         q = np.array(raw[c.z0: z1])
-        moved = c.index[c.grey < cut] if cut is not None else c.index[:0]
-        q.reshape(-1)[moved] = phases.VOID
-        per_z = np.bincount(moved // plane, minlength=z1 - c.z0)
+        codes = blur.edge_shell_codes(c.grey, cut, nmc)
+        moved = codes != phases.CBD
+        q.reshape(-1)[c.index[moved]] = codes[moved]
+        # per slice and code, the candidates that left CBD
+        per_z = np.bincount((c.index[moved] // plane) * n_codes + codes[moved],
+                            minlength=(z1 - c.z0) * n_codes).reshape(z1 - c.z0, n_codes)
         return writer.compress(q, c.z0), c.z0, per_z
 
     ends = [c.z0 for c in tally.shells[1:]] + [len(raw)]
@@ -626,8 +634,8 @@ def _shell_pass(raw: np.ndarray, writer: h5chunks.GzipChunkWriter, cut, tally: _
     for chunks, z0, per_z in tqdm(_pipelined(jobs, workers), total=len(ends), desc="edge shells",
                                   disable=not progress, unit="slab"):
         writer.store(chunks)
-        tally.per_slice[z0: z0 + len(per_z), phases.CBD] -= per_z
-        tally.per_slice[z0: z0 + len(per_z), phases.VOID] += per_z
+        tally.per_slice[z0: z0 + len(per_z)] += per_z
+        tally.per_slice[z0: z0 + len(per_z), phases.CBD] -= per_z.sum(1)
 
 
 def _pipelined(jobs, workers: int):
