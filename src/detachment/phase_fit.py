@@ -18,6 +18,7 @@ import numpy as np
 
 from .phases import (
     FWHM_PER_SIGMA,
+    PEAK_SIGNIFICANCE,
     Histogram,
     PhaseModel,
     fit_peak_gaussians,
@@ -165,8 +166,8 @@ def _em(x: np.ndarray, w: np.ndarray, mu: np.ndarray, sd: np.ndarray, floor: flo
 def resolved_mixture(hist: Histogram, k_max: int) -> Mixture:
     """As many Gaussian components (at most ``k_max``) as the histogram resolves.
 
-    k components are resolved when the histogram shows k modes (:func:`detachment.phases.histogram_peaks`)
-    or when k Gaussians fitted by EM (started at the k-quantiles and at the k most prominent modes,
+    k components are resolved when the histogram shows k modes (:func:`detachment.phases.histogram_peaks`,
+    each standing :data:`~detachment.phases.PEAK_SIGNIFICANCE` times above its counting noise) or when k Gaussians fitted by EM (started at the k-quantiles and at the k most prominent modes,
     keeping the likelier) are separated by Ashman's D >= :data:`MIN_SEPARATION` and each hold at least
     :data:`MIN_COMPONENT_WEIGHT` of the voxels (two phases overlapping into one skewed mode); the largest
     resolved k is kept (k = 1 always is). The partial-volume voxels between two modes widen EM's
@@ -188,7 +189,7 @@ def resolved_mixture(hist: Histogram, k_max: int) -> Mixture:
     floor = float(centers[1] - centers[0]) / 2
     cum = np.cumsum(w) / max(w.sum(), 1)
     best, tried = None, []
-    n_modes = len(histogram_peaks(hist, k_max, fill=False))
+    n_modes = len(histogram_peaks(hist, k_max, fill=False, significance=PEAK_SIGNIFICANCE))
     for k in range(1, k_max + 1):
         sd0 = np.full(k, max(float(np.sqrt(np.cov(centers, aweights=np.maximum(w, 1e-12)))) / k, floor))
         starts = [np.interp((np.arange(k) + 0.5) / k, cum, centers)]
@@ -367,7 +368,7 @@ class DomainSplit:
     mixture : Mixture
         The components that histogram resolves (one or two, increasing means; grey level).
     threshold : float
-        Where the two weighted components cross, grey level; NaN when only one is resolved.
+        Where the two components cross with equal weights, grey level; NaN when only one is resolved.
     """
 
     histogram: Histogram
@@ -389,7 +390,9 @@ def split_nmc_domains(hist: Histogram) -> DomainSplit:
     fits are separated by Ashman's D >= :data:`MIN_SEPARATION` and each holds at least
     :data:`MIN_COMPONENT_WEIGHT` of the voxels; two modes alone are not enough here (the histogram of
     the NMC voxels of a small volume is ragged enough to show a spurious one). The split lies where the
-    weighted components cross.
+    two components cross with equal weights: each particle's high-density share is the measurement, and
+    the majority class's weight as a prior would pull every ambiguous domain voxel to it (a share biased
+    towards the majority, where the voxels' labels would be a little more often right).
 
     Parameters
     ----------
@@ -406,7 +409,7 @@ def split_nmc_domains(hist: Histogram) -> DomainSplit:
         d = float(np.sqrt(2) * (mix.means[1] - mix.means[0]) / np.hypot(mix.sigmas[0], mix.sigmas[1]))
         share = float(mix.weights.min() / mix.weights.sum())
         if d >= MIN_SEPARATION and share >= MIN_COMPONENT_WEIGHT:
-            thr = float(gmm_decision_thresholds(mix.means, mix.sigmas, mix.weights, hist.centers)[0])
+            thr = float(gmm_decision_thresholds(mix.means, mix.sigmas, np.ones(2), hist.centers)[0])
             return DomainSplit(hist, mix, thr)
         mix.tried.append(f"2 components: separation D = {d:.2f}, smaller share {share:.3f}")
     w, x = hist.counts.astype(float), hist.centers

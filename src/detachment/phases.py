@@ -112,22 +112,22 @@ def _gauss(x, mu, sigma):
     return np.exp(-0.5 * ((x - mu) / sigma) ** 2) / (sigma * np.sqrt(2 * np.pi))
 
 
-#: A histogram mode's prominence must be at least this many times its counting noise (histogram_peaks).
+#: A mode that makes a phase resolved must stand this many times above its counting noise (histogram_peaks).
 PEAK_SIGNIFICANCE = 3.0
 _PEAK_SMOOTHING_BINS = 1.5
 
 
-def histogram_peaks(hist: Histogram, n: int, fill: bool = True) -> np.ndarray:
+def histogram_peaks(hist: Histogram, n: int, fill: bool = True, significance: float = 0.0) -> np.ndarray:
     """Bin indices of the ``n`` most prominent modes of the (log-count, lightly smoothed) histogram.
 
     Modes are peaks of ``log1p(counts)`` smoothed by a Gaussian of 1.5 bins, with a prominence of
-    at least 0.05 and at least :data:`PEAK_SIGNIFICANCE` times its counting noise: the Poisson noise
-    of the smoothed log counts at the peak and at its higher base, ``sqrt(1/c_peak + 1/c_base)``
-    times the smoothing's noise factor (a small volume's histogram is ragged enough to show spurious
-    modes; at the bin counts of a whole tomogram the 0.05 decides). Log counts let a small phase
-    (Al, NMC-high) show its own mode beside a dominant one (electrolyte). Where fewer than ``n``
-    modes exist, the missing ones are taken as the modes of multi-Otsu classes that hold no peak yet
-    (for ``n`` = 1: the fullest bin).
+    at least 0.05 and at least ``significance`` times its counting noise: the Poisson noise of the
+    smoothed log counts at the peak and at its higher base, ``sqrt(1/c_peak + 1/c_base)`` times the
+    smoothing's noise factor (a small volume's histogram is ragged enough to show spurious modes; at
+    the bin counts of a whole tomogram the 0.05 decides). Log counts let a small phase (Al, NMC-high)
+    show its own mode beside a dominant one (electrolyte). Where fewer than ``n`` modes exist, the
+    missing ones are taken as the modes of multi-Otsu classes that hold no peak yet (for ``n`` = 1:
+    the fullest bin).
 
     Parameters
     ----------
@@ -138,6 +138,9 @@ def histogram_peaks(hist: Histogram, n: int, fill: bool = True) -> np.ndarray:
     fill : bool, default True
         Add the multi-Otsu modes where fewer than ``n`` modes are found; False returns only the modes
         the histogram shows.
+    significance : float, default 0
+        Least prominence in units of the counting noise (0: only the 0.05 bound); the informed model
+        counts the modes that decide how many phases a side resolves with :data:`PEAK_SIGNIFICANCE`.
 
     Returns
     -------
@@ -156,13 +159,13 @@ def histogram_peaks(hist: Histogram, n: int, fill: bool = True) -> np.ndarray:
     counts = hist.counts.astype(float)
     logc = ndimage.gaussian_filter1d(np.log1p(counts), _PEAK_SMOOTHING_BINS)
     peaks, props = find_peaks(logc, prominence=0.05)
-    if len(peaks):
+    if len(peaks) and significance > 0:
         smooth = np.maximum(ndimage.gaussian_filter1d(counts, _PEAK_SMOOTHING_BINS), 1.0)
         left, right = props["left_bases"], props["right_bases"]
         base = np.where(logc[left] > logc[right], left, right)
         # var(log c) ~ 1/c for Poisson counts; the Gaussian smoothing keeps sum(w^2) = 1/(2 sqrt(pi) s) of it
         noise = np.sqrt((1 / smooth[peaks] + 1 / smooth[base]) / (2 * np.sqrt(np.pi) * _PEAK_SMOOTHING_BINS))
-        keep = props["prominences"] >= PEAK_SIGNIFICANCE * noise
+        keep = props["prominences"] >= significance * noise
         peaks, prominences = peaks[keep], props["prominences"][keep]
     else:
         prominences = props["prominences"]
