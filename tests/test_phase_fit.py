@@ -202,6 +202,15 @@ def test_the_domain_split_needs_two_separated_components(separation, resolved):
         assert split.mixture.means[0] == pytest.approx(v.mean(), abs=0.002)
 
 
+def test_too_few_interior_nmc_voxels_are_not_split():
+    from detachment.phase_fit import split_nmc_domains
+
+    edges = np.linspace(0.6, 0.9, 257)
+    for counts in (np.zeros(256, np.int64), np.histogram(np.r_[np.full(300, 0.7), np.full(300, 0.85)], edges)[0]):
+        split = split_nmc_domains(Histogram(counts, edges))
+        assert not split.resolved and np.isnan(split.threshold) and "fewer than" in split.mixture.tried[0]
+
+
 def test_nmc_high_is_inserted_after_nmc_low_and_a_threshold_outside_its_range_is_refused():
     from detachment.phases import PhaseModel, with_nmc_high
 

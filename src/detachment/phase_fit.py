@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 MIN_SEPARATION = 2.0
 #: Smallest share (0-1) of a side's voxels a component must hold to be a phase.
 MIN_COMPONENT_WEIGHT = 0.05
+#: Fewest interior NMC voxels on whose domain means NMC low and high are looked for.
+MIN_DOMAIN_VOXELS = 1000
 #: Slices above the collector slab that still hold its blurred top (left out of the side fits; Al
 #: may reach into them).
 EDGE_SLICES = 2
@@ -404,6 +406,10 @@ def split_nmc_domains(hist: Histogram) -> DomainSplit:
     DomainSplit
         The components and the threshold (NaN with one component).
     """
+    if hist.counts.sum() < MIN_DOMAIN_VOXELS:
+        return DomainSplit(hist, Mixture(np.full(1, np.nan), np.full(1, np.nan), np.zeros(1),
+                                         [f"{int(hist.counts.sum())} interior NMC voxels, fewer than {MIN_DOMAIN_VOXELS}"]),
+                           float("nan"))
     mix = resolved_mixture(hist, 2)
     if len(mix.means) == 2:
         d = float(np.sqrt(2) * (mix.means[1] - mix.means[0]) / np.hypot(mix.sigmas[0], mix.sigmas[1]))
