@@ -159,16 +159,8 @@ def histogram_peaks(hist: Histogram, n: int, fill: bool = True, significance: fl
     counts = hist.counts.astype(float)
     logc = ndimage.gaussian_filter1d(np.log1p(counts), _PEAK_SMOOTHING_BINS)
     peaks, props = find_peaks(logc, prominence=0.05)
-    if len(peaks) and significance > 0:
-        smooth = np.maximum(ndimage.gaussian_filter1d(counts, _PEAK_SMOOTHING_BINS), 1.0)
-        left, right = props["left_bases"], props["right_bases"]
-        base = np.where(logc[left] > logc[right], left, right)
-        # var(log c) ~ 1/c for Poisson counts; the Gaussian smoothing keeps sum(w^2) = 1/(2 sqrt(pi) s) of it
-        noise = np.sqrt((1 / smooth[peaks] + 1 / smooth[base]) / (2 * np.sqrt(np.pi) * _PEAK_SMOOTHING_BINS))
-        keep = props["prominences"] >= significance * noise
-        peaks, prominences = peaks[keep], props["prominences"][keep]
-    else:
-        prominences = props["prominences"]
+    keep = _significant(counts, logc, peaks, props, significance)
+    peaks, prominences = peaks[keep], props["prominences"][keep]
     peaks = np.sort(peaks[np.argsort(prominences)[::-1][:n]])
     if fill and n == 1 and len(peaks) == 0:
         return np.array([int(np.argmax(hist.counts))])
@@ -276,6 +268,20 @@ def gmm_decision_thresholds(means, sigmas, weights, x: np.ndarray) -> np.ndarray
         cross = np.nonzero(b >= a)[0]
         out.append(float(grid[cross[0]]) if cross.size else 0.5 * (means[k] + means[k + 1]))
     return np.asarray(out)
+
+
+def _significant(counts: np.ndarray, logc: np.ndarray, peaks: np.ndarray, props: dict, significance: float
+                 ) -> np.ndarray:
+    """Which of ``peaks`` (of the smoothed log counts ``logc``) stand ``significance`` times their counting
+    noise above their higher base; all where ``significance`` is 0."""
+    if not len(peaks) or significance <= 0:
+        return np.ones(len(peaks), bool)
+    smooth = np.maximum(ndimage.gaussian_filter1d(counts, _PEAK_SMOOTHING_BINS), 1.0)
+    left, right = props["left_bases"], props["right_bases"]
+    base = np.where(logc[left] > logc[right], left, right)
+    # var(log c) ~ 1/c for Poisson counts; the Gaussian smoothing keeps sum(w^2) = 1/(2 sqrt(pi) s) of it
+    noise = np.sqrt((1 / smooth[peaks] + 1 / smooth[base]) / (2 * np.sqrt(np.pi) * _PEAK_SMOOTHING_BINS))
+    return props["prominences"] >= significance * noise
 
 
 def multiotsu_thresholds(hist: Histogram, n_classes: int) -> np.ndarray:

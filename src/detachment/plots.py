@@ -86,24 +86,7 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
     ax[0].set_title("(a) reconstruction slice")
     ax[0].set_xlabel("x (µm)")
     ax[0].set_ylabel("y (µm)")
-    centers = 0.5 * (hist_edges[1:] + hist_edges[:-1])
-    ax[1].fill_between(centers, hist_counts, step="mid", color="0.6")
-    ax[1].set_yscale("log")
-    bounds = np.concatenate([[hist_edges[0]], thresholds, [hist_edges[-1]]])
-    for k, name in enumerate(names):
-        ax[1].axvspan(bounds[k], bounds[k + 1], color=PHASE_COLOURS[name], alpha=0.18)
-        label = name
-        if fwhm_table is not None:
-            row = fwhm_table[fwhm_table.phase == name]
-            if len(row):
-                label += f"\nFWHM {row.fwhm.iloc[0]:.3f}"
-        ax[1].text(0.5 * (bounds[k] + bounds[k + 1]), 0.97, label, transform=ax[1].get_xaxis_transform(),
-                   ha="center", va="top", fontsize=8)
-    for t in thresholds:
-        ax[1].axvline(t, color="k", lw=0.8, ls="--")
-    ax[1].set_xlabel("grey level (normalised electron density)")
-    ax[1].set_ylabel("voxels")
-    ax[1].set_title("(b) histogram and thresholds")
+    _histogram_panel(ax[1], hist_counts, hist_edges, thresholds, names, fwhm_table)
     ax[2].imshow(phase_slice, cmap=PHASE_CMAP, vmin=-0.5, vmax=len(PHASE_NAMES) - 0.5, interpolation="nearest",
                  extent=ext)
     handles = [plt.Rectangle((0, 0), 1, 1, color=PHASE_COLOURS[n]) for n in PHASE_NAMES.values()]
@@ -116,6 +99,28 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _histogram_panel(ax, hist_counts, hist_edges, thresholds, names, fwhm_table) -> None:
+    """The histogram (log counts) with each class's range, name and FWHM, and the thresholds."""
+    centers = 0.5 * (hist_edges[1:] + hist_edges[:-1])
+    ax.fill_between(centers, hist_counts, step="mid", color="0.6")
+    ax.set_yscale("log")
+    bounds = np.concatenate([[hist_edges[0]], thresholds, [hist_edges[-1]]])
+    for k, name in enumerate(names):
+        ax.axvspan(bounds[k], bounds[k + 1], color=PHASE_COLOURS[name], alpha=0.18)
+        label = name
+        if fwhm_table is not None:
+            row = fwhm_table[fwhm_table.phase == name]
+            if len(row):
+                label += f"\nFWHM {row.fwhm.iloc[0]:.3f}"
+        ax.text(0.5 * (bounds[k] + bounds[k + 1]), 0.97, label, transform=ax.get_xaxis_transform(),
+                ha="center", va="top", fontsize=8)
+    for t in thresholds:
+        ax.axvline(t, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("grey level (normalised electron density)")
+    ax.set_ylabel("voxels")
+    ax.set_title("(b) histogram and thresholds")
 
 
 def _domain_split_panel(ax, split) -> None:

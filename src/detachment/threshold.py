@@ -442,10 +442,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     hist, slice_counts = _grey_histogram(volume_path, s, shape[0], progress, workers)
     lo, hi = float(hist.edges[0]), float(hist.edges[-1])
     model, unresolved, collector = fit_model(hist, slice_counts, s)
-    split = None
-    if _tries_domain_split(model, unresolved, s):
-        split = _domain_split(volume_path, s, shape[0], model, collector, (lo, hi), progress, workers)
-        model, unresolved = _with_domain_split(model, unresolved, split)
+    model, unresolved, split = _domain_split(volume_path, s, shape[0], model, unresolved, collector, (lo, hi),
+                                             progress, workers)
     log.info("%s thresholds %s between %s", model.method, np.round(model.thresholds, 4), model.names)
     fine_edges = np.linspace(lo, hi, 4 * s.bins + 1)
     fine = _uniform_bins(fine_edges[0], fine_edges[-1], 4 * s.bins, np.float64)
@@ -481,11 +479,14 @@ def _tries_domain_split(model: phases.PhaseModel, unresolved: tuple[str, ...], s
 
 
 def _domain_split(volume_path, s: ThresholdSettings, depth: int, model: phases.PhaseModel,
-                  collector: phase_fit.CollectorSlab | None, value_range: tuple[float, float], progress: bool,
-                  workers: int) -> phase_fit.DomainSplit:
-    """:func:`detachment.phase_fit.split_nmc_domains` on the histogram of the interior NMC voxels' local
-    means (:func:`detachment.phases.nmc_domain_means`), over ``nmc_low``'s grey-level range (one NMC
-    class), in a pass of its own."""
+                  unresolved: tuple[str, ...], collector: phase_fit.CollectorSlab | None,
+                  value_range: tuple[float, float], progress: bool, workers: int):
+    """Where :func:`_tries_domain_split`: :func:`detachment.phase_fit.split_nmc_domains` on the histogram of
+    the interior NMC voxels' local means (:func:`detachment.phases.nmc_domain_means`), over ``nmc_low``'s
+    grey-level range (one NMC class), in a pass of its own. Returns the model and the unresolved phases
+    (:func:`_with_domain_split`) and the split (None where not tried)."""
+    if not _tries_domain_split(model, unresolved, s):
+        return model, unresolved, None
     classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, 0.0,
                                             collector_top=collector_top(model, collector))
     k = model.names.index("nmc_low")
@@ -501,7 +502,8 @@ def _domain_split(volume_path, s: ThresholdSettings, depth: int, model: phases.P
     jobs = (functools.partial(job, data, a, z0, z1)
             for z0, z1, a, data in _slabs(volume_path, s, depth, s.halo, "NMC domains", progress, workers))
     counts = sum(_pipelined(jobs, workers), np.zeros(s.bins, np.int64))
-    return phase_fit.split_nmc_domains(phases.Histogram(counts, np.linspace(lo, hi, s.bins + 1)))
+    split = phase_fit.split_nmc_domains(phases.Histogram(counts, np.linspace(lo, hi, s.bins + 1)))
+    return *_with_domain_split(model, unresolved, split), split
 
 
 def _with_domain_split(model: phases.PhaseModel, unresolved: tuple[str, ...], split: phase_fit.DomainSplit
