@@ -189,6 +189,7 @@ def test_the_domain_split_needs_two_separated_components(separation, resolved):
     weights (the midpoint, for equal σ); 0.02 apart, even a histogram ragged enough to show two modes stays
     one class."""
     from detachment.phase_fit import split_nmc_domains
+    from detachment.phases import histogram_peaks
 
     rng = np.random.default_rng(0)
     v = np.concatenate([rng.normal(0.7, 0.02, 700), rng.normal(0.7 + separation, 0.02, 300)])
@@ -198,6 +199,7 @@ def test_the_domain_split_needs_two_separated_components(separation, resolved):
     if resolved:
         assert split.threshold == pytest.approx(0.7 + separation / 2, abs=0.004)
     else:
+        assert len(histogram_peaks(Histogram(counts, edges), 2, fill=False)) == 2  # ragged: two modes
         assert np.isnan(split.threshold) and "separation D" in split.mixture.tried[-1]
         assert split.mixture.means[0] == pytest.approx(v.mean(), abs=0.002)
 

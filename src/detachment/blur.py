@@ -157,14 +157,25 @@ def edge_shell_cut(names, means, sigma: float) -> np.float32 | None:
     numpy.float32 or None
         The cut, or None where it does not apply: σ unknown (NaN), or no void, CBD or NMC class.
     """
+    levels = _edge_levels(names, means, sigma)
+    if levels is None:
+        return None
+    s, mu, nmc, e_cbd = levels
+    e_void = s * nmc + (1 - s) * mu["void"]
+    return np.float32((e_void + e_cbd) / 2)
+
+
+def _edge_levels(names, means, sigma: float):
+    """``(s, μ by name, μ_NMC, e_CBD)`` of :func:`edge_shell_cut` and :func:`edge_nmc_cut`: the face spill,
+    the model's means, the mean of its resolved NMC classes and what a CBD voxel between NMC and
+    electrolyte reads; None where σ is unknown or a void, CBD or NMC class is missing."""
     mu = dict(zip(names, (float(m) for m in means)))
     nmc = [mu[n] for n in ("nmc_low", "nmc_high") if n in mu]
     if not np.isfinite(sigma) or sigma <= 0 or "void" not in mu or "cbd" not in mu or not nmc:
         return None
     s = face_spill(sigma)
-    e_void = s * np.mean(nmc) + (1 - s) * mu["void"]
-    e_cbd = s * np.mean(nmc) + (1 - 2 * s) * mu["cbd"] + s * mu["void"]
-    return np.float32((e_void + e_cbd) / 2)
+    mu_nmc = float(np.mean(nmc))
+    return s, mu, mu_nmc, s * mu_nmc + (1 - 2 * s) * mu["cbd"] + s * mu["void"]
 
 
 @dataclass(frozen=True)
@@ -208,13 +219,11 @@ def edge_nmc_cut(names, means, thresholds, sigma: float) -> NmcEdgeCut | None:
     NmcEdgeCut or None
         None where it does not apply (as :func:`edge_shell_cut`).
     """
-    mu = dict(zip(names, (float(m) for m in means)))
-    nmc = [mu[n] for n in ("nmc_low", "nmc_high") if n in mu]
-    if not np.isfinite(sigma) or sigma <= 0 or "void" not in mu or "cbd" not in mu or not nmc:
+    levels = _edge_levels(names, means, sigma)
+    if levels is None:
         return None
-    s = face_spill(sigma)
-    e_nmc = (1 - s) * np.mean(nmc) + s * mu["void"]
-    e_cbd = s * np.mean(nmc) + (1 - 2 * s) * mu["cbd"] + s * mu["void"]
+    s, mu, nmc, e_cbd = levels
+    e_nmc = (1 - s) * nmc + s * mu["void"]
     high = None
     if {"nmc_low", "nmc_high"} <= set(mu):
         high = np.float32((1 - s) * float(thresholds[list(names).index("nmc_low")]) + s * mu["void"])

@@ -465,8 +465,8 @@ def al_edge_cut(model: PhaseModel) -> float:
     electrolyte, and NMC). Across a blurred step each side's first voxel reads as far from its own
     level as the other's does from its level, so the two meet at the half height: the midpoint of the
     two classes' means. (Al's own mean, where it lies nearer one side, sends the edge voxels of that
-    side to the other: with Al close to NMC, a tenth of the NMC voxels, nearly all on a surface.)
-    Where Al is the first or last class, its mean.
+    side to the other: with Al close to NMC, NMC surface voxels to CBD.) Where Al is the first or last
+    class, its mean.
 
     Parameters
     ----------

@@ -159,10 +159,8 @@ class ThresholdResult:
 
     @property
     def nmc_split(self) -> str:
-        """How NMC high density was told from low: ``"histogram"``, ``"domain means"`` or ``"not resolved"``."""
-        if "nmc_high" not in self.model.names:
-            return "not resolved"
-        return "domain means" if self.domain_split is not None and self.domain_split.resolved else "histogram"
+        """How NMC high density was told from low (:func:`nmc_split`)."""
+        return nmc_split(self.model, self.domain_split)
 
     @property
     def solid_per_slice(self) -> np.ndarray:
@@ -461,13 +459,18 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         else:
             tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers,
                                    progress)
-        result = ThresholdResult(model, hist, pd.DataFrame(), {}, tally.per_slice, unresolved, collector,
-                                 tally.edges.sigma(), split)
-        _write_attrs(d, voxel, model, unresolved, result.nmc_split)
+        _write_attrs(d, voxel, model, unresolved, nmc_split(model, split))
     frac = tally.per_slice.sum(0)
-    result.fwhm = _fwhm_table(model, tally.interior, fine_edges, frac, result.nmc_split)
-    result.fractions = {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES}
-    return result
+    return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
+                           {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
+                           tally.per_slice, unresolved, collector, tally.edges.sigma(), split)
+
+
+def nmc_split(model: phases.PhaseModel, split: phase_fit.DomainSplit | None) -> str:
+    """How NMC high density was told from low: ``"histogram"``, ``"domain means"`` or ``"not resolved"``."""
+    if "nmc_high" not in model.names:
+        return "not resolved"
+    return "domain means" if split is not None and split.resolved else "histogram"
 
 
 def _tries_domain_split(model: phases.PhaseModel, unresolved: tuple[str, ...], s: ThresholdSettings) -> bool:
