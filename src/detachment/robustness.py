@@ -179,7 +179,7 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
         same on the truth's own envelopes (``*_true_envelopes``: phases and contact reading without
         segmentation errors), both MAEs against the voxelised truth (``detachment_mae_voxel_truth``,
-        ``detachment_mae_voxel_truth_true_envelopes``: the voxel grid's own loss taken out), and
+        ``detachment_mae_voxel_truth_true_envelopes``: the face count on the planted phases), and
         ``n_particles_truth`` / ``n_particles_matched``. The workflow adds
         ``phase_map_plausible`` (1 when every check of :mod:`detachment.plausibility` passed),
         ``contact_reading_plausible`` (:func:`contact_reading_plausible`) and the

@@ -1,10 +1,14 @@
 """Ground truth of a phantom measured on its planted geometry, independently of the pipeline.
 
 Contact areas are measured on a triangle mesh of each particle's envelope (marching cubes on the
-lightly smoothed binary envelope), each triangle classified by what lies just outside it along its
-normal in the planted, noise-free phase map. The pipeline counts voxel faces
-(:mod:`detachment.surface`), which weights each bit of surface by |n_z| + |n_y| + |n_x|; this module
-shares no code with it, so a bias of the face count shows up as an error.
+lightly smoothed binary envelope): the mesh gives each bit of surface its area, and the planted phase map
+says what touches it. A triangle takes the class of the voxel across the envelope's nearest boundary face
+(a face between one of its voxels and a voxel outside it). Reading along the triangle's normal instead
+lands on an edge or corner neighbour wherever the normal is oblique, and so reads through a one-voxel coat
+or gap that closes the surface face by face (a ball in a one-voxel CBD coat read 40 % electrolyte).
+The pipeline counts voxel faces (:mod:`detachment.surface`), which weights each bit of surface by
+|n_z| + |n_y| + |n_x|; this module shares no code with it, so a bias of the face count shows up as an
+error.
 
 Entry point: :func:`mesh_contacts`.
 """
@@ -15,15 +19,17 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from .phases import AL, CBD, NMC_HIGH, NMC_LOW, VOID
 
 CLASSES = ("void", "cbd", "al", "particle")
-#: Distances (voxels) along the outward normal at which the outside of a triangle is read; the first
-#: that leaves the particle's own envelope counts. 0.75 lands in the first voxel layer outside a face.
-PROBE_DEPTHS_VOX = (0.75, 1.25, 1.75)
-SMOOTHING_SIGMA_VOX = 0.7  # Gaussian on the binary envelope before marching cubes: smooth normals
+SMOOTHING_SIGMA_VOX = 0.7  # Gaussian on the binary envelope before marching cubes: a smooth surface, not stairs
 _PAD = 3
+#: Distance (voxels) along a triangle's outward normal to the point whose nearest face-adjacent outside
+#: voxel gives its class: the mesh lies about half a voxel outside the envelope's voxel centres, so this
+#: lands on the first voxel layer outside.
+PROBE_DEPTH_VOX = 0.5
 
 
 @dataclass
@@ -52,7 +58,7 @@ class MeshContacts:
 
 
 def _outside_class(labels, phases, own: int, points: np.ndarray) -> np.ndarray:
-    """Contact class (index into :data:`CLASSES`, -1 = unknown) at integer voxel ``points`` (n, 3)."""
+    """Contact class (index into :data:`CLASSES`) of the voxels at integer ``points`` (n, 3) outside ``own``."""
     lab = labels[tuple(points.T)]
     ph = phases[tuple(points.T)]
     cls = np.full(len(points), -1, np.int64)
@@ -61,8 +67,25 @@ def _outside_class(labels, phases, own: int, points: np.ndarray) -> np.ndarray:
     cls[ph == AL] = 2
     cls[(ph == NMC_LOW) | (ph == NMC_HIGH)] = 3  # solid outside any envelope still is solid
     cls[(lab > 0) & (lab != own)] = 3
-    cls[lab == own] = -2  # still inside: read deeper
     return cls
+
+
+def _outer_voxels(labels, phases, own: int):
+    """The voxels outside ``own`` that share a face with it: coordinates (n, 3) and classes (n,).
+
+    Where a face of ``own`` lies on the array's border, the voxel beyond it is listed with class -1
+    (unknown)."""
+    mask = labels == own
+    surface = np.argwhere(mask & ~ndimage.binary_erosion(mask, border_value=1))
+    shape = np.array(labels.shape)
+    steps = np.concatenate([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)])
+    outer = np.unique((surface[:, None, :] + steps[None]).reshape(-1, 3), axis=0)
+    inside = np.all((outer >= 0) & (outer < shape), axis=1)
+    outer = outer[~inside | ~mask[tuple(np.where(inside[:, None], outer, 0).T)]]
+    inside = np.all((outer >= 0) & (outer < shape), axis=1)
+    cls = np.full(len(outer), -1, np.int64)
+    cls[inside] = _outside_class(labels, phases, own, outer[inside])
+    return outer, cls
 
 
 def _particle_mesh(mask: np.ndarray, spacing):
@@ -97,10 +120,10 @@ def mesh_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.
                   n_labels: int | None = None) -> MeshContacts:
     """Envelope contact areas of every particle, measured on a marching-cubes mesh.
 
-    Each triangle of the envelope mesh is read at :data:`PROBE_DEPTHS_VOX` along its outward normal
-    (nearest voxel); the first depth outside the particle's own envelope gives its class. Where the volume
-    border cuts a particle, the envelope is continued beyond it and the triangles outside the volume
-    (centroid beyond the outer voxel faces) or whose probes leave it are not counted.
+    Each triangle of the envelope mesh takes the class of what lies across the envelope's boundary face
+    nearest to its centroid (Euclidean, voxel units). Where the volume border cuts a particle, the
+    envelope is continued beyond it, and the triangles outside the volume (centroid beyond the outer
+    voxel faces) or nearest to a face on the border are not counted.
 
     Parameters
     ----------
@@ -130,23 +153,18 @@ def mesh_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.
         hi = np.array([min(s.stop + _PAD, d) for s, d in zip(sl, labels.shape)])
         crop = tuple(slice(a, b) for a, b in zip(lo, hi))
         # replicate the border beyond the volume so a cut particle is not closed by an artificial face there
-        mask = np.pad(labels[crop] == lab, _PAD, mode="edge")
-        verts, faces, field = _particle_mesh(mask, voxel_size_um)
+        verts, faces, field = _particle_mesh(np.pad(labels[crop] == lab, _PAD, mode="edge"), voxel_size_um)
         if verts is None or len(faces) == 0:
             continue
         a, centroid, normal = _triangle_geometry(verts, faces, voxel_size_um, field)
         centroid += lo - _PAD  # volume voxel coordinates
         inside_volume = np.all((centroid >= -0.5) & (centroid <= shape - 0.5), axis=1)
-        cls = np.full(len(a), -2, np.int64)
-        for depth in PROBE_DEPTHS_VOX:
-            todo = (cls == -2) & inside_volume
-            if not todo.any():
-                break
-            pts = np.rint(centroid[todo] + depth * normal[todo]).astype(np.int64)
-            ok = np.all((pts >= 0) & (pts < shape), axis=1)
-            got = np.full(len(pts), -1, np.int64)
-            got[ok] = _outside_class(labels, phases, lab, pts[ok])
-            cls[todo] = got
-        keep = inside_volume & (cls >= 0)
-        area[lab] = np.bincount(cls[keep], weights=a[keep], minlength=len(CLASSES))
+        outer, outer_class = _outer_voxels(labels[crop], phases[crop], lab)
+        if not len(outer) or not inside_volume.any():
+            continue
+        probe = centroid[inside_volume] + PROBE_DEPTH_VOX * normal[inside_volume]
+        _, nearest = cKDTree(outer + lo).query(probe)
+        cls = outer_class[nearest]
+        keep = cls >= 0
+        area[lab] = np.bincount(cls[keep], weights=a[inside_volume][keep], minlength=len(CLASSES))
     return MeshContacts(area)
