@@ -24,6 +24,9 @@ from .surface import crack_faces, surface_contacts
 log = logging.getLogger(__name__)
 
 STAIRCASE = 2.0 / 3.0
+#: Extra margin (voxels) read around a crop before the solid is shared out, so that the cores of the
+#: neighbours reaching into it are seen.
+CORE_MARGIN_VOX = 4
 COLUMNS = ["label", "volume_um3", "diameter_um", "surface_area_um2", "sphericity", "centroid_z_um", "centroid_y_um",
            "centroid_x_um", "distance_to_collector_um", "height_um", "electron_density_mean",
            "electron_density_std", "nmc_high_fraction", "crack_volume_fraction", "crack_surface_per_volume_per_um",
@@ -318,25 +321,42 @@ def _collector_top_from_file(dp, n_slices: int) -> int:
     return top
 
 
-def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bool, progress: bool, desc: str):
+def _crop_labels(dl, dp, row, shape, pad: int, partition: str, sampling):
+    """Labels and phases of the crop of one ``links`` row (its box plus ``pad``): the masks as read, or
+    with ``partition == "watershed"`` the NMC solid shared out at the necks
+    (:func:`detachment.solid_partition.partition_solid`, on a crop wide enough for the neighbours' cores)."""
+    from . import io
+    from .solid_partition import partition_solid
+
+    sl = io.particle_crop(row, shape, pad)
+    if partition == "masks":
+        return sl, dl[sl], dp[sl]
+    if partition != "watershed":
+        raise ValueError(f"science.envelope_partition: unknown {partition!r}; expected watershed or masks")
+    wide = io.particle_crop(row, shape, pad + CORE_MARGIN_VOX)
+    inner = tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(sl, wide))
+    lab, ph = dl[wide], dp[wide]
+    return sl, partition_solid(lab, ph, sampling)[inner], ph[inner]
+
+
+def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bool, progress: bool, desc: str,
+                    partition: str = "masks", sampling=(1.0, 1.0, 1.0)):
     """Per particle row of ``links``: (row, crop origin (z, y, x), envelope, other particles, phases, grey).
 
-    Crops are the particle's bounding box plus ``pad`` voxels of context, read from the open datasets."""
+    Crops are the particle's bounding box plus ``pad`` voxels of context, read from the open datasets;
+    ``partition`` as in :func:`_crop_labels`, with ``refine`` only (unrefined masks are taken as exact)."""
     from tqdm import tqdm
 
-    from . import io
-
     for row in tqdm(list(links.itertuples()), desc=desc, unit="particle", disable=not progress):
-        sl = io.particle_crop(row, shape, pad)
-        lab = dl[sl]
-        ph = dp[sl]
+        sl, lab, ph = _crop_labels(dl, dp, row, shape, pad, partition if refine else "masks", sampling)
         others = (lab > 0) & (lab != row.label)
         env = refine_envelope(lab == row.label, others, ph) if refine else lab == row.label
         yield row, [s.start for s in sl], env, others, ph, dv[sl].astype(np.float32)
 
 
 def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
-                             progress: bool = True, refine: bool = True, max_spread: float | None = 0.1):
+                             progress: bool = True, refine: bool = True, max_spread: float | None = 0.1,
+                             partition: str = "watershed"):
     """The sample's contact level, fitted to the face neighbours of every particle in ``links``.
 
     :func:`detachment.contact_level.fit_contact_level` over the grey levels of the background face
@@ -361,6 +381,9 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     max_spread : float or None, default 0.1
         Largest disagreement between the level's and the deconvolved reading at which the level's is
         kept (:func:`detachment.contact_level.choose_reading`); None never switches.
+    partition : {"watershed", "masks"}, default "watershed"
+        With ``refine``, touching particles' boundary: the NMC solid shared out at the necks
+        (:func:`detachment.solid_partition.partition_solid`) or the masks as they are.
 
     Returns
     -------
@@ -377,13 +400,13 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     from . import io
     from .contact_level import choose_reading, face_neighbour_pairs, fit_contact_level
 
-    shape, _ = io.read_volume_info(volume_path)
+    shape, voxel = io.read_volume_info(volume_path)
     values, deconvolved = [], []
     with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
         dl, dp, dv = fl["labels"], fp["phases"], fv[io.VOLUME_DATASET]
         midpoint = gap_level(dp.attrs)
         for _, _, env, others, ph, grey in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
-                                                          "contact level"):
+                                                          "contact level", partition, voxel):
             outside, inside = face_neighbour_pairs(env, others, ph, grey)
             values.append(outside)
             solid = solid_grey(env, ph, grey)
@@ -398,7 +421,7 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
 def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
                               progress: bool = True, probe: int = 1, refine: bool = True,
                               gap_from_intensity: bool = True, contact_level: float | None = None,
-                              deconvolve: bool = False) -> pd.DataFrame:
+                              deconvolve: bool = False, partition: str = "watershed") -> pd.DataFrame:
     """:func:`particle_table` particle by particle on bounding-box crops read from the HDF5 files.
 
     Parameters
@@ -421,6 +444,9 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the
         void/CBD midpoint, :func:`gap_level`) if ``gap_from_intensity``; with ``deconvolve``, as
         outside + inside − the particle's solid grey level (:func:`solid_grey`).
+    partition : {"watershed", "masks"}, default "watershed"
+        With ``refine``, touching particles' boundary: the NMC solid shared out at the necks
+        (:func:`detachment.solid_partition.partition_solid`) or the masks as they are.
 
     Returns
     -------
@@ -441,7 +467,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         level = _contact_gap_level(gap_from_intensity, contact_level, dp.attrs, phases_path)
         top = _collector_top_from_file(dp, shape[0])
         for row, lo, env, others, ph, grey in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
-                                                              "particles"):
+                                                              "particles", partition, vs):
             # this particle becomes label 1 (its envelope refined on the phase map); others label 2
             crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
             t = particle_table(crop, ph, grey, vs, probe=probe, gap_level=level,

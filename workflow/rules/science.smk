@@ -20,6 +20,7 @@ rule contact_level:
         # reads it from the config, so switching it reruns nothing
         max_spread=config["science"]["contact_max_spread"],
         max_ambiguity=config["science"]["contact_max_ambiguity"],
+        partition=config["science"]["envelope_partition"],
     log:
         "logs/contact_level/{sample}.log",
     benchmark:
@@ -45,6 +46,7 @@ rule particles_part:
         probe=config["science"]["contact_probe_vox"],
         gap_from_intensity=config["science"]["contact_gap_from_intensity"],
         contact_level=config["science"]["contact_level"],
+        partition=config["science"]["envelope_partition"],
     log:
         "logs/particles/{sample}/{scatteritem}.log",
     benchmark:

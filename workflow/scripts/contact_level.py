@@ -14,7 +14,8 @@ log_to(snakemake.log[0])
 links = pd.read_csv(snakemake.input.links)
 fit, values, midpoint = contact_level_from_files(snakemake.input.particles, snakemake.input.phases,
                                                  snakemake.input.volume, links,
-                                                 max_spread=snakemake.params.max_spread)
+                                                 max_spread=snakemake.params.max_spread,
+                                                 partition=snakemake.params.partition)
 logging.getLogger(__name__).info("contact level %.4f (%s) from %d faces: gap %.3f ± %.3f (weight %.2f), "
                                  "CBD %.3f ± %.3f", fit.level, "fitted" if fit.fitted else "fallback",
                                  fit.n_faces, fit.gap_mean, fit.gap_sigma, fit.gap_weight, fit.cbd_mean,

@@ -12,5 +12,6 @@ links = io.part_rows(pd.read_csv(snakemake.input.links), snakemake.wildcards.sca
 table = particle_table_from_files(snakemake.input.particles, snakemake.input.phases, snakemake.input.volume, links,
                                   probe=snakemake.params.probe,
                                   gap_from_intensity=snakemake.params.gap_from_intensity,
+                                  partition=snakemake.params.partition,
                                   **reading_settings(snakemake.input.contact_level, snakemake.params.contact_level))
 io.write_csv(snakemake.output[0], table)
