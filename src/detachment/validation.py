@@ -94,8 +94,8 @@ def compare_particles(truth_table: pd.DataFrame, measured: pd.DataFrame, pairs: 
         ``detachment_std``, ``crack_surface_per_volume_per_um`` (µm⁻¹), ``detachment_error``
         (measured − truth, detachment fraction), ``crack_surface_rel_error`` (relative; NaN where the
         truth has no crack surface), ``detachment_voxel_truth`` and ``detachment_error_voxel_truth``
-        (measured − it; NaN without ``detachment_voxel_faces``): against the voxelised truth the error
-        has the voxel grid's own loss (gaps and pores thinner than a voxel) taken out.
+        (measured − it; NaN without ``detachment_voxel_faces``): against the face count on the planted
+        phases, which weights oblique surface as the pipeline's face count does.
     """
     t = truth_table.assign(
         crack_surface_truth=truth_table.crack_area_um2 * STAIRCASE / truth_table.volume_um3)
