@@ -376,14 +376,12 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         Voxels of context around each bounding box.
     progress : bool, default True
         Show a progress bar.
-    refine : bool, default True
-        Envelope = :func:`refine_envelope` of the mask; else the mask itself.
+    refine, partition : bool, {"watershed", "masks"}, default True, "watershed"
+        Envelope = :func:`refine_envelope` of the mask, touching masks first re-split at the necks of
+        the solid (:func:`detachment.solid_partition.partition_solid`) or not; else the mask itself.
     max_spread : float or None, default 0.1
         Largest disagreement between the level's and the deconvolved reading at which the level's is
         kept (:func:`detachment.contact_level.choose_reading`); None never switches.
-    partition : {"watershed", "masks"}, default "watershed"
-        With ``refine``, touching particles' boundary: the NMC solid shared out at the necks
-        (:func:`detachment.solid_partition.partition_solid`) or the masks as they are.
 
     Returns
     -------
@@ -437,16 +435,14 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         particle contact); memory is bounded by the largest box.
     progress : bool, default True
         Show a progress bar.
-    refine : bool, default True
-        Envelope = :func:`refine_envelope` of the mask; else the mask itself.
+    refine, partition : bool, {"watershed", "masks"}, default True, "watershed"
+        Envelope = :func:`refine_envelope` of the mask, touching masks first re-split at the necks of
+        the solid (:func:`detachment.solid_partition.partition_solid`) or not; else the mask itself.
     probe, gap_from_intensity, contact_level, deconvolve : int, bool, float, bool
         How a face is read (:func:`detachment.surface.surface_contacts`): at depth ``probe`` voxels;
         electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the
         void/CBD midpoint, :func:`gap_level`) if ``gap_from_intensity``; with ``deconvolve``, as
         outside + inside − the particle's solid grey level (:func:`solid_grey`).
-    partition : {"watershed", "masks"}, default "watershed"
-        With ``refine``, touching particles' boundary: the NMC solid shared out at the necks
-        (:func:`detachment.solid_partition.partition_solid`) or the masks as they are.
 
     Returns
     -------
