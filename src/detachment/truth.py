@@ -2,10 +2,11 @@
 
 Contact areas are measured on a triangle mesh of each particle's envelope (marching cubes on the
 lightly smoothed binary envelope): the mesh gives each bit of surface its area, and the planted phase map
-says what touches it. A triangle takes the class of the voxel across the envelope's nearest boundary face
-(a face between one of its voxels and a voxel outside it). Reading along the triangle's normal instead
-lands on an edge or corner neighbour wherever the normal is oblique, and so reads through a one-voxel coat
-or gap that closes the surface face by face (a ball in a one-voxel CBD coat read 40 % electrolyte).
+says what touches it. A triangle takes the class of the outside voxel that shares a face with the
+envelope and lies nearest to the point half a voxel out along the triangle's normal. Reading the voxel
+at that point instead lands on an edge or corner neighbour wherever the normal is oblique, and so reads
+through a one-voxel coat or gap that closes the surface face by face (a ball in a one-voxel CBD coat read
+40 % electrolyte).
 The pipeline counts voxel faces (:mod:`detachment.surface`), which weights each bit of surface by
 |n_z| + |n_y| + |n_x|; this module shares no code with it, so a bias of the face count shows up as an
 error.
@@ -81,8 +82,9 @@ def _outer_voxels(labels, phases, own: int):
     steps = np.concatenate([np.eye(3, dtype=np.int64), -np.eye(3, dtype=np.int64)])
     outer = np.unique((surface[:, None, :] + steps[None]).reshape(-1, 3), axis=0)
     inside = np.all((outer >= 0) & (outer < shape), axis=1)
-    outer = outer[~inside | ~mask[tuple(np.where(inside[:, None], outer, 0).T)]]
-    inside = np.all((outer >= 0) & (outer < shape), axis=1)
+    keep = ~inside
+    keep[inside] = ~mask[tuple(outer[inside].T)]
+    outer, inside = outer[keep], inside[keep]
     cls = np.full(len(outer), -1, np.int64)
     cls[inside] = _outside_class(labels, phases, own, outer[inside])
     return outer, cls
@@ -120,10 +122,11 @@ def mesh_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.
                   n_labels: int | None = None) -> MeshContacts:
     """Envelope contact areas of every particle, measured on a marching-cubes mesh.
 
-    Each triangle of the envelope mesh takes the class of what lies across the envelope's boundary face
-    nearest to its centroid (Euclidean, voxel units). Where the volume border cuts a particle, the
-    envelope is continued beyond it, and the triangles outside the volume (centroid beyond the outer
-    voxel faces) or nearest to a face on the border are not counted.
+    Each triangle of the envelope mesh takes the class of the face-adjacent outside voxel nearest
+    (Euclidean, voxel units) to the point :data:`PROBE_DEPTH_VOX` out along its outward normal. Where
+    the volume border cuts a particle, the envelope is continued beyond it, and the triangles outside the
+    volume (centroid beyond the outer voxel faces) or whose nearest outside voxel lies beyond it are not
+    counted.
 
     Parameters
     ----------
