@@ -104,3 +104,17 @@ def test_compare_particles_with_an_empty_pipeline_table_gives_no_rows():
                           "iou": pd.Series([], dtype=float)})
     c = validation.compare_particles(truth, empty, pairs, "pipeline")
     assert len(c) == 0 and "detachment_error" in c
+
+
+def test_tuning_cells_are_measured_as_the_reported_cells_are():
+    # the tuning config chooses settings for make validate: it must let stopped maps and contact readings
+    # through the same way (one stopped tuning cell otherwise stops the whole tuning run)
+    from pathlib import Path
+
+    import yaml
+
+    config = Path(__file__).resolve().parents[1] / "config"
+    validate = yaml.safe_load((config / "validate.yaml").read_text())
+    tuning = yaml.safe_load((config / "tuning.yaml").read_text())
+    for section in ("threshold", "science"):
+        assert tuning.get(section) == validate.get(section), section
