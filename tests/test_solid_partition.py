@@ -4,6 +4,7 @@ intersection plane (the neck), with ragged masks as a slice-wise segmentation gi
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from detachment.phases import CBD, NMC_LOW, VOID
 from detachment.solid_partition import partition_solid
@@ -54,8 +55,8 @@ def test_a_ragged_boundary_between_touching_particles_moves_to_the_neck():
     after = np.mean(got[solid] == truth[solid])
     assert before < 0.93
     assert after > 0.98
-    # the ragged line's steps are faces read as particle contact (12x the plane's); at the neck they are
-    # within half again of the plane's (the grid's own steps)
+    # the ragged line's steps are faces read as particle contact; at the neck they are within half again
+    # of the plane's (the grid's own steps)
     assert _contact_faces(masks) > 5 * _contact_faces(truth)
     assert _contact_faces(got) < 1.5 * _contact_faces(truth)
 
@@ -63,8 +64,6 @@ def test_a_ragged_boundary_between_touching_particles_moves_to_the_neck():
 def test_an_isolated_particle_gains_its_solid_within_reach_and_loses_none():
     truth, phases, _ = _fused_balls(d=30.0, r1=7.0, r2=5.0, n=48)
     solid = truth > 0
-    from scipy import ndimage
-
     mask = ndimage.binary_erosion(truth == 1, iterations=1)
     got = partition_solid(np.where(mask, 1, np.where(truth == 2, 2, 0)).astype(np.uint32), phases)
     np.testing.assert_array_equal(got == 1, truth == 1)

@@ -45,14 +45,14 @@ def test_mesh_detachment_of_a_capped_ball_is_the_analytic_cap_area_fraction(angl
 def test_a_thin_shell_closed_face_by_face_is_read_as_the_shell(radius, width):
     # a coat or gap made as the phantom makes them (within ``width`` of a surface voxel): at width 1 it
     # leaves the edge and corner neighbours of the staircase outside it, which a probe along an oblique
-    # normal would read (a fully coated ball read 40 % electrolyte that way)
+    # normal would read through
     d, rho = _ball(radius)
     labels = (rho <= radius).astype(np.uint32)
     solid = labels > 0
     surface = solid & ~ndimage.binary_erosion(solid)
     shell = ~solid & (ndimage.distance_transform_edt(~surface) <= width)
-    holes = ~solid & ~shell & ndimage.binary_dilation(solid, np.ones((3, 3, 3), bool))
-    assert holes.any() or width > 1  # the case the shell is there for
+    if width == 1.0:  # the case the test is there for: the shell has edge and corner holes
+        assert (~solid & ~shell & ndimage.binary_dilation(solid, np.ones((3, 3, 3), bool))).any()
     coated = np.where(shell, CBD, VOID).astype(np.uint8)
     coated[solid] = NMC_LOW
     gapped = np.where(shell, VOID, CBD).astype(np.uint8)

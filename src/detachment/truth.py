@@ -3,10 +3,9 @@
 Contact areas are measured on a triangle mesh of each particle's envelope (marching cubes on the
 lightly smoothed binary envelope): the mesh gives each bit of surface its area, and the planted phase map
 says what touches it. A triangle takes the class of the outside voxel that shares a face with the
-envelope and lies nearest to the point half a voxel out along the triangle's normal. Reading the voxel
-at that point instead lands on an edge or corner neighbour wherever the normal is oblique, and so reads
-through a one-voxel coat or gap that closes the surface face by face (a ball in a one-voxel CBD coat read
-40 % electrolyte).
+envelope and lies nearest to the point half a voxel out along the triangle's normal. The voxel at that
+point itself may be an edge or corner neighbour wherever the normal is oblique, and a one-voxel coat or
+gap closes the surface face by face only: read there, it would be read through.
 The pipeline counts voxel faces (:mod:`detachment.surface`), which weights each bit of surface by
 |n_z| + |n_y| + |n_x|; this module shares no code with it, so a bias of the face count shows up as an
 error.
