@@ -11,7 +11,16 @@ from scipy import ndimage
 
 from detachment import io, plausibility
 from detachment.phantom import PhantomParams, generate_phantom
-from detachment.phase_fit import PhaseModelError, find_collector_slab, fit_informed_model, resolved_mixture
+from detachment.phase_fit import (
+    ElectrolyteLayer,
+    Mixture,
+    PhaseModelError,
+    anchor_to_layer,
+    find_collector_slab,
+    find_electrolyte_layer,
+    fit_informed_model,
+    resolved_mixture,
+)
 from detachment.phases import AL, NMC_HIGH, NMC_LOW, PHASE_CODES, VOID, Histogram
 from detachment.threshold import ThresholdSettings, threshold_volume
 
@@ -261,3 +270,77 @@ def test_histogram_modes_must_stand_above_their_counting_noise():
     peaks = histogram_peaks(Histogram(*np.histogram(two, 256, range=(0.0, 1.2))), 2, fill=False,
                             significance=PEAK_SIGNIFICANCE)
     np.testing.assert_allclose((peaks + 0.5) * 1.2 / 256, [0.7, 0.9], atol=0.01)
+
+
+ORDER = ("void", "cbd", "al", "nmc_low", "nmc_high")
+
+
+def _electrode_under_electrolyte(layer: int, seed: int = 0) -> np.ndarray:
+    """A collector slab (4 slices, grey 0.5), an electrode of electrolyte (0.0, 45 %), CBD (0.28, 20 %) and
+    NMC (0.8), and ``layer`` slices of electrolyte at the far face (σ 0.02 everywhere)."""
+    rng = np.random.default_rng(seed)
+    shape = (30, 40, 40)
+    u = rng.random(shape)
+    grey = np.where(u < 0.45, 0.0, np.where(u < 0.65, 0.28, 0.8))
+    grey[:4] = 0.5
+    if layer:
+        grey[-layer:] = 0.0
+    return grey + rng.normal(0, 0.02, shape)
+
+
+@pytest.mark.parametrize("layer", [3, 8])
+def test_the_electrolyte_layer_at_the_far_face_is_measured_and_anchors_the_electrolyte_class(layer):
+    counts = _slice_hists(_electrode_under_electrolyte(layer))
+    found = find_electrolyte_layer(counts, EDGES)
+    assert found.found and found.thickness == layer
+    assert found.mean == pytest.approx(0.0, abs=0.005) and found.sigma == pytest.approx(0.02, abs=0.004)
+    fit = fit_informed_model(counts, EDGES, ORDER)
+    assert fit.layer == found
+    assert fit.model.means[0] == found.mean and fit.model.sigmas[0] == found.sigma
+    assert fit.model.names == ORDER[:4] and fit.model.means[1] == pytest.approx(0.28, abs=0.01)
+
+
+def test_no_layer_where_the_electrode_reaches_the_far_face_or_the_far_face_is_not_the_darkest():
+    assert "not uniform" in find_electrolyte_layer(_slice_hists(_electrode_under_electrolyte(0)), EDGES).reason
+    assert "fewer than 3" in find_electrolyte_layer(_slice_hists(_electrode_under_electrolyte(2)), EDGES).reason
+    cbd_top = _electrode_under_electrolyte(0)
+    cbd_top[-5:] = 0.28 + np.random.default_rng(1).normal(0, 0.02, cbd_top[-5:].shape)
+    assert "not the darkest" in find_electrolyte_layer(_slice_hists(cbd_top), EDGES).reason
+
+
+@pytest.mark.parametrize("means", [(-0.14, 0.0), (0.1, 0.28)])
+def test_a_model_whose_darkest_class_is_not_the_far_face_electrolyte_stops_instead_of_shifting_the_labels(means):
+    """Dark classes fitted at gas (-0.14, darker than the electrolyte) and electrolyte, or at two levels
+    neither of which is the electrolyte's: labelled in order, the electrolyte would be called another
+    phase. The layer at 0.0 stops the model and says why."""
+    mix = Mixture(np.array(means), np.array([0.02, 0.02]), np.array([500.0, 500.0]))
+    with pytest.raises(PhaseModelError, match=r"electrolyte above the electrode \(8 slices at the far face, "
+                                              r"grey level 0 .*\) is not the darkest class"):
+        anchor_to_layer(mix, ElectrolyteLayer(8, 0.0, 0.02))
+
+
+def test_a_shoulder_of_the_electrolyte_peak_is_not_taken_for_cbd():
+    """EM split one broad electrolyte peak (σ 0.03, measured on the layer) into two narrow components
+    0.04 apart (Ashman's D 2.7 with their own σ, 1.7 with the layer's): one electrolyte class remains,
+    holding both components' voxels; a component 0.2 above (D 6) stays."""
+    layer = ElectrolyteLayer(5, 0.0, 0.03)
+    split = Mixture(np.array([0.0, 0.04]), np.array([0.015, 0.015]), np.array([600.0, 400.0]))
+    one = anchor_to_layer(split, layer)
+    assert len(one.means) == 1 and one.weights[0] == 1000 and "shoulder" in one.tried[-1]
+    two = anchor_to_layer(Mixture(np.array([0.0, 0.2]), np.array([0.015, 0.03]), np.array([6.0, 4.0])), layer)
+    np.testing.assert_array_equal(two.means, [0.0, 0.2])
+    assert anchor_to_layer(split, ElectrolyteLayer(0, np.nan, np.nan, "none")) is split
+
+
+def test_the_phantom_s_electrolyte_is_measured_on_its_far_face(tmp_path):
+    """The layer's grey level is the planted electrolyte's, measured on the planted map's interior."""
+    p = PhantomParams(shape_zyx=(40, 64, 64), n_particles=10, diameter_median_um=6, diameter_min_um=4,
+                      diameter_max_um=8)
+    ph = generate_phantom(p, seed=4)
+    io.write_volume(tmp_path / "v.h5", ph.volume, (0.5,) * 3, "test")
+    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
+    assert res.layer.found and res.layer.thickness >= 3
+    void = ndimage.binary_erosion(ph.phases == VOID, border_value=1)
+    assert res.layer.mean == pytest.approx(float(ph.volume[void].mean()), abs=0.01)
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        assert f["phases"].attrs["electrolyte_layer"].startswith(f"{res.layer.thickness} slices at the far face")

@@ -115,7 +115,7 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
     lo, hi = float(vol.min()), float(vol.max())
     per_slice_hist = np.stack([np.histogram(v, bins=s.bins, range=(lo, hi))[0] for v in vol])
     hist = phases.Histogram(per_slice_hist.sum(0), np.linspace(lo, hi, s.bins + 1))
-    model, _, collector = fit_model(hist, per_slice_hist, s)
+    model, _, collector, _ = fit_model(hist, per_slice_hist, s)
     p = classify_slab(vol, model, s, collector_top(model, collector))
     fine = np.linspace(lo, hi, 4 * s.bins + 1)
     interior = phases.interior_histograms(vol, p, fine)  # of the map before the edge-shell rule

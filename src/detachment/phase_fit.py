@@ -6,6 +6,9 @@ phases darker and brighter than Al (by the configured order: electrolyte and CBD
 high density above) are then fitted on the histogram of the volume above the slab, each side with as
 many Gaussian components as the data resolve (:func:`resolved_mixture`): NMC low and high density
 that overlap become one NMC class, and are reported as not resolved rather than split by a guess.
+Where the electrolyte above the electrode reaches the far face, its grey level is measured there
+(:func:`find_electrolyte_layer`): the electrolyte class must be the darkest fitted class and takes the
+layer's grey level and width (:func:`anchor_to_layer`).
 Main entry point: :func:`fit_informed_model`; the method: docs/methods.md, "Phase thresholding".
 """
 
@@ -77,6 +80,115 @@ def _quantiles(counts: np.ndarray, edges: np.ndarray, q) -> np.ndarray:
     return np.stack([[np.interp(qq, row, edges) for qq in q] for row in cum])
 
 
+#: Fewest uniform slices at the far face that make an electrolyte layer.
+MIN_LAYER_SLICES = 3
+#: Share (0-1) of a layer slice's voxels that must lie within 3 σ of the far face's grey level.
+LAYER_PURITY = 0.9
+#: Largest distance, in the layer's σ, between the layer's grey level and the electrolyte class fitted on
+#: the histogram (drift along z moves the two apart by a fraction of σ).
+LAYER_TOLERANCE_SIGMA = 1.5
+
+
+@dataclass
+class ElectrolyteLayer:
+    """The electrolyte above the electrode, as a layer of uniform slices at the far face (z = -1).
+
+    Attributes
+    ----------
+    thickness : int
+        Slices from the far face that hold the layer's grey level nearly alone (0 = no layer found).
+    mean, sigma : float
+        Grey level of the electrolyte (median of the layer's slices) and its spread (interquartile range
+        / 1.349), grey level.
+    reason : str
+        Why no layer was found ("" when found).
+    """
+
+    thickness: int
+    mean: float
+    sigma: float
+    reason: str = ""
+
+    @property
+    def found(self) -> bool:
+        """Whether an electrolyte layer was found."""
+        return self.thickness > 0
+
+    def describe(self) -> str:
+        """One line for logs and file attributes."""
+        if not self.found:
+            return f"none ({self.reason})"
+        return (f"{self.thickness} slices at the far face, grey level {self.mean:.4g} "
+                f"(FWHM {self.sigma * FWHM_PER_SIGMA:.3g})")
+
+
+def _first_slice(slice_counts: np.ndarray, edges: np.ndarray, max_iqr_fraction: float
+                 ) -> tuple[float, float, float, str]:
+    """Median, σ (interquartile range / 1.349, at least a bin) and the volume's 1-99 % span of slice 0 of
+    ``slice_counts``, and why it is not uniform ("" when it is)."""
+    binw = float(edges[1] - edges[0])
+    span = np.diff(_quantiles(slice_counts.sum(0), edges, (0.01, 0.99))[0])[0]
+    q = _quantiles(slice_counts[:1], edges, (0.25, 0.5, 0.75))[0]
+    iqr0 = q[2] - q[0]
+    reason = "" if iqr0 <= max_iqr_fraction * span else (
+        f"interquartile range {iqr0:.3g} > {max_iqr_fraction} x the volume's grey-level span {span:.3g}")
+    return float(q[1]), float(max(iqr0 / 1.349, binw)), float(span), reason
+
+
+def _near_share(slice_counts: np.ndarray, edges: np.ndarray, centre: float, sigma: float) -> np.ndarray:
+    """(z,) share of each slice's voxels within 3 ``sigma`` of ``centre``."""
+    x = 0.5 * (edges[1:] + edges[:-1])
+    near = np.abs(x - centre) <= 3 * sigma
+    return slice_counts[:, near].sum(1) / np.maximum(slice_counts.sum(1), 1)
+
+
+def _run_length(flags: np.ndarray) -> int:
+    """Length of the run of True from index 0."""
+    return len(flags) if flags.all() else int(np.argmin(flags))
+
+
+def find_electrolyte_layer(slice_counts: np.ndarray, edges: np.ndarray, max_iqr_fraction: float = 0.15
+                           ) -> ElectrolyteLayer:
+    """The electrolyte above the electrode, measured on the uniform slices at the far face.
+
+    The last slice must be uniform (as the collector's first, :func:`find_collector_slab`); the layer is
+    the run of slices from the far face in which :data:`LAYER_PURITY` of the voxels lie within 3 σ of the
+    last slice's median; it must span :data:`MIN_LAYER_SLICES` slices and be the darkest phase (below it
+    at most 2 % of the voxels are darker by 4 σ; a CBD or NMC layer has electrolyte below it).
+
+    Parameters
+    ----------
+    slice_counts : numpy.ndarray
+        (z, bins) int voxel counts of each slice's grey levels, z = 0 at the collector.
+    edges : numpy.ndarray
+        (bins + 1,) float bin edges, grey level.
+    max_iqr_fraction : float, default 0.15
+        Largest interquartile range of a layer slice, as a fraction of the volume's span.
+
+    Returns
+    -------
+    ElectrolyteLayer
+        ``thickness`` 0 and a ``reason`` when there is no layer (an electrode up to the far face).
+    """
+    top = np.asarray(slice_counts)[::-1]
+    med, sigma, _, reason = _first_slice(top, edges, max_iqr_fraction)
+    if reason:
+        return ElectrolyteLayer(0, np.nan, np.nan, f"the far slice is not uniform: {reason}")
+    thickness = _run_length(_near_share(top, edges, med, sigma) > LAYER_PURITY)
+    if thickness < MIN_LAYER_SLICES:
+        return ElectrolyteLayer(0, np.nan, np.nan, f"{thickness} uniform slice(s) at the far face, fewer than "
+                                                   f"{MIN_LAYER_SLICES}")
+    if thickness == len(top):
+        return ElectrolyteLayer(0, np.nan, np.nan, "every slice has the grey level of the far slice")
+    x = 0.5 * (edges[1:] + edges[:-1])
+    below = top[thickness:].sum(0)
+    if below[x < med - 4 * sigma].sum() > 0.02 * below.sum():
+        return ElectrolyteLayer(0, np.nan, np.nan, f"the layer at the far face (grey level {med:.3g}) is not the "
+                                                   f"darkest phase of the volume")
+    q = _quantiles(top[:thickness].sum(0), edges, (0.25, 0.5, 0.75))[0]
+    return ElectrolyteLayer(thickness, float(q[1]), float(max((q[2] - q[0]) / 1.349, float(edges[1] - edges[0]) / 2)))
+
+
 def find_collector_slab(slice_counts: np.ndarray, edges: np.ndarray, max_iqr_fraction: float = 0.15
                         ) -> CollectorSlab:
     """The collector slab at z = 0 from per-slice grey-level histograms.
@@ -102,16 +214,11 @@ def find_collector_slab(slice_counts: np.ndarray, edges: np.ndarray, max_iqr_fra
     """
     x = 0.5 * (edges[1:] + edges[:-1])
     binw = float(edges[1] - edges[0])
-    span = np.diff(_quantiles(slice_counts.sum(0), edges, (0.01, 0.99))[0])[0]
-    q = _quantiles(slice_counts, edges, (0.25, 0.5, 0.75))
-    iqr0, med0 = q[0, 2] - q[0, 0], q[0, 1]
-    sigma0 = max(iqr0 / 1.349, binw)
-    if iqr0 > max_iqr_fraction * span:
-        return CollectorSlab(0, np.nan, np.nan, f"slice z = 0 is not uniform (interquartile range {iqr0:.3g} "
-                                                f"> {max_iqr_fraction} x the volume's grey-level span {span:.3g})")
-    near = np.abs(x - med0) <= 3 * sigma0
-    share = slice_counts[:, near].sum(1) / np.maximum(slice_counts.sum(1), 1)
-    thickness = int(np.argmin(share > 0.5)) if not (share > 0.5).all() else len(share)
+    med0, sigma0, _, reason = _first_slice(slice_counts, edges, max_iqr_fraction)
+    if reason:
+        return CollectorSlab(0, np.nan, np.nan, f"slice z = 0 is not uniform ({reason})")
+    share = _near_share(slice_counts, edges, med0, sigma0)
+    thickness = _run_length(share > 0.5)
     if thickness == len(share):
         return CollectorSlab(0, np.nan, np.nan, "every slice has the grey level of slice z = 0")
     rest = slice_counts[thickness:].sum(0)
@@ -225,12 +332,16 @@ class InformedFit:
         ``("nmc_high",)``: NMC low and high density form one class, coded ``nmc_low``).
     notes : list of str
         Why components were rejected, for the log.
+    layer : ElectrolyteLayer or None
+        The electrolyte layer at the far face the electrolyte class was measured on (``found`` False
+        where the electrode reaches the far face).
     """
 
     model: PhaseModel
     slab: CollectorSlab
     unresolved: tuple
     notes: list
+    layer: ElectrolyteLayer | None = None
 
 
 def fit_informed_model(slice_counts: np.ndarray, edges: np.ndarray, order: tuple[str, ...],
@@ -258,11 +369,13 @@ def fit_informed_model(slice_counts: np.ndarray, edges: np.ndarray, order: tuple
     Raises
     ------
     PhaseModelError
-        When no collector slab is found, or a side resolves no phase at all.
+        When no collector slab is found, a side resolves no phase at all, or the electrolyte layer at
+        the far face is not the darkest class (:func:`anchor_to_layer`).
     """
     slab = find_collector_slab(slice_counts, edges)
     if not slab.found:
         raise PhaseModelError(f"no Al collector slab at z = 0: {slab.reason}")
+    layer = find_electrolyte_layer(slice_counts, edges)
     x = 0.5 * (edges[1:] + edges[:-1])
     rest = slice_counts[min(slab.thickness + margin, len(slice_counts) - 1):].sum(0)
     k_al = order.index("al")
@@ -271,6 +384,8 @@ def fit_informed_model(slice_counts: np.ndarray, edges: np.ndarray, order: tuple
                                (order[k_al + 1:], x > slab.mean + 3 * slab.sigma)]:
         if side_names:
             mix = _side_mixture(rest, edges, inside, side_names, slab.mean)
+            if side_names[0] == "void":
+                mix = anchor_to_layer(mix, layer)
             kept = list(side_names[: len(mix.means)])  # an unresolved phase merges into its darker neighbour
             unresolved += [n for n in side_names if n not in kept]
             notes += [f"{'/'.join(side_names)}: {t}" for t in mix.tried]
@@ -287,9 +402,56 @@ def fit_informed_model(slice_counts: np.ndarray, edges: np.ndarray, order: tuple
     thresholds = valley_thresholds(Histogram(slice_counts.sum(0), edges), means,
                                    gmm_decision_thresholds(means, sigmas, weights, x))
     model = PhaseModel(tuple(names), thresholds, means, sigmas, weights, "informed")
-    log.info("informed phase model: collector %d slices at %.4g (FWHM %.3g); classes %s at %s; not resolved: %s",
-             slab.thickness, slab.mean, slab.sigma * FWHM_PER_SIGMA, names, np.round(means, 4), unresolved or "none")
-    return InformedFit(model, slab, tuple(unresolved), notes)
+    log.info("informed phase model: collector %d slices at %.4g (FWHM %.3g); electrolyte layer: %s; classes %s "
+             "at %s; not resolved: %s", slab.thickness, slab.mean, slab.sigma * FWHM_PER_SIGMA, layer.describe(),
+             names, np.round(means, 4), unresolved or "none")
+    return InformedFit(model, slab, tuple(unresolved), notes, layer)
+
+
+def anchor_to_layer(mix: Mixture, layer: ElectrolyteLayer) -> Mixture:
+    """The dark side's components with the electrolyte measured on the far-face layer.
+
+    The darkest component must be the layer's (within :data:`LAYER_TOLERANCE_SIGMA` of its σ); it takes
+    the layer's grey level and σ (pure electrolyte, as the collector's slab gives Al). A brighter
+    component that the layer's narrower Gaussian does not separate from the electrolyte (Ashman's D below
+    :data:`MIN_SEPARATION`) is a shoulder of the electrolyte peak, not a phase, and is dropped.
+
+    Parameters
+    ----------
+    mix : Mixture
+        The components fitted below the collector's grey level, darkest first.
+    layer : ElectrolyteLayer
+        The far-face layer; where none was found, ``mix`` is returned unchanged.
+
+    Returns
+    -------
+    Mixture
+
+    Raises
+    ------
+    PhaseModelError
+        When no component, or not the darkest, lies at the layer's grey level: the histogram model would
+        label the electrolyte as another phase.
+    """
+    if not layer.found:
+        return mix
+    dist = np.abs(mix.means - layer.mean) / layer.sigma
+    j = int(np.argmin(dist))
+    if dist[j] > LAYER_TOLERANCE_SIGMA or j > 0:
+        raise PhaseModelError(
+            f"the electrolyte above the electrode ({layer.describe()}) is not the darkest class the histogram "
+            f"model fitted (classes below the collector's grey level at {np.round(mix.means, 4).tolist()}): the "
+            f"model would label electrolyte as another phase")
+    means, sigmas = mix.means.copy(), mix.sigmas.copy()
+    means[0], sigmas[0] = layer.mean, layer.sigma
+    d = np.sqrt(2) * (means[1:] - layer.mean) / np.sqrt(sigmas[1:] ** 2 + layer.sigma ** 2)
+    keep = np.concatenate([[True], d >= MIN_SEPARATION])
+    tried = list(mix.tried) + [f"a component at {m:.4g} is a shoulder of the electrolyte measured at the far face "
+                               f"(separation D {dd:.2f})" for m, dd in zip(means[1:][~keep[1:]], d[~keep[1:]])]
+    weights = mix.weights.copy()
+    for k in np.nonzero(~keep)[0]:  # a shoulder's voxels are electrolyte
+        weights[0] += weights[k]
+    return Mixture(means[keep], sigmas[keep], weights[keep], tried)
 
 
 

@@ -21,7 +21,7 @@ PHASE_COLOURS = {"void": "#1b1b3a", "cbd": "#e0a030", "nmc_low": "#2e8b57", "nmc
 PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE_NAMES)])
 
 
-def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram") -> str:
+def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None) -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -36,6 +36,8 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         Phases not separated from a neighbour (:attr:`detachment.threshold.ThresholdResult.unresolved`).
     nmc_split : str, default "histogram"
         How NMC high was told from low (:attr:`detachment.threshold.ThresholdResult.nmc_split`).
+    layer : detachment.phase_fit.ElectrolyteLayer, optional
+        The electrolyte layer at the far face; named where one was found.
 
     Returns
     -------
@@ -45,6 +47,8 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
     title = f"{sample}: slice z={z}, {method}"
     if nmc_split == "domain means":
         title += "; NMC low / high split on domain means (d), not on this histogram"
+    if layer is not None and layer.found:
+        title += f"; electrolyte measured on {layer.thickness} slices at the far face"
     if unresolved:
         title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
     return title

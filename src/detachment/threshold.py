@@ -145,6 +145,8 @@ class ThresholdResult:
     domain_split : detachment.phase_fit.DomainSplit or None
         The NMC split tried on domain-averaged grey levels where the histogram left ``nmc_high``
         unresolved (:attr:`ThresholdSettings.nmc_domain_split`); None where it was not tried.
+    layer : detachment.phase_fit.ElectrolyteLayer or None
+        The electrolyte layer found at the far face (``found`` False where the electrode reaches it).
     """
 
     model: phases.PhaseModel
@@ -156,6 +158,7 @@ class ThresholdResult:
     collector: phase_fit.CollectorSlab | None = None
     blur_sigma_vox: float = float("nan")
     domain_split: phase_fit.DomainSplit | None = None
+    layer: phase_fit.ElectrolyteLayer | None = None
 
     @property
     def nmc_split(self) -> str:
@@ -292,7 +295,7 @@ def _histogram_pass(volume_path, s: ThresholdSettings, depth: int, value_range: 
 
 
 def fit_model(hist: phases.Histogram, slice_counts: np.ndarray, s: ThresholdSettings
-              ) -> tuple[phases.PhaseModel, tuple[str, ...], phase_fit.CollectorSlab]:
+              ) -> tuple[phases.PhaseModel, tuple[str, ...], phase_fit.CollectorSlab, phase_fit.ElectrolyteLayer]:
     """The phase model of a volume by the settings: manual thresholds, ``informed``, ``gmm`` or ``multiotsu``.
 
     Parameters
@@ -312,6 +315,9 @@ def fit_model(hist: phases.Histogram, slice_counts: np.ndarray, s: ThresholdSett
         Phases of ``s.order`` the model does not separate (``informed`` only).
     collector : detachment.phase_fit.CollectorSlab
         The collector slab found at z = 0 (``thickness`` 0 where none is).
+    layer : detachment.phase_fit.ElectrolyteLayer
+        The electrolyte layer found at the far face (``thickness`` 0 where none is); the ``informed``
+        model measures the electrolyte on it.
 
     Raises
     ------
@@ -319,14 +325,15 @@ def fit_model(hist: phases.Histogram, slice_counts: np.ndarray, s: ThresholdSett
         From :func:`detachment.phase_fit.fit_informed_model` (no collector slab, nothing resolved).
     """
     collector = phase_fit.find_collector_slab(slice_counts, hist.edges)
+    layer = phase_fit.find_electrolyte_layer(slice_counts, hist.edges)
     if s.thresholds is not None:
-        return phases.model_from_thresholds(hist, np.asarray(s.thresholds), s.order, "manual"), (), collector
+        return phases.model_from_thresholds(hist, np.asarray(s.thresholds), s.order, "manual"), (), collector, layer
     if s.method == "informed":
         fit = phase_fit.fit_informed_model(slice_counts, hist.edges, s.order)
         for note in fit.notes:
             log.info("not resolved: %s", note)
-        return fit.model, fit.unresolved, fit.slab
-    return phases.fit_phase_model(hist, s.method, s.order), (), collector
+        return fit.model, fit.unresolved, fit.slab, fit.layer
+    return phases.fit_phase_model(hist, s.method, s.order), (), collector, layer
 
 
 #: the codes (cbd, void, nmc_a, nmc_b) of :func:`detachment.slab_kernels.interior_counts`; ``NO_SHELLS`` finds none
@@ -439,7 +446,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     shape, voxel = io.read_volume_info(volume_path)
     hist, slice_counts = _grey_histogram(volume_path, s, shape[0], progress, workers)
     lo, hi = float(hist.edges[0]), float(hist.edges[-1])
-    model, unresolved, collector = fit_model(hist, slice_counts, s)
+    model, unresolved, collector, layer = fit_model(hist, slice_counts, s)
     model, unresolved, split = _domain_split(volume_path, s, shape[0], model, unresolved, collector, (lo, hi),
                                              progress, workers)
     log.info("%s thresholds %s between %s", model.method, np.round(model.thresholds, 4), model.names)
@@ -460,10 +467,11 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
             tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers,
                                    progress)
         _write_attrs(d, voxel, model, unresolved, nmc_split(model, split))
+        d.attrs["electrolyte_layer"] = layer.describe()
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
-                           tally.per_slice, unresolved, collector, tally.edges.sigma(), split)
+                           tally.per_slice, unresolved, collector, tally.edges.sigma(), split, layer)
 
 
 def nmc_split(model: phases.PhaseModel, split: phase_fit.DomainSplit | None) -> str:
