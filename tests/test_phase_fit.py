@@ -344,3 +344,11 @@ def test_the_phantom_s_electrolyte_is_measured_on_its_far_face(tmp_path):
     assert res.layer.mean == pytest.approx(float(ph.volume[void].mean()), abs=0.01)
     with h5py.File(tmp_path / "p.h5", "r") as f:
         assert f["phases"].attrs["electrolyte_layer"].startswith(f"{res.layer.thickness} slices at the far face")
+
+
+def test_the_figure_title_says_where_the_electrolyte_was_measured_and_what_was_not_resolved():
+    from detachment.plots import phase_title
+
+    title = phase_title("cellA", 5, "informed", ("nmc_high",), "not resolved", ElectrolyteLayer(7, 0.0, 0.02))
+    assert "electrolyte measured on 7 slices at the far face" in title and "NOT RESOLVED: nmc_high" in title
+    assert "far face" not in phase_title("cellA", 5, "informed", (), "histogram", ElectrolyteLayer(0, np.nan, np.nan))
