@@ -22,12 +22,14 @@ import torch
 from . import io
 from .cnn.model import select_device
 from .cnn.predict import load_model, predict
-from .cnn.scale import scale_factor, scaled_shape
+from .cnn.scale import RESCALE_RANGE, probe_slices, scale_factor, scaled_shape, section_diameters, size_factor
 from .cnn.tiles import MIN_OVERLAP_PX, resolve_tile_px, tile_overlap, tile_windows
 
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ["z", "label", "score", "y0", "x0", "y1", "x1", "area_px"]
+#: detection score and mask probability of the particle-size probe (the workflow's default operating point)
+PROBE_SCORE, PROBE_MASK = 0.6, 0.7
 
 
 def scatter_range(item: str, depth: int) -> tuple[int, int]:
@@ -111,9 +113,11 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
         torch; whether to show a progress bar.
     tta : bool, default False
         Fuse the predictions of the four flips of each slice (four times the compute).
-    rescale : {"auto", "off"}, default "auto"
+    rescale : {"auto", "particle_size", "off"}, default "auto"
         ``auto``: slices resized by volume / training voxel size, masks mapped back
-        (:func:`detachment.cnn.scale.scale_factor`); ``off``: native scale.
+        (:func:`detachment.cnn.scale.scale_factor`); ``particle_size``: that factor corrected so the
+        particle sections measured on a few probe slices have the training size
+        (:func:`detachment.cnn.scale.size_factor`); ``off``: native scale.
     tile_px : int, "auto" or None, default "auto"
         Largest slice side (px, after rescaling) the model sees whole; larger slices go in overlapping tiles
         (:mod:`detachment.cnn.tiles`; ``auto``: 256 px; None: never).
@@ -170,10 +174,81 @@ def _model_at_scale(weights_path, meta_path, volume_path, device: str, threads: 
     model, meta = load_model(weights_path, meta_path, dev)
     shape, voxel = io.read_volume_info(volume_path)
     factor = scale_factor(voxel, meta, rescale, where=str(volume_path))
+    if rescale == "particle_size":
+        factor = _size_corrected(model, dev, meta, volume_path, factor)
     log.info("%s: slices resized by (y, x) %s for the model (voxel size %s µm, training %s µm)", volume_path,
              factor, list(voxel[1:]), (meta.get("scale") or {}).get("voxel_size_um"))
     tiling = _tiling(tile_px, meta, shape, factor, str(volume_path))
     return model, dev, int(meta["model"].get("context_slices", 0)), shape, factor, tiling
+
+
+def probe_sections(model, dev, meta: dict, volume_path, factor: tuple[float, float]) -> tuple[float, int]:
+    """Median equivalent diameter (px, at the model's input scale) and number of the particle sections the
+    model finds on the volume's probe slices (:func:`detachment.cnn.scale.probe_slices`), segmented at
+    ``factor`` without flips at the workflow's default thresholds."""
+    context = int(meta["model"].get("context_slices", 0))
+    shape, _ = io.read_volume_info(volume_path)
+    with h5py.File(volume_path, "r") as f:
+        volume = f[io.VOLUME_DATASET]
+        images = np.concatenate([model_slices(volume, z, z + 1, context) for z in probe_slices(volume)])
+    tiling = _tiling("auto", meta, shape, factor, str(volume_path))
+    labels, _ = predict(model, images, dev, batch_size=2, score_threshold=PROBE_SCORE, mask_threshold=PROBE_MASK,
+                        scale=factor, **tiling)
+    d = section_diameters(labels)
+    return (float(np.median(d)) * float(np.mean(factor)) if len(d) else float("nan")), int(len(d))
+
+
+def record_probe_diameter(weights_path, meta_path, volume_paths, device: str = "cpu", threads: int = 1) -> float:
+    """Write the training volumes' probe measurement into a model's metadata (``scale.probe_diameter_px``).
+
+    Each volume's probe sections (:func:`probe_sections`, at its voxel-size factor) are measured with the
+    trained model; the median over the volumes is recorded, so ``infer.rescale: particle_size`` compares
+    like with like. The metadata file is replaced atomically.
+
+    Parameters
+    ----------
+    weights_path, meta_path : str or os.PathLike
+        The trained model.
+    volume_paths : sequence of str or os.PathLike
+        Its training volumes.
+    device : str, default "cpu"
+    threads : int, default 1
+
+    Returns
+    -------
+    float
+        The recorded diameter, px (NaN where no section was found).
+    """
+    import json
+    from pathlib import Path
+
+    torch.set_num_threads(max(1, threads))
+    dev = select_device(device)
+    model, meta = load_model(weights_path, meta_path, dev)
+    seen = []
+    for v in volume_paths:
+        _, voxel = io.read_volume_info(v)
+        d, n = probe_sections(model, dev, meta, v, scale_factor(voxel, meta, "auto", where=str(v)))
+        log.info("%s: probe sections %.1f px (median of %d)", v, d, n)
+        seen.append(d)
+    value = float(np.nanmedian(seen)) if np.isfinite(seen).any() else float("nan")
+    meta.setdefault("scale", {})["probe_diameter_px"] = value
+    with io.atomic_output(meta_path) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=2, default=float))
+    return value
+
+
+def _size_corrected(model, dev, meta: dict, volume_path, factor: tuple[float, float]) -> tuple[float, float]:
+    """``factor`` times the particle-size factor of the volume (:func:`probe_sections`,
+    :func:`detachment.cnn.scale.size_factor`); InputError where the product leaves the accepted range."""
+    seen, n = probe_sections(model, dev, meta, volume_path, factor)
+    size = size_factor(seen, n, meta, where=str(volume_path))
+    out = (factor[0] * size, factor[1] * size)
+    lo, hi = RESCALE_RANGE
+    if not all(lo <= f <= hi for f in out):
+        raise io.InputError(f"{volume_path}: the particles' size needs a rescale factor {np.round(out, 3).tolist()}, "
+                            f"outside [{lo}, {hi}]; set infer.rescale: auto to rescale by voxel size only")
+    return out
 
 
 def _tiling(tile_px, meta: dict, shape, factor, where: str) -> dict:
