@@ -361,3 +361,25 @@ def test_probe_slices_lie_where_the_bright_particles_are():
     vol[10:20, 20:40, 20:40] = 0.8
     zs = probe_slices(vol)
     assert zs == sorted(set(zs)) and len(zs) >= 5 and all(10 <= z < 20 for z in zs)
+
+
+def test_the_probe_measures_the_central_window_of_large_slices(tmp_path, monkeypatch):
+    """A 384 px slice: 13 px disks in the central 256 px window the probe segments, 16 px disks (the
+    training size, more of them) around it. Measured on the window alone the slices are resized; over the
+    whole slice the median would be the training size and they would not be."""
+    meta = {"model": {"context_slices": 0},
+            "scale": {"voxel_size_um": [0.5, 0.5], "particle_diameter_px": 16.0,
+                      "probe_diameter_px": _equivalent_diameter(8.0)}}
+    monkeypatch.setattr(inference, "load_model", lambda w, m, d: (DiskFinder(16.0), meta))
+    yy, xx = np.mgrid[:384, :384] + 0.5
+    scene = np.zeros((384, 384), bool)
+    centres = [(12 + 24 * i, 12 + 24 * j) for i in range(16) for j in range(16)]
+    inner = [(cy, cx) for cy, cx in centres if 64 + 8 <= cy <= 320 - 8 and 64 + 8 <= cx <= 320 - 8]
+    outer = [(cy, cx) for cy, cx in centres if min(cy, cx) < 64 - 8 or max(cy, cx) > 320 + 8]
+    assert len(outer) > len(inner)
+    for (cy, cx), r in [(c, 6.5) for c in inner] + [(c, 8.0) for c in outer]:
+        scene |= (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+    io.write_volume(tmp_path / "v.h5", np.stack([scene] * 3).astype(np.float32), 0.5, "test")
+    factor = inference._model_at_scale("w.pt", "m.json", tmp_path / "v.h5", "cpu", 1, "particle_size")[4]
+    ratio = _equivalent_diameter(8.0) / _equivalent_diameter(6.5)
+    assert factor == pytest.approx((round(ratio / 0.05) * 0.05,) * 2)

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["z", "label", "score", "y0", "x0", "y1", "x1", "area_px"]
 #: detection score and mask probability of the particle-size probe (the workflow's default operating point)
 PROBE_SCORE, PROBE_MASK = 0.6, 0.7
+#: side (px, as the model sees it) of the central window of each probe slice that is segmented
+PROBE_WINDOW_PX = 256
 
 
 def scatter_range(item: str, depth: int) -> tuple[int, int]:
@@ -184,14 +186,19 @@ def _model_at_scale(weights_path, meta_path, volume_path, device: str, threads: 
 
 def probe_sections(model, dev, meta: dict, volume_path, factor: tuple[float, float]) -> tuple[float, int]:
     """Median equivalent diameter (px, at the model's input scale) and number of the particle sections the
-    model finds on the volume's probe slices (:func:`detachment.cnn.scale.probe_slices`), segmented at
-    ``factor`` without flips at the workflow's default thresholds."""
+    model finds on the volume's probe slices (:func:`detachment.cnn.scale.probe_slices`): their central
+    window of :data:`PROBE_WINDOW_PX` px as the model sees it, segmented at ``factor`` without flips at the
+    workflow's default thresholds."""
     context = int(meta["model"].get("context_slices", 0))
     shape, _ = io.read_volume_info(volume_path)
+    # the central window of each slice the model sees whole: enough sections, one forward pass per slice
+    side = [min(n, max(1, int(PROBE_WINDOW_PX / f))) for n, f in zip(shape[1:], factor)]
+    window = tuple(slice((n - s) // 2, (n - s) // 2 + s) for n, s in zip(shape[1:], side))
     with h5py.File(volume_path, "r") as f:
         volume = f[io.VOLUME_DATASET]
         images = np.concatenate([model_slices(volume, z, z + 1, context) for z in probe_slices(volume)])
-    tiling = _tiling("auto", meta, shape, factor, str(volume_path))
+    images = images[(Ellipsis,) + window]
+    tiling = _tiling("auto", meta, (len(images),) + images.shape[-2:], factor, str(volume_path))
     labels, _ = predict(model, images, dev, batch_size=2, score_threshold=PROBE_SCORE, mask_threshold=PROBE_MASK,
                         scale=factor, **tiling)
     d = section_diameters(labels)
