@@ -116,10 +116,8 @@ def infer_slab(volume_path, weights_path, meta_path, z0: int, z1: int, out_path,
     tta : bool, default False
         Fuse the predictions of the four flips of each slice (four times the compute).
     rescale : {"auto", "particle_size", "off"}, default "auto"
-        ``auto``: slices resized by volume / training voxel size, masks mapped back
-        (:func:`detachment.cnn.scale.scale_factor`); ``particle_size``: that factor corrected so the
-        particle sections measured on a few probe slices have the training size
-        (:func:`detachment.cnn.scale.size_factor`); ``off``: native scale.
+        ``auto``: slices resized by volume / training voxel size, masks mapped back (:func:`_model_at_scale`);
+        ``particle_size``: then also by the particles' measured size; ``off``: native scale.
     tile_px : int, "auto" or None, default "auto"
         Largest slice side (px, after rescaling) the model sees whole; larger slices go in overlapping tiles
         (:mod:`detachment.cnn.tiles`; ``auto``: 256 px; None: never).
@@ -169,8 +167,9 @@ def _infer_chunks(run, volume, out, zs: tuple[int, int], shape, context: int, ch
 def _model_at_scale(weights_path, meta_path, volume_path, device: str, threads: int, rescale: str,
                     tile_px=None) -> tuple:
     """The model on its device, its context slices, the volume's shape, the (y, x) resize factor of its
-    slices for the model and the tiling (:func:`_tiling`), logged; InputError when the model, the factor or
-    the tile side is refused."""
+    slices for the model (by voxel size, :func:`detachment.cnn.scale.scale_factor`; with ``particle_size``
+    also by the particles' measured size, :func:`_size_corrected`) and the tiling (:func:`_tiling`),
+    logged; InputError when the model, the factor or the tile side is refused."""
     torch.set_num_threads(max(1, threads))
     dev = select_device(device)
     model, meta = load_model(weights_path, meta_path, dev)

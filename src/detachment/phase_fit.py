@@ -123,16 +123,16 @@ class ElectrolyteLayer:
 
 
 def _first_slice(slice_counts: np.ndarray, edges: np.ndarray, max_iqr_fraction: float
-                 ) -> tuple[float, float, float, str]:
-    """Median, σ (interquartile range / 1.349, at least a bin) and the volume's 1-99 % span of slice 0 of
-    ``slice_counts``, and why it is not uniform ("" when it is)."""
+                 ) -> tuple[float, float, str]:
+    """Median and σ (interquartile range / 1.349, at least a bin) of slice 0 of ``slice_counts``, and why it
+    is not uniform against the volume's 1-99 % grey-level span ("" when it is)."""
     binw = float(edges[1] - edges[0])
     span = np.diff(_quantiles(slice_counts.sum(0), edges, (0.01, 0.99))[0])[0]
     q = _quantiles(slice_counts[:1], edges, (0.25, 0.5, 0.75))[0]
     iqr0 = q[2] - q[0]
     reason = "" if iqr0 <= max_iqr_fraction * span else (
         f"interquartile range {iqr0:.3g} > {max_iqr_fraction} x the volume's grey-level span {span:.3g}")
-    return float(q[1]), float(max(iqr0 / 1.349, binw)), float(span), reason
+    return float(q[1]), float(max(iqr0 / 1.349, binw)), reason
 
 
 def _near_share(slice_counts: np.ndarray, edges: np.ndarray, centre: float, sigma: float) -> np.ndarray:
@@ -171,7 +171,7 @@ def find_electrolyte_layer(slice_counts: np.ndarray, edges: np.ndarray, max_iqr_
         ``thickness`` 0 and a ``reason`` when there is no layer (an electrode up to the far face).
     """
     top = np.asarray(slice_counts)[::-1]
-    med, sigma, _, reason = _first_slice(top, edges, max_iqr_fraction)
+    med, sigma, reason = _first_slice(top, edges, max_iqr_fraction)
     if reason:
         return ElectrolyteLayer(0, np.nan, np.nan, f"the far slice is not uniform: {reason}")
     thickness = _run_length(_near_share(top, edges, med, sigma) > LAYER_PURITY)
@@ -186,7 +186,8 @@ def find_electrolyte_layer(slice_counts: np.ndarray, edges: np.ndarray, max_iqr_
         return ElectrolyteLayer(0, np.nan, np.nan, f"the layer at the far face (grey level {med:.3g}) is not the "
                                                    f"darkest phase of the volume")
     q = _quantiles(top[:thickness].sum(0), edges, (0.25, 0.5, 0.75))[0]
-    return ElectrolyteLayer(thickness, float(q[1]), float(max((q[2] - q[0]) / 1.349, float(edges[1] - edges[0]) / 2)))
+    sigma = max((q[2] - q[0]) / 1.349, float(edges[1] - edges[0]) / 2)
+    return ElectrolyteLayer(thickness, float(q[1]), float(sigma))
 
 
 def find_collector_slab(slice_counts: np.ndarray, edges: np.ndarray, max_iqr_fraction: float = 0.15
@@ -214,7 +215,7 @@ def find_collector_slab(slice_counts: np.ndarray, edges: np.ndarray, max_iqr_fra
     """
     x = 0.5 * (edges[1:] + edges[:-1])
     binw = float(edges[1] - edges[0])
-    med0, sigma0, _, reason = _first_slice(slice_counts, edges, max_iqr_fraction)
+    med0, sigma0, reason = _first_slice(slice_counts, edges, max_iqr_fraction)
     if reason:
         return CollectorSlab(0, np.nan, np.nan, f"slice z = 0 is not uniform ({reason})")
     share = _near_share(slice_counts, edges, med0, sigma0)
@@ -379,18 +380,7 @@ def fit_informed_model(slice_counts: np.ndarray, edges: np.ndarray, order: tuple
     x = 0.5 * (edges[1:] + edges[:-1])
     rest = slice_counts[min(slab.thickness + margin, len(slice_counts) - 1):].sum(0)
     k_al = order.index("al")
-    names, means, sigmas, weights, unresolved, notes = [], [], [], [], [], []
-    for side_names, inside in [(order[:k_al], x < slab.mean - 3 * slab.sigma),
-                               (order[k_al + 1:], x > slab.mean + 3 * slab.sigma)]:
-        if side_names:
-            mix = _side_mixture(rest, edges, inside, side_names, slab.mean)
-            if side_names[0] == "void":
-                mix = anchor_to_layer(mix, layer)
-            kept = list(side_names[: len(mix.means)])  # an unresolved phase merges into its darker neighbour
-            unresolved += [n for n in side_names if n not in kept]
-            notes += [f"{'/'.join(side_names)}: {t}" for t in mix.tried]
-            names += kept
-            means, sigmas, weights = means + list(mix.means), sigmas + list(mix.sigmas), weights + list(mix.weights)
+    names, means, sigmas, weights, unresolved, notes = _fit_sides(rest, edges, slab, order, layer)
     # the collector's weight: its slab; the side weights are counts of the volume above the slab
     names.insert(len([n for n in names if order.index(n) < k_al]), "al")
     k = names.index("al")
@@ -406,6 +396,27 @@ def fit_informed_model(slice_counts: np.ndarray, edges: np.ndarray, order: tuple
              "at %s; not resolved: %s", slab.thickness, slab.mean, slab.sigma * FWHM_PER_SIGMA, layer.describe(),
              names, np.round(means, 4), unresolved or "none")
     return InformedFit(model, slab, tuple(unresolved), notes, layer)
+
+
+def _fit_sides(rest: np.ndarray, edges: np.ndarray, slab: CollectorSlab, order: tuple[str, ...],
+               layer: ElectrolyteLayer) -> tuple[list, list, list, list, list, list]:
+    """The resolved phases below and above the collector's grey level (:func:`fit_informed_model`): their
+    names, means, sigmas, weights (voxels), the unresolved phases and the rejection notes."""
+    x = 0.5 * (edges[1:] + edges[:-1])
+    k_al = order.index("al")
+    names, means, sigmas, weights, unresolved, notes = [], [], [], [], [], []
+    for side_names, inside in [(order[:k_al], x < slab.mean - 3 * slab.sigma),
+                               (order[k_al + 1:], x > slab.mean + 3 * slab.sigma)]:
+        if side_names:
+            mix = _side_mixture(rest, edges, inside, side_names, slab.mean)
+            if side_names[0] == "void":
+                mix = anchor_to_layer(mix, layer)
+            kept = list(side_names[: len(mix.means)])  # an unresolved phase merges into its darker neighbour
+            unresolved += [n for n in side_names if n not in kept]
+            notes += [f"{'/'.join(side_names)}: {t}" for t in mix.tried]
+            names += kept
+            means, sigmas, weights = means + list(mix.means), sigmas + list(mix.sigmas), weights + list(mix.weights)
+    return names, means, sigmas, weights, unresolved, notes
 
 
 def anchor_to_layer(mix: Mixture, layer: ElectrolyteLayer) -> Mixture:
