@@ -364,7 +364,7 @@ def test_probe_slices_lie_where_the_bright_particles_are():
 
 
 def test_the_probe_measures_the_central_window_of_large_slices(tmp_path, monkeypatch):
-    """A 384 px slice: 13 px disks in the central 256 px window the probe segments, 16 px disks (the
+    """A 384 px slice: 13 px disks in the central 192 px window the probe segments, 16 px disks (the
     training size, more of them) around it. Measured on the window alone the slices are resized; over the
     whole slice the median would be the training size and they would not be."""
     meta = {"model": {"context_slices": 0},
@@ -374,8 +374,9 @@ def test_the_probe_measures_the_central_window_of_large_slices(tmp_path, monkeyp
     yy, xx = np.mgrid[:384, :384] + 0.5
     scene = np.zeros((384, 384), bool)
     centres = [(12 + 24 * i, 12 + 24 * j) for i in range(16) for j in range(16)]
-    inner = [(cy, cx) for cy, cx in centres if 64 + 8 <= cy <= 320 - 8 and 64 + 8 <= cx <= 320 - 8]
-    outer = [(cy, cx) for cy, cx in centres if min(cy, cx) < 64 - 8 or max(cy, cx) > 320 + 8]
+    lo, hi = (384 - inference.PROBE_WINDOW_PX) // 2, (384 + inference.PROBE_WINDOW_PX) // 2
+    inner = [(cy, cx) for cy, cx in centres if lo + 8 <= cy <= hi - 8 and lo + 8 <= cx <= hi - 8]
+    outer = [(cy, cx) for cy, cx in centres if min(cy, cx) < lo - 8 or max(cy, cx) > hi + 8]
     assert len(outer) > len(inner)
     for (cy, cx), r in [(c, 6.5) for c in inner] + [(c, 8.0) for c in outer]:
         scene |= (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2

@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 TABLE_COLUMNS = ["z", "label", "score", "y0", "x0", "y1", "x1", "area_px"]
 #: detection score and mask probability of the particle-size probe (the workflow's default operating point)
 PROBE_SCORE, PROBE_MASK = 0.6, 0.7
-#: side (px, as the model sees it) of the central window of each probe slice that is segmented
-PROBE_WINDOW_PX = 256
+#: side (px, as the model sees it) of the central window of each probe slice that is segmented: one
+#: forward pass, and at the default phantom's crowding (~110 sections) under the model's detection cap
+#: (150), which a larger window reaches (the cap keeps the best-scoring sections, a biased sample)
+PROBE_WINDOW_PX = 192
 
 
 def scatter_range(item: str, depth: int) -> tuple[int, int]:
