@@ -6,7 +6,8 @@ operating point the comparison reports), and ``/candidates``, every detection sc
 exactly ``/candidates`` with the low-scoring ids removed. The linker follows particles through the
 candidates (hysteresis), so a particle is not cut where the per-slice model was unsure.
 
-Main entry points: :func:`scatter_range`, :func:`infer_slab`, :func:`gather_slabs`.
+Main entry points: :func:`scatter_range`, :func:`infer_slab`, :func:`gather_slabs`;
+:func:`record_probe_diameter` for ``infer.rescale: particle_size``.
 """
 
 from __future__ import annotations
