@@ -47,18 +47,18 @@ class PhaseModelError(ValueError):
 
 
 @dataclass
-class CollectorSlab:
-    """The Al collector as a slab of slices from z = 0.
+class SliceLayer:
+    """A run of uniform slices at one z face of a volume, and its grey level.
 
     Attributes
     ----------
     thickness : int
-        Slices from z = 0 in which the collector's grey level dominates (0 = no slab found).
+        Slices from the face in which the layer's grey level dominates (0 = no layer found).
     mean, sigma : float
-        Grey level of the collector (median of its core slices) and its spread (interquartile range /
-        1.349), grey level.
+        Grey level of the layer (median of its slices) and its spread (interquartile range / 1.349),
+        grey level.
     reason : str
-        Why no slab was found ("" when found).
+        Why no layer was found ("" when found).
     """
 
     thickness: int
@@ -68,8 +68,14 @@ class CollectorSlab:
 
     @property
     def found(self) -> bool:
-        """Whether a collector slab was found."""
+        """Whether the layer was found."""
         return self.thickness > 0
+
+
+@dataclass
+class CollectorSlab(SliceLayer):
+    """The Al collector as a slab of slices from z = 0 (:class:`SliceLayer`; its grey level measured on
+    the slab's core slices)."""
 
 
 def _quantiles(counts: np.ndarray, edges: np.ndarray, q) -> np.ndarray:
@@ -90,29 +96,9 @@ LAYER_TOLERANCE_SIGMA = 1.5
 
 
 @dataclass
-class ElectrolyteLayer:
-    """The electrolyte above the electrode, as a layer of uniform slices at the far face (z = -1).
-
-    Attributes
-    ----------
-    thickness : int
-        Slices from the far face that hold the layer's grey level nearly alone (0 = no layer found).
-    mean, sigma : float
-        Grey level of the electrolyte (median of the layer's slices) and its spread (interquartile range
-        / 1.349), grey level.
-    reason : str
-        Why no layer was found ("" when found).
-    """
-
-    thickness: int
-    mean: float
-    sigma: float
-    reason: str = ""
-
-    @property
-    def found(self) -> bool:
-        """Whether an electrolyte layer was found."""
-        return self.thickness > 0
+class ElectrolyteLayer(SliceLayer):
+    """The electrolyte above the electrode, as a layer of uniform slices at the far face (z = -1)
+    (:class:`SliceLayer`)."""
 
     def describe(self) -> str:
         """One line for logs and file attributes."""
