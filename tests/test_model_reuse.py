@@ -384,3 +384,17 @@ def test_the_probe_measures_the_central_window_of_large_slices(tmp_path, monkeyp
     factor = inference._model_at_scale("w.pt", "m.json", tmp_path / "v.h5", "cpu", 1, "particle_size")[4]
     ratio = _equivalent_diameter(8.0) / _equivalent_diameter(6.5)
     assert factor == pytest.approx((round(ratio / 0.05) * 0.05,) * 2)
+
+
+def test_a_size_factor_near_the_tolerance_is_warned_about(caplog):
+    from detachment.cnn.scale import size_factor
+
+    meta = {"scale": {"probe_diameter_px": 15.0}}
+    with caplog.at_level("WARNING"):
+        assert size_factor(15.0 / 1.17, 100, meta, "v.h5") == 1.0  # 1.17: not resized, but marginal
+    assert "v.h5: the size factor 1.170 lies within 0.05 of the tolerance" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert size_factor(15.0 / 1.3, 100, meta, "v.h5") == pytest.approx(1.3)
+        assert size_factor(15.0 / 1.02, 100, meta, "v.h5") == 1.0
+    assert "tolerance" not in caplog.text

@@ -34,6 +34,9 @@ RESCALE_TOLERANCE = 1e-3
 SIZE_TOLERANCE = 0.2
 #: size factors are rounded to this step, so every slab job of a volume gets the same one
 SIZE_STEP = 0.05
+#: a size factor this close to the tolerance is warned about: the probe's median moves by about as much
+#: between cells, so the decision could differ between cells of one study
+MARGINAL_BAND = 0.05
 #: slices the particle size is measured on, and the fewest particle sections it needs
 PROBE_SLICES = 8
 MIN_PROBE_SECTIONS = 20
@@ -271,6 +274,11 @@ def size_factor(seen_px: float, n_sections: int, meta: dict, where: str = "volum
     factor = float(trained) / seen_px
     log.info("%s: particle sections %.1f px as the model sees them (median of %d on the probe slices), %.1f px "
              "on the training volumes: size factor %.3f", where, seen_px, n_sections, trained, factor)
+    if abs(abs(factor - 1) - SIZE_TOLERANCE) <= MARGINAL_BAND:
+        log.warning("%s: the size factor %.3f lies within %.2f of the tolerance %.2f: cells of one study with "
+                    "particles like these may be resized differently; compare the factors in the infer_slab logs "
+                    "and set infer.rescale: auto for all of them where they differ", where, factor, MARGINAL_BAND,
+                    SIZE_TOLERANCE)
     if abs(factor - 1) <= SIZE_TOLERANCE:
         return 1.0
     return float(round(factor / SIZE_STEP) * SIZE_STEP)
