@@ -73,11 +73,10 @@ def training_scale(split_path, voxel_sizes: dict) -> dict:
     if np.any(np.abs(per_slice - voxel) > RESCALE_TOLERANCE * voxel):
         log.warning("labelled samples differ in voxel size (%s µm); the model records the median %s µm",
                     sorted({tuple(v) for v in per_slice.tolist()}), voxel.tolist())
-    areas = np.concatenate([np.bincount(m.ravel())[1:] for m in masks]) if len(masks) else np.zeros(0)
-    areas = areas[areas > 0]
-    diameter = float(np.median(2 * np.sqrt(areas / np.pi))) if len(areas) else float("nan")
+    diameters = section_diameters(masks)
+    diameter = float(np.median(diameters)) if len(diameters) else float("nan")
     return {"voxel_size_um": [float(v) for v in voxel], "particle_diameter_px": diameter,
-            "n_instances": int(len(areas))}
+            "n_instances": int(len(diameters))}
 
 
 def scale_factor(voxel_size_um, meta: dict, mode: str = "auto", where: str = "volume") -> tuple[float, float]:
