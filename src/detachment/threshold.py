@@ -324,15 +324,15 @@ def fit_model(hist: phases.Histogram, slice_counts: np.ndarray, s: ThresholdSett
     detachment.phase_fit.PhaseModelError
         From :func:`detachment.phase_fit.fit_informed_model` (no collector slab, nothing resolved).
     """
-    collector = phase_fit.find_collector_slab(slice_counts, hist.edges)
-    layer = phase_fit.find_electrolyte_layer(slice_counts, hist.edges)
-    if s.thresholds is not None:
-        return phases.model_from_thresholds(hist, np.asarray(s.thresholds), s.order, "manual"), (), collector, layer
-    if s.method == "informed":
+    if s.thresholds is None and s.method == "informed":
         fit = phase_fit.fit_informed_model(slice_counts, hist.edges, s.order)
         for note in fit.notes:
             log.info("not resolved: %s", note)
         return fit.model, fit.unresolved, fit.slab, fit.layer
+    collector = phase_fit.find_collector_slab(slice_counts, hist.edges)
+    layer = phase_fit.find_electrolyte_layer(slice_counts, hist.edges)
+    if s.thresholds is not None:
+        return phases.model_from_thresholds(hist, np.asarray(s.thresholds), s.order, "manual"), (), collector, layer
     return phases.fit_phase_model(hist, s.method, s.order), (), collector, layer
 
 
