@@ -5,9 +5,16 @@ point-spread function: a gap reads above the void grey level and CBD above the C
 about the same spill, so the volume-wide void/CBD threshold leaves part of the gaps on the CBD side.
 Over all particles of a volume the grey levels of the background face neighbours are bimodal (gap,
 CBD); two Gaussians fitted to them by EM cross at the contact level. Where they are not bimodal the
-phase model's void/CBD midpoint is used instead. Axes (z, y, x).
+phase model's void/CBD midpoint is used instead.
 
-Main entry points: :func:`face_neighbour_levels`, :func:`fit_contact_level`, :class:`ContactLevel`.
+The face neighbour's grey level also carries the spill of its other neighbours (the electrolyte beyond a
+thin CBD coat darkens it; CBD beside a gap brightens it). Before the levels are read, the volume is
+sharpened by one step of the inverse heat equation, ``grey - w * laplacian(grey)`` with ``w = σ² / 2``
+of the point-spread σ measured on the particles' edges (:func:`sharpening_weight`, :func:`sharpen`):
+a Gaussian blur of variance σ² adds ``σ² / 2`` times the Laplacian to first order. Axes (z, y, x).
+
+Main entry points: :func:`face_neighbour_levels`, :func:`fit_contact_level`, :class:`ContactLevel`,
+:func:`sharpen`.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from .phases import CBD, VOID, gmm_decision_thresholds
 from .surface import _pairs
@@ -24,6 +32,10 @@ MIN_ASHMAN_D = 2.0
 MIN_WEIGHT = 0.02
 MAX_FIT_VALUES = 200_000
 READINGS = ("level", "deconvolved")
+#: largest point-spread σ (voxels) the sharpening weight follows: the blur check's bound
+#: (:mod:`detachment.plausibility`); beyond it the weight stays at this σ's, as the Laplacian amplifies
+#: the noise by about 1 + 6 w
+MAX_SHARPEN_SIGMA = 0.8
 
 
 @dataclass
@@ -43,6 +55,8 @@ class ContactLevel:
         Its share of the faces, 0-1.
     cbd_mean, cbd_sigma, cbd_weight : float
         The same for the brighter (CBD) component.
+    outlier_weight : float
+        Share of the faces (0-1) the fit's uniform outlier component took (far from both Gaussians).
     n_faces : int
         Number of finite face-neighbour grey levels available.
     reading : str
@@ -55,6 +69,9 @@ class ContactLevel:
     spread : float
         ``gap_share - gap_share_deconvolved``: how much the two readings disagree, a share of the
         faces; the uncertainty of the contact reading.
+    sharpen : float
+        Weight ``w`` (voxels²) of the Laplacian subtracted from the grey levels before the level's
+        reading (:func:`sharpen`); 0 = read as reconstructed. The deconvolved reading is never sharpened.
     """
 
     level: float
@@ -65,11 +82,13 @@ class ContactLevel:
     cbd_mean: float = float("nan")
     cbd_sigma: float = float("nan")
     cbd_weight: float = float("nan")
+    outlier_weight: float = float("nan")
     n_faces: int = 0
     reading: str = "level"
     gap_share: float = float("nan")
     gap_share_deconvolved: float = float("nan")
     spread: float = float("nan")
+    sharpen: float = 0.0
 
     def to_frame(self) -> pd.DataFrame:
         """The fields as a one-row table (``contact_level.csv``).
@@ -119,7 +138,81 @@ class ContactLevel:
         row["n_faces"] = int(row.get("n_faces", 0))
         if row.get("reading", "level") not in READINGS:
             raise ValueError(f"{path}: 'reading' must be one of {READINGS}, not {row['reading']!r}")
+        row["sharpen"] = float(row.get("sharpen", 0.0))
+        if not (np.isfinite(row["sharpen"]) and row["sharpen"] >= 0):
+            raise ValueError(f"{path}: 'sharpen' must be a finite weight >= 0, not {row['sharpen']!r}")
         return cls(**row)
+
+
+def sharpening_weight(sigma_vox: float | None, max_sigma: float = MAX_SHARPEN_SIGMA) -> float:
+    """Weight of the Laplacian that undoes a Gaussian point-spread function of σ ``sigma_vox`` to first order.
+
+    A Gaussian blur of variance σ² is the heat equation run for a time σ² / 2, so
+    ``blurred ≈ sharp + σ² / 2 · laplacian(sharp)``.
+
+    Parameters
+    ----------
+    sigma_vox : float or None
+        Measured point-spread σ, voxels (``phase_qc.csv`` ``blur_sigma_vox``); None or NaN: unknown.
+    max_sigma : float, default :data:`MAX_SHARPEN_SIGMA`
+        σ beyond which the weight stays at ``max_sigma² / 2``.
+
+    Returns
+    -------
+    float
+        ``min(σ, max_sigma)² / 2``, voxels²; 0 where σ is unknown.
+    """
+    if sigma_vox is None or not np.isfinite(sigma_vox) or sigma_vox <= 0:
+        return 0.0
+    return float(min(sigma_vox, max_sigma) ** 2 / 2)
+
+
+def blur_sigma_from_qc(path) -> float:
+    """The point-spread σ a phase map's checks measured (``phase_qc.csv``, check ``blur_sigma_vox``).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The sample's ``phase_qc.csv`` (:func:`detachment.plausibility.check_phase_map`).
+
+    Returns
+    -------
+    float
+        σ, voxels; NaN where the table has no such row (too few particle edges to measure it).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, when it lacks the columns ``check`` and ``value``.
+    """
+    t = pd.read_csv(path)
+    if not {"check", "value"} <= set(t.columns):
+        raise ValueError(f"{path}: expected the columns 'check' and 'value' of a phase_qc.csv")
+    row = t[t.check == "blur_sigma_vox"]
+    return float(row.value.iloc[0]) if len(row) else float("nan")
+
+
+def sharpen(grey: np.ndarray, weight: float) -> np.ndarray:
+    """``grey - weight * laplacian(grey)``: one step of the inverse heat equation.
+
+    The Laplacian is the six-neighbour one (:func:`scipy.ndimage.laplace`), the array's border repeated
+    (``mode="nearest"``): on a crop, values one voxel in from a cut face are exact only where the crop
+    was read with a voxel of context (:func:`detachment.particles.particle_table_from_files` does).
+
+    Parameters
+    ----------
+    grey : numpy.ndarray
+        (z, y, x) grey levels.
+    weight : float
+        Voxels² (:func:`sharpening_weight`); 0 returns ``grey`` as float64.
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) float64 sharpened grey levels.
+    """
+    grey = np.asarray(grey, np.float64)
+    return grey - weight * ndimage.laplace(grey, mode="nearest") if weight > 0 else grey
 
 
 def face_neighbour_pairs(envelope: np.ndarray, others: np.ndarray, phases: np.ndarray, intensity: np.ndarray
@@ -178,21 +271,28 @@ def face_neighbour_levels(envelope: np.ndarray, others: np.ndarray, phases: np.n
 
 
 def _two_gaussians_em(x: np.ndarray, iterations: int = 200, tol: float = 1e-7):
-    """Means, sigmas and weights (ascending means) of a two-component 1D Gaussian mixture by EM.
+    """Means, sigmas and weights (ascending means) of two 1D Gaussians, and the weight of a uniform outlier
+    component over the values' range, fitted together by EM.
 
     Fitted on every value, not on the histogram's peak cores as the phase model is: here the tails are the
-    signal (gaps at a patch's edge read half way).
+    signal (gaps at a patch's edge read half way). The uniform component takes the few values far from
+    both modes (a face neighbour beside a bright edge, overshot by the sharpening), which would otherwise
+    widen one Gaussian until its crossing with the other moves.
     """
+    lo, hi = float(x.min()), float(x.max())
+    uniform = 1.0 / max(hi - lo, 1e-12)
     mu = np.percentile(x, [20.0, 80.0])
     sd = np.full(2, max(x.std() / 2, 1e-6))
-    w = np.array([0.5, 0.5])
+    w, w_out = np.array([0.49, 0.49]), 0.02
     prev = -np.inf
     for _ in range(iterations):
-        dens = w / sd * np.exp(-0.5 * ((x[:, None] - mu) / sd) ** 2)
-        total = dens.sum(1, keepdims=True) + 1e-300
+        dens = w / (sd * np.sqrt(2 * np.pi)) * np.exp(-0.5 * ((x[:, None] - mu) / sd) ** 2)
+        out = w_out * uniform
+        total = dens.sum(1, keepdims=True) + out + 1e-300
         resp = dens / total
         n = resp.sum(0) + 1e-12
         w = n / len(x)
+        w_out = max(1.0 - w.sum(), 0.0)
         mu = (resp * x[:, None]).sum(0) / n
         sd = np.maximum(np.sqrt((resp * (x[:, None] - mu) ** 2).sum(0) / n), 1e-6)
         ll = float(np.log(total).sum())
@@ -200,14 +300,15 @@ def _two_gaussians_em(x: np.ndarray, iterations: int = 200, tol: float = 1e-7):
             break
         prev = ll
     order = np.argsort(mu)
-    return mu[order], sd[order], w[order]
+    return mu[order], sd[order], w[order], w_out
 
 
 def fit_contact_level(values, fallback: float, min_faces: int = 200) -> ContactLevel:
     """:class:`ContactLevel` from face-neighbour grey levels, or the fallback where they are not bimodal.
 
-    Two Gaussians are fitted by EM (to a fixed random subset of :data:`MAX_FIT_VALUES` values where there
-    are more) and the level is where the weighted densities cross between the means. The fit is not
+    Two Gaussians and a uniform outlier component are fitted by EM (to a fixed random subset of
+    :data:`MAX_FIT_VALUES` values where there are more) and the level is where the weighted densities of
+    the Gaussians cross between the means. The fit is not
     trusted, and ``fallback`` is returned with ``fitted`` False, where there are fewer than ``min_faces``
     finite values, Ashman's D is below :data:`MIN_ASHMAN_D`, or a component holds less than
     :data:`MIN_WEIGHT` of the faces (a sample with almost no detachment or almost no coating).
@@ -234,10 +335,10 @@ def fit_contact_level(values, fallback: float, min_faces: int = 200) -> ContactL
         return ContactLevel(float(fallback), False, n_faces=int(x.size))
     # EM cost grows with the faces; 200 000 of them (a fixed random subset) pin the components well enough
     sample = x if x.size <= MAX_FIT_VALUES else np.random.default_rng(0).choice(x, MAX_FIT_VALUES, replace=False)
-    mu, sd, w = _two_gaussians_em(sample)
+    mu, sd, w, w_out = _two_gaussians_em(sample)
     ashman_d = np.sqrt(2) * abs(mu[1] - mu[0]) / np.sqrt(sd[0] ** 2 + sd[1] ** 2)
     comps = dict(gap_mean=float(mu[0]), gap_sigma=float(sd[0]), gap_weight=float(w[0]), cbd_mean=float(mu[1]),
-                 cbd_sigma=float(sd[1]), cbd_weight=float(w[1]), n_faces=int(x.size))
+                 cbd_sigma=float(sd[1]), cbd_weight=float(w[1]), outlier_weight=float(w_out), n_faces=int(x.size))
     if ashman_d < MIN_ASHMAN_D or w.min() < MIN_WEIGHT:
         return ContactLevel(float(fallback), False, **comps)
     # where the weighted densities cross between the means, as the phase model cuts its classes
@@ -303,7 +404,8 @@ def reading_settings(path, mode: str = "fit") -> dict:
     Returns
     -------
     dict
-        ``contact_level`` (float or None) and ``deconvolve`` (bool).
+        ``contact_level`` (float or None), ``deconvolve`` (bool) and ``sharpen`` (float, the weight
+        the level was fitted with; 0 for the deconvolved reading and for ``"midpoint"``).
 
     Raises
     ------
@@ -311,6 +413,7 @@ def reading_settings(path, mode: str = "fit") -> dict:
         From :meth:`ContactLevel.read_csv`, naming the file.
     """
     if mode != "fit":
-        return {"contact_level": None, "deconvolve": False}
+        return {"contact_level": None, "deconvolve": False, "sharpen": 0.0}
     level = ContactLevel.read_csv(path)
-    return {"contact_level": level.level, "deconvolve": level.reading == "deconvolved"}
+    deconvolve = level.reading == "deconvolved"
+    return {"contact_level": level.level, "deconvolve": deconvolve, "sharpen": 0.0 if deconvolve else level.sharpen}

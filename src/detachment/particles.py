@@ -112,7 +112,7 @@ def gap_level(phase_attrs) -> float | None:
 
 def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, voxel_size_um,
                    border: dict | None = None, probe: int = 1, gap_level: float | None = None,
-                   solid_level: float | None = None) -> pd.DataFrame:
+                   solid_level: float | None = None, contact_grey: np.ndarray | None = None) -> pd.DataFrame:
     """One row per label of ``labels`` (column ``label`` = the id in the volume), units in column names.
 
     Parameters
@@ -128,6 +128,9 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
         How the contact class of a face is read (:func:`detachment.surface.surface_contacts`): at depth
         ``probe`` voxels, electrolyte also below ``gap_level`` (None: phases only), with the spill
         removed given the particle's solid grey level ``solid_level``.
+    contact_grey : numpy.ndarray, optional
+        (z, y, x) grey levels the contacts are read on (e.g. sharpened,
+        :func:`detachment.contact_level.sharpen`); default ``volume``.
 
     Returns
     -------
@@ -142,7 +145,8 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     idx = np.arange(1, n + 1)
     if n == 0:
         return pd.DataFrame(columns=COLUMNS if border is not None else COLUMNS[:-1])
-    contacts = surface_contacts(labels, phases, vs, n_labels=n, probe=probe, intensity=volume, gap_level=gap_level,
+    contacts = surface_contacts(labels, phases, vs, n_labels=n, probe=probe,
+                                intensity=volume if contact_grey is None else contact_grey, gap_level=gap_level,
                                 solid_level=solid_level)
     crack_area = crack_faces(labels, phases, vs, n_labels=n) * STAIRCASE
     ones = np.ones(labels.shape, np.int64)
@@ -340,23 +344,38 @@ def _crop_labels(dl, dp, row, shape, pad: int, partition: str, sampling):
 
 
 def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bool, progress: bool, desc: str,
-                    partition: str = "masks", sampling=(1.0, 1.0, 1.0)):
-    """Per particle row of ``links``: (row, crop origin (z, y, x), envelope, other particles, phases, grey).
+                    partition: str = "masks", sampling=(1.0, 1.0, 1.0), sharpen: float = 0.0):
+    """Per particle row of ``links``: (row, crop origin (z, y, x), envelope, other particles, phases, grey,
+    the grey levels the contacts are read on).
 
     Crops are the particle's bounding box plus ``pad`` voxels of context, read from the open datasets;
-    ``partition`` as in :func:`_crop_labels`, with ``refine`` only (unrefined masks are taken as exact)."""
+    ``partition`` as in :func:`_crop_labels`, with ``refine`` only (unrefined masks are taken as exact); the
+    reading's grey levels are :func:`_sharpened_crop` with weight ``sharpen`` (``grey`` itself for 0)."""
     from tqdm import tqdm
 
     for row in tqdm(list(links.itertuples()), desc=desc, unit="particle", disable=not progress):
         sl, lab, ph = _crop_labels(dl, dp, row, shape, pad, partition if refine else "masks", sampling)
         others = (lab > 0) & (lab != row.label)
         env = refine_envelope(lab == row.label, others, ph) if refine else lab == row.label
-        yield row, [s.start for s in sl], env, others, ph, dv[sl].astype(np.float32)
+        grey = dv[sl].astype(np.float32)
+        yield row, [s.start for s in sl], env, others, ph, grey, \
+            _sharpened_crop(dv, sl, shape, sharpen) if sharpen > 0 else grey
+
+
+def _sharpened_crop(dv, sl, shape, weight: float) -> np.ndarray:
+    """:func:`detachment.contact_level.sharpen` of the crop ``sl`` of the dataset ``dv``, read with one voxel
+    of context (where the volume has it), so every voxel of the crop has the value a sharpening of the
+    whole volume gives it."""
+    from .contact_level import sharpen
+
+    wide = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(sl, shape))
+    inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(sl, wide))
+    return sharpen(dv[wide].astype(np.float32), weight)[inner]
 
 
 def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
                              progress: bool = True, refine: bool = True, max_spread: float | None = 0.1,
-                             partition: str = "watershed"):
+                             partition: str = "watershed", sharpen: float = 0.0):
     """The sample's contact level, fitted to the face neighbours of every particle in ``links``.
 
     :func:`detachment.contact_level.fit_contact_level` over the grey levels of the background face
@@ -382,6 +401,10 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     max_spread : float or None, default 0.1
         Largest disagreement between the level's and the deconvolved reading at which the level's is
         kept (:func:`detachment.contact_level.choose_reading`); None never switches.
+    sharpen : float, default 0
+        Weight of the Laplacian subtracted from the grey levels the level is fitted on
+        (:func:`detachment.contact_level.sharpen`, voxels²; :func:`detachment.contact_level.sharpening_weight`
+        of the measured blur); the deconvolved reading uses the grey levels as they are.
 
     Returns
     -------
@@ -389,10 +412,12 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         The level (grey level), whether it was fitted, the two components, the reading to use and the
         two readings' shares of electrolyte faces.
     values : numpy.ndarray
-        (n_faces,) float64 grey levels the fit was made on, one per face.
+        (n_faces,) float64 grey levels the fit was made on (sharpened), one per face.
     midpoint : float or None
         The void/CBD midpoint of the phase file (``None`` without grey levels there).
     """
+    from dataclasses import replace
+
     import h5py
 
     from . import io
@@ -403,23 +428,24 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
         dl, dp, dv = fl["labels"], fp["phases"], fv[io.VOLUME_DATASET]
         midpoint = gap_level(dp.attrs)
-        for _, _, env, others, ph, grey in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
-                                                          "contact level", partition, voxel):
+        for _, _, env, others, ph, grey, read in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
+                                                                "contact level", partition, voxel, sharpen):
             outside, inside = face_neighbour_pairs(env, others, ph, grey)
-            values.append(outside)
+            values.append(face_neighbour_pairs(env, others, ph, read)[0] if sharpen > 0 else outside)
             solid = solid_grey(env, ph, grey)
             if solid is not None:
                 deconvolved.append(outside + inside - solid)
     values = np.concatenate(values) if values else np.zeros(0)
     deconvolved = np.concatenate(deconvolved) if deconvolved else np.zeros(0)
-    fit = fit_contact_level(values, np.nan if midpoint is None else midpoint)
+    fit = replace(fit_contact_level(values, np.nan if midpoint is None else midpoint), sharpen=float(sharpen))
     return choose_reading(fit, values, deconvolved, midpoint, max_spread), values, midpoint
 
 
 def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
                               progress: bool = True, probe: int = 1, refine: bool = True,
                               gap_from_intensity: bool = True, contact_level: float | None = None,
-                              deconvolve: bool = False, partition: str = "watershed") -> pd.DataFrame:
+                              deconvolve: bool = False, partition: str = "watershed",
+                              sharpen: float = 0.0) -> pd.DataFrame:
     """:func:`particle_table` particle by particle on bounding-box crops read from the HDF5 files.
 
     Parameters
@@ -443,6 +469,10 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the
         void/CBD midpoint, :func:`gap_level`) if ``gap_from_intensity``; with ``deconvolve``, as
         outside + inside − the particle's solid grey level (:func:`solid_grey`).
+    sharpen : float, default 0
+        Weight of the Laplacian subtracted from the grey levels the faces are read on
+        (:func:`detachment.contact_level.sharpen`; ``contact_level.csv`` ``sharpen``); not with
+        ``deconvolve``. The solid's grey-level columns are measured on the volume as it is.
 
     Returns
     -------
@@ -455,6 +485,9 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
 
     from . import io
 
+    if deconvolve and sharpen > 0:
+        raise ValueError("the deconvolved reading (outside + inside - solid) is made on the grey levels as they "
+                         "are: sharpen must be 0 with deconvolve")
     shape, voxel = io.read_volume_info(volume_path)
     vs = np.asarray(voxel, float)
     rows = []
@@ -462,12 +495,12 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         dl, dp, dv = fl["labels"], fp["phases"], fv[io.VOLUME_DATASET]
         level = _contact_gap_level(gap_from_intensity, contact_level, dp.attrs, phases_path)
         top = _collector_top_from_file(dp, shape[0])
-        for row, lo, env, others, ph, grey in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
-                                                              "particles", partition, vs):
+        for row, lo, env, others, ph, grey, read in _envelope_crops(dl, dp, dv, links, shape, pad, refine,
+                                                                    progress, "particles", partition, vs, sharpen):
             # this particle becomes label 1 (its envelope refined on the phase map); others label 2
             crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
             t = particle_table(crop, ph, grey, vs, probe=probe, gap_level=level,
-                               solid_level=solid_grey(env, ph, grey) if deconvolve else None)
+                               solid_level=solid_grey(env, ph, grey) if deconvolve else None, contact_grey=read)
             if (t.label == 1).any():
                 rows.append(_in_volume_frame(t[t.label == 1].copy(), row, lo, vs, top))
         unresolved = phases_not_resolved(dp.attrs)

@@ -673,7 +673,9 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
         title = f"{title}\nelectrolyte faces: level {fit.gap_share:.2f}, deconvolved {fit.gap_share_deconvolved:.2f}"
     if midpoint is not None:
         ax.axvline(midpoint, color="k", ls=":", label=f"void/CBD midpoint {midpoint:.3f}")
-    ax.set_xlabel("grey level across a surface face (background voxels)")
+    weight = getattr(fit, "sharpen", 0.0)
+    ax.set_xlabel("grey level across a surface face (background voxels)"
+                  + (f", sharpened (w = {weight:.2f} vox²)" if weight > 0 else ""))
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     ax.set_title(title)

@@ -6,6 +6,7 @@ rule contact_level:
         particles=rules.link_slices.output.particles,
         links=rules.link_slices.output.links,
         phases=rules.threshold_phases.output.phases,
+        qc=rules.threshold_phases.output.qc,
         volume="results/{sample}/volume.h5",
     output:
         table="results/{sample}/contact_level.csv",
@@ -21,6 +22,7 @@ rule contact_level:
         max_spread=config["science"]["contact_max_spread"],
         max_ambiguity=config["science"]["contact_max_ambiguity"],
         partition=config["science"]["envelope_partition"],
+        sharpen=config["science"]["contact_sharpen"],
     log:
         "logs/contact_level/{sample}.log",
     benchmark:

@@ -7,15 +7,20 @@ from pathlib import Path
 import pandas as pd
 
 from detachment import io, plausibility, plots
+from detachment.contact_level import blur_sigma_from_qc, sharpening_weight
 from detachment.logs import log_to
 from detachment.particles import contact_level_from_files
 
 log_to(snakemake.log[0])
 links = pd.read_csv(snakemake.input.links)
+sigma = blur_sigma_from_qc(snakemake.input.qc)
+weight = sharpening_weight(sigma) if snakemake.params.sharpen else 0.0
+logging.getLogger(__name__).info("point-spread σ %.3f voxels (phase_qc.csv): grey levels sharpened with weight %.3f "
+                                 "voxels² before the level is fitted", sigma, weight)
 fit, values, midpoint = contact_level_from_files(snakemake.input.particles, snakemake.input.phases,
                                                  snakemake.input.volume, links,
                                                  max_spread=snakemake.params.max_spread,
-                                                 partition=snakemake.params.partition)
+                                                 partition=snakemake.params.partition, sharpen=weight)
 logging.getLogger(__name__).info("contact level %.4f (%s) from %d faces: gap %.3f ± %.3f (weight %.2f), "
                                  "CBD %.3f ± %.3f", fit.level, "fitted" if fit.fitted else "fallback",
                                  fit.n_faces, fit.gap_mean, fit.gap_sigma, fit.gap_weight, fit.cbd_mean,
