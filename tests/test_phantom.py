@@ -214,3 +214,46 @@ def test_unknown_preset_is_refused_with_the_known_names():
     with pytest.raises(ValueError, match=r"sheet.tsv: sample 'a', field 'preset': unknown phantom preset 'blury'"):
         preset_params({}, "blury", where="sheet.tsv: sample 'a', field 'preset'")
     assert preset_params({"n_particles": 3}, "mine", {"mine": {"n_particles": 5}})["n_particles"] == 5
+
+
+def test_block_mean_and_majority_match_a_loop_over_the_blocks():
+    from detachment.phantom import _block_majority, _block_mean
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 3, (4, 6, 8)).astype(np.uint8)
+    f = rng.random((4, 6, 8)).astype(np.float32)
+    mean, major = _block_mean(f, 2), _block_majority(a, 2)
+    for z, y, x in np.ndindex(2, 3, 4):
+        block = a[2 * z:2 * z + 2, 2 * y:2 * y + 2, 2 * x:2 * x + 2].ravel()
+        counts = np.bincount(block, minlength=3)
+        assert counts[major[z, y, x]] == counts.max()
+        assert mean[z, y, x] == pytest.approx(f[2 * z:2 * z + 2, 2 * y:2 * y + 2, 2 * x:2 * x + 2].mean(), rel=1e-6)
+    assert _block_majority(np.array([[[0, 1], [1, 0]], [[1, 1], [0, 0]]], np.uint8), 2)[0, 0, 0] == 0  # a tie: first
+
+
+def test_supersampled_phantom_has_partial_volume_voxels_and_keeps_its_truth():
+    """Without blur and noise, a phantom on the voxel grid holds only the phases' grey levels; drawn on
+    2³ sub-voxels, the voxels a surface cuts hold their mixtures, each the mean of its sub-voxels' levels
+    (between the darkest and brightest phase), and the truth keeps its particles and detachment."""
+    quiet = dict(TINY_PHANTOM, blur_sigma_vox=0.0, drift_amplitude=0.0,
+                 fwhm={"void": 1e-6, "cbd": 1e-6, "al": 1e-6, "nmc_low": 1e-6, "nmc_high": 1e-6})
+    levels = np.array(sorted(PhantomParams().intensity.values()))
+    mixed = {}
+    for k in (1, 2):
+        ph = generate_phantom(PhantomParams(**quiet, supersample=k), 5)
+        assert ph.volume.shape == ph.labels.shape == ph.phases.shape == tuple(TINY_PHANTOM["shape_zyx"])
+        off = np.abs(ph.volume[..., None] - levels).min(-1) > 1e-3
+        mixed[k] = off.mean()
+        assert levels[0] - 1e-3 <= ph.volume.min() and ph.volume.max() <= levels[-1] + 1e-3
+        assert 6 <= len(ph.table) <= 8 and set(ph.table.label) == set(np.unique(ph.labels)[1:])
+        assert 0.05 < ph.table.detachment.mean() < 0.6
+        # the truth's centroids are the coarse labels' centroids (sub-voxel offset removed)
+        com = ndimage.center_of_mass(np.ones(ph.labels.shape), ph.labels, ph.table.label)
+        np.testing.assert_allclose(np.array(com)[:, 0] * 0.5, ph.table.centroid_z_um, atol=0.35)
+    assert mixed[1] == 0 and mixed[2] > 0.05
+
+
+@pytest.mark.parametrize("value", [0, 5, 1.5, True])
+def test_bad_supersample_is_refused_naming_the_field(value):
+    with pytest.raises(ValueError, match="phantom.supersample"):
+        PhantomParams.from_dict({"supersample": value})

@@ -103,6 +103,12 @@ class PhantomParams:
     drift_amplitude : float
         Peak-to-peak amplitude (grey levels) of the slow intensity drift, 60 % linear in z and 40 % a
         smooth in-plane field.
+    supersample : int
+        Sub-voxels per voxel edge (1-4) the geometry is drawn on. Above 1, each voxel's noise-free grey
+        level is the mean over its sub-voxels (partial volume: surfaces cut voxels anywhere, not only
+        along their faces), its truth phase and label are their majority, and the truth table is
+        measured on the sub-voxel geometry; lengths in voxels keep their meaning (the sub-voxel grid
+        draws them ``supersample`` times longer). 1 = drawn on the voxel grid.
     valence_density_correlation : float or None
         Planted Pearson r (-1 to 1) between the electron density and the co-registered Ni valence map;
         ``None`` = no map. Used by :func:`valence_map` only, not by :func:`generate_phantom`.
@@ -144,6 +150,7 @@ class PhantomParams:
     texture_correlation_vox: float = 1.0
     blur_sigma_vox: float = 0.5
     drift_amplitude: float = 0.02
+    supersample: int = 1
     # co-registered Ni valence map (Supp. Fig. 7); None = no map. Not used by generate_phantom: see valence_map
     valence_density_correlation: float | None = None
     valence_mean: float = 3.0
@@ -225,6 +232,9 @@ class PhantomParams:
             bad("valence_density_correlation", "a Pearson correlation in [-1, 1], or null for no valence map")
         if not VALENCE_RANGE[0] < self.valence_mean < VALENCE_RANGE[1]:
             bad("valence_mean", f"a Ni valence strictly between {VALENCE_RANGE[0]} and {VALENCE_RANGE[1]}")
+        if isinstance(self.supersample, bool) or not isinstance(self.supersample, int) \
+                or not 1 <= self.supersample <= 4:
+            bad("supersample", "an integer number of sub-voxels per voxel edge in [1, 4]")
         if not 0 < self.valence_std <= 1:
             bad("valence_std", "a standard deviation in (0, 1] (valence units)")
         dmax_vox = self.diameter_max_um / self.voxel_size_um
@@ -418,10 +428,11 @@ def _contact_pairs(labels: np.ndarray) -> list[tuple[int, int]]:
     return [(int(c >> 32), int(c & 0xFFFFFFFF)) for c in u]
 
 
-def _open_contact_gaps(labels, pairs, prob, rng) -> int:
+def _open_contact_gaps(labels, pairs, prob, rng, grid: int = 1) -> int:
     """Separate a random subset of touching pairs by a one-voxel background gap (in place); returns how many.
 
-    The gap's phase is set later with the matrix (:func:`_matrix_and_shells`): CBD, a coat or electrolyte.
+    ``grid``: sub-voxels per voxel edge (the gap is ``grid`` of them wide). The gap's phase is set later
+    with the matrix (:func:`_matrix_and_shells`): CBD, a coat or electrolyte.
     """
     n = 0
     for i, j in pairs:
@@ -429,7 +440,7 @@ def _open_contact_gaps(labels, pairs, prob, rng) -> int:
             continue
         n += 1
         mask_j = labels == j
-        near_j = ndimage.binary_dilation(mask_j, ndimage.generate_binary_structure(3, 1))
+        near_j = ndimage.binary_dilation(mask_j, ndimage.generate_binary_structure(3, 1), iterations=grid)
         labels[near_j & (labels == i)] = 0
     return n
 
@@ -441,11 +452,12 @@ def _surface_directions(mask: np.ndarray, c_local: np.ndarray):
     return surf, idx, _unit(idx - c_local + 1e-6)
 
 
-def _matrix_and_shells(labels, parts, p: PhantomParams, rng, coated: np.ndarray) -> np.ndarray:
+def _matrix_and_shells(labels, parts, p: PhantomParams, rng, coated: np.ndarray, grid: int = 1) -> np.ndarray:
     """Phases outside the particles: porous CBD matrix, electrolyte above, coating and detachment gaps.
 
     ``coated[i]``: particle i + 1's attached surface gets a CBD coat; otherwise it touches whatever the
-    matrix holds there (porous CBD, or electrolyte above the CBD)."""
+    matrix holds there (porous CBD, or electrolyte above the CBD). ``grid``: sub-voxels per voxel edge
+    (the pores keep their size in voxels)."""
     Z, Y, X = labels.shape
     top = p.collector_thickness_vox
     phases = np.full(labels.shape, VOID, np.uint8)
@@ -453,7 +465,7 @@ def _matrix_and_shells(labels, parts, p: PhantomParams, rng, coated: np.ndarray)
     mean_d = p.diameter_median_um / p.voxel_size_um
     h = top + p.cbd_height_fraction * mean_d * (1 + 0.25 * _smooth_field(rng, (Y, X), max(Y, X) / 8))
     zz = np.arange(Z)[:, None, None]
-    pores = _smooth_field(rng, labels.shape, 1.5) > np.quantile(rng.standard_normal(20000), 1 - p.cbd_porosity)
+    pores = _smooth_field(rng, labels.shape, 1.5 * grid) > np.quantile(rng.standard_normal(20000), 1 - p.cbd_porosity)
     phases[(zz < h[None]) & ~pores] = CBD
     # coating (attached) and thin electrolyte gaps (detached), particle by particle
     width = max(p.gap_width_vox, p.coating_width_vox)
@@ -483,8 +495,9 @@ def _matrix_and_shells(labels, parts, p: PhantomParams, rng, coated: np.ndarray)
     return phases
 
 
-def _cracks(labels, parts, p: PhantomParams, rng) -> np.ndarray:
-    """Boolean crack mask: selected grain boundaries of a radial Voronoi tessellation per particle."""
+def _cracks(labels, parts, p: PhantomParams, rng, grid: int = 1) -> np.ndarray:
+    """Boolean crack mask: selected grain boundaries of a radial Voronoi tessellation per particle
+    (``grid``: sub-voxels per voxel edge, so a particle gets as many grains as at one)."""
     cracks = np.zeros(labels.shape, bool)
     for part in parts:
         sl = _bbox(part.center_vox, part.radius_vox * 1.25, labels.shape, 1)
@@ -493,7 +506,7 @@ def _cracks(labels, parts, p: PhantomParams, rng) -> np.ndarray:
             continue
         d = _local_coords(sl, part.center_vox)[mask]
         r = part.radius_vox
-        n_grains = max(4, int(round(p.crack_grains * (r / 9.0) ** 2)))
+        n_grains = max(4, int(round(p.crack_grains * (r / (9.0 * grid)) ** 2)))
         seeds = _unit(rng.standard_normal((n_grains, 3))) * r * rng.uniform(0.45, 0.75, (n_grains, 1))
         dist = np.linalg.norm(d[:, None, :] - seeds[None], axis=-1)
         order = np.argsort(dist, axis=1)[:, :2]
@@ -556,7 +569,8 @@ def noise_free_density(phases: np.ndarray, p: PhantomParams) -> np.ndarray:
         if p.blur_sigma_vox > 0 else means[phases]
 
 
-def render_intensity(phases: np.ndarray, p: PhantomParams, rng) -> tuple[np.ndarray, dict]:
+def render_intensity(phases: np.ndarray, p: PhantomParams, rng, density: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, dict]:
     """Grey volume from a phase map: blurred means + per-phase texture + noise + drift.
 
     Each phase's interior gets exactly its FWHM: white noise of σ :attr:`PhantomParams.noise_sigma`
@@ -571,6 +585,9 @@ def render_intensity(phases: np.ndarray, p: PhantomParams, rng) -> tuple[np.ndar
         Grey levels, FWHMs, blur, texture and drift.
     rng : numpy.random.Generator
         Random stream for the texture, the noise and the drift field.
+    density : numpy.ndarray, optional
+        (z, y, x) noise-free grey levels to start from (default :func:`noise_free_density` of ``phases``;
+        a supersampled phantom passes its sub-voxel means).
 
     Returns
     -------
@@ -579,7 +596,7 @@ def render_intensity(phases: np.ndarray, p: PhantomParams, rng) -> tuple[np.ndar
     planted_fwhm : dict of str to float
         Phase name to the FWHM (grey levels) planted in its interior voxels, drift excluded.
     """
-    vol = noise_free_density(phases, p)
+    vol = noise_free_density(phases, p) if density is None else np.array(density, np.float32)
     sn = p.noise_sigma
     tex_sigma = np.array([np.sqrt(max((p.fwhm[PHASE_NAMES[c]] / FWHM_PER_SIGMA) ** 2 - sn**2, 0.0))
                           for c in range(5)], np.float32)
@@ -694,22 +711,70 @@ def generate_phantom(params: PhantomParams, seed: int) -> Phantom:
     """
     params.validate()
     rng = np.random.default_rng(seed)
-    shape = tuple(params.shape_zyx)
-    parts = _place_particles(params, rng)
-    labels = _draw_envelopes(parts, shape, params, rng)
-    n_gaps = _open_contact_gaps(labels, _contact_pairs(labels), params.contact_gap_probability, rng)
-    coated = np.random.default_rng([int(seed), COATING_STREAM]).random(len(parts)) < params.coating_probability
-    phases = _matrix_and_shells(labels, parts, params, rng, coated)
-    inside = labels > 0
-    high = _density_domains(labels, parts, params, rng)
-    phases[inside] = np.where(high[inside], NMC_HIGH, NMC_LOW)
-    cracks = _cracks(labels, parts, params, rng)
-    phases[cracks] = VOID
-    volume, planted = render_intensity(phases, params, rng)
-    table = truth_table(labels, phases, parts, (params.voxel_size_um,) * 3, coated)
+    k = params.supersample
+    grid = _sub_voxel_params(params) if k > 1 else params
+    labels, phases, parts, coated, n_gaps = _geometry(grid, seed, rng, k)
+    table = truth_table(labels, phases, parts, (grid.voxel_size_um,) * 3, coated)
+    if k > 1:
+        # sub-voxel centres from the first sub-voxel's; voxel i's centre lies (k - 1) / 2 sub-voxels further
+        for axis in "zyx":
+            table[f"centroid_{axis}_um"] -= (k - 1) / 2 * grid.voxel_size_um
+        density = _block_mean(noise_free_density(phases, grid), k)
+        labels, phases = _block_majority(labels, k), _block_majority(phases, k)
+        volume, planted = render_intensity(phases, params, rng, density=density)
+    else:
+        volume, planted = render_intensity(phases, params, rng)
     log.info("phantom seed %d: %d particles, %d separated contacts, detachment %.3f ± %.3f", seed,
              len(table), n_gaps, table.detachment.mean(), table.detachment.std())
     return Phantom(volume, labels, phases, table, planted, params, seed)
+
+
+def _geometry(p: PhantomParams, seed: int, rng, grid: int = 1):
+    """Labels, phases, particles, coated flags and the number of separated contacts, drawn on the grid of
+    ``p`` (``grid`` sub-voxels per voxel edge of the phantom asked for)."""
+    parts = _place_particles(p, rng)
+    labels = _draw_envelopes(parts, tuple(p.shape_zyx), p, rng)
+    n_gaps = _open_contact_gaps(labels, _contact_pairs(labels), p.contact_gap_probability, rng, grid)
+    coated = np.random.default_rng([int(seed), COATING_STREAM]).random(len(parts)) < p.coating_probability
+    phases = _matrix_and_shells(labels, parts, p, rng, coated, grid)
+    inside = labels > 0
+    high = _density_domains(labels, parts, p, rng)
+    phases[inside] = np.where(high[inside], NMC_HIGH, NMC_LOW)
+    phases[_cracks(labels, parts, p, rng, grid)] = VOID
+    return labels, phases, parts, coated, n_gaps
+
+
+#: fields in voxels, drawn ``supersample`` times longer on the sub-voxel grid
+_VOXEL_LENGTHS = ("collector_thickness_vox", "gap_width_vox", "coating_width_vox", "crack_width_vox",
+                  "domain_correlation_vox", "texture_correlation_vox", "blur_sigma_vox")
+
+
+def _sub_voxel_params(p: PhantomParams) -> PhantomParams:
+    """``p`` on its sub-voxel grid: shape and lengths in voxels times ``supersample``, voxel size divided."""
+    from dataclasses import replace
+
+    k = p.supersample
+    scaled = {name: getattr(p, name) * k for name in _VOXEL_LENGTHS}
+    return replace(p, shape_zyx=tuple(int(s) * k for s in p.shape_zyx), voxel_size_um=p.voxel_size_um / k,
+                   supersample=1, **scaled)
+
+
+def _blocks(a: np.ndarray, k: int) -> np.ndarray:
+    """(Z, Y, X, k³) view of the k × k × k blocks of a (k Z, k Y, k X) array."""
+    Z, Y, X = (s // k for s in a.shape)
+    return a.reshape(Z, k, Y, k, X, k).transpose(0, 2, 4, 1, 3, 5).reshape(Z, Y, X, k ** 3)
+
+
+def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
+    """Mean of each k × k × k block, float32."""
+    return _blocks(a, k).mean(-1, dtype=np.float64).astype(np.float32)
+
+
+def _block_majority(a: np.ndarray, k: int) -> np.ndarray:
+    """Commonest value of each k × k × k block (ties: the one met first in the block, z then y then x)."""
+    b = _blocks(a, k)
+    counts = np.stack([(b == b[..., i:i + 1]).sum(-1) for i in range(b.shape[-1])], -1)
+    return np.take_along_axis(b, counts.argmax(-1)[..., None], -1)[..., 0]
 
 
 def _neighbour_correlation(values: np.ndarray, labels: np.ndarray, solid: np.ndarray) -> float:

@@ -5,8 +5,9 @@ configured phantom defaults (``default`` overrides nothing); :func:`preset_param
 Together they span two grey-level contrasts (phase means), NMC FWHM 0.07-0.147, electrolyte 30-80 % of the volume (with empty space above the
 electrode), particle diameters 12-40 voxels, 15-90 % of placements touching, detachment gaps 1-4
 voxels, CBD coats 0-2 voxels (bare porous-CBD contacts as well as coated ones), cracks 1-3 voxels,
-blur σ 0.5-1.5 voxel and collectors 3-12 voxels thick. Most presets change one property so a failure
-can be traced to it; ``paper_like`` combines several.
+blur σ 0.5-1.5 voxel and collectors 3-12 voxels thick, surfaces on the voxel faces or cutting voxels
+anywhere (partial volume). Most presets change one property so a failure can be traced to it;
+``paper_like`` combines several.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ PRESETS: dict[str, dict] = {
                    "collector_thickness_vox": 8, "gap_width_vox": 2.5, "coating_width_vox": 1.5,
                    "coating_probability": 0.7, "crack_width_vox": 1.5, "blur_sigma_vox": 1.0,
                    "cbd_height_fraction": 0.6, "fwhm": PAPER_FWHM},
+    # the default geometry drawn on 2 x 2 x 2 sub-voxels: surfaces cut the voxels anywhere, and a voxel
+    # beside a particle holds part of it (partial volume), as in every real reconstruction
+    "partial_volume": {"supersample": 2},
 }
 
 
