@@ -194,15 +194,17 @@ def _coated_ball(sigma: float, coat: float, noise: float = 0.02, seed: int = 3):
     return ball, phases, grey.astype(np.float32)
 
 
-@pytest.mark.parametrize("sigma, coat, raw_misread", [(0.5, 1.0, False), (0.6, 1.0, True), (0.6, 1.5, True),
+@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("sigma, coat, raw_misread", [(0.5, 1.0, False), (0.55, 1.0, True), (0.6, 1.5, True),
                                                       (0.6, 2.0, False)])
-def test_sharpened_grey_levels_read_a_thin_coat_with_electrolyte_beyond_it(sigma, coat, raw_misread):
+def test_sharpened_grey_levels_read_a_thin_coat_with_electrolyte_beyond_it(sigma, coat, raw_misread, seed):
     """Coated and detached faces of one blurred ball, read with the fitted level on the grey levels
-    sharpened by w = σ² / 2: within 0.04 of the face count on the sharp phases, where the reconstructed
-    grey levels read a one- or 1.5-voxel coat at σ 0.6 as electrolyte (0.09-0.27 too much)."""
+    sharpened by w = σ² / 2: within 0.03 of the face count on the sharp phases, where the reconstructed
+    grey levels read a one-voxel coat at σ 0.55 or a 1.5-voxel one at σ 0.6 as electrolyte (over 0.03
+    too much). (A one-voxel coat at σ 0.6 and beyond is misread either way: docs/methods.md.)"""
     from detachment.contact_level import sharpen, sharpening_weight
 
-    ball, phases, grey = _coated_ball(sigma, coat)
+    ball, phases, grey = _coated_ball(sigma, coat, seed=seed)
     labels = ball.astype(np.uint32)
     truth = surface_contacts(labels, phases, probe=1).detachment[1]
     assert 0.3 < truth < 0.5
@@ -213,8 +215,8 @@ def test_sharpened_grey_levels_read_a_thin_coat_with_electrolyte_beyond_it(sigma
         return surface_contacts(labels, seen, probe=1, intensity=g, gap_level=fit.level).detachment[1]
 
     sharpened = read(sharpen(grey, sharpening_weight(sigma)))
-    assert abs(sharpened - truth) < 0.04, (sharpened, truth)
-    assert (read(grey) - truth > 0.08) == raw_misread
+    assert abs(sharpened - truth) < 0.03, (sharpened, truth)
+    assert (read(grey) - truth > 0.03) == raw_misread
 
 
 def test_sharpening_undoes_a_gaussian_blur_to_first_order():
@@ -238,7 +240,7 @@ def test_sharpening_undoes_a_gaussian_blur_to_first_order():
     assert sharpen(quad, 0.5)[2, 2, 2] == pytest.approx(quad[2, 2, 2] - 6)
 
 
-@pytest.mark.parametrize("sigma, weight", [(0.5, 0.125), (0.8, 0.32), (1.5, 0.32), (float("nan"), 0.0),
+@pytest.mark.parametrize("sigma, weight", [(0.5, 0.125), (0.7, 0.245), (1.5, 0.245), (float("nan"), 0.0),
                                            (None, 0.0), (0.0, 0.0)])
 def test_sharpening_weight_is_half_the_blur_variance_capped_at_the_blur_check(sigma, weight):
     from detachment.contact_level import sharpening_weight

@@ -26,6 +26,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .phases import CBD, VOID, gmm_decision_thresholds
+from .plausibility import MAX_BOUNDS
 from .surface import _pairs
 
 MIN_ASHMAN_D = 2.0
@@ -33,9 +34,9 @@ MIN_WEIGHT = 0.02
 MAX_FIT_VALUES = 200_000
 READINGS = ("level", "deconvolved")
 #: largest point-spread σ (voxels) the sharpening weight follows: the blur check's bound
-#: (:mod:`detachment.plausibility`); beyond it the weight stays at this σ's, as the Laplacian amplifies
-#: the noise by about 1 + 6 w
-MAX_SHARPEN_SIGMA = 0.8
+#: (:data:`detachment.plausibility.MAX_BOUNDS`); beyond it the weight stays at this σ's, as the Laplacian
+#: amplifies the noise by about 1 + 6 w
+MAX_SHARPEN_SIGMA = MAX_BOUNDS["blur_sigma_vox"][0]
 
 
 @dataclass

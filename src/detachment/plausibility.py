@@ -38,7 +38,7 @@ BOUNDS = {
 }
 #: Upper bounds: check -> (upper bound, what is required).
 MAX_BOUNDS = {
-    "blur_sigma_vox": (0.8, "the point-spread function is narrow enough to see gaps of one to three voxels (σ "
+    "blur_sigma_vox": (0.7, "the point-spread function is narrow enough to see gaps of one to three voxels (σ "
                             "measured on the particles' edges, voxels; the bound: docs/results.md)"),
 }
 
