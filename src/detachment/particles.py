@@ -13,6 +13,7 @@ Main entry points: :func:`particle_table_from_files` (the workflow's, bounded me
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -124,13 +125,11 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
         (z, y, x) voxel edge lengths, µm.
     border : dict, optional
         Label to "touches the volume border"; given, the table gets ``touches_border`` (False if absent).
-    probe, gap_level, solid_level : int, float, float
+    probe, gap_level, solid_level, contact_grey : int, float, float, numpy.ndarray
         How the contact class of a face is read (:func:`detachment.surface.surface_contacts`): at depth
         ``probe`` voxels, electrolyte also below ``gap_level`` (None: phases only), with the spill
-        removed given the particle's solid grey level ``solid_level``.
-    contact_grey : numpy.ndarray, optional
-        (z, y, x) grey levels the contacts are read on (e.g. sharpened,
-        :func:`detachment.contact_level.sharpen`); default ``volume``.
+        removed given the particle's solid grey level ``solid_level``, on the grey levels ``contact_grey``
+        (e.g. sharpened, :func:`detachment.contact_level.sharpen`; default ``volume``).
 
     Returns
     -------
@@ -145,9 +144,8 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     idx = np.arange(1, n + 1)
     if n == 0:
         return pd.DataFrame(columns=COLUMNS if border is not None else COLUMNS[:-1])
-    contacts = surface_contacts(labels, phases, vs, n_labels=n, probe=probe,
-                                intensity=volume if contact_grey is None else contact_grey, gap_level=gap_level,
-                                solid_level=solid_level)
+    contacts = surface_contacts(labels, phases, vs, n, probe, volume if contact_grey is None else contact_grey,
+                                gap_level, solid_level)
     crack_area = crack_faces(labels, phases, vs, n_labels=n) * STAIRCASE
     ones = np.ones(labels.shape, np.int64)
     vox = ndimage.sum_labels(ones, labels, idx)
@@ -159,11 +157,8 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     with np.errstate(invalid="ignore", divide="ignore"):
         sphericity = np.pi ** (1 / 3) * (6 * volume_um3) ** (2 / 3) / area_mc
         table = pd.DataFrame({
-            "label": idx,
-            "volume_um3": volume_um3,
-            "diameter_um": np.cbrt(6 * volume_um3 / np.pi),
-            "surface_area_um2": area_mc,
-            "sphericity": sphericity,
+            "label": idx, "volume_um3": volume_um3, "diameter_um": np.cbrt(6 * volume_um3 / np.pi),
+            "surface_area_um2": area_mc, "sphericity": sphericity,
             "centroid_z_um": com[:, 0] * vs[0], "centroid_y_um": com[:, 1] * vs[1], "centroid_x_um": com[:, 2] * vs[2],
             "distance_to_collector_um": (zmin - top) * vs[0],
             "height_um": com[:, 0] * vs[0] - top * vs[0],
@@ -343,6 +338,17 @@ def _crop_labels(dl, dp, row, shape, pad: int, partition: str, sampling):
     return sl, partition_solid(lab, ph, sampling)[inner], ph[inner]
 
 
+@contextmanager
+def _open_datasets(labels_path, phases_path, volume_path):
+    """The ``/labels``, ``/phases`` and volume datasets of three HDF5 files, open for reading."""
+    import h5py
+
+    from . import io
+
+    with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
+        yield fl["labels"], fp["phases"], fv[io.VOLUME_DATASET]
+
+
 def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bool, progress: bool, desc: str,
                     partition: str = "masks", sampling=(1.0, 1.0, 1.0), sharpen: float = 0.0):
     """Per particle row of ``links``: (row, crop origin (z, y, x), envelope, other particles, phases, grey,
@@ -391,10 +397,8 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     links : pandas.DataFrame
         One row per particle (``links.csv``): ``label`` and its bounding box ``z_min``, ``z_max``,
         ``y_min``, ``y_max``, ``x_min``, ``x_max`` (voxels, see :func:`detachment.io.particle_crop`).
-    pad : int, default 2
-        Voxels of context around each bounding box.
-    progress : bool, default True
-        Show a progress bar.
+    pad, progress : int, bool, default 2, True
+        Voxels of context around each bounding box; show a progress bar.
     refine, partition : bool, {"watershed", "masks"}, default True, "watershed"
         Envelope = :func:`refine_envelope` of the mask, touching masks first re-split at the necks of
         the solid (:func:`detachment.solid_partition.partition_solid`) or not; else the mask itself.
@@ -402,9 +406,8 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         Largest disagreement between the level's and the deconvolved reading at which the level's is
         kept (:func:`detachment.contact_level.choose_reading`); None never switches.
     sharpen : float, default 0
-        Weight of the Laplacian subtracted from the grey levels the level is fitted on
-        (:func:`detachment.contact_level.sharpen`, voxels²; :func:`detachment.contact_level.sharpening_weight`
-        of the measured blur); the deconvolved reading uses the grey levels as they are.
+        Weight (voxels²) of the Laplacian subtracted from the grey levels the level is fitted on
+        (:func:`detachment.contact_level.sharpen`); the deconvolved reading uses them as they are.
 
     Returns
     -------
@@ -418,15 +421,12 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     """
     from dataclasses import replace
 
-    import h5py
-
     from . import io
     from .contact_level import choose_reading, face_neighbour_pairs, fit_contact_level
 
     shape, voxel = io.read_volume_info(volume_path)
     values, deconvolved = [], []
-    with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
-        dl, dp, dv = fl["labels"], fp["phases"], fv[io.VOLUME_DATASET]
+    with _open_datasets(labels_path, phases_path, volume_path) as (dl, dp, dv):
         midpoint = gap_level(dp.attrs)
         for _, _, env, others, ph, grey, read in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
                                                                 "contact level", partition, voxel, sharpen):
@@ -456,23 +456,19 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     links : pandas.DataFrame
         One row per particle (``links.csv``): ``label``, its bounding box ``z_min``, ``z_max``, ``y_min``,
         ``y_max``, ``x_min``, ``x_max`` (voxels) and optionally ``touches_border``.
-    pad : int, default 2
+    pad, progress : int, bool, default 2, True
         Voxels of context around each bounding box, so contacts are seen (other particles there count as
-        particle contact); memory is bounded by the largest box.
-    progress : bool, default True
-        Show a progress bar.
+        particle contact; memory is bounded by the largest box); show a progress bar.
     refine, partition : bool, {"watershed", "masks"}, default True, "watershed"
         Envelope = :func:`refine_envelope` of the mask, touching masks first re-split at the necks of
         the solid (:func:`detachment.solid_partition.partition_solid`) or not; else the mask itself.
-    probe, gap_from_intensity, contact_level, deconvolve : int, bool, float, bool
+    probe, gap_from_intensity, contact_level, deconvolve, sharpen : int, bool, float, bool, float
         How a face is read (:func:`detachment.surface.surface_contacts`): at depth ``probe`` voxels;
         electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the
         void/CBD midpoint, :func:`gap_level`) if ``gap_from_intensity``; with ``deconvolve``, as
-        outside + inside − the particle's solid grey level (:func:`solid_grey`).
-    sharpen : float, default 0
-        Weight of the Laplacian subtracted from the grey levels the faces are read on
-        (:func:`detachment.contact_level.sharpen`; ``contact_level.csv`` ``sharpen``); not with
-        ``deconvolve``. The solid's grey-level columns are measured on the volume as it is.
+        outside + inside − the particle's solid grey level (:func:`solid_grey`); else on the grey levels
+        sharpened with weight ``sharpen`` (:func:`detachment.contact_level.sharpen`; the solid's columns
+        are measured on the volume as it is).
 
     Returns
     -------
@@ -481,18 +477,14 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         voxels; ``label`` as in ``links``, centroids in the volume's coordinates, ``distance_to_collector_um``
         from ``z_min`` and the phase map's collector top, ``touches_border`` from ``links`` (else False).
     """
-    import h5py
-
     from . import io
 
     if deconvolve and sharpen > 0:
-        raise ValueError("the deconvolved reading (outside + inside - solid) is made on the grey levels as they "
-                         "are: sharpen must be 0 with deconvolve")
+        raise ValueError("sharpen must be 0 with deconvolve (outside + inside - solid reads the grey levels as they are)")
     shape, voxel = io.read_volume_info(volume_path)
     vs = np.asarray(voxel, float)
     rows = []
-    with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
-        dl, dp, dv = fl["labels"], fp["phases"], fv[io.VOLUME_DATASET]
+    with _open_datasets(labels_path, phases_path, volume_path) as (dl, dp, dv):
         level = _contact_gap_level(gap_from_intensity, contact_level, dp.attrs, phases_path)
         top = _collector_top_from_file(dp, shape[0])
         for row, lo, env, others, ph, grey, read in _envelope_crops(dl, dp, dv, links, shape, pad, refine,
