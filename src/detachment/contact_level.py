@@ -309,10 +309,10 @@ def fit_contact_level(values, fallback: float, min_faces: int = 200) -> ContactL
 
     Two Gaussians and a uniform outlier component are fitted by EM (to a fixed random subset of
     :data:`MAX_FIT_VALUES` values where there are more) and the level is where the weighted densities of
-    the Gaussians cross between the means. The fit is not
-    trusted, and ``fallback`` is returned with ``fitted`` False, where there are fewer than ``min_faces``
-    finite values, Ashman's D is below :data:`MIN_ASHMAN_D`, or a component holds less than
-    :data:`MIN_WEIGHT` of the faces (a sample with almost no detachment or almost no coating).
+    the Gaussians cross between the means. The fit is not trusted, and ``fallback`` is returned with
+    ``fitted`` False, where there are fewer than ``min_faces`` finite values, Ashman's D is below
+    :data:`MIN_ASHMAN_D`, or a Gaussian holds less than :data:`MIN_WEIGHT` of the faces (a sample with
+    almost no detachment or almost no coating).
 
     Parameters
     ----------
