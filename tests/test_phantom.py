@@ -180,6 +180,8 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
     # grey levels: CBD within 0.15 of the electrolyte in one preset, 0.3 above it in another
     lo, hi = span(lambda p: p.intensity["cbd"] - p.intensity["void"])
     assert lo <= 0.15 and hi >= 0.3
+    # surfaces on the voxel faces, and cutting voxels anywhere (partial volume)
+    assert span(lambda p: p.supersample) == (1, 2)
 
 
 def test_sparse_and_crowded_presets_span_the_electrolyte_fraction_and_touching(default_config):
