@@ -308,17 +308,19 @@ class Plan:
                   "volume": s(self.volume)}
         sc = c["science"]
         if step == "contact_level":  # an ambiguous reading is logged, not stopped (load_config): timed either way
-            return [{"script": "contact_level.py", "input": common, "log": self.log(step),
+            return [{"script": "contact_level.py", "input": {**common, "qc": s(r / "phase_qc.csv")},
                      "output": {"table": s(self.contact), "figure": s(r / "contact_level.png")},
-                     "params": {"max_spread": sc["contact_max_spread"], "max_ambiguity": sc["contact_max_ambiguity"]},
-                     "wildcards": {"sample": SAMPLE}}], {}
+                     "params": {"max_spread": sc["contact_max_spread"], "max_ambiguity": sc["contact_max_ambiguity"],
+                                "partition": sc["envelope_partition"], "sharpen": sc["contact_sharpen"]},
+                     "log": self.log(step), "wildcards": {"sample": SAMPLE}}], {}
         if step == "particles":  # one part (the workflow runs science.particle_parts of them in parallel)
             part = r / "parts" / "particles_1-of-1.csv"
             return [{"script": "particles_part.py", "input": {**common, "contact_level": s(self.contact)},
                      "output": [s(part)], "log": self.log(step), "wildcards": {"sample": SAMPLE,
                                                                                "scatteritem": "1-of-1"},
                      "params": {"probe": sc["contact_probe_vox"], "gap_from_intensity":
-                                sc["contact_gap_from_intensity"], "contact_level": sc["contact_level"]}},
+                                sc["contact_gap_from_intensity"], "contact_level": sc["contact_level"],
+                                "partition": sc["envelope_partition"]}},
                     {"script": "gather_table.py", "input": [s(part)], "output": [s(self.particles)],
                      "log": self.log(step)}], {}
         if step == "diffusion":
