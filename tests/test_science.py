@@ -285,10 +285,11 @@ def test_small_particles_carry_more_measurement_uncertainty():
     assert t.measurement_std_mean.is_monotonic_decreasing
 
 
-def test_streamed_particle_table_equals_whole_volume_table(tmp_path):
+def _tiny_linked_phantom(tmp_path):
+    """A tiny phantom written as the workflow writes it (v.h5, p.h5, particles.h5 by linking its truth
+    labels): (phantom, links, linked labels)."""
     from detachment import io
     from detachment.linking import LinkSettings, link_file
-    from detachment.particles import particle_table_from_files
     from detachment.phantom import PhantomParams, generate_phantom
 
     from .conftest import TINY_PHANTOM
@@ -298,10 +299,20 @@ def test_streamed_particle_table_equals_whole_volume_table(tmp_path):
     io.write_arrays(tmp_path / "s.h5", {"labels": ph.labels}, voxel_size_um=(0.5,) * 3)
     io.write_arrays(tmp_path / "p.h5", {"phases": ph.phases})
     links = link_file(tmp_path / "s.h5", tmp_path / "particles.h5", LinkSettings(min_voxels=1))
-    labels = io.read_dataset(tmp_path / "particles.h5", "labels")
+    return ph, links, io.read_dataset(tmp_path / "particles.h5", "labels")
+
+
+def _streamed(tmp_path, links, **kw):
+    from detachment.particles import particle_table_from_files
+
+    return particle_table_from_files(tmp_path / "particles.h5", tmp_path / "p.h5", tmp_path / "v.h5", links,
+                                     progress=False, refine=False, **kw)
+
+
+def test_streamed_particle_table_equals_whole_volume_table(tmp_path):
+    ph, links, labels = _tiny_linked_phantom(tmp_path)
     whole = particle_table(labels, ph.phases, ph.volume, (0.5,) * 3, dict(zip(links.label, links.touches_border)))
-    streamed = particle_table_from_files(tmp_path / "particles.h5", tmp_path / "p.h5", tmp_path / "v.h5", links,
-                                         progress=False, refine=False)
+    streamed = _streamed(tmp_path, links)
     pd.testing.assert_frame_equal(whole.reset_index(drop=True), streamed[whole.columns].reset_index(drop=True),
                                   check_dtype=False, rtol=1e-6)
 
@@ -310,34 +321,21 @@ def test_streamed_particle_table_equals_whole_volume_table(tmp_path):
 def test_streamed_sharpened_reading_equals_the_whole_volume_sharpened(tmp_path, probe):
     """Contacts read crop by crop on sharpened grey levels (each crop read with a voxel of context) against
     one sharpening of the whole volume; the solid's grey-level columns stay those of the volume as it is."""
-    from detachment import io
     from detachment.contact_level import sharpen
-    from detachment.linking import LinkSettings, link_file
-    from detachment.particles import particle_table_from_files
-    from detachment.phantom import PhantomParams, generate_phantom
 
-    from .conftest import TINY_PHANTOM
-
-    ph = generate_phantom(PhantomParams(**TINY_PHANTOM), seed=4)
-    io.write_volume(tmp_path / "v.h5", ph.volume, 0.5, "t")
-    io.write_arrays(tmp_path / "s.h5", {"labels": ph.labels}, voxel_size_um=(0.5,) * 3)
-    io.write_arrays(tmp_path / "p.h5", {"phases": ph.phases})
-    links = link_file(tmp_path / "s.h5", tmp_path / "particles.h5", LinkSettings(min_voxels=1))
-    labels = io.read_dataset(tmp_path / "particles.h5", "labels")
+    ph, links, labels = _tiny_linked_phantom(tmp_path)
     kw = dict(probe=probe, gap_level=0.2)
     border = dict(zip(links.label, links.touches_border))
     whole = particle_table(labels, ph.phases, ph.volume, (0.5,) * 3, border,
                            contact_grey=sharpen(ph.volume, 0.15), **kw)
     plain = particle_table(labels, ph.phases, ph.volume, (0.5,) * 3, border, **kw)
-    streamed = particle_table_from_files(tmp_path / "particles.h5", tmp_path / "p.h5", tmp_path / "v.h5", links,
-                                         progress=False, refine=False, probe=probe, contact_level=0.2, sharpen=0.15)
+    streamed = _streamed(tmp_path, links, probe=probe, contact_level=0.2, sharpen=0.15)
     pd.testing.assert_frame_equal(whole.reset_index(drop=True), streamed[whole.columns].reset_index(drop=True),
                                   check_dtype=False, rtol=1e-6)
     assert (whole.detachment != plain.detachment).any()  # the sharpening changed some reading
     pd.testing.assert_series_equal(whole.electron_density_mean, plain.electron_density_mean)
     with pytest.raises(ValueError, match="sharpen must be 0 with deconvolve"):
-        particle_table_from_files(tmp_path / "particles.h5", tmp_path / "p.h5", tmp_path / "v.h5", links,
-                                  progress=False, deconvolve=True, sharpen=0.15)
+        _streamed(tmp_path, links, deconvolve=True, sharpen=0.15)
 
 
 def test_refined_envelope_snaps_a_shifted_mask_to_the_solid_and_fills_cracks():
