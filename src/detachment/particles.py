@@ -356,27 +356,29 @@ def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bo
 
     Crops are the particle's bounding box plus ``pad`` voxels of context, read from the open datasets;
     ``partition`` as in :func:`_crop_labels`, with ``refine`` only (unrefined masks are taken as exact); the
-    reading's grey levels are :func:`_sharpened_crop` with weight ``sharpen`` (``grey`` itself for 0)."""
+    reading's grey levels are sharpened with weight ``sharpen`` (:func:`_grey_crops`; ``grey`` itself for 0)."""
     from tqdm import tqdm
 
     for row in tqdm(list(links.itertuples()), desc=desc, unit="particle", disable=not progress):
         sl, lab, ph = _crop_labels(dl, dp, row, shape, pad, partition if refine else "masks", sampling)
         others = (lab > 0) & (lab != row.label)
         env = refine_envelope(lab == row.label, others, ph) if refine else lab == row.label
-        grey = dv[sl].astype(np.float32)
-        yield row, [s.start for s in sl], env, others, ph, grey, \
-            _sharpened_crop(dv, sl, shape, sharpen) if sharpen > 0 else grey
+        yield row, [s.start for s in sl], env, others, ph, *_grey_crops(dv, sl, shape, sharpen)
 
 
-def _sharpened_crop(dv, sl, shape, weight: float) -> np.ndarray:
-    """:func:`detachment.contact_level.sharpen` of the crop ``sl`` of the dataset ``dv``, read with one voxel
-    of context (where the volume has it), so every voxel of the crop has the value a sharpening of the
-    whole volume gives it."""
+def _grey_crops(dv, sl, shape, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """The crop ``sl`` of the dataset ``dv`` (float32) and its :func:`detachment.contact_level.sharpen` with
+    ``weight`` (the crop itself for 0), read once with one voxel of context where the volume has it, so
+    every voxel of the crop has the value a sharpening of the whole volume gives it."""
     from .contact_level import sharpen
 
+    if weight <= 0:
+        grey = dv[sl].astype(np.float32)
+        return grey, grey
     wide = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(sl, shape))
     inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(sl, wide))
-    return sharpen(dv[wide].astype(np.float32), weight)[inner]
+    block = dv[wide].astype(np.float32)
+    return block[inner], sharpen(block, weight)[inner]
 
 
 def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
