@@ -311,7 +311,8 @@ class Plan:
             return [{"script": "contact_level.py", "input": {**common, "qc": s(r / "phase_qc.csv")},
                      "output": {"table": s(self.contact), "figure": s(r / "contact_level.png")},
                      "params": {"max_spread": sc["contact_max_spread"], "max_ambiguity": sc["contact_max_ambiguity"],
-                                "partition": sc["envelope_partition"], "sharpen": sc["contact_sharpen"]},
+                                "partition": sc["envelope_partition"], "sharpen": sc["contact_sharpen"],
+                                "spill": sc["contact_spill"]},
                      "log": self.log(step), "wildcards": {"sample": SAMPLE}}], {}
         if step == "particles":  # one part (the workflow runs science.particle_parts of them in parallel)
             part = r / "parts" / "particles_1-of-1.csv"

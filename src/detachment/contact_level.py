@@ -73,6 +73,9 @@ class ContactLevel:
     sharpen : float
         Weight ``w`` (voxels²) of the Laplacian subtracted from the grey levels before the level's
         reading (:func:`sharpen`); 0 = read as reconstructed. The deconvolved reading is never sharpened.
+    spill_sigma : float
+        Point-spread σ (voxels) through which the particles' own grey level was subtracted from the grey
+        levels before the level's reading (:func:`detachment.particles.particle_spill`); 0 = not.
     """
 
     level: float
@@ -90,6 +93,7 @@ class ContactLevel:
     gap_share_deconvolved: float = float("nan")
     spread: float = float("nan")
     sharpen: float = 0.0
+    spill_sigma: float = 0.0
 
     def to_frame(self) -> pd.DataFrame:
         """The fields as a one-row table (``contact_level.csv``).
@@ -139,9 +143,10 @@ class ContactLevel:
         row["n_faces"] = int(row.get("n_faces", 0))
         if row.get("reading", "level") not in READINGS:
             raise ValueError(f"{path}: 'reading' must be one of {READINGS}, not {row['reading']!r}")
-        row["sharpen"] = float(row.get("sharpen", 0.0))
-        if not (np.isfinite(row["sharpen"]) and row["sharpen"] >= 0):
-            raise ValueError(f"{path}: 'sharpen' must be a finite weight >= 0, not {row['sharpen']!r}")
+        for key in ("sharpen", "spill_sigma"):  # absent from files written before the reading used them
+            row[key] = float(row.get(key, 0.0))
+            if not (np.isfinite(row[key]) and row[key] >= 0):
+                raise ValueError(f"{path}: {key!r} must be finite and >= 0, not {row[key]!r}")
         return cls(**row)
 
 
@@ -405,8 +410,9 @@ def reading_settings(path, mode: str = "fit") -> dict:
     Returns
     -------
     dict
-        ``contact_level`` (float or None), ``deconvolve`` (bool) and ``sharpen`` (float, the weight
-        the level was fitted with; 0 for the deconvolved reading and for ``"midpoint"``).
+        ``contact_level`` (float or None), ``deconvolve`` (bool), ``sharpen`` and ``spill_sigma``
+        (floats, the sharpening weight and the spill's σ the level was fitted with; 0 for the deconvolved
+        reading and for ``"midpoint"``).
 
     Raises
     ------
@@ -414,7 +420,8 @@ def reading_settings(path, mode: str = "fit") -> dict:
         From :meth:`ContactLevel.read_csv`, naming the file.
     """
     if mode != "fit":
-        return {"contact_level": None, "deconvolve": False, "sharpen": 0.0}
+        return {"contact_level": None, "deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0}
     level = ContactLevel.read_csv(path)
     deconvolve = level.reading == "deconvolved"
-    return {"contact_level": level.level, "deconvolve": deconvolve, "sharpen": 0.0 if deconvolve else level.sharpen}
+    return {"contact_level": level.level, "deconvolve": deconvolve, "sharpen": 0.0 if deconvolve else level.sharpen,
+            "spill_sigma": 0.0 if deconvolve else level.spill_sigma}

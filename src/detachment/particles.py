@@ -350,20 +350,77 @@ def _open_datasets(labels_path, phases_path, volume_path):
 
 
 def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bool, progress: bool, desc: str,
-                    partition: str = "masks", sampling=(1.0, 1.0, 1.0), sharpen: float = 0.0):
+                    partition: str = "masks", sampling=(1.0, 1.0, 1.0), sharpen: float = 0.0,
+                    spill_sigma: float = 0.0, background: float | None = None):
     """Per particle row of ``links``: (row, crop origin (z, y, x), envelope, other particles, phases, grey,
     the grey levels the contacts are read on).
 
     Crops are the particle's bounding box plus ``pad`` voxels of context, read from the open datasets;
     ``partition`` as in :func:`_crop_labels`, with ``refine`` only (unrefined masks are taken as exact); the
-    reading's grey levels are sharpened with weight ``sharpen`` (:func:`_grey_crops`; ``grey`` itself for 0)."""
+    reading's grey levels are sharpened with weight ``sharpen`` (:func:`_grey_crops`) and, with
+    ``spill_sigma`` > 0 and a ``background`` grey level, less the particles' spill
+    (:func:`particle_spill` of the envelope and the other particles, sharpened alike); ``grey`` itself
+    when neither applies."""
     from tqdm import tqdm
+
+    from .contact_level import sharpen as sharpened
 
     for row in tqdm(list(links.itertuples()), desc=desc, unit="particle", disable=not progress):
         sl, lab, ph = _crop_labels(dl, dp, row, shape, pad, partition if refine else "masks", sampling)
         others = (lab > 0) & (lab != row.label)
         env = refine_envelope(lab == row.label, others, ph) if refine else lab == row.label
-        yield row, [s.start for s in sl], env, others, ph, *_grey_crops(dv, sl, shape, sharpen)
+        grey, read = _grey_crops(dv, sl, shape, sharpen)
+        if spill_sigma > 0 and background is not None:
+            owners = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
+            read = read - sharpened(particle_spill(owners, ph, grey, spill_sigma, background), sharpen)
+        yield row, [s.start for s in sl], env, others, ph, grey, read
+
+
+def particle_spill(labels: np.ndarray, phases: np.ndarray, grey: np.ndarray, sigma: float,
+                   background: float) -> np.ndarray:
+    """Grey level the particles' solid puts into every voxel through a Gaussian point-spread function.
+
+    ``G_σ * Σ_i (solid_i - background) · [labels == i]``, with ``solid_i`` the particle's interior grey
+    level (:func:`solid_grey`; a particle without interior NMC voxels takes the median of the others').
+    Subtracted from the grey levels it leaves, beside a particle, what the background there (electrolyte,
+    CBD) gives on its own: the bright particle's spill is what lifts a thin gap toward the CBD level. A
+    forward model, unlike a sharpening it amplifies no noise, so it holds at any σ the blur check measures.
+    The array's border is repeated (``mode="nearest"``): a particle cut by a crop's face goes on beyond it.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        (z, y, x) integer particle labels, 0 = background.
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+    grey : numpy.ndarray
+        (z, y, x) grey levels.
+    sigma : float
+        Point-spread σ, voxels (isotropic).
+    background : float
+        Grey level the spill is counted from (the void/CBD midpoint: it leaves both on their own side).
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) float64 grey levels; zeros when no particle has interior NMC voxels.
+    """
+    excess = np.zeros(labels.shape, np.float64)
+    boxes = ndimage.find_objects(labels)
+    solids = {}
+    for i, box in enumerate(boxes, 1):
+        if box is not None:
+            level = solid_grey(labels[box] == i, phases[box], grey[box])
+            if level is not None:
+                solids[i] = level
+    if not solids:
+        return excess
+    fallback = float(np.median(list(solids.values())))
+    for i, box in enumerate(boxes, 1):
+        if box is not None:
+            mine = labels[box] == i
+            excess[box][mine] = solids.get(i, fallback) - background
+    return ndimage.gaussian_filter(excess, sigma, mode="nearest")
 
 
 def _grey_crops(dv, sl, shape, weight: float) -> tuple[np.ndarray, np.ndarray]:
@@ -383,7 +440,7 @@ def _grey_crops(dv, sl, shape, weight: float) -> tuple[np.ndarray, np.ndarray]:
 
 def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
                              progress: bool = True, refine: bool = True, max_spread: float | None = 0.1,
-                             partition: str = "watershed", sharpen: float = 0.0):
+                             partition: str = "watershed", sharpen: float = 0.0, spill_sigma: float = 0.0):
     """The sample's contact level, fitted to the face neighbours of every particle in ``links``.
 
     :func:`detachment.contact_level.fit_contact_level` over the grey levels of the background face
@@ -407,9 +464,11 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     max_spread : float or None, default 0.1
         Largest disagreement between the level's and the deconvolved reading at which the level's is
         kept (:func:`detachment.contact_level.choose_reading`); None never switches.
-    sharpen : float, default 0
+    sharpen, spill_sigma : float, default 0, 0
         Weight (voxels²) of the Laplacian subtracted from the grey levels the level is fitted on
-        (:func:`detachment.contact_level.sharpen`); the deconvolved reading uses them as they are.
+        (:func:`detachment.contact_level.sharpen`) and point-spread σ (voxels) through which the
+        particles' spill is subtracted from them (:func:`particle_spill`, counted from the void/CBD
+        midpoint; 0, or no midpoint in the phase file: not); the deconvolved reading uses them as they are.
 
     Returns
     -------
@@ -417,7 +476,7 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         The level (grey level), whether it was fitted, the two components, the reading to use and the
         two readings' shares of electrolyte faces.
     values : numpy.ndarray
-        (n_faces,) float64 grey levels the fit was made on (sharpened), one per face.
+        (n_faces,) float64 grey levels the fit was made on (sharpened, less the spill), one per face.
     midpoint : float or None
         The void/CBD midpoint of the phase file (``None`` without grey levels there).
     """
@@ -430,16 +489,20 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     values, deconvolved = [], []
     with _open_datasets(labels_path, phases_path, volume_path) as (dl, dp, dv):
         midpoint = gap_level(dp.attrs)
+        if midpoint is None:
+            spill_sigma = 0.0
         for _, _, env, others, ph, grey, read in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
-                                                                "contact level", partition, voxel, sharpen):
+                                                                "contact level", partition, voxel, sharpen,
+                                                                spill_sigma, midpoint):
             outside, inside = face_neighbour_pairs(env, others, ph, grey)
-            values.append(face_neighbour_pairs(env, others, ph, read)[0] if sharpen > 0 else outside)
+            values.append(outside if read is grey else face_neighbour_pairs(env, others, ph, read)[0])
             solid = solid_grey(env, ph, grey)
             if solid is not None:
                 deconvolved.append(outside + inside - solid)
     values = np.concatenate(values) if values else np.zeros(0)
     deconvolved = np.concatenate(deconvolved) if deconvolved else np.zeros(0)
-    fit = replace(fit_contact_level(values, np.nan if midpoint is None else midpoint), sharpen=float(sharpen))
+    fit = replace(fit_contact_level(values, np.nan if midpoint is None else midpoint), sharpen=float(sharpen),
+                  spill_sigma=float(spill_sigma))
     return choose_reading(fit, values, deconvolved, midpoint, max_spread), values, midpoint
 
 
@@ -447,7 +510,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
                               progress: bool = True, probe: int = 1, refine: bool = True,
                               gap_from_intensity: bool = True, contact_level: float | None = None,
                               deconvolve: bool = False, partition: str = "watershed",
-                              sharpen: float = 0.0) -> pd.DataFrame:
+                              sharpen: float = 0.0, spill_sigma: float = 0.0) -> pd.DataFrame:
     """:func:`particle_table` particle by particle on bounding-box crops read from the HDF5 files.
 
     Parameters
@@ -464,13 +527,15 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     refine, partition : bool, {"watershed", "masks"}, default True, "watershed"
         Envelope = :func:`refine_envelope` of the mask, touching masks first re-split at the necks of
         the solid (:func:`detachment.solid_partition.partition_solid`) or not; else the mask itself.
-    probe, gap_from_intensity, contact_level, deconvolve, sharpen : int, bool, float, bool, float
+    probe, gap_from_intensity, contact_level, deconvolve, sharpen, spill_sigma : int, bool, float, bool, float, float
         How a face is read (:func:`detachment.surface.surface_contacts`): at depth ``probe`` voxels;
         electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the
         void/CBD midpoint, :func:`gap_level`) if ``gap_from_intensity``; with ``deconvolve``, as
         outside + inside − the particle's solid grey level (:func:`solid_grey`); else on the grey levels
-        sharpened with weight ``sharpen`` (:func:`detachment.contact_level.sharpen`; the solid's columns
-        are measured on the volume as it is).
+        sharpened with weight ``sharpen`` (:func:`detachment.contact_level.sharpen`) and less the
+        particles' spill through a point spread of σ ``spill_sigma`` (:func:`particle_spill`, counted from
+        the phase file's void/CBD midpoint), as :func:`contact_level_from_files` fitted the level on them
+        (the solid's columns are measured on the volume as it is).
 
     Returns
     -------
@@ -481,16 +546,18 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     """
     from . import io
 
-    if deconvolve and sharpen > 0:
-        raise ValueError("sharpen must be 0 with deconvolve (outside + inside - solid reads the grey levels as they are)")
+    if deconvolve and (sharpen > 0 or spill_sigma > 0):
+        raise ValueError("sharpen and spill_sigma must be 0 with deconvolve (outside + inside - solid reads the grey "
+                         "levels as they are)")
     shape, voxel = io.read_volume_info(volume_path)
     vs = np.asarray(voxel, float)
     rows = []
     with _open_datasets(labels_path, phases_path, volume_path) as (dl, dp, dv):
         level = _contact_gap_level(gap_from_intensity, contact_level, dp.attrs, phases_path)
         top = _collector_top_from_file(dp, shape[0])
-        for row, lo, env, others, ph, grey, read in _envelope_crops(dl, dp, dv, links, shape, pad, refine,
-                                                                    progress, "particles", partition, vs, sharpen):
+        crops = _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress, "particles", partition, vs, sharpen,
+                                spill_sigma, gap_level(dp.attrs))
+        for row, lo, env, others, ph, grey, read in crops:
             # this particle becomes label 1 (its envelope refined on the phase map); others label 2
             crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
             t = particle_table(crop, ph, grey, vs, probe=probe, gap_level=level,

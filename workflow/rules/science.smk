@@ -23,6 +23,7 @@ rule contact_level:
         max_ambiguity=config["science"]["contact_max_ambiguity"],
         partition=config["science"]["envelope_partition"],
         sharpen=config["science"]["contact_sharpen"],
+        spill=config["science"]["contact_spill"],
     log:
         "logs/contact_level/{sample}.log",
     benchmark:

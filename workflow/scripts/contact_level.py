@@ -4,6 +4,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from detachment import io, plausibility, plots
@@ -15,12 +16,15 @@ log_to(snakemake.log[0])
 links = pd.read_csv(snakemake.input.links)
 sigma = blur_sigma_from_qc(snakemake.input.qc)
 weight = sharpening_weight(sigma) if snakemake.params.sharpen else 0.0
+spill_sigma = float(sigma) if snakemake.params.spill and np.isfinite(sigma) else 0.0
 logging.getLogger(__name__).info("point-spread σ %.3f voxels (phase_qc.csv): grey levels sharpened with weight %.3f "
-                                 "voxels² before the level is fitted", sigma, weight)
+                                 "voxels², the particles' spill through σ %.3f subtracted, before the level is "
+                                 "fitted", sigma, weight, spill_sigma)
 fit, values, midpoint = contact_level_from_files(snakemake.input.particles, snakemake.input.phases,
                                                  snakemake.input.volume, links,
                                                  max_spread=snakemake.params.max_spread,
-                                                 partition=snakemake.params.partition, sharpen=weight)
+                                                 partition=snakemake.params.partition, sharpen=weight,
+                                                 spill_sigma=spill_sigma)
 logging.getLogger(__name__).info("contact level %.4f (%s) from %d faces: gap %.3f ± %.3f (weight %.2f), "
                                  "CBD %.3f ± %.3f", fit.level, "fitted" if fit.fitted else "fallback",
                                  fit.n_faces, fit.gap_mean, fit.gap_sigma, fit.gap_weight, fit.cbd_mean,
