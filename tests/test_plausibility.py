@@ -174,6 +174,25 @@ def test_enforce_contacts_stops_naming_sample_disagreement_and_way_out_or_warns(
         enforce_contacts(0.35, 0.15, "cellA", "maybe")
 
 
+def test_contacts_are_not_read_beyond_the_blur_the_reading_was_validated_for(caplog):
+    """A measured point spread wider than the blur bound makes the reading ambiguous whatever the spread
+    (the coated balls misread a one-voxel coat from σ 0.8: tests/test_contact_level.py); the message names
+    the sample, σ, the bound and the way out; null max_ambiguity still checks nothing."""
+    from detachment.plausibility import MAX_BOUNDS, AmbiguousContacts, contacts_ambiguous, enforce_contacts
+
+    bound = MAX_BOUNDS["blur_sigma_vox"][0]
+    assert contacts_ambiguous(0.0, 0.15, bound + 0.1) and not contacts_ambiguous(0.0, 0.15, bound)
+    assert not contacts_ambiguous(0.0, 0.15, float("nan")) and not contacts_ambiguous(0.0, None, 2.0)
+    assert contacts_ambiguous(0.3, 0.15, 0.5)
+    with pytest.raises(AmbiguousContacts, match=r"sample 'blurred'.*σ .* is 1\.20 voxels \(phase_qc.csv.*"
+                                                 r"0\.7 voxels.*on_ambiguous_contacts: warn"):
+        enforce_contacts(0.02, 0.15, "blurred", "stop", blur_sigma=1.2)
+    with caplog.at_level(logging.WARNING):
+        enforce_contacts(0.02, 0.15, "blurred", "warn", blur_sigma=1.2)
+    assert "1.20 voxels" in caplog.text
+    enforce_contacts(0.02, 0.15, "sharp", "stop", blur_sigma=0.5)  # nothing to say
+
+
 def test_partial_volume_stops_at_the_blur_check_the_voxel_grid_does_not(tmp_path, default_config):
     """The default geometry at the same planted σ 0.5, once drawn on the voxel grid and once on 2³ sub-voxels
     (partial volume: surfaces cut voxels anywhere). Partial volume widens the edges the blur is measured

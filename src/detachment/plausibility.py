@@ -220,8 +220,8 @@ class AmbiguousContacts(ValueError):
     """The contact reading of a sample cannot tell gap from CBD; the message names the sample and the way out."""
 
 
-def contacts_ambiguous(spread: float, max_ambiguity: float | None) -> bool:
-    """Whether a sample's two contact readings disagree too much for its detachment to be reported.
+def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: float | None = None) -> bool:
+    """Whether a sample's contact reading is too uncertain for its detachment to be reported.
 
     Parameters
     ----------
@@ -230,24 +230,35 @@ def contacts_ambiguous(spread: float, max_ambiguity: float | None) -> bool:
         level reads as electrolyte minus the share the deconvolved reading does
         (:func:`detachment.contact_level.choose_reading`); NaN where not computed.
     max_ambiguity : float or None
-        Config ``science.contact_max_ambiguity``: the largest ``|spread|`` accepted; None accepts all.
+        Config ``science.contact_max_ambiguity``: the largest ``|spread|`` accepted; None accepts all (and
+        checks nothing else).
+    blur_sigma : float, optional
+        Point-spread σ measured on the particles' edges (voxels, ``phase_qc.csv``); beyond the blur check's
+        bound (:data:`MAX_BOUNDS`) the reading is outside the range it was validated on, whatever the
+        spread. None or NaN: not checked.
 
     Returns
     -------
     bool
-        True when ``|spread|`` exceeds ``max_ambiguity`` (a NaN spread is not ambiguous: nothing was
-        compared).
+        True when ``|spread|`` exceeds ``max_ambiguity`` or σ the blur bound (a NaN spread is not ambiguous:
+        nothing was compared).
     """
-    return max_ambiguity is not None and bool(np.isfinite(spread)) and abs(spread) > max_ambiguity
+    if max_ambiguity is None:
+        return False
+    return bool(np.isfinite(spread)) and abs(spread) > max_ambiguity or _too_blurred(blur_sigma)
+
+
+def _too_blurred(blur_sigma: float | None) -> bool:
+    return blur_sigma is not None and bool(np.isfinite(blur_sigma)) and blur_sigma > MAX_BOUNDS["blur_sigma_vox"][0]
 
 
 def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on_ambiguous: str = "stop",
-                     figure_hint: str = "") -> None:
+                     figure_hint: str = "", blur_sigma: float | None = None) -> None:
     """Stop (raise :class:`AmbiguousContacts`) or warn when a sample's contact reading is ambiguous.
 
     Parameters
     ----------
-    spread, max_ambiguity : float
+    spread, max_ambiguity, blur_sigma : float
         As :func:`contacts_ambiguous`.
     sample : str
         Named in the message.
@@ -260,22 +271,28 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
     ------
     AmbiguousContacts
         When the reading is ambiguous and ``on_ambiguous`` is ``"stop"``; the message names the sample,
-        the disagreement, the bound and the ways out.
+        the disagreement or the blur, the bound and the ways out.
     ValueError
         When ``on_ambiguous`` is neither ``"stop"`` nor ``"warn"``.
     """
     if on_ambiguous not in ("stop", "warn"):
         raise ValueError(f"science.on_ambiguous_contacts: {on_ambiguous!r} is not 'stop' or 'warn'")
-    if not contacts_ambiguous(spread, max_ambiguity):
+    if not contacts_ambiguous(spread, max_ambiguity, blur_sigma):
         return
-    msg = (f"sample '{sample}': the contacts cannot be read: the fitted contact level and the deconvolved "
-           f"reading disagree on {abs(spread):.0%} of the background faces (science.contact_max_ambiguity: "
-           f"{max_ambiguity:.0%}), so gap and CBD are not told apart in these grey levels (CBD too close to "
-           f"the electrolyte, or a point-spread function wider than the gaps) and every detachment number "
-           f"would carry an error of that order. Look at {figure_hint or 'the contact-level figure'}; set "
-           f"science.contact_level: midpoint or manual thresholds if you know the grey levels better; or set "
-           f"science.on_ambiguous_contacts: warn to go on (detachment_by_cell.csv reports the spread as "
-           f"contact_reading_spread).")
+    if bool(np.isfinite(spread)) and abs(spread) > max_ambiguity:
+        why = (f"the fitted contact level and the deconvolved reading disagree on {abs(spread):.0%} of the "
+               f"background faces (science.contact_max_ambiguity: {max_ambiguity:.0%}), so gap and CBD are not "
+               f"told apart in these grey levels (CBD too close to the electrolyte, or a point-spread function "
+               f"wider than the gaps) and every detachment number would carry an error of that order")
+    else:
+        why = (f"the point-spread σ measured on the particles' edges is {blur_sigma:.2f} voxels (phase_qc.csv "
+               f"blur_sigma_vox), wider than the {MAX_BOUNDS['blur_sigma_vox'][0]} voxels up to which the reading "
+               f"was validated: a one-voxel gap or coat beside a particle is misread there, so detachment can be off "
+               f"by a tenth or more even where the two readings agree")
+    msg = (f"sample '{sample}': the contacts cannot be read: {why}. Look at "
+           f"{figure_hint or 'the contact-level figure'}; set science.contact_level: midpoint or manual thresholds "
+           f"if you know the grey levels better; or set science.on_ambiguous_contacts: warn to go on "
+           f"(detachment_by_cell.csv reports the spread as contact_reading_spread).")
     if on_ambiguous == "stop":
         raise AmbiguousContacts(msg)
     log.warning(msg)

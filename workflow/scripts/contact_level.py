@@ -37,7 +37,7 @@ if fit.reading == "deconvolved":
         "uncertainty (contact_level.csv: spread).", 100 * fit.gap_share, 100 * fit.gap_share_deconvolved, fit.level)
 p = snakemake.params
 table = fit.to_frame()
-table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity)
+table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity, sigma)
 io.write_csv(snakemake.output.table, table)
 io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample),
                snakemake.output.figure)
@@ -46,4 +46,5 @@ if table.ambiguous.iloc[0]:
     kept = Path(snakemake.log[0]).with_suffix(".png")
     shutil.copyfile(snakemake.output.figure, kept)
     plausibility.enforce_contacts(fit.spread, p.max_ambiguity, snakemake.wildcards.sample,
-                                  snakemake.config["science"]["on_ambiguous_contacts"], figure_hint=str(kept))
+                                  snakemake.config["science"]["on_ambiguous_contacts"], figure_hint=str(kept),
+                                  blur_sigma=sigma)
