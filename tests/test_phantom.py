@@ -236,7 +236,9 @@ def test_block_mean_and_majority_match_a_loop_over_the_blocks():
 def test_supersampled_phantom_has_partial_volume_voxels_and_keeps_its_truth():
     """Without blur and noise, a phantom on the voxel grid holds only the phases' grey levels; drawn on
     2³ sub-voxels, the voxels a surface cuts hold their mixtures, each the mean of its sub-voxels' levels
-    (between the darkest and brightest phase), and the truth keeps its particles and detachment."""
+    (between the darkest and brightest phase), and the truth keeps its particles and detachment. The
+    recorded purity (share of a voxel's sub-voxels in its truth phase) is 1 exactly where a voxel holds a
+    single phase's grey level."""
     quiet = dict(TINY_PHANTOM, blur_sigma_vox=0.0, drift_amplitude=0.0,
                  fwhm={"void": 1e-6, "cbd": 1e-6, "al": 1e-6, "nmc_low": 1e-6, "nmc_high": 1e-6})
     levels = np.array(sorted(PhantomParams().intensity.values()))
@@ -246,6 +248,11 @@ def test_supersampled_phantom_has_partial_volume_voxels_and_keeps_its_truth():
         assert ph.volume.shape == ph.labels.shape == ph.phases.shape == tuple(TINY_PHANTOM["shape_zyx"])
         off = np.abs(ph.volume[..., None] - levels).min(-1) > 1e-3
         mixed[k] = off.mean()
+        if k == 1:
+            assert ph.purity is None
+        else:
+            assert set(np.unique(ph.purity * 8)) <= set(range(1, 9)) and ph.purity.min() >= 2 / 8
+            assert not off[ph.purity == 1].any() and (ph.purity[off] < 1).all()
         assert levels[0] - 1e-3 <= ph.volume.min() and ph.volume.max() <= levels[-1] + 1e-3
         assert 6 <= len(ph.table) <= 8 and set(ph.table.label) == set(np.unique(ph.labels)[1:])
         assert 0.05 < ph.table.detachment.mean() < 0.6

@@ -100,9 +100,20 @@ def test_declared_phase_accuracy_merges_nmc_densities_only_where_the_map_says_so
     n = truth.size
     assert robustness.phase_accuracy(found, truth) == pytest.approx(1 - (0.2 * n + 1) / n)
     assert robustness.phase_accuracy(found, truth, merge_nmc=True) == pytest.approx(1 - 1 / n)
+    # counted on a subset of voxels: brute force over the mask
+    where = np.zeros(found.shape, bool)
+    where.flat[::3] = True
+    assert robustness.phase_accuracy(found, truth, where=where) == pytest.approx(np.mean(found[where] == truth[where]))
+    assert np.isnan(robustness.phase_accuracy(found, truth, where=np.zeros(found.shape, bool)))
     labels = np.zeros_like(truth, np.int32)
     m = robustness.sample_metrics(labels, truth, found, labels, labels, _science([0.0], [0.0]), 4, nmc_merged=True)
     assert m["phase_accuracy_declared"] == pytest.approx(1 - 1 / n) and m["phase_accuracy"] < 0.81
+    assert m["phase_accuracy_pure_voxels"] == m["phase_accuracy_declared"] and m["pure_voxel_share"] == 1.0
+    purity = np.ones(truth.shape, np.float32)
+    purity[0, 0, :5] = 0.625     # the misread voxel and four others hold two phases: left out
+    m = robustness.sample_metrics(labels, truth, found, labels, labels, _science([0.0], [0.0]), 4, nmc_merged=True,
+                                  purity=purity)
+    assert m["phase_accuracy_pure_voxels"] == 1.0 and m["pure_voxel_share"] == pytest.approx(1 - 5 / n)
     m = robustness.sample_metrics(labels, truth, found, labels, labels, _science([0.0], [0.0]), 4)
     assert m["phase_accuracy_declared"] == m["phase_accuracy"]
 

@@ -309,6 +309,9 @@ class Phantom:
         The parameters it was generated with.
     seed : int
         Its random seed.
+    purity : numpy.ndarray or None
+        (z, y, x) float32 share (0-1) of each voxel's sub-voxels that hold its truth phase (the majority):
+        1 where the voxel holds one phase only; None when drawn on the voxel grid (every voxel pure).
     """
 
     volume: np.ndarray
@@ -318,6 +321,7 @@ class Phantom:
     planted_fwhm: dict
     params: PhantomParams
     seed: int
+    purity: np.ndarray | None = None
 
 
 def _smooth_field(rng, shape, sigma) -> np.ndarray:
@@ -720,13 +724,16 @@ def generate_phantom(params: PhantomParams, seed: int) -> Phantom:
         for axis in "zyx":
             table[f"centroid_{axis}_um"] -= (k - 1) / 2 * grid.voxel_size_um
         density = _block_mean(noise_free_density(phases, grid), k)
+        fine = phases
         labels, phases = _block_majority(labels, k), _block_majority(phases, k)
+        purity = (_blocks(fine, k) == phases[..., None]).mean(-1, dtype=np.float32)
         volume, planted = render_intensity(phases, params, rng, density=density)
     else:
+        purity = None
         volume, planted = render_intensity(phases, params, rng)
     log.info("phantom seed %d: %d particles, %d separated contacts, detachment %.3f ± %.3f", seed,
              len(table), n_gaps, table.detachment.mean(), table.detachment.std())
-    return Phantom(volume, labels, phases, table, planted, params, seed)
+    return Phantom(volume, labels, phases, table, planted, params, seed, purity)
 
 
 def _geometry(p: PhantomParams, seed: int, rng, grid: int = 1):
@@ -914,7 +921,8 @@ def write_phantom(ph: Phantom, volume_path, truth_path, table_path) -> None:
         Volume file to write (``/volume`` float32, voxel size, ``source`` = the seed).
     truth_path : str or os.PathLike
         HDF5 file of the truth: ``/labels`` (uint32), ``/phases`` (uint8), ``/particles`` (the truth table
-        as records); file attributes ``seed``, ``planted_fwhm`` and ``params`` (both JSON).
+        as records), for a phantom drawn on sub-voxels also ``/phase_purity`` (float32,
+        :attr:`Phantom.purity`); file attributes ``seed``, ``planted_fwhm`` and ``params`` (both JSON).
     table_path : str or os.PathLike
         CSV of the truth table (:func:`truth_table`).
     """
@@ -925,7 +933,10 @@ def write_phantom(ph: Phantom, volume_path, truth_path, table_path) -> None:
     vs = (ph.params.voxel_size_um,) * 3
     io.write_volume(volume_path, ph.volume, vs, source=f"phantom seed={ph.seed}")
     records = ph.table.to_records(index=False)
-    io.write_arrays(truth_path, {"labels": ph.labels, "phases": ph.phases, "particles": records},
+    arrays = {"labels": ph.labels, "phases": ph.phases, "particles": records}
+    if ph.purity is not None:
+        arrays["phase_purity"] = ph.purity
+    io.write_arrays(truth_path, arrays,
                     attrs={"seed": ph.seed, "planted_fwhm": json.dumps(ph.planted_fwhm),
                            "params": json.dumps(params_dict(ph.params))},
                     voxel_size_um=vs)

@@ -25,7 +25,8 @@ METRICS = ("phase_accuracy", "phase_accuracy_declared", "cnn_precision", "cnn_se
            "split_merge_3d", "detachment_mae", "detachment_bias", "effect_found_over_planted")
 
 
-def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray, merge_nmc: bool = False) -> float:
+def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray, merge_nmc: bool = False,
+                   where: np.ndarray | None = None) -> float:
     """Fraction of voxels whose phase code equals the truth's.
 
     Parameters
@@ -34,6 +35,8 @@ def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray, merge_nmc: bool
         (z, y, x) uint8 phase codes (:mod:`detachment.phases`) of the pipeline and of the truth.
     merge_nmc : bool, default False
         Count NMC low and high density as one phase (for a map that declares them not resolved).
+    where : numpy.ndarray, optional
+        (z, y, x) bool: count these voxels only (NaN when none).
 
     Returns
     -------
@@ -49,8 +52,11 @@ def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray, merge_nmc: bool
         raise ValueError(f"phase map shape {phases.shape} differs from the truth's {truth_phases.shape}")
     if merge_nmc:
         merge = np.array([VOID, CBD, NMC_LOW, NMC_LOW, AL], np.uint8)
-        return float(np.mean(merge[phases] == merge[truth_phases]))
-    return float(np.mean(phases == truth_phases))
+        phases, truth_phases = merge[phases], merge[truth_phases]
+    same = phases == truth_phases
+    if where is None:
+        return float(np.mean(same))
+    return float(np.mean(same[where])) if where.any() else float("nan")
 
 
 def nmc_high_fraction_errors(science_eval: pd.DataFrame, measured: pd.DataFrame, truth_table: pd.DataFrame
@@ -146,7 +152,8 @@ def detachment_errors(science_eval: pd.DataFrame, source: str = "pipeline", colu
 
 
 def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, science_eval: pd.DataFrame,
-                   min_area: int, iou_threshold: float = 0.5, nmc_merged: bool = False) -> dict[str, float]:
+                   min_area: int, iou_threshold: float = 0.5, nmc_merged: bool = False,
+                   purity: np.ndarray | None = None) -> dict[str, float]:
     """Every per-sample metric of one phantom cell.
 
     Parameters
@@ -169,12 +176,17 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         IoU of a match, per slice and for ``recovery_3d``.
     nmc_merged : bool, default False
         Whether the phase map declares NMC high density not resolved (its attribute ``unresolved``).
+    purity : numpy.ndarray, optional
+        (z, y, x) share of each voxel's sub-voxels in its truth phase (truth ``/phase_purity`` of a phantom
+        drawn on sub-voxels); None: every voxel holds one phase.
 
     Returns
     -------
     dict of str to float
         ``phase_accuracy`` (every code must match), ``phase_accuracy_declared`` (NMC low and high counted
-        as one where ``nmc_merged``), ``cnn_precision``, ``cnn_sensitivity``, ``recovery_3d`` (true particles
+        as one where ``nmc_merged``), ``phase_accuracy_pure_voxels`` (the declared accuracy on the voxels
+        that hold one phase only, where the truth does not depend on a majority vote) with
+        ``pure_voxel_share`` (their share of the volume), ``cnn_precision``, ``cnn_sensitivity``, ``recovery_3d`` (true particles
         matched one-to-one at 3D IoU ≥ ``iou_threshold``), ``split_merge_3d`` (split + merge rate),
         ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
         same on the truth's own envelopes (``*_true_envelopes``: phases and contact reading without
@@ -187,6 +199,9 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
     """
     out = {"phase_accuracy": phase_accuracy(phases, truth_phases),
            "phase_accuracy_declared": phase_accuracy(phases, truth_phases, merge_nmc=nmc_merged)}
+    pure = None if purity is None else np.asarray(purity) >= 1.0
+    out["phase_accuracy_pure_voxels"] = phase_accuracy(phases, truth_phases, nmc_merged, pure)
+    out["pure_voxel_share"] = 1.0 if pure is None else float(pure.mean())
     out.update({k: v for k, v in slice_detection_scores(truth_labels, cnn_slices, min_area, iou_threshold).items()
                 if k != "n_slices"})
     ps = particle_scores(truth_labels, particles, iou_threshold)
