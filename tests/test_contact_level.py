@@ -365,3 +365,22 @@ def test_the_default_reading_sharpened_and_less_the_spill_reads_one_voxel_coats_
     assert abs(default - truth) < 0.02, (default, truth)
     if coat == 1.0 and sigma == 0.7:
         assert abs(read(sharpen(grey, w)) - truth) > 0.05
+
+
+def test_contact_level_figure_says_how_the_grey_levels_were_corrected():
+    """The figure's axis names the spill's σ and the sharpening weight the level was fitted with (neither
+    when the grey levels were read as reconstructed); the level is drawn where it was placed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dataclasses import replace
+
+    from detachment.plots import contact_level_figure
+
+    x = np.concatenate([np.full(300, 0.05), np.full(700, 0.3)]) + np.random.default_rng(1).normal(0, 0.03, 1000)
+    fit = fit_contact_level(x, fallback=0.15)
+    corrected = contact_level_figure(x, replace(fit, sharpen=0.13, spill_sigma=0.52), 0.15).axes[0]
+    assert "spill (σ = 0.52 vox)" in corrected.get_xlabel() and "w = 0.13" in corrected.get_xlabel()
+    assert any(np.allclose(line.get_xdata(), fit.level) for line in corrected.lines)
+    plain = contact_level_figure(x, fit, 0.15).axes[0]
+    assert "spill" not in plain.get_xlabel() and "sharpened" not in plain.get_xlabel()

@@ -21,8 +21,9 @@ from .validation import effect_size
 COLUMNS = ("preset", "sample", "split", "metric", "value")
 SPLITS = ("out_of_sample", "in_sample")
 #: The headline metrics, in the order tables and figures show them.
-METRICS = ("phase_accuracy", "phase_accuracy_declared", "cnn_precision", "cnn_sensitivity", "recovery_3d",
-           "split_merge_3d", "detachment_mae", "detachment_bias", "effect_found_over_planted")
+METRICS = ("phase_accuracy", "phase_accuracy_declared", "phase_accuracy_pure_voxels", "cnn_precision",
+           "cnn_sensitivity", "recovery_3d", "split_merge_3d", "detachment_mae", "detachment_bias",
+           "effect_found_over_planted")
 
 
 def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray, merge_nmc: bool = False,
