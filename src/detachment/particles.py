@@ -483,27 +483,34 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     from dataclasses import replace
 
     from . import io
-    from .contact_level import choose_reading, face_neighbour_pairs, fit_contact_level
+    from .contact_level import choose_reading, fit_contact_level
 
     shape, voxel = io.read_volume_info(volume_path)
-    values, deconvolved = [], []
     with _open_datasets(labels_path, phases_path, volume_path) as (dl, dp, dv):
         midpoint = gap_level(dp.attrs)
-        if midpoint is None:
-            spill_sigma = 0.0
-        for _, _, env, others, ph, grey, read in _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress,
-                                                                "contact level", partition, voxel, sharpen,
-                                                                spill_sigma, midpoint):
-            outside, inside = face_neighbour_pairs(env, others, ph, grey)
-            values.append(outside if read is grey else face_neighbour_pairs(env, others, ph, read)[0])
-            solid = solid_grey(env, ph, grey)
-            if solid is not None:
-                deconvolved.append(outside + inside - solid)
-    values = np.concatenate(values) if values else np.zeros(0)
-    deconvolved = np.concatenate(deconvolved) if deconvolved else np.zeros(0)
+        spill_sigma = spill_sigma if midpoint is not None else 0.0
+        crops = _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress, "contact level", partition, voxel,
+                                sharpen, spill_sigma, midpoint)
+        values, deconvolved = _face_values(crops)
     fit = replace(fit_contact_level(values, np.nan if midpoint is None else midpoint), sharpen=float(sharpen),
                   spill_sigma=float(spill_sigma))
     return choose_reading(fit, values, deconvolved, midpoint, max_spread), values, midpoint
+
+
+def _face_values(crops) -> tuple[np.ndarray, np.ndarray]:
+    """Over the crops of :func:`_envelope_crops`: each background face neighbour's grey level as the
+    contacts are read (corrected) and deconvolved (outside + inside − the solid, as reconstructed)."""
+    from .contact_level import face_neighbour_pairs
+
+    values, deconvolved = [], []
+    for _, _, env, others, ph, grey, read in crops:
+        outside, inside = face_neighbour_pairs(env, others, ph, grey)
+        values.append(outside if read is grey else face_neighbour_pairs(env, others, ph, read)[0])
+        solid = solid_grey(env, ph, grey)
+        if solid is not None:
+            deconvolved.append(outside + inside - solid)
+    return (np.concatenate(values) if values else np.zeros(0),
+            np.concatenate(deconvolved) if deconvolved else np.zeros(0))
 
 
 def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
@@ -531,11 +538,9 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         How a face is read (:func:`detachment.surface.surface_contacts`): at depth ``probe`` voxels;
         electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the
         void/CBD midpoint, :func:`gap_level`) if ``gap_from_intensity``; with ``deconvolve``, as
-        outside + inside − the particle's solid grey level (:func:`solid_grey`); else on the grey levels
-        sharpened with weight ``sharpen`` (:func:`detachment.contact_level.sharpen`) and less the
-        particles' spill through a point spread of σ ``spill_sigma`` (:func:`particle_spill`, counted from
-        the phase file's void/CBD midpoint), as :func:`contact_level_from_files` fitted the level on them
-        (the solid's columns are measured on the volume as it is).
+        outside + inside − the particle's solid grey level (:func:`solid_grey`); else on the grey levels as
+        :func:`contact_level_from_files` fitted the level on them, less the spill through σ ``spill_sigma``
+        and sharpened with weight ``sharpen`` (the solid's columns: on the volume as it is).
 
     Returns
     -------
@@ -547,8 +552,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     from . import io
 
     if deconvolve and (sharpen > 0 or spill_sigma > 0):
-        raise ValueError("sharpen and spill_sigma must be 0 with deconvolve (outside + inside - solid reads the grey "
-                         "levels as they are)")
+        raise ValueError("sharpen and spill_sigma must be 0 with deconvolve (it reads the grey levels as they are)")
     shape, voxel = io.read_volume_info(volume_path)
     vs = np.asarray(voxel, float)
     rows = []

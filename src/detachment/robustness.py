@@ -198,11 +198,7 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         ``contact_reading_plausible`` (:func:`contact_reading_plausible`) and the
         ``nmc_high_fraction_*`` errors (:func:`nmc_high_fraction_errors`).
     """
-    out = {"phase_accuracy": phase_accuracy(phases, truth_phases),
-           "phase_accuracy_declared": phase_accuracy(phases, truth_phases, merge_nmc=nmc_merged)}
-    pure = None if purity is None else np.asarray(purity) >= 1.0
-    out["phase_accuracy_pure_voxels"] = phase_accuracy(phases, truth_phases, nmc_merged, pure)
-    out["pure_voxel_share"] = 1.0 if pure is None else float(pure.mean())
+    out = _phase_metrics(phases, truth_phases, nmc_merged, purity)
     out.update({k: v for k, v in slice_detection_scores(truth_labels, cnn_slices, min_area, iou_threshold).items()
                 if k != "n_slices"})
     ps = particle_scores(truth_labels, particles, iou_threshold)
@@ -216,6 +212,15 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         out["detachment_mae_voxel_truth" + suffix] = detachment_errors(science_eval, source,
                                                                         "detachment_error_voxel_truth")["mae"]
     return out
+
+
+def _phase_metrics(phases, truth_phases, nmc_merged: bool, purity) -> dict[str, float]:
+    """The phase accuracies of :func:`sample_metrics` (strict, declared, on pure voxels) and the pure share."""
+    pure = None if purity is None else np.asarray(purity) >= 1.0
+    return {"phase_accuracy": phase_accuracy(phases, truth_phases),
+            "phase_accuracy_declared": phase_accuracy(phases, truth_phases, merge_nmc=nmc_merged),
+            "phase_accuracy_pure_voxels": phase_accuracy(phases, truth_phases, nmc_merged, pure),
+            "pure_voxel_share": 1.0 if pure is None else float(pure.mean())}
 
 
 def contact_reading_plausible(contact_level_path) -> float:
