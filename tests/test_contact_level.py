@@ -382,5 +382,35 @@ def test_contact_level_figure_says_how_the_grey_levels_were_corrected():
     corrected = contact_level_figure(x, replace(fit, sharpen=0.13, spill_sigma=0.52), 0.15).axes[0]
     assert "spill (σ = 0.52 vox)" in corrected.get_xlabel() and "w = 0.13" in corrected.get_xlabel()
     assert any(np.allclose(line.get_xdata(), fit.level) for line in corrected.lines)
+    labels = corrected.get_legend_handles_labels()[1]
+    assert any(label.startswith("ambiguous: P(gap) 0.1–0.9") for label in labels), labels
     plain = contact_level_figure(x, fit, 0.15).axes[0]
     assert "spill" not in plain.get_xlabel() and "sharpened" not in plain.get_xlabel()
+
+
+def test_ambiguous_faces_are_the_planted_mixtures_mass_where_neither_component_dominates():
+    """A planted two-Gaussian mixture, fitted: the share of values whose gap probability is 0.1-0.9 equals
+    the planted mixture's probability mass over the interval where its own posterior is in that band
+    (the interval's ends by root finding, the mass from the normal CDFs); an unfitted level has none."""
+    from scipy import optimize, stats
+
+    from detachment.contact_level import ambiguous_face_share, gap_posterior
+
+    rng = np.random.default_rng(5)
+    n, w, mu, sd = 200_000, (0.35, 0.65), (0.05, 0.25), (0.05, 0.045)
+    gap = rng.random(n) < w[0]
+    x = np.where(gap, rng.normal(mu[0], sd[0], n), rng.normal(mu[1], sd[1], n))
+    fit = fit_contact_level(x, fallback=0.15)
+
+    def planted_post(t):
+        g, c = w[0] * stats.norm.pdf(t, mu[0], sd[0]), w[1] * stats.norm.pdf(t, mu[1], sd[1])
+        return g / (g + c)
+
+    ends = [optimize.brentq(lambda t, p=p: planted_post(t) - p, mu[0], mu[1]) for p in (0.9, 0.1)]
+    mass = sum(wi * (stats.norm.cdf(ends[1], m, s) - stats.norm.cdf(ends[0], m, s)) for wi, m, s in zip(w, mu, sd))
+    assert 0.03 < mass < 0.3
+    assert ambiguous_face_share(x, fit) == pytest.approx(mass, abs=0.01)
+    post = gap_posterior(np.array([mu[0], fit.level, mu[1]]), fit)
+    assert post[0] > 0.99 and post[1] == pytest.approx(0.5, abs=0.02) and post[2] < 0.01
+    unfitted = fit_contact_level(np.full(50, 0.1), fallback=0.15)
+    assert np.isnan(ambiguous_face_share(x, unfitted)) and np.isnan(gap_posterior(x[:3], unfitted)).all()

@@ -360,6 +360,7 @@ def test_streamed_reading_less_the_spill_fits_and_reads_what_the_planted_phases_
     plain, plain_values, _ = contact_level_from_files(*files, **kw)
     fit, values, midpoint = contact_level_from_files(*files, spill_sigma=0.5, **kw)
     assert fit.spill_sigma == 0.5 and plain.spill_sigma == 0.0 and midpoint is not None
+    assert 0 <= fit.ambiguous_faces < 0.2
     assert len(values) == len(plain_values) and (plain_values - values).mean() > 0.01
     assert fit.level < plain.level
     t = _streamed(tmp_path, links, contact_level=fit.level, sharpen=0.125, spill_sigma=0.5)

@@ -76,6 +76,9 @@ class ContactLevel:
     spill_sigma : float
         Point-spread σ (voxels) through which the particles' own grey level was subtracted from the grey
         levels before the level's reading (:func:`detachment.particles.particle_spill`); 0 = not.
+    ambiguous_faces : float
+        Share (0-1) of the faces the fitted components cannot place (:func:`ambiguous_face_share`); NaN
+        where not fitted.
     """
 
     level: float
@@ -94,6 +97,7 @@ class ContactLevel:
     spread: float = float("nan")
     sharpen: float = 0.0
     spill_sigma: float = 0.0
+    ambiguous_faces: float = float("nan")
 
     def to_frame(self) -> pd.DataFrame:
         """The fields as a one-row table (``contact_level.csv``).
@@ -307,6 +311,63 @@ def _two_gaussians_em(x: np.ndarray, iterations: int = 200, tol: float = 1e-7):
         prev = ll
     order = np.argsort(mu)
     return mu[order], sd[order], w[order], w_out
+
+
+#: posterior probability of a gap between which a face's reading is ambiguous (:func:`ambiguous_face_share`)
+AMBIGUOUS_POSTERIOR = (0.1, 0.9)
+
+
+def gap_posterior(values, fit: ContactLevel) -> np.ndarray:
+    """Probability that each face-neighbour grey level belongs to the fitted gap component, not the CBD one.
+
+    Parameters
+    ----------
+    values : array_like
+        Grey levels (as fitted: corrected).
+    fit : ContactLevel
+        A fitted level (its two Gaussian components and weights; the outlier component is left out).
+
+    Returns
+    -------
+    numpy.ndarray
+        Probabilities 0-1, one per value; NaN everywhere where ``fit`` was not fitted.
+    """
+    from scipy.stats import norm
+
+    v = np.asarray(values, float)
+    if not fit.fitted:
+        return np.full(v.shape, np.nan)
+    log_gap = np.log(fit.gap_weight) + norm.logpdf(v, fit.gap_mean, fit.gap_sigma)
+    log_cbd = np.log(fit.cbd_weight) + norm.logpdf(v, fit.cbd_mean, fit.cbd_sigma)
+    return 1.0 / (1.0 + np.exp(np.clip(log_cbd - log_gap, -700, 700)))
+
+
+def ambiguous_face_share(values, fit: ContactLevel, band: tuple[float, float] = AMBIGUOUS_POSTERIOR) -> float:
+    """Share of the faces whose gap probability (:func:`gap_posterior`) lies inside ``band``.
+
+    Those faces are read by the level, but the grey levels hardly favour one side: the overlap of gap and
+    CBD that a per-face reading cannot resolve (each is as likely misread as not, on average).
+
+    Parameters
+    ----------
+    values : array_like
+        Face-neighbour grey levels the level was fitted on.
+    fit : ContactLevel
+        The fitted level.
+    band : (float, float), default :data:`AMBIGUOUS_POSTERIOR`
+        Gap probabilities between which a face is ambiguous.
+
+    Returns
+    -------
+    float
+        Share 0-1 of the finite values; NaN where not fitted or no value is finite.
+    """
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if not fit.fitted or v.size == 0:
+        return float("nan")
+    post = gap_posterior(v, fit)
+    return float(np.mean((post > band[0]) & (post < band[1])))
 
 
 def fit_contact_level(values, fallback: float, min_faces: int = 200) -> ContactLevel:

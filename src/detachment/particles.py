@@ -473,8 +473,8 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     Returns
     -------
     fit : detachment.contact_level.ContactLevel
-        The level (grey level), whether it was fitted, the two components, the reading to use and the
-        two readings' shares of electrolyte faces.
+        The level (grey level), whether it was fitted, the two components, the share of faces they
+        cannot place, the reading to use and the two readings' shares of electrolyte faces.
     values : numpy.ndarray
         (n_faces,) float64 grey levels the fit was made on (sharpened, less the spill), one per face.
     midpoint : float or None
@@ -483,7 +483,7 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     from dataclasses import replace
 
     from . import io
-    from .contact_level import choose_reading, fit_contact_level
+    from .contact_level import ambiguous_face_share, choose_reading, fit_contact_level
 
     shape, voxel = io.read_volume_info(volume_path)
     with _open_datasets(labels_path, phases_path, volume_path) as (dl, dp, dv):
@@ -494,6 +494,7 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         values, deconvolved = _face_values(crops)
     fit = replace(fit_contact_level(values, np.nan if midpoint is None else midpoint), sharpen=float(sharpen),
                   spill_sigma=float(spill_sigma))
+    fit = replace(fit, ambiguous_faces=ambiguous_face_share(values, fit))
     return choose_reading(fit, values, deconvolved, midpoint, max_spread), values, midpoint
 
 

@@ -636,7 +636,8 @@ def second_map_figure(panels: list[dict]):
 
 
 def contact_level_figure(values, fit, midpoint: float | None = None, title: str = ""):
-    """Grey levels just outside the particles, the fitted gap and CBD Gaussians, and the levels.
+    """Grey levels just outside the particles, the fitted gap and CBD Gaussians, the levels, and the band
+    where the fit cannot place a face (gap probability 0.1-0.9, shaded, with the share of faces in it).
 
     Parameters
     ----------
@@ -665,6 +666,15 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
                                 ("CBD", fit.cbd_mean, fit.cbd_sigma, fit.cbd_weight)):
             ax.plot(x, w * np.exp(-0.5 * ((x - mu) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)),
                     color=PHASE_COLOURS["void" if name == "gap" else "cbd"], label=f"{name} {mu:.3f} ± {sd:.3f}")
+    if fit.fitted and values.size:
+        from .contact_level import AMBIGUOUS_POSTERIOR, gap_posterior
+
+        grid = np.linspace(np.nanmin(values), np.nanmax(values), 400)
+        post = gap_posterior(grid, fit)
+        lo, hi = AMBIGUOUS_POSTERIOR
+        share = getattr(fit, "ambiguous_faces", np.nan)
+        ax.fill_between(grid, 0, 1, where=(post > lo) & (post < hi), transform=ax.get_xaxis_transform(),
+                        color="#f5b041", alpha=0.3, label=f"ambiguous: P(gap) {lo:g}–{hi:g}, {share:.0%} of faces")
     if np.isfinite(fit.level):
         how = "deconvolved reading" if getattr(fit, "reading", "level") == "deconvolved" else \
             ("fitted" if fit.fitted else "fallback")
