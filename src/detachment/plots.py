@@ -674,7 +674,7 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
         lo, hi = AMBIGUOUS_POSTERIOR
         share = getattr(fit, "ambiguous_faces", np.nan)
         ax.fill_between(grid, 0, 1, where=(post > lo) & (post < hi), transform=ax.get_xaxis_transform(),
-                        color="#f5b041", alpha=0.3, label=f"ambiguous: P(gap) {lo:g}–{hi:g}, {share:.0%} of faces")
+                        color="#f5b041", alpha=0.3, label=f"ambiguous: P(gap) {lo:g}–{hi:g}, {share:.1%} of faces")
     if np.isfinite(fit.level):
         how = "deconvolved reading" if getattr(fit, "reading", "level") == "deconvolved" else \
             ("fitted" if fit.fitted else "fallback")
