@@ -126,3 +126,24 @@ def test_gap_level_is_the_void_cbd_midpoint_of_the_phase_model():
     assert gap_level(attrs) == pytest.approx(0.15)
     assert gap_level({"order": "void, cbd"}) is None  # imported phases without grey levels
     assert gap_level({"order": "a, b", "means": np.array([0.0, 1.0])}) is None
+
+
+def test_with_a_gap_level_the_grey_level_decides_between_electrolyte_and_cbd_whatever_the_phase_code():
+    """A box whose top neighbours are coded electrolyte but read bright, and (second case) whose -x
+    neighbours are coded CBD but read dark: with a gap level (probe 1) those faces follow the grey levels;
+    without one they follow the codes. Al and another particle keep their classes."""
+    labels = np.zeros((9, 9, 9), np.uint32)
+    labels[3:6, 3:6, 3:6] = 1
+    labels[3:6, 3:6, 6] = 2                      # another particle on the +x side
+    phases = np.full(labels.shape, CBD, np.uint8)
+    phases[6:] = VOID
+    phases[:3] = AL
+    phases[labels > 0] = NMC_LOW
+    grey = np.full(labels.shape, 0.3, np.float32)
+    grey[6:] = 0.4                               # coded electrolyte, bright
+    n = 9  # faces per side of the 3 x 3 x 3 box; classes void, CBD, Al, particle
+    assert surface_contacts(labels, phases).n_faces[1].tolist() == [n, 3 * n, n, n]
+    assert surface_contacts(labels, phases, intensity=grey, gap_level=0.15).n_faces[1].tolist() == [0, 4 * n, n, n]
+    grey[3:6, 3:6, 2] = 0.0                      # the -x neighbours: coded CBD, dark
+    read = surface_contacts(labels, phases, intensity=grey, gap_level=0.15)
+    assert read.n_faces[1].tolist() == [n, 3 * n, n, n] and read.detachment[1] == pytest.approx(1 / 6)

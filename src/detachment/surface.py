@@ -124,8 +124,9 @@ def _face_classes(labels, phases, intensity, gap_level, axis: int, step: int, fa
         gap = near_void | (phase_far == VOID)
         phase_near = np.where(back_inside, np.where(near_void, VOID, phase_near), np.where(gap, VOID, phase_far))
         oth = np.where(oth > 0, oth, np.where(near_void, 0, lab_far))
-    else:
-        phase_near = np.where(dark & (oth == 0), VOID, phase_near)
+    elif reads_gap:
+        bg = (oth == 0) & ((phase_near == VOID) | (phase_near == CBD))
+        phase_near = np.where(bg, np.where(dark, VOID, CBD), phase_near)
     return owner, np.where(oth > 0, 3, _CLASS_OF_PHASE[phase_near])
 
 
@@ -153,9 +154,12 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
     intensity : numpy.ndarray, optional
         (z, y, x) grey levels on the same grid; used only together with ``gap_level``.
     gap_level : float, optional
-        Grey level: a face whose neighbour is background is electrolyte also where the darker of the
-        voxels read (the neighbour and the one ``probe`` out) is below it; the workflow's level:
-        :mod:`detachment.contact_level`, fallback :func:`detachment.particles.gap_level`.
+        Grey level: with ``probe`` 1, a face whose neighbour is electrolyte or CBD in ``phases`` is
+        electrolyte where the neighbour's grey level is below it and CBD elsewhere, whatever its phase
+        code (the level is fitted to these very voxels, the phase map's threshold to the whole volume);
+        with ``probe`` > 1, electrolyte also where the darker of the voxels read (the neighbour and the
+        one ``probe`` out) is below it. The workflow's level: :mod:`detachment.contact_level`, fallback
+        :func:`detachment.particles.gap_level`.
     solid_level : float, optional
         Grey level of the particles' solid. When given (with ``intensity`` and ``gap_level``), the
         background across a face is read as outside + inside − ``solid_level`` (the spill of a symmetric
