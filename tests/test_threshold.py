@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from detachment import io, phases
 from detachment.binning import UniformBins, ceil_float32
-from detachment.blur import EdgeProfiles, edge_nmc_cut, edge_shell_cut, reassign_edge_shells
+from detachment.blur import EdgeProfiles, edge_nmc_cut, edge_shell_cut, reassign_by_spill, reassign_edge_shells
 from detachment.slab_phases import SlabClassifier, erode6, opening6
 from detachment.threshold import ThresholdSettings, classify_slab, collector_top, fit_model, threshold_volume
 
@@ -126,6 +126,8 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
         nmc = edge_nmc_cut(model.names, model.means, model.thresholds, edges.sigma())
         assert cut is not None and nmc is not None
         p = reassign_edge_shells(p, vol, cut, nmc)
+        if s.edge_spill:  # then electrolyte and CBD less the solid's spill, on the whole volume
+            p = reassign_by_spill(p, vol, model.names, model.means, model.thresholds, edges.sigma())
     per_slice = np.stack([(p == c).sum(axis=(1, 2)) for c in phases.PHASE_NAMES], axis=1)
     return model, p, interior, fine, per_slice
 
@@ -134,7 +136,8 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
 @pytest.mark.parametrize("slab, fast_bins, workers, shells", [(1, True, 1, True), (4, True, 1, True),
                                                               (100, True, 1, True), (4, False, 1, True),
                                                               (3, True, 2, True), (1, True, 3, True),
-                                                              (4, True, 2, False), (3, True, 2, "gaussian")])
+                                                              (4, True, 2, False), (3, True, 2, "gaussian"),
+                                                              (3, True, 2, "no spill")])
 def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path, monkeypatch, slab, fast_bins,
                                                                         workers, shells):
     from detachment import threshold
@@ -146,8 +149,9 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
     vol = generate_phantom(PhantomParams(shape_zyx=(20, 48, 48), n_particles=6, diameter_median_um=5,
                                          diameter_min_um=3.5, diameter_max_um=7), seed=4).volume
     io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
-    denoise = shells if isinstance(shells, str) else "none"  # a denoised volume, with the edge shells
-    s = ThresholdSettings(slab=slab, edge_shells=bool(shells), denoise=denoise)
+    denoise = "gaussian" if shells == "gaussian" else "none"  # a denoised volume, with the edge shells
+    spill = dict(edge_spill=shells != "no spill")  # the edge shells without the spill rule
+    s = ThresholdSettings(slab=slab, edge_shells=bool(shells), denoise=denoise, **spill)
     res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False, workers=workers)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["p.h5", "v.h5"]  # no scratch map left behind
     model, p, interior, fine, per_slice = _direct(phases.denoise(vol, s.denoise, s.denoise_sigma_vox), s)
@@ -156,7 +160,8 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
     np.testing.assert_array_equal(res.counts_per_slice, per_slice)
     # the blur measured on the edges is the same bit for bit whatever the slabs and threads
     whole = threshold_volume(tmp_path / "v.h5", tmp_path / "w.h5", ThresholdSettings(slab=100, edge_shells=bool(shells),
-                                                                                      denoise=denoise), progress=False)
+                                                                                      denoise=denoise, **spill),
+                             progress=False)
     assert res.blur_sigma_vox == whole.blur_sigma_vox or np.isnan(res.blur_sigma_vox) and np.isnan(whole.blur_sigma_vox)
     for row in res.fwhm.itertuples():
         centre, fwhm = phases.fit_fwhm(interior[row.code], fine)

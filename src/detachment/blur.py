@@ -13,9 +13,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from . import slab_kernels
-from .phases import CBD, NMC_HIGH, NMC_LOW, VOID
+from .phases import CBD, NMC_HIGH, NMC_LOW, PHASE_NAMES, VOID
 
 #: Voxels of the same class required on each side of an edge (the profile is 2 x this long).
 RUN = 3
@@ -313,4 +314,89 @@ def reassign_edge_shells(phases: np.ndarray, grey: np.ndarray, cut, nmc: NmcEdge
     out = phases.copy()
     where = edge_shell_candidates(phases)
     out[where] = edge_shell_codes(grey[where], cut, nmc)
+    return out
+
+
+def spill_radius(sigma: float) -> int:
+    """Voxels the Gaussian of :func:`solid_spill` reaches on either side (``scipy.ndimage``'s, truncated at
+    4 σ): the halo a streamed slab needs for it."""
+    return int(4.0 * float(sigma) + 0.5)
+
+
+def solid_spill(phases: np.ndarray, names, means, sigma: float, background: float) -> np.ndarray:
+    """Grey level the solid phases (NMC low and high density, Al) put into every voxel through the blur.
+
+    ``G_σ * Σ_c (μ_c - background) · [phases == c]`` over the solid classes the phase model resolves, ``μ``
+    its means (``names``, ``means``): a blurred particle lifts the electrolyte beside it toward CBD's grey
+    level, over as many voxels as σ reaches, not only the one beside its face.
+
+    Parameters
+    ----------
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes.
+    names, means : sequence
+        The phase model's resolved classes and their grey levels.
+    sigma : float
+        The blur σ, voxels (> 0).
+    background : float
+        Grey level the excess is counted from.
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) float64 grey levels.
+    """
+    mu = dict(zip(names, (float(m) for m in means)))
+    codes = {n: c for c, n in PHASE_NAMES.items()}
+    excess = np.zeros(max(codes.values()) + 1, np.float64)
+    for name in ("nmc_low", "nmc_high", "al"):
+        if name in mu:
+            excess[codes[name]] = mu[name] - background
+    return ndimage.gaussian_filter(excess[phases], float(sigma), mode="reflect")
+
+
+def void_cbd_threshold(names, thresholds) -> float | None:
+    """The phase model's threshold between electrolyte and CBD (None where it lacks either or they are not
+    neighbours in its order)."""
+    names = list(names)
+    if "void" not in names or "cbd" not in names or names.index("cbd") != names.index("void") + 1:
+        return None
+    return float(thresholds[names.index("void")])
+
+
+def reassign_by_spill(phases: np.ndarray, grey: np.ndarray, names, means, thresholds, sigma: float
+                      ) -> np.ndarray:
+    """Electrolyte and CBD told apart on the grey levels less the solid phases' spill.
+
+    Every electrolyte or CBD voxel is electrolyte where ``grey - solid_spill`` (counted from the model's
+    void/CBD threshold ``t``) is below ``t``, CBD elsewhere. A voxel of level μ beside a solid of level
+    μ_s reads ``μ + k (μ_s - μ)`` for the share ``k`` < 1 of the solid's blur it receives; less
+    ``k (μ_s - t)`` it reads ``μ + k (t - μ)``, on the same side of ``t`` as μ for any k: the electrolyte
+    that a blurred particle lifts into CBD's grey levels goes back to the electrolyte, and a coat of CBD
+    stays. Far from the solid (k = 0) every voxel keeps its code. Where σ is unknown or the model lacks
+    the classes, the map is returned unchanged.
+
+    Parameters
+    ----------
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes.
+    grey : numpy.ndarray
+        (z, y, x) grey levels the map was classified on.
+    names, means, thresholds : sequence
+        The phase model's resolved classes, grey levels and thresholds.
+    sigma : float
+        The blur σ measured on the map, voxels.
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) uint8 phase codes, a new array.
+    """
+    out = phases.copy()
+    t = void_cbd_threshold(names, thresholds)
+    if t is None or not np.isfinite(sigma) or sigma <= 0:
+        return out
+    spill = solid_spill(phases, names, means, sigma, t)
+    background = (phases == VOID) | (phases == CBD)
+    out[background] = np.where(grey[background] - spill[background] < t, VOID, CBD)
     return out

@@ -61,6 +61,9 @@ class ThresholdSettings:
     edge_shells : bool
         Give electrolyte read as CBD at the particles' blurred edges back to the electrolyte
         (:func:`detachment.blur.reassign_edge_shells`, with the blur σ measured on the map).
+    edge_spill : bool
+        With ``edge_shells``: then tell electrolyte from CBD everywhere on the grey levels less the solid
+        phases' spill through the measured blur (:func:`detachment.blur.reassign_by_spill`).
     nmc_domain_split : bool
         Where the grey-level histogram does not resolve NMC high from low density, try again on the
         domain-averaged NMC grey levels (:func:`detachment.phase_fit.split_nmc_domains`; needs
@@ -84,6 +87,7 @@ class ThresholdSettings:
     collector_min_thickness_vox: int = 3
     domain_sigma_vox: float = 0.7
     edge_shells: bool = True
+    edge_spill: bool = True
     nmc_domain_split: bool = True
     slab: int = 32
 
@@ -561,7 +565,8 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
                           fine_edges: np.ndarray, workers: int, progress: bool) -> _SlabTally:
     """The classification pass into an uncompressed scratch map beside ``tmp``, counting the map and
     listing the edge-shell candidates with their grey levels; then the edge-shell pass, which moves the
-    candidates below the cut (it needs the blur measured on the whole map) and writes the final map."""
+    candidates below the cut (it needs the blur measured on the whole map), and the spill pass, which
+    tells electrolyte from CBD less the solid's spill and writes the final map."""
     scratch = Path(tmp).with_name(Path(tmp).name + ".map")  # swept with the output's leftovers if killed
     try:
         raw = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=tuple(shape))
@@ -570,7 +575,9 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
         sigma = tally.edges.sigma()
         cut = blur.edge_shell_cut(model.names, model.means, sigma)
         nmc = blur.edge_nmc_cut(model.names, model.means, model.thresholds, sigma)
-        _shell_pass(raw, writer, cut, nmc, tally, workers, progress)
+        _shell_pass(raw, cut, nmc, tally, workers, progress)
+        _spill_pass(volume_path, s, raw, writer, model, sigma if s.edge_spill else float("nan"), tally, workers,
+                    progress)
         return tally
     finally:
         scratch.unlink(missing_ok=True)
@@ -617,11 +624,11 @@ def _counts(grey: np.ndarray, p: np.ndarray, rows: slice, fine: UniformBins | No
             else _reference_counts(grey, p, rows, fine_edges, shells))
 
 
-def _shell_pass(raw: np.ndarray, writer: h5chunks.GzipChunkWriter, cut, nmc: blur.NmcEdgeCut | None,
-                tally: _SlabTally, workers: int, progress: bool) -> None:
-    """From the classified map ``raw``: move the edge-shell candidates of ``tally.shells`` whose grey level
+def _shell_pass(raw: np.ndarray, cut, nmc: blur.NmcEdgeCut | None, tally: _SlabTally, workers: int,
+                progress: bool) -> None:
+    """In the classified map ``raw``: move the edge-shell candidates of ``tally.shells`` whose grey level
     is below ``cut`` (None: none) to the electrolyte and those at or above ``nmc`` to NMC
-    (:func:`detachment.blur.edge_shell_codes`), write the final map and update ``tally.per_slice``.
+    (:func:`detachment.blur.edge_shell_codes`), and update ``tally.per_slice``.
 
     The interior histograms (the FWHMs) stay those of the map before the rule, so that this pass needs no
     grey levels beyond the candidates': a candidate touches NMC, so it is interior neither before nor
@@ -640,15 +647,48 @@ def _shell_pass(raw: np.ndarray, writer: h5chunks.GzipChunkWriter, cut, nmc: blu
         # per slice and code, the candidates that left CBD
         per_z = np.bincount((c.index[moved] // plane) * n_codes + codes[moved],
                             minlength=(z1 - c.z0) * n_codes).reshape(z1 - c.z0, n_codes)
-        return writer.compress(q, c.z0), c.z0, per_z
+        return q, c.z0, per_z
 
     ends = [c.z0 for c in tally.shells[1:]] + [len(raw)]
     jobs = (functools.partial(job, c, z1) for c, z1 in zip(tally.shells, ends))
-    for chunks, z0, per_z in tqdm(_pipelined(jobs, workers), total=len(ends), desc="edge shells",
-                                  disable=not progress, unit="slab"):
-        writer.store(chunks)
+    for q, z0, per_z in tqdm(_pipelined(jobs, workers), total=len(ends), desc="edge shells",
+                             disable=not progress, unit="slab"):
+        raw[z0: z0 + len(q)] = q  # slabs do not overlap: each reads only its own rows
         tally.per_slice[z0: z0 + len(per_z)] += per_z
         tally.per_slice[z0: z0 + len(per_z), phases.CBD] -= per_z.sum(1)
+
+
+def _spill_pass(volume_path, s: ThresholdSettings, raw: np.ndarray, writer: h5chunks.GzipChunkWriter,
+                model: phases.PhaseModel, sigma: float, tally: _SlabTally, workers: int, progress: bool) -> None:
+    """From the map ``raw`` (edge shells given back): electrolyte and CBD told apart on the grey levels
+    less the solid phases' spill through the blur ``sigma``
+    (:func:`detachment.blur.reassign_by_spill`; NaN: the map as it is), written slab by slab, with
+    ``tally.per_slice`` updated. Each slab reads the map :func:`detachment.blur.spill_radius` slices
+    beyond it, so the result is that of the whole volume; the solid's codes do not change here."""
+    depth = len(raw)
+    t = blur.void_cbd_threshold(model.names, model.thresholds)
+    applies = t is not None and np.isfinite(sigma) and sigma > 0
+    h = blur.spill_radius(sigma) if applies else 0
+
+    def job(data, a, z0, z1):
+        q = np.array(raw[z0:z1])
+        before = np.stack([(q == c).sum(axis=(1, 2)) for c in (phases.VOID, phases.CBD)], axis=1)
+        if applies:
+            b0, b1 = max(0, z0 - h), min(depth, z1 + h)
+            spill = blur.solid_spill(np.asarray(raw[b0:b1]), model.names, model.means, sigma, t)[z0 - b0: z1 - b0]
+            grey = data[z0 - a: z1 - a]
+            background = (q == phases.VOID) | (q == phases.CBD)
+            q[background] = np.where(grey[background] - spill[background] < t, phases.VOID, phases.CBD)
+        after = np.stack([(q == c).sum(axis=(1, 2)) for c in (phases.VOID, phases.CBD)], axis=1)
+        return writer.compress(q, z0), z0, after - before
+
+    halo = s.halo if s.denoise != "none" else 0  # as the classification read it (denoised on slab + halo)
+    jobs = (functools.partial(job, data, a, z0, z1)
+            for z0, z1, a, data in _slabs(volume_path, s, depth, halo, "electrolyte / CBD", progress, workers))
+    for chunks, z0, delta in _pipelined(jobs, workers):
+        writer.store(chunks)
+        tally.per_slice[z0: z0 + len(delta), phases.VOID] += delta[:, 0]
+        tally.per_slice[z0: z0 + len(delta), phases.CBD] += delta[:, 1]
 
 
 def _pipelined(jobs, workers: int):
