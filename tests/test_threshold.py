@@ -10,7 +10,13 @@ from scipy import ndimage
 
 from detachment import io, phases
 from detachment.binning import UniformBins, ceil_float32
-from detachment.blur import EdgeProfiles, edge_nmc_cut, edge_shell_cut, reassign_by_spill, reassign_edge_shells
+from detachment.blur import (
+    EdgeProfiles,
+    edge_nmc_cut,
+    edge_shell_cut,
+    reassign_by_spill,
+    reassign_edge_shells,
+)
 from detachment.slab_phases import SlabClassifier, erode6, opening6
 from detachment.threshold import ThresholdSettings, classify_slab, collector_top, fit_model, threshold_volume
 
