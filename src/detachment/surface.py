@@ -155,10 +155,9 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         (z, y, x) grey levels on the same grid; used only together with ``gap_level``.
     gap_level : float, optional
         Grey level: with ``probe`` 1, a face whose neighbour is electrolyte or CBD in ``phases`` is
-        electrolyte where the neighbour's grey level is below it and CBD elsewhere, whatever its phase
-        code (the level is fitted to these very voxels, the phase map's threshold to the whole volume);
-        with ``probe`` > 1, electrolyte also where the darker of the voxels read (the neighbour and the
-        one ``probe`` out) is below it. The workflow's level: :mod:`detachment.contact_level`, fallback
+        electrolyte where the neighbour's grey level is below it, else CBD, whatever its code; with
+        ``probe`` > 1, electrolyte also where the darker of the voxels read (the neighbour and the one
+        ``probe`` out) is below it. The workflow's level: :mod:`detachment.contact_level`, fallback
         :func:`detachment.particles.gap_level`.
     solid_level : float, optional
         Grey level of the particles' solid. When given (with ``intensity`` and ``gap_level``), the
