@@ -344,15 +344,15 @@ def solid_spill(phases: np.ndarray, names, means, sigma: float, background: floa
     Returns
     -------
     numpy.ndarray
-        (z, y, x) float64 grey levels.
+        (z, y, x) float32 grey levels.
     """
     mu = dict(zip(names, (float(m) for m in means)))
     codes = {n: c for c, n in PHASE_NAMES.items()}
-    excess = np.zeros(max(codes.values()) + 1, np.float64)
+    excess = np.zeros(max(codes.values()) + 1, np.float32)  # float32: half the memory of a streamed slab
     for name in ("nmc_low", "nmc_high", "al"):
         if name in mu:
             excess[codes[name]] = mu[name] - background
-    return ndimage.gaussian_filter(excess[phases], float(sigma), mode="reflect")
+    return ndimage.gaussian_filter(excess[phases], float(sigma), mode="reflect", output=np.float32)
 
 
 def void_cbd_threshold(names, thresholds) -> float | None:
