@@ -215,6 +215,22 @@ def _coated_ball(sigma: float, coat: float, noise: float = 0.02, seed: int = 3):
     return ball, phases, grey.astype(np.float32)
 
 
+def _coated_ball_reading(sigma: float, coat: float, seed: int):
+    """:func:`_coated_ball` with its truth (the face count on the sharp phases), ``read(g)`` (the detachment
+    read on grey levels ``g`` with the level fitted on them, the map thresholded at 0.15 / 0.51), the labels,
+    that map and the grey levels."""
+    ball, phases, grey = _coated_ball(sigma, coat, seed=seed)
+    labels = ball.astype(np.uint32)
+    truth = surface_contacts(labels, phases, probe=1).detachment[1]
+    seen = np.where(grey < 0.15, VOID, np.where(grey < 0.51, CBD, NMC_LOW)).astype(np.uint8)
+
+    def read(g):
+        fit = fit_contact_level(face_neighbour_levels(ball, np.zeros_like(ball), seen, g), fallback=0.15)
+        return surface_contacts(labels, seen, probe=1, intensity=g, gap_level=fit.level).detachment[1]
+
+    return truth, read, labels, seen, grey
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 @pytest.mark.parametrize("sigma, coat, raw_misread", [(0.5, 1.0, False), (0.55, 1.0, True), (0.6, 1.5, True),
                                                       (0.6, 2.0, False)])
@@ -226,15 +242,8 @@ def test_sharpened_grey_levels_read_a_thin_coat_with_electrolyte_beyond_it(sigma
     not: the next tests.)"""
     from detachment.contact_level import sharpen, sharpening_weight
 
-    ball, phases, grey = _coated_ball(sigma, coat, seed=seed)
-    labels = ball.astype(np.uint32)
-    truth = surface_contacts(labels, phases, probe=1).detachment[1]
+    truth, read, _, _, grey = _coated_ball_reading(sigma, coat, seed)
     assert 0.3 < truth < 0.5
-    seen = np.where(grey < 0.15, VOID, np.where(grey < 0.51, CBD, NMC_LOW)).astype(np.uint8)
-
-    def read(g):
-        fit = fit_contact_level(face_neighbour_levels(ball, np.zeros_like(ball), seen, g), fallback=0.15)
-        return surface_contacts(labels, seen, probe=1, intensity=g, gap_level=fit.level).detachment[1]
 
     sharpened = read(sharpen(grey, sharpening_weight(sigma)))
     assert abs(sharpened - truth) < 0.03, (sharpened, truth)
@@ -324,14 +333,7 @@ def test_grey_levels_less_the_particles_spill_read_coats_and_gaps_at_wide_blur(s
     from detachment.contact_level import sharpen, sharpening_weight
     from detachment.particles import particle_spill
 
-    ball, phases, grey = _coated_ball(sigma, coat, seed=seed)
-    labels = ball.astype(np.uint32)
-    truth = surface_contacts(labels, phases, probe=1).detachment[1]
-    seen = np.where(grey < 0.15, VOID, np.where(grey < 0.51, CBD, NMC_LOW)).astype(np.uint8)
-
-    def read(g):
-        fit = fit_contact_level(face_neighbour_levels(ball, np.zeros_like(ball), seen, g), fallback=0.15)
-        return surface_contacts(labels, seen, probe=1, intensity=g, gap_level=fit.level).detachment[1]
+    truth, read, labels, seen, grey = _coated_ball_reading(sigma, coat, seed)
 
     spill = read(grey - particle_spill(labels, seen, grey, sigma, 0.15))
     assert abs(spill - truth) < 0.03, (spill, truth)
@@ -351,14 +353,7 @@ def test_the_default_reading_sharpened_and_less_the_spill_reads_one_voxel_coats_
     from detachment.contact_level import sharpen, sharpening_weight
     from detachment.particles import particle_spill
 
-    ball, phases, grey = _coated_ball(sigma, coat, seed=seed)
-    labels = ball.astype(np.uint32)
-    truth = surface_contacts(labels, phases, probe=1).detachment[1]
-    seen = np.where(grey < 0.15, VOID, np.where(grey < 0.51, CBD, NMC_LOW)).astype(np.uint8)
-
-    def read(g):
-        fit = fit_contact_level(face_neighbour_levels(ball, np.zeros_like(ball), seen, g), fallback=0.15)
-        return surface_contacts(labels, seen, probe=1, intensity=g, gap_level=fit.level).detachment[1]
+    truth, read, labels, seen, grey = _coated_ball_reading(sigma, coat, seed)
 
     w = sharpening_weight(sigma)
     default = read(sharpen(grey - particle_spill(labels, seen, grey, sigma, 0.15), w))
