@@ -17,8 +17,16 @@ from detachment.blur import (
     reassign_by_spill,
     reassign_edge_shells,
 )
+from detachment.psf_refine import RefineSettings, refine_codes
 from detachment.slab_phases import SlabClassifier, erode6, opening6
-from detachment.threshold import ThresholdSettings, classify_slab, collector_top, fit_model, threshold_volume
+from detachment.threshold import (
+    ThresholdSettings,
+    classify_slab,
+    collector_top,
+    fit_model,
+    refine_levels,
+    threshold_volume,
+)
 
 CROSS = ndimage.generate_binary_structure(3, 1)
 
@@ -134,6 +142,11 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
         p = reassign_edge_shells(p, vol, cut, nmc)
         if s.edge_spill:  # then electrolyte and CBD less the solid's spill, on the whole volume
             p = reassign_by_spill(p, vol, model.names, model.means, model.thresholds, edges.sigma())
+        if s.psf_refine:  # then the forward model, on the whole volume
+            levels, noise = refine_levels(model, interior, fine)
+            p, _ = refine_codes(p, vol, levels, edges.sigma(), noise, RefineSettings(s.psf_refine_beta,
+                                                                                     s.psf_refine_sweeps),
+                                al_below=collector_top(model, collector))
     per_slice = np.stack([(p == c).sum(axis=(1, 2)) for c in phases.PHASE_NAMES], axis=1)
     return model, p, interior, fine, per_slice
 
@@ -143,9 +156,11 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
                                                               (100, True, 1, True), (4, False, 1, True),
                                                               (3, True, 2, True), (1, True, 3, True),
                                                               (4, True, 2, False), (3, True, 2, "gaussian"),
-                                                              (3, True, 2, "no spill")])
+                                                              (3, True, 2, "no spill"), (100, True, 2, "refine"),
+                                                              (4, True, 2, "refine"), (7, True, 1, "refine")])
 def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path, monkeypatch, slab, fast_bins,
                                                                         workers, shells):
+    """Bit for bit, but for the forward-model refinement on slabs thinner than the volume (near-equal)."""
     from detachment import threshold
     from detachment.phantom import PhantomParams, generate_phantom
 
@@ -156,17 +171,28 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
                                          diameter_min_um=3.5, diameter_max_um=7), seed=4).volume
     io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
     denoise = "gaussian" if shells == "gaussian" else "none"  # a denoised volume, with the edge shells
-    spill = dict(edge_spill=shells != "no spill")  # the edge shells without the spill rule
-    s = ThresholdSettings(slab=slab, edge_shells=bool(shells), denoise=denoise, **spill)
+    # the edge shells without the spill rule; the forward model only where asked for
+    extra = dict(edge_spill=shells != "no spill", psf_refine=shells == "refine")
+    s = ThresholdSettings(slab=slab, edge_shells=bool(shells), denoise=denoise, **extra)
     res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False, workers=workers)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["p.h5", "v.h5"]  # no scratch map left behind
     model, p, interior, fine, per_slice = _direct(phases.denoise(vol, s.denoise, s.denoise_sigma_vox), s)
     np.testing.assert_array_equal(res.model.thresholds, model.thresholds)
-    np.testing.assert_array_equal(io.read_dataset(tmp_path / "p.h5", "phases"), p)
-    np.testing.assert_array_equal(res.counts_per_slice, per_slice)
+    streamed = io.read_dataset(tmp_path / "p.h5", "phases")
+    if s.psf_refine and slab < len(vol):
+        assert (streamed != p).mean() < 2e-3  # the refinement's slabs see all but the furthest moves
+        counts = np.stack([(streamed == c).sum(axis=(1, 2)) for c in phases.PHASE_NAMES], axis=1)
+        np.testing.assert_array_equal(res.counts_per_slice, counts)
+        # the slabs lie where ``slab`` puts them, whatever the threads
+        other = threshold_volume(tmp_path / "v.h5", tmp_path / "o.h5", s, progress=False, workers=3 - workers)
+        np.testing.assert_array_equal(io.read_dataset(tmp_path / "o.h5", "phases"), streamed)
+        assert other.blur_sigma_vox == res.blur_sigma_vox
+    else:
+        np.testing.assert_array_equal(streamed, p)
+        np.testing.assert_array_equal(res.counts_per_slice, per_slice)
     # the blur measured on the edges is the same bit for bit whatever the slabs and threads
     whole = threshold_volume(tmp_path / "v.h5", tmp_path / "w.h5", ThresholdSettings(slab=100, edge_shells=bool(shells),
-                                                                                      denoise=denoise, **spill),
+                                                                                      denoise=denoise, **extra),
                              progress=False)
     assert res.blur_sigma_vox == whole.blur_sigma_vox or np.isnan(res.blur_sigma_vox) and np.isnan(whole.blur_sigma_vox)
     for row in res.fwhm.itertuples():

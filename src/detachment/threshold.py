@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import blur, h5chunks, io, phase_fit, phases, slab_kernels, slab_phases
+from . import blur, h5chunks, io, phase_fit, phases, psf_refine, slab_kernels, slab_phases
 from .binning import UniformBins
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,11 @@ class ThresholdSettings:
     edge_spill : bool
         With ``edge_shells``: then tell electrolyte from CBD everywhere on the grey levels less the solid
         phases' spill through the measured blur (:func:`detachment.blur.reassign_by_spill`).
+    psf_refine : bool
+        With ``edge_shells``: last, move the codes at the phase boundaries to the labelling whose blur
+        (the σ measured on the map) best explains the grey levels (:func:`detachment.psf_refine.refine_codes`).
+    psf_refine_beta, psf_refine_sweeps : float, int
+        Its smoothness weight and most sweeps (:class:`detachment.psf_refine.RefineSettings`).
     nmc_domain_split : bool
         Where the grey-level histogram does not resolve NMC high from low density, try again on the
         domain-averaged NMC grey levels (:func:`detachment.phase_fit.split_nmc_domains`; needs
@@ -88,6 +93,9 @@ class ThresholdSettings:
     domain_sigma_vox: float = 0.7
     edge_shells: bool = True
     edge_spill: bool = True
+    psf_refine: bool = True
+    psf_refine_beta: float = 3.0
+    psf_refine_sweeps: int = 4
     nmc_domain_split: bool = True
     slab: int = 32
 
@@ -102,6 +110,7 @@ class ThresholdSettings:
                                  f"increasing grey levels, one between each two phases of {list(self.order)}")
         if self.denoise not in ("none", "gaussian", "median"):
             raise ValueError(f"threshold.denoise: {self.denoise!r} is not 'none', 'gaussian' or 'median'")
+        psf_refine.RefineSettings(self.psf_refine_beta, self.psf_refine_sweeps)  # raises on bad values
         if sorted(self.order) != sorted(phases.PHASE_NAMES.values()):
             raise ValueError(f"threshold.order: {list(self.order)} must list each of "
                              f"{sorted(phases.PHASE_NAMES.values())} once")
@@ -565,9 +574,11 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
                           fine_edges: np.ndarray, workers: int, progress: bool) -> _SlabTally:
     """The classification pass into an uncompressed scratch map beside ``tmp``, counting the map and
     listing the edge-shell candidates with their grey levels; then the edge-shell pass, which moves the
-    candidates below the cut (it needs the blur measured on the whole map), and the spill pass, which
-    tells electrolyte from CBD less the solid's spill and writes the final map."""
+    candidates below the cut (it needs the blur measured on the whole map), the spill pass, which
+    tells electrolyte from CBD less the solid's spill, and (``psf_refine``) the forward-model pass; the
+    last of them writes the final map."""
     scratch = Path(tmp).with_name(Path(tmp).name + ".map")  # swept with the output's leftovers if killed
+    spilled = Path(tmp).with_name(Path(tmp).name + ".spill")
     try:
         raw = np.lib.format.open_memmap(scratch, mode="w+", dtype=np.uint8, shape=tuple(shape))
         tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers, progress,
@@ -576,11 +587,37 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
         cut = blur.edge_shell_cut(model.names, model.means, sigma)
         nmc = blur.edge_nmc_cut(model.names, model.means, model.thresholds, sigma)
         _shell_pass(raw, cut, nmc, tally, workers, progress)
-        _spill_pass(volume_path, s, raw, writer, model, sigma if s.edge_spill else float("nan"), tally, workers,
-                    progress)
+        spill_sigma = sigma if s.edge_spill else float("nan")
+        if not (s.psf_refine and np.isfinite(sigma) and sigma > 0):
+            _spill_pass(volume_path, s, raw, writer, model, spill_sigma, tally, workers, progress)
+            return tally
+        out = np.lib.format.open_memmap(spilled, mode="w+", dtype=np.uint8, shape=tuple(shape))
+        _spill_pass(volume_path, s, raw, writer, model, spill_sigma, tally, workers, progress, out=out)
+        levels, noise = refine_levels(model, tally.interior, fine_edges)
+        _refine_pass(volume_path, s, out, writer, levels, sigma, noise, classifier.collector_top, tally, workers,
+                     progress)
         return tally
     finally:
         scratch.unlink(missing_ok=True)
+        spilled.unlink(missing_ok=True)
+
+
+def refine_levels(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np.ndarray
+                  ) -> tuple[dict[str, float], float]:
+    """Grey levels and noise σ for :func:`detachment.psf_refine.refine_codes`.
+
+    Each resolved phase's level is the centre of its interior voxels' histogram (``interior``: counts per
+    code on ``fine_edges``; all six neighbours of the same phase, so less mixed by the blur than the
+    model's mean), the model's mean where that is undefined. The noise σ is the narrowest interior FWHM
+    over 2.355 (the electrolyte's where resolved: it carries the noise and no texture).
+    """
+    levels, widths = {}, []
+    for name, mean in zip(model.names, model.means):
+        centre, fwhm = phases.fit_fwhm(interior[phases.PHASE_CODES[name]], fine_edges)
+        levels[name] = float(centre) if np.isfinite(centre) else float(mean)
+        if np.isfinite(fwhm) and fwhm > 0:
+            widths.append(float(fwhm))
+    return levels, (min(widths) / phases.FWHM_PER_SIGMA if widths else float("nan"))
 
 
 def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: slab_phases.SlabClassifier,
@@ -659,12 +696,14 @@ def _shell_pass(raw: np.ndarray, cut, nmc: blur.NmcEdgeCut | None, tally: _SlabT
 
 
 def _spill_pass(volume_path, s: ThresholdSettings, raw: np.ndarray, writer: h5chunks.GzipChunkWriter,
-                model: phases.PhaseModel, sigma: float, tally: _SlabTally, workers: int, progress: bool) -> None:
+                model: phases.PhaseModel, sigma: float, tally: _SlabTally, workers: int, progress: bool,
+                out: np.ndarray | None = None) -> None:
     """From the map ``raw`` (edge shells given back): electrolyte and CBD told apart on the grey levels
     less the solid phases' spill through the blur ``sigma``
     (:func:`detachment.blur.reassign_by_spill`; NaN: the map as it is), written slab by slab, with
     ``tally.per_slice`` updated. Each slab reads the map :func:`detachment.blur.spill_radius` slices
-    beyond it, so the result is that of the whole volume; the solid's codes do not change here."""
+    beyond it, so the result is that of the whole volume; the solid's codes do not change here. Given
+    ``out`` (a map of ``raw``'s shape), the result goes there instead of to ``writer``."""
     depth = len(raw)
     t = blur.void_cbd_threshold(model.names, model.thresholds)
     applies = t is not None and np.isfinite(sigma) and sigma > 0
@@ -680,6 +719,9 @@ def _spill_pass(volume_path, s: ThresholdSettings, raw: np.ndarray, writer: h5ch
             background = (q == phases.VOID) | (q == phases.CBD)
             q[background] = np.where(grey[background] - spill[background] < t, phases.VOID, phases.CBD)
         after = np.stack([(q == c).sum(axis=(1, 2)) for c in (phases.VOID, phases.CBD)], axis=1)
+        if out is not None:
+            out[z0:z1] = q
+            return [], z0, after - before
         return writer.compress(q, z0), z0, after - before
 
     halo = s.halo if s.denoise != "none" else 0  # as the classification read it (denoised on slab + halo)
@@ -689,6 +731,45 @@ def _spill_pass(volume_path, s: ThresholdSettings, raw: np.ndarray, writer: h5ch
         writer.store(chunks)
         tally.per_slice[z0: z0 + len(delta), phases.VOID] += delta[:, 0]
         tally.per_slice[z0: z0 + len(delta), phases.CBD] += delta[:, 1]
+
+
+def _refine_pass(volume_path, s: ThresholdSettings, codes: np.ndarray, writer: h5chunks.GzipChunkWriter,
+                 levels: dict[str, float], sigma: float, noise: float, al_below: int | None, tally: _SlabTally,
+                 workers: int, progress: bool) -> None:
+    """The map ``codes`` refined against the blurred forward model (:func:`detachment.psf_refine.refine_codes`)
+    and written, with ``tally.per_slice`` updated.
+
+    Each slab of ``s.slab`` slices is refined with :func:`detachment.psf_refine.refine_halo` slices of
+    ``codes`` and grey levels on either side and keeps its own rows. The slabs lie at multiples of
+    ``s.slab`` whatever ``workers``, so the map does not depend on the threads.
+    """
+    depth = len(codes)
+    h = psf_refine.refine_halo(sigma)
+    extra = s.halo if s.denoise != "none" else 0  # the denoising's own halo, as the classification read it
+    rs = psf_refine.RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps)
+
+    def job(data, z0, z1):
+        b0, b1 = max(0, z0 - h), min(depth, z1 + h)
+        a = max(0, z0 - h - extra)
+        grey = phases.denoise(data, s.denoise, s.denoise_sigma_vox)[b0 - a: b1 - a]
+        q, _ = psf_refine.refine_codes(np.asarray(codes[b0:b1]), grey, levels, sigma, noise, rs,
+                                       al_below=al_below, z_first=b0)
+        q = q[z0 - b0: z1 - b0]
+        return writer.compress(q, z0), z0, _code_counts(q) - _code_counts(codes[z0:z1])
+
+    it = io.iter_volume_slabs(volume_path, s.slab, h + extra, buffers=workers + 2)
+    jobs = (functools.partial(job, data, z0, z1)
+            for z0, z1, data in tqdm(it, total=math.ceil(depth / s.slab), desc="forward model", disable=not progress,
+                                     unit="slab"))
+    for chunks, z0, per_z in _pipelined(jobs, workers):
+        writer.store(chunks)
+        tally.per_slice[z0: z0 + len(per_z)] += per_z
+
+
+def _code_counts(q: np.ndarray) -> np.ndarray:
+    """(z, code) voxel counts of the (z, y, x) codes ``q``."""
+    n = len(phases.PHASE_NAMES)
+    return np.stack([np.bincount(np.asarray(sl).ravel(), minlength=n)[:n] for sl in q])
 
 
 def _pipelined(jobs, workers: int):
