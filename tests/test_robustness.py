@@ -128,3 +128,28 @@ def test_nmc_high_fraction_errors_of_matched_non_border_particles():
     assert e["nmc_high_fraction_bias"] == pytest.approx(-0.025)
     unresolved = measured.assign(nmc_high_fraction=np.nan)
     assert np.isnan(robustness.nmc_high_fraction_errors(science, unresolved, truth)["nmc_high_fraction_mae"])
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
+def test_blurred_truth_keeps_flat_interfaces_and_loses_layers_thinner_than_the_blur(sigma):
+    """A flat interface read through any Gaussian stays where it is; a one-voxel layer's own share at its
+    centre is erf(1 / (2√2 σ)), under one half from σ ≈ 0.74, where its neighbours win it."""
+    from scipy.special import erf
+
+    truth = np.zeros((12, 16, 16), np.uint8)
+    truth[:, :, 8:] = 1
+    assert robustness.blurred_truth_accuracy(truth, sigma) == 1.0
+    truth[...] = 0
+    truth[6] = 2                 # a one-voxel NMC layer across electrolyte
+    kept = erf(1 / (2 * np.sqrt(2) * sigma)) > 0.5
+    assert robustness.blurred_truth_accuracy(truth, sigma) == pytest.approx(1.0 if kept else 1 - 1 / 12)
+    truth[...] = 2
+    truth[6] = 3                 # a high-density layer inside low: merged, nothing to lose
+    assert robustness.blurred_truth_accuracy(truth, sigma) == pytest.approx(1.0 if kept else 1 - 1 / 12)
+    assert robustness.blurred_truth_accuracy(truth, sigma, merge_nmc=True) == 1.0
+    assert robustness.blurred_truth_accuracy(truth, 0.0) == 1.0
+    labels = np.zeros_like(truth, np.int32)
+    m = robustness.sample_metrics(labels, truth, truth, labels, labels, _science([0.0], [0.0]), 4, blur_sigma=sigma)
+    assert m["phase_accuracy_blurred_truth"] == robustness.blurred_truth_accuracy(truth, sigma)
+    m = robustness.sample_metrics(labels, truth, truth, labels, labels, _science([0.0], [0.0]), 4)
+    assert np.isnan(m["phase_accuracy_blurred_truth"])

@@ -1,5 +1,7 @@
 """Adapter: one phantom cell's headline metrics against its truth (long rows of robustness.csv)."""
 
+import json
+
 import h5py
 import pandas as pd
 
@@ -13,12 +15,13 @@ with h5py.File(snakemake.input.phases, "r") as f:
     nmc_merged = "nmc_high" in phases_not_resolved(f["phases"].attrs)
 with h5py.File(snakemake.input.truth, "r") as f:  # drawn on sub-voxels: the share of each voxel in its phase
     purity = f["phase_purity"][()] if "phase_purity" in f else None
+    planted = json.loads(f.attrs["params"]) if "params" in f.attrs else {}  # a phantom's own parameters
 science = pd.read_csv(snakemake.input.science)
 metrics = robustness.sample_metrics(
     io.read_dataset(snakemake.input.truth, "labels"), io.read_dataset(snakemake.input.truth, "phases"),
     io.read_dataset(snakemake.input.phases, "phases"), io.read_dataset(snakemake.input.slices, "labels"),
     io.read_dataset(snakemake.input.particles, "labels"), science, p.min_area, p.iou_threshold, nmc_merged,
-    purity)
+    purity, float(planted.get("blur_sigma_vox", "nan")))
 metrics.update(robustness.nmc_high_fraction_errors(science, pd.read_csv(snakemake.input.table),
                                                    pd.read_csv(snakemake.input.truth_table)))
 metrics["phase_map_plausible"] = float(pd.read_csv(snakemake.input.qc).passed.all())
