@@ -45,12 +45,20 @@ def _thresholded(grey):
     return order[np.digitize(grey, cuts)].astype(np.uint8)
 
 
-def _brute_energy(codes, grey, sigma, beta):
-    """``E`` written out: squared residual of the blurred levels over 2 s², plus β per unlike pair."""
-    pred = ndimage.gaussian_filter(MU[codes].astype(np.float64), sigma, mode="reflect")
+def _brute_energy(codes, grey, sigma, beta, start):
+    """``E`` written out in float64: the codes and ``G g`` mirrored beyond the faces (from ``start``),
+    ``(½ μᵀ H μ - μᵀ G g) / s²``, plus β per unlike pair inside."""
+    pad = psf_refine.border_width(sigma)
+    mirror = np.pad(start, pad, mode="symmetric")
+    mirror[pad:-pad, pad:-pad, pad:-pad] = codes
+    mu = MU[mirror].astype(np.float64)
+    b = np.pad(ndimage.gaussian_filter(grey.astype(np.float64), sigma, mode="reflect"), pad, mode="symmetric")
+    h = psf_refine.autocorrelation(sigma)
+    hmu = ndimage.correlate1d(ndimage.correlate1d(ndimage.correlate1d(mu, h, 0, mode="constant"), h, 1,
+                                                  mode="constant"), h, 2, mode="constant")
     pairs = sum(int((np.take(codes, range(1, n), axis=a) != np.take(codes, range(n - 1), axis=a)).sum())
                 for a, n in enumerate(codes.shape))
-    return ((grey - pred) ** 2).sum() / (2 * NOISE ** 2) + beta * pairs
+    return (0.5 * (mu * hmu).sum() - (mu * b).sum()) / NOISE ** 2 + beta * pairs
 
 
 @pytest.mark.parametrize("sigma", [0.7, 1.0, 1.5])
@@ -75,10 +83,26 @@ def test_energy_never_rises_with_more_sweeps(beta):
     energies = []
     for sweeps in range(4):
         out, _ = psf_refine.refine_codes(codes, grey, LEVELS, 1.0, NOISE, psf_refine.RefineSettings(beta, sweeps))
-        energies.append(_brute_energy(out, grey, 1.0, beta))
-        assert psf_refine.energy(out, grey, np.pad(MU, (0, 251)), 1.0, NOISE, beta) == pytest.approx(energies[-1],
-                                                                                                    rel=1e-5)
-    assert np.all(np.diff(energies) <= 1e-6 * energies[0]) and energies[-1] < energies[0]
+        energies.append(_brute_energy(out, grey, 1.0, beta, codes))
+        assert psf_refine.energy(out, grey, np.pad(MU, (0, 251)), 1.0, NOISE, beta, border=codes) == pytest.approx(
+            energies[-1], rel=1e-9)
+    assert np.all(np.diff(energies) < 0), energies
+
+
+def test_the_data_term_is_the_squared_residual_of_the_blurred_map_inside():
+    """Away from the faces, ``½ μᵀ H μ - μᵀ G g`` changes with a code as ``‖g - G μ‖² / 2`` does."""
+    truth = _scene((20, 28, 28))
+    grey = _image(truth, 1.0, seed=4)
+    moved = truth.copy()
+    moved[10, 12:15, 12:15] = NMC_LOW  # inside the CBD ball, far from every face
+
+    def residual(c):
+        return 0.5 * ((grey - ndimage.gaussian_filter(MU[c].astype(np.float64), 1.0, mode="reflect")) ** 2).sum()
+
+    lv = np.pad(MU, (0, 251))
+    change = (psf_refine.energy(moved, grey, lv, 1.0, NOISE, 0.0) - psf_refine.energy(truth, grey, lv, 1.0, NOISE, 0.0))
+    # H is cut at 3 of its σ: the part of the kernel left out changes the quadratic term by under 1 %
+    assert change * NOISE ** 2 == pytest.approx(residual(moved) - residual(truth), rel=1e-2)
 
 
 def test_densities_are_exchanged_on_the_particle_surface_only():
@@ -114,9 +138,13 @@ def test_unknown_blur_or_noise_leaves_the_map(sigma, noise):
     assert moved == 0 and np.array_equal(out, _thresholded(grey))
 
 
-def test_kernel_energy_is_the_discrete_kernel_squared_sum():
-    # the continuous Gaussian's ∫G² = (4π σ²)^(-3/2), which the sampled kernel approaches for σ >= 1
-    assert psf_refine.kernel_energy(2.0) == pytest.approx((4 * np.pi * 4.0) ** -1.5, rel=1e-3)
+@pytest.mark.parametrize("sigma", [1.0, 2.0])
+def test_autocorrelation_is_the_gaussian_of_sigma_root_two(sigma):
+    """G⊛G of a Gaussian of σ is a Gaussian of σ√2: its centre 1 / (2 σ √π), its mass 1 less the tails
+    beyond 3 of its σ."""
+    h = psf_refine.autocorrelation(sigma)
+    assert h[len(h) // 2] == pytest.approx(1 / (2 * sigma * np.sqrt(np.pi)), rel=2e-3)
+    assert 0.995 < h.sum() < 1.0 and np.allclose(h, h[::-1])
 
 
 @pytest.mark.parametrize("kw, field", [(dict(beta=-1.0), "psf_refine_beta"), (dict(beta=float("nan")), "psf_refine_beta"),

@@ -5,16 +5,20 @@ voxel's grey level is a blur of its neighbours' phases, so per-voxel decisions m
 mixes: electrolyte beside CBD or a particle reads as CBD, the edge of a high-density particle as low
 density, the collector's face as CBD. Here the codes at the phase boundaries are moved to lower
 
-    E(L) = Σ_v (g_v - (G_σ * μ[L])_v)² / (2 s²) + β · (6-neighbour pairs with different codes)
+    E(L) = (½ μᵀ H μ - μᵀ G g) / s² + β · (6-neighbour pairs with different codes)
 
-(``g`` the grey levels, ``μ`` the phases' grey levels, ``G_σ`` the Gaussian point-spread function,
-``s`` the noise's standard deviation, ``β`` a smoothness weight in units of the noise's variance):
-the labelling whose blurred image best explains the data, with a Potts prior against single-voxel
-noise. The minimisation is iterated conditional modes (Besag 1986) over the eight interleaved
-sub-lattices of the voxel grid (parities of z, y, x): in one step every voxel of a sub-lattice takes
-the code among its 6-neighbours' that lowers ``E`` most, with the other sub-lattices held. A step that
-raises ``E`` (the simultaneous moves of one sub-lattice interact through the blur) is undone, so ``E``
-never rises; the sweeps end when nothing moves.
+(``g`` the grey levels, ``μ = μ[L]`` each voxel's phase level, ``G`` the Gaussian point-spread function
+of σ, ``H = GᵀG`` its autocorrelation, ``s`` the noise's standard deviation, ``β`` a smoothness weight in
+units of the noise's variance). The data term is ``‖g - G μ‖² / (2 s²)`` less a constant: the labelling
+whose blurred image best explains the data, with a Potts prior against single-voxel noise. Beyond the
+volume's faces the codes and ``G g`` are mirrored (scipy's "reflect") from the map the refinement
+starts from, and never move.
+
+The minimisation is iterated conditional modes (Besag 1986), voxel by voxel in raster order: a
+voxel takes the code among its 6-neighbours' that lowers ``E`` most, the change of one move being exact
+(``(½ d² H(0) - d c_v) / s²`` plus β times the change of unlike pairs, ``d`` the change of the voxel's
+level and ``c = G g - H μ`` kept up to date by subtracting ``d H`` around each move), so ``E`` falls with
+every move. ``H`` is truncated at 3 of its σ (σ√2); the sweeps end when nothing moves.
 
 Moves are restricted to what the blur can hide: a voxel only takes a code one of its 6-neighbours has;
 NMC low and high density are exchanged only on the particles' surface (a voxel with a neighbour outside
@@ -23,18 +27,14 @@ NMC), as inside a particle the densities are told apart on the domain means, not
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 from scipy import ndimage
 
 from .phases import AL, NMC_HIGH, NMC_LOW, PHASE_NAMES
-
-#: The eight sub-lattices (parities of z, y, x), in the order they are visited.
-SUBLATTICES = tuple((a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1))
-
-_NEIGHBOURS = ((-1, 0, 0), (1, 0, 0), (0, -1, 0), (0, 1, 0), (0, 0, -1), (0, 0, 1))
-_NO_CODE = 255  # pads the map: a neighbour outside the volume has no code
 
 
 @dataclass
@@ -47,7 +47,7 @@ class RefineSettings:
         Smoothness weight: the energy of one pair of 6-neighbours with different codes, in units of the
         noise's variance (``E``'s data term is the squared residual over ``2 s²``).
     sweeps : int
-        Most passes over the eight sub-lattices.
+        Most passes over the volume.
     """
 
     beta: float = 3.0
@@ -69,85 +69,135 @@ def blur_reach(sigma: float) -> int:
 def refine_halo(sigma: float) -> int:
     """Slices read on either side of a streamed slab for :func:`refine_codes`.
 
-    A voxel's move depends on the codes and grey levels two blur reaches away (the prediction, then its
-    residual blurred again) and on its neighbours: ``2 blur_reach(σ) + 2``. Later steps reach further,
-    but each by less than the first, so this halo makes the streamed result equal to the whole volume's
-    on all but a few voxels (the test measures it), not bit for bit.
+    A voxel's move depends on the grey levels one blur reach away and on the codes one reach of ``H``
+    away: ``blur_reach(σ) + len(autocorrelation(σ)) // 2 + 2``. Moves further out shift it a little
+    through the moves between, so this halo makes the streamed result equal to the whole volume's on
+    all but a few voxels (the test measures it), not bit for bit.
     """
-    return 2 * blur_reach(sigma) + 2
+    return blur_reach(sigma) + len(autocorrelation(sigma)) // 2 + 2
 
 
-def kernel_energy(sigma: float) -> float:
-    """``Σ G²`` of ``scipy.ndimage.gaussian_filter``'s discrete kernel at σ (3D): the data-term change per
-    unit change of one voxel's level squared."""
+def autocorrelation(sigma: float) -> np.ndarray:
+    """1D float64 ``H``: ``scipy.ndimage.gaussian_filter``'s discrete kernel at σ convolved with itself,
+    truncated at 3 σ√2 (``H``'s own σ); ``H`` in 3D is its outer product."""
     r = blur_reach(sigma)
-    delta = np.zeros((2 * r + 1,) * 3)
-    delta[r, r, r] = 1.0
-    return float((ndimage.gaussian_filter(delta, float(sigma), mode="constant") ** 2).sum())
+    delta = np.zeros(2 * r + 1)
+    delta[r] = 1.0
+    k = ndimage.gaussian_filter1d(delta, float(sigma), mode="constant")
+    h = np.convolve(k, k)
+    keep = min(2 * r, int(math.ceil(3.0 * math.sqrt(2.0) * float(sigma))))
+    return h[2 * r - keep: 2 * r + keep + 1]
 
 
-def _blurred(levels: np.ndarray, codes: np.ndarray, sigma: float) -> np.ndarray:
-    """``G_σ * μ[codes]``: the grey levels the codes predict, float32."""
-    return ndimage.gaussian_filter(levels[codes], float(sigma), mode="reflect", output=np.float32)
-
-
-def _data_term(grey: np.ndarray, pred: np.ndarray, noise_sd: float) -> float:
-    """``Σ (g - pred)² / (2 s²)``, summed in float64."""
-    r = grey - pred
-    np.square(r, out=r)
-    return float(r.sum(dtype=np.float64)) / (2.0 * noise_sd ** 2)
-
-
-def _pairs(codes: np.ndarray) -> int:
-    """6-neighbour pairs with different codes."""
-    return sum(int((np.diff(codes, axis=ax) != 0).sum()) for ax in range(codes.ndim))
-
-
-def energy(codes: np.ndarray, grey: np.ndarray, levels: np.ndarray, sigma: float, noise_sd: float,
-           beta: float) -> float:
-    """``E`` of the module docstring for the (z, y, x) ``codes`` given the grey levels (``levels``: grey
-    level per code), in units of the noise's variance."""
-    return _data_term(np.asarray(grey, np.float32), _blurred(levels, codes, sigma), noise_sd) + beta * _pairs(codes)
-
-
-def _neighbour_views(padded: np.ndarray, lattice: tuple[int, int, int]):
-    """The six neighbours' codes of the sub-lattice ``lattice`` of the map ``padded`` (padded by one)."""
-    out = []
-    for dz, dy, dx in _NEIGHBOURS:
-        out.append(padded[1 + lattice[0] + dz::2, 1 + lattice[1] + dy::2, 1 + lattice[2] + dx::2]
-                   [: (padded.shape[0] - 2 - lattice[0] + 1) // 2,
-                    : (padded.shape[1] - 2 - lattice[1] + 1) // 2,
-                    : (padded.shape[2] - 2 - lattice[2] + 1) // 2])
+def _apply_h(mu: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``H μ`` in float32, zero outside the volume."""
+    out = np.asarray(mu, np.float32)
+    for ax in range(out.ndim):
+        out = ndimage.correlate1d(out, h.astype(np.float32), axis=ax, mode="constant", output=np.float32)
     return out
 
 
-def _moves(codes_s: np.ndarray, corr_s: np.ndarray, neighbours, levels: np.ndarray, present, kernel: float,
-           noise_var: float, beta: float, al_allowed: np.ndarray | None):
-    """The best code for each voxel of one sub-lattice (``codes_s``; ``corr_s`` the blurred residual
-    there), the voxel's own code where no move lowers ``E``, and the change of the pairs with different
-    codes (exact: no two voxels of a sub-lattice are 6-neighbours)."""
-    counts = {k: sum((n == k).astype(np.int8) for n in neighbours) for k in present}
-    own = np.zeros(codes_s.shape, np.int8)
-    for k in present:
-        own[codes_s == k] = counts[k][codes_s == k]
-    nmc = np.isin(codes_s, (NMC_LOW, NMC_HIGH))
-    surface = (6 - counts.get(NMC_LOW, 0) - counts.get(NMC_HIGH, 0)) > 0
-    best, best_code = np.zeros(codes_s.shape, np.float32), codes_s.copy()
-    mu = levels[codes_s]
-    for k in present:
-        d = levels[k] - mu
-        change = (d * d * kernel - 2.0 * d * corr_s) / (2.0 * noise_var) + beta * (own - counts[k])
-        ok = (counts[k] > 0) & (codes_s != k) & (change < best)
-        if k in (NMC_LOW, NMC_HIGH):
-            ok &= ~nmc | surface
-        if k == AL and al_allowed is not None:
-            ok &= al_allowed
-        best[ok], best_code[ok] = change[ok], k
-    pairs = 0
-    for k in present:
-        moved = (best_code == k) & (codes_s != k)
-        pairs += int((own[moved] - counts[k][moved]).sum())
-    return best_code, pairs
+def mirrored(a: np.ndarray, pad: int, border: np.ndarray | None = None) -> np.ndarray:
+    """``a`` with ``pad`` voxels on every side mirrored from ``border`` (default ``a``), as scipy's
+    "reflect" (numpy's "symmetric")."""
+    out = np.pad(a if border is None else border, pad, mode="symmetric")
+    if border is not None and pad:
+        out[pad:-pad, pad:-pad, pad:-pad] = a
+    return out
+
+
+def border_width(sigma: float) -> int:
+    """Mirrored voxels around a refined block: the reach of ``G`` and of ``H``."""
+    return max(blur_reach(sigma), len(autocorrelation(sigma)) // 2)
+
+
+def energy(codes: np.ndarray, grey: np.ndarray, levels: np.ndarray, sigma: float, noise_sd: float,
+           beta: float, border: np.ndarray | None = None) -> float:
+    """``E`` of the module docstring as :func:`refine_codes` lowers it, float64, in units of the noise's
+    variance: over the (z, y, x) ``codes`` with :func:`border_width` voxels mirrored beyond the faces from
+    ``border`` (the map it started from; default ``codes``), ``levels`` the grey level per code (256)."""
+    pad = border_width(sigma)
+    mu = levels[mirrored(codes, pad, border)].astype(np.float64)
+    b = mirrored(ndimage.gaussian_filter(np.asarray(grey, np.float64), float(sigma), mode="reflect"), pad)
+    hmu = mu
+    for ax in range(mu.ndim):
+        hmu = ndimage.correlate1d(hmu, autocorrelation(sigma), axis=ax, mode="constant")
+    pairs = sum(int((np.diff(codes, axis=ax) != 0).sum()) for ax in range(codes.ndim))
+    return float((0.5 * (mu * hmu).sum() - (mu * b).sum()) / noise_sd ** 2) + beta * pairs
+
+
+@njit(cache=True, nogil=True)
+def _sweeps(codes, c, levels, known, h, beta, inv_var, sweeps, al_top, low, high, al, pad):
+    """Iterated conditional modes in raster order (the module docstring) over ``codes`` less ``pad``
+    voxels on every side (a mirrored border, never moved, no one's neighbour), at most ``sweeps``
+    passes; ``c`` (``G g - H μ``, float32) is kept up to date. Returns the moves made."""
+    mz, my, mx = codes.shape
+    nz, ny, nx = mz - pad, my - pad, mx - pad
+    r = (h.size - 1) // 2
+    h0 = h[r] * h[r] * h[r]
+    nb = np.empty(6, np.int64)
+    total = 0
+    for _ in range(sweeps):
+        moved = 0
+        for z in range(pad, nz):
+            for y in range(pad, ny):
+                for x in range(pad, nx):
+                    a = codes[z, y, x]
+                    if not known[a]:
+                        continue
+                    nb[0] = codes[z - 1, y, x] if z > pad else 255
+                    nb[1] = codes[z + 1, y, x] if z < nz - 1 else 255
+                    nb[2] = codes[z, y - 1, x] if y > pad else 255
+                    nb[3] = codes[z, y + 1, x] if y < ny - 1 else 255
+                    nb[4] = codes[z, y, x - 1] if x > pad else 255
+                    nb[5] = codes[z, y, x + 1] if x < nx - 1 else 255
+                    own, solid_nb = 0, 0
+                    for i in range(6):
+                        if nb[i] == a:
+                            own += 1
+                        if nb[i] == low or nb[i] == high:
+                            solid_nb += 1
+                    if own == 6:
+                        continue
+                    nmc = a == low or a == high
+                    best, best_k = 0.0, a
+                    for i in range(6):
+                        k = nb[i]
+                        if k == 255 or k == a or not known[k]:
+                            continue
+                        first = True
+                        for j in range(i):
+                            if nb[j] == k:
+                                first = False
+                        if not first:
+                            continue
+                        if nmc and (k == low or k == high) and solid_nb == 6:
+                            continue  # densities are exchanged on the particle's surface only
+                        if k == al and z - pad >= al_top:
+                            continue
+                        n_k = 0
+                        for j in range(6):
+                            if nb[j] == k:
+                                n_k += 1
+                        d = levels[k] - levels[a]
+                        change = (0.5 * d * d * h0 - d * c[z, y, x]) * inv_var + beta * (own - n_k)
+                        if change < best:
+                            best, best_k = change, k
+                    if best_k == a:
+                        continue
+                    d = levels[best_k] - levels[a]
+                    codes[z, y, x] = best_k
+                    moved += 1
+                    for dz in range(max(-r, -z), min(r, mz - 1 - z) + 1):
+                        wz = d * h[dz + r]
+                        for dy in range(max(-r, -y), min(r, my - 1 - y) + 1):
+                            wzy = wz * h[dy + r]
+                            for dx in range(max(-r, -x), min(r, mx - 1 - x) + 1):
+                                c[z + dz, y + dy, x + dx] -= np.float32(wzy * h[dx + r])
+        total += moved
+        if moved == 0:
+            break
+    return total
 
 
 def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma: float, noise_sd: float,
@@ -162,11 +212,11 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
         (z, y, x) grey levels the codes were read from.
     levels : dict
         Grey level of each phase name the map may hold (the phases' interior grey levels); codes of phases
-        not listed are never moved into.
+        not listed (or NaN) are neither moved into nor out of.
     sigma : float
         The point-spread σ measured on the map, voxels; 0 or NaN returns a copy.
     noise_sd : float
-        The noise's standard deviation, grey level (> 0).
+        The noise's standard deviation, grey level (> 0; NaN returns a copy).
     settings : RefineSettings
         β and the most sweeps.
     al_below : int, optional
@@ -180,41 +230,23 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
         The refined uint8 codes (a new array) and the number of voxels whose code changed.
     """
     out = np.array(codes, dtype=np.uint8)
-    if not np.isfinite(sigma) or sigma <= 0 or not np.isfinite(noise_sd) or noise_sd <= 0:
+    if not np.isfinite(sigma) or sigma <= 0 or not np.isfinite(noise_sd) or noise_sd <= 0 or settings.sweeps == 0:
         return out, 0
-    names = {n: c for c, n in PHASE_NAMES.items()}
-    lv = np.zeros(256, np.float32)
-    present = []
+    codes_of = {n: c for c, n in PHASE_NAMES.items()}
+    lv, known = np.zeros(256, np.float64), np.zeros(256, np.bool_)
     for name, g in levels.items():
         if np.isfinite(g):
-            lv[names[name]] = g
-            present.append(names[name])
-    present = sorted(present)
-    grey = np.asarray(grey, np.float32)
-    kernel, var, beta = kernel_energy(sigma), float(noise_sd) ** 2, float(settings.beta)
-    al_z = None if al_below is None else (np.arange(out.shape[0]) + z_first) < al_below
-    pred = _blurred(lv, out, sigma)
-    data, pairs = _data_term(grey, pred, noise_sd), _pairs(out)
-    for _ in range(settings.sweeps):
-        moved = 0
-        for lattice in SUBLATTICES:
-            sub = tuple(slice(p, None, 2) for p in lattice)
-            corr = ndimage.gaussian_filter(grey - pred, float(sigma), mode="reflect", output=np.float32)
-            views = _neighbour_views(np.pad(out, 1, constant_values=_NO_CODE), lattice)
-            al_ok = None if al_z is None else np.broadcast_to(al_z[sub[0], None, None], out[sub].shape)
-            new, d_pairs = _moves(out[sub], corr[sub], views, lv, present, kernel, var, beta, al_ok)
-            step = new != out[sub]
-            if not step.any():
-                continue
-            before = out[sub].copy()
-            out[sub] = new
-            new_pred = _blurred(lv, out, sigma)
-            new_data = _data_term(grey, new_pred, noise_sd)
-            if new_data + beta * (pairs + d_pairs) > data + beta * pairs:
-                out[sub] = before  # the sub-lattice's moves interacted through the blur: undone
-                continue
-            pred, data, pairs = new_pred, new_data, pairs + d_pairs
-            moved += int(step.sum())
-        if moved == 0:
-            break
+            lv[codes_of[name]], known[codes_of[name]] = g, True
+    h = autocorrelation(sigma)
+    # mirrored borders as wide as G's and H's reach: near the volume's faces H μ and G g then see what
+    # scipy's "reflect" sees, and no face pulls its voxels toward brighter levels (H cut off there)
+    pad = border_width(sigma)
+    work = mirrored(out, pad)
+    c = mirrored(ndimage.gaussian_filter(np.asarray(grey, np.float32), float(sigma), mode="reflect",
+                                         output=np.float32), pad)
+    c -= _apply_h(lv[work].astype(np.float32), h)  # in place: a streamed slab holds four float32 copies at most
+    al_top = out.shape[0] if al_below is None else max(0, int(al_below) - int(z_first))
+    _sweeps(work, c, lv, known, h, float(settings.beta), 1.0 / float(noise_sd) ** 2, settings.sweeps, al_top,
+            NMC_LOW, NMC_HIGH, AL, pad)
+    out = work[pad:-pad, pad:-pad, pad:-pad].copy()
     return out, int((out != codes).sum())
