@@ -183,13 +183,14 @@ def test_nmc_densities_the_histogram_merges_are_split_on_their_domain_means(tmp_
     table = res.fwhm.set_index("phase")
     assert table.loc["nmc_high"].resolved and table.loc["nmc_high"].resolved_on == "domain means"
     assert table.loc["void"].resolved_on == "histogram"
-    # outside NMC the map is the one-class map but for a few CBD voxels on NMC edges: the edge-shell cut
-    # and the Al-range cut follow the NMC class means, which the split moves
+    # outside NMC the map is the one-class map but for a few voxels on NMC edges: the edge-shell cut, the
+    # Al-range cut and the forward model (psf_refine) follow the NMC class levels, which the split moves
     merged = io.read_dataset(tmp_path / "off.h5", "phases")
     outside = ~np.isin(merged, (NMC_LOW, NMC_HIGH))
     changed = written[outside] != merged[outside]
-    assert changed.mean() < 1e-3
-    assert np.array_equal(written == AL, merged == AL)
+    assert changed.mean() < 2e-3
+    al = (written == AL) | (merged == AL)
+    assert (written[al] != merged[al]).mean() < 2e-3
 
 
 @pytest.mark.parametrize("separation, resolved", [(0.12, True), (0.02, False)])

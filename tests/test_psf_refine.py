@@ -152,3 +152,21 @@ def test_autocorrelation_is_the_gaussian_of_sigma_root_two(sigma):
 def test_bad_settings_are_refused_naming_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
         psf_refine.RefineSettings(**kw)
+
+
+def test_a_phase_on_the_volume_face_keeps_its_code():
+    """The collector fills the first slices, on the volume's face: with the codes beyond the face cut off,
+    ``H μ`` there would be too dark and pull the collector to the brighter NMC next to it."""
+    truth = _scene()
+    truth[3:6, 20:34, 20:34] = NMC_LOW  # NMC resting on the collector
+    grey = _image(truth, 1.2, seed=5)
+    out, _ = psf_refine.refine_codes(truth, grey, LEVELS, 1.2, NOISE, psf_refine.RefineSettings())
+    assert (out[:3] == AL).mean() > 0.99
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.3])
+def test_a_blur_narrower_than_a_voxel_still_returns_the_whole_map(sigma):
+    truth = _scene((8, 16, 16))
+    grey = _image(truth, sigma)
+    out, _ = psf_refine.refine_codes(truth, grey, LEVELS, sigma, NOISE, psf_refine.RefineSettings())
+    assert out.shape == truth.shape and (out == truth).mean() > 0.99

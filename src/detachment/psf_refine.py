@@ -101,8 +101,7 @@ def mirrored(a: np.ndarray, pad: int, border: np.ndarray | None = None) -> np.nd
     """``a`` with ``pad`` voxels on every side mirrored from ``border`` (default ``a``), as scipy's
     "reflect" (numpy's "symmetric")."""
     out = np.pad(a if border is None else border, pad, mode="symmetric")
-    if border is not None and pad:
-        out[pad:-pad, pad:-pad, pad:-pad] = a
+    out[pad: pad + a.shape[0], pad: pad + a.shape[1], pad: pad + a.shape[2]] = a
     return out
 
 
@@ -124,6 +123,51 @@ def energy(codes: np.ndarray, grey: np.ndarray, levels: np.ndarray, sigma: float
         hmu = ndimage.correlate1d(hmu, autocorrelation(sigma), axis=ax, mode="constant")
     pairs = sum(int((np.diff(codes, axis=ax) != 0).sum()) for ax in range(codes.ndim))
     return float((0.5 * (mu * hmu).sum() - (mu * b).sum()) / noise_sd ** 2) + beta * pairs
+
+
+@njit(cache=True, nogil=True)
+def _best_code(nb, a, c_v, levels, known, h0, beta, inv_var, al_ok, low, high, al):
+    """The code among the six neighbours' ``nb`` (255: none) that lowers ``E`` most for a voxel of code
+    ``a`` (``c_v``: its ``G g - H μ``), or ``a`` where no move lowers it."""
+    own, solid_nb = 0, 0
+    for i in range(6):
+        if nb[i] == a:
+            own += 1
+        if nb[i] == low or nb[i] == high:
+            solid_nb += 1
+    nmc = a == low or a == high
+    best, best_k = 0.0, a
+    for i in range(6):
+        k = nb[i]
+        if k == 255 or k == a or not known[k] or (k == al and not al_ok):
+            continue
+        if nmc and (k == low or k == high) and solid_nb == 6:
+            continue  # densities are exchanged on the particle's surface only
+        n_k, first = 0, True
+        for j in range(6):
+            if nb[j] == k:
+                n_k += 1
+                first = first and j >= i
+        if not first:
+            continue  # this code was weighed at an earlier neighbour
+        d = levels[k] - levels[a]
+        change = (0.5 * d * d * h0 - d * c_v) * inv_var + beta * (own - n_k)
+        if change < best:
+            best, best_k = change, k
+    return best_k
+
+
+@njit(cache=True, nogil=True)
+def _stamp(c, d, h, z, y, x):
+    """``c -= d H(· - v)`` around the voxel ``v = (z, y, x)`` whose level changed by ``d``."""
+    mz, my, mx = c.shape
+    r = (h.size - 1) // 2
+    for dz in range(max(-r, -z), min(r, mz - 1 - z) + 1):
+        wz = d * h[dz + r]
+        for dy in range(max(-r, -y), min(r, my - 1 - y) + 1):
+            wzy = wz * h[dy + r]
+            for dx in range(max(-r, -x), min(r, mx - 1 - x) + 1):
+                c[z + dz, y + dy, x + dx] -= np.float32(wzy * h[dx + r])
 
 
 @njit(cache=True, nogil=True)
@@ -151,49 +195,12 @@ def _sweeps(codes, c, levels, known, h, beta, inv_var, sweeps, al_top, low, high
                     nb[3] = codes[z, y + 1, x] if y < ny - 1 else 255
                     nb[4] = codes[z, y, x - 1] if x > pad else 255
                     nb[5] = codes[z, y, x + 1] if x < nx - 1 else 255
-                    own, solid_nb = 0, 0
-                    for i in range(6):
-                        if nb[i] == a:
-                            own += 1
-                        if nb[i] == low or nb[i] == high:
-                            solid_nb += 1
-                    if own == 6:
-                        continue
-                    nmc = a == low or a == high
-                    best, best_k = 0.0, a
-                    for i in range(6):
-                        k = nb[i]
-                        if k == 255 or k == a or not known[k]:
-                            continue
-                        first = True
-                        for j in range(i):
-                            if nb[j] == k:
-                                first = False
-                        if not first:
-                            continue
-                        if nmc and (k == low or k == high) and solid_nb == 6:
-                            continue  # densities are exchanged on the particle's surface only
-                        if k == al and z - pad >= al_top:
-                            continue
-                        n_k = 0
-                        for j in range(6):
-                            if nb[j] == k:
-                                n_k += 1
-                        d = levels[k] - levels[a]
-                        change = (0.5 * d * d * h0 - d * c[z, y, x]) * inv_var + beta * (own - n_k)
-                        if change < best:
-                            best, best_k = change, k
-                    if best_k == a:
-                        continue
-                    d = levels[best_k] - levels[a]
-                    codes[z, y, x] = best_k
-                    moved += 1
-                    for dz in range(max(-r, -z), min(r, mz - 1 - z) + 1):
-                        wz = d * h[dz + r]
-                        for dy in range(max(-r, -y), min(r, my - 1 - y) + 1):
-                            wzy = wz * h[dy + r]
-                            for dx in range(max(-r, -x), min(r, mx - 1 - x) + 1):
-                                c[z + dz, y + dy, x + dx] -= np.float32(wzy * h[dx + r])
+                    k = _best_code(nb, a, c[z, y, x], levels, known, h0, beta, inv_var, z - pad < al_top, low,
+                                   high, al)
+                    if k != a:
+                        codes[z, y, x] = k
+                        _stamp(c, levels[k] - levels[a], h, z, y, x)
+                        moved += 1
         total += moved
         if moved == 0:
             break
@@ -248,5 +255,6 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
     al_top = out.shape[0] if al_below is None else max(0, int(al_below) - int(z_first))
     _sweeps(work, c, lv, known, h, float(settings.beta), 1.0 / float(noise_sd) ** 2, settings.sweeps, al_top,
             NMC_LOW, NMC_HIGH, AL, pad)
-    out = work[pad:-pad, pad:-pad, pad:-pad].copy()
+    nz, ny, nx = out.shape
+    out = work[pad: pad + nz, pad: pad + ny, pad: pad + nx].copy()
     return out, int((out != codes).sum())

@@ -199,16 +199,9 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
 
     Parameters
     ----------
-    truth_labels : numpy.ndarray
-        (z, y, x) integer truth instances, 0 = background.
-    truth_phases : numpy.ndarray
-        (z, y, x) uint8 truth phase codes.
-    phases : numpy.ndarray
-        (z, y, x) uint8 phase codes of the pipeline.
-    cnn_slices : numpy.ndarray
-        (z, y, x) per-slice CNN instances (ids per slice).
-    particles : numpy.ndarray
-        (z, y, x) the pipeline's linked 3D particles.
+    truth_labels, truth_phases, phases, cnn_slices, particles : numpy.ndarray
+        (z, y, x): truth instances (0 = background), truth phase codes (uint8), the pipeline's phase codes,
+        per-slice CNN instances (ids per slice) and linked 3D particles.
     science_eval : pandas.DataFrame
         Per matched particle, measured vs true detachment (``science_eval.csv``).
     min_area : int
@@ -221,20 +214,17 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         (z, y, x) share of each voxel's sub-voxels in its truth phase (truth ``/phase_purity`` of a phantom
         drawn on sub-voxels); None: every voxel holds one phase.
     blur_sigma : float, optional
-        The phantom's planted point-spread σ, voxels, for ``phase_accuracy_blurred_truth``; NaN leaves it
-        NaN.
+        The phantom's planted point-spread σ (voxels) for ``phase_accuracy_blurred_truth``; NaN: NaN.
 
     Returns
     -------
     dict of str to float
         ``phase_accuracy`` (every code must match), ``phase_accuracy_declared`` (NMC low and high counted
         as one where ``nmc_merged``), ``phase_accuracy_pure_voxels`` (the declared accuracy on the voxels
-        that hold one phase only, where the truth does not depend on a majority vote) with
-        ``pure_voxel_share`` (their share of the volume), ``phase_accuracy_blurred_truth`` (the declared
-        accuracy of the truth read through its planted blur, :func:`blurred_truth_accuracy`: how much the
-        blur alone hides), ``cnn_precision``, ``cnn_sensitivity``, ``recovery_3d`` (true particles
-        matched one-to-one at 3D IoU ≥ ``iou_threshold``), ``split_merge_3d`` (split + merge rate),
-        ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
+        that hold one phase only) with ``pure_voxel_share``, ``phase_accuracy_blurred_truth``
+        (:func:`blurred_truth_accuracy`, declared), ``cnn_precision``, ``cnn_sensitivity``,
+        ``recovery_3d`` (true particles matched one-to-one at 3D IoU ≥ ``iou_threshold``),
+        ``split_merge_3d`` (split + merge rate), ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
         same on the truth's own envelopes (``*_true_envelopes``: phases and contact reading without
         segmentation errors), both MAEs against the voxelised truth (``detachment_mae_voxel_truth``,
         ``detachment_mae_voxel_truth_true_envelopes``: the face count on the planted phases), and
@@ -243,9 +233,7 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         ``contact_reading_plausible`` (:func:`contact_reading_plausible`) and the
         ``nmc_high_fraction_*`` errors (:func:`nmc_high_fraction_errors`).
     """
-    out = _phase_metrics(phases, truth_phases, nmc_merged, purity)
-    out["phase_accuracy_blurred_truth"] = (blurred_truth_accuracy(truth_phases, blur_sigma, nmc_merged)
-                                           if np.isfinite(blur_sigma) else float("nan"))
+    out = _phase_metrics(phases, truth_phases, nmc_merged, purity, blur_sigma)
     out.update({k: v for k, v in slice_detection_scores(truth_labels, cnn_slices, min_area, iou_threshold).items()
                 if k != "n_slices"})
     ps = particle_scores(truth_labels, particles, iou_threshold)
@@ -261,13 +249,16 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
     return out
 
 
-def _phase_metrics(phases, truth_phases, nmc_merged: bool, purity) -> dict[str, float]:
-    """The phase accuracies of :func:`sample_metrics` (strict, declared, on pure voxels) and the pure share."""
+def _phase_metrics(phases, truth_phases, nmc_merged: bool, purity, blur_sigma: float) -> dict[str, float]:
+    """The phase accuracies of :func:`sample_metrics` (strict, declared, on pure voxels, of the blurred
+    truth) and the pure share."""
     pure = None if purity is None else np.asarray(purity) >= 1.0
     return {"phase_accuracy": phase_accuracy(phases, truth_phases),
             "phase_accuracy_declared": phase_accuracy(phases, truth_phases, merge_nmc=nmc_merged),
             "phase_accuracy_pure_voxels": phase_accuracy(phases, truth_phases, nmc_merged, pure),
-            "pure_voxel_share": 1.0 if pure is None else float(pure.mean())}
+            "pure_voxel_share": 1.0 if pure is None else float(pure.mean()),
+            "phase_accuracy_blurred_truth": (blurred_truth_accuracy(truth_phases, blur_sigma, nmc_merged)
+                                             if np.isfinite(blur_sigma) else float("nan"))}
 
 
 def contact_reading_plausible(contact_level_path) -> float:

@@ -608,14 +608,17 @@ def refine_levels(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np
 
     Each resolved phase's level is the centre of its interior voxels' histogram (``interior``: counts per
     code on ``fine_edges``; all six neighbours of the same phase, so less mixed by the blur than the
-    model's mean), the model's mean where that is undefined. The noise σ is the narrowest interior FWHM
-    over 2.355 (the electrolyte's where resolved: it carries the noise and no texture).
+    model's mean) where that fit lies within one model FWHM of the model's mean, the model's mean
+    elsewhere (a class of a few hundred interior voxels can give a Gaussian fit far off its grey levels).
+    The noise σ is the narrowest FWHM of those fits over 2.355 (the electrolyte's where resolved: it
+    carries the noise and no texture).
     """
     levels, widths = {}, []
-    for name, mean in zip(model.names, model.means):
+    for name, mean, sd in zip(model.names, model.means, model.sigmas):
         centre, fwhm = phases.fit_fwhm(interior[phases.PHASE_CODES[name]], fine_edges)
-        levels[name] = float(centre) if np.isfinite(centre) else float(mean)
-        if np.isfinite(fwhm) and fwhm > 0:
+        sane = np.isfinite(centre) and abs(centre - mean) <= sd * phases.FWHM_PER_SIGMA
+        levels[name] = float(centre) if sane else float(mean)
+        if sane and np.isfinite(fwhm) and fwhm > 0:
             widths.append(float(fwhm))
     return levels, (min(widths) / phases.FWHM_PER_SIGMA if widths else float("nan"))
 
@@ -755,15 +758,20 @@ def _refine_pass(volume_path, s: ThresholdSettings, codes: np.ndarray, writer: h
         q, _ = psf_refine.refine_codes(np.asarray(codes[b0:b1]), grey, levels, sigma, noise, rs,
                                        al_below=al_below, z_first=b0)
         q = q[z0 - b0: z1 - b0]
-        return writer.compress(q, z0), z0, _code_counts(q) - _code_counts(codes[z0:z1])
+        before = np.asarray(codes[z0:z1])
+        return writer.compress(q, z0), z0, _code_counts(q) - _code_counts(before), int((q != before).sum())
 
     it = io.iter_volume_slabs(volume_path, s.slab, h + extra, buffers=workers + 2)
     jobs = (functools.partial(job, data, z0, z1)
             for z0, z1, data in tqdm(it, total=math.ceil(depth / s.slab), desc="forward model", disable=not progress,
                                      unit="slab"))
-    for chunks, z0, per_z in _pipelined(jobs, workers):
+    moved = 0
+    for chunks, z0, per_z, n in _pipelined(jobs, workers):
         writer.store(chunks)
         tally.per_slice[z0: z0 + len(per_z)] += per_z
+        moved += n
+    log.info("forward model (σ %.3g, noise %.3g, levels %s): %d codes changed (%.3g %% of the voxels)",
+             sigma, noise, {k: round(v, 4) for k, v in levels.items()}, moved, 100.0 * moved / codes.size)
 
 
 def _code_counts(q: np.ndarray) -> np.ndarray:
