@@ -480,7 +480,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
             tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers,
                                    progress)
         _write_attrs(d, voxel, model, unresolved, nmc_split(model, split))
-        d.attrs["electrolyte_layer"] = layer.describe()
+        d.attrs["electrolyte_layer"], d.attrs["psf_refine"] = layer.describe(), tally.refined
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
@@ -559,6 +559,7 @@ class _SlabTally:
         self.per_slice = np.zeros((depth, len(phases.PHASE_NAMES)), np.int64)
         self.edges = blur.EdgeProfiles()
         self.shells: list[ShellCandidates] = []
+        self.refined = "off"  # what the forward-model pass did (phases.h5 attribute ``psf_refine``)
 
     def merge(self, z0: int, interior: np.ndarray, per_slice: np.ndarray, candidates, edges: blur.EdgeProfiles
               ) -> None:
@@ -590,6 +591,7 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
         spill_sigma = sigma if s.edge_spill else float("nan")
         if not (s.psf_refine and np.isfinite(sigma) and sigma > 0):
             _spill_pass(volume_path, s, raw, writer, model, spill_sigma, tally, workers, progress)
+            tally.refined = "not run: no blur measured" if s.psf_refine else "off"
             return tally
         out = np.lib.format.open_memmap(spilled, mode="w+", dtype=np.uint8, shape=tuple(shape))
         _spill_pass(volume_path, s, raw, writer, model, spill_sigma, tally, workers, progress, out=out)
@@ -770,8 +772,9 @@ def _refine_pass(volume_path, s: ThresholdSettings, codes: np.ndarray, writer: h
         writer.store(chunks)
         tally.per_slice[z0: z0 + len(per_z)] += per_z
         moved += n
-    log.info("forward model (σ %.3g, noise %.3g, levels %s): %d codes changed (%.3g %% of the voxels)",
-             sigma, noise, {k: round(v, 4) for k, v in levels.items()}, moved, 100.0 * moved / codes.size)
+    tally.refined = (f"sigma {sigma:.3g} vox, noise {noise:.3g}, beta {rs.beta:g}, at most {rs.sweeps} sweeps: "
+                     f"{moved} codes changed ({100.0 * moved / codes.size:.3g} % of the voxels)")
+    log.info("forward model, levels %s: %s", {k: round(v, 4) for k, v in levels.items()}, tally.refined)
 
 
 def _code_counts(q: np.ndarray) -> np.ndarray:
