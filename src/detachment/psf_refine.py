@@ -34,6 +34,7 @@ import numpy as np
 from numba import njit
 from scipy import ndimage
 
+from .blur import spill_radius
 from .phases import AL, NMC_HIGH, NMC_LOW, PHASE_NAMES
 
 
@@ -61,26 +62,21 @@ class RefineSettings:
         self.sweeps = int(self.sweeps)
 
 
-def blur_reach(sigma: float) -> int:
-    """Voxels ``scipy.ndimage.gaussian_filter`` reaches on either side at σ (truncated at 4 σ)."""
-    return int(4.0 * float(sigma) + 0.5)
-
-
 def refine_halo(sigma: float) -> int:
     """Slices read on either side of a streamed slab for :func:`refine_codes`.
 
     A voxel's move depends on the grey levels one blur reach away and on the codes one reach of ``H``
-    away: ``blur_reach(σ) + len(autocorrelation(σ)) // 2 + 2``. Moves further out shift it a little
+    away: ``spill_radius(σ) + len(autocorrelation(σ)) // 2 + 2``. Moves further out shift it a little
     through the moves between, so this halo makes the streamed result equal to the whole volume's on
     all but a few voxels (the test measures it), not bit for bit.
     """
-    return blur_reach(sigma) + len(autocorrelation(sigma)) // 2 + 2
+    return spill_radius(sigma) + len(autocorrelation(sigma)) // 2 + 2
 
 
 def autocorrelation(sigma: float) -> np.ndarray:
     """1D float64 ``H``: ``scipy.ndimage.gaussian_filter``'s discrete kernel at σ convolved with itself,
     truncated at 3 σ√2 (``H``'s own σ); ``H`` in 3D is its outer product."""
-    r = blur_reach(sigma)
+    r = spill_radius(sigma)
     delta = np.zeros(2 * r + 1)
     delta[r] = 1.0
     k = ndimage.gaussian_filter1d(delta, float(sigma), mode="constant")
@@ -91,9 +87,9 @@ def autocorrelation(sigma: float) -> np.ndarray:
 
 def _apply_h(mu: np.ndarray, h: np.ndarray) -> np.ndarray:
     """``H μ`` in float32, zero outside the volume."""
-    out = np.asarray(mu, np.float32)
+    out, h = np.asarray(mu, np.float32), h.astype(np.float32)
     for ax in range(out.ndim):
-        out = ndimage.correlate1d(out, h.astype(np.float32), axis=ax, mode="constant", output=np.float32)
+        out = ndimage.correlate1d(out, h, axis=ax, mode="constant", output=np.float32)
     return out
 
 
@@ -107,7 +103,7 @@ def mirrored(a: np.ndarray, pad: int, border: np.ndarray | None = None) -> np.nd
 
 def border_width(sigma: float) -> int:
     """Mirrored voxels around a refined block: the reach of ``G`` and of ``H``."""
-    return max(blur_reach(sigma), len(autocorrelation(sigma)) // 2)
+    return max(spill_radius(sigma), len(autocorrelation(sigma)) // 2)
 
 
 def energy(codes: np.ndarray, grey: np.ndarray, levels: np.ndarray, sigma: float, noise_sd: float,
@@ -118,9 +114,9 @@ def energy(codes: np.ndarray, grey: np.ndarray, levels: np.ndarray, sigma: float
     pad = border_width(sigma)
     mu = levels[mirrored(codes, pad, border)].astype(np.float64)
     b = mirrored(ndimage.gaussian_filter(np.asarray(grey, np.float64), float(sigma), mode="reflect"), pad)
-    hmu = mu
+    hmu, h = mu, autocorrelation(sigma)
     for ax in range(mu.ndim):
-        hmu = ndimage.correlate1d(hmu, autocorrelation(sigma), axis=ax, mode="constant")
+        hmu = ndimage.correlate1d(hmu, h, axis=ax, mode="constant")
     pairs = sum(int((np.diff(codes, axis=ax) != 0).sum()) for ax in range(codes.ndim))
     return float((0.5 * (mu * hmu).sum() - (mu * b).sum()) / noise_sd ** 2) + beta * pairs
 
