@@ -170,3 +170,66 @@ def test_a_blur_narrower_than_a_voxel_still_returns_the_whole_map(sigma):
     grey = _image(truth, sigma)
     out, _ = psf_refine.refine_codes(truth, grey, LEVELS, sigma, NOISE, psf_refine.RefineSettings())
     assert out.shape == truth.shape and (out == truth).mean() > 0.99
+
+
+def _tilted_scene(shape=(28, 48, 48)):
+    """A surface tilted 30 degrees from every axis (CBD under a plane), NMC balls and an Al collector: an
+    edge-profile fit along the axes reads such surfaces as wider than the blur."""
+    z, y, x = np.indices(shape)
+    truth = np.zeros(shape, np.uint8)
+    truth[(0.5 * (z - 14) + 0.6 * (y - 24) + 0.62 * (x - 24)) < -6] = CBD
+    truth[_ball(shape, (14, 30, 30), 8)] = NMC_LOW
+    truth[_ball(shape, (16, 12, 34), 5)] = NMC_HIGH
+    truth[:3] = AL
+    return truth
+
+
+@pytest.mark.parametrize("planted, start", [(0.8, 1.2), (0.8, 0.75), (0.5, 0.62), (1.2, 1.4)])
+def test_fitted_sigma_finds_the_planted_blur_from_a_wrong_start(planted, start):
+    truth = _tilted_scene()
+    grey = _image(truth, planted, seed=3)
+    codes = _thresholded(grey)
+    fitted = psf_refine.fit_sigma(codes, grey, LEVELS, start, NOISE, psf_refine.RefineSettings(), al_below=3)
+    assert abs(fitted - planted) < 0.06 * planted
+    lo, hi = (f * start for f in psf_refine.FIT_RANGE)
+    assert lo <= fitted <= hi
+
+
+def test_fitted_sigma_is_the_least_energy_over_a_fine_grid():
+    """Brute force: the fitted σ's energy is within the tolerance's worth of the least on a grid of σ."""
+    truth = _tilted_scene((20, 36, 36))
+    grey = _image(truth, 0.9, seed=5)
+    codes, rs = _thresholded(grey), psf_refine.RefineSettings()
+    fitted = psf_refine.fit_sigma(codes, grey, LEVELS, 1.0, NOISE, rs, al_below=3)
+    grid = np.linspace(0.5, 1.25, 31)
+    energies = [psf_refine.fitted_energy(codes, grey, LEVELS, s, NOISE, rs, al_below=3)[0] for s in grid]
+    best = grid[int(np.argmin(energies))]
+    assert abs(fitted - best) <= 0.05
+    e_fit = psf_refine.fitted_energy(codes, grey, LEVELS, fitted, NOISE, rs, al_below=3)[0]
+    assert e_fit <= min(energies) + 0.01 * (max(energies) - min(energies))
+
+
+def test_fitted_energy_is_the_mean_energy_of_the_refined_map():
+    """Against the sum written out: the blurred refined map's squared residual over 2 s² plus β per pair."""
+    truth = _scene((16, 30, 30))
+    grey = _image(truth, 0.7, seed=2)
+    codes, rs = _thresholded(grey), psf_refine.RefineSettings(beta=2.0)
+    e, q = psf_refine.fitted_energy(codes, grey, LEVELS, 0.7, NOISE, rs)
+    expected_map, _ = psf_refine.refine_codes(codes, grey, LEVELS, 0.7, NOISE, rs)
+    np.testing.assert_array_equal(q, expected_map)
+    resid = grey.astype(np.float64) - ndimage.gaussian_filter(MU[q].astype(np.float64), 0.7, mode="reflect")
+    pairs = sum(int((np.diff(q, axis=a) != 0).sum()) for a in range(3))
+    assert e == pytest.approx(((resid ** 2).sum() / (2 * NOISE ** 2) + 2.0 * pairs) / q.size, rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(100, 300, 200), (30, 50, 400), (48, 256, 256)])
+def test_fit_block_is_the_densest_run_of_slices_centred_in_the_plane(shape):
+    rng = np.random.default_rng(shape[0])
+    solid = rng.integers(0, 1000, shape[0])
+    z, y, x = psf_refine.fit_block(solid, shape)
+    depth = min(shape[0], psf_refine.FIT_BLOCK[0])
+    sums = [solid[a: a + depth].sum() for a in range(shape[0] - depth + 1)]  # brute force, first maximum
+    assert (z.start, z.stop) == (int(np.argmax(sums)), int(np.argmax(sums)) + depth)
+    for s, n, b in zip((y, x), shape[1:], psf_refine.FIT_BLOCK[1:]):
+        assert s.stop - s.start == min(n, b)
+        assert abs(s.start - (n - s.stop)) <= 1  # centred

@@ -17,7 +17,7 @@ from detachment.blur import (
     reassign_by_spill,
     reassign_edge_shells,
 )
-from detachment.psf_refine import RefineSettings, refine_codes
+from detachment.psf_refine import RefineSettings, fit_block, fit_sigma, refine_codes
 from detachment.slab_phases import SlabClassifier, erode6, opening6
 from detachment.threshold import (
     ThresholdSettings,
@@ -142,13 +142,14 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
         p = reassign_edge_shells(p, vol, cut, nmc)
         if s.edge_spill:  # then electrolyte and CBD less the solid's spill, on the whole volume
             p = reassign_by_spill(p, vol, model.names, model.means, model.thresholds, edges.sigma())
-        if s.psf_refine:  # then the forward model, on the whole volume
+        if s.psf_refine:  # then the forward model, its σ fitted on the densest block, on the whole volume
             levels, noise = refine_levels(model, interior, fine)
-            p, _ = refine_codes(p, vol, levels, edges.sigma(), noise, RefineSettings(s.psf_refine_beta,
-                                                                                     s.psf_refine_sweeps),
-                                al_below=collector_top(model, collector))
+            rs, top = RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps), collector_top(model, collector)
+            block = fit_block(((p >= phases.CBD) & (p <= phases.NMC_HIGH)).sum(axis=(1, 2)), p.shape)
+            sigma = fit_sigma(p[block], vol[block], levels, edges.sigma(), noise, rs, top, block[0].start)
+            p, _ = refine_codes(p, vol, levels, sigma, noise, rs, al_below=top)
     per_slice = np.stack([(p == c).sum(axis=(1, 2)) for c in phases.PHASE_NAMES], axis=1)
-    return model, p, interior, fine, per_slice
+    return model, p, interior, fine, per_slice, sigma if s.psf_refine else float("nan")
 
 
 @pytest.mark.filterwarnings("ignore::scipy.optimize.OptimizeWarning")  # a Gaussian fit on the denoised volume
@@ -176,8 +177,10 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
     s = ThresholdSettings(slab=slab, edge_shells=bool(shells), denoise=denoise, **extra)
     res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", s, progress=False, workers=workers)
     assert sorted(f.name for f in tmp_path.iterdir()) == ["p.h5", "v.h5"]  # no scratch map left behind
-    model, p, interior, fine, per_slice = _direct(phases.denoise(vol, s.denoise, s.denoise_sigma_vox), s)
+    model, p, interior, fine, per_slice, refine_sigma = _direct(phases.denoise(vol, s.denoise, s.denoise_sigma_vox), s)
     np.testing.assert_array_equal(res.model.thresholds, model.thresholds)
+    # the forward model's σ fitted on the same block of the same map: bit for bit
+    assert res.refine_sigma_vox == refine_sigma or np.isnan(res.refine_sigma_vox) and np.isnan(refine_sigma)
     streamed = io.read_dataset(tmp_path / "p.h5", "phases")
     if s.psf_refine and slab < len(vol):
         assert (streamed != p).mean() < 2e-3  # the refinement's slabs see all but the furthest moves
@@ -251,6 +254,29 @@ def test_the_map_records_what_the_forward_model_changed(tmp_path):
     threshold_volume(tmp_path / "v.h5", tmp_path / "off.h5", ThresholdSettings(psf_refine=False), progress=False)
     changed = int((io.read_dataset(tmp_path / "on.h5", "phases") != io.read_dataset(tmp_path / "off.h5", "phases")).sum())
     with h5py.File(tmp_path / "on.h5", "r") as f, h5py.File(tmp_path / "off.h5", "r") as g:
-        assert f["phases"].attrs["psf_refine"].endswith(f": {changed} codes changed "
-                                                        f"({100 * changed / vol.size:.3g} % of the voxels)")
+        assert (f": {changed} codes changed ({100 * changed / vol.size:.3g} % of the voxels); sigma fitted on the "
+                "block z 0-19" in f["phases"].attrs["psf_refine"])
         assert changed > 0 and g["phases"].attrs["psf_refine"] == "off"
+
+
+@pytest.mark.parametrize("value", ["edge", 0.9])
+def test_the_forward_models_sigma_can_be_the_edges_or_set(tmp_path, value):
+    import h5py
+
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    vol = generate_phantom(PhantomParams(shape_zyx=(20, 40, 40), n_particles=5, diameter_median_um=5,
+                                         diameter_min_um=3.5, diameter_max_um=7, blur_sigma_vox=0.8), seed=6).volume
+    io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
+    res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(psf_refine_sigma=value),
+                           progress=False)
+    assert res.refine_sigma_vox == (res.blur_sigma_vox if value == "edge" else value)
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        assert f["phases"].attrs["psf_refine"].startswith(f"sigma {res.refine_sigma_vox:.3g} vox")
+        assert f["phases"].attrs["psf_refine"].endswith("edge profiles" if value == "edge" else "set in the config")
+
+
+@pytest.mark.parametrize("value", ["auto", 0, -0.5, float("nan"), 25, True, None])
+def test_a_bad_forward_model_sigma_is_refused_naming_the_field(value):
+    with pytest.raises(ValueError, match="threshold.psf_refine_sigma"):
+        ThresholdSettings(psf_refine_sigma=value)

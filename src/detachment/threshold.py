@@ -66,7 +66,11 @@ class ThresholdSettings:
         phases' spill through the measured blur (:func:`detachment.blur.reassign_by_spill`).
     psf_refine : bool
         With ``edge_shells``: last, move the codes at the phase boundaries to the labelling whose blur
-        (the σ measured on the map) best explains the grey levels (:func:`detachment.psf_refine.refine_codes`).
+        best explains the grey levels (:func:`detachment.psf_refine.refine_codes`).
+    psf_refine_sigma : {"fit", "edge"} or float
+        The point-spread σ of that forward model: ``"fit"`` the σ whose refined labelling leaves the least
+        energy on a block of the volume (:func:`detachment.psf_refine.fit_sigma`, started from the edges'
+        σ), ``"edge"`` the σ measured on the particles' edge profiles, a number that σ in voxels.
     psf_refine_beta, psf_refine_sweeps : float, int
         Its smoothness weight and most sweeps (:class:`detachment.psf_refine.RefineSettings`).
     nmc_domain_split : bool
@@ -94,6 +98,7 @@ class ThresholdSettings:
     edge_shells: bool = True
     edge_spill: bool = True
     psf_refine: bool = True
+    psf_refine_sigma: str | float = "fit"
     psf_refine_beta: float = 3.0
     psf_refine_sweeps: int = 4
     nmc_domain_split: bool = True
@@ -111,6 +116,7 @@ class ThresholdSettings:
         if self.denoise not in ("none", "gaussian", "median"):
             raise ValueError(f"threshold.denoise: {self.denoise!r} is not 'none', 'gaussian' or 'median'")
         psf_refine.RefineSettings(self.psf_refine_beta, self.psf_refine_sweeps)  # raises on bad values
+        self.psf_refine_sigma = _refine_sigma_setting(self.psf_refine_sigma)
         if sorted(self.order) != sorted(phases.PHASE_NAMES.values()):
             raise ValueError(f"threshold.order: {list(self.order)} must list each of "
                              f"{sorted(phases.PHASE_NAMES.values())} once")
@@ -127,6 +133,21 @@ class ThresholdSettings:
         if self.denoise != "none":
             h += math.ceil(3 * self.denoise_sigma_vox) + 1
         return h
+
+
+def _refine_sigma_setting(value) -> str | float:
+    """``threshold.psf_refine_sigma`` checked: ``"fit"``, ``"edge"`` or a σ > 0 in voxels (a float)."""
+    if isinstance(value, str) and value in ("fit", "edge"):
+        return value
+    if not isinstance(value, (str, bool)):
+        try:
+            sigma = float(value)
+        except (TypeError, ValueError):
+            sigma = float("nan")
+        if np.isfinite(sigma) and 0 < sigma <= 20:
+            return sigma
+    raise ValueError(f"threshold.psf_refine_sigma: {value!r} is not 'fit', 'edge' or a point-spread σ in voxels "
+                     "(0 < σ <= 20)")
 
 
 @dataclass
@@ -160,6 +181,9 @@ class ThresholdResult:
         unresolved (:attr:`ThresholdSettings.nmc_domain_split`); None where it was not tried.
     layer : detachment.phase_fit.ElectrolyteLayer or None
         The electrolyte layer found at the far face (``found`` False where the electrode reaches it).
+    refine_sigma_vox : float
+        σ of the forward model ``psf_refine`` refined the map with (``psf_refine_sigma``), voxels; NaN
+        where it did not run.
     """
 
     model: phases.PhaseModel
@@ -172,6 +196,7 @@ class ThresholdResult:
     blur_sigma_vox: float = float("nan")
     domain_split: phase_fit.DomainSplit | None = None
     layer: phase_fit.ElectrolyteLayer | None = None
+    refine_sigma_vox: float = float("nan")
 
     @property
     def nmc_split(self) -> str:
@@ -484,7 +509,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
-                           tally.per_slice, unresolved, collector, tally.edges.sigma(), split, layer)
+                           tally.per_slice, unresolved, collector, tally.edges.sigma(), split, layer,
+                           tally.refine_sigma)
 
 
 def nmc_split(model: phases.PhaseModel, split: phase_fit.DomainSplit | None) -> str:
@@ -560,6 +586,7 @@ class _SlabTally:
         self.edges = blur.EdgeProfiles()
         self.shells: list[ShellCandidates] = []
         self.refined = "off"  # what the forward-model pass did (phases.h5 attribute ``psf_refine``)
+        self.refine_sigma = float("nan")  # the σ it refined with, voxels
 
     def merge(self, z0: int, interior: np.ndarray, per_slice: np.ndarray, candidates, edges: blur.EdgeProfiles
               ) -> None:
@@ -596,8 +623,11 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
         out = np.lib.format.open_memmap(spilled, mode="w+", dtype=np.uint8, shape=tuple(shape))
         _spill_pass(volume_path, s, raw, writer, model, spill_sigma, tally, workers, progress, out=out)
         levels, noise = refine_levels(model, tally.interior, fine_edges)
-        _refine_pass(volume_path, s, out, writer, levels, sigma, noise, classifier.collector_top, tally, workers,
+        fitted, where = _refine_sigma(volume_path, s, out, levels, sigma, noise, classifier.collector_top, tally)
+        _refine_pass(volume_path, s, out, writer, levels, fitted, noise, classifier.collector_top, tally, workers,
                      progress)
+        tally.refine_sigma = fitted
+        tally.refined = f"{tally.refined}; sigma {where}"
         return tally
     finally:
         scratch.unlink(missing_ok=True)
@@ -736,6 +766,41 @@ def _spill_pass(volume_path, s: ThresholdSettings, raw: np.ndarray, writer: h5ch
         writer.store(chunks)
         tally.per_slice[z0: z0 + len(delta), phases.VOID] += delta[:, 0]
         tally.per_slice[z0: z0 + len(delta), phases.CBD] += delta[:, 1]
+
+
+def _refine_sigma(volume_path, s: ThresholdSettings, codes: np.ndarray, levels: dict[str, float], edge_sigma: float,
+                  noise: float, al_below: int | None, tally: _SlabTally) -> tuple[float, str]:
+    """The forward model's σ (``s.psf_refine_sigma``) and where it came from, in words.
+
+    ``"fit"``: :func:`detachment.psf_refine.fit_sigma` on the block of :func:`detachment.psf_refine.fit_block`
+    (the slices with the most CBD and NMC in ``tally.per_slice``), its grey levels denoised as the
+    classification read them; started from ``edge_sigma``.
+    """
+    if s.psf_refine_sigma == "edge":
+        return edge_sigma, "measured on the edge profiles"
+    if s.psf_refine_sigma != "fit":
+        return float(s.psf_refine_sigma), "set in the config"
+    solid = tally.per_slice[:, [phases.CBD, phases.NMC_LOW, phases.NMC_HIGH]].sum(axis=1)
+    block = psf_refine.fit_block(solid, codes.shape)
+    grey = _denoised_block(volume_path, s, block, codes.shape)
+    rs = psf_refine.RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps)
+    sigma = psf_refine.fit_sigma(np.asarray(codes[block]), grey, levels, edge_sigma, noise, rs, al_below,
+                                 block[0].start)
+    z, y, x = block
+    where = (f"fitted on the block z {z.start}-{z.stop - 1}, y {y.start}-{y.stop - 1}, x {x.start}-{x.stop - 1} "
+             f"(edge profiles: {edge_sigma:.3g})")
+    log.info("forward model: sigma %.3g vox, %s", sigma, where)
+    return sigma, where
+
+
+def _denoised_block(volume_path, s: ThresholdSettings, block: tuple[slice, slice, slice], shape) -> np.ndarray:
+    """The grey levels of ``block`` (float32) denoised as the classification read them (``s.halo`` voxels of
+    context on every side where the volume has them)."""
+    extra = s.halo if s.denoise != "none" else 0
+    outer = tuple(slice(max(0, b.start - extra), min(n, b.stop + extra)) for b, n in zip(block, shape))
+    data = np.asarray(io.read_region(volume_path, io.VOLUME_DATASET, outer), np.float32)
+    data = phases.denoise(data, s.denoise, s.denoise_sigma_vox)
+    return np.ascontiguousarray(data[tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(block, outer))])
 
 
 def _refine_pass(volume_path, s: ThresholdSettings, codes: np.ndarray, writer: h5chunks.GzipChunkWriter,
