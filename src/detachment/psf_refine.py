@@ -46,7 +46,7 @@ from .phases import AL, NMC_HIGH, NMC_LOW, PHASE_NAMES
 #: biased high on oblique surfaces, right on surfaces along the axes.
 FIT_RANGE = (0.5, 1.25)
 #: Most (slices, rows, columns) :func:`fit_sigma` refines at each σ it tries (:func:`fit_block`).
-FIT_BLOCK = (48, 256, 256)
+FIT_BLOCK = (48, 192, 192)
 #: Tolerance of :func:`fit_sigma`'s σ, voxels.
 FIT_TOLERANCE = 0.02
 
