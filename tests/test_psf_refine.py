@@ -233,3 +233,15 @@ def test_fit_block_is_the_densest_run_of_slices_centred_in_the_plane(shape):
     for s, n, b in zip((y, x), shape[1:], psf_refine.FIT_BLOCK[1:]):
         assert s.stop - s.start == min(n, b)
         assert abs(s.start - (n - s.stop)) <= 1  # centred
+
+
+def test_a_fit_that_runs_into_the_end_of_its_range_says_so():
+    """Planted 0.5, started at 1.7: the range 0.85-2.1 ends above the truth, so σ stops at its lower end."""
+    truth = _tilted_scene()
+    grey = _image(truth, 0.5, seed=4)
+    codes = _thresholded(grey)
+    far = psf_refine.fit_sigma(codes, grey, LEVELS, 1.7, NOISE, psf_refine.RefineSettings(), al_below=3)
+    assert far == pytest.approx(psf_refine.FIT_RANGE[0] * 1.7, abs=2 * psf_refine.FIT_TOLERANCE)
+    assert psf_refine.at_fit_bound(far, 1.7)
+    near = psf_refine.fit_sigma(codes, grey, LEVELS, 0.55, NOISE, psf_refine.RefineSettings(), al_below=3)
+    assert not psf_refine.at_fit_bound(near, 0.55) and abs(near - 0.5) < 0.03

@@ -280,3 +280,23 @@ def test_the_forward_models_sigma_can_be_the_edges_or_set(tmp_path, value):
 def test_a_bad_forward_model_sigma_is_refused_naming_the_field(value):
     with pytest.raises(ValueError, match="threshold.psf_refine_sigma"):
         ThresholdSettings(psf_refine_sigma=value)
+
+
+def test_a_fitted_sigma_at_the_end_of_its_range_is_flagged(tmp_path, monkeypatch, caplog):
+    """Edge profiles reading 2.5 voxels on a phantom blurred by 0.8: the fit stops at its lower end (1.25),
+    and the map's attribute and the log say so."""
+    import h5py
+
+    from detachment import blur
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    vol = generate_phantom(PhantomParams(shape_zyx=(20, 40, 40), n_particles=5, diameter_median_um=5,
+                                         diameter_min_um=3.5, diameter_max_um=7, blur_sigma_vox=0.8), seed=6).volume
+    io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
+    monkeypatch.setattr(blur.EdgeProfiles, "sigma", lambda self: 2.5)
+    with caplog.at_level("WARNING"):
+        res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
+    assert res.refine_sigma_vox == pytest.approx(1.25, abs=0.04)
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        assert "AT THE END of its range 1.25-3.12" in f["phases"].attrs["psf_refine"]
+    assert any("AT THE END" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

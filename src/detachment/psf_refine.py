@@ -322,3 +322,11 @@ def fit_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sig
         lambda sig: fitted_energy(codes, grey, levels, sig, noise_sd, settings, al_below, z_first)[0],
         bounds=(lo, hi), method="bounded", options={"xatol": FIT_TOLERANCE})
     return float(res.x)
+
+
+def at_fit_bound(sigma: float, sigma_start: float) -> bool:
+    """Whether :func:`fit_sigma`'s σ lies within twice its tolerance of an end of its range: the least
+    energy may lie beyond it, and the σ it started from is then far from the data's."""
+    if not (np.isfinite(sigma) and np.isfinite(sigma_start) and sigma_start > 0):
+        return False
+    return any(abs(sigma - f * sigma_start) <= 2 * FIT_TOLERANCE for f in FIT_RANGE)

@@ -789,7 +789,13 @@ def _refine_sigma(volume_path, s: ThresholdSettings, codes: np.ndarray, levels: 
     z, y, x = block
     where = (f"fitted on the block z {z.start}-{z.stop - 1}, y {y.start}-{y.stop - 1}, x {x.start}-{x.stop - 1} "
              f"(edge profiles: {edge_sigma:.3g})")
-    log.info("forward model: sigma %.3g vox, %s", sigma, where)
+    if psf_refine.at_fit_bound(sigma, edge_sigma):
+        lo, hi = (f * edge_sigma for f in psf_refine.FIT_RANGE)
+        where += (f", AT THE END of its range {lo:.3g}-{hi:.3g}: the edge profiles' σ is far from the one the grey "
+                  "levels fit; look at fig1_phases.png and set threshold.psf_refine_sigma if you know the blur")
+        log.warning("forward model: sigma %.3g vox %s", sigma, where)
+    else:
+        log.info("forward model: sigma %.3g vox, %s", sigma, where)
     return sigma, where
 
 
