@@ -409,3 +409,40 @@ def test_ambiguous_faces_are_the_planted_mixtures_mass_where_neither_component_d
     assert post[0] > 0.99 and post[1] == pytest.approx(0.5, abs=0.02) and post[2] < 0.01
     unfitted = fit_contact_level(np.full(50, 0.1), fallback=0.15)
     assert np.isnan(ambiguous_face_share(x, unfitted)) and np.isnan(gap_posterior(x[:3], unfitted)).all()
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("sigma, coat", [(0.5, 1.0), (0.5, 2.0), (0.7, 1.5), (0.7, 2.0)])
+def test_the_refined_maps_codes_read_a_coat_and_a_gap_the_thresholded_map_misreads(sigma, coat, seed):
+    """The coated ball: the map thresholded voxel by voxel reads the gap's blurred face neighbours as CBD
+    (off by more than 0.15); refined against the forward model (the planted σ and levels) its codes give the
+    face count of the sharp phases within 0.03, and :func:`read_on_map` reports that share."""
+    from detachment.contact_level import read_on_map
+    from detachment.psf_refine import RefineSettings, refine_codes
+
+    truth, read, labels, seen, grey = _coated_ball_reading(sigma, coat, seed)
+    refined, _ = refine_codes(seen, grey, {"void": 0.0, "cbd": 0.3, "nmc_low": 0.72}, sigma, 0.02, RefineSettings())
+    on_threshold = surface_contacts(labels, seen, probe=1).detachment[1]
+    on_map = surface_contacts(labels, refined, probe=1).detachment[1]
+    assert abs(on_threshold - truth) > 0.15
+    assert abs(on_map - truth) < 0.03, (on_map, truth)
+    ball = labels > 0
+    values = face_neighbour_levels(ball, np.zeros_like(ball), refined, grey)
+    codes = face_neighbour_levels(ball, np.zeros_like(ball), refined, refined.astype(np.float32))
+    fit = read_on_map(fit_contact_level(values, fallback=0.15), values, codes)
+    void = cbd = 0  # brute force over the faces: the neighbour's code across each face of the ball
+    for z, y, x in zip(*np.nonzero(ball)):
+        for dz, dy, dx in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+            if not ball[z + dz, y + dy, x + dx]:
+                c = refined[z + dz, y + dy, x + dx]
+                void, cbd = void + (c == VOID), cbd + (c == CBD)
+    assert fit.reading == "map" and fit.gap_share_map == pytest.approx(void / (void + cbd), abs=1e-12)
+    assert fit.spread == pytest.approx(fit.gap_share_map - np.mean(values < fit.level))
+
+
+def test_the_map_reading_reads_no_grey_level_downstream(tmp_path):
+    from detachment.contact_level import reading_settings
+
+    (tmp_path / "m.csv").write_text("level,fitted,reading,sharpen,spill_sigma\n0.2,True,map,0.13,0.6\n")
+    assert reading_settings(tmp_path / "m.csv") == {"contact_level": None, "deconvolve": False, "sharpen": 0.0,
+                                                    "spill_sigma": 0.0}

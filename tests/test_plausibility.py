@@ -166,6 +166,9 @@ def test_enforce_contacts_stops_naming_sample_disagreement_and_way_out_or_warns(
     with pytest.raises(AmbiguousContacts, match=r"sample 'cellA'.*disagree on 35% .*contact_max_ambiguity: 15%.*"
                                                 r"logs/x\.png.*on_ambiguous_contacts: warn"):
         enforce_contacts(-0.35, 0.15, "cellA", "stop", figure_hint="logs/x.png")
+    with pytest.raises(AmbiguousContacts, match=r"sample 'cellA': .*the phase map and the fitted contact level "
+                                                r"disagree on 20% "):
+        enforce_contacts(0.2, 0.15, "cellA", "stop", reading="map")
     with caplog.at_level(logging.WARNING):
         enforce_contacts(0.35, 0.15, "cellA", "warn")
     assert "the contacts cannot be read" in caplog.text

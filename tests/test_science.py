@@ -371,6 +371,13 @@ def test_streamed_reading_less_the_spill_fits_and_reads_what_the_planted_phases_
     assert err.mean() < 0.015 and err[big].max() < 0.03, (err, t.surface_faces.to_numpy())
     with pytest.raises(ValueError, match="must be 0 with deconvolve"):
         _streamed(tmp_path, links, deconvolve=True, spill_sigma=0.5)
+    # read on the map: the level fitted alike, the share of electrolyte codes across the faces, never switched
+    on_map, _, _ = contact_level_from_files(*files, spill_sigma=0.5, on_map=True, max_spread=0.0, **kw)
+    assert on_map.reading == "map" and on_map.level == fit.level
+    assert on_map.gap_share_map == fit.gap_share_map
+    assert on_map.spread == pytest.approx(on_map.gap_share_map - np.mean(values < fit.level))
+    on_codes = _streamed(tmp_path, links, gap_from_intensity=False)  # what particles_part reads with it
+    assert np.abs(on_codes.detachment.to_numpy() - truth).mean() < 0.015
 
 
 def test_refined_envelope_snaps_a_shifted_mask_to_the_solid_and_fills_cracks():

@@ -32,7 +32,7 @@ from .surface import _pairs
 MIN_ASHMAN_D = 2.0
 MIN_WEIGHT = 0.02
 MAX_FIT_VALUES = 200_000
-READINGS = ("level", "deconvolved")
+READINGS = ("level", "deconvolved", "map")
 #: largest point-spread σ (voxels) the sharpening weight follows: the blur check's bound
 #: (:data:`detachment.plausibility.MAX_BOUNDS`); beyond it the weight stays at this σ's, as the Laplacian
 #: amplifies the noise by about 1 + 6 w
@@ -61,15 +61,17 @@ class ContactLevel:
     n_faces : int
         Number of finite face-neighbour grey levels available.
     reading : str
-        How the faces are read downstream: ``"level"`` (each face neighbour against ``level``) or
+        How the faces are read downstream: ``"level"`` (each face neighbour against ``level``),
         ``"deconvolved"`` (outside + inside − the particle's solid grey level against ``level``, then
-        the void/CBD midpoint; :func:`choose_reading`).
-    gap_share, gap_share_deconvolved : float
-        Share (0-1) of the background faces read as electrolyte by the level and by the deconvolved
-        reading; NaN where not computed.
+        the void/CBD midpoint; :func:`choose_reading`) or ``"map"`` (the face neighbour's code in the phase
+        map, refined against the blurred forward model; :func:`read_on_map`).
+    gap_share, gap_share_deconvolved, gap_share_map : float
+        Share (0-1) of the background faces read as electrolyte by the level, by the deconvolved reading
+        and by the phase map; NaN where not computed.
     spread : float
-        ``gap_share - gap_share_deconvolved``: how much the two readings disagree, a share of the
-        faces; the uncertainty of the contact reading.
+        How much the reading used and an independent one disagree, a share of the faces; the uncertainty of
+        the contact reading: ``gap_share - gap_share_deconvolved`` for the level's and the deconvolved
+        reading, ``gap_share_map - gap_share`` for the map's.
     sharpen : float
         Weight ``w`` (voxels²) of the Laplacian subtracted from the grey levels before the level's
         reading (:func:`sharpen`); 0 = read as reconstructed. The deconvolved reading is never sharpened.
@@ -94,6 +96,7 @@ class ContactLevel:
     reading: str = "level"
     gap_share: float = float("nan")
     gap_share_deconvolved: float = float("nan")
+    gap_share_map: float = float("nan")
     spread: float = float("nan")
     sharpen: float = 0.0
     spill_sigma: float = 0.0
@@ -456,6 +459,36 @@ def choose_reading(fit: ContactLevel, values, deconvolved, midpoint: float | Non
     return out
 
 
+def read_on_map(fit: ContactLevel, values, codes) -> ContactLevel:
+    """The contacts read on the phase map's codes, checked against the fitted level's reading.
+
+    Where the map was refined against the blurred forward model (``threshold.psf_refine``) its code of a
+    face neighbour already accounts for the particle's spill and the electrolyte or CBD beyond; the level's
+    reading of the same faces (``values`` against ``fit.level``) is the independent one it is compared with.
+
+    Parameters
+    ----------
+    fit : ContactLevel
+        :func:`fit_contact_level` on ``values``.
+    values : array_like
+        The faces' grey levels as the level was fitted on them.
+    codes : array_like
+        The same faces' neighbour codes in the phase map (void or CBD).
+
+    Returns
+    -------
+    ContactLevel
+        ``fit`` with ``reading`` ``"map"``, ``gap_share`` (the level's), ``gap_share_map`` (the share of
+        void codes) and ``spread`` = ``gap_share_map - gap_share`` (NaN where the level is not finite).
+    """
+    from dataclasses import replace
+
+    v, c = np.asarray(values, float), np.asarray(codes)
+    share_map = float(np.mean(c == VOID)) if c.size else float("nan")
+    share = float(np.mean(v < fit.level)) if v.size and np.isfinite(fit.level) else float("nan")
+    return replace(fit, reading="map", gap_share=share, gap_share_map=share_map, spread=share_map - share)
+
+
 def reading_settings(path, mode: str = "fit") -> dict:
     """How to read the contacts of a sample: keyword arguments of
     :func:`detachment.particles.particle_table_from_files`.
@@ -483,6 +516,8 @@ def reading_settings(path, mode: str = "fit") -> dict:
     if mode != "fit":
         return {"contact_level": None, "deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0}
     level = ContactLevel.read_csv(path)
+    if level.reading == "map":  # the codes decide: no grey level is read
+        return {"contact_level": None, "deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0}
     deconvolve = level.reading == "deconvolved"
     return {"contact_level": level.level, "deconvolve": deconvolve, "sharpen": 0.0 if deconvolve else level.sharpen,
             "spill_sigma": 0.0 if deconvolve else level.spill_sigma}

@@ -440,7 +440,8 @@ def _grey_crops(dv, sl, shape, weight: float) -> tuple[np.ndarray, np.ndarray]:
 
 def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
                              progress: bool = True, refine: bool = True, max_spread: float | None = 0.1,
-                             partition: str = "watershed", sharpen: float = 0.0, spill_sigma: float = 0.0):
+                             partition: str = "watershed", sharpen: float = 0.0, spill_sigma: float = 0.0,
+                             on_map: bool = False):
     """The sample's contact level, fitted to the face neighbours of every particle in ``links``.
 
     :func:`detachment.contact_level.fit_contact_level` over the grey levels of the background face
@@ -469,6 +470,10 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         (:func:`detachment.contact_level.sharpen`) and point-spread σ (voxels) through which the
         particles' spill is subtracted from them (:func:`particle_spill`, counted from the void/CBD
         midpoint; 0, or no midpoint in the phase file: not); the deconvolved reading uses them as they are.
+    on_map : bool, default False
+        The contacts are read on the phase map's codes (:func:`detachment.contact_level.read_on_map`; config
+        ``science.contact_gap_from_intensity: false``): the level is fitted all the same, as the independent
+        reading the map's is compared with, and never switched to the deconvolved reading.
 
     Returns
     -------
@@ -483,7 +488,7 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     from dataclasses import replace
 
     from . import io
-    from .contact_level import ambiguous_face_share, choose_reading, fit_contact_level
+    from .contact_level import ambiguous_face_share, choose_reading, fit_contact_level, read_on_map
 
     shape, voxel = io.read_volume_info(volume_path)
     with _open_datasets(labels_path, phases_path, volume_path) as (dl, dp, dv):
@@ -491,27 +496,32 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         spill_sigma = spill_sigma if midpoint is not None else 0.0
         crops = _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress, "contact level", partition, voxel,
                                 sharpen, spill_sigma, midpoint)
-        values, deconvolved = _face_values(crops)
+        values, deconvolved, codes = _face_values(crops)
     fit = replace(fit_contact_level(values, np.nan if midpoint is None else midpoint), sharpen=float(sharpen),
                   spill_sigma=float(spill_sigma))
     fit = replace(fit, ambiguous_faces=ambiguous_face_share(values, fit))
-    return choose_reading(fit, values, deconvolved, midpoint, max_spread), values, midpoint
+    fit = choose_reading(fit, values, deconvolved, midpoint, None if on_map else max_spread)
+    fit = replace(fit, gap_share_map=float(np.mean(codes == VOID)) if codes.size else float("nan"))
+    return (read_on_map(fit, values, codes) if on_map else fit), values, midpoint
 
 
-def _face_values(crops) -> tuple[np.ndarray, np.ndarray]:
+def _face_values(crops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Over the crops of :func:`_envelope_crops`: each background face neighbour's grey level as the
-    contacts are read (corrected) and deconvolved (outside + inside − the solid, as reconstructed)."""
+    contacts are read (corrected), deconvolved (outside + inside − the solid, as reconstructed), and its
+    phase code (uint8; the same faces as the first)."""
     from .contact_level import face_neighbour_pairs
 
-    values, deconvolved = [], []
+    values, deconvolved, codes = [], [], []
     for _, _, env, others, ph, grey, read in crops:
         outside, inside = face_neighbour_pairs(env, others, ph, grey)
         values.append(outside if read is grey else face_neighbour_pairs(env, others, ph, read)[0])
+        codes.append(face_neighbour_pairs(env, others, ph, ph)[0].astype(np.uint8))
         solid = solid_grey(env, ph, grey)
         if solid is not None:
             deconvolved.append(outside + inside - solid)
     return (np.concatenate(values) if values else np.zeros(0),
-            np.concatenate(deconvolved) if deconvolved else np.zeros(0))
+            np.concatenate(deconvolved) if deconvolved else np.zeros(0),
+            np.concatenate(codes) if codes else np.zeros(0, np.uint8))
 
 
 def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,

@@ -226,9 +226,10 @@ def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: f
     Parameters
     ----------
     spread : float
-        ``contact_level.csv``'s ``spread``: share (0-1, signed) of the background faces that the fitted
-        level reads as electrolyte minus the share the deconvolved reading does
-        (:func:`detachment.contact_level.choose_reading`); NaN where not computed.
+        ``contact_level.csv``'s ``spread``: share (0-1, signed) of the background faces that the reading
+        used reads as electrolyte minus the share an independent reading does (the fitted level's minus the
+        deconvolved one's, :func:`detachment.contact_level.choose_reading`; the phase map's minus the
+        level's, :func:`detachment.contact_level.read_on_map`); NaN where not computed.
     max_ambiguity : float or None
         Config ``science.contact_max_ambiguity``: the largest ``|spread|`` accepted; None accepts all (and
         checks nothing else).
@@ -253,7 +254,7 @@ def _too_blurred(blur_sigma: float | None) -> bool:
 
 
 def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on_ambiguous: str = "stop",
-                     figure_hint: str = "", blur_sigma: float | None = None) -> None:
+                     figure_hint: str = "", blur_sigma: float | None = None, reading: str = "level") -> None:
     """Stop (raise :class:`AmbiguousContacts`) or warn when a sample's contact reading is ambiguous.
 
     Parameters
@@ -266,6 +267,8 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
         ``"stop"`` or ``"warn"`` (config ``science.on_ambiguous_contacts``).
     figure_hint : str, default ""
         Where the user can look at the face-neighbour grey levels.
+    reading : str, default "level"
+        ``contact_level.csv``'s ``reading``: which two readings ``spread`` compares (named in the message).
 
     Raises
     ------
@@ -280,7 +283,9 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
     if not contacts_ambiguous(spread, max_ambiguity, blur_sigma):
         return
     if bool(np.isfinite(spread)) and abs(spread) > max_ambiguity:
-        why = (f"the fitted contact level and the deconvolved reading disagree on {abs(spread):.0%} of the "
+        pair = ("the phase map and the fitted contact level" if reading == "map"
+                else "the fitted contact level and the deconvolved reading")
+        why = (f"{pair} disagree on {abs(spread):.0%} of the "
                f"background faces (science.contact_max_ambiguity: {max_ambiguity:.0%}), so gap and CBD are not "
                f"told apart in these grey levels (CBD too close to the electrolyte, or a point-spread function "
                f"wider than the gaps) and every detachment number would carry an error of that order")

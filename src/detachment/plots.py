@@ -679,7 +679,10 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
         how = "deconvolved reading" if getattr(fit, "reading", "level") == "deconvolved" else \
             ("fitted" if fit.fitted else "fallback")
         ax.axvline(fit.level, color="k", label=f"contact level {fit.level:.3f} ({how})")
-    if np.isfinite(getattr(fit, "spread", np.nan)):
+    if getattr(fit, "reading", "level") == "map":
+        title = (f"{title}\ncontacts read on the phase map: electrolyte faces {fit.gap_share_map:.2f} "
+                 f"(the level reads {fit.gap_share:.2f})")
+    elif np.isfinite(getattr(fit, "spread", np.nan)):
         title = f"{title}\nelectrolyte faces: level {fit.gap_share:.2f}, deconvolved {fit.gap_share_deconvolved:.2f}"
     if midpoint is not None:
         ax.axvline(midpoint, color="k", ls=":", label=f"void/CBD midpoint {midpoint:.3f}")

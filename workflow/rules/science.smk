@@ -24,6 +24,7 @@ rule contact_level:
         partition=config["science"]["envelope_partition"],
         sharpen=config["science"]["contact_sharpen"],
         spill=config["science"]["contact_spill"],
+        gap_from_intensity=config["science"]["contact_gap_from_intensity"],
     log:
         "logs/contact_level/{sample}.log",
     benchmark:

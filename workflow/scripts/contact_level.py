@@ -24,12 +24,16 @@ fit, values, midpoint = contact_level_from_files(snakemake.input.particles, snak
                                                  snakemake.input.volume, links,
                                                  max_spread=snakemake.params.max_spread,
                                                  partition=snakemake.params.partition, sharpen=weight,
-                                                 spill_sigma=spill_sigma)
+                                                 spill_sigma=spill_sigma, on_map=not snakemake.params.gap_from_intensity)
 logging.getLogger(__name__).info("contact level %.4f (%s) from %d faces: gap %.3f ± %.3f (weight %.2f), "
                                  "CBD %.3f ± %.3f", fit.level, "fitted" if fit.fitted else "fallback",
                                  fit.n_faces, fit.gap_mean, fit.gap_sigma, fit.gap_weight, fit.cbd_mean,
                                  fit.cbd_sigma)
-if fit.reading == "deconvolved":
+if fit.reading == "map":
+    logging.getLogger(__name__).info(
+        "contacts read on the phase map: %.1f %% of the faces electrolyte; the fitted level reads %.1f %% "
+        "(contact_level.csv: spread, the reading's uncertainty)", 100 * fit.gap_share_map, 100 * fit.gap_share)
+elif fit.reading == "deconvolved":
     logging.getLogger(__name__).warning(
         "the fitted level reads %.0f %% of the faces as electrolyte, the deconvolved reading %.0f %%: the level's "
         "two Gaussians did not separate gap from CBD; contacts are read deconvolved (outside + inside - the "
@@ -47,4 +51,4 @@ if table.ambiguous.iloc[0]:
     shutil.copyfile(snakemake.output.figure, kept)
     plausibility.enforce_contacts(fit.spread, p.max_ambiguity, snakemake.wildcards.sample,
                                   snakemake.config["science"]["on_ambiguous_contacts"], figure_hint=str(kept),
-                                  blur_sigma=sigma)
+                                  blur_sigma=sigma, reading=fit.reading)
