@@ -312,7 +312,7 @@ class Plan:
                      "output": {"table": s(self.contact), "figure": s(r / "contact_level.png")},
                      "params": {"max_spread": sc["contact_max_spread"], "max_ambiguity": sc["contact_max_ambiguity"],
                                 "partition": sc["envelope_partition"], "sharpen": sc["contact_sharpen"],
-                                "spill": sc["contact_spill"]},
+                                "spill": sc["contact_spill"], "gap_from_intensity": sc["contact_gap_from_intensity"]},
                      "log": self.log(step), "wildcards": {"sample": SAMPLE}}], {}
         if step == "particles":  # one part (the workflow runs science.particle_parts of them in parallel)
             part = r / "parts" / "particles_1-of-1.csv"

@@ -446,3 +446,17 @@ def test_the_map_reading_reads_no_grey_level_downstream(tmp_path):
     (tmp_path / "m.csv").write_text("level,fitted,reading,sharpen,spill_sigma\n0.2,True,map,0.13,0.6\n")
     assert reading_settings(tmp_path / "m.csv") == {"contact_level": None, "deconvolve": False, "sharpen": 0.0,
                                                     "spill_sigma": 0.0}
+
+
+@pytest.mark.parametrize("attr, refined", [("sigma 0.5 vox, noise 0.02: 10 codes changed", True), ("off", False),
+                                           ("not run: no blur measured", False), (None, False)])
+def test_whether_the_map_was_refined_is_read_from_its_attribute(tmp_path, attr, refined):
+    import h5py
+
+    from detachment.contact_level import map_is_refined
+
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        d = f.create_dataset("phases", data=np.zeros((2, 2, 2), np.uint8))
+        if attr is not None:
+            d.attrs["psf_refine"] = attr
+    assert map_is_refined(tmp_path / "p.h5") is refined

@@ -489,6 +489,16 @@ def read_on_map(fit: ContactLevel, values, codes) -> ContactLevel:
     return replace(fit, reading="map", gap_share=share, gap_share_map=share_map, spread=share_map - share)
 
 
+def map_is_refined(phases_path) -> bool:
+    """Whether the phase map of ``phases_path`` (``/phases``) went through the forward-model pass: its
+    attribute ``psf_refine`` names the σ it ran with (``"off"``, ``"not run: …"`` or absent: not)."""
+    import h5py
+
+    with h5py.File(phases_path, "r") as f:
+        value = f["phases"].attrs.get("psf_refine", "")
+    return (value.decode() if isinstance(value, bytes) else str(value)).startswith("sigma ")
+
+
 def reading_settings(path, mode: str = "fit") -> dict:
     """How to read the contacts of a sample: keyword arguments of
     :func:`detachment.particles.particle_table_from_files`.

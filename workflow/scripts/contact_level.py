@@ -8,12 +8,19 @@ import numpy as np
 import pandas as pd
 
 from detachment import io, plausibility, plots
-from detachment.contact_level import blur_sigma_from_qc, sharpening_weight
+from detachment.contact_level import blur_sigma_from_qc, map_is_refined, sharpening_weight
 from detachment.logs import log_to
 from detachment.particles import contact_level_from_files
 
 log_to(snakemake.log[0])
 links = pd.read_csv(snakemake.input.links)
+on_map = not snakemake.params.gap_from_intensity
+if on_map and not map_is_refined(snakemake.input.phases):
+    logging.getLogger(__name__).warning(
+        "%s: the phase map was not refined against the blurred forward model (phases.h5 attribute psf_refine), "
+        "so its codes beside the particles are a voxel-by-voxel threshold that misreads one-voxel coats and gaps; "
+        "contacts are read on it all the same (science.contact_gap_from_intensity: false). Set "
+        "science.contact_gap_from_intensity: true to read them on the grey levels instead.", snakemake.input.phases)
 sigma = blur_sigma_from_qc(snakemake.input.qc)
 weight = sharpening_weight(sigma) if snakemake.params.sharpen else 0.0
 spill_sigma = float(sigma) if snakemake.params.spill and np.isfinite(sigma) else 0.0
@@ -24,7 +31,7 @@ fit, values, midpoint = contact_level_from_files(snakemake.input.particles, snak
                                                  snakemake.input.volume, links,
                                                  max_spread=snakemake.params.max_spread,
                                                  partition=snakemake.params.partition, sharpen=weight,
-                                                 spill_sigma=spill_sigma, on_map=not snakemake.params.gap_from_intensity)
+                                                 spill_sigma=spill_sigma, on_map=on_map)
 logging.getLogger(__name__).info("contact level %.4f (%s) from %d faces: gap %.3f ± %.3f (weight %.2f), "
                                  "CBD %.3f ± %.3f", fit.level, "fitted" if fit.fitted else "fallback",
                                  fit.n_faces, fit.gap_mean, fit.gap_sigma, fit.gap_weight, fit.cbd_mean,
