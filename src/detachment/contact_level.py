@@ -459,7 +459,7 @@ def choose_reading(fit: ContactLevel, values, deconvolved, midpoint: float | Non
     return out
 
 
-def read_on_map(fit: ContactLevel, values, codes) -> ContactLevel:
+def read_on_map(fit: ContactLevel, values, codes, switch: bool = True) -> ContactLevel:
     """The contacts read on the phase map's codes, checked against the fitted level's reading.
 
     Where the map was refined against the blurred forward model (``threshold.psf_refine``) its code of a
@@ -474,17 +474,23 @@ def read_on_map(fit: ContactLevel, values, codes) -> ContactLevel:
         The faces' grey levels as the level was fitted on them.
     codes : array_like
         The same faces' neighbour codes in the phase map (void or CBD).
+    switch : bool, default True
+        Read on the map (config ``science.contact_gap_from_intensity: false``); False only records
+        ``gap_share_map`` and leaves the rest of ``fit`` as it is.
 
     Returns
     -------
     ContactLevel
-        ``fit`` with ``reading`` ``"map"``, ``gap_share`` (the level's), ``gap_share_map`` (the share of
-        void codes) and ``spread`` = ``gap_share_map - gap_share`` (NaN where the level is not finite).
+        ``fit`` with ``gap_share_map`` (the share of void codes) and, switched, ``reading`` ``"map"``,
+        ``gap_share`` (the level's) and ``spread`` = ``gap_share_map - gap_share`` (NaN where the level is not
+        finite).
     """
     from dataclasses import replace
 
     v, c = np.asarray(values, float), np.asarray(codes)
     share_map = float(np.mean(c == VOID)) if c.size else float("nan")
+    if not switch:
+        return replace(fit, gap_share_map=share_map)
     share = float(np.mean(v < fit.level)) if v.size and np.isfinite(fit.level) else float("nan")
     return replace(fit, reading="map", gap_share=share, gap_share_map=share_map, spread=share_map - share)
 

@@ -463,23 +463,19 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         Envelope = :func:`refine_envelope` of the mask, touching masks first re-split at the necks of
         the solid (:func:`detachment.solid_partition.partition_solid`) or not; else the mask itself.
     max_spread : float or None, default 0.1
-        Largest disagreement between the level's and the deconvolved reading at which the level's is
-        kept (:func:`detachment.contact_level.choose_reading`); None never switches.
+        Largest level vs deconvolved disagreement keeping the level's reading (``choose_reading``).
     sharpen, spill_sigma : float, default 0, 0
         Weight (voxels²) of the Laplacian subtracted from the grey levels the level is fitted on
         (:func:`detachment.contact_level.sharpen`) and point-spread σ (voxels) through which the
         particles' spill is subtracted from them (:func:`particle_spill`, counted from the void/CBD
         midpoint; 0, or no midpoint in the phase file: not); the deconvolved reading uses them as they are.
     on_map : bool, default False
-        The contacts are read on the phase map's codes (:func:`detachment.contact_level.read_on_map`; config
-        ``science.contact_gap_from_intensity: false``): the level is fitted all the same, as the independent
-        reading the map's is compared with, and never switched to the deconvolved reading.
+        Read the contacts on the phase map's codes (:func:`detachment.contact_level.read_on_map`).
 
     Returns
     -------
     fit : detachment.contact_level.ContactLevel
-        The level (grey level), whether it was fitted, the two components, the share of faces they
-        cannot place, the reading to use and the two readings' shares of electrolyte faces.
+        The level, its components, the share of faces they cannot place, the reading and its check.
     values : numpy.ndarray
         (n_faces,) float64 grey levels the fit was made on (sharpened, less the spill), one per face.
     midpoint : float or None
@@ -497,12 +493,11 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         crops = _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress, "contact level", partition, voxel,
                                 sharpen, spill_sigma, midpoint)
         values, deconvolved, codes = _face_values(crops)
-    fit = replace(fit_contact_level(values, np.nan if midpoint is None else midpoint), sharpen=float(sharpen),
-                  spill_sigma=float(spill_sigma))
-    fit = replace(fit, ambiguous_faces=ambiguous_face_share(values, fit))
+    base = fit_contact_level(values, np.nan if midpoint is None else midpoint)
+    fit = replace(base, sharpen=float(sharpen), spill_sigma=float(spill_sigma),
+                  ambiguous_faces=ambiguous_face_share(values, base))
     fit = choose_reading(fit, values, deconvolved, midpoint, None if on_map else max_spread)
-    fit = replace(fit, gap_share_map=float(np.mean(codes == VOID)) if codes.size else float("nan"))
-    return (read_on_map(fit, values, codes) if on_map else fit), values, midpoint
+    return read_on_map(fit, values, codes, switch=on_map), values, midpoint
 
 
 def _face_values(crops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
