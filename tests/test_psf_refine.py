@@ -184,7 +184,7 @@ def _tilted_scene(shape=(28, 48, 48)):
     return truth
 
 
-@pytest.mark.parametrize("planted, start", [(0.8, 1.2), (0.8, 0.75), (0.5, 0.62), (1.2, 1.4)])
+@pytest.mark.parametrize("planted, start", [(0.8, 1.2), (0.8, 0.75), (0.5, 0.62), (1.2, 1.4), (0.3, 0.21)])
 def test_fitted_sigma_finds_the_planted_blur_from_a_wrong_start(planted, start):
     truth = _tilted_scene()
     grey = _image(truth, planted, seed=3)
@@ -201,7 +201,7 @@ def test_fitted_sigma_is_the_least_energy_over_a_fine_grid():
     grey = _image(truth, 0.9, seed=5)
     codes, rs = _thresholded(grey), psf_refine.RefineSettings()
     fitted = psf_refine.fit_sigma(codes, grey, LEVELS, 1.0, NOISE, rs, al_below=3)
-    grid = np.linspace(0.5, 1.25, 31)
+    grid = np.linspace(psf_refine.FIT_RANGE[0], psf_refine.FIT_RANGE[1], 45)  # the search's range (start 1.0)
     energies = [psf_refine.fitted_energy(codes, grey, LEVELS, s, NOISE, rs, al_below=3)[0] for s in grid]
     best = grid[int(np.argmin(energies))]
     assert abs(fitted - best) <= 0.05
@@ -236,7 +236,7 @@ def test_fit_block_is_the_densest_run_of_slices_centred_in_the_plane(shape):
 
 
 def test_a_fit_that_runs_into_the_end_of_its_range_says_so():
-    """Planted 0.5, started at 1.7: the range 0.85-2.1 ends above the truth, so σ stops at its lower end."""
+    """Planted 0.5, started at 1.7: the range starts above the truth (0.85), so σ stops at its lower end."""
     truth = _tilted_scene()
     grey = _image(truth, 0.5, seed=4)
     codes = _thresholded(grey)

@@ -284,7 +284,7 @@ def test_a_bad_forward_model_sigma_is_refused_naming_the_field(value):
 
 def test_a_fitted_sigma_at_the_end_of_its_range_is_flagged(tmp_path, monkeypatch, caplog):
     """Edge profiles reading 2.5 voxels on a phantom blurred by 0.8: the fit stops at its lower end (1.25),
-    and the map's attribute and the log say so."""
+    and the map's attribute and the log say so (the range: 0.5-1.6 times the edges' σ)."""
     import h5py
 
     from detachment import blur
@@ -298,5 +298,5 @@ def test_a_fitted_sigma_at_the_end_of_its_range_is_flagged(tmp_path, monkeypatch
         res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
     assert res.refine_sigma_vox == pytest.approx(1.25, abs=0.04)
     with h5py.File(tmp_path / "p.h5", "r") as f:
-        assert "AT THE END of its range 1.25-3.12" in f["phases"].attrs["psf_refine"]
+        assert "AT THE END of its range 1.25-4:" in f["phases"].attrs["psf_refine"]
     assert any("AT THE END" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)

@@ -42,9 +42,9 @@ from scipy import ndimage, optimize
 from .blur import spill_radius
 from .phases import AL, NMC_HIGH, NMC_LOW, PHASE_NAMES
 
-#: Range of :func:`fit_sigma`, as multiples of the σ it starts from (the edge profiles'): that σ is
-#: biased high on oblique surfaces, right on surfaces along the axes.
-FIT_RANGE = (0.5, 1.25)
+#: Range of :func:`fit_sigma`, as multiples of the σ it starts from (the edge profiles'): that σ reads
+#: oblique surfaces and wide blurs too wide, sharp voxel-grid edges too narrow.
+FIT_RANGE = (0.5, 1.6)
 #: Most (slices, rows, columns) :func:`fit_sigma` refines at each σ it tries (:func:`fit_block`).
 FIT_BLOCK = (48, 192, 192)
 #: Tolerance of :func:`fit_sigma`'s σ, voxels.
