@@ -259,15 +259,20 @@ def test_the_map_records_what_the_forward_model_changed(tmp_path):
         assert changed > 0 and g["phases"].attrs["psf_refine"] == "off"
 
 
-@pytest.mark.parametrize("value", ["edge", 0.9])
-def test_the_forward_models_sigma_can_be_the_edges_or_set(tmp_path, value):
-    import h5py
-
+def _blurred_phantom_file(path) -> None:
+    """A small default phantom blurred by σ 0.8 voxels, written as a volume file."""
     from detachment.phantom import PhantomParams, generate_phantom
 
     vol = generate_phantom(PhantomParams(shape_zyx=(20, 40, 40), n_particles=5, diameter_median_um=5,
                                          diameter_min_um=3.5, diameter_max_um=7, blur_sigma_vox=0.8), seed=6).volume
-    io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
+    io.write_volume(path, vol, 0.5, "test")
+
+
+@pytest.mark.parametrize("value", ["edge", 0.9])
+def test_the_forward_models_sigma_can_be_the_edges_or_set(tmp_path, value):
+    import h5py
+
+    _blurred_phantom_file(tmp_path / "v.h5")
     res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(psf_refine_sigma=value),
                            progress=False)
     assert res.refine_sigma_vox == (res.blur_sigma_vox if value == "edge" else value)
@@ -288,11 +293,8 @@ def test_a_fitted_sigma_at_the_end_of_its_range_is_flagged(tmp_path, monkeypatch
     import h5py
 
     from detachment import blur
-    from detachment.phantom import PhantomParams, generate_phantom
 
-    vol = generate_phantom(PhantomParams(shape_zyx=(20, 40, 40), n_particles=5, diameter_median_um=5,
-                                         diameter_min_um=3.5, diameter_max_um=7, blur_sigma_vox=0.8), seed=6).volume
-    io.write_volume(tmp_path / "v.h5", vol, 0.5, "test")
+    _blurred_phantom_file(tmp_path / "v.h5")
     monkeypatch.setattr(blur.EdgeProfiles, "sigma", lambda self: 2.5)
     with caplog.at_level("WARNING"):
         res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
