@@ -104,6 +104,34 @@ def test_nmc_domain_refinement_restores_high_density_at_a_blurred_surface():
     assert ((refined == truth) | ~solid).all()
 
 
+def _model_with_sigmas(nmc_sigmas, noise=0.02):
+    names = ("void", "cbd", "al") + ("nmc_low", "nmc_high")[: len(nmc_sigmas)]
+    sigmas = [noise, 1.5 * noise, 1.1 * noise, *nmc_sigmas]
+    n = len(names)
+    return phases.PhaseModel(names, np.linspace(0.1, 0.8, n - 1), np.linspace(0, 0.9, n), np.asarray(sigmas),
+                             np.full(n, 1 / n), "test")
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0, 2.0, 2.25, 2.5, 2.9, 3.0, 5.0])
+@pytest.mark.parametrize("resolved", [True, False])
+def test_auto_domain_sigma_grows_with_the_nmc_spread_beyond_the_noise(tau, resolved):
+    noise = 0.02
+    rms = np.sqrt(1 + tau**2) * noise  # NMC standard deviation with a spread tau noise-sigmas beyond the noise
+    # two classes of different widths with that root mean square, or one (low and high not resolved)
+    nmc = [np.sqrt(rms**2 - 0.5 * noise**2), np.sqrt(rms**2 + 0.5 * noise**2)] if resolved else [rms]
+    got = phases.nmc_domain_sigma(_model_with_sigmas(nmc, noise), "auto")
+    expected = 0.5 if tau <= 2 else 1.5 if tau >= 3 else 0.5 + (tau - 2)  # written out: 0.5 to 1.5 over tau 2 to 3
+    assert got == pytest.approx(expected, abs=1e-9)
+
+
+def test_domain_sigma_as_set_or_without_nmc():
+    model = _model_with_sigmas([0.2])
+    assert phases.nmc_domain_sigma(model, 0.7) == 0.7 and phases.nmc_domain_sigma(model, 0) == 0.0
+    no_nmc = phases.PhaseModel(("void", "cbd", "al"), np.array([0.1, 0.4]), np.array([0.0, 0.3, 0.5]),
+                               np.array([0.02, 0.03, 0.02]), np.full(3, 1 / 3), "test")
+    assert phases.nmc_domain_sigma(no_nmc, "auto") == phases.AUTO_DOMAIN_SIGMA[0]
+
+
 def test_streamed_thresholding_equals_whole_volume_classification(tmp_path):
     from detachment.phantom import PhantomParams, generate_phantom
 

@@ -751,6 +751,39 @@ def with_nmc_high(model: PhaseModel, threshold: float, mean: float, sigma: float
                       np.concatenate([w[:k], [w[k] * (1 - weight), w[k] * weight], w[k + 1:]]), model.method)
 
 
+#: ``threshold.domain_sigma_vox: auto`` (:func:`nmc_domain_sigma`): the NMC spread-to-noise ratios τ at
+#: which the domain σ leaves its least and reaches its most, and those σ (voxels).
+AUTO_DOMAIN_TAU = (2.0, 3.0)
+AUTO_DOMAIN_SIGMA = (0.5, 1.5)
+#: σ (voxels) of the local means on which ``auto`` looks for two densities where the histogram shows one
+#: NMC mode (:func:`detachment.phase_fit.split_nmc_domains`): its acceptance (Ashman's D, the smaller
+#: share) was chosen on means of this σ; wider means pass it with splits that misread many NMC voxels.
+AUTO_SPLIT_SIGMA = 0.7
+
+
+def nmc_domain_sigma(model: PhaseModel, setting) -> float:
+    """σ (voxels) of :func:`refine_nmc_domains` for a volume whose histogram gave ``model``.
+
+    ``setting`` (``threshold.domain_sigma_vox``) itself where it is a number. For ``"auto"`` the σ grows
+    with the NMC grey-level spread beyond the noise, ``τ = sqrt(s_nmc² - s_noise²) / s_noise`` (``s_nmc``
+    the root mean square of the NMC classes' standard deviations, one class where the histogram does not
+    resolve high from low density; ``s_noise`` the narrowest class's): from ``AUTO_DOMAIN_SIGMA[0]`` at
+    ``τ <= AUTO_DOMAIN_TAU[0]`` to ``AUTO_DOMAIN_SIGMA[1]`` at ``τ >= AUTO_DOMAIN_TAU[1]``, linear between.
+    Where NMC is hardly wider than the noise, a narrow window keeps the domains' edges; where its texture
+    is wider (or the two densities are one histogram mode), the densities are told apart only on means
+    over more voxels. Without an NMC class, ``AUTO_DOMAIN_SIGMA[0]``.
+    """
+    if not isinstance(setting, str):
+        return float(setting)
+    sd = dict(zip(model.names, np.asarray(model.sigmas, float)))
+    nmc = [sd[n] for n in ("nmc_low", "nmc_high") if n in sd]
+    noise = min(sd.values())
+    if not nmc or not noise > 0:
+        return AUTO_DOMAIN_SIGMA[0]
+    tau = np.sqrt(max(float(np.mean(np.square(nmc))) - noise ** 2, 0.0)) / noise
+    return float(np.interp(tau, AUTO_DOMAIN_TAU, AUTO_DOMAIN_SIGMA))
+
+
 def refine_nmc_domains(volume: np.ndarray, phases: np.ndarray, model: PhaseModel, sigma: float = 1.0) -> np.ndarray:
     """Re-split NMC into low / high electron density from interior-weighted local means.
 

@@ -16,7 +16,7 @@ import functools
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -55,9 +55,10 @@ class ThresholdSettings:
     collector_min_thickness_vox : int
         Al structures thinner than this are reassigned (:func:`detachment.phases.remove_thin_collector`),
         voxels; 1 or less turns it off.
-    domain_sigma_vox : float
+    domain_sigma_vox : float or "auto"
         σ of the NMC low / high refinement (:func:`detachment.phases.refine_nmc_domains`), voxels;
-        0 turns it off.
+        0 turns it off; ``"auto"`` chooses it from the fitted model's NMC spread over the noise
+        (:func:`detachment.phases.nmc_domain_sigma`; :func:`threshold_volume` resolves it before use).
     edge_shells : bool
         Give electrolyte read as CBD at the particles' blurred edges back to the electrolyte
         (:func:`detachment.blur.reassign_edge_shells`, with the blur σ measured on the map).
@@ -94,7 +95,7 @@ class ThresholdSettings:
     denoise: str = "none"
     denoise_sigma_vox: float = 1.0
     collector_min_thickness_vox: int = 3
-    domain_sigma_vox: float = 0.7
+    domain_sigma_vox: float | str = "auto"
     edge_shells: bool = True
     edge_spill: bool = True
     psf_refine: bool = True
@@ -117,6 +118,7 @@ class ThresholdSettings:
             raise ValueError(f"threshold.denoise: {self.denoise!r} is not 'none', 'gaussian' or 'median'")
         psf_refine.RefineSettings(self.psf_refine_beta, self.psf_refine_sweeps)  # raises on bad values
         self.psf_refine_sigma = _refine_sigma_setting(self.psf_refine_sigma)
+        self.domain_sigma_vox = _domain_sigma_setting(self.domain_sigma_vox)
         if sorted(self.order) != sorted(phases.PHASE_NAMES.values()):
             raise ValueError(f"threshold.order: {list(self.order)} must list each of "
                              f"{sorted(phases.PHASE_NAMES.values())} once")
@@ -125,14 +127,29 @@ class ThresholdSettings:
     def halo(self) -> int:
         """Slices read on either side of a slab for the local clean-ups and the denoising, int.
 
-        ``max(collector_min_thickness_vox + 1, ceil(3 domain_sigma_vox) + 2)``, plus
-        ``ceil(3 denoise_sigma_vox) + 1`` when denoising.
+        ``max(collector_min_thickness_vox + 1, ceil(3 domain_sigma_vox) + 2)`` (for ``"auto"`` the largest
+        σ it may choose), plus ``ceil(3 denoise_sigma_vox) + 1`` when denoising.
         """
         h = self.collector_min_thickness_vox + 1
-        h = max(h, math.ceil(3 * self.domain_sigma_vox) + 2)
+        domain = phases.AUTO_DOMAIN_SIGMA[1] if self.domain_sigma_vox == "auto" else self.domain_sigma_vox
+        h = max(h, math.ceil(3 * domain) + 2)
         if self.denoise != "none":
             h += math.ceil(3 * self.denoise_sigma_vox) + 1
         return h
+
+
+def _domain_sigma_setting(value) -> str | float:
+    """``threshold.domain_sigma_vox`` checked: ``"auto"`` or a σ in voxels, 0 <= σ <= 10 (a float)."""
+    if value == "auto":
+        return value
+    if not isinstance(value, (str, bool)):
+        try:
+            sigma = float(value)
+        except (TypeError, ValueError):
+            sigma = float("nan")
+        if 0 <= sigma <= 10:
+            return sigma
+    raise ValueError(f"threshold.domain_sigma_vox: {value!r} is not 'auto' or a σ in voxels (0 <= σ <= 10)")
 
 
 def _refine_sigma_setting(value) -> str | float:
@@ -184,6 +201,9 @@ class ThresholdResult:
     refine_sigma_vox : float
         σ of the forward model ``psf_refine`` refined the map with (``psf_refine_sigma``), voxels; NaN
         where it did not run.
+    domain_sigma_vox : float
+        σ of the NMC domain refinement the map was classified with (``domain_sigma_vox``, ``"auto"``
+        resolved), voxels.
     """
 
     model: phases.PhaseModel
@@ -197,6 +217,7 @@ class ThresholdResult:
     domain_split: phase_fit.DomainSplit | None = None
     layer: phase_fit.ElectrolyteLayer | None = None
     refine_sigma_vox: float = float("nan")
+    domain_sigma_vox: float = float("nan")
 
     @property
     def nmc_split(self) -> str:
@@ -229,7 +250,8 @@ def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettin
     model : detachment.phases.PhaseModel
         The phase model.
     s : ThresholdSettings
-        Settings; ``collector_min_thickness_vox`` and ``domain_sigma_vox`` are used.
+        Settings; ``collector_min_thickness_vox`` and ``domain_sigma_vox`` are used (``"auto"`` resolved on
+        ``model``: :func:`detachment.phases.nmc_domain_sigma`).
     collector_top : int, optional
         First slice above the collector slab (volume z); Al above it is reassigned
         (:func:`~detachment.phases.confine_collector`). None keeps it.
@@ -244,7 +266,7 @@ def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettin
     p = phases.classify(data, model)
     p = phases.remove_thin_collector(p, data, model, s.collector_min_thickness_vox)
     p = phases.confine_collector(p, data, model, collector_top, z_first)
-    return phases.refine_nmc_domains(data, p, model, s.domain_sigma_vox)
+    return phases.refine_nmc_domains(data, p, model, phases.nmc_domain_sigma(model, s.domain_sigma_vox))
 
 
 def _slabs(volume_path, s: ThresholdSettings, depth: int, halo: int, desc: str, progress: bool, workers: int = 1):
@@ -485,14 +507,13 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     hist, slice_counts = _grey_histogram(volume_path, s, shape[0], progress, workers)
     lo, hi = float(hist.edges[0]), float(hist.edges[-1])
     model, unresolved, collector, layer = fit_model(hist, slice_counts, s)
-    model, unresolved, split = _domain_split(volume_path, s, shape[0], model, unresolved, collector, (lo, hi),
-                                             progress, workers)
+    split_settings, s = _domain_sigmas(model, s)
+    model, unresolved, split = _domain_split(volume_path, split_settings, shape[0], model, unresolved, collector,
+                                             (lo, hi), progress, workers)
     log.info("%s thresholds %s between %s", model.method, np.round(model.thresholds, 4), model.names)
     fine_edges = np.linspace(lo, hi, 4 * s.bins + 1)
     fine = _uniform_bins(fine_edges[0], fine_edges[-1], 4 * s.bins, np.float64)
-    classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, s.domain_sigma_vox,
-                                            value_range=(lo, hi) if s.denoise == "none" else None,
-                                            collector_top=collector_top(model, collector))
+    classifier = _slab_classifier(model, collector, s, (lo, hi))
     with io.atomic_output(phases_path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("phases", shape=shape, dtype=np.uint8, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
@@ -504,13 +525,22 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         else:
             tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers,
                                    progress)
-        _write_attrs(d, voxel, model, unresolved, nmc_split(model, split))
+        _write_attrs(d, voxel, model, unresolved, nmc_split(model, split), s.domain_sigma_vox)
         d.attrs["electrolyte_layer"], d.attrs["psf_refine"] = layer.describe(), tally.refined
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
                            tally.per_slice, unresolved, collector, tally.edges.sigma(), split, layer,
-                           tally.refine_sigma)
+                           tally.refine_sigma, s.domain_sigma_vox)
+
+
+def _slab_classifier(model: phases.PhaseModel, collector: phase_fit.CollectorSlab | None, s: ThresholdSettings,
+                     value_range: tuple[float, float]) -> slab_phases.SlabClassifier:
+    """The classifier of :func:`threshold_volume`'s passes (``s.domain_sigma_vox`` resolved; ``value_range``
+    the histogram's, used only without denoising)."""
+    return slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, s.domain_sigma_vox,
+                                      value_range=value_range if s.denoise == "none" else None,
+                                      collector_top=collector_top(model, collector))
 
 
 def nmc_split(model: phases.PhaseModel, split: phase_fit.DomainSplit | None) -> str:
@@ -518,6 +548,17 @@ def nmc_split(model: phases.PhaseModel, split: phase_fit.DomainSplit | None) -> 
     if "nmc_high" not in model.names:
         return "not resolved"
     return "domain means" if split is not None and split.resolved else "histogram"
+
+
+def _domain_sigmas(model: phases.PhaseModel, s: ThresholdSettings) -> tuple[ThresholdSettings, ThresholdSettings]:
+    """``s`` with ``domain_sigma_vox`` resolved on the histogram's ``model`` for the NMC domain split
+    (``"auto"``: :data:`detachment.phases.AUTO_SPLIT_SIGMA`) and for the classification
+    (:func:`detachment.phases.nmc_domain_sigma`)."""
+    sigma = phases.nmc_domain_sigma(model, s.domain_sigma_vox)
+    split = phases.AUTO_SPLIT_SIGMA if s.domain_sigma_vox == "auto" else sigma
+    log.info("NMC low / high density decided on local means of σ %.2f vox (domain_sigma_vox: %s)", sigma,
+             s.domain_sigma_vox)
+    return replace(s, domain_sigma_vox=split), replace(s, domain_sigma_vox=sigma)
 
 
 def _tries_domain_split(model: phases.PhaseModel, unresolved: tuple[str, ...], s: ThresholdSettings) -> bool:
@@ -886,9 +927,11 @@ def collector_top(model: phases.PhaseModel, collector: phase_fit.CollectorSlab |
     return collector.thickness + phase_fit.EDGE_SLICES
 
 
-def _write_attrs(d, voxel, model: phases.PhaseModel, unresolved: tuple[str, ...], nmc_split: str) -> None:
+def _write_attrs(d, voxel, model: phases.PhaseModel, unresolved: tuple[str, ...], nmc_split: str,
+                 domain_sigma: float) -> None:
     d.attrs["voxel_size_um"] = np.asarray(voxel)
     d.attrs["nmc_split"] = nmc_split  # how NMC high was told from low (ThresholdResult.nmc_split)
+    d.attrs["nmc_domain_sigma_vox"] = float(domain_sigma)  # σ it was told on (domain_sigma_vox, resolved)
     d.attrs["codes"] = ", ".join(f"{c}={n}" for c, n in phases.PHASE_NAMES.items())
     d.attrs["method"] = model.method
     d.attrs["unresolved"] = ", ".join(unresolved)  # phases not separated: their voxels carry a neighbour's code
