@@ -140,31 +140,30 @@ class ThresholdSettings:
 
 def _domain_sigma_setting(value) -> str | float:
     """``threshold.domain_sigma_vox`` checked: ``"auto"`` or a σ in voxels, 0 <= σ <= 10 (a float)."""
-    if value == "auto":
-        return value
-    if not isinstance(value, (str, bool)):
-        try:
-            sigma = float(value)
-        except (TypeError, ValueError):
-            sigma = float("nan")
-        if 0 <= sigma <= 10:
-            return sigma
-    raise ValueError(f"threshold.domain_sigma_vox: {value!r} is not 'auto' or a σ in voxels (0 <= σ <= 10)")
+    return _sigma_setting("domain_sigma_vox", value, ("auto",), 0.0, 10.0, zero_allowed=True)
 
 
 def _refine_sigma_setting(value) -> str | float:
     """``threshold.psf_refine_sigma`` checked: ``"fit"``, ``"edge"`` or a σ > 0 in voxels (a float)."""
-    if isinstance(value, str) and value in ("fit", "edge"):
+    return _sigma_setting("psf_refine_sigma", value, ("fit", "edge"), 0.0, 20.0, zero_allowed=False)
+
+
+def _sigma_setting(field: str, value, words: tuple[str, ...], lo: float, hi: float, zero_allowed: bool
+                   ) -> str | float:
+    """``threshold.<field>`` checked: one of ``words``, or a number from ``lo`` (included where
+    ``zero_allowed``) to ``hi`` returned as a float; a ValueError naming the field otherwise."""
+    if isinstance(value, str) and value in words:
         return value
     if not isinstance(value, (str, bool)):
         try:
             sigma = float(value)
         except (TypeError, ValueError):
             sigma = float("nan")
-        if np.isfinite(sigma) and 0 < sigma <= 20:
+        if (lo <= sigma if zero_allowed else lo < sigma) and sigma <= hi:
             return sigma
-    raise ValueError(f"threshold.psf_refine_sigma: {value!r} is not 'fit', 'edge' or a point-spread σ in voxels "
-                     "(0 < σ <= 20)")
+    named = ", ".join(repr(w) for w in words)
+    raise ValueError(f"threshold.{field}: {value!r} is not {named} or a σ in voxels "
+                     f"({lo:g} {'<=' if zero_allowed else '<'} σ <= {hi:g})")
 
 
 @dataclass
