@@ -153,3 +153,28 @@ def test_blurred_truth_keeps_flat_interfaces_and_loses_layers_thinner_than_the_b
     assert m["phase_accuracy_blurred_truth"] == robustness.blurred_truth_accuracy(truth, sigma)
     m = robustness.sample_metrics(labels, truth, truth, labels, labels, _science([0.0], [0.0]), 4)
     assert np.isnan(m["phase_accuracy_blurred_truth"])
+
+
+def test_contact_layer_accuracy_against_a_walk_over_each_voxels_six_neighbours():
+    """The layer is every non-NMC voxel with an NMC face neighbour, found here by visiting each voxel's six
+    neighbours in a loop; a map whose NMC grows by one voxel into the electrolyte on one side scores the
+    share of the layer that side holds."""
+    rng = np.random.default_rng(5)
+    truth = rng.choice([0, 1, 2, 3], size=(7, 8, 9), p=[0.5, 0.2, 0.2, 0.1]).astype(np.uint8)
+    layer = np.zeros(truth.shape, bool)
+    nmc = (truth == 2) | (truth == 3)
+    for z, y, x in np.ndindex(truth.shape):
+        if nmc[z, y, x]:
+            continue
+        for dz, dy, dx in [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)]:
+            q = (z + dz, y + dy, x + dx)
+            if all(0 <= q[i] < truth.shape[i] for i in range(3)) and nmc[q]:
+                layer[z, y, x] = True
+    np.testing.assert_array_equal(robustness.contact_layer(truth), layer)
+    grown = truth.copy()
+    grown[layer & (np.indices(truth.shape)[2] < 4)] = 2  # the layer's voxels in columns 0-3 read as NMC
+    m = robustness.sample_metrics(np.zeros(truth.shape, np.int32), truth, grown, np.zeros(truth.shape, np.int32),
+                                  np.zeros(truth.shape, np.int32), _science([0.0], [0.0]), 4)
+    expected = 1 - np.sum(layer & (np.indices(truth.shape)[2] < 4)) / layer.sum()
+    assert m["phase_accuracy_contact_layer"] == pytest.approx(expected)
+    assert 0 < expected < 1

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from .annotations import labelled_slices, relabel_slice
 from .metrics import image_metrics, particle_scores
-from .phases import AL, CBD, NMC_LOW, VOID
+from .phases import AL, CBD, NMC_HIGH, NMC_LOW, VOID
 from .validation import effect_size
 
 COLUMNS = ("preset", "sample", "split", "metric", "value")
@@ -221,7 +221,8 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
     dict of str to float
         ``phase_accuracy`` (every code must match), ``phase_accuracy_declared`` (NMC low and high counted
         as one where ``nmc_merged``), ``phase_accuracy_pure_voxels`` (the declared accuracy on the voxels
-        that hold one phase only) with ``pure_voxel_share``, ``phase_accuracy_blurred_truth``
+        that hold one phase only) with ``pure_voxel_share``, ``phase_accuracy_contact_layer`` (the declared
+        accuracy on :func:`contact_layer`), ``phase_accuracy_blurred_truth``
         (:func:`blurred_truth_accuracy`, declared), ``cnn_precision``, ``cnn_sensitivity``,
         ``recovery_3d`` (true particles matched one-to-one at 3D IoU ≥ ``iou_threshold``),
         ``split_merge_3d`` (split + merge rate), ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
@@ -249,14 +250,23 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
     return out
 
 
+def contact_layer(truth_phases: np.ndarray) -> np.ndarray:
+    """(z, y, x) bool: the voxels outside the truth's NMC that share a face with it (the layer a particle's
+    contacts are read on)."""
+    nmc = (truth_phases == NMC_LOW) | (truth_phases == NMC_HIGH)
+    return ndimage.binary_dilation(nmc, ndimage.generate_binary_structure(3, 1)) & ~nmc
+
+
 def _phase_metrics(phases, truth_phases, nmc_merged: bool, purity, blur_sigma: float) -> dict[str, float]:
-    """The phase accuracies of :func:`sample_metrics` (strict, declared, on pure voxels, of the blurred
-    truth) and the pure share."""
+    """The phase accuracies of :func:`sample_metrics` (strict, declared, on pure voxels, on the contact
+    layer, of the blurred truth) and the pure share."""
     pure = None if purity is None else np.asarray(purity) >= 1.0
     return {"phase_accuracy": phase_accuracy(phases, truth_phases),
             "phase_accuracy_declared": phase_accuracy(phases, truth_phases, merge_nmc=nmc_merged),
             "phase_accuracy_pure_voxels": phase_accuracy(phases, truth_phases, nmc_merged, pure),
             "pure_voxel_share": 1.0 if pure is None else float(pure.mean()),
+            "phase_accuracy_contact_layer": phase_accuracy(phases, truth_phases, nmc_merged,
+                                                           contact_layer(truth_phases)),
             "phase_accuracy_blurred_truth": (blurred_truth_accuracy(truth_phases, blur_sigma, nmc_merged)
                                              if np.isfinite(blur_sigma) else float("nan"))}
 
