@@ -312,7 +312,7 @@ def test_a_bad_domain_sigma_is_refused_naming_the_field(value):
 
 
 @pytest.mark.parametrize("fwhm_nmc, wider", [(0.07, False), (0.147, True)])
-def test_auto_domain_sigma_reads_the_planted_densities_no_worse_than_a_fixed_one(tmp_path, fwhm_nmc, wider):
+def test_auto_domain_sigma_reads_the_planted_densities_better_than_a_fixed_one(tmp_path, fwhm_nmc, wider):
     """Against the phantom's planted NMC densities: with the default phantom's narrow NMC, ``auto`` takes a
     window narrower than 0.7 and confuses fewer low / high voxels (one voxel of a domain's edge is not
     averaged away); with the paper's NMC width (a texture wider than the noise) it averages over a wider
