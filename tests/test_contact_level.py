@@ -180,7 +180,7 @@ def test_reading_settings_follow_the_file_and_the_mode(tmp_path):
 
     (tmp_path / "c.csv").write_text("level,fitted,reading,sharpen\n0.14,False,deconvolved,0.13\n")
     # the deconvolved reading is made on the grey levels as they are, whatever the level was fitted on
-    plain = {"deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0}
+    plain = {"deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0, "ambiguity": None}  # no mixture in these files
     assert reading_settings(tmp_path / "c.csv") == {**plain, "contact_level": 0.14, "deconvolve": True}
     assert reading_settings(tmp_path / "c.csv", "midpoint") == {**plain, "contact_level": None}
     (tmp_path / "s.csv").write_text("level,fitted,reading,sharpen,spill_sigma\n0.2,True,level,0.13,0.6\n")
@@ -440,12 +440,20 @@ def test_the_refined_maps_codes_read_a_coat_and_a_gap_the_thresholded_map_misrea
     assert fit.spread == pytest.approx(fit.gap_share_map - np.mean(values < fit.level))
 
 
-def test_the_map_reading_reads_no_grey_level_downstream(tmp_path):
+def test_the_map_reading_reads_no_grey_level_downstream_and_passes_the_fit_for_its_ambiguity(tmp_path):
+    """No level decides a face under the map reading; the grey levels as the mixture was fitted on them and
+    the mixture itself go on, for the per-particle share of faces they leave undecided."""
     from detachment.contact_level import reading_settings
 
     (tmp_path / "m.csv").write_text("level,fitted,reading,sharpen,spill_sigma\n0.2,True,map,0.13,0.6\n")
-    assert reading_settings(tmp_path / "m.csv") == {"contact_level": None, "deconvolve": False, "sharpen": 0.0,
-                                                    "spill_sigma": 0.0}
+    assert reading_settings(tmp_path / "m.csv") == {"contact_level": None, "deconvolve": False, "sharpen": 0.13,
+                                                    "spill_sigma": 0.6, "ambiguity": None}  # no components
+    fit = ContactLevel(0.12, True, 0.0, 0.05, 0.4, 0.28, 0.05, 0.6, 0.0, 1000, reading="map", sharpen=0.13,
+                       spill_sigma=0.6)
+    fit.to_frame().to_csv(tmp_path / "f.csv", index=False)
+    got = reading_settings(tmp_path / "f.csv")
+    assert got["contact_level"] is None and got["ambiguity"].gap_mean == 0.0 and got["ambiguity"].cbd_weight == 0.6
+    assert reading_settings(tmp_path / "f.csv", "midpoint")["ambiguity"] is None
 
 
 @pytest.mark.parametrize("attr, refined", [("sigma 0.5 vox, noise 0.02: 10 codes changed", True), ("off", False),

@@ -558,3 +558,34 @@ def test_a_cells_contact_reading_uncertainty_is_its_worst_samples_spread():
     assert cells.set_index("cell").contact_reading_spread.to_dict() == pytest.approx(
         {"a": 0.3, "b": 0.05, "c": np.nan}, nan_ok=True)
     assert list(cells["mean"]) == pytest.approx([0.45, 0.2, 0.1])
+
+
+def test_each_particles_share_of_undecided_faces_against_the_mixture_written_out(tmp_path):
+    """``detachment_ambiguous``: summed over the particles (share x counted faces) it is the number of
+    background face neighbours whose gap probability under the fitted mixture, computed here from the two
+    Gaussians with scipy, lies between 0.1 and 0.9; without a fit it is NaN; passing the fit and its grey
+    corrections to a reading on the map's codes changes no other column."""
+    import h5py
+    from scipy.stats import norm
+
+    from detachment.particles import contact_level_from_files
+    from detachment.phases import PHASE_NAMES
+
+    ph, links, labels = _tiny_linked_phantom(tmp_path)
+    with h5py.File(tmp_path / "p.h5", "r+") as f:
+        f["phases"].attrs["order"] = ",".join(PHASE_NAMES[c] for c in range(5))
+        f["phases"].attrs["means"] = [ph.params.intensity[PHASE_NAMES[c]] for c in range(5)]
+    files = (tmp_path / "particles.h5", tmp_path / "p.h5", tmp_path / "v.h5", links)
+    kw = dict(progress=False, refine=False, partition="masks", sharpen=0.125, spill_sigma=0.5)
+    fit, values, _ = contact_level_from_files(*files, on_map=True, **kw)
+    assert fit.fitted
+    gap = fit.gap_weight * norm.pdf(values, fit.gap_mean, fit.gap_sigma)
+    post = gap / (gap + fit.cbd_weight * norm.pdf(values, fit.cbd_mean, fit.cbd_sigma))
+    expected = int(np.sum((post > 0.1) & (post < 0.9)))
+    t = _streamed(tmp_path, links, gap_from_intensity=False, sharpen=0.125, spill_sigma=0.5, ambiguity=fit)
+    assert expected > 0 and np.sum(t.detachment_ambiguous * t.surface_faces) == pytest.approx(expected)
+    assert t.detachment_ambiguous.between(0, 1).all()
+    plain = _streamed(tmp_path, links, gap_from_intensity=False)
+    assert plain.detachment_ambiguous.isna().all()
+    others = [c for c in t.columns if c != "detachment_ambiguous"]
+    pd.testing.assert_frame_equal(t[others], plain[others])

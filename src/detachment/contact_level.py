@@ -345,6 +345,14 @@ def gap_posterior(values, fit: ContactLevel) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(np.clip(log_cbd - log_gap, -700, 700)))
 
 
+def ambiguous_faces(values, fit: ContactLevel, band: tuple[float, float] = AMBIGUOUS_POSTERIOR) -> np.ndarray:
+    """(n,) bool: the faces whose gap probability (:func:`gap_posterior`) lies strictly inside ``band``
+    (``values`` as fitted, non-finite ones never ambiguous)."""
+    v = np.asarray(values, float)
+    post = gap_posterior(v, fit)
+    return np.isfinite(v) & (post > band[0]) & (post < band[1])
+
+
 def ambiguous_face_share(values, fit: ContactLevel, band: tuple[float, float] = AMBIGUOUS_POSTERIOR) -> float:
     """Share of the faces whose gap probability (:func:`gap_posterior`) lies inside ``band``.
 
@@ -369,8 +377,7 @@ def ambiguous_face_share(values, fit: ContactLevel, band: tuple[float, float] = 
     v = v[np.isfinite(v)]
     if not fit.fitted or v.size == 0:
         return float("nan")
-    post = gap_posterior(v, fit)
-    return float(np.mean((post > band[0]) & (post < band[1])))
+    return float(np.mean(ambiguous_faces(v, fit, band)))
 
 
 def fit_contact_level(values, fallback: float, min_faces: int = 200) -> ContactLevel:
@@ -522,7 +529,8 @@ def reading_settings(path, mode: str = "fit") -> dict:
     dict
         ``contact_level`` (float or None), ``deconvolve`` (bool), ``sharpen`` and ``spill_sigma``
         (floats, the sharpening weight and the spill's σ the level was fitted with; 0 for the deconvolved
-        reading and for ``"midpoint"``).
+        reading and for ``"midpoint"``), ``ambiguity`` (the file's :class:`ContactLevel` where its mixture
+        was fitted, for the per-particle share of undecided faces; else None).
 
     Raises
     ------
@@ -530,10 +538,13 @@ def reading_settings(path, mode: str = "fit") -> dict:
         From :meth:`ContactLevel.read_csv`, naming the file.
     """
     if mode != "fit":
-        return {"contact_level": None, "deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0}
+        return {"contact_level": None, "deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0, "ambiguity": None}
     level = ContactLevel.read_csv(path)
-    if level.reading == "map":  # the codes decide: no grey level is read
-        return {"contact_level": None, "deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0}
+    components = (level.gap_mean, level.gap_sigma, level.cbd_mean, level.cbd_sigma, level.gap_weight, level.cbd_weight)
+    ambiguity = level if level.fitted and np.isfinite(components).all() else None
+    if level.reading == "map":  # the codes decide; the grey levels (as fitted) only say how ambiguous they are
+        return {"contact_level": None, "deconvolve": False, "sharpen": level.sharpen, "spill_sigma": level.spill_sigma,
+                "ambiguity": ambiguity}
     deconvolve = level.reading == "deconvolved"
     return {"contact_level": level.level, "deconvolve": deconvolve, "sharpen": 0.0 if deconvolve else level.sharpen,
-            "spill_sigma": 0.0 if deconvolve else level.spill_sigma}
+            "spill_sigma": 0.0 if deconvolve else level.spill_sigma, "ambiguity": ambiguity}

@@ -31,7 +31,8 @@ CORE_MARGIN_VOX = 4
 COLUMNS = ["label", "volume_um3", "diameter_um", "surface_area_um2", "sphericity", "centroid_z_um", "centroid_y_um",
            "centroid_x_um", "distance_to_collector_um", "height_um", "electron_density_mean",
            "electron_density_std", "nmc_high_fraction", "crack_volume_fraction", "crack_surface_per_volume_per_um",
-           "detachment", "detachment_std", "surface_faces", "contact_void_um2", "contact_cbd_um2", "contact_al_um2",
+           "detachment", "detachment_std", "detachment_ambiguous", "surface_faces", "contact_void_um2",
+           "contact_cbd_um2", "contact_al_um2",
            "contact_particle_um2", "touches_border"]
 
 
@@ -193,6 +194,7 @@ def _contact_columns(contacts) -> dict[str, np.ndarray]:
     return {
         "detachment": contacts.detachment[1:],
         "detachment_std": contacts.detachment_std[1:],
+        "detachment_ambiguous": np.full(len(contacts.detachment) - 1, np.nan),  # set from the grey levels' fit
         "surface_faces": contacts.n_faces[1:].sum(1),
         "contact_void_um2": contacts.area[1:, 0] * STAIRCASE,
         "contact_cbd_um2": contacts.area[1:, 1] * STAIRCASE,
@@ -523,7 +525,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
                               progress: bool = True, probe: int = 1, refine: bool = True,
                               gap_from_intensity: bool = True, contact_level: float | None = None,
                               deconvolve: bool = False, partition: str = "watershed",
-                              sharpen: float = 0.0, spill_sigma: float = 0.0) -> pd.DataFrame:
+                              sharpen: float = 0.0, spill_sigma: float = 0.0, ambiguity=None) -> pd.DataFrame:
     """:func:`particle_table` particle by particle on bounding-box crops read from the HDF5 files.
 
     Parameters
@@ -547,6 +549,10 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         outside + inside − the particle's solid grey level (:func:`solid_grey`); else on the grey levels as
         :func:`contact_level_from_files` fitted the level on them, less the spill through σ ``spill_sigma``
         and sharpened with weight ``sharpen`` (the solid's columns: on the volume as it is).
+    ambiguity : detachment.contact_level.ContactLevel, optional
+        The sample's fitted gap / CBD mixture (``contact_level.csv``): ``detachment_ambiguous`` is then the
+        share of each particle's counted faces whose background neighbour's grey level (as the mixture was
+        fitted on it) it leaves undecided (:func:`detachment.contact_level.ambiguous_faces`); NaN without.
 
     Returns
     -------
@@ -573,12 +579,25 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
             t = particle_table(crop, ph, grey, vs, probe=probe, gap_level=level,
                                solid_level=solid_grey(env, ph, grey) if deconvolve else None, contact_grey=read)
             if (t.label == 1).any():
-                rows.append(_in_volume_frame(t[t.label == 1].copy(), row, lo, vs, top))
+                t = t[t.label == 1].copy()
+                t["detachment_ambiguous"] = _ambiguous_share(ambiguity, env, others, ph, read, t.surface_faces)
+                rows.append(_in_volume_frame(t, row, lo, vs, top))
         unresolved = phases_not_resolved(dp.attrs)
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
     if "nmc_high" in unresolved:  # one NMC class: a high-density share of 0 would be a guess, not a measurement
         out["nmc_high_fraction"] = np.nan
     return out
+
+
+def _ambiguous_share(fit, env, others, ph, read, surface_faces: pd.Series) -> float:
+    """Share of a particle's ``surface_faces`` whose background face neighbour ``fit`` leaves undecided
+    (:func:`detachment.contact_level.ambiguous_faces`); NaN without a fitted mixture."""
+    from .contact_level import ambiguous_faces, face_neighbour_pairs
+
+    n = float(surface_faces.iloc[0])
+    if fit is None or not fit.fitted or n <= 0:
+        return float("nan")
+    return float(ambiguous_faces(face_neighbour_pairs(env, others, ph, read)[0], fit).sum()) / n
 
 
 def solid_grey(envelope: np.ndarray, phases: np.ndarray, volume: np.ndarray) -> float | None:
