@@ -550,9 +550,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         :func:`contact_level_from_files` fitted the level on them, less the spill through σ ``spill_sigma``
         and sharpened with weight ``sharpen`` (the solid's columns: on the volume as it is).
     ambiguity : detachment.contact_level.ContactLevel, optional
-        The sample's fitted gap / CBD mixture (``contact_level.csv``): ``detachment_ambiguous`` is then the
-        share of each particle's counted faces whose background neighbour's grey level (as the mixture was
-        fitted on it) it leaves undecided (:func:`detachment.contact_level.ambiguous_faces`); NaN without.
+        The sample's fitted gap / CBD mixture for ``detachment_ambiguous`` (:func:`_ambiguous_share`; None: NaN).
 
     Returns
     -------
@@ -574,13 +572,9 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         crops = _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress, "particles", partition, vs, sharpen,
                                 spill_sigma, gap_level(dp.attrs))
         for row, lo, env, others, ph, grey, read in crops:
-            # this particle becomes label 1 (its envelope refined on the phase map); others label 2
-            crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
-            t = particle_table(crop, ph, grey, vs, probe=probe, gap_level=level,
-                               solid_level=solid_grey(env, ph, grey) if deconvolve else None, contact_grey=read)
-            if (t.label == 1).any():
-                t = t[t.label == 1].copy()
-                t["detachment_ambiguous"] = _ambiguous_share(ambiguity, env, others, ph, read, t.surface_faces)
+            t = _crop_row(env, others, ph, grey, read, vs, ambiguity, probe=probe, gap_level=level,
+                          solid_level=solid_grey(env, ph, grey) if deconvolve else None)
+            if t is not None:
                 rows.append(_in_volume_frame(t, row, lo, vs, top))
         unresolved = phases_not_resolved(dp.attrs)
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
@@ -589,9 +583,23 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     return out
 
 
+def _crop_row(env, others, ph, grey, read, vs, ambiguity, **reading) -> pd.DataFrame | None:
+    """:func:`particle_table` row of the particle ``env`` in its crop (it becomes label 1, the ``others``
+    label 2), contacts read on ``read`` as ``reading`` says, with its ``detachment_ambiguous``; None where
+    the envelope is empty."""
+    crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
+    t = particle_table(crop, ph, grey, vs, contact_grey=read, **reading)
+    if not (t.label == 1).any():
+        return None
+    t = t[t.label == 1].copy()
+    t["detachment_ambiguous"] = _ambiguous_share(ambiguity, env, others, ph, read, t.surface_faces)
+    return t
+
+
 def _ambiguous_share(fit, env, others, ph, read, surface_faces: pd.Series) -> float:
-    """Share of a particle's ``surface_faces`` whose background face neighbour ``fit`` leaves undecided
-    (:func:`detachment.contact_level.ambiguous_faces`); NaN without a fitted mixture."""
+    """Share of a particle's ``surface_faces`` whose background face neighbour's grey level (``read``, as the
+    mixture was fitted on it) ``fit`` leaves undecided (:func:`detachment.contact_level.ambiguous_faces`);
+    NaN without a fitted mixture."""
     from .contact_level import ambiguous_faces, face_neighbour_pairs
 
     n = float(surface_faces.iloc[0])
