@@ -589,3 +589,33 @@ def test_each_particles_share_of_undecided_faces_against_the_mixture_written_out
     assert plain.detachment_ambiguous.isna().all()
     others = [c for c in t.columns if c != "detachment_ambiguous"]
     pd.testing.assert_frame_equal(t[others], plain[others])
+
+
+def test_the_volume_panel_draws_the_readings_bound_beside_the_face_counts_error():
+    """Fig. 4's detachment-vs-volume panel: each particle's bar of ± ``detachment_std`` and, where the sample
+    has a fitted mixture, a second bar of ± ``detachment_ambiguous`` (half-heights read back from the drawn
+    segments); without the column, or with it all NaN, only the first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from detachment.plots import fig4
+
+    parts = pd.DataFrame({"c_rate": ["1C"] * 3 + ["C/10"] * 3, "detachment": [0.3, 0.4, 0.5, 0.1, 0.2, 0.3],
+                          "detachment_std": [0.01, 0.02, 0.01, 0.01, 0.02, 0.03], "volume_um3": [10, 20, 40] * 2,
+                          "detachment_ambiguous": [0.2, 0.3, 0.25, np.nan, np.nan, np.nan]})
+    by_rate = pd.DataFrame({"c_rate": ["1C", "C/10"], "mean": [0.4, 0.2], "ci95_low": [0.3, 0.1],
+                            "ci95_high": [0.5, 0.3]})
+    size = pd.DataFrame({"diameter_low_um": [2.0], "diameter_high_um": [4.0], "mean": [0.3], "sem": [0.05],
+                         "measurement_std_mean": [0.02]})
+
+    def half_heights(ax):
+        out = []
+        for container in ax.containers:
+            segs = container.lines[2][0].get_segments()
+            out.append(sorted(round(float(s[1, 1] - s[0, 1]) / 2, 6) for s in segs))
+        return out
+
+    drawn = half_heights(fig4(parts, by_rate, size).axes[2])
+    assert drawn == [[0.01, 0.01, 0.02], [0.2, 0.25, 0.3], [0.01, 0.02, 0.03]]
+    assert half_heights(fig4(parts.drop(columns="detachment_ambiguous"), by_rate, size).axes[2]) == \
+        [[0.01, 0.01, 0.02], [0.01, 0.02, 0.03]]

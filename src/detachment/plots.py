@@ -419,7 +419,7 @@ def fig4(particles, by_rate, by_size_table):
     ----------
     particles : pandas.DataFrame
         The particles used: ``c_rate``, ``detachment``, ``detachment_std`` (fractions, 0-1),
-        ``volume_um3``.
+        ``volume_um3``; optionally ``detachment_ambiguous`` (0-1), drawn as a second, grey bar.
     by_rate : pandas.DataFrame
         Per C-rate (:func:`detachment.stats.by_group`): ``c_rate``, ``mean``, ``ci95_low``,
         ``ci95_high`` (bootstrap 95 % CI) and a ``mannwhitney_p_vs_*`` column; the title shows the
@@ -452,13 +452,17 @@ def fig4(particles, by_rate, by_size_table):
     mid = 0.5 * (by_size_table.diameter_low_um + by_size_table.diameter_high_um)
     ax[1].errorbar(mid, by_size_table["mean"], yerr=by_size_table["sem"], fmt="o-", capsize=4, label="mean ± SEM")
     ax[1].errorbar(mid, by_size_table["mean"], yerr=by_size_table.measurement_std_mean, fmt="none", ecolor="r",
-                   capsize=8, label="mean per-particle uncertainty")
+                   capsize=8, label="mean per-particle face-count error (detachment_std)")
     ax[1].set_xlabel("equivalent diameter (µm)")
     ax[1].set_ylabel("detachment fraction")
     ax[1].legend(fontsize=8)
     for r in rates:
         sub = particles[particles.c_rate == r]
         ax[2].errorbar(sub.volume_um3, sub.detachment, yerr=sub.detachment_std, fmt="o", ms=3, alpha=0.6, label=r)
+        amb = sub["detachment_ambiguous"].to_numpy(float) if "detachment_ambiguous" in sub else np.full(len(sub), np.nan)
+        if np.isfinite(amb).any():  # the reading's bound, far wider than the face count's error where it matters
+            ax[2].errorbar(sub.volume_um3, sub.detachment, yerr=np.nan_to_num(amb), fmt="none", ecolor="0.6", alpha=0.4,
+                           label=f"{r}: ± share of faces the grey levels leave undecided")
     ax[2].set_xscale("log")
     ax[2].set_xlabel("particle volume (µm³)")
     ax[2].set_ylabel("detachment fraction")
