@@ -327,10 +327,11 @@ def test_auto_domain_sigma_reads_the_planted_densities_better_than_a_fixed_one(t
     nmc = (ph.phases == phases.NMC_LOW) | (ph.phases == phases.NMC_HIGH)
     confused, sigma = {}, {}
     for setting in ("auto", 0.7):
-        threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(domain_sigma_vox=setting),
-                         progress=False)
+        res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(domain_sigma_vox=setting),
+                               progress=False)
         with h5py.File(tmp_path / "p.h5", "r") as f:
             p, sigma[setting] = f["phases"][...], f["phases"].attrs["nmc_domain_sigma_vox"]
+        assert res.domain_sigma_vox == sigma[setting]  # the result says what the map's attribute says
         other = np.where(ph.phases == phases.NMC_LOW, phases.NMC_HIGH, phases.NMC_LOW)
         confused[setting] = float(np.mean(p[nmc] == other[nmc]))
     assert sigma[0.7] == 0.7 and (sigma["auto"] > 0.7) == wider

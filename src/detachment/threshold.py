@@ -250,7 +250,9 @@ def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettin
         The phase model.
     s : ThresholdSettings
         Settings; ``collector_min_thickness_vox`` and ``domain_sigma_vox`` are used (``"auto"`` resolved on
-        ``model``: :func:`detachment.phases.nmc_domain_sigma`).
+        ``model``: :func:`detachment.phases.nmc_domain_sigma`; :func:`threshold_volume` resolves it on the
+        histogram's model, before a split on domain means, so pass its ``domain_sigma_vox`` where NMC high
+        came from one).
     collector_top : int, optional
         First slice above the collector slab (volume z); Al above it is reassigned
         (:func:`~detachment.phases.confine_collector`). None keeps it.
