@@ -196,6 +196,30 @@ def test_contacts_are_not_read_beyond_the_blur_the_reading_was_validated_for(cap
     enforce_contacts(0.02, 0.15, "sharp", "stop", blur_sigma=0.5)  # nothing to say
 
 
+def test_the_stop_names_the_share_of_undecided_faces_and_where_each_particle_carries_it(caplog):
+    """The mixture's undecided share (contact_level.csv ambiguous_faces) is the reading's measured
+    uncertainty: the message gives it, rounded, with the per-particle column, for either cause of the stop;
+    where no mixture was fitted (NaN) or none is passed it says nothing of it. The blur cause names partial
+    volume beside blur."""
+    from detachment.plausibility import AmbiguousContacts, enforce_contacts
+
+    for kwargs in ({"blur_sigma": 0.79}, {"reading": "map"}):
+        spread = 0.02 if "blur_sigma" in kwargs else 0.3
+        with pytest.raises(AmbiguousContacts, match=r"leaves 27% of the faces undecided \(contact_level.csv "
+                                                     r"ambiguous_faces; per particle, particles.csv "
+                                                     r"detachment_ambiguous\)"):
+            enforce_contacts(spread, 0.15, "pv", "stop", undecided=0.2733, **kwargs)
+        for undecided in (float("nan"), None):
+            with pytest.raises(AmbiguousContacts) as stopped:
+                enforce_contacts(spread, 0.15, "pv", "stop", undecided=undecided, **kwargs)
+            assert "undecided" not in str(stopped.value)
+    with pytest.raises(AmbiguousContacts, match=r"partial volume"):
+        enforce_contacts(0.02, 0.15, "pv", "stop", blur_sigma=0.79)
+    with caplog.at_level(logging.WARNING):
+        enforce_contacts(0.02, 0.15, "pv", "warn", blur_sigma=0.79, undecided=0.05)
+    assert "leaves 5% of the faces undecided" in caplog.text
+
+
 def test_partial_volume_stops_at_the_blur_check_the_voxel_grid_does_not(tmp_path, default_config):
     """The default geometry at the same planted σ 0.5, once drawn on the voxel grid and once on 2³ sub-voxels
     (partial volume: surfaces cut voxels anywhere). Partial volume widens the edges the blur is measured

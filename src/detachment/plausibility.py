@@ -254,7 +254,8 @@ def _too_blurred(blur_sigma: float | None) -> bool:
 
 
 def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on_ambiguous: str = "stop",
-                     figure_hint: str = "", blur_sigma: float | None = None, reading: str = "level") -> None:
+                     figure_hint: str = "", blur_sigma: float | None = None, reading: str = "level",
+                     undecided: float | None = None) -> None:
     """Stop (raise :class:`AmbiguousContacts`) or warn when a sample's contact reading is ambiguous.
 
     Parameters
@@ -269,6 +270,9 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
         Where the user can look at the face-neighbour grey levels.
     reading : str, default "level"
         ``contact_level.csv``'s ``reading``: which two readings ``spread`` compares (named in the message).
+    undecided : float, optional
+        ``contact_level.csv``'s ``ambiguous_faces``: the share of faces the fitted gap / CBD mixture leaves
+        undecided; named in the message with the per-particle column that carries it, when finite.
 
     Raises
     ------
@@ -292,8 +296,12 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
     else:
         why = (f"the point-spread σ measured on the particles' edges is {blur_sigma:.2f} voxels (phase_qc.csv "
                f"blur_sigma_vox), wider than the {MAX_BOUNDS['blur_sigma_vox'][0]} voxels up to which the reading "
-               f"was validated: a one-voxel gap or coat beside a particle is misread there, so detachment can be off "
-               f"by a tenth or more even where the two readings agree")
+               f"was validated (blur widens the edges, and so does partial volume: surfaces that cut voxels): a "
+               f"one-voxel gap or coat beside a particle is misread there, so detachment can be off by a tenth or "
+               f"more even where the two readings agree")
+    if undecided is not None and np.isfinite(undecided):
+        why += (f"; the sample's gap / CBD mixture leaves {undecided:.0%} of the faces undecided (contact_level.csv "
+                f"ambiguous_faces; per particle, particles.csv detachment_ambiguous)")
     msg = (f"sample '{sample}': the contacts cannot be read: {why}. Look at "
            f"{figure_hint or 'the contact-level figure'}; set science.contact_level: midpoint or manual thresholds "
            f"if you know the grey levels better; or set science.on_ambiguous_contacts: warn to go on "

@@ -58,4 +58,4 @@ if table.ambiguous.iloc[0]:
     shutil.copyfile(snakemake.output.figure, kept)
     plausibility.enforce_contacts(fit.spread, p.max_ambiguity, snakemake.wildcards.sample,
                                   snakemake.config["science"]["on_ambiguous_contacts"], figure_hint=str(kept),
-                                  blur_sigma=sigma, reading=fit.reading)
+                                  blur_sigma=sigma, reading=fit.reading, undecided=fit.ambiguous_faces)
