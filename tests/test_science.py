@@ -400,11 +400,36 @@ def test_refined_envelope_keeps_a_crack_open_to_the_surface_inside_the_particle(
     phases = np.where(b, NMC_LOW, CBD).astype(np.uint8)
     slot = b & (abs(zz - 12) <= 2) & (abs(xx - 12) <= 2) & (yy >= 12)  # 5 voxels wide, centre to surface
     phases[slot] = VOID
-    solid_only = refine_envelope(b, np.zeros_like(b), phases, core_erosion_vox=0, crack_span_vox=0)
-    with_core = refine_envelope(b, np.zeros_like(b), phases, crack_span_vox=0)
+    # the closing and the core on their own (the crack-mouth voxel is test_..._takes_the_void_mouth_of_a_crack)
+    solid_only = refine_envelope(b, np.zeros_like(b), phases, core_erosion_vox=0, crack_span_vox=0, crack_mouths=False)
+    with_core = refine_envelope(b, np.zeros_like(b), phases, crack_span_vox=0, crack_mouths=False)
     assert (slot & ~solid_only).sum() > 0.4 * slot.sum()  # closing alone leaves the slot open
     assert (slot & ~with_core).sum() < 0.5 * (slot & ~solid_only).sum()
     assert not (with_core & ~b).any()  # the core never grows the envelope past the particle
+
+
+def test_refined_envelope_takes_the_void_mouth_of_a_crack_one_voxel_deep():
+    # a crack 5 voxels wide from the centre out through +x whose last voxel, where it opens at the surface,
+    # the mask misses: too wide for the closing and the spanned cracks, so without the rule the crack's
+    # walls there read as detached surface
+    from detachment.particles import refine_envelope
+
+    zz, yy, xx = np.indices((28, 28, 28))
+    b = (zz - 14) ** 2 + (yy - 14) ** 2 + (xx - 14) ** 2 <= 64
+    phases = np.where(b, NMC_LOW, CBD).astype(np.uint8)
+    crack = b & (abs(zz - 14) <= 2) & (abs(yy - 14) <= 3) & (xx >= 14)
+    phases[crack] = VOID
+    mouth = crack & ~ndimage.binary_erosion(b)
+    mask = b & ~mouth
+    without = refine_envelope(mask, np.zeros_like(b), phases, crack_mouths=False)
+    env = refine_envelope(mask, np.zeros_like(b), phases)
+    assert (mouth & ~without).sum() >= 0.8 * mouth.sum() >= 20
+    np.testing.assert_array_equal(env, without | mouth)
+    # where the crack opens into electrolyte the envelope takes one voxel of it beyond the mouth, no more
+    outside = ndimage.binary_dilation(b, iterations=3) & ~b & (xx >= 20)
+    phases[outside] = VOID
+    grown = refine_envelope(b, np.zeros_like(b), phases) & ~b
+    assert grown.any() and (grown <= (ndimage.binary_dilation(mouth) & outside)).all()
 
 
 def test_refined_envelope_keeps_the_crack_network_and_cuts_an_overshoot_into_a_gap():

@@ -235,7 +235,10 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
       on one side only);
     * with ``crack_mouths``, also CBD-classified voxels so spanned that touch a pore already inside the
       envelope: where a crack thinner than ~2 voxels opens at the surface the blur lifts it into CBD's
-      grey range, and without them its walls read as detached surface.
+      grey range, and without them its walls read as detached surface; and, last, the void voxels that
+      share a face with the envelope's own void (its cracks), one voxel deep: where a crack opens at the
+      surface the envelope otherwise stops one voxel short of its mouth, and the mouth's walls read as
+      detached surface.
 
     Falls back to the mask when the region holds no solid.
 
@@ -251,7 +254,8 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
         Closing radius (of the 6-connected structure iterated), core erosion and crack half-span, in
         voxels; 0 switches the core or the spanned cracks off.
     crack_mouths : bool, default True
-        Also take CBD-classified crack mouths (see above).
+        Also take crack mouths: CBD-classified ones so spanned, and the void one voxel beyond the
+        envelope's cracks (see above).
 
     Returns
     -------
@@ -269,6 +273,9 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
     env &= reach
     if crack_span_vox:
         env = _add_spanned_cracks(env, reach, others, phases, nmc_phase, crack_span_vox, crack_mouths)
+    if crack_mouths:
+        void = phases == VOID
+        env = env | (ndimage.binary_dilation(env & void, ball) & void & ~others)
     return env
 
 
