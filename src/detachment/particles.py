@@ -273,10 +273,13 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
     env &= reach
     if crack_span_vox:
         env = _add_spanned_cracks(env, reach, others, phases, nmc_phase, crack_span_vox, crack_mouths)
-    if crack_mouths:
-        void = phases == VOID
-        env = env | (ndimage.binary_dilation(env & void, ball) & void & ~others)
-    return env
+    return _with_crack_mouths(env, others, phases) if crack_mouths else env
+
+
+def _with_crack_mouths(env, others, phases):
+    """``env`` and the void one voxel beyond its own void (its cracks' mouths), not in ``others``."""
+    void = phases == VOID
+    return env | (ndimage.binary_dilation(env & void, ndimage.generate_binary_structure(3, 1)) & void & ~others)
 
 
 def _closed_core(mask, solid, phases, closing_vox: int, core_erosion_vox: int) -> np.ndarray:
