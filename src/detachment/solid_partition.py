@@ -52,8 +52,9 @@ def _majority(labels: np.ndarray, where: np.ndarray, passes: int) -> np.ndarray:
     if len(present) < 2:
         return labels
     for _ in range(passes):
-        counts = np.stack([ndimage.uniform_filter(((labels == k) & where).astype(np.float32), 3, mode="nearest")
-                           for k in present])
+        # whole voxel counts, so that equal counts tie exactly and the lowest label wins
+        counts = np.stack([np.rint(27 * ndimage.uniform_filter(((labels == k) & where).astype(np.float32), 3,
+                                                               mode="nearest")) for k in present])
         labels = np.where(where, present[counts.argmax(0)], labels)
     return labels
 
