@@ -136,3 +136,28 @@ def test_the_majority_vote_smooths_the_watershed_boundary_and_never_moves_it_off
             assert np.mean(voted[solid] == truth[solid]) >= np.mean(plain[solid] == truth[solid])
             fewer += _contact_faces(voted) < _contact_faces(plain)
     assert fewer >= 2
+
+
+def test_a_crack_through_a_particle_is_not_taken_for_the_neck():
+    # a crack (void, one voxel wide, across most of particle 1 beyond the masks' ragged band) makes the
+    # distance map dip inside the particle; unbridged, the watershed puts a boundary there and gives the grain
+    # between the crack and the neck to particle 2. With the solid closed before the distance map
+    # (bridge_vox), the boundary is the neck's (exactly in all but one case here)
+    exact = 0
+    for r1, r2, d in ((8.0, 6.0, 12.0), (8.0, 8.0, 13.0), (9.0, 5.0, 12.0)):
+        for offset in (5, 6):
+            for shift in (1, 2, 3):
+                truth, phases, plane_x = _fused_balls(r1, r2, d)
+                n = truth.shape[0]
+                z, y, x = np.indices(truth.shape)
+                crack = ((truth == 1) & (np.abs(x - (plane_x - offset)) < 1)
+                         & ((z - n / 2) ** 2 + (y - n / 2) ** 2 < (r1 - 2.5) ** 2))
+                phases[crack] = VOID
+                solid = (truth > 0) & ~crack
+                masks = _ragged(truth, plane_x, shift)
+                bridged = partition_solid(masks, phases)
+                plain = partition_solid(masks, phases, bridge_vox=0)
+                assert np.mean(bridged[solid] == truth[solid]) > max(0.98, np.mean(plain[solid] == truth[solid]))
+                assert _contact_faces(bridged) < _contact_faces(plain)
+                exact += bool(np.all(bridged[solid] == truth[solid]))
+    assert exact >= 17
