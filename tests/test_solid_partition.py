@@ -139,7 +139,7 @@ def test_the_majority_vote_smooths_the_watershed_boundary_and_never_moves_it_off
 
 
 def test_a_crack_through_a_particle_is_not_taken_for_the_neck():
-    # a crack (void, one voxel wide, across most of particle 1 beyond the masks' ragged band) makes the
+    # a crack (void, one or two voxels wide, across most of particle 1 beyond the masks' ragged band) makes the
     # distance map dip inside the particle; unbridged, the watershed puts a boundary there and gives the grain
     # between the crack and the neck to particle 2. With the solid closed before the distance map
     # (bridge_vox), the boundary is the neck's (exactly in all but one case here)

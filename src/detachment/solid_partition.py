@@ -25,8 +25,8 @@ REACH_VOX = 2
 #: read as particle contact.
 MAJORITY_PASSES = 2
 #: Closing (iterations of the 6-connected element) of the solid before its distance map is taken: a crack
-#: through a particle makes the distance dip inside it, and the watershed took the crack for a neck and
-#: gave grains of one particle to its neighbour; closed, cracks up to about twice this wide are spanned, as
+#: through a particle makes the distance dip inside it, and the watershed would take the crack for a neck
+#: and give the grain beyond it to the neighbour; closed, cracks up to about twice this wide are spanned, as
 #: the envelope's own closing spans them (:func:`detachment.particles.refine_envelope`).
 BRIDGE_VOX = 2
 
@@ -82,11 +82,10 @@ def partition_solid(labels: np.ndarray, phases: np.ndarray, sampling=(1.0, 1.0, 
 
     The NMC solid within ``reach_vox`` voxels of any mask is flooded from the masks' cores
     (:func:`skimage.segmentation.watershed` on the negated Euclidean distance, in µm, to the nearest voxel
-    outside the solid closed by ``bridge_vox``: :data:`BRIDGE_VOX`), each voxel going to the basin it drains to, then the labelled solid is smoothed by
-    ``majority_passes`` of a 3 × 3 × 3 majority vote (:data:`MAJORITY_PASSES`). Every other voxel keeps
-    its mask label:
-    the masks' electrolyte and CBD (cracks, or an overshoot that the envelope refinement cuts off) are
-    left to :func:`detachment.particles.refine_envelope`.
+    outside the solid closed by ``bridge_vox``), each voxel going to the basin it drains to, then the
+    labelled solid is smoothed by ``majority_passes`` of a 3 × 3 × 3 majority vote (:data:`MAJORITY_PASSES`).
+    Every other voxel keeps its mask label: the masks' electrolyte and CBD (cracks, or an overshoot that the
+    envelope refinement cuts off) are left to :func:`detachment.particles.refine_envelope`.
 
     Parameters
     ----------
