@@ -45,20 +45,25 @@ def _thresholded(grey):
     return order[np.digitize(grey, cuts)].astype(np.uint8)
 
 
-def _brute_energy(codes, grey, sigma, beta, start):
-    """``E`` written out in float64: the codes and ``G g`` mirrored beyond the faces (from ``start``),
-    ``(½ μᵀ H μ - μᵀ G g) / s²``, plus β per unlike pair inside."""
-    pad = psf_refine.border_width(sigma)
+def _cut_gaussian(a, sigma):
+    """scipy's Gaussian filter cut at ceil(3 σ) voxels, zero beyond the array (the forward model's ``G``)."""
+    return ndimage.gaussian_filter(a, sigma, mode="constant", truncate=np.ceil(3 * sigma) / sigma)
+
+
+def _brute_energy(codes, grey, sigma, beta, start, sd=None):
+    """``E`` written out in float64: the codes mirrored beyond the faces (from ``start``), each voxel's
+    residual against the blurred map over twice its phase's variance (``sd`` per code, default ``NOISE``
+    for all) plus half the log of that variance over the narrowest, plus β per unlike pair inside."""
+    sd = np.full(5, NOISE) if sd is None else np.asarray(sd, np.float64)
+    pad = int(np.ceil(3 * sigma)) + 1
     mirror = np.pad(start, pad, mode="symmetric")
     mirror[pad:-pad, pad:-pad, pad:-pad] = codes
-    mu = MU[mirror].astype(np.float64)
-    b = np.pad(ndimage.gaussian_filter(grey.astype(np.float64), sigma, mode="reflect"), pad, mode="symmetric")
-    h = psf_refine.autocorrelation(sigma)
-    hmu = ndimage.correlate1d(ndimage.correlate1d(ndimage.correlate1d(mu, h, 0, mode="constant"), h, 1,
-                                                  mode="constant"), h, 2, mode="constant")
+    model = _cut_gaussian(MU[mirror].astype(np.float64), sigma)[pad:-pad, pad:-pad, pad:-pad]
+    w = sd[codes] ** 2
+    data = ((grey - model) ** 2 / (2 * w) + 0.5 * np.log(w / (sd ** 2).min())).sum()
     pairs = sum(int((np.take(codes, range(1, n), axis=a) != np.take(codes, range(n - 1), axis=a)).sum())
                 for a, n in enumerate(codes.shape))
-    return (0.5 * (mu * hmu).sum() - (mu * b).sum()) / NOISE ** 2 + beta * pairs
+    return data + beta * pairs
 
 
 @pytest.mark.parametrize("sigma", [0.7, 1.0, 1.5])
@@ -75,22 +80,28 @@ def test_refinement_recovers_the_planted_map_a_threshold_misreads(sigma):
     assert (out[beside] == CBD).mean() < (start[beside] == CBD).mean()
 
 
-@pytest.mark.parametrize("beta", [0.0, 3.0])
-def test_energy_never_rises_with_more_sweeps(beta):
+PHASE_SD = {"void": NOISE, "cbd": 1.5 * NOISE, "nmc_low": 3 * NOISE, "nmc_high": 3.5 * NOISE, "al": NOISE}
+
+
+@pytest.mark.parametrize("beta, per_phase", [(0.0, False), (3.0, False), (3.0, True)])
+def test_energy_never_rises_with_more_sweeps(beta, per_phase):
     truth = _scene((16, 24, 24))
     grey = _image(truth, 1.0, seed=3)
     codes = _thresholded(grey)
+    noise = PHASE_SD if per_phase else NOISE
+    sd = [PHASE_SD[n] for n in ("void", "cbd", "nmc_low", "nmc_high", "al")] if per_phase else None
     energies = []
     for sweeps in range(4):
-        out, _ = psf_refine.refine_codes(codes, grey, LEVELS, 1.0, NOISE, psf_refine.RefineSettings(beta, sweeps))
-        energies.append(_brute_energy(out, grey, 1.0, beta, codes))
-        assert psf_refine.energy(out, grey, np.pad(MU, (0, 251)), 1.0, NOISE, beta, border=codes) == pytest.approx(
+        out, _ = psf_refine.refine_codes(codes, grey, LEVELS, 1.0, noise, psf_refine.RefineSettings(beta, sweeps))
+        energies.append(_brute_energy(out, grey, 1.0, beta, codes, sd))
+        assert psf_refine.energy(out, grey, np.pad(MU, (0, 251)), 1.0, noise, beta, border=codes) == pytest.approx(
             energies[-1], rel=1e-9)
     assert np.all(np.diff(energies) < 0), energies
 
 
-def test_the_data_term_is_the_squared_residual_of_the_blurred_map_inside():
-    """Away from the faces, ``½ μᵀ H μ - μᵀ G g`` changes with a code as ``‖g - G μ‖² / 2`` does."""
+def test_the_data_term_is_the_squared_residual_of_the_blurred_map():
+    """With one noise for every phase, ``E``'s change with a code is ``‖g - G μ‖² / (2 s²)``'s, ``G`` the full
+    Gaussian (cut at 4 σ by scipy) within the part of the kernel beyond 3 σ."""
     truth = _scene((20, 28, 28))
     grey = _image(truth, 1.0, seed=4)
     moved = truth.copy()
@@ -101,8 +112,58 @@ def test_the_data_term_is_the_squared_residual_of_the_blurred_map_inside():
 
     lv = np.pad(MU, (0, 251))
     change = (psf_refine.energy(moved, grey, lv, 1.0, NOISE, 0.0) - psf_refine.energy(truth, grey, lv, 1.0, NOISE, 0.0))
-    # H is cut at 3 of its σ: the part of the kernel left out changes the quadratic term by under 1 %
     assert change * NOISE ** 2 == pytest.approx(residual(moved) - residual(truth), rel=1e-2)
+
+
+def _brute_icm(codes, grey, sigma, beta, sd, sweeps, al_below=None):
+    """Iterated conditional modes written out: each voxel in raster order takes, among its 6-neighbours'
+    codes (first in the order -z, +z, -y, +y, -x, +x), the one whose whole-volume energy (``_brute_energy``)
+    is lowest if lower than its own; NMC low / high exchanged only on the surface, Al only below
+    ``al_below``."""
+    q = codes.copy()
+    nz, ny, nx = q.shape
+    for _ in range(sweeps):
+        moved = 0
+        for z, y, x in np.ndindex(q.shape):
+            a = q[z, y, x]
+            nbs = [q[z - 1, y, x] if z > 0 else None, q[z + 1, y, x] if z < nz - 1 else None,
+                   q[z, y - 1, x] if y > 0 else None, q[z, y + 1, x] if y < ny - 1 else None,
+                   q[z, y, x - 1] if x > 0 else None, q[z, y, x + 1] if x < nx - 1 else None]
+            surface = any(c not in (NMC_LOW, NMC_HIGH) for c in nbs)
+            base, best, best_k = _brute_energy(q, grey, sigma, beta, codes, sd), 0.0, a
+            for k in dict.fromkeys(c for c in nbs if c is not None and c != a):
+                if k == AL and al_below is not None and z >= al_below:
+                    continue
+                if a in (NMC_LOW, NMC_HIGH) and k in (NMC_LOW, NMC_HIGH) and not surface:
+                    continue
+                q[z, y, x] = k
+                change = _brute_energy(q, grey, sigma, beta, codes, sd) - base
+                q[z, y, x] = a
+                if change < best - 1e-9:
+                    best, best_k = change, k
+            if best_k != a:
+                q[z, y, x], moved = best_k, moved + 1
+        if not moved:
+            break
+    return q
+
+
+@pytest.mark.parametrize("per_phase", [False, True])
+def test_refinement_is_iterated_conditional_modes_on_the_whole_energy(per_phase):
+    """Brute force: every move's change of ``E`` recomputed on the whole volume, every voxel read in every
+    sweep; the compiled sweeps (exact changes, voxels read again only near a move) give the same map."""
+    truth = _scene((7, 14, 14))
+    truth[:3] = AL
+    grey = _image(truth, 1.2, seed=6)  # moves go on into the third sweep, and the two weighings differ
+    codes = _thresholded(grey)
+    noise = PHASE_SD if per_phase else NOISE
+    sd = [PHASE_SD[n] for n in ("void", "cbd", "nmc_low", "nmc_high", "al")] if per_phase else None
+    rs = psf_refine.RefineSettings(3.0, 3)
+    out, moved = psf_refine.refine_codes(codes, grey, LEVELS, 1.2, noise, rs, al_below=3)
+    expected = _brute_icm(codes, grey, 1.2, 3.0, sd, 3, al_below=3)
+    assert moved > psf_refine.refine_codes(codes, grey, LEVELS, 1.2, noise, psf_refine.RefineSettings(3.0, 1),
+                                           al_below=3)[1]
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_densities_are_exchanged_on_the_particle_surface_only():
@@ -138,13 +199,16 @@ def test_unknown_blur_or_noise_leaves_the_map(sigma, noise):
     assert moved == 0 and np.array_equal(out, _thresholded(grey))
 
 
-@pytest.mark.parametrize("sigma", [1.0, 2.0])
-def test_autocorrelation_is_the_gaussian_of_sigma_root_two(sigma):
-    """G⊛G of a Gaussian of σ is a Gaussian of σ√2: its centre 1 / (2 σ √π), its mass 1 less the tails
-    beyond 3 of its σ."""
-    h = psf_refine.autocorrelation(sigma)
-    assert h[len(h) // 2] == pytest.approx(1 / (2 * sigma * np.sqrt(np.pi)), rel=2e-3)
-    assert 0.995 < h.sum() < 1.0 and np.allclose(h, h[::-1])
+@pytest.mark.parametrize("sigma", [0.3, 1.0, 2.0])
+def test_the_kernel_is_scipys_gaussian_cut_at_three_sigma(sigma):
+    delta = np.zeros(41)
+    delta[20] = 1.0
+    k = psf_refine.psf_kernel(sigma)
+    r = len(k) // 2
+    assert r == max(1, int(np.ceil(3 * sigma)))
+    expected = ndimage.gaussian_filter1d(delta, sigma, mode="constant", truncate=np.ceil(3 * sigma) / sigma)
+    np.testing.assert_allclose(k, expected[20 - r: 21 + r], rtol=1e-12)
+    assert k.sum() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("kw, field", [(dict(beta=-1.0), "psf_refine_beta"), (dict(beta=float("nan")), "psf_refine_beta"),
@@ -217,8 +281,9 @@ def test_fitted_energy_is_the_mean_energy_of_the_refined_map():
     e, q = psf_refine.fitted_energy(codes, grey, LEVELS, 0.7, NOISE, rs)
     expected_map, _ = psf_refine.refine_codes(codes, grey, LEVELS, 0.7, NOISE, rs)
     np.testing.assert_array_equal(q, expected_map)
-    resid = grey.astype(np.float64) - ndimage.gaussian_filter(MU[q].astype(np.float64), 0.7, mode="reflect")
+    model = ndimage.gaussian_filter(MU[q].astype(np.float64), 0.7, mode="reflect", truncate=np.ceil(2.1) / 0.7)
     pairs = sum(int((np.diff(q, axis=a) != 0).sum()) for a in range(3))
+    resid = grey.astype(np.float64) - model
     assert e == pytest.approx(((resid ** 2).sum() / (2 * NOISE ** 2) + 2.0 * pairs) / q.size, rel=1e-5)
 
 

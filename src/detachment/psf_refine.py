@@ -5,20 +5,28 @@ voxel's grey level is a blur of its neighbours' phases, so per-voxel decisions m
 mixes: electrolyte beside CBD or a particle reads as CBD, the edge of a high-density particle as low
 density, the collector's face as CBD. Here the codes at the phase boundaries are moved to lower
 
-    E(L) = (½ μᵀ H μ - μᵀ G g) / s² + β · (6-neighbour pairs with different codes)
+    E(L) = Σ_v [ r_v² / (2 s²[L_v]) + ½ log(s²[L_v] / s₀²) ] + β · (6-neighbour pairs with different codes)
 
-(``g`` the grey levels, ``μ = μ[L]`` each voxel's phase level, ``G`` the Gaussian point-spread function
-of σ, ``H = GᵀG`` its autocorrelation, ``s`` the noise's standard deviation, ``β`` a smoothness weight in
-units of the noise's variance). The data term is ``‖g - G μ‖² / (2 s²)`` less a constant: the labelling
-whose blurred image best explains the data, with a Potts prior against single-voxel noise. Beyond the
-volume's faces the codes and ``G g`` are mirrored (scipy's "reflect") from the map the refinement
-starts from, and never move.
+with ``r = g - G μ[L]`` (``g`` the grey levels, ``μ[L]`` each voxel's phase level, ``G`` the Gaussian
+point-spread function of σ cut at 3 σ), ``s[L]`` the standard deviation of the grey levels about the
+blurred map in phase ``L`` (the noise, and a textured phase's own spread on top of it), ``s₀`` the
+narrowest of them and ``β`` a smoothness weight in units of that variance: the negative log-likelihood of
+the labelling whose blurred image explains the data, each voxel's residual weighed by its own phase's
+spread, with a Potts prior against single-voxel noise. A textured phase (NMC's density variations,
+porous CBD) spreads its voxels' grey levels several times as widely as the electrolyte's noise; weighed
+by the electrolyte's noise alone, that texture moves boundaries as if it were signal. With one ``s`` for
+every phase ``E`` is ``‖g - G μ‖² / (2 s²)`` plus the prior. Only the volume's own voxels carry a
+residual; beyond its faces the codes are mirrored (scipy's "reflect") from the map the refinement starts
+from and never move.
 
-The minimisation is iterated conditional modes (Besag 1986), voxel by voxel in raster order: a
-voxel takes the code among its 6-neighbours' that lowers ``E`` most, the change of one move being exact
-(``(½ d² H(0) - d c_v) / s²`` plus β times the change of unlike pairs, ``d`` the change of the voxel's
-level and ``c = G g - H μ`` kept up to date by subtracting ``d H`` around each move), so ``E`` falls with
-every move. ``H`` is truncated at 3 of its σ (σ√2); the sweeps end when nothing moves.
+The minimisation is iterated conditional modes (Besag 1986), voxel by voxel in raster order: a voxel
+takes the code among its 6-neighbours' that lowers ``E`` most. The change of one move is exact: with
+``A = Σ_u G(u - v) r_u / s²_u`` and ``B = Σ_u G(u - v)² / s²_u`` over the voxels ``u`` the kernel reaches,
+a level change ``d`` with the variance going from ``s²_a`` to ``s²_k`` changes ``E`` by
+``-d A + ½ d² B + ½ r'_v² (1/s²_k - 1/s²_a) + ½ log(s²_k / s²_a)`` plus β times the change of unlike
+pairs (``r'_v = r_v - d G(0)``), and ``r`` is kept up to date by subtracting ``d G`` around each move, so
+``E`` falls with every move. A voxel is read again only when a move within the kernel's reach of its
+neighbourhood changed what it sees; the sweeps end when nothing moves.
 
 σ itself is best fitted by the same energy (:func:`fit_sigma`): the σ whose refined labelling leaves
 the least ``E`` per voxel. The σ of an erf fitted to the mean edge profile along the image axes reads a
@@ -39,7 +47,6 @@ import numpy as np
 from numba import njit
 from scipy import ndimage, optimize
 
-from .blur import spill_radius
 from .phases import AL, NMC_HIGH, NMC_LOW, PHASE_NAMES
 
 #: Range of :func:`fit_sigma`, as multiples of the σ it starts from (the edge profiles'): that σ reads
@@ -59,7 +66,7 @@ class RefineSettings:
     ----------
     beta : float
         Smoothness weight: the energy of one pair of 6-neighbours with different codes, in units of the
-        noise's variance (``E``'s data term is the squared residual over ``2 s²``).
+        narrowest phase's variance (``E``'s data term is the squared residual over ``2 s²``).
     sweeps : int
         Most passes over the volume.
     """
@@ -75,34 +82,41 @@ class RefineSettings:
         self.sweeps = int(self.sweeps)
 
 
+def data_radius(sigma: float) -> int:
+    """Voxels the point-spread kernel of :func:`psf_kernel` reaches on either side: ``ceil(3 σ)``, at least 1."""
+    return max(1, int(math.ceil(3.0 * float(sigma))))
+
+
+def psf_kernel(sigma: float) -> np.ndarray:
+    """1D float64 Gaussian of σ voxels sampled at the integers within :func:`data_radius` and normalised to
+    sum 1 (scipy.ndimage's construction, cut at 3 σ instead of 4 σ); ``G`` in 3D is its outer product."""
+    r = data_radius(sigma)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    return k / k.sum()
+
+
+def border_width(sigma: float) -> int:
+    """Mirrored voxels around a refined block: the reach of ``G``."""
+    return data_radius(sigma)
+
+
 def refine_halo(sigma: float) -> int:
     """Slices read on either side of a streamed slab for :func:`refine_codes`.
 
-    A voxel's move depends on the grey levels one blur reach away and on the codes one reach of ``H``
-    away: ``spill_radius(σ) + len(autocorrelation(σ)) // 2 + 2``. Moves further out shift it a little
-    through the moves between, so this halo makes the streamed result equal to the whole volume's on
-    all but a few voxels (the test measures it), not bit for bit.
+    A voxel's move depends on the residuals one kernel reach away, and those on the codes one reach
+    further: ``2 · data_radius(σ) + 2``. Moves further out shift it a little through the moves between,
+    so this halo makes the streamed result equal to the whole volume's on all but a few voxels (the test
+    measures it), not bit for bit.
     """
-    return spill_radius(sigma) + len(autocorrelation(sigma)) // 2 + 2
+    return 2 * data_radius(sigma) + 2
 
 
-def autocorrelation(sigma: float) -> np.ndarray:
-    """1D float64 ``H``: ``scipy.ndimage.gaussian_filter``'s discrete kernel at σ convolved with itself,
-    truncated at 3 σ√2 (``H``'s own σ); ``H`` in 3D is its outer product."""
-    r = spill_radius(sigma)
-    delta = np.zeros(2 * r + 1)
-    delta[r] = 1.0
-    k = ndimage.gaussian_filter1d(delta, float(sigma), mode="constant")
-    h = np.convolve(k, k)
-    keep = min(2 * r, int(math.ceil(3.0 * math.sqrt(2.0) * float(sigma))))
-    return h[2 * r - keep: 2 * r + keep + 1]
-
-
-def _apply_h(mu: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """``H μ`` in float32, zero outside the volume."""
-    out, h = np.asarray(mu, np.float32), h.astype(np.float32)
+def blurred_levels(mu: np.ndarray, sigma: float) -> np.ndarray:
+    """``G μ`` in float64 over the (z, y, x) levels ``mu``, zero beyond its faces (pad it first)."""
+    out, k = np.asarray(mu, np.float64), psf_kernel(sigma)
     for ax in range(out.ndim):
-        out = ndimage.correlate1d(out, h, axis=ax, mode="constant", output=np.float32)
+        out = ndimage.correlate1d(out, k, axis=ax, mode="constant")
     return out
 
 
@@ -114,30 +128,36 @@ def mirrored(a: np.ndarray, pad: int, border: np.ndarray | None = None) -> np.nd
     return out
 
 
-def border_width(sigma: float) -> int:
-    """Mirrored voxels around a refined block: the reach of ``G`` and of ``H``."""
-    return max(spill_radius(sigma), len(autocorrelation(sigma)) // 2)
-
-
-def energy(codes: np.ndarray, grey: np.ndarray, levels: np.ndarray, sigma: float, noise_sd: float,
+def energy(codes: np.ndarray, grey: np.ndarray, levels: np.ndarray, sigma: float, noise_sd,
            beta: float, border: np.ndarray | None = None) -> float:
-    """``E`` of the module docstring as :func:`refine_codes` lowers it, float64, in units of the noise's
-    variance: over the (z, y, x) ``codes`` with :func:`border_width` voxels mirrored beyond the faces from
-    ``border`` (the map it started from; default ``codes``), ``levels`` the grey level per code (256)."""
+    """``E`` of the module docstring as :func:`refine_codes` lowers it, float64, in units of the narrowest
+    phase's variance: over the (z, y, x) ``codes`` with :func:`border_width` voxels mirrored beyond the faces
+    from ``border`` (the map it started from; default ``codes``), ``levels`` the grey level per code (256),
+    ``noise_sd`` as :func:`refine_codes` takes it (or one per code, (256,))."""
     pad = border_width(sigma)
-    mu = levels[mirrored(codes, pad, border)].astype(np.float64)
-    b = mirrored(ndimage.gaussian_filter(np.asarray(grey, np.float64), float(sigma), mode="reflect"), pad)
-    hmu, h = mu, autocorrelation(sigma)
-    for ax in range(mu.ndim):
-        hmu = ndimage.correlate1d(hmu, h, axis=ax, mode="constant")
+    model = blurred_levels(levels[mirrored(codes, pad, border)], sigma)
+    nz, ny, nx = codes.shape
+    r = np.asarray(grey, np.float64) - model[pad: pad + nz, pad: pad + ny, pad: pad + nx]
+    var = _variance_table(noise_sd)
+    w = var[codes]
+    data = float((r * r / (2.0 * w) + 0.5 * np.log(w / var.min())).sum())
     pairs = sum(int((np.diff(codes, axis=ax) != 0).sum()) for ax in range(codes.ndim))
-    return float((0.5 * (mu * hmu).sum() - (mu * b).sum()) / noise_sd ** 2) + beta * pairs
+    return data + beta * pairs
+
+
+def _variance_table(noise_sd) -> np.ndarray:
+    """(256,) float64 variance per code from ``noise_sd`` as :func:`noise_table` reads it (or a (256,) array),
+    the narrowest given where a code has none."""
+    sd = noise_table(noise_sd)
+    good = np.isfinite(sd)
+    sd[~good] = sd[good].min() if good.any() else 1.0
+    return sd * sd
 
 
 @njit(cache=True, nogil=True)
-def _best_code(nb, a, c_v, levels, known, h0, beta, inv_var, al_ok, low, high, al):
+def _best_code(nb, a, A, B, r_v, g0, levels, inv_var, log_var, known, beta, al_ok, low, high, al):
     """The code among the six neighbours' ``nb`` (255: none) that lowers ``E`` most for a voxel of code
-    ``a`` (``c_v``: its ``G g - H μ``), or ``a`` where no move lowers it."""
+    ``a`` (``A``, ``B``, its residual ``r_v``: the module docstring), or ``a`` where no move lowers it."""
     own, solid_nb = 0, 0
     for i in range(6):
         if nb[i] == a:
@@ -160,35 +180,71 @@ def _best_code(nb, a, c_v, levels, known, h0, beta, inv_var, al_ok, low, high, a
         if not first:
             continue  # this code was weighed at an earlier neighbour
         d = levels[k] - levels[a]
-        change = (0.5 * d * d * h0 - d * c_v) * inv_var + beta * (own - n_k)
+        rn = r_v - d * g0
+        change = (-d * A + 0.5 * d * d * B + 0.5 * rn * rn * (inv_var[k] - inv_var[a])
+                  + 0.5 * (log_var[k] - log_var[a]) + beta * (own - n_k))
         if change < best:
             best, best_k = change, k
     return best_k
 
 
 @njit(cache=True, nogil=True)
-def _stamp(c, d, h, z, y, x):
-    """``c -= d H(· - v)`` around the voxel ``v = (z, y, x)`` whose level changed by ``d``."""
-    mz, my, mx = c.shape
-    r = (h.size - 1) // 2
-    for dz in range(max(-r, -z), min(r, mz - 1 - z) + 1):
-        wz = d * h[dz + r]
-        for dy in range(max(-r, -y), min(r, my - 1 - y) + 1):
-            wzy = wz * h[dy + r]
-            for dx in range(max(-r, -x), min(r, mx - 1 - x) + 1):
-                c[z + dz, y + dy, x + dx] -= np.float32(wzy * h[dx + r])
+def _has_candidate(nb, a, known, al_ok, al):
+    """Whether a neighbour's code is one the voxel of code ``a`` may take."""
+    for i in range(6):
+        k = nb[i]
+        if k != 255 and k != a and known[k] and (k != al or al_ok):
+            return True
+    return False
 
 
 @njit(cache=True, nogil=True)
-def _sweeps(codes, c, levels, known, h, beta, inv_var, sweeps, al_top, low, high, al, pad):
+def _weighed(r, codes, inv_var, k, z, y, x, lo, hi):
+    """``A`` and ``B`` of the module docstring at (z, y, x), over the voxels within the kernel's reach
+    inside ``lo``-``hi`` (per axis, inclusive-exclusive)."""
+    rad = (k.size - 1) // 2
+    A, B = 0.0, 0.0
+    for dz in range(max(-rad, lo[0] - z), min(rad, hi[0] - 1 - z) + 1):
+        wz = k[dz + rad]
+        for dy in range(max(-rad, lo[1] - y), min(rad, hi[1] - 1 - y) + 1):
+            wzy = wz * k[dy + rad]
+            for dx in range(max(-rad, lo[2] - x), min(rad, hi[2] - 1 - x) + 1):
+                g = wzy * k[dx + rad]
+                iw = inv_var[codes[z + dz, y + dy, x + dx]]
+                A += g * r[z + dz, y + dy, x + dx] * iw
+                B += g * g * iw
+    return A, B
+
+
+@njit(cache=True, nogil=True)
+def _moved(r, active, d, k, z, y, x, lo, hi):
+    """``r -= d G(· - v)`` inside ``lo``-``hi`` around the voxel ``v = (z, y, x)`` whose level changed by
+    ``d``, and every voxel within twice the kernel's reach marked to be read again."""
+    rad = (k.size - 1) // 2
+    for dz in range(max(-rad, lo[0] - z), min(rad, hi[0] - 1 - z) + 1):
+        wz = d * k[dz + rad]
+        for dy in range(max(-rad, lo[1] - y), min(rad, hi[1] - 1 - y) + 1):
+            wzy = wz * k[dy + rad]
+            for dx in range(max(-rad, lo[2] - x), min(rad, hi[2] - 1 - x) + 1):
+                r[z + dz, y + dy, x + dx] -= np.float32(wzy * k[dx + rad])
+    reach = 2 * rad + 1
+    active[max(lo[0], z - reach): min(hi[0], z + reach + 1), max(lo[1], y - reach): min(hi[1], y + reach + 1),
+           max(lo[2], x - reach): min(hi[2], x + reach + 1)] = True
+
+
+@njit(cache=True, nogil=True)
+def _sweeps(codes, r, levels, inv_var, log_var, known, k, beta, sweeps, al_top, low, high, al, pad):
     """Iterated conditional modes in raster order (the module docstring) over ``codes`` less ``pad``
-    voxels on every side (a mirrored border, never moved, no one's neighbour), at most ``sweeps``
-    passes; ``c`` (``G g - H μ``, float32) is kept up to date. Returns the moves made."""
+    voxels on every side (a mirrored border, never moved, no one's neighbour, no residual), at most
+    ``sweeps`` passes; ``r`` (``g - G μ``, float32, the volume's own voxels) is kept up to date.
+    Returns the moves made."""
     mz, my, mx = codes.shape
-    nz, ny, nx = mz - pad, my - pad, mx - pad
-    r = (h.size - 1) // 2
-    h0 = h[r] * h[r] * h[r]
+    lo = np.array([pad, pad, pad])
+    hi = np.array([mz - pad, my - pad, mx - pad])
+    nz, ny, nx = hi[0], hi[1], hi[2]
+    g0 = k[(k.size - 1) // 2] ** 3
     nb = np.empty(6, np.int64)
+    active = np.ones(codes.shape, np.bool_)
     total = 0
     for _ in range(sweeps):
         moved = 0
@@ -196,19 +252,24 @@ def _sweeps(codes, c, levels, known, h, beta, inv_var, sweeps, al_top, low, high
             for y in range(pad, ny):
                 for x in range(pad, nx):
                     a = codes[z, y, x]
-                    if not known[a]:
+                    if not active[z, y, x] or not known[a]:
                         continue
+                    active[z, y, x] = False
                     nb[0] = codes[z - 1, y, x] if z > pad else 255
                     nb[1] = codes[z + 1, y, x] if z < nz - 1 else 255
                     nb[2] = codes[z, y - 1, x] if y > pad else 255
                     nb[3] = codes[z, y + 1, x] if y < ny - 1 else 255
                     nb[4] = codes[z, y, x - 1] if x > pad else 255
                     nb[5] = codes[z, y, x + 1] if x < nx - 1 else 255
-                    k = _best_code(nb, a, c[z, y, x], levels, known, h0, beta, inv_var, z - pad < al_top, low,
-                                   high, al)
-                    if k != a:
-                        codes[z, y, x] = k
-                        _stamp(c, levels[k] - levels[a], h, z, y, x)
+                    al_ok = z - pad < al_top
+                    if not _has_candidate(nb, a, known, al_ok, al):
+                        continue
+                    A, B = _weighed(r, codes, inv_var, k, z, y, x, lo, hi)
+                    best = _best_code(nb, a, A, B, r[z, y, x], g0, levels, inv_var, log_var, known, beta, al_ok,
+                                      low, high, al)
+                    if best != a:
+                        codes[z, y, x] = best
+                        _moved(r, active, levels[best] - levels[a], k, z, y, x, lo, hi)
                         moved += 1
         total += moved
         if moved == 0:
@@ -226,8 +287,30 @@ def _level_table(levels: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
     return lv, known
 
 
-def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma: float, noise_sd: float,
-                 settings: RefineSettings, al_below: int | None = None, z_first: int = 0) -> tuple[np.ndarray, int]:
+def noise_table(noise_sd) -> np.ndarray:
+    """(256,) float64 standard deviation per code from one number (every phase) or a dict per phase name;
+    NaN where none is given or the value is not a number > 0."""
+    out = np.full(256, np.nan)
+    if isinstance(noise_sd, np.ndarray) and noise_sd.shape == (256,):
+        out[:] = noise_sd
+    elif isinstance(noise_sd, dict):
+        codes_of = {n: c for c, n in PHASE_NAMES.items()}
+        for name, sd in noise_sd.items():
+            out[codes_of[name]] = sd
+    else:
+        out[:] = float(noise_sd)
+    out[~(np.isfinite(out) & (out > 0))] = np.nan
+    return out
+
+
+def _valid_noise(noise_sd) -> bool:
+    """Whether ``noise_sd`` (as :func:`noise_table` reads it) gives at least one standard deviation > 0."""
+    return bool(np.isfinite(noise_table(noise_sd)).any())
+
+
+def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma: float,
+                 noise_sd: float | dict[str, float], settings: RefineSettings, al_below: int | None = None,
+                 z_first: int = 0) -> tuple[np.ndarray, int]:
     """Move the boundary codes of ``codes`` to lower ``E`` of the module docstring.
 
     Parameters
@@ -241,8 +324,10 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
         not listed (or NaN) are neither moved into nor out of.
     sigma : float
         The point-spread σ measured on the map, voxels; 0 or NaN returns a copy.
-    noise_sd : float
-        The noise's standard deviation, grey level (> 0; NaN returns a copy).
+    noise_sd : float or dict
+        Standard deviation of the grey levels about the blurred map, grey level: one for every phase, or
+        one per phase name (a phase without one, or NaN, gets the narrowest given); none valid returns a
+        copy.
     settings : RefineSettings
         β and the most sweeps.
     al_below : int, optional
@@ -256,21 +341,22 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
         The refined uint8 codes (a new array) and the number of voxels whose code changed.
     """
     out = np.array(codes, dtype=np.uint8)
-    if not np.isfinite(sigma) or sigma <= 0 or not np.isfinite(noise_sd) or noise_sd <= 0 or settings.sweeps == 0:
+    if not np.isfinite(sigma) or sigma <= 0 or not _valid_noise(noise_sd) or settings.sweeps == 0:
         return out, 0
     lv, known = _level_table(levels)
-    h = autocorrelation(sigma)
-    # mirrored borders as wide as G's and H's reach: near the volume's faces H μ and G g then see what
-    # scipy's "reflect" sees, and no face pulls its voxels toward brighter levels (H cut off there)
+    var = _variance_table(noise_sd)
+    k = psf_kernel(sigma)
+    # codes mirrored beyond the faces as far as G reaches: near the volume's faces G μ then sees what
+    # scipy's "reflect" sees, and no face pulls its voxels toward brighter levels
     pad = border_width(sigma)
     work = mirrored(out, pad)
-    c = mirrored(ndimage.gaussian_filter(np.asarray(grey, np.float32), float(sigma), mode="reflect",
-                                         output=np.float32), pad)
-    c -= _apply_h(lv[work].astype(np.float32), h)  # in place: a streamed slab holds four float32 copies at most
-    al_top = out.shape[0] if al_below is None else max(0, int(al_below) - int(z_first))
-    _sweeps(work, c, lv, known, h, float(settings.beta), 1.0 / float(noise_sd) ** 2, settings.sweeps, al_top,
-            NMC_LOW, NMC_HIGH, AL, pad)
     nz, ny, nx = out.shape
+    r = np.zeros(work.shape, np.float32)
+    r[pad: pad + nz, pad: pad + ny, pad: pad + nx] = (
+        np.asarray(grey, np.float64) - blurred_levels(lv[work], sigma)[pad: pad + nz, pad: pad + ny, pad: pad + nx])
+    al_top = out.shape[0] if al_below is None else max(0, int(al_below) - int(z_first))
+    _sweeps(work, r, lv, 1.0 / var, np.log(var / var.min()), known, k, float(settings.beta),
+            settings.sweeps, al_top, NMC_LOW, NMC_HIGH, AL, pad)
     out = work[pad: pad + nz, pad: pad + ny, pad: pad + nx].copy()
     return out, int((out != codes).sum())
 
@@ -289,25 +375,22 @@ def fit_block(solid_per_slice: np.ndarray, shape: tuple[int, int, int],
     return tuple(out)
 
 
-def fitted_energy(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma: float, noise_sd: float,
-                  settings: RefineSettings, al_below: int | None = None, z_first: int = 0
-                  ) -> tuple[float, np.ndarray]:
+def fitted_energy(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma: float,
+                  noise_sd: float | dict[str, float], settings: RefineSettings, al_below: int | None = None,
+                  z_first: int = 0) -> tuple[float, np.ndarray]:
     """``E`` per voxel of ``codes`` refined at ``sigma`` (:func:`refine_codes`) and the refined codes.
 
-    The data term is ``‖g - G μ‖² / (2 s²)`` with ``G μ`` blurred over the block's own map mirrored
-    at its faces (scipy's "reflect"), so that blocks of different σ are weighed on the same voxels.
+    ``E`` (:func:`energy`) has ``G μ`` blurred over the refined block's own map mirrored at its faces
+    (scipy's "reflect"), so that blocks of different σ are weighed on the same voxels.
     """
     q, _ = refine_codes(codes, grey, levels, sigma, noise_sd, settings, al_below, z_first)
-    lv = _level_table(levels)[0].astype(np.float32)
-    model = ndimage.gaussian_filter(lv[q], float(sigma), mode="reflect", output=np.float32)
-    resid = np.asarray(grey, np.float32) - model
-    data = float(np.dot(resid.ravel().astype(np.float64), resid.ravel().astype(np.float64))) / (2 * noise_sd ** 2)
-    pairs = sum(int((np.diff(q, axis=ax) != 0).sum()) for ax in range(q.ndim))
-    return (data + settings.beta * pairs) / q.size, q
+    e = energy(q, grey, _level_table(levels)[0], sigma, noise_sd, settings.beta)
+    return e / q.size, q
 
 
-def fit_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma_start: float, noise_sd: float,
-              settings: RefineSettings, al_below: int | None = None, z_first: int = 0) -> float:
+def fit_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma_start: float,
+              noise_sd: float | dict[str, float], settings: RefineSettings, al_below: int | None = None,
+              z_first: int = 0) -> float:
     """The point-spread σ whose refined labelling leaves the least ``E`` per voxel (:func:`fitted_energy`).
 
     Bounded Brent search over :data:`FIT_RANGE` times ``sigma_start`` to :data:`FIT_TOLERANCE` voxels:
@@ -315,7 +398,7 @@ def fit_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sig
     :func:`refine_codes` (a block of the volume: :func:`fit_block`); ``sigma_start`` NaN or <= 0, or no
     valid noise, returns ``sigma_start``.
     """
-    if not (np.isfinite(sigma_start) and sigma_start > 0 and np.isfinite(noise_sd) and noise_sd > 0):
+    if not (np.isfinite(sigma_start) and sigma_start > 0 and _valid_noise(noise_sd)):
         return float(sigma_start)
     lo, hi = FIT_RANGE[0] * sigma_start, FIT_RANGE[1] * sigma_start
     res = optimize.minimize_scalar(

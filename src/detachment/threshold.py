@@ -677,24 +677,33 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
 
 
 def refine_levels(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np.ndarray
-                  ) -> tuple[dict[str, float], float]:
-    """Grey levels and noise σ for :func:`detachment.psf_refine.refine_codes`.
+                  ) -> tuple[dict[str, float], dict[str, float]]:
+    """Grey levels and standard deviations per phase for :func:`detachment.psf_refine.refine_codes`.
 
     Each resolved phase's level is the centre of its interior voxels' histogram (``interior``: counts per
     code on ``fine_edges``; all six neighbours of the same phase, so less mixed by the blur than the
     model's mean) where that fit lies within one model FWHM of the model's mean, the model's mean
     elsewhere (a class of a few hundred interior voxels can give a Gaussian fit far off its grey levels).
-    The noise σ is the narrowest FWHM of those fits over 2.355 (the electrolyte's where resolved: it
-    carries the noise and no texture).
+    Its standard deviation is that fit's FWHM over 2.355 (the noise, and a textured phase's own spread on
+    top of it), at least the narrowest such fit's (the electrolyte's where resolved: it carries the noise
+    and no texture), and the narrowest where its fit is off; none valid: an empty dict.
     """
-    levels, widths = {}, []
+    levels, widths = {}, {}
     for name, mean, sd in zip(model.names, model.means, model.sigmas):
         centre, fwhm = phases.fit_fwhm(interior[phases.PHASE_CODES[name]], fine_edges)
         sane = np.isfinite(centre) and abs(centre - mean) <= sd * phases.FWHM_PER_SIGMA
         levels[name] = float(centre) if sane else float(mean)
         if sane and np.isfinite(fwhm) and fwhm > 0:
-            widths.append(float(fwhm))
-    return levels, (min(widths) / phases.FWHM_PER_SIGMA if widths else float("nan"))
+            widths[name] = float(fwhm) / phases.FWHM_PER_SIGMA
+    if not widths:
+        return levels, {}
+    floor = min(widths.values())
+    return levels, {name: max(widths.get(name, floor), floor) for name in levels}
+
+
+def _noise_words(noise: dict[str, float]) -> str:
+    """The per-phase standard deviations of the forward model, in words for the log and the map's attribute."""
+    return "noise sd " + (", ".join(f"{k} {v:.3g}" for k, v in noise.items()) if noise else "none")
 
 
 def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: slab_phases.SlabClassifier,
@@ -811,7 +820,7 @@ def _spill_pass(volume_path, s: ThresholdSettings, raw: np.ndarray, writer: h5ch
 
 
 def _refine_sigma(volume_path, s: ThresholdSettings, codes: np.ndarray, levels: dict[str, float], edge_sigma: float,
-                  noise: float, al_below: int | None, tally: _SlabTally) -> tuple[float, str]:
+                  noise: dict[str, float], al_below: int | None, tally: _SlabTally) -> tuple[float, str]:
     """The forward model's σ (``s.psf_refine_sigma``) and where it came from, in words.
 
     ``"fit"``: :func:`detachment.psf_refine.fit_sigma` on the block of :func:`detachment.psf_refine.fit_block`
@@ -852,8 +861,8 @@ def _denoised_block(volume_path, s: ThresholdSettings, block: tuple[slice, slice
 
 
 def _refine_pass(volume_path, s: ThresholdSettings, codes: np.ndarray, writer: h5chunks.GzipChunkWriter,
-                 levels: dict[str, float], sigma: float, noise: float, al_below: int | None, tally: _SlabTally,
-                 workers: int, progress: bool) -> None:
+                 levels: dict[str, float], sigma: float, noise: dict[str, float], al_below: int | None,
+                 tally: _SlabTally, workers: int, progress: bool) -> None:
     """The map ``codes`` refined against the blurred forward model (:func:`detachment.psf_refine.refine_codes`)
     and written, with ``tally.per_slice`` updated.
 
@@ -885,7 +894,7 @@ def _refine_pass(volume_path, s: ThresholdSettings, codes: np.ndarray, writer: h
         writer.store(chunks)
         tally.per_slice[z0: z0 + len(per_z)] += per_z
         moved += n
-    tally.refined = (f"sigma {sigma:.3g} vox, noise {noise:.3g}, beta {rs.beta:g}, at most {rs.sweeps} sweeps: "
+    tally.refined = (f"sigma {sigma:.3g} vox, {_noise_words(noise)}, beta {rs.beta:g}, at most {rs.sweeps} sweeps: "
                      f"{moved} codes changed ({100.0 * moved / codes.size:.3g} % of the voxels)")
     log.info("forward model, levels %s: %s", {k: round(v, 4) for k, v in levels.items()}, tally.refined)
 
