@@ -56,6 +56,8 @@ FIT_RANGE = (0.5, 1.6)
 FIT_BLOCK = (48, 192, 192)
 #: Tolerance of :func:`fit_sigma`'s σ, voxels.
 FIT_TOLERANCE = 0.02
+#: Edge of the blocks of voxels :func:`refine_codes` marks to be read again after a move nearby.
+DIRTY_BLOCK = 4
 
 
 @dataclass
@@ -199,52 +201,65 @@ def _has_candidate(nb, a, known, al_ok, al):
 
 
 @njit(cache=True, nogil=True)
-def _weighed(r, codes, inv_var, k, z, y, x, lo, hi):
-    """``A`` and ``B`` of the module docstring at (z, y, x), over the voxels within the kernel's reach
-    inside ``lo``-``hi`` (per axis, inclusive-exclusive)."""
+def _weighed(q, k, z, y, x, lo, hi):
+    """``A`` of the module docstring at (z, y, x): ``Σ_u G(u - v) q_u`` with ``q = r / s²`` over the voxels
+    within the kernel's reach inside ``lo``-``hi`` (per axis, inclusive-exclusive)."""
     rad = (k.size - 1) // 2
-    A, B = 0.0, 0.0
+    A = 0.0
+    x0, x1 = max(-rad, lo[2] - x), min(rad, hi[2] - 1 - x) + 1
+    for dz in range(max(-rad, lo[0] - z), min(rad, hi[0] - 1 - z) + 1):
+        wz = k[dz + rad]
+        for dy in range(max(-rad, lo[1] - y), min(rad, hi[1] - 1 - y) + 1):
+            row = 0.0
+            for dx in range(x0, x1):
+                row += k[dx + rad] * q[z + dz, y + dy, x + dx]
+            A += wz * k[dy + rad] * row
+    return A
+
+
+@njit(cache=True, nogil=True)
+def _moved(r, q, b_sum, inv_w, dirty, d, inv_old, inv_new, k, z, y, x, lo, hi):
+    """After the voxel ``v = (z, y, x)`` changed level by ``d`` and inverse variance from ``inv_old`` to
+    ``inv_new``: ``r -= d G(· - v)``, ``q = r / s²`` and ``B`` (``b_sum``) brought up to date inside
+    ``lo``-``hi``, and the blocks of :data:`DIRTY_BLOCK` voxels within twice the kernel's reach marked
+    ``dirty``."""
+    rad = (k.size - 1) // 2
+    inv_w[z, y, x] = inv_new
+    dinv = inv_new - inv_old
     for dz in range(max(-rad, lo[0] - z), min(rad, hi[0] - 1 - z) + 1):
         wz = k[dz + rad]
         for dy in range(max(-rad, lo[1] - y), min(rad, hi[1] - 1 - y) + 1):
             wzy = wz * k[dy + rad]
             for dx in range(max(-rad, lo[2] - x), min(rad, hi[2] - 1 - x) + 1):
                 g = wzy * k[dx + rad]
-                iw = inv_var[codes[z + dz, y + dy, x + dx]]
-                A += g * r[z + dz, y + dy, x + dx] * iw
-                B += g * g * iw
-    return A, B
+                u = (z + dz, y + dy, x + dx)
+                r[u] -= np.float32(d * g)
+                q[u] = r[u] * inv_w[u]
+                if dinv != 0.0:
+                    b_sum[u] += g * g * dinv
+    reach, b = 2 * rad + 1, DIRTY_BLOCK
+    dirty[max(0, z - reach) // b: (z + reach) // b + 1, max(0, y - reach) // b: (y + reach) // b + 1,
+          max(0, x - reach) // b: (x + reach) // b + 1] = True
 
 
 @njit(cache=True, nogil=True)
-def _moved(r, active, d, k, z, y, x, lo, hi):
-    """``r -= d G(· - v)`` inside ``lo``-``hi`` around the voxel ``v = (z, y, x)`` whose level changed by
-    ``d``, and every voxel within twice the kernel's reach marked to be read again."""
-    rad = (k.size - 1) // 2
-    for dz in range(max(-rad, lo[0] - z), min(rad, hi[0] - 1 - z) + 1):
-        wz = d * k[dz + rad]
-        for dy in range(max(-rad, lo[1] - y), min(rad, hi[1] - 1 - y) + 1):
-            wzy = wz * k[dy + rad]
-            for dx in range(max(-rad, lo[2] - x), min(rad, hi[2] - 1 - x) + 1):
-                r[z + dz, y + dy, x + dx] -= np.float32(wzy * k[dx + rad])
-    reach = 2 * rad + 1
-    active[max(lo[0], z - reach): min(hi[0], z + reach + 1), max(lo[1], y - reach): min(hi[1], y + reach + 1),
-           max(lo[2], x - reach): min(hi[2], x + reach + 1)] = True
-
-
-@njit(cache=True, nogil=True)
-def _sweeps(codes, r, levels, inv_var, log_var, known, k, beta, sweeps, al_top, low, high, al, pad):
+def _sweeps(codes, r, q, b_sum, inv_w, levels, inv_var, log_var, known, k, beta, sweeps, al_top, low, high, al,
+            pad):
     """Iterated conditional modes in raster order (the module docstring) over ``codes`` less ``pad``
     voxels on every side (a mirrored border, never moved, no one's neighbour, no residual), at most
-    ``sweeps`` passes; ``r`` (``g - G μ``, float32, the volume's own voxels) is kept up to date.
-    Returns the moves made."""
+    ``sweeps`` passes; ``r`` (``g - G μ``, float32, the volume's own voxels) is kept up to date, with
+    ``q = r / s²``, ``B`` and ``1 / s²`` per voxel beside it (:func:`_weights`). Returns the moves made."""
     mz, my, mx = codes.shape
     lo = np.array([pad, pad, pad])
     hi = np.array([mz - pad, my - pad, mx - pad])
     nz, ny, nx = hi[0], hi[1], hi[2]
     g0 = k[(k.size - 1) // 2] ** 3
     nb = np.empty(6, np.int64)
-    active = np.ones(codes.shape, np.bool_)
+    b = DIRTY_BLOCK
+    shape_b = ((mz + b - 1) // b, (my + b - 1) // b, (mx + b - 1) // b)
+    # a voxel is read where a move within twice the kernel's reach may have changed what it sees since
+    # it was last read: its block was marked in the previous sweep (``now``) or in this one (``later``)
+    now, later = np.ones(shape_b, np.bool_), np.zeros(shape_b, np.bool_)
     total = 0
     for _ in range(sweeps):
         moved = 0
@@ -252,9 +267,8 @@ def _sweeps(codes, r, levels, inv_var, log_var, known, k, beta, sweeps, al_top, 
             for y in range(pad, ny):
                 for x in range(pad, nx):
                     a = codes[z, y, x]
-                    if not active[z, y, x] or not known[a]:
+                    if not known[a] or not (now[z // b, y // b, x // b] or later[z // b, y // b, x // b]):
                         continue
-                    active[z, y, x] = False
                     nb[0] = codes[z - 1, y, x] if z > pad else 255
                     nb[1] = codes[z + 1, y, x] if z < nz - 1 else 255
                     nb[2] = codes[z, y - 1, x] if y > pad else 255
@@ -264,16 +278,19 @@ def _sweeps(codes, r, levels, inv_var, log_var, known, k, beta, sweeps, al_top, 
                     al_ok = z - pad < al_top
                     if not _has_candidate(nb, a, known, al_ok, al):
                         continue
-                    A, B = _weighed(r, codes, inv_var, k, z, y, x, lo, hi)
-                    best = _best_code(nb, a, A, B, r[z, y, x], g0, levels, inv_var, log_var, known, beta, al_ok,
-                                      low, high, al)
+                    A = _weighed(q, k, z, y, x, lo, hi)
+                    best = _best_code(nb, a, A, b_sum[z, y, x], r[z, y, x], g0, levels, inv_var, log_var, known,
+                                      beta, al_ok, low, high, al)
                     if best != a:
                         codes[z, y, x] = best
-                        _moved(r, active, levels[best] - levels[a], k, z, y, x, lo, hi)
+                        _moved(r, q, b_sum, inv_w, later, levels[best] - levels[a], inv_var[a], inv_var[best], k,
+                               z, y, x, lo, hi)
                         moved += 1
         total += moved
         if moved == 0:
             break
+        now[:] = later
+        later[:] = False
     return total
 
 
@@ -355,10 +372,24 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
     r[pad: pad + nz, pad: pad + ny, pad: pad + nx] = (
         np.asarray(grey, np.float64) - blurred_levels(lv[work], sigma)[pad: pad + nz, pad: pad + ny, pad: pad + nx])
     al_top = out.shape[0] if al_below is None else max(0, int(al_below) - int(z_first))
-    _sweeps(work, r, lv, 1.0 / var, np.log(var / var.min()), known, k, float(settings.beta),
+    q, b_sum, inv_w = _weights(work, r, 1.0 / var, k, pad)
+    _sweeps(work, r, q, b_sum, inv_w, lv, 1.0 / var, np.log(var / var.min()), known, k, float(settings.beta),
             settings.sweeps, al_top, NMC_LOW, NMC_HIGH, AL, pad)
     out = work[pad: pad + nz, pad: pad + ny, pad: pad + nx].copy()
     return out, int((out != codes).sum())
+
+
+def _weights(work: np.ndarray, r: np.ndarray, inv_var: np.ndarray, k: np.ndarray, pad: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``q = r / s²`` (float32), ``B = Σ_u G(u - v)² / s²_u`` (float64) and ``1 / s²`` (float32) per voxel of
+    the padded map ``work``, zero on its ``pad`` border (no residual there)."""
+    inside = (slice(pad, work.shape[0] - pad), slice(pad, work.shape[1] - pad), slice(pad, work.shape[2] - pad))
+    inv_w = np.zeros(work.shape, np.float32)
+    inv_w[inside] = inv_var[work[inside]]
+    b_sum = inv_w.astype(np.float64)
+    for ax in range(3):
+        b_sum = ndimage.correlate1d(b_sum, k * k, axis=ax, mode="constant")
+    return r * inv_w, b_sum, inv_w
 
 
 def fit_block(solid_per_slice: np.ndarray, shape: tuple[int, int, int],
