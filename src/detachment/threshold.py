@@ -685,8 +685,9 @@ def refine_levels(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np
     model's mean) where that fit lies within one model FWHM of the model's mean, the model's mean
     elsewhere (a class of a few hundred interior voxels can give a Gaussian fit far off its grey levels).
     Its standard deviation is that fit's FWHM over 2.355 (the noise, and a textured phase's own spread on
-    top of it), at least the narrowest such fit's (the electrolyte's where resolved: it carries the noise
-    and no texture), and the narrowest where its fit is off; none valid: an empty dict.
+    top of it), at least the noise's: the electrolyte's fit where it has one (it carries the noise and no
+    texture; a fit to a class of a few voxels can come out far narrower than the noise), else the
+    narrowest; a phase without a fit gets the noise's. None valid: an empty dict.
     """
     levels, widths = {}, {}
     for name, mean, sd in zip(model.names, model.means, model.sigmas):
@@ -697,8 +698,8 @@ def refine_levels(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np
             widths[name] = float(fwhm) / phases.FWHM_PER_SIGMA
     if not widths:
         return levels, {}
-    floor = min(widths.values())
-    return levels, {name: max(widths.get(name, floor), floor) for name in levels}
+    noise = widths.get("void", min(widths.values()))
+    return levels, {name: max(widths.get(name, noise), noise) for name in levels}
 
 
 def _noise_words(noise: dict[str, float]) -> str:
