@@ -353,3 +353,23 @@ def test_the_domain_split_looks_at_the_sigma_its_acceptance_was_chosen_with(sett
     split, classify = _domain_sigmas(model, ThresholdSettings(domain_sigma_vox=setting))
     assert split.domain_sigma_vox == (phases.AUTO_SPLIT_SIGMA if setting == "auto" else setting)
     assert classify.domain_sigma_vox == (phases.AUTO_DOMAIN_SIGMA[1] if setting == "auto" else setting)
+
+
+def test_each_phases_spread_is_its_interior_fit_but_never_below_the_electrolytes_noise():
+    """Against Gaussians drawn into the interior histograms: textured NMC keeps its wider spread; a class of
+    a handful of voxels (one bin: a fit far narrower than the noise) and Al drawn a little narrower than the
+    electrolyte get the electrolyte's."""
+    rng = np.random.default_rng(4)
+    fine = np.linspace(-0.2, 1.2, 2801)
+    names, means = ("void", "cbd", "al", "nmc_low", "nmc_high"), np.array([0.0, 0.3, 0.5, 0.72, 0.9])
+    drawn = {"void": 0.023, "cbd": 0.03, "al": 0.021, "nmc_low": 0.06}
+    interior = np.zeros((256, len(fine) - 1))
+    for name, sd in drawn.items():
+        interior[phases.PHASE_CODES[name]] = np.histogram(rng.normal(means[names.index(name)], sd, 200_000), fine)[0]
+    interior[phases.NMC_HIGH, np.searchsorted(fine, 0.9)] = 12  # a few voxels, all in one bin
+    model = phases.PhaseModel(names, (means[1:] + means[:-1]) / 2, means, np.full(5, 0.05), np.full(5, 0.2), "test")
+    levels, spread = refine_levels(model, interior, fine)
+    assert spread["void"] == pytest.approx(0.023, rel=0.05) and spread["cbd"] == pytest.approx(0.03, rel=0.05)
+    assert spread["nmc_low"] == pytest.approx(0.06, rel=0.05)
+    assert spread["al"] == spread["nmc_high"] == spread["void"]
+    assert levels["nmc_low"] == pytest.approx(0.72, abs=0.005)
