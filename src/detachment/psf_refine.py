@@ -368,9 +368,13 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
     pad = border_width(sigma)
     work = mirrored(out, pad)
     nz, ny, nx = out.shape
-    r = np.zeros(work.shape, np.float32)
-    r[pad: pad + nz, pad: pad + ny, pad: pad + nx] = (
-        np.asarray(grey, np.float64) - blurred_levels(lv[work], sigma)[pad: pad + nz, pad: pad + ny, pad: pad + nx])
+    # float32 and one temporary at a time: a streamed slab holds about five float32 copies at most
+    r = lv.astype(np.float32)[work]
+    for ax in range(3):
+        r = ndimage.correlate1d(r, k.astype(np.float32), axis=ax, mode="constant", output=np.float32)
+    inside = r[pad: pad + nz, pad: pad + ny, pad: pad + nx]
+    np.subtract(np.asarray(grey, np.float32), inside, out=inside)
+    r[:pad], r[pad + nz:], r[:, :pad], r[:, pad + ny:], r[:, :, :pad], r[:, :, pad + nx:] = 0, 0, 0, 0, 0, 0
     al_top = out.shape[0] if al_below is None else max(0, int(al_below) - int(z_first))
     q, b_sum, inv_w = _weights(work, r, 1.0 / var, k, pad)
     _sweeps(work, r, q, b_sum, inv_w, lv, 1.0 / var, np.log(var / var.min()), known, k, float(settings.beta),
@@ -381,14 +385,14 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
 
 def _weights(work: np.ndarray, r: np.ndarray, inv_var: np.ndarray, k: np.ndarray, pad: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``q = r / s²`` (float32), ``B = Σ_u G(u - v)² / s²_u`` (float64) and ``1 / s²`` (float32) per voxel of
-    the padded map ``work``, zero on its ``pad`` border (no residual there)."""
+    """``q = r / s²``, ``B = Σ_u G(u - v)² / s²_u`` and ``1 / s²`` per voxel of the padded map ``work`` (float32),
+    zero on its ``pad`` border (no residual there)."""
     inside = (slice(pad, work.shape[0] - pad), slice(pad, work.shape[1] - pad), slice(pad, work.shape[2] - pad))
     inv_w = np.zeros(work.shape, np.float32)
     inv_w[inside] = inv_var[work[inside]]
-    b_sum = inv_w.astype(np.float64)
+    b_sum, k2 = inv_w, (k * k).astype(np.float32)
     for ax in range(3):
-        b_sum = ndimage.correlate1d(b_sum, k * k, axis=ax, mode="constant")
+        b_sum = ndimage.correlate1d(b_sum, k2, axis=ax, mode="constant", output=np.float32)
     return r * inv_w, b_sum, inv_w
 
 
