@@ -132,8 +132,8 @@ def mirrored(a: np.ndarray, pad: int, border: np.ndarray | None = None) -> np.nd
 
 def energy(codes: np.ndarray, grey: np.ndarray, levels: np.ndarray, sigma: float, noise_sd,
            beta: float, border: np.ndarray | None = None) -> float:
-    """``E`` of the module docstring as :func:`refine_codes` lowers it, float64, in units of the narrowest
-    phase's variance: over the (z, y, x) ``codes`` with :func:`border_width` voxels mirrored beyond the faces
+    """``E`` of the module docstring as :func:`refine_codes` lowers it, float64 (each residual over its own
+    phase's variance, so dimensionless): over the (z, y, x) ``codes`` with :func:`border_width` voxels mirrored beyond the faces
     from ``border`` (the map it started from; default ``codes``), ``levels`` the grey level per code (256),
     ``noise_sd`` as :func:`refine_codes` takes it (or one per code, (256,))."""
     pad = border_width(sigma)
