@@ -37,3 +37,57 @@ def test_paper_volume_gives_each_replayed_script_every_input_and_param_it_reads(
                 assert isinstance(given, dict) and name in given, (step, job["script"], kind, name)
                 checked += 1
     assert checked > 20
+
+
+def _contact_budget():
+    spec = importlib.util.spec_from_file_location("contact_budget", ROOT / "benchmarks" / "contact_budget.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_contact_budget_counts_the_faces_surface_contacts_counts():
+    """On random labels and phases, the faces the budget takes (particle to planted void or CBD) are, per
+    particle and class, the void and CBD face counts of :func:`detachment.surface.surface_contacts`, and the
+    values it carries along are those of the face neighbour."""
+    import numpy as np
+
+    from detachment.phases import CBD, VOID
+    from detachment.surface import surface_contacts
+
+    cb = _contact_budget()
+    rng = np.random.default_rng(7)
+    labels = (rng.random((9, 10, 11)) < 0.4) * rng.integers(1, 4, (9, 10, 11))
+    phases = rng.integers(0, 5, labels.shape).astype(np.uint8)
+    marker = rng.random(labels.shape)
+    owner, planted, (value,) = cb.face_layer(labels, phases, [marker])
+    counts = surface_contacts(labels, phases).n_faces
+    for cls, phase in ((0, VOID), (1, CBD)):
+        got = np.bincount(owner[planted == phase], minlength=counts.shape[0])
+        np.testing.assert_array_equal(got, counts[:, cls])
+    expected = []  # brute force: the marker of every background void / CBD voxel across a particle's face
+    for z, y, x in np.ndindex(labels.shape):
+        for dz, dy, dx in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)):
+            u = (z + dz, y + dy, x + dx)
+            if labels[z, y, x] and all(0 <= a < n for a, n in zip(u, labels.shape)) and labels[u] == 0 \
+                    and phases[u] in (VOID, CBD):
+                expected.append(marker[u])
+    np.testing.assert_allclose(np.sort(value), np.sort(expected))
+
+
+def test_contact_budget_recovers_each_owners_mixture_weight():
+    """Fixed components, per-owner weights drawn at 0.1, 0.5 and 0.8: the EM weight of each owner is the
+    planted one within three binomial standard errors."""
+    import numpy as np
+    from scipy.stats import norm
+
+    cb = _contact_budget()
+    rng = np.random.default_rng(1)
+    weights = np.array([0.0, 0.1, 0.5, 0.8])
+    n_each = 4000
+    owner = np.repeat(np.arange(1, 4), n_each)
+    is_void = rng.random(owner.size) < weights[owner]
+    x = np.where(is_void, rng.normal(0.2, 0.08, owner.size), rng.normal(0.45, 0.07, owner.size))
+    est = cb.per_particle_weight(owner, norm.pdf(x, 0.2, 0.08), norm.pdf(x, 0.45, 0.07), 4)
+    se = np.sqrt(weights[1:] * (1 - weights[1:]) / n_each)
+    assert np.all(np.abs(est[1:] - weights[1:]) < 3 * se + 0.01)
