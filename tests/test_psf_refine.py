@@ -310,3 +310,59 @@ def test_a_fit_that_runs_into_the_end_of_its_range_says_so():
     assert psf_refine.at_fit_bound(far, 1.7)
     near = psf_refine.fit_sigma(codes, grey, LEVELS, 0.55, NOISE, psf_refine.RefineSettings(), al_below=3)
     assert not psf_refine.at_fit_bound(near, 0.55) and abs(near - 0.5) < 0.03
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.5, 0.6, 0.8, 1.0, 1.2, 1.5, 2.5])
+def test_deep_depth_is_the_first_erosion_where_a_plane_edges_spill_falls_below_the_bound(sigma):
+    """Brute force over k: the smallest k >= 1 with Φ(-(k + ½) / σ) below DEEP_SPILL."""
+    from scipy.stats import norm
+
+    k = 1
+    while norm.cdf(-(k + 0.5) / sigma) >= psf_refine.DEEP_SPILL:
+        k += 1
+    assert psf_refine.deep_depth(sigma) == k
+    assert psf_refine.deep_depth(float("nan")) == 1
+
+
+def _islands_scene(sigma: float, seed: int = 0):
+    """Planted levels: electrolyte (0) below, a CBD layer (0.3), NMC low (0.72) with 9-voxel cubes of NMC
+    high (0.9) inside it; blurred by a Gaussian of σ and with noise of 0.01."""
+    codes = np.full((60, 48, 48), VOID, np.uint8)
+    codes[20:26] = CBD
+    codes[26:] = NMC_LOW
+    for z in (30, 44):
+        for y in range(4, 44, 11):
+            for x in range(4, 44, 11):
+                codes[z: z + 9, y: y + 9, x: x + 9] = NMC_HIGH
+    planted = {"void": 0.0, "cbd": 0.3, "nmc_low": 0.72, "nmc_high": 0.9}
+    lv = np.zeros(256)
+    for name, code in (("void", VOID), ("cbd", CBD), ("nmc_low", NMC_LOW), ("nmc_high", NMC_HIGH)):
+        lv[code] = planted[name]
+    grey = ndimage.gaussian_filter(lv[codes], sigma, mode="nearest")
+    grey += np.random.default_rng(seed).normal(0, 0.01, codes.shape)
+    return codes, grey, planted
+
+
+def test_deep_levels_recover_planted_levels_the_interior_reads_towards_its_neighbours():
+    """At σ 1.2 the voxels whose six neighbours share their code read the 9-voxel high-density cubes more
+    than a hundredth towards the low density around them; read deep_depth(σ) voxels in, every phase's
+    level is the planted one within 0.005."""
+    codes, grey, planted = _islands_scene(1.2)
+    ball = ndimage.generate_binary_structure(3, 1)
+    interior = float(np.median(grey[ndimage.binary_erosion(codes == NMC_HIGH, ball, border_value=0)]))
+    assert planted["nmc_high"] - interior > 0.012
+    start = {name: planted[name] - 0.05 for name in planted}
+    deep = psf_refine.deep_levels(codes, grey, start, 1.2)
+    assert set(deep) == set(start)
+    for name in planted:
+        assert deep[name] == pytest.approx(planted[name], abs=0.005), name
+
+
+def test_deep_levels_keep_the_given_levels_where_one_step_suffices_or_too_few_voxels_lie_deep():
+    codes, grey, planted = _islands_scene(0.5)
+    given = {name: planted[name] + 0.01 for name in planted}
+    assert psf_refine.deep_levels(codes, grey, given, 0.5) == given  # σ 0.5: the interior is deep enough
+    # at σ 3 the high-density cubes (7 voxels) hold no voxel deep enough: their level stays as given
+    deep = psf_refine.deep_levels(codes, grey, given, 3.0)
+    assert deep["nmc_high"] == given["nmc_high"]
+    assert deep["void"] != given["void"]

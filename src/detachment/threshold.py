@@ -665,7 +665,11 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
         out = np.lib.format.open_memmap(spilled, mode="w+", dtype=np.uint8, shape=tuple(shape))
         _spill_pass(volume_path, s, raw, writer, model, spill_sigma, tally, workers, progress, out=out)
         levels, noise = refine_levels(model, tally.interior, fine_edges)
-        fitted, where = _refine_sigma(volume_path, s, out, levels, sigma, noise, classifier.collector_top, tally)
+        solid = tally.per_slice[:, [phases.CBD, phases.NMC_LOW, phases.NMC_HIGH]].sum(axis=1)
+        block = psf_refine.fit_block(solid, out.shape)
+        grey = _denoised_block(volume_path, s, block, out.shape)
+        levels = _deep_levels(np.asarray(out[block]), grey, levels, sigma)
+        fitted, where = _refine_sigma(s, out, block, grey, levels, sigma, noise, classifier.collector_top)
         _refine_pass(volume_path, s, out, writer, levels, fitted, noise, classifier.collector_top, tally, workers,
                      progress)
         tally.refine_sigma = fitted
@@ -687,7 +691,8 @@ def refine_levels(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np
     Its standard deviation is that fit's FWHM over 2.355 (the noise, and a textured phase's own spread on
     top of it), at least the noise's: the electrolyte's fit where it has one (it carries the noise and no
     texture; a fit to a class of a few voxels can come out far narrower than the noise), else the
-    narrowest; a phase without a fit gets the noise's. None valid: an empty dict.
+    narrowest; a phase without a fit gets the noise's. None valid: an empty dict. Under a wide point spread
+    the levels are read deeper afterwards, on the σ fit's block (:func:`detachment.psf_refine.deep_levels`).
     """
     levels, widths = {}, {}
     for name, mean, sd in zip(model.names, model.means, model.sigmas):
@@ -820,21 +825,31 @@ def _spill_pass(volume_path, s: ThresholdSettings, raw: np.ndarray, writer: h5ch
         tally.per_slice[z0: z0 + len(delta), phases.CBD] += delta[:, 1]
 
 
-def _refine_sigma(volume_path, s: ThresholdSettings, codes: np.ndarray, levels: dict[str, float], edge_sigma: float,
-                  noise: dict[str, float], al_below: int | None, tally: _SlabTally) -> tuple[float, str]:
+def _deep_levels(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], edge_sigma: float) -> dict[str, float]:
+    """:func:`detachment.psf_refine.deep_levels` on the block ``codes`` / ``grey``, with a log line saying which
+    levels moved."""
+    deep = psf_refine.deep_levels(codes, grey, levels, edge_sigma)
+    moved = {k: (levels[k], v) for k, v in deep.items() if v != levels[k]}
+    if moved:
+        log.info("forward model: levels read %d voxels deep (edge profiles' sigma %.3g): %s",
+                 psf_refine.deep_depth(edge_sigma), edge_sigma,
+                 ", ".join(f"{k} {a:.4g} -> {b:.4g}" for k, (a, b) in moved.items()))
+    return deep
+
+
+def _refine_sigma(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice, slice, slice], grey: np.ndarray,
+                  levels: dict[str, float], edge_sigma: float, noise: dict[str, float], al_below: int | None
+                  ) -> tuple[float, str]:
     """The forward model's σ (``s.psf_refine_sigma``) and where it came from, in words.
 
-    ``"fit"``: :func:`detachment.psf_refine.fit_sigma` on the block of :func:`detachment.psf_refine.fit_block`
-    (the slices with the most CBD and NMC in ``tally.per_slice``), its grey levels denoised as the
+    ``"fit"``: :func:`detachment.psf_refine.fit_sigma` on ``block`` of ``codes`` (the slices with the most CBD
+    and NMC, :func:`detachment.psf_refine.fit_block`) and its grey levels ``grey``, denoised as the
     classification read them; started from ``edge_sigma``.
     """
     if s.psf_refine_sigma == "edge":
         return edge_sigma, "measured on the edge profiles"
     if s.psf_refine_sigma != "fit":
         return float(s.psf_refine_sigma), "set in the config"
-    solid = tally.per_slice[:, [phases.CBD, phases.NMC_LOW, phases.NMC_HIGH]].sum(axis=1)
-    block = psf_refine.fit_block(solid, codes.shape)
-    grey = _denoised_block(volume_path, s, block, codes.shape)
     rs = psf_refine.RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps)
     sigma = psf_refine.fit_sigma(np.asarray(codes[block]), grey, levels, edge_sigma, noise, rs, al_below,
                                  block[0].start)
