@@ -665,10 +665,12 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
         out = np.lib.format.open_memmap(spilled, mode="w+", dtype=np.uint8, shape=tuple(shape))
         _spill_pass(volume_path, s, raw, writer, model, spill_sigma, tally, workers, progress, out=out)
         levels, noise = refine_levels(model, tally.interior, fine_edges)
-        solid = tally.per_slice[:, [phases.CBD, phases.NMC_LOW, phases.NMC_HIGH]].sum(axis=1)
-        block = psf_refine.fit_block(solid, out.shape)
-        grey = _denoised_block(volume_path, s, block, out.shape)
-        levels = _deep_levels(np.asarray(out[block]), grey, levels, sigma)
+        block = grey = None
+        if s.psf_refine_sigma == "fit" or psf_refine.deep_depth(sigma) > 1:  # both read the σ fit's block
+            solid = tally.per_slice[:, [phases.CBD, phases.NMC_LOW, phases.NMC_HIGH]].sum(axis=1)
+            block = psf_refine.fit_block(solid, out.shape)
+            grey = _denoised_block(volume_path, s, block, out.shape)
+            levels = _deep_levels(np.asarray(out[block]), grey, levels, sigma)
         fitted, where = _refine_sigma(s, out, block, grey, levels, sigma, noise, classifier.collector_top)
         _refine_pass(volume_path, s, out, writer, levels, fitted, noise, classifier.collector_top, tally, workers,
                      progress)
@@ -837,14 +839,15 @@ def _deep_levels(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
     return deep
 
 
-def _refine_sigma(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice, slice, slice], grey: np.ndarray,
-                  levels: dict[str, float], edge_sigma: float, noise: dict[str, float], al_below: int | None
-                  ) -> tuple[float, str]:
+def _refine_sigma(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice, slice, slice] | None,
+                  grey: np.ndarray | None, levels: dict[str, float], edge_sigma: float, noise: dict[str, float],
+                  al_below: int | None) -> tuple[float, str]:
     """The forward model's σ (``s.psf_refine_sigma``) and where it came from, in words.
 
     ``"fit"``: :func:`detachment.psf_refine.fit_sigma` on ``block`` of ``codes`` (the slices with the most CBD
     and NMC, :func:`detachment.psf_refine.fit_block`) and its grey levels ``grey``, denoised as the
-    classification read them; started from ``edge_sigma``.
+    classification read them; started from ``edge_sigma``. ``block`` and ``grey`` are read only for it (None
+    otherwise).
     """
     if s.psf_refine_sigma == "edge":
         return edge_sigma, "measured on the edge profiles"
