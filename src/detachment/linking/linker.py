@@ -38,6 +38,7 @@ class SliceLinker:
         self.book = TrackBook()
         self.history: deque = deque(maxlen=s.max_gap + 1)
         self.z = 0
+        self.proposed: list[tuple[int, int]] = []  # merges waiting for the next slice
 
     @property
     def tracks(self) -> list[Track]:
@@ -81,13 +82,20 @@ class SliceLinker:
         out.ravel()[cur.fg] = track_of[cur.index]
         book.record_links(a.assigned, a.ious, scores, z)
         sizes, boxes = book.record_slice(z, track_of.tolist(), cur.sizes.tolist(), cur.boxes())
+        kept_apart: dict[int, int] = {}
         if s.absorb_fraction > 0:
-            repair.rejoin_fragments(cur, a.assigned, history, book, s)
+            kept_apart = repair.confirm_rejoins(self.proposed, history, book, z)
+            self.proposed = repair.rejoin_fragments(cur, a.assigned, history, book, s)
         if s.fill_gaps:
             for inst, track, prev_z in a.bridged:
-                repair.fill_gap(cur, inst, history, book, track, prev_z, z)
+                repair.fill_gap(cur, inst, history, book, track, prev_z, z, kept_apart.get(track))
         history.append(LinkedSlice(z, out, sizes, boxes))
         return out
+
+    def finish(self) -> None:
+        """End the stream: carry out the merges still waiting for a next slice."""
+        repair.confirm_rejoins(self.proposed, self.history, self.book, None)
+        self.proposed = []
 
     def root(self, track: int) -> int:
         """The track a track was finally merged into (:meth:`TrackBook.root`).
@@ -145,6 +153,7 @@ def link_slices(slices: Iterable[np.ndarray], s: LinkSettings, scores: Iterable[
             pending.append(linker.add(sl, sc))
             if len(pending) > s.max_gap:
                 yield pending.popleft()
+        linker.finish()
         yield from pending
 
     return delayed(), linker

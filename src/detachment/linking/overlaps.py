@@ -381,8 +381,8 @@ class LinkedSlice:
         self.boxes[new] = _union(self.boxes.get(new), box)
         self.version += 1
 
-    def paint(self, track: int, box: tuple[slice, slice], mask: np.ndarray) -> None:
-        """Paint a track into background pixels.
+    def paint(self, track: int, box: tuple[slice, slice], mask: np.ndarray) -> dict[int, int]:
+        """Paint a track into pixels of a crop (background, or another track's that it takes over).
 
         Parameters
         ----------
@@ -391,15 +391,28 @@ class LinkedSlice:
         box : (slice, slice)
             A (y, x) crop of the slice.
         mask : bool array, the shape of the crop
-            The pixels to paint; background (0) in ``labels``.
+            The pixels to paint.
+
+        Returns
+        -------
+        dict
+            Track id -> pixels taken from it (other tracks only; their sizes here are reduced).
         """
         n = int(np.count_nonzero(mask))
         if n == 0:
-            return
-        self.labels[box][mask] = track
-        self.sizes[track] = self.sizes.get(track, 0) + n
+            return {}
+        crop = self.labels[box]
+        ids, counts = np.unique(crop[mask], return_counts=True)
+        taken = {int(i): int(c) for i, c in zip(ids, counts) if i != 0 and i != track}
+        for i, c in taken.items():
+            self.sizes[i] -= c
+            if self.sizes[i] == 0:
+                del self.sizes[i], self.boxes[i]
+        crop[mask] = track
+        self.sizes[track] = self.sizes.get(track, 0) + n - int(counts[ids == track].sum())
         self.boxes[track] = _union(self.boxes.get(track), box)
         self.version += 1
+        return taken
 
 
 def _union(a: tuple[slice, slice] | None, b: tuple[slice, slice]) -> tuple[slice, slice]:

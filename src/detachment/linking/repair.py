@@ -145,16 +145,18 @@ def piece_parents(cur: SliceIndex, a: Assignment, history, s: LinkSettings, z: i
     return out
 
 
-def rejoin_fragments(cur: SliceIndex, assigned: dict, history, book: TrackBook, s: LinkSettings) -> None:
-    """Merge a track that ended under an instance continuing another track into that track.
+def rejoin_fragments(cur: SliceIndex, assigned: dict, history, book: TrackBook, s: LinkSettings
+                     ) -> list[tuple[int, int]]:
+    """Tracks that ended under an instance continuing another track and may be a piece of it.
 
     Where a per-slice model cut a particle into pieces and the pieces become whole again, the whole
     instance continues one piece's track and the other piece's track would end there. A track ``e`` last
-    seen in slice z' (z-1 or, across a gap, down to z-1-``max_gap``, nearest first) is merged into track
-    ``t`` when at least ``s.absorb_fraction`` of ``e``'s last mask lies inside ``t``'s instance in this
-    slice, the union of ``e`` and ``t`` in z' matches this instance at least :data:`REJOIN_GAIN` IoU
-    better than ``t`` alone, and either that union is convex (solidity ≥ ``s.absorb_solidity``) or one
-    of the two tracks began as a piece cut off the other (:attr:`Track.born_in`).
+    seen in slice z' (z-1 or, across a gap, down to z-1-``max_gap``, nearest first) is proposed for a merge
+    into track ``t`` when at least ``s.absorb_fraction`` of ``e``'s last mask lies inside ``t``'s instance
+    in this slice, the union of ``e`` and ``t`` in z' matches this instance at least :data:`REJOIN_GAIN`
+    IoU better than ``t`` alone, and either that union is convex (solidity ≥ ``s.absorb_solidity``) or
+    one of the two tracks began as a piece cut off the other (:attr:`Track.born_in`). The merge waits for
+    the next slice (:func:`confirm_rejoins`): two particles the model joined in one slice part again.
 
     Parameters
     ----------
@@ -163,28 +165,34 @@ def rejoin_fragments(cur: SliceIndex, assigned: dict, history, book: TrackBook, 
     assigned : dict
         Its instance id -> track id, complete.
     history : sequence of LinkedSlice
-        The previous slices, oldest first; merged tracks are relabelled in place (slices already handed
-        out go through :meth:`TrackBook.aliases`).
+        The previous slices, oldest first.
     book : TrackBook
-        The tracks; merges are recorded.
+        The tracks (read only).
     s : LinkSettings
         ``absorb_fraction`` and ``absorb_solidity`` are used.
+
+    Returns
+    -------
+    list of (int, int)
+        The proposed merges (``e``, ``t``), for :func:`confirm_rejoins` after the next slice.
     """
     if not assigned:
-        return
+        return []
     inst_of: dict[int, list[int]] = {}
     for i, tr in assigned.items():
         inst_of.setdefault(tr, []).append(i)
+    proposed: list[tuple[int, int]] = []
     for layer in reversed(history):  # nearest slice first
-        _rejoin_from(layer, cur, assigned, inst_of, book, s)
+        proposed += _rejoin_from(layer, cur, assigned, inst_of, book, s)
+    return proposed
 
 
 def _rejoin_from(layer, cur: SliceIndex, assigned: dict, inst_of: dict, book: TrackBook, s: LinkSettings
-                 ) -> None:
+                 ) -> list[tuple[int, int]]:
     """:func:`rejoin_fragments` for the tracks last seen in slice ``layer``."""
     ended = book.last_seen_in(layer.tracks(), layer.z)  # those under ``cur`` count below
     if not ended:
-        return
+        return []
     counts = cur.overlap(layer, ended, cur.ids.tolist())
     ii, jj = np.nonzero(counts)  # row-major: tracks ascending, then instances
     best: dict[int, tuple[int, float]] = {}
@@ -194,6 +202,7 @@ def _rejoin_from(layer, cur: SliceIndex, assigned: dict, inst_of: dict, book: Tr
         if f >= s.absorb_fraction and f > best.get(e, (0, 0.0))[1]:
             best[e] = (int(cur.ids[j]), f)
     prev, boxes = layer.labels, cur.boxes()
+    proposed = []
     for e, (inst, _) in sorted(best.items()):
         t = assigned.get(inst)  # e ended before this slice, so t != e
         if t is None or t not in layer.sizes:  # t has no mask in that slice
@@ -204,15 +213,54 @@ def _rejoin_from(layer, cur: SliceIndex, assigned: dict, inst_of: dict, book: Tr
         both = before | (prev[box] == e)
         gain = mask_iou(both, here) - mask_iou(before, here)
         kin = book[e].born_in == t or book[t].born_in == e
-        if gain < REJOIN_GAIN or not (kin or solidity_at_least(both, s.absorb_solidity)):
+        if gain >= REJOIN_GAIN and (kin or solidity_at_least(both, s.absorb_solidity)):
+            proposed.append((e, t))
+    return proposed
+
+
+def confirm_rejoins(proposed: list[tuple[int, int]], history, book: TrackBook, z: int | None
+                    ) -> dict[int, int]:
+    """Carry out the merges :func:`rejoin_fragments` proposed one slice before, unless the fragment's track
+    went on in slice ``z`` (a gap closed onto it): then the two were particles the model joined in one slice.
+
+    Parameters
+    ----------
+    proposed : list of (int, int)
+        (fragment, into) track ids.
+    history : sequence of LinkedSlice
+        The slices held; the fragment's last slice is relabelled in place when still held (slices already
+        handed out go through :meth:`TrackBook.aliases`).
+    book : TrackBook
+        The tracks; merges are recorded.
+    z : int or None
+        The slice just linked; None at the end of the stream (nothing can go on).
+
+    Returns
+    -------
+    dict
+        Fragment -> into, for the merges not carried out (the fragment's gap fill may take its pixels
+        back from ``into``'s instance, :func:`fill_gap`).
+    """
+    layers = {layer.z: layer for layer in history}
+    kept_apart = {}
+    for e, t in proposed:
+        e, t = book.root(e), book.root(t)
+        if e == t:
             continue
-        layer.relabel(e, t)  # in place; slices already handed out go through aliases
+        if z is not None and book[e].last_z == z:
+            kept_apart[e] = t
+            continue
+        layer = layers.get(book[e].last_z)
+        if layer is not None:
+            layer.relabel(e, t)
         book.merge(e, t)
+    return kept_apart
 
 
-def fill_gap(cur: SliceIndex, inst: int, history, book: TrackBook, track: int, prev_z: int, z: int) -> None:
+def fill_gap(cur: SliceIndex, inst: int, history, book: TrackBook, track: int, prev_z: int, z: int,
+             over: int | None = None) -> None:
     """Paint ``track`` into the slices strictly between ``prev_z`` and ``z`` where its masks in both end
-    slices overlap and the gap slice is unlabelled.
+    slices overlap and the gap slice is unlabelled (or labelled ``over``).
 
     Parameters
     ----------
@@ -223,25 +271,28 @@ def fill_gap(cur: SliceIndex, inst: int, history, book: TrackBook, track: int, p
     history : sequence of LinkedSlice
         The previous slices, holding ``prev_z`` .. z-1 (not yet handed out); painted in place.
     book : TrackBook
-        The tracks; ``track``'s voxels and bounding box grow.
+        The tracks; ``track``'s voxels and bounding box grow (``over``'s voxels shrink).
     track : int
         Track id, bridged from slice ``prev_z`` to slice ``z``.
     prev_z, z : int
         Slice indices of the gap's ends.
+    over : int, optional
+        A track whose pixels the fill takes over: the one whose instance joined ``track``'s particle and
+        another in a gap slice (:func:`confirm_rejoins`).
     """
     layers = {layer.z: layer for layer in history}
     box = cur.boxes()[int(cur.positions([inst])[0])]  # the fill lies inside the instance
     shared = (layers[prev_z].labels[box] == track) & (cur.lab[box] == inst)
     t = book[track]
     for gz in range(prev_z + 1, z):
-        fill = shared & (layers[gz].labels[box] == 0)
+        gap = layers[gz].labels[box]
+        fill = shared & ((gap == 0) | (gap == over) if over is not None else gap == 0)
         n = int(fill.sum())
         if n == 0:
             continue
-        layers[gz].paint(track, box, fill)
+        for other, k in layers[gz].paint(track, box, fill).items():
+            book[other].voxels -= k
         t.voxels += n
         ys, xs = np.nonzero(fill)
         y0, x0 = box[0].start, box[1].start
         t.grow([gz, ys.min() + y0, xs.min() + x0], [gz + 1, ys.max() + 1 + y0, xs.max() + 1 + x0])
-
-
