@@ -212,6 +212,16 @@ def test_a_fragment_track_rejoins_the_particle_when_it_is_whole_again(tmp_path):
     assert len(np.unique(link_array(stack, LinkSettings(absorb_fraction=0, min_voxels=1, max_gap=1)))) == 3
 
 
+def test_a_rejoin_found_in_the_last_slice_is_carried_out():
+    # the merge waits for a next slice; at the end of the stream there is none, and it is made
+    from detachment.linking import link_array
+
+    stack = _chipped_disk_stack()
+    stack[3:8] = stack[3]  # cut into two pieces from slice 3 until the last one, whole only there
+    out = link_array(stack, LinkSettings(absorb_fraction=0.6, min_voxels=1))
+    assert set(np.unique(out)) == {0, 1} and np.array_equal(out > 0, stack > 0)
+
+
 @ABSORB
 def test_two_particles_merged_by_the_model_in_one_slice_stay_apart(absorb):
     stack = np.zeros((9, 40, 60), np.int32)
