@@ -288,6 +288,45 @@ def test_a_small_particle_ending_under_a_bigger_one_stays_apart(absorb, monkeypa
         assert len(np.unique(linker.aliases()[out])) == 2
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_track_bookkeeping_matches_the_labels_on_messy_stacks(seed):
+    # touching discs the model joins, cuts and misses at random: whatever the linker merges, keeps apart
+    # or paints back, each particle's voxel count and bounding box hold its labelled voxels
+    rng = np.random.default_rng(seed)
+    shape = (14, 48, 96)
+    stack = np.zeros(shape, np.int32)
+    centres = [(24, 20), (24, 39), (24, 60), (10, 80)]
+    radii = rng.uniform(7, 10, len(centres))
+    for z in range(shape[0]):
+        nxt = 1
+        for k, ((cy, cx), r) in enumerate(zip(centres, radii)):
+            d = disk(shape[1:], cy, cx + z // 4, r) & (stack[z] == 0)
+            roll = rng.random()
+            if roll < 0.1:
+                continue  # missed in this slice
+            if roll < 0.3 and k > 0 and (stack[z] == nxt - 1).any():
+                stack[z][d] = nxt - 1  # joined with the previous disc
+                continue
+            if roll < 0.45:  # cut in two
+                xx = np.mgrid[: shape[1], : shape[2]][1]
+                stack[z][d & (xx < cx + z // 4)] = nxt
+                stack[z][d & (xx > cx + z // 4 + 1)] = nxt + 1
+                nxt += 2
+                continue
+            stack[z][d] = nxt
+            nxt += 1
+    out, linker = linked(stack, absorb_fraction=0.6)
+    ids = linker.aliases()[out]
+    assert (ids[stack > 0] > 0).all()  # every instance pixel labelled (gap fills may add some)
+    table = linker.book.table()
+    assert set(table.track) == set(np.unique(ids[ids > 0]).tolist())
+    for row in table.itertuples():
+        where = np.argwhere(ids == row.track)
+        assert row.voxels == len(where)
+        assert (where.min(0) >= [row.z_min, row.y_min, row.x_min]).all()
+        assert (where.max(0) <= [row.z_max, row.y_max - 1, row.x_max - 1]).all()
+
+
 def test_empty_slices_and_a_one_slice_volume():
     stack = np.zeros((5, 30, 30), np.int32)
     out, linker = linked(stack)
