@@ -471,6 +471,25 @@ def test_refined_envelope_takes_back_cracks_where_the_mask_falls_short_but_not_a
     assert (crack & ~without).sum() >= 3 * (crack & ~env).sum()  # what the rule adds
 
 
+def test_refined_envelope_does_not_take_the_gap_to_an_unmasked_neighbour_for_a_crack():
+    # a particle and, one voxel of electrolyte away on +x, a neighbour whose solid no mask covers: the gap
+    # has solid on both sides within the crack span, but the far side is not the particle's own
+    from detachment.particles import refine_envelope
+
+    zz, yy, xx = np.indices((24, 24, 40))
+    b = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 12) ** 2 <= 64  # x 4 .. 20 on its axis
+    neighbour = (zz - 12) ** 2 + (yy - 12) ** 2 + (xx - 31) ** 2 <= 81  # x 22 .. on its axis
+    phases = np.where(b | neighbour, NMC_LOW, CBD).astype(np.uint8)
+    gap = ndimage.binary_dilation(neighbour) & ~neighbour & ~b & (xx <= 22)
+    phases[gap] = VOID
+    crack = b & ((zz == 12) | (zz == 13)) & (xx <= 12)  # and a crack of its own, out through -x
+    phases[crack] = VOID
+    short = b & ~((xx <= 12) & ~ndimage.binary_erosion(b, iterations=2))  # the mask misses its -x rim
+    env = refine_envelope(short, np.zeros_like(b), phases)
+    assert (env & gap).sum() == 0 and not (env & neighbour).any()
+    assert (crack & ~env).sum() <= 0.1 * crack.sum()  # its own crack is still taken back
+
+
 def test_refined_envelope_takes_a_blurred_crack_mouth_but_not_the_cbd_coating():
     from detachment.particles import refine_envelope
 

@@ -231,8 +231,8 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
       ``closing_vox`` and hole-filled; void the mask overshoots into (a gap) is not connected to the
       core and is cut off;
     * with ``crack_span_vox``, where the mask falls short: the solid up to two voxels out, and void
-      there with solid on both sides along z, y or x within ``crack_span_vox`` (a crack; a gap has solid
-      on one side only);
+      there with the particle's own solid (connected to the envelope) on both sides along z, y or x
+      within ``crack_span_vox`` (a crack; a gap has it on one side only);
     * with ``crack_mouths``, also CBD-classified voxels so spanned that touch a pore already inside the
       envelope: where a crack thinner than ~2 voxels opens at the surface the blur lifts it into CBD's
       grey range, and without them its walls read as detached surface; and, last, the void voxels that
@@ -300,11 +300,15 @@ def _closed_core(mask, solid, phases, closing_vox: int, core_erosion_vox: int) -
 
 def _add_spanned_cracks(env, reach, others, phases, nmc_phase, crack_span_vox: int, crack_mouths: bool):
     """``env`` grown where the mask falls short: solid up to two voxels out, and void (with
-    ``crack_mouths`` also CBD touching a pore inside) with solid on both sides within ``crack_span_vox``."""
+    ``crack_mouths`` also CBD touching a pore inside) with solid on both sides within ``crack_span_vox``.
+    A crack's walls are the particle's own solid: solid not connected to the envelope (a neighbour the
+    masks leave uncovered) is no wall, so the gap between two particles is not taken for a crack."""
     ball = ndimage.generate_binary_structure(3, 1)
     nmc = reach & nmc_phase
     env |= ndimage.binary_dilation(env, ball, mask=nmc)  # solid up to two voxels out
-    walls = np.pad(env | nmc, crack_span_vox + 1)
+    pieces, _ = ndimage.label(nmc, ball)
+    own = np.isin(pieces, np.unique(pieces[env & nmc])) & (pieces > 0)
+    walls = np.pad(env | own, crack_span_vox + 1)
     spanned = np.zeros_like(walls)
     for axis in range(3):
         line = [1, 1, 1]
