@@ -846,8 +846,8 @@ def _refine_sigma(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice, s
 
     ``"fit"``: :func:`detachment.psf_refine.fit_sigma` on ``block`` of ``codes`` (the slices with the most CBD
     and NMC, :func:`detachment.psf_refine.fit_block`) and its grey levels ``grey``, denoised as the
-    classification read them; started from ``edge_sigma``. ``block`` and ``grey`` are read only for it (None
-    otherwise).
+    classification read them; started from ``edge_sigma``. ``block`` and ``grey`` are read only where the fit or
+    the deep levels use them (None otherwise).
     """
     if s.psf_refine_sigma == "edge":
         return edge_sigma, "measured on the edge profiles"
