@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage, optimize, stats
 
@@ -121,7 +124,10 @@ def test_fitted_level_reads_a_blurred_gap_that_the_void_cbd_midpoint_misses():
 
 
 @pytest.mark.parametrize("content", ["level,fitted\n", "level,fitted\n0.2,True\n0.3,True\n", "level,fitted\nnan,True\n",
-                                     "fitted\nTrue\n", "level,fitted\n0.2,maybe\n"])
+                                     "fitted\nTrue\n", "level,fitted\n0.2,maybe\n",
+                                     "level,fitted,electrolyte_sigma\n0.2,True,0\n",
+                                     "level,fitted,electrolyte_sigma\n0.2,True,-0.1\n",
+                                     "level,fitted,electrolyte_sigma\n0.2,True,inf\n"])
 def test_bad_input_contact_level_table_is_refused_naming_the_file(tmp_path, content):
     path = tmp_path / "contact_level.csv"
     path.write_text(content)
@@ -141,6 +147,65 @@ def test_contact_level_table_round_trips(tmp_path):
     fit.to_frame().to_csv(tmp_path / "c.csv", index=False)
     back = ContactLevel.read_csv(tmp_path / "c.csv")
     assert back.level == pytest.approx(fit.level) and back.fitted == fit.fitted and back.n_faces == 600
+    assert np.isnan(back.electrolyte_sigma) and np.isnan(back.gap_width_ratio)  # not measured
+    measured = replace(fit, electrolyte_sigma=0.02)
+    measured.to_frame().to_csv(tmp_path / "m.csv", index=False)
+    back = ContactLevel.read_csv(tmp_path / "m.csv")
+    assert back.electrolyte_sigma == pytest.approx(0.02)
+    assert back.gap_width_ratio == pytest.approx(fit.gap_sigma / 0.02)
+    assert pd.read_csv(tmp_path / "m.csv").gap_width_ratio.iloc[0] == pytest.approx(fit.gap_sigma / 0.02)
+
+
+@pytest.mark.parametrize("margin", [1, 2, 3])
+def test_open_electrolyte_is_what_a_walk_over_each_voxels_cube_finds(margin):
+    """Brute force: a voxel is open electrolyte when every voxel of the cube of half side ``margin`` around
+    it lies in the array and is electrolyte."""
+    from detachment.contact_level import open_electrolyte
+
+    rng = np.random.default_rng(margin)
+    phases = np.where(ndimage.gaussian_filter(rng.normal(size=(14, 15, 16)), 2) > -0.05, VOID, CBD).astype(np.uint8)
+    got = open_electrolyte(phases, margin)
+    want = np.zeros_like(got)
+    for z, y, x in np.ndindex(phases.shape):
+        lo = np.array([z, y, x]) - margin
+        hi = np.array([z, y, x]) + margin + 1
+        if (lo >= 0).all() and (hi <= phases.shape).all():
+            want[z, y, x] = (phases[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == VOID).all()
+    assert want.any() and (~want & (phases == VOID)).any()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_robust_sigma_is_a_gaussians_sigma_unmoved_by_outliers():
+    from detachment.contact_level import robust_sigma
+
+    x = np.random.default_rng(5).normal(0.3, 0.04, 20000)
+    assert robust_sigma(x) == pytest.approx(np.std(x), rel=0.03)
+    assert robust_sigma(np.concatenate([x, np.full(200, 5.0)])) == pytest.approx(np.std(x), rel=0.04)
+    assert np.isnan(robust_sigma([1.0])) and np.isnan(robust_sigma([np.nan, 1.0]))
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.125, 0.245])
+def test_the_open_electrolytes_spread_is_the_noise_through_the_sharpening(tmp_path, weight):
+    """White noise of σ 0.02 on an electrolyte holding bright balls: the spread of the sharpened open
+    electrolyte is σ times the sharpening's noise gain, sqrt((1 + 6 w)² + 6 w²) for the six-neighbour
+    Laplacian (analytic); the balls' grey levels and the electrolyte within three voxels of them are left
+    out; too little open electrolyte gives NaN."""
+    from detachment import io
+    from detachment.contact_level import electrolyte_spread
+
+    rng = np.random.default_rng(11)
+    zz, yy, xx = np.mgrid[:40, :64, :64]
+    phases = np.full((40, 64, 64), VOID, np.uint8)
+    for c in rng.uniform([5, 8, 8], [35, 56, 56], (6, 3)):
+        phases[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < 25] = NMC_LOW
+    grey = np.where(phases == VOID, 0.1, 0.6) + rng.normal(0, 0.02, phases.shape)
+    io.write_volume(tmp_path / "v.h5", grey.astype(np.float32), (0.5,) * 3, "test")
+    io.write_arrays(tmp_path / "p.h5", {"phases": phases})
+    gain = np.sqrt((1 + 6 * weight) ** 2 + 6 * weight ** 2)
+    got = electrolyte_spread(tmp_path / "v.h5", tmp_path / "p.h5", weight, slab=7)
+    assert got == pytest.approx(0.02 * gain, rel=0.04)
+    io.write_arrays(tmp_path / "full.h5", {"phases": np.full_like(phases, CBD)})
+    assert np.isnan(electrolyte_spread(tmp_path / "v.h5", tmp_path / "full.h5", weight))
 
 
 @pytest.mark.parametrize("sigma, detached, switched", [(1.5, True, False), (1.0, False, True)])
@@ -364,7 +429,8 @@ def test_the_default_reading_sharpened_and_less_the_spill_reads_one_voxel_coats_
 
 def test_contact_level_figure_says_how_the_grey_levels_were_corrected():
     """The figure's axis names the spill's σ and the sharpening weight the level was fitted with (neither
-    when the grey levels were read as reconstructed); the level is drawn where it was placed."""
+    when the grey levels were read as reconstructed); the level is drawn where it was placed; where the open
+    electrolyte's spread was measured, the gap component it would give is drawn and labelled with the ratio."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -381,6 +447,14 @@ def test_contact_level_figure_says_how_the_grey_levels_were_corrected():
     assert any(label.startswith("ambiguous: P(gap) 0.1–0.9") for label in labels), labels
     plain = contact_level_figure(x, fit, 0.15).axes[0]
     assert "spill" not in plain.get_xlabel() and "sharpened" not in plain.get_xlabel()
+    assert not any("open electrolyte" in label for label in plain.get_legend_handles_labels()[1])
+    # the gap component as the open electrolyte's spread would make it: its peak is the ratio times higher
+    ax = contact_level_figure(x, replace(fit, electrolyte_sigma=fit.gap_sigma / 2), 0.15).axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    i = next(i for i, label in enumerate(labels) if label.startswith("open electrolyte's spread"))
+    assert "gap 2.00× as wide (bound 1.35)" in labels[i], labels[i]
+    gap = next(h for h, label in zip(handles, labels) if label.startswith("gap "))
+    assert handles[i].get_ydata().max() == pytest.approx(2 * gap.get_ydata().max(), rel=0.02)
 
 
 def test_ambiguous_faces_are_the_planted_mixtures_mass_where_neither_component_dominates():

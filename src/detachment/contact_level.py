@@ -37,6 +37,10 @@ READINGS = ("level", "deconvolved", "map")
 #: (:data:`detachment.plausibility.MAX_BOUNDS`); beyond it the weight stays at this σ's, as the Laplacian
 #: amplifies the noise by about 1 + 6 w
 MAX_SHARPEN_SIGMA = MAX_BOUNDS["blur_sigma_vox"][0]
+#: Voxels (a cube's half side) of nothing but electrolyte around an open-electrolyte voxel
+#: (:func:`open_electrolyte`): the spill of a neighbouring phase has faded there (below 3 % of its contrast
+#: at a point-spread σ of 1.6 voxels)
+OPEN_ELECTROLYTE_VOX = 3
 
 
 @dataclass
@@ -81,6 +85,10 @@ class ContactLevel:
     ambiguous_faces : float
         Share (0-1) of the faces the fitted components cannot place (:func:`ambiguous_face_share`); NaN
         where not fitted.
+    electrolyte_sigma : float
+        Spread (robust σ, grey levels) of the same grey levels in the open electrolyte
+        (:func:`open_electrolyte`): what a gap face's level would spread by with nothing but noise across
+        it; NaN where not measured. ``gap_sigma`` over it is :attr:`gap_width_ratio`.
     """
 
     level: float
@@ -101,16 +109,27 @@ class ContactLevel:
     sharpen: float = 0.0
     spill_sigma: float = 0.0
     ambiguous_faces: float = float("nan")
+    electrolyte_sigma: float = float("nan")
+
+    @property
+    def gap_width_ratio(self) -> float:
+        """``gap_sigma / electrolyte_sigma``: how much wider the gap faces' grey levels spread than the
+        electrolyte's own noise (about 1 where the voxels across the faces are electrolyte only; well
+        above where they hold part of the particle or of CBD: surfaces that cut voxels, or blur); NaN
+        where either is not known."""
+        if not (np.isfinite(self.gap_sigma) and np.isfinite(self.electrolyte_sigma) and self.electrolyte_sigma > 0):
+            return float("nan")
+        return float(self.gap_sigma / self.electrolyte_sigma)
 
     def to_frame(self) -> pd.DataFrame:
-        """The fields as a one-row table (``contact_level.csv``).
+        """The fields as a one-row table (``contact_level.csv``), with :attr:`gap_width_ratio`.
 
         Returns
         -------
         pandas.DataFrame
-            One row, one column per field.
+            One row, one column per field and ``gap_width_ratio``.
         """
-        return pd.DataFrame([asdict(self)])
+        return pd.DataFrame([{**asdict(self), "gap_width_ratio": self.gap_width_ratio}])
 
     @classmethod
     def read_csv(cls, path) -> ContactLevel:
@@ -154,7 +173,89 @@ class ContactLevel:
             row[key] = float(row.get(key, 0.0))
             if not (np.isfinite(row[key]) and row[key] >= 0):
                 raise ValueError(f"{path}: {key!r} must be finite and >= 0, not {row[key]!r}")
+        row["electrolyte_sigma"] = float(row.get("electrolyte_sigma", np.nan))
+        if row["electrolyte_sigma"] <= 0 or np.isinf(row["electrolyte_sigma"]):
+            raise ValueError(f"{path}: 'electrolyte_sigma' must be > 0 and finite, or NaN, not "
+                             f"{row['electrolyte_sigma']!r}")
         return cls(**row)
+
+
+def open_electrolyte(phases: np.ndarray, margin: int = OPEN_ELECTROLYTE_VOX) -> np.ndarray:
+    """(z, y, x) bool: electrolyte voxels with electrolyte only within ``margin`` voxels along every axis
+    (a cube; the array's border counts as another phase, as nothing is known beyond it).
+
+    Parameters
+    ----------
+    phases : numpy.ndarray
+        (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
+    margin : int, default :data:`OPEN_ELECTROLYTE_VOX`
+        Half side of the cube, voxels.
+
+    Returns
+    -------
+    numpy.ndarray
+        (z, y, x) bool.
+    """
+    return ndimage.binary_erosion(np.asarray(phases) == VOID, np.ones((3, 3, 3), bool), iterations=int(margin),
+                                  border_value=0)
+
+
+def electrolyte_spread(volume_path, phases_path, sharpen_weight: float = 0.0, margin: int = OPEN_ELECTROLYTE_VOX,
+                       slab: int = 32, min_voxels: int = 200) -> float:
+    """Spread of a volume's grey levels in its open electrolyte, sharpened as the contacts are read.
+
+    :func:`robust_sigma` of :func:`sharpen` (weight ``sharpen_weight``) of the grey levels at
+    :func:`open_electrolyte` voxels, on every :data:`detachment.blur.SLICE_STEP`-th slice and every
+    second row and column (enough voxels for a σ, a bounded share of a large volume); read slab by slab.
+    The particles' spill, which the contacts' grey levels are corrected for, is left in: it has faded
+    there. This is the noise a gap face's grey level would spread by with electrolyte alone across it.
+
+    Parameters
+    ----------
+    volume_path, phases_path : str or os.PathLike
+        HDF5 files of the volume (``/volume``) and its phase map (``/phases``, same shape).
+    sharpen_weight : float, default 0
+        Weight of the Laplacian subtracted (voxels², :func:`sharpening_weight`).
+    margin, slab : int, default :data:`OPEN_ELECTROLYTE_VOX`, 32
+        As :func:`open_electrolyte`; slices per slab read.
+    min_voxels : int, default 200
+        Fewest open-electrolyte voxels to measure on.
+
+    Returns
+    -------
+    float
+        σ, grey levels; NaN with fewer than ``min_voxels`` voxels.
+    """
+    import h5py
+
+    from . import io
+    from .blur import SLICE_STEP
+
+    halo = int(margin) + 1
+    values = []
+    with h5py.File(phases_path, "r") as f:
+        dp = f["phases"]
+        for z0, z1, grey in io.iter_volume_slabs(volume_path, slab, halo):
+            a = max(0, z0 - halo)
+            inner = slice(z0 - a, z1 - a)
+            keep = (np.arange(z0, z1) % SLICE_STEP) == 0
+            if not keep.any():
+                continue
+            ph = dp[a:a + len(grey)]
+            wanted = open_electrolyte(ph, margin)[inner][keep][:, ::2, ::2]
+            values.append(sharpen(grey, sharpen_weight)[inner][keep][:, ::2, ::2][wanted])
+    x = np.concatenate(values) if values else np.zeros(0)
+    return robust_sigma(x) if x.size >= min_voxels else float("nan")
+
+
+def robust_sigma(values) -> float:
+    """1.4826 × the median absolute deviation of the finite ``values`` (the σ of a Gaussian, unmoved by a
+    few outliers); NaN for fewer than two."""
+    x = np.asarray(values, np.float64)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(x - np.median(x))))
 
 
 def sharpening_weight(sigma_vox: float | None, max_sigma: float = MAX_SHARPEN_SIGMA) -> float:

@@ -41,6 +41,12 @@ MAX_BOUNDS = {
     "blur_sigma_vox": (0.7, "the point-spread function is narrow enough to see gaps of one to three voxels (σ "
                             "measured on the particles' edges, voxels; the bound: docs/results.md)"),
 }
+#: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
+#: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
+#: across the faces hold part of the particle or of CBD (surfaces that cut voxels, or blur), which a one-voxel
+#: reading takes for CBD. Chosen between the tuning cells that read their contacts well and those that do not
+#: (docs/results.md).
+MAX_GAP_WIDTH_RATIO = 1.35
 
 
 class ImplausiblePhaseMap(ValueError):
@@ -220,7 +226,8 @@ class AmbiguousContacts(ValueError):
     """The contact reading of a sample cannot tell gap from CBD; the message names the sample and the way out."""
 
 
-def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: float | None = None) -> bool:
+def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: float | None = None,
+                       width_ratio: float | None = None) -> bool:
     """Whether a sample's contact reading is too uncertain for its detachment to be reported.
 
     Parameters
@@ -237,30 +244,39 @@ def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: f
         Point-spread σ measured on the particles' edges (voxels, ``phase_qc.csv``); beyond the blur check's
         bound (:data:`MAX_BOUNDS`) the reading is outside the range it was validated on, whatever the
         spread. None or NaN: not checked.
+    width_ratio : float, optional
+        ``contact_level.csv``'s ``gap_width_ratio``: how much wider the gap faces' grey levels spread than
+        the open electrolyte's; beyond :data:`MAX_GAP_WIDTH_RATIO` the faces hold mixtures a one-voxel
+        reading misreads. None or NaN: not checked.
 
     Returns
     -------
     bool
-        True when ``|spread|`` exceeds ``max_ambiguity`` or σ the blur bound (a NaN spread is not ambiguous:
-        nothing was compared).
+        True when ``|spread|`` exceeds ``max_ambiguity``, σ the blur bound or the width ratio its bound (a
+        NaN spread is not ambiguous: nothing was compared).
     """
     if max_ambiguity is None:
         return False
-    return bool(np.isfinite(spread)) and abs(spread) > max_ambiguity or _too_blurred(blur_sigma)
+    return (bool(np.isfinite(spread)) and abs(spread) > max_ambiguity or _too_blurred(blur_sigma)
+            or _too_mixed(width_ratio))
 
 
 def _too_blurred(blur_sigma: float | None) -> bool:
     return blur_sigma is not None and bool(np.isfinite(blur_sigma)) and blur_sigma > MAX_BOUNDS["blur_sigma_vox"][0]
 
 
+def _too_mixed(width_ratio: float | None) -> bool:
+    return width_ratio is not None and bool(np.isfinite(width_ratio)) and width_ratio > MAX_GAP_WIDTH_RATIO
+
+
 def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on_ambiguous: str = "stop",
                      figure_hint: str = "", blur_sigma: float | None = None, reading: str = "level",
-                     undecided: float | None = None) -> None:
+                     undecided: float | None = None, width_ratio: float | None = None) -> None:
     """Stop (raise :class:`AmbiguousContacts`) or warn when a sample's contact reading is ambiguous.
 
     Parameters
     ----------
-    spread, max_ambiguity, blur_sigma : float
+    spread, max_ambiguity, blur_sigma, width_ratio : float
         As :func:`contacts_ambiguous`.
     sample : str
         Named in the message.
@@ -278,27 +294,16 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
     ------
     AmbiguousContacts
         When the reading is ambiguous and ``on_ambiguous`` is ``"stop"``; the message names the sample,
-        the disagreement or the blur, the bound and the ways out.
+        every check that failed (the disagreement, the blur, the gap faces' width) with its bound, and the
+        ways out.
     ValueError
         When ``on_ambiguous`` is neither ``"stop"`` nor ``"warn"``.
     """
     if on_ambiguous not in ("stop", "warn"):
         raise ValueError(f"science.on_ambiguous_contacts: {on_ambiguous!r} is not 'stop' or 'warn'")
-    if not contacts_ambiguous(spread, max_ambiguity, blur_sigma):
+    if not contacts_ambiguous(spread, max_ambiguity, blur_sigma, width_ratio):
         return
-    if bool(np.isfinite(spread)) and abs(spread) > max_ambiguity:
-        pair = ("the phase map and the fitted contact level" if reading == "map"
-                else "the fitted contact level and the deconvolved reading")
-        why = (f"{pair} disagree on {abs(spread):.0%} of the "
-               f"background faces (science.contact_max_ambiguity: {max_ambiguity:.0%}), so gap and CBD are not "
-               f"told apart in these grey levels (CBD too close to the electrolyte, or a point-spread function "
-               f"wider than the gaps) and every detachment number would carry an error of that order")
-    else:
-        why = (f"the point-spread σ measured on the particles' edges is {blur_sigma:.2f} voxels (phase_qc.csv "
-               f"blur_sigma_vox), wider than the {MAX_BOUNDS['blur_sigma_vox'][0]} voxels up to which the reading "
-               f"was validated (blur widens the edges, and so does partial volume: surfaces that cut voxels): a "
-               f"one-voxel gap or coat beside a particle is misread there, so detachment can be off by a tenth or "
-               f"more even where the two readings agree")
+    why = "; and ".join(_ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading))
     if undecided is not None and np.isfinite(undecided):
         why += (f"; the sample's gap / CBD mixture leaves {undecided:.0%} of the faces undecided (contact_level.csv "
                 f"ambiguous_faces; per particle, particles.csv detachment_ambiguous)")
@@ -309,3 +314,28 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
     if on_ambiguous == "stop":
         raise AmbiguousContacts(msg)
     log.warning(msg)
+
+
+def _ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading: str) -> list[str]:
+    """What :func:`enforce_contacts` says for each check of :func:`contacts_ambiguous` that failed."""
+    out = []
+    if bool(np.isfinite(spread)) and abs(spread) > max_ambiguity:
+        pair = ("the phase map and the fitted contact level" if reading == "map"
+                else "the fitted contact level and the deconvolved reading")
+        out.append(f"{pair} disagree on {abs(spread):.0%} of the background faces (science.contact_max_ambiguity: "
+                   f"{max_ambiguity:.0%}), so gap and CBD are not told apart in these grey levels (CBD too close to "
+                   f"the electrolyte, or a point-spread function wider than the gaps) and every detachment number "
+                   f"would carry an error of that order")
+    if _too_blurred(blur_sigma):
+        out.append(f"the point-spread σ measured on the particles' edges is {blur_sigma:.2f} voxels (phase_qc.csv "
+                   f"blur_sigma_vox), wider than the {MAX_BOUNDS['blur_sigma_vox'][0]} voxels up to which the "
+                   f"reading was validated (blur widens the edges, and so does partial volume: surfaces that cut "
+                   f"voxels): a one-voxel gap or coat beside a particle is misread there, so detachment can be off "
+                   f"by a tenth or more even where the two readings agree")
+    if _too_mixed(width_ratio):
+        out.append(f"the grey levels across the faces read as electrolyte spread {width_ratio:.2f} times as wide as "
+                   f"the open electrolyte's own (contact_level.csv gap_width_ratio; bound {MAX_GAP_WIDTH_RATIO}): "
+                   f"the voxels across the faces hold part of the particle or of CBD (surfaces that cut voxels, "
+                   f"i.e. partial volume, or blur), and a one-voxel reading takes a voxel half particle and half "
+                   f"electrolyte for CBD, so detachment comes out too low, by a tenth or more")
+    return out

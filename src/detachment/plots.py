@@ -639,9 +639,23 @@ def second_map_figure(panels: list[dict]):
     return fig
 
 
+def _electrolyte_noise_curve(ax, fit, x) -> None:
+    """The gap component as it would be with the open electrolyte's spread (dashed), labelled with the
+    gap faces' width ratio and its bound; nothing where the spread was not measured."""
+    from .plausibility import MAX_GAP_WIDTH_RATIO
+
+    sd, ratio = getattr(fit, "electrolyte_sigma", np.nan), getattr(fit, "gap_width_ratio", np.nan)
+    if not (np.isfinite(sd) and np.isfinite(ratio)):
+        return
+    ax.plot(x, fit.gap_weight * np.exp(-0.5 * ((x - fit.gap_mean) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)),
+            color=PHASE_COLOURS["void"], ls="--",
+            label=f"open electrolyte's spread ± {sd:.3f}: gap {ratio:.2f}× as wide (bound {MAX_GAP_WIDTH_RATIO:g})")
+
+
 def contact_level_figure(values, fit, midpoint: float | None = None, title: str = ""):
-    """Grey levels just outside the particles, the fitted gap and CBD Gaussians, the levels, and the band
-    where the fit cannot place a face (gap probability 0.1-0.9, shaded, with the share of faces in it).
+    """Grey levels just outside the particles, the fitted gap and CBD Gaussians, the gap component as the
+    open electrolyte's own spread would make it (dashed), the levels, and the band where the fit cannot
+    place a face (gap probability 0.1-0.9, shaded, with the share of faces in it).
 
     Parameters
     ----------
@@ -670,6 +684,7 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
                                 ("CBD", fit.cbd_mean, fit.cbd_sigma, fit.cbd_weight)):
             ax.plot(x, w * np.exp(-0.5 * ((x - mu) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)),
                     color=PHASE_COLOURS["void" if name == "gap" else "cbd"], label=f"{name} {mu:.3f} ± {sd:.3f}")
+        _electrolyte_noise_curve(ax, fit, x)
     if fit.fitted and values.size:
         from .contact_level import AMBIGUOUS_POSTERIOR, gap_posterior
 

@@ -36,6 +36,8 @@ logging.getLogger(__name__).info("contact level %.4f (%s) from %d faces: gap %.3
                                  "CBD %.3f ± %.3f", fit.level, "fitted" if fit.fitted else "fallback",
                                  fit.n_faces, fit.gap_mean, fit.gap_sigma, fit.gap_weight, fit.cbd_mean,
                                  fit.cbd_sigma)
+logging.getLogger(__name__).info("open electrolyte's spread %.4f: the gap faces spread %.2f times as wide (bound %.2f)",
+                                 fit.electrolyte_sigma, fit.gap_width_ratio, plausibility.MAX_GAP_WIDTH_RATIO)
 if fit.reading == "map":
     logging.getLogger(__name__).info(
         "contacts read on the phase map: %.1f %% of the faces electrolyte; the fitted level reads %.1f %% "
@@ -48,7 +50,7 @@ elif fit.reading == "deconvolved":
         "uncertainty (contact_level.csv: spread).", 100 * fit.gap_share, 100 * fit.gap_share_deconvolved, fit.level)
 p = snakemake.params
 table = fit.to_frame()
-table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity, sigma)
+table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity, sigma, fit.gap_width_ratio)
 io.write_csv(snakemake.output.table, table)
 io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample),
                snakemake.output.figure)
@@ -58,4 +60,5 @@ if table.ambiguous.iloc[0]:
     shutil.copyfile(snakemake.output.figure, kept)
     plausibility.enforce_contacts(fit.spread, p.max_ambiguity, snakemake.wildcards.sample,
                                   snakemake.config["science"]["on_ambiguous_contacts"], figure_hint=str(kept),
-                                  blur_sigma=sigma, reading=fit.reading, undecided=fit.ambiguous_faces)
+                                  blur_sigma=sigma, reading=fit.reading, undecided=fit.ambiguous_faces,
+                                  width_ratio=fit.gap_width_ratio)
