@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -491,24 +492,15 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     Returns
     -------
     fit : detachment.contact_level.ContactLevel
-        The level, its components, the share of faces they cannot place, the reading and its check, and
-        the spread of the grey levels, sharpened alike, in the volume's open electrolyte
-        (``electrolyte_sigma``, :func:`detachment.contact_level.electrolyte_spread`).
+        The level, its components, the share of faces they cannot place, the reading and its check, the
+        open electrolyte's spread (:func:`detachment.contact_level.electrolyte_spread`).
     values : numpy.ndarray
         (n_faces,) float64 grey levels the fit was made on (sharpened, less the spill), one per face.
     midpoint : float or None
         The void/CBD midpoint of the phase file (``None`` without grey levels there).
     """
-    from dataclasses import replace
-
+    from . import contact_level as cl
     from . import io
-    from .contact_level import (
-        ambiguous_face_share,
-        choose_reading,
-        electrolyte_spread,
-        fit_contact_level,
-        read_on_map,
-    )
 
     shape, voxel = io.read_volume_info(volume_path)
     with _open_datasets(labels_path, phases_path, volume_path) as (dl, dp, dv):
@@ -517,12 +509,12 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         crops = _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress, "contact level", partition, voxel,
                                 sharpen, spill_sigma, midpoint)
         values, deconvolved, codes = _face_values(crops)
-    base = fit_contact_level(values, np.nan if midpoint is None else midpoint)
+    base = cl.fit_contact_level(values, np.nan if midpoint is None else midpoint)
     fit = replace(base, sharpen=float(sharpen), spill_sigma=float(spill_sigma),
-                  ambiguous_faces=ambiguous_face_share(values, base),
-                  electrolyte_sigma=electrolyte_spread(volume_path, phases_path, sharpen))
-    fit = choose_reading(fit, values, deconvolved, midpoint, None if on_map else max_spread)
-    return read_on_map(fit, values, codes, switch=on_map), values, midpoint
+                  ambiguous_faces=cl.ambiguous_face_share(values, base),
+                  electrolyte_sigma=cl.electrolyte_spread(volume_path, phases_path, sharpen))
+    fit = cl.choose_reading(fit, values, deconvolved, midpoint, None if on_map else max_spread)
+    return cl.read_on_map(fit, values, codes, switch=on_map), values, midpoint
 
 
 def _face_values(crops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

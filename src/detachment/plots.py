@@ -653,15 +653,14 @@ def _electrolyte_noise_curve(ax, fit, x) -> None:
 
 
 def contact_level_figure(values, fit, midpoint: float | None = None, title: str = ""):
-    """Grey levels just outside the particles, the fitted gap and CBD Gaussians, the gap component as the
-    open electrolyte's own spread would make it (dashed), the levels, and the band where the fit cannot
-    place a face (gap probability 0.1-0.9, shaded, with the share of faces in it).
+    """Grey levels just outside the particles, the fitted gap and CBD Gaussians (the gap's dashed as the open
+    electrolyte's spread would make it), the levels, and the band where the fit cannot place a face (gap
+    probability 0.1-0.9, shaded, with the share of faces in it).
 
     Parameters
     ----------
     values : array_like
-        Face-neighbour grey levels (:func:`detachment.contact_level.face_neighbour_levels`), shown as a
-        density histogram.
+        Face-neighbour grey levels (:func:`detachment.contact_level.face_neighbour_levels`), a density histogram.
     fit : detachment.contact_level.ContactLevel
         The contact level; its components are drawn where it was fitted.
     midpoint : float, optional
