@@ -182,6 +182,8 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
     assert lo <= 0.15 and hi >= 0.3
     # surfaces on the voxel faces, and cutting voxels anywhere (partial volume)
     assert span(lambda p: p.supersample) == (1, 2)
+    lo, hi = span(lambda p: p.noise_sigma)
+    assert lo <= 0.023 and hi >= 0.045
     # partial volume under a point spread sharp enough not to widen the edges past the blur check
     assert any(p.supersample > 1 and p.blur_sigma_vox <= 0.3 for p in ps.values())
 

@@ -2,7 +2,7 @@
 
 Each preset in :data:`PRESETS` overrides some :class:`detachment.phantom.PhantomParams` on top of the
 configured phantom defaults (``default`` overrides nothing); :func:`preset_params` applies one.
-Together they span two grey-level contrasts (phase means), NMC FWHM 0.07-0.147, electrolyte 30-80 % of the volume (with empty space above the
+Together they span two grey-level contrasts (phase means), NMC FWHM 0.07-0.147, noise σ 0.023-0.045, electrolyte 30-80 % of the volume (with empty space above the
 electrode), particle diameters 12-40 voxels, 15-90 % of placements touching, detachment gaps 1-4
 voxels, CBD coats 0-2 voxels (bare porous-CBD contacts as well as coated ones), cracks 1-3 voxels,
 blur σ 0.3-1.5 voxel and collectors 3-12 voxels thick, surfaces on the voxel faces or cutting voxels
@@ -56,6 +56,8 @@ PRESETS: dict[str, dict] = {
     # the default geometry drawn on 2 x 2 x 2 sub-voxels: surfaces cut the voxels anywhere, and a voxel
     # beside a particle holds part of it (partial volume), as in every real reconstruction
     "partial_volume": {"supersample": 2},
+    # twice the default noise on every phase (a shorter exposure or fewer projections)
+    "noisy": {"fwhm": {"void": 0.106, "cbd": 0.128, "al": 0.106, "nmc_low": 0.14, "nmc_high": 0.14}},
     # partial volume under a sharper point-spread function: the edges measured on the particles stay within
     # the blur check's bound, so only the contact reading's own checks can tell that the voxels across the
     # faces are mixtures
