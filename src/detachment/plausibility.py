@@ -337,5 +337,5 @@ def _ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading: 
                    f"the open electrolyte's own (contact_level.csv gap_width_ratio; bound {MAX_GAP_WIDTH_RATIO}): "
                    f"the voxels across the faces hold part of the particle or of CBD (surfaces that cut voxels, "
                    f"i.e. partial volume, or blur), and a one-voxel reading takes a voxel half particle and half "
-                   f"electrolyte for CBD, so detachment comes out too low, by a tenth or more")
+                   f"electrolyte for CBD, so detachment comes out too low, by a few hundredths to a tenth or more")
     return out
