@@ -245,7 +245,8 @@ def test_reading_settings_follow_the_file_and_the_mode(tmp_path):
 
     (tmp_path / "c.csv").write_text("level,fitted,reading,sharpen\n0.14,False,deconvolved,0.13\n")
     # the deconvolved reading is made on the grey levels as they are, whatever the level was fitted on
-    plain = {"deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0, "ambiguity": None}  # no mixture in these files
+    plain = {"deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0, "ambiguity": None,  # no mixture in these files
+             "partial_volume": False}
     assert reading_settings(tmp_path / "c.csv") == {**plain, "contact_level": 0.14, "deconvolve": True}
     assert reading_settings(tmp_path / "c.csv", "midpoint") == {**plain, "contact_level": None}
     (tmp_path / "s.csv").write_text("level,fitted,reading,sharpen,spill_sigma\n0.2,True,level,0.13,0.6\n")
@@ -259,6 +260,33 @@ def test_reading_settings_follow_the_file_and_the_mode(tmp_path):
     (tmp_path / "bad.csv").write_text("level,fitted,reading\n0.14,False,guess\n")
     with pytest.raises(ValueError, match="bad.csv: 'reading' must be one of"):
         reading_settings(tmp_path / "bad.csv")
+
+
+@pytest.mark.parametrize("gap_sigma, electrolyte_sigma, mixed", [(0.06, 0.05, False), (0.0674, 0.05, False),
+                                                                 (0.0676, 0.05, True), (0.1, 0.05, True),
+                                                                 (0.1, float("nan"), False)])
+def test_the_faces_hold_mixtures_where_the_gap_spreads_past_the_bound_and_the_mode_decides_the_reading(
+        tmp_path, gap_sigma, electrolyte_sigma, mixed):
+    """``partial_volume`` is the gap faces' width ratio beyond the bound (1.35; unknown: False); it goes to the
+    file and back, and ``science.contact_partial_volume`` reads through the layer where it says (auto), always
+    or never, and refuses anything else naming the setting."""
+    from detachment.contact_level import reading_settings, reads_through_layer
+    from detachment.plausibility import MAX_GAP_WIDTH_RATIO
+
+    fit = ContactLevel(0.12, True, 0.0, gap_sigma, 0.4, 0.28, 0.05, 0.6, 0.0, 1000, reading="map",
+                       electrolyte_sigma=electrolyte_sigma)
+    assert MAX_GAP_WIDTH_RATIO == 1.35 and fit.partial_volume is mixed
+    fit.to_frame().to_csv(tmp_path / "f.csv", index=False)
+    assert bool(pd.read_csv(tmp_path / "f.csv").partial_volume.iloc[0]) is mixed
+    assert ContactLevel.read_csv(tmp_path / "f.csv").partial_volume is mixed
+    assert reading_settings(tmp_path / "f.csv")["partial_volume"] is mixed
+    assert reading_settings(tmp_path / "f.csv", partial_volume="always")["partial_volume"] is True
+    assert reading_settings(tmp_path / "f.csv", partial_volume="never")["partial_volume"] is False
+    assert reading_settings(tmp_path / "f.csv", "midpoint")["partial_volume"] is False  # no reading to follow
+    assert reading_settings(tmp_path / "f.csv", "midpoint", "always")["partial_volume"] is True
+    assert reads_through_layer(None) is False and reads_through_layer(fit, "auto") is mixed
+    with pytest.raises(ValueError, match=r"science.contact_partial_volume must be one of .*'sometimes'"):
+        reading_settings(tmp_path / "f.csv", partial_volume="sometimes")
 
 
 def _coated_ball(sigma: float, coat: float, noise: float = 0.02, seed: int = 3):
@@ -430,7 +458,8 @@ def test_the_default_reading_sharpened_and_less_the_spill_reads_one_voxel_coats_
 def test_contact_level_figure_says_how_the_grey_levels_were_corrected():
     """The figure's axis names the spill's σ and the sharpening weight the level was fitted with (neither
     when the grey levels were read as reconstructed); the level is drawn where it was placed; where the open
-    electrolyte's spread was measured, the gap component it would give is drawn and labelled with the ratio."""
+    electrolyte's spread was measured, the gap component it would give is drawn and labelled with the ratio;
+    the title says when the contacts are read through a one-voxel CBD layer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -455,6 +484,9 @@ def test_contact_level_figure_says_how_the_grey_levels_were_corrected():
     assert "gap 2.00× as wide (bound 1.35)" in labels[i], labels[i]
     gap = next(h for h, label in zip(handles, labels) if label.startswith("gap "))
     assert handles[i].get_ydata().max() == pytest.approx(2 * gap.get_ydata().max(), rel=0.02)
+    assert "one-voxel CBD layer" not in ax.get_title()
+    through = contact_level_figure(x, fit, 0.15, title="s", through_layer=True).axes[0]
+    assert through.get_title().startswith("s") and "partial volume: a one-voxel CBD layer" in through.get_title()
 
 
 def test_ambiguous_faces_are_the_planted_mixtures_mass_where_neither_component_dominates():
@@ -521,7 +553,8 @@ def test_the_map_reading_reads_no_grey_level_downstream_and_passes_the_fit_for_i
 
     (tmp_path / "m.csv").write_text("level,fitted,reading,sharpen,spill_sigma\n0.2,True,map,0.13,0.6\n")
     assert reading_settings(tmp_path / "m.csv") == {"contact_level": None, "deconvolve": False, "sharpen": 0.13,
-                                                    "spill_sigma": 0.6, "ambiguity": None}  # no components
+                                                    "spill_sigma": 0.6, "ambiguity": None,  # no components
+                                                    "partial_volume": False}
     fit = ContactLevel(0.12, True, 0.0, 0.05, 0.4, 0.28, 0.05, 0.6, 0.0, 1000, reading="map", sharpen=0.13,
                        spill_sigma=0.6)
     fit.to_frame().to_csv(tmp_path / "f.csv", index=False)

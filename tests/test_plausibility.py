@@ -240,7 +240,8 @@ def test_partial_volume_stops_at_the_blur_check_the_voxel_grid_does_not(tmp_path
 
 
 def test_the_gap_faces_width_stops_a_reading_and_every_failed_check_is_named(caplog):
-    """A gap component wider than the bound times the open electrolyte's spread makes the reading ambiguous
+    """Where the contacts are not read through a one-voxel layer (science.contact_partial_volume: never), a gap
+    component wider than the bound times the open electrolyte's spread makes the reading ambiguous
     whatever the spread and the blur; the message names the sample, the ratio, the column and the bound,
     and with the blur failing too it names both; NaN (not measured) checks nothing."""
     from detachment.plausibility import (
@@ -267,18 +268,25 @@ def test_the_gap_faces_width_stops_a_reading_and_every_failed_check_is_named(cap
         enforce_contacts(0.02, 0.15, "pv", "warn", blur_sigma=0.65, width_ratio=1.83)
     assert "1.83 times" in caplog.text
     enforce_contacts(0.02, 0.15, "sharp", "stop", blur_sigma=0.5, width_ratio=1.1)  # nothing to say
+    # read through a one-voxel CBD layer, the width is what that reading accounts for: not a reason to stop
+    assert not contacts_ambiguous(0.0, 0.15, 0.5, 1.95, through_layer=True)
+    enforce_contacts(0.02, 0.15, "pv", "stop", blur_sigma=0.65, width_ratio=1.83, through_layer=True)
+    with pytest.raises(AmbiguousContacts, match=r"is 0\.80 voxels") as stopped:  # the blur still stops it
+        enforce_contacts(0.02, 0.15, "pv", "stop", blur_sigma=0.8, width_ratio=1.95, through_layer=True)
+    assert "times as wide" not in str(stopped.value)
 
 
 @pytest.mark.parametrize("seed", [21, 3])
-def test_partial_volume_under_a_sharp_blur_passes_the_blur_check_and_stops_at_the_gap_faces_width(tmp_path,
-                                                                                                  default_config,
-                                                                                                  seed):
+def test_partial_volume_under_a_sharp_blur_is_told_by_the_gap_faces_width_and_read_through_the_layer(tmp_path,
+                                                                                                       default_config,
+                                                                                                       seed):
     """The default geometry under a point spread of σ 0.3, drawn on the voxel grid and on 2³ sub-voxels. The
     edges measured on the partial-volume map stay within the blur bound, yet the map's codes read its
     contacts (on the planted envelopes) more than 0.04 too low on average, against the planted sub-voxel
     truth: voxels half particle and half electrolyte read as CBD. The gap faces' grey levels are wider than
-    the open electrolyte's by more than the bound there, within it on the voxel grid, where the reading is
-    right (mean error below 0.015)."""
+    the open electrolyte's by more than the bound there, within it on the voxel grid; read as the width says
+    (through a one-voxel CBD layer on sub-voxels, plainly on the grid) both are right (mean error below
+    0.015), while reading the grid through the layer would count the coats' rims as gaps (above +0.01)."""
     from detachment.contact_level import sharpening_weight
     from detachment.particles import contact_level_from_files, particle_table_from_files
     from detachment.plausibility import MAX_GAP_WIDTH_RATIO
@@ -299,9 +307,13 @@ def test_partial_volume_under_a_sharp_blur_passes_the_blur_check_and_stops_at_th
         fit, _, _ = contact_level_from_files(*files, links, progress=False, sharpen=sharpening_weight(sigma),
                                              spill_sigma=sigma, on_map=True)
         ratio[k] = fit.gap_width_ratio
-        t = particle_table_from_files(*files, links, progress=False, refine=False, gap_from_intensity=False,
-                                      partition="masks")
-        planted = ph.table.set_index("label").loc[t.label, "detachment"].to_numpy()
-        bias[k] = float(np.mean(t.detachment.to_numpy() - planted))
+        assert fit.partial_volume is (k == 2)
+        for through in (False, True):
+            t = particle_table_from_files(*files, links, progress=False, refine=False, gap_from_intensity=False,
+                                          partition="masks", partial_volume=through)
+            planted = ph.table.set_index("label").loc[t.label, "detachment"].to_numpy()
+            bias[k, through] = float(np.mean(t.detachment.to_numpy() - planted))
+            assert np.isfinite(t.detachment_ambiguous).all() == through
     assert ratio[1] < MAX_GAP_WIDTH_RATIO < ratio[2], ratio
-    assert abs(bias[1]) < 0.015 and bias[2] < -0.04, bias
+    assert bias[2, False] < -0.04 and bias[1, True] > 0.01, bias
+    assert abs(bias[1, False]) < 0.015 and abs(bias[2, True]) < 0.015, bias

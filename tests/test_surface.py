@@ -52,6 +52,92 @@ def test_contacts_match_brute_force_loop_on_random_labels():
     np.testing.assert_allclose(c.area, expected)
 
 
+def _brute_force_through_layer(labels, phases, grey=None, level=None):
+    """Per label: face counts by class and the faces read through a one-voxel CBD layer, one face at a time
+    (the neighbour's class as the plain reading gives it; then CBD with background electrolyte beyond it, in
+    the face's direction, is electrolyte; the voxel beyond clipped to the volume)."""
+    cls = {VOID: 0, CBD: 1, AL: 2, 2: 3, 3: 3}
+    n = int(labels.max()) + 1
+    counts, through = np.zeros((n, 4), int), np.zeros(n, int)
+
+    def electrolyte(q):
+        background = labels[q] == 0 and phases[q] in (VOID, CBD)
+        return background and (grey[q] < level if grey is not None else phases[q] == VOID)
+
+    for p in np.ndindex(labels.shape):
+        own = labels[p]
+        if own == 0:
+            continue
+        for axis in range(3):
+            for step in (-1, 1):
+                q, r = list(p), list(p)
+                q[axis] += step
+                r[axis] = min(max(p[axis] + 2 * step, 0), labels.shape[axis] - 1)
+                if not 0 <= q[axis] < labels.shape[axis] or labels[tuple(q)] == own:
+                    continue
+                q, r = tuple(q), tuple(r)
+                if labels[q] > 0:
+                    k = 3
+                elif phases[q] in (VOID, CBD):
+                    k = 0 if electrolyte(q) else 1
+                else:
+                    k = cls[int(phases[q])]
+                if k == 1 and electrolyte(r) and r != q:
+                    k, through[own] = 0, through[own] + 1
+                counts[own, k] += 1
+    return counts, through
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+@pytest.mark.parametrize("on_grey", [False, True])
+def test_reading_through_a_one_voxel_cbd_layer_matches_a_face_by_face_loop(seed, on_grey):
+    """``partial_volume``: random labels, codes and grey levels against a face-by-face loop, on the phase codes
+    and on the grey levels against a level; without it the plain reading (no face read through)."""
+    rng = np.random.default_rng(seed)
+    labels = np.where(rng.random((9, 10, 11)) < 0.45, rng.integers(1, 4, (9, 10, 11)), 0).astype(np.uint32)
+    phases = rng.choice(np.array([VOID, CBD, CBD, AL, NMC_LOW], np.uint8), labels.shape)
+    grey = rng.random(labels.shape) if on_grey else None
+    level = 0.5 if on_grey else None
+    counts, through = _brute_force_through_layer(labels, phases, grey, level)
+    got = surface_contacts(labels, phases, intensity=grey, gap_level=level, partial_volume=True)
+    assert through.sum() > 20
+    np.testing.assert_array_equal(got.n_faces, counts)
+    np.testing.assert_array_equal(got.n_partial_volume, through)
+    plain = surface_contacts(labels, phases, intensity=grey, gap_level=level)
+    np.testing.assert_array_equal(plain.n_partial_volume, 0)
+    moved = counts.copy()
+    moved[:, 0] -= through
+    moved[:, 1] += through
+    np.testing.assert_array_equal(plain.n_faces, moved)
+
+
+@pytest.mark.parametrize("coat, beyond, detached", [(1, VOID, 1.0), (2, VOID, 0.0), (1, "particle", 0.0),
+                                                    (1, AL, 0.0)])
+def test_a_box_in_a_one_voxel_cbd_layer_with_electrolyte_beyond_reads_detached_and_a_thicker_coat_does_not(
+        coat, beyond, detached):
+    """A 7 x 8 x 9 box in a CBD layer ``coat`` voxels thick on each face, then electrolyte, another particle
+    or Al: read through the layer, only the one-voxel layer with electrolyte beyond reads as electrolyte
+    (every face, each counted as read through); without it every face reads CBD."""
+    from scipy import ndimage
+
+    box = np.zeros((21, 22, 23), bool)
+    box[7:14, 7:15, 7:16] = True
+    cross = ndimage.generate_binary_structure(3, 1)
+    shell = ndimage.binary_dilation(box, cross, iterations=coat) & ~box
+    labels = box.astype(np.uint32)
+    phases = np.where(box, NMC_LOW, np.where(shell, CBD, VOID)).astype(np.uint8)
+    outer = ndimage.binary_dilation(box | shell, cross) & ~(box | shell)
+    if beyond == "particle":
+        labels[outer] = 2
+        phases[outer] = NMC_LOW
+    elif beyond == AL:
+        phases[outer] = AL
+    got = surface_contacts(labels, phases, partial_volume=True)
+    assert got.detachment[1] == pytest.approx(detached)
+    assert got.n_partial_volume[1] == (got.n_faces[1].sum() if detached else 0)
+    assert surface_contacts(labels, phases).detachment[1] == 0.0
+
+
 def test_crack_faces_count_void_solid_faces_inside_one_particle():
     labels = np.zeros((9, 9, 9), np.uint32)
     labels[1:8, 1:8, 1:8] = 1

@@ -26,7 +26,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .phases import CBD, VOID, gmm_decision_thresholds
-from .plausibility import MAX_BOUNDS
+from .plausibility import MAX_BOUNDS, MAX_GAP_WIDTH_RATIO
 from .surface import _pairs
 
 MIN_ASHMAN_D = 2.0
@@ -41,6 +41,9 @@ MAX_SHARPEN_SIGMA = MAX_BOUNDS["blur_sigma_vox"][0]
 #: (:func:`open_electrolyte`): the spill of a neighbouring phase has faded there (below 3 % of its contrast
 #: at a point-spread σ of 1.6 voxels)
 OPEN_ELECTROLYTE_VOX = 3
+
+#: Values of config ``science.contact_partial_volume`` (:func:`reading_settings`)
+PARTIAL_VOLUME_MODES = ("auto", "always", "never")
 
 
 @dataclass
@@ -121,15 +124,26 @@ class ContactLevel:
             return float("nan")
         return float(self.gap_sigma / self.electrolyte_sigma)
 
+    @property
+    def partial_volume(self) -> bool:
+        """Whether the voxels across the faces hold mixtures: :attr:`gap_width_ratio` beyond
+        :data:`detachment.plausibility.MAX_GAP_WIDTH_RATIO`. A face neighbour part particle and part
+        electrolyte then reads in CBD's range, so the contacts are read through a one-voxel CBD layer
+        (:func:`detachment.surface.surface_contacts` ``partial_volume``). False where the ratio is not known."""
+        ratio = self.gap_width_ratio
+        return bool(np.isfinite(ratio) and ratio > MAX_GAP_WIDTH_RATIO)
+
     def to_frame(self) -> pd.DataFrame:
-        """The fields as a one-row table (``contact_level.csv``), with :attr:`gap_width_ratio`.
+        """The fields as a one-row table (``contact_level.csv``), with :attr:`gap_width_ratio` and
+        :attr:`partial_volume`.
 
         Returns
         -------
         pandas.DataFrame
-            One row, one column per field and ``gap_width_ratio``.
+            One row, one column per field, ``gap_width_ratio`` and ``partial_volume``.
         """
-        return pd.DataFrame([{**asdict(self), "gap_width_ratio": self.gap_width_ratio}])
+        return pd.DataFrame([{**asdict(self), "gap_width_ratio": self.gap_width_ratio,
+                              "partial_volume": self.partial_volume}])
 
     @classmethod
     def read_csv(cls, path) -> ContactLevel:
@@ -613,7 +627,34 @@ def map_is_refined(phases_path) -> bool:
     return (value.decode() if isinstance(value, bytes) else str(value)).startswith("sigma ")
 
 
-def reading_settings(path, mode: str = "fit") -> dict:
+def reads_through_layer(level: ContactLevel | None, mode: str = "auto") -> bool:
+    """Whether a sample's contacts are read through a one-voxel CBD layer
+    (:func:`detachment.surface.surface_contacts` ``partial_volume``).
+
+    Parameters
+    ----------
+    level : ContactLevel or None
+        The sample's contact reading; None: none (then ``"auto"`` is False).
+    mode : {"auto", "always", "never"}, default "auto"
+        Config ``science.contact_partial_volume``: ``"auto"`` follows :attr:`ContactLevel.partial_volume`.
+
+    Returns
+    -------
+    bool
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mode``.
+    """
+    if mode not in PARTIAL_VOLUME_MODES:
+        raise ValueError(f"science.contact_partial_volume must be one of {PARTIAL_VOLUME_MODES}, not {mode!r}")
+    if mode == "auto":
+        return level is not None and level.partial_volume
+    return mode == "always"
+
+
+def reading_settings(path, mode: str = "fit", partial_volume: str = "auto") -> dict:
     """How to read the contacts of a sample: keyword arguments of
     :func:`detachment.particles.particle_table_from_files`.
 
@@ -624,6 +665,10 @@ def reading_settings(path, mode: str = "fit") -> dict:
     mode : {"fit", "midpoint"}, default "fit"
         Config ``science.contact_level``: ``"fit"`` reads the file's level and reading;
         ``"midpoint"`` ignores the file (the phase model's void/CBD midpoint, plain reading).
+    partial_volume : {"auto", "always", "never"}, default "auto"
+        Config ``science.contact_partial_volume``: read a one-voxel CBD layer between a particle and
+        electrolyte as electrolyte where the file says the faces hold mixtures (``"auto"``:
+        :attr:`ContactLevel.partial_volume`; never with ``mode`` ``"midpoint"``), always or never.
 
     Returns
     -------
@@ -631,21 +676,24 @@ def reading_settings(path, mode: str = "fit") -> dict:
         ``contact_level`` (float or None), ``deconvolve`` (bool), ``sharpen`` and ``spill_sigma``
         (floats, the sharpening weight and the spill's σ the level was fitted with; 0 for the deconvolved
         reading and for ``"midpoint"``), ``ambiguity`` (the file's :class:`ContactLevel` where its mixture
-        was fitted, for the per-particle share of undecided faces; else None).
+        was fitted, for the per-particle share of undecided faces; else None), ``partial_volume`` (bool).
 
     Raises
     ------
     ValueError
-        From :meth:`ContactLevel.read_csv`, naming the file.
+        From :meth:`ContactLevel.read_csv`, naming the file; for an unknown ``partial_volume``
+        (:func:`reads_through_layer`).
     """
     if mode != "fit":
-        return {"contact_level": None, "deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0, "ambiguity": None}
+        return {"contact_level": None, "deconvolve": False, "sharpen": 0.0, "spill_sigma": 0.0, "ambiguity": None,
+                "partial_volume": reads_through_layer(None, partial_volume)}
     level = ContactLevel.read_csv(path)
+    through = reads_through_layer(level, partial_volume)
     components = (level.gap_mean, level.gap_sigma, level.cbd_mean, level.cbd_sigma, level.gap_weight, level.cbd_weight)
     ambiguity = level if level.fitted and np.isfinite(components).all() else None
     if level.reading == "map":  # the codes decide; the grey levels (as fitted) only say how ambiguous they are
         return {"contact_level": None, "deconvolve": False, "sharpen": level.sharpen, "spill_sigma": level.spill_sigma,
-                "ambiguity": ambiguity}
+                "ambiguity": ambiguity, "partial_volume": through}
     deconvolve = level.reading == "deconvolved"
     return {"contact_level": level.level, "deconvolve": deconvolve, "sharpen": 0.0 if deconvolve else level.sharpen,
-            "spill_sigma": 0.0 if deconvolve else level.spill_sigma, "ambiguity": ambiguity}
+            "spill_sigma": 0.0 if deconvolve else level.spill_sigma, "ambiguity": ambiguity, "partial_volume": through}

@@ -115,7 +115,8 @@ def gap_level(phase_attrs) -> float | None:
 
 def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, voxel_size_um,
                    border: dict | None = None, probe: int = 1, gap_level: float | None = None,
-                   solid_level: float | None = None, contact_grey: np.ndarray | None = None) -> pd.DataFrame:
+                   solid_level: float | None = None, contact_grey: np.ndarray | None = None,
+                   partial_volume: bool = False) -> pd.DataFrame:
     """One row per label of ``labels`` (column ``label`` = the id in the volume), units in column names.
 
     Parameters
@@ -132,6 +133,10 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
         ``probe`` voxels, electrolyte also below ``gap_level`` (None: phases only), with the spill
         removed given the particle's solid grey level ``solid_level``, on the grey levels ``contact_grey``
         (e.g. sharpened, :func:`detachment.contact_level.sharpen`; default ``volume``).
+    partial_volume : bool, default False
+        Read a one-voxel CBD layer between a particle and electrolyte as electrolyte
+        (:func:`detachment.surface.surface_contacts`); ``detachment_ambiguous`` is then the share of the
+        faces so read (else NaN; :func:`particle_table_from_files` adds the fit's undecided faces).
 
     Returns
     -------
@@ -147,7 +152,7 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     if n == 0:
         return pd.DataFrame(columns=COLUMNS if border is not None else COLUMNS[:-1])
     contacts = surface_contacts(labels, phases, vs, n, probe, volume if contact_grey is None else contact_grey,
-                                gap_level, solid_level)
+                                gap_level, solid_level, partial_volume)
     crack_area = crack_faces(labels, phases, vs, n_labels=n) * STAIRCASE
     ones = np.ones(labels.shape, np.int64)
     vox = ndimage.sum_labels(ones, labels, idx)
@@ -166,7 +171,7 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
             "height_um": com[:, 0] * vs[0] - top * vs[0],
             **solid_columns,
             "crack_surface_per_volume_per_um": crack_area[1:] / volume_um3,
-            **_contact_columns(contacts),
+            **_contact_columns(contacts, partial_volume),
         })
     if border is not None:
         table["touches_border"] = table.label.map(lambda label: bool(border.get(label, False)))
@@ -189,13 +194,17 @@ def _solid_columns(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, i
             "crack_volume_fraction": crack_vox / np.maximum(vox, 1)}
 
 
-def _contact_columns(contacts) -> dict[str, np.ndarray]:
+def _contact_columns(contacts, partial_volume: bool = False) -> dict[str, np.ndarray]:
     """The columns ``detachment`` .. ``contact_particle_um2`` of labels 1.. from their
-    :class:`detachment.surface.SurfaceContacts` (areas times :data:`STAIRCASE`)."""
+    :class:`detachment.surface.SurfaceContacts` (areas times :data:`STAIRCASE`); ``detachment_ambiguous``
+    the share of faces read through a one-voxel CBD layer where ``partial_volume``, else NaN."""
+    faces = contacts.n_faces[1:].sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        through = np.where(faces > 0, contacts.n_partial_volume[1:] / np.maximum(faces, 1), np.nan)
     return {
         "detachment": contacts.detachment[1:],
         "detachment_std": contacts.detachment_std[1:],
-        "detachment_ambiguous": np.full(len(contacts.detachment) - 1, np.nan),  # set from the grey levels' fit
+        "detachment_ambiguous": through if partial_volume else np.full(len(faces), np.nan),
         "surface_faces": contacts.n_faces[1:].sum(1),
         "contact_void_um2": contacts.area[1:, 0] * STAIRCASE,
         "contact_cbd_um2": contacts.area[1:, 1] * STAIRCASE,
@@ -540,7 +549,8 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
                               progress: bool = True, probe: int = 1, refine: bool = True,
                               gap_from_intensity: bool = True, contact_level: float | None = None,
                               deconvolve: bool = False, partition: str = "watershed",
-                              sharpen: float = 0.0, spill_sigma: float = 0.0, ambiguity=None) -> pd.DataFrame:
+                              sharpen: float = 0.0, spill_sigma: float = 0.0, ambiguity=None,
+                              partial_volume: bool = False) -> pd.DataFrame:
     """:func:`particle_table` particle by particle on bounding-box crops read from the HDF5 files.
 
     Parameters
@@ -566,6 +576,10 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         and sharpened with weight ``sharpen`` (the solid's columns: on the volume as it is).
     ambiguity : detachment.contact_level.ContactLevel, optional
         The sample's fitted gap / CBD mixture for ``detachment_ambiguous`` (:func:`_ambiguous_share`; None: NaN).
+    partial_volume : bool, default False
+        Read a one-voxel CBD layer between a particle and electrolyte as electrolyte
+        (:func:`detachment.surface.surface_contacts`; ``contact_level.csv``: ``partial_volume``); those
+        faces are added to ``detachment_ambiguous``.
 
     Returns
     -------
@@ -588,7 +602,8 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
                                 spill_sigma, gap_level(dp.attrs))
         for row, lo, env, others, ph, grey, read in crops:
             t = _crop_row(env, others, ph, grey, read, vs, ambiguity, probe=probe, gap_level=level,
-                          solid_level=solid_grey(env, ph, grey) if deconvolve else None)
+                          solid_level=solid_grey(env, ph, grey) if deconvolve else None,
+                          partial_volume=partial_volume)
             if t is not None:
                 rows.append(_in_volume_frame(t, row, lo, vs, top))
         unresolved = phases_not_resolved(dp.attrs)
@@ -600,14 +615,19 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
 
 def _crop_row(env, others, ph, grey, read, vs, ambiguity, **reading) -> pd.DataFrame | None:
     """:func:`particle_table` row of the particle ``env`` in its crop (it becomes label 1, the ``others``
-    label 2), contacts read on ``read`` as ``reading`` says, with its ``detachment_ambiguous``; None where
-    the envelope is empty."""
+    label 2), contacts read on ``read`` as ``reading`` says, with its ``detachment_ambiguous`` (the faces
+    the fit leaves undecided plus those read through a one-voxel CBD layer, at most 1); None where the
+    envelope is empty."""
     crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
     t = particle_table(crop, ph, grey, vs, contact_grey=read, **reading)
     if not (t.label == 1).any():
         return None
     t = t[t.label == 1].copy()
-    t["detachment_ambiguous"] = _ambiguous_share(ambiguity, env, others, ph, read, t.surface_faces)
+    undecided = _ambiguous_share(ambiguity, env, others, ph, read, t.surface_faces)
+    through = float(t.detachment_ambiguous.iloc[0])  # faces read through a one-voxel layer; NaN: not read so
+    if np.isfinite(through):
+        undecided = min(1.0, through + (undecided if np.isfinite(undecided) else 0.0))
+    t["detachment_ambiguous"] = undecided
     return t
 
 

@@ -44,8 +44,10 @@ MAX_BOUNDS = {
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
 #: across the faces hold part of the particle or of CBD (surfaces that cut voxels, or blur), which a one-voxel
-#: reading takes for CBD. Chosen between the tuning cells that read their contacts well and those that do not
-#: (docs/results.md).
+#: reading takes for CBD: the contacts are then read through a one-voxel CBD layer
+#: (:attr:`detachment.contact_level.ContactLevel.partial_volume`), or, where the user turned that off
+#: (``science.contact_partial_volume: never``), the reading stops. Chosen between the tuning cells that read
+#: their contacts well and those that do not (docs/results.md).
 MAX_GAP_WIDTH_RATIO = 1.35
 
 
@@ -227,7 +229,7 @@ class AmbiguousContacts(ValueError):
 
 
 def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: float | None = None,
-                       width_ratio: float | None = None) -> bool:
+                       width_ratio: float | None = None, through_layer: bool = False) -> bool:
     """Whether a sample's contact reading is too uncertain for its detachment to be reported.
 
     Parameters
@@ -248,6 +250,10 @@ def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: f
         ``contact_level.csv``'s ``gap_width_ratio``: how much wider the gap faces' grey levels spread than
         the open electrolyte's; beyond :data:`MAX_GAP_WIDTH_RATIO` the faces hold mixtures a one-voxel
         reading misreads. None or NaN: not checked.
+    through_layer : bool, default False
+        Whether the contacts are read through a one-voxel CBD layer
+        (:func:`detachment.contact_level.reads_through_layer`): the reading that accounts for such mixtures,
+        so ``width_ratio`` is then not checked.
 
     Returns
     -------
@@ -258,7 +264,7 @@ def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: f
     if max_ambiguity is None:
         return False
     return (bool(np.isfinite(spread)) and abs(spread) > max_ambiguity or _too_blurred(blur_sigma)
-            or _too_mixed(width_ratio))
+            or not through_layer and _too_mixed(width_ratio))
 
 
 def _too_blurred(blur_sigma: float | None) -> bool:
@@ -271,12 +277,13 @@ def _too_mixed(width_ratio: float | None) -> bool:
 
 def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on_ambiguous: str = "stop",
                      figure_hint: str = "", blur_sigma: float | None = None, reading: str = "level",
-                     undecided: float | None = None, width_ratio: float | None = None) -> None:
+                     undecided: float | None = None, width_ratio: float | None = None,
+                     through_layer: bool = False) -> None:
     """Stop (raise :class:`AmbiguousContacts`) or warn when a sample's contact reading is ambiguous.
 
     Parameters
     ----------
-    spread, max_ambiguity, blur_sigma, width_ratio : float
+    spread, max_ambiguity, blur_sigma, width_ratio, through_layer : float, float, float, float, bool
         As :func:`contacts_ambiguous`.
     sample : str
         Named in the message.
@@ -301,9 +308,10 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
     """
     if on_ambiguous not in ("stop", "warn"):
         raise ValueError(f"science.on_ambiguous_contacts: {on_ambiguous!r} is not 'stop' or 'warn'")
-    if not contacts_ambiguous(spread, max_ambiguity, blur_sigma, width_ratio):
+    if not contacts_ambiguous(spread, max_ambiguity, blur_sigma, width_ratio, through_layer):
         return
-    why = "; and ".join(_ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading))
+    why = "; and ".join(_ambiguity_reasons(spread, max_ambiguity, blur_sigma, None if through_layer else width_ratio,
+                                           reading))
     if undecided is not None and np.isfinite(undecided):
         why += (f"; the sample's gap / CBD mixture leaves {undecided:.0%} of the faces undecided (contact_level.csv "
                 f"ambiguous_faces; per particle, particles.csv detachment_ambiguous)")
@@ -337,5 +345,6 @@ def _ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading: 
                    f"the open electrolyte's own (contact_level.csv gap_width_ratio; bound {MAX_GAP_WIDTH_RATIO}): "
                    f"the voxels across the faces hold part of the particle or of CBD (surfaces that cut voxels, "
                    f"i.e. partial volume, or blur), and a one-voxel reading takes a voxel half particle and half "
-                   f"electrolyte for CBD, so detachment comes out too low, by a few hundredths to a tenth or more")
+                   f"electrolyte for CBD, so detachment comes out too low, by a few hundredths to a tenth or more "
+                   f"(science.contact_partial_volume: auto reads such a one-voxel CBD layer as electrolyte)")
     return out

@@ -652,7 +652,7 @@ def _electrolyte_noise_curve(ax, fit, x) -> None:
             label=f"open electrolyte's spread ± {sd:.3f}: gap {ratio:.2f}× as wide (bound {MAX_GAP_WIDTH_RATIO:g})")
 
 
-def contact_level_figure(values, fit, midpoint: float | None = None, title: str = ""):
+def contact_level_figure(values, fit, midpoint: float | None = None, title: str = "", through_layer: bool = False):
     """Grey levels just outside the particles, the fitted gap and CBD Gaussians (the gap's dashed as the open
     electrolyte's spread would make it), the levels, and the band where the fit cannot place a face (gap
     probability 0.1-0.9, shaded, with the share of faces in it).
@@ -667,6 +667,9 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
         The phase model's void/CBD midpoint, grey level.
     title : str, default ""
         Figure title.
+    through_layer : bool, default False
+        Whether the contacts are read through a one-voxel CBD layer
+        (:func:`detachment.contact_level.reads_through_layer`); said under the title.
 
     Returns
     -------
@@ -710,6 +713,8 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
                   + (f", sharpened (w = {weight:.2f} vox²)" if weight > 0 else ""))
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
+    if through_layer:
+        title = f"{title}\npartial volume: a one-voxel CBD layer with electrolyte beyond it reads as electrolyte"
     ax.set_title(title)
     return fig
 

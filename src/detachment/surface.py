@@ -34,10 +34,14 @@ class SurfaceContacts:
         (:data:`detachment.particles.STAIRCASE`).
     n_faces : numpy.ndarray
         (n_labels + 1, 4) int64 number of faces in each class.
+    n_partial_volume : numpy.ndarray
+        (n_labels + 1,) int64 faces read as electrolyte through a one-voxel CBD layer
+        (:func:`surface_contacts` ``partial_volume``; zeros without it); counted in ``n_faces[:, 0]`` too.
     """
 
     area: np.ndarray
     n_faces: np.ndarray
+    n_partial_volume: np.ndarray | None = None
 
     @property
     def detachment(self) -> np.ndarray:
@@ -92,8 +96,10 @@ _CLASS_OF_PHASE[[VOID, CBD, AL, NMC_LOW, NMC_HIGH]] = [0, 1, 2, 3, 3]
 
 
 def _face_classes(labels, phases, intensity, gap_level, axis: int, step: int, faces: tuple, probe: int,
-                  solid_level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Owner label and contact class index (into :data:`CONTACT_CLASSES`, -1 = none) of each face.
+                  solid_level: float | None = None, partial_volume: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Owner label, contact class index (into :data:`CONTACT_CLASSES`, -1 = none) of each face, and whether
+    it was read as electrolyte through a one-voxel CBD layer (``partial_volume``, :func:`_through_layer`).
 
     ``faces`` = (own, other, own_sl, oth_sl, m): the faces between the particle voxels ``own[m]`` and their
     neighbours ``other[m]`` one ``step`` along ``axis`` (``own_sl``, ``oth_sl`` select them in the volume).
@@ -127,12 +133,34 @@ def _face_classes(labels, phases, intensity, gap_level, axis: int, step: int, fa
     elif reads_gap:
         bg = (oth == 0) & ((phase_near == VOID) | (phase_near == CBD))
         phase_near = np.where(bg, np.where(dark, VOID, CBD), phase_near)
-    return owner, np.where(oth > 0, 3, _CLASS_OF_PHASE[phase_near])
+    cls = np.where(oth > 0, 3, _CLASS_OF_PHASE[phase_near])
+    through = np.zeros(len(cls), bool)
+    if partial_volume and probe == 1:
+        through = (cls == 1) & _through_layer(labels, phases, intensity if reads_gap else None, gap_level, axis,
+                                              step, oth_sl, m)
+        cls = np.where(through, 0, cls)
+    return owner, cls, through
+
+
+def _through_layer(labels, phases, intensity, gap_level, axis: int, step: int, oth_sl, m) -> np.ndarray:
+    """Whether the voxel one ``step`` beyond each face neighbour is background electrolyte: unlabelled and
+    void in ``phases``, or, given ``intensity``, void or CBD there and darker than ``gap_level`` (the
+    neighbour's own reading, without the spill correction, which is the particle's and has faded two
+    voxels out). Clipped at the volume border (the neighbour itself, not electrolyte there)."""
+    size = labels.shape[axis]
+    far = np.clip(np.arange(size) + step, 0, size - 1)
+    free = np.take(labels, far, axis=axis)[oth_sl][m] == 0
+    code = np.take(phases, far, axis=axis)[oth_sl][m]
+    if intensity is None:
+        return free & (code == VOID)
+    dark = np.take(intensity, far, axis=axis)[oth_sl][m] < gap_level
+    return free & ((code == VOID) | (code == CBD)) & dark
 
 
 def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),
                      n_labels: int | None = None, probe: int = 1, intensity: np.ndarray | None = None,
-                     gap_level: float | None = None, solid_level: float | None = None) -> SurfaceContacts:
+                     gap_level: float | None = None, solid_level: float | None = None,
+                     partial_volume: bool = False) -> SurfaceContacts:
     """Contact areas of every labelled particle with void, CBD, Al and other particles.
 
     Parameters
@@ -163,6 +191,14 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         Grey level of the particles' solid. When given (with ``intensity`` and ``gap_level``), the
         background across a face is read as outside + inside − ``solid_level`` (the spill of a symmetric
         point-spread function removed) and compared with ``gap_level`` (then the void/CBD midpoint).
+    partial_volume : bool, default False
+        With ``probe`` 1: a face whose neighbour reads CBD while the voxel beyond it, along the face normal,
+        is background electrolyte (read the same way: void in ``phases``, or darker than ``gap_level``
+        given it) is electrolyte. Where surfaces cut voxels, a voxel part particle and part electrolyte
+        has a grey level in CBD's range and reads as a one-voxel CBD layer; a true coat one voxel thick
+        reads the same and is then counted as electrolyte (:attr:`SurfaceContacts.n_partial_volume`
+        counts these faces). The workflow sets it from the sample's contact reading
+        (:attr:`detachment.contact_level.ContactLevel.partial_volume`).
 
     Returns
     -------
@@ -174,6 +210,7 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
     n = int(labels.max()) + 1 if n_labels is None else n_labels + 1
     area = np.zeros((n, len(CONTACT_CLASSES)))
     count = np.zeros((n, len(CONTACT_CLASSES)), np.int64)
+    through = np.zeros(n, np.int64)
     for axis, a_face in enumerate(face_areas(voxel_size_um)):
         sa, sb = _pairs(labels.shape, axis)
         la, lb = labels[sa], labels[sb]
@@ -182,14 +219,15 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
             m = differ & (own > 0)
             if not m.any():
                 continue
-            owner, cls = _face_classes(labels, phases, intensity, gap_level, axis, step,
-                                       (own, other, own_sl, oth_sl, m), probe, solid_level)
+            owner, cls, layer = _face_classes(labels, phases, intensity, gap_level, axis, step,
+                                              (own, other, own_sl, oth_sl, m), probe, solid_level, partial_volume)
             valid = cls >= 0
             idx = owner[valid] * len(CONTACT_CLASSES) + cls[valid]
             c = np.bincount(idx, minlength=n * len(CONTACT_CLASSES)).reshape(n, -1)
             count += c
             area += c * a_face
-    return SurfaceContacts(area, count)
+            through += np.bincount(owner[layer], minlength=n)
+    return SurfaceContacts(area, count, through)
 
 
 def crack_faces(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),

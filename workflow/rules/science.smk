@@ -25,6 +25,7 @@ rule contact_level:
         sharpen=config["science"]["contact_sharpen"],
         spill=config["science"]["contact_spill"],
         gap_from_intensity=config["science"]["contact_gap_from_intensity"],
+        partial_volume=config["science"]["contact_partial_volume"],
     log:
         "logs/contact_level/{sample}.log",
     benchmark:
@@ -50,6 +51,7 @@ rule particles_part:
         probe=config["science"]["contact_probe_vox"],
         gap_from_intensity=config["science"]["contact_gap_from_intensity"],
         contact_level=config["science"]["contact_level"],
+        partial_volume=config["science"]["contact_partial_volume"],
         partition=config["science"]["envelope_partition"],
     log:
         "logs/particles/{sample}/{scatteritem}.log",
@@ -208,6 +210,7 @@ rule validate_science:
         probe=config["science"]["contact_probe_vox"],
         gap_from_intensity=config["science"]["contact_gap_from_intensity"],
         contact_level=config["science"]["contact_level"],
+        partial_volume=config["science"]["contact_partial_volume"],
     wildcard_constraints:
         sample=sample_regex(PHANTOM_SAMPLES),
     log:

@@ -8,7 +8,12 @@ import numpy as np
 import pandas as pd
 
 from detachment import io, plausibility, plots
-from detachment.contact_level import blur_sigma_from_qc, map_is_refined, sharpening_weight
+from detachment.contact_level import (
+    blur_sigma_from_qc,
+    map_is_refined,
+    reads_through_layer,
+    sharpening_weight,
+)
 from detachment.logs import log_to
 from detachment.particles import contact_level_from_files
 
@@ -38,6 +43,15 @@ logging.getLogger(__name__).info("contact level %.4f (%s) from %d faces: gap %.3
                                  fit.cbd_sigma)
 logging.getLogger(__name__).info("open electrolyte's spread %.4f: the gap faces spread %.2f times as wide (bound %.2f)",
                                  fit.electrolyte_sigma, fit.gap_width_ratio, plausibility.MAX_GAP_WIDTH_RATIO)
+p = snakemake.params
+through = reads_through_layer(fit, p.partial_volume)
+if through:
+    logging.getLogger(__name__).warning(
+        "the voxels across the faces hold mixtures (the gap faces spread %.2f times as wide as the open electrolyte, "
+        "bound %.2f: partial volume or blur): a one-voxel CBD layer between a particle and electrolyte reads as "
+        "electrolyte (a voxel the particle's surface cuts looks like CBD); a true coat one voxel thick would read "
+        "the same, so particles.csv detachment_ambiguous counts these faces (science.contact_partial_volume: %s)",
+        fit.gap_width_ratio, plausibility.MAX_GAP_WIDTH_RATIO, p.partial_volume)
 if fit.reading == "map":
     logging.getLogger(__name__).info(
         "contacts read on the phase map: %.1f %% of the faces electrolyte; the fitted level reads %.1f %% "
@@ -48,12 +62,11 @@ elif fit.reading == "deconvolved":
         "two Gaussians did not separate gap from CBD; contacts are read deconvolved (outside + inside - the "
         "particle's solid grey level) against the void/CBD midpoint %.4f. The disagreement is the reading's "
         "uncertainty (contact_level.csv: spread).", 100 * fit.gap_share, 100 * fit.gap_share_deconvolved, fit.level)
-p = snakemake.params
 table = fit.to_frame()
-table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity, sigma, fit.gap_width_ratio)
+table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity, sigma, fit.gap_width_ratio, through)
 io.write_csv(snakemake.output.table, table)
-io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample),
-               snakemake.output.figure)
+io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample,
+                                          through_layer=through), snakemake.output.figure)
 if table.ambiguous.iloc[0]:
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
     kept = Path(snakemake.log[0]).with_suffix(".png")
@@ -61,4 +74,4 @@ if table.ambiguous.iloc[0]:
     plausibility.enforce_contacts(fit.spread, p.max_ambiguity, snakemake.wildcards.sample,
                                   snakemake.config["science"]["on_ambiguous_contacts"], figure_hint=str(kept),
                                   blur_sigma=sigma, reading=fit.reading, undecided=fit.ambiguous_faces,
-                                  width_ratio=fit.gap_width_ratio)
+                                  width_ratio=fit.gap_width_ratio, through_layer=through)

@@ -13,5 +13,6 @@ table = particle_table_from_files(snakemake.input.particles, snakemake.input.pha
                                   probe=snakemake.params.probe,
                                   gap_from_intensity=snakemake.params.gap_from_intensity,
                                   partition=snakemake.params.partition,
-                                  **reading_settings(snakemake.input.contact_level, snakemake.params.contact_level))
+                                  **reading_settings(snakemake.input.contact_level, snakemake.params.contact_level,
+                                                     snakemake.params.partial_volume))
 io.write_csv(snakemake.output[0], table)

@@ -16,7 +16,8 @@ pred = io.read_dataset(snakemake.input.particles, "labels")
 true_measured = particle_table_from_files(snakemake.input.truth, snakemake.input.phases, snakemake.input.volume,
                                           validation.links_from_labels(truth), probe=snakemake.params.probe,
                                           gap_from_intensity=snakemake.params.gap_from_intensity,
-                                          **reading_settings(snakemake.input.contact_level, snakemake.params.contact_level),
+                                          **reading_settings(snakemake.input.contact_level, snakemake.params.contact_level,
+                                                             snakemake.params.partial_volume),
                                           refine=False)
 pipeline = pd.read_csv(snakemake.input.table)
 pairs = validation.matched_particles(truth, pred)
