@@ -487,6 +487,9 @@ def test_contact_level_figure_says_how_the_grey_levels_were_corrected():
     assert "one-voxel CBD layer" not in ax.get_title()
     through = contact_level_figure(x, fit, 0.15, title="s", through_layer=True).axes[0]
     assert through.get_title().startswith("s") and "partial volume: a one-voxel CBD layer" in through.get_title()
+    assert "of faces" not in through.get_title()  # share not computed
+    through = contact_level_figure(x, replace(fit, gap_share_through_layer=0.083), through_layer=True).axes[0]
+    assert "(8.3% of faces)" in through.get_title()
 
 
 def test_ambiguous_faces_are_the_planted_mixtures_mass_where_neither_component_dominates():
@@ -544,6 +547,44 @@ def test_the_refined_maps_codes_read_a_coat_and_a_gap_the_thresholded_map_misrea
                 void, cbd = void + (c == VOID), cbd + (c == CBD)
     assert fit.reading == "map" and fit.gap_share_map == pytest.approx(void / (void + cbd), abs=1e-12)
     assert fit.spread == pytest.approx(fit.gap_share_map - np.mean(values < fit.level))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_share_read_through_a_one_voxel_layer_counts_the_faces_one_by_one(seed):
+    """``gap_share_through_layer`` over the crops: of the background faces (neighbour void or CBD, not another
+    particle), those whose neighbour is coded CBD with an unlabelled electrolyte voxel beyond it along the
+    face normal (clipped to the crop), counted face by face; a crop without faces gives NaN."""
+    from detachment.particles import _face_values
+
+    rng = np.random.default_rng(seed)
+    crops, through, faces = [], 0, 0
+    for _ in range(3):
+        shape = tuple(rng.integers(9, 13, 3))
+        env = np.zeros(shape, bool)
+        env[3:-3, 3:-3, 3:-3] = True
+        env &= rng.random(shape) < 0.9
+        others = ~env & (rng.random(shape) < 0.1)
+        ph = rng.choice(np.array([VOID, CBD, CBD, NMC_LOW], np.uint8), shape)
+        ph[env] = NMC_LOW
+        grey = rng.random(shape)
+        crops.append((None, None, env, others, ph, grey, grey))
+        for p in zip(*np.nonzero(env)):
+            for axis in range(3):
+                for step in (-1, 1):
+                    q, r = list(p), list(p)
+                    q[axis] += step
+                    r[axis] = min(max(p[axis] + 2 * step, 0), shape[axis] - 1)
+                    if not 0 <= q[axis] < shape[axis]:
+                        continue
+                    q, r = tuple(q), tuple(r)
+                    if env[q] or others[q] or ph[q] not in (VOID, CBD):
+                        continue
+                    faces += 1
+                    through += bool(ph[q] == CBD and r != q and not env[r] and not others[r] and ph[r] == VOID)
+    values, _, codes, share = _face_values(crops)
+    assert len(values) == len(codes) == faces and through > 10
+    assert share == pytest.approx(through / faces, abs=1e-12)
+    assert np.isnan(_face_values([])[3])
 
 
 def test_the_map_reading_reads_no_grey_level_downstream_and_passes_the_fit_for_its_ambiguity(tmp_path):

@@ -274,6 +274,17 @@ def test_the_gap_faces_width_stops_a_reading_and_every_failed_check_is_named(cap
     with pytest.raises(AmbiguousContacts, match=r"is 0\.80 voxels") as stopped:  # the blur still stops it
         enforce_contacts(0.02, 0.15, "pv", "stop", blur_sigma=0.8, width_ratio=1.95, through_layer=True)
     assert "times as wide" not in str(stopped.value)
+    # read through the layer, the share of faces that reading alone makes electrolyte is its uncertainty
+    assert contacts_ambiguous(0.0, 0.15, 0.5, 1.9, through_layer=True, through_share=0.22)
+    assert not contacts_ambiguous(0.0, 0.15, 0.5, 1.9, through_layer=True, through_share=0.13)
+    assert not contacts_ambiguous(0.0, 0.15, 0.5, 1.1, through_share=0.22)  # not read so: nothing to say
+    with pytest.raises(AmbiguousContacts, match=r"sample 'thin'.*22% of the background faces are read as "
+                                                r"electrolyte only through a one-voxel CBD layer \(contact_level.csv "
+                                                r"gap_share_through_layer; science.contact_max_ambiguity: 15%\).*"
+                                                r"contact_partial_volume: never") as stopped:
+        enforce_contacts(0.02, 0.15, "thin", "stop", blur_sigma=0.65, width_ratio=2.05, through_layer=True,
+                         through_share=0.22)
+    assert "times as wide" not in str(stopped.value)
 
 
 @pytest.mark.parametrize("seed", [21, 3])

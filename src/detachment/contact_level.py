@@ -92,6 +92,11 @@ class ContactLevel:
         Spread (robust σ, grey levels) of the same grey levels in the open electrolyte
         (:func:`open_electrolyte`): what a gap face's level would spread by with nothing but noise across
         it; NaN where not measured. ``gap_sigma`` over it is :attr:`gap_width_ratio`.
+    gap_share_through_layer : float
+        Share (0-1) of the background faces whose neighbour the phase map codes CBD with background
+        electrolyte beyond it: read as electrolyte only through a one-voxel CBD layer
+        (:attr:`partial_volume`), CBD otherwise. A coat one voxel thick looks the same, so it is how far
+        that reading could be off; NaN where not computed.
     """
 
     level: float
@@ -113,6 +118,7 @@ class ContactLevel:
     spill_sigma: float = 0.0
     ambiguous_faces: float = float("nan")
     electrolyte_sigma: float = float("nan")
+    gap_share_through_layer: float = float("nan")
 
     @property
     def gap_width_ratio(self) -> float:

@@ -517,22 +517,25 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
         spill_sigma = spill_sigma if midpoint is not None else 0.0
         crops = _envelope_crops(dl, dp, dv, links, shape, pad, refine, progress, "contact level", partition, voxel,
                                 sharpen, spill_sigma, midpoint)
-        values, deconvolved, codes = _face_values(crops)
+        values, deconvolved, codes, through = _face_values(crops)
     base = cl.fit_contact_level(values, np.nan if midpoint is None else midpoint)
     fit = replace(base, sharpen=float(sharpen), spill_sigma=float(spill_sigma),
                   ambiguous_faces=cl.ambiguous_face_share(values, base),
-                  electrolyte_sigma=cl.electrolyte_spread(volume_path, phases_path, sharpen))
+                  electrolyte_sigma=cl.electrolyte_spread(volume_path, phases_path, sharpen),
+                  gap_share_through_layer=through)
     fit = cl.choose_reading(fit, values, deconvolved, midpoint, None if on_map else max_spread)
     return cl.read_on_map(fit, values, codes, switch=on_map), values, midpoint
 
 
-def _face_values(crops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _face_values(crops) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Over the crops of :func:`_envelope_crops`: each background face neighbour's grey level as the
     contacts are read (corrected), deconvolved (outside + inside − the solid, as reconstructed), and its
-    phase code (uint8; the same faces as the first)."""
+    phase code (uint8; the same faces as the first); and the share of those faces that the map's codes read
+    as electrolyte only through a one-voxel CBD layer (:func:`detachment.surface.surface_contacts`
+    ``partial_volume``; NaN without faces)."""
     from .contact_level import face_neighbour_pairs
 
-    values, deconvolved, codes = [], [], []
+    values, deconvolved, codes, through = [], [], [], 0
     for _, _, env, others, ph, grey, read in crops:
         outside, inside = face_neighbour_pairs(env, others, ph, grey)
         values.append(outside if read is grey else face_neighbour_pairs(env, others, ph, read)[0])
@@ -540,9 +543,12 @@ def _face_values(crops) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         solid = solid_grey(env, ph, grey)
         if solid is not None:
             deconvolved.append(outside + inside - solid)
+        crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
+        through += int(surface_contacts(crop, ph, n_labels=2, partial_volume=True).n_partial_volume[1])
+    n = sum(len(c) for c in codes)
     return (np.concatenate(values) if values else np.zeros(0),
             np.concatenate(deconvolved) if deconvolved else np.zeros(0),
-            np.concatenate(codes) if codes else np.zeros(0, np.uint8))
+            np.concatenate(codes) if codes else np.zeros(0, np.uint8), through / n if n else float("nan"))
 
 
 def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,

@@ -229,7 +229,8 @@ class AmbiguousContacts(ValueError):
 
 
 def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: float | None = None,
-                       width_ratio: float | None = None, through_layer: bool = False) -> bool:
+                       width_ratio: float | None = None, through_layer: bool = False,
+                       through_share: float | None = None) -> bool:
     """Whether a sample's contact reading is too uncertain for its detachment to be reported.
 
     Parameters
@@ -254,17 +255,28 @@ def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: f
         Whether the contacts are read through a one-voxel CBD layer
         (:func:`detachment.contact_level.reads_through_layer`): the reading that accounts for such mixtures,
         so ``width_ratio`` is then not checked.
+    through_share : float, optional
+        ``contact_level.csv``'s ``gap_share_through_layer``: the share of the background faces read as
+        electrolyte only through the layer, which a one-voxel coat would give as well; with
+        ``through_layer``, beyond ``max_ambiguity`` the reading is ambiguous as a ``spread`` would be.
+        None or NaN: not checked.
 
     Returns
     -------
     bool
-        True when ``|spread|`` exceeds ``max_ambiguity``, σ the blur bound or the width ratio its bound (a
-        NaN spread is not ambiguous: nothing was compared).
+        True when ``|spread|`` exceeds ``max_ambiguity``, σ the blur bound, the width ratio its bound (not
+        read through the layer) or the share read through the layer ``max_ambiguity`` (a NaN spread is not
+        ambiguous: nothing was compared).
     """
     if max_ambiguity is None:
         return False
     return (bool(np.isfinite(spread)) and abs(spread) > max_ambiguity or _too_blurred(blur_sigma)
-            or not through_layer and _too_mixed(width_ratio))
+            or not through_layer and _too_mixed(width_ratio)
+            or through_layer and _too_thin(through_share, max_ambiguity))
+
+
+def _too_thin(through_share: float | None, max_ambiguity: float) -> bool:
+    return through_share is not None and bool(np.isfinite(through_share)) and through_share > max_ambiguity
 
 
 def _too_blurred(blur_sigma: float | None) -> bool:
@@ -278,12 +290,12 @@ def _too_mixed(width_ratio: float | None) -> bool:
 def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on_ambiguous: str = "stop",
                      figure_hint: str = "", blur_sigma: float | None = None, reading: str = "level",
                      undecided: float | None = None, width_ratio: float | None = None,
-                     through_layer: bool = False) -> None:
+                     through_layer: bool = False, through_share: float | None = None) -> None:
     """Stop (raise :class:`AmbiguousContacts`) or warn when a sample's contact reading is ambiguous.
 
     Parameters
     ----------
-    spread, max_ambiguity, blur_sigma, width_ratio, through_layer : float, float, float, float, bool
+    spread, max_ambiguity, blur_sigma, width_ratio, through_layer, through_share
         As :func:`contacts_ambiguous`.
     sample : str
         Named in the message.
@@ -308,10 +320,10 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
     """
     if on_ambiguous not in ("stop", "warn"):
         raise ValueError(f"science.on_ambiguous_contacts: {on_ambiguous!r} is not 'stop' or 'warn'")
-    if not contacts_ambiguous(spread, max_ambiguity, blur_sigma, width_ratio, through_layer):
+    if not contacts_ambiguous(spread, max_ambiguity, blur_sigma, width_ratio, through_layer, through_share):
         return
     why = "; and ".join(_ambiguity_reasons(spread, max_ambiguity, blur_sigma, None if through_layer else width_ratio,
-                                           reading))
+                                           reading, through_share if through_layer else None))
     if undecided is not None and np.isfinite(undecided):
         why += (f"; the sample's gap / CBD mixture leaves {undecided:.0%} of the faces undecided (contact_level.csv "
                 f"ambiguous_faces; per particle, particles.csv detachment_ambiguous)")
@@ -324,7 +336,8 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
     log.warning(msg)
 
 
-def _ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading: str) -> list[str]:
+def _ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading: str,
+                       through_share: float | None = None) -> list[str]:
     """What :func:`enforce_contacts` says for each check of :func:`contacts_ambiguous` that failed."""
     out = []
     if bool(np.isfinite(spread)) and abs(spread) > max_ambiguity:
@@ -347,4 +360,10 @@ def _ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading: 
                    f"i.e. partial volume, or blur), and a one-voxel reading takes a voxel half particle and half "
                    f"electrolyte for CBD, so detachment comes out too low, by a few hundredths to a tenth or more "
                    f"(science.contact_partial_volume: auto reads such a one-voxel CBD layer as electrolyte)")
+    if _too_thin(through_share, max_ambiguity):
+        out.append(f"{through_share:.0%} of the background faces are read as electrolyte only through a one-voxel CBD "
+                   f"layer (contact_level.csv gap_share_through_layer; science.contact_max_ambiguity: "
+                   f"{max_ambiguity:.0%}): a voxel the particle's surface cuts and a coat one voxel thick look the "
+                   f"same, so detachment could be off by that much (science.contact_partial_volume: never reads "
+                   f"them as CBD)")
     return out

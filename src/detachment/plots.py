@@ -714,7 +714,9 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     if through_layer:
-        title = f"{title}\npartial volume: a one-voxel CBD layer with electrolyte beyond it reads as electrolyte"
+        share = getattr(fit, "gap_share_through_layer", np.nan)
+        title = (f"{title}\npartial volume: a one-voxel CBD layer with electrolyte beyond it reads as electrolyte"
+                 + (f" ({share:.1%} of faces)" if np.isfinite(share) else ""))
     ax.set_title(title)
     return fig
 

@@ -50,8 +50,9 @@ if through:
         "the voxels across the faces hold mixtures (the gap faces spread %.2f times as wide as the open electrolyte, "
         "bound %.2f: partial volume or blur): a one-voxel CBD layer between a particle and electrolyte reads as "
         "electrolyte (a voxel the particle's surface cuts looks like CBD); a true coat one voxel thick would read "
-        "the same, so particles.csv detachment_ambiguous counts these faces (science.contact_partial_volume: %s)",
-        fit.gap_width_ratio, plausibility.MAX_GAP_WIDTH_RATIO, p.partial_volume)
+        "the same, so particles.csv detachment_ambiguous counts these faces: %.1f %% of the background faces "
+        "(science.contact_partial_volume: %s)", fit.gap_width_ratio, plausibility.MAX_GAP_WIDTH_RATIO,
+        100 * fit.gap_share_through_layer, p.partial_volume)
 if fit.reading == "map":
     logging.getLogger(__name__).info(
         "contacts read on the phase map: %.1f %% of the faces electrolyte; the fitted level reads %.1f %% "
@@ -63,7 +64,8 @@ elif fit.reading == "deconvolved":
         "particle's solid grey level) against the void/CBD midpoint %.4f. The disagreement is the reading's "
         "uncertainty (contact_level.csv: spread).", 100 * fit.gap_share, 100 * fit.gap_share_deconvolved, fit.level)
 table = fit.to_frame()
-table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity, sigma, fit.gap_width_ratio, through)
+table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity, sigma, fit.gap_width_ratio, through,
+                                                     fit.gap_share_through_layer)
 io.write_csv(snakemake.output.table, table)
 io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample,
                                           through_layer=through), snakemake.output.figure)
@@ -74,4 +76,5 @@ if table.ambiguous.iloc[0]:
     plausibility.enforce_contacts(fit.spread, p.max_ambiguity, snakemake.wildcards.sample,
                                   snakemake.config["science"]["on_ambiguous_contacts"], figure_hint=str(kept),
                                   blur_sigma=sigma, reading=fit.reading, undecided=fit.ambiguous_faces,
-                                  width_ratio=fit.gap_width_ratio, through_layer=through)
+                                  width_ratio=fit.gap_width_ratio, through_layer=through,
+                                  through_share=fit.gap_share_through_layer)
