@@ -128,15 +128,12 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
         (z, y, x) voxel edge lengths, µm.
     border : dict, optional
         Label to "touches the volume border"; given, the table gets ``touches_border`` (False if absent).
-    probe, gap_level, solid_level, contact_grey : int, float, float, numpy.ndarray
+    probe, gap_level, solid_level, contact_grey, partial_volume : int, float, float, numpy.ndarray, bool
         How the contact class of a face is read (:func:`detachment.surface.surface_contacts`): at depth
         ``probe`` voxels, electrolyte also below ``gap_level`` (None: phases only), with the spill
         removed given the particle's solid grey level ``solid_level``, on the grey levels ``contact_grey``
-        (e.g. sharpened, :func:`detachment.contact_level.sharpen`; default ``volume``).
-    partial_volume : bool, default False
-        Read a one-voxel CBD layer between a particle and electrolyte as electrolyte
-        (:func:`detachment.surface.surface_contacts`); ``detachment_ambiguous`` is then the share of the
-        faces so read (else NaN; :func:`particle_table_from_files` adds the fit's undecided faces).
+        (e.g. sharpened, :func:`detachment.contact_level.sharpen`; default ``volume``), through a one-voxel
+        CBD layer (``partial_volume``; ``detachment_ambiguous`` is then the share of faces so read, else NaN).
 
     Returns
     -------
@@ -502,7 +499,7 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     -------
     fit : detachment.contact_level.ContactLevel
         The level, its components, the share of faces they cannot place, the reading and its check, the
-        open electrolyte's spread (:func:`detachment.contact_level.electrolyte_spread`).
+        open electrolyte's spread, the share of faces read through a one-voxel layer (:func:`_face_values`).
     values : numpy.ndarray
         (n_faces,) float64 grey levels the fit was made on (sharpened, less the spill), one per face.
     midpoint : float or None
@@ -519,10 +516,9 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
                                 sharpen, spill_sigma, midpoint)
         values, deconvolved, codes, through = _face_values(crops)
     base = cl.fit_contact_level(values, np.nan if midpoint is None else midpoint)
-    fit = replace(base, sharpen=float(sharpen), spill_sigma=float(spill_sigma),
+    fit = replace(base, sharpen=float(sharpen), spill_sigma=float(spill_sigma), gap_share_through_layer=through,
                   ambiguous_faces=cl.ambiguous_face_share(values, base),
-                  electrolyte_sigma=cl.electrolyte_spread(volume_path, phases_path, sharpen),
-                  gap_share_through_layer=through)
+                  electrolyte_sigma=cl.electrolyte_spread(volume_path, phases_path, sharpen))
     fit = cl.choose_reading(fit, values, deconvolved, midpoint, None if on_map else max_spread)
     return cl.read_on_map(fit, values, codes, switch=on_map), values, midpoint
 
@@ -567,12 +563,10 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     links : pandas.DataFrame
         One row per particle (``links.csv``): ``label``, its bounding box ``z_min``, ``z_max``, ``y_min``,
         ``y_max``, ``x_min``, ``x_max`` (voxels) and optionally ``touches_border``.
-    pad, progress : int, bool, default 2, True
+    pad, progress, refine, partition : int, bool, bool, {"watershed", "masks"}
         Voxels of context around each bounding box, so contacts are seen (other particles there count as
-        particle contact; memory is bounded by the largest box); show a progress bar.
-    refine, partition : bool, {"watershed", "masks"}, default True, "watershed"
-        Envelope = :func:`refine_envelope` of the mask, touching masks first re-split at the necks of
-        the solid (:func:`detachment.solid_partition.partition_solid`) or not; else the mask itself.
+        particle contact; memory is bounded by the largest box); a progress bar; envelopes as
+        :func:`contact_level_from_files` builds them.
     probe, gap_from_intensity, contact_level, deconvolve, sharpen, spill_sigma : int, bool, float, bool, float, float
         How a face is read (:func:`detachment.surface.surface_contacts`): at depth ``probe`` voxels;
         electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the
@@ -580,12 +574,9 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         outside + inside − the particle's solid grey level (:func:`solid_grey`); else on the grey levels as
         :func:`contact_level_from_files` fitted the level on them, less the spill through σ ``spill_sigma``
         and sharpened with weight ``sharpen`` (the solid's columns: on the volume as it is).
-    ambiguity : detachment.contact_level.ContactLevel, optional
-        The sample's fitted gap / CBD mixture for ``detachment_ambiguous`` (:func:`_ambiguous_share`; None: NaN).
-    partial_volume : bool, default False
-        Read a one-voxel CBD layer between a particle and electrolyte as electrolyte
-        (:func:`detachment.surface.surface_contacts`; ``contact_level.csv``: ``partial_volume``); those
-        faces are added to ``detachment_ambiguous``.
+    ambiguity, partial_volume : detachment.contact_level.ContactLevel, bool, optional
+        The sample's fitted gap / CBD mixture for ``detachment_ambiguous`` (:func:`_ambiguous_share`; None:
+        NaN); read through a one-voxel CBD layer (:func:`particle_table`), those faces added to it.
 
     Returns
     -------
@@ -608,8 +599,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
                                 spill_sigma, gap_level(dp.attrs))
         for row, lo, env, others, ph, grey, read in crops:
             t = _crop_row(env, others, ph, grey, read, vs, ambiguity, probe=probe, gap_level=level,
-                          solid_level=solid_grey(env, ph, grey) if deconvolve else None,
-                          partial_volume=partial_volume)
+                          solid_level=solid_grey(env, ph, grey) if deconvolve else None, partial_volume=partial_volume)
             if t is not None:
                 rows.append(_in_volume_frame(t, row, lo, vs, top))
         unresolved = phases_not_resolved(dp.attrs)

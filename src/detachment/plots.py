@@ -700,11 +700,6 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
         how = "deconvolved reading" if getattr(fit, "reading", "level") == "deconvolved" else \
             ("fitted" if fit.fitted else "fallback")
         ax.axvline(fit.level, color="k", label=f"contact level {fit.level:.3f} ({how})")
-    if getattr(fit, "reading", "level") == "map":
-        title = (f"{title}\ncontacts read on the phase map: electrolyte faces {fit.gap_share_map:.2f} "
-                 f"(the level reads {fit.gap_share:.2f})")
-    elif np.isfinite(getattr(fit, "spread", np.nan)):
-        title = f"{title}\nelectrolyte faces: level {fit.gap_share:.2f}, deconvolved {fit.gap_share_deconvolved:.2f}"
     if midpoint is not None:
         ax.axvline(midpoint, color="k", ls=":", label=f"void/CBD midpoint {midpoint:.3f}")
     weight, spill = getattr(fit, "sharpen", 0.0), getattr(fit, "spill_sigma", 0.0)
@@ -713,12 +708,23 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
                   + (f", sharpened (w = {weight:.2f} vox²)" if weight > 0 else ""))
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
+    ax.set_title(_reading_title(fit, title, through_layer))
+    return fig
+
+
+def _reading_title(fit, title: str, through_layer: bool) -> str:
+    """``title`` and, below it, the shares of electrolyte faces of the readings compared and whether the
+    contacts are read through a one-voxel CBD layer (with the share of faces so read)."""
+    if getattr(fit, "reading", "level") == "map":
+        title = (f"{title}\ncontacts read on the phase map: electrolyte faces {fit.gap_share_map:.2f} "
+                 f"(the level reads {fit.gap_share:.2f})")
+    elif np.isfinite(getattr(fit, "spread", np.nan)):
+        title = f"{title}\nelectrolyte faces: level {fit.gap_share:.2f}, deconvolved {fit.gap_share_deconvolved:.2f}"
     if through_layer:
         share = getattr(fit, "gap_share_through_layer", np.nan)
         title = (f"{title}\npartial volume: a one-voxel CBD layer with electrolyte beyond it reads as electrolyte"
                  + (f" ({share:.1%} of faces)" if np.isfinite(share) else ""))
-    ax.set_title(title)
-    return fig
+    return title
 
 
 #: Goals drawn on the robustness figure: metric -> goal value, or a (low, high) band.

@@ -179,26 +179,21 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         otherwise the class is read at the far voxel (the neighbour itself when the far voxel is back
         inside the same particle); another particle at either depth counts as particle contact; clipped
         at the volume border. The workflow reads 1 with a fitted ``gap_level`` instead.
-    intensity : numpy.ndarray, optional
-        (z, y, x) grey levels on the same grid; used only together with ``gap_level``.
-    gap_level : float, optional
-        Grey level: with ``probe`` 1, a face whose neighbour is electrolyte or CBD in ``phases`` is
-        electrolyte where the neighbour's grey level is below it, else CBD, whatever its code; with
-        ``probe`` > 1, electrolyte also where the darker of the voxels read (the neighbour and the one
-        ``probe`` out) is below it. The workflow's level: :mod:`detachment.contact_level`, fallback
-        :func:`detachment.particles.gap_level`.
+    intensity, gap_level : numpy.ndarray, float, optional
+        (z, y, x) grey levels on the same grid, and a grey level: with ``probe`` 1, a face whose neighbour
+        is electrolyte or CBD in ``phases`` is electrolyte where the neighbour's grey level is below it,
+        else CBD, whatever its code; with ``probe`` > 1, electrolyte also where the darker of the voxels
+        read (the neighbour and the one ``probe`` out) is below it. The workflow's level:
+        :mod:`detachment.contact_level`, fallback :func:`detachment.particles.gap_level`.
     solid_level : float, optional
         Grey level of the particles' solid. When given (with ``intensity`` and ``gap_level``), the
         background across a face is read as outside + inside − ``solid_level`` (the spill of a symmetric
         point-spread function removed) and compared with ``gap_level`` (then the void/CBD midpoint).
     partial_volume : bool, default False
-        With ``probe`` 1: a face whose neighbour reads CBD while the voxel beyond it, along the face normal,
-        is background electrolyte (read the same way: void in ``phases``, or darker than ``gap_level``
-        given it) is electrolyte. Where surfaces cut voxels, a voxel part particle and part electrolyte
-        has a grey level in CBD's range and reads as a one-voxel CBD layer; a true coat one voxel thick
-        reads the same and is then counted as electrolyte (:attr:`SurfaceContacts.n_partial_volume`
-        counts these faces). The workflow sets it from the sample's contact reading
-        (:attr:`detachment.contact_level.ContactLevel.partial_volume`).
+        With ``probe`` 1, read a one-voxel CBD layer with background electrolyte beyond it, along the face
+        normal, as electrolyte (:func:`_through_layer`; counted in :attr:`SurfaceContacts.n_partial_volume`):
+        where surfaces cut voxels, a voxel part particle and part electrolyte reads in CBD's range (so does
+        a one-voxel coat). The workflow: :attr:`detachment.contact_level.ContactLevel.partial_volume`.
 
     Returns
     -------
@@ -208,26 +203,29 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
     """
     labels = np.asarray(labels)
     n = int(labels.max()) + 1 if n_labels is None else n_labels + 1
-    area = np.zeros((n, len(CONTACT_CLASSES)))
-    count = np.zeros((n, len(CONTACT_CLASSES)), np.int64)
-    through = np.zeros(n, np.int64)
+    out = SurfaceContacts(np.zeros((n, len(CONTACT_CLASSES))), np.zeros((n, len(CONTACT_CLASSES)), np.int64),
+                          np.zeros(n, np.int64))
     for axis, a_face in enumerate(face_areas(voxel_size_um)):
         sa, sb = _pairs(labels.shape, axis)
         la, lb = labels[sa], labels[sb]
         differ = la != lb
         for own, other, own_sl, oth_sl, step in ((la, lb, sa, sb, 1), (lb, la, sb, sa, -1)):
             m = differ & (own > 0)
-            if not m.any():
-                continue
-            owner, cls, layer = _face_classes(labels, phases, intensity, gap_level, axis, step,
-                                              (own, other, own_sl, oth_sl, m), probe, solid_level, partial_volume)
-            valid = cls >= 0
-            idx = owner[valid] * len(CONTACT_CLASSES) + cls[valid]
-            c = np.bincount(idx, minlength=n * len(CONTACT_CLASSES)).reshape(n, -1)
-            count += c
-            area += c * a_face
-            through += np.bincount(owner[layer], minlength=n)
-    return SurfaceContacts(area, count, through)
+            if m.any():
+                faces = _face_classes(labels, phases, intensity, gap_level, axis, step,
+                                      (own, other, own_sl, oth_sl, m), probe, solid_level, partial_volume)
+                _add_faces(out, *faces, a_face)
+    return out
+
+
+def _add_faces(out: SurfaceContacts, owner, cls, layer, a_face: float) -> None:
+    """Add faces (owner label, class index or -1, read through a layer) of area ``a_face`` µm² to ``out``."""
+    n = len(out.area)
+    valid = cls >= 0
+    c = np.bincount(owner[valid] * len(CONTACT_CLASSES) + cls[valid], minlength=n * len(CONTACT_CLASSES))
+    out.n_faces += c.reshape(n, -1)
+    out.area += c.reshape(n, -1) * a_face
+    out.n_partial_volume += np.bincount(owner[layer], minlength=n)
 
 
 def crack_faces(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),
