@@ -312,7 +312,8 @@ class Plan:
                      "output": {"table": s(self.contact), "figure": s(r / "contact_level.png")},
                      "params": {"max_spread": sc["contact_max_spread"], "max_ambiguity": sc["contact_max_ambiguity"],
                                 "partition": sc["envelope_partition"], "sharpen": sc["contact_sharpen"],
-                                "spill": sc["contact_spill"], "gap_from_intensity": sc["contact_gap_from_intensity"]},
+                                "spill": sc["contact_spill"], "gap_from_intensity": sc["contact_gap_from_intensity"],
+                                "partial_volume": sc["contact_partial_volume"]},
                      "log": self.log(step), "wildcards": {"sample": SAMPLE}}], {}
         if step == "particles":  # one part (the workflow runs science.particle_parts of them in parallel)
             part = r / "parts" / "particles_1-of-1.csv"
@@ -321,7 +322,7 @@ class Plan:
                                                                                "scatteritem": "1-of-1"},
                      "params": {"probe": sc["contact_probe_vox"], "gap_from_intensity":
                                 sc["contact_gap_from_intensity"], "contact_level": sc["contact_level"],
-                                "partition": sc["envelope_partition"]}},
+                                "partial_volume": sc["contact_partial_volume"], "partition": sc["envelope_partition"]}},
                     {"script": "gather_table.py", "input": [s(part)], "output": [s(self.particles)],
                      "log": self.log(step)}], {}
         if step == "diffusion":
