@@ -384,6 +384,20 @@ def test_the_blur_sigma_is_read_from_the_phase_checks_or_unknown(tmp_path):
         blur_sigma_from_qc(tmp_path / "bad.csv")
 
 
+def test_the_edges_width_is_read_from_the_map_or_from_an_older_maps_checks(tmp_path):
+    """The map's attribute ``edge_width_vox`` where it has one; a map written before the width and the point
+    spread were told apart measured the check's σ on every edge, so that is the width."""
+    import h5py
+
+    from detachment.contact_level import edge_width_from_map
+
+    (tmp_path / "qc.csv").write_text("check,value,bound\nblur_sigma_vox,0.61,0.7\n")
+    for name, attrs, expected in (("new.h5", {"edge_width_vox": 0.79}, 0.79), ("old.h5", {}, 0.61)):
+        with h5py.File(tmp_path / name, "w") as f:
+            f.create_dataset("phases", data=np.zeros((2, 2, 2), np.uint8)).attrs.update(attrs)
+        assert edge_width_from_map(tmp_path / name, tmp_path / "qc.csv") == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("sigma", [0.6, 1.0, 1.5])
 def test_particle_spill_leaves_what_the_background_gives_beside_blurred_particles(sigma):
     """Two balls of solid grey 0.72 and 0.60 and a one-voxel particle (no interior: it takes the median of

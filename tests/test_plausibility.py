@@ -199,8 +199,8 @@ def test_contacts_are_not_read_beyond_the_blur_the_reading_was_validated_for(cap
 def test_the_stop_names_the_share_of_undecided_faces_and_where_each_particle_carries_it(caplog):
     """The mixture's undecided share (contact_level.csv ambiguous_faces) is the reading's measured
     uncertainty: the message gives it, rounded, with the per-particle column, for either cause of the stop;
-    where no mixture was fitted (NaN) or none is passed it says nothing of it. The blur cause names partial
-    volume beside blur."""
+    where no mixture was fitted (NaN) or none is passed it says nothing of it. The blur cause says where σ
+    was measured (the flat edges: partial volume does not widen it there)."""
     from detachment.plausibility import AmbiguousContacts, enforce_contacts
 
     for kwargs in ({"blur_sigma": 0.79}, {"reading": "map"}):
@@ -213,30 +213,33 @@ def test_the_stop_names_the_share_of_undecided_faces_and_where_each_particle_car
             with pytest.raises(AmbiguousContacts) as stopped:
                 enforce_contacts(spread, 0.15, "pv", "stop", undecided=undecided, **kwargs)
             assert "undecided" not in str(stopped.value)
-    with pytest.raises(AmbiguousContacts, match=r"partial volume"):
+    with pytest.raises(AmbiguousContacts, match=r"flat edges is 0\.79 voxels"):
         enforce_contacts(0.02, 0.15, "pv", "stop", blur_sigma=0.79)
     with caplog.at_level(logging.WARNING):
         enforce_contacts(0.02, 0.15, "pv", "warn", blur_sigma=0.79, undecided=0.05)
     assert "leaves 5% of the faces undecided" in caplog.text
 
 
-def test_partial_volume_stops_at_the_blur_check_the_voxel_grid_does_not(tmp_path, default_config):
-    """The default geometry at the same planted σ 0.5, once drawn on the voxel grid and once on 2³ sub-voxels
-    (partial volume: surfaces cut voxels anywhere). Partial volume widens the edges the blur is measured
-    on past the bound, where a voxel beside a particle holds so much of it that a gap there reads as CBD
-    (docs/results.md): that map stops; the voxel-grid one passes."""
-    sigma = {}
-    for k in (1, 2):
+def test_partial_volume_passes_the_blur_check_on_its_point_spread_and_a_wide_one_stops(tmp_path, default_config):
+    """The default geometry at planted σ 0.5, drawn on the voxel grid and on 2³ sub-voxels (partial volume:
+    surfaces cut voxels anywhere), and on sub-voxels at σ 1.0 (a blur that hides 2-voxel gaps). Measured on
+    every edge, partial volume at σ 0.5 read past the bound (slanted surfaces widen what a line sees,
+    docs/results.md); the point spread, on the locally flat edges, passes both σ 0.5 maps and stops the
+    σ 1.0 one."""
+    sigma, width = {}, {}
+    for k, planted in ((1, 0.5), (2, 0.5), (2, 1.0)):
         d = preset_params(default_config["phantom"]["defaults"], "default")
-        d.update(default_config["phantom"]["by_c_rate"]["1C"], shape_zyx=[40, 96, 96], n_particles=20, supersample=k)
+        d.update(default_config["phantom"]["by_c_rate"]["1C"], shape_zyx=[40, 96, 96], n_particles=20, supersample=k,
+                 blur_sigma_vox=planted)
         ph = generate_phantom(PhantomParams.from_dict(d), 21)
         io.write_volume(tmp_path / f"v{k}.h5", ph.volume, (ph.params.voxel_size_um,) * 3, "test")
         result = threshold_volume(tmp_path / f"v{k}.h5", tmp_path / f"p{k}.h5", ThresholdSettings(slab=7),
                                   progress=False)
         table = check_phase_map(PhaseCounts(result.counts_per_slice), result.fwhm, result.blur_sigma_vox)
-        sigma[k] = result.blur_sigma_vox
-        assert set(table.check[~table.passed]) == (set() if k == 1 else {"blur_sigma_vox"}), (k, sigma)
-    assert sigma[1] < 0.6 < MAX_BOUNDS["blur_sigma_vox"][0] < sigma[2]
+        sigma[k, planted], width[k, planted] = result.blur_sigma_vox, result.edge_width_vox
+        assert set(table.check[~table.passed]) == ({"blur_sigma_vox"} if planted > 0.7 else set()), (k, sigma)
+    bound = MAX_BOUNDS["blur_sigma_vox"][0]
+    assert sigma[1, 0.5] < 0.6 and sigma[2, 0.5] < bound < width[2, 0.5], (sigma, width)
 
 
 def test_the_gap_faces_width_stops_a_reading_and_every_failed_check_is_named(caplog):
@@ -312,11 +315,12 @@ def test_partial_volume_under_a_sharp_blur_is_told_by_the_gap_faces_width_and_re
         files = [tmp_path / f"{name}{k}.h5" for name in ("l", "p", "v")]
         io.write_volume(files[2], ph.volume, (ph.params.voxel_size_um,) * 3, "test")
         io.write_arrays(files[0], {"labels": ph.labels})
-        sigma = threshold_volume(files[2], files[1], ThresholdSettings(slab=7), progress=False).blur_sigma_vox
-        assert sigma < MAX_BOUNDS["blur_sigma_vox"][0], (k, sigma)
+        res = threshold_volume(files[2], files[1], ThresholdSettings(slab=7), progress=False)
+        assert res.blur_sigma_vox < MAX_BOUNDS["blur_sigma_vox"][0], (k, res.blur_sigma_vox)
         links = links_from_labels(ph.labels)
-        fit, _, _ = contact_level_from_files(*files, links, progress=False, sharpen=sharpening_weight(sigma),
-                                             spill_sigma=sigma, on_map=True)
+        width = res.edge_width_vox  # what the contact_level rule undoes (phases.h5 edge_width_vox)
+        fit, _, _ = contact_level_from_files(*files, links, progress=False, sharpen=sharpening_weight(width),
+                                             spill_sigma=width, on_map=True)
         ratio[k] = fit.gap_width_ratio
         assert fit.partial_volume is (k == 2)
         for through in (False, True):

@@ -190,7 +190,7 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
         # the slabs lie where ``slab`` puts them, whatever the threads
         other = threshold_volume(tmp_path / "v.h5", tmp_path / "o.h5", s, progress=False, workers=3 - workers)
         np.testing.assert_array_equal(io.read_dataset(tmp_path / "o.h5", "phases"), streamed)
-        assert other.blur_sigma_vox == res.blur_sigma_vox
+        assert (other.blur_sigma_vox, other.edge_width_vox) == (res.blur_sigma_vox, res.edge_width_vox)
     else:
         np.testing.assert_array_equal(streamed, p)
         np.testing.assert_array_equal(res.counts_per_slice, per_slice)
@@ -198,7 +198,9 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
     whole = threshold_volume(tmp_path / "v.h5", tmp_path / "w.h5", ThresholdSettings(slab=100, edge_shells=bool(shells),
                                                                                       denoise=denoise, **extra),
                              progress=False)
-    assert res.blur_sigma_vox == whole.blur_sigma_vox or np.isnan(res.blur_sigma_vox) and np.isnan(whole.blur_sigma_vox)
+    for name in ("blur_sigma_vox", "edge_width_vox"):
+        a, b = getattr(res, name), getattr(whole, name)
+        assert a == b or np.isnan(a) and np.isnan(b), name
     for row in res.fwhm.itertuples():
         centre, fwhm = phases.fit_fwhm(interior[row.code], fine)
         assert row.interior_voxels == interior[row.code].sum()
@@ -276,8 +278,9 @@ def test_the_forward_models_sigma_can_be_the_edges_or_set(tmp_path, value):
     _blurred_phantom_file(tmp_path / "v.h5")
     res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(psf_refine_sigma=value),
                            progress=False)
-    assert res.refine_sigma_vox == (res.blur_sigma_vox if value == "edge" else value)
+    assert res.refine_sigma_vox == (res.edge_width_vox if value == "edge" else value)
     with h5py.File(tmp_path / "p.h5", "r") as f:
+        assert f["phases"].attrs["edge_width_vox"] == res.edge_width_vox
         assert f["phases"].attrs["psf_refine"].startswith(f"sigma {res.refine_sigma_vox:.3g} vox")
         assert f["phases"].attrs["psf_refine"].endswith("edge profiles" if value == "edge" else "set in the config")
 

@@ -25,8 +25,15 @@ SLICE_STEP = 4
 
 
 class EdgeProfiles:
-    """Mean grey-level profile across straight NMC / background edges, accumulated slice by slice.
+    """Mean grey-level profiles across straight NMC / background edges, accumulated slice by slice.
 
+    Two profiles: over every edge found along the grid's lines, and over the locally flat ones only (the
+    same classes on the four neighbouring lines, :func:`detachment.slab_kernels.edge_profiles`). Where a
+    surface meets a line at an angle θ from its normal, the line sees the step σ / cos θ wide; on a map
+    whose surfaces follow the voxel faces this hardly matters, but where they cut voxels anywhere (partial
+    volume) every slanted surface widens the first profile. So the flat edges measure the point spread
+    (:meth:`psf_sigma`), and every edge measures how wide a step looks along the grid (:meth:`sigma`),
+    which is what the steps reading grey levels along the grid (edge shells, spill, sharpening) undo.
     The profiles of each slice are summed apart and the slices added in z order, so the result does
     not depend on how the volume was cut into slabs or in which order they came.
 
@@ -34,26 +41,36 @@ class EdgeProfiles:
     ----------
     slices : dict
         Volume z -> ((2 RUN,) float64 sum of the slice's profiles, int number of profiles).
+    flat : dict
+        The same over the locally flat edges.
     """
 
     def __init__(self):
         self.slices: dict[int, tuple[np.ndarray, int]] = {}
+        self.flat: dict[int, tuple[np.ndarray, int]] = {}
 
     @property
     def total(self) -> np.ndarray:
         """(2 RUN,) float64 sum of the profiles, NMC side first (positions -RUN + 0.5 .. RUN - 0.5 voxels
         from the edge), the slices added in z order."""
-        out = np.zeros(2 * RUN)
-        for z in sorted(self.slices):
-            out += self.slices[z][0]
-        return out
+        return _sum_slices(self.slices)[0]
 
     @property
     def count(self) -> int:
         """Profiles summed."""
-        return sum(n for _, n in self.slices.values())
+        return _sum_slices(self.slices)[1]
 
-    def add(self, phases: np.ndarray, grey: np.ndarray, z0: int = 0) -> None:
+    @property
+    def flat_total(self) -> np.ndarray:
+        """(2 RUN,) float64 sum of the locally flat profiles, as :attr:`total`."""
+        return _sum_slices(self.flat)[0]
+
+    @property
+    def flat_count(self) -> int:
+        """Locally flat profiles summed."""
+        return _sum_slices(self.flat)[1]
+
+    def add(self, phases: np.ndarray, grey: np.ndarray, z0: int = 0, rows: slice | None = None) -> None:
         """Add the edges of one slab (of its slices whose volume z is a multiple of :data:`SLICE_STEP`).
 
         Every edge of those slices is used (:func:`detachment.slab_kernels.edge_profiles`).
@@ -61,27 +78,39 @@ class EdgeProfiles:
         Parameters
         ----------
         phases : numpy.ndarray
-            (z, y, x) uint8 phase codes.
+            (z, y, x) uint8 phase codes: the slab, with a slice of context each side where it has one.
         grey : numpy.ndarray
             (z, y, x) grey levels, same shape.
         z0 : int, default 0
-            Volume z of the slab's first slice.
+            Volume z of the slab's first slice (``phases[rows.start]``).
+        rows : slice, optional
+            The slab's own slices of ``phases`` (default: all); the others are read only to tell whether
+            an edge is flat, so a volume added in slabs with their context gives the same sums as whole.
         """
-        keep = np.nonzero((np.arange(z0, z0 + len(phases)) % SLICE_STEP) == 0)[0]
+        start, stop, _ = (rows or slice(None)).indices(len(phases))
+        own = np.arange(start, stop)
+        keep = own[((z0 + own - start) % SLICE_STEP) == 0].astype(np.int64)
         if not keep.size:
             return
         totals, counts = np.zeros((keep.size, 2 * RUN)), np.zeros(keep.size, np.int64)
-        slab_kernels.edge_profiles(np.ascontiguousarray(phases[keep]), np.ascontiguousarray(grey[keep], np.float32),
-                                   (NMC_LOW, NMC_HIGH), (VOID, CBD), RUN, totals, counts)
+        flat_totals, flat_counts = np.zeros((keep.size, 2 * RUN)), np.zeros(keep.size, np.int64)
+        # only the kept slices and their neighbours are read: each kept slice's neighbours stay next to it
+        need = np.unique(np.clip(np.concatenate([keep - 1, keep, keep + 1]), 0, len(phases) - 1))
+        slab_kernels.edge_profiles(np.ascontiguousarray(phases[need]), np.ascontiguousarray(grey[need], np.float32),
+                                   np.searchsorted(need, keep).astype(np.int64), (NMC_LOW, NMC_HIGH), (VOID, CBD),
+                                   RUN, totals, counts, flat_totals, flat_counts)
         for i, z in enumerate(keep):
-            self.slices[z0 + int(z)] = (totals[i], int(counts[i]))
+            self.slices[z0 + int(z) - start] = (totals[i], int(counts[i]))
+            self.flat[z0 + int(z) - start] = (flat_totals[i], int(flat_counts[i]))
 
     def merge(self, other: EdgeProfiles) -> None:
         """Take the slices of ``other`` (slabs added elsewhere, e.g. in another thread)."""
         self.slices.update(other.slices)
+        self.flat.update(other.flat)
 
     def sigma(self, min_profiles: int = 200) -> float:
-        """The blur σ, voxels: an error function fitted to the mean profile; NaN with too few edges.
+        """The width of a step along the grid's lines, voxels: an error function fitted to the mean profile
+        of every edge; NaN with too few edges.
 
         Parameters
         ----------
@@ -91,27 +120,46 @@ class EdgeProfiles:
         Returns
         -------
         float
-            σ of the Gaussian point-spread function (voxels, in-plane), or NaN.
+            σ of the Gaussian whose step fits (voxels, in-plane), or NaN.
         """
-        from scipy.optimize import OptimizeWarning, curve_fit
-        from scipy.special import erf
+        return _fit_step(*_sum_slices(self.slices), min_profiles)
 
-        if self.count < min_profiles:
-            return float("nan")
-        mean = self.total / self.count
-        x = np.arange(2 * RUN) - RUN + 0.5
+    def psf_sigma(self, min_profiles: int = 200) -> float:
+        """σ of the point-spread function, voxels: an error function fitted to the mean profile of the
+        locally flat edges; NaN with fewer than ``min_profiles`` of them."""
+        return _fit_step(*_sum_slices(self.flat), min_profiles)
 
-        def step(x, x0, s, high, low):
-            return high + (low - high) * 0.5 * (1 + erf((x - x0) / (np.sqrt(2) * s)))
 
-        try:
-            with warnings.catch_warnings():  # a step within one voxel leaves σ's variance undefined
-                warnings.simplefilter("ignore", OptimizeWarning)
-                p, _ = curve_fit(step, x, mean, p0=(0.0, 1.0, mean[0], mean[-1]), maxfev=5000)
-        except (RuntimeError, ValueError):
-            return float("nan")
-        return float(abs(p[1]))
+def _sum_slices(slices: dict[int, tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
+    """The (2 RUN,) sum of the slices' profiles, added in z order, and their count."""
+    out, n = np.zeros(2 * RUN), 0
+    for z in sorted(slices):
+        out += slices[z][0]
+        n += slices[z][1]
+    return out, n
 
+
+def _fit_step(total: np.ndarray, count: int, min_profiles: int) -> float:
+    """σ of an error function fitted to the mean profile ``total / count`` (voxels); NaN with fewer than
+    ``min_profiles`` profiles or where the fit fails."""
+    from scipy.optimize import OptimizeWarning, curve_fit
+    from scipy.special import erf
+
+    if count < min_profiles:
+        return float("nan")
+    mean = total / count
+    x = np.arange(2 * RUN) - RUN + 0.5
+
+    def step(x, x0, s, high, low):
+        return high + (low - high) * 0.5 * (1 + erf((x - x0) / (np.sqrt(2) * s)))
+
+    try:
+        with warnings.catch_warnings():  # a step within one voxel leaves σ's variance undefined
+            warnings.simplefilter("ignore", OptimizeWarning)
+            p, _ = curve_fit(step, x, mean, p0=(0.0, 1.0, mean[0], mean[-1]), maxfev=5000)
+    except (RuntimeError, ValueError):
+        return float("nan")
+    return float(abs(p[1]))
 
 
 def face_spill(sigma: float) -> float:

@@ -10,8 +10,9 @@ phase model's void/CBD midpoint is used instead.
 The face neighbour's grey level also carries the spill of its other neighbours (the electrolyte beyond a
 thin CBD coat darkens it; CBD beside a gap brightens it). Before the levels are read, the volume is
 sharpened by one step of the inverse heat equation, ``grey - w * laplacian(grey)`` with ``w = σ² / 2``
-of the point-spread σ measured on the particles' edges (:func:`sharpening_weight`, :func:`sharpen`):
-a Gaussian blur of variance σ² adds ``σ² / 2`` times the Laplacian to first order. Axes (z, y, x).
+of the width σ measured on every particle edge along the grid's axes (the phase map's attribute
+``edge_width_vox``, :func:`edge_width_from_map`; :func:`sharpening_weight`, :func:`sharpen`): a Gaussian
+blur of variance σ² adds ``σ² / 2`` times the Laplacian to first order. Axes (z, y, x).
 
 Main entry points: :func:`face_neighbour_levels`, :func:`fit_contact_level`, :class:`ContactLevel`,
 :func:`sharpen`.
@@ -287,7 +288,7 @@ def sharpening_weight(sigma_vox: float | None, max_sigma: float = MAX_SHARPEN_SI
     Parameters
     ----------
     sigma_vox : float or None
-        Measured point-spread σ, voxels (``phase_qc.csv`` ``blur_sigma_vox``); None or NaN: unknown.
+        Measured σ of a step along the grid, voxels (:func:`edge_width_from_map`); None or NaN: unknown.
     max_sigma : float, default :data:`MAX_SHARPEN_SIGMA`
         σ beyond which the weight stays at ``max_sigma² / 2``.
 
@@ -324,6 +325,21 @@ def blur_sigma_from_qc(path) -> float:
         raise ValueError(f"{path}: expected the columns 'check' and 'value' of a phase_qc.csv")
     row = t[t.check == "blur_sigma_vox"]
     return float(row.value.iloc[0]) if len(row) else float("nan")
+
+
+def edge_width_from_map(phases_path, qc_path) -> float:
+    """How wide a step looks along the grid, voxels: the phase map's attribute ``edge_width_vox``
+    (:func:`detachment.threshold.measured_blur`), what sharpening and the spill undo.
+
+    A map written before the point spread and the edges' width were told apart lacks it; the point
+    spread of ``qc_path`` (:func:`blur_sigma_from_qc`), which such a map's checks measured on every edge,
+    is taken instead.
+    """
+    import h5py
+
+    with h5py.File(phases_path, "r") as f:
+        value = f["phases"].attrs.get("edge_width_vox")
+    return float(value) if value is not None else blur_sigma_from_qc(qc_path)
 
 
 def sharpen(grey: np.ndarray, weight: float) -> np.ndarray:

@@ -39,7 +39,7 @@ BOUNDS = {
 #: Upper bounds: check -> (upper bound, what is required).
 MAX_BOUNDS = {
     "blur_sigma_vox": (0.7, "the point-spread function is narrow enough to see gaps of one to three voxels (σ "
-                            "measured on the particles' edges, voxels; the bound: docs/results.md)"),
+                            "measured on the particles' locally flat edges, voxels; the bound: docs/results.md)"),
 }
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
@@ -111,7 +111,7 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         ``interior_voxels``, ``volume_fraction``); without it the checks of the phase model
         (``cbd_resolved``, ``min_phase_fraction``, ``min_interior_share``) are left out.
     blur_sigma_vox : float, optional
-        The point-spread σ measured on the particles' edges (:mod:`detachment.blur`); without it, or
+        The point-spread σ measured on the particles' flat edges (:mod:`detachment.blur`); without it, or
         NaN (too few edges), ``blur_sigma_vox`` is left out.
 
     Returns
@@ -348,11 +348,10 @@ def _ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading: 
                    f"the electrolyte, or a point-spread function wider than the gaps) and every detachment number "
                    f"would carry an error of that order")
     if _too_blurred(blur_sigma):
-        out.append(f"the point-spread σ measured on the particles' edges is {blur_sigma:.2f} voxels (phase_qc.csv "
-                   f"blur_sigma_vox), wider than the {MAX_BOUNDS['blur_sigma_vox'][0]} voxels up to which the "
-                   f"reading was validated (blur widens the edges, and so does partial volume: surfaces that cut "
-                   f"voxels): a one-voxel gap or coat beside a particle is misread there, so detachment can be off "
-                   f"by a tenth or more even where the two readings agree")
+        out.append(f"the point-spread σ measured on the particles' flat edges is {blur_sigma:.2f} voxels "
+                   f"(phase_qc.csv blur_sigma_vox), wider than the {MAX_BOUNDS['blur_sigma_vox'][0]} voxels up to "
+                   f"which the reading was validated: a one-voxel gap or coat beside a particle is misread there, so "
+                   f"detachment can be off by a tenth or more even where the two readings agree")
     if _too_mixed(width_ratio):
         out.append(f"the grey levels across the faces read as electrolyte spread {width_ratio:.2f} times as wide as "
                    f"the open electrolyte's own (contact_level.csv gap_width_ratio; bound {MAX_GAP_WIDTH_RATIO}): "

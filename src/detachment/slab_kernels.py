@@ -348,13 +348,18 @@ def _line_edges(cls, run, out):
 
 
 @njit(cache=True, nogil=True)
-def edge_profiles(phases, grey, solid, background, run, totals, counts):
-    """Add the grey-level profiles across straight solid / background edges of each slice of a slab.
+def edge_profiles(phases, grey, keep, solid, background, run, totals, counts, flat_totals, flat_counts):
+    """Add the grey-level profiles across straight solid / background edges of the slices ``keep`` of a slab.
 
-    Lines run along y, then along x, in each (z, y, x) slice; an edge is ``run`` voxels of one class
-    followed by ``run`` of the other. Its profile (``2 run`` float32 grey levels, solid side first) is
-    added to ``totals[z]`` ((z, 2 run) float64), in C order of (line direction, z, line, position), and
-    ``counts[z]`` (int64) counts them. ``solid`` and ``background`` are pairs of phase codes.
+    Lines run along y, then along x, in each (z, y, x) slice of ``phases`` whose index is in ``keep``
+    (int64, increasing); an edge is ``run`` voxels of one class followed by ``run`` of the other. Its
+    profile (``2 run`` float32 grey levels, solid side first) is added to ``totals[k]`` ((len(keep),
+    2 run) float64) for ``keep[k]``, in C order of (line direction, slice, line, position), and
+    ``counts[k]`` (int64) counts them. An edge is also locally flat, and added to ``flat_totals`` /
+    ``flat_counts`` the same way, where the four neighbouring lines (the next lines in the slice, the
+    same line in the slices above and below), those that lie in the array, show the same classes over
+    its ``2 run`` voxels: the surface is then close to perpendicular to the line. ``solid`` and
+    ``background`` are pairs of phase codes; slices not in ``keep`` are read only as neighbours.
     """
     nz = phases.shape[0]
     cls = np.zeros(phases.shape, np.uint8)
@@ -372,15 +377,38 @@ def edge_profiles(phases, grey, solid, background, run, totals, counts):
         if n < 2 * run:
             continue
         edges = np.empty((n, 2), np.int64)
-        for z in range(nz):
-            total = totals[z]
+        for k in range(keep.size):
+            z = keep[k]
             for o in range(lines):
                 g = g3[z, o]
                 for e in range(_line_edges(c3[z, o], run, edges)):
                     i, first = edges[e, 0], edges[e, 1]
+                    flat = _same_classes(c3, z, o, i, 2 * run)
                     for j in range(2 * run):
-                        total[j if first == 1 else 2 * run - 1 - j] += g[i + j]
-                    counts[z] += 1
+                        v = g[i + j]
+                        t = j if first == 1 else 2 * run - 1 - j
+                        totals[k, t] += v
+                        if flat:
+                            flat_totals[k, t] += v
+                    counts[k] += 1
+                    if flat:
+                        flat_counts[k] += 1
+
+
+@njit(cache=True, nogil=True)
+def _same_classes(c3, z, o, i, length):
+    """Whether the lines next to line ``o`` of slice ``z`` of ``c3`` ((z, line, position) classes), in
+    the slice and in the slices above and below, where they exist, hold the classes of
+    ``c3[z, o, i:i + length]``."""
+    nz, lines = c3.shape[0], c3.shape[1]
+    for dz, do in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+        zz, oo = z + dz, o + do
+        if zz < 0 or zz >= nz or oo < 0 or oo >= lines:
+            continue
+        for j in range(i, i + length):
+            if c3[zz, oo, j] != c3[z, o, j]:
+                return False
+    return True
 
 
 @njit(cache=True, nogil=True)

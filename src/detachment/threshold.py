@@ -190,8 +190,8 @@ class ThresholdResult:
     collector : detachment.phase_fit.CollectorSlab or None
         The collector slab found at z = 0 in the grey levels.
     blur_sigma_vox : float
-        σ of the point-spread function measured on the particles' edges (:mod:`detachment.blur`),
-        voxels; NaN where too few edges were found.
+        σ of the point-spread function measured on the particles' locally flat edges (every edge where
+        too few are flat; :func:`measured_blur`), voxels; NaN where too few edges were found.
     domain_split : detachment.phase_fit.DomainSplit or None
         The NMC split tried on domain-averaged grey levels where the histogram left ``nmc_high``
         unresolved (:attr:`ThresholdSettings.nmc_domain_split`); None where it was not tried.
@@ -203,6 +203,9 @@ class ThresholdResult:
     domain_sigma_vox : float
         σ of the NMC domain refinement the map was classified with (``domain_sigma_vox``, ``"auto"``
         resolved), voxels.
+    edge_width_vox : float
+        σ of a step along the grid's lines, over every particle edge (:meth:`detachment.blur.EdgeProfiles.sigma`;
+        slanted surfaces widen it), voxels; the map's attribute ``edge_width_vox``; NaN as above.
     """
 
     model: phases.PhaseModel
@@ -217,6 +220,7 @@ class ThresholdResult:
     layer: phase_fit.ElectrolyteLayer | None = None
     refine_sigma_vox: float = float("nan")
     domain_sigma_vox: float = float("nan")
+    edge_width_vox: float = float("nan")
 
     @property
     def nmc_split(self) -> str:
@@ -528,11 +532,26 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
                                    progress)
         _write_attrs(d, voxel, model, unresolved, nmc_split(model, split), s.domain_sigma_vox)
         d.attrs["electrolyte_layer"], d.attrs["psf_refine"] = layer.describe(), tally.refined
+        psf, width = measured_blur(tally.edges)
+        d.attrs["edge_width_vox"] = width  # a step's width along the grid: what the contact reading undoes
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
-                           tally.per_slice, unresolved, collector, tally.edges.sigma(), split, layer,
-                           tally.refine_sigma, s.domain_sigma_vox)
+                           tally.per_slice, unresolved, collector, psf, split, layer,
+                           tally.refine_sigma, s.domain_sigma_vox, width)
+
+
+def measured_blur(edges: blur.EdgeProfiles) -> tuple[float, float]:
+    """The point-spread σ (on the locally flat edges; on every edge where fewer than 200 are flat, which
+    can only read it wider) and a step's width along the grid (every edge) of ``edges``, voxels."""
+    width, psf = edges.sigma(), edges.psf_sigma()
+    log.info("point spread σ %.3f voxels on %d locally flat edges; steps along the grid %.3f voxels wide "
+             "(%d edges)", psf, edges.flat_count, width, edges.count)
+    if not np.isfinite(psf):
+        log.warning("fewer than 200 locally flat particle edges: the point spread is taken as the width of every "
+                    "edge, %.3f voxels, which slanted surfaces widen", width)
+        psf = width
+    return psf, width
 
 
 def _slab_classifier(model: phases.PhaseModel, collector: phase_fit.CollectorSlab | None, s: ThresholdSettings,
@@ -732,7 +751,7 @@ def _classify_pass(volume_path, s: ThresholdSettings, depth: int, classifier: sl
         p = classifier(data, slice(b0, b1), z_first=a)
         rows, grey = slice(z0 - a - b0, z1 - a - b0), data[b0:b1]
         edges = blur.EdgeProfiles()
-        edges.add(p[rows], grey[rows], z0)
+        edges.add(p, grey, z0, rows)  # the slices of context tell flat edges at the seams
         counts = _counts(grey, p, rows, fine, fine_edges, shells=raw is not None)
         if raw is not None:
             raw[z0:z1] = p[rows]

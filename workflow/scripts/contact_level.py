@@ -10,6 +10,7 @@ import pandas as pd
 from detachment import io, plausibility, plots
 from detachment.contact_level import (
     blur_sigma_from_qc,
+    edge_width_from_map,
     map_is_refined,
     reads_through_layer,
     sharpening_weight,
@@ -27,11 +28,13 @@ if on_map and not map_is_refined(snakemake.input.phases):
         "contacts are read on it all the same (science.contact_gap_from_intensity: false). Set "
         "science.contact_gap_from_intensity: true to read them on the grey levels instead.", snakemake.input.phases)
 sigma = blur_sigma_from_qc(snakemake.input.qc)
-weight = sharpening_weight(sigma) if snakemake.params.sharpen else 0.0
-spill_sigma = float(sigma) if snakemake.params.spill and np.isfinite(sigma) else 0.0
-logging.getLogger(__name__).info("point-spread σ %.3f voxels (phase_qc.csv): grey levels sharpened with weight %.3f "
-                                 "voxels², the particles' spill through σ %.3f subtracted, before the level is "
-                                 "fitted", sigma, weight, spill_sigma)
+width = edge_width_from_map(snakemake.input.phases, snakemake.input.qc)
+weight = sharpening_weight(width) if snakemake.params.sharpen else 0.0
+spill_sigma = float(width) if snakemake.params.spill and np.isfinite(width) else 0.0
+logging.getLogger(__name__).info("point-spread σ %.3f voxels (phase_qc.csv), steps along the grid %.3f voxels wide "
+                                 "(phases.h5 edge_width_vox): grey levels sharpened with weight %.3f voxels², the "
+                                 "particles' spill through σ %.3f subtracted, before the level is fitted", sigma,
+                                 width, weight, spill_sigma)
 fit, values, midpoint = contact_level_from_files(snakemake.input.particles, snakemake.input.phases,
                                                  snakemake.input.volume, links,
                                                  max_spread=snakemake.params.max_spread,
