@@ -321,3 +321,26 @@ def test_electrolyte_lifted_by_a_blurred_particle_goes_back_and_a_coat_stays(sig
     assert errors < (0.02 if sigma <= 0.7 else before), (errors, before)
     far = r > 9 + 4 * sigma + 2
     np.testing.assert_array_equal(out[far], seen[far])
+
+
+@pytest.mark.parametrize("sigma", [0.4, 0.5, 0.6])
+def test_a_step_within_a_voxel_is_fitted_not_stalled_at_zero(sigma):
+    """Cubes with their faces on the voxel faces, blurred by scipy's sampled Gaussian of σ, no noise: across a
+    flat face the first voxel each side holds the kernel's tail ``f`` (the weights beyond the centre), so the
+    error function through the profile has σ = 0.5 / Φ⁻¹(1 − f), the oracle. A step this sharp left the fit
+    started at σ 1 stalled near 0."""
+    from scipy.stats import norm
+
+    phases = np.full((16, 64, 64), VOID, np.uint8)
+    for y, x in ((8, 8), (8, 36), (36, 8), (36, 36)):
+        phases[2:14, y:y + 20, x:x + 20] = NMC_LOW
+    grey = np.zeros(256, np.float32)
+    grey[[VOID, NMC_LOW]] = 0.1, 0.75
+    blurred = ndimage.gaussian_filter(grey[phases], sigma)
+    profiles = EdgeProfiles()
+    profiles.add(phases, blurred)
+    k = np.arange(1, int(4 * sigma + 0.5) + 1)
+    weights = np.exp(-0.5 * (k / sigma) ** 2)
+    tail = weights.sum() / (1 + 2 * weights.sum())
+    assert profiles.flat_count > 200
+    assert profiles.psf_sigma() == pytest.approx(0.5 / norm.ppf(1 - tail), abs=0.01)

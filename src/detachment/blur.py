@@ -139,9 +139,19 @@ def _sum_slices(slices: dict[int, tuple[np.ndarray, int]]) -> tuple[np.ndarray, 
     return out, n
 
 
+#: Starting σ (voxels) of the step fit: the first, then the others where one fits the profile better.
+FIT_STARTS = (1.0, 0.3, 2.0)
+#: How much lower (relative) a later start's sum of squared residuals must be to replace the first's.
+FIT_BETTER = 0.01
+
+
 def _fit_step(total: np.ndarray, count: int, min_profiles: int) -> float:
     """σ of an error function fitted to the mean profile ``total / count`` (voxels); NaN with fewer than
-    ``min_profiles`` profiles or where the fit fails."""
+    ``min_profiles`` profiles or where the fit fails.
+
+    A step within about a voxel can leave the fit started at σ 1 stalled at σ → 0, where the error
+    function saturates and its gradient in σ vanishes; so it is started at each of :data:`FIT_STARTS`
+    and the first start kept unless another fits the profile clearly better (:data:`FIT_BETTER`)."""
     from scipy.optimize import OptimizeWarning, curve_fit
     from scipy.special import erf
 
@@ -153,13 +163,18 @@ def _fit_step(total: np.ndarray, count: int, min_profiles: int) -> float:
     def step(x, x0, s, high, low):
         return high + (low - high) * 0.5 * (1 + erf((x - x0) / (np.sqrt(2) * s)))
 
-    try:
-        with warnings.catch_warnings():  # a step within one voxel leaves σ's variance undefined
-            warnings.simplefilter("ignore", OptimizeWarning)
-            p, _ = curve_fit(step, x, mean, p0=(0.0, 1.0, mean[0], mean[-1]), maxfev=5000)
-    except (RuntimeError, ValueError):
-        return float("nan")
-    return float(abs(p[1]))
+    best, best_sse = float("nan"), np.inf
+    for start in FIT_STARTS:
+        try:
+            with warnings.catch_warnings():  # a step within one voxel leaves σ's variance undefined
+                warnings.simplefilter("ignore", OptimizeWarning)
+                p, _ = curve_fit(step, x, mean, p0=(0.0, start, mean[0], mean[-1]), maxfev=5000)
+        except (RuntimeError, ValueError):
+            continue
+        sse = float(np.sum((step(x, *p) - mean) ** 2))
+        if sse < best_sse * (1 - FIT_BETTER):
+            best, best_sse = float(abs(p[1])), sse
+    return best
 
 
 def face_spill(sigma: float) -> float:
