@@ -58,9 +58,8 @@ PRESETS: dict[str, dict] = {
     "partial_volume": {"supersample": 2},
     # twice the default noise on every phase (a shorter exposure or fewer projections)
     "noisy": {"fwhm": {"void": 0.106, "cbd": 0.128, "al": 0.106, "nmc_low": 0.14, "nmc_high": 0.14}},
-    # partial volume under a sharper point-spread function: the edges measured on the particles stay within
-    # the blur check's bound, so only the contact reading's own checks can tell that the voxels across the
-    # faces are mixtures
+    # partial volume under a sharper point-spread function: only the contact reading's own checks can tell
+    # that the voxels across the faces are mixtures
     "partial_volume_sharp": {"supersample": 2, "blur_sigma_vox": 0.3},
 }
 
