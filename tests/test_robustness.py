@@ -178,3 +178,29 @@ def test_contact_layer_accuracy_against_a_walk_over_each_voxels_six_neighbours()
     expected = 1 - np.sum(layer & (np.indices(truth.shape)[2] < 4)) / layer.sum()
     assert m["phase_accuracy_contact_layer"] == pytest.approx(expected)
     assert 0 < expected < 1
+
+
+def test_the_figure_draws_the_cells_a_check_stops_as_crosses():
+    """A cell whose phase map or contact reading failed its check, and the pair holding it, are drawn as
+    crosses; the others as filled (out of sample) or open (in sample) dots, each value once."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from detachment.plots import robustness_figure, stopped_samples
+
+    rows = []
+    for preset, sample, split, plausible in (("a", "a_1C", "out_of_sample", 1), ("a", "a_C10", "out_of_sample", 0),
+                                             ("d", "d_1C", "in_sample", 1)):
+        rows += [(preset, sample, split, "phase_map_plausible", 1.0),
+                 (preset, sample, split, "contact_reading_plausible", float(plausible)),
+                 (preset, sample, split, "detachment_mae", 0.01 + 0.1 * (1 - plausible))]
+    rows.append(("a", "a_1C+a_C10", "out_of_sample", "effect_found_over_planted", 0.9))
+    table = pd.DataFrame(rows, columns=["preset", "sample", "split", "metric", "value"])
+    assert stopped_samples(table) == {"a_C10", "a_1C+a_C10"}
+    fig = robustness_figure(table, ["detachment_mae", "effect_found_over_planted"])
+    drawn = {ax.get_title(): {c.get_label(): c.get_offsets()[:, 1].tolist() for c in ax.collections}
+             for ax in fig.axes if ax.get_title()}
+    assert drawn["detachment_mae"] == {"out of sample": [0.01], "out of sample, run stops": [pytest.approx(0.11)],
+                                       "in sample": [0.01]}
+    assert drawn["effect_found_over_planted"] == {"out of sample, run stops": [0.9]}
+    plt.close(fig)

@@ -736,8 +736,19 @@ ROBUSTNESS_GOALS = {"phase_accuracy": 0.97, "phase_accuracy_declared": 0.97, "ph
                     "effect_found_over_planted": (0.85, 1.15)}
 
 
+def stopped_samples(table) -> set[str]:
+    """Samples of a robustness table (:mod:`detachment.robustness`) whose run a check would have stopped
+    (``phase_map_plausible`` or ``contact_reading_plausible`` 0), and the pairs ``"a+b"`` holding one."""
+    checks = table[table.metric.isin(["phase_map_plausible", "contact_reading_plausible"])]
+    stopped = set(checks["sample"][checks["value"] == 0])
+    pairs = {s for s in table["sample"].unique() if "+" in s and set(s.split("+")) & stopped}
+    return stopped | pairs
+
+
 def robustness_figure(table, metrics=None):
-    """Each headline metric against the phantom preset: filled = out-of-sample cells, open = in-sample.
+    """Each headline metric against the phantom preset: filled = out-of-sample cells, open = in-sample,
+    crosses = out-of-sample cells whose run a check stops (:func:`stopped_samples`; measured with the
+    checks set to warn).
 
     Dashed lines mark the goals (:data:`ROBUSTNESS_GOALS`).
 
@@ -762,15 +773,18 @@ def robustness_figure(table, metrics=None):
     ncol = 4
     nrow = int(np.ceil(len(metrics) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.9 * nrow), squeeze=False)
+    stopped = stopped_samples(table)
     for ax, metric in zip(axes.ravel(), metrics):
         t = table[table.metric == metric]
-        for split, style in (("out_of_sample", {"color": "#c0392b"}),
-                             ("in_sample", {"facecolors": "none", "edgecolors": "#2e86c1"})):
-            s = t[t.split == split]
+        out, stops = t.split == "out_of_sample", t["sample"].isin(stopped)
+        for rows, label, style in (
+                (out & ~stops, "out of sample", {"color": "#c0392b"}),
+                (out & stops, "out of sample, run stops", {"color": "#c0392b", "marker": "x"}),
+                (t.split == "in_sample", "in sample", {"facecolors": "none", "edgecolors": "#2e86c1"})):
+            s = t[rows]
             if len(s):
-                jitter = 0.12 if split == "in_sample" else -0.12
-                ax.scatter([x_of[p] + jitter for p in s.preset], s.value, s=22, label=split.replace("_", " "),
-                           **style)
+                jitter = 0.12 if label == "in sample" else -0.12
+                ax.scatter([x_of[p] + jitter for p in s.preset], s.value, s=22, label=label, **style)
         goal = ROBUSTNESS_GOALS.get(metric)
         for g in (goal if isinstance(goal, tuple) else (goal,)):
             if g is not None:
