@@ -1,9 +1,10 @@
 """The point-spread function of a reconstruction, measured on the particles' own edges.
 
 A blurred step is an error function whatever the contrast; averaged over many straight edges between
-NMC and the background (electrolyte or CBD) of the phase map, the grey-level profile across the edge
-gives the blur σ (voxels). It decides whether gaps of one to three voxels can be seen at all
-(:mod:`detachment.plausibility`). Axes (z, y, x); edges are taken along y and x, within slices.
+NMC and the background (electrolyte or CBD) of the phase map, the grey-level profile across the
+locally flat edges gives the blur σ (voxels), and across every edge how wide a step looks along the grid.
+The first decides whether gaps of one to three voxels can be seen at all (:mod:`detachment.plausibility`).
+Axes (z, y, x); edges are taken along y and x, within slices.
 Main entry point: :class:`EdgeProfiles`.
 """
 
