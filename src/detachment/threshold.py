@@ -531,9 +531,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
             tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers,
                                    progress)
         _write_attrs(d, voxel, model, unresolved, nmc_split(model, split), s.domain_sigma_vox)
-        d.attrs["electrolyte_layer"], d.attrs["psf_refine"] = layer.describe(), tally.refined
-        psf, width = measured_blur(tally.edges)
-        d.attrs["edge_width_vox"] = width  # a step's width along the grid: what the contact reading undoes
+        psf, width = measured_blur(tally.edges)  # the width along the grid is what the contact reading undoes
+        d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined, edge_width_vox=width)
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
