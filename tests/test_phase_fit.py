@@ -353,3 +353,15 @@ def test_the_figure_title_says_where_the_electrolyte_was_measured_and_what_was_n
     title = phase_title("cellA", 5, "informed", ("nmc_high",), "not resolved", ElectrolyteLayer(7, 0.0, 0.02))
     assert "electrolyte measured on 7 slices at the far face" in title and "NOT RESOLVED: nmc_high" in title
     assert "far face" not in phase_title("cellA", 5, "informed", (), "histogram", ElectrolyteLayer(0, np.nan, np.nan))
+
+
+def test_the_figure_title_gives_the_point_spread_and_shouts_past_the_bound():
+    from detachment.plausibility import MAX_BOUNDS
+    from detachment.plots import phase_title
+
+    bound = MAX_BOUNDS["blur_sigma_vox"][0]
+    sharp = phase_title("cellA", 5, "informed", blur_sigma=bound - 0.01)
+    wide = phase_title("cellA", 5, "informed", blur_sigma=bound + 0.01)
+    assert f"point spread σ {bound - 0.01:.2f} voxel on the particles' flat edges" in sharp and "WIDER" not in sharp
+    assert f"POINT SPREAD σ {bound + 0.01:.2f} VOXEL, WIDER THAN {bound}" in wide
+    assert "point spread" not in phase_title("cellA", 5, "informed", blur_sigma=float("nan")).lower()

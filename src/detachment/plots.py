@@ -21,7 +21,8 @@ PHASE_COLOURS = {"void": "#1b1b3a", "cbd": "#e0a030", "nmc_low": "#2e8b57", "nmc
 PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE_NAMES)])
 
 
-def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None) -> str:
+def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None,
+                blur_sigma: float | None = None) -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -38,12 +39,17 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         How NMC high was told from low (:attr:`detachment.threshold.ThresholdResult.nmc_split`).
     layer : detachment.phase_fit.ElectrolyteLayer, optional
         The electrolyte layer at the far face; named where one was found.
+    blur_sigma : float, optional
+        The point-spread σ measured on the particles' flat edges (``phase_qc.csv`` ``blur_sigma_vox``),
+        voxels: on a second line, in capitals where it is wider than the blur check's bound.
 
     Returns
     -------
     str
         E.g. ``"cell: slice z=12, informed; NOT RESOLVED: nmc_high (merged into a neighbour)"``.
     """
+    from .plausibility import MAX_BOUNDS
+
     title = f"{sample}: slice z={z}, {method}"
     if nmc_split == "domain means":
         title += "; NMC low / high split on domain means (d), not on this histogram"
@@ -51,6 +57,10 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         title += f"; electrolyte measured on {layer.thickness} slices at the far face"
     if unresolved:
         title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
+    bound = MAX_BOUNDS["blur_sigma_vox"][0]
+    if blur_sigma is not None and np.isfinite(blur_sigma):
+        title += (f"\npoint spread σ {blur_sigma:.2f} voxel on the particles' flat edges" if blur_sigma <= bound else
+                  f"\nPOINT SPREAD σ {blur_sigma:.2f} VOXEL, WIDER THAN {bound}: gaps of a few voxels are not resolved")
     return title
 
 

@@ -28,7 +28,8 @@ image = io.read_region(snakemake.input.volume, io.VOLUME_DATASET, z)
 fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.histogram.edges,
                          result.model.thresholds, result.model.names, result.fwhm, voxel[1],
                          title=plots.phase_title(snakemake.wildcards.sample, z, result.model.method,
-                                                 result.unresolved, result.nmc_split, result.layer),
+                                                 result.unresolved, result.nmc_split, result.layer,
+                                                 result.blur_sigma_vox),
                          domain_split=result.domain_split)
 io.save_figure(fig, snakemake.output.figure)
 
