@@ -87,18 +87,19 @@ def test_edge_profiles_equal_plain_loops_and_do_not_depend_on_the_slabs():
         np.testing.assert_array_equal(merged.total, whole.total)
 
 
-def _flat_profiles_by_loops(phases: np.ndarray, grey: np.ndarray, z0: int, run: int):
-    """The locally flat edges' profiles of EdgeProfiles.add, by plain loops: an edge whose 2 run classes
-    (solid, background, other) are the same on the lines beside it in its slice and on its own line in the
+def _flat_profiles_by_loops(phases: np.ndarray, grey: np.ndarray, run: int):
+    """The flat edges' profiles of EdgeProfiles.add, by plain loops over every slice: ``run`` NMC voxels
+    (low or high) then ``run`` of one background phase (electrolyte or CBD), or the reverse, whose phases
+    (NMC low and high as one) are the same on the lines beside it in its slice and on its own line in the
     slices above and below, where the array has them."""
-    cls = np.isin(phases, (NMC_LOW, NMC_HIGH)) + 2 * np.isin(phases, (VOID, CBD))
+    code = np.where(np.isin(phases, (NMC_LOW, NMC_HIGH)), 1, np.where(phases == VOID, 2, np.where(phases == CBD, 3, 0)))
     total, count = np.zeros(2 * run), 0
     for axis in (1, 2):  # lines along y, then along x
-        c, g = np.moveaxis(cls, axis, -1), np.moveaxis(grey, axis, -1)
+        c, g = np.moveaxis(code, axis, -1), np.moveaxis(grey, axis, -1)
         for z, o, i in np.ndindex(c.shape[0], c.shape[1], c.shape[2] - 2 * run + 1):
             window = c[z, o, i:i + 2 * run]
-            if (z0 + z) % SLICE_STEP or len(set(window[:run])) > 1 or len(set(window[run:])) > 1 \
-                    or {window[0], window[-1]} != {1, 2}:
+            if len(set(window[:run])) > 1 or len(set(window[run:])) > 1 or 1 not in (window[0], window[-1]) \
+                    or 0 in (window[0], window[-1]) or window[0] == window[-1]:
                 continue
             beside = [(z + dz, o + do) for dz, do in ((0, -1), (0, 1), (-1, 0), (1, 0))
                       if 0 <= z + dz < c.shape[0] and 0 <= o + do < c.shape[1]]
@@ -118,12 +119,11 @@ def test_flat_edges_equal_plain_loops_and_slabs_with_context_give_the_whole():
                         p=[0.3, 0.2, 0.3, 0.15, 0.05])
     phases = np.repeat(np.repeat(np.repeat(phases, 3, axis=2), 3, axis=1), 3, axis=0)[:13, :34, :40]
     grey = rng.random(phases.shape).astype(np.float32)
-    for z0 in (0, 1):
+    total, count = _flat_profiles_by_loops(phases, grey, RUN)
+    for z0 in (0, 1):  # which slices give every edge does not change the flat ones
         profiles = EdgeProfiles()
         profiles.add(phases, grey, z0)
-        total, count = _flat_profiles_by_loops(phases, grey, z0, RUN)
         assert profiles.flat_count == count > 20
-        assert 0 < count < profiles.count
         np.testing.assert_allclose(profiles.flat_total, total, rtol=1e-12)
     whole = EdgeProfiles()
     whole.add(phases, grey)
@@ -144,8 +144,10 @@ def test_flat_edges_measure_the_point_spread_where_surfaces_cut_voxels(tmp_path,
     """The default geometry drawn on 2³ sub-voxels (surfaces cut the voxels anywhere) under a Gaussian of σ.
     What a flat edge's profile shows is that Gaussian, the two sub-voxels' box (variance 1/16) and where in
     its voxel the surface lies against the map's edge on the voxel face (uniform: variance 1/12):
-    √(σ² + 1/16 + 1/12) is the oracle. The locally flat edges read it within 0.06; every edge reads
-    wider by more than 0.12, as the slanted surfaces widen what a line sees."""
+    √(σ² + 1/16 + 1/12) is the oracle. On the planted map the flat edges read it within 0.03. On the map
+    the thresholding draws, whose edges the same grey levels place, they read it within 0.08 (lower as σ
+    grows), where every edge reads wider by more than 0.12, as the slanted surfaces widen what a line
+    sees."""
     from detachment import io
     from detachment.phantom import PhantomParams, generate_phantom
     from detachment.presets import preset_params
@@ -155,10 +157,14 @@ def test_flat_edges_measure_the_point_spread_where_surfaces_cut_voxels(tmp_path,
     d.update(default_config["phantom"]["by_c_rate"]["1C"], shape_zyx=[40, 96, 96], n_particles=20, supersample=2,
              blur_sigma_vox=sigma)
     ph = generate_phantom(PhantomParams.from_dict(d), seed)
+    oracle = np.sqrt(sigma ** 2 + 1 / 16 + 1 / 12)
+    planted = EdgeProfiles()
+    planted.add(ph.phases, ph.volume)
+    assert planted.flat_count > 200
+    assert planted.psf_sigma() == pytest.approx(oracle, abs=0.03), (planted.psf_sigma(), oracle)
     io.write_volume(tmp_path / "v.h5", ph.volume, (ph.params.voxel_size_um,) * 3, "test")
     res = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(slab=7), progress=False)
-    oracle = np.sqrt(sigma ** 2 + 1 / 16 + 1 / 12)
-    assert res.blur_sigma_vox == pytest.approx(oracle, abs=0.06), (res.blur_sigma_vox, oracle)
+    assert res.blur_sigma_vox == pytest.approx(oracle, abs=0.08), (res.blur_sigma_vox, oracle)
     assert res.edge_width_vox > oracle + 0.12, (res.edge_width_vox, oracle)
 
 

@@ -188,7 +188,7 @@ def test_contacts_are_not_read_beyond_the_blur_the_reading_was_validated_for(cap
     assert not contacts_ambiguous(0.0, 0.15, float("nan")) and not contacts_ambiguous(0.0, None, 2.0)
     assert contacts_ambiguous(0.3, 0.15, 0.5)
     with pytest.raises(AmbiguousContacts, match=r"sample 'blurred'.*σ .* is 1\.20 voxels \(phase_qc.csv.*"
-                                                 r"0\.7 voxels.*on_ambiguous_contacts: warn"):
+                                                 rf"{bound} voxels.*on_ambiguous_contacts: warn"):
         enforce_contacts(0.02, 0.15, "blurred", "stop", blur_sigma=1.2)
     with caplog.at_level(logging.WARNING):
         enforce_contacts(0.02, 0.15, "blurred", "warn", blur_sigma=1.2)

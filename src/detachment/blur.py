@@ -1,8 +1,9 @@
 """The point-spread function of a reconstruction, measured on the particles' own edges.
 
 A blurred step is an error function whatever the contrast; averaged over many straight edges between
-NMC and the background (electrolyte or CBD) of the phase map, the grey-level profile across the
-locally flat edges gives the blur σ (voxels), and across every edge how wide a step looks along the grid.
+NMC and the background (electrolyte or CBD) of the phase map, the grey-level profile across the flat
+edges with one phase beyond gives the blur σ (voxels), and across every edge how wide a step looks along
+the grid.
 The first decides whether gaps of one to three voxels can be seen at all (:mod:`detachment.plausibility`).
 Axes (z, y, x); edges are taken along y and x, within slices.
 Main entry point: :class:`EdgeProfiles`.
@@ -21,18 +22,24 @@ from .phases import CBD, NMC_HIGH, NMC_LOW, PHASE_NAMES, VOID
 
 #: Voxels of the same class required on each side of an edge (the profile is 2 x this long).
 RUN = 3
-#: Every this many slices (by volume z) is read: the mean profile needs thousands of edges, not all.
+#: Every this many slices (by volume z) give every edge's profile: it needs thousands of edges, not all. The
+#: flat edges are fewer (hundreds to a few thousand in a phantom cell) and are read on every slice.
 SLICE_STEP = 4
+#: Fewest flat edges whose mean profile gives the point spread: the profile is a mean over edges whose
+#: noise and surface positions average out; a small phantom cell (40 x 96 x 96) has 100-500.
+MIN_FLAT_EDGES = 100
 
 
 class EdgeProfiles:
     """Mean grey-level profiles across straight NMC / background edges, accumulated slice by slice.
 
-    Two profiles: over every edge found along the grid's lines, and over the locally flat ones only (the
-    same classes on the four neighbouring lines, :func:`detachment.slab_kernels.edge_profiles`). Where a
+    Two profiles: over every edge found along the grid's lines, and over the flat ones only (one
+    background phase, electrolyte or CBD, beyond the edge, and the same phases on the four neighbouring
+    lines, :func:`detachment.slab_kernels.edge_profiles`). Where a
     surface meets a line at an angle θ from its normal, the line sees the step σ / cos θ wide; on a map
     whose surfaces follow the voxel faces this hardly matters, but where they cut voxels anywhere (partial
-    volume) every slanted surface widens the first profile. So the flat edges measure the point spread
+    volume) every slanted surface widens the first profile; and where the background is CBD for a voxel
+    and electrolyte beyond (a coat), its step is not one step. So the flat edges measure the point spread
     (:meth:`psf_sigma`), and every edge measures how wide a step looks along the grid (:meth:`sigma`),
     which is what the steps reading grey levels along the grid (edge shells, spill, sharpening) undo.
     The profiles of each slice are summed apart and the slices added in z order, so the result does
@@ -43,7 +50,7 @@ class EdgeProfiles:
     slices : dict
         Volume z -> ((2 RUN,) float64 sum of the slice's profiles, int number of profiles).
     flat : dict
-        The same over the locally flat edges.
+        The same over the flat edges, for every slice.
     """
 
     def __init__(self):
@@ -63,18 +70,17 @@ class EdgeProfiles:
 
     @property
     def flat_total(self) -> np.ndarray:
-        """(2 RUN,) float64 sum of the locally flat profiles, as :attr:`total`."""
+        """(2 RUN,) float64 sum of the flat edges' profiles, as :attr:`total`."""
         return _sum_slices(self.flat)[0]
 
     @property
     def flat_count(self) -> int:
-        """Locally flat profiles summed."""
+        """Flat edges' profiles summed."""
         return _sum_slices(self.flat)[1]
 
     def add(self, phases: np.ndarray, grey: np.ndarray, z0: int = 0, rows: slice | None = None) -> None:
-        """Add the edges of one slab (of its slices whose volume z is a multiple of :data:`SLICE_STEP`).
-
-        Every edge of those slices is used (:func:`detachment.slab_kernels.edge_profiles`).
+        """Add the edges of one slab: every edge of its slices whose volume z is a multiple of
+        :data:`SLICE_STEP`, and the flat edges of all its slices (:func:`detachment.slab_kernels.edge_profiles`).
 
         Parameters
         ----------
@@ -89,19 +95,19 @@ class EdgeProfiles:
             an edge is flat, so a volume added in slabs with their context gives the same sums as whole.
         """
         start, stop, _ = (rows or slice(None)).indices(len(phases))
-        own = np.arange(start, stop)
-        keep = own[((z0 + own - start) % SLICE_STEP) == 0].astype(np.int64)
+        keep = np.arange(start, stop, dtype=np.int64)
         if not keep.size:
             return
+        every = ((z0 + keep - start) % SLICE_STEP) == 0
         totals, counts = np.zeros((keep.size, 2 * RUN)), np.zeros(keep.size, np.int64)
         flat_totals, flat_counts = np.zeros((keep.size, 2 * RUN)), np.zeros(keep.size, np.int64)
-        # only the kept slices and their neighbours are read: each kept slice's neighbours stay next to it
-        need = np.unique(np.clip(np.concatenate([keep - 1, keep, keep + 1]), 0, len(phases) - 1))
-        slab_kernels.edge_profiles(np.ascontiguousarray(phases[need]), np.ascontiguousarray(grey[need], np.float32),
-                                   np.searchsorted(need, keep).astype(np.int64), (NMC_LOW, NMC_HIGH), (VOID, CBD),
-                                   RUN, totals, counts, flat_totals, flat_counts)
+        lo, hi = max(0, start - 1), min(len(phases), stop + 1)  # the slab and its slices of context
+        slab_kernels.edge_profiles(np.ascontiguousarray(phases[lo:hi]), np.ascontiguousarray(grey[lo:hi], np.float32),
+                                   keep - lo, every, (NMC_LOW, NMC_HIGH), (VOID, CBD), RUN, totals, counts,
+                                   flat_totals, flat_counts)
         for i, z in enumerate(keep):
-            self.slices[z0 + int(z) - start] = (totals[i], int(counts[i]))
+            if every[i]:
+                self.slices[z0 + int(z) - start] = (totals[i], int(counts[i]))
             self.flat[z0 + int(z) - start] = (flat_totals[i], int(flat_counts[i]))
 
     def merge(self, other: EdgeProfiles) -> None:
@@ -125,9 +131,9 @@ class EdgeProfiles:
         """
         return _fit_step(*_sum_slices(self.slices), min_profiles)
 
-    def psf_sigma(self, min_profiles: int = 200) -> float:
+    def psf_sigma(self, min_profiles: int = MIN_FLAT_EDGES) -> float:
         """σ of the point-spread function, voxels: an error function fitted to the mean profile of the
-        locally flat edges; NaN with fewer than ``min_profiles`` of them."""
+        flat edges (one background phase beyond); NaN with fewer than ``min_profiles`` of them."""
         return _fit_step(*_sum_slices(self.flat), min_profiles)
 
 

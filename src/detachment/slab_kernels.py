@@ -348,30 +348,35 @@ def _line_edges(cls, run, out):
 
 
 @njit(cache=True, nogil=True)
-def edge_profiles(phases, grey, keep, solid, background, run, totals, counts, flat_totals, flat_counts):
+def edge_profiles(phases, grey, keep, every, solid, background, run, totals, counts, flat_totals, flat_counts):
     """Add the grey-level profiles across straight solid / background edges of the slices ``keep`` of a slab.
 
     Lines run along y, then along x, in each (z, y, x) slice of ``phases`` whose index is in ``keep``
-    (int64, increasing); an edge is ``run`` voxels of one class followed by ``run`` of the other. Its
-    profile (``2 run`` float32 grey levels, solid side first) is added to ``totals[k]`` ((len(keep),
-    2 run) float64) for ``keep[k]``, in C order of (line direction, slice, line, position), and
-    ``counts[k]`` (int64) counts them. An edge is also locally flat, and added to ``flat_totals`` /
-    ``flat_counts`` the same way, where the four neighbouring lines (the next lines in the slice, the
-    same line in the slices above and below), those that lie in the array, show the same classes over
-    its ``2 run`` voxels: the surface is then close to perpendicular to the line. ``solid`` and
-    ``background`` are pairs of phase codes; slices not in ``keep`` are read only as neighbours.
+    (int64, increasing); an edge is ``run`` voxels of one class (solid: either code of the pair ``solid``;
+    background: either of ``background``) followed by ``run`` of the other. Where ``every[k]`` (bool) is
+    set, its profile (``2 run`` float32 grey levels, solid side first) is added to ``totals[k]``
+    ((len(keep), 2 run) float64) for ``keep[k]``, in C order of (line direction, slice, line, position),
+    and ``counts[k]`` (int64) counts them. An edge is also flat, and added to ``flat_totals`` /
+    ``flat_counts`` the same way (whatever ``every``), where its ``run`` background voxels are one phase and
+    the four neighbouring lines (the next lines in the slice, the same line in the slices above and below),
+    those that lie in the array, show the same phases over its ``2 run`` voxels (NMC low and high count as
+    one): the surface is then close to perpendicular to the line, and one phase lies beyond it. Slices not
+    in ``keep`` are read only as neighbours.
     """
     nz = phases.shape[0]
-    cls = np.zeros(phases.shape, np.uint8)
+    cls = np.zeros(phases.shape, np.uint8)  # 1 solid, 2 background, 0 other: the runs of an edge
+    phase = np.zeros(phases.shape, np.uint8)  # 1 solid, 2 and 3 the two background phases, 0 other
     for z in range(nz):
         for y in range(phases.shape[1]):
-            pz, cz = phases[z, y], cls[z, y]
+            pz, cz, fz = phases[z, y], cls[z, y], phase[z, y]
             for x in range(phases.shape[2]):
                 c = pz[x]
                 cz[x] = ((c == solid[0]) | (c == solid[1])) + 2 * ((c == background[0]) | (c == background[1]))
+                fz[x] = 3 if c == background[1] and c != background[0] else cz[x]
     for axis in range(2):
         # lines along y: a transposed copy, so that every line is contiguous
         c3 = np.ascontiguousarray(cls.transpose(0, 2, 1)) if axis == 0 else cls
+        f3 = np.ascontiguousarray(phase.transpose(0, 2, 1)) if axis == 0 else phase
         g3 = np.ascontiguousarray(grey.transpose(0, 2, 1)) if axis == 0 else grey
         lines, n = c3.shape[1], c3.shape[2]
         if n < 2 * run:
@@ -380,19 +385,31 @@ def edge_profiles(phases, grey, keep, solid, background, run, totals, counts, fl
         for k in range(keep.size):
             z = keep[k]
             for o in range(lines):
-                g = g3[z, o]
+                g, f = g3[z, o], f3[z, o]
                 for e in range(_line_edges(c3[z, o], run, edges)):
                     i, first = edges[e, 0], edges[e, 1]
-                    flat = _same_classes(c3, z, o, i, 2 * run)
+                    beyond = i + run if first == 1 else i  # the background run's first voxel
+                    flat = _one_phase(f, beyond, run) and _same_classes(f3, z, o, i, 2 * run)
                     for j in range(2 * run):
                         v = g[i + j]
                         t = j if first == 1 else 2 * run - 1 - j
-                        totals[k, t] += v
+                        if every[k]:
+                            totals[k, t] += v
                         if flat:
                             flat_totals[k, t] += v
-                    counts[k] += 1
+                    if every[k]:
+                        counts[k] += 1
                     if flat:
                         flat_counts[k] += 1
+
+
+@njit(cache=True, nogil=True)
+def _one_phase(line, i, length):
+    """Whether ``line[i:i + length]`` holds one value."""
+    for j in range(i + 1, i + length):
+        if line[j] != line[i]:
+            return False
+    return True
 
 
 @njit(cache=True, nogil=True)

@@ -190,7 +190,7 @@ class ThresholdResult:
     collector : detachment.phase_fit.CollectorSlab or None
         The collector slab found at z = 0 in the grey levels.
     blur_sigma_vox : float
-        σ of the point-spread function measured on the particles' locally flat edges (every edge where
+        σ of the point-spread function measured on the particles' flat edges (every edge where
         too few are flat; :func:`measured_blur`), voxels; NaN where too few edges were found.
     domain_split : detachment.phase_fit.DomainSplit or None
         The NMC split tried on domain-averaged grey levels where the histogram left ``nmc_high``
@@ -541,14 +541,15 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
 
 
 def measured_blur(edges: blur.EdgeProfiles) -> tuple[float, float]:
-    """The point-spread σ (on the locally flat edges; on every edge where fewer than 200 are flat, which
-    can only read it wider) and a step's width along the grid (every edge) of ``edges``, voxels."""
+    """The point-spread σ (on the flat edges, one phase beyond; on every edge where fewer than
+    :data:`detachment.blur.MIN_FLAT_EDGES` are flat, which can only read it wider) and a step's width along the
+    grid (every edge) of ``edges``, voxels."""
     width, psf = edges.sigma(), edges.psf_sigma()
-    log.info("point spread σ %.3f voxels on %d locally flat edges; steps along the grid %.3f voxels wide "
+    log.info("point spread σ %.3f voxels on %d flat edges; steps along the grid %.3f voxels wide "
              "(%d edges)", psf, edges.flat_count, width, edges.count)
     if not np.isfinite(psf):
-        log.warning("fewer than 200 locally flat particle edges: the point spread is taken as the width of every "
-                    "edge, %.3f voxels, which slanted surfaces widen", width)
+        log.warning("fewer than %d flat particle edges: the point spread is taken as the width of every "
+                    "edge, %.3f voxels, which slanted surfaces widen", blur.MIN_FLAT_EDGES, width)
         psf = width
     return psf, width
 
