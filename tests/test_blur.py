@@ -350,3 +350,30 @@ def test_a_step_within_a_voxel_is_fitted_not_stalled_at_zero(sigma):
     tail = weights.sum() / (1 + 2 * weights.sum())
     assert profiles.flat_count > 200
     assert profiles.psf_sigma() == pytest.approx(0.5 / norm.ppf(1 - tail), abs=0.01)
+
+
+@pytest.mark.parametrize("coat", [1, 2])
+def test_a_coat_beyond_the_edge_does_not_widen_the_point_spread(coat):
+    """The cubes above, two of the four coated on their sides by ``coat`` voxels of CBD (0.35), blurred by
+    scipy's sampled Gaussian of σ 0.5, noise 0.005: beyond a coated face the background is CBD, then
+    electrolyte, two steps that every edge's profile reads as one wider step; the point spread, on the
+    edges with one phase beyond, reads the uncoated oracle 0.5 / Φ⁻¹(1 − f) within 0.01."""
+    from scipy.stats import norm
+
+    sigma = 0.5
+    phases = np.full((16, 64, 64), VOID, np.uint8)
+    for k, (y, x) in enumerate(((8, 8), (8, 36), (36, 8), (36, 36))):
+        if k % 2:
+            phases[2:14, y - coat:y + 20 + coat, x - coat:x + 20 + coat] = CBD
+        phases[2:14, y:y + 20, x:x + 20] = NMC_LOW
+    grey = np.zeros(256, np.float32)
+    grey[[VOID, CBD, NMC_LOW]] = 0.1, 0.35, 0.75
+    blurred = ndimage.gaussian_filter(grey[phases], sigma) + np.random.default_rng(3).normal(0, 0.005, phases.shape)
+    profiles = EdgeProfiles()
+    profiles.add(phases, blurred)
+    k = np.arange(1, int(4 * sigma + 0.5) + 1)
+    weights = np.exp(-0.5 * (k / sigma) ** 2)
+    oracle = 0.5 / norm.ppf(1 - weights.sum() / (1 + 2 * weights.sum()))
+    assert profiles.flat_count > 200
+    assert profiles.psf_sigma() == pytest.approx(oracle, abs=0.01)
+    assert profiles.sigma() > oracle + 0.05, (profiles.sigma(), oracle)
