@@ -365,3 +365,32 @@ def test_the_figure_title_gives_the_point_spread_and_shouts_past_the_bound():
     assert f"point spread σ {bound - 0.01:.2f} voxel on the particles' flat edges" in sharp and "WIDER" not in sharp
     assert f"POINT SPREAD σ {bound + 0.01:.2f} VOXEL, WIDER THAN {bound}" in wide
     assert "point spread" not in phase_title("cellA", 5, "informed", blur_sigma=float("nan")).lower()
+    assert "σ 0.41 ± 0.02 voxel" in phase_title("cellA", 5, "informed", blur_sigma=0.412, blur_se=0.0178)
+    assert "±" not in phase_title("cellA", 5, "informed", blur_sigma=0.412, blur_se=float("nan"))
+
+
+def test_the_phase_figure_draws_the_edge_profiles_the_blur_was_read_on():
+    """The last panel: the flat edges' mean profile as dots (its values the profile's sum over its count) with
+    the fitted σ in the legend, and every edge's; without edges the figure keeps its three panels."""
+    from scipy import ndimage
+
+    from detachment.blur import PROFILE_X, EdgeProfiles
+    from detachment.phases import NMC_LOW, VOID
+    from detachment.plots import phase_figure
+
+    phases = np.full((12, 48, 48), VOID, np.uint8)
+    phases[:, 8:40, 8:40] = NMC_LOW
+    grey = np.zeros(256, np.float32)
+    grey[[VOID, NMC_LOW]] = 0.1, 0.75
+    edges = EdgeProfiles()
+    edges.add(phases, ndimage.gaussian_filter(grey[phases], 0.8))
+    args = (np.zeros((48, 48)), phases[0], np.ones(4), np.linspace(0, 1, 5), [0.4], ["void", "nmc_low"])
+    assert len(phase_figure(*args).axes) == 3
+    ax = phase_figure(*args, edges=edges).axes[3]
+    dots = ax.lines[0]
+    np.testing.assert_allclose(dots.get_xdata(), PROFILE_X)
+    np.testing.assert_allclose(dots.get_ydata(), edges.flat_total / edges.flat_count)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"flat edges, one phase beyond ({edges.flat_count}): σ {edges.psf_sigma():.2f}" in labels
+    assert any(t.startswith(f"every edge along the grid ({edges.count})") for t in labels)
+    assert ax.get_title().startswith("(d) point spread")

@@ -198,7 +198,7 @@ def test_streamed_thresholding_equals_a_direct_whole_volume_computation(tmp_path
     whole = threshold_volume(tmp_path / "v.h5", tmp_path / "w.h5", ThresholdSettings(slab=100, edge_shells=bool(shells),
                                                                                       denoise=denoise, **extra),
                              progress=False)
-    for name in ("blur_sigma_vox", "edge_width_vox"):
+    for name in ("blur_sigma_vox", "edge_width_vox", "blur_sigma_se_vox"):
         a, b = getattr(res, name), getattr(whole, name)
         assert a == b or np.isnan(a) and np.isnan(b), name
     for row in res.fwhm.itertuples():

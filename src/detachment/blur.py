@@ -28,6 +28,10 @@ SLICE_STEP = 4
 #: Fewest flat edges whose mean profile gives the point spread: the profile is a mean over edges whose
 #: noise and surface positions average out; a small phantom cell (40 x 96 x 96) has 100-500.
 MIN_FLAT_EDGES = 100
+#: Blocks of consecutive slices the point spread's standard error is taken over (:meth:`EdgeProfiles.psf_sigma_se`).
+JACKKNIFE_BLOCKS = 8
+#: Positions of a profile's voxels from the edge, voxels (NMC side negative).
+PROFILE_X = np.arange(2 * RUN) - RUN + 0.5
 
 
 class EdgeProfiles:
@@ -136,6 +140,32 @@ class EdgeProfiles:
         flat edges (one background phase beyond); NaN with fewer than ``min_profiles`` of them."""
         return _fit_step(*_sum_slices(self.flat), min_profiles)
 
+    def psf_sigma_se(self, blocks: int = JACKKNIFE_BLOCKS, min_profiles: int = MIN_FLAT_EDGES) -> float:
+        """Standard error of :meth:`psf_sigma`, voxels: the jackknife over ``blocks`` runs of consecutive slices
+        (each left out in turn; neighbouring slices share their surfaces, so blocks, not slices). NaN where
+        :meth:`psf_sigma` is, or where a block's removal leaves too few edges to fit."""
+        zs = sorted(self.flat)
+        if np.isnan(self.psf_sigma(min_profiles)) or len(zs) < blocks:
+            return float("nan")
+        total, count = _sum_slices(self.flat)
+        estimates = []
+        for part in np.array_split(np.asarray(zs), blocks):
+            t, c = _sum_slices({z: self.flat[z] for z in part})
+            estimates.append(_fit_step(total - t, count - c, min_profiles))
+        estimates = np.asarray(estimates)
+        if not np.isfinite(estimates).all():
+            return float("nan")
+        return float(np.sqrt((blocks - 1) / blocks * np.sum((estimates - estimates.mean()) ** 2)))
+
+    def mean_profiles(self) -> dict[str, tuple[np.ndarray, int, StepFit | None]]:
+        """``"flat"`` and ``"every"`` edge: (the (2 RUN,) mean grey-level profile, NMC side first, at
+        :data:`PROFILE_X`; how many edges; the fitted step, None where too few) — what the σ's were read on."""
+        out = {}
+        for name, slices, least in (("flat", self.flat, MIN_FLAT_EDGES), ("every", self.slices, 200)):
+            total, count = _sum_slices(slices)
+            out[name] = (total / max(count, 1), count, fit_step(total, count, least))
+        return out
+
 
 def _sum_slices(slices: dict[int, tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
     """The (2 RUN,) sum of the slices' profiles, added in z order, and their count."""
@@ -152,36 +182,64 @@ FIT_STARTS = (1.0, 0.3, 2.0)
 FIT_BETTER = 0.01
 
 
-def _fit_step(total: np.ndarray, count: int, min_profiles: int) -> float:
-    """σ of an error function fitted to the mean profile ``total / count`` (voxels); NaN with fewer than
-    ``min_profiles`` profiles or where the fit fails.
+@dataclass(frozen=True)
+class StepFit:
+    """A blurred step fitted to a mean edge profile: ``high + (low - high) Φ((x - x0) / sigma)``.
+
+    Attributes
+    ----------
+    x0, sigma : float
+        The step's position and σ, voxels.
+    high, low : float
+        Grey levels far on the NMC side and far on the background side.
+    """
+
+    x0: float
+    sigma: float
+    high: float
+    low: float
+
+    def __call__(self, x) -> np.ndarray:
+        """The step's grey level at positions ``x`` (voxels from the edge)."""
+        return _step(np.asarray(x, float), self.x0, self.sigma, self.high, self.low)
+
+
+def _step(x, x0, s, high, low):
+    from scipy.special import erf
+
+    return high + (low - high) * 0.5 * (1 + erf((x - x0) / (np.sqrt(2) * s)))
+
+
+def fit_step(total: np.ndarray, count: int, min_profiles: int) -> StepFit | None:
+    """The error function fitted to the mean profile ``total / count``; None with fewer than ``min_profiles``
+    profiles or where the fit fails.
 
     A step within about a voxel can leave the fit started at σ 1 stalled at σ → 0, where the error
     function saturates and its gradient in σ vanishes; so it is started at each of :data:`FIT_STARTS`
     and the first start kept unless another fits the profile clearly better (:data:`FIT_BETTER`)."""
     from scipy.optimize import OptimizeWarning, curve_fit
-    from scipy.special import erf
 
     if count < min_profiles:
-        return float("nan")
+        return None
     mean = total / count
-    x = np.arange(2 * RUN) - RUN + 0.5
-
-    def step(x, x0, s, high, low):
-        return high + (low - high) * 0.5 * (1 + erf((x - x0) / (np.sqrt(2) * s)))
-
-    best, best_sse = float("nan"), np.inf
+    best, best_sse = None, np.inf
     for start in FIT_STARTS:
         try:
             with warnings.catch_warnings():  # a step within one voxel leaves σ's variance undefined
                 warnings.simplefilter("ignore", OptimizeWarning)
-                p, _ = curve_fit(step, x, mean, p0=(0.0, start, mean[0], mean[-1]), maxfev=5000)
+                p, _ = curve_fit(_step, PROFILE_X, mean, p0=(0.0, start, mean[0], mean[-1]), maxfev=5000)
         except (RuntimeError, ValueError):
             continue
-        sse = float(np.sum((step(x, *p) - mean) ** 2))
+        sse = float(np.sum((_step(PROFILE_X, *p) - mean) ** 2))
         if sse < best_sse * (1 - FIT_BETTER):
-            best, best_sse = float(abs(p[1])), sse
+            best, best_sse = StepFit(float(p[0]), float(abs(p[1])), float(p[2]), float(p[3])), sse
     return best
+
+
+def _fit_step(total: np.ndarray, count: int, min_profiles: int) -> float:
+    """σ of :func:`fit_step` (voxels); NaN where it gives none."""
+    fit = fit_step(total, count, min_profiles)
+    return float("nan") if fit is None else fit.sigma
 
 
 def face_spill(sigma: float) -> float:

@@ -22,7 +22,7 @@ PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE
 
 
 def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None,
-                blur_sigma: float | None = None) -> str:
+                blur_sigma: float | None = None, blur_se: float | None = None) -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -42,6 +42,8 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
     blur_sigma : float, optional
         The point-spread σ measured on the particles' flat edges (``phase_qc.csv`` ``blur_sigma_vox``),
         voxels: on a second line, in capitals where it is wider than the blur check's bound.
+    blur_se : float, optional
+        Its standard error, voxels (``±`` after it where finite).
 
     Returns
     -------
@@ -59,13 +61,14 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
     bound = MAX_BOUNDS["blur_sigma_vox"][0]
     if blur_sigma is not None and np.isfinite(blur_sigma):
-        title += (f"\npoint spread σ {blur_sigma:.2f} voxel on the particles' flat edges" if blur_sigma <= bound else
-                  f"\nPOINT SPREAD σ {blur_sigma:.2f} VOXEL, WIDER THAN {bound}: gaps of a few voxels are not resolved")
+        value = f"{blur_sigma:.2f}" + (f" ± {blur_se:.2f}" if blur_se is not None and np.isfinite(blur_se) else "")
+        title += (f"\npoint spread σ {value} voxel on the particles' flat edges" if blur_sigma <= bound else
+                  f"\nPOINT SPREAD σ {value} VOXEL, WIDER THAN {bound}: gaps of a few voxels are not resolved")
     return title
 
 
 def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_edges, thresholds, names,
-                 fwhm_table=None, voxel_size_um: float = 1.0, title: str = "", domain_split=None):
+                 fwhm_table=None, voxel_size_um: float = 1.0, title: str = "", domain_split=None, edges=None):
     """Supp. Fig. 1 style: grey slice, histogram with thresholds (log counts), phase map.
 
     Parameters
@@ -87,14 +90,18 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
     domain_split : detachment.phase_fit.DomainSplit, optional
         The NMC split tried on domain-averaged grey levels: a fourth panel shows its histogram, the
         components it resolved and the threshold.
+    edges : detachment.blur.EdgeProfiles, optional
+        The particles' edge profiles the blur was measured on: a last panel draws the mean profiles and
+        their fitted steps (:func:`edge_profile_panel`).
 
     Returns
     -------
     matplotlib.figure.Figure
-        Three panels, or four with ``domain_split``.
+        Three panels, one more with ``domain_split`` and one more with ``edges``.
     """
-    n = 3 if domain_split is None else 4
-    fig, ax = plt.subplots(1, n, figsize=(5 * n, 4.6), gridspec_kw={"width_ratios": [1, 1.25, 1, 1.1][:n]})
+    extra = [p for p in (domain_split, edges) if p is not None]
+    n = 3 + len(extra)
+    fig, ax = plt.subplots(1, n, figsize=(5 * n, 4.6), gridspec_kw={"width_ratios": [1, 1.25, 1, 1.1, 1.1][:n]})
     ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
     ax[0].imshow(image, cmap="gray", extent=ext)
     ax[0].set_title("(a) reconstruction slice")
@@ -109,6 +116,8 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
     ax[2].set_xlabel("x (µm)")
     if domain_split is not None:
         _domain_split_panel(ax[3], domain_split)
+    if edges is not None:
+        edge_profile_panel(ax[n - 1], edges, f"({'abcde'[n - 1]})")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -135,6 +144,37 @@ def _histogram_panel(ax, hist_counts, hist_edges, thresholds, names, fwhm_table)
     ax.set_xlabel("grey level (normalised electron density)")
     ax.set_ylabel("voxels")
     ax.set_title("(b) histogram and thresholds")
+
+
+def edge_profile_panel(ax, edges, letter: str = "") -> None:
+    """The mean grey-level profiles across the particles' edges and the fitted blurred steps: the flat
+    edges with one phase beyond (the point spread, ``phase_qc.csv`` ``blur_sigma_vox``) and every edge
+    along the grid (the map's ``edge_width_vox``).
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    edges : detachment.blur.EdgeProfiles
+    letter : str, default ""
+        Panel label put before the title, e.g. ``"(e)"``.
+    """
+    from .blur import PROFILE_X
+
+    fine = np.linspace(PROFILE_X[0], PROFILE_X[-1], 121)
+    styles = {"flat": ("o", "C3", "flat edges, one phase beyond"), "every": ("x", "0.45", "every edge along the grid")}
+    for name, (mean, count, fit) in edges.mean_profiles().items():
+        marker, colour, words = styles[name]
+        if not count:
+            continue
+        label = f"{words} ({count}): " + (f"σ {fit.sigma:.2f}" if fit is not None else "too few to fit")
+        ax.plot(PROFILE_X, mean, marker, color=colour, ls="none", label=label)
+        if fit is not None:
+            ax.plot(fine, fit(fine), "-", color=colour, lw=1)
+    ax.axvline(0, color="k", lw=0.8, ls="--")
+    ax.legend(fontsize=7)
+    ax.set_xlabel("voxels from the map's edge (NMC left)")
+    ax.set_ylabel("mean grey level")
+    ax.set_title(f"{letter} point spread on the particles' edges".strip())
 
 
 def _domain_split_panel(ax, split) -> None:

@@ -206,6 +206,11 @@ class ThresholdResult:
     edge_width_vox : float
         σ of a step along the grid's lines, over every particle edge (:meth:`detachment.blur.EdgeProfiles.sigma`;
         slanted surfaces widen it), voxels; the map's attribute ``edge_width_vox``; NaN as above.
+    blur_sigma_se_vox : float
+        Standard error of ``blur_sigma_vox`` (:meth:`detachment.blur.EdgeProfiles.psf_sigma_se`), voxels; NaN
+        where it fell back to every edge or could not be taken.
+    edges : detachment.blur.EdgeProfiles or None
+        The edge profiles both σ's were read on (:func:`detachment.plots.phase_figure` draws them).
     """
 
     model: phases.PhaseModel
@@ -221,6 +226,8 @@ class ThresholdResult:
     refine_sigma_vox: float = float("nan")
     domain_sigma_vox: float = float("nan")
     edge_width_vox: float = float("nan")
+    blur_sigma_se_vox: float = float("nan")
+    edges: blur.EdgeProfiles | None = None
 
     @property
     def nmc_split(self) -> str:
@@ -531,27 +538,27 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
             tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers,
                                    progress)
         _write_attrs(d, voxel, model, unresolved, nmc_split(model, split), s.domain_sigma_vox)
-        psf, width = measured_blur(tally.edges)  # the width along the grid is what the contact reading undoes
+        psf, psf_se, width = measured_blur(tally.edges)  # the width along the grid is what the contact reading undoes
         d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined, edge_width_vox=width)
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
                            tally.per_slice, unresolved, collector, psf, split, layer,
-                           tally.refine_sigma, s.domain_sigma_vox, width)
+                           tally.refine_sigma, s.domain_sigma_vox, width, psf_se, tally.edges)
 
 
-def measured_blur(edges: blur.EdgeProfiles) -> tuple[float, float]:
+def measured_blur(edges: blur.EdgeProfiles) -> tuple[float, float, float]:
     """The point-spread σ (on the flat edges, one phase beyond; on every edge where fewer than
-    :data:`detachment.blur.MIN_FLAT_EDGES` are flat, which can only read it wider) and a step's width along the
-    grid (every edge) of ``edges``, voxels."""
-    width, psf = edges.sigma(), edges.psf_sigma()
-    log.info("point spread σ %.3f voxels on %d flat edges; steps along the grid %.3f voxels wide "
-             "(%d edges)", psf, edges.flat_count, width, edges.count)
+    :data:`detachment.blur.MIN_FLAT_EDGES` are flat, which can only read it wider), its standard error (NaN
+    with the fallback) and a step's width along the grid (every edge) of ``edges``, voxels."""
+    width, psf, se = edges.sigma(), edges.psf_sigma(), edges.psf_sigma_se()
+    log.info("point spread σ %.3f ± %.3f voxels on %d flat edges; steps along the grid %.3f voxels wide "
+             "(%d edges)", psf, se, edges.flat_count, width, edges.count)
     if not np.isfinite(psf):
         log.warning("fewer than %d flat particle edges: the point spread is taken as the width of every "
                     "edge, %.3f voxels, which slanted surfaces widen", blur.MIN_FLAT_EDGES, width)
-        psf = width
-    return psf, width
+        psf, se = width, float("nan")
+    return psf, se, width
 
 
 def _slab_classifier(model: phases.PhaseModel, collector: phase_fit.CollectorSlab | None, s: ThresholdSettings,

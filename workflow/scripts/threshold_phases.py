@@ -29,8 +29,8 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          result.model.thresholds, result.model.names, result.fwhm, voxel[1],
                          title=plots.phase_title(snakemake.wildcards.sample, z, result.model.method,
                                                  result.unresolved, result.nmc_split, result.layer,
-                                                 result.blur_sigma_vox),
-                         domain_split=result.domain_split)
+                                                 result.blur_sigma_vox, result.blur_sigma_se_vox),
+                         domain_split=result.domain_split, edges=result.edges)
 io.save_figure(fig, snakemake.output.figure)
 
 checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
