@@ -28,6 +28,8 @@ SLICE_STEP = 4
 #: Fewest flat edges whose mean profile gives the point spread: the profile is a mean over edges whose
 #: noise and surface positions average out; a small phantom cell (40 x 96 x 96) has 100-500.
 MIN_FLAT_EDGES = 100
+#: Fewest edges whose mean profile gives the width of a step along the grid (:meth:`EdgeProfiles.sigma`).
+MIN_EDGES = 200
 #: Blocks of consecutive slices the point spread's standard error is taken over (:meth:`EdgeProfiles.psf_sigma_se`).
 JACKKNIFE_BLOCKS = 8
 #: Positions of a profile's voxels from the edge, voxels (NMC side negative).
@@ -119,13 +121,13 @@ class EdgeProfiles:
         self.slices.update(other.slices)
         self.flat.update(other.flat)
 
-    def sigma(self, min_profiles: int = 200) -> float:
+    def sigma(self, min_profiles: int = MIN_EDGES) -> float:
         """The width of a step along the grid's lines, voxels: an error function fitted to the mean profile
         of every edge; NaN with too few edges.
 
         Parameters
         ----------
-        min_profiles : int, default 200
+        min_profiles : int, default :data:`MIN_EDGES`
             Fewest profiles to fit.
 
         Returns
@@ -161,7 +163,7 @@ class EdgeProfiles:
         """``"flat"`` and ``"every"`` edge: (the (2 RUN,) mean grey-level profile, NMC side first, at
         :data:`PROFILE_X`; how many edges; the fitted step, None where too few) — what the σ's were read on."""
         out = {}
-        for name, slices, least in (("flat", self.flat, MIN_FLAT_EDGES), ("every", self.slices, 200)):
+        for name, slices, least in (("flat", self.flat, MIN_FLAT_EDGES), ("every", self.slices, MIN_EDGES)):
             total, count = _sum_slices(slices)
             out[name] = (total / max(count, 1), count, fit_step(total, count, least))
         return out

@@ -39,7 +39,7 @@ BOUNDS = {
 #: Upper bounds: check -> (upper bound, what is required).
 MAX_BOUNDS = {
     "blur_sigma_vox": (0.65, "the point-spread function is narrow enough to see gaps of one to three voxels (σ "
-                            "measured on the particles' flat edges, voxels; the bound: docs/results.md)"),
+                             "measured on the particles' flat edges, voxels; the bound: docs/results.md)"),
 }
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
