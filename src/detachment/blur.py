@@ -144,16 +144,20 @@ class EdgeProfiles:
 
     def psf_sigma_se(self, blocks: int = JACKKNIFE_BLOCKS, min_profiles: int = MIN_FLAT_EDGES) -> float:
         """Standard error of :meth:`psf_sigma`, voxels: the jackknife over ``blocks`` runs of consecutive slices
-        (each left out in turn; neighbouring slices share their surfaces, so blocks, not slices). NaN where
-        :meth:`psf_sigma` is, or where a block's removal leaves too few edges to fit."""
-        zs = sorted(self.flat)
+        holding about equal numbers of flat edges, each left out in turn (neighbouring slices share their
+        surfaces, so runs of slices, not single ones). NaN where :meth:`psf_sigma` is, or where the edges lie
+        on fewer than ``blocks`` slices."""
+        zs = [z for z in sorted(self.flat) if self.flat[z][1] > 0]
         if np.isnan(self.psf_sigma(min_profiles)) or len(zs) < blocks:
             return float("nan")
         total, count = _sum_slices(self.flat)
+        # block k takes the slices whose edges, counted up to them, reach past k / blocks of all
+        upto = np.cumsum([self.flat[z][1] for z in zs])
+        block = np.minimum((blocks * (upto - 1)) // count, blocks - 1)
         estimates = []
-        for part in np.array_split(np.asarray(zs), blocks):
-            t, c = _sum_slices({z: self.flat[z] for z in part})
-            estimates.append(_fit_step(total - t, count - c, min_profiles))
+        for k in range(blocks):
+            t, c = _sum_slices({z: self.flat[z] for z, b in zip(zs, block) if b == k})
+            estimates.append(_fit_step(total - t, count - c, 1))
         estimates = np.asarray(estimates)
         if not np.isfinite(estimates).all():
             return float("nan")
