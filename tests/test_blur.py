@@ -16,7 +16,7 @@ def test_edge_profiles_measure_the_planted_blur(sigma):
     """Cubes of NMC (0.72) in electrolyte (0.0) and CBD (0.3), blurred by a Gaussian of σ with noise 0.02:
     the phase map is the sharp one, so every edge sits where it was planted; σ comes back within 0.1. At
     σ 0.5 the whole step lies between two voxels and σ is not identifiable; it must read below the
-    plausibility bound (0.7)."""
+    plausibility bound (`MAX_BOUNDS`)."""
     rng = np.random.default_rng(1)
     phases = np.full((24, 96, 96), VOID, np.uint8)
     phases[:, 48:] = CBD
@@ -301,8 +301,8 @@ def test_edge_shell_candidates_of_the_compiled_counts_equal_their_definition(wei
 def test_electrolyte_lifted_by_a_blurred_particle_goes_back_and_a_coat_stays(sigma):
     """A ball of NMC (0.7) in electrolyte (0.0), a two-voxel CBD coat (0.3) on its lower half, blurred by
     σ: thresholded at the void/CBD threshold 0.15, up to a fifth of the electrolyte within three voxels of
-    the ball reads as CBD. Less the particle's spill no electrolyte there is misread, and up to the blur
-    check's σ 0.7 every electrolyte and CBD voxel there is classed as planted but for at most 2 %; beyond
+    the ball reads as CBD. Less the particle's spill no electrolyte there is misread, and up to σ 0.7
+    every electrolyte and CBD voxel there is classed as planted but for at most 2 %; beyond
     it the coat, darkened by the electrolyte on its far side, starts to read as electrolyte (a third of
     it at σ 1.5: docs/methods.md), though the errors stay below thresholding's. Voxels beyond the blur's
     reach keep their codes."""
