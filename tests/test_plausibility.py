@@ -67,6 +67,24 @@ def test_enforce_stops_naming_sample_check_and_way_out_or_warns(caplog):
         enforce(table, "cellA", "maybe")
 
 
+def test_a_blur_stop_says_the_blur_is_the_cause_and_thresholds_do_not_help():
+    """A map whose histogram checks pass but whose point spread is past the bound: the message names the
+    blur check and says no threshold setting changes it, without the shifted-classes advice; with a
+    shifted map as well, both causes are given."""
+    bound = MAX_BOUNDS["blur_sigma_vox"][0]
+    table = check_phase_map(_counts(_layered()), blur_sigma_vox=bound + 0.3)
+    with pytest.raises(ImplausiblePhaseMap) as stopped:
+        enforce(table, "blurred", "stop", figure_hint="logs/b.png")
+    text = str(stopped.value)
+    assert f"blur_sigma_vox = {bound + 0.3:.3f} > {bound}" in text and "no threshold setting changes" in text
+    assert "logs/b.png" in text and "shifted" not in text and "manual thresholds" not in text
+    shifted = _layered()
+    shifted[shifted == AL] = NMC_LOW
+    with pytest.raises(ImplausiblePhaseMap) as both:
+        enforce(check_phase_map(_counts(shifted), blur_sigma_vox=bound + 0.3), "x", "stop")
+    assert "shifted" in str(both.value) and "no threshold setting changes" in str(both.value)
+
+
 @pytest.mark.parametrize("preset, method, failed", [
     ("default", "informed", set()), ("default", "gmm", set()),
     ("blurry", "gmm", {"al_fraction_first_slice", "al_in_collector_slab"}),

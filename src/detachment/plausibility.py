@@ -183,14 +183,20 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
         return
     what = "; ".join(f"{r.check} = {r.value:.3f} {'>' if getattr(r, 'bound_type', 'min') == 'max' else '<'} "
                      f"{r.bound} ({r.requirement})" for r in failed.itertuples())
-    msg = (f"sample '{sample}': implausible phase map: {what}. The histogram probably resolves fewer peaks "
-           f"than phases and the classes are shifted (e.g. CBD read as Al, the collector as NMC), or the volume "
-           f"holds no collector at z = 0. Look at {figure_hint or 'the phase figure'}; check the volume's "
-           f"orientation (the collector must be at z = 0 after import: the sample sheet's `collector_side`); "
-           f"set manual thresholds (the sample sheet's "
-           f"`thresholds` column, or threshold.thresholds); try another threshold.method (informed, gmm, "
-           f"multiotsu); or set threshold.on_implausible: warn to go on with this map (every downstream "
-           f"number inherits it).")
+    figure = figure_hint or "the phase figure"
+    advice = []
+    if set(failed.check) - {"blur_sigma_vox"}:
+        advice.append(f"The histogram probably resolves fewer peaks than phases and the classes are shifted (e.g. "
+                      f"CBD read as Al, the collector as NMC), or the volume holds no collector at z = 0. Look at "
+                      f"{figure}; check the volume's orientation (the collector must be at z = 0 after import: the "
+                      f"sample sheet's `collector_side`); set manual thresholds (the sample sheet's `thresholds` "
+                      f"column, or threshold.thresholds); try another threshold.method (informed, gmm, multiotsu).")
+    if "blur_sigma_vox" in set(failed.check):
+        advice.append(f"The reconstruction is blurred wider than gaps and coats of one to three voxels beside the "
+                      f"particles can be told apart in, and no threshold setting changes that (the last panel of "
+                      f"{figure} shows the edge profile it was read on).")
+    msg = (f"sample '{sample}': implausible phase map: {what}. {' '.join(advice)} Set threshold.on_implausible: "
+           f"warn to go on with this map (every downstream number inherits it).")
     if on_implausible == "stop":
         raise ImplausiblePhaseMap(msg)
     log.warning(msg)
