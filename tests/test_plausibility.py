@@ -198,7 +198,8 @@ def test_enforce_contacts_stops_naming_sample_disagreement_and_way_out_or_warns(
 def test_contacts_are_not_read_beyond_the_blur_the_reading_was_validated_for(caplog):
     """A measured point spread wider than the blur bound makes the reading ambiguous whatever the spread
     (the coated balls misread a one-voxel coat from σ 0.8: tests/test_contact_level.py); the message names
-    the sample, σ, the bound and the way out; null max_ambiguity still checks nothing."""
+    the sample, σ, the bound and the way out (not a contact setting, where the blur alone stops it); null
+    max_ambiguity still checks nothing."""
     from detachment.plausibility import MAX_BOUNDS, AmbiguousContacts, contacts_ambiguous, enforce_contacts
 
     bound = MAX_BOUNDS["blur_sigma_vox"][0]
@@ -206,8 +207,12 @@ def test_contacts_are_not_read_beyond_the_blur_the_reading_was_validated_for(cap
     assert not contacts_ambiguous(0.0, 0.15, float("nan")) and not contacts_ambiguous(0.0, None, 2.0)
     assert contacts_ambiguous(0.3, 0.15, 0.5)
     with pytest.raises(AmbiguousContacts, match=r"sample 'blurred'.*σ .* is 1\.20 voxels \(phase_qc.csv.*"
-                                                 rf"{bound} voxels.*on_ambiguous_contacts: warn"):
+                                                 rf"{bound} voxels.*no contact setting changes that.*"
+                                                 r"on_ambiguous_contacts: warn") as stopped:
         enforce_contacts(0.02, 0.15, "blurred", "stop", blur_sigma=1.2)
+    assert "midpoint" not in str(stopped.value)
+    with pytest.raises(AmbiguousContacts, match=r"disagree on 30%.*1\.20 voxels.*science.contact_level: midpoint"):
+        enforce_contacts(0.3, 0.15, "both", "stop", blur_sigma=1.2)  # with the disagreement, the settings may help
     with caplog.at_level(logging.WARNING):
         enforce_contacts(0.02, 0.15, "blurred", "warn", blur_sigma=1.2)
     assert "1.20 voxels" in caplog.text

@@ -328,15 +328,19 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
         raise ValueError(f"science.on_ambiguous_contacts: {on_ambiguous!r} is not 'stop' or 'warn'")
     if not contacts_ambiguous(spread, max_ambiguity, blur_sigma, width_ratio, through_layer, through_share):
         return
-    why = "; and ".join(_ambiguity_reasons(spread, max_ambiguity, blur_sigma, None if through_layer else width_ratio,
-                                           reading, through_share if through_layer else None))
+    reasons = _ambiguity_reasons(spread, max_ambiguity, blur_sigma, None if through_layer else width_ratio,
+                                 reading, through_share if through_layer else None)
+    why = "; and ".join(reasons)
     if undecided is not None and np.isfinite(undecided):
         why += (f"; the sample's gap / CBD mixture leaves {undecided:.0%} of the faces undecided (contact_level.csv "
                 f"ambiguous_faces; per particle, particles.csv detachment_ambiguous)")
+    # the blur alone: no contact setting changes what the reconstruction cannot resolve
+    blur_only = len(reasons) == 1 and _too_blurred(blur_sigma)
+    settings = ("no contact setting changes that" if blur_only else
+                "set science.contact_level: midpoint or manual thresholds if you know the grey levels better")
     msg = (f"sample '{sample}': the contacts cannot be read: {why}. Look at "
-           f"{figure_hint or 'the contact-level figure'}; set science.contact_level: midpoint or manual thresholds "
-           f"if you know the grey levels better; or set science.on_ambiguous_contacts: warn to go on "
-           f"(detachment_by_cell.csv reports the spread as contact_reading_spread).")
+           f"{figure_hint or 'the contact-level figure'}; {settings}; or set science.on_ambiguous_contacts: warn "
+           f"to go on (detachment_by_cell.csv reports the spread as contact_reading_spread).")
     if on_ambiguous == "stop":
         raise AmbiguousContacts(msg)
     log.warning(msg)
