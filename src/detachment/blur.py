@@ -26,7 +26,7 @@ RUN = 3
 #: flat edges are fewer (hundreds to a few thousand in a phantom cell) and are read on every slice.
 SLICE_STEP = 4
 #: Fewest flat edges whose mean profile gives the point spread: the profile is a mean over edges whose
-#: noise and surface positions average out; a small phantom cell (40 x 96 x 96) has 100-500.
+#: noise and surface positions average out, and small crops hold only a few hundred flat edges.
 MIN_FLAT_EDGES = 100
 #: Fewest edges whose mean profile gives the width of a step along the grid (:meth:`EdgeProfiles.sigma`).
 MIN_EDGES = 200
@@ -145,12 +145,12 @@ class EdgeProfiles:
     def psf_sigma_se(self, blocks: int = JACKKNIFE_BLOCKS, min_profiles: int = MIN_FLAT_EDGES) -> float:
         """Standard error of :meth:`psf_sigma`, voxels: the jackknife over ``blocks`` runs of consecutive slices
         holding about equal numbers of flat edges, each left out in turn (neighbouring slices share their
-        surfaces, so runs of slices, not single ones). NaN where :meth:`psf_sigma` is, or where the edges lie
-        on fewer than ``blocks`` slices."""
+        surfaces, so runs of slices, not single ones). NaN with fewer than ``min_profiles`` flat edges, where
+        they lie on fewer than ``blocks`` slices, or where a fit fails."""
         zs = [z for z in sorted(self.flat) if self.flat[z][1] > 0]
-        if np.isnan(self.psf_sigma(min_profiles)) or len(zs) < blocks:
-            return float("nan")
         total, count = _sum_slices(self.flat)
+        if count < min_profiles or len(zs) < blocks:
+            return float("nan")
         # block k takes the slices whose edges, counted up to them, reach past k / blocks of all
         upto = np.cumsum([self.flat[z][1] for z in zs])
         block = np.minimum((blocks * (upto - 1)) // count, blocks - 1)

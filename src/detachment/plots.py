@@ -99,8 +99,7 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
     matplotlib.figure.Figure
         Three panels, one more with ``domain_split`` and one more with ``edges``.
     """
-    extra = [p for p in (domain_split, edges) if p is not None]
-    n = 3 + len(extra)
+    n = 3 + (domain_split is not None) + (edges is not None)
     fig, ax = plt.subplots(1, n, figsize=(5 * n, 4.6), gridspec_kw={"width_ratios": [1, 1.25, 1, 1.1, 1.1][:n]})
     ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
     ax[0].imshow(image, cmap="gray", extent=ext)
