@@ -189,6 +189,10 @@ def test_no_al_above_the_collector_top_and_none_where_no_neighbour_has_it():
     assert not (out[2:] == AL).any()
     out, _ = psf_refine.refine_codes(start, grey, LEVELS, 1.0, NOISE, psf_refine.RefineSettings(), al_below=3)
     assert (out[2] == AL).mean() > 0.9
+    # a tilted collector's top, column by column: slice 2 may become Al only where the top lies above it
+    top = np.where(np.arange(truth.shape[2])[None, :] < truth.shape[2] // 2, 2, 3).repeat(truth.shape[1], 0)
+    out, _ = psf_refine.refine_codes(start, grey, LEVELS, 1.0, NOISE, psf_refine.RefineSettings(), al_below=top)
+    assert not (out[2][top == 2] == AL).any() and (out[2][top == 3] == AL).mean() > 0.9
 
 
 @pytest.mark.parametrize("sigma, noise", [(float("nan"), NOISE), (0.0, NOISE), (1.0, float("nan")), (1.0, 0.0)])

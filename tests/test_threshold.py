@@ -107,6 +107,10 @@ def test_slab_classifier_equals_the_reference_composition(order, thickness, sigm
     # Al confined to a collector slab below volume z = 6, the slab starting at volume z 2
     confined = SlabClassifier(model, thickness, sigma, collector_top=6)
     np.testing.assert_array_equal(confined(vol, z_first=2), classify_slab(vol, model, s, 6, z_first=2))
+    # below a tilted collector: a first slice above it per column
+    top = np.random.default_rng(thickness).integers(1, 12, vol.shape[1:])
+    tilted = SlabClassifier(model, thickness, sigma, collector_top=top)
+    np.testing.assert_array_equal(tilted(vol, z_first=2), classify_slab(vol, model, s, top, z_first=2))
     # every NMC voxel through the exact per-voxel recomputation, and through the whole-slab fallback
     exact = SlabClassifier(model, thickness, sigma, screen=False)
     exact.max_exact = 10**9

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from . import collector_surface
 from .phases import AL, CBD, NMC_HIGH, NMC_LOW, VOID
 from .surface import crack_faces, surface_contacts
 
@@ -330,10 +331,14 @@ def _add_spanned_cracks(env, reach, others, phases, nmc_phase, crack_span_vox: i
     return ndimage.binary_fill_holes(env | add) & ~others
 
 
-def _collector_top_from_file(dp, n_slices: int) -> int:
-    """:func:`collector_top` of an HDF5 phase dataset, read slab by slab."""
+def _collector_top_from_file(dp, n_slices: int) -> int | collector_surface.CollectorPlane:
+    """The tilted collector plane the phase dataset records (:func:`detachment.collector_surface.from_attrs`),
+    else :func:`collector_top` of it, read slab by slab."""
     from . import io
 
+    plane = collector_surface.from_attrs(dp.attrs, dp.shape[1:])
+    if plane is not None:
+        return plane
     top = 0
     for z0, z1 in io.slab_ranges(n_slices, 16):
         frac = (dp[z0:z1] == AL).mean(axis=(1, 2))
@@ -601,7 +606,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
             t = _crop_row(env, others, ph, grey, read, vs, ambiguity, probe=probe, gap_level=level,
                           solid_level=solid_grey(env, ph, grey) if deconvolve else None, partial_volume=partial_volume)
             if t is not None:
-                rows.append(_in_volume_frame(t, row, lo, vs, top))
+                rows.append(_in_volume_frame(t, row, lo, vs, top, env))
         unresolved = phases_not_resolved(dp.attrs)
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
     if "nmc_high" in unresolved:  # one NMC class: a high-density share of 0 would be a guess, not a measurement
@@ -698,14 +703,24 @@ def _contact_gap_level(gap_from_intensity: bool, contact_level: float | None, ph
     return level
 
 
-def _in_volume_frame(t: pd.DataFrame, row, lo, vs: np.ndarray, top: int) -> pd.DataFrame:
+def _in_volume_frame(t: pd.DataFrame, row, lo, vs: np.ndarray, top: int | collector_surface.CollectorPlane,
+                     env: np.ndarray) -> pd.DataFrame:
     """A crop's one-row table moved into the volume: ``row``'s label and border flag, centroids shifted by
-    the crop origin ``lo``, collector distance and height from the volume's collector top ``top``."""
+    the crop origin ``lo``, collector distance and height from the volume's collector top ``top``: a slice
+    (from ``row.z_min``), or a tilted plane (the envelope ``env``'s lowest voxel above the plane under it,
+    the centroid above the plane under the centroid)."""
     t["label"] = row.label
     t["centroid_z_um"] += lo[0] * vs[0]
     t["centroid_y_um"] += lo[1] * vs[1]
     t["centroid_x_um"] += lo[2] * vs[2]
-    t["distance_to_collector_um"] = (row.z_min - top) * vs[0]
-    t["height_um"] = t["centroid_z_um"] - top * vs[0]
+    if isinstance(top, collector_surface.CollectorPlane):
+        z, y, x = np.nonzero(env)
+        lowest = np.min(z + lo[0] - top.height(y + lo[1], x + lo[2]))
+        under = top.height(t["centroid_y_um"] / vs[1], t["centroid_x_um"] / vs[2])
+        t["distance_to_collector_um"] = lowest * vs[0]
+        t["height_um"] = t["centroid_z_um"] - under * vs[0]
+    else:
+        t["distance_to_collector_um"] = (row.z_min - top) * vs[0]
+        t["height_um"] = t["centroid_z_um"] - top * vs[0]
     t["touches_border"] = bool(getattr(row, "touches_border", False))
     return t

@@ -53,7 +53,14 @@ class PhantomParams:
     shape_irregularity : float
         Relative amplitude of the envelope's stretch along its principal axes and of its bumps.
     collector_thickness_vox : int
-        Al collector thickness, voxels (the slices z < this value).
+        Al collector thickness, voxels (the slices z < this value; with a tilt, its mean thickness).
+    collector_tilt_deg : float
+        Tilt of the collector's top surface against the volume's (y, x) plane, degrees (0-10): a sample
+        not mounted square to the rotation axis. The surface is the plane through the volume's centre
+        column at ``collector_thickness_vox`` rising along ``collector_tilt_azimuth_deg``; everything
+        below it is Al (:func:`collector_top_surface`).
+    collector_tilt_azimuth_deg : float
+        Direction of the steepest rise in the (y, x) plane, degrees from +y towards +x.
     contact_fraction : float
         Probability (0-1) that a particle is placed touching an already placed one.
     contact_gap_probability : float
@@ -127,6 +134,8 @@ class PhantomParams:
     diameter_max_um: float = 15.0
     shape_irregularity: float = 0.08
     collector_thickness_vox: int = 4
+    collector_tilt_deg: float = 0.0
+    collector_tilt_azimuth_deg: float = 0.0
     contact_fraction: float = 0.5
     contact_gap_probability: float = 0.5
     detachment_mean: float = 0.3
@@ -237,10 +246,17 @@ class PhantomParams:
             bad("supersample", "an integer number of sub-voxels per voxel edge in [1, 4]")
         if not 0 < self.valence_std <= 1:
             bad("valence_std", "a standard deviation in (0, 1] (valence units)")
+        if not 0 <= self.collector_tilt_deg <= 10:
+            bad("collector_tilt_deg", "a tilt of the collector in [0, 10] degrees")
+        half_rise = 0.5 * _collector_rise(self)
+        if self.collector_thickness_vox - half_rise < 1:
+            bad("collector_tilt_deg", f"a tilt whose rise across the volume ({2 * half_rise:.1f} voxels) leaves "
+                                      f"the collector ({self.collector_thickness_vox} voxels) at least one voxel "
+                                      f"thick everywhere")
         dmax_vox = self.diameter_max_um / self.voxel_size_um
-        if self.collector_thickness_vox + dmax_vox + 2 > self.shape_zyx[0]:
+        if self.collector_thickness_vox + half_rise + dmax_vox + 2 > self.shape_zyx[0]:
             bad("shape_zyx", f"z >= collector + largest particle + 2 = "
-                             f"{int(np.ceil(self.collector_thickness_vox + dmax_vox + 2))} voxels")
+                             f"{int(np.ceil(self.collector_thickness_vox + half_rise + dmax_vox + 2))} voxels")
 
     @property
     def noise_sigma(self) -> float:
@@ -249,6 +265,37 @@ class PhantomParams:
         The narrowest phase is pure noise; the others add a smooth texture to reach their FWHM.
         """
         return min(self.fwhm.values()) / FWHM_PER_SIGMA
+
+
+def _collector_slopes(p: PhantomParams) -> tuple[float, float]:
+    """(dz/dy, dz/dx) of the collector's top surface, voxels per voxel."""
+    t = np.tan(np.radians(p.collector_tilt_deg))
+    a = np.radians(p.collector_tilt_azimuth_deg)
+    return float(t * np.cos(a)), float(t * np.sin(a))
+
+
+def _collector_rise(p: PhantomParams) -> float:
+    """Height difference of the collector's top surface across the volume, voxels."""
+    gy, gx = _collector_slopes(p)
+    return abs(gy) * (p.shape_zyx[1] - 1) + abs(gx) * (p.shape_zyx[2] - 1)
+
+
+def collector_top_surface(p: PhantomParams) -> np.ndarray:
+    """(y, x) float64 height of the collector's top surface, voxels: the voxels of a column with z below
+    it are Al. ``collector_thickness_vox`` everywhere without a tilt; with one, the plane through the
+    volume's centre column at that height rising along ``collector_tilt_azimuth_deg``."""
+    _, ny, nx = p.shape_zyx
+    if p.collector_tilt_deg == 0:
+        return np.full((ny, nx), float(p.collector_thickness_vox))
+    gy, gx = _collector_slopes(p)
+    y = np.arange(ny)[:, None] - (ny - 1) / 2
+    x = np.arange(nx)[None, :] - (nx - 1) / 2
+    return p.collector_thickness_vox + gy * y + gx * x
+
+
+def _below_collector(shape, surface: np.ndarray) -> np.ndarray:
+    """(z, y, x) bool: the voxels whose z lies below the collector's top ``surface`` ((y, x))."""
+    return np.arange(shape[0])[:, None, None] < surface[None]
 
 
 @dataclass
@@ -345,7 +392,11 @@ def _place_particles(p: PhantomParams, rng) -> list[Particle]:
     """Random sequential placement of a monolayer on the collector, some particles touching."""
     Z, Y, X = p.shape_zyx
     vs = p.voxel_size_um
-    top = p.collector_thickness_vox
+    gy, gx = _collector_slopes(p)
+
+    def top(y: float, x: float) -> float:  # the collector's top surface at (y, x), voxels
+        return p.collector_thickness_vox + gy * (y - (Y - 1) / 2) + gx * (x - (X - 1) / 2)
+
     mu = np.log(p.diameter_median_um)
     a = p.detachment_mean * p.detachment_concentration
     b = (1 - p.detachment_mean) * p.detachment_concentration
@@ -355,11 +406,11 @@ def _place_particles(p: PhantomParams, rng) -> list[Particle]:
         attempts += 1
         d_um = float(np.clip(rng.lognormal(mu, p.diameter_sigma_log), p.diameter_min_um, p.diameter_max_um))
         r = 0.5 * d_um / vs
-        zc = top + r * (1.0 + rng.uniform(-0.04, 0.12))  # resting on the collector or a little above
-        zc = min(zc, Z - 1.5 - r)
+        rest = r * (1.0 + rng.uniform(-0.04, 0.12))  # resting on the collector or a little above
         partner = None
         if parts and rng.random() < p.contact_fraction:
             partner = parts[rng.integers(len(parts))]
+            zc = min(top(*partner.center_vox[1:]) + rest, Z - 1.5 - r)
             phi = rng.uniform(0, 2 * np.pi)
             dist = (partner.radius_vox + r) * rng.uniform(0.9, 0.97)  # slight interpenetration = contact
             dz = zc - partner.center_vox[0]
@@ -367,7 +418,8 @@ def _place_particles(p: PhantomParams, rng) -> list[Particle]:
             c = np.array([zc, partner.center_vox[1] + dxy * np.sin(phi),
                           partner.center_vox[2] + dxy * np.cos(phi)])
         else:
-            c = np.array([zc, rng.uniform(0, Y), rng.uniform(0, X)])
+            y, x = rng.uniform(0, Y), rng.uniform(0, X)
+            c = np.array([min(top(y, x) + rest, Z - 1.5 - r), y, x])
         if not (-0.3 * r <= c[1] < Y + 0.3 * r and -0.3 * r <= c[2] < X + 0.3 * r):
             continue
         if any(np.linalg.norm(c - q.center_vox) < 1.02 * (r + q.radius_vox) for q in parts if q is not partner):
@@ -415,7 +467,7 @@ def _draw_envelopes(parts, shape, p: PhantomParams, rng) -> np.ndarray:
         win = (s < 1) & (s < sub_s)
         sub_s[win] = s[win]
         sub_l[win] = part.label
-    labels[: p.collector_thickness_vox] = 0
+    labels[_below_collector(shape, collector_top_surface(p))] = 0
     return labels
 
 
@@ -463,7 +515,7 @@ def _matrix_and_shells(labels, parts, p: PhantomParams, rng, coated: np.ndarray,
     matrix holds there (porous CBD, or electrolyte above the CBD). ``grid``: sub-voxels per voxel edge
     (the pores keep their size in voxels)."""
     Z, Y, X = labels.shape
-    top = p.collector_thickness_vox
+    top = collector_top_surface(p)
     phases = np.full(labels.shape, VOID, np.uint8)
     # CBD fills from the collector to a smoothly varying height
     mean_d = p.diameter_median_um / p.voxel_size_um
@@ -495,7 +547,7 @@ def _matrix_and_shells(labels, parts, p: PhantomParams, rng, coated: np.ndarray,
         if coated[part.label - 1]:
             sub[coat] = CBD
         sub[gap] = VOID
-    phases[:top] = AL
+    phases[_below_collector(labels.shape, top)] = AL
     return phases
 
 
@@ -617,7 +669,7 @@ def render_intensity(phases: np.ndarray, p: PhantomParams, rng, density: np.ndar
 
 
 def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], voxel_size_um,
-                coated: np.ndarray | None = None) -> pd.DataFrame:
+                coated: np.ndarray | None = None, collector_surface: np.ndarray | None = None) -> pd.DataFrame:
     """Per-particle ground truth measured on the planted geometry (``truth_particles.csv``).
 
     Parameters
@@ -631,6 +683,9 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
         (z, y, x) voxel edge lengths, µm.
     coated : numpy.ndarray, optional
         (n,) bool per particle of ``parts``: its attached surface is CBD-coated (default: all).
+    collector_surface : numpy.ndarray, optional
+        (y, x) planted height of the collector's top surface, voxels (:func:`collector_top_surface`); the
+        collector distance is measured from it. Default: from the all-Al slices of ``phases``.
 
     Returns
     -------
@@ -640,8 +695,8 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
         ``detachment_planted`` the share of surface voxels in the planted patch; fractions 0-1;
         ``crack_area_um2`` counts voxel faces, no staircase correction), and
         ``diameter_planted_um``, ``crack_volume_fraction`` (void share of the envelope),
-        ``centroid_{z,y,x}_um``, ``distance_to_collector_um`` (lowest z minus the collector top, one past
-        the highest all-Al slice), ``touches_border`` (cut by a y or x border of the volume).
+        ``centroid_{z,y,x}_um``, ``distance_to_collector_um`` (the lowest voxel's height above the
+        collector's top face in its column), ``touches_border`` (cut by a y or x border of the volume).
     """
     n = len(parts)
     vs = np.asarray(voxel_size_um, float)
@@ -656,7 +711,7 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     com = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, idx)) if n else np.zeros((0, 3))
     vvol = float(np.prod(vs))
     volume_um3 = vox * vvol
-    above, border = _height_and_border(labels, phases, n)
+    above, border = _height_and_border(labels, phases, n, collector_surface)
     df = pd.DataFrame({
         "label": idx,
         "detachment": contacts.detachment[1:],
@@ -678,15 +733,27 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     return df[df.volume_um3 > 0].reset_index(drop=True)
 
 
-def _height_and_border(labels: np.ndarray, phases: np.ndarray, n: int) -> tuple[np.ndarray, list[bool]]:
-    """Per label 1..n: lowest z slice minus the collector top (one past the highest all-Al slice, 0 when
-    slice 0 is not all Al), in voxels (-1 minus the top where absent), and whether a y or x border cuts it."""
-    collector_top = int(np.nonzero(np.all(phases == AL, axis=(1, 2)))[0].max() + 1) \
-        if np.all(phases[0] == AL) else 0
+def _height_and_border(labels: np.ndarray, phases: np.ndarray, n: int, collector_surface: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, list[bool]]:
+    """Per label 1..n: its lowest voxel's height above the collector, in voxels, and whether a y or x border
+    cuts it. The height is z minus the first slice above ``collector_surface`` ((y, x), the planted top
+    surface: the Al voxels' top face in that column) minimised over the label's voxels; without a surface,
+    the lowest z slice minus the collector top (one past the highest all-Al slice, 0 when slice 0 is not
+    all Al). A label without voxels gets -1 minus the top."""
     lab_sl = ndimage.find_objects(labels, max_label=n)
     zmin = np.array([sl[0].start if sl is not None else -1 for sl in lab_sl])
     border = [sl is not None and any(s.start == 0 or s.stop == dim for s, dim in zip(sl[1:], labels.shape[1:]))
               for sl in lab_sl]
+    if collector_surface is not None:
+        top = np.ceil(collector_surface)
+        above = np.full(n, -1.0 - float(top.mean()))
+        for i, sl in enumerate(lab_sl, start=1):
+            if sl is not None:
+                z, y, x = np.nonzero(labels[sl] == i)
+                above[i - 1] = np.min(z + sl[0].start - top[y + sl[1].start, x + sl[2].start])
+        return above, border
+    collector_top = int(np.nonzero(np.all(phases == AL, axis=(1, 2)))[0].max() + 1) \
+        if np.all(phases[0] == AL) else 0
     return zmin - collector_top, border
 
 
@@ -718,7 +785,7 @@ def generate_phantom(params: PhantomParams, seed: int) -> Phantom:
     k = params.supersample
     grid = _sub_voxel_params(params) if k > 1 else params
     labels, phases, parts, coated, n_gaps = _geometry(grid, seed, rng, k)
-    table = truth_table(labels, phases, parts, (grid.voxel_size_um,) * 3, coated)
+    table = truth_table(labels, phases, parts, (grid.voxel_size_um,) * 3, coated, collector_top_surface(grid))
     if k > 1:
         # sub-voxel centres from the first sub-voxel's; voxel i's centre lies (k - 1) / 2 sub-voxels further
         for axis in "zyx":

@@ -484,14 +484,14 @@ def al_edge_cut(model: PhaseModel) -> float:
     return float(0.5 * (model.means[k - 1] + model.means[k + 1]))
 
 
-def confine_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseModel, top: int | None,
-                      z_first: int = 0) -> np.ndarray:
+def confine_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseModel,
+                      top: int | np.ndarray | None, z_first: int = 0) -> np.ndarray:
     """Reassign Al voxels above the collector slab: the collector is a slab at z = 0, nothing else is Al.
 
     Blur puts the edge between CBD (or electrolyte) and NMC through Al's grey-level range; where the
     point-spread function is wide, those shells are thicker than :func:`remove_thin_collector` removes.
-    An Al voxel at z >= ``top`` goes to the class before Al in ``model.names`` if its grey level is
-    below :func:`al_edge_cut`, else to the class after it.
+    An Al voxel at z >= ``top`` (of its column, for a tilted collector) goes to the class before Al in
+    ``model.names`` if its grey level is below :func:`al_edge_cut`, else to the class after it.
 
     Parameters
     ----------
@@ -501,8 +501,9 @@ def confine_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseModel,
         (z, y, x) grey levels, same shape.
     model : PhaseModel
         The phase model; nothing changes without an ``"al"`` class.
-    top : int or None
-        First slice above the collector (volume coordinates); None changes nothing.
+    top : int, numpy.ndarray or None
+        First slice above the collector (volume coordinates): one for every column, or (y, x) one per
+        column (:func:`detachment.collector_surface.top_rows`); None changes nothing.
     z_first : int, default 0
         Volume z of ``phases[0]`` (a slab of a streamed volume).
 
@@ -513,15 +514,15 @@ def confine_collector(phases: np.ndarray, volume: np.ndarray, model: PhaseModel,
     """
     if top is None or "al" not in model.names:
         return phases
-    start = max(0, top - z_first)
-    above = phases[start:] == AL
+    z = np.arange(z_first, z_first + len(phases))[:, None, None]
+    above = (phases == AL) & (z >= np.asarray(top)[None] if np.ndim(top) else z >= top)
     if not above.any():
         return phases
     k = model.names.index("al")
     below_code = model.codes[k - 1] if k > 0 else model.codes[k + 1]
     above_code = model.codes[k + 1] if k + 1 < len(model.names) else model.codes[k - 1]
     out = phases.copy()
-    out[start:][above] = np.where(volume[start:][above] < al_edge_cut(model), below_code, above_code)
+    out[above] = np.where(volume[above] < al_edge_cut(model), below_code, above_code)
     return out
 
 

@@ -96,11 +96,12 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
     return PhaseCounts(out)
 
 
-def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_sigma_vox: float | None = None
-                    ) -> pd.DataFrame:
+def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_sigma_vox: float | None = None,
+                    tilted_collector_top: int | None = None) -> pd.DataFrame:
     """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur.
 
-    The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice.
+    The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice, or
+    for a tilted collector the slices below ``tilted_collector_top``.
 
     Parameters
     ----------
@@ -113,6 +114,10 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
     blur_sigma_vox : float, optional
         The point-spread σ measured on the particles' flat edges (:mod:`detachment.blur`); without it, or
         NaN (too few edges), ``blur_sigma_vox`` is left out.
+    tilted_collector_top : int, optional
+        Where the thresholding found the collector tilted, the highest first slice above it over the
+        columns (:attr:`detachment.threshold.ThresholdResult.tilted_collector_top`): a tilted slab holds Al
+        above its mostly-Al slices.
 
     Returns
     -------
@@ -123,8 +128,10 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
     c = counts.per_slice.astype(float)
     per_slice_total = np.maximum(c.sum(1), 1)
     al_frac = c[:, AL] / per_slice_total
-    # the collector slab: the run of mostly-Al slices from z = 0 up
+    # the collector slab: the run of mostly-Al slices from z = 0 up, or below a tilted collector's top
     slab = np.cumprod(al_frac > 0.5).astype(bool)
+    if tilted_collector_top is not None:
+        slab = np.arange(len(al_frac)) < tilted_collector_top
     total = max(c.sum(), 1)
     values = {
         "al_fraction_first_slice": float(al_frac[0]) if len(al_frac) else 0.0,

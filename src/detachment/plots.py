@@ -22,7 +22,8 @@ PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE
 
 
 def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None,
-                blur_sigma: float | None = None, blur_se: float | None = None) -> str:
+                blur_sigma: float | None = None, blur_se: float | None = None,
+                collector_tilt_deg: float | None = None) -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -44,6 +45,9 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         voxels: on a second line, in capitals where it is wider than the blur check's bound.
     blur_se : float, optional
         Its standard error, voxels (``±`` after it where finite).
+    collector_tilt_deg : float, optional
+        Where the collector was found tilted (:attr:`detachment.collector_surface.CollectorPlane.tilted`),
+        its tilt, degrees; named in the title.
 
     Returns
     -------
@@ -59,6 +63,8 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         title += f"; electrolyte measured on {layer.thickness} slices at the far face"
     if unresolved:
         title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
+    if collector_tilt_deg is not None:
+        title += f"; collector tilted {collector_tilt_deg:.1f}°, Al confined below its plane"
     bound = MAX_BOUNDS["blur_sigma_vox"][0]
     if blur_sigma is not None and np.isfinite(blur_sigma):
         value = f"{blur_sigma:.2f}" + (f" ± {blur_se:.2f}" if blur_se is not None and np.isfinite(blur_se) else "")

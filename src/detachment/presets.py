@@ -5,7 +5,7 @@ configured phantom defaults (``default`` overrides nothing); :func:`preset_param
 Together they span two grey-level contrasts (phase means), NMC FWHM 0.07-0.147, noise σ 0.023-0.045, electrolyte 30-80 % of the volume (with empty space above the
 electrode), particle diameters 12-40 voxels, 15-90 % of placements touching, detachment gaps 1-4
 voxels, CBD coats 0-2 voxels (bare porous-CBD contacts as well as coated ones), cracks 1-3 voxels,
-blur σ 0.3-1.5 voxel and collectors 3-12 voxels thick, surfaces on the voxel faces or cutting voxels
+blur σ 0.3-1.5 voxel and collectors 3-12 voxels thick, flat or tilted 2°, surfaces on the voxel faces or cutting voxels
 anywhere (partial volume). Most presets change one property so a failure can be traced to it;
 ``paper_like`` combines several.
 """
@@ -61,6 +61,10 @@ PRESETS: dict[str, dict] = {
     # partial volume under a sharper point-spread function: only the contact reading's own checks can tell
     # that the voxels across the faces are mixtures
     "partial_volume_sharp": {"supersample": 2, "blur_sigma_vox": 0.3},
+    # a sample mounted 2 degrees off square: the collector's top rises 9 voxels across the volume, so no
+    # slice is its top; on a thicker collector under a deeper volume
+    "tilted_collector": {"shape_zyx": [48, 192, 192], "collector_thickness_vox": 8, "collector_tilt_deg": 2.0,
+                         "collector_tilt_azimuth_deg": 30.0},
 }
 
 

@@ -332,7 +332,7 @@ def _sweeps(codes, r, q, b_sum, inv_w, levels, inv_var, log_var, known, k, beta,
                     nb[3] = codes[z, y + 1, x] if y < ny - 1 else 255
                     nb[4] = codes[z, y, x - 1] if x > pad else 255
                     nb[5] = codes[z, y, x + 1] if x < nx - 1 else 255
-                    al_ok = z - pad < al_top
+                    al_ok = z - pad < al_top[y - pad, x - pad]
                     if not _has_candidate(nb, a, known, al_ok, al):
                         continue
                     A = _weighed(q, k, z, y, x, lo, hi)
@@ -383,7 +383,8 @@ def _valid_noise(noise_sd) -> bool:
 
 
 def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma: float,
-                 noise_sd: float | dict[str, float], settings: RefineSettings, al_below: int | None = None,
+                 noise_sd: float | dict[str, float], settings: RefineSettings,
+                 al_below: int | np.ndarray | None = None,
                  z_first: int = 0) -> tuple[np.ndarray, int]:
     """Move the boundary codes of ``codes`` to lower ``E`` of the module docstring.
 
@@ -404,8 +405,9 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
         copy.
     settings : RefineSettings
         β and the most sweeps.
-    al_below : int, optional
-        Volume z of the first slice no voxel may become Al in (the collector's top); None: anywhere.
+    al_below : int or numpy.ndarray, optional
+        Volume z of the first slice no voxel may become Al in (the collector's top): for every column, or
+        (y, x) per column of ``codes``; None: anywhere.
     z_first : int, default 0
         Volume z of ``codes[0]``.
 
@@ -432,7 +434,9 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
     inside = r[pad: pad + nz, pad: pad + ny, pad: pad + nx]
     np.subtract(np.asarray(grey, np.float32), inside, out=inside)
     r[:pad], r[pad + nz:], r[:, :pad], r[:, pad + ny:], r[:, :, :pad], r[:, :, pad + nx:] = 0, 0, 0, 0, 0, 0
-    al_top = out.shape[0] if al_below is None else max(0, int(al_below) - int(z_first))
+    top = out.shape[0] + int(z_first) if al_below is None else al_below
+    al_top = np.ascontiguousarray(np.broadcast_to(np.maximum(np.asarray(top, np.int64) - int(z_first), 0),
+                                                  out.shape[1:]))
     q, b_sum, inv_w = _weights(work, r, 1.0 / var, k, pad)
     _sweeps(work, r, q, b_sum, inv_w, lv, 1.0 / var, np.log(var / var.min()), known, k, float(settings.beta),
             settings.sweeps, al_top, NMC_LOW, NMC_HIGH, AL, pad)
@@ -468,8 +472,8 @@ def fit_block(solid_per_slice: np.ndarray, shape: tuple[int, int, int],
 
 
 def fitted_energy(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma: float,
-                  noise_sd: float | dict[str, float], settings: RefineSettings, al_below: int | None = None,
-                  z_first: int = 0) -> tuple[float, np.ndarray]:
+                  noise_sd: float | dict[str, float], settings: RefineSettings,
+                  al_below: int | np.ndarray | None = None, z_first: int = 0) -> tuple[float, np.ndarray]:
     """``E`` per voxel of ``codes`` refined at ``sigma`` (:func:`refine_codes`) and the refined codes.
 
     ``E`` (:func:`energy`) has ``G μ`` blurred over the refined block's own map mirrored at its faces
@@ -481,8 +485,8 @@ def fitted_energy(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float],
 
 
 def fit_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma_start: float,
-              noise_sd: float | dict[str, float], settings: RefineSettings, al_below: int | None = None,
-              z_first: int = 0) -> float:
+              noise_sd: float | dict[str, float], settings: RefineSettings,
+              al_below: int | np.ndarray | None = None, z_first: int = 0) -> float:
     """The point-spread σ whose refined labelling leaves the least ``E`` per voxel (:func:`fitted_energy`).
 
     Bounded Brent search over :data:`FIT_RANGE` times ``sigma_start`` to :data:`FIT_TOLERANCE` voxels:

@@ -483,14 +483,15 @@ def opening6(mask, iterations, work, out):
 @njit(cache=True, nogil=True)
 def reassign_al(p, data, al, kept, start, mean, below, above):
     """Reassign, in place, the Al voxels (``al`` set) of ``p`` that are not ``kept`` or lie at z >=
-    ``start``: to ``below`` where the grey level is < ``mean``, else to ``above``. Returns how many."""
+    ``start[y, x]`` (the column's first slice above the collector, slab z): to ``below`` where the grey
+    level is < ``mean``, else to ``above``. Returns how many."""
     nz, ny, nx = p.shape
     moved = 0
     for z in range(nz):
         for y in range(ny):
-            pz, mz, kz, dz = p[z, y], al[z, y], kept[z, y], data[z, y]
+            pz, mz, kz, dz, sz = p[z, y], al[z, y], kept[z, y], data[z, y], start[y]
             for x in range(nx):
-                if mz[x] and (not kz[x] or z >= start):
+                if mz[x] and (not kz[x] or z >= sz[x]):
                     pz[x] = below if dz[x] < mean else above
                     moved += 1
     return moved

@@ -117,9 +117,9 @@ class SlabClassifier:
     value_range : tuple of float, optional
         Bounds ``(lo, hi)`` of every grey level that will be passed, if known (else each slab's
         minimum and maximum); they size the error bound.
-    collector_top : int, optional
-        First slice above the collector slab (volume z): Al above it is reassigned
-        (:func:`detachment.phases.confine_collector`); None keeps it.
+    collector_top : int or numpy.ndarray, optional
+        First slice above the collector slab (volume z), for every column or (y, x) per column: Al above
+        it is reassigned (:func:`detachment.phases.confine_collector`); None keeps it.
 
     Attributes
     ----------
@@ -138,7 +138,7 @@ class SlabClassifier:
 
     def __init__(self, model: phases.PhaseModel, collector_min_thickness_vox: int, domain_sigma_vox: float,
                  screen: bool = True, value_range: tuple[float, float] | None = None,
-                 collector_top: int | None = None):
+                 collector_top: int | np.ndarray | None = None):
         self.model = model
         self.collector_top = collector_top
         self.value_range = value_range
@@ -197,15 +197,17 @@ class SlabClassifier:
         if "al" not in m.names:
             return
         iterations = max(1, self.thickness // 2) if self.thickness > 1 else 0
-        start = len(p) if self.collector_top is None else max(0, self.collector_top - z_first)
-        if iterations == 0 and start >= len(p):
+        top = len(p) + z_first if self.collector_top is None else self.collector_top
+        start = np.broadcast_to(np.maximum(np.asarray(top, np.int64) - z_first, 0), p.shape[1:])
+        if iterations == 0 and start.min() >= len(p):
             return
         k = m.names.index("al")
         below = m.codes[k - 1] if k > 0 else m.codes[k + 1]
         above = m.codes[k + 1] if k + 1 < len(m.names) else m.codes[k - 1]
         al = p == phases.AL
         kept = opening6(al, iterations) if iterations else al
-        slab_kernels.reassign_al(p, np.ascontiguousarray(data), al, kept, start, phases.al_edge_cut(m), below, above)
+        slab_kernels.reassign_al(p, np.ascontiguousarray(data), al, kept, np.ascontiguousarray(start),
+                                 phases.al_edge_cut(m), below, above)
 
     def __call__(self, data: np.ndarray, rows: slice = slice(None), z_first: int = 0) -> np.ndarray:
         """Phase codes of the rows ``rows`` of a slab, computed with the whole slab as context.

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import blur, h5chunks, io, phase_fit, phases, psf_refine, slab_kernels, slab_phases
+from . import blur, collector_surface, h5chunks, io, phase_fit, phases, psf_refine, slab_kernels, slab_phases
 from .binning import UniformBins
 
 log = logging.getLogger(__name__)
@@ -211,6 +211,10 @@ class ThresholdResult:
         where it fell back to every edge or could not be taken.
     edges : detachment.blur.EdgeProfiles or None
         The edge profiles both σ's were read on (:func:`detachment.plots.phase_figure` draws them).
+    collector_plane : detachment.collector_surface.CollectorPlane or None
+        The collector's top surface fitted column by column (:func:`collector_plane`); where it is tilted,
+        Al is confined below it column by column instead of below a flat slab. None where Al was not
+        confined to the collector.
     """
 
     model: phases.PhaseModel
@@ -228,6 +232,19 @@ class ThresholdResult:
     edge_width_vox: float = float("nan")
     blur_sigma_se_vox: float = float("nan")
     edges: blur.EdgeProfiles | None = None
+    collector_plane: collector_surface.CollectorPlane | None = None
+
+    @property
+    def collector_tilt_deg(self) -> float | None:
+        """The collector's tilt, degrees, where Al was confined below a tilted plane; None elsewhere."""
+        return self.collector_plane.tilt_deg if self.tilted_collector_top is not None else None
+
+    @property
+    def tilted_collector_top(self) -> int | None:
+        """Where Al was confined below a tilted collector plane, the highest first slice above it over the
+        columns; None elsewhere."""
+        top = collector_top(self.model, self.collector, self.collector_plane)
+        return int(np.max(top)) if np.ndim(top) else None
 
     @property
     def nmc_split(self) -> str:
@@ -246,7 +263,7 @@ class ThresholdResult:
 
 
 def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettings,
-                  collector_top: int | None = None, z_first: int = 0) -> np.ndarray:
+                  collector_top: int | np.ndarray | None = None, z_first: int = 0) -> np.ndarray:
     """Phase codes of one (z, y, x) slab (already denoised), with the local clean-ups.
 
     The plain composition of :mod:`detachment.phases` (:func:`~detachment.phases.classify`,
@@ -264,9 +281,10 @@ def classify_slab(data: np.ndarray, model: phases.PhaseModel, s: ThresholdSettin
         ``model``: :func:`detachment.phases.nmc_domain_sigma`; :func:`threshold_volume` resolves it on the
         histogram's model, before a split on domain means, so pass its ``domain_sigma_vox`` where NMC high
         came from one).
-    collector_top : int, optional
-        First slice above the collector slab (volume z); Al above it is reassigned
-        (:func:`~detachment.phases.confine_collector`). None keeps it.
+    collector_top : int or numpy.ndarray, optional
+        First slice above the collector slab (volume z), for every column or (y, x) per column
+        (:func:`collector_top`); Al above it is reassigned (:func:`~detachment.phases.confine_collector`).
+        None keeps it.
     z_first : int, default 0
         Volume z of ``data[0]``.
 
@@ -519,13 +537,15 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     hist, slice_counts = _grey_histogram(volume_path, s, shape[0], progress, workers)
     lo, hi = float(hist.edges[0]), float(hist.edges[-1])
     model, unresolved, collector, layer = fit_model(hist, slice_counts, s)
+    plane = collector_plane(volume_path, s, model, collector)
+    top = collector_top(model, collector, plane)
     split_settings, s = _domain_sigmas(model, s)
-    model, unresolved, split = _domain_split(volume_path, split_settings, shape[0], model, unresolved, collector,
+    model, unresolved, split = _domain_split(volume_path, split_settings, shape[0], model, unresolved, top,
                                              (lo, hi), progress, workers)
     log.info("%s thresholds %s between %s", model.method, np.round(model.thresholds, 4), model.names)
     fine_edges = np.linspace(lo, hi, 4 * s.bins + 1)
     fine = _uniform_bins(fine_edges[0], fine_edges[-1], 4 * s.bins, np.float64)
-    classifier = _slab_classifier(model, collector, s, (lo, hi))
+    classifier = _slab_classifier(model, top, s, (lo, hi))
     with io.atomic_output(phases_path) as tmp, h5py.File(tmp, "w") as f:
         d = f.create_dataset("phases", shape=shape, dtype=np.uint8, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
@@ -540,11 +560,14 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         _write_attrs(d, voxel, model, unresolved, nmc_split(model, split), s.domain_sigma_vox)
         psf, psf_se, width = measured_blur(tally.edges)  # the width along the grid is what the contact reading undoes
         d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined, edge_width_vox=width)
+        if plane is not None:
+            d.attrs.update(collector_plane=np.array([plane.a, plane.b, plane.c]), collector_tilt_deg=plane.tilt_deg,
+                           collector_rise_vox=plane.rise_vox, collector_tilted=plane.tilted)
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
                            tally.per_slice, unresolved, collector, psf, split, layer,
-                           tally.refine_sigma, s.domain_sigma_vox, width, psf_se, tally.edges)
+                           tally.refine_sigma, s.domain_sigma_vox, width, psf_se, tally.edges, plane)
 
 
 def measured_blur(edges: blur.EdgeProfiles) -> tuple[float, float, float]:
@@ -561,13 +584,12 @@ def measured_blur(edges: blur.EdgeProfiles) -> tuple[float, float, float]:
     return psf, se, width
 
 
-def _slab_classifier(model: phases.PhaseModel, collector: phase_fit.CollectorSlab | None, s: ThresholdSettings,
+def _slab_classifier(model: phases.PhaseModel, top: int | np.ndarray | None, s: ThresholdSettings,
                      value_range: tuple[float, float]) -> slab_phases.SlabClassifier:
     """The classifier of :func:`threshold_volume`'s passes (``s.domain_sigma_vox`` resolved; ``value_range``
-    the histogram's, used only without denoising)."""
+    the histogram's, used only without denoising; ``top`` from :func:`collector_top`)."""
     return slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, s.domain_sigma_vox,
-                                      value_range=value_range if s.denoise == "none" else None,
-                                      collector_top=collector_top(model, collector))
+                                      value_range=value_range if s.denoise == "none" else None, collector_top=top)
 
 
 def nmc_split(model: phases.PhaseModel, split: phase_fit.DomainSplit | None) -> str:
@@ -597,7 +619,7 @@ def _tries_domain_split(model: phases.PhaseModel, unresolved: tuple[str, ...], s
 
 
 def _domain_split(volume_path, s: ThresholdSettings, depth: int, model: phases.PhaseModel,
-                  unresolved: tuple[str, ...], collector: phase_fit.CollectorSlab | None,
+                  unresolved: tuple[str, ...], top: int | np.ndarray | None,
                   value_range: tuple[float, float], progress: bool, workers: int):
     """Where :func:`_tries_domain_split`: :func:`detachment.phase_fit.split_nmc_domains` on the histogram of
     the interior NMC voxels' local means (:func:`detachment.phases.nmc_domain_means`), over ``nmc_low``'s
@@ -605,8 +627,7 @@ def _domain_split(volume_path, s: ThresholdSettings, depth: int, model: phases.P
     (:func:`_with_domain_split`) and the split (None where not tried)."""
     if not _tries_domain_split(model, unresolved, s):
         return model, unresolved, None
-    classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, 0.0,
-                                            collector_top=collector_top(model, collector))
+    classifier = slab_phases.SlabClassifier(model, s.collector_min_thickness_vox, 0.0, collector_top=top)
     k = model.names.index("nmc_low")
     lo = model.thresholds[k - 1] if k > 0 else value_range[0]
     hi = model.thresholds[k] if k < len(model.thresholds) else value_range[1]
@@ -867,7 +888,7 @@ def _deep_levels(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
 
 def _refine_sigma(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice, slice, slice] | None,
                   grey: np.ndarray | None, levels: dict[str, float], edge_sigma: float, noise: dict[str, float],
-                  al_below: int | None) -> tuple[float, str]:
+                  al_below: int | np.ndarray | None) -> tuple[float, str]:
     """The forward model's σ (``s.psf_refine_sigma``) and where it came from, in words.
 
     ``"fit"``: :func:`detachment.psf_refine.fit_sigma` on ``block`` of ``codes`` (the slices with the most CBD
@@ -880,6 +901,8 @@ def _refine_sigma(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice, s
     if s.psf_refine_sigma != "fit":
         return float(s.psf_refine_sigma), "set in the config"
     rs = psf_refine.RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps)
+    if np.ndim(al_below):
+        al_below = al_below[block[1], block[2]]
     sigma = psf_refine.fit_sigma(np.asarray(codes[block]), grey, levels, edge_sigma, noise, rs, al_below,
                                  block[0].start)
     z, y, x = block
@@ -906,7 +929,8 @@ def _denoised_block(volume_path, s: ThresholdSettings, block: tuple[slice, slice
 
 
 def _refine_pass(volume_path, s: ThresholdSettings, codes: np.ndarray, writer: h5chunks.GzipChunkWriter,
-                 levels: dict[str, float], sigma: float, noise: dict[str, float], al_below: int | None,
+                 levels: dict[str, float], sigma: float, noise: dict[str, float],
+                 al_below: int | np.ndarray | None,
                  tally: _SlabTally, workers: int, progress: bool) -> None:
     """The map ``codes`` refined against the blurred forward model (:func:`detachment.psf_refine.refine_codes`)
     and written, with ``tally.per_slice`` updated.
@@ -971,15 +995,37 @@ def _pipelined(jobs, workers: int):
             yield pending.popleft().result()
 
 
-def collector_top(model: phases.PhaseModel, collector: phase_fit.CollectorSlab | None) -> int | None:
+def collector_top(model: phases.PhaseModel, collector: phase_fit.CollectorSlab | None,
+                  plane: collector_surface.CollectorPlane | None = None) -> int | np.ndarray | None:
     """First slice above the collector for :func:`detachment.phases.confine_collector`, or None.
 
     Only the ``informed`` model confines Al to the collector slab (it measured Al there): the slab's
-    thickness plus :data:`detachment.phase_fit.EDGE_SLICES` for its blurred top.
+    thickness plus :data:`detachment.phase_fit.EDGE_SLICES` for its blurred top, one for every column; where
+    the ``plane`` fitted to the collector's top is tilted, (y, x) per column, the plane's height plus the same
+    margin (:func:`detachment.collector_surface.top_rows`).
     """
     if model.method != "informed" or collector is None or not collector.found:
         return None
+    if plane is not None and plane.tilted:
+        return collector_surface.top_rows(plane, phase_fit.EDGE_SLICES)
     return collector.thickness + phase_fit.EDGE_SLICES
+
+
+def collector_plane(volume_path, s: ThresholdSettings, model: phases.PhaseModel,
+                    collector: phase_fit.CollectorSlab | None) -> collector_surface.CollectorPlane | None:
+    """The collector's top surface fitted column by column (:func:`detachment.collector_surface.fit_plane` on the runs
+    of grey levels in Al's band of ``model`` from z = 0, read slab by slab until every run ended); None where
+    the model does not confine Al to a collector slab (:func:`collector_top`)."""
+    if collector_top(model, collector) is None:
+        return None
+    k = model.names.index("al")
+    band = (model.thresholds[k - 1] if k > 0 else -np.inf, model.thresholds[k] if k < len(model.thresholds) else np.inf)
+    slabs = (data for _, _, data in io.iter_volume_slabs(volume_path, s.slab))
+    plane = collector_surface.fit_plane(collector_surface.column_heights(slabs, band))
+    if plane is not None:
+        log.info("collector top: %s%s", plane.describe(),
+                 "; Al is confined below it column by column" if plane.tilted else "; flat")
+    return plane
 
 
 def _write_attrs(d, voxel, model: phases.PhaseModel, unresolved: tuple[str, ...], nmc_split: str,

@@ -29,12 +29,13 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          result.model.thresholds, result.model.names, result.fwhm, voxel[1],
                          title=plots.phase_title(snakemake.wildcards.sample, z, result.model.method,
                                                  result.unresolved, result.nmc_split, result.layer,
-                                                 result.blur_sigma_vox, result.blur_sigma_se_vox),
+                                                 result.blur_sigma_vox, result.blur_sigma_se_vox,
+                                                 result.collector_tilt_deg),
                          domain_split=result.domain_split, edges=result.edges)
 io.save_figure(fig, snakemake.output.figure)
 
 checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
-                                     result.blur_sigma_vox)
+                                     result.blur_sigma_vox, result.tilted_collector_top)
 io.write_csv(snakemake.output.qc, checks)
 if not checks.passed.all():
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
