@@ -118,7 +118,7 @@ def test_declared_phase_accuracy_merges_nmc_densities_only_where_the_map_says_so
     assert m["phase_accuracy_declared"] == m["phase_accuracy"]
 
 
-def test_nmc_high_fraction_errors_of_matched_non_border_particles():
+def test_matched_errors_of_non_border_particles_nmc_high_and_collector_distance():
     science = pd.DataFrame({"source": ["pipeline", "pipeline", "pipeline", "true"], "label": [1, 2, 3, 1],
                             "truth_label": [10, 20, 30, 10], "border_truth": [False, False, True, False]})
     measured = pd.DataFrame({"label": [1, 2, 3], "nmc_high_fraction": [0.30, 0.10, 0.9]})
@@ -128,6 +128,10 @@ def test_nmc_high_fraction_errors_of_matched_non_border_particles():
     assert e["nmc_high_fraction_bias"] == pytest.approx(-0.025)
     unresolved = measured.assign(nmc_high_fraction=np.nan)
     assert np.isnan(robustness.nmc_high_fraction_errors(science, unresolved, truth)["nmc_high_fraction_mae"])
+    measured["distance_to_collector_um"] = [0.5, 2.0, 7.0]
+    truth["distance_to_collector_um"] = [0.0, 3.0, 1.0]
+    d = robustness.collector_distance_errors(science, measured, truth)
+    assert d["collector_distance_mae_um"] == pytest.approx(0.75) and d["collector_distance_bias_um"] == pytest.approx(-0.25)
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])

@@ -100,20 +100,37 @@ def blurred_truth_accuracy(truth_phases: np.ndarray, sigma: float, merge_nmc: bo
     return float(np.mean(read == truth))
 
 
-def nmc_high_fraction_errors(science_eval: pd.DataFrame, measured: pd.DataFrame, truth_table: pd.DataFrame
-                             ) -> dict[str, float]:
-    """MAE and bias of the pipeline particles' ``nmc_high_fraction`` against their matched true particles'.
+def matched_errors(science_eval: pd.DataFrame, measured: pd.DataFrame, truth_table: pd.DataFrame, column: str
+                   ) -> tuple[float, float]:
+    """MAE and bias of the pipeline particles' ``column`` against their matched true particles'.
 
     Parameters
     ----------
     science_eval : pandas.DataFrame
         ``science_eval.csv``: rows with ``source`` ``"pipeline"`` pair ``label`` (pipeline) with
         ``truth_label``; ``border_truth`` rows are left out.
-    measured : pandas.DataFrame
-        The pipeline's ``particles.csv`` (``label``, ``nmc_high_fraction``; NaN where the phase map
-        declares NMC high not resolved).
-    truth_table : pandas.DataFrame
-        ``truth_particles.csv`` (``label``, ``nmc_high_fraction``).
+    measured, truth_table : pandas.DataFrame
+        The pipeline's ``particles.csv`` and ``truth_particles.csv``, each with ``label`` and ``column``.
+    column : str
+        The column compared; pairs where either value is NaN are left out.
+
+    Returns
+    -------
+    tuple of float
+        (MAE, bias) in the column's units; NaN where no pair has both values.
+    """
+    pairs = science_eval[(science_eval.source == "pipeline") & ~science_eval.border_truth.astype(bool)]
+    both = pairs[["label", "truth_label"]].merge(measured[["label", column]], on="label").merge(
+        truth_table[["label", column]].rename(columns={"label": "truth_label"}), on="truth_label",
+        suffixes=("", "_true"))
+    e = (both[column] - both[f"{column}_true"]).dropna()
+    return (np.nan, np.nan) if e.empty else (float(e.abs().mean()), float(e.mean()))
+
+
+def nmc_high_fraction_errors(science_eval: pd.DataFrame, measured: pd.DataFrame, truth_table: pd.DataFrame
+                             ) -> dict[str, float]:
+    """MAE and bias of the pipeline particles' ``nmc_high_fraction`` against their matched true particles'
+    (:func:`matched_errors`; the pipeline's is NaN where the phase map declares NMC high not resolved).
 
     Returns
     -------
@@ -121,14 +138,23 @@ def nmc_high_fraction_errors(science_eval: pd.DataFrame, measured: pd.DataFrame,
         ``nmc_high_fraction_mae``, ``nmc_high_fraction_bias`` (share of the solid, 0-1; NaN where no
         particle has a measured value).
     """
-    pairs = science_eval[(science_eval.source == "pipeline") & ~science_eval.border_truth.astype(bool)]
-    both = pairs[["label", "truth_label"]].merge(measured[["label", "nmc_high_fraction"]], on="label").merge(
-        truth_table[["label", "nmc_high_fraction"]].rename(columns={"label": "truth_label"}), on="truth_label",
-        suffixes=("", "_true"))
-    e = (both.nmc_high_fraction - both.nmc_high_fraction_true).dropna()
-    if e.empty:
-        return {"nmc_high_fraction_mae": np.nan, "nmc_high_fraction_bias": np.nan}
-    return {"nmc_high_fraction_mae": float(e.abs().mean()), "nmc_high_fraction_bias": float(e.mean())}
+    mae, bias = matched_errors(science_eval, measured, truth_table, "nmc_high_fraction")
+    return {"nmc_high_fraction_mae": mae, "nmc_high_fraction_bias": bias}
+
+
+def collector_distance_errors(science_eval: pd.DataFrame, measured: pd.DataFrame, truth_table: pd.DataFrame
+                              ) -> dict[str, float]:
+    """MAE and bias (µm) of the pipeline particles' ``distance_to_collector_um`` against their matched true
+    particles' (:func:`matched_errors`): where the collector's top was found, flat or tilted, and each
+    particle's lowest voxel above it.
+
+    Returns
+    -------
+    dict
+        ``collector_distance_mae_um``, ``collector_distance_bias_um``.
+    """
+    mae, bias = matched_errors(science_eval, measured, truth_table, "distance_to_collector_um")
+    return {"collector_distance_mae_um": mae, "collector_distance_bias_um": bias}
 
 
 def slice_detection_scores(truth_labels: np.ndarray, cnn_labels: np.ndarray, min_area: int,

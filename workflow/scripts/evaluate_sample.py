@@ -22,8 +22,9 @@ metrics = robustness.sample_metrics(
     io.read_dataset(snakemake.input.phases, "phases"), io.read_dataset(snakemake.input.slices, "labels"),
     io.read_dataset(snakemake.input.particles, "labels"), science, p.min_area, p.iou_threshold, nmc_merged,
     purity, float(planted.get("blur_sigma_vox", "nan")))
-metrics.update(robustness.nmc_high_fraction_errors(science, pd.read_csv(snakemake.input.table),
-                                                   pd.read_csv(snakemake.input.truth_table)))
+measured, truth_table = pd.read_csv(snakemake.input.table), pd.read_csv(snakemake.input.truth_table)
+metrics.update(robustness.nmc_high_fraction_errors(science, measured, truth_table))
+metrics.update(robustness.collector_distance_errors(science, measured, truth_table))
 metrics["phase_map_plausible"] = float(pd.read_csv(snakemake.input.qc).passed.all())
 metrics["contact_reading_plausible"] = robustness.contact_reading_plausible(snakemake.input.contact_level)
 io.write_csv(snakemake.output[0], robustness.long_table(p.preset, snakemake.wildcards.sample, p.split, metrics))
