@@ -144,7 +144,7 @@ def test_particle_heights_are_read_from_the_plane_under_them():
     env[2, 5, 5] = True
     lo, vs = (10, 20, 30), np.array([0.5, 0.5, 0.5])
     t = pd.DataFrame({"centroid_z_um": [2.0], "centroid_y_um": [3.0], "centroid_x_um": [4.0]})
-    row = pd.Series({"label": 3, "z_min": 12}).to_frame().T.iloc[0]
+    row = pd.Series({"label": 3, "z_min": 13}).to_frame().T.iloc[0]  # the linked masks' lowest slice
     out = _in_volume_frame(t.copy(), row, lo, vs, plane, env)
     z, y, x = np.nonzero(env)
     lowest = min(zz + 10 - (5.0 + 0.05 * (yy + 20) - 0.02 * (xx + 30)) for zz, yy, xx in zip(z, y, x))
@@ -152,4 +152,5 @@ def test_particle_heights_are_read_from_the_plane_under_them():
     cy, cx = (3.0 + 20 * 0.5) / 0.5, (4.0 + 30 * 0.5) / 0.5
     assert out.height_um.iloc[0] == pytest.approx(2.0 + 10 * 0.5 - (5.0 + 0.05 * cy - 0.02 * cx) * 0.5)
     flat = _in_volume_frame(t.copy(), row, lo, vs, 4, env)
-    assert flat.distance_to_collector_um.iloc[0] == pytest.approx((12 - 4) * 0.5)
+    assert flat.distance_to_collector_um.iloc[0] == pytest.approx((2 + 10 - 4) * 0.5)  # the envelope's lowest voxel
+    assert flat.height_um.iloc[0] == pytest.approx(2.0 + 10 * 0.5 - 4 * 0.5)

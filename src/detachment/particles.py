@@ -588,7 +588,8 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     pandas.DataFrame
         Columns :data:`COLUMNS` (:func:`particle_table`), a row per particle of ``links`` whose envelope has
         voxels; ``label`` as in ``links``, centroids in the volume's coordinates, ``distance_to_collector_um``
-        from ``z_min`` and the phase map's collector top, ``touches_border`` from ``links`` (else False).
+        from the envelope's lowest voxel and the phase map's collector top, ``touches_border`` from ``links``
+        (else False).
     """
     from . import io
 
@@ -706,21 +707,19 @@ def _contact_gap_level(gap_from_intensity: bool, contact_level: float | None, ph
 def _in_volume_frame(t: pd.DataFrame, row, lo, vs: np.ndarray, top: int | collector_surface.CollectorPlane,
                      env: np.ndarray) -> pd.DataFrame:
     """A crop's one-row table moved into the volume: ``row``'s label and border flag, centroids shifted by
-    the crop origin ``lo``, collector distance and height from the volume's collector top ``top``: a slice
-    (from ``row.z_min``), or a tilted plane (the envelope ``env``'s lowest voxel above the plane under it,
-    the centroid above the plane under the centroid)."""
+    the crop origin ``lo``, collector distance (the envelope ``env``'s lowest voxel) and height (the
+    centroid's) above the volume's collector top ``top``: a slice, or a tilted plane, read under each."""
     t["label"] = row.label
     t["centroid_z_um"] += lo[0] * vs[0]
     t["centroid_y_um"] += lo[1] * vs[1]
     t["centroid_x_um"] += lo[2] * vs[2]
+    z, y, x = np.nonzero(env)
     if isinstance(top, collector_surface.CollectorPlane):
-        z, y, x = np.nonzero(env)
         lowest = np.min(z + lo[0] - top.height(y + lo[1], x + lo[2]))
         under = top.height(t["centroid_y_um"] / vs[1], t["centroid_x_um"] / vs[2])
-        t["distance_to_collector_um"] = lowest * vs[0]
-        t["height_um"] = t["centroid_z_um"] - under * vs[0]
     else:
-        t["distance_to_collector_um"] = (row.z_min - top) * vs[0]
-        t["height_um"] = t["centroid_z_um"] - top * vs[0]
+        lowest, under = z.min() + lo[0] - top, top
+    t["distance_to_collector_um"] = lowest * vs[0]
+    t["height_um"] = t["centroid_z_um"] - under * vs[0]
     t["touches_border"] = bool(getattr(row, "touches_border", False))
     return t
