@@ -147,7 +147,7 @@ def test_particle_heights_are_read_from_the_plane_under_them():
     row = pd.Series({"label": 3, "z_min": 13}).to_frame().T.iloc[0]  # the linked masks' lowest slice
     out = _in_volume_frame(t.copy(), row, lo, vs, plane, env)
     z, y, x = np.nonzero(env)
-    lowest = min(zz + 10 - (5.0 + 0.05 * (yy + 20) - 0.02 * (xx + 30)) for zz, yy, xx in zip(z, y, x))
+    lowest = min(zz + 10 - np.floor(5.0 + 0.05 * (yy + 20) - 0.02 * (xx + 30) + 0.5) for zz, yy, xx in zip(z, y, x))
     assert out.distance_to_collector_um.iloc[0] == pytest.approx(lowest * 0.5)
     cy, cx = (3.0 + 20 * 0.5) / 0.5, (4.0 + 30 * 0.5) / 0.5
     assert out.height_um.iloc[0] == pytest.approx(2.0 + 10 * 0.5 - (5.0 + 0.05 * cy - 0.02 * cx) * 0.5)

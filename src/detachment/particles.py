@@ -708,14 +708,16 @@ def _in_volume_frame(t: pd.DataFrame, row, lo, vs: np.ndarray, top: int | collec
                      env: np.ndarray) -> pd.DataFrame:
     """A crop's one-row table moved into the volume: ``row``'s label and border flag, centroids shifted by
     the crop origin ``lo``, collector distance (the envelope ``env``'s lowest voxel) and height (the
-    centroid's) above the volume's collector top ``top``: a slice, or a tilted plane, read under each."""
+    centroid's) above the volume's collector top ``top``: a slice, or a tilted plane read under each (for
+    the distance rounded to its column's first slice above it)."""
     t["label"] = row.label
     t["centroid_z_um"] += lo[0] * vs[0]
     t["centroid_y_um"] += lo[1] * vs[1]
     t["centroid_x_um"] += lo[2] * vs[2]
     z, y, x = np.nonzero(env)
     if isinstance(top, collector_surface.CollectorPlane):
-        lowest = np.min(z + lo[0] - top.height(y + lo[1], x + lo[2]))
+        # the column's first slice above the collector, as the flat slab's top is a whole slice
+        lowest = np.min(z + lo[0] - np.floor(top.height(y + lo[1], x + lo[2]) + 0.5))
         under = top.height(t["centroid_y_um"] / vs[1], t["centroid_x_um"] / vs[2])
     else:
         lowest, under = z.min() + lo[0] - top, top
