@@ -175,6 +175,9 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
     assert lo <= 0.5 and hi >= 1.5
     lo, hi = span(lambda p: p.collector_thickness_vox)
     assert lo <= 3 and hi >= 12
+    # collectors square to the volume and tilted (a sample mounted off square)
+    lo, hi = span(lambda p: p.collector_tilt_deg)
+    assert lo == 0 and hi >= 2
     lo, hi = span(lambda p: p.contact_fraction)
     assert lo <= 0.1 and hi >= 0.85
     # grey levels: CBD within 0.15 of the electrolyte in one preset, 0.3 above it in another

@@ -78,6 +78,12 @@ class CollectorPlane:
         ny, nx = self.shape_yx
         return self.height(np.arange(ny)[:, None], np.arange(nx)[None, :])
 
+    def attrs(self) -> dict:
+        """The phase map's attributes (docs/outputs.md): ``collector_plane`` ([a, b, c]), ``collector_tilt_deg``,
+        ``collector_rise_vox``, ``collector_tilted``."""
+        return {"collector_plane": np.array([self.a, self.b, self.c]), "collector_tilt_deg": self.tilt_deg,
+                "collector_rise_vox": self.rise_vox, "collector_tilted": self.tilted}
+
     def describe(self) -> str:
         """One line for logs and file attributes."""
         return (f"z = {self.a:.3f} + {self.b:.5f} y + {self.c:.5f} x voxels (tilt {self.tilt_deg:.2f} deg, rise "

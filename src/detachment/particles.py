@@ -587,9 +587,8 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
     -------
     pandas.DataFrame
         Columns :data:`COLUMNS` (:func:`particle_table`), a row per particle of ``links`` whose envelope has
-        voxels; ``label`` as in ``links``, centroids in the volume's coordinates, ``distance_to_collector_um``
-        from the envelope's lowest voxel and the phase map's collector top, ``touches_border`` from ``links``
-        (else False).
+        voxels; ``label`` as in ``links``, centroids in the volume's coordinates, collector distance and height
+        as :func:`_in_volume_frame` reads them, ``touches_border`` from ``links`` (else False).
     """
     from . import io
 

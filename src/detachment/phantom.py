@@ -246,6 +246,10 @@ class PhantomParams:
             bad("supersample", "an integer number of sub-voxels per voxel edge in [1, 4]")
         if not 0 < self.valence_std <= 1:
             bad("valence_std", "a standard deviation in (0, 1] (valence units)")
+        self._validate_collector(bad)
+
+    def _validate_collector(self, bad) -> None:
+        """The tilt, and z deep enough for the collector's highest point, the largest particle and 2 voxels."""
         if not 0 <= self.collector_tilt_deg <= 10:
             bad("collector_tilt_deg", "a tilt of the collector in [0, 10] degrees")
         half_rise = 0.5 * _collector_rise(self)
@@ -253,10 +257,9 @@ class PhantomParams:
             bad("collector_tilt_deg", f"a tilt whose rise across the volume ({2 * half_rise:.1f} voxels) leaves "
                                       f"the collector ({self.collector_thickness_vox} voxels) at least one voxel "
                                       f"thick everywhere")
-        dmax_vox = self.diameter_max_um / self.voxel_size_um
-        if self.collector_thickness_vox + half_rise + dmax_vox + 2 > self.shape_zyx[0]:
-            bad("shape_zyx", f"z >= collector + largest particle + 2 = "
-                             f"{int(np.ceil(self.collector_thickness_vox + half_rise + dmax_vox + 2))} voxels")
+        top = self.collector_thickness_vox + half_rise + self.diameter_max_um / self.voxel_size_um + 2
+        if top > self.shape_zyx[0]:
+            bad("shape_zyx", f"z >= collector + largest particle + 2 = {int(np.ceil(top))} voxels")
 
     @property
     def noise_sigma(self) -> float:
@@ -280,17 +283,20 @@ def _collector_rise(p: PhantomParams) -> float:
     return abs(gy) * (p.shape_zyx[1] - 1) + abs(gx) * (p.shape_zyx[2] - 1)
 
 
-def collector_top_surface(p: PhantomParams) -> np.ndarray:
-    """(y, x) float64 height of the collector's top surface, voxels: the voxels of a column with z below
-    it are Al. ``collector_thickness_vox`` everywhere without a tilt; with one, the plane through the
-    volume's centre column at that height rising along ``collector_tilt_azimuth_deg``."""
-    _, ny, nx = p.shape_zyx
-    if p.collector_tilt_deg == 0:
-        return np.full((ny, nx), float(p.collector_thickness_vox))
+def _collector_height(p: PhantomParams, y, x):
+    """Height of the collector's top surface at (y, x) (voxel indices, scalars or arrays), voxels: the plane
+    through the volume's centre column at ``collector_thickness_vox`` rising along
+    ``collector_tilt_azimuth_deg`` (flat without a tilt)."""
     gy, gx = _collector_slopes(p)
-    y = np.arange(ny)[:, None] - (ny - 1) / 2
-    x = np.arange(nx)[None, :] - (nx - 1) / 2
-    return p.collector_thickness_vox + gy * y + gx * x
+    _, ny, nx = p.shape_zyx
+    return p.collector_thickness_vox + gy * (y - (ny - 1) / 2) + gx * (x - (nx - 1) / 2)
+
+
+def collector_top_surface(p: PhantomParams) -> np.ndarray:
+    """(y, x) float64 height of the collector's top surface, voxels (:func:`_collector_height` over every
+    column): the voxels of a column with z below it are Al."""
+    _, ny, nx = p.shape_zyx
+    return np.broadcast_to(_collector_height(p, np.arange(ny)[:, None], np.arange(nx)[None, :]), (ny, nx)) + 0.0
 
 
 def _below_collector(shape, surface: np.ndarray) -> np.ndarray:
@@ -392,11 +398,6 @@ def _place_particles(p: PhantomParams, rng) -> list[Particle]:
     """Random sequential placement of a monolayer on the collector, some particles touching."""
     Z, Y, X = p.shape_zyx
     vs = p.voxel_size_um
-    gy, gx = _collector_slopes(p)
-
-    def top(y: float, x: float) -> float:  # the collector's top surface at (y, x), voxels
-        return p.collector_thickness_vox + gy * (y - (Y - 1) / 2) + gx * (x - (X - 1) / 2)
-
     mu = np.log(p.diameter_median_um)
     a = p.detachment_mean * p.detachment_concentration
     b = (1 - p.detachment_mean) * p.detachment_concentration
@@ -410,7 +411,7 @@ def _place_particles(p: PhantomParams, rng) -> list[Particle]:
         partner = None
         if parts and rng.random() < p.contact_fraction:
             partner = parts[rng.integers(len(parts))]
-            zc = min(top(*partner.center_vox[1:]) + rest, Z - 1.5 - r)
+            zc = min(_collector_height(p, *partner.center_vox[1:]) + rest, Z - 1.5 - r)
             phi = rng.uniform(0, 2 * np.pi)
             dist = (partner.radius_vox + r) * rng.uniform(0.9, 0.97)  # slight interpenetration = contact
             dz = zc - partner.center_vox[0]
@@ -419,7 +420,7 @@ def _place_particles(p: PhantomParams, rng) -> list[Particle]:
                           partner.center_vox[2] + dxy * np.cos(phi)])
         else:
             y, x = rng.uniform(0, Y), rng.uniform(0, X)
-            c = np.array([min(top(y, x) + rest, Z - 1.5 - r), y, x])
+            c = np.array([min(_collector_height(p, y, x) + rest, Z - 1.5 - r), y, x])
         if not (-0.3 * r <= c[1] < Y + 0.3 * r and -0.3 * r <= c[2] < X + 0.3 * r):
             continue
         if any(np.linalg.norm(c - q.center_vox) < 1.02 * (r + q.radius_vox) for q in parts if q is not partner):
@@ -684,8 +685,7 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     coated : numpy.ndarray, optional
         (n,) bool per particle of ``parts``: its attached surface is CBD-coated (default: all).
     collector_surface : numpy.ndarray, optional
-        (y, x) planted height of the collector's top surface, voxels (:func:`collector_top_surface`); the
-        collector distance is measured from it. Default: from the all-Al slices of ``phases``.
+        (y, x) planted collector top, voxels (:func:`collector_top_surface`); default: the all-Al slices'.
 
     Returns
     -------
@@ -709,13 +709,10 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     high_vox = ndimage.sum_labels(phases == NMC_HIGH, labels, idx)
     solid_vox = ndimage.sum_labels((phases == NMC_LOW) | (phases == NMC_HIGH), labels, idx)
     com = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, idx)) if n else np.zeros((0, 3))
-    vvol = float(np.prod(vs))
-    volume_um3 = vox * vvol
+    volume_um3 = vox * float(np.prod(vs))
     above, border = _height_and_border(labels, phases, n, collector_surface)
     df = pd.DataFrame({
-        "label": idx,
-        "detachment": contacts.detachment[1:],
-        "detachment_voxel_faces": faces.detachment[1:],
+        "label": idx, "detachment": contacts.detachment[1:], "detachment_voxel_faces": faces.detachment[1:],
         "detachment_planted": [q.detachment_planted for q in parts],
         "coated": coated if coated is not None else True,
         "volume_um3": volume_um3,

@@ -550,24 +550,28 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         d = f.create_dataset("phases", shape=shape, dtype=np.uint8, chunks=io.slab_chunks(shape),
                              compression="gzip", compression_opts=1)
         writer = h5chunks.GzipChunkWriter(d)
-        names = set(model.names)
-        if s.edge_shells and {"void", "cbd"} <= names and names & {"nmc_low", "nmc_high"}:
-            tally = _classify_with_shells(volume_path, s, shape, tmp, classifier, writer, model, fine, fine_edges,
-                                          workers, progress)
-        else:
-            tally = _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers,
-                                   progress)
+        tally = _classify(volume_path, s, shape, tmp, classifier, writer, model, fine, fine_edges, workers, progress)
         _write_attrs(d, voxel, model, unresolved, nmc_split(model, split), s.domain_sigma_vox)
         psf, psf_se, width = measured_blur(tally.edges)  # the width along the grid is what the contact reading undoes
-        d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined, edge_width_vox=width)
-        if plane is not None:
-            d.attrs.update(collector_plane=np.array([plane.a, plane.b, plane.c]), collector_tilt_deg=plane.tilt_deg,
-                           collector_rise_vox=plane.rise_vox, collector_tilted=plane.tilted)
+        d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined, edge_width_vox=width,
+                       **(plane.attrs() if plane is not None else {}))
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
                            tally.per_slice, unresolved, collector, psf, split, layer,
                            tally.refine_sigma, s.domain_sigma_vox, width, psf_se, tally.edges, plane)
+
+
+def _classify(volume_path, s: ThresholdSettings, shape, tmp, classifier: slab_phases.SlabClassifier,
+              writer: h5chunks.GzipChunkWriter, model: phases.PhaseModel, fine, fine_edges, workers: int,
+              progress: bool) -> _SlabTally:
+    """The classification passes of :func:`threshold_volume`: with the edge-shell rule where it applies
+    (``s.edge_shells``, electrolyte, CBD and NMC resolved), else the plain pass."""
+    names = set(model.names)
+    if s.edge_shells and {"void", "cbd"} <= names and names & {"nmc_low", "nmc_high"}:
+        return _classify_with_shells(volume_path, s, shape, tmp, classifier, writer, model, fine, fine_edges,
+                                     workers, progress)
+    return _classify_pass(volume_path, s, shape[0], classifier, writer, fine, fine_edges, workers, progress)
 
 
 def measured_blur(edges: blur.EdgeProfiles) -> tuple[float, float, float]:
@@ -1016,7 +1020,7 @@ def collector_plane(volume_path, s: ThresholdSettings, model: phases.PhaseModel,
     """The collector's top surface fitted column by column (:func:`detachment.collector_surface.fit_plane` on the runs
     of grey levels in Al's band of ``model`` from z = 0, read slab by slab until every run ended); None where
     the model does not confine Al to a collector slab (:func:`collector_top`)."""
-    if collector_top(model, collector) is None:
+    if collector_top(model, collector) is None or "al" not in model.names:
         return None
     k = model.names.index("al")
     band = (model.thresholds[k - 1] if k > 0 else -np.inf, model.thresholds[k] if k < len(model.thresholds) else np.inf)
