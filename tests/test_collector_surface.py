@@ -154,3 +154,25 @@ def test_particle_heights_are_read_from_the_plane_under_them():
     flat = _in_volume_frame(t.copy(), row, lo, vs, 4, env)
     assert flat.distance_to_collector_um.iloc[0] == pytest.approx((2 + 10 - 4) * 0.5)  # the envelope's lowest voxel
     assert flat.height_um.iloc[0] == pytest.approx(2.0 + 10 * 0.5 - 4 * 0.5)
+
+
+@pytest.mark.parametrize("side", ["x1", "y0"])
+def test_a_tilted_collector_on_a_side_face_is_found_by_auto_and_fitted_as_a_plane(tmp_path, tilted_cell, side):
+    """The tilted phantom stored with its collector on another face: the import finds the face and turns
+    the volume back, and the thresholding reads the same tilt and keeps the Al (the file layouts as in
+    tests/test_orientation.py, written with numpy's own axis moves)."""
+    from detachment.threshold import ThresholdSettings, threshold_volume
+
+    p, ph, res, m, *_ = tilted_cell
+    as_file = {"x1": lambda v: np.moveaxis(v[::-1], 0, 2), "y0": lambda v: np.swapaxes(v, 0, 1)}[side]
+    with io.h5py.File(tmp_path / "in.h5", "w") as f:
+        f["d"] = as_file(ph.volume)
+    io.import_volume(tmp_path / "in.h5", tmp_path / "v.h5", dataset="d", voxel_size_um=0.5, slab=8,
+                     collector_side="auto")
+    with io.h5py.File(tmp_path / "v.h5") as f:
+        assert f["volume"].attrs["collector_side"] == side
+    turned = threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(), progress=False)
+    assert turned.collector_tilt_deg == pytest.approx(res.collector_tilt_deg, abs=0.05)
+    al = ph.phases == phases.AL
+    back = io.read_dataset(tmp_path / "p.h5", "phases")
+    assert back.shape == ph.phases.shape and (back[al] == phases.AL).mean() > 0.995
