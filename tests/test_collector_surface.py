@@ -176,3 +176,26 @@ def test_a_tilted_collector_on_a_side_face_is_found_by_auto_and_fitted_as_a_plan
     al = ph.phases == phases.AL
     back = io.read_dataset(tmp_path / "p.h5", "phases")
     assert back.shape == ph.phases.shape and (back[al] == phases.AL).mean() > 0.995
+
+
+def test_the_phase_figure_shows_a_section_with_the_collector_top(tilted_cell):
+    """The section panel after the phase map: the row's codes with z up from the collector, and the fitted top
+    along it (the plane's heights times the voxel size); the panels after it move one letter on."""
+    from detachment.blur import EdgeProfiles
+
+    p, ph, res, m, flat, mflat, _ = tilted_cell
+    y, nx = 40, m.shape[2]
+    heights = res.collector_heights(y, nx)
+    np.testing.assert_allclose(heights, res.collector_plane.height(y, np.arange(nx)))
+    np.testing.assert_array_equal(flat.collector_heights(y, nx), np.full(nx, float(flat.collector.thickness)))
+    section = plots.SideSection(m[:, y], y, heights, (0.5, 0.5))
+    edges = EdgeProfiles()
+    edges.add(m, ph.volume)
+    args = (ph.volume[20], m[20], res.histogram.counts, res.histogram.edges, res.model.thresholds, res.model.names)
+    fig = plots.phase_figure(*args, edges=edges, section=section)
+    ax = fig.axes[3]
+    assert ax.get_title() == f"(d) section at y = {y * 0.5:.1f} µm" and fig.axes[4].get_title().startswith("(e)")
+    np.testing.assert_array_equal(ax.images[0].get_array(), m[:, y])
+    assert ax.images[0].origin == "lower"
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), heights * 0.5)
+    assert len(plots.phase_figure(*args, section=plots.SideSection(m[:, y], y, None, (0.5, 0.5))).axes[3].lines) == 0

@@ -8,6 +8,8 @@ closed by :func:`detachment.io.save_figure`). Main entry points: :func:`phase_fi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -19,6 +21,44 @@ from .phases import PHASE_NAMES  # noqa: E402
 
 PHASE_COLOURS = {"void": "#1b1b3a", "cbd": "#e0a030", "nmc_low": "#2e8b57", "nmc_high": "#c0392b", "al": "#9aa7b0"}
 PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE_NAMES)])
+
+
+@dataclass
+class SideSection:
+    """A (z, x) section of the phase map through row ``y``, for the phase figure.
+
+    Attributes
+    ----------
+    phases : numpy.ndarray
+        (z, x) uint8 phase codes of the row, z = 0 at the collector.
+    y : int
+        The row, voxels.
+    collector_top : numpy.ndarray or None
+        (x,) height of the collector's top along the row, voxels (the flat slab's, or a tilted collector's
+        plane: :meth:`detachment.threshold.ThresholdResult.collector_heights`); None where none was found.
+    voxel_size_um : tuple of float
+        (z, x) voxel edge lengths, µm.
+    """
+
+    phases: np.ndarray
+    y: int
+    collector_top: np.ndarray | None
+    voxel_size_um: tuple[float, float]
+
+
+def section_panel(ax, section: SideSection, letter: str = "") -> None:
+    """The section's phase codes (z up from the collector) with the collector's top drawn over them."""
+    vz, vx = section.voxel_size_um
+    nz, nx = section.phases.shape
+    ax.imshow(section.phases, cmap=PHASE_CMAP, vmin=-0.5, vmax=len(PHASE_NAMES) - 0.5, interpolation="nearest",
+              origin="lower", extent=[0, nx * vx, 0, nz * vz])
+    if section.collector_top is not None:
+        ax.plot((np.arange(nx) + 0.5) * vx, np.asarray(section.collector_top, float) * vz, color="w", lw=1.2,
+                ls="--", label="collector top (fitted)")
+        ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    ax.set_title(f"{letter} section at y = {section.y * vx:.1f} µm".strip())
+    ax.set_xlabel("x (µm)")
+    ax.set_ylabel("z (µm, from the collector)")
 
 
 def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None,
@@ -74,7 +114,8 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
 
 
 def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_edges, thresholds, names,
-                 fwhm_table=None, voxel_size_um: float = 1.0, title: str = "", domain_split=None, edges=None):
+                 fwhm_table=None, voxel_size_um: float = 1.0, title: str = "", domain_split=None, edges=None,
+                 section: SideSection | None = None):
     """Supp. Fig. 1 style: grey slice, histogram with thresholds (log counts), phase map.
 
     Parameters
@@ -99,14 +140,19 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
     edges : detachment.blur.EdgeProfiles, optional
         The particles' edge profiles the blur was measured on: a last panel draws the mean profiles and
         their fitted steps (:func:`edge_profile_panel`).
+    section : SideSection, optional
+        A (z, x) section of the map with the collector's top: a panel after the phase map
+        (:func:`section_panel`).
 
     Returns
     -------
     matplotlib.figure.Figure
-        Three panels, one more with ``domain_split`` and one more with ``edges``.
+        Three panels, one more with each of ``section``, ``domain_split`` and ``edges``, in that order.
     """
-    n = 3 + (domain_split is not None) + (edges is not None)
-    fig, ax = plt.subplots(1, n, figsize=(5 * n, 4.6), gridspec_kw={"width_ratios": [1, 1.25, 1, 1.1, 1.1][:n]})
+    extra = [(draw, what) for draw, what in ((section_panel, section), (_domain_split_panel, domain_split),
+                                             (edge_profile_panel, edges)) if what is not None]
+    n = 3 + len(extra)
+    fig, ax = plt.subplots(1, n, figsize=(5 * n, 4.6), gridspec_kw={"width_ratios": [1, 1.25, 1] + [1.1] * len(extra)})
     ext = [0, image.shape[1] * voxel_size_um, image.shape[0] * voxel_size_um, 0]
     ax[0].imshow(image, cmap="gray", extent=ext)
     ax[0].set_title("(a) reconstruction slice")
@@ -119,10 +165,8 @@ def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_e
     ax[2].legend(handles, list(PHASE_NAMES.values()), loc="upper right", fontsize=7, framealpha=0.8)
     ax[2].set_title("(c) phase map")
     ax[2].set_xlabel("x (µm)")
-    if domain_split is not None:
-        _domain_split_panel(ax[3], domain_split)
-    if edges is not None:
-        edge_profile_panel(ax[n - 1], edges, f"({'abcde'[n - 1]})")
+    for k, (draw, what) in enumerate(extra, start=3):
+        draw(ax[k], what, f"({'abcdef'[k]})")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -182,7 +226,7 @@ def edge_profile_panel(ax, edges, letter: str = "") -> None:
     ax.set_title(f"{letter} point spread on the particles' edges".strip())
 
 
-def _domain_split_panel(ax, split) -> None:
+def _domain_split_panel(ax, split, letter: str = "(d)") -> None:
     """Histogram of the NMC voxels' domain means with the resolved components and the split."""
     h = split.histogram
     x = h.centers
@@ -197,7 +241,7 @@ def _domain_split_panel(ax, split) -> None:
     ax.legend(fontsize=7)
     ax.set_xlabel("NMC domain mean grey level")
     ax.set_ylabel("interior NMC voxels")
-    ax.set_title("(d) NMC " + ("split on domain means" if split.resolved else "NOT resolved on domain means"))
+    ax.set_title(f"{letter} NMC " + ("split on domain means" if split.resolved else "NOT resolved on domain means"))
 
 
 def loss_curve_figure(log_table):

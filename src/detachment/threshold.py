@@ -239,6 +239,15 @@ class ThresholdResult:
         """The collector's tilt, degrees, where Al was confined below a tilted plane; None elsewhere."""
         return self.collector_plane.tilt_deg if self.tilted_collector_top is not None else None
 
+    def collector_heights(self, y: int, nx: int) -> np.ndarray | None:
+        """(x,) height of the collector's top along row ``y`` of a volume ``nx`` voxels wide, voxels: a tilted
+        collector's plane, else the flat slab's thickness; None where Al was not confined to a collector."""
+        if collector_top(self.model, self.collector, self.collector_plane) is None:
+            return None
+        if self.tilted_collector_top is not None:
+            return self.collector_plane.height(y, np.arange(nx))
+        return np.full(nx, float(self.collector.thickness))
+
     @property
     def tilted_collector_top(self) -> int | None:
         """Where Al was confined below a tilted collector plane, the highest first slice above it over the

@@ -23,15 +23,18 @@ io.write_csv(snakemake.output.fwhm, result.fwhm)
 
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
-_, voxel = io.read_volume_info(snakemake.input.volume)
+shape, voxel = io.read_volume_info(snakemake.input.volume)
 image = io.read_region(snakemake.input.volume, io.VOLUME_DATASET, z)
+y = shape[1] // 2
+section = plots.SideSection(io.read_region(snakemake.output.phases, "phases", (slice(None), y)), y,
+                            result.collector_heights(y, shape[2]), (voxel[0], voxel[2]))
 fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.histogram.edges,
                          result.model.thresholds, result.model.names, result.fwhm, voxel[1],
                          title=plots.phase_title(snakemake.wildcards.sample, z, result.model.method,
                                                  result.unresolved, result.nmc_split, result.layer,
                                                  result.blur_sigma_vox, result.blur_sigma_se_vox,
                                                  result.collector_tilt_deg),
-                         domain_split=result.domain_split, edges=result.edges)
+                         domain_split=result.domain_split, edges=result.edges, section=section)
 io.save_figure(fig, snakemake.output.figure)
 
 checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
