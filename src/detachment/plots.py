@@ -98,7 +98,7 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
 
     title = f"{sample}: slice z={z}, {method}"
     if nmc_split == "domain means":
-        title += "; NMC low / high split on domain means (d), not on this histogram"
+        title += "; NMC low / high split on domain means (their panel), not on this histogram"
     if layer is not None and layer.found:
         title += f"; electrolyte measured on {layer.thickness} slices at the far face"
     if unresolved:
