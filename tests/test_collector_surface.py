@@ -188,14 +188,14 @@ def test_the_phase_figure_shows_a_section_with_the_collector_top(tilted_cell):
     heights = res.collector_heights(y, nx)
     np.testing.assert_allclose(heights, res.collector_plane.height(y, np.arange(nx)))
     np.testing.assert_array_equal(flat.collector_heights(y, nx), np.full(nx, float(flat.collector.thickness)))
-    section = plots.SideSection(m[:, y], y, heights, (0.5, 0.5))
+    section = plots.SideSection(m[:, y], y, heights, (0.5, 0.25, 0.5))
     edges = EdgeProfiles()
     edges.add(m, ph.volume)
     args = (ph.volume[20], m[20], res.histogram.counts, res.histogram.edges, res.model.thresholds, res.model.names)
     fig = plots.phase_figure(*args, edges=edges, section=section)
     ax = fig.axes[3]
-    assert ax.get_title() == f"(d) section at y = {y * 0.5:.1f} µm" and fig.axes[4].get_title().startswith("(e)")
+    assert ax.get_title() == f"(d) section at y = {y * 0.25:.1f} µm" and fig.axes[4].get_title().startswith("(e)")
     np.testing.assert_array_equal(ax.images[0].get_array(), m[:, y])
-    assert ax.images[0].origin == "lower"
+    assert ax.images[0].origin == "lower" and list(ax.images[0].get_extent()) == [0, nx * 0.5, 0, m.shape[0] * 0.5]
     np.testing.assert_allclose(ax.lines[0].get_ydata(), heights * 0.5)
-    assert len(plots.phase_figure(*args, section=plots.SideSection(m[:, y], y, None, (0.5, 0.5))).axes[3].lines) == 0
+    assert len(plots.phase_figure(*args, section=plots.SideSection(m[:, y], y, None, (0.5, 0.5, 0.5))).axes[3].lines) == 0

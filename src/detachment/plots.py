@@ -37,18 +37,18 @@ class SideSection:
         (x,) height of the collector's top along the row, voxels (the flat slab's, or a tilted collector's
         plane: :meth:`detachment.threshold.ThresholdResult.collector_heights`); None where none was found.
     voxel_size_um : tuple of float
-        (z, x) voxel edge lengths, µm.
+        (z, y, x) voxel edge lengths, µm.
     """
 
     phases: np.ndarray
     y: int
     collector_top: np.ndarray | None
-    voxel_size_um: tuple[float, float]
+    voxel_size_um: tuple[float, float, float]
 
 
 def section_panel(ax, section: SideSection, letter: str = "") -> None:
     """The section's phase codes (z up from the collector) with the collector's top drawn over them."""
-    vz, vx = section.voxel_size_um
+    vz, vy, vx = section.voxel_size_um
     nz, nx = section.phases.shape
     ax.imshow(section.phases, cmap=PHASE_CMAP, vmin=-0.5, vmax=len(PHASE_NAMES) - 0.5, interpolation="nearest",
               origin="lower", extent=[0, nx * vx, 0, nz * vz])
@@ -56,7 +56,7 @@ def section_panel(ax, section: SideSection, letter: str = "") -> None:
         ax.plot((np.arange(nx) + 0.5) * vx, np.asarray(section.collector_top, float) * vz, color="w", lw=1.2,
                 ls="--", label="collector top (fitted)")
         ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
-    ax.set_title(f"{letter} section at y = {section.y * vx:.1f} µm".strip())
+    ax.set_title(f"{letter} section at y = {section.y * vy:.1f} µm".strip())
     ax.set_xlabel("x (µm)")
     ax.set_ylabel("z (µm, from the collector)")
 

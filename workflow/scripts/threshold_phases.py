@@ -27,7 +27,7 @@ shape, voxel = io.read_volume_info(snakemake.input.volume)
 image = io.read_region(snakemake.input.volume, io.VOLUME_DATASET, z)
 y = shape[1] // 2
 section = plots.SideSection(io.read_region(snakemake.output.phases, "phases", (slice(None), y)), y,
-                            result.collector_heights(y, shape[2]), (voxel[0], voxel[2]))
+                            result.collector_heights(y, shape[2]), tuple(voxel))
 fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.histogram.edges,
                          result.model.thresholds, result.model.names, result.fwhm, voxel[1],
                          title=plots.phase_title(snakemake.wildcards.sample, z, result.model.method,
