@@ -54,7 +54,7 @@ def section_panel(ax, section: SideSection, letter: str = "") -> None:
               origin="lower", extent=[0, nx * vx, 0, nz * vz])
     if section.collector_top is not None:
         ax.plot((np.arange(nx) + 0.5) * vx, np.asarray(section.collector_top, float) * vz, color="w", lw=1.2,
-                ls="--", label="collector top (fitted)")
+                ls="--", label="collector top as found")
         ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
     ax.set_title(f"{letter} section at y = {section.y * vy:.1f} µm".strip())
     ax.set_xlabel("x (µm)")
