@@ -670,7 +670,7 @@ def render_intensity(phases: np.ndarray, p: PhantomParams, rng, density: np.ndar
 
 
 def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], voxel_size_um,
-                coated: np.ndarray | None = None, collector_surface: np.ndarray | None = None) -> pd.DataFrame:
+                collector_surface: np.ndarray, coated: np.ndarray | None = None) -> pd.DataFrame:
     """Per-particle ground truth measured on the planted geometry (``truth_particles.csv``).
 
     Parameters
@@ -682,10 +682,10 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
         The planted particles, ``parts[i].label == i + 1``.
     voxel_size_um : sequence of float
         (z, y, x) voxel edge lengths, µm.
+    collector_surface : numpy.ndarray
+        (y, x) planted collector top, voxels (:func:`collector_top_surface`).
     coated : numpy.ndarray, optional
         (n,) bool per particle of ``parts``: its attached surface is CBD-coated (default: all).
-    collector_surface : numpy.ndarray, optional
-        (y, x) planted collector top, voxels (:func:`collector_top_surface`); default: the all-Al slices'.
 
     Returns
     -------
@@ -710,7 +710,7 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     solid_vox = ndimage.sum_labels((phases == NMC_LOW) | (phases == NMC_HIGH), labels, idx)
     com = np.array(ndimage.center_of_mass(np.ones(labels.shape), labels, idx)) if n else np.zeros((0, 3))
     volume_um3 = vox * float(np.prod(vs))
-    above, border = _height_and_border(labels, phases, n, collector_surface)
+    above, border = _height_and_border(labels, n, collector_surface)
     df = pd.DataFrame({
         "label": idx, "detachment": contacts.detachment[1:], "detachment_voxel_faces": faces.detachment[1:],
         "detachment_planted": [q.detachment_planted for q in parts],
@@ -730,28 +730,20 @@ def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], v
     return df[df.volume_um3 > 0].reset_index(drop=True)
 
 
-def _height_and_border(labels: np.ndarray, phases: np.ndarray, n: int, collector_surface: np.ndarray | None = None
-                       ) -> tuple[np.ndarray, list[bool]]:
-    """Per label 1..n: its lowest voxel's height above the collector, in voxels, and whether a y or x border
-    cuts it. The height is z minus the first slice above ``collector_surface`` ((y, x), the planted top
-    surface: the Al voxels' top face in that column) minimised over the label's voxels; without a surface,
-    the lowest z slice minus the collector top (one past the highest all-Al slice, 0 when slice 0 is not
-    all Al). A label without voxels gets -1 minus the top."""
+def _height_and_border(labels: np.ndarray, n: int, collector_surface: np.ndarray) -> tuple[np.ndarray, list[bool]]:
+    """Per label 1..n: its lowest voxel's height above the collector, in voxels (z minus the first slice above
+    ``collector_surface``, (y, x) the planted top surface, minimised over the label's voxels; NaN for a label
+    without voxels), and whether a y or x border cuts it."""
     lab_sl = ndimage.find_objects(labels, max_label=n)
-    zmin = np.array([sl[0].start if sl is not None else -1 for sl in lab_sl])
     border = [sl is not None and any(s.start == 0 or s.stop == dim for s, dim in zip(sl[1:], labels.shape[1:]))
               for sl in lab_sl]
-    if collector_surface is not None:
-        top = np.ceil(collector_surface)
-        above = np.full(n, -1.0 - float(top.mean()))
-        for i, sl in enumerate(lab_sl, start=1):
-            if sl is not None:
-                z, y, x = np.nonzero(labels[sl] == i)
-                above[i - 1] = np.min(z + sl[0].start - top[y + sl[1].start, x + sl[2].start])
-        return above, border
-    collector_top = int(np.nonzero(np.all(phases == AL, axis=(1, 2)))[0].max() + 1) \
-        if np.all(phases[0] == AL) else 0
-    return zmin - collector_top, border
+    top = np.ceil(collector_surface)
+    above = np.full(n, np.nan)
+    for i, sl in enumerate(lab_sl, start=1):
+        if sl is not None:
+            z, y, x = np.nonzero(labels[sl] == i)
+            above[i - 1] = np.min(z + sl[0].start - top[y + sl[1].start, x + sl[2].start])
+    return above, border
 
 
 def generate_phantom(params: PhantomParams, seed: int) -> Phantom:
@@ -782,7 +774,7 @@ def generate_phantom(params: PhantomParams, seed: int) -> Phantom:
     k = params.supersample
     grid = _sub_voxel_params(params) if k > 1 else params
     labels, phases, parts, coated, n_gaps = _geometry(grid, seed, rng, k)
-    table = truth_table(labels, phases, parts, (grid.voxel_size_um,) * 3, coated, collector_top_surface(grid))
+    table = truth_table(labels, phases, parts, (grid.voxel_size_um,) * 3, collector_top_surface(grid), coated)
     if k > 1:
         # sub-voxel centres from the first sub-voxel's; voxel i's centre lies (k - 1) / 2 sub-voxels further
         for axis in "zyx":
