@@ -259,7 +259,7 @@ def _em(x: np.ndarray, w: np.ndarray, mu: np.ndarray, sd: np.ndarray, floor: flo
     return mu[order], sd[order], (pi * w.sum())[order], loglik
 
 
-def resolved_mixture(hist: Histogram, k_max: int) -> Mixture:
+def resolved_mixture(hist: Histogram, k_max: int, by_separation: bool = True) -> Mixture:
     """As many Gaussian components (at most ``k_max``) as the histogram resolves.
 
     k components are resolved when the histogram shows k modes (:func:`detachment.phases.histogram_peaks`,
@@ -275,6 +275,11 @@ def resolved_mixture(hist: Histogram, k_max: int) -> Mixture:
         The histogram (evenly spaced bins).
     k_max : int
         Most components wanted.
+    by_separation : bool, default True
+        Whether EM's separation alone may resolve more components than the histogram shows modes. False
+        where a better test of the same split exists: one mode that EM explains as two (a skewed or cut
+        side: partial-volume voxels on one flank, the collector's grey-level band cut off the other) can
+        pass the separation with components narrower than the phases.
 
     Returns
     -------
@@ -295,11 +300,13 @@ def resolved_mixture(hist: Histogram, k_max: int) -> Mixture:
         mu, sd, pi, _ = max((_em(centers, w, start, sd0, floor) for start in starts), key=lambda f: f[3])
         d = np.sqrt(2) * np.diff(mu) / np.sqrt(sd[1:] ** 2 + sd[:-1] ** 2)
         share = pi / max(w.sum(), 1)
-        if k == 1 or k <= n_modes or (d.min() >= MIN_SEPARATION and share.min() >= MIN_COMPONENT_WEIGHT):
+        if k == 1 or k <= n_modes or (by_separation and d.min() >= MIN_SEPARATION
+                                      and share.min() >= MIN_COMPONENT_WEIGHT):
             best = Mixture(mu, sd, pi)
         else:
             tried.append(f"{k} components: separation D = {np.round(d, 2).tolist()}, "
-                         f"shares {np.round(share, 3).tolist()}")
+                         f"shares {np.round(share, 3).tolist()}"
+                         + ("" if by_separation else f", {n_modes} mode(s) shown (separation alone not taken)"))
     best.tried = tried
     return best
 
@@ -454,13 +461,18 @@ def anchor_to_layer(mix: Mixture, layer: ElectrolyteLayer) -> Mixture:
 
 def _side_mixture(rest: np.ndarray, edges: np.ndarray, inside: np.ndarray, side_names, collector_grey: float
                   ) -> Mixture:
-    """The resolved components of one side (below or above the collector's grey level) of ``rest``."""
+    """The resolved components of one side (below or above the collector's grey level) of ``rest``.
+
+    NMC high density is taken from the voxels' histogram only where the side shows its mode: NMC low's
+    flank towards the collector's band is cut at Al + 3 σ and filled with partial-volume voxels, and EM
+    explains such a mode as two narrow components that pass the separation test. One mode is left to the
+    test on the domain means (:func:`split_nmc_domains`), which reads interior voxels only."""
     if rest[inside].sum() == 0:
         raise PhaseModelError(f"no voxels on the side of the collector's grey level {collector_grey:.3g} "
                               f"where {list(side_names)} should be")
     idx = np.nonzero(inside)[0]
     side = Histogram(rest[inside], edges[idx[0]: idx[-1] + 2])
-    return _peak_cores(resolved_mixture(side, len(side_names)), side)
+    return _peak_cores(resolved_mixture(side, len(side_names), by_separation="nmc_high" not in side_names), side)
 
 
 def _peak_cores(mix: Mixture, side: Histogram) -> Mixture:
