@@ -92,6 +92,21 @@ def test_one_mode_cut_at_the_collectors_band_is_two_components_only_by_separatio
     assert one.means[0] == pytest.approx(v.mean(), abs=0.005)
 
 
+def test_a_side_that_is_only_a_phases_cut_flank_keeps_the_em_component():
+    """NMC low at 0.6 (σ 0.06) inside the collector's band: the side above 0.65 is its decreasing flank with
+    no mode. Its fullest bin is the cut and its ragged tail holds no significant peak, so the component
+    stays EM's (the side's mean), inside the side, instead of a peak core fitted on noise."""
+    from detachment.phase_fit import _peak_cores
+
+    rng = np.random.default_rng(0)
+    v = rng.normal(0.6, 0.06, 200000)
+    v = v[v > 0.65]
+    side = Histogram(*np.histogram(v, bins=70, range=(0.65, 1.0)))
+    em = resolved_mixture(side, 1)
+    kept = _peak_cores(em, side)
+    assert kept.means[0] == pytest.approx(v.mean(), abs=0.002) and kept.sigmas[0] == pytest.approx(v.std(), abs=0.002)
+
+
 def test_nmc_densities_on_one_histogram_mode_are_not_split_on_the_voxels_histogram(tmp_path):
     """NMC low 0.528 / high 0.624 (FWHM 0.134 / 0.107) just above Al 0.399: NMC low's dark flank lies in Al's
     band and the side above it shows one NMC mode. The split is left to the domain means and reads the

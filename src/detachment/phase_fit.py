@@ -479,9 +479,11 @@ def _peak_cores(mix: Mixture, side: Histogram) -> Mixture:
     """The resolved components refitted on their peak cores, where the side shows as many modes.
 
     EM spreads each component over the partial-volume voxels between phases; the peak cores
-    (:func:`detachment.phases.fit_peak_gaussians`) describe the pure phases.
+    (:func:`detachment.phases.fit_peak_gaussians`) describe the pure phases. A side that shows no mode
+    at all (a phase whose peak lies inside the collector's grey-level band, so the side is its cut
+    flank) keeps EM's component: its fullest bin is the cut, not a peak.
     """
-    if len(mix.means) == 1 or len(histogram_peaks(side, len(mix.means), fill=False)) == len(mix.means):
+    if len(histogram_peaks(side, len(mix.means), fill=False, significance=PEAK_SIGNIFICANCE)) == len(mix.means):
         mu, sd, pi = fit_peak_gaussians(side, len(mix.means))
         if len(mu) == len(mix.means):
             return Mixture(mu, sd, pi * side.counts.sum(), mix.tried)
