@@ -91,3 +91,24 @@ def test_contact_budget_recovers_each_owners_mixture_weight():
     est = cb.per_particle_weight(owner, norm.pdf(x, 0.2, 0.08), norm.pdf(x, 0.45, 0.07), 4)
     se = np.sqrt(weights[1:] * (1 - weights[1:]) / n_each)
     assert np.all(np.abs(est[1:] - weights[1:]) < 3 * se + 0.01)
+
+
+def test_random_phantom_draws_are_valid_phantoms_with_the_order_and_noise_they_claim():
+    """Every draw of ``benchmarks/random_phantoms.py`` is a phantom the generator accepts (no refused tilt or
+    depth), its five grey levels lie in the configured order and NMC and CBD are never narrower than the
+    noise shared by electrolyte and Al."""
+    from detachment.phantom import PhantomParams
+
+    spec = importlib.util.spec_from_file_location("random_phantoms", ROOT / "benchmarks" / "random_phantoms.py")
+    rp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rp)
+    import numpy as np
+
+    for seed in range(300):
+        p = rp.draw(np.random.default_rng(seed))
+        PhantomParams(**p).validate(f"draw {seed}")
+        levels = [p["intensity"][n] for n in ("void", "cbd", "al", "nmc_low", "nmc_high")]
+        assert levels == sorted(levels), (seed, levels)
+        noise = p["fwhm"]["void"]
+        assert p["fwhm"]["al"] == noise and min(p["fwhm"][n] for n in ("cbd", "nmc_low", "nmc_high")) >= noise
+        assert 0.0 <= p["blur_sigma_vox"] <= 0.6 and p["supersample"] in (1, 2)
