@@ -476,7 +476,9 @@ def _side_mixture(rest: np.ndarray, edges: np.ndarray, inside: np.ndarray, side_
 
 
 def _peak_cores(mix: Mixture, side: Histogram) -> Mixture:
-    """The resolved components refitted on their peak cores, where the side shows as many modes.
+    """The resolved components refitted on their peak cores, where the side shows as many modes (each
+    standing :data:`~detachment.phases.PEAK_SIGNIFICANCE` times above its counting noise, as
+    :func:`resolved_mixture` counts them).
 
     EM spreads each component over the partial-volume voxels between phases; the peak cores
     (:func:`detachment.phases.fit_peak_gaussians`) describe the pure phases. A side that shows no mode
