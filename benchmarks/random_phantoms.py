@@ -37,6 +37,7 @@ from detachment.threshold import ThresholdSettings, threshold_volume
 
 #: Declared phase accuracy below which a draw whose checks pass is marked ``silent``.
 SILENT_BELOW = 0.95
+#: Rows and columns of every draw, voxels (the presets' size).
 SIDE = 192
 
 
