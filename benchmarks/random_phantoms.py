@@ -1,6 +1,6 @@
 """Thresholding on phantoms drawn at random across the family's ranges, against their planted phases.
 
-Usage: .venv/bin/python benchmarks/random_phantoms.py [--first 7100] [--count 40] [--out table.csv]
+Usage: .venv/bin/python benchmarks/random_phantoms.py [--first 8000] [--count 30] [--out table.csv]
 
 The presets of ``config/validate.tsv`` change one property at a time; real tomograms change all of them
 at once. Each seed here draws every phantom parameter the phase model depends on at once: the five grey
@@ -82,11 +82,15 @@ def measure(seed: int, work: Path) -> dict:
     ph = generate_phantom(PhantomParams(**p), seed=seed)
     volume = work / f"{seed}.h5"
     io.write_volume(volume, ph.volume, 0.5, "random draw")
+    phases_path = work / f"{seed}_phases.h5"
     try:
-        res = threshold_volume(volume, work / f"{seed}_phases.h5", ThresholdSettings(), progress=False, workers=2)
+        res = threshold_volume(volume, phases_path, ThresholdSettings(), progress=False, workers=2)
     except PhaseModelError as e:
         return {**row, "failed": f"model: {e}"[:120]}
-    codes = io.read_dataset(work / f"{seed}_phases.h5", "phases")
+    finally:
+        volume.unlink()
+    codes = io.read_dataset(phases_path, "phases")
+    phases_path.unlink()
     checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
                                           res.blur_sigma_vox, res.tilted_collector_top)
     nmc = np.isin(ph.phases, (NMC_LOW, NMC_HIGH)) & np.isin(codes, (NMC_LOW, NMC_HIGH))
@@ -103,8 +107,8 @@ def measure(seed: int, work: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--first", type=int, default=7100, help="first seed")
-    ap.add_argument("--count", type=int, default=40, help="number of draws")
+    ap.add_argument("--first", type=int, default=8000, help="first seed")
+    ap.add_argument("--count", type=int, default=30, help="number of draws")
     ap.add_argument("--out", type=Path, help="also write the table as CSV")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
