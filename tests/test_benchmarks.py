@@ -112,3 +112,33 @@ def test_random_phantom_draws_are_valid_phantoms_with_the_order_and_noise_they_c
         noise = p["fwhm"]["void"]
         assert p["fwhm"]["al"] == noise and min(p["fwhm"][n] for n in ("cbd", "nmc_low", "nmc_high")) >= noise
         assert 0.0 <= p["blur_sigma_vox"] <= 0.6 and p["supersample"] in (1, 2)
+
+
+def test_random_contact_draws_are_the_phase_draws_with_a_planted_detachment_added():
+    """``benchmarks/random_contacts.py`` draws, per seed, the phantom ``random_phantoms.py`` draws (same grey
+    levels and geometry) with a planted mean detachment and gap share added, and the generator accepts it;
+    its reading settings are the default config's, completed by the schema (every key it reads present)."""
+    import sys
+
+    import numpy as np
+
+    from detachment.phantom import PhantomParams
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("random_contacts", ROOT / "benchmarks" / "random_contacts.py")
+        rc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(rc)
+        import random_phantoms as rp
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    for seed in range(100):
+        p, q = rc.draw_with_contacts(np.random.default_rng(seed)), rp.draw(np.random.default_rng(seed))
+        assert {k: v for k, v in p.items() if k not in ("detachment_mean", "contact_gap_probability")} == q
+        assert 0.1 <= p["detachment_mean"] <= 0.6 and 0.0 <= p["contact_gap_probability"] <= 0.6
+        PhantomParams(**p).validate(f"draw {seed}")
+    sc = rc.science_settings()
+    for key in ("contact_gap_from_intensity", "contact_max_spread", "contact_sharpen", "contact_spill",
+                "contact_partial_volume", "contact_max_ambiguity", "contact_probe_vox", "contact_level"):
+        assert key in sc, key
+    assert sc["contact_level"] in ("fit", "midpoint") and sc["contact_probe_vox"] >= 1
