@@ -112,6 +112,7 @@ def measure(seed: int, work: Path, sc: dict) -> dict:
             "failed": failed, "ambiguous": bool(ambiguous), "n_particles": len(errors),
             "detachment_truth": round(float(errors.detachment_truth.mean()), 3),
             "detachment_mae": round(mae, 4), "detachment_bias": round(bias, 4),
+            "bias_voxel_truth": round(float(errors.detachment_error_voxel_truth.mean()), 4),
             "silent": not failed and not ambiguous and (mae > MAX_MAE or abs(bias) > MAX_BIAS),
             "seconds": round(time.perf_counter() - t0, 1)}
 
