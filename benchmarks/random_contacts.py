@@ -97,7 +97,8 @@ def measure(seed: int, work: Path, sc: dict) -> dict:
     level = fit.to_frame()
     io.write_csv(level_path, level)
     ambiguous = plausibility.contacts_ambiguous(fit.spread, sc["contact_max_ambiguity"], res.blur_sigma_vox,
-                                                fit.gap_width_ratio, through, fit.gap_share_through_layer)
+                                                fit.gap_width_ratio, through, fit.gap_share_through_layer,
+                                                fit.separation)
     measured = particle_table_from_files(
         truth, phases_path, volume, links, progress=False, probe=sc["contact_probe_vox"],
         gap_from_intensity=sc["contact_gap_from_intensity"],
@@ -108,7 +109,8 @@ def measure(seed: int, work: Path, sc: dict) -> dict:
     failed = " ".join(checks.loc[~checks.passed, "check"])
     for f in (volume, truth, table, phases_path, level_path, qc):
         f.unlink()
-    return {**row, "reading": fit.reading, "through_layer": through, "spread": round(float(fit.spread), 3),
+    return {**row, "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
+            "through_layer": through, "spread": round(float(fit.spread), 3),
             "failed": failed, "ambiguous": bool(ambiguous), "n_particles": len(errors),
             "detachment_truth": round(float(errors.detachment_truth.mean()), 3),
             "detachment_mae": round(mae, 4), "detachment_bias": round(bias, 4),

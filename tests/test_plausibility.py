@@ -355,3 +355,40 @@ def test_partial_volume_under_a_sharp_blur_is_told_by_the_gap_faces_width_and_re
     assert ratio[1] < MAX_GAP_WIDTH_RATIO < ratio[2], ratio
     assert bias[2, False] < -0.04 and bias[1, True] > 0.01, bias
     assert abs(bias[1, False]) < 0.015 and abs(bias[2, True]) < 0.015, bias
+
+
+@pytest.mark.parametrize("planted_d, ambiguous", [(1.2, True), (4.0, False)])
+def test_contacts_stop_where_the_face_levels_do_not_separate_gap_from_cbd(planted_d, ambiguous):
+    """Face-neighbour grey levels drawn from a gap and a CBD Gaussian of planted separation (Ashman's D) and a
+    known 40 % gap share. The fitted mixture's separation recovers the planted D; where it is below the bound,
+    one voxel per face misreads more than a sixth of the faces against the planted labels (so no per-face
+    reading can be trusted) and the reading is ambiguous; well above it, it misreads under 5 % and is not."""
+    from detachment.contact_level import fit_contact_level
+    from detachment.plausibility import MIN_CONTACT_SEPARATION, contacts_ambiguous
+
+    rng = np.random.default_rng(5)
+    sd, n = 0.03, 20000
+    gap = rng.random(n) < 0.4
+    values = np.where(gap, 0.1, 0.1 + planted_d * sd) + sd * rng.standard_normal(n)
+    fit = fit_contact_level(values, 0.1 + planted_d * sd / 2)
+    assert fit.separation == pytest.approx(planted_d, rel=0.25)
+    assert (fit.separation < MIN_CONTACT_SEPARATION) == ambiguous
+    misread = np.mean((values < fit.level) != gap)
+    assert (misread > 1 / 6) if ambiguous else (misread < 0.05)
+    assert contacts_ambiguous(0.0, 0.15, separation=fit.separation) == ambiguous
+    assert not contacts_ambiguous(0.0, None, separation=fit.separation)  # null max_ambiguity checks nothing
+    assert not contacts_ambiguous(0.0, 0.15, separation=float("nan"))  # no components fitted: not checked
+
+
+def test_the_overlap_stop_names_the_separation_its_bound_and_the_one_class_case(caplog):
+    from detachment.plausibility import MIN_CONTACT_SEPARATION, AmbiguousContacts, enforce_contacts
+
+    with pytest.raises(AmbiguousContacts, match=rf"sample 'faint'.*Ashman's D 1\.37, contact_level.csv "
+                                                 rf"separation; at least {MIN_CONTACT_SEPARATION} needed.*phase "
+                                                 rf"map's included.*no detached or no coated surface.*"
+                                                 rf"on_ambiguous_contacts: warn"):
+        enforce_contacts(0.01, 0.15, "faint", "stop", reading="map", separation=1.37)
+    with caplog.at_level(logging.WARNING):
+        enforce_contacts(0.01, 0.15, "faint", "warn", separation=1.37)
+    assert "Ashman's D 1.37" in caplog.text
+    enforce_contacts(0.01, 0.15, "clear", "stop", separation=MIN_CONTACT_SEPARATION)  # at the bound: read

@@ -27,10 +27,10 @@ import pandas as pd
 from scipy import ndimage
 
 from .phases import CBD, VOID, gmm_decision_thresholds
-from .plausibility import MAX_GAP_WIDTH_RATIO
+from .plausibility import MAX_GAP_WIDTH_RATIO, MIN_CONTACT_SEPARATION
 from .surface import _pairs
 
-MIN_ASHMAN_D = 2.0
+MIN_ASHMAN_D = MIN_CONTACT_SEPARATION
 MIN_WEIGHT = 0.02
 MAX_FIT_VALUES = 200_000
 READINGS = ("level", "deconvolved", "map")
@@ -141,17 +141,25 @@ class ContactLevel:
         ratio = self.gap_width_ratio
         return bool(np.isfinite(ratio) and ratio > MAX_GAP_WIDTH_RATIO)
 
+    @property
+    def separation(self) -> float:
+        """Ashman's D of the gap and CBD components, ``sqrt(2) |cbd_mean - gap_mean| / sqrt(gap_sigma² +
+        cbd_sigma²)``, whether or not the level was fitted; NaN where no components were fitted (too few
+        faces, or no grey levels). Below :data:`MIN_ASHMAN_D` the face neighbours' grey levels do not show
+        gap and CBD as two classes."""
+        return float(np.sqrt(2) * abs(self.cbd_mean - self.gap_mean) / np.hypot(self.gap_sigma, self.cbd_sigma))
+
     def to_frame(self) -> pd.DataFrame:
-        """The fields as a one-row table (``contact_level.csv``), with :attr:`gap_width_ratio` and
-        :attr:`partial_volume`.
+        """The fields as a one-row table (``contact_level.csv``), with :attr:`gap_width_ratio`,
+        :attr:`partial_volume` and :attr:`separation`.
 
         Returns
         -------
         pandas.DataFrame
-            One row, one column per field, ``gap_width_ratio`` and ``partial_volume``.
+            One row, one column per field, ``gap_width_ratio``, ``partial_volume`` and ``separation``.
         """
         return pd.DataFrame([{**asdict(self), "gap_width_ratio": self.gap_width_ratio,
-                              "partial_volume": self.partial_volume}])
+                              "partial_volume": self.partial_volume, "separation": self.separation}])
 
     @classmethod
     def read_csv(cls, path) -> ContactLevel:

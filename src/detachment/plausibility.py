@@ -49,6 +49,12 @@ MAX_BOUNDS = {
 #: (``science.contact_partial_volume: never``), the reading stops. Chosen between the tuning cells that read
 #: their contacts well and those that do not (docs/results.md).
 MAX_GAP_WIDTH_RATIO = 1.35
+#: Least Ashman's D of the gap and CBD Gaussians fitted to the face neighbours' grey levels
+#: (:attr:`detachment.contact_level.ContactLevel.separation`) at which the contacts are read. Below it the
+#: two classes overlap so far that a reading of one voxel per face misreads a sixth of the faces or more
+#: (at D = 2, each class's tail beyond the midpoint), the map's reading included, and the fitted level, the
+#: map's independent check, is not fitted: the reading stops (docs/results.md, random draws).
+MIN_CONTACT_SEPARATION = 2.0
 
 
 class ImplausiblePhaseMap(ValueError):
@@ -243,7 +249,7 @@ class AmbiguousContacts(ValueError):
 
 def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: float | None = None,
                        width_ratio: float | None = None, through_layer: bool = False,
-                       through_share: float | None = None) -> bool:
+                       through_share: float | None = None, separation: float | None = None) -> bool:
     """Whether a sample's contact reading is too uncertain for its detachment to be reported.
 
     Parameters
@@ -273,23 +279,31 @@ def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: f
         electrolyte only through the layer, which a one-voxel coat would give as well; with
         ``through_layer``, beyond ``max_ambiguity`` the reading is ambiguous as a ``spread`` would be.
         None or NaN: not checked.
+    separation : float, optional
+        ``contact_level.csv``'s ``separation``: Ashman's D of the gap and CBD Gaussians fitted to the face
+        neighbours' grey levels; below :data:`MIN_CONTACT_SEPARATION` the reading is ambiguous. None or NaN
+        (no components fitted): not checked.
 
     Returns
     -------
     bool
         True when ``|spread|`` exceeds ``max_ambiguity``, σ the blur bound, the width ratio its bound (not
-        read through the layer) or the share read through the layer ``max_ambiguity`` (a NaN spread is not
-        ambiguous: nothing was compared).
+        read through the layer), the share read through the layer ``max_ambiguity`` or the separation is
+        below its bound (a NaN spread is not ambiguous: nothing was compared).
     """
     if max_ambiguity is None:
         return False
     return (bool(np.isfinite(spread)) and abs(spread) > max_ambiguity or _too_blurred(blur_sigma)
             or not through_layer and _too_mixed(width_ratio)
-            or through_layer and _too_thin(through_share, max_ambiguity))
+            or through_layer and _too_thin(through_share, max_ambiguity) or _overlapping(separation))
 
 
 def _too_thin(through_share: float | None, max_ambiguity: float) -> bool:
     return through_share is not None and bool(np.isfinite(through_share)) and through_share > max_ambiguity
+
+
+def _overlapping(separation: float | None) -> bool:
+    return separation is not None and bool(np.isfinite(separation)) and separation < MIN_CONTACT_SEPARATION
 
 
 def _too_blurred(blur_sigma: float | None) -> bool:
@@ -303,12 +317,13 @@ def _too_mixed(width_ratio: float | None) -> bool:
 def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on_ambiguous: str = "stop",
                      figure_hint: str = "", blur_sigma: float | None = None, reading: str = "level",
                      undecided: float | None = None, width_ratio: float | None = None,
-                     through_layer: bool = False, through_share: float | None = None) -> None:
+                     through_layer: bool = False, through_share: float | None = None,
+                     separation: float | None = None) -> None:
     """Stop (raise :class:`AmbiguousContacts`) or warn when a sample's contact reading is ambiguous.
 
     Parameters
     ----------
-    spread, max_ambiguity, blur_sigma, width_ratio, through_layer, through_share
+    spread, max_ambiguity, blur_sigma, width_ratio, through_layer, through_share, separation
         As :func:`contacts_ambiguous`.
     sample : str
         Named in the message.
@@ -333,10 +348,11 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
     """
     if on_ambiguous not in ("stop", "warn"):
         raise ValueError(f"science.on_ambiguous_contacts: {on_ambiguous!r} is not 'stop' or 'warn'")
-    if not contacts_ambiguous(spread, max_ambiguity, blur_sigma, width_ratio, through_layer, through_share):
+    if not contacts_ambiguous(spread, max_ambiguity, blur_sigma, width_ratio, through_layer, through_share,
+                              separation):
         return
     reasons = _ambiguity_reasons(spread, max_ambiguity, blur_sigma, None if through_layer else width_ratio,
-                                 reading, through_share if through_layer else None)
+                                 reading, through_share if through_layer else None, separation)
     why = "; and ".join(reasons)
     if undecided is not None and np.isfinite(undecided):
         why += (f"; the sample's gap / CBD mixture leaves {undecided:.0%} of the faces undecided (contact_level.csv "
@@ -354,7 +370,7 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
 
 
 def _ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading: str,
-                       through_share: float | None = None) -> list[str]:
+                       through_share: float | None = None, separation: float | None = None) -> list[str]:
     """What :func:`enforce_contacts` says for each check of :func:`contacts_ambiguous` that failed."""
     out = []
     if bool(np.isfinite(spread)) and abs(spread) > max_ambiguity:
@@ -382,4 +398,12 @@ def _ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading: 
                    f"{max_ambiguity:.0%}): a voxel the particle's surface cuts and a coat one voxel thick look the "
                    f"same, so detachment could be off by that much (science.contact_partial_volume: never reads "
                    f"them as CBD)")
+    if _overlapping(separation):
+        out.append(f"the grey levels beside the particles do not show gap and CBD as two classes: the two Gaussians "
+                   f"fitted to them overlap (Ashman's D {separation:.2f}, contact_level.csv separation; at least "
+                   f"{MIN_CONTACT_SEPARATION} needed), so a reading of one voxel per face, the phase map's included, "
+                   f"misreads a sixth of the faces or more and detachment can be off by a tenth or more even where "
+                   f"the readings agree (CBD too close to the electrolyte for the noise, or coats and gaps thinner "
+                   f"than the blur; a sample with almost no detached or no coated surface shows one class too: the "
+                   f"figure shows which)")
     return out

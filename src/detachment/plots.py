@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from .phases import PHASE_NAMES  # noqa: E402
+from .plausibility import MIN_CONTACT_SEPARATION  # noqa: E402
 
 PHASE_COLOURS = {"void": "#1b1b3a", "cbd": "#e0a030", "nmc_low": "#2e8b57", "nmc_high": "#c0392b", "al": "#9aa7b0"}
 PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE_NAMES)])
@@ -812,8 +813,9 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
 
 
 def _reading_title(fit, title: str, through_layer: bool) -> str:
-    """``title`` and, below it, the shares of electrolyte faces of the readings compared and whether the
-    contacts are read through a one-voxel CBD layer (with the share of faces so read)."""
+    """``title`` and, below it, the shares of electrolyte faces of the readings compared, whether the
+    contacts are read through a one-voxel CBD layer (with the share of faces so read), and the gap / CBD
+    components' separation where it is below the bound the reading needs."""
     if getattr(fit, "reading", "level") == "map":
         title = (f"{title}\ncontacts read on the phase map: electrolyte faces {fit.gap_share_map:.2f} "
                  f"(the level reads {fit.gap_share:.2f})")
@@ -823,6 +825,10 @@ def _reading_title(fit, title: str, through_layer: bool) -> str:
         share = getattr(fit, "gap_share_through_layer", np.nan)
         title = (f"{title}\npartial volume: a one-voxel CBD layer with electrolyte beyond it reads as electrolyte"
                  + (f" ({share:.1%} of faces)" if np.isfinite(share) else ""))
+    separation = getattr(fit, "separation", np.nan)
+    if np.isfinite(separation) and separation < MIN_CONTACT_SEPARATION:
+        title = (f"{title}\ngap and CBD overlap: Ashman's D {separation:.2f} < {MIN_CONTACT_SEPARATION} "
+                 f"(the faces cannot be read one voxel each)")
     return title
 
 

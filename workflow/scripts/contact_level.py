@@ -44,6 +44,8 @@ logging.getLogger(__name__).info("contact level %.4f (%s) from %d faces: gap %.3
                                  "CBD %.3f ± %.3f", fit.level, "fitted" if fit.fitted else "fallback",
                                  fit.n_faces, fit.gap_mean, fit.gap_sigma, fit.gap_weight, fit.cbd_mean,
                                  fit.cbd_sigma)
+logging.getLogger(__name__).info("gap and CBD components separated by Ashman's D %.2f (at least %.1f needed to read "
+                                 "the faces)", fit.separation, plausibility.MIN_CONTACT_SEPARATION)
 logging.getLogger(__name__).info("open electrolyte's spread %.4f: the gap faces spread %.2f times as wide (bound %.2f)",
                                  fit.electrolyte_sigma, fit.gap_width_ratio, plausibility.MAX_GAP_WIDTH_RATIO)
 p = snakemake.params
@@ -68,7 +70,7 @@ elif fit.reading == "deconvolved":
         "uncertainty (contact_level.csv: spread).", 100 * fit.gap_share, 100 * fit.gap_share_deconvolved, fit.level)
 table = fit.to_frame()
 table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity, sigma, fit.gap_width_ratio, through,
-                                                     fit.gap_share_through_layer)
+                                                     fit.gap_share_through_layer, fit.separation)
 io.write_csv(snakemake.output.table, table)
 io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample,
                                           through_layer=through), snakemake.output.figure)
@@ -80,4 +82,4 @@ if table.ambiguous.iloc[0]:
                                   snakemake.config["science"]["on_ambiguous_contacts"], figure_hint=str(kept),
                                   blur_sigma=sigma, reading=fit.reading, undecided=fit.ambiguous_faces,
                                   width_ratio=fit.gap_width_ratio, through_layer=through,
-                                  through_share=fit.gap_share_through_layer)
+                                  through_share=fit.gap_share_through_layer, separation=fit.separation)
