@@ -11,7 +11,9 @@ measured is the phase map and the contact reading), and scores them against the 
 
 Per draw it prints the phase-map checks that fail, whether the contact reading is ambiguous (the
 ``contact_level`` rule would stop), how the contacts were read, the detachment MAE and bias over the
-particles not touching the volume's border, and the phase accuracy. ``silent`` marks a draw whose checks
+particles not touching the volume's border, and the phase accuracy; ``separation`` is the gap / CBD
+components' Ashman's D (the reading stops below 2) and ``ambiguous_but_separation`` whether the other
+checks of the reading alone would stop it. ``silent`` marks a draw whose checks
 pass and whose reading is not ambiguous but whose MAE is above 0.03 or |bias| above 0.02 (the goals of the
 validation presets): numbers the workflow would report as if they were right. The seeds are not those of
 any sheet or of ``random_phantoms.py``'s defaults.
@@ -96,9 +98,9 @@ def measure(seed: int, work: Path, sc: dict) -> dict:
     through = reads_through_layer(fit, sc["contact_partial_volume"])
     level = fit.to_frame()
     io.write_csv(level_path, level)
-    ambiguous = plausibility.contacts_ambiguous(fit.spread, sc["contact_max_ambiguity"], res.blur_sigma_vox,
-                                                fit.gap_width_ratio, through, fit.gap_share_through_layer,
-                                                fit.separation)
+    checks_of_reading = (fit.spread, sc["contact_max_ambiguity"], res.blur_sigma_vox, fit.gap_width_ratio, through,
+                         fit.gap_share_through_layer)
+    ambiguous = plausibility.contacts_ambiguous(*checks_of_reading, fit.separation)
     measured = particle_table_from_files(
         truth, phases_path, volume, links, progress=False, probe=sc["contact_probe_vox"],
         gap_from_intensity=sc["contact_gap_from_intensity"],
@@ -111,7 +113,9 @@ def measure(seed: int, work: Path, sc: dict) -> dict:
         f.unlink()
     return {**row, "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
             "through_layer": through, "spread": round(float(fit.spread), 3),
-            "failed": failed, "ambiguous": bool(ambiguous), "n_particles": len(errors),
+            "failed": failed, "ambiguous": bool(ambiguous),
+            "ambiguous_but_separation": plausibility.contacts_ambiguous(*checks_of_reading),
+            "n_particles": len(errors),
             "detachment_truth": round(float(errors.detachment_truth.mean()), 3),
             "detachment_mae": round(mae, 4), "detachment_bias": round(bias, 4),
             "bias_voxel_truth": round(float(errors.detachment_error_voxel_truth.mean()), 4),
