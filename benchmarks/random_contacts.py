@@ -1,6 +1,7 @@
 """Detachment on phantoms drawn at random across the family's ranges, read on the truth's own envelopes.
 
 Usage: .venv/bin/python benchmarks/random_contacts.py [--first 9000] [--count 30] [--out table.csv]
+       [--threshold KEY=VALUE ...]
 
 The phase map alone (``random_phantoms.py``) does not say whether the contacts transfer: they are read on
 the voxels beside the particles, where blur, partial volume and one-voxel coats and gaps decide. Each seed
@@ -66,8 +67,9 @@ def draw_with_contacts(rng: np.random.Generator) -> dict:
     return p
 
 
-def measure(seed: int, work: Path, sc: dict) -> dict:
-    """One draw: its parameters, the checks and the detachment read on the truth's envelopes."""
+def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None) -> dict:
+    """One draw: its parameters, the checks and the detachment read on the truth's envelopes (``threshold``:
+    :class:`detachment.threshold.ThresholdSettings` fields other than the defaults)."""
     p = draw_with_contacts(np.random.default_rng(seed))
     row = {"seed": seed, "supersample": p["supersample"], "blur_sigma_vox": round(p["blur_sigma_vox"], 3),
            "void_to_cbd": round(p["intensity"]["cbd"] - p["intensity"]["void"], 3),
@@ -79,7 +81,7 @@ def measure(seed: int, work: Path, sc: dict) -> dict:
     phases_path, level_path = work / "phases.h5", work / "contact_level.csv"
     write_phantom(ph, volume, truth, table)
     try:
-        res = threshold_volume(volume, phases_path, ThresholdSettings(), progress=False, workers=2)
+        res = threshold_volume(volume, phases_path, ThresholdSettings(**(threshold or {})), progress=False, workers=2)
     except PhaseModelError as e:
         return {**row, "failed": f"model: {e}"[:120]}
     checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
@@ -128,13 +130,20 @@ def main() -> None:
     ap.add_argument("--first", type=int, default=9000, help="first seed")
     ap.add_argument("--count", type=int, default=30, help="number of draws")
     ap.add_argument("--out", type=Path, help="also write the table as CSV")
+    ap.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
+                    help="a threshold setting other than the default (config key, YAML value), e.g. "
+                         "psf_refine_beta=1.0; may be repeated")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
     sc = science_settings()
+    if any("=" not in kv for kv in args.threshold):
+        ap.error(f"--threshold takes KEY=VALUE, got {args.threshold}")
+    threshold = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.threshold)}
+    ThresholdSettings(**threshold)  # an unknown key or a bad value stops here, before any draw
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for seed in range(args.first, args.first + args.count):
-            rows.append(measure(seed, Path(d), sc))
+            rows.append(measure(seed, Path(d), sc, threshold))
             print("  ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
     table = pd.DataFrame(rows)
     if args.out:
