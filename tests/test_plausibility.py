@@ -386,9 +386,25 @@ def test_the_overlap_stop_names_the_separation_its_bound_and_the_one_class_case(
     with pytest.raises(AmbiguousContacts, match=rf"sample 'faint'.*Ashman's D 1\.37, contact_level.csv "
                                                  rf"separation; at least {MIN_CONTACT_SEPARATION} needed.*phase "
                                                  rf"map's included.*no detached or no coated surface.*"
-                                                 rf"on_ambiguous_contacts: warn"):
+                                                 rf"no contact setting changes that.*on_ambiguous_contacts: warn"):
         enforce_contacts(0.01, 0.15, "faint", "stop", reading="map", separation=1.37)
+    with pytest.raises(AmbiguousContacts, match=r"disagree on 30%.*Ashman's D 1\.37.*science.contact_level: midpoint"):
+        enforce_contacts(0.3, 0.15, "both", "stop", reading="map", separation=1.37)  # the disagreement: settings may help
     with caplog.at_level(logging.WARNING):
         enforce_contacts(0.01, 0.15, "faint", "warn", separation=1.37)
     assert "Ashman's D 1.37" in caplog.text
     enforce_contacts(0.01, 0.15, "clear", "stop", separation=MIN_CONTACT_SEPARATION)  # at the bound: read
+
+
+def test_the_contact_figure_says_when_gap_and_cbd_overlap():
+    """The figure's title names the separation where it is below the bound, and says nothing of it above."""
+    from detachment.contact_level import ContactLevel
+    from detachment.plots import _reading_title
+
+    def fit(gap_sigma):
+        return ContactLevel(0.1, True, gap_mean=0.05, gap_sigma=gap_sigma, cbd_mean=0.2, cbd_sigma=0.05)
+
+    overlapping, clear = fit(0.1), fit(0.02)
+    assert overlapping.separation < 2 <= clear.separation
+    assert f"Ashman's D {overlapping.separation:.2f} < 2.0" in _reading_title(overlapping, "s", False)
+    assert "Ashman" not in _reading_title(clear, "s", False)

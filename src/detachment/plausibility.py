@@ -357,9 +357,9 @@ def enforce_contacts(spread: float, max_ambiguity: float | None, sample: str, on
     if undecided is not None and np.isfinite(undecided):
         why += (f"; the sample's gap / CBD mixture leaves {undecided:.0%} of the faces undecided (contact_level.csv "
                 f"ambiguous_faces; per particle, particles.csv detachment_ambiguous)")
-    # the blur alone: no contact setting changes what the reconstruction cannot resolve
-    blur_only = len(reasons) == 1 and _too_blurred(blur_sigma)
-    settings = ("no contact setting changes that" if blur_only else
+    # the blur or the overlap alone: no contact setting changes what the reconstruction cannot resolve
+    data_only = len(reasons) == int(_too_blurred(blur_sigma)) + int(_overlapping(separation))
+    settings = ("no contact setting changes that" if data_only else
                 "set science.contact_level: midpoint or manual thresholds if you know the grey levels better")
     msg = (f"sample '{sample}': the contacts cannot be read: {why}. Look at "
            f"{figure_hint or 'the contact-level figure'}; {settings}; or set science.on_ambiguous_contacts: warn "
