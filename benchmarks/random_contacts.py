@@ -23,15 +23,12 @@ any sheet or of ``random_phantoms.py``'s defaults.
 from __future__ import annotations
 
 import argparse
-import logging
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import yaml
-from random_phantoms import draw
+from random_phantoms import draw, run_draws
 
 from detachment import io, plausibility, validation
 from detachment.config_docs import with_defaults
@@ -134,20 +131,13 @@ def main() -> None:
                     help="a threshold setting other than the default (config key, YAML value), e.g. "
                          "psf_refine_beta=1.0; may be repeated")
     args = ap.parse_args()
-    logging.disable(logging.WARNING)
     sc = science_settings()
     if any("=" not in kv for kv in args.threshold):
         ap.error(f"--threshold takes KEY=VALUE, got {args.threshold}")
     threshold = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.threshold)}
     ThresholdSettings(**threshold)  # an unknown key or a bad value stops here, before any draw
-    rows = []
-    with tempfile.TemporaryDirectory() as d:
-        for seed in range(args.first, args.first + args.count):
-            rows.append(measure(seed, Path(d), sc, threshold))
-            print("  ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
-    table = pd.DataFrame(rows)
-    if args.out:
-        table.to_csv(args.out, index=False)
+    table = run_draws(lambda seed, work: measure(seed, work, sc, threshold),
+                      range(args.first, args.first + args.count), args.out)
     ran = table.dropna(subset=["detachment_mae"])
     passed = ran[(ran.failed == "") & ~ran.ambiguous.astype(bool)]
     print(f"\n{len(ran)} of {len(table)} draws read; checks pass and contacts not ambiguous on {len(passed)}; "

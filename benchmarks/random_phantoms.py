@@ -105,21 +105,28 @@ def measure(seed: int, work: Path) -> dict:
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
+def run_draws(measure_one, seeds, out: Path | None = None) -> pd.DataFrame:
+    """``measure_one(seed, work)`` for each seed, in one temporary folder, each row printed as it comes; the
+    table, also written to ``out`` as CSV where given."""
+    logging.disable(logging.WARNING)
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for seed in seeds:
+            rows.append(measure_one(seed, Path(d)))
+            print("  ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
+    table = pd.DataFrame(rows)
+    if out:
+        table.to_csv(out, index=False)
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--first", type=int, default=8000, help="first seed")
     ap.add_argument("--count", type=int, default=30, help="number of draws")
     ap.add_argument("--out", type=Path, help="also write the table as CSV")
     args = ap.parse_args()
-    logging.disable(logging.WARNING)
-    rows = []
-    with tempfile.TemporaryDirectory() as d:
-        for seed in range(args.first, args.first + args.count):
-            rows.append(measure(seed, Path(d)))
-            print("  ".join(f"{k} {v}" for k, v in rows[-1].items()), flush=True)
-    table = pd.DataFrame(rows)
-    if args.out:
-        table.to_csv(args.out, index=False)
+    table = run_draws(measure, range(args.first, args.first + args.count), args.out)
     ran = table.dropna(subset=["accuracy_declared"])
     print(f"\n{len(ran)} of {len(table)} draws thresholded; checks pass on {int((ran.failed == '').sum())}; "
           f"silent (checks pass, declared accuracy < {SILENT_BELOW}): {int(ran.silent.sum())}; declared accuracy "
