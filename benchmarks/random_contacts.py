@@ -76,27 +76,35 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None) -> d
     ph = generate_phantom(PhantomParams(**p), seed=seed)
     volume, truth, table = work / "volume.h5", work / "truth.h5", work / "truth.csv"
     phases_path, level_path = work / "phases.h5", work / "contact_level.csv"
+    qc = work / "phase_qc.csv"
     write_phantom(ph, volume, truth, table)
     try:
-        res = threshold_volume(volume, phases_path, ThresholdSettings(**(threshold or {})), progress=False, workers=2)
+        return {**row, **_read(ph, volume, truth, phases_path, level_path, qc, sc, threshold),
+                "seconds": round(time.perf_counter() - t0, 1)}
     except PhaseModelError as e:
         return {**row, "failed": f"model: {e}"[:120]}
+    finally:
+        for f in (volume, truth, table, phases_path, level_path, qc):
+            f.unlink(missing_ok=True)
+
+
+def _read(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: dict | None) -> dict:
+    """Threshold ``volume``, fit its contact level and read its particles on the truth's labels: the columns
+    of :func:`measure` after the draw's parameters."""
+    res = threshold_volume(volume, phases_path, ThresholdSettings(**(threshold or {})), progress=False, workers=2)
     checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
                                           res.blur_sigma_vox, res.tilted_collector_top)
-    qc = work / "phase_qc.csv"
     io.write_csv(qc, checks)
     codes = io.read_dataset(phases_path, "phases")
-    row["accuracy_declared"] = round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4)
     links = validation.links_from_labels(ph.labels)
-    on_map = not sc["contact_gap_from_intensity"]
     width = edge_width_from_map(phases_path, qc)
     fit, _, _ = contact_level_from_files(
         truth, phases_path, volume, links, progress=False, refine=False, max_spread=sc["contact_max_spread"],
         sharpen=sharpening_weight(width) if sc["contact_sharpen"] else 0.0,
-        spill_sigma=float(width) if sc["contact_spill"] and np.isfinite(width) else 0.0, on_map=on_map)
+        spill_sigma=float(width) if sc["contact_spill"] and np.isfinite(width) else 0.0,
+        on_map=not sc["contact_gap_from_intensity"])
     through = reads_through_layer(fit, sc["contact_partial_volume"])
-    level = fit.to_frame()
-    io.write_csv(level_path, level)
+    io.write_csv(level_path, fit.to_frame())
     checks_of_reading = (fit.spread, sc["contact_max_ambiguity"], res.blur_sigma_vox, fit.gap_width_ratio, through,
                          fit.gap_share_through_layer)
     ambiguous = plausibility.contacts_ambiguous(*checks_of_reading, fit.separation)
@@ -108,9 +116,8 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None) -> d
     errors = errors[~errors.border_truth.astype(bool)]
     mae, bias = float(errors.detachment_error.abs().mean()), float(errors.detachment_error.mean())
     failed = " ".join(checks.loc[~checks.passed, "check"])
-    for f in (volume, truth, table, phases_path, level_path, qc):
-        f.unlink()
-    return {**row, "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
+    return {"accuracy_declared": round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4),
+            "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
             "through_layer": through, "spread": round(float(fit.spread), 3),
             "failed": failed, "ambiguous": bool(ambiguous),
             "ambiguous_but_separation": plausibility.contacts_ambiguous(*checks_of_reading),
@@ -118,8 +125,7 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None) -> d
             "detachment_truth": round(float(errors.detachment_truth.mean()), 3),
             "detachment_mae": round(mae, 4), "detachment_bias": round(bias, 4),
             "bias_voxel_truth": round(float(errors.detachment_error_voxel_truth.mean()), 4),
-            "silent": not failed and not ambiguous and (mae > MAX_MAE or abs(bias) > MAX_BIAS),
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "silent": not failed and not ambiguous and (mae > MAX_MAE or abs(bias) > MAX_BIAS)}
 
 
 def main() -> None:
