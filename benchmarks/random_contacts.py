@@ -118,7 +118,8 @@ def _read(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: d
     failed = " ".join(checks.loc[~checks.passed, "check"])
     return {"accuracy_declared": round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4),
             "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
-            "through_layer": through, "spread": round(float(fit.spread), 3),
+            "through_layer": through, "gap_width_ratio": round(fit.gap_width_ratio, 2),
+            "through_share": round(float(fit.gap_share_through_layer), 3), "spread": round(float(fit.spread), 3),
             "failed": failed, "ambiguous": bool(ambiguous),
             "ambiguous_but_separation": plausibility.contacts_ambiguous(*checks_of_reading),
             "n_particles": len(errors),
