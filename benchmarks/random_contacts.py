@@ -117,6 +117,7 @@ def _read(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: d
     mae, bias = float(errors.detachment_error.abs().mean()), float(errors.detachment_error.mean())
     failed = " ".join(checks.loc[~checks.passed, "check"])
     return {"accuracy_declared": round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4),
+            "blur_measured": round(float(res.blur_sigma_vox), 3), "edge_width": round(float(width), 3),
             "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
             "through_layer": through, "gap_width_ratio": round(fit.gap_width_ratio, 2),
             "through_share": round(float(fit.gap_share_through_layer), 3), "spread": round(float(fit.spread), 3),
