@@ -30,7 +30,6 @@ from .phases import CBD, VOID, gmm_decision_thresholds
 from .plausibility import MAX_GAP_WIDTH_RATIO, MIN_CONTACT_SEPARATION
 from .surface import _pairs
 
-MIN_ASHMAN_D = MIN_CONTACT_SEPARATION
 MIN_WEIGHT = 0.02
 MAX_FIT_VALUES = 200_000
 READINGS = ("level", "deconvolved", "map")
@@ -145,8 +144,8 @@ class ContactLevel:
     def separation(self) -> float:
         """Ashman's D of the gap and CBD components, ``sqrt(2) |cbd_mean - gap_mean| / sqrt(gap_sigma² +
         cbd_sigma²)``, whether or not the level was fitted; NaN where no components were fitted (too few
-        faces, or no grey levels). Below :data:`MIN_ASHMAN_D` the face neighbours' grey levels do not show
-        gap and CBD as two classes."""
+        faces, or no grey levels). Below :data:`detachment.plausibility.MIN_CONTACT_SEPARATION` the face
+        neighbours' grey levels do not show gap and CBD as two classes."""
         return float(np.sqrt(2) * abs(self.cbd_mean - self.gap_mean) / np.hypot(self.gap_sigma, self.cbd_sigma))
 
     def to_frame(self) -> pd.DataFrame:
@@ -532,9 +531,10 @@ def fit_contact_level(values, fallback: float, min_faces: int = 200) -> ContactL
     Two Gaussians and a uniform outlier component are fitted by EM (to a fixed random subset of
     :data:`MAX_FIT_VALUES` values where there are more) and the level is where the weighted densities of
     the Gaussians cross between the means. The fit is not trusted, and ``fallback`` is returned with
-    ``fitted`` False, where there are fewer than ``min_faces`` finite values, Ashman's D is below
-    :data:`MIN_ASHMAN_D`, or a Gaussian holds less than :data:`MIN_WEIGHT` of the faces (a sample with
-    almost no detachment or almost no coating).
+    ``fitted`` False, where there are fewer than ``min_faces`` finite values, Ashman's D
+    (:attr:`ContactLevel.separation`) is below :data:`detachment.plausibility.MIN_CONTACT_SEPARATION`, or
+    a Gaussian holds less than :data:`MIN_WEIGHT` of the faces (a sample with almost no detachment or
+    almost no coating).
 
     Parameters
     ----------
@@ -559,11 +559,11 @@ def fit_contact_level(values, fallback: float, min_faces: int = 200) -> ContactL
     # EM cost grows with the faces; 200 000 of them (a fixed random subset) pin the components well enough
     sample = x if x.size <= MAX_FIT_VALUES else np.random.default_rng(0).choice(x, MAX_FIT_VALUES, replace=False)
     mu, sd, w, w_out = _two_gaussians_em(sample)
-    ashman_d = np.sqrt(2) * abs(mu[1] - mu[0]) / np.sqrt(sd[0] ** 2 + sd[1] ** 2)
     comps = dict(gap_mean=float(mu[0]), gap_sigma=float(sd[0]), gap_weight=float(w[0]), cbd_mean=float(mu[1]),
                  cbd_sigma=float(sd[1]), cbd_weight=float(w[1]), outlier_weight=float(w_out), n_faces=int(x.size))
-    if ashman_d < MIN_ASHMAN_D or w.min() < MIN_WEIGHT:
-        return ContactLevel(float(fallback), False, **comps)
+    unfitted = ContactLevel(float(fallback), False, **comps)
+    if unfitted.separation < MIN_CONTACT_SEPARATION or w.min() < MIN_WEIGHT:
+        return unfitted
     # where the weighted densities cross between the means, as the phase model cuts its classes
     level = float(gmm_decision_thresholds(mu, sd, w, np.linspace(mu[0], mu[1], 4001))[0])
     return ContactLevel(level, True, **comps)
