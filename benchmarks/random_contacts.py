@@ -1,14 +1,19 @@
-"""Detachment on phantoms drawn at random across the family's ranges, read on the truth's own envelopes.
+"""Detachment on phantoms drawn at random across the family's ranges, read on the truth's own particles.
 
 Usage: .venv/bin/python benchmarks/random_contacts.py [--first 9000] [--count 30] [--out table.csv]
-       [--threshold KEY=VALUE ...]
+       [--threshold KEY=VALUE ...] [--exact-envelopes]
 
 The phase map alone (``random_phantoms.py``) does not say whether the contacts transfer: they are read on
 the voxels beside the particles, where blur, partial volume and one-voxel coats and gaps decide. Each seed
 draws a phantom as ``random_phantoms.draw`` does (every grey level, width and geometry property at once),
 thresholds it, fits the contact level and reads every particle's detachment with the settings of
-``config/config.yaml``, on the truth's particle labels (so the CNN's segmentation is left out: what is
-measured is the phase map and the contact reading), and scores them against the planted detachment.
+``config/config.yaml``, on the truth's particle labels taken as the segmentation's masks (so the CNN's
+segmentation is left out: what is measured is the phase map and the contact reading), and scores them
+against the planted detachment. The masks' envelopes are refined on the phase map as the workflow refines
+the CNN's (:func:`detachment.particles.refine_envelope`): where partial volume makes the map's particle a
+voxel wider than the planted one, the unrefined envelope would count that voxel, solid of no particle, as
+a contact with another particle, a reading the workflow never makes. ``--exact-envelopes`` reads on the
+labels as they are.
 
 Per draw it prints the phase-map checks that fail, whether the contact reading is ambiguous (the
 ``contact_level`` rule would stop), how the contacts were read, the detachment MAE and bias over the
@@ -64,9 +69,10 @@ def draw_with_contacts(rng: np.random.Generator) -> dict:
     return p
 
 
-def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None) -> dict:
-    """One draw: its parameters, the checks and the detachment read on the truth's envelopes (``threshold``:
-    :class:`detachment.threshold.ThresholdSettings` fields other than the defaults)."""
+def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refine: bool = True) -> dict:
+    """One draw: its parameters, the checks and the detachment read on the truth's particles (``threshold``:
+    :class:`detachment.threshold.ThresholdSettings` fields other than the defaults; ``refine``: their
+    envelopes refined on the phase map as the workflow's are, else read as they are)."""
     p = draw_with_contacts(np.random.default_rng(seed))
     row = {"seed": seed, "supersample": p["supersample"], "blur_sigma_vox": round(p["blur_sigma_vox"], 3),
            "void_to_cbd": round(p["intensity"]["cbd"] - p["intensity"]["void"], 3),
@@ -79,7 +85,7 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None) -> d
     qc = work / "phase_qc.csv"
     write_phantom(ph, volume, truth, table)
     try:
-        return {**row, **_read(ph, volume, truth, phases_path, level_path, qc, sc, threshold),
+        return {**row, **_read(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine),
                 "seconds": round(time.perf_counter() - t0, 1)}
     except PhaseModelError as e:
         return {**row, "failed": f"model: {e}"[:120]}
@@ -88,9 +94,9 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None) -> d
             f.unlink(missing_ok=True)
 
 
-def _read(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: dict | None) -> dict:
-    """Threshold ``volume``, fit its contact level and read its particles on the truth's labels: the columns
-    of :func:`measure` after the draw's parameters."""
+def _read(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: dict | None, refine: bool) -> dict:
+    """Threshold ``volume``, fit its contact level and read its particles on the truth's labels (``refine``:
+    as :func:`measure`): the columns of :func:`measure` after the draw's parameters."""
     res = threshold_volume(volume, phases_path, ThresholdSettings(**(threshold or {})), progress=False, workers=2)
     checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
                                           res.blur_sigma_vox, res.tilted_collector_top)
@@ -99,7 +105,7 @@ def _read(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: d
     links = validation.links_from_labels(ph.labels)
     width = edge_width_from_map(phases_path, qc)
     fit, _, _ = contact_level_from_files(
-        truth, phases_path, volume, links, progress=False, refine=False, max_spread=sc["contact_max_spread"],
+        truth, phases_path, volume, links, progress=False, refine=refine, max_spread=sc["contact_max_spread"],
         sharpen=sharpening_weight(width) if sc["contact_sharpen"] else 0.0,
         spill_sigma=float(width) if sc["contact_spill"] and np.isfinite(width) else 0.0,
         on_map=not sc["contact_gap_from_intensity"])
@@ -111,7 +117,7 @@ def _read(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: d
     measured = particle_table_from_files(
         truth, phases_path, volume, links, progress=False, probe=sc["contact_probe_vox"],
         gap_from_intensity=sc["contact_gap_from_intensity"],
-        **reading_settings(level_path, sc["contact_level"], sc["contact_partial_volume"]), refine=False)
+        **reading_settings(level_path, sc["contact_level"], sc["contact_partial_volume"]), refine=refine)
     errors = validation.compare_particles(ph.table, measured, None, "true")
     errors = errors[~errors.border_truth.astype(bool)]
     mae, bias = float(errors.detachment_error.abs().mean()), float(errors.detachment_error.mean())
@@ -141,13 +147,15 @@ def main() -> None:
     ap.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
                     help="a threshold setting other than the default (config key, YAML value), e.g. "
                          "psf_refine_beta=1.0; may be repeated")
+    ap.add_argument("--exact-envelopes", action="store_true",
+                    help="read on the truth's labels as they are, without the workflow's envelope refinement")
     args = ap.parse_args()
     sc = science_settings()
     if any("=" not in kv for kv in args.threshold):
         ap.error(f"--threshold takes KEY=VALUE, got {args.threshold}")
     threshold = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.threshold)}
     ThresholdSettings(**threshold)  # an unknown key or a bad value stops here, before any draw
-    table = run_draws(lambda seed, work: measure(seed, work, sc, threshold),
+    table = run_draws(lambda seed, work: measure(seed, work, sc, threshold, not args.exact_envelopes),
                       range(args.first, args.first + args.count), args.out)
     ran = table.dropna(subset=["detachment_mae"])
     passed = ran[(ran.failed == "") & ~ran.ambiguous.astype(bool)]

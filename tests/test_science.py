@@ -663,3 +663,31 @@ def test_the_volume_panel_draws_the_readings_bound_beside_the_face_counts_error(
     assert drawn == [[0.01, 0.01, 0.02], [0.2, 0.25, 0.3], [0.01, 0.02, 0.03]]
     assert half_heights(fig4(parts.drop(columns="detachment_ambiguous"), by_rate, size).axes[2]) == \
         [[0.01, 0.01, 0.02], [0.01, 0.02, 0.03]]
+
+
+def test_a_voxel_the_map_makes_solid_beside_an_exact_mask_is_read_through_once_the_envelope_is_refined(tmp_path):
+    """Where partial volume makes the map's particle a voxel wider than the planted one (here on its detached
+    top), an exact mask read as it is counts that voxel, solid of no particle, as a contact with another
+    particle; refined on the map, as the workflow refines every mask, the envelope takes it and the face
+    reads the electrolyte beyond. Oracle: the face count on the map's own particle (brute force)."""
+    from detachment import io
+    from detachment.particles import particle_table_from_files
+    from detachment.validation import links_from_labels
+
+    shape = (26, 26, 26)
+    b = ball(shape, (12, 12, 12), 7.0)
+    z = np.indices(shape)[0]
+    wider = b | (ndimage.binary_dilation(b) & (z > 16))  # the map's particle, one voxel wider on top
+    phases = np.where(wider, NMC_LOW, CBD).astype(np.uint8)
+    phases[~wider & (z > 15)] = VOID  # detached above z 15
+    io.write_arrays(tmp_path / "l.h5", {"labels": b.astype(np.uint32)}, voxel_size_um=(1.0,) * 3)
+    io.write_arrays(tmp_path / "p.h5", {"phases": phases})
+    io.write_volume(tmp_path / "v.h5", np.zeros(shape, np.float32), 1.0, "t")
+    links = links_from_labels(b.astype(np.uint32))
+    kw = dict(progress=False, gap_from_intensity=False, partition="masks")
+    raw = particle_table_from_files(tmp_path / "l.h5", tmp_path / "p.h5", tmp_path / "v.h5", links, refine=False, **kw)
+    refined = particle_table_from_files(tmp_path / "l.h5", tmp_path / "p.h5", tmp_path / "v.h5", links, **kw)
+    faces = surface_contacts(wider.astype(np.uint32), phases)  # the map's particle, counted face by face
+    expected = faces.n_faces[1, 0] / faces.n_faces[1].sum()
+    assert refined.detachment.iloc[0] == pytest.approx(expected, abs=1e-9)
+    assert raw.contact_particle_um2.iloc[0] > 0 and raw.detachment.iloc[0] < expected - 0.05

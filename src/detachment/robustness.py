@@ -252,8 +252,8 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
         (:func:`blurred_truth_accuracy`, declared), ``cnn_precision``, ``cnn_sensitivity``,
         ``recovery_3d`` (true particles matched one-to-one at 3D IoU ≥ ``iou_threshold``),
         ``split_merge_3d`` (split + merge rate), ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
-        same on the truth's own envelopes (``*_true_envelopes``: phases and contact reading without
-        segmentation errors), both MAEs against the voxelised truth (``detachment_mae_voxel_truth``,
+        same on the truth's own particles (``*_true_envelopes``: their envelopes refined on the phase map as
+        the CNN's are; phases and contact reading without segmentation errors), both MAEs against the voxelised truth (``detachment_mae_voxel_truth``,
         ``detachment_mae_voxel_truth_true_envelopes``: the face count on the planted phases), and
         ``n_particles_truth`` / ``n_particles_matched``. The workflow adds
         ``phase_map_plausible`` (1 when every check of :mod:`detachment.plausibility` passed),
