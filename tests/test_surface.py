@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from detachment.phases import AL, CBD, NMC_LOW, VOID
-from detachment.surface import crack_faces, surface_contacts
+from detachment.surface import LAYER_VOTE_RADIUS, crack_faces, surface_contacts
 
 
 def test_box_contacts_are_exact_face_areas_with_anisotropic_voxels():
@@ -52,55 +52,80 @@ def test_contacts_match_brute_force_loop_on_random_labels():
     np.testing.assert_allclose(c.area, expected)
 
 
-def _brute_force_through_layer(labels, phases, grey=None, level=None):
-    """Per label: face counts by class and the faces read through a one-voxel CBD layer, one face at a time
-    (the neighbour's class as the plain reading gives it; then CBD with background electrolyte beyond it, in
-    the face's direction, is electrolyte; the voxel beyond clipped to the volume)."""
+def _brute_force_through_layer(labels, phases, grey=None, level=None, radius=LAYER_VOTE_RADIUS):
+    """Per label: face counts by class and the faces read as electrolyte through a CBD layer, one face at a
+    time. The neighbour's class as the plain reading gives it; then CBD with background electrolyte beyond
+    it in the face's direction is a one-voxel layer, CBD, CBD and electrolyte a two-voxel one (the voxels
+    beyond clipped to the volume); each layer face is electrolyte where the same particle's other faces
+    (not layers) whose particle voxel lies in the cube of ``radius`` around its own read electrolyte more
+    often than CBD, and on a tie where the layer is one voxel."""
     cls = {VOID: 0, CBD: 1, AL: 2, 2: 3, 3: 3}
     n = int(labels.max()) + 1
-    counts, through = np.zeros((n, 4), int), np.zeros(n, int)
+    counts, through, layers = np.zeros((n, 4), int), np.zeros(n, int), [0, 0]
+
+    def background(q):
+        return labels[q] == 0 and phases[q] in (VOID, CBD)
 
     def electrolyte(q):
-        background = labels[q] == 0 and phases[q] in (VOID, CBD)
-        return background and (grey[q] < level if grey is not None else phases[q] == VOID)
+        return background(q) and (grey[q] < level if grey is not None else phases[q] == VOID)
 
+    def beyond(p, axis, step, d):
+        r = list(p)
+        r[axis] = min(max(p[axis] + d * step, 0), labels.shape[axis] - 1)
+        return tuple(r)
+
+    faces = []  # (particle voxel, label, class, layer depth)
     for p in np.ndindex(labels.shape):
         own = labels[p]
         if own == 0:
             continue
         for axis in range(3):
             for step in (-1, 1):
-                q, r = list(p), list(p)
-                q[axis] += step
-                r[axis] = min(max(p[axis] + 2 * step, 0), labels.shape[axis] - 1)
-                if not 0 <= q[axis] < labels.shape[axis] or labels[tuple(q)] == own:
+                q = beyond(p, axis, step, 1)
+                if q == p or labels[q] == own:
                     continue
-                q, r = tuple(q), tuple(r)
                 if labels[q] > 0:
                     k = 3
                 elif phases[q] in (VOID, CBD):
                     k = 0 if electrolyte(q) else 1
                 else:
                     k = cls[int(phases[q])]
-                if k == 1 and electrolyte(r) and r != q:
-                    k, through[own] = 0, through[own] + 1
-                counts[own, k] += 1
-    return counts, through
+                depth = 0
+                if k == 1:
+                    r, t = beyond(p, axis, step, 2), beyond(p, axis, step, 3)
+                    if r != q and electrolyte(r):
+                        depth = 1
+                    elif r != q and t != r and background(r) and not electrolyte(r) and electrolyte(t):
+                        depth = 2
+                faces.append((p, own, k, depth))
+    for p, own, k, depth in faces:
+        if depth:
+            near = [c for v, o, c, d in faces if o == own and d == 0 and max(abs(a - b) for a, b in zip(v, p)) <= radius]
+            void, cbd = near.count(0), near.count(1)
+            if void > cbd or (void == cbd and depth == 1):
+                k, through[own] = 0, through[own] + 1
+            layers[depth - 1] += 1
+        counts[own, k] += 1
+    return counts, through, layers
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5])
 @pytest.mark.parametrize("on_grey", [False, True])
-def test_reading_through_a_one_voxel_cbd_layer_matches_a_face_by_face_loop(seed, on_grey):
+def test_reading_through_a_cbd_layer_matches_a_face_by_face_loop(seed, on_grey):
     """``partial_volume``: random labels, codes and grey levels against a face-by-face loop, on the phase codes
-    and on the grey levels against a level; without it the plain reading (no face read through)."""
+    and on the grey levels against a level; without it the plain reading (no face read through). The draws
+    hold layers of one and of two voxels, and layer faces the faces around read each way."""
     rng = np.random.default_rng(seed)
-    labels = np.where(rng.random((9, 10, 11)) < 0.45, rng.integers(1, 4, (9, 10, 11)), 0).astype(np.uint32)
+    labels = np.where(rng.random((12, 13, 14)) < 0.45, rng.integers(1, 4, (12, 13, 14)), 0).astype(np.uint32)
     phases = rng.choice(np.array([VOID, CBD, CBD, AL, NMC_LOW], np.uint8), labels.shape)
-    grey = rng.random(labels.shape) if on_grey else None
+    # rows of more electrolyte, so that the faces around a layer read electrolyte in some places, CBD in others
+    rows = np.broadcast_to(rng.random((12, 13, 1)) < 0.3, labels.shape)
+    phases = np.where(rows & (phases == CBD) & (rng.random(labels.shape) < 0.6), VOID, phases)
+    grey = rng.random(labels.shape) * np.where(rows, 0.7, 1.0) if on_grey else None
     level = 0.5 if on_grey else None
-    counts, through = _brute_force_through_layer(labels, phases, grey, level)
+    counts, through, layers = _brute_force_through_layer(labels, phases, grey, level)
     got = surface_contacts(labels, phases, intensity=grey, gap_level=level, partial_volume=True)
-    assert through.sum() > 20
+    assert min(layers) > 5 and 10 < through.sum() < sum(layers) - 10, (layers, through.sum())
     np.testing.assert_array_equal(got.n_faces, counts)
     np.testing.assert_array_equal(got.n_partial_volume, through)
     plain = surface_contacts(labels, phases, intensity=grey, gap_level=level)
@@ -136,6 +161,38 @@ def test_a_box_in_a_one_voxel_cbd_layer_with_electrolyte_beyond_reads_detached_a
     assert got.detachment[1] == pytest.approx(detached)
     assert got.n_partial_volume[1] == (got.n_faces[1].sum() if detached else 0)
     assert surface_contacts(labels, phases).detachment[1] == 0.0
+
+
+def test_a_cbd_layer_reads_as_the_surface_around_it_a_gap_on_a_detached_top_a_coat_below():
+    """A 6 x 12 x 12 box with electrolyte straight above its top and CBD three voxels thick on its sides and
+    bottom. On the top, a stripe of 12 faces has a one-voxel CBD layer before the electrolyte (a rim voxel
+    part particle, part gap) and one of 6 faces a two-voxel layer; below, a stripe of 12 faces has a coat one
+    voxel thick with electrolyte beneath. Read by the faces around them, both top stripes are electrolyte
+    and the thin coat CBD: every top face is detached, nothing else (each layer read as electrolyte counted);
+    the layer alone would read the thin coat as electrolyte too, the plain reading every layer as CBD."""
+    labels = np.zeros((20, 23, 23), np.uint32)
+    labels[7:13, 5:17, 5:17] = 1
+    phases = np.full(labels.shape, CBD, np.uint8)
+    phases[13:] = VOID  # electrolyte above the top (z = 12)
+    phases[labels == 1] = NMC_LOW
+    phases[13, 8:14, 10:12] = CBD  # one-voxel layer on the top
+    phases[13:15, 8:14, 14] = CBD  # two-voxel layer on the top
+    phases[:6, 8:14, 10:12] = VOID  # below z = 6: a coat one voxel thick under the bottom (z = 7)
+    top, bottom, sides = 12 * 12, 12 * 12, 4 * 6 * 12
+    got = surface_contacts(labels, phases, partial_volume=True)
+    assert got.n_faces[1].tolist() == [top, bottom + sides, 0, 0]
+    assert got.n_partial_volume[1] == 12 + 6
+    plain = surface_contacts(labels, phases)
+    assert plain.n_faces[1].tolist() == [top - 18, bottom + sides + 18, 0, 0]
+    from detachment import surface
+
+    alone = surface.layer_is_gap
+    try:  # each layer by itself: one voxel is electrolyte, two are CBD
+        surface.layer_is_gap = lambda void, cbd, depth: np.asarray(depth) == 1
+        by_layer = surface_contacts(labels, phases, partial_volume=True)
+    finally:
+        surface.layer_is_gap = alone
+    assert by_layer.n_faces[1].tolist() == [top - 6 + 12, bottom - 12 + sides + 6, 0, 0]
 
 
 def test_crack_faces_count_void_solid_faces_inside_one_particle():

@@ -94,10 +94,10 @@ class ContactLevel:
         (:func:`open_electrolyte`): what a gap face's level would spread by with nothing but noise across
         it; NaN where not measured. ``gap_sigma`` over it is :attr:`gap_width_ratio`.
     gap_share_through_layer : float
-        Share (0-1) of the background faces whose neighbour the phase map codes CBD with background
-        electrolyte beyond it: read as electrolyte only through a one-voxel CBD layer
-        (:attr:`partial_volume`), CBD otherwise. A coat one voxel thick looks the same, so it is how far
-        that reading could be off; NaN where not computed.
+        Share (0-1) of the background faces read as electrolyte only through a CBD layer one or two voxels
+        thick that the phase map codes between the particle and background electrolyte, as the faces around
+        them read (:attr:`partial_volume`; :func:`detachment.surface.surface_contacts`). A coat that thin
+        looks the same, so it is how far that reading could be off; NaN where not computed.
     """
 
     level: float
@@ -135,7 +135,7 @@ class ContactLevel:
     def partial_volume(self) -> bool:
         """Whether the voxels across the faces hold mixtures: :attr:`gap_width_ratio` beyond
         :data:`detachment.plausibility.MAX_GAP_WIDTH_RATIO`. A face neighbour part particle and part
-        electrolyte then reads in CBD's range, so the contacts are read through a one-voxel CBD layer
+        electrolyte then reads in CBD's range, so the contacts are read through a thin CBD layer
         (:func:`detachment.surface.surface_contacts` ``partial_volume``). False where the ratio is not known."""
         ratio = self.gap_width_ratio
         return bool(np.isfinite(ratio) and ratio > MAX_GAP_WIDTH_RATIO)
@@ -659,7 +659,7 @@ def map_is_refined(phases_path) -> bool:
 
 
 def reads_through_layer(level: ContactLevel | None, mode: str = "auto") -> bool:
-    """Whether a sample's contacts are read through a one-voxel CBD layer
+    """Whether a sample's contacts are read through a thin CBD layer
     (:func:`detachment.surface.surface_contacts` ``partial_volume``).
 
     Parameters
@@ -697,8 +697,8 @@ def reading_settings(path, mode: str = "fit", partial_volume: str = "auto") -> d
         Config ``science.contact_level``: ``"fit"`` reads the file's level and reading;
         ``"midpoint"`` ignores the file (the phase model's void/CBD midpoint, plain reading).
     partial_volume : {"auto", "always", "never"}, default "auto"
-        Config ``science.contact_partial_volume``: read a one-voxel CBD layer between a particle and
-        electrolyte as electrolyte where the file says the faces hold mixtures (``"auto"``:
+        Config ``science.contact_partial_volume``: read a CBD layer one or two voxels thick between a particle
+        and electrolyte as the particle's surface around it reads where the file says the faces hold mixtures (``"auto"``:
         :attr:`ContactLevel.partial_volume`; never with ``mode`` ``"midpoint"``), always or never.
 
     Returns

@@ -133,8 +133,9 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
         How the contact class of a face is read (:func:`detachment.surface.surface_contacts`): at depth
         ``probe`` voxels, electrolyte also below ``gap_level`` (None: phases only), with the spill
         removed given the particle's solid grey level ``solid_level``, on the grey levels ``contact_grey``
-        (e.g. sharpened, :func:`detachment.contact_level.sharpen`; default ``volume``), through a one-voxel
-        CBD layer (``partial_volume``; ``detachment_ambiguous`` is then the share of faces so read, else NaN).
+        (e.g. sharpened, :func:`detachment.contact_level.sharpen`; default ``volume``), through a thin CBD
+        layer (``partial_volume``; ``detachment_ambiguous`` is then the share of faces read as electrolyte
+        so, else NaN).
 
     Returns
     -------
@@ -195,7 +196,7 @@ def _solid_columns(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, i
 def _contact_columns(contacts, partial_volume: bool = False) -> dict[str, np.ndarray]:
     """The columns ``detachment`` .. ``contact_particle_um2`` of labels 1.. from their
     :class:`detachment.surface.SurfaceContacts` (areas times :data:`STAIRCASE`); ``detachment_ambiguous``
-    the share of faces read through a one-voxel CBD layer where ``partial_volume``, else NaN."""
+    the share of faces read as electrolyte through a thin CBD layer where ``partial_volume``, else NaN."""
     faces = contacts.n_faces[1:].sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         through = np.where(faces > 0, contacts.n_partial_volume[1:] / np.maximum(faces, 1), np.nan)
@@ -504,7 +505,8 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     -------
     fit : detachment.contact_level.ContactLevel
         The level, its components, the share of faces they cannot place, the reading and its check, the
-        open electrolyte's spread, the share of faces read through a one-voxel layer (:func:`_face_values`).
+        open electrolyte's spread, the share of faces read as electrolyte through a thin CBD layer
+        (:func:`_face_values`).
     values : numpy.ndarray
         (n_faces,) float64 grey levels the fit was made on (sharpened, less the spill), one per face.
     midpoint : float or None
@@ -532,7 +534,7 @@ def _face_values(crops) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Over the crops of :func:`_envelope_crops`: each background face neighbour's grey level as the
     contacts are read (corrected), deconvolved (outside + inside − the solid, as reconstructed), and its
     phase code (uint8; the same faces as the first); and the share of those faces that the map's codes read
-    as electrolyte only through a one-voxel CBD layer (:func:`detachment.surface.surface_contacts`
+    as electrolyte only through a thin CBD layer (:func:`detachment.surface.surface_contacts`
     ``partial_volume``; NaN without faces)."""
     from .contact_level import face_neighbour_pairs
 
@@ -581,7 +583,8 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         and sharpened with weight ``sharpen`` (the solid's columns: on the volume as it is).
     ambiguity, partial_volume : detachment.contact_level.ContactLevel, bool, optional
         The sample's fitted gap / CBD mixture for ``detachment_ambiguous`` (:func:`_ambiguous_share`; None:
-        NaN); read through a one-voxel CBD layer (:func:`particle_table`), those faces added to it.
+        NaN); read through a thin CBD layer (:func:`particle_table`), the faces read as electrolyte so added
+        to it.
 
     Returns
     -------
@@ -617,7 +620,7 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
 def _crop_row(env, others, ph, grey, read, vs, ambiguity, **reading) -> pd.DataFrame | None:
     """:func:`particle_table` row of the particle ``env`` in its crop (it becomes label 1, the ``others``
     label 2), contacts read on ``read`` as ``reading`` says, with its ``detachment_ambiguous`` (the faces
-    the fit leaves undecided plus those read through a one-voxel CBD layer, at most 1); None where the
+    the fit leaves undecided plus those read as electrolyte through a thin CBD layer, at most 1); None where the
     envelope is empty."""
     crop = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
     t = particle_table(crop, ph, grey, vs, contact_grey=read, **reading)
@@ -625,7 +628,7 @@ def _crop_row(env, others, ph, grey, read, vs, ambiguity, **reading) -> pd.DataF
         return None
     t = t[t.label == 1].copy()
     undecided = _ambiguous_share(ambiguity, env, others, ph, read, t.surface_faces)
-    through = float(t.detachment_ambiguous.iloc[0])  # faces read through a one-voxel layer; NaN: not read so
+    through = float(t.detachment_ambiguous.iloc[0])  # faces read through a thin layer; NaN: not read so
     if np.isfinite(through):
         undecided = min(1.0, through + (undecided if np.isfinite(undecided) else 0.0))
     t["detachment_ambiguous"] = undecided

@@ -44,7 +44,7 @@ MAX_BOUNDS = {
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
 #: across the faces hold part of the particle or of CBD (surfaces that cut voxels, or blur), which a one-voxel
-#: reading takes for CBD: the contacts are then read through a one-voxel CBD layer
+#: reading takes for CBD: the contacts are then read through a thin CBD layer by the surface around it
 #: (:attr:`detachment.contact_level.ContactLevel.partial_volume`), or, where the user turned that off
 #: (``science.contact_partial_volume: never``), the reading stops. Chosen between the tuning cells that read
 #: their contacts well and those that do not (docs/results.md).
@@ -271,12 +271,12 @@ def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: f
         the open electrolyte's; beyond :data:`MAX_GAP_WIDTH_RATIO` the faces hold mixtures a one-voxel
         reading misreads. None or NaN: not checked.
     through_layer : bool, default False
-        Whether the contacts are read through a one-voxel CBD layer
+        Whether the contacts are read through a thin CBD layer
         (:func:`detachment.contact_level.reads_through_layer`): the reading that accounts for such mixtures,
         so ``width_ratio`` is then not checked.
     through_share : float, optional
         ``contact_level.csv``'s ``gap_share_through_layer``: the share of the background faces read as
-        electrolyte only through the layer, which a one-voxel coat would give as well; with
+        electrolyte only through the layer, which a coat one or two voxels thick would give as well; with
         ``through_layer``, beyond ``max_ambiguity`` the reading is ambiguous as a ``spread`` would be.
         None or NaN: not checked.
     separation : float, optional
@@ -391,9 +391,9 @@ def _ambiguity_reasons(spread, max_ambiguity, blur_sigma, width_ratio, reading: 
                    f"the voxels across the faces hold part of the particle or of CBD (surfaces that cut voxels, "
                    f"i.e. partial volume, or blur), and a one-voxel reading takes a voxel half particle and half "
                    f"electrolyte for CBD, so detachment comes out too low, by a few hundredths to a tenth or more "
-                   f"(science.contact_partial_volume: auto reads such a one-voxel CBD layer as electrolyte)")
+                   f"(science.contact_partial_volume: auto reads such a thin CBD layer as the surface around it reads)")
     if _too_thin(through_share, max_ambiguity):
-        out.append(f"{through_share:.0%} of the background faces are read as electrolyte only through a one-voxel CBD "
+        out.append(f"{through_share:.0%} of the background faces are read as electrolyte only through a thin CBD "
                    f"layer (contact_level.csv gap_share_through_layer; science.contact_max_ambiguity: "
                    f"{max_ambiguity:.0%}): a voxel the particle's surface cuts and a coat one voxel thick look the "
                    f"same, so detachment could be off by that much (science.contact_partial_volume: never reads "

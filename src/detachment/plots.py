@@ -768,7 +768,7 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
     title : str, default ""
         Figure title.
     through_layer : bool, default False
-        Whether the contacts are read through a one-voxel CBD layer
+        Whether the contacts are read through a thin CBD layer
         (:func:`detachment.contact_level.reads_through_layer`); said under the title.
 
     Returns
@@ -814,7 +814,7 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
 
 def _reading_title(fit, title: str, through_layer: bool) -> str:
     """``title`` and, below it, the shares of electrolyte faces of the readings compared, whether the
-    contacts are read through a one-voxel CBD layer (with the share of faces so read), and the gap / CBD
+    contacts are read through a thin CBD layer (with the share of faces read as electrolyte so), and the gap / CBD
     components' separation where it is below the bound the reading needs."""
     if getattr(fit, "reading", "level") == "map":
         title = (f"{title}\ncontacts read on the phase map: electrolyte faces {fit.gap_share_map:.2f} "

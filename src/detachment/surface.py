@@ -18,6 +18,9 @@ import numpy as np
 from .phases import AL, CBD, NMC_HIGH, NMC_LOW, VOID
 
 CONTACT_CLASSES = ("void", "cbd", "al", "particle")
+#: Half-width, voxels, of the cube around a face's particle voxel whose faces decide a one-voxel CBD layer
+#: (:func:`surface_contacts` ``partial_volume``): a detached patch or a coat is wider than a few voxels.
+LAYER_VOTE_RADIUS = 2
 
 
 @dataclass
@@ -35,7 +38,7 @@ class SurfaceContacts:
     n_faces : numpy.ndarray
         (n_labels + 1, 4) int64 number of faces in each class.
     n_partial_volume : numpy.ndarray
-        (n_labels + 1,) int64 faces read as electrolyte through a one-voxel CBD layer
+        (n_labels + 1,) int64 faces read as electrolyte through a CBD layer one or two voxels thick
         (:func:`surface_contacts` ``partial_volume``; zeros without it); counted in ``n_faces[:, 0]`` too.
     """
 
@@ -98,8 +101,10 @@ _CLASS_OF_PHASE[[VOID, CBD, AL, NMC_LOW, NMC_HIGH]] = [0, 1, 2, 3, 3]
 def _face_classes(labels, phases, intensity, gap_level, axis: int, step: int, faces: tuple, probe: int,
                   solid_level: float | None = None, partial_volume: bool = False
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Owner label, contact class index (into :data:`CONTACT_CLASSES`, -1 = none) of each face, and whether
-    it was read as electrolyte through a one-voxel CBD layer (``partial_volume``, :func:`_through_layer`).
+    """Owner label, contact class index (into :data:`CONTACT_CLASSES`, -1 = none) of each face, and the
+    voxels of CBD between it and electrolyte along the face normal (int8: 1 or 2, 0 where the neighbour is
+    not such a layer; ``partial_volume`` only, :func:`_layer_depth`). A one-voxel layer's face is read as
+    electrolyte, a two-voxel layer's as CBD, until :func:`_decide_layers` reads them by the faces around.
 
     ``faces`` = (own, other, own_sl, oth_sl, m): the faces between the particle voxels ``own[m]`` and their
     neighbours ``other[m]`` one ``step`` along ``axis`` (``own_sl``, ``oth_sl`` select them in the volume).
@@ -134,27 +139,36 @@ def _face_classes(labels, phases, intensity, gap_level, axis: int, step: int, fa
         bg = (oth == 0) & ((phase_near == VOID) | (phase_near == CBD))
         phase_near = np.where(bg, np.where(dark, VOID, CBD), phase_near)
     cls = np.where(oth > 0, 3, _CLASS_OF_PHASE[phase_near])
-    through = np.zeros(len(cls), bool)
+    layer = np.zeros(len(cls), np.int8)
     if partial_volume and probe == 1:
-        through = (cls == 1) & _through_layer(labels, phases, intensity if reads_gap else None, gap_level, axis,
-                                              step, oth_sl, m)
-        cls = np.where(through, 0, cls)
-    return owner, cls, through
+        layer = np.where(cls == 1, _layer_depth(labels, phases, intensity if reads_gap else None, gap_level, axis,
+                                                step, oth_sl, m), 0).astype(np.int8)
+        cls = np.where(layer == 1, 0, cls)
+    return owner, cls, layer
 
 
-def _through_layer(labels, phases, intensity, gap_level, axis: int, step: int, oth_sl, m) -> np.ndarray:
-    """Whether the voxel one ``step`` beyond each face neighbour is background electrolyte: unlabelled and
-    void in ``phases``, or, given ``intensity``, void or CBD there and darker than ``gap_level`` (the
-    neighbour's own reading, without the spill correction, which is the particle's and has faded two
-    voxels out). Clipped at the volume border (the neighbour itself, not electrolyte there)."""
+def _layer_depth(labels, phases, intensity, gap_level, axis: int, step: int, oth_sl, m) -> np.ndarray:
+    """For each face neighbour, taken as CBD: 1 where the voxel one ``step`` beyond it is background
+    electrolyte, 2 where that voxel is background CBD and the next one electrolyte, else 0 (int8).
+    Background electrolyte: unlabelled and void in ``phases``, or, given ``intensity``, void or CBD there and
+    darker than ``gap_level`` (the neighbour's own reading, without the spill correction, which is the
+    particle's and has faded two voxels out); background CBD: unlabelled and CBD, or, given ``intensity``,
+    void or CBD and not darker. Clipped at the volume border (a voxel read again, not electrolyte there)."""
     size = labels.shape[axis]
-    far = np.clip(np.arange(size) + step, 0, size - 1)
-    free = np.take(labels, far, axis=axis)[oth_sl][m] == 0
-    code = np.take(phases, far, axis=axis)[oth_sl][m]
-    if intensity is None:
-        return free & (code == VOID)
-    dark = np.take(intensity, far, axis=axis)[oth_sl][m] < gap_level
-    return free & ((code == VOID) | (code == CBD)) & dark
+    electrolyte, cbd = [], []
+    for d in (1, 2):
+        far = np.clip(np.arange(size) + d * step, 0, size - 1)
+        free = np.take(labels, far, axis=axis)[oth_sl][m] == 0
+        code = np.take(phases, far, axis=axis)[oth_sl][m]
+        if intensity is None:
+            electrolyte.append(free & (code == VOID))
+            cbd.append(free & (code == CBD))
+        else:
+            dark = np.take(intensity, far, axis=axis)[oth_sl][m] < gap_level
+            background = free & ((code == VOID) | (code == CBD))
+            electrolyte.append(background & dark)
+            cbd.append(background & ~dark)
+    return np.where(electrolyte[0], 1, np.where(cbd[0] & electrolyte[1], 2, 0)).astype(np.int8)
 
 
 def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),
@@ -190,10 +204,12 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         background across a face is read as outside + inside − ``solid_level`` (the spill of a symmetric
         point-spread function removed) and compared with ``gap_level`` (then the void/CBD midpoint).
     partial_volume : bool, default False
-        With ``probe`` 1, read a one-voxel CBD layer with background electrolyte beyond it, along the face
-        normal, as electrolyte (:func:`_through_layer`; counted in :attr:`SurfaceContacts.n_partial_volume`):
-        where surfaces cut voxels, a voxel part particle and part electrolyte reads in CBD's range (so does
-        a one-voxel coat). The workflow: :attr:`detachment.contact_level.ContactLevel.partial_volume`.
+        With ``probe`` 1, read a face whose neighbour is a CBD layer one or two voxels thick with background
+        electrolyte beyond it, along the face normal (:func:`_layer_depth`), as the particle's faces around
+        it read (:func:`_decide_layers`; those read as electrolyte counted in
+        :attr:`SurfaceContacts.n_partial_volume`): where surfaces cut voxels, a voxel part particle and part
+        electrolyte reads in CBD's range, and so does a coat one or two voxels thick. The workflow:
+        :attr:`detachment.contact_level.ContactLevel.partial_volume`.
 
     Returns
     -------
@@ -205,6 +221,8 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
     n = int(labels.max()) + 1 if n_labels is None else n_labels + 1
     out = SurfaceContacts(np.zeros((n, len(CONTACT_CLASSES))), np.zeros((n, len(CONTACT_CLASSES)), np.int64),
                           np.zeros(n, np.int64))
+    layered = partial_volume and probe == 1
+    held = []  # with a layer to decide: every face, until the faces around each layer face are known
     for axis, a_face in enumerate(face_areas(voxel_size_um)):
         sa, sb = _pairs(labels.shape, axis)
         la, lb = labels[sa], labels[sb]
@@ -214,18 +232,80 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
             if m.any():
                 faces = _face_classes(labels, phases, intensity, gap_level, axis, step,
                                       (own, other, own_sl, oth_sl, m), probe, solid_level, partial_volume)
-                _add_faces(out, *faces, a_face)
+                if layered:
+                    held.append((*faces, _voxel_index(labels.shape, own_sl, m), a_face))
+                else:
+                    _add_faces(out, *faces, a_face)
+    if layered:
+        _decide_layers(labels, held)
+        for owner, cls, through, _, a_face in held:
+            _add_faces(out, owner, cls, through, a_face)
     return out
 
 
+def _voxel_index(shape, own_sl, m) -> np.ndarray:
+    """Flat index into an array of ``shape`` of the particle voxel of each face ``m`` (a mask over ``own_sl``)."""
+    pos = np.nonzero(m)
+    return np.ravel_multi_index(tuple(p + (s.start or 0) for p, s in zip(pos, own_sl)), shape)
+
+
+def layer_is_gap(void_faces, cbd_faces, depth):
+    """Whether a face whose neighbour is a CBD layer ``depth`` voxels thick (1 or 2) with electrolyte beyond
+    it is read as electrolyte, given the particle's faces around it read as electrolyte and as CBD: where
+    electrolyte outnumbers CBD there; on a tie (none around included) a one-voxel layer reads as
+    electrolyte (partial volume, as the layer alone suggests) and a two-voxel layer as CBD."""
+    void_faces, cbd_faces = np.asarray(void_faces), np.asarray(cbd_faces)
+    return (void_faces > cbd_faces) | ((void_faces == cbd_faces) & (np.asarray(depth) == 1))
+
+
+def _decide_layers(labels: np.ndarray, held: list, radius: int = LAYER_VOTE_RADIUS) -> None:
+    """Decide, in place, each held face whose neighbour is a CBD layer one or two voxels thick with
+    electrolyte beyond (``layer``, :func:`_face_classes`) as electrolyte or CBD (:func:`layer_is_gap`) by the
+    particle's other faces whose particle voxel lies within the cube of half-width ``radius`` around its
+    own: those read as electrolyte and those read as CBD.
+
+    Where a surface cuts voxels, a voxel part particle and part electrolyte has a grey level in CBD's
+    range, and so has one part electrolyte and part CBD: a gap at the particle's rim can read as a CBD
+    layer one or two voxels thick, and so can a coat one or two voxels thick. One column of voxels cannot
+    tell them apart; the patch around it can, as a detached patch or a coat spans many faces.
+    ``held``: (owner, cls, layer, voxel index, face area) per face direction, ``cls`` changed in place.
+    """
+    from scipy import ndimage
+
+    size = labels.size
+    void = np.zeros(size, np.int32)
+    cbd = np.zeros(size, np.int32)
+    for _, cls, layer, index, _ in held:
+        void += np.bincount(index[(cls == 0) & (layer == 0)], minlength=size).astype(np.int32)
+        cbd += np.bincount(index[(cls == 1) & (layer == 0)], minlength=size).astype(np.int32)
+    void, cbd = void.reshape(labels.shape), cbd.reshape(labels.shape)
+    faces = [(owner[layer > 0], index[layer > 0]) for owner, _, layer, index, _ in held]
+    owners = np.unique(np.concatenate([o for o, _ in faces])) if faces else np.zeros(0, np.int64)
+    kernel = np.ones((2 * radius + 1,) * 3, np.int32)
+    # per particle voxel: the faces read as electrolyte and as CBD around it (its own particle's only)
+    around_void, around_cbd = np.zeros(size, np.int32), np.zeros(size, np.int32)
+    for label in owners:
+        idx = np.unique(np.concatenate([i[o == label] for o, i in faces]))
+        pos = np.unravel_index(idx, labels.shape)
+        box = tuple(slice(max(0, int(p.min()) - radius), int(p.max()) + radius + 1) for p in pos)
+        mine = labels[box] == label
+        local = tuple(p - b.start for p, b in zip(pos, box))
+        around_void[idx] = ndimage.correlate(np.where(mine, void[box], 0), kernel, mode="constant")[local]
+        around_cbd[idx] = ndimage.correlate(np.where(mine, cbd[box], 0), kernel, mode="constant")[local]
+    for _, cls, layer, index, _ in held:
+        at = layer > 0
+        cls[at] = np.where(layer_is_gap(around_void[index[at]], around_cbd[index[at]], layer[at]), 0, 1)
+
+
 def _add_faces(out: SurfaceContacts, owner, cls, layer, a_face: float) -> None:
-    """Add faces (owner label, class index or -1, read through a layer) of area ``a_face`` µm² to ``out``."""
+    """Add faces (owner label, class index or -1, CBD layer depth or 0) of area ``a_face`` µm² to ``out``;
+    those read as electrolyte through a layer to ``n_partial_volume`` too."""
     n = len(out.area)
     valid = cls >= 0
     c = np.bincount(owner[valid] * len(CONTACT_CLASSES) + cls[valid], minlength=n * len(CONTACT_CLASSES))
     out.n_faces += c.reshape(n, -1)
     out.area += c.reshape(n, -1) * a_face
-    out.n_partial_volume += np.bincount(owner[layer], minlength=n)
+    out.n_partial_volume += np.bincount(owner[(layer > 0) & (cls == 0)], minlength=n)
 
 
 def crack_faces(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0, 1.0, 1.0),

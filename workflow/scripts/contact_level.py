@@ -53,9 +53,10 @@ through = reads_through_layer(fit, p.partial_volume)
 if through:
     logging.getLogger(__name__).warning(
         "the voxels across the faces hold mixtures (the gap faces spread %.2f times as wide as the open electrolyte, "
-        "bound %.2f: partial volume or blur): a one-voxel CBD layer between a particle and electrolyte reads as "
-        "electrolyte (a voxel the particle's surface cuts looks like CBD); a true coat one voxel thick would read "
-        "the same, so particles.csv detachment_ambiguous counts these faces: %.1f %% of the background faces "
+        "bound %.2f: partial volume or blur): a CBD layer one or two voxels thick between a particle and electrolyte "
+        "reads as the particle's surface around it reads (a voxel the particle's surface cuts looks like CBD, and "
+        "so does a thin coat); particles.csv detachment_ambiguous counts the faces read as electrolyte so: %.1f %% "
+        "of the background faces "
         "(science.contact_partial_volume: %s)", fit.gap_width_ratio, plausibility.MAX_GAP_WIDTH_RATIO,
         100 * fit.gap_share_through_layer, p.partial_volume)
 if fit.reading == "map":
