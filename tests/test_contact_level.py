@@ -473,7 +473,7 @@ def test_contact_level_figure_says_how_the_grey_levels_were_corrected():
     """The figure's axis names the spill's σ and the sharpening weight the level was fitted with (neither
     when the grey levels were read as reconstructed); the level is drawn where it was placed; where the open
     electrolyte's spread was measured, the gap component it would give is drawn and labelled with the ratio;
-    the title says when the contacts are read through a one-voxel CBD layer."""
+    the title says when the contacts are read through a thin CBD layer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -498,12 +498,12 @@ def test_contact_level_figure_says_how_the_grey_levels_were_corrected():
     assert "gap 2.00× as wide (bound 1.35)" in labels[i], labels[i]
     gap = next(h for h, label in zip(handles, labels) if label.startswith("gap "))
     assert handles[i].get_ydata().max() == pytest.approx(2 * gap.get_ydata().max(), rel=0.02)
-    assert "one-voxel CBD layer" not in ax.get_title()
+    assert "thin CBD layer" not in ax.get_title()
     through = contact_level_figure(x, fit, 0.15, title="s", through_layer=True).axes[0]
-    assert through.get_title().startswith("s") and "partial volume: a one-voxel CBD layer" in through.get_title()
+    assert through.get_title().startswith("s") and "partial volume: a thin CBD layer" in through.get_title()
     assert "of faces" not in through.get_title()  # share not computed
     through = contact_level_figure(x, replace(fit, gap_share_through_layer=0.083), through_layer=True).axes[0]
-    assert "(8.3% of faces)" in through.get_title()
+    assert "(electrolyte on 8.3% of faces)" in through.get_title()
 
 
 def test_ambiguous_faces_are_the_planted_mixtures_mass_where_neither_component_dominates():

@@ -266,7 +266,7 @@ def test_partial_volume_passes_the_blur_check_on_its_point_spread_and_a_wide_one
 
 
 def test_the_gap_faces_width_stops_a_reading_and_every_failed_check_is_named(caplog):
-    """Where the contacts are not read through a one-voxel layer (science.contact_partial_volume: never), a gap
+    """Where the contacts are not read through a thin CBD layer (science.contact_partial_volume: never), a gap
     component wider than the bound times the open electrolyte's spread makes the reading ambiguous
     whatever the spread and the blur; the message names the sample, the ratio, the column and the bound,
     and with the blur failing too it names both; NaN (not measured) checks nothing."""
@@ -294,7 +294,7 @@ def test_the_gap_faces_width_stops_a_reading_and_every_failed_check_is_named(cap
         enforce_contacts(0.02, 0.15, "pv", "warn", blur_sigma=0.65, width_ratio=1.83)
     assert "1.83 times" in caplog.text
     enforce_contacts(0.02, 0.15, "sharp", "stop", blur_sigma=0.5, width_ratio=1.1)  # nothing to say
-    # read through a one-voxel CBD layer, the width is what that reading accounts for: not a reason to stop
+    # read through a thin CBD layer, the width is what that reading accounts for: not a reason to stop
     assert not contacts_ambiguous(0.0, 0.15, 0.5, 1.95, through_layer=True)
     enforce_contacts(0.02, 0.15, "pv", "stop", blur_sigma=0.65, width_ratio=1.83, through_layer=True)
     with pytest.raises(AmbiguousContacts, match=r"is 0\.80 voxels") as stopped:  # the blur still stops it
@@ -305,7 +305,7 @@ def test_the_gap_faces_width_stops_a_reading_and_every_failed_check_is_named(cap
     assert not contacts_ambiguous(0.0, 0.15, 0.5, 1.9, through_layer=True, through_share=0.13)
     assert not contacts_ambiguous(0.0, 0.15, 0.5, 1.1, through_share=0.22)  # not read so: nothing to say
     with pytest.raises(AmbiguousContacts, match=r"sample 'thin'.*22% of the background faces are read as "
-                                                r"electrolyte only through a one-voxel CBD layer \(contact_level.csv "
+                                                r"electrolyte only through a thin CBD layer \(contact_level.csv "
                                                 r"gap_share_through_layer; science.contact_max_ambiguity: 15%\).*"
                                                 r"contact_partial_volume: never") as stopped:
         enforce_contacts(0.02, 0.15, "thin", "stop", blur_sigma=0.65, width_ratio=2.05, through_layer=True,
@@ -322,7 +322,7 @@ def test_partial_volume_under_a_sharp_blur_is_told_by_the_gap_faces_width_and_re
     contacts (on the planted envelopes) more than 0.04 too low on average, against the planted sub-voxel
     truth: voxels half particle and half electrolyte read as CBD. The gap faces' grey levels are wider than
     the open electrolyte's by more than the bound there, within it on the voxel grid; read as the width says
-    (through a one-voxel CBD layer on sub-voxels, plainly on the grid) both are right (mean error below
+    (through a thin CBD layer on sub-voxels, plainly on the grid) both are right (mean error below
     0.015), while reading the grid through the layer would count the coats' rims as gaps (above +0.01)."""
     from detachment.contact_level import sharpening_weight
     from detachment.particles import contact_level_from_files, particle_table_from_files

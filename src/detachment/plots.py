@@ -823,8 +823,8 @@ def _reading_title(fit, title: str, through_layer: bool) -> str:
         title = f"{title}\nelectrolyte faces: level {fit.gap_share:.2f}, deconvolved {fit.gap_share_deconvolved:.2f}"
     if through_layer:
         share = getattr(fit, "gap_share_through_layer", np.nan)
-        title = (f"{title}\npartial volume: a one-voxel CBD layer with electrolyte beyond it reads as electrolyte"
-                 + (f" ({share:.1%} of faces)" if np.isfinite(share) else ""))
+        title = (f"{title}\npartial volume: a thin CBD layer with electrolyte beyond reads as the surface around it"
+                 + (f" (electrolyte on {share:.1%} of faces)" if np.isfinite(share) else ""))
     separation = getattr(fit, "separation", np.nan)
     if np.isfinite(separation) and separation < MIN_CONTACT_SEPARATION:
         title = (f"{title}\ngap and CBD overlap: Ashman's D {separation:.2f} < {MIN_CONTACT_SEPARATION} "
