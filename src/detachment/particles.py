@@ -572,8 +572,10 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         ``y_max``, ``x_min``, ``x_max`` (voxels) and optionally ``touches_border``.
     pad, progress, refine, partition : int, bool, bool, {"watershed", "masks"}
         Voxels of context around each bounding box, so contacts are seen (other particles there count as
-        particle contact; memory is bounded by the largest box); a progress bar; envelopes as
-        :func:`contact_level_from_files` builds them.
+        particle contact; memory is bounded by the largest box; a two-voxel CBD layer, read with
+        ``partial_volume``, needs three, so where it lies outside the particle's outermost faces, along the
+        normal of the bounding box's face, it reads as CBD); a progress
+        bar; envelopes as :func:`contact_level_from_files` builds them.
     probe, gap_from_intensity, contact_level, deconvolve, sharpen, spill_sigma : int, bool, float, bool, float, float
         How a face is read (:func:`detachment.surface.surface_contacts`): at depth ``probe`` voxels;
         electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the
