@@ -564,11 +564,14 @@ def test_the_refined_maps_codes_read_a_coat_and_a_gap_the_thresholded_map_misrea
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_the_share_read_through_a_one_voxel_layer_counts_the_faces_one_by_one(seed):
+def test_the_share_read_through_a_thin_layer_counts_the_faces_one_by_one(seed):
     """``gap_share_through_layer`` over the crops: of the background faces (neighbour void or CBD, not another
-    particle), those whose neighbour is coded CBD with an unlabelled electrolyte voxel beyond it along the
-    face normal (clipped to the crop), counted face by face; a crop without faces gives NaN."""
+    particle), those read as electrolyte through a CBD layer one or two voxels thick on the map's codes, as
+    the face-by-face loop of ``tests/test_surface.py`` decides them (clipped to the crop); a crop without
+    faces gives NaN."""
     from detachment.particles import _face_values
+
+    from .test_surface import _brute_force_through_layer
 
     rng = np.random.default_rng(seed)
     crops, through, faces = [], 0, 0
@@ -582,19 +585,9 @@ def test_the_share_read_through_a_one_voxel_layer_counts_the_faces_one_by_one(se
         ph[env] = NMC_LOW
         grey = rng.random(shape)
         crops.append((None, None, env, others, ph, grey, grey))
-        for p in zip(*np.nonzero(env)):
-            for axis in range(3):
-                for step in (-1, 1):
-                    q, r = list(p), list(p)
-                    q[axis] += step
-                    r[axis] = min(max(p[axis] + 2 * step, 0), shape[axis] - 1)
-                    if not 0 <= q[axis] < shape[axis]:
-                        continue
-                    q, r = tuple(q), tuple(r)
-                    if env[q] or others[q] or ph[q] not in (VOID, CBD):
-                        continue
-                    faces += 1
-                    through += bool(ph[q] == CBD and r != q and not env[r] and not others[r] and ph[r] == VOID)
+        counts, read_through, _ = _brute_force_through_layer(np.where(env, 1, np.where(others, 2, 0)), ph)
+        faces += int(counts[1, :2].sum())
+        through += int(read_through[1])
     values, _, codes, share = _face_values(crops)
     assert len(values) == len(codes) == faces and through > 10
     assert share == pytest.approx(through / faces, abs=1e-12)

@@ -18,7 +18,7 @@ import numpy as np
 from .phases import AL, CBD, NMC_HIGH, NMC_LOW, VOID
 
 CONTACT_CLASSES = ("void", "cbd", "al", "particle")
-#: Half-width, voxels, of the cube around a face's particle voxel whose faces decide a one-voxel CBD layer
+#: Half-width, voxels, of the cube around a face's particle voxel whose faces decide a thin CBD layer
 #: (:func:`surface_contacts` ``partial_volume``): a detached patch or a coat is wider than a few voxels.
 LAYER_VOTE_RADIUS = 2
 
@@ -238,8 +238,8 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
                     _add_faces(out, *faces, a_face)
     if layered:
         _decide_layers(labels, held)
-        for owner, cls, through, _, a_face in held:
-            _add_faces(out, owner, cls, through, a_face)
+        for owner, cls, layer, _, a_face in held:
+            _add_faces(out, owner, cls, layer, a_face)
     return out
 
 
