@@ -163,7 +163,7 @@ def test_a_box_in_a_one_voxel_cbd_layer_with_electrolyte_beyond_reads_detached_a
     assert surface_contacts(labels, phases).detachment[1] == 0.0
 
 
-def test_a_cbd_layer_reads_as_the_surface_around_it_a_gap_on_a_detached_top_a_coat_below():
+def test_a_cbd_layer_reads_as_the_surface_around_it_a_gap_on_a_detached_top_a_coat_below(monkeypatch):
     """A 6 x 12 x 12 box with electrolyte straight above its top and CBD three voxels thick on its sides and
     bottom. On the top, a stripe of 12 faces has a one-voxel CBD layer before the electrolyte (a rim voxel
     part particle, part gap) and one of 6 faces a two-voxel layer; below, a stripe of 12 faces has a coat one
@@ -186,12 +186,9 @@ def test_a_cbd_layer_reads_as_the_surface_around_it_a_gap_on_a_detached_top_a_co
     assert plain.n_faces[1].tolist() == [top - 18, bottom + sides + 18, 0, 0]
     from detachment import surface
 
-    alone = surface.layer_is_gap
-    try:  # each layer by itself: one voxel is electrolyte, two are CBD
-        surface.layer_is_gap = lambda void, cbd, depth: np.asarray(depth) == 1
-        by_layer = surface_contacts(labels, phases, partial_volume=True)
-    finally:
-        surface.layer_is_gap = alone
+    # each layer by itself: one voxel is electrolyte, two are CBD
+    monkeypatch.setattr(surface, "layer_is_gap", lambda void, cbd, depth: np.asarray(depth) == 1)
+    by_layer = surface_contacts(labels, phases, partial_volume=True)
     assert by_layer.n_faces[1].tolist() == [top - 6 + 12, bottom - 12 + sides + 6, 0, 0]
 
 
