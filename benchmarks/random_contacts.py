@@ -85,7 +85,7 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refi
     qc = work / "phase_qc.csv"
     write_phantom(ph, volume, truth, table)
     try:
-        return {**row, **_read(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine),
+        return {**row, **read_sample(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine),
                 "seconds": round(time.perf_counter() - t0, 1)}
     except PhaseModelError as e:
         return {**row, "failed": f"model: {e}"[:120]}
@@ -94,9 +94,13 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refi
             f.unlink(missing_ok=True)
 
 
-def _read(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: dict | None, refine: bool) -> dict:
-    """Threshold ``volume``, fit its contact level and read its particles on the truth's labels (``refine``:
-    as :func:`measure`): the columns of :func:`measure` after the draw's parameters."""
+def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: dict | None,
+                refine: bool = True) -> dict:
+    """Threshold ``volume``, fit its contact level and read its particles on the truth's labels as the workflow
+    reads the CNN's, with the settings ``sc`` (:func:`science_settings`; ``refine``: as :func:`measure`): the
+    columns of :func:`measure` after the draw's parameters. ``ph``: the truth, with ``labels`` and ``phases``
+    (z, y, x) and ``table`` (:func:`detachment.phantom.truth_table`'s columns); ``truth``: its labels' HDF5
+    file; the other paths are written (``phases_path`` is left for the caller)."""
     res = threshold_volume(volume, phases_path, ThresholdSettings(**(threshold or {})), progress=False, workers=2)
     checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
                                           res.blur_sigma_vox, res.tilted_collector_top)
@@ -123,6 +127,7 @@ def _read(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: d
     mae, bias = float(errors.detachment_error.abs().mean()), float(errors.detachment_error.mean())
     failed = " ".join(checks.loc[~checks.passed, "check"])
     return {"accuracy_declared": round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4),
+            "unresolved": ",".join(res.unresolved),
             "blur_measured": round(float(res.blur_sigma_vox), 3), "edge_width": round(float(width), 3),
             "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
             "gap_mean": round(fit.gap_mean, 4), "gap_sigma": round(fit.gap_sigma, 4),
