@@ -273,12 +273,12 @@ def _decide_layers(labels: np.ndarray, held: list, radius: int = LAYER_VOTE_RADI
     from scipy import ndimage
 
     size = labels.size
-    void = np.zeros(size, np.int32)
-    cbd = np.zeros(size, np.int32)
-    for _, cls, layer, index, _ in held:
-        void += np.bincount(index[(cls == 0) & (layer == 0)], minlength=size).astype(np.int32)
-        cbd += np.bincount(index[(cls == 1) & (layer == 0)], minlength=size).astype(np.int32)
-    void, cbd = void.reshape(labels.shape), cbd.reshape(labels.shape)
+
+    def per_voxel(k):  # faces read as class k directly (no layer), counted at their particle voxel
+        at = [index[(cls == k) & (layer == 0)] for _, cls, layer, index, _ in held]
+        return np.bincount(np.concatenate(at) if at else np.zeros(0, np.int64), minlength=size).reshape(labels.shape)
+
+    void, cbd = per_voxel(0), per_voxel(1)
     faces = [(owner[layer > 0], index[layer > 0]) for owner, _, layer, index, _ in held]
     owners = np.unique(np.concatenate([o for o, _ in faces])) if faces else np.zeros(0, np.int64)
     kernel = np.ones((2 * radius + 1,) * 3, np.int32)
