@@ -338,6 +338,52 @@ def test_streamed_sharpened_reading_equals_the_whole_volume_sharpened(tmp_path, 
         _streamed(tmp_path, links, deconvolve=True, sharpen=0.15)
 
 
+@pytest.mark.parametrize("partial_volume", [False, True])
+def test_faces_beyond_a_short_mask_and_the_layer_behind_them_are_read_whole(tmp_path, partial_volume):
+    """A mask two voxels short of its particle's top: the envelope grows back to the top, two voxels past the
+    mask's bounding box, and half the top carries a two-voxel CBD layer with electrolyte beyond. Every face
+    of the envelope is read, and the layer through to its far side: the oracle is the face count of the
+    same envelope on the whole volume. With only two voxels of context the top is cut off the crop."""
+    from detachment import io, validation
+    from detachment.particles import particle_table_from_files, refine_envelope
+
+    shape = (30, 30, 30)
+    particle = np.zeros(shape, bool)
+    particle[8:20, 9:21, 9:21] = True
+    phases = np.where(particle, NMC_LOW, VOID).astype(np.uint8)
+    phases[20:22, 9:21, 9:15] = CBD  # a two-voxel layer on half the top, electrolyte above it
+    phases[10:20, 9:21, 21:24] = CBD  # a thick CBD bank on one side
+    mask = particle.copy()
+    mask[18:20] = False  # the CNN stops two voxels short of the top
+    labels = mask.astype(np.uint32)
+    io.write_volume(tmp_path / "v.h5", np.where(particle, 0.8, 0.1).astype(np.float32), 1.0, "t")
+    io.write_arrays(tmp_path / "m.h5", {"labels": labels})
+    io.write_arrays(tmp_path / "p.h5", {"phases": phases})
+    links = validation.links_from_labels(labels)
+
+    envelope = refine_envelope(mask, np.zeros(shape, bool), phases)
+    np.testing.assert_array_equal(envelope, particle)
+    whole = surface_contacts(envelope.astype(np.uint32), phases, partial_volume=partial_volume)
+
+    def read(**kw):
+        return particle_table_from_files(tmp_path / "m.h5", tmp_path / "p.h5", tmp_path / "v.h5", links,
+                                         progress=False, gap_from_intensity=False, partial_volume=partial_volume,
+                                         **kw).iloc[0]
+
+    got = read()
+    assert got.surface_faces == whole.n_faces[1].sum()
+    assert got.detachment == pytest.approx(whole.detachment[1], abs=1e-12)
+    cut = read(pad=2)
+    assert cut.surface_faces == whole.n_faces[1].sum() - 12 * 12  # the top's faces lie outside that crop
+    if partial_volume:
+        # some of the layer's faces read as electrolyte, as the particle's faces around them do; with three
+        # voxels of context the top is read but the electrolyte beyond the layer is not seen: all CBD
+        assert whole.n_partial_volume[1] > 0
+        short = read(pad=3)
+        assert short.surface_faces == got.surface_faces
+        assert short.detachment < got.detachment - 1e-6
+
+
 def test_streamed_reading_less_the_spill_fits_and_reads_what_the_planted_phases_show(tmp_path):
     """The tiny phantom read crop by crop, sharpened and less the particles' spill through the planted σ:
     the level is fitted on values lowered by the spill (recorded in the fit), and the detachment read

@@ -27,9 +27,15 @@ from .surface import crack_faces, surface_contacts
 log = logging.getLogger(__name__)
 
 STAIRCASE = 2.0 / 3.0
-#: Extra margin (voxels) read around a crop before the solid is shared out, so that the cores of the
-#: neighbours reaching into it are seen.
+#: Extra margin (voxels) read beyond an envelope's reach before the solid is shared out, so that the
+#: cores of the neighbours reaching into it are seen.
 CORE_MARGIN_VOX = 4
+#: How far (voxels, 6-connected) :func:`refine_envelope` grows an envelope beyond its mask.
+ENVELOPE_REACH_VOX = 2
+#: Context (voxels) read around a particle's bounding box: the envelope's reach beyond it, then the face
+#: neighbour, a second CBD voxel and the voxel beyond it (a two-voxel layer read with ``partial_volume``,
+#: :func:`detachment.surface.surface_contacts`), so that every face of the envelope is read whole.
+CONTEXT_PAD_VOX = ENVELOPE_REACH_VOX + 3
 COLUMNS = ["label", "volume_um3", "diameter_um", "surface_area_um2", "sphericity", "centroid_z_um", "centroid_y_um",
            "centroid_x_um", "distance_to_collector_um", "height_um", "electron_density_mean",
            "electron_density_std", "nmc_high_fraction", "crack_volume_fraction", "crack_surface_per_volume_per_um",
@@ -278,7 +284,7 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
     if not solid.any():
         return mask
     env = _closed_core(mask, solid, phases, closing_vox, core_erosion_vox)
-    reach = ndimage.binary_dilation(mask, ball, iterations=2) & ~others
+    reach = ndimage.binary_dilation(mask, ball, iterations=ENVELOPE_REACH_VOX) & ~others
     env &= reach
     if crack_span_vox:
         env = _add_spanned_cracks(env, reach, others, phases, nmc_phase, crack_span_vox, crack_mouths)
@@ -352,7 +358,8 @@ def _collector_top_from_file(dp, n_slices: int) -> int | collector_surface.Colle
 def _crop_labels(dl, dp, row, shape, pad: int, partition: str, sampling):
     """Labels and phases of the crop of one ``links`` row (its box plus ``pad``): the masks as read, or
     with ``partition == "watershed"`` the NMC solid shared out at the necks
-    (:func:`detachment.solid_partition.partition_solid`, on a crop wide enough for the neighbours' cores)."""
+    (:func:`detachment.solid_partition.partition_solid`, on the box plus the envelope's reach plus
+    :data:`CORE_MARGIN_VOX`, wide enough for the neighbours' cores, or on the crop where that is wider)."""
     from . import io
     from .solid_partition import partition_solid
 
@@ -361,7 +368,7 @@ def _crop_labels(dl, dp, row, shape, pad: int, partition: str, sampling):
         return sl, dl[sl], dp[sl]
     if partition != "watershed":
         raise ValueError(f"science.envelope_partition: unknown {partition!r}; expected watershed or masks")
-    wide = io.particle_crop(row, shape, pad + CORE_MARGIN_VOX)
+    wide = io.particle_crop(row, shape, max(pad, ENVELOPE_REACH_VOX + CORE_MARGIN_VOX))
     inner = tuple(slice(a.start - b.start, a.stop - b.start) for a, b in zip(sl, wide))
     lab, ph = dl[wide], dp[wide]
     return sl, partition_solid(lab, ph, sampling)[inner], ph[inner]
@@ -467,7 +474,7 @@ def _grey_crops(dv, sl, shape, weight: float) -> tuple[np.ndarray, np.ndarray]:
     return block[inner], sharpen(block, weight)[inner]
 
 
-def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
+def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = CONTEXT_PAD_VOX,
                              progress: bool = True, refine: bool = True, max_spread: float | None = 0.1,
                              partition: str = "watershed", sharpen: float = 0.0, spill_sigma: float = 0.0,
                              on_map: bool = False):
@@ -486,8 +493,8 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     links : pandas.DataFrame
         One row per particle (``links.csv``): ``label`` and its bounding box ``z_min``, ``z_max``,
         ``y_min``, ``y_max``, ``x_min``, ``x_max`` (voxels, see :func:`detachment.io.particle_crop`).
-    pad, progress : int, bool, default 2, True
-        Voxels of context around each bounding box; show a progress bar.
+    pad, progress : int, bool, default :data:`CONTEXT_PAD_VOX`, True
+        Voxels of context around each bounding box (:func:`particle_table_from_files`); show a progress bar.
     refine, partition : bool, {"watershed", "masks"}, default True, "watershed"
         Envelope = :func:`refine_envelope` of the mask, touching masks first re-split at the necks of
         the solid (:func:`detachment.solid_partition.partition_solid`) or not; else the mask itself.
@@ -554,7 +561,7 @@ def _face_values(crops) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
             np.concatenate(codes) if codes else np.zeros(0, np.uint8), through / n if n else float("nan"))
 
 
-def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = 2,
+def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = CONTEXT_PAD_VOX,
                               progress: bool = True, probe: int = 1, refine: bool = True,
                               gap_from_intensity: bool = True, contact_level: float | None = None,
                               deconvolve: bool = False, partition: str = "watershed",
@@ -572,9 +579,8 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         ``y_max``, ``x_min``, ``x_max`` (voxels) and optionally ``touches_border``.
     pad, progress, refine, partition : int, bool, bool, {"watershed", "masks"}
         Voxels of context around each bounding box, so contacts are seen (other particles there count as
-        particle contact; memory is bounded by the largest box; a two-voxel CBD layer, read with
-        ``partial_volume``, needs three, so where it lies outside the particle's outermost faces, along the
-        normal of the bounding box's face, it reads as CBD); a progress
+        particle contact; memory is bounded by the largest box; default :data:`CONTEXT_PAD_VOX`: with less,
+        an envelope face at the crop's edge is not read, nor the far side of a layer beside it); a progress
         bar; envelopes as :func:`contact_level_from_files` builds them.
     probe, gap_from_intensity, contact_level, deconvolve, sharpen, spill_sigma : int, bool, float, bool, float, float
         How a face is read (:func:`detachment.surface.surface_contacts`): at depth ``probe`` voxels;
