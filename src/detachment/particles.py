@@ -159,28 +159,36 @@ def particle_table(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, v
     contacts = surface_contacts(labels, phases, vs, n, probe, volume if contact_grey is None else contact_grey,
                                 gap_level, solid_level, partial_volume)
     crack_area = crack_faces(labels, phases, vs, n_labels=n) * STAIRCASE
-    ones = np.ones(labels.shape, np.int64)
-    vox = ndimage.sum_labels(ones, labels, idx)
-    com = np.array(ndimage.center_of_mass(ones, labels, idx))
-    top = collector_top(phases)
-    area_mc, zmin = _mesh_areas_and_bottoms(labels, n, vs)
-    volume_um3 = vox * float(np.prod(vs))
+    shape, vox = _shape_columns(labels, phases, idx, vs)
     solid_columns = _solid_columns(labels, phases, volume, idx, vox)
     with np.errstate(invalid="ignore", divide="ignore"):
-        sphericity = np.pi ** (1 / 3) * (6 * volume_um3) ** (2 / 3) / area_mc
         table = pd.DataFrame({
-            "label": idx, "volume_um3": volume_um3, "diameter_um": np.cbrt(6 * volume_um3 / np.pi),
-            "surface_area_um2": area_mc, "sphericity": sphericity,
-            "centroid_z_um": com[:, 0] * vs[0], "centroid_y_um": com[:, 1] * vs[1], "centroid_x_um": com[:, 2] * vs[2],
-            "distance_to_collector_um": (zmin - top) * vs[0],
-            "height_um": com[:, 0] * vs[0] - top * vs[0],
-            **solid_columns,
-            "crack_surface_per_volume_per_um": crack_area[1:] / volume_um3,
+            **shape, **solid_columns,
+            "crack_surface_per_volume_per_um": crack_area[1:] / shape["volume_um3"],
             **_contact_columns(contacts, partial_volume),
         })
     if border is not None:
         table["touches_border"] = table.label.map(lambda label: bool(border.get(label, False)))
     return table[table.volume_um3 > 0].reset_index(drop=True)
+
+
+def _shape_columns(labels: np.ndarray, phases: np.ndarray, idx: np.ndarray, vs: np.ndarray
+                   ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """:data:`COLUMNS` from ``label`` to ``height_um`` for the labels ``idx`` of ``labels`` (µm, centroids
+    from the array's origin, heights above the collector's top in ``phases``), and their voxel counts."""
+    ones = np.ones(labels.shape, np.int64)
+    vox = ndimage.sum_labels(ones, labels, idx)
+    com = np.array(ndimage.center_of_mass(ones, labels, idx))
+    top = collector_top(phases)
+    area_mc, zmin = _mesh_areas_and_bottoms(labels, len(idx), vs)
+    volume_um3 = vox * float(np.prod(vs))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sphericity = np.pi ** (1 / 3) * (6 * volume_um3) ** (2 / 3) / area_mc
+    return {"label": idx, "volume_um3": volume_um3, "diameter_um": np.cbrt(6 * volume_um3 / np.pi),
+            "surface_area_um2": area_mc, "sphericity": sphericity,
+            "centroid_z_um": com[:, 0] * vs[0], "centroid_y_um": com[:, 1] * vs[1], "centroid_x_um": com[:, 2] * vs[2],
+            "distance_to_collector_um": (zmin - top) * vs[0],
+            "height_um": com[:, 0] * vs[0] - top * vs[0]}, vox
 
 
 def _solid_columns(labels: np.ndarray, phases: np.ndarray, volume: np.ndarray, idx: np.ndarray,
@@ -481,9 +489,8 @@ def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.Da
     """The sample's contact level, fitted to the face neighbours of every particle in ``links``.
 
     :func:`detachment.contact_level.fit_contact_level` over the grey levels of the background face
-    neighbours (envelopes as :func:`particle_table_from_files` builds them), read crop by crop; it falls
-    back to :func:`gap_level` of the phase file (level NaN, ``fitted`` False, when the file has no grey
-    levels and nothing can be fitted: contacts are then read from the phases only).
+    neighbours (envelopes as :func:`particle_table_from_files` builds them), read crop by crop; fallback
+    :func:`gap_level` of the phase file (NaN without grey levels there: contacts read from the phases only).
 
     Parameters
     ----------
@@ -578,21 +585,19 @@ def particle_table_from_files(labels_path, phases_path, volume_path, links: pd.D
         One row per particle (``links.csv``): ``label``, its bounding box ``z_min``, ``z_max``, ``y_min``,
         ``y_max``, ``x_min``, ``x_max`` (voxels) and optionally ``touches_border``.
     pad, progress, refine, partition : int, bool, bool, {"watershed", "masks"}
-        Voxels of context around each bounding box, so contacts are seen (other particles there count as
-        particle contact; memory is bounded by the largest box; default :data:`CONTEXT_PAD_VOX`: with less,
-        an envelope face at the crop's edge is not read, nor the far side of a layer beside it); a progress
-        bar; envelopes as :func:`contact_level_from_files` builds them.
+        Voxels of context around each bounding box (other particles there are particle contact; memory is
+        bounded by the largest box; with less than :data:`CONTEXT_PAD_VOX`, an envelope face at the crop's
+        edge, or the far side of a layer beside it, is not read); a progress bar; envelopes as
+        :func:`contact_level_from_files` builds them.
     probe, gap_from_intensity, contact_level, deconvolve, sharpen, spill_sigma : int, bool, float, bool, float, float
         How a face is read (:func:`detachment.surface.surface_contacts`): at depth ``probe`` voxels;
-        electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the
-        void/CBD midpoint, :func:`gap_level`) if ``gap_from_intensity``; with ``deconvolve``, as
-        outside + inside − the particle's solid grey level (:func:`solid_grey`); else on the grey levels as
-        :func:`contact_level_from_files` fitted the level on them, less the spill through σ ``spill_sigma``
-        and sharpened with weight ``sharpen`` (the solid's columns: on the volume as it is).
+        electrolyte also where darker than ``contact_level`` (``contact_level.csv``; None or NaN: the void/CBD
+        midpoint, :func:`gap_level`) if ``gap_from_intensity``; with ``deconvolve``, as outside + inside − the
+        solid's grey level (:func:`solid_grey`); else on the grey levels as :func:`contact_level_from_files`
+        fitted on them, less the spill (σ ``spill_sigma``), sharpened (``sharpen``; the solid's columns: as is).
     ambiguity, partial_volume : detachment.contact_level.ContactLevel, bool, optional
-        The sample's fitted gap / CBD mixture for ``detachment_ambiguous`` (:func:`_ambiguous_share`; None:
-        NaN); read through a thin CBD layer (:func:`particle_table`), the faces read as electrolyte so added
-        to it.
+        The sample's gap / CBD mixture for ``detachment_ambiguous`` (:func:`_ambiguous_share`; None: NaN);
+        read through a thin CBD layer (:func:`particle_table`), the faces read as electrolyte so added to it.
 
     Returns
     -------

@@ -180,36 +180,33 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
     Parameters
     ----------
     labels, phases : numpy.ndarray
-        (z, y, x) integer particle labels (0 = background; a particle's envelope is its labelled voxels)
-        and uint8 phase codes (:mod:`detachment.phases`).
+        (z, y, x) integer particle labels (0 = background; a particle's envelope is its labelled voxels) and
+        uint8 phase codes (:mod:`detachment.phases`).
     voxel_size_um : sequence of float, default (1.0, 1.0, 1.0)
         (z, y, x) voxel edge lengths, µm.
     n_labels : int, optional
         Highest label counted (default: ``labels.max()``); the result has ``n_labels + 1`` rows.
     probe : int, default 1
-        How many voxels outward, along the face normal, the contact class is read; 1 = the face neighbour
-        (exact on a noise-free phase map: the phantoms' ``detachment_voxel_faces``). With ``probe`` > 1
-        the face is electrolyte (void) when the face neighbour or the voxel ``probe`` out is void;
-        otherwise the class is read at the far voxel (the neighbour itself when the far voxel is back
-        inside the same particle); another particle at either depth counts as particle contact; clipped
-        at the volume border. The workflow reads 1 with a fitted ``gap_level`` instead.
+        Voxels outward along the face normal the class is read at; 1 = the face neighbour (exact on a
+        noise-free map: the phantoms' ``detachment_voxel_faces``). With ``probe`` > 1 the face is electrolyte
+        where the neighbour or the voxel ``probe`` out is void, else the far voxel's class (the neighbour's
+        where that is back in the same particle); another particle at either depth is particle contact.
     intensity, gap_level : numpy.ndarray, float, optional
-        (z, y, x) grey levels on the same grid, and a grey level: with ``probe`` 1, a face whose neighbour
-        is electrolyte or CBD in ``phases`` is electrolyte where the neighbour's grey level is below it,
-        else CBD, whatever its code; with ``probe`` > 1, electrolyte also where the darker of the voxels
-        read (the neighbour and the one ``probe`` out) is below it. The workflow's level:
+        (z, y, x) grey levels on the same grid, and a grey level: with ``probe`` 1, a face whose neighbour is
+        electrolyte or CBD in ``phases`` is electrolyte where the neighbour's grey level is below it, else
+        CBD, whatever its code; with ``probe`` > 1, electrolyte also where the darker of the voxels read (the
+        neighbour and the one ``probe`` out) is below it. The workflow's level:
         :mod:`detachment.contact_level`, fallback :func:`detachment.particles.gap_level`.
     solid_level : float, optional
-        Grey level of the particles' solid. When given (with ``intensity`` and ``gap_level``), the
-        background across a face is read as outside + inside − ``solid_level`` (the spill of a symmetric
-        point-spread function removed) and compared with ``gap_level`` (then the void/CBD midpoint).
+        Grey level of the particles' solid. When given (with ``intensity`` and ``gap_level``), the background
+        across a face is read as outside + inside − ``solid_level`` (the spill of a symmetric point-spread
+        function removed) and compared with ``gap_level`` (then the void/CBD midpoint).
     partial_volume : bool, default False
         With ``probe`` 1, read a face whose neighbour is a CBD layer one or two voxels thick with background
-        electrolyte beyond it, along the face normal (:func:`_layer_depth`), as the particle's faces around
-        it read (:func:`_decide_layers`; those read as electrolyte counted in
-        :attr:`SurfaceContacts.n_partial_volume`): where surfaces cut voxels, a voxel part particle and part
-        electrolyte reads in CBD's range, and so does a coat one or two voxels thick. The workflow:
-        :attr:`detachment.contact_level.ContactLevel.partial_volume`.
+        electrolyte beyond it along the face normal (:func:`_layer_depth`) as the particle's faces around it
+        read (:func:`_decide_layers`; those read as electrolyte: :attr:`SurfaceContacts.n_partial_volume`):
+        a voxel part particle and part electrolyte reads in CBD's range, and so does a thin coat. The
+        workflow: :attr:`detachment.contact_level.ContactLevel.partial_volume`.
 
     Returns
     -------
@@ -223,6 +220,23 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
                           np.zeros(n, np.int64))
     layered = partial_volume and probe == 1
     held = []  # with a layer to decide: every face, until the faces around each layer face are known
+    for faces, own_sl, m, a_face in _faces(labels, phases, voxel_size_um, intensity, gap_level, probe, solid_level,
+                                           partial_volume):
+        if layered:
+            held.append((*faces, _voxel_index(labels.shape, own_sl, m), a_face))
+        else:
+            _add_faces(out, *faces, a_face)
+    if layered:
+        _decide_layers(labels, held)
+        for owner, cls, layer, _, a_face in held:
+            _add_faces(out, owner, cls, layer, a_face)
+    return out
+
+
+def _faces(labels, phases, voxel_size_um, intensity, gap_level, probe, solid_level, partial_volume):
+    """For each axis and direction along it with particle faces: their ``(owner, class, layer)``
+    (:func:`_face_classes`, arguments as :func:`surface_contacts`), the particle side's slice and mask of
+    the face pairs (:func:`_pairs`) and the face area, µm²."""
     for axis, a_face in enumerate(face_areas(voxel_size_um)):
         sa, sb = _pairs(labels.shape, axis)
         la, lb = labels[sa], labels[sb]
@@ -232,15 +246,7 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
             if m.any():
                 faces = _face_classes(labels, phases, intensity, gap_level, axis, step,
                                       (own, other, own_sl, oth_sl, m), probe, solid_level, partial_volume)
-                if layered:
-                    held.append((*faces, _voxel_index(labels.shape, own_sl, m), a_face))
-                else:
-                    _add_faces(out, *faces, a_face)
-    if layered:
-        _decide_layers(labels, held)
-        for owner, cls, layer, _, a_face in held:
-            _add_faces(out, owner, cls, layer, a_face)
-    return out
+                yield faces, own_sl, m, a_face
 
 
 def _voxel_index(shape, own_sl, m) -> np.ndarray:
