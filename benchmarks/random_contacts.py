@@ -21,8 +21,10 @@ particles not touching the volume's border, and the phase accuracy; ``separation
 components' Ashman's D (the reading stops below 2) and ``ambiguous_but_separation`` whether the other
 checks of the reading alone would stop it. ``silent`` marks a draw whose checks
 pass and whose reading is not ambiguous but whose MAE is above 0.03 or |bias| above 0.02 (the goals of the
-validation presets): numbers the workflow would report as if they were right. The seeds are not those of
-any sheet or of ``random_phantoms.py``'s defaults.
+validation presets): numbers the workflow would report as if they were right. ``detachment_ambiguous`` is
+the mean of ``particles.csv``'s column of that name over the scored particles, the share of each surface
+the reading reports as undecided: ``covered`` marks a silent draw whose |bias| it reaches. The seeds are
+not those of any sheet or of ``random_phantoms.py``'s defaults.
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
     errors = validation.compare_particles(ph.table, measured, None, "true")
     errors = errors[~errors.border_truth.astype(bool)]
     mae, bias = float(errors.detachment_error.abs().mean()), float(errors.detachment_error.mean())
+    undecided = float(measured.set_index("label").detachment_ambiguous.reindex(errors.label).mean())
     failed = " ".join(checks.loc[~checks.passed, "check"])
+    silent = not failed and not ambiguous and (mae > MAX_MAE or abs(bias) > MAX_BIAS)
     return {"accuracy_declared": round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4),
             "unresolved": ",".join(res.unresolved),
             "blur_measured": round(float(res.blur_sigma_vox), 3), "edge_width": round(float(width), 3),
@@ -141,7 +145,8 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
             "detachment_truth": round(float(errors.detachment_truth.mean()), 3),
             "detachment_mae": round(mae, 4), "detachment_bias": round(bias, 4),
             "bias_voxel_truth": round(float(errors.detachment_error_voxel_truth.mean()), 4),
-            "silent": not failed and not ambiguous and (mae > MAX_MAE or abs(bias) > MAX_BIAS)}
+            "detachment_ambiguous": round(undecided, 4), "silent": silent,
+            "covered": silent and abs(bias) <= undecided}
 
 
 def main() -> None:
@@ -165,7 +170,8 @@ def main() -> None:
     ran = table.dropna(subset=["detachment_mae"])
     passed = ran[(ran.failed == "") & ~ran.ambiguous.astype(bool)]
     print(f"\n{len(ran)} of {len(table)} draws read; checks pass and contacts not ambiguous on {len(passed)}; "
-          f"silent (MAE > {MAX_MAE} or |bias| > {MAX_BIAS} where nothing stops): {int(ran.silent.sum())}; "
+          f"silent (MAE > {MAX_MAE} or |bias| > {MAX_BIAS} where nothing stops): {int(ran.silent.sum())}, "
+          f"their |bias| within the mean detachment_ambiguous on {int(ran.covered.sum())}; "
           f"detachment MAE where nothing stops: median {passed.detachment_mae.median():.4f}, most "
           f"{passed.detachment_mae.max():.4f}; bias from {passed.detachment_bias.min():+.4f} to "
           f"{passed.detachment_bias.max():+.4f}")
