@@ -190,7 +190,8 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         Voxels outward along the face normal the class is read at; 1 = the face neighbour (exact on a
         noise-free map: the phantoms' ``detachment_voxel_faces``). With ``probe`` > 1 the face is electrolyte
         where the neighbour or the voxel ``probe`` out is void, else the far voxel's class (the neighbour's
-        where that is back in the same particle); another particle at either depth is particle contact.
+        where that is back in the same particle); another particle at either depth is particle contact;
+        clipped at the volume border.
     intensity, gap_level : numpy.ndarray, float, optional
         (z, y, x) grey levels on the same grid, and a grey level: with ``probe`` 1, a face whose neighbour is
         electrolyte or CBD in ``phases`` is electrolyte where the neighbour's grey level is below it, else
@@ -198,9 +199,8 @@ def surface_contacts(labels: np.ndarray, phases: np.ndarray, voxel_size_um=(1.0,
         neighbour and the one ``probe`` out) is below it. The workflow's level:
         :mod:`detachment.contact_level`, fallback :func:`detachment.particles.gap_level`.
     solid_level : float, optional
-        Grey level of the particles' solid. When given (with ``intensity`` and ``gap_level``), the background
-        across a face is read as outside + inside − ``solid_level`` (the spill of a symmetric point-spread
-        function removed) and compared with ``gap_level`` (then the void/CBD midpoint).
+        Grey level of the particles' solid: given (with ``intensity``, ``gap_level``), the background across a
+        face reads as outside + inside − it (a symmetric point spread's spill removed), against ``gap_level``.
     partial_volume : bool, default False
         With ``probe`` 1, read a face whose neighbour is a CBD layer one or two voxels thick with background
         electrolyte beyond it along the face normal (:func:`_layer_depth`) as the particle's faces around it
