@@ -650,6 +650,22 @@ def test_a_cells_contact_reading_uncertainty_is_its_worst_samples_spread():
     assert list(cells["mean"]) == pytest.approx([0.45, 0.2, 0.1])
 
 
+def test_a_cells_undecided_share_is_the_mean_over_the_particles_it_summarises():
+    """Written out: cell a's two particles with a detachment (the third has none, as ``by_cell`` leaves it
+    out), cell b's one share (its NaN skipped), cell c none; a table without the column gives NaN."""
+    from detachment.stats import by_cell, with_undecided_share
+
+    particles = pd.DataFrame({"cell": ["a", "a", "a", "b", "b", "c"], "c_rate": ["1C"] * 3 + ["C/10"] * 3,
+                              "detachment": [0.4, 0.5, np.nan, 0.2, 0.3, 0.1],
+                              "detachment_ambiguous": [0.1, 0.3, 0.9, np.nan, 0.05, np.nan]})
+    cells = with_undecided_share(by_cell(particles), particles)
+    assert cells.set_index("cell").detachment_ambiguous_mean.to_dict() == pytest.approx(
+        {"a": 0.2, "b": 0.05, "c": np.nan}, nan_ok=True)
+    assert list(cells.n) == [2, 2, 1]
+    bare = with_undecided_share(by_cell(particles), particles.drop(columns="detachment_ambiguous"))
+    assert bare.detachment_ambiguous_mean.isna().all()
+
+
 def test_each_particles_share_of_undecided_faces_against_the_mixture_written_out(tmp_path):
     """``detachment_ambiguous``: summed over the particles (share x counted faces) it is the number of
     background face neighbours whose gap probability under the fitted mixture, computed here from the two

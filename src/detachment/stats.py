@@ -154,6 +154,38 @@ def with_reading_uncertainty(cells: pd.DataFrame, spreads: dict, sample_cells: d
     return out
 
 
+def with_undecided_share(cells: pd.DataFrame, particles: pd.DataFrame, cell: str = "cell",
+                         value: str = "detachment") -> pd.DataFrame:
+    """Add each cell's mean share of undecided surface to :func:`by_cell`'s table.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        :func:`by_cell` output.
+    particles : pandas.DataFrame
+        The particles the table was made of, with ``cell`` and ``detachment_ambiguous`` (``particles.csv``:
+        the share of a particle's surface the contact reading leaves undecided, 0-1; NaN where not read).
+    cell, value : str, default "cell", "detachment"
+        Cell column of both tables; the column :func:`by_cell` summarised (particles without it are left
+        out, as there).
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``cells`` with ``detachment_ambiguous_mean``: the mean of the cell's particles' shares (NaN where
+        none has one). The faces it counts could have been read either way, so it bounds how far a cell
+        mean may move if they all went one way; where they err both ways the mean moves far less, so it
+        is a bound, not an error bar.
+    """
+    out = cells.copy()
+    if "detachment_ambiguous" not in particles:
+        out["detachment_ambiguous_mean"] = np.nan
+        return out
+    means = particles.dropna(subset=[value]).groupby(cell, sort=False)["detachment_ambiguous"].mean()
+    out["detachment_ambiguous_mean"] = [float(means.get(c, np.nan)) for c in out[cell]]
+    return out
+
+
 #: Above this many ways to split the cells, the permutation test samples splits instead of listing them.
 EXACT_PERMUTATIONS_MAX = 100_000
 

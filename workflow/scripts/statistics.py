@@ -16,6 +16,7 @@ cells = stats.by_cell(used, "c_rate", "cell", "detachment")
 spreads = {s: pd.read_csv(c).get("spread", pd.Series([float("nan")])).iloc[0]
            for s, c in zip(p.samples, snakemake.input.contact_level)}
 cells = stats.with_reading_uncertainty(cells, spreads, dict(zip(p.samples, p.cells)))
+cells = stats.with_undecided_share(cells, used)
 by_rate = stats.by_group(used, "c_rate", "detachment", seed=p.seed)
 if len(by_rate):  # particle-level columns, then the cell-level test beside them
     by_rate = by_rate.merge(stats.cell_level_test(cells, "c_rate"), on="c_rate", how="left")
