@@ -173,9 +173,9 @@ def with_undecided_share(cells: pd.DataFrame, particles: pd.DataFrame, cell: str
     -------
     pandas.DataFrame
         ``cells`` with ``detachment_ambiguous_mean``: the mean of the cell's particles' shares (NaN where
-        none has one). The faces it counts could have been read either way, so it bounds how far a cell
-        mean may move if they all went one way; where they err both ways the mean moves far less, so it
-        is a bound, not an error bar.
+        none has one): how far the cell mean would move were all those faces read the other way. Where
+        they err both ways the mean moves far less, and faces the map itself misplaces (a thin coat
+        merged into its particle) are not among them: neither an error bar nor a bound.
     """
     out = cells.copy()
     if "detachment_ambiguous" not in particles:
