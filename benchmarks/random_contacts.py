@@ -1,7 +1,7 @@
 """Detachment on phantoms drawn at random across the family's ranges, read on the truth's own particles.
 
 Usage: .venv/bin/python benchmarks/random_contacts.py [--first 9000] [--count 30] [--out table.csv]
-       [--threshold KEY=VALUE ...] [--exact-envelopes]
+       [--threshold KEY=VALUE ...] [--exact-envelopes] [--prior-sensitivity BETA]
 
 The phase map alone (``random_phantoms.py``) does not say whether the contacts transfer: they are read on
 the voxels beside the particles, where blur, partial volume and one-voxel coats and gaps decide. Each seed
@@ -23,7 +23,11 @@ checks of the reading alone would stop it. ``silent`` marks a draw whose checks
 pass and whose reading is not ambiguous but whose MAE is above 0.03 or |bias| above 0.02 (the goals of the
 validation presets): numbers the workflow would report as if they were right. ``detachment_ambiguous`` is
 the mean of ``particles.csv``'s column of that name over the scored particles, the share of each surface
-the reading reports as undecided: ``covered`` marks a silent draw whose |bias| it reaches. The seeds are
+the reading reports as undecided: ``covered`` marks a silent draw whose |bias| it reaches.
+``--prior-sensitivity BETA`` thresholds and reads each draw a second time with the forward model's
+smoothness weight ``threshold.psf_refine_beta`` set to BETA: ``prior_shift`` is how far the mean
+detachment of the scored particles moves (``bias_weak_prior`` - ``detachment_bias``), a measure of how much
+the prior rather than the data decides the contact layer (the prior merges one-voxel coats). The seeds are
 not those of any sheet or of ``random_phantoms.py``'s defaults.
 """
 
@@ -71,10 +75,12 @@ def draw_with_contacts(rng: np.random.Generator) -> dict:
     return p
 
 
-def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refine: bool = True) -> dict:
+def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refine: bool = True,
+            weak_beta: float | None = None) -> dict:
     """One draw: its parameters, the checks and the detachment read on the truth's particles (``threshold``:
     :class:`detachment.threshold.ThresholdSettings` fields other than the defaults; ``refine``: their
-    envelopes refined on the phase map as the workflow's are, else read as they are)."""
+    envelopes refined on the phase map as the workflow's are, else read as they are; ``weak_beta``: read
+    again with ``psf_refine_beta`` set to it, adding ``bias_weak_prior`` and ``prior_shift``)."""
     p = draw_with_contacts(np.random.default_rng(seed))
     row = {"seed": seed, "supersample": p["supersample"], "blur_sigma_vox": round(p["blur_sigma_vox"], 3),
            "void_to_cbd": round(p["intensity"]["cbd"] - p["intensity"]["void"], 3),
@@ -87,8 +93,13 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refi
     qc = work / "phase_qc.csv"
     write_phantom(ph, volume, truth, table)
     try:
-        return {**row, **read_sample(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine),
-                "seconds": round(time.perf_counter() - t0, 1)}
+        row.update(read_sample(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine))
+        if weak_beta is not None:
+            weak = read_sample(ph, volume, truth, phases_path, level_path, qc, sc,
+                               {**(threshold or {}), "psf_refine_beta": weak_beta}, refine)
+            row["bias_weak_prior"] = weak["detachment_bias"]
+            row["prior_shift"] = round(weak["detachment_bias"] - row["detachment_bias"], 4)
+        return {**row, "seconds": round(time.perf_counter() - t0, 1)}
     except PhaseModelError as e:
         return {**row, "failed": f"model: {e}"[:120]}
     finally:
@@ -159,13 +170,18 @@ def main() -> None:
                          "psf_refine_beta=1.0; may be repeated")
     ap.add_argument("--exact-envelopes", action="store_true",
                     help="read on the truth's labels as they are, without the workflow's envelope refinement")
+    ap.add_argument("--prior-sensitivity", type=float, metavar="BETA",
+                    help="also threshold and read each draw with threshold.psf_refine_beta set to BETA")
     args = ap.parse_args()
     sc = science_settings()
     if any("=" not in kv for kv in args.threshold):
         ap.error(f"--threshold takes KEY=VALUE, got {args.threshold}")
     threshold = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.threshold)}
     ThresholdSettings(**threshold)  # an unknown key or a bad value stops here, before any draw
-    table = run_draws(lambda seed, work: measure(seed, work, sc, threshold, not args.exact_envelopes),
+    if args.prior_sensitivity is not None:
+        ThresholdSettings(**{**threshold, "psf_refine_beta": args.prior_sensitivity})
+    table = run_draws(lambda seed, work: measure(seed, work, sc, threshold, not args.exact_envelopes,
+                                                 args.prior_sensitivity),
                       range(args.first, args.first + args.count), args.out)
     ran = table.dropna(subset=["detachment_mae"])
     passed = ran[(ran.failed == "") & ~ran.ambiguous.astype(bool)]
@@ -175,6 +191,12 @@ def main() -> None:
           f"detachment MAE where nothing stops: median {passed.detachment_mae.median():.4f}, most "
           f"{passed.detachment_mae.max():.4f}; bias from {passed.detachment_bias.min():+.4f} to "
           f"{passed.detachment_bias.max():+.4f}")
+    if args.prior_sensitivity is not None:
+        shift = passed.prior_shift.abs()
+        silent = passed.silent.astype(bool)
+        print(f"|prior_shift| at psf_refine_beta {args.prior_sensitivity:g} where nothing stops: silent draws "
+              f"{np.round(shift[silent].sort_values().to_numpy(), 3)}, the others' largest "
+              f"{shift[~silent].max():.3f} (median {shift[~silent].median():.3f})")
 
 
 if __name__ == "__main__":

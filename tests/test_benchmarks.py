@@ -142,3 +142,32 @@ def test_random_contact_draws_are_the_phase_draws_with_a_planted_detachment_adde
                 "contact_partial_volume", "contact_max_ambiguity", "contact_probe_vox", "contact_level"):
         assert key in sc, key
     assert sc["contact_level"] in ("fit", "midpoint") and sc["contact_probe_vox"] >= 1
+
+
+def test_random_contacts_prior_sensitivity_reads_the_same_draw_again_with_the_weak_prior(tmp_path, monkeypatch):
+    """``--prior-sensitivity BETA``: each draw is read a second time with ``psf_refine_beta`` set to BETA and the
+    other threshold overrides kept, and ``prior_shift`` is the second reading's bias less the first's."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("random_contacts", ROOT / "benchmarks" / "random_contacts.py")
+        rc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(rc)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    calls = []
+
+    def fake_read(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine):
+        calls.append(dict(threshold or {}))
+        beta = (threshold or {}).get("psf_refine_beta", 3.0)
+        return {"detachment_bias": 0.01 * beta, "detachment_mae": 0.02}
+
+    monkeypatch.setattr(rc, "generate_phantom", lambda params, seed: None)
+    monkeypatch.setattr(rc, "write_phantom", lambda *a: None)
+    monkeypatch.setattr(rc, "read_sample", fake_read)
+    row = rc.measure(7, tmp_path, {}, {"psf_refine_sweeps": 2}, True, weak_beta=0.5)
+    assert calls == [{"psf_refine_sweeps": 2}, {"psf_refine_sweeps": 2, "psf_refine_beta": 0.5}]
+    assert row["bias_weak_prior"] == 0.005 and abs(row["prior_shift"] - (0.005 - 0.03)) < 1e-12
+    calls.clear()
+    assert "prior_shift" not in rc.measure(7, tmp_path, {}, None, True) and len(calls) == 1
