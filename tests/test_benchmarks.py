@@ -114,24 +114,30 @@ def test_random_phantom_draws_are_valid_phantoms_with_the_order_and_noise_they_c
         assert 0.0 <= p["blur_sigma_vox"] <= 0.6 and p["supersample"] in (1, 2)
 
 
-def test_random_contact_draws_are_the_phase_draws_with_a_planted_detachment_added():
-    """``benchmarks/random_contacts.py`` draws, per seed, the phantom ``random_phantoms.py`` draws (same grey
-    levels and geometry) with a planted mean detachment and gap share added, and the generator accepts it;
-    its reading settings are the default config's, completed by the schema (every key it reads present)."""
+def _random_contacts():
+    """``benchmarks/random_contacts.py`` and the ``random_phantoms`` module it imports, loaded as modules."""
     import sys
-
-    import numpy as np
-
-    from detachment.phantom import PhantomParams
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         spec = importlib.util.spec_from_file_location("random_contacts", ROOT / "benchmarks" / "random_contacts.py")
         rc = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(rc)
-        import random_phantoms as rp
+        import random_phantoms
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return rc, random_phantoms
+
+
+def test_random_contact_draws_are_the_phase_draws_with_a_planted_detachment_added():
+    """``benchmarks/random_contacts.py`` draws, per seed, the phantom ``random_phantoms.py`` draws (same grey
+    levels and geometry) with a planted mean detachment and gap share added, and the generator accepts it;
+    its reading settings are the default config's, completed by the schema (every key it reads present)."""
+    import numpy as np
+
+    from detachment.phantom import PhantomParams
+
+    rc, rp = _random_contacts()
     for seed in range(100):
         p, q = rc.draw_with_contacts(np.random.default_rng(seed)), rp.draw(np.random.default_rng(seed))
         assert {k: v for k, v in p.items() if k not in ("detachment_mean", "contact_gap_probability")} == q
@@ -147,15 +153,7 @@ def test_random_contact_draws_are_the_phase_draws_with_a_planted_detachment_adde
 def test_random_contacts_prior_sensitivity_reads_the_same_draw_again_with_the_weak_prior(tmp_path, monkeypatch):
     """``--prior-sensitivity BETA``: each draw is read a second time with ``psf_refine_beta`` set to BETA and the
     other threshold overrides kept, and ``prior_shift`` is the second reading's bias less the first's."""
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("random_contacts", ROOT / "benchmarks" / "random_contacts.py")
-        rc = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(rc)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    rc, _ = _random_contacts()
     calls = []
 
     def fake_read(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine):
