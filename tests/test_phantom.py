@@ -187,6 +187,8 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
     assert span(lambda p: p.supersample) == (1, 2)
     lo, hi = span(lambda p: p.noise_sigma)
     assert lo <= 0.023 and hi >= 0.045
+    # one-voxel coats beside NMC as textured as the paper's (the forward model's prior can merge them)
+    assert any(p.coating_width_vox <= 1 and p.fwhm["nmc_low"] >= 0.147 for p in ps.values())
     # partial volume under a point spread sharp enough not to widen the edges past the blur check
     assert any(p.supersample > 1 and p.blur_sigma_vox <= 0.3 for p in ps.values())
 

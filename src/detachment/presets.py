@@ -61,6 +61,10 @@ PRESETS: dict[str, dict] = {
     # partial volume under a sharper point-spread function: only the contact reading's own checks can tell
     # that the voxels across the faces are mixtures
     "partial_volume_sharp": {"supersample": 2, "blur_sigma_vox": 0.3},
+    # one-voxel gaps, coats and cracks under the paper's NMC width: NMC's texture as wide as real NMC's beside
+    # coats the forward model's prior can merge into the particle
+    "thin_gaps_broad_nmc": {"gap_width_vox": 1.0, "coating_width_vox": 1.0, "crack_width_vox": 1.0,
+                            "contact_gap_probability": 0.5, "fwhm": PAPER_FWHM},
     # a sample mounted 2 degrees off square: the collector's top rises 9 voxels across the volume, so no
     # slice is its top; on a thicker collector under a deeper volume
     "tilted_collector": {"shape_zyx": [48, 192, 192], "collector_thickness_vox": 8, "collector_tilt_deg": 2.0,
