@@ -17,6 +17,9 @@ from copy import deepcopy
 #: Grey-level FWHMs of the paper's Supp. Fig. 8 (Al 0.053, CBD 0.064, NMC 0.147).
 PAPER_FWHM = {"void": 0.053, "cbd": 0.064, "al": 0.053, "nmc_low": 0.147, "nmc_high": 0.147}
 
+#: One-voxel gaps, coats and cracks, half the touching pairs split by a gap (``thin_gaps`` and its variants).
+THIN_GAPS = {"gap_width_vox": 1.0, "coating_width_vox": 1.0, "crack_width_vox": 1.0, "contact_gap_probability": 0.5}
+
 PRESETS: dict[str, dict] = {
     # the configured defaults: 18-voxel particles, 85 % placed touching, 2-voxel gaps, coats and cracks
     "default": {},
@@ -28,8 +31,7 @@ PRESETS: dict[str, dict] = {
     # a wide point-spread function: gaps and cracks blurred into their neighbours
     "blurry": {"blur_sigma_vox": 1.5, "drift_amplitude": 0.03},
     # one-voxel gaps, coats and cracks
-    "thin_gaps": {"gap_width_vox": 1.0, "coating_width_vox": 1.0, "crack_width_vox": 1.0,
-                  "contact_gap_probability": 0.5},
+    "thin_gaps": THIN_GAPS,
     # 36-voxel particles (finer voxels), wide gaps and cracks, a thick collector
     "large_particles": {"shape_zyx": [64, 192, 192], "voxel_size_um": 0.25, "n_particles": 30,
                         "diameter_min_um": 6.0, "diameter_max_um": 11.0, "collector_thickness_vox": 8,
@@ -63,8 +65,7 @@ PRESETS: dict[str, dict] = {
     "partial_volume_sharp": {"supersample": 2, "blur_sigma_vox": 0.3},
     # one-voxel gaps, coats and cracks under the paper's NMC width: NMC's texture as wide as real NMC's beside
     # coats the forward model's prior can merge into the particle
-    "thin_gaps_broad_nmc": {"gap_width_vox": 1.0, "coating_width_vox": 1.0, "crack_width_vox": 1.0,
-                            "contact_gap_probability": 0.5, "fwhm": PAPER_FWHM},
+    "thin_gaps_broad_nmc": {**THIN_GAPS, "fwhm": PAPER_FWHM},
     # a sample mounted 2 degrees off square: the collector's top rises 9 voxels across the volume, so no
     # slice is its top; on a thicker collector under a deeper volume
     "tilted_collector": {"shape_zyx": [48, 192, 192], "collector_thickness_vox": 8, "collector_tilt_deg": 2.0,
