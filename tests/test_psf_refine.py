@@ -50,15 +50,19 @@ def _cut_gaussian(a, sigma):
     return ndimage.gaussian_filter(a, sigma, mode="constant", truncate=np.ceil(3 * sigma) / sigma)
 
 
-def _brute_energy(codes, grey, sigma, beta, start, sd=None):
+def _brute_energy(codes, grey, sigma, beta, start, sd=None, tex=None):
     """``E`` written out in float64: the codes mirrored beyond the faces (from ``start``), each voxel's
     residual against the blurred map over twice its phase's variance (``sd`` per code, default ``NOISE``
-    for all) plus half the log of that variance over the narrowest, plus β per unlike pair inside."""
+    for all) plus half the log of that variance over the narrowest, plus β per unlike pair inside; ``tex``
+    (the mirrored map's shape) is added to the level of every voxel coded NMC."""
     sd = np.full(5, NOISE) if sd is None else np.asarray(sd, np.float64)
     pad = int(np.ceil(3 * sigma)) + 1
     mirror = np.pad(start, pad, mode="symmetric")
     mirror[pad:-pad, pad:-pad, pad:-pad] = codes
-    model = _cut_gaussian(MU[mirror].astype(np.float64), sigma)[pad:-pad, pad:-pad, pad:-pad]
+    mu = MU[mirror].astype(np.float64)
+    if tex is not None:
+        mu += np.where((mirror == NMC_LOW) | (mirror == NMC_HIGH), tex, 0.0)
+    model = _cut_gaussian(mu, sigma)[pad:-pad, pad:-pad, pad:-pad]
     w = sd[codes] ** 2
     data = ((grey - model) ** 2 / (2 * w) + 0.5 * np.log(w / (sd ** 2).min())).sum()
     pairs = sum(int((np.take(codes, range(1, n), axis=a) != np.take(codes, range(n - 1), axis=a)).sum())
@@ -115,7 +119,7 @@ def test_the_data_term_is_the_squared_residual_of_the_blurred_map():
     assert change * NOISE ** 2 == pytest.approx(residual(moved) - residual(truth), rel=1e-2)
 
 
-def _brute_icm(codes, grey, sigma, beta, sd, sweeps, al_below=None):
+def _brute_icm(codes, grey, sigma, beta, sd, sweeps, al_below=None, tex=None):
     """Iterated conditional modes written out: each voxel in raster order takes, among its 6-neighbours'
     codes (first in the order -z, +z, -y, +y, -x, +x), the one whose whole-volume energy (``_brute_energy``)
     is lowest if lower than its own; NMC low / high exchanged only on the surface, Al only below
@@ -130,14 +134,14 @@ def _brute_icm(codes, grey, sigma, beta, sd, sweeps, al_below=None):
                    q[z, y - 1, x] if y > 0 else None, q[z, y + 1, x] if y < ny - 1 else None,
                    q[z, y, x - 1] if x > 0 else None, q[z, y, x + 1] if x < nx - 1 else None]
             surface = any(c not in (NMC_LOW, NMC_HIGH) for c in nbs)
-            base, best, best_k = _brute_energy(q, grey, sigma, beta, codes, sd), 0.0, a
+            base, best, best_k = _brute_energy(q, grey, sigma, beta, codes, sd, tex), 0.0, a
             for k in dict.fromkeys(c for c in nbs if c is not None and c != a):
                 if k == AL and al_below is not None and z >= al_below:
                     continue
                 if a in (NMC_LOW, NMC_HIGH) and k in (NMC_LOW, NMC_HIGH) and not surface:
                     continue
                 q[z, y, x] = k
-                change = _brute_energy(q, grey, sigma, beta, codes, sd) - base
+                change = _brute_energy(q, grey, sigma, beta, codes, sd, tex) - base
                 q[z, y, x] = a
                 if change < best - 1e-9:
                     best, best_k = change, k
@@ -164,6 +168,149 @@ def test_refinement_is_iterated_conditional_modes_on_the_whole_energy(per_phase)
     assert moved > psf_refine.refine_codes(codes, grey, LEVELS, 1.2, noise, psf_refine.RefineSettings(3.0, 1),
                                            al_below=3)[1]
     np.testing.assert_array_equal(out, expected)
+
+
+def _field(rng, shape, corr):
+    """Zero-mean unit-variance random field, Gaussian-correlated over ``corr`` voxels (0: white)."""
+    f = rng.standard_normal(shape)
+    if corr > 0:
+        f = ndimage.gaussian_filter(f, corr, mode="wrap")
+    return (f - f.mean()) / f.std()
+
+
+def _padded_texture(codes, grey, sigma, texture_sigma):
+    """:func:`psf_refine.texture_offsets` of the map ``codes`` as :func:`psf_refine.refine_codes` pads it."""
+    pad = psf_refine.border_width(sigma)
+    work = psf_refine.mirrored(codes, pad)
+    r = psf_refine.padded_residual(work, grey, np.pad(MU, (0, 251)).astype(np.float64),
+                                   psf_refine.psf_kernel(sigma), pad)
+    return work, r, psf_refine.texture_offsets(work, r, texture_sigma, pad), pad
+
+
+@pytest.mark.parametrize("texture_sigma", [0.5, 1.5])
+def test_texture_offsets_are_each_voxels_mean_of_its_nmc_neighbours_residuals(texture_sigma):
+    """Brute force: for sampled voxels, the Gaussian-weighted mean of the residuals of the other voxels
+    coded NMC within 3 σ, those beyond three spreads of their code's left out."""
+    truth = _scene((16, 36, 36))
+    rng = np.random.default_rng(7)
+    field = _field(rng, truth.shape, 1.0)
+    grey = (_image(truth, 0.8, seed=7) + 0.06 * field * (truth >= NMC_LOW)).astype(np.float32)
+    codes = truth.copy()
+    codes[6, 5:8, 5:8] = NMC_LOW  # NMC voxels in the electrolyte, their residuals far out: left out
+    work, r, tex, pad = _padded_texture(codes, grey, 0.8, texture_sigma)
+    inner = tuple(slice(pad, n - pad) for n in work.shape)
+    nmc = (work == NMC_LOW) | (work == NMC_HIGH)
+    use = np.zeros(work.shape, bool)
+    for c in (NMC_LOW, NMC_HIGH):
+        mine = np.zeros(work.shape, bool)
+        mine[inner] = work[inner] == c
+        v = r[mine]
+        use |= mine & (np.abs(r) <= 3 * 1.4826 * np.median(np.abs(v - np.median(v))))
+    # the voxels with a face neighbour outside NMC (none beyond the padded map) are left out too
+    for ax in range(3):
+        for step in (1, -1):
+            shifted = np.roll(nmc, step, axis=ax)
+            edge = [slice(None)] * 3
+            edge[ax] = 0 if step == 1 else -1
+            shifted[tuple(edge)] = True
+            use &= shifted
+    assert not use[pad + 6, pad + 6, pad + 6] and use[pad + 12, pad + 27, pad + 26]
+    assert not use[pad + 12, pad + 27, pad + 33]  # the particle's surface
+    k = psf_refine.psf_kernel(texture_sigma)
+    rad = len(k) // 2
+    # inside the particle, on its surface, just outside it, beside the left-out voxels, far from any NMC
+    for v in [(pad + 12, pad + 27, pad + 26), (pad + 12, pad + 27, pad + 33), (pad + 12, pad + 27, pad + 34),
+              (pad + 6, pad + 6, pad + 8), (pad + 2, pad + 6, pad + 30)]:
+        num = den = 0.0
+        for d in np.ndindex(2 * rad + 1, 2 * rad + 1, 2 * rad + 1):
+            u = tuple(a + b - rad for a, b in zip(v, d))
+            if u == v or not all(0 <= a < n for a, n in zip(u, work.shape)) or not use[u]:
+                continue
+            w = k[d[0]] * k[d[1]] * k[d[2]]
+            num, den = num + w * r[u], den + w
+        expected = num / den if den > 1e-3 else 0.0
+        assert tex[v] == pytest.approx(expected, abs=1e-5), v
+    # and it is the planted texture, read from the neighbours
+    deep = ndimage.binary_erosion(truth >= NMC_LOW, iterations=2)
+    assert np.corrcoef(tex[inner][deep], field[deep])[0, 1] > 0.5
+
+
+@pytest.mark.parametrize("amplitude, corr, noise, expected", [
+    (0.06, 0.0, 0.02, "none"),  # white texture: no neighbour predicts it
+    (0.06, 1.0, 0.02, "narrow"),  # texture above the noise: the nearest neighbours predict it best
+    (0.02, 3.0, 0.05, "wide"),  # smooth texture under the noise: averaging more neighbours does
+])
+def test_the_fitted_texture_sigma_is_what_predicts_the_texture_best(amplitude, corr, noise, expected):
+    shape = (28, 44, 44)
+    truth = np.zeros(shape, np.uint8)
+    truth[_ball(shape, (14, 22, 22), 12)] = NMC_LOW
+    rng = np.random.default_rng(11)
+    grey = (ndimage.gaussian_filter(MU[truth], 0.6) + amplitude * _field(rng, shape, corr) * (truth == NMC_LOW)
+            + rng.normal(0, noise, shape)).astype(np.float32)
+    texture_sigma, spread, untextured = psf_refine.fit_texture_sigma(truth, grey, LEVELS, 0.6)
+    total = np.hypot(amplitude, noise)
+    assert untextured["nmc_low"] == pytest.approx(total, rel=0.05)
+    if expected == "none":
+        assert texture_sigma == 0 and spread["nmc_low"] == pytest.approx(total, rel=0.05)
+        # a σ asked for is used even where it predicts nothing
+        assert psf_refine.fit_texture_sigma(truth, grey, LEVELS, 0.6, (1.0,), or_none=False)[0] == 1.0
+    elif expected == "narrow":
+        assert texture_sigma <= 0.5 and spread["nmc_low"] < 0.6 * total
+    else:
+        assert texture_sigma >= 1.0 and spread["nmc_low"] < 0.97 * total
+
+
+def _coated_rough_particle(rng, shape=(32, 48, 48)):
+    """NMC with a surface roughened by a smooth field (radius 12 ± ~2 voxels) and a one-voxel CBD coat
+    over its +x half, in electrolyte."""
+    z, y, x = np.indices(shape)
+    d = np.sqrt((z - 16) ** 2 + (y - 24) ** 2 + (x - 24) ** 2) - 2.0 * _field(rng, shape, 2.0)
+    truth = np.zeros(shape, np.uint8)
+    truth[(d <= 13) & (x >= 24)] = CBD
+    truth[d <= 12] = NMC_LOW
+    return truth
+
+
+def test_a_one_voxel_coat_on_textured_nmc_is_kept_when_the_texture_is_read():
+    """Weighed by NMC's whole spread, a coat voxel in the particle's notches costs little to code NMC
+    and the prior takes it; with NMC's texture read from its neighbours the spread left is the noise's."""
+    rng = np.random.default_rng(0)
+    truth = _coated_rough_particle(rng)
+    grey = (ndimage.gaussian_filter(MU[truth], 0.6) + 0.062 * _field(rng, truth.shape, 1.0) * (truth == NMC_LOW)
+            + rng.normal(0, 0.022, truth.shape)).astype(np.float32)
+    levels = {"void": 0.0, "cbd": 0.3, "nmc_low": 0.7}
+    noise = {"void": 0.022, "cbd": 0.022, "nmc_low": 0.066}  # NMC's interior spread: texture and noise
+    coat = truth == CBD
+    plain, _ = psf_refine.refine_codes(truth, grey, levels, 0.6, noise, psf_refine.RefineSettings())
+    texture_sigma, spread, untextured = psf_refine.fit_texture_sigma(truth, grey, levels, 0.6)
+    fall = spread["nmc_low"] / untextured["nmc_low"]
+    assert texture_sigma > 0 and fall < 0.6
+    read, _ = psf_refine.refine_codes(truth, grey, levels, 0.6, {**noise, "nmc_low": fall * noise["nmc_low"]},
+                                      psf_refine.RefineSettings(3.0, 4, texture_sigma))
+    assert (read[coat] == CBD).mean() > (plain[coat] == CBD).mean() + 0.05
+    assert (read[coat] == NMC_LOW).mean() < 0.6 * (plain[coat] == NMC_LOW).mean()
+    assert (read == truth).mean() > (plain == truth).mean()
+
+
+def test_refinement_with_texture_is_iterated_conditional_modes_on_the_whole_energy():
+    """As the brute-force test above, with NMC's level at each voxel carrying the offsets
+    :func:`psf_refine.texture_offsets` reads on the start map (fixed while the codes move)."""
+    truth = _scene((7, 14, 14))
+    truth[:3] = AL
+    truth[3:7, 5:13, 5:13] = NMC_LOW  # a particle with an interior to read the texture on
+    truth[3:7, 5:13, 9:13] = NMC_HIGH
+    rng = np.random.default_rng(8)
+    grey = (_image(truth, 1.2, seed=6) + 0.08 * _field(rng, truth.shape, 1.0) * (truth >= NMC_LOW)).astype(np.float32)
+    codes = _thresholded(grey)
+    sd = [PHASE_SD[n] for n in ("void", "cbd", "nmc_low", "nmc_high", "al")]
+    rs = psf_refine.RefineSettings(3.0, 3, 0.7)
+    out, _ = psf_refine.refine_codes(codes, grey, LEVELS, 1.2, PHASE_SD, rs, al_below=3)
+    tex = np.pad(_padded_texture(codes, grey, 1.2, 0.7)[2], 1)  # the brute force pads one voxel more
+    assert np.abs(tex).max() > 0.02
+    np.testing.assert_array_equal(out, _brute_icm(codes, grey, 1.2, 3.0, sd, 3, al_below=3, tex=tex))
+    plain, _ = psf_refine.refine_codes(codes, grey, LEVELS, 1.2, PHASE_SD, psf_refine.RefineSettings(3.0, 3),
+                                       al_below=3)
+    assert (plain != out).any()  # the offsets decide some moves
 
 
 def test_densities_are_exchanged_on_the_particle_surface_only():
@@ -216,7 +363,9 @@ def test_the_kernel_is_scipys_gaussian_cut_at_three_sigma(sigma):
 
 
 @pytest.mark.parametrize("kw, field", [(dict(beta=-1.0), "psf_refine_beta"), (dict(beta=float("nan")), "psf_refine_beta"),
-                                       (dict(sweeps=1.5), "psf_refine_sweeps"), (dict(sweeps=-1), "psf_refine_sweeps")])
+                                       (dict(sweeps=1.5), "psf_refine_sweeps"), (dict(sweeps=-1), "psf_refine_sweeps"),
+                                       (dict(texture_sigma=-0.5), "psf_refine_texture_vox"),
+                                       (dict(texture_sigma=float("nan")), "psf_refine_texture_vox")])
 def test_bad_settings_are_refused_naming_the_field(kw, field):
     with pytest.raises(ValueError, match=field):
         psf_refine.RefineSettings(**kw)

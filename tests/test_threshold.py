@@ -19,7 +19,7 @@ from detachment.blur import (
     reassign_by_spill,
     reassign_edge_shells,
 )
-from detachment.psf_refine import RefineSettings, fit_block, fit_sigma, refine_codes
+from detachment.psf_refine import RefineSettings, fit_block, fit_sigma, fit_texture_sigma, refine_codes
 from detachment.slab_phases import SlabClassifier, erode6, opening6
 from detachment.threshold import (
     ThresholdSettings,
@@ -154,6 +154,11 @@ def _direct(vol: np.ndarray, s: ThresholdSettings):
             rs, top = RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps), collector_top(model, collector)
             block = fit_block(((p >= phases.CBD) & (p <= phases.NMC_HIGH)).sum(axis=(1, 2)), p.shape)
             sigma = fit_sigma(p[block], vol[block], levels, edges.sigma(), noise, rs, top, block[0].start)
+            # NMC's texture read over the σ that predicts it best on the same block
+            texture, spread, untextured = fit_texture_sigma(p[block], vol[block], levels, sigma)
+            if texture > 0:  # NMC's spreads scaled by the fall the texture brings
+                noise = {**noise, **{k: max(noise[k] * spread[k] / untextured[k], min(noise.values())) for k in spread}}
+            rs = RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps, texture)
             p, _ = refine_codes(p, vol, levels, sigma, noise, rs, al_below=top)
     per_slice = np.stack([(p == c).sum(axis=(1, 2)) for c in phases.PHASE_NAMES], axis=1)
     return model, p, interior, fine, per_slice, sigma if s.psf_refine else float("nan")
@@ -287,7 +292,33 @@ def test_the_forward_models_sigma_can_be_the_edges_or_set(tmp_path, value):
     with h5py.File(tmp_path / "p.h5", "r") as f:
         assert f["phases"].attrs["edge_width_vox"] == res.edge_width_vox
         assert f["phases"].attrs["psf_refine"].startswith(f"sigma {res.refine_sigma_vox:.3g} vox")
-        assert f["phases"].attrs["psf_refine"].endswith("edge profiles" if value == "edge" else "set in the config")
+        sigma_words = f["phases"].attrs["psf_refine"].split("; NMC texture ")[0]
+        assert sigma_words.endswith("edge profiles" if value == "edge" else "set in the config")
+
+
+@pytest.mark.parametrize("value", ["fit", 1.0, 0])
+def test_nmcs_texture_is_read_as_fitted_set_or_not_and_the_map_says_which(tmp_path, value):
+    import h5py
+
+    _blurred_phantom_file(tmp_path / "v.h5")
+    threshold_volume(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(psf_refine_texture_vox=value),
+                     progress=False)
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        words = f["phases"].attrs["psf_refine"].split("; NMC texture ")[1]
+        maps = f["phases"][:]
+    expected = {"fit": "read over", 1.0: "read over 1 vox (set in the config; NMC sd nmc_low", 0: "off"}[value]
+    assert words.startswith(expected) and ("(fitted; NMC sd" in words) == (value == "fit"), words
+    if value == 1.0:  # a different forward model: some codes move
+        threshold_volume(tmp_path / "v.h5", tmp_path / "q.h5", ThresholdSettings(psf_refine_texture_vox=0),
+                         progress=False)
+        with h5py.File(tmp_path / "q.h5", "r") as f:
+            assert (f["phases"][:] != maps).any()
+
+
+@pytest.mark.parametrize("value", ["auto", -0.5, float("nan"), 25, True, None])
+def test_a_bad_texture_sigma_is_refused_naming_the_field(value):
+    with pytest.raises(ValueError, match="threshold.psf_refine_texture_vox"):
+        ThresholdSettings(psf_refine_texture_vox=value)
 
 
 @pytest.mark.parametrize("value", ["auto", 0, -0.5, float("nan"), 25, True, None])

@@ -33,6 +33,14 @@ the least ``E`` per voxel. The σ of an erf fitted to the mean edge profile alon
 surface tilted by θ from the axis as σ / cos θ; on real (and sub-voxel rendered) particles it is biased
 high, and a forward model blurred too widely moves boundaries that are right.
 
+NMC's density texture is read as a local level, not as noise (:func:`texture_offsets`,
+``RefineSettings.texture_sigma`` > 0): a voxel coded NMC has level ``μ[L] + t_v``, ``t_v`` the
+Gaussian-weighted mean residual of the voxels around it that the start map codes NMC (its own left
+out), fixed while the codes move, and NMC's ``s`` is then the spread left about those levels
+(:func:`fit_texture_sigma`, which also picks the σ of the weighing). Weighed by NMC's whole spread instead,
+a voxel of a one-voxel CBD coat in a notch of the particle costs little to code NMC, and the prior takes
+it: the contact reads detached.
+
 Moves are restricted to what the blur can hide: a voxel only takes a code one of its 6-neighbours has;
 NMC low and high density are exchanged only on the particles' surface (a voxel with a neighbour outside
 NMC), as inside a particle the densities are told apart on the domain means, not here.
@@ -40,6 +48,7 @@ NMC), as inside a particle the densities are told apart on the domain means, not
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -76,12 +85,19 @@ class RefineSettings:
         narrowest phase's variance (``E``'s data term is the squared residual over ``2 s²``).
     sweeps : int
         Most passes over the volume.
+    texture_sigma : float
+        σ (voxels) of the Gaussian over which NMC's local level is read (:func:`texture_offsets`); 0: one
+        level per NMC code.
     """
 
     beta: float = 3.0
     sweeps: int = 4
+    texture_sigma: float = 0.0
 
     def __post_init__(self):
+        if not np.isfinite(self.texture_sigma) or self.texture_sigma < 0:
+            raise ValueError(f"threshold.psf_refine_texture_vox: {self.texture_sigma!r} must be a number >= 0")
+        self.texture_sigma = float(self.texture_sigma)
         if not np.isfinite(self.beta) or self.beta < 0:
             raise ValueError(f"threshold.psf_refine_beta: {self.beta!r} must be a number >= 0")
         if int(self.sweeps) != self.sweeps or self.sweeps < 0:
@@ -108,15 +124,16 @@ def border_width(sigma: float) -> int:
     return data_radius(sigma)
 
 
-def refine_halo(sigma: float) -> int:
+def refine_halo(sigma: float, texture_sigma: float = 0.0) -> int:
     """Slices read on either side of a streamed slab for :func:`refine_codes`.
 
     A voxel's move depends on the residuals one kernel reach away, and those on the codes one reach
-    further: ``2 · data_radius(σ) + 2``. Moves further out shift it a little through the moves between,
+    further: ``2 · data_radius(σ) + 2``, and with NMC's texture read (``texture_sigma`` > 0) the reach of
+    :func:`texture_offsets` more. Moves further out shift it a little through the moves between,
     so this halo makes the streamed result equal to the whole volume's on all but a few voxels (the test
     measures it), not bit for bit.
     """
-    return 2 * data_radius(sigma) + 2
+    return 2 * data_radius(sigma) + 2 + (data_radius(texture_sigma) if texture_sigma > 0 else 0)
 
 
 def deep_depth(sigma: float) -> int:
@@ -214,7 +231,7 @@ def _variance_table(noise_sd) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _best_code(nb, a, A, B, r_v, g0, levels, inv_var, log_var, known, beta, al_ok, low, high, al):
+def _best_code(nb, a, A, B, r_v, g0, levels, t_v, inv_var, log_var, known, beta, al_ok, low, high, al):
     """The code among the six neighbours' ``nb`` (255: none) that lowers ``E`` most for a voxel of code
     ``a`` (``A``, ``B``, its residual ``r_v``: the module docstring), or ``a`` where no move lowers it."""
     own, solid_nb = 0, 0
@@ -239,6 +256,8 @@ def _best_code(nb, a, A, B, r_v, g0, levels, inv_var, log_var, known, beta, al_o
         if not first:
             continue  # this code was weighed at an earlier neighbour
         d = levels[k] - levels[a]
+        if (k == low or k == high) != nmc:
+            d += t_v if not nmc else -t_v  # NMC's level here carries its local texture
         rn = r_v - d * g0
         change = (-d * A + 0.5 * d * d * B + 0.5 * rn * rn * (inv_var[k] - inv_var[a])
                   + 0.5 * (log_var[k] - log_var[a]) + beta * (own - n_k))
@@ -300,8 +319,8 @@ def _moved(r, q, b_sum, inv_w, dirty, d, inv_old, inv_new, k, z, y, x, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def _sweeps(codes, r, q, b_sum, inv_w, levels, inv_var, log_var, known, k, beta, sweeps, al_top, low, high, al,
-            pad):
+def _sweeps(codes, r, q, b_sum, inv_w, levels, tex, inv_var, log_var, known, k, beta, sweeps, al_top, low, high,
+            al, pad):
     """Iterated conditional modes in raster order (the module docstring) over ``codes`` less ``pad``
     voxels on every side (a mirrored border, never moved, no one's neighbour, no residual), at most
     ``sweeps`` passes; ``r`` (``g - G μ``, float32, the volume's own voxels) is kept up to date, with
@@ -336,12 +355,15 @@ def _sweeps(codes, r, q, b_sum, inv_w, levels, inv_var, log_var, known, k, beta,
                     if not _has_candidate(nb, a, known, al_ok, al):
                         continue
                     A = _weighed(q, k, z, y, x, lo, hi)
-                    best = _best_code(nb, a, A, b_sum[z, y, x], r[z, y, x], g0, levels, inv_var, log_var, known,
-                                      beta, al_ok, low, high, al)
+                    t_v = tex[z, y, x]
+                    best = _best_code(nb, a, A, b_sum[z, y, x], r[z, y, x], g0, levels, t_v, inv_var, log_var,
+                                      known, beta, al_ok, low, high, al)
                     if best != a:
                         codes[z, y, x] = best
-                        _moved(r, q, b_sum, inv_w, later, levels[best] - levels[a], inv_var[a], inv_var[best], k,
-                               z, y, x, lo, hi)
+                        d = levels[best] - levels[a]
+                        if (best == low or best == high) != (a == low or a == high):
+                            d += t_v if (best == low or best == high) else -t_v
+                        _moved(r, q, b_sum, inv_w, later, d, inv_var[a], inv_var[best], k, z, y, x, lo, hi)
                         moved += 1
         total += moved
         if moved == 0:
@@ -428,20 +450,149 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
     work = mirrored(out, pad)
     nz, ny, nx = out.shape
     # float32 and one temporary at a time: a streamed slab holds about five float32 copies at most
-    r = lv.astype(np.float32)[work]
-    for ax in range(3):
-        r = ndimage.correlate1d(r, k.astype(np.float32), axis=ax, mode="constant", output=np.float32)
-    inside = r[pad: pad + nz, pad: pad + ny, pad: pad + nx]
-    np.subtract(np.asarray(grey, np.float32), inside, out=inside)
-    r[:pad], r[pad + nz:], r[:, :pad], r[:, pad + ny:], r[:, :, :pad], r[:, :, pad + nx:] = 0, 0, 0, 0, 0, 0
+    r = padded_residual(work, grey, lv, k, pad)
     top = out.shape[0] + int(z_first) if al_below is None else al_below
     al_top = np.ascontiguousarray(np.broadcast_to(np.maximum(np.asarray(top, np.int64) - int(z_first), 0),
                                                   out.shape[1:]))
+    tex = np.zeros(work.shape, np.float32)
+    if settings.texture_sigma > 0:
+        tex = _texture_removed(work, r, k, pad, settings.texture_sigma)
     q, b_sum, inv_w = _weights(work, r, 1.0 / var, k, pad)
-    _sweeps(work, r, q, b_sum, inv_w, lv, 1.0 / var, np.log(var / var.min()), known, k, float(settings.beta),
+    _sweeps(work, r, q, b_sum, inv_w, lv, tex, 1.0 / var, np.log(var / var.min()), known, k, float(settings.beta),
             settings.sweeps, al_top, NMC_LOW, NMC_HIGH, AL, pad)
     out = work[pad: pad + nz, pad: pad + ny, pad: pad + nx].copy()
     return out, int((out != codes).sum())
+
+
+#: Residuals beyond this many of their code's spread (1.4826 × the median absolute deviation over its
+#: voxels) are left out of :func:`texture_offsets`: voxels the start map codes NMC wrongly.
+TEXTURE_CLIP = 3.0
+#: The texture σs, voxels, :func:`fit_texture_sigma` tries.
+TEXTURE_GRID = (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
+#: Least relative fall of NMC's pooled variance for :func:`fit_texture_sigma` to read a texture: white
+#: texture, which no neighbour predicts, moves it by less than this with any σ.
+TEXTURE_MIN_GAIN = 0.01
+
+
+def texture_offsets(work: np.ndarray, r: np.ndarray, texture_sigma: float, pad: int) -> np.ndarray:
+    """NMC's local level about each NMC code's level, per voxel of the padded map ``work`` (float32).
+
+    NMC's density varies within a particle over a few voxels. With one level per code that texture is
+    residual, a voxel coded NMC is weighed by NMC's wide spread, and a voxel of a thin CBD coat costs little
+    to code NMC. Here the texture at each voxel is read from its neighbours' residuals ``r`` (``g - G μ`` of
+    the map ``work``; the volume's own voxels, zero on the ``pad`` border): their mean over the voxels coded
+    NMC whose six neighbours are NMC too, weighed by a Gaussian of ``texture_sigma`` voxels cut at 3 σ,
+    leaving out the voxel itself (a voxel's own grey level never explains itself) and voxels whose residual
+    lies beyond :data:`TEXTURE_CLIP` spreads of their code's. Zero where no such voxel is within reach.
+    """
+    inner = _inner(work.shape, pad)
+    # only voxels whose six neighbours are NMC too: a surface voxel's grey level mixes in what lies beyond
+    # wherever the surface cuts it, and would pull the level at the surface towards the electrolyte's
+    solid = ndimage.binary_erosion((work == NMC_LOW) | (work == NMC_HIGH), ndimage.generate_binary_structure(3, 1),
+                                   border_value=1)
+    m = np.zeros(work.shape, np.float32)
+    for c in (NMC_LOW, NMC_HIGH):
+        mine = np.zeros(work.shape, bool)
+        mine[inner] = work[inner] == c
+        if not mine.any():
+            continue
+        vals = r[mine]
+        spread = 1.4826 * np.median(np.abs(vals - np.median(vals)))
+        m[mine & solid] = (np.abs(r) <= TEXTURE_CLIP * spread)[mine & solid]
+    kt = psf_kernel(texture_sigma).astype(np.float32)
+    w0 = np.float32(float(kt[(kt.size - 1) // 2]) ** 3)
+    num, den = m * r, m.copy()
+    for ax in range(3):
+        num = ndimage.correlate1d(num, kt, axis=ax, mode="constant", output=np.float32)
+        den = ndimage.correlate1d(den, kt, axis=ax, mode="constant", output=np.float32)
+    num -= w0 * m * r
+    den -= w0 * m
+    out = np.zeros(work.shape, np.float32)
+    ok = den > 1e-3
+    out[ok] = num[ok] / den[ok]
+    return out
+
+
+def _inner(shape, pad: int) -> tuple[slice, slice, slice]:
+    """The volume's own voxels of a map padded by ``pad`` on every side."""
+    return tuple(slice(pad, n - pad) for n in shape)
+
+
+def _texture_removed(work: np.ndarray, r: np.ndarray, k: np.ndarray, pad: int, texture_sigma: float) -> np.ndarray:
+    """:func:`texture_offsets` of ``work`` and ``r``, with ``r`` brought to the textured levels in place
+    (less ``G`` of the offsets on the voxels coded NMC)."""
+    tex = texture_offsets(work, r, texture_sigma, pad)
+    g = tex * ((work == NMC_LOW) | (work == NMC_HIGH))
+    for ax in range(3):
+        g = ndimage.correlate1d(g, k.astype(np.float32), axis=ax, mode="constant", output=np.float32)
+    inner = _inner(work.shape, pad)
+    r[inner] -= g[inner]
+    return tex
+
+
+def nmc_spread(work: np.ndarray, r: np.ndarray, pad: int) -> dict[str, float]:
+    """Each NMC code's spread of the residuals ``r`` over its voxels of the padded map ``work``: 1.4826 ×
+    the median absolute deviation, for codes with at least :data:`DEEP_MIN_VOXELS` voxels."""
+    inner = _inner(work.shape, pad)
+    out = {}
+    for c in (NMC_LOW, NMC_HIGH):
+        vals = r[inner][work[inner] == c]
+        if vals.size >= DEEP_MIN_VOXELS:
+            out[PHASE_NAMES[c]] = float(1.4826 * np.median(np.abs(vals - np.median(vals))))
+    return out
+
+
+def fit_texture_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma: float,
+                      grid: tuple[float, ...] = TEXTURE_GRID, or_none: bool = True
+                      ) -> tuple[float, dict[str, float], dict[str, float]]:
+    """The texture σ of :func:`texture_offsets` that leaves NMC's residuals least spread, that spread, and
+    the spread with one level per code.
+
+    Over the (z, y, x) block ``codes`` / ``grey`` (a block of the volume: :func:`fit_block`) with the
+    levels and point-spread σ of :func:`refine_codes`: for each σ of ``grid`` and for none (0), each NMC
+    code's spread about the textured levels (:func:`nmc_spread`), pooled over the codes as the voxel-weighted
+    mean variance; the σ with the least. A leave-one-out prediction of each voxel's texture from its
+    neighbours', so white texture (nothing to predict) keeps 0, and a smooth one takes the σ that
+    predicts it best (``or_none`` False: the best of ``grid`` even where none lowers the spread). Returns
+    (0, {}, {}) where the block has too few NMC voxels or ``sigma`` is not > 0; the spreads are each NMC
+    code's (phase name to grey level; the same where the σ is 0).
+    """
+    if not (np.isfinite(sigma) and sigma > 0):
+        return 0.0, {}, {}
+    lv, _ = _level_table(levels)
+    k = psf_kernel(sigma)
+    pad = border_width(sigma)
+    work = mirrored(np.asarray(codes, np.uint8), pad)
+    r0 = padded_residual(work, grey, lv, k, pad)
+    n = {PHASE_NAMES[c]: int((codes == c).sum()) for c in (NMC_LOW, NMC_HIGH)}
+
+    def pooled(sd: dict[str, float]) -> float:
+        return sum(n[c] * v * v for c, v in sd.items()) / max(1, sum(n[c] for c in sd))
+
+    none = nmc_spread(work, r0, pad)
+    if not none:
+        return 0.0, {}, {}
+    # each voxel's residual less its texture read from its neighbours alone: the forward model's G of the
+    # offsets would also hand each voxel a share of its own residual back through theirs
+    tried = {float(ts): nmc_spread(work, r0 - texture_offsets(work, r0, ts, pad), pad) for ts in grid}
+    best = min(tried, key=lambda ts: pooled(tried[ts]))
+    if or_none and pooled(tried[best]) > (1.0 - TEXTURE_MIN_GAIN) * pooled(none):
+        return 0.0, none, none
+    return best, tried[best], none
+
+
+def padded_residual(work: np.ndarray, grey: np.ndarray, lv: np.ndarray, k: np.ndarray, pad: int) -> np.ndarray:
+    """``r = g - G μ`` (float32) over the map ``work`` padded by ``pad`` voxels on every side (:func:`mirrored`),
+    ``lv`` the grey level per code (256,), ``k`` the 1D kernel (:func:`psf_kernel`) and ``grey`` the volume's
+    own voxels; zero on the border."""
+    r = lv.astype(np.float32)[work]
+    for ax in range(3):
+        r = ndimage.correlate1d(r, k.astype(np.float32), axis=ax, mode="constant", output=np.float32)
+    nz, ny, nx = (n - 2 * pad for n in work.shape)
+    inside = r[pad: pad + nz, pad: pad + ny, pad: pad + nx]
+    np.subtract(np.asarray(grey, np.float32), inside, out=inside)
+    r[:pad], r[pad + nz:], r[:, :pad], r[:, pad + ny:], r[:, :, :pad], r[:, :, pad + nx:] = 0, 0, 0, 0, 0, 0
+    return r
 
 
 def _weights(work: np.ndarray, r: np.ndarray, inv_var: np.ndarray, k: np.ndarray, pad: int
@@ -477,8 +628,10 @@ def fitted_energy(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float],
     """``E`` per voxel of ``codes`` refined at ``sigma`` (:func:`refine_codes`) and the refined codes.
 
     ``E`` (:func:`energy`) has ``G μ`` blurred over the refined block's own map mirrored at its faces
-    (scipy's "reflect"), so that blocks of different σ are weighed on the same voxels.
+    (scipy's "reflect"), so that blocks of different σ are weighed on the same voxels; one level per NMC
+    code (``settings.texture_sigma`` is not used).
     """
+    settings = dataclasses.replace(settings, texture_sigma=0.0)
     q, _ = refine_codes(codes, grey, levels, sigma, noise_sd, settings, al_below, z_first)
     e = energy(q, grey, _level_table(levels)[0], sigma, noise_sd, settings.beta)
     return e / q.size, q

@@ -74,6 +74,11 @@ class ThresholdSettings:
         σ), ``"edge"`` the σ measured on the particles' edge profiles, a number that σ in voxels.
     psf_refine_beta, psf_refine_sweeps : float, int
         Its smoothness weight and most sweeps (:class:`detachment.psf_refine.RefineSettings`).
+    psf_refine_texture_vox : "fit" or float
+        σ (voxels) over which that forward model reads NMC's local level from its neighbours
+        (:func:`detachment.psf_refine.texture_offsets`): ``"fit"`` the σ that leaves NMC's residuals least
+        spread on the σ fit's block, or none where no σ lowers it
+        (:func:`detachment.psf_refine.fit_texture_sigma`); 0 one level per NMC code.
     nmc_domain_split : bool
         Where the grey-level histogram does not resolve NMC high from low density, try again on the
         domain-averaged NMC grey levels (:func:`detachment.phase_fit.split_nmc_domains`; needs
@@ -102,6 +107,7 @@ class ThresholdSettings:
     psf_refine_sigma: str | float = "fit"
     psf_refine_beta: float = 3.0
     psf_refine_sweeps: int = 4
+    psf_refine_texture_vox: str | float = "fit"
     nmc_domain_split: bool = True
     slab: int = 32
 
@@ -118,6 +124,8 @@ class ThresholdSettings:
             raise ValueError(f"threshold.denoise: {self.denoise!r} is not 'none', 'gaussian' or 'median'")
         psf_refine.RefineSettings(self.psf_refine_beta, self.psf_refine_sweeps)  # raises on bad values
         self.psf_refine_sigma = _refine_sigma_setting(self.psf_refine_sigma)
+        self.psf_refine_texture_vox = _sigma_setting("psf_refine_texture_vox", self.psf_refine_texture_vox,
+                                                     ("fit",), 0.0, 10.0, zero_allowed=True)
         self.domain_sigma_vox = _domain_sigma_setting(self.domain_sigma_vox)
         if sorted(self.order) != sorted(phases.PHASE_NAMES.values()):
             raise ValueError(f"threshold.order: {list(self.order)} must list each of "
@@ -726,16 +734,18 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
         _spill_pass(volume_path, s, raw, writer, model, spill_sigma, tally, workers, progress, out=out)
         levels, noise = refine_levels(model, tally.interior, fine_edges)
         block = grey = None
-        if s.psf_refine_sigma == "fit" or psf_refine.deep_depth(sigma) > 1:  # both read the σ fit's block
+        if (s.psf_refine_sigma == "fit" or psf_refine.deep_depth(sigma) > 1
+                or s.psf_refine_texture_vox != 0):  # all read the σ fit's block
             solid = tally.per_slice[:, [phases.CBD, phases.NMC_LOW, phases.NMC_HIGH]].sum(axis=1)
             block = psf_refine.fit_block(solid, out.shape)
             grey = _denoised_block(volume_path, s, block, out.shape)
             levels = _deep_levels(np.asarray(out[block]), grey, levels, sigma)
         fitted, where = _refine_sigma(s, out, block, grey, levels, sigma, noise, classifier.collector_top)
+        texture, noise, texture_words = _refine_texture(s, out, block, grey, levels, fitted, noise)
         _refine_pass(volume_path, s, out, writer, levels, fitted, noise, classifier.collector_top, tally, workers,
-                     progress)
+                     progress, texture)
         tally.refine_sigma = fitted
-        tally.refined = f"{tally.refined}; sigma {where}"
+        tally.refined = f"{tally.refined}; sigma {where}; NMC texture {texture_words}"
         return tally
     finally:
         scratch.unlink(missing_ok=True)
@@ -931,6 +941,36 @@ def _refine_sigma(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice, s
     return sigma, where
 
 
+def _refine_texture(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice, slice, slice] | None,
+                    grey: np.ndarray | None, levels: dict[str, float], sigma: float, noise: dict[str, float]
+                    ) -> tuple[float, dict[str, float], str]:
+    """The forward model's NMC texture σ (``s.psf_refine_texture_vox``), its noise with each NMC code's spread
+    scaled by the fall the texture brings (:func:`detachment.psf_refine.fit_texture_sigma` on ``block``: the
+    median absolute deviations about the textured levels over those about one level; at least the narrowest
+    phase's, as :func:`refine_levels`), and the choice in words.
+
+    The fall, not the deviation itself: :func:`refine_levels` reads each spread on a Gaussian fit to the
+    interior histogram, and the median absolute deviation over all of a code's voxels also takes in the
+    surface voxels a sub-voxel surface mixes with their neighbours."""
+    if s.psf_refine_texture_vox == 0 or not noise:
+        return 0.0, noise, "off"
+    fit = s.psf_refine_texture_vox == "fit"
+    grid = psf_refine.TEXTURE_GRID if fit else (float(s.psf_refine_texture_vox),)
+    texture, spread, untextured = psf_refine.fit_texture_sigma(np.asarray(codes[block]), grey, levels, sigma, grid,
+                                                               or_none=fit)
+    if texture == 0:
+        words = "none: no texture σ lowers NMC's spread on the σ fit's block" if spread else "none: too little NMC"
+        log.info("forward model: %s", words)
+        return 0.0, noise, words
+    floor = min(noise.values())
+    before = {k: noise[k] for k in spread if k in noise and untextured[k] > 0}
+    noise = {**noise, **{k: max(v * spread[k] / untextured[k], floor) for k, v in before.items()}}
+    words = (f"read over {texture:g} vox ({'fitted' if fit else 'set in the config'}; NMC sd "
+             + ", ".join(f"{k} {before[k]:.3g} -> {noise[k]:.3g}" for k in before) + ")")
+    log.info("forward model: NMC texture %s", words)
+    return texture, noise, words
+
+
 def _denoised_block(volume_path, s: ThresholdSettings, block: tuple[slice, slice, slice], shape) -> np.ndarray:
     """The grey levels of ``block`` (float32) denoised as the classification read them (``s.halo`` voxels of
     context on every side where the volume has them)."""
@@ -944,18 +984,18 @@ def _denoised_block(volume_path, s: ThresholdSettings, block: tuple[slice, slice
 def _refine_pass(volume_path, s: ThresholdSettings, codes: np.ndarray, writer: h5chunks.GzipChunkWriter,
                  levels: dict[str, float], sigma: float, noise: dict[str, float],
                  al_below: int | np.ndarray | None,
-                 tally: _SlabTally, workers: int, progress: bool) -> None:
-    """The map ``codes`` refined against the blurred forward model (:func:`detachment.psf_refine.refine_codes`)
-    and written, with ``tally.per_slice`` updated.
+                 tally: _SlabTally, workers: int, progress: bool, texture: float = 0.0) -> None:
+    """The map ``codes`` refined against the blurred forward model (:func:`detachment.psf_refine.refine_codes`,
+    NMC's texture read over ``texture`` voxels) and written, with ``tally.per_slice`` updated.
 
     Each slab of ``s.slab`` slices is refined with :func:`detachment.psf_refine.refine_halo` slices of
     ``codes`` and grey levels on either side and keeps its own rows. The slabs lie at multiples of
     ``s.slab`` whatever ``workers``, so the map does not depend on the threads.
     """
     depth = len(codes)
-    h = psf_refine.refine_halo(sigma)
+    h = psf_refine.refine_halo(sigma, texture)
     extra = s.halo if s.denoise != "none" else 0  # the denoising's own halo, as the classification read it
-    rs = psf_refine.RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps)
+    rs = psf_refine.RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps, texture)
 
     def job(data, z0, z1):
         b0, b1 = max(0, z0 - h), min(depth, z1 + h)
