@@ -35,8 +35,8 @@ high, and a forward model blurred too widely moves boundaries that are right.
 
 NMC's density texture is read as a local level, not as noise (:func:`texture_offsets`,
 ``RefineSettings.texture_sigma`` > 0): a voxel coded NMC has level ``μ[L] + t_v``, ``t_v`` the
-Gaussian-weighted mean residual of the voxels around it that the start map codes NMC (its own left
-out), fixed while the codes move, and NMC's ``s`` is then the spread left about those levels
+Gaussian-weighted mean residual of the voxels around it that the start map codes NMC and whose six
+neighbours are NMC too (its own left out), fixed while the codes move, and NMC's ``s`` is then the spread left about those levels
 (:func:`fit_texture_sigma`, which also picks the σ of the weighing). Weighed by NMC's whole spread instead,
 a voxel of a one-voxel CBD coat in a notch of the particle costs little to code NMC, and the prior takes
 it: the contact reads detached.
@@ -72,6 +72,14 @@ DIRTY_BLOCK = 4
 DEEP_SPILL = 0.02
 #: Fewest voxels :func:`deep_levels` reads a phase's grey level on; a phase with fewer keeps the level given.
 DEEP_MIN_VOXELS = 1000
+#: Residuals beyond this many of their code's spread (1.4826 × the median absolute deviation over its
+#: voxels) are left out of :func:`texture_offsets`: voxels the start map codes NMC wrongly.
+TEXTURE_CLIP = 3.0
+#: The texture σs, voxels, :func:`fit_texture_sigma` tries.
+TEXTURE_GRID = (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
+#: Least relative fall of NMC's pooled variance for :func:`fit_texture_sigma` to read a texture: white
+#: texture, which no neighbour predicts, moves it by less than this with any σ.
+TEXTURE_MIN_GAIN = 0.01
 
 
 @dataclass
@@ -462,16 +470,6 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
             settings.sweeps, al_top, NMC_LOW, NMC_HIGH, AL, pad)
     out = work[pad: pad + nz, pad: pad + ny, pad: pad + nx].copy()
     return out, int((out != codes).sum())
-
-
-#: Residuals beyond this many of their code's spread (1.4826 × the median absolute deviation over its
-#: voxels) are left out of :func:`texture_offsets`: voxels the start map codes NMC wrongly.
-TEXTURE_CLIP = 3.0
-#: The texture σs, voxels, :func:`fit_texture_sigma` tries.
-TEXTURE_GRID = (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
-#: Least relative fall of NMC's pooled variance for :func:`fit_texture_sigma` to read a texture: white
-#: texture, which no neighbour predicts, moves it by less than this with any σ.
-TEXTURE_MIN_GAIN = 0.01
 
 
 def texture_offsets(work: np.ndarray, r: np.ndarray, texture_sigma: float, pad: int) -> np.ndarray:
