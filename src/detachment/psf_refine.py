@@ -494,9 +494,7 @@ def texture_offsets(work: np.ndarray, r: np.ndarray, texture_sigma: float, pad: 
         mine[inner] = work[inner] == c
         if not mine.any():
             continue
-        vals = r[mine]
-        spread = 1.4826 * np.median(np.abs(vals - np.median(vals)))
-        m[mine & solid] = (np.abs(r) <= TEXTURE_CLIP * spread)[mine & solid]
+        m[mine & solid] = (np.abs(r) <= TEXTURE_CLIP * _robust_sd(r[mine]))[mine & solid]
     kt = psf_kernel(texture_sigma).astype(np.float32)
     w0 = np.float32(float(kt[(kt.size - 1) // 2]) ** 3)
     num, den = m * r, m.copy()
@@ -536,8 +534,14 @@ def nmc_spread(work: np.ndarray, r: np.ndarray, pad: int) -> dict[str, float]:
     for c in (NMC_LOW, NMC_HIGH):
         vals = r[inner][work[inner] == c]
         if vals.size >= DEEP_MIN_VOXELS:
-            out[PHASE_NAMES[c]] = float(1.4826 * np.median(np.abs(vals - np.median(vals))))
+            out[PHASE_NAMES[c]] = _robust_sd(vals)
     return out
+
+
+def _robust_sd(values: np.ndarray) -> float:
+    """1.4826 × the median absolute deviation of ``values``: their standard deviation where they are normal,
+    unmoved by a few far out."""
+    return float(1.4826 * np.median(np.abs(values - np.median(values))))
 
 
 def fit_texture_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma: float,
