@@ -601,7 +601,7 @@ def _weights(work: np.ndarray, r: np.ndarray, inv_var: np.ndarray, k: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``q = r / s²``, ``B = Σ_u G(u - v)² / s²_u`` and ``1 / s²`` per voxel of the padded map ``work`` (float32),
     zero on its ``pad`` border (no residual there)."""
-    inside = (slice(pad, work.shape[0] - pad), slice(pad, work.shape[1] - pad), slice(pad, work.shape[2] - pad))
+    inside = _inner(work.shape, pad)
     inv_w = np.zeros(work.shape, np.float32)
     inv_w[inside] = inv_var[work[inside]]
     b_sum, k2 = inv_w, (k * k).astype(np.float32)
