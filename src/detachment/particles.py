@@ -30,8 +30,12 @@ STAIRCASE = 2.0 / 3.0
 #: Extra margin (voxels) read beyond an envelope's reach before the solid is shared out, so that the
 #: cores of the neighbours reaching into it are seen.
 CORE_MARGIN_VOX = 4
-#: How far (voxels, 6-connected) :func:`refine_envelope` grows an envelope beyond its mask.
-ENVELOPE_REACH_VOX = 2
+#: How far (voxels, 6-connected) :func:`refine_envelope` grows an envelope beyond its mask, and how far beyond
+#: the masks the solid is shared out (:data:`detachment.solid_partition.REACH_VOX`, the same value). Three: a
+#: slice-wise CNN mask is 1-2 voxels off the boundary at the training scale and up to 3-4 on particles rescaled
+#: to it; solid of no instance left beside an envelope counts as a contact with a particle, so a mask that falls
+#: short reads its particle attached where it is detached (chosen on the tuning cells, docs/results.md).
+ENVELOPE_REACH_VOX = 3
 #: Context (voxels) read around a particle's bounding box: the envelope's reach beyond it, then the face
 #: neighbour, a second CBD voxel and the voxel beyond it (a two-voxel layer read with ``partial_volume``,
 #: :func:`detachment.surface.surface_contacts`), so that every face of the envelope is read whole.
@@ -244,16 +248,16 @@ def refine_envelope(mask: np.ndarray, others: np.ndarray, phases: np.ndarray, cl
     """The particle's envelope from the phase map, guided by its segmentation mask (the
     connected NMC solid of the instance, cracks enclosed by closing and hole filling).
 
-    A slice-wise CNN mask is ±1-2 voxels off the particle's boundary, as wide as a thin electrolyte
+    A slice-wise CNN mask is ±1-3 voxels off the particle's boundary, as wide as a thin electrolyte
     gap; the thresholded solid is not. The truth's envelopes hold their cracks, so the envelope must
-    too, or crack walls read as detached surface. Envelope, within two voxels of the mask and outside
-    other particles:
+    too, or crack walls read as detached surface. Envelope, within :data:`ENVELOPE_REACH_VOX` voxels of
+    the mask and outside other particles:
 
     * the NMC solid within one voxel of the mask, the mask's core (eroded by ``core_erosion_vox``) and
       the mask's crack network (void connected through void to void in the core), closed by a ball of
       ``closing_vox`` and hole-filled; void the mask overshoots into (a gap) is not connected to the
       core and is cut off;
-    * with ``crack_span_vox``, where the mask falls short: the solid up to two voxels out, and void
+    * with ``crack_span_vox``, where the mask falls short: the solid one voxel further out, and void
       there with the particle's own solid (connected to the envelope) on both sides along z, y or x
       within ``crack_span_vox`` (a crack; a gap has it on one side only);
     * with ``crack_mouths``, also CBD-classified voxels so spanned that touch a pore already inside the
@@ -322,13 +326,13 @@ def _closed_core(mask, solid, phases, closing_vox: int, core_erosion_vox: int) -
 
 
 def _add_spanned_cracks(env, reach, others, phases, nmc_phase, crack_span_vox: int, crack_mouths: bool):
-    """``env`` grown where the mask falls short: solid up to two voxels out, and void (with
+    """``env`` grown where the mask falls short: solid one voxel further out, and void (with
     ``crack_mouths`` also CBD touching a pore inside) with solid on both sides within ``crack_span_vox``.
     A crack's walls are the particle's own solid: solid not connected to the envelope (a neighbour the
     masks leave uncovered) is no wall, so the gap between two particles is not taken for a crack."""
     ball = ndimage.generate_binary_structure(3, 1)
     nmc = reach & nmc_phase
-    env |= ndimage.binary_dilation(env, ball, mask=nmc)  # solid up to two voxels out
+    env |= ndimage.binary_dilation(env, ball, mask=nmc)  # solid one voxel further out, within the reach
     pieces, _ = ndimage.label(nmc, ball)
     own = np.isin(pieces, np.unique(pieces[env & nmc])) & (pieces > 0)
     walls = np.pad(env | own, crack_span_vox + 1)

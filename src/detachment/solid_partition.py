@@ -18,8 +18,8 @@ from scipy import ndimage
 from .phases import NMC_HIGH, NMC_LOW
 
 #: How far (voxels, 6-connected) beyond the masks the solid is shared out: as far as the envelope is
-#: grown from the mask (:func:`detachment.particles.refine_envelope`).
-REACH_VOX = 2
+#: grown from the mask (:data:`detachment.particles.ENVELOPE_REACH_VOX`, which says why three).
+REACH_VOX = 3
 #: Passes of a 3 × 3 × 3 majority vote over the shared-out solid after the watershed: the watershed's
 #: boundary between two basins is ragged on the distance map's plateaus, and every step of it is a face
 #: read as particle contact.
