@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from . import collector_surface
 from .phases import AL, CBD, NMC_HIGH, NMC_LOW, VOID
+from .solid_partition import REACH_VOX
 from .surface import crack_faces, surface_contacts
 
 log = logging.getLogger(__name__)
@@ -31,11 +32,11 @@ STAIRCASE = 2.0 / 3.0
 #: cores of the neighbours reaching into it are seen.
 CORE_MARGIN_VOX = 4
 #: How far (voxels, 6-connected) :func:`refine_envelope` grows an envelope beyond its mask, and how far beyond
-#: the masks the solid is shared out (:data:`detachment.solid_partition.REACH_VOX`, the same value). Three: a
+#: the masks the solid is shared out (:data:`detachment.solid_partition.REACH_VOX`, one value). Three: a
 #: slice-wise CNN mask is 1-2 voxels off the boundary at the training scale and up to 3-4 on particles rescaled
 #: to it; solid of no instance left beside an envelope counts as a contact with a particle, so a mask that falls
 #: short reads its particle attached where it is detached (chosen on the tuning cells, docs/results.md).
-ENVELOPE_REACH_VOX = 3
+ENVELOPE_REACH_VOX = REACH_VOX
 #: Context (voxels) read around a particle's bounding box: the envelope's reach beyond it, then the face
 #: neighbour, a second CBD voxel and the voxel beyond it (a two-voxel layer read with ``partial_volume``,
 #: :func:`detachment.surface.surface_contacts`), so that every face of the envelope is read whole.
