@@ -500,7 +500,7 @@ def test_contact_level_figure_says_how_the_grey_levels_were_corrected():
     assert handles[i].get_ydata().max() == pytest.approx(2 * gap.get_ydata().max(), rel=0.02)
     assert "thin CBD layer" not in ax.get_title()
     through = contact_level_figure(x, fit, 0.15, title="s", through_layer=True).axes[0]
-    assert through.get_title().startswith("s") and "partial volume: a thin CBD layer" in through.get_title()
+    assert through.get_title().startswith("s") and "(partial volume or blur):\na thin CBD layer" in through.get_title()
     assert "of faces" not in through.get_title()  # share not computed
     through = contact_level_figure(x, replace(fit, gap_share_through_layer=0.083), through_layer=True).axes[0]
     assert "(electrolyte on 8.3% of faces)" in through.get_title()

@@ -408,3 +408,64 @@ def test_the_contact_figure_says_when_gap_and_cbd_overlap():
     assert overlapping.separation < 2 <= clear.separation
     assert f"Ashman's D {overlapping.separation:.2f} < 2.0" in _reading_title(overlapping, "s", False)
     assert "Ashman" not in _reading_title(clear, "s", False)
+
+
+def test_the_checks_named_on_the_contact_figure_are_those_that_stop_the_reading():
+    """Over a grid of every check's value on both sides of its bound (NaN and None too), the short list of
+    failed checks is empty exactly where :func:`contacts_ambiguous` says the reading is readable, and each
+    entry names the value that failed it."""
+    import itertools
+
+    from detachment.plausibility import (
+        MAX_BOUNDS,
+        MAX_GAP_WIDTH_RATIO,
+        ambiguity_checks_failed,
+        contacts_ambiguous,
+    )
+
+    blur = MAX_BOUNDS["blur_sigma_vox"][0]
+    grid = itertools.product((0.02, -0.3, float("nan")), (0.15, None), (blur - 0.1, blur + 0.3, float("nan")),
+                             (1.1, MAX_GAP_WIDTH_RATIO + 0.4, None), (False, True), (0.05, 0.4, float("nan")),
+                             (3.0, 1.2, float("nan")))
+    seen = set()
+    for args in grid:
+        failed = ambiguity_checks_failed(*args)
+        assert bool(failed) == contacts_ambiguous(*args), args
+        seen.add(len(failed))
+        spread, _, sigma, ratio, through, share, separation = args
+        text = " ".join(failed)
+        if failed and sigma == blur + 0.3:
+            assert f"σ {sigma:.2f}" in text
+        if failed and separation == 1.2:
+            assert "D 1.20" in text
+        if failed and ratio is not None and ratio > MAX_GAP_WIDTH_RATIO and not through:
+            assert f"{ratio:.2f}×" in text
+    assert {0, 1, 2, 3} <= seen  # readable, one check and several at once all occur
+
+
+def test_the_contact_figure_gives_the_verdict_and_what_the_run_does():
+    """The title's last line names the failed checks in red and says whether the run stops or goes on; a
+    readable sample's says so in black; without a verdict nothing is added."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+
+    from detachment.contact_level import ContactLevel
+    from detachment.plots import contact_level_figure
+
+    fit = ContactLevel(0.1, True, gap_mean=0.05, gap_sigma=0.02, cbd_mean=0.2, cbd_sigma=0.05)
+    x = np.random.default_rng(0).normal(0.1, 0.08, 500)
+    failed = ["point spread σ 0.95 vox (> 0.65)", "gap / CBD separation D 1.20 (< 2.0)"]
+    stop = contact_level_figure(x, fit, title="s", failed=failed).axes[0].title
+    text = stop.get_text().replace("\n", " ")  # the verdict is wrapped over lines
+    assert "NOT READABLE, the run stops here" in text and "σ 0.95 vox" in text and "D 1.20" in text
+    assert to_hex(stop.get_color()) == to_hex("firebrick")
+    warn = contact_level_figure(x, fit, title="s", failed=failed, on_ambiguous="warn").axes[0].title.get_text()
+    warn = warn.replace("\n", " ")
+    assert "reported anyway (science.on_ambiguous_contacts: warn)" in warn and "stops" not in warn
+    ok = contact_level_figure(x, fit, title="s", failed=[]).axes[0].title
+    assert ok.get_text().endswith("contact checks pass: detachment is reported")
+    assert to_hex(ok.get_color()) == to_hex("black")
+    plain = contact_level_figure(x, fit, title="s").axes[0].title.get_text()
+    assert "READABLE" not in plain and "checks pass" not in plain

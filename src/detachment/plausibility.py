@@ -298,6 +298,28 @@ def contacts_ambiguous(spread: float, max_ambiguity: float | None, blur_sigma: f
             or through_layer and _too_thin(through_share, max_ambiguity) or _overlapping(separation))
 
 
+def ambiguity_checks_failed(spread: float, max_ambiguity: float | None, blur_sigma: float | None = None,
+                            width_ratio: float | None = None, through_layer: bool = False,
+                            through_share: float | None = None, separation: float | None = None) -> list[str]:
+    """Each check of :func:`contacts_ambiguous` that fails, in a few words with its value and bound (for the
+    contact-level figure; :func:`enforce_contacts` says more). Empty exactly where :func:`contacts_ambiguous`
+    is False; arguments as there."""
+    if max_ambiguity is None:
+        return []
+    out = []
+    if bool(np.isfinite(spread)) and abs(spread) > max_ambiguity:
+        out.append(f"readings disagree on {abs(spread):.0%} of faces (> {max_ambiguity:.0%})")
+    if _too_blurred(blur_sigma):
+        out.append(f"point spread σ {blur_sigma:.2f} vox (> {MAX_BOUNDS['blur_sigma_vox'][0]})")
+    if not through_layer and _too_mixed(width_ratio):
+        out.append(f"gap faces {width_ratio:.2f}× as wide as open electrolyte (> {MAX_GAP_WIDTH_RATIO})")
+    if through_layer and _too_thin(through_share, max_ambiguity):
+        out.append(f"{through_share:.0%} of faces electrolyte only through a thin layer (> {max_ambiguity:.0%})")
+    if _overlapping(separation):
+        out.append(f"gap / CBD separation D {separation:.2f} (< {MIN_CONTACT_SEPARATION})")
+    return out
+
+
 def _too_thin(through_share: float | None, max_ambiguity: float) -> bool:
     return through_share is not None and bool(np.isfinite(through_share)) and through_share > max_ambiguity
 

@@ -752,7 +752,8 @@ def _electrolyte_noise_curve(ax, fit, x) -> None:
             label=f"open electrolyte's spread ± {sd:.3f}: gap {ratio:.2f}× as wide (bound {MAX_GAP_WIDTH_RATIO:g})")
 
 
-def contact_level_figure(values, fit, midpoint: float | None = None, title: str = "", through_layer: bool = False):
+def contact_level_figure(values, fit, midpoint: float | None = None, title: str = "", through_layer: bool = False,
+                         failed: list[str] | None = None, on_ambiguous: str = "stop"):
     """Grey levels just outside the particles, the fitted gap and CBD Gaussians (the gap's dashed as the open
     electrolyte's spread would make it), the levels, and the band where the fit cannot place a face (gap
     probability 0.1-0.9, shaded, with the share of faces in it).
@@ -770,6 +771,12 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
     through_layer : bool, default False
         Whether the contacts are read through a thin CBD layer
         (:func:`detachment.contact_level.reads_through_layer`); said under the title.
+    failed : list of str, optional
+        The sample's contact checks that fail (:func:`detachment.plausibility.ambiguity_checks_failed`): the
+        title's last line gives the verdict, in red where any fails, and says whether the run stops there or
+        goes on (``on_ambiguous``, config ``science.on_ambiguous_contacts``). None: no verdict drawn.
+    on_ambiguous : str, default "stop"
+        ``"stop"`` or ``"warn"``.
 
     Returns
     -------
@@ -808,8 +815,22 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
                   + (f", sharpened (w = {weight:.2f} vox²)" if weight > 0 else ""))
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    ax.set_title(_reading_title(fit, title, through_layer))
+    ax.set_title(_reading_title(fit, title, through_layer) + _verdict_line(failed, on_ambiguous),
+                 color="firebrick" if failed else "black")
     return fig
+
+
+def _verdict_line(failed: list[str] | None, on_ambiguous: str) -> str:
+    """The contact figure's last title line: which checks fail and what the run does about it."""
+    if failed is None:
+        return ""
+    if not failed:
+        return "\ncontact checks pass: detachment is reported"
+    then = ("the run stops here" if on_ambiguous == "stop"
+            else "detachment reported anyway (science.on_ambiguous_contacts: warn)")
+    import textwrap
+
+    return "\n" + "\n".join(textwrap.wrap(f"NOT READABLE, {then}: " + "; ".join(failed), 100))
 
 
 def _reading_title(fit, title: str, through_layer: bool) -> str:
@@ -823,7 +844,8 @@ def _reading_title(fit, title: str, through_layer: bool) -> str:
         title = f"{title}\nelectrolyte faces: level {fit.gap_share:.2f}, deconvolved {fit.gap_share_deconvolved:.2f}"
     if through_layer:
         share = getattr(fit, "gap_share_through_layer", np.nan)
-        title = (f"{title}\npartial volume: a thin CBD layer with electrolyte beyond reads as the surface around it"
+        title = (f"{title}\nmixed voxels across the faces (partial volume or blur):\na thin CBD layer with "
+                 f"electrolyte beyond reads as the surface around it"
                  + (f" (electrolyte on {share:.1%} of faces)" if np.isfinite(share) else ""))
     separation = getattr(fit, "separation", np.nan)
     if np.isfinite(separation) and separation < MIN_CONTACT_SEPARATION:

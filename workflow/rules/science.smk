@@ -17,8 +17,8 @@ rule contact_level:
             labels={"sample": "{sample}"},
         ),
     params:
-        # science.on_ambiguous_contacts changes no output (only whether an ambiguous sample stops): the script
-        # reads it from the config, so switching it reruns nothing
+        # science.on_ambiguous_contacts changes no table (only whether an ambiguous sample stops, which the figure
+        # says): the script reads it from the config, so switching it reruns nothing
         max_spread=config["science"]["contact_max_spread"],
         max_ambiguity=config["science"]["contact_max_ambiguity"],
         partition=config["science"]["envelope_partition"],

@@ -70,11 +70,13 @@ elif fit.reading == "deconvolved":
         "particle's solid grey level) against the void/CBD midpoint %.4f. The disagreement is the reading's "
         "uncertainty (contact_level.csv: spread).", 100 * fit.gap_share, 100 * fit.gap_share_deconvolved, fit.level)
 table = fit.to_frame()
-table["ambiguous"] = plausibility.contacts_ambiguous(fit.spread, p.max_ambiguity, sigma, fit.gap_width_ratio, through,
-                                                     fit.gap_share_through_layer, fit.separation)
+checks = (fit.spread, p.max_ambiguity, sigma, fit.gap_width_ratio, through, fit.gap_share_through_layer, fit.separation)
+table["ambiguous"] = plausibility.contacts_ambiguous(*checks)
 io.write_csv(snakemake.output.table, table)
 io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample,
-                                          through_layer=through), snakemake.output.figure)
+                                          through_layer=through, failed=plausibility.ambiguity_checks_failed(*checks),
+                                          on_ambiguous=snakemake.config["science"]["on_ambiguous_contacts"]),
+               snakemake.output.figure)
 if table.ambiguous.iloc[0]:
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
     kept = Path(snakemake.log[0]).with_suffix(".png")
