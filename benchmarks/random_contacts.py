@@ -41,7 +41,7 @@ import numpy as np
 import yaml
 from random_phantoms import draw, run_draws
 
-from detachment import io, plausibility, validation
+from detachment import io, plausibility, shading, validation
 from detachment.config_docs import with_defaults
 from detachment.contact_level import (
     edge_width_from_map,
@@ -115,8 +115,9 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
     (z, y, x) and ``table`` (:func:`detachment.phantom.truth_table`'s columns); ``truth``: its labels' HDF5
     file; the other paths are written (``phases_path`` is left for the caller)."""
     res = threshold_volume(volume, phases_path, ThresholdSettings(**(threshold or {})), progress=False, workers=2)
+    shade = shading.measure_files(phases_path, volume, shading.contrast_from_fwhm(res.fwhm))
     checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
-                                          res.blur_sigma_vox, res.tilted_collector_top)
+                                          res.blur_sigma_vox, res.tilted_collector_top, shade.ratio)
     io.write_csv(qc, checks)
     codes = io.read_dataset(phases_path, "phases")
     links = validation.links_from_labels(ph.labels)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from detachment import io, plausibility
+from detachment import io, plausibility, shading
 from detachment.phantom import PhantomParams, generate_phantom
 from detachment.phase_fit import PhaseModelError
 from detachment.phases import NMC_HIGH, NMC_LOW
@@ -91,8 +91,9 @@ def measure(seed: int, work: Path) -> dict:
         volume.unlink()
     codes = io.read_dataset(phases_path, "phases")
     phases_path.unlink()
+    shade = shading.measure(codes, ph.volume, shading.contrast_from_fwhm(res.fwhm))
     checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
-                                          res.blur_sigma_vox, res.tilted_collector_top)
+                                          res.blur_sigma_vox, res.tilted_collector_top, shade.ratio)
     nmc = np.isin(ph.phases, (NMC_LOW, NMC_HIGH)) & np.isin(codes, (NMC_LOW, NMC_HIGH))
     declared = phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved))
     failed = " ".join(checks.loc[~checks.passed, "check"])

@@ -40,6 +40,11 @@ BOUNDS = {
 MAX_BOUNDS = {
     "blur_sigma_vox": (0.65, "the point-spread function is narrow enough to see gaps of one to three voxels (σ "
                              "measured on the particles' flat edges, voxels; the bound: docs/results.md)"),
+    "shading_ratio": (0.2, "the electrolyte's grey level wanders across the volume by at most this share of the "
+                           "CBD - electrolyte contrast (98th less 2nd percentile of its level in blocks of 16 voxels, "
+                           "detachment.shading): beyond it one threshold for the whole volume reads electrolyte as "
+                           "CBD where the reconstruction is bright, and gaps read attached; correct the shading "
+                           "(cupping, flat field, drift) before import. The bound: docs/results.md"),
 }
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
@@ -103,7 +108,7 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
 
 
 def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_sigma_vox: float | None = None,
-                    tilted_collector_top: int | None = None) -> pd.DataFrame:
+                    tilted_collector_top: int | None = None, shading_ratio: float | None = None) -> pd.DataFrame:
     """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur.
 
     The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice, or
@@ -124,6 +129,10 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         Where the thresholding found the collector tilted, the highest first slice above it over the
         columns (:attr:`detachment.threshold.ThresholdResult.tilted_collector_top`): a tilted slab holds Al
         above its mostly-Al slices.
+    shading_ratio : float, optional
+        How far the electrolyte's grey level wanders across the volume, over the CBD - electrolyte contrast
+        (:attr:`detachment.shading.Shading.ratio`); without it, or NaN (too little electrolyte, CBD not
+        resolved), ``shading_ratio`` is left out.
 
     Returns
     -------
@@ -149,10 +158,11 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         values.update(_model_checks(fwhm, total))
     rows = [{"check": k, "value": v, "bound": BOUNDS[k][0], "bound_type": "min", "passed": bool(v >= BOUNDS[k][0]),
              "requirement": BOUNDS[k][1]} for k, v in values.items()]
-    if blur_sigma_vox is not None and np.isfinite(blur_sigma_vox):
-        bound, requirement = MAX_BOUNDS["blur_sigma_vox"]
-        rows.append({"check": "blur_sigma_vox", "value": float(blur_sigma_vox), "bound": bound, "bound_type": "max",
-                     "passed": bool(blur_sigma_vox <= bound), "requirement": requirement})
+    for name, value in (("blur_sigma_vox", blur_sigma_vox), ("shading_ratio", shading_ratio)):
+        if value is not None and np.isfinite(value):
+            bound, requirement = MAX_BOUNDS[name]
+            rows.append({"check": name, "value": float(value), "bound": bound, "bound_type": "max",
+                         "passed": bool(value <= bound), "requirement": requirement})
     return pd.DataFrame(rows)
 
 
@@ -198,7 +208,7 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
                      f"{r.bound} ({r.requirement})" for r in failed.itertuples())
     figure = figure_hint or "the phase figure"
     advice = []
-    if set(failed.check) - {"blur_sigma_vox"}:
+    if set(failed.check) - {"blur_sigma_vox", "shading_ratio"}:
         advice.append(f"The histogram probably resolves fewer peaks than phases and the classes are shifted (e.g. "
                       f"CBD read as Al, the collector as NMC), or the volume holds no collector at z = 0. Look at "
                       f"{figure}; check the volume's orientation (the collector must be at z = 0 after import: the "
@@ -208,6 +218,11 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
         advice.append(f"The reconstruction is blurred wider than gaps and coats of one to three voxels beside the "
                       f"particles can be told apart in, and no threshold setting changes that (the last panel of "
                       f"{figure} shows the edge profile it was read on).")
+    if "shading_ratio" in set(failed.check):
+        advice.append("The grey levels drift across the volume (cupping, a region-of-interest scan's truncation, "
+                      "flat-field or beam drift), and the phases are read with one threshold each for the whole "
+                      "volume: correct the shading before import (flat-field the projections, or subtract a smooth "
+                      "background fitted to the electrolyte's level); no threshold setting changes that.")
     msg = (f"sample '{sample}': implausible phase map: {what}. {' '.join(advice)} Set threshold.on_implausible: "
            f"warn to go on with this map (every downstream number inherits it).")
     if on_implausible == "stop":

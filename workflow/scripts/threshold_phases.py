@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from detachment import io, plausibility, plots
+from detachment import io, plausibility, plots, shading
 from detachment.logs import log_to
 from detachment.phase_fit import PhaseModelError
 from detachment.threshold import ThresholdSettings, histogram_table, threshold_volume
@@ -37,8 +37,10 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          domain_split=result.domain_split, edges=result.edges, section=section)
 io.save_figure(fig, snakemake.output.figure)
 
+shade = shading.measure_files(snakemake.output.phases, snakemake.input.volume,
+                              shading.contrast_from_fwhm(result.fwhm))
 checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
-                                     result.blur_sigma_vox, result.tilted_collector_top)
+                                     result.blur_sigma_vox, result.tilted_collector_top, shade.ratio)
 io.write_csv(snakemake.output.qc, checks)
 if not checks.passed.all():
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at

@@ -1,0 +1,128 @@
+"""The electrolyte's grey-level wander across a volume (detachment.shading) and the check that stops on it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from detachment import io, plausibility, shading
+from detachment.phantom import PhantomParams, generate_phantom
+from detachment.phases import CBD, VOID
+
+
+def _counts(codes: np.ndarray) -> plausibility.PhaseCounts:
+    return plausibility.PhaseCounts(np.stack([(codes == c).sum(axis=(1, 2)) for c in range(5)], axis=1))
+
+
+def test_a_ramp_along_z_reads_two_thirds_of_its_height():
+    """All electrolyte, grey level A z / (Z - 1), no noise, 40 x 48 x 48: the interior (two steps from the
+    faces) holds slices 2-37, so the three block rows' medians are A 8.5, 23.5 and 34.5 / 39 and the 2nd to
+    98th percentile spread of the 27 blocks is A 26 / 39 (analytic)."""
+    depth, a = 40, 0.09
+    codes = np.full((depth, 48, 48), VOID, np.uint8)
+    grey = np.broadcast_to((a * np.arange(depth) / (depth - 1))[:, None, None], codes.shape).astype(np.float32)
+    levels = shading.block_levels(codes, grey)
+    assert levels.size == 27
+    assert sorted(set(np.round(levels / a * 39, 6))) == [8.5, 23.5, 34.5]
+    s = shading.measure(codes, grey, contrast=0.3)
+    assert s.spread == pytest.approx(a * 26 / 39, rel=1e-6) and s.blocks == 27
+    assert s.ratio == pytest.approx(a * 26 / 39 / 0.3, rel=1e-6)
+
+
+@pytest.mark.parametrize("depth", [37, 48, 50])
+def test_streamed_block_rows_read_what_the_whole_volume_reads(tmp_path, depth):
+    """Read block row by block row from HDF5 datasets (a halo of two slices for the erosion), the spread
+    equals the percentiles of :func:`block_levels` over the whole arrays, for depths that are and are not
+    multiples of the block."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(depth)
+    field = ndimage.gaussian_filter(rng.standard_normal((depth, 64, 64)), 3)
+    codes = np.where(field < 0.05, VOID, CBD).astype(np.uint8)
+    grey = (0.02 * np.linspace(0, 1, depth)[:, None, None] + rng.normal(0, 0.01, codes.shape)).astype(np.float32)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["phases"], f["volume"] = codes, grey
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        s = shading.measure(f["phases"], f["volume"], contrast=0.25)
+    whole = shading.block_levels(codes, grey)
+    assert s.blocks == whole.size >= shading.MIN_BLOCKS
+    assert s.spread == pytest.approx(float(np.diff(np.percentile(whole, shading.PERCENTILES))[0]), abs=1e-12)
+
+
+def test_too_little_electrolyte_measures_nothing_and_checks_nothing():
+    """Fewer than MIN_BLOCKS blocks with interior electrolyte: NaN, and the phase-map checks leave the row out."""
+    codes = np.full((20, 32, 32), CBD, np.uint8)
+    codes[4:16, 4:28, 4:28] = VOID
+    s = shading.measure(codes, np.zeros(codes.shape, np.float32), contrast=0.3)
+    assert 0 < s.blocks < shading.MIN_BLOCKS and np.isnan(s.spread) and np.isnan(s.ratio)
+    counts = _counts(codes)
+    assert "shading_ratio" not in set(plausibility.check_phase_map(counts, shading_ratio=s.ratio).check)
+
+
+def test_the_contrast_is_the_step_to_the_nearest_brighter_resolved_phase():
+    table = pd.DataFrame({"phase": ["void", "cbd", "nmc_low"], "centre": [0.02, 0.3, 0.6],
+                          "resolved": [True, True, True]})
+    assert shading.contrast_from_fwhm(table) == pytest.approx(0.28)
+    # CBD hidden: the step to the next phase the model resolves
+    assert shading.contrast_from_fwhm(table.assign(resolved=[True, False, True])) == pytest.approx(0.58)
+    assert np.isnan(shading.contrast_from_fwhm(table.assign(resolved=[False, True, True])))
+
+
+def test_the_check_row_passes_up_to_its_bound_and_stops_with_the_shading_advice():
+    """At the bound the map passes; beyond it the row fails and the stop names the shading and how to mend
+    it, without the histogram advice that fits the other checks."""
+    codes = np.zeros((12, 16, 16), np.uint8)
+    codes[:3] = 4  # a collector slab at z = 0
+    codes[6:, 4:8] = 2
+    codes[6:, 8:12] = CBD
+    counts = _counts(codes)
+    bound = plausibility.MAX_BOUNDS["shading_ratio"][0]
+    ok = plausibility.check_phase_map(counts, shading_ratio=bound).set_index("check")
+    assert ok.loc["shading_ratio", "passed"] and ok.loc["shading_ratio", "bound_type"] == "max"
+    bad = plausibility.check_phase_map(counts, shading_ratio=bound + 0.05)
+    assert not bad.set_index("check").loc["shading_ratio", "passed"]
+    assert bad.drop(bad.index[bad.check == "shading_ratio"]).passed.all()
+    with pytest.raises(plausibility.ImplausiblePhaseMap) as err:
+        plausibility.enforce(bad, "s1", "stop")
+    msg = str(err.value)
+    assert "sample 's1'" in msg and f"shading_ratio = {bound + 0.05:.3f} > {bound}" in msg
+    assert "correct the shading before import" in msg and "fewer peaks" not in msg
+
+
+@pytest.fixture(scope="module")
+def drifting_phantoms():
+    """One geometry, seed and noise with and without a drift of 0.2 grey levels peak to peak (60 % along z,
+    40 % in plane): their difference is the planted drift field itself."""
+    p = PhantomParams(shape_zyx=(40, 128, 128), n_particles=30, drift_amplitude=0.0)
+    flat = generate_phantom(p, seed=11)
+    drifted = generate_phantom(dataclasses.replace(p, drift_amplitude=0.2), seed=11)
+    return flat, drifted
+
+
+def test_the_drift_the_phantom_plants_is_what_the_thresholded_map_measures(tmp_path, drifting_phantoms):
+    """Thresholded as the workflow thresholds it, the flat phantom passes the check and the drifting one
+    fails it; the drifting one's measured spread is within a tenth of the planted field's own spread read on
+    the truth's electrolyte (the oracle: the two volumes' difference, block medians of the truth's interior
+    electrolyte), and the flat one's is under a tenth of it."""
+    from detachment.threshold import ThresholdSettings, threshold_volume
+
+    flat, drifted = drifting_phantoms
+    planted = shading.block_levels(flat.phases, drifted.volume - flat.volume)
+    planted_spread = float(np.diff(np.percentile(planted, shading.PERCENTILES))[0])
+    ratios = {}
+    for name, ph in (("flat", flat), ("drifted", drifted)):
+        io.write_volume(tmp_path / f"{name}.h5", ph.volume, 0.5, name)
+        res = threshold_volume(tmp_path / f"{name}.h5", tmp_path / f"{name}_p.h5", ThresholdSettings(),
+                               progress=False)
+        s = shading.measure_files(tmp_path / f"{name}_p.h5", tmp_path / f"{name}.h5",
+                                  shading.contrast_from_fwhm(res.fwhm))
+        checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
+                                              res.blur_sigma_vox, res.tilted_collector_top, s.ratio)
+        ratios[name] = (s, checks.set_index("check").loc["shading_ratio", "passed"])
+    assert ratios["drifted"][0].spread == pytest.approx(planted_spread, rel=0.1)
+    assert ratios["flat"][0].spread < 0.1 * planted_spread
+    assert ratios["flat"][1] and not ratios["drifted"][1]
