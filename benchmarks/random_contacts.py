@@ -53,7 +53,7 @@ from detachment.particles import contact_level_from_files, particle_table_from_f
 from detachment.phantom import PhantomParams, generate_phantom, write_phantom
 from detachment.phase_fit import PhaseModelError
 from detachment.robustness import phase_accuracy
-from detachment.threshold import ThresholdSettings, threshold_volume
+from detachment.threshold import ThresholdSettings
 
 #: Goals of the validation presets: a draw over either, not stopped, is ``silent``.
 MAX_MAE, MAX_BIAS = 0.03, 0.02
@@ -114,8 +114,8 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
     columns of :func:`measure` after the draw's parameters. ``ph``: the truth, with ``labels`` and ``phases``
     (z, y, x) and ``table`` (:func:`detachment.phantom.truth_table`'s columns); ``truth``: its labels' HDF5
     file; the other paths are written (``phases_path`` is left for the caller)."""
-    res = threshold_volume(volume, phases_path, ThresholdSettings(**(threshold or {})), progress=False, workers=2)
-    shade = shading.measure_files(phases_path, volume, shading.contrast_from_fwhm(res.fwhm))
+    res, shade, _ = shading.threshold_flattened(volume, phases_path, ThresholdSettings(**(threshold or {})),
+                                                progress=False, workers=2)
     checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
                                           res.blur_sigma_vox, res.tilted_collector_top, shade.ratio)
     io.write_csv(qc, checks)

@@ -33,7 +33,7 @@ from detachment.phantom import PhantomParams, generate_phantom
 from detachment.phase_fit import PhaseModelError
 from detachment.phases import NMC_HIGH, NMC_LOW
 from detachment.robustness import phase_accuracy
-from detachment.threshold import ThresholdSettings, threshold_volume
+from detachment.threshold import ThresholdSettings
 
 #: Declared phase accuracy below which a draw whose checks pass is marked ``silent``.
 SILENT_BELOW = 0.95
@@ -84,14 +84,14 @@ def measure(seed: int, work: Path) -> dict:
     io.write_volume(volume, ph.volume, 0.5, "random draw")
     phases_path = work / f"{seed}_phases.h5"
     try:
-        res = threshold_volume(volume, phases_path, ThresholdSettings(), progress=False, workers=2)
+        res, shade, _ = shading.threshold_flattened(volume, phases_path, ThresholdSettings(), progress=False,
+                                                    workers=2)
     except PhaseModelError as e:
         return {**row, "failed": f"model: {e}"[:120]}
     finally:
         volume.unlink()
     codes = io.read_dataset(phases_path, "phases")
     phases_path.unlink()
-    shade = shading.measure(codes, ph.volume, shading.contrast_from_fwhm(res.fwhm))
     checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
                                           res.blur_sigma_vox, res.tilted_collector_top, shade.ratio)
     nmc = np.isin(ph.phases, (NMC_LOW, NMC_HIGH)) & np.isin(codes, (NMC_LOW, NMC_HIGH))

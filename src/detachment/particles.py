@@ -389,13 +389,16 @@ def _crop_labels(dl, dp, row, shape, pad: int, partition: str, sampling):
 
 @contextmanager
 def _open_datasets(labels_path, phases_path, volume_path):
-    """The ``/labels``, ``/phases`` and volume datasets of three HDF5 files, open for reading."""
+    """The ``/labels``, ``/phases`` and volume datasets of three HDF5 files, open for reading; the volume's grey
+    levels as the phases were read from them (less the shading field where the map holds one,
+    :func:`detachment.shading.flat_view`)."""
     import h5py
 
     from . import io
+    from .shading import flat_view
 
     with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
-        yield fl["labels"], fp["phases"], fv[io.VOLUME_DATASET]
+        yield fl["labels"], fp["phases"], flat_view(fv[io.VOLUME_DATASET], fp)
 
 
 def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bool, progress: bool, desc: str,

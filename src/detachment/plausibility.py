@@ -42,9 +42,9 @@ MAX_BOUNDS = {
                              "measured on the particles' flat edges, voxels; the bound: docs/results.md)"),
     "shading_ratio": (0.2, "the electrolyte's grey level wanders across the volume by at most this share of the "
                            "CBD - electrolyte contrast (98th less 2nd percentile of its level in blocks of 16 voxels, "
-                           "detachment.shading): beyond it one threshold for the whole volume reads electrolyte as "
-                           "CBD where the reconstruction is bright, and gaps read attached; correct the shading "
-                           "(cupping, flat field, drift) before import. The bound: docs/results.md"),
+                           "detachment.shading; after flattening, where threshold.flatten_shading read the volume "
+                           "again less it): beyond it one threshold for the whole volume reads electrolyte as CBD "
+                           "where the reconstruction is bright, and gaps read attached. The bound: docs/results.md"),
 }
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
@@ -221,8 +221,9 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
     if "shading_ratio" in set(failed.check):
         advice.append("The grey levels drift across the volume (cupping, a region-of-interest scan's truncation, "
                       "flat-field or beam drift), and the phases are read with one threshold each for the whole "
-                      "volume: correct the shading before import (flat-field the projections, or subtract a smooth "
-                      "background fitted to the electrolyte's level); no threshold setting changes that.")
+                      "volume; flattening the volume by the electrolyte's own level (threshold.flatten_shading) "
+                      "left this much or was off: correct the shading before import (flat-field the projections, "
+                      "or subtract a smooth background fitted to the electrolyte's level).")
     msg = (f"sample '{sample}': implausible phase map: {what}. {' '.join(advice)} Set threshold.on_implausible: "
            f"warn to go on with this map (every downstream number inherits it).")
     if on_implausible == "stop":

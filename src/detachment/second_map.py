@@ -22,6 +22,7 @@ import pandas as pd
 
 from . import io
 from .phases import NMC_HIGH, NMC_LOW
+from .shading import flat_view
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,8 @@ def particle_map_table(labels_path, phases_path, volume_path, map_path, links: p
     rows = []
     with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp, \
             h5py.File(volume_path, "r") as fv, h5py.File(map_path, "r") as fm:
-        dl, dp, dv, dm = fl["labels"], fp["phases"], fv[io.VOLUME_DATASET], fm[SECOND_MAP_DATASET]
+        dl, dp, dm = fl["labels"], fp["phases"], fm[SECOND_MAP_DATASET]
+        dv = flat_view(fv[io.VOLUME_DATASET], fp)  # the grey levels as the phases were read
         for row in tqdm(list(links.itertuples()), desc="second map", unit="particle", disable=not progress):
             sl = io.particle_crop(row, shape, pad)
             lab, ph = dl[sl], dp[sl]

@@ -13,7 +13,7 @@ right even where blur makes it misread CBD's pores, so the measure does not grow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -30,6 +30,8 @@ MIN_BLOCK_VOXELS = 200
 MIN_BLOCKS = 20
 #: Percentiles of the block levels whose difference is the shading.
 PERCENTILES = (2.0, 98.0)
+#: Most readings of the phases on a volume flattened by the shading read so far (:func:`threshold_flattened`).
+FLATTEN_PASSES = 2
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,14 @@ class Shading:
         CBD's grey level less the electrolyte's (given; :func:`contrast_from_fwhm`), grey level.
     blocks : int
         Blocks whose electrolyte level was read.
+    grid : numpy.ndarray or None
+        The block levels (:func:`block_grid`), NaN where not read.
     """
 
     spread: float
     contrast: float
     blocks: int
+    grid: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ratio(self) -> float:
@@ -61,33 +66,35 @@ class Shading:
 
 def block_levels(codes: np.ndarray, grey: np.ndarray, block: int = BLOCK_VOX) -> np.ndarray:
     """Median grey level of the electrolyte's interior voxels in each block of ``block`` voxels of a
-    (z, y, x) map and its grey levels, for the blocks with at least :data:`MIN_BLOCK_VOXELS` such voxels;
-    voxels at the array's faces are not interior (the faces count as another code)."""
+    (z, y, x) map and its grey levels, for the blocks with at least :data:`MIN_BLOCK_VOXELS` such voxels
+    (in raster order); voxels at the array's faces are not interior (the faces count as another code).
+    The whole arrays at once: what :func:`block_grid` reads block row by block row."""
     inside = ndimage.binary_erosion(codes == VOID, ndimage.generate_binary_structure(3, 1),
                                     iterations=INTERIOR_DEPTH_VOX)
-    return _levels_of_blocks(inside, grey, block, 0, codes.shape[0])
+    grid = _row_levels(inside, grey, block)
+    return grid[np.isfinite(grid)]
 
 
-def _levels_of_blocks(inside: np.ndarray, grey: np.ndarray, block: int, z0: int, z1: int) -> np.ndarray:
-    """Block medians of ``grey`` over ``inside`` for the blocks whose slices are ``z0``-``z1`` of the arrays."""
-    out = []
-    for z in range(z0, z1, block):
-        for y in range(0, inside.shape[1], block):
-            for x in range(0, inside.shape[2], block):
-                sl = (slice(z, min(z + block, z1)), slice(y, y + block), slice(x, x + block))
-                m = inside[sl]
-                if int(m.sum()) >= MIN_BLOCK_VOXELS:
-                    out.append(float(np.median(grey[sl][m])))
-    return np.asarray(out, np.float64)
+def _row_levels(inside: np.ndarray, grey: np.ndarray, block: int) -> np.ndarray:
+    """(z blocks, y blocks, x blocks) medians of ``grey`` over ``inside``; NaN where a block holds fewer than
+    :data:`MIN_BLOCK_VOXELS` of them."""
+    nz, ny, nx = (-(-n // block) for n in inside.shape)
+    out = np.full((nz, ny, nx), np.nan)
+    for i, j, k in np.ndindex(nz, ny, nx):
+        sl = (slice(i * block, (i + 1) * block), slice(j * block, (j + 1) * block), slice(k * block, (k + 1) * block))
+        m = inside[sl]
+        if int(m.sum()) >= MIN_BLOCK_VOXELS:
+            out[i, j, k] = float(np.median(grey[sl][m]))
+    return out
 
 
-def measure(codes_ds, grey_ds, contrast: float, block: int = BLOCK_VOX) -> Shading:
-    """:class:`Shading` of a volume read block row by block row from two (z, y, x) datasets (h5py or arrays):
-    the phase codes and the grey levels they were read from; ``contrast``: CBD's level less the
-    electrolyte's. The same block levels as :func:`block_levels` of the whole arrays."""
+def block_grid(codes_ds, grey_ds, block: int = BLOCK_VOX) -> np.ndarray:
+    """(z, y, x) grid, one value per block of ``block`` voxels, of the median grey level of the electrolyte's
+    interior voxels (NaN where fewer than :data:`MIN_BLOCK_VOXELS`), read block row by block row from two
+    (z, y, x) datasets (h5py or arrays): the phase codes and the grey levels they were read from."""
     depth, halo = codes_ds.shape[0], INTERIOR_DEPTH_VOX
     ball = ndimage.generate_binary_structure(3, 1)
-    levels = []
+    rows = []
     for z0 in range(0, depth, block):
         z1 = min(z0 + block, depth)
         a, b = max(0, z0 - halo), min(depth, z1 + halo)
@@ -95,11 +102,18 @@ def measure(codes_ds, grey_ds, contrast: float, block: int = BLOCK_VOX) -> Shadi
         # beyond the volume's first and last slices nothing is electrolyte, as at the whole array's faces
         void = np.pad(void, ((halo - (z0 - a), halo - (b - z1)), (0, 0), (0, 0)))
         inside = ndimage.binary_erosion(void, ball, iterations=halo)[halo: halo + z1 - z0]
-        levels.append(_levels_of_blocks(inside, np.asarray(grey_ds[z0:z1]), block, 0, z1 - z0))
-    levels = np.concatenate(levels) if levels else np.empty(0)
+        rows.append(_row_levels(inside, np.asarray(grey_ds[z0:z1]), block))
+    return np.concatenate(rows) if rows else np.empty((0, 0, 0))
+
+
+def measure(codes_ds, grey_ds, contrast: float, block: int = BLOCK_VOX) -> Shading:
+    """:class:`Shading` of a volume from its :func:`block_grid`; ``contrast``: the step from the electrolyte
+    to CBD (:func:`contrast_from_fwhm`)."""
+    grid = block_grid(codes_ds, grey_ds, block)
+    levels = grid[np.isfinite(grid)]
     spread = (float(np.diff(np.percentile(levels, PERCENTILES))[0]) if levels.size >= MIN_BLOCKS
               else float("nan"))
-    return Shading(spread, float(contrast), int(levels.size))
+    return Shading(spread, float(contrast), int(levels.size), grid)
 
 
 def contrast_from_fwhm(fwhm) -> float:
@@ -122,3 +136,149 @@ def measure_files(phases_path, volume_path, contrast: float) -> Shading:
 
     with h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
         return measure(fp["phases"], fv[io.VOLUME_DATASET], contrast)
+
+
+#: Dataset of ``phases.h5`` holding the field the volume was flattened by (:func:`centred_field`), with the
+#: block edge as its attribute ``block_vox``; absent where the volume was read as it is.
+FIELD_DATASET = "shading"
+
+
+def centred_field(grid: np.ndarray) -> np.ndarray:
+    """The shading field on the block grid: each block's electrolyte level less the median of those read, a
+    block without a level given its nearest read block's (float32)."""
+    read = np.isfinite(grid)
+    if not read.any():
+        return np.zeros(grid.shape, np.float32)
+    _, nearest = ndimage.distance_transform_edt(~read, return_indices=True)
+    filled = grid[tuple(nearest)]
+    return (filled - np.median(grid[read])).astype(np.float32)
+
+
+def _axis_weights(start: int, stop: int, n_blocks: int, block: int) -> np.ndarray:
+    """(stop - start, n_blocks) weights of a linear interpolation between block centres along one axis, for
+    voxels ``start``-``stop``; beyond the first and last centres the nearest block's value."""
+    centre = (np.arange(start, stop) + 0.5) / block - 0.5
+    pos = np.clip(centre, 0, n_blocks - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n_blocks - 1)
+    w = np.zeros((stop - start, n_blocks))
+    rows = np.arange(stop - start)
+    np.add.at(w, (rows, lo), 1 - (pos - lo))
+    np.add.at(w, (rows, hi), pos - lo)
+    return w
+
+
+def field_on(field_grid: np.ndarray, block: int, region) -> np.ndarray:
+    """The shading field at the voxels of ``region`` ((start, stop) per axis, z, y, x), trilinear between the
+    block centres of ``field_grid`` (:func:`centred_field`), float32."""
+    out = field_grid.astype(np.float64)
+    for axis, (start, stop) in enumerate(region):
+        out = np.moveaxis(np.tensordot(_axis_weights(start, stop, field_grid.shape[axis], block), out,
+                                       axes=([1], [axis])), 0, axis)
+    return out.astype(np.float32)
+
+
+class FlatView:
+    """A (z, y, x) grey-level dataset read less its shading field: ``view[key]`` is ``dataset[key]`` (float32)
+    less :func:`field_on` there, for keys of integers and unit-step slices."""
+
+    def __init__(self, dataset, field_grid: np.ndarray, block: int):
+        self.dataset, self.field_grid, self.block = dataset, np.asarray(field_grid), int(block)
+        self.shape, self.dtype = tuple(dataset.shape), np.dtype(np.float32)
+
+    def __getitem__(self, key):
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        region, squeeze = [], []
+        for axis, (k, n) in enumerate(zip(key, self.shape)):
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                if step != 1:
+                    raise IndexError(f"FlatView: slice step {step} on axis {axis}; only unit steps")
+                region.append((start, max(start, stop)))
+            else:
+                i = int(k) % n
+                region.append((i, i + 1))
+                squeeze.append(axis)
+        data = np.asarray(self.dataset[key], np.float32)
+        field = field_on(self.field_grid, self.block, region)
+        return data - (field.squeeze(axis=tuple(squeeze)) if squeeze else field)
+
+
+def flat_view(dataset, phases_file):
+    """``dataset`` (the volume's grey levels) as the phase map was read from it: a :class:`FlatView` where
+    the open ``phases.h5`` (``phases_file``, an h5py File) holds the field it was flattened by
+    (:data:`FIELD_DATASET`), else ``dataset`` itself."""
+    if FIELD_DATASET not in phases_file:
+        return dataset
+    d = phases_file[FIELD_DATASET]
+    return FlatView(dataset, d[...], int(d.attrs["block_vox"]))
+
+
+def write_flattened(volume_path, out_path, field_grid: np.ndarray, block: int, slab: int = 32) -> None:
+    """Write the volume of ``volume_path`` less its shading field to ``out_path`` (the volume contract,
+    ``/volume`` float32 with the same attributes), atomically and slab by slab."""
+    import h5py
+
+    from . import io
+
+    with h5py.File(volume_path, "r") as fin, io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as fout:
+        src = fin[io.VOLUME_DATASET]
+        view = FlatView(src, field_grid, block)
+        dst = fout.create_dataset(io.VOLUME_DATASET, shape=src.shape, dtype=np.float32,
+                                  chunks=io.slab_chunks(src.shape))
+        lo, hi = np.inf, -np.inf
+        for z0, z1 in io.slab_ranges(src.shape[0], slab):
+            part = view[z0:z1]
+            dst[z0:z1] = part
+            lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+        dst.attrs.update({k: v for k, v in src.attrs.items()})
+        dst.attrs[io.GREY_RANGE_ATTR] = np.array([lo, hi], float)
+
+
+def threshold_flattened(volume_path, phases_path, settings, progress: bool = True, workers: int = 1):
+    """:func:`detachment.threshold.threshold_volume`, and where the shading read on its map exceeds the phase
+    check's bound (``plausibility.MAX_BOUNDS["shading_ratio"]``) and ``settings.flatten_shading`` is on, the
+    phases read again on the volume less that shading (:func:`centred_field` of the map's block levels,
+    :func:`write_flattened` to a file beside ``phases_path``, removed after), the field written with the map.
+    The first map misreads the electrolyte where the shading is strongest, so its block levels fall short
+    there: while what is left is still beyond the bound, the field grows by what the new map reads, up to
+    :data:`FLATTEN_PASSES` readings again.
+
+    Returns
+    -------
+    tuple
+        ``(result, shading, before)``: the :class:`detachment.threshold.ThresholdResult` of the map written,
+        the :class:`Shading` read on it (on the grey levels it was read from, flattened or not) and, where it
+        was flattened, the :class:`Shading` of the first map (else None).
+    """
+    import logging
+    from pathlib import Path
+
+    from .plausibility import MAX_BOUNDS
+    from .threshold import threshold_volume
+
+    log = logging.getLogger(__name__)
+    result = threshold_volume(volume_path, phases_path, settings, progress, workers)
+    first = now = measure_files(phases_path, volume_path, contrast_from_fwhm(result.fwhm))
+    bound = MAX_BOUNDS["shading_ratio"][0]
+    if not (settings.flatten_shading and np.isfinite(first.ratio) and first.ratio > bound):
+        return result, first, None
+    field_grid = np.zeros(first.grid.shape, np.float32)
+    flat = Path(phases_path).with_name(Path(phases_path).stem + ".flattened.h5")
+    try:
+        for _ in range(FLATTEN_PASSES):
+            if not (np.isfinite(now.ratio) and now.ratio > bound):
+                break
+            field_grid = field_grid + centred_field(now.grid)
+            write_flattened(volume_path, flat, field_grid, BLOCK_VOX)
+            result = threshold_volume(flat, phases_path, settings, progress, workers,
+                                      shading_field=(field_grid, BLOCK_VOX))
+            now = measure_files(phases_path, flat, contrast_from_fwhm(result.fwhm))
+            log.warning("the electrolyte's grey level wandered across the volume by %.3f (%.2f of the step to CBD, "
+                        "bound %.2f): the phases were read again on the volume less that shading, which leaves %.3f "
+                        "(%.2f); the contacts read the grey levels flattened alike (threshold.flatten_shading)",
+                        first.spread, first.ratio, bound, now.spread, now.ratio)
+    finally:
+        flat.unlink(missing_ok=True)
+    return result, now, first

@@ -79,6 +79,10 @@ class ThresholdSettings:
         (:func:`detachment.psf_refine.texture_offsets`): ``"fit"`` the σ that leaves NMC's residuals least
         spread on the σ fit's block, or none where no σ lowers it
         (:func:`detachment.psf_refine.fit_texture_sigma`); 0 one level per NMC code.
+    flatten_shading : bool
+        Where the electrolyte's grey level wanders across the volume beyond the phase check's bound
+        (:func:`detachment.shading.threshold_flattened`), read the phases again on the volume less that
+        shading field; off, the check stops such a volume.
     nmc_domain_split : bool
         Where the grey-level histogram does not resolve NMC high from low density, try again on the
         domain-averaged NMC grey levels (:func:`detachment.phase_fit.split_nmc_domains`; needs
@@ -108,6 +112,7 @@ class ThresholdSettings:
     psf_refine_beta: float = 3.0
     psf_refine_sweeps: int = 4
     psf_refine_texture_vox: str | float = "fit"
+    flatten_shading: bool = True
     nmc_domain_split: bool = True
     slab: int = 32
 
@@ -521,7 +526,7 @@ def _slice_counts(core: np.ndarray) -> np.ndarray:
 
 
 def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, progress: bool = True,
-                     workers: int = 1) -> ThresholdResult:
+                     workers: int = 1, shading_field: tuple[np.ndarray, int] | None = None) -> ThresholdResult:
     """Classify every voxel of ``volume_path`` and write ``/phases`` (uint8) to ``phases_path`` atomically.
 
     Parameters
@@ -536,6 +541,10 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     workers : int, default 1
         Threads of the histogram and classification passes: with 2 or more, slabs are counted,
         classified and compressed side by side (the same result, faster on two cores).
+    shading_field : tuple of (numpy.ndarray, int), optional
+        The shading field ``volume_path`` was flattened by and its block edge (voxels), written beside the
+        map as :data:`detachment.shading.FIELD_DATASET` so that what reads the volume's grey levels with the
+        map reads them as the map was read (:func:`detachment.shading.flat_view`).
 
     Returns
     -------
@@ -572,6 +581,11 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         psf, psf_se, width = measured_blur(tally.edges)  # the width along the grid is what the contact reading undoes
         d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined, edge_width_vox=width,
                        **(plane.attrs() if plane is not None else {}))
+        if shading_field is not None:
+            from .shading import FIELD_DATASET
+
+            f.create_dataset(FIELD_DATASET, data=np.asarray(shading_field[0], np.float32))
+            f[FIELD_DATASET].attrs["block_vox"] = int(shading_field[1])
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},

@@ -3,28 +3,33 @@
 import shutil
 from pathlib import Path
 
+import h5py
+
 from detachment import io, plausibility, plots, shading
 from detachment.logs import log_to
 from detachment.phase_fit import PhaseModelError
-from detachment.threshold import ThresholdSettings, histogram_table, threshold_volume
+from detachment.threshold import ThresholdSettings, histogram_table
 
 log_to(snakemake.log[0])
 settings = ThresholdSettings(**snakemake.params.settings)
 on_implausible = snakemake.config["threshold"]["on_implausible"]
 try:
-    result = threshold_volume(snakemake.input.volume, snakemake.output.phases, settings, workers=snakemake.threads)
+    result, shade, _ = shading.threshold_flattened(snakemake.input.volume, snakemake.output.phases, settings,
+                                                   workers=snakemake.threads)
 except PhaseModelError as e:
     # the data do not support the informed model (no collector slab, ...): stop, or go on with gmm
     plausibility.enforce_model(e, snakemake.wildcards.sample, on_implausible)
     settings.method = "gmm"
-    result = threshold_volume(snakemake.input.volume, snakemake.output.phases, settings, workers=snakemake.threads)
+    result, shade, _ = shading.threshold_flattened(snakemake.input.volume, snakemake.output.phases, settings,
+                                                   workers=snakemake.threads)
 io.write_csv(snakemake.output.histogram, histogram_table(result))
 io.write_csv(snakemake.output.fwhm, result.fwhm)
 
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
 shape, voxel = io.read_volume_info(snakemake.input.volume)
-image = io.read_region(snakemake.input.volume, io.VOLUME_DATASET, z)
+with h5py.File(snakemake.input.volume, "r") as fv, h5py.File(snakemake.output.phases, "r") as fp:
+    image = shading.flat_view(fv[io.VOLUME_DATASET], fp)[z]  # as the phases were read
 y = shape[1] // 2
 section = plots.SideSection(io.read_region(snakemake.output.phases, "phases", (slice(None), y)), y,
                             result.collector_heights(y, shape[2]), tuple(voxel))
@@ -37,8 +42,6 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          domain_split=result.domain_split, edges=result.edges, section=section)
 io.save_figure(fig, snakemake.output.figure)
 
-shade = shading.measure_files(snakemake.output.phases, snakemake.input.volume,
-                              shading.contrast_from_fwhm(result.fwhm))
 checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
                                      result.blur_sigma_vox, result.tilted_collector_top, shade.ratio)
 io.write_csv(snakemake.output.qc, checks)
