@@ -795,14 +795,7 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
                     color=PHASE_COLOURS["void" if name == "gap" else "cbd"], label=f"{name} {mu:.3f} ± {sd:.3f}")
         _electrolyte_noise_curve(ax, fit, x)
     if fit.fitted and values.size:
-        from .contact_level import AMBIGUOUS_POSTERIOR, gap_posterior
-
-        grid = np.linspace(np.nanmin(values), np.nanmax(values), 400)
-        post = gap_posterior(grid, fit)
-        lo, hi = AMBIGUOUS_POSTERIOR
-        share = getattr(fit, "ambiguous_faces", np.nan)
-        ax.fill_between(grid, 0, 1, where=(post > lo) & (post < hi), transform=ax.get_xaxis_transform(),
-                        color="#f5b041", alpha=0.3, label=f"ambiguous: P(gap) {lo:g}–{hi:g}, {share:.1%} of faces")
+        _ambiguous_band(ax, values, fit)
     if np.isfinite(fit.level):
         how = "deconvolved reading" if getattr(fit, "reading", "level") == "deconvolved" else \
             ("fitted" if fit.fitted else "fallback")
@@ -818,6 +811,18 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
     ax.set_title(_reading_title(fit, title, through_layer) + _verdict_line(failed, on_ambiguous),
                  color="firebrick" if failed else "black")
     return fig
+
+
+def _ambiguous_band(ax, values, fit) -> None:
+    """Shade the grey levels whose gap probability under ``fit`` is 0.1-0.9, labelled with their share of faces."""
+    from .contact_level import AMBIGUOUS_POSTERIOR, gap_posterior
+
+    grid = np.linspace(np.nanmin(values), np.nanmax(values), 400)
+    post = gap_posterior(grid, fit)
+    lo, hi = AMBIGUOUS_POSTERIOR
+    share = getattr(fit, "ambiguous_faces", np.nan)
+    ax.fill_between(grid, 0, 1, where=(post > lo) & (post < hi), transform=ax.get_xaxis_transform(),
+                    color="#f5b041", alpha=0.3, label=f"ambiguous: P(gap) {lo:g}–{hi:g}, {share:.1%} of faces")
 
 
 def _verdict_line(failed: list[str] | None, on_ambiguous: str) -> str:

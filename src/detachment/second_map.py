@@ -238,8 +238,7 @@ def particle_map_table(labels_path, phases_path, volume_path, map_path, links: p
     rows = []
     with h5py.File(labels_path, "r") as fl, h5py.File(phases_path, "r") as fp, \
             h5py.File(volume_path, "r") as fv, h5py.File(map_path, "r") as fm:
-        dl, dp, dm = fl["labels"], fp["phases"], fm[SECOND_MAP_DATASET]
-        dv = flat_view(fv[io.VOLUME_DATASET], fp)  # the grey levels as the phases were read
+        dl, dp, dv, dm = fl["labels"], fp["phases"], flat_view(fv[io.VOLUME_DATASET], fp), fm[SECOND_MAP_DATASET]
         for row in tqdm(list(links.itertuples()), desc="second map", unit="particle", disable=not progress):
             sl = io.particle_crop(row, shape, pad)
             lab, ph = dl[sl], dp[sl]

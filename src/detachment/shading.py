@@ -205,6 +205,13 @@ class FlatView:
         return data - (field.squeeze(axis=tuple(squeeze)) if squeeze else field)
 
 
+def write_field(h5file, field_grid: np.ndarray, block: int) -> None:
+    """Keep the field a volume was flattened by in an open ``phases.h5`` (:data:`FIELD_DATASET`, float32, with
+    the block edge in voxels as its attribute ``block_vox``), where :func:`flat_view` finds it."""
+    h5file.create_dataset(FIELD_DATASET, data=np.asarray(field_grid, np.float32))
+    h5file[FIELD_DATASET].attrs["block_vox"] = int(block)
+
+
 def flat_view(dataset, phases_file):
     """``dataset`` (the volume's grey levels) as the phase map was read from it: a :class:`FlatView` where
     the open ``phases.h5`` (``phases_file``, an h5py File) holds the field it was flattened by

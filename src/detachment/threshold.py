@@ -24,7 +24,18 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import blur, collector_surface, h5chunks, io, phase_fit, phases, psf_refine, slab_kernels, slab_phases
+from . import (
+    blur,
+    collector_surface,
+    h5chunks,
+    io,
+    phase_fit,
+    phases,
+    psf_refine,
+    shading,
+    slab_kernels,
+    slab_phases,
+)
 from .binning import UniformBins
 
 log = logging.getLogger(__name__)
@@ -534,17 +545,13 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     volume_path, phases_path : str or os.PathLike
         Volume file (``/volume`` float32, (z, y, x)) and the phase map to write: ``/phases`` (z, y, x)
         uint8 codes with the attributes of docs/outputs.md.
-    settings : ThresholdSettings
-        The ``threshold`` config section.
-    progress : bool, default True
-        Show progress bars.
+    settings, progress : ThresholdSettings, bool (default True)
+        The ``threshold`` config section; show progress bars.
     workers : int, default 1
         Threads of the histogram and classification passes: with 2 or more, slabs are counted,
         classified and compressed side by side (the same result, faster on two cores).
     shading_field : tuple of (numpy.ndarray, int), optional
-        The shading field ``volume_path`` was flattened by and its block edge (voxels), written beside the
-        map as :data:`detachment.shading.FIELD_DATASET` so that what reads the volume's grey levels with the
-        map reads them as the map was read (:func:`detachment.shading.flat_view`).
+        The field and block edge ``volume_path`` was flattened by, kept with the map (:func:`shading.write_field`).
 
     Returns
     -------
@@ -582,10 +589,7 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined, edge_width_vox=width,
                        **(plane.attrs() if plane is not None else {}))
         if shading_field is not None:
-            from .shading import FIELD_DATASET
-
-            f.create_dataset(FIELD_DATASET, data=np.asarray(shading_field[0], np.float32))
-            f[FIELD_DATASET].attrs["block_vox"] = int(shading_field[1])
+            shading.write_field(f, *shading_field)
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
