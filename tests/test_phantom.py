@@ -191,6 +191,10 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
     assert any(p.coating_width_vox <= 1 and p.fwhm["nmc_low"] >= 0.147 for p in ps.values())
     # partial volume under a point spread sharp enough not to widen the edges past the blur check
     assert any(p.supersample > 1 and p.blur_sigma_vox <= 0.3 for p in ps.values())
+    # grey levels that wander across the volume by most of the step from the electrolyte to CBD (cupping, drift)
+    # beside one-voxel gaps, which one threshold per phase for the whole volume reads as attached
+    assert any(p.drift_amplitude >= 0.8 * (p.intensity["cbd"] - p.intensity["void"]) and p.gap_width_vox <= 1
+               for p in ps.values())
 
 
 def test_sparse_and_crowded_presets_span_the_electrolyte_fraction_and_touching(default_config):

@@ -70,6 +70,9 @@ PRESETS: dict[str, dict] = {
     # slice is its top; on a thicker collector under a deeper volume
     "tilted_collector": {"shape_zyx": [48, 192, 192], "collector_thickness_vox": 8, "collector_tilt_deg": 2.0,
                          "collector_tilt_azimuth_deg": 30.0},
+    # one-voxel gaps and coats under grey levels that wander across the volume by 0.25 (cupping, drift): with
+    # one threshold per phase for the whole volume the bright parts read gaps as attached
+    "shaded": {**THIN_GAPS, "drift_amplitude": 0.25},
 }
 
 
