@@ -1,7 +1,7 @@
 """Detachment on phantoms drawn at random across the family's ranges, read on the truth's own particles.
 
 Usage: .venv/bin/python benchmarks/random_contacts.py [--first 9000] [--count 30] [--out table.csv]
-       [--threshold KEY=VALUE ...] [--exact-envelopes] [--prior-sensitivity BETA]
+       [--threshold KEY=VALUE ...] [--exact-envelopes] [--prior-sensitivity BETA] [--max-drift GREY]
 
 The phase map alone (``random_phantoms.py``) does not say whether the contacts transfer: they are read on
 the voxels beside the particles, where blur, partial volume and one-voxel coats and gaps decide. Each seed
@@ -65,24 +65,25 @@ def science_settings(path: Path = CONFIG) -> dict:
     return with_defaults(yaml.safe_load(path.read_text()))["science"]
 
 
-def draw_with_contacts(rng: np.random.Generator) -> dict:
+def draw_with_contacts(rng: np.random.Generator, max_drift: float = 0.03) -> dict:
     """PhantomParams fields of one draw: ``random_phantoms.draw``'s, then the planted mean detachment
     (0.1-0.6) and the share of touching pairs split by a one-voxel gap (0-0.6), drawn after the others so
     that a seed's grey levels and geometry are those ``random_phantoms.py`` draws for it."""
-    p = draw(rng)
+    p = draw(rng, max_drift)
     p["detachment_mean"] = float(rng.uniform(0.1, 0.6))
     p["contact_gap_probability"] = float(rng.uniform(0.0, 0.6))
     return p
 
 
 def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refine: bool = True,
-            weak_beta: float | None = None) -> dict:
+            weak_beta: float | None = None, max_drift: float = 0.03) -> dict:
     """One draw: its parameters, the checks and the detachment read on the truth's particles (``threshold``:
     :class:`detachment.threshold.ThresholdSettings` fields other than the defaults; ``refine``: their
     envelopes refined on the phase map as the workflow's are, else read as they are; ``weak_beta``: read
     again with ``psf_refine_beta`` set to it, adding ``bias_weak_prior`` and ``prior_shift``)."""
-    p = draw_with_contacts(np.random.default_rng(seed))
-    row = {"seed": seed, "supersample": p["supersample"], "blur_sigma_vox": round(p["blur_sigma_vox"], 3),
+    p = draw_with_contacts(np.random.default_rng(seed), max_drift)
+    row = {"seed": seed, "drift": round(p["drift_amplitude"], 3), "supersample": p["supersample"],
+           "blur_sigma_vox": round(p["blur_sigma_vox"], 3),
            "void_to_cbd": round(p["intensity"]["cbd"] - p["intensity"]["void"], 3),
            "noise_fwhm": round(p["fwhm"]["void"], 3), "cbd_fwhm": round(p["fwhm"]["cbd"], 3),
            "gap_vox": round(p["gap_width_vox"], 2), "coat_vox": round(p["coating_width_vox"], 2)}
@@ -171,6 +172,9 @@ def main() -> None:
                          "psf_refine_beta=1.0; may be repeated")
     ap.add_argument("--exact-envelopes", action="store_true",
                     help="read on the truth's labels as they are, without the workflow's envelope refinement")
+    ap.add_argument("--max-drift", type=float, default=0.03, metavar="GREY",
+                    help="draw the grey levels' drift across the volume up to this (peak to peak; cupping, "
+                         "beam drift), the other fields as drawn without it")
     ap.add_argument("--prior-sensitivity", type=float, metavar="BETA",
                     help="also threshold and read each draw with threshold.psf_refine_beta set to BETA")
     args = ap.parse_args()
@@ -182,7 +186,7 @@ def main() -> None:
     if args.prior_sensitivity is not None:
         ThresholdSettings(**{**threshold, "psf_refine_beta": args.prior_sensitivity})
     table = run_draws(lambda seed, work: measure(seed, work, sc, threshold, not args.exact_envelopes,
-                                                 args.prior_sensitivity),
+                                                 args.prior_sensitivity, args.max_drift),
                       range(args.first, args.first + args.count), args.out)
     ran = table.dropna(subset=["detachment_mae"])
     passed = ran[(ran.failed == "") & ~ran.ambiguous.astype(bool)]

@@ -41,8 +41,9 @@ SILENT_BELOW = 0.95
 SIDE = 192
 
 
-def draw(rng: np.random.Generator) -> dict:
-    """PhantomParams fields of one random draw."""
+def draw(rng: np.random.Generator, max_drift: float = 0.03) -> dict:
+    """PhantomParams fields of one random draw; the grey levels' drift across the volume up to ``max_drift``
+    (the same draws of every other field whatever it is)."""
     void = rng.uniform(0.0, 0.1)
     cbd = void + rng.uniform(0.1, 0.3)
     al = cbd + rng.uniform(0.12, 0.3)
@@ -60,7 +61,7 @@ def draw(rng: np.random.Generator) -> dict:
         intensity={"void": void, "cbd": cbd, "al": al, "nmc_low": nmc_low, "nmc_high": nmc_high},
         fwhm={"void": noise, "al": noise, "cbd": max(noise, rng.uniform(0.05, 0.12)),
               "nmc_low": max(noise, rng.uniform(0.06, 0.15)), "nmc_high": max(noise, rng.uniform(0.06, 0.15))},
-        blur_sigma_vox=float(rng.uniform(0.3, 0.6)), drift_amplitude=float(rng.uniform(0, 0.03)),
+        blur_sigma_vox=float(rng.uniform(0.3, 0.6)), drift_amplitude=float(rng.uniform(0, max_drift)),
         supersample=int(rng.choice([1, 2])),
     )
     # the collector must stay under the tilted plane, and the tallest particle above it
