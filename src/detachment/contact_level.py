@@ -269,7 +269,8 @@ def electrolyte_spread(volume_path, phases_path, sharpen_weight: float = 0.0, ma
         for z0, z1, grey in io.iter_volume_slabs(volume_path, slab, halo):
             a = max(0, z0 - halo)
             if shade is not None:  # as the phases were read (detachment.shading)
-                grey = grey - field_on(shade[0], shade[1], [(a, a + len(grey)), (0, grey.shape[1]), (0, grey.shape[2])])
+                grey = grey - field_on(shade[0], shade[1], [(a, a + len(grey)), (0, grey.shape[1]),
+                                                            (0, grey.shape[2])], dp.shape)
             inner = slice(z0 - a, z1 - a)
             keep = (np.arange(z0, z1) % SLICE_STEP) == 0
             if not keep.any():

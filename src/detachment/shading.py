@@ -154,27 +154,33 @@ def centred_field(grid: np.ndarray) -> np.ndarray:
     return (filled - np.median(grid[read])).astype(np.float32)
 
 
-def _axis_weights(start: int, stop: int, n_blocks: int, block: int) -> np.ndarray:
-    """(stop - start, n_blocks) weights of a linear interpolation between block centres along one axis, for
-    voxels ``start``-``stop``; beyond the first and last centres the nearest block's value."""
-    centre = (np.arange(start, stop) + 0.5) / block - 0.5
-    pos = np.clip(centre, 0, n_blocks - 1)
-    lo = np.floor(pos).astype(int)
-    hi = np.minimum(lo + 1, n_blocks - 1)
+def _axis_weights(start: int, stop: int, n_blocks: int, block: int, length: int) -> np.ndarray:
+    """(stop - start, n_blocks) weights of a linear interpolation between block centres along one axis of
+    ``length`` voxels (the last block may be shorter), for voxels ``start``-``stop``; beyond the first and
+    last centres (half a block at most) the line through the two nearest, so that a ramp is followed to the
+    volume's faces."""
+    if n_blocks == 1:
+        return np.ones((stop - start, 1))
+    first = np.arange(n_blocks) * block
+    centres = (first + np.minimum(first + block, length)) / 2 - 0.5
+    v = np.arange(start, stop, dtype=float)
+    seg = np.clip(np.searchsorted(centres, v, side="right") - 1, 0, n_blocks - 2)
+    t = (v - centres[seg]) / (centres[seg + 1] - centres[seg])
     w = np.zeros((stop - start, n_blocks))
     rows = np.arange(stop - start)
-    np.add.at(w, (rows, lo), 1 - (pos - lo))
-    np.add.at(w, (rows, hi), pos - lo)
+    w[rows, seg] = 1 - t
+    w[rows, seg + 1] += t
     return w
 
 
-def field_on(field_grid: np.ndarray, block: int, region) -> np.ndarray:
-    """The shading field at the voxels of ``region`` ((start, stop) per axis, z, y, x), trilinear between the
-    block centres of ``field_grid`` (:func:`centred_field`), float32."""
+def field_on(field_grid: np.ndarray, block: int, region, shape) -> np.ndarray:
+    """The shading field at the voxels of ``region`` ((start, stop) per axis, z, y, x) of a volume of ``shape``,
+    linear between the centres of the blocks of ``field_grid`` (:func:`centred_field`) and beyond the outer
+    ones, float32."""
     out = field_grid.astype(np.float64)
     for axis, (start, stop) in enumerate(region):
-        out = np.moveaxis(np.tensordot(_axis_weights(start, stop, field_grid.shape[axis], block), out,
-                                       axes=([1], [axis])), 0, axis)
+        w = _axis_weights(start, stop, field_grid.shape[axis], block, shape[axis])
+        out = np.moveaxis(np.tensordot(w, out, axes=([1], [axis])), 0, axis)
     return out.astype(np.float32)
 
 
@@ -201,7 +207,7 @@ class FlatView:
                 region.append((i, i + 1))
                 squeeze.append(axis)
         data = np.asarray(self.dataset[key], np.float32)
-        field = field_on(self.field_grid, self.block, region)
+        field = field_on(self.field_grid, self.block, region, self.shape)
         return data - (field.squeeze(axis=tuple(squeeze)) if squeeze else field)
 
 
