@@ -9,6 +9,11 @@ check still passes. Here the wander is measured: the median grey level of the el
 of :data:`BLOCK_VOX` voxels, and the spread of those block levels (the 98th less the 2nd percentile) in units
 of the CBD - electrolyte contrast. Only the electrolyte is read: its voxels are the ones a phase map codes
 right even where blur makes it misread CBD's pores, so the measure does not grow with the map's errors.
+
+Where the wander exceeds the phase check's bound the volume is flattened (:func:`threshold_flattened`): the
+block levels, less their median, linear between block centres (:func:`field_on`), are subtracted and the
+phases read again. The field is kept with the map (:data:`FIELD_DATASET`), and whatever reads the grey levels
+with the map reads them less it (:func:`flat_view`).
 """
 
 from __future__ import annotations
