@@ -19,6 +19,7 @@ with the map reads them less it (:func:`flat_view`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -254,6 +255,62 @@ def write_flattened(volume_path, out_path, field_grid: np.ndarray, block: int, s
         dst.attrs[io.GREY_RANGE_ATTR] = np.array([lo, hi], float)
 
 
+def _beyond_bound(shading: Shading) -> bool:
+    """Whether a :class:`Shading` was read and exceeds the phase check's bound
+    (``plausibility.MAX_BOUNDS["shading_ratio"]``)."""
+    from .plausibility import MAX_BOUNDS
+
+    return bool(np.isfinite(shading.ratio) and shading.ratio > MAX_BOUNDS["shading_ratio"][0])
+
+
+def _flattened_path(phases_path) -> Path:
+    """The temporary flattened volume beside ``phases_path``."""
+    return Path(phases_path).with_name(Path(phases_path).stem + ".flattened.h5")
+
+
+def _read_flattened(volume_path, phases_path, settings, progress, workers, field_grid):
+    """The phases read again on the volume less ``field_grid`` (written beside ``phases_path``, left there
+    for the caller to remove): ``(result, shading read on that map and the flattened grey levels)``."""
+    from .threshold import threshold_volume
+
+    flat = _flattened_path(phases_path)
+    write_flattened(volume_path, flat, field_grid, BLOCK_VOX)
+    result = threshold_volume(flat, phases_path, settings, progress, workers, shading_field=(field_grid, BLOCK_VOX))
+    return result, measure_files(phases_path, flat, contrast_from_fwhm(result.fwhm))
+
+
+def _flatten_passes(volume_path, phases_path, settings, progress, workers, field_grid, result, now):
+    """While the shading ``now`` left is beyond the bound, grow ``field_grid`` by it and read the phases again,
+    :data:`FLATTEN_PASSES` times at most: ``(result, shading left, failure)``. Where the phase model does not
+    fit a volume so flattened (``failure``: its :class:`detachment.phase_fit.PhaseModelError`, else None),
+    the last map read stays (``phases_path`` is written only by a fit that succeeds), with the shading it
+    leaves for the phase check to judge."""
+    from .phase_fit import PhaseModelError
+
+    for _ in range(FLATTEN_PASSES):
+        if not _beyond_bound(now):
+            break
+        grown = field_grid + centred_field(now.grid)
+        try:
+            result, now = _read_flattened(volume_path, phases_path, settings, progress, workers, grown)
+        except PhaseModelError as e:
+            return result, now, e
+        field_grid = grown
+    return result, now, None
+
+
+def _log_flattened(first: Shading, now: Shading, how: str) -> None:
+    import logging
+
+    from .plausibility import MAX_BOUNDS
+
+    logging.getLogger(__name__).warning(
+        "the electrolyte's grey level wandered across the volume by %.3f (%.2f of the step to CBD, bound %.2f)%s: "
+        "the phases were read on the volume less that shading, which leaves %.3f (%.2f); the contacts read the "
+        "grey levels flattened alike (threshold.flatten_shading)", first.spread, first.ratio,
+        MAX_BOUNDS["shading_ratio"][0], how, now.spread, now.ratio)
+
+
 def threshold_flattened(volume_path, phases_path, settings, progress: bool = True, workers: int = 1):
     """:func:`detachment.threshold.threshold_volume`, and where the shading read on its map exceeds the phase
     check's bound (``plausibility.MAX_BOUNDS["shading_ratio"]``) and ``settings.flatten_shading`` is on, the
@@ -261,42 +318,111 @@ def threshold_flattened(volume_path, phases_path, settings, progress: bool = Tru
     :func:`write_flattened` to a file beside ``phases_path``, removed after), the field written with the map.
     The first map misreads the electrolyte where the shading is strongest, so its block levels fall short
     there: while what is left is still beyond the bound, the field grows by what the new map reads, up to
-    :data:`FLATTEN_PASSES` readings again.
+    :data:`FLATTEN_PASSES` readings again. Where the phase model does not fit the volume as it is, a first
+    estimate from the grey levels alone is taken out before it is fitted again
+    (:func:`threshold_provisionally_flattened`).
 
     Returns
     -------
     tuple
         ``(result, shading, before)``: the :class:`detachment.threshold.ThresholdResult` of the map written,
         the :class:`Shading` read on it (on the grey levels it was read from, flattened or not) and, where it
-        was flattened, the :class:`Shading` of the first map (else None).
+        was flattened, the :class:`Shading` of the volume as it is (on the first map, else on the map
+        written; else None).
     """
-    import logging
-    from pathlib import Path
-
-    from .plausibility import MAX_BOUNDS
+    from .phase_fit import PhaseModelError
     from .threshold import threshold_volume
 
-    log = logging.getLogger(__name__)
-    result = threshold_volume(volume_path, phases_path, settings, progress, workers)
-    first = now = measure_files(phases_path, volume_path, contrast_from_fwhm(result.fwhm))
-    bound = MAX_BOUNDS["shading_ratio"][0]
-    if not (settings.flatten_shading and np.isfinite(first.ratio) and first.ratio > bound):
-        return result, first, None
-    field_grid = np.zeros(first.grid.shape, np.float32)
-    flat = Path(phases_path).with_name(Path(phases_path).stem + ".flattened.h5")
     try:
-        for _ in range(FLATTEN_PASSES):
-            if not (np.isfinite(now.ratio) and now.ratio > bound):
-                break
-            field_grid = field_grid + centred_field(now.grid)
-            write_flattened(volume_path, flat, field_grid, BLOCK_VOX)
-            result = threshold_volume(flat, phases_path, settings, progress, workers,
-                                      shading_field=(field_grid, BLOCK_VOX))
-            now = measure_files(phases_path, flat, contrast_from_fwhm(result.fwhm))
-            log.warning("the electrolyte's grey level wandered across the volume by %.3f (%.2f of the step to CBD, "
-                        "bound %.2f): the phases were read again on the volume less that shading, which leaves %.3f "
-                        "(%.2f); the contacts read the grey levels flattened alike (threshold.flatten_shading)",
-                        first.spread, first.ratio, bound, now.spread, now.ratio)
+        result = threshold_volume(volume_path, phases_path, settings, progress, workers)
+    except PhaseModelError as error:
+        if not settings.flatten_shading:
+            raise
+        return threshold_provisionally_flattened(volume_path, phases_path, settings, progress, workers, error)
+    first = measure_files(phases_path, volume_path, contrast_from_fwhm(result.fwhm))
+    if not (settings.flatten_shading and _beyond_bound(first)):
+        return result, first, None
+    try:
+        result, now, failure = _flatten_passes(volume_path, phases_path, settings, progress, workers,
+                                               np.zeros(first.grid.shape, np.float32), result, first)
     finally:
-        flat.unlink(missing_ok=True)
+        _flattened_path(phases_path).unlink(missing_ok=True)
+    if failure is not None:
+        return _provisional_or_kept(volume_path, phases_path, settings, progress, workers, failure,
+                                    (result, now, first))
+    _log_flattened(first, now, "")
     return result, now, first
+
+
+def _provisional_or_kept(volume_path, phases_path, settings, progress, workers, failure, kept):
+    """Where the phase model did not fit the volume flattened by its map's shading (``failure``), the phases
+    read on the volume less the shading of its grey levels alone (:func:`threshold_provisionally_flattened`)
+    where that succeeds and leaves less shading than the map kept (``kept``: :func:`threshold_flattened`'s
+    tuple for the map at ``phases_path``), else the map kept."""
+    import logging
+    import shutil
+
+    from .phase_fit import PhaseModelError
+
+    log = logging.getLogger(__name__)
+    copy = Path(phases_path).with_name(Path(phases_path).stem + ".kept.h5")
+    shutil.copyfile(phases_path, copy)
+    try:
+        tried = threshold_provisionally_flattened(volume_path, phases_path, settings, progress, workers, failure,
+                                                  "flattened by the shading its first map reads")
+        if tried[1].ratio < kept[1].ratio:
+            return tried
+        log.warning("the first estimate of the shading from the grey levels leaves %.2f, more than the map's "
+                    "(%.2f): that map stays", tried[1].ratio, kept[1].ratio)
+    except PhaseModelError as e:
+        log.warning("the phase model does not fit the volume flattened further (%s): the map read before stays", e)
+    copy.replace(phases_path)
+    _log_flattened(kept[2], kept[1], "")
+    return kept
+
+
+def threshold_provisionally_flattened(volume_path, phases_path, settings, progress, workers, error,
+                                      stage: str = "as it is"):
+    """Phases of a volume the phase model did not fit (``error``, a
+    :class:`detachment.phase_fit.PhaseModelError`), read on the volume less a first estimate of its shading
+    from the grey levels alone (:func:`detachment.shading_provisional.provisional_field`), then flattened
+    further as :func:`threshold_flattened` does. It is kept only where the map it gives confirms that the
+    volume's shading exceeds the bound (read on the volume as it is); otherwise, and where the model still
+    does not fit, ``error`` is raised (nothing written), naming what was tried.
+
+    Returns
+    -------
+    tuple
+        As :func:`threshold_flattened`: ``(result, shading left, shading of the volume as it is)``.
+    """
+    import h5py
+
+    from . import io
+    from .phase_fit import PhaseModelError
+    from .shading_provisional import provisional_field
+
+    with h5py.File(volume_path, "r") as f:
+        field_grid = provisional_field(f[io.VOLUME_DATASET])
+    if field_grid is None:
+        raise error
+    spread = float(np.ptp(field_grid))
+    try:
+        result, now = _read_flattened(volume_path, phases_path, settings, progress, workers, field_grid)
+        raw = measure_files(phases_path, volume_path, contrast_from_fwhm(result.fwhm))
+        if not _beyond_bound(raw):
+            raise PhaseModelError(f"{error} (on the volume less a first estimate of its shading, spread {spread:.3g}, "
+                                  f"the model fits, but the map it gives reads the shading at {raw.ratio:.2f} of the "
+                                  f"step to CBD, within the bound: the shading is not what stops it)") from error
+        result, now, _ = _flatten_passes(volume_path, phases_path, settings, progress, workers, field_grid, result,
+                                         now)
+    except PhaseModelError as again:
+        Path(phases_path).unlink(missing_ok=True)
+        if again.__cause__ is error:
+            raise
+        raise PhaseModelError(f"{error} (also on the volume less a first estimate of its shading from the grey "
+                              f"levels, spread {spread:.3g}: {again})") from error
+    finally:
+        _flattened_path(phases_path).unlink(missing_ok=True)
+    _log_flattened(raw, now, f", estimated first from the grey levels alone: the phase model did not fit the volume "
+                             f"{stage}")
+    return result, now, raw
