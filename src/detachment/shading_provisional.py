@@ -25,6 +25,9 @@ from .shading import BLOCK_VOX
 UNIFORM_IQR_FACTOR = 1.5
 #: Fewest uniform blocks for the field (seven coefficients) to be fitted.
 MIN_BLOCKS = 30
+#: Most uniform blocks the field is fitted to (an even stride through them beyond): seven coefficients need
+#: far fewer, and the linear programme grows with them (seconds for a few thousand).
+MAX_FIT_BLOCKS = 4000
 
 
 def block_centres(length: int, block: int) -> np.ndarray:
@@ -74,12 +77,14 @@ def quantile_regression(design: np.ndarray, values: np.ndarray, quantile: float 
 def provisional_field(volume_ds, block: int = BLOCK_VOX) -> np.ndarray | None:
     """The shading field on the block grid of :func:`detachment.shading.block_grid` (float32, less its
     median), estimated from the grey levels alone: the least-absolute-deviations fit of
-    :func:`field_design`'s terms to the uniform blocks' medians, at every block's centre; None with fewer
-    than :data:`MIN_BLOCKS` uniform blocks."""
+    :func:`field_design`'s terms to the uniform blocks' medians (:data:`MAX_FIT_BLOCKS` at most), at every
+    block's centre; None with fewer than :data:`MIN_BLOCKS` uniform blocks."""
     median, iqr = block_quartiles(volume_ds, block)
     uniform = iqr <= UNIFORM_IQR_FACTOR * np.percentile(iqr, 10)
     if int(uniform.sum()) < MIN_BLOCKS:
         return None
     design = field_design(volume_ds.shape, block)
-    fitted = design @ quantile_regression(design[uniform.ravel()], median[uniform])
+    rows = np.flatnonzero(uniform.ravel())
+    rows = rows[:: -(-rows.size // MAX_FIT_BLOCKS)]
+    fitted = design @ quantile_regression(design[rows], median.ravel()[rows])
     return (fitted - np.median(fitted)).reshape(median.shape).astype(np.float32)
