@@ -347,18 +347,31 @@ def threshold_flattened(volume_path, phases_path, settings, progress: bool = Tru
                                                np.zeros(first.grid.shape, np.float32), result, first)
     finally:
         _flattened_path(phases_path).unlink(missing_ok=True)
-    if failure is not None:
-        return _provisional_or_kept(volume_path, phases_path, settings, progress, workers, failure,
-                                    (result, now, first))
+    failed = _checks_failed(result, now)
+    if failure is not None or failed:
+        why = ("the phase model did not fit the volume flattened by the shading its first map reads"
+               if failure is not None else
+               f"the map read on the volume flattened by the shading its first map reads failed {', '.join(failed)}")
+        return _provisional_or_kept(volume_path, phases_path, settings, progress, workers, why, (result, now, first))
     _log_flattened(first, now, "")
     return result, now, first
 
 
-def _provisional_or_kept(volume_path, phases_path, settings, progress, workers, failure, kept):
-    """Where the phase model did not fit the volume flattened by its map's shading (``failure``), the phases
-    read on the volume less the shading of its grey levels alone (:func:`threshold_provisionally_flattened`)
-    where that succeeds and leaves less shading than the map kept (``kept``: :func:`threshold_flattened`'s
-    tuple for the map at ``phases_path``), else the map kept."""
+def _checks_failed(result, shade: Shading) -> list:
+    """Names of the phase-map checks (:func:`detachment.plausibility.check_phase_map`) a map fails."""
+    from . import plausibility
+
+    checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
+                                          result.blur_sigma_vox, result.tilted_collector_top, shade.ratio)
+    return list(checks.loc[~checks.passed.astype(bool), "check"])
+
+
+def _provisional_or_kept(volume_path, phases_path, settings, progress, workers, why: str, kept):
+    """Where the map read on the volume flattened by its first map's shading is not to be trusted (``why``: the
+    phase model did not fit that volume, or the map fails phase checks), the phases read on the volume less
+    the shading of its grey levels alone (:func:`threshold_provisionally_flattened`) where that fails fewer
+    checks than the map kept (``kept``: :func:`threshold_flattened`'s tuple for the map at ``phases_path``),
+    or as many and leaves less shading; else the map kept."""
     import logging
     import shutil
 
@@ -368,27 +381,34 @@ def _provisional_or_kept(volume_path, phases_path, settings, progress, workers, 
     copy = Path(phases_path).with_name(Path(phases_path).stem + ".kept.h5")
     shutil.copyfile(phases_path, copy)
     try:
-        tried = threshold_provisionally_flattened(volume_path, phases_path, settings, progress, workers, failure,
-                                                  "flattened by the shading its first map reads")
-        if tried[1].ratio < kept[1].ratio:
-            return tried
-        log.warning("the first estimate of the shading from the grey levels leaves %.2f, more than the map's "
-                    "(%.2f): that map stays", tried[1].ratio, kept[1].ratio)
-    except PhaseModelError as e:
-        log.warning("the phase model does not fit the volume flattened further (%s): the map read before stays", e)
-    copy.replace(phases_path)
+        try:
+            tried = threshold_provisionally_flattened(volume_path, phases_path, settings, progress, workers,
+                                                      PhaseModelError(why), why)
+            score, kept_score = ((len(_checks_failed(*t[:2])), t[1].ratio) for t in (tried, kept))
+            if score < kept_score:
+                return tried
+            log.warning("the phases read on the first estimate of the shading from the grey levels fail %d checks "
+                        "and leave %.2f, no better than the map read before (%d, %.2f): that map stays",
+                        *score, *kept_score)
+        except PhaseModelError as e:
+            log.warning("the phases could not be read on the first estimate of the shading either (%s): the map "
+                        "read before stays", e)
+        copy.replace(phases_path)
+    finally:
+        copy.unlink(missing_ok=True)
     _log_flattened(kept[2], kept[1], "")
     return kept
 
 
 def threshold_provisionally_flattened(volume_path, phases_path, settings, progress, workers, error,
-                                      stage: str = "as it is"):
+                                      why: str = "the phase model did not fit the volume as it is"):
     """Phases of a volume the phase model did not fit (``error``, a
     :class:`detachment.phase_fit.PhaseModelError`), read on the volume less a first estimate of its shading
     from the grey levels alone (:func:`detachment.shading_provisional.provisional_field`), then flattened
     further as :func:`threshold_flattened` does. It is kept only where the map it gives confirms that the
     volume's shading exceeds the bound (read on the volume as it is); otherwise, and where the model still
-    does not fit, ``error`` is raised (nothing written), naming what was tried.
+    does not fit, ``error`` is raised (nothing written), naming what was tried. ``why``: what the log says
+    made the first estimate needed.
 
     Returns
     -------
@@ -423,6 +443,5 @@ def threshold_provisionally_flattened(volume_path, phases_path, settings, progre
                               f"levels, spread {spread:.3g}: {again})") from error
     finally:
         _flattened_path(phases_path).unlink(missing_ok=True)
-    _log_flattened(raw, now, f", estimated first from the grey levels alone: the phase model did not fit the volume "
-                             f"{stage}")
+    _log_flattened(raw, now, f", estimated first from the grey levels alone ({why})")
     return result, now, raw
