@@ -195,6 +195,8 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
     # beside one-voxel gaps, which one threshold per phase for the whole volume reads as attached
     assert any(p.drift_amplitude >= 0.8 * (p.intensity["cbd"] - p.intensity["void"]) and p.gap_width_vox <= 1
                for p in ps.values())
+    # grey levels that wander by twice that step: too much for the first map to read the shading on
+    assert any(p.drift_amplitude >= 2 * (p.intensity["cbd"] - p.intensity["void"]) for p in ps.values())
 
 
 def test_sparse_and_crowded_presets_span_the_electrolyte_fraction_and_touching(default_config):
