@@ -207,3 +207,29 @@ def test_a_ramp_flattened_by_its_own_electrolyte_levels_is_left_within_three_vox
     field = shading.centred_field(shading.block_grid(codes, grey))
     left = shading.FlatView(grey, field, shading.BLOCK_VOX)[:, 20, 20]
     assert (left.max() - left.min()) / slope <= 3.0
+
+
+def test_a_flattening_the_model_does_not_fit_keeps_the_first_map_for_the_check_to_judge(tmp_path, drifting_phantoms,
+                                                                                       monkeypatch):
+    """Where the phase model does not fit the volume flattened by the first map's shading, and not the volume less
+    the first estimate either (both forced to fail), the first map stays, written as it was (no field with it),
+    with its own shading for the check, which stops it; no temporary file is left."""
+    from detachment.phase_fit import PhaseModelError
+    from detachment.threshold import ThresholdSettings, threshold_volume
+
+    _, drifted = drifting_phantoms
+    io.write_volume(tmp_path / "v.h5", drifted.volume, 0.5, "drifted")
+    threshold_volume(tmp_path / "v.h5", tmp_path / "first.h5", ThresholdSettings(), progress=False)
+
+    def no_fit(*args, **kwargs):
+        raise PhaseModelError("forced")
+
+    monkeypatch.setattr(shading, "_read_flattened", no_fit)
+    monkeypatch.setattr(shading, "threshold_provisionally_flattened", no_fit)
+    _, left, before = shading.threshold_flattened(tmp_path / "v.h5", tmp_path / "p.h5", ThresholdSettings(),
+                                                  progress=False)
+    assert before is None and left.ratio > plausibility.MAX_BOUNDS["shading_ratio"][0]
+    assert np.array_equal(io.read_dataset(tmp_path / "p.h5", "phases"), io.read_dataset(tmp_path / "first.h5", "phases"))
+    with h5py.File(tmp_path / "p.h5", "r") as f:
+        assert shading.FIELD_DATASET not in f
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.h5", "p.h5", "v.h5"]

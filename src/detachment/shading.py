@@ -13,7 +13,9 @@ right even where blur makes it misread CBD's pores, so the measure does not grow
 Where the wander exceeds the phase check's bound the volume is flattened (:func:`threshold_flattened`): the
 block levels, less their median, linear between block centres (:func:`field_on`), are subtracted and the
 phases read again. The field is kept with the map (:data:`FIELD_DATASET`), and whatever reads the grey levels
-with the map reads them less it (:func:`flat_view`).
+with the map reads them less it (:func:`flat_view`). Where the shading is too strong for a first map to be
+read, or to be read right, it is first estimated from the grey levels alone
+(:mod:`detachment.shading_provisional`).
 """
 
 from __future__ import annotations
@@ -318,9 +320,11 @@ def threshold_flattened(volume_path, phases_path, settings, progress: bool = Tru
     :func:`write_flattened` to a file beside ``phases_path``, removed after), the field written with the map.
     The first map misreads the electrolyte where the shading is strongest, so its block levels fall short
     there: while what is left is still beyond the bound, the field grows by what the new map reads, up to
-    :data:`FLATTEN_PASSES` readings again. Where the phase model does not fit the volume as it is, a first
-    estimate from the grey levels alone is taken out before it is fitted again
-    (:func:`threshold_provisionally_flattened`).
+    :data:`FLATTEN_PASSES` readings again. Where the phase model does not fit the volume as it is, or the map
+    read on the volume so flattened does not fit it or fails phase checks, a first estimate of the shading
+    from the grey levels alone is taken out before the model is fitted again
+    (:func:`threshold_provisionally_flattened`; in the second case kept only where it does better,
+    :func:`_provisional_or_kept`).
 
     Returns
     -------
@@ -396,6 +400,11 @@ def _provisional_or_kept(volume_path, phases_path, settings, progress, workers, 
         copy.replace(phases_path)
     finally:
         copy.unlink(missing_ok=True)
+    if kept[1] is kept[2]:  # no flattening pass succeeded: the map of the volume as it is
+        log.warning("the electrolyte's grey level wandered across the volume by %.3f (%.2f of the step to CBD): the "
+                    "map read on the volume as it is stays, for the phase check to judge", kept[1].spread,
+                    kept[1].ratio)
+        return kept[0], kept[1], None
     _log_flattened(kept[2], kept[1], "")
     return kept
 
