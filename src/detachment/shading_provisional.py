@@ -1,17 +1,18 @@
-"""A first estimate of the shading from the grey levels alone, for a volume whose phases cannot be read
-until it is taken out.
+"""A first estimate of the shading from the grey levels alone, for a volume whose phases cannot be read,
+or not read right, until it is taken out.
 
 Strong shading can stop the phase model before any map is made (the electrolyte at the far face is no
-longer the darkest class, slice z = 0 is not uniform enough to be the collector), and the shading measure
-of :mod:`detachment.shading` needs a map. Here no phase is known. The blocks whose grey levels are as
-uniform as the most uniform tenth of the volume's blocks hold one phase only, nearly always the open
-electrolyte (above the electrode, in wide pores), and the field is fitted to their medians. The field is linear along z (drift of the beam and of the detector's
-response over a scan) and quadratic across the slices (cupping, a region-of-interest scan's truncation),
-fitted by least absolute deviations, so that the few uniform blocks of another phase (the inside of a
-large particle, a thick collector) do not pull it. It only has to let the phase model fit; the shading is
-then read on the map (:func:`detachment.shading.threshold_flattened`).
+longer the darkest class, slice z = 0 is not uniform enough to be the collector), or make the first map
+misread the electrolyte where the shading is strongest, so that the levels the shading measure of
+:mod:`detachment.shading` reads on it are far off there. Here no phase is known. The blocks whose grey
+levels are as uniform as the most uniform tenth of the volume's blocks hold one phase only, nearly always
+the open electrolyte (above the electrode, in wide pores), and the field is fitted to their medians: linear
+along z (drift of the beam and of the detector's response over a scan) and quadratic across the slices
+(cupping, a region-of-interest scan's truncation), by least absolute deviations, so that the few uniform
+blocks of another phase (the inside of a large particle, a thick collector) do not pull it. Where no
+uniform block lies (in a crowded electrode) the field is extrapolated. It only has to let the phase model
+fit; the shading is then read on the map (:func:`detachment.shading.threshold_flattened`).
 """
-
 from __future__ import annotations
 
 import numpy as np
