@@ -74,8 +74,8 @@ PRESETS: dict[str, dict] = {
     # one threshold per phase for the whole volume the bright parts read gaps as attached
     "shaded": {**THIN_GAPS, "drift_amplitude": 0.25},
     # the default geometry under grey levels that wander by 0.6, twice the step from the electrolyte to CBD: the
-    # map flattened by its first map's levels fails its checks, and the shading is first estimated from the
-    # grey levels alone
+    # phase model does not fit the volume as it is, or the map flattened by its first map's levels fails its
+    # checks, and the shading is first estimated from the grey levels alone
     "strongly_shaded": {"drift_amplitude": 0.6},
 }
 
