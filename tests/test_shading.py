@@ -233,3 +233,16 @@ def test_a_flattening_the_model_does_not_fit_keeps_the_first_map_for_the_check_t
     with h5py.File(tmp_path / "p.h5", "r") as f:
         assert shading.FIELD_DATASET not in f
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.h5", "p.h5", "v.h5"]
+
+
+def test_temporary_files_a_killed_run_left_beside_the_map_are_removed_by_the_next(tmp_path, drifting_phantoms):
+    """A flattened volume and a kept map left beside ``phases.h5`` by a run killed mid-way are gone after the
+    next thresholding, which writes the map."""
+    from detachment.threshold import ThresholdSettings
+
+    flat, _ = drifting_phantoms
+    io.write_volume(tmp_path / "v.h5", flat.volume, 0.5, "flat")
+    for name in ("phases.flattened.h5", "phases.kept.h5"):
+        (tmp_path / name).write_bytes(b"left by a killed run")
+    shading.threshold_flattened(tmp_path / "v.h5", tmp_path / "phases.h5", ThresholdSettings(), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["phases.h5", "v.h5"]

@@ -270,6 +270,11 @@ def _flattened_path(phases_path) -> Path:
     return Path(phases_path).with_name(Path(phases_path).stem + ".flattened.h5")
 
 
+def _kept_path(phases_path) -> Path:
+    """The temporary copy of a map kept while another is tried, beside ``phases_path``."""
+    return Path(phases_path).with_name(Path(phases_path).stem + ".kept.h5")
+
+
 def _read_flattened(volume_path, phases_path, settings, progress, workers, field_grid):
     """The phases read again on the volume less ``field_grid`` (written beside ``phases_path``, left there
     for the caller to remove): ``(result, shading read on that map and the flattened grey levels)``."""
@@ -337,6 +342,8 @@ def threshold_flattened(volume_path, phases_path, settings, progress: bool = Tru
     from .phase_fit import PhaseModelError
     from .threshold import threshold_volume
 
+    for stale in (_flattened_path(phases_path), _kept_path(phases_path)):  # left by a run killed mid-way
+        stale.unlink(missing_ok=True)
     try:
         result = threshold_volume(volume_path, phases_path, settings, progress, workers)
     except PhaseModelError as error:
@@ -382,7 +389,7 @@ def _provisional_or_kept(volume_path, phases_path, settings, progress, workers, 
     from .phase_fit import PhaseModelError
 
     log = logging.getLogger(__name__)
-    copy = Path(phases_path).with_name(Path(phases_path).stem + ".kept.h5")
+    copy = _kept_path(phases_path)
     shutil.copyfile(phases_path, copy)
     try:
         try:
