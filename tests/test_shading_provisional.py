@@ -142,13 +142,13 @@ def test_a_volume_the_model_does_not_fit_for_another_reason_still_stops_and_says
 
 def test_a_map_that_fails_its_checks_after_flattening_by_its_own_shading_is_read_again_on_the_first_estimate(
         tmp_path, monkeypatch):
-    """The configured default phantom (40 x 192 x 192, seed 5) under a drift of 0.6: the model fits the volume
-    as it is, but flattened by its first map's levels (misread where the shading is strongest) CBD is no
-    longer resolved. Read again on the first estimate from the grey levels, every phase check passes and
-    the map's accuracy against the truth is within 0.02 of the same phantom's without shading (the field is
-    extrapolated along z below the electrolyte's uniform blocks, and the slices above the collector are left
-    up to 0.1 too bright); kept as the first
-    map's flattening left it (the fallback replaced by the map kept), the checks stop it."""
+    """The phantom of PhantomParams' own defaults (40 x 192 x 192, 80 particles, seed 5) under a drift of 0.6:
+    the model fits the volume as it is, but the map read on it flattened by its first map's levels (misread
+    where the shading is strongest) fails phase checks. Read again on the first estimate from the grey
+    levels, every phase check passes and the map's accuracy against the truth is within 0.02 of the same
+    phantom's without shading (the field is extrapolated along z below the electrolyte's uniform blocks, so
+    the slices above the collector can be left too bright); kept as the first map's flattening left it (the
+    fallback replaced by the map kept), the checks stop it."""
     import dataclasses
 
     from detachment import io, plausibility
