@@ -2,6 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/random_contacts.py [--first 9000] [--count 30] [--out table.csv]
        [--threshold KEY=VALUE ...] [--exact-envelopes] [--prior-sensitivity BETA] [--max-drift GREY]
+       [--self-consistency]
 
 The phase map alone (``random_phantoms.py``) does not say whether the contacts transfer: they are read on
 the voxels beside the particles, where blur, partial volume and one-voxel coats and gaps decide. Each seed
@@ -27,7 +28,11 @@ the reading reports as undecided: ``covered`` marks a silent draw whose |bias| i
 ``--prior-sensitivity BETA`` thresholds and reads each draw a second time with the forward model's
 smoothness weight ``threshold.psf_refine_beta`` set to BETA: ``prior_shift`` is how far the mean
 detachment of the scored particles moves (``bias_weak_prior`` - ``detachment_bias``), a measure of how much
-the prior rather than the data decides the contact layer (the prior merges one-voxel coats). The seeds are
+the prior rather than the data decides the contact layer (the prior merges one-voxel coats).
+``--self-consistency`` reads each draw's map again from a volume rendered from it under the forward model's
+assumptions (:func:`detachment.self_consistency.check_reading`): ``self_shift`` is the particles' mean move,
+``self_consistent`` whether it is within ``detachment.self_consistency.MAX_SHIFT``, and
+``silent_unless_self`` marks a silent draw that this check would not flag either. The seeds are
 not those of any sheet or of ``random_phantoms.py``'s defaults.
 """
 
@@ -38,21 +43,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import yaml
 from random_phantoms import draw, run_draws
 
-from detachment import io, plausibility, shading, validation
+from detachment import io, plausibility, validation
 from detachment.config_docs import with_defaults
-from detachment.contact_level import (
-    edge_width_from_map,
-    reading_settings,
-    reads_through_layer,
-    sharpening_weight,
-)
-from detachment.particles import contact_level_from_files, particle_table_from_files
+from detachment.contact_level import edge_width_from_map, reads_through_layer
 from detachment.phantom import PhantomParams, generate_phantom, write_phantom
 from detachment.phase_fit import PhaseModelError
 from detachment.robustness import phase_accuracy
+from detachment.self_consistency import MAX_SHIFT, check_reading, read_contacts
 from detachment.threshold import ThresholdSettings
 
 #: Goals of the validation presets: a draw over either, not stopped, is ``silent``.
@@ -76,7 +77,7 @@ def draw_with_contacts(rng: np.random.Generator, max_drift: float = 0.03) -> dic
 
 
 def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refine: bool = True,
-            weak_beta: float | None = None, max_drift: float = 0.03) -> dict:
+            weak_beta: float | None = None, max_drift: float = 0.03, self_check: bool = False) -> dict:
     """One draw: its parameters, the checks and the detachment read on the truth's particles (``threshold``:
     :class:`detachment.threshold.ThresholdSettings` fields other than the defaults; ``refine``: their
     envelopes refined on the phase map as the workflow's are, else read as they are; ``weak_beta``: read
@@ -94,7 +95,7 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refi
     qc = work / "phase_qc.csv"
     write_phantom(ph, volume, truth, table)
     try:
-        row.update(read_sample(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine))
+        row.update(read_sample(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine, self_check))
         if weak_beta is not None:
             weak = read_sample(ph, volume, truth, phases_path, level_path, qc, sc,
                                {**(threshold or {}), "psf_refine_beta": weak_beta}, refine)
@@ -109,57 +110,57 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refi
 
 
 def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, threshold: dict | None,
-                refine: bool = True) -> dict:
+                refine: bool = True, self_check: bool = False) -> dict:
     """Threshold ``volume``, fit its contact level and read its particles on the truth's labels as the workflow
-    reads the CNN's, with the settings ``sc`` (:func:`science_settings`; ``refine``: as :func:`measure`): the
-    columns of :func:`measure` after the draw's parameters. ``ph``: the truth, with ``labels`` and ``phases``
-    (z, y, x) and ``table`` (:func:`detachment.phantom.truth_table`'s columns); ``truth``: its labels' HDF5
-    file; the other paths are written (``phases_path`` is left for the caller)."""
-    res, shade, _ = shading.threshold_flattened(volume, phases_path, ThresholdSettings(**(threshold or {})),
-                                                progress=False, workers=2)
-    checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
-                                          res.blur_sigma_vox, res.tilted_collector_top, shade.ratio)
-    io.write_csv(qc, checks)
-    codes = io.read_dataset(phases_path, "phases")
+    reads the CNN's (:func:`detachment.self_consistency.read_contacts`), with the settings ``sc``
+    (:func:`science_settings`; ``refine``: as :func:`measure`): the columns of :func:`measure` after the draw's
+    parameters. ``ph``: the truth, with ``labels`` and ``phases`` (z, y, x) and ``table``
+    (:func:`detachment.phantom.truth_table`'s columns); ``truth``: its labels' HDF5 file; the other paths are
+    written (``phases_path`` is left for the caller). ``self_check``: also read the map rendered under the
+    forward model's assumptions (:func:`detachment.self_consistency.check_reading`), adding ``self_shift``
+    and ``self_consistent``."""
     links = validation.links_from_labels(ph.labels)
-    width = edge_width_from_map(phases_path, qc)
-    fit, _, _ = contact_level_from_files(
-        truth, phases_path, volume, links, progress=False, refine=refine, max_spread=sc["contact_max_spread"],
-        sharpen=sharpening_weight(width) if sc["contact_sharpen"] else 0.0,
-        spill_sigma=float(width) if sc["contact_spill"] and np.isfinite(width) else 0.0,
-        on_map=not sc["contact_gap_from_intensity"])
+    res, fit, measured = read_contacts(volume, phases_path, level_path, qc, truth, links,
+                                       ThresholdSettings(**(threshold or {})), sc, workers=2, refine=refine)
+    checks = pd.read_csv(qc)
+    codes = io.read_dataset(phases_path, "phases")
     through = reads_through_layer(fit, sc["contact_partial_volume"])
-    io.write_csv(level_path, fit.to_frame())
     checks_of_reading = (fit.spread, sc["contact_max_ambiguity"], res.blur_sigma_vox, fit.gap_width_ratio, through,
                          fit.gap_share_through_layer)
     ambiguous = plausibility.contacts_ambiguous(*checks_of_reading, fit.separation)
-    measured = particle_table_from_files(
-        truth, phases_path, volume, links, progress=False, probe=sc["contact_probe_vox"],
-        gap_from_intensity=sc["contact_gap_from_intensity"],
-        **reading_settings(level_path, sc["contact_level"], sc["contact_partial_volume"]), refine=refine)
     errors = validation.compare_particles(ph.table, measured, None, "true")
     errors = errors[~errors.border_truth.astype(bool)]
     mae, bias = float(errors.detachment_error.abs().mean()), float(errors.detachment_error.mean())
     undecided = float(measured.set_index("label").detachment_ambiguous.reindex(errors.label).mean())
-    failed = " ".join(checks.loc[~checks.passed, "check"])
+    failed = " ".join(checks.loc[~checks.passed.astype(bool), "check"])
     silent = not failed and not ambiguous and (mae > MAX_MAE or abs(bias) > MAX_BIAS)
-    return {"accuracy_declared": round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4),
-            "unresolved": ",".join(res.unresolved),
-            "blur_measured": round(float(res.blur_sigma_vox), 3), "edge_width": round(float(width), 3),
-            "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
-            "gap_mean": round(fit.gap_mean, 4), "gap_sigma": round(fit.gap_sigma, 4),
-            "cbd_mean": round(fit.cbd_mean, 4), "cbd_sigma": round(fit.cbd_sigma, 4),
-            "electrolyte_sigma": round(fit.electrolyte_sigma, 4),
-            "through_layer": through, "gap_width_ratio": round(fit.gap_width_ratio, 2),
-            "through_share": round(float(fit.gap_share_through_layer), 3), "spread": round(float(fit.spread), 3),
-            "failed": failed, "ambiguous": bool(ambiguous),
-            "ambiguous_but_separation": plausibility.contacts_ambiguous(*checks_of_reading),
-            "n_particles": len(errors),
-            "detachment_truth": round(float(errors.detachment_truth.mean()), 3),
-            "detachment_mae": round(mae, 4), "detachment_bias": round(bias, 4),
-            "bias_voxel_truth": round(float(errors.detachment_error_voxel_truth.mean()), 4),
-            "detachment_ambiguous": round(undecided, 4), "silent": silent,
-            "covered": silent and abs(bias) <= undecided}
+    row = {"accuracy_declared": round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4),
+           "unresolved": ",".join(res.unresolved),
+           "blur_measured": round(float(res.blur_sigma_vox), 3), "edge_width": round(float(edge_width_from_map(phases_path, qc)), 3),
+           "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
+           "gap_mean": round(fit.gap_mean, 4), "gap_sigma": round(fit.gap_sigma, 4),
+           "cbd_mean": round(fit.cbd_mean, 4), "cbd_sigma": round(fit.cbd_sigma, 4),
+           "electrolyte_sigma": round(fit.electrolyte_sigma, 4),
+           "through_layer": through, "gap_width_ratio": round(fit.gap_width_ratio, 2),
+           "through_share": round(float(fit.gap_share_through_layer), 3), "spread": round(float(fit.spread), 3),
+           "failed": failed, "ambiguous": bool(ambiguous),
+           "ambiguous_but_separation": plausibility.contacts_ambiguous(*checks_of_reading),
+           "n_particles": len(errors),
+           "detachment_truth": round(float(errors.detachment_truth.mean()), 3),
+           "detachment_mae": round(mae, 4), "detachment_bias": round(bias, 4),
+           "bias_voxel_truth": round(float(errors.detachment_error_voxel_truth.mean()), 4),
+           "detachment_ambiguous": round(undecided, 4), "silent": silent,
+           "covered": silent and abs(bias) <= undecided}
+    if self_check:
+        sigma = res.refine_sigma_vox if np.isfinite(res.refine_sigma_vox) else res.blur_sigma_vox
+        # the truth's border flags, as the errors above exclude them
+        first = measured.assign(touches_border=measured.label.map(ph.table.set_index("label").touches_border))
+        check = check_reading(phases_path, res.fwhm, sigma, io.read_volume_info(volume)[1], truth, links, first, level_path,
+                              ThresholdSettings(**(threshold or {})), sc, workers=2, refine=refine)
+        row["self_shift"] = round(check.shift, 4)
+        row["self_consistent"] = check.consistent
+        row["silent_unless_self"] = silent and check.consistent
+    return row
 
 
 def main() -> None:
@@ -175,6 +176,9 @@ def main() -> None:
     ap.add_argument("--max-drift", type=float, default=0.03, metavar="GREY",
                     help="draw the grey levels' drift across the volume up to this (peak to peak; cupping, "
                          "beam drift), the other fields as drawn without it")
+    ap.add_argument("--self-consistency", action="store_true",
+                    help="also read each draw's map rendered under the forward model's assumptions "
+                         "(detachment.self_consistency): self_shift, self_consistent")
     ap.add_argument("--prior-sensitivity", type=float, metavar="BETA",
                     help="also threshold and read each draw with threshold.psf_refine_beta set to BETA")
     args = ap.parse_args()
@@ -186,7 +190,7 @@ def main() -> None:
     if args.prior_sensitivity is not None:
         ThresholdSettings(**{**threshold, "psf_refine_beta": args.prior_sensitivity})
     table = run_draws(lambda seed, work: measure(seed, work, sc, threshold, not args.exact_envelopes,
-                                                 args.prior_sensitivity, args.max_drift),
+                                                 args.prior_sensitivity, args.max_drift, args.self_consistency),
                       range(args.first, args.first + args.count), args.out)
     ran = table.dropna(subset=["detachment_mae"])
     passed = ran[(ran.failed == "") & ~ran.ambiguous.astype(bool)]
@@ -202,6 +206,13 @@ def main() -> None:
         print(f"|prior_shift| at psf_refine_beta {args.prior_sensitivity:g} where nothing stops: silent draws "
               f"{np.round(shift[silent].sort_values().to_numpy(), 3)}, the others' largest "
               f"{shift[~silent].max():.3f} (median {shift[~silent].median():.3f})")
+    if args.self_consistency:
+        flagged = ~passed.self_consistent.astype(bool)
+        silent = passed.silent.astype(bool)
+        print(f"self-consistency (|self_shift| > {MAX_SHIFT} where nothing else stops): flags {int((flagged & silent).sum())} "
+              f"of the {int(silent.sum())} silent draws and {int((flagged & ~silent).sum())} of the other "
+              f"{int((~silent).sum())}; |self_shift| of the silent {np.round(passed.self_shift[silent].abs().sort_values().to_numpy(), 3)}, "
+              f"the others' largest {passed.self_shift[~silent].abs().max():.4f}")
 
 
 if __name__ == "__main__":

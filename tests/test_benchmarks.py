@@ -156,7 +156,7 @@ def test_random_contacts_prior_sensitivity_reads_the_same_draw_again_with_the_we
     rc, _ = _random_contacts()
     calls = []
 
-    def fake_read(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine):
+    def fake_read(ph, volume, truth, phases_path, level_path, qc, sc, threshold, refine, self_check=False):
         calls.append(dict(threshold or {}))
         beta = (threshold or {}).get("psf_refine_beta", 3.0)
         return {"detachment_bias": 0.01 * beta, "detachment_mae": 0.02}

@@ -317,6 +317,23 @@ def contact_reading_plausible(contact_level_path) -> float:
     return 0.0 if bool(t.ambiguous.iloc[0]) else 1.0
 
 
+def self_consistency_metrics(paths) -> dict[str, float]:
+    """``contact_reading_self_consistent`` (1.0 or 0.0) and ``self_consistency_shift`` (the particles' mean move,
+    detachment fraction) from a sample's ``self_consistency.csv``
+    (:class:`detachment.self_consistency.SelfConsistency`); both NaN where the check was not run.
+
+    Parameters
+    ----------
+    paths : list of str
+        The sample's ``self_consistency.csv``, or nothing (config ``science.self_consistency`` off).
+    """
+    if not paths:
+        return {"contact_reading_self_consistent": float("nan"), "self_consistency_shift": float("nan")}
+    t = pd.read_csv(paths[0])
+    return {"contact_reading_self_consistent": float(bool(t.consistent.iloc[0])),
+            "self_consistency_shift": float(t["shift"].iloc[0])}
+
+
 def long_table(preset: str, sample: str, split: str, metrics: dict[str, float]) -> pd.DataFrame:
     """``metrics`` as rows of the long layout (:data:`COLUMNS`).
 

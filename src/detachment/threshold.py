@@ -586,7 +586,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         tally = _classify(volume_path, s, shape, tmp, classifier, writer, model, fine, fine_edges, workers, progress)
         _write_attrs(d, voxel, model, unresolved, nmc_split(model, split), s.domain_sigma_vox)
         psf, psf_se, width = measured_blur(tally.edges)  # the width along the grid is what the contact reading undoes
-        d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined, edge_width_vox=width,
+        d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined,
+                       psf_refine_sigma_vox=tally.refine_sigma, edge_width_vox=width,
                        **(plane.attrs() if plane is not None else {}))
         if shading_field is not None:
             shading.write_field(f, *shading_field)

@@ -123,6 +123,18 @@ def threshold_settings(wildcards):
     return s
 
 
+#: `science` keys the self-consistency check reads the particles with (as the particles rule does)
+SELF_CONSISTENCY_KEYS = ("contact_probe_vox", "contact_gap_from_intensity", "contact_level", "contact_partial_volume",
+                         "envelope_partition", "exclude_border")
+
+
+def self_consistency_tables(samples):
+    """The samples' self_consistency.csv where science.self_consistency is on, else none (the check is skipped)."""
+    if not config["science"]["self_consistency"]:
+        return []
+    return expand("results/{sample}/self_consistency.csv", sample=samples)
+
+
 def sheet_thresholds(sample):
     """The sample's manual thresholds from the sheet's `thresholds` column (grey levels; [] when empty)."""
     return [float(t) for t in re.split(r"[\s,]+", SAMPLES.loc[sample, "thresholds"].strip()) if t]

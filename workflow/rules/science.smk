@@ -83,6 +83,35 @@ rule particles:
         "../scripts/gather_table.py"
 
 
+rule self_consistency:
+    input:
+        particles=rules.link_slices.output.particles,
+        links=rules.link_slices.output.links,
+        phases=rules.threshold_phases.output.phases,
+        fwhm=rules.threshold_phases.output.fwhm,
+        qc=rules.threshold_phases.output.qc,
+        volume="results/{sample}/volume.h5",
+        contact_level=rules.contact_level.output.table,
+        table=rules.particles.output[0],
+    output:
+        "results/{sample}/self_consistency.csv",
+    params:
+        settings=threshold_settings,
+        # the reading's own settings (on_ambiguous_contacts, which changes no table, is read from the config)
+        science={k: config["science"][k] for k in SELF_CONSISTENCY_KEYS},
+    log:
+        "logs/self_consistency/{sample}.log",
+    benchmark:
+        "logs/benchmarks/self_consistency/{sample}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+    conda:
+        "../envs/core.yaml"
+    script:
+        "../scripts/self_consistency.py"
+
+
 rule damage:
     input:
         table=rules.particles.output[0],
@@ -167,6 +196,7 @@ rule statistics:
         histograms=expand(rules.threshold_phases.output.histogram, sample=SAMPLES.index),
         fwhm=expand(rules.threshold_phases.output.fwhm, sample=SAMPLES.index),
         contact_level=expand(rules.contact_level.output.table, sample=SAMPLES.index),
+        self_consistency=self_consistency_tables(SAMPLES.index),
     output:
         all_particles="results/statistics/particles_all.csv",
         by_rate="results/statistics/detachment_by_c_rate.csv",

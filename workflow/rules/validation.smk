@@ -10,6 +10,7 @@ rule evaluate_sample:
         particles=rules.link_slices.output.particles,
         science=rules.validate_science.output[0],
         contact_level=rules.contact_level.output.table,
+        self_consistency=lambda w: self_consistency_tables([w.sample]),
         table=rules.particles.output[0],
         truth_table="results/{sample}/truth_particles.csv",
     output:
