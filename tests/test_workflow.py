@@ -49,6 +49,11 @@ def test_outputs_follow_the_contract(finished_run):
         hist = pd.read_csv(d / "histogram.csv")
         assert hist["count"].sum() == truth.size
         assert (d / "fig1_phases.png").read_bytes()[:4] == b"\x89PNG"
+        # the reading finds itself again on its own map, rendered at the σ the map was refined with
+        check = pd.read_csv(d / "self_consistency.csv").iloc[0]
+        with h5py.File(d / "phases.h5") as f:
+            assert check.sigma_vox == pytest.approx(f["phases"].attrs["psf_refine_sigma_vox"])
+        assert check.n_particles > 0 and bool(check.consistent) and abs(check["shift"]) <= check.bound
         assert not list(d.glob(".*.tmp-*"))  # no temporary leftovers
 
 
