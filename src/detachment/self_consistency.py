@@ -276,19 +276,19 @@ def check_reading(codes_path, fwhm: pd.DataFrame, sigma: float, voxel_size_um, l
     return measure_shift(first, second, sigma, exclude_border, bound)
 
 
-def enforce(check: SelfConsistency, sample: str, on_ambiguous: str = "stop") -> None:
-    """Stop (raise :class:`detachment.plausibility.AmbiguousContacts`) or warn where a sample's reading is not
-    self-consistent (config ``science.on_ambiguous_contacts``: ``"stop"`` or ``"warn"``); nothing where it is.
+def enforce(check: SelfConsistency, sample: str, mode: str = "warn") -> None:
+    """Warn, or stop (raise :class:`detachment.plausibility.AmbiguousContacts`), where a sample's reading is not
+    self-consistent (config ``science.self_consistency``: ``"warn"`` or ``"stop"``); nothing where it is.
 
     Raises
     ------
     detachment.plausibility.AmbiguousContacts
         With ``"stop"``: the message names the sample, the move, the bound and the way on.
     ValueError
-        When ``on_ambiguous`` is neither ``"stop"`` nor ``"warn"``.
+        When ``mode`` is neither ``"stop"`` nor ``"warn"``.
     """
-    if on_ambiguous not in ("stop", "warn"):
-        raise ValueError(f"science.on_ambiguous_contacts: {on_ambiguous!r} is not 'stop' or 'warn'")
+    if mode not in ("stop", "warn"):
+        raise ValueError(f"science.self_consistency: {mode!r} is not 'stop' or 'warn'")
     if check.consistent:
         return
     msg = (f"sample '{sample}': the contact reading does not find itself again. Read again on a volume rendered "
@@ -298,8 +298,8 @@ def enforce(check: SelfConsistency, sample: str, on_ambiguous: str = "stop") -> 
            f"voxels thick are read differently each time on such data (lost to the forward model's smoothness "
            f"prior at low contrast, or lifted into CBD's grey range by partial volume), so the detachment is not "
            f"measured to within a few hundredths here; particles.csv detachment_ambiguous gives the share of each "
-           f"surface read as undecided. Set science.on_ambiguous_contacts: warn to go on with these numbers "
+           f"surface read as undecided. Set science.self_consistency: warn to go on with these numbers "
            f"(self_consistency.csv: consistent False).")
-    if on_ambiguous == "stop":
+    if mode == "stop":
         raise plausibility.AmbiguousContacts(msg)
     log.warning(msg)

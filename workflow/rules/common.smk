@@ -129,8 +129,8 @@ SELF_CONSISTENCY_KEYS = ("contact_probe_vox", "contact_gap_from_intensity", "con
 
 
 def self_consistency_tables(samples):
-    """The samples' self_consistency.csv where science.self_consistency is on, else none (the check is skipped)."""
-    if not config["science"]["self_consistency"]:
+    """The samples' self_consistency.csv, or none where science.self_consistency is skip."""
+    if config["science"]["self_consistency"] == "skip":
         return []
     return expand("results/{sample}/self_consistency.csv", sample=samples)
 

@@ -97,7 +97,8 @@ rule self_consistency:
         "results/{sample}/self_consistency.csv",
     params:
         settings=threshold_settings,
-        # the reading's own settings (on_ambiguous_contacts, which changes no table, is read from the config)
+        # the reading's own settings (science.self_consistency: warn or stop changes no table; it is read from the
+        # config)
         science={k: config["science"][k] for k in SELF_CONSISTENCY_KEYS},
     log:
         "logs/self_consistency/{sample}.log",

@@ -23,4 +23,4 @@ logging.getLogger(__name__).info(
     "read again on its phase map rendered at σ %.3f voxels, the detachment of %d particles moves by %+.4f on "
     "average (|move| %.4f; bound ±%g): %s", check.sigma_vox, check.n_particles, check.shift, check.shift_mae,
     check.bound, "consistent" if check.consistent else "NOT consistent")
-enforce(check, snakemake.wildcards.sample, snakemake.config["science"]["on_ambiguous_contacts"])
+enforce(check, snakemake.wildcards.sample, snakemake.config["science"]["self_consistency"])
