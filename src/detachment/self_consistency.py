@@ -1,15 +1,17 @@
 """Whether the contact reading finds again what it read, on a volume rendered from its own result.
 
-The phases, the contact level and the particles' faces are read again, as the workflow reads them, from a
-volume made of the sample's own phase map under the forward model's assumptions (:func:`render_map`): each
-phase's grey level blurred by the Gaussian point-spread function the map was refined with, plus white
-noise of each phase's own spread. On that volume the map is the truth. A reading that is right on data like
-the sample's finds its own detachment again, to within the noise. One that loses one-voxel coats to the
-forward model's smoothness prior, or reads as CBD the gaps that partial volume lifts into CBD's grey range,
-loses some of what it kept once more, and each particle's detachment moves. The mean move over the
-particles, :attr:`SelfConsistency.shift`, is checked against :data:`MAX_SHIFT`. The rendered volume has
-neither partial volume nor NMC's correlated texture, so the move's sign need not be the error's: it says
-that the reading does not hold on such data, not by how much it is off.
+The sample's own phase map is rendered under the forward model's assumptions (:func:`render_map`: each
+phase's grey level blurred by the Gaussian point-spread function the map was refined with, plus white noise
+of each phase's own spread), thresholded as the sample was, and its particles are read as the sample's
+``contact_level.csv`` says (the same reading, level and partial-volume rule). On that volume the map is the
+truth. A reading that holds on data like the sample's finds its own detachment again, to within the noise.
+One that loses one-voxel coats to the forward model's smoothness prior, or reads as CBD the gaps that
+partial volume lifts into CBD's grey range, loses some of what it kept once more, and each particle's
+detachment moves. The mean move over the particles, :attr:`SelfConsistency.shift`, is checked against
+:data:`MAX_SHIFT`. The rendered volume has neither partial volume nor any phase's correlated texture, so the
+move's sign need not be the error's (the check says that the reading does not hold on such data, not by how
+much it is off), and a textured phase rendered as white noise, harder to read than the real one, can move a
+reading that holds.
 
 Main entry points: :func:`render_map`, :func:`levels_and_spreads`, :func:`map_sigma`, :func:`read_contacts`,
 :func:`measure_shift`, :func:`check_reading`, :func:`enforce`.
