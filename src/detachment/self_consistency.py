@@ -264,9 +264,9 @@ def check_reading(codes_path, fwhm: pd.DataFrame, sigma: float, voxel_size_um, l
     (:func:`read_contacts`) as the first reading's ``contact_level.csv`` at ``level_path`` says (the same
     reading, level and partial-volume rule: what is checked is how that reading holds, not which one a volume
     made without partial volume would choose) and measure how far the particles moved from their first
-    reading ``first`` (:func:`measure_shift`). ``voxel_size_um``: the volume's, written with the rendered one; ``workdir``: where
-    the rendered volume and its reading are written (a temporary folder by default), removed after;
-    ``refine``: as :func:`read_contacts`."""
+    reading ``first`` (:func:`measure_shift`). ``voxel_size_um``: the volume's, written with the rendered
+    one; ``workdir``: where the rendered volume and its reading are written (a temporary folder by default),
+    removed after; ``refine``: as :func:`read_contacts`."""
     levels, spreads = levels_and_spreads(fwhm)
     rendered = render_map(io.read_dataset(codes_path, "phases"), levels, spreads, sigma)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -295,13 +295,14 @@ def enforce(check: SelfConsistency, sample: str, mode: str = "warn") -> None:
         return
     msg = (f"sample '{sample}': the contact reading does not find itself again. Read again on a volume rendered "
            f"from its own phase map (each phase's grey level blurred by the point spread σ {check.sigma_vox:.2f} "
-           f"voxels the map was refined with, plus each phase's noise), the detachment of its {check.n_particles} "
-           f"particles moves by {check.shift:+.3f} on average (bound ±{check.bound:g}). Coats and gaps one or two "
-           f"voxels thick are read differently each time on such data (lost to the forward model's smoothness "
-           f"prior at low contrast, or lifted into CBD's grey range by partial volume), so the detachment is not "
-           f"measured to within a few hundredths here; particles.csv detachment_ambiguous gives the share of each "
-           f"surface read as undecided. Set science.self_consistency: warn to go on with these numbers "
-           f"(self_consistency.csv: consistent False).")
+           f"voxels the map was refined with, plus white noise of each phase's spread), the detachment of its "
+           f"{check.n_particles} particles moves by {check.shift:+.3f} on average (bound ±{check.bound:g}). Coats "
+           f"and gaps one or two voxels thick are then read differently each time (lost to the forward model's "
+           f"smoothness prior at low contrast, or lifted into CBD's grey range by partial volume), and the "
+           f"detachment may be off by a few hundredths or more; particles.csv detachment_ambiguous gives the share of "
+           f"each surface read as undecided. A phase with a wide, correlated texture (NMC as wide as the paper's) "
+           f"is harder to read as white noise than as it is, and can move a reading that holds. ")
     if mode == "stop":
-        raise plausibility.AmbiguousContacts(msg)
-    log.warning(msg)
+        raise plausibility.AmbiguousContacts(msg + "Set science.self_consistency: warn to go on with these numbers "
+                                                   "(self_consistency.csv: consistent False).")
+    log.warning("%sGoing on (science.self_consistency: warn).", msg)
