@@ -53,7 +53,7 @@ from detachment.contact_level import edge_width_from_map, reads_through_layer
 from detachment.phantom import PhantomParams, generate_phantom, write_phantom
 from detachment.phase_fit import PhaseModelError
 from detachment.robustness import phase_accuracy
-from detachment.self_consistency import MAX_SHIFT, check_reading, read_contacts
+from detachment.self_consistency import MAX_SHIFT, check_reading, map_sigma, read_contacts
 from detachment.threshold import ThresholdSettings
 
 #: Goals of the validation presets: a draw over either, not stopped, is ``silent``.
@@ -152,11 +152,11 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
            "detachment_ambiguous": round(undecided, 4), "silent": silent,
            "covered": silent and abs(bias) <= undecided}
     if self_check:
-        sigma = res.refine_sigma_vox if np.isfinite(res.refine_sigma_vox) else res.blur_sigma_vox
         # the truth's border flags, as the errors above exclude them
         first = measured.assign(touches_border=measured.label.map(ph.table.set_index("label").touches_border))
-        check = check_reading(phases_path, res.fwhm, sigma, io.read_volume_info(volume)[1], truth, links, first, level_path,
-                              ThresholdSettings(**(threshold or {})), sc, workers=2, refine=refine)
+        check = check_reading(phases_path, res.fwhm, map_sigma(phases_path, qc), io.read_volume_info(volume)[1], truth,
+                              links, first, level_path, ThresholdSettings(**(threshold or {})), sc, workers=2,
+                              refine=refine)
         row["self_shift"] = round(check.shift, 4)
         row["self_consistent"] = check.consistent
         row["silent_unless_self"] = silent and check.consistent

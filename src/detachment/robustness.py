@@ -325,7 +325,7 @@ def self_consistency_metrics(paths) -> dict[str, float]:
     Parameters
     ----------
     paths : list of str
-        The sample's ``self_consistency.csv``, or nothing (config ``science.self_consistency`` off).
+        The sample's ``self_consistency.csv``, or nothing (config ``science.self_consistency: skip``).
     """
     if not paths:
         return {"contact_reading_self_consistent": float("nan"), "self_consistency_shift": float("nan")}
