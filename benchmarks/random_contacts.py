@@ -156,7 +156,7 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
         first = measured.assign(touches_border=measured.label.map(ph.table.set_index("label").touches_border))
         check = check_reading(phases_path, res.fwhm, map_sigma(phases_path, qc), io.read_volume_info(volume)[1], truth,
                               links, first, level_path, ThresholdSettings(**(threshold or {})), sc, workers=2,
-                              refine=refine)
+                              refine=refine, volume=volume)
         row["self_shift"] = round(check.shift, 4)
         row["self_consistent"] = check.consistent
         row["silent_unless_self"] = silent and check.consistent

@@ -54,6 +54,8 @@ def test_outputs_follow_the_contract(finished_run):
         with h5py.File(d / "phases.h5") as f:
             assert check.sigma_vox == pytest.approx(f["phases"].attrs["psf_refine_sigma_vox"])
         assert check.n_particles > 0 and bool(check.consistent) and abs(check["shift"]) <= check.bound
+        # rendered with the textures measured on the sample's volume: the phantom's NMC is textured
+        assert "nmc_low 0." in check.textures and "vox" in check.textures, check.textures
         assert not list(d.glob(".*.tmp-*"))  # no temporary leftovers
 
 

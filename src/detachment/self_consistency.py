@@ -1,17 +1,16 @@
 """Whether the contact reading finds again what it read, on a volume rendered from its own result.
 
 The sample's own phase map is rendered under the forward model's assumptions (:func:`render_map`: each
-phase's grey level blurred by the Gaussian point-spread function the map was refined with, plus white noise
-of each phase's own spread), thresholded as the sample was, and its particles are read as the sample's
-``contact_level.csv`` says (the same reading, level and partial-volume rule). On that volume the map is the
-truth. A reading that holds on data like the sample's finds its own detachment again, to within the noise.
-One that loses one-voxel coats to the forward model's smoothness prior, or reads as CBD the gaps that
-partial volume lifts into CBD's grey range, loses some of what it kept once more, and each particle's
-detachment moves. The mean move over the particles, :attr:`SelfConsistency.shift`, is checked against
-:data:`MAX_SHIFT`. The rendered volume has neither partial volume nor any phase's correlated texture, so the
-move's sign need not be the error's (the check says that the reading does not hold on such data, not by how
-much it is off), and a textured phase rendered as white noise, harder to read than the real one, can move a
-reading that holds.
+phase's grey level blurred by the Gaussian point-spread function the map was refined with, plus noise of each
+phase's own spread and texture, measured on the sample: :mod:`detachment.texture`), thresholded as the sample
+was, and its particles are read as the sample's ``contact_level.csv`` says (the same reading, level and
+partial-volume rule). On that volume the map is the truth. A reading that holds on data like the sample's
+finds its own detachment again, to within the noise. One that loses one-voxel coats to the forward model's
+smoothness prior, or reads as CBD the gaps that partial volume lifts into CBD's grey range, loses some of what
+it kept once more, and each particle's detachment moves. The mean move over the particles,
+:attr:`SelfConsistency.shift`, is checked against :data:`MAX_SHIFT`. The rendered volume has no partial
+volume, so the move's sign need not be the error's: the check says that the reading does not hold on such
+data, not by how much it is off.
 
 Main entry points: :func:`render_map`, :func:`levels_and_spreads`, :func:`map_sigma`, :func:`read_contacts`,
 :func:`measure_shift`, :func:`check_reading`, :func:`enforce`.
@@ -34,11 +33,12 @@ from . import io, plausibility, shading
 from .contact_level import ContactLevel, edge_width_from_map, reading_settings, sharpening_weight
 from .particles import contact_level_from_files, particle_table_from_files
 from .phases import FWHM_PER_SIGMA, PHASE_NAMES
+from .texture import PhaseTexture, measure_textures, textured_noise
 from .threshold import ThresholdResult, ThresholdSettings
 
 #: Largest |mean move| of the particles' detachment (a fraction of their surface) for a reading to count as
 #: self-consistent; chosen on the seen random draws (docs/results.md).
-MAX_SHIFT = 0.012
+MAX_SHIFT = 0.010
 #: Seed of the rendered volume's noise: the check is deterministic.
 RENDER_SEED = 20201
 
@@ -108,11 +108,12 @@ def map_sigma(phases_path, qc_path) -> float:
 
 
 def render_map(codes: np.ndarray, levels: np.ndarray, spreads: np.ndarray, sigma: float,
-               seed: int = RENDER_SEED) -> np.ndarray:
+               seed: int = RENDER_SEED, textures: dict[int, PhaseTexture] | None = None) -> np.ndarray:
     """A grey volume from a phase map under the forward model's assumptions.
 
-    ``G_σ * levels[codes] + spreads[codes] · n`` with ``G_σ`` a Gaussian of ``sigma`` voxels
-    (``scipy.ndimage.gaussian_filter``, borders repeated) and ``n`` white standard normal noise.
+    ``G_σ * levels[codes] + n`` with ``G_σ`` a Gaussian of ``sigma`` voxels (``scipy.ndimage.gaussian_filter``,
+    borders repeated) and ``n`` zero-mean noise of each code's spread and texture
+    (:func:`detachment.texture.textured_noise`; white where ``textures`` is None).
 
     Parameters
     ----------
@@ -124,6 +125,8 @@ def render_map(codes: np.ndarray, levels: np.ndarray, spreads: np.ndarray, sigma
         Point-spread σ, voxels (0: no blur).
     seed : int, default :data:`RENDER_SEED`
         Seed of the noise.
+    textures : dict of int to detachment.texture.PhaseTexture, optional
+        Each code's texture (:func:`detachment.texture.measure_textures`); absent codes are white.
 
     Returns
     -------
@@ -144,8 +147,7 @@ def render_map(codes: np.ndarray, levels: np.ndarray, spreads: np.ndarray, sigma
     mean = np.asarray(levels, np.float32)[codes]
     if sigma > 0:
         mean = ndimage.gaussian_filter(mean, float(sigma), mode="nearest")
-    noise = np.random.default_rng(seed).standard_normal(codes.shape, dtype=np.float32)
-    return (mean + np.asarray(spreads, np.float32)[codes] * noise).astype(np.float32)
+    return (mean + textured_noise(codes, spreads, textures, seed)).astype(np.float32)
 
 
 def read_contacts(volume, phases_path, level_path, qc_path, labels_path, links: pd.DataFrame,
@@ -223,6 +225,8 @@ class SelfConsistency:
         Point-spread σ the volume was rendered with, voxels.
     bound : float
         The largest |shift| that passes.
+    textures : str
+        The phases' textures it was rendered with (:func:`describe_textures`).
     """
 
     shift: float
@@ -230,6 +234,7 @@ class SelfConsistency:
     n_particles: int
     sigma_vox: float
     bound: float = MAX_SHIFT
+    textures: str = "white"
 
     @property
     def consistent(self) -> bool:
@@ -239,7 +244,8 @@ class SelfConsistency:
     def to_frame(self) -> pd.DataFrame:
         """One row: the attributes and ``consistent`` (the columns of ``self_consistency.csv``)."""
         return pd.DataFrame([{"shift": self.shift, "shift_mae": self.shift_mae, "n_particles": self.n_particles,
-                              "sigma_vox": self.sigma_vox, "bound": self.bound, "consistent": self.consistent}])
+                              "sigma_vox": self.sigma_vox, "bound": self.bound, "consistent": self.consistent,
+                              "textures": self.textures}])
 
 
 def measure_shift(first: pd.DataFrame, second: pd.DataFrame, sigma_vox: float, exclude_border: bool = True,
@@ -259,23 +265,39 @@ def measure_shift(first: pd.DataFrame, second: pd.DataFrame, sigma_vox: float, e
 def check_reading(codes_path, fwhm: pd.DataFrame, sigma: float, voxel_size_um, labels_path, links: pd.DataFrame,
                   first: pd.DataFrame, level_path, settings: ThresholdSettings, science: dict, workers: int = 1,
                   exclude_border: bool = True, bound: float = MAX_SHIFT, workdir=None,
-                  refine: bool = True) -> SelfConsistency:
+                  refine: bool = True, volume=None) -> SelfConsistency:
     """Render the phase map at ``codes_path`` (:func:`render_map`, levels from ``fwhm``), read it again
     (:func:`read_contacts`) as the first reading's ``contact_level.csv`` at ``level_path`` says (the same
     reading, level and partial-volume rule: what is checked is how that reading holds, not which one a volume
     made without partial volume would choose) and measure how far the particles moved from their first
     reading ``first`` (:func:`measure_shift`). ``voxel_size_um``: the volume's, written with the rendered
     one; ``workdir``: where the rendered volume and its reading are written (a temporary folder by default),
-    removed after; ``refine``: as :func:`read_contacts`."""
+    removed after; ``refine``: as :func:`read_contacts`; ``volume``: the sample's volume (``/volume``), on which
+    each phase's texture is measured (:func:`detachment.texture.measure_textures`) to render it with (None:
+    white noise)."""
     levels, spreads = levels_and_spreads(fwhm)
-    rendered = render_map(io.read_dataset(codes_path, "phases"), levels, spreads, sigma)
+    codes = io.read_dataset(codes_path, "phases")
+    textures = None if volume is None else measure_textures(io.read_dataset(volume, "volume"), codes, spreads, sigma)
+    rendered = render_map(codes, levels, spreads, sigma, textures=textures)
+    del codes
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         io.write_volume(tmp / "volume.h5", rendered, voxel_size_um, "rendered from the phase map")
         del rendered
         _, _, second = read_contacts(tmp / "volume.h5", tmp / "phases.h5", level_path, tmp / "phase_qc.csv",
                                      labels_path, links, settings, science, workers, refine, fit_level=False)
-    return measure_shift(first, second, sigma, exclude_border, bound)
+    check = measure_shift(first, second, sigma, exclude_border, bound)
+    check.textures = describe_textures(textures)
+    return check
+
+
+def describe_textures(textures: dict[int, PhaseTexture] | None) -> str:
+    """``"nmc_low 0.81 over 1.02 vox; void white; ..."``: each phase's smooth share and its scale (voxels),
+    as rendered; ``"white"`` without textures."""
+    if not textures:
+        return "white"
+    return "; ".join(f"{PHASE_NAMES[c]} " + (f"{t.smooth_share:.2f} over {t.scale_vox:.2f} vox" if t.smooth_share > 0
+                                              else "white") for c, t in sorted(textures.items()))
 
 
 def enforce(check: SelfConsistency, sample: str, mode: str = "warn") -> None:
@@ -295,13 +317,13 @@ def enforce(check: SelfConsistency, sample: str, mode: str = "warn") -> None:
         return
     msg = (f"sample '{sample}': the contact reading does not find itself again. Read again on a volume rendered "
            f"from its own phase map (each phase's grey level blurred by the point spread σ {check.sigma_vox:.2f} "
-           f"voxels the map was refined with, plus white noise of each phase's spread), the detachment of its "
+           f"voxels the map was refined with, plus noise of each phase's spread and texture), the detachment of its "
            f"{check.n_particles} particles moves by {check.shift:+.3f} on average (bound ±{check.bound:g}). Coats "
            f"and gaps one or two voxels thick are then read differently each time (lost to the forward model's "
            f"smoothness prior at low contrast, or lifted into CBD's grey range by partial volume), and the "
            f"detachment may be off by a few hundredths or more; particles.csv detachment_ambiguous gives the share of "
-           f"each surface read as undecided. A phase with a wide, correlated texture (NMC as wide as the paper's) "
-           f"is harder to read as white noise than as it is, and can move a reading that holds. ")
+           f"each surface read as undecided. Under partial volume (surfaces that cut the voxels), which the "
+           f"rendered volume lacks, a reading that holds can move by about the bound as well. ")
     if mode == "stop":
         raise plausibility.AmbiguousContacts(msg + "Set science.self_consistency: warn to go on with these numbers "
                                                    "(self_consistency.csv: consistent False).")

@@ -17,10 +17,11 @@ check = check_reading(snakemake.input.phases, pd.read_csv(snakemake.input.fwhm),
                       snakemake.input.particles, pd.read_csv(snakemake.input.links),
                       pd.read_csv(snakemake.input.table), snakemake.input.contact_level,
                       ThresholdSettings(**p.settings), p.science, workers=snakemake.threads,
-                      exclude_border=p.science["exclude_border"], workdir=snakemake.resources.get("tmpdir"))
+                      exclude_border=p.science["exclude_border"], workdir=snakemake.resources.get("tmpdir"),
+                      volume=snakemake.input.volume)
 io.write_csv(snakemake.output[0], check.to_frame())
 logging.getLogger(__name__).info(
-    "read again on its phase map rendered at σ %.3f voxels, the detachment of %d particles moves by %+.4f on "
-    "average (|move| %.4f; bound ±%g): %s", check.sigma_vox, check.n_particles, check.shift, check.shift_mae,
-    check.bound, "consistent" if check.consistent else "NOT consistent")
+    "read again on its phase map rendered at σ %.3f voxels (textures: %s), the detachment of %d particles moves by "
+    "%+.4f on average (|move| %.4f; bound ±%g): %s", check.sigma_vox, check.textures, check.n_particles, check.shift,
+    check.shift_mae, check.bound, "consistent" if check.consistent else "NOT consistent")
 enforce(check, snakemake.wildcards.sample, snakemake.config["science"]["self_consistency"])
