@@ -11,6 +11,7 @@ from detachment.texture import (
     lag_correlation,
     measure_textures,
     textured_noise,
+    variogram,
 )
 
 SPREADS = np.array([0.02, 0.03, 0.06, 0.05, 0.02], np.float32)
@@ -107,3 +108,21 @@ def test_the_phantoms_planted_texture_is_measured_on_its_truth(default_config):
     assert found[NMC_LOW].smooth_share == pytest.approx(planted_share, abs=0.06), found
     assert found[NMC_LOW].scale_vox == pytest.approx(ph.params.texture_correlation_vox, rel=0.15), found
     assert found[VOID].smooth_share < 0.05, found
+
+
+@pytest.mark.parametrize("lag", [1, 2])
+def test_variogram_read_in_chunks_is_the_brute_force_one(lag):
+    """Read a few slices at a time, pairs across chunk borders included, the variogram and its pair count
+    equal a direct sum over every pair along every axis."""
+    rng = np.random.default_rng(0)
+    grey = rng.standard_normal((37, 20, 23)).astype(np.float32)
+    mask = rng.random(grey.shape) < 0.7
+    total = count = 0
+    for axis in range(3):
+        a, m = np.moveaxis(grey, axis, 0).astype(np.float64), np.moveaxis(mask, axis, 0)
+        both = m[:-lag] & m[lag:]
+        d = (a[:-lag] - a[lag:])[both]
+        total, count = total + float(d @ d), count + d.size
+    for chunk in (1, 5, 16, 64):
+        value, n = variogram(grey, mask, lag, chunk=chunk)
+        assert n == count and value == pytest.approx(0.5 * total / count, rel=1e-12)

@@ -91,20 +91,31 @@ def fit_texture(gamma1: float, gamma2: float, spread: float) -> PhaseTexture:
     return PhaseTexture(float(min(rho1 / lag_correlation(scale, 1), 1.0)), float(scale))
 
 
-def variogram(grey: np.ndarray, mask: np.ndarray, lag: int) -> tuple[float, int]:
+def variogram(grey: np.ndarray, mask: np.ndarray, lag: int, chunk: int = 16) -> tuple[float, int]:
     """Half the mean squared difference of voxel pairs ``lag`` apart along any axis, both in ``mask``;
-    and the number of such pairs. (z, y, x) arrays; NaN without pairs."""
+    and the number of such pairs. (z, y, x) arrays, read ``chunk`` slices at a time (the differences are
+    summed in float64 without holding them for the whole volume); NaN without pairs."""
     total, count = 0.0, 0
-    for axis in range(grey.ndim):
-        if grey.shape[axis] <= lag:
-            continue
-        head = [slice(None)] * grey.ndim
-        tail = [slice(None)] * grey.ndim
-        head[axis], tail[axis] = slice(None, -lag), slice(lag, None)
-        both = mask[tuple(head)] & mask[tuple(tail)]
-        d = grey[tuple(head)][both].astype(np.float64) - grey[tuple(tail)][both]
-        total += float(np.dot(d, d))
-        count += int(d.size)
+    depth = grey.shape[0]
+    for z0 in range(0, depth, chunk):
+        z1 = min(z0 + chunk, depth)
+        # pairs that start in slices z0..z1-1: along z they reach lag slices further
+        g = grey[z0:min(z1 + lag, depth)]
+        m = mask[z0:min(z1 + lag, depth)]
+        for axis in range(3):
+            if g.shape[axis] <= lag:
+                continue
+            head, tail = [slice(None)] * 3, [slice(None)] * 3
+            head[axis], tail[axis] = slice(None, -lag), slice(lag, None)
+            if axis:  # in-plane pairs of the chunk's own slices only
+                head[0] = tail[0] = slice(0, z1 - z0)
+            else:
+                head[0] = slice(0, min(z1 - z0, g.shape[0] - lag))
+                tail[0] = slice(lag, lag + head[0].stop)
+            both = m[tuple(head)] & m[tuple(tail)]
+            d = g[tuple(head)][both].astype(np.float64) - g[tuple(tail)][both]
+            total += float(np.dot(d, d))
+            count += int(d.size)
     return (0.5 * total / count if count else float("nan")), count
 
 
@@ -165,8 +176,8 @@ def textured_noise(codes: np.ndarray, spreads: np.ndarray, textures: dict[int, P
         t = textures[code]
         if t.smooth_share <= 0:
             continue
-        field = ndimage.gaussian_filter(rng.standard_normal(codes.shape, dtype=np.float32), t.scale_vox,
-                                        mode="wrap", truncate=TRUNCATE)
+        field = rng.standard_normal(codes.shape, dtype=np.float32)
+        ndimage.gaussian_filter(field, t.scale_vox, output=field, mode="wrap", truncate=TRUNCATE)  # in place
         norm = float(np.sum(gaussian_kernel(t.scale_vox) ** 2)) ** (codes.ndim / 2)
         inside = codes == code
         noise[inside] += field[inside] * np.float32(spreads[code] * np.sqrt(t.smooth_share) / norm)
