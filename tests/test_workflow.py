@@ -54,8 +54,11 @@ def test_outputs_follow_the_contract(finished_run):
         with h5py.File(d / "phases.h5") as f:
             assert check.sigma_vox == pytest.approx(f["phases"].attrs["psf_refine_sigma_vox"])
         assert check.n_particles > 0 and bool(check.consistent) and abs(check["shift"]) <= check.bound
-        # rendered with the textures measured on the sample's volume: the phantom's NMC is textured
-        assert "nmc_low 0." in check.textures and "vox" in check.textures, check.textures
+        # rendered with the textures measured on the sample's volume: the phantom's electrolyte is planted
+        # white, its CBD with a third of its variance smooth (FWHM 0.064 over white noise of FWHM 0.053)
+        assert "void white" in check.textures and "cbd 0." in check.textures, check.textures
+        cbd_share = float(check.textures.split("cbd ")[1].split(" ")[0])
+        assert cbd_share == pytest.approx(1 - (0.053 / 0.064) ** 2, abs=0.1), check.textures
         assert not list(d.glob(".*.tmp-*"))  # no temporary leftovers
 
 
