@@ -5,8 +5,9 @@ voxel or more, and a reconstruction's own noise is correlated by its filters. Ea
 described as a white part plus a smooth part, white noise filtered by a Gaussian of ``scale_vox`` voxels,
 that carries ``smooth_share`` of the variance. Both are fitted to the variogram at lags 1 and 2 of the
 phase's interior voxels (:func:`measure_textures`); the variogram takes differences of neighbours, so a slow
-shading of the grey levels does not read as texture. :func:`textured_noise` draws noise with those
-textures, as :mod:`detachment.self_consistency` renders a phase map.
+shading of the grey levels adds little to it (where shading widens the phase's spread, the excess reads as a
+smooth part of a few voxels). :func:`textured_noise` draws noise with those textures, as
+:mod:`detachment.self_consistency` renders a phase map.
 
 Main entry points: :func:`measure_textures`, :func:`fit_texture`, :func:`textured_noise`.
 """
