@@ -41,6 +41,19 @@ def test_levels_and_spreads_take_the_interior_fit_and_fall_back_to_the_model():
     assert np.isnan(levels[3:]).all() and np.isnan(spreads[3:]).all()
 
 
+
+def test_an_interior_fit_far_from_the_model_is_not_rendered():
+    """NMC high of a tiny phantom: 436 interior voxels spread over 512 bins, whose Gaussian fit escaped to the
+    electrolyte's level with a FWHM of 0.42. Rendered, the particles' dense domains would read as electrolyte;
+    the phase model's mean and FWHM are taken instead, as for the forward model, and a centre within one
+    model FWHM of the mean is still taken."""
+    t = _fwhm_table([["void", 0, 0.0036, 0.0536, 0.0051, 0.0555], ["nmc_low", 2, 0.7102, 0.0649, 0.7183, 0.0498],
+                     ["nmc_high", 3, -0.0002, 0.4242, 0.8422, 0.1069]])
+    levels, spreads = levels_and_spreads(t)
+    k = 2 * math.sqrt(2 * math.log(2))
+    np.testing.assert_allclose(levels[[0, 2, 3]], [0.0036, 0.7102, 0.8422], rtol=1e-6)
+    np.testing.assert_allclose(spreads[[0, 2, 3]], [0.0536 / k, 0.0649 / k, 0.1069 / k], rtol=1e-6)
+
 def test_rendered_step_is_the_error_function_and_its_noise_the_spread():
     """A flat step between two phases blurred by σ reads ``a + (b - a) Φ((x - x0) / σ)`` across it (the
     continuous Gaussian's; the sampled kernel is within 1 % of the contrast), and far from it each phase's
@@ -113,6 +126,7 @@ def test_a_reading_that_holds_finds_itself_again(read_phantom):
                       links, table, w / "contact_level.csv", ThresholdSettings(), science, workdir=w,
                       volume=w / "volume.h5")
     assert c.n_particles > 10 and c.consistent and abs(c.shift) < MAX_SHIFT, c
+    assert c.textures.startswith("void white; cbd 0.") and "nmc_low 0." in c.textures, c.textures
     assert sorted(p.name for p in w.iterdir()) == ["contact_level.csv", "labels.h5", "phases.h5", "qc.csv",
                                                   "volume.h5"]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -49,7 +49,10 @@ def levels_and_spreads(fwhm: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Each phase code's grey level and standard deviation from a ``phase_fwhm.csv`` table.
 
     The level is the ``centre`` of the phase's interior voxels and the spread its ``fwhm`` / 2.3548; where
-    those are NaN (too few interior voxels), the phase model's ``model_mean`` and ``model_fwhm``.
+    those are NaN (too few interior voxels), or the centre lies further than one ``model_fwhm`` from the
+    phase model's mean (a Gaussian fitted to a few hundred interior voxels can escape far from their grey
+    levels; the forward model's levels are taken by the same rule), the phase model's ``model_mean`` and
+    ``model_fwhm``.
 
     Parameters
     ----------
@@ -69,8 +72,10 @@ def levels_and_spreads(fwhm: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     for code in t.index:
         row = t.loc[code]
         level, width = row["centre"], row["fwhm"]
-        if not (np.isfinite(level) and np.isfinite(width)):
-            level, width = row["model_mean"], row["model_fwhm"]
+        model_mean, model_fwhm = row["model_mean"], row["model_fwhm"]
+        off_model = np.isfinite(model_mean) and np.isfinite(model_fwhm) and abs(level - model_mean) > model_fwhm
+        if not (np.isfinite(level) and np.isfinite(width)) or off_model:
+            level, width = model_mean, model_fwhm
         levels[int(code)], spreads[int(code)] = level, width / FWHM_PER_SIGMA
     return levels, spreads
 
@@ -286,9 +291,7 @@ def check_reading(codes_path, fwhm: pd.DataFrame, sigma: float, voxel_size_um, l
         del rendered
         _, _, second = read_contacts(tmp / "volume.h5", tmp / "phases.h5", level_path, tmp / "phase_qc.csv",
                                      labels_path, links, settings, science, workers, refine, fit_level=False)
-    check = measure_shift(first, second, sigma, exclude_border, bound)
-    check.textures = describe_textures(textures)
-    return check
+    return replace(measure_shift(first, second, sigma, exclude_border, bound), textures=describe_textures(textures))
 
 
 def describe_textures(textures: dict[int, PhaseTexture] | None) -> str:
