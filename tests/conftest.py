@@ -78,11 +78,16 @@ def write_tiny_workdir(path: Path, detecting: bool = False, **overrides) -> Path
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the project's Snakefile in ``workdir`` with its config.yaml; returns the completed process."""
+def snakemake_command(workdir: Path, *args: str) -> tuple[list[str], dict]:
+    """The command line and environment that run the project's Snakefile in ``workdir`` with its config.yaml."""
     cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return cmd, dict(os.environ, PYTHONUNBUFFERED="1")
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the project's Snakefile in ``workdir`` with its config.yaml; returns the completed process."""
+    cmd, env = snakemake_command(workdir, *args)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=workdir)
 
 

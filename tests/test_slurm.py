@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, run_snakemake, write_tiny_workdir
+from .conftest import ROOT, snakemake_command, write_tiny_workdir
 from .test_reliability import assert_same_results
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -101,10 +101,11 @@ def two_cell_workdir(path: Path) -> Path:
 
 
 def test_tiny_workflow_on_slurm_equals_local_run(local_slurm, slurm_python, tmp_path):
+    # the local run goes on beside the SLURM run, which spends most of its time waiting on the queue
     local = two_cell_workdir(tmp_path / "local")
-    r = run_snakemake(local)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert {p.name for p in (local / "results").iterdir()} >= {"cell_1C", "cell_C10", "statistics"}
+    local_cmd, local_env = snakemake_command(local)
+    local_proc = subprocess.Popen(local_cmd, cwd=local, env=local_env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
     cluster = two_cell_workdir(tmp_path / "cluster")
     cmd = [slurm_python, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(cluster), "--configfile",
            str(cluster / "config.yaml"), "--workflow-profile", str(ROOT / "profiles/slurm"),
@@ -116,6 +117,10 @@ def test_tiny_workflow_on_slurm_equals_local_run(local_slurm, slurm_python, tmp_
         proc.send_signal(signal.SIGINT)  # snakemake ignores SIGTERM while it waits on jobs
         out, _ = proc.communicate(timeout=120)
         pytest.fail("SLURM run timed out:\n" + out[-3000:])
+    finally:
+        _, local_err = local_proc.communicate(timeout=600)
+    assert local_proc.returncode == 0, local_err[-2000:]
+    assert {p.name for p in (local / "results").iterdir()} >= {"cell_1C", "cell_C10", "statistics"}
     assert proc.returncode == 0, out[-4000:]
     # the jobs really went through SLURM: the plugin reports each submission's SLURM job id
     assert len(re.findall(r"SLURM job ?id \d+", out, re.I)) >= 5, out[-3000:]
