@@ -581,6 +581,13 @@ def fit_fwhm(counts: np.ndarray, edges: np.ndarray) -> tuple[float, float]:
     return float(mu), float(abs(sd) * FWHM_PER_SIGMA)
 
 
+def fit_near_model(centre: float, model_mean: float, model_fwhm: float) -> bool:
+    """Whether an interior fit's centre (:func:`fit_fwhm`) lies within one FWHM of the phase model's mean: a
+    fit to a class of a few hundred interior voxels can land far off their grey levels (e.g. at another
+    phase's), and is then not taken as the phase's level. NaN anywhere: False."""
+    return bool(np.isfinite(centre) and abs(centre - model_mean) <= model_fwhm)
+
+
 def _merged_until_peak(counts: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``counts`` and ``edges`` with bins merged in pairs until the peak bin holds :data:`FIT_MIN_PEAK_COUNT`
     or fewer than 128 bins are left (an odd last bin is paired with an empty one past the range)."""

@@ -32,7 +32,7 @@ from scipy import ndimage
 from . import io, plausibility, shading
 from .contact_level import ContactLevel, edge_width_from_map, reading_settings, sharpening_weight
 from .particles import contact_level_from_files, particle_table_from_files
-from .phases import FWHM_PER_SIGMA, PHASE_NAMES
+from .phases import FWHM_PER_SIGMA, PHASE_NAMES, fit_near_model
 from .texture import PhaseTexture, measure_textures, textured_noise
 from .threshold import ThresholdResult, ThresholdSettings
 
@@ -73,7 +73,8 @@ def levels_and_spreads(fwhm: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         row = t.loc[code]
         level, width = row["centre"], row["fwhm"]
         model_mean, model_fwhm = row["model_mean"], row["model_fwhm"]
-        off_model = np.isfinite(model_mean) and np.isfinite(model_fwhm) and abs(level - model_mean) > model_fwhm
+        modelled = np.isfinite(model_mean) and np.isfinite(model_fwhm)
+        off_model = modelled and not fit_near_model(level, model_mean, model_fwhm)
         if not (np.isfinite(level) and np.isfinite(width)) or off_model:
             level, width = model_mean, model_fwhm
         levels[int(code)], spreads[int(code)] = level, width / FWHM_PER_SIGMA

@@ -788,7 +788,7 @@ def refine_levels(model: phases.PhaseModel, interior: np.ndarray, fine_edges: np
     levels, widths = {}, {}
     for name, mean, sd in zip(model.names, model.means, model.sigmas):
         centre, fwhm = phases.fit_fwhm(interior[phases.PHASE_CODES[name]], fine_edges)
-        sane = np.isfinite(centre) and abs(centre - mean) <= sd * phases.FWHM_PER_SIGMA
+        sane = phases.fit_near_model(centre, mean, sd * phases.FWHM_PER_SIGMA)
         levels[name] = float(centre) if sane else float(mean)
         if sane and np.isfinite(fwhm) and fwhm > 0:
             widths[name] = float(fwhm) / phases.FWHM_PER_SIGMA
