@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import ROOT, SNAKEMAKE, run_snakemake, write_tiny_workdir
+from .conftest import run_snakemake, snakemake_command, write_tiny_workdir
 
 pytestmark = pytest.mark.slow
 
@@ -55,9 +55,8 @@ def test_other_seed_gives_another_phantom(tmp_path):
 
 def _run_and_kill(work: Path, ready, *args: str, timeout: float = 300) -> None:
     """Start the workflow (with ``args``), SIGKILL its whole process group as soon as ``ready(work)`` holds."""
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(work), "--configfile",
-           str(work / "config.yaml"), "--cores", "2", *args]
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    cmd, env = snakemake_command(work, *args)
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     t0 = time.time()
     try:

@@ -41,9 +41,8 @@ def test_levels_and_spreads_take_the_interior_fit_and_fall_back_to_the_model():
     assert np.isnan(levels[3:]).all() and np.isnan(spreads[3:]).all()
 
 
-
 def test_an_interior_fit_far_from_the_model_is_not_rendered():
-    """NMC high of a tiny phantom: 436 interior voxels spread over 512 bins, whose Gaussian fit escaped to the
+    """NMC high of a tiny phantom: 436 interior voxels spread over the fine histogram's 1024 bins, whose Gaussian fit escaped to the
     electrolyte's level with a FWHM of 0.42. Rendered, the particles' dense domains would read as electrolyte;
     the phase model's mean and FWHM are taken instead, as for the forward model, and a centre within one
     model FWHM of the mean is still taken."""
@@ -53,6 +52,7 @@ def test_an_interior_fit_far_from_the_model_is_not_rendered():
     k = 2 * math.sqrt(2 * math.log(2))
     np.testing.assert_allclose(levels[[0, 2, 3]], [0.0036, 0.7102, 0.8422], rtol=1e-6)
     np.testing.assert_allclose(spreads[[0, 2, 3]], [0.0536 / k, 0.0649 / k, 0.1069 / k], rtol=1e-6)
+
 
 def test_rendered_step_is_the_error_function_and_its_noise_the_spread():
     """A flat step between two phases blurred by σ reads ``a + (b - a) Φ((x - x0) / σ)`` across it (the
