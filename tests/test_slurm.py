@@ -104,8 +104,9 @@ def test_tiny_workflow_on_slurm_equals_local_run(local_slurm, slurm_python, tmp_
     # the local run goes on beside the SLURM run, which spends most of its time waiting on the queue
     local = two_cell_workdir(tmp_path / "local")
     local_cmd, local_env = snakemake_command(local)
-    local_proc = subprocess.Popen(local_cmd, cwd=local, env=local_env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True)
+    local_log = tmp_path / "local.log"  # a file, not a pipe: nothing reads the log until the SLURM run ends
+    with open(local_log, "w") as log:
+        local_proc = subprocess.Popen(local_cmd, cwd=local, env=local_env, stdout=log, stderr=subprocess.STDOUT)
     cluster = two_cell_workdir(tmp_path / "cluster")
     cmd = [slurm_python, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(cluster), "--configfile",
            str(cluster / "config.yaml"), "--workflow-profile", str(ROOT / "profiles/slurm"),
@@ -118,8 +119,8 @@ def test_tiny_workflow_on_slurm_equals_local_run(local_slurm, slurm_python, tmp_
         out, _ = proc.communicate(timeout=120)
         pytest.fail("SLURM run timed out:\n" + out[-3000:])
     finally:
-        _, local_err = local_proc.communicate(timeout=600)
-    assert local_proc.returncode == 0, local_err[-2000:]
+        local_proc.wait(timeout=600)
+    assert local_proc.returncode == 0, local_log.read_text()[-2000:]
     assert {p.name for p in (local / "results").iterdir()} >= {"cell_1C", "cell_C10", "statistics"}
     assert proc.returncode == 0, out[-4000:]
     # the jobs really went through SLURM: the plugin reports each submission's SLURM job id
