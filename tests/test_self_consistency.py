@@ -42,10 +42,10 @@ def test_levels_and_spreads_take_the_interior_fit_and_fall_back_to_the_model():
 
 
 def test_an_interior_fit_far_from_the_model_is_not_rendered():
-    """NMC high of a tiny phantom: 436 interior voxels spread over the fine histogram's 1024 bins, whose Gaussian fit escaped to the
-    electrolyte's level with a FWHM of 0.42. Rendered, the particles' dense domains would read as electrolyte;
-    the phase model's mean and FWHM are taken instead, as for the forward model, and a centre within one
-    model FWHM of the mean is still taken."""
+    """NMC high of a tiny phantom: 436 interior voxels spread over the fine histogram's 1024 bins, whose
+    Gaussian fit escaped to the electrolyte's level with a FWHM of 0.42. Rendered, the particles' dense
+    domains would read as electrolyte; the phase model's mean and FWHM are taken instead, as for the forward
+    model, and a centre within one model FWHM of the mean is still taken."""
     t = _fwhm_table([["void", 0, 0.0036, 0.0536, 0.0051, 0.0555], ["nmc_low", 2, 0.7102, 0.0649, 0.7183, 0.0498],
                      ["nmc_high", 3, -0.0002, 0.4242, 0.8422, 0.1069]])
     levels, spreads = levels_and_spreads(t)
