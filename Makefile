@@ -21,8 +21,9 @@ run: $(STAMP)
 validate: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/validate.yaml -- results/validation/robustness.csv
 
+# two workers: the heavy work units (whole workflow runs) start first and the other modules fill the second core
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(CORES) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -85,6 +86,10 @@ def snakemake_command(workdir: Path, *args: str) -> tuple[list[str], dict]:
     return cmd, dict(os.environ, PYTHONUNBUFFERED="1")
 
 
+#: A guard against a hung whole tiny run, s: one takes about 5 min alone and up to twice that beside the other worker.
+FULL_RUN_TIMEOUT = 1800
+
+
 def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run the project's Snakefile in ``workdir`` with its config.yaml; returns the completed process."""
     cmd, env = snakemake_command(workdir, *args)
@@ -107,18 +112,44 @@ def dag_inputs(workdir: Path) -> dict[str, set[str]]:
     return out
 
 
+def session_root(tmp_path_factory) -> Path:
+    """A directory of this test session that every pytest-xdist worker of it sees (without xdist: the basetemp)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """One finished run of the whole workflow on the tiny config, shared read-only by the test modules."""
-    work = write_tiny_workdir(tmp_path_factory.mktemp("tiny_run") / "work", detecting=True)
-    r = run_snakemake(work)
-    assert r.returncode == 0, r.stderr[-3000:]
+    """One finished run of the whole workflow on the tiny config, shared read-only by the test modules. Made once
+    per session: the first worker to ask makes it under a lock, the others wait for it and read it."""
+    root = session_root(tmp_path_factory)
+    work, status = root / "tiny_run" / "work", root / "tiny_run" / "status"
+    with open(root / "tiny_run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not status.exists():
+            write_tiny_workdir(work, detecting=True)
+            r = run_snakemake(work, timeout=FULL_RUN_TIMEOUT)
+            status.write_text(f"{r.returncode}\n{r.stderr[-3000:]}")
+    returncode, stderr = status.read_text().split("\n", 1)
+    assert returncode == "0", stderr
     return work
 
 
 @pytest.fixture
 def tiny_workdir(tmp_path) -> Path:
     return write_tiny_workdir(tmp_path / "work")
+
+
+#: Test modules that run whole workflows, started first so that the other modules fill the second core while they
+#: run (`make test` runs two pytest-xdist workers, ``--dist loadfile --no-loadscope-reorder``: a module is one unit).
+#: The first two share :func:`tiny_run`; the kill-and-resume test makes its run beside it and reads it at the end.
+HEAVY_MODULES = ("tests/test_workflow.py", "tests/test_reliability.py", "tests/test_slurm.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Put the tests of :data:`HEAVY_MODULES` first, in that order (the rest keep theirs)."""
+    rank = {module: i for i, module in enumerate(HEAVY_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -13,14 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import run_snakemake, snakemake_command, write_tiny_workdir
+from .conftest import FULL_RUN_TIMEOUT, run_snakemake, snakemake_command, write_tiny_workdir
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def reference_run(tiny_run):
-    return tiny_run
 
 
 def result_files(work: Path) -> dict[str, Path]:
@@ -53,7 +48,7 @@ def test_other_seed_gives_another_phantom(tmp_path):
         assert not np.array_equal(labels, f["labels"][...])
 
 
-def _run_and_kill(work: Path, ready, *args: str, timeout: float = 300) -> None:
+def _run_and_kill(work: Path, ready, *args: str, timeout: float = FULL_RUN_TIMEOUT) -> None:
     """Start the workflow (with ``args``), SIGKILL its whole process group as soon as ``ready(work)`` holds."""
     cmd, env = snakemake_command(work, *args)
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -89,12 +84,13 @@ KILL_POINTS = {
 
 
 def test_a_run_killed_in_training_then_inference_then_linking_resumes_and_matches_an_uninterrupted_run(
-        reference_run, tmp_path):
+        request, tmp_path):
     """One work directory killed three times, at each point of KILL_POINTS in the order the DAG reaches
     them, each time recovered the documented way (--unlock, then --rerun-incomplete); the finished run
     equals the uninterrupted one, table for table and label volume for label volume. No killed output may
     look complete at any kill. This is also the determinism test: a second run with the same seed, in
-    another directory, gives the same results (CPU)."""
+    another directory, gives the same results (CPU). The shared tiny run is asked for only at the end, so that
+    under pytest-xdist this run is made while another worker makes that one."""
     work = write_tiny_workdir(tmp_path / "killed", detecting=True)
     for i, pattern in enumerate(KILL_POINTS.values()):
         before = set(work.glob(pattern))
@@ -103,7 +99,7 @@ def test_a_run_killed_in_training_then_inference_then_linking_resumes_and_matche
         _all_h5_readable(work)
         # a SIGKILLed Snakemake cannot release its lock: the documented recovery is --unlock, then rerun
         assert run_snakemake(work, "--unlock").returncode == 0, pattern
-    r = run_snakemake(work, "--rerun-incomplete")
+    r = run_snakemake(work, "--rerun-incomplete", timeout=FULL_RUN_TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert_same_results(reference_run, work)
+    assert_same_results(request.getfixturevalue("tiny_run"), work)
     assert "resuming from" in (work / "logs/train.log").read_text()
