@@ -21,7 +21,7 @@ run: $(STAMP)
 validate: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --configfile config/validate.yaml -- results/validation/robustness.csv
 
-# two workers: the heavy work units (whole workflow runs) start first and the other modules fill the second core
+# CORES pytest-xdist workers, a module to a worker at a time; those that run whole workflows start first (tests/conftest.py)
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(CORES) --dist loadfile --no-loadscope-reorder
 
