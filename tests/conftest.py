@@ -128,8 +128,12 @@ def tiny_run(tmp_path_factory) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         if not status.exists():
             write_tiny_workdir(work, detecting=True)
-            r = run_snakemake(work, timeout=FULL_RUN_TIMEOUT)
-            status.write_text(f"{r.returncode}\n{r.stderr[-3000:]}")
+            try:
+                r = run_snakemake(work, timeout=FULL_RUN_TIMEOUT)
+                status.write_text(f"{r.returncode}\n{r.stderr[-3000:]}")
+            except BaseException as e:  # a timeout too: the waiting worker must not start again in this directory
+                status.write_text(f"error\n{e!r}")
+                raise
     returncode, stderr = status.read_text().split("\n", 1)
     assert returncode == "0", stderr
     return work
