@@ -110,6 +110,13 @@ class PhantomParams:
     drift_amplitude : float
         Peak-to-peak amplitude (grey levels) of the slow intensity drift, 60 % linear in z and 40 % a
         smooth in-plane field.
+    halo_amplitude : float
+        Phase-contrast edge enhancement (a Zernike phase ring's halo, or the fringes a propagation-based
+        reconstruction leaves): the noise-free grey levels ``d`` become ``d + a (d - G d)``, ``G`` a Gaussian
+        of ``halo_sigma_vox``, so every edge overshoots on its bright side and undershoots on its dark side,
+        in proportion to its contrast, over a few voxels. 0 = none.
+    halo_sigma_vox : float
+        Reach (Gaussian σ, voxels) of the halo.
     supersample : int
         Sub-voxels per voxel edge (1-4) the geometry is drawn on. Above 1, each voxel's noise-free grey
         level is the mean over its sub-voxels (partial volume: surfaces cut voxels anywhere, not only
@@ -159,6 +166,8 @@ class PhantomParams:
     texture_correlation_vox: float = 1.0
     blur_sigma_vox: float = 0.5
     drift_amplitude: float = 0.02
+    halo_amplitude: float = 0.0
+    halo_sigma_vox: float = 2.0
     supersample: int = 1
     # co-registered Ni valence map (Supp. Fig. 7); None = no map. Not used by generate_phantom: see valence_map
     valence_density_correlation: float | None = None
@@ -246,6 +255,9 @@ class PhantomParams:
             bad("supersample", "an integer number of sub-voxels per voxel edge in [1, 4]")
         if not 0 < self.valence_std <= 1:
             bad("valence_std", "a standard deviation in (0, 1] (valence units)")
+        if not (0 <= self.halo_amplitude <= 2 and self.halo_sigma_vox > 0):
+            bad("halo_amplitude" if not 0 <= self.halo_amplitude <= 2 else "halo_sigma_vox",
+                "a halo amplitude in [0, 2] and a positive reach in voxels")
         self._validate_collector(bad)
 
     def _validate_collector(self, bad) -> None:
@@ -628,7 +640,7 @@ def noise_free_density(phases: np.ndarray, p: PhantomParams) -> np.ndarray:
 
 def render_intensity(phases: np.ndarray, p: PhantomParams, rng, density: np.ndarray | None = None
                      ) -> tuple[np.ndarray, dict]:
-    """Grey volume from a phase map: blurred means + per-phase texture + noise + drift.
+    """Grey volume from a phase map: blurred means (with their halo, if any) + per-phase texture + noise + drift.
 
     Each phase's interior gets exactly its FWHM: white noise of σ :attr:`PhantomParams.noise_sigma`
     common to all phases plus a smooth per-phase texture (correlation ``texture_correlation_vox``) of the
@@ -654,6 +666,8 @@ def render_intensity(phases: np.ndarray, p: PhantomParams, rng, density: np.ndar
         Phase name to the FWHM (grey levels) planted in its interior voxels, drift excluded.
     """
     vol = noise_free_density(phases, p) if density is None else np.array(density, np.float32)
+    if p.halo_amplitude > 0:  # the imaging's edge enhancement acts on the object, before noise
+        vol += p.halo_amplitude * (vol - ndimage.gaussian_filter(vol, p.halo_sigma_vox, mode="nearest"))
     sn = p.noise_sigma
     tex_sigma = np.array([np.sqrt(max((p.fwhm[PHASE_NAMES[c]] / FWHM_PER_SIGMA) ** 2 - sn**2, 0.0))
                           for c in range(5)], np.float32)

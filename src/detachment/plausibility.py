@@ -22,6 +22,9 @@ from .phases import AL, NMC_HIGH, NMC_LOW, VOID
 
 log = logging.getLogger(__name__)
 
+#: Largest ``edge_undershoot`` (:attr:`detachment.edge_halo.EdgeHalo.undershoot`): chosen between the tuning
+#: cells whose contacts read within the goals and those that do not (docs/results.md).
+EDGE_UNDERSHOOT_BOUND = 0.15
 #: Bounds of the checks (physical, not fitted): check -> (lower bound, what is required).
 BOUNDS = {
     "al_fraction_first_slice": (0.5, "the first slice (z = 0, the collector side) is mostly Al"),
@@ -45,6 +48,11 @@ MAX_BOUNDS = {
                            "detachment.shading; after flattening, where threshold.flatten_shading read the volume "
                            "again less it): beyond it one threshold for the whole volume reads electrolyte as CBD "
                            "where the reconstruction is bright, and gaps read attached. The bound: docs/results.md"),
+    "edge_undershoot": (EDGE_UNDERSHOOT_BOUND, "the electrolyte one to four voxels from the particles reads at most "
+                        "this share of the NMC - electrolyte contrast darker than the open electrolyte "
+                        "(detachment.edge_halo): a blur only lifts it; a halo (phase contrast, fringes, a "
+                        "sharpening filter) darkens it, and a CBD coat under the dark rim reads as a gap. The "
+                        "bound: docs/results.md"),
 }
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
@@ -108,7 +116,8 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
 
 
 def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_sigma_vox: float | None = None,
-                    tilted_collector_top: int | None = None, shading_ratio: float | None = None) -> pd.DataFrame:
+                    tilted_collector_top: int | None = None, shading_ratio: float | None = None,
+                    edge_undershoot: float | None = None) -> pd.DataFrame:
     """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur.
 
     The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice, or
@@ -133,6 +142,9 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         How far the electrolyte's grey level wanders across the volume, over the CBD - electrolyte contrast
         (:attr:`detachment.shading.Shading.ratio`); without it, or NaN (too little electrolyte, CBD not
         resolved), ``shading_ratio`` is left out.
+    edge_undershoot : float, optional
+        How far the electrolyte beside the particles reads below the open electrolyte, over the NMC -
+        electrolyte contrast (:attr:`detachment.edge_halo.EdgeHalo.undershoot`); without it, or NaN, left out.
 
     Returns
     -------
@@ -158,7 +170,8 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         values.update(_model_checks(fwhm, total))
     rows = [{"check": k, "value": v, "bound": BOUNDS[k][0], "bound_type": "min", "passed": bool(v >= BOUNDS[k][0]),
              "requirement": BOUNDS[k][1]} for k, v in values.items()]
-    for name, value in (("blur_sigma_vox", blur_sigma_vox), ("shading_ratio", shading_ratio)):
+    for name, value in (("blur_sigma_vox", blur_sigma_vox), ("shading_ratio", shading_ratio),
+                        ("edge_undershoot", edge_undershoot)):
         if value is not None and np.isfinite(value):
             bound, requirement = MAX_BOUNDS[name]
             rows.append({"check": name, "value": float(value), "bound": bound, "bound_type": "max",
@@ -208,7 +221,7 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
                      f"{r.bound} ({r.requirement})" for r in failed.itertuples())
     figure = figure_hint or "the phase figure"
     advice = []
-    if set(failed.check) - {"blur_sigma_vox", "shading_ratio"}:
+    if set(failed.check) - {"blur_sigma_vox", "shading_ratio", "edge_undershoot"}:
         advice.append(f"The histogram probably resolves fewer peaks than phases and the classes are shifted (e.g. "
                       f"CBD read as Al, the collector as NMC), or the volume holds no collector at z = 0. Look at "
                       f"{figure}; check the volume's orientation (the collector must be at z = 0 after import: the "
@@ -224,6 +237,13 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
                       "volume; flattening the volume by the electrolyte's own level (threshold.flatten_shading) "
                       "left this much or was off: correct the shading before import (flat-field the projections, "
                       "or subtract a smooth background fitted to the electrolyte's level).")
+    if "edge_undershoot" in set(failed.check):
+        advice.append("The particles' edges overshoot: the electrolyte beside them reads darker than the open "
+                      "electrolyte, which no blur does. Phase-contrast halos (a Zernike ring), the fringes of a "
+                      "propagation-based reconstruction whose phase retrieval assumed one delta/beta for phases "
+                      "that differ in it, or a sharpening filter do; the contact reading and the forward model "
+                      "assume a blur and would read coats under the dark rim as gaps. Reconstruct again without "
+                      "the edge enhancement (a phase retrieval fitted to the sample, no sharpening filter).")
     msg = (f"sample '{sample}': implausible phase map: {what}. {' '.join(advice)} Set threshold.on_implausible: "
            f"warn to go on with this map (every downstream number inherits it).")
     if on_implausible == "stop":

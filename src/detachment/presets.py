@@ -77,6 +77,11 @@ PRESETS: dict[str, dict] = {
     # phase model does not fit the volume as it is, or the map flattened by its first map's levels fails its
     # checks, and the shading is first estimated from the grey levels alone
     "strongly_shaded": {"drift_amplitude": 0.6},
+    # phase-contrast edge enhancement, as a propagation-based (holotomographic) reconstruction leaves where one
+    # δ/β ratio is assumed for phases that differ in it: a dark rim in the electrolyte and CBD beside every
+    # particle, a bright one inside it, over a few voxels
+    "halo": {"halo_amplitude": 0.5},
+    "halo_strong": {"halo_amplitude": 1.0},  # SCRATCH
 }
 
 

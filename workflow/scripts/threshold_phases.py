@@ -5,7 +5,7 @@ from pathlib import Path
 
 import h5py
 
-from detachment import io, plausibility, plots, shading
+from detachment import edge_halo, io, plausibility, plots, shading
 from detachment.logs import log_to
 from detachment.phase_fit import PhaseModelError
 from detachment.threshold import ThresholdSettings, histogram_table
@@ -42,8 +42,10 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          domain_split=result.domain_split, edges=result.edges, section=section)
 io.save_figure(fig, snakemake.output.figure)
 
+halo = edge_halo.measure_map(snakemake.output.phases, snakemake.input.volume, result.fwhm)
 checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
-                                     result.blur_sigma_vox, result.tilted_collector_top, shade.ratio)
+                                     result.blur_sigma_vox, result.tilted_collector_top, shade.ratio,
+                                     halo.undershoot)
 io.write_csv(snakemake.output.qc, checks)
 if not checks.passed.all():
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
