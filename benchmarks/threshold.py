@@ -6,8 +6,8 @@ Builds a volume by tiling the default phantom, times (1) reading it slab by slab
 with h5py and (2) the full streamed thresholding (the histogram pass, the model
 fit, the classification pass with clean-ups, FWHM histograms and edge profiles,
 the edge-rule passes and the forward-model pass, plus writing the compressed
-phases.h5, then the shading measure's read of both volumes: what the threshold
-rule runs, ``shading.threshold_flattened``), and prints both throughputs and
+phases.h5, then the shading measure's read of both volumes: ``shading.threshold_flattened``,
+and the edge-halo measure's read of both: what the threshold rule runs), and prints both throughputs and
 their ratio, with ``--workers`` threads (the threshold rule's ``threads``, 2 by
 default) and ``threshold_volume`` alone with them and with one, the time with
 the forward-model pass over the time without it, and the rule's time over
@@ -32,7 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from detachment import io, shading
+from detachment import edge_halo, io, shading
 from detachment.phantom import PhantomParams, generate_phantom
 from detachment.threshold import ThresholdSettings, threshold_volume
 
@@ -75,8 +75,13 @@ def main() -> None:
         t_read = best_of(args.repeats, lambda: _read(path, vol.shape[0], settings.slab))
         t_thr = {workers: best_of(args.repeats, lambda w=workers: threshold_volume(
             path, Path(d) / "phases.h5", settings, progress=False, workers=w)) for workers in dict.fromkeys((1, args.workers))}
-        t_rule = best_of(args.repeats, lambda: shading.threshold_flattened(
-            path, Path(d) / "rule.h5", settings, progress=False, workers=args.workers))
+
+        def rule():
+            result = shading.threshold_flattened(path, Path(d) / "rule.h5", settings, progress=False,
+                                                 workers=args.workers)[0]
+            edge_halo.measure_map(Path(d) / "rule.h5", path, result.fwhm)
+
+        t_rule = best_of(args.repeats, rule)
         plain = ThresholdSettings(psf_refine=False)
         t_plain = best_of(args.repeats, lambda: threshold_volume(path, Path(d) / "plain.h5", plain, progress=False,
                                                                  workers=args.workers))
@@ -87,7 +92,7 @@ def main() -> None:
         print(f"threshold_volume, {workers} thread(s): {n / t / 1e6:8.1f} Mvoxel/s ({t:.3f} s), "
               f"ratio {t_read / t:.3f}")
     print(f"one-time imports and kernel loading, on a {tile.shape} volume, not in the ratio: {t_once:.2f} s")
-    print(f"threshold rule (threshold_flattened), {args.workers} thread(s): {n / t_rule / 1e6:8.1f} Mvoxel/s "
+    print(f"threshold rule (threshold_flattened and the edge-halo measure), {args.workers} thread(s): {n / t_rule / 1e6:8.1f} Mvoxel/s "
           f"({t_rule:.3f} s); time over threshold_volume's: {t_rule / t_thr[args.workers]:.3f}")
     print(f"ratio thresholding / raw read throughput: {t_read / t_rule:.3f} "
           f"({args.workers} threads, the threshold rule's default, shading measure included)")

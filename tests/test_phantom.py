@@ -197,6 +197,9 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
                for p in ps.values())
     # grey levels that wander by twice that step: too much for the first map to read the shading on
     assert any(p.drift_amplitude >= 2 * (p.intensity["cbd"] - p.intensity["void"]) for p in ps.values())
+    # edges that overshoot (phase-contrast halos), mild and strong
+    lo, hi = span(lambda p: p.halo_amplitude)
+    assert lo == 0 and hi >= 1
 
 
 def test_sparse_and_crowded_presets_span_the_electrolyte_fraction_and_touching(default_config):

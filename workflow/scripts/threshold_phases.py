@@ -1,5 +1,6 @@
 """Adapter: phase thresholding of one sample (phases.h5, histogram, FWHMs, Supp. Fig. 1 figure, checks)."""
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -43,6 +44,9 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
 io.save_figure(fig, snakemake.output.figure)
 
 halo = edge_halo.measure_map(snakemake.output.phases, snakemake.input.volume, result.fwhm)
+logging.getLogger("threshold_phases").info(
+    "edge halo: electrolyte 1-%d voxels from NMC less its slice's open electrolyte, over the contrast: %s "
+    "(undershoot %.3f)", edge_halo.NEAR_VOX, " ".join(f"{v:+.3f}" for v in halo.profile), halo.undershoot)
 checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
                                      result.blur_sigma_vox, result.tilted_collector_top, shade.ratio,
                                      halo.undershoot)
