@@ -22,9 +22,10 @@ from .phases import AL, NMC_HIGH, NMC_LOW, VOID
 
 log = logging.getLogger(__name__)
 
-#: Largest ``edge_undershoot`` (:attr:`detachment.edge_halo.EdgeHalo.undershoot`): chosen between the tuning
-#: cells whose contacts read within the goals and those that do not (docs/results.md).
-EDGE_UNDERSHOOT_BOUND = 0.15
+#: Largest ``edge_undershoot`` (:attr:`detachment.edge_halo.EdgeHalo.undershoot`): chosen on the tuning cells
+#: between the strongest halo under which one-voxel gaps and coats still read within the goals and the mildest
+#: under which they do not; the presets without a halo read far below it (docs/results.md).
+EDGE_UNDERSHOOT_BOUND = 0.05
 #: Bounds of the checks (physical, not fitted): check -> (lower bound, what is required).
 BOUNDS = {
     "al_fraction_first_slice": (0.5, "the first slice (z = 0, the collector side) is mostly Al"),

@@ -81,9 +81,12 @@ PRESETS: dict[str, dict] = {
     # δ/β ratio is assumed for phases that differ in it: a dark rim in the electrolyte and CBD beside every
     # particle, a bright one inside it, over a few voxels
     "halo": {"halo_amplitude": 0.5},
-    # the same halo twice as strong: the map's edges move (phase accuracy below 0.97) and the edge-halo check
-    # stops it (a tuning preset: with ``halo`` it places that check's bound)
+    # the same halo twice as strong: the map's edges move (phase accuracy below 0.97)
     "halo_strong": {"halo_amplitude": 1.0},
+    # one-voxel gaps and coats under the halo, and under half of it: the first reads coats as gaps, the second
+    # still reads within the goals (tuning presets: between them lies the edge-halo check's bound)
+    "thin_gaps_halo": {**THIN_GAPS, "halo_amplitude": 0.5},
+    "thin_gaps_halo_mild": {**THIN_GAPS, "halo_amplitude": 0.25},
 }
 
 
