@@ -114,3 +114,13 @@ def test_an_undershoot_beyond_the_bound_stops_the_map_with_its_reason():
     bad = plausibility.check_phase_map(counts, edge_undershoot=bound + 0.05)
     with pytest.raises(plausibility.ImplausiblePhaseMap, match=r"sample 'cell_x'.*edge_undershoot.*halo"):
         plausibility.enforce(bad, "cell_x", "stop")
+
+
+def test_the_phase_figure_names_an_overshoot_beyond_the_bound_only():
+    from detachment.plots import phase_title
+
+    bound = plausibility.EDGE_UNDERSHOOT_BOUND
+    assert "EDGES OVERSHOOT" in phase_title("s", 0, "informed", edge_undershoot=bound + 0.04)
+    assert "0.09 of the NMC" in phase_title("s", 0, "informed", edge_undershoot=0.093)
+    assert "OVERSHOOT" not in phase_title("s", 0, "informed", edge_undershoot=bound - 0.01)
+    assert "OVERSHOOT" not in phase_title("s", 0, "informed", edge_undershoot=float("nan"))

@@ -64,7 +64,7 @@ def section_panel(ax, section: SideSection, letter: str = "") -> None:
 
 def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None,
                 blur_sigma: float | None = None, blur_se: float | None = None,
-                collector_tilt_deg: float | None = None) -> str:
+                collector_tilt_deg: float | None = None, edge_undershoot: float | None = None) -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -89,6 +89,9 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
     collector_tilt_deg : float, optional
         Where the collector was found tilted (:attr:`detachment.collector_surface.CollectorPlane.tilted`),
         its tilt, degrees; named in the title.
+    edge_undershoot : float, optional
+        ``phase_qc.csv``'s ``edge_undershoot`` (:mod:`detachment.edge_halo`): named on the last line where it is
+        beyond the check's bound.
 
     Returns
     -------
@@ -111,6 +114,10 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         value = f"{blur_sigma:.2f}" + (f" ± {blur_se:.2f}" if blur_se is not None and np.isfinite(blur_se) else "")
         title += (f"\npoint spread σ {value} voxel on the particles' flat edges" if blur_sigma <= bound else
                   f"\nPOINT SPREAD σ {value} VOXEL, WIDER THAN {bound}: gaps of a few voxels are not resolved")
+    halo_bound = MAX_BOUNDS["edge_undershoot"][0]
+    if edge_undershoot is not None and np.isfinite(edge_undershoot) and edge_undershoot > halo_bound:
+        title += (f"\nEDGES OVERSHOOT: the electrolyte beside the particles reads {edge_undershoot:.2f} of the NMC "
+                  f"contrast below the open electrolyte (> {halo_bound}; a halo, fringes or a sharpening filter)")
     return title
 
 

@@ -26,6 +26,10 @@ except PhaseModelError as e:
 io.write_csv(snakemake.output.histogram, histogram_table(result))
 io.write_csv(snakemake.output.fwhm, result.fwhm)
 
+halo = edge_halo.measure_map(snakemake.output.phases, snakemake.input.volume, result.fwhm)
+logging.getLogger("threshold_phases").info(
+    "edge halo: electrolyte 1-%d voxels from NMC less its slice's open electrolyte, over the contrast: %s "
+    "(undershoot %.3f)", edge_halo.NEAR_VOX, " ".join(f"{v:+.3f}" for v in halo.profile), halo.undershoot)
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
 shape, voxel = io.read_volume_info(snakemake.input.volume)
@@ -39,14 +43,10 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          title=plots.phase_title(snakemake.wildcards.sample, z, result.model.method,
                                                  result.unresolved, result.nmc_split, result.layer,
                                                  result.blur_sigma_vox, result.blur_sigma_se_vox,
-                                                 result.collector_tilt_deg),
+                                                 result.collector_tilt_deg, halo.undershoot),
                          domain_split=result.domain_split, edges=result.edges, section=section)
 io.save_figure(fig, snakemake.output.figure)
 
-halo = edge_halo.measure_map(snakemake.output.phases, snakemake.input.volume, result.fwhm)
-logging.getLogger("threshold_phases").info(
-    "edge halo: electrolyte 1-%d voxels from NMC less its slice's open electrolyte, over the contrast: %s "
-    "(undershoot %.3f)", edge_halo.NEAR_VOX, " ".join(f"{v:+.3f}" for v in halo.profile), halo.undershoot)
 checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
                                      result.blur_sigma_vox, result.tilted_collector_top, shade.ratio,
                                      halo.undershoot)
