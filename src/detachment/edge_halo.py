@@ -13,7 +13,7 @@ distance ``k`` = 1 .. :data:`NEAR_VOX` from the map's NMC, the median over the v
 level at that distance less the median of the open electrolyte of its own slice (at least :data:`FAR_VOX` steps
 from any other phase; slices without enough of it are left out, so that a slow shading along z cancels), over
 the NMC - electrolyte contrast. :attr:`EdgeHalo.undershoot` is the deepest of these below zero.
-Axes (z, y, x). Entry points: :func:`measure`, :func:`measure_files`.
+Axes (z, y, x). Entry points: :func:`measure`, :func:`measure_files`, :func:`measure_map`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .phases import NMC_HIGH, NMC_LOW, VOID
 NEAR_VOX = 4
 #: 6-connected steps from any other phase beyond which the electrolyte is open (its level the reference).
 FAR_VOX = 6
-#: Slices per slab: each slab's near electrolyte is compared with its own open electrolyte.
+#: Slices read at a time (with their context of ``max(NEAR_VOX, FAR_VOX) + 1`` slices each side).
 SLAB_VOX = 16
 #: Fewest electrolyte voxels a distance needs, over the volume, to be read.
 MIN_VOXELS = 200
