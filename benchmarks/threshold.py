@@ -95,7 +95,7 @@ def main() -> None:
     print(f"threshold rule (threshold_flattened and the edge-halo measure), {args.workers} thread(s): {n / t_rule / 1e6:8.1f} Mvoxel/s "
           f"({t_rule:.3f} s); time over threshold_volume's: {t_rule / t_thr[args.workers]:.3f}")
     print(f"ratio thresholding / raw read throughput: {t_read / t_rule:.3f} "
-          f"({args.workers} threads, the threshold rule's default, shading measure included)")
+          f"({args.workers} threads, the threshold rule's default, shading and edge-halo measures included)")
     print(f"without the forward-model pass (psf_refine: false): {n / t_plain / 1e6:8.1f} Mvoxel/s ({t_plain:.3f} s); "
           f"time with / without it: {t_thr[args.workers] / t_plain:.2f}")
 

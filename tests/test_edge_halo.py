@@ -71,7 +71,7 @@ def test_a_halo_reads_as_the_analytic_undershoot(halo):
 
 def test_a_slow_shading_along_z_is_not_a_halo():
     # the particles fill the lower half only, so the electrolyte beside them lies where the drift is low and
-    # most of the open electrolyte where it is high: read slab by slab, the drift cancels
+    # most of the open electrolyte where it is high: read against each slice's own, the drift cancels
     codes, grey = _planar(0.5, drift=0.2, nmc_depth=32)
     h = edge_halo.measure(codes, grey, VOID_LEVEL, NMC_LEVEL)
     assert h.undershoot < 0.005  # the medians of a few thousand noisy voxels

@@ -144,7 +144,8 @@ def measure_files(phases_path, volume_path, electrolyte: float, nmc: float) -> E
 
 def measure_map(phases_path, volume_path, fwhm) -> EdgeHalo:
     """:func:`measure_files` with the electrolyte's and NMC's levels from the thresholding's per-phase table
-    (``phase_fwhm.csv``: ``phase``, ``centre``; NMC's level is low-density NMC's, or the merged class's)."""
+    (``phase_fwhm.csv``: ``phase``, ``centre``; NMC's level is low-density NMC's, which also carries high density
+    where the two are not resolved); a missing level gives NaN (nothing measured)."""
     centre = dict(zip(fwhm["phase"], fwhm["centre"]))
-    nmc = centre.get("nmc_low", centre.get("nmc", float("nan")))
-    return measure_files(phases_path, volume_path, float(centre.get("void", float("nan"))), float(nmc))
+    electrolyte, nmc = (float(centre.get(name, np.nan)) for name in ("void", "nmc_low"))
+    return measure_files(phases_path, volume_path, electrolyte, nmc)

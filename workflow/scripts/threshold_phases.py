@@ -29,7 +29,8 @@ io.write_csv(snakemake.output.fwhm, result.fwhm)
 halo = edge_halo.measure_map(snakemake.output.phases, snakemake.input.volume, result.fwhm)
 logging.getLogger("threshold_phases").info(
     "edge halo: electrolyte 1-%d voxels from NMC less its slice's open electrolyte, over the contrast: %s "
-    "(undershoot %.3f)", edge_halo.NEAR_VOX, " ".join(f"{v:+.3f}" for v in halo.profile), halo.undershoot)
+    "(undershoot %.3f; voxels read %s)", edge_halo.NEAR_VOX, " ".join(f"{v:+.3f}" for v in halo.profile),
+    halo.undershoot, " ".join(str(int(v)) for v in halo.voxels))
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
 shape, voxel = io.read_volume_info(snakemake.input.volume)
