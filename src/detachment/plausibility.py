@@ -153,22 +153,9 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         One row per check: ``check``, ``value``, ``bound``, ``bound_type`` (``min``: value >= bound;
         ``max``: value <= bound), ``passed``, ``requirement``.
     """
-    c = counts.per_slice.astype(float)
-    per_slice_total = np.maximum(c.sum(1), 1)
-    al_frac = c[:, AL] / per_slice_total
-    # the collector slab: the run of mostly-Al slices from z = 0 up, or below a tilted collector's top
-    slab = np.cumprod(al_frac > 0.5).astype(bool)
-    if tilted_collector_top is not None:
-        slab = np.arange(len(al_frac)) < tilted_collector_top
-    total = max(c.sum(), 1)
-    values = {
-        "al_fraction_first_slice": float(al_frac[0]) if len(al_frac) else 0.0,
-        "al_in_collector_slab": float(c[slab, AL].sum() / c[:, AL].sum()) if c[:, AL].sum() else 0.0,
-        "void_fraction": float(c[:, VOID].sum() / total),
-        "nmc_fraction": float((c[:, NMC_LOW].sum() + c[:, NMC_HIGH].sum()) / total),
-    }
+    values = _count_checks(counts, tilted_collector_top)
     if fwhm is not None:
-        values.update(_model_checks(fwhm, total))
+        values.update(_model_checks(fwhm, max(float(counts.per_slice.sum()), 1.0)))
     rows = [{"check": k, "value": v, "bound": BOUNDS[k][0], "bound_type": "min", "passed": bool(v >= BOUNDS[k][0]),
              "requirement": BOUNDS[k][1]} for k, v in values.items()]
     for name, value in (("blur_sigma_vox", blur_sigma_vox), ("shading_ratio", shading_ratio),
@@ -178,6 +165,23 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
             rows.append({"check": name, "value": float(value), "bound": bound, "bound_type": "max",
                          "passed": bool(value <= bound), "requirement": requirement})
     return pd.DataFrame(rows)
+
+
+def _count_checks(counts: PhaseCounts, tilted_collector_top: int | None) -> dict:
+    """Values of the checks read on the per-slice counts alone (the collector slab, the phases' shares)."""
+    c = counts.per_slice.astype(float)
+    al_frac = c[:, AL] / np.maximum(c.sum(1), 1)
+    # the collector slab: the run of mostly-Al slices from z = 0 up, or below a tilted collector's top
+    slab = np.cumprod(al_frac > 0.5).astype(bool)
+    if tilted_collector_top is not None:
+        slab = np.arange(len(al_frac)) < tilted_collector_top
+    total = max(c.sum(), 1)
+    return {
+        "al_fraction_first_slice": float(al_frac[0]) if len(al_frac) else 0.0,
+        "al_in_collector_slab": float(c[slab, AL].sum() / c[:, AL].sum()) if c[:, AL].sum() else 0.0,
+        "void_fraction": float(c[:, VOID].sum() / total),
+        "nmc_fraction": float((c[:, NMC_LOW].sum() + c[:, NMC_HIGH].sum()) / total),
+    }
 
 
 def _model_checks(fwhm: pd.DataFrame, total: float) -> dict:
