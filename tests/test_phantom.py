@@ -200,6 +200,9 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
     # edges that overshoot (phase-contrast halos), mild and strong
     lo, hi = span(lambda p: p.halo_amplitude)
     assert lo == 0 and hi >= 1
+    # a point spread as wide along z as within the slices, and twice as wide along z (a coarser axis)
+    lo, hi = span(lambda p: p.blur_z_factor)
+    assert lo == 1 and hi >= 2
 
 
 def test_sparse_and_crowded_presets_span_the_electrolyte_fraction_and_touching(default_config):

@@ -110,7 +110,7 @@ class EdgeProfiles:
         lo, hi = max(0, start - 1), min(len(phases), stop + 1)  # the slab and its slices of context
         slab_kernels.edge_profiles(np.ascontiguousarray(phases[lo:hi]), np.ascontiguousarray(grey[lo:hi], np.float32),
                                    keep - lo, every, (NMC_LOW, NMC_HIGH), (VOID, CBD), RUN, totals, counts,
-                                   flat_totals, flat_counts)
+                                   flat_totals, flat_counts, np.ones(2, np.bool_))
         for i, z in enumerate(keep):
             if every[i]:
                 self.slices[z0 + int(z) - start] = (totals[i], int(counts[i]))

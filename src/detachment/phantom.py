@@ -106,7 +106,11 @@ class PhantomParams:
     texture_correlation_vox : float
         Correlation length (Gaussian σ) of the per-phase grey-level texture, voxels.
     blur_sigma_vox : float
-        σ of the Gaussian point-spread function, voxels; 0 = no blur.
+        σ of the Gaussian point-spread function within the slices (y, x), voxels; 0 = no blur.
+    blur_z_factor : float
+        The point spread's σ along z over its σ within the slices: 1 isotropic; above 1 the resolution along
+        the volume's normal is coarser (a vertical drift during the scan, slices interpolated or binned, a
+        volume resampled from a coarser axis).
     drift_amplitude : float
         Peak-to-peak amplitude (grey levels) of the slow intensity drift, 60 % linear in z and 40 % a
         smooth in-plane field.
@@ -165,6 +169,7 @@ class PhantomParams:
         "void": 0.053, "cbd": 0.064, "al": 0.053, "nmc_low": 0.07, "nmc_high": 0.07})
     texture_correlation_vox: float = 1.0
     blur_sigma_vox: float = 0.5
+    blur_z_factor: float = 1.0
     drift_amplitude: float = 0.02
     halo_amplitude: float = 0.0
     halo_sigma_vox: float = 2.0
@@ -255,6 +260,8 @@ class PhantomParams:
             bad("supersample", "an integer number of sub-voxels per voxel edge in [1, 4]")
         if not 0 < self.valence_std <= 1:
             bad("valence_std", "a standard deviation in (0, 1] (valence units)")
+        if not 0.25 <= self.blur_z_factor <= 4:
+            bad("blur_z_factor", "the point spread's σ along z over its σ within the slices, in [0.25, 4]")
         if not (0 <= self.halo_amplitude <= 2 and self.halo_sigma_vox > 0):
             bad("halo_amplitude" if not 0 <= self.halo_amplitude <= 2 else "halo_sigma_vox",
                 "a halo amplitude in [0, 2] and a positive reach in voxels")
@@ -626,7 +633,7 @@ def noise_free_density(phases: np.ndarray, p: PhantomParams) -> np.ndarray:
     phases : numpy.ndarray
         (z, y, x) uint8 phase codes (:mod:`detachment.phases`).
     p : PhantomParams
-        Its ``intensity`` (mean grey level per phase) and ``blur_sigma_vox`` are used.
+        Its ``intensity`` (mean grey level per phase), ``blur_sigma_vox`` and ``blur_z_factor`` are used.
 
     Returns
     -------
@@ -634,8 +641,8 @@ def noise_free_density(phases: np.ndarray, p: PhantomParams) -> np.ndarray:
         (z, y, x) float32 grey levels.
     """
     means = np.array([p.intensity[PHASE_NAMES[c]] for c in range(5)], np.float32)
-    return ndimage.gaussian_filter(means[phases], p.blur_sigma_vox, mode="nearest") \
-        if p.blur_sigma_vox > 0 else means[phases]
+    sigma = (p.blur_z_factor * p.blur_sigma_vox, p.blur_sigma_vox, p.blur_sigma_vox)
+    return ndimage.gaussian_filter(means[phases], sigma, mode="nearest") if p.blur_sigma_vox > 0 else means[phases]
 
 
 def render_intensity(phases: np.ndarray, p: PhantomParams, rng, density: np.ndarray | None = None

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 #: between the strongest halo under which one-voxel gaps and coats still read within the goals and the mildest
 #: under which they do not; the presets without a halo read far below it (docs/results.md).
 EDGE_UNDERSHOOT_BOUND = 0.05
+#: Largest ``blur_z_ratio`` (:attr:`detachment.z_blur.ZBlur.ratio`): chosen on the tuning cells between the
+#: isotropic presets and the mildest z-blur under which the map and the contacts read outside the goals
+#: (docs/results.md).
+BLUR_Z_RATIO_BOUND = 1.15
 #: Bounds of the checks (physical, not fitted): check -> (lower bound, what is required).
 BOUNDS = {
     "al_fraction_first_slice": (0.5, "the first slice (z = 0, the collector side) is mostly Al"),
@@ -54,6 +58,10 @@ MAX_BOUNDS = {
                         "(detachment.edge_halo): a blur only lifts it; a halo (phase contrast, fringes, a "
                         "sharpening filter) darkens it, and a CBD coat under the dark rim reads as a gap. The "
                         "bound: docs/results.md"),
+    "blur_z_ratio": (BLUR_Z_RATIO_BOUND, "a step along z is at most this many times as wide as within the slices "
+                     "(every NMC / background edge of the map, detachment.z_blur): the blur check and the forward "
+                     "model read the point spread within the slices and take it as isotropic; a coarser z blurs "
+                     "the contacts under and over the particles unseen. The bound: docs/results.md"),
 }
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
@@ -118,7 +126,7 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
 
 def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_sigma_vox: float | None = None,
                     tilted_collector_top: int | None = None, shading_ratio: float | None = None,
-                    edge_undershoot: float | None = None) -> pd.DataFrame:
+                    edge_undershoot: float | None = None, blur_z_ratio: float | None = None) -> pd.DataFrame:
     """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur.
 
     The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice, or
@@ -146,6 +154,9 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
     edge_undershoot : float, optional
         How far the electrolyte beside the particles reads below the open electrolyte, over the NMC -
         electrolyte contrast (:attr:`detachment.edge_halo.EdgeHalo.undershoot`); without it, or NaN, left out.
+    blur_z_ratio : float, optional
+        A step's width along z over its width within the slices (:attr:`detachment.z_blur.ZBlur.ratio`); without
+        it, or NaN, left out.
 
     Returns
     -------
@@ -159,7 +170,7 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
     rows = [{"check": k, "value": v, "bound": BOUNDS[k][0], "bound_type": "min", "passed": bool(v >= BOUNDS[k][0]),
              "requirement": BOUNDS[k][1]} for k, v in values.items()]
     for name, value in (("blur_sigma_vox", blur_sigma_vox), ("shading_ratio", shading_ratio),
-                        ("edge_undershoot", edge_undershoot)):
+                        ("edge_undershoot", edge_undershoot), ("blur_z_ratio", blur_z_ratio)):
         if value is not None and np.isfinite(value):
             bound, requirement = MAX_BOUNDS[name]
             rows.append({"check": name, "value": float(value), "bound": bound, "bound_type": "max",
@@ -224,36 +235,48 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
         return
     what = "; ".join(f"{r.check} = {r.value:.3f} {'>' if getattr(r, 'bound_type', 'min') == 'max' else '<'} "
                      f"{r.bound} ({r.requirement})" for r in failed.itertuples())
-    figure = figure_hint or "the phase figure"
+    advice = _advice(set(failed.check), figure_hint or "the phase figure")
+    msg = (f"sample '{sample}': implausible phase map: {what}. {' '.join(advice)} Set threshold.on_implausible: "
+           f"warn to go on with this map (every downstream number inherits it).")
+    if on_implausible == "stop":
+        raise ImplausiblePhaseMap(msg)
+    log.warning(msg)
+
+
+def _advice(failed: set, figure: str) -> list[str]:
+    """What to do about each failed check of :func:`check_phase_map` (``figure``: where the user can look)."""
     advice = []
-    if set(failed.check) - {"blur_sigma_vox", "shading_ratio", "edge_undershoot"}:
+    if failed - {"blur_sigma_vox", "shading_ratio", "edge_undershoot", "blur_z_ratio"}:
         advice.append(f"The histogram probably resolves fewer peaks than phases and the classes are shifted (e.g. "
                       f"CBD read as Al, the collector as NMC), or the volume holds no collector at z = 0. Look at "
                       f"{figure}; check the volume's orientation (the collector must be at z = 0 after import: the "
                       f"sample sheet's `collector_side`); set manual thresholds (the sample sheet's `thresholds` "
                       f"column, or threshold.thresholds); try another threshold.method (informed, gmm, multiotsu).")
-    if "blur_sigma_vox" in set(failed.check):
+    if "blur_sigma_vox" in failed:
         advice.append(f"The reconstruction is blurred wider than gaps and coats of one to three voxels beside the "
                       f"particles can be told apart in, and no threshold setting changes that (the last panel of "
                       f"{figure} shows the edge profile it was read on).")
-    if "shading_ratio" in set(failed.check):
+    if "shading_ratio" in failed:
         advice.append("The grey levels drift across the volume (cupping, a region-of-interest scan's truncation, "
                       "flat-field or beam drift), and the phases are read with one threshold each for the whole "
                       "volume; flattening the volume by the electrolyte's own level (threshold.flatten_shading) "
                       "left this much or was off: correct the shading before import (flat-field the projections, "
                       "or subtract a smooth background fitted to the electrolyte's level).")
-    if "edge_undershoot" in set(failed.check):
+    if "edge_undershoot" in failed:
         advice.append("The particles' edges overshoot: the electrolyte beside them reads darker than the open "
                       "electrolyte, which no blur does. Phase-contrast halos (a Zernike ring), the fringes of a "
                       "propagation-based reconstruction whose phase retrieval assumed one delta/beta for phases "
                       "that differ in it, or a sharpening filter do; the contact reading and the forward model "
                       "assume a blur and would read coats under the dark rim as gaps. Reconstruct again without "
                       "the edge enhancement (a phase retrieval fitted to the sample, no sharpening filter).")
-    msg = (f"sample '{sample}': implausible phase map: {what}. {' '.join(advice)} Set threshold.on_implausible: "
-           f"warn to go on with this map (every downstream number inherits it).")
-    if on_implausible == "stop":
-        raise ImplausiblePhaseMap(msg)
-    log.warning(msg)
+    if "blur_z_ratio" in failed:
+        advice.append("The reconstruction is blurrier along z than within its slices (a vertical drift during the "
+                      "scan, slices interpolated or binned, a volume resampled from a coarser axis); the blur check "
+                      "and the forward model read the point spread within the slices, so the contacts under and "
+                      "over the particles would be read under the wrong blur. Reconstruct or resample to an "
+                      "isotropic resolution (or correct the drift), or, where z is the coarser axis by design, "
+                      "blur the slices to match it before import.")
+    return advice
 
 
 def enforce_model(error: Exception, sample: str, on_implausible: str = "stop") -> None:

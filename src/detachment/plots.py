@@ -64,7 +64,8 @@ def section_panel(ax, section: SideSection, letter: str = "") -> None:
 
 def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None,
                 blur_sigma: float | None = None, blur_se: float | None = None,
-                collector_tilt_deg: float | None = None, edge_undershoot: float | None = None) -> str:
+                collector_tilt_deg: float | None = None, edge_undershoot: float | None = None,
+                blur_z_ratio: float | None = None) -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -92,14 +93,15 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
     edge_undershoot : float, optional
         ``phase_qc.csv``'s ``edge_undershoot`` (:mod:`detachment.edge_halo`): named on the last line where it is
         beyond the check's bound.
+    blur_z_ratio : float, optional
+        ``phase_qc.csv``'s ``blur_z_ratio`` (:mod:`detachment.z_blur`): named on the last line where it is beyond
+        the check's bound.
 
     Returns
     -------
     str
         E.g. ``"cell: slice z=12, informed; NOT RESOLVED: nmc_high (merged into a neighbour)"``.
     """
-    from .plausibility import MAX_BOUNDS
-
     title = f"{sample}: slice z={z}, {method}"
     if nmc_split == "domain means":
         title += "; NMC low / high split on domain means (their panel), not on this histogram"
@@ -109,16 +111,28 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
     if collector_tilt_deg is not None:
         title += f"; collector tilted {collector_tilt_deg:.1f}°, Al confined below its plane"
+    return title + _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio)
+
+
+def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio) -> str:
+    """The phase title's lines on the blur (always, where measured) and on the halo and the z blur (beyond their
+    checks' bounds), each starting with a newline."""
+    from .plausibility import MAX_BOUNDS
+
+    lines = ""
     bound = MAX_BOUNDS["blur_sigma_vox"][0]
     if blur_sigma is not None and np.isfinite(blur_sigma):
         value = f"{blur_sigma:.2f}" + (f" ± {blur_se:.2f}" if blur_se is not None and np.isfinite(blur_se) else "")
-        title += (f"\npoint spread σ {value} voxel on the particles' flat edges" if blur_sigma <= bound else
+        lines += (f"\npoint spread σ {value} voxel on the particles' flat edges" if blur_sigma <= bound else
                   f"\nPOINT SPREAD σ {value} VOXEL, WIDER THAN {bound}: gaps of a few voxels are not resolved")
     halo_bound = MAX_BOUNDS["edge_undershoot"][0]
     if edge_undershoot is not None and np.isfinite(edge_undershoot) and edge_undershoot > halo_bound:
-        title += (f"\nEDGES OVERSHOOT: the electrolyte beside the particles reads {edge_undershoot:.2f} of the NMC "
+        lines += (f"\nEDGES OVERSHOOT: the electrolyte beside the particles reads {edge_undershoot:.2f} of the NMC "
                   f"contrast below the open electrolyte (> {halo_bound}; a halo, fringes or a sharpening filter)")
-    return title
+    z_bound = MAX_BOUNDS["blur_z_ratio"][0]
+    if blur_z_ratio is not None and np.isfinite(blur_z_ratio) and blur_z_ratio > z_bound:
+        lines += f"\nBLURRIER ALONG Z: steps {blur_z_ratio:.2f} times as wide as within the slices (> {z_bound})"
+    return lines
 
 
 def phase_figure(image: np.ndarray, phase_slice: np.ndarray, hist_counts, hist_edges, thresholds, names,

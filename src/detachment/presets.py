@@ -5,7 +5,7 @@ configured phantom defaults (``default`` overrides nothing); :func:`preset_param
 Together they span two grey-level contrasts (phase means), NMC FWHM 0.07-0.147, noise σ 0.023-0.045, electrolyte 30-80 % of the volume (with empty space above the
 electrode), particle diameters 12-40 voxels, 15-90 % of placements touching, detachment gaps 1-4
 voxels, CBD coats 0-2 voxels (bare porous-CBD contacts as well as coated ones), cracks 1-3 voxels,
-blur σ 0.3-1.5 voxel and collectors 3-12 voxels thick, flat or tilted 2°, surfaces on the voxel faces or cutting voxels
+blur σ 0.3-1.5 voxel (up to twice as wide along z) and collectors 3-12 voxels thick, flat or tilted 2°, surfaces on the voxel faces or cutting voxels
 anywhere (partial volume). Most presets change one property so a failure can be traced to it;
 ``paper_like`` combines several.
 """
@@ -87,6 +87,15 @@ PRESETS: dict[str, dict] = {
     # still reads within the goals (tuning presets: between them lies the edge-halo check's bound)
     "thin_gaps_halo": {**THIN_GAPS, "halo_amplitude": 0.5},
     "thin_gaps_halo_mild": {**THIN_GAPS, "halo_amplitude": 0.25},
+    # a point spread twice as wide along z as within the slices (σ 1.0 against 0.5: a vertical drift during the
+    # scan, slices interpolated or binned): the blur check reads the slices and passes, the contacts under and
+    # over the particles are blurred as `paper_like`'s
+    "coarse_z": {"blur_z_factor": 2.0},
+    # tuning presets between which the z-blur check's bound lies: the default geometry under 1.3 times the blur
+    # along z, one-voxel gaps and coats under 1.3 and 1.15 times
+    "coarse_z_mild": {"blur_z_factor": 1.3},
+    "thin_gaps_coarse_z": {**THIN_GAPS, "blur_z_factor": 1.3},
+    "thin_gaps_coarse_z_mild": {**THIN_GAPS, "blur_z_factor": 1.15},
 }
 
 

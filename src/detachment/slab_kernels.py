@@ -348,10 +348,12 @@ def _line_edges(cls, run, out):
 
 
 @njit(cache=True, nogil=True)
-def edge_profiles(phases, grey, keep, every, solid, background, run, totals, counts, flat_totals, flat_counts):
+def edge_profiles(phases, grey, keep, every, solid, background, run, totals, counts, flat_totals, flat_counts,
+                  directions):
     """Add the grey-level profiles across straight solid / background edges of the slices ``keep`` of a slab.
 
-    Lines run along y, then along x, in each (z, y, x) slice of ``phases`` whose index is in ``keep``
+    Lines run along y (where ``directions[0]``), then along x (where ``directions[1]``; bools), in each
+    (z, y, x) slice of ``phases`` whose index is in ``keep``
     (int64, increasing); an edge is ``run`` voxels of one class (solid: either code of the pair ``solid``;
     background: either of ``background``) followed by ``run`` of the other. Where ``every[k]`` (bool) is
     set, its profile (``2 run`` float32 grey levels, solid side first) is added to ``totals[k]``
@@ -374,6 +376,8 @@ def edge_profiles(phases, grey, keep, every, solid, background, run, totals, cou
                 cz[x] = ((c == solid[0]) | (c == solid[1])) + 2 * ((c == background[0]) | (c == background[1]))
                 fz[x] = 3 if c == background[1] and c != background[0] else cz[x]
     for axis in range(2):
+        if not directions[axis]:
+            continue
         # lines along y: a transposed copy, so that every line is contiguous
         c3 = np.ascontiguousarray(cls.transpose(0, 2, 1)) if axis == 0 else cls
         f3 = np.ascontiguousarray(phase.transpose(0, 2, 1)) if axis == 0 else phase

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import h5py
 
-from detachment import edge_halo, io, plausibility, plots, shading
+from detachment import edge_halo, io, plausibility, plots, shading, z_blur
 from detachment.logs import log_to
 from detachment.phase_fit import PhaseModelError
 from detachment.threshold import ThresholdSettings, histogram_table
@@ -31,6 +31,10 @@ logging.getLogger("threshold_phases").info(
     "edge halo: electrolyte 1-%d voxels from NMC less its slice's open electrolyte, over the contrast: %s "
     "(undershoot %.3f; voxels read %s)", edge_halo.NEAR_VOX, " ".join(f"{v:+.3f}" for v in halo.profile),
     halo.undershoot, " ".join(str(int(v)) for v in halo.voxels))
+steps = z_blur.measure_files(snakemake.output.phases, snakemake.input.volume)
+logging.getLogger("threshold_phases").info(
+    "step widths on every NMC / background edge: along z %.3f voxels (%d edges), within the slices %.3f (%d): "
+    "ratio %.3f", steps.width_z, steps.edges_z, steps.width_yx, steps.edges_yx, steps.ratio)
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
 shape, voxel = io.read_volume_info(snakemake.input.volume)
@@ -44,13 +48,13 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          title=plots.phase_title(snakemake.wildcards.sample, z, result.model.method,
                                                  result.unresolved, result.nmc_split, result.layer,
                                                  result.blur_sigma_vox, result.blur_sigma_se_vox,
-                                                 result.collector_tilt_deg, halo.undershoot),
+                                                 result.collector_tilt_deg, halo.undershoot, steps.ratio),
                          domain_split=result.domain_split, edges=result.edges, section=section)
 io.save_figure(fig, snakemake.output.figure)
 
 checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
                                      result.blur_sigma_vox, result.tilted_collector_top, shade.ratio,
-                                     halo.undershoot)
+                                     halo.undershoot, steps.ratio)
 io.write_csv(snakemake.output.qc, checks)
 if not checks.passed.all():
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at

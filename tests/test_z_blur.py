@@ -1,0 +1,124 @@
+"""The z blur against the blur within the slices (detachment.z_blur): a brute-force edge count along z, balls
+blurred isotropically and anisotropically by scipy, the phantom's planted z blur, and the check that stops it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from detachment import plausibility, z_blur
+from detachment.blur import RUN
+from detachment.phases import CBD, NMC_HIGH, NMC_LOW, VOID
+
+
+def balls(shape=(48, 64, 64), n=14, seed=0) -> np.ndarray:
+    """(z, y, x) phase codes: NMC balls of radius 5-8 voxels in electrolyte, CBD below z = 10."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.indices(shape)
+    codes = np.where(zz < 10, CBD, VOID).astype(np.uint8)
+    for _ in range(n):
+        c, r = rng.uniform(8, np.array(shape) - 8), rng.uniform(5, 8)
+        inside = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 < r**2
+        codes[inside] = NMC_LOW if rng.random() < 0.5 else NMC_HIGH
+    return codes
+
+
+def render(codes: np.ndarray, sigma_yx: float, z_factor: float, noise=0.02, seed=1) -> np.ndarray:
+    levels = np.array([0.0, 0.3, 0.7, 0.8, 0.5], np.float32)
+    grey = ndimage.gaussian_filter(levels[codes], (z_factor * sigma_yx, sigma_yx, sigma_yx), mode="nearest")
+    return grey + noise * np.random.default_rng(seed).standard_normal(codes.shape).astype(np.float32)
+
+
+def brute_force_z_edges(codes: np.ndarray, grey: np.ndarray) -> tuple[np.ndarray, int]:
+    """Every edge along z by numpy: RUN solid voxels then RUN background (or the reverse) in a z line, the
+    profile summed solid side first."""
+    solid = np.isin(codes, (NMC_LOW, NMC_HIGH))
+    back = np.isin(codes, (VOID, CBD))
+    total, count = np.zeros(2 * RUN), 0
+    for i in range(codes.shape[0] - 2 * RUN + 1):
+        s_first = solid[i:i + RUN].all(0) & back[i + RUN:i + 2 * RUN].all(0)
+        b_first = back[i:i + RUN].all(0) & solid[i + RUN:i + 2 * RUN].all(0)
+        window = grey[i:i + 2 * RUN]
+        total += window[:, s_first].sum(axis=1) + window[::-1][:, b_first].sum(axis=1)
+        count += int(s_first.sum() + b_first.sum())
+    return total, count
+
+
+def test_the_z_lines_are_the_brute_force_edges_of_each_slab(monkeypatch):
+    codes = balls()
+    grey = render(codes, 0.7, 1.0)
+    acc = [np.zeros(2 * RUN), 0]
+    z_blur._add(acc, codes.transpose(1, 0, 2), grey.transpose(1, 0, 2), np.arange(codes.shape[1]), (True, False))
+    total, count = brute_force_z_edges(codes, grey)
+    assert acc[1] == count > 500
+    np.testing.assert_allclose(acc[0], total, rtol=1e-5)
+    # streamed: the same edges, less those that straddle two slabs of 16 slices
+    monkeypatch.setattr(z_blur, "SLAB_VOX", 16)
+    monkeypatch.setattr(z_blur, "ROWS", 20)
+    streamed = z_blur.measure(codes, grey)
+    within = sum(brute_force_z_edges(codes[z0:z0 + 16], grey[z0:z0 + 16])[1] for z0 in range(0, 48, 16))
+    assert streamed.edges_z == within
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0])
+def test_an_isotropic_blur_reads_a_ratio_of_one(sigma):
+    codes = balls(seed=2)
+    r = z_blur.measure(codes, render(codes, sigma, 1.0))
+    assert r.edges_z > 1000 and r.edges_yx > 2000
+    assert abs(r.ratio - 1) < 0.06, r
+    assert r.ratio < plausibility.BLUR_Z_RATIO_BOUND
+
+
+def test_a_coarser_z_reads_wider_steps_along_z_the_more_the_coarser():
+    codes = balls(seed=3)
+    ratios = [z_blur.measure(codes, render(codes, 0.5, f)).ratio for f in (1.0, 1.5, 2.0, 3.0)]
+    assert all(b > a for a, b in zip(ratios, ratios[1:])), ratios
+    assert ratios[2] > plausibility.BLUR_Z_RATIO_BOUND
+    # a sharper z (a finer axis) reads below one, not as a coarser one
+    assert z_blur.measure(codes, render(codes, 1.0, 0.5)).ratio < 0.9
+
+
+def test_too_few_edges_give_nan_and_no_check():
+    codes = np.full((16, 16, 16), VOID, np.uint8)
+    r = z_blur.measure(codes, render(codes, 0.5, 1.0))
+    assert np.isnan(r.ratio) and r.edges_z == 0
+    table = plausibility.check_phase_map(plausibility.PhaseCounts(np.ones((16, 5), np.int64)), blur_z_ratio=r.ratio)
+    assert "blur_z_ratio" not in set(table.check)
+
+
+def test_the_phantoms_planted_z_blur_is_found_on_its_truth():
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    for factor, stops in ((1.0, False), (3.0, True)):
+        ph = generate_phantom(PhantomParams(shape_zyx=[40, 96, 96], n_particles=25, blur_z_factor=factor), seed=4)
+        r = z_blur.measure(ph.phases, ph.volume)
+        assert (r.ratio > plausibility.BLUR_Z_RATIO_BOUND) == stops, (factor, r)
+
+
+def test_a_z_blurred_map_stops_naming_the_check_and_the_way_out():
+    counts = plausibility.PhaseCounts(np.tile([[100, 50, 80, 0, 0]], (20, 1)).astype(np.int64))
+    counts.per_slice[:3] = [0, 0, 0, 0, 500]
+    table = plausibility.check_phase_map(counts, blur_z_ratio=1.5)
+    row = table.set_index("check").loc["blur_z_ratio"]
+    assert not row.passed and row.bound == plausibility.BLUR_Z_RATIO_BOUND and row.bound_type == "max"
+    with pytest.raises(plausibility.ImplausiblePhaseMap, match="blur_z_ratio = 1.500") as e:
+        plausibility.enforce(table, "cellZ")
+    assert "cellZ" in str(e.value) and "isotropic" in str(e.value) and "histogram" not in str(e.value)
+    assert plausibility.check_phase_map(counts, blur_z_ratio=1.05).passed.all()
+
+
+def test_the_phase_title_names_a_blurrier_z():
+    from detachment.plots import phase_title
+
+    bound = plausibility.BLUR_Z_RATIO_BOUND
+    assert "BLURRIER ALONG Z: steps 1.42 times" in phase_title("s", 0, "informed", blur_z_ratio=1.42)
+    assert "ALONG Z" not in phase_title("s", 0, "informed", blur_z_ratio=bound - 0.01)
+    assert "ALONG Z" not in phase_title("s", 0, "informed", blur_z_ratio=float("nan"))
+
+
+def test_the_phantom_refuses_a_z_factor_out_of_range():
+    from detachment.phantom import PhantomParams
+
+    with pytest.raises(ValueError, match="blur_z_factor"):
+        PhantomParams(blur_z_factor=0.1).validate()
