@@ -7,7 +7,7 @@ with h5py and (2) the full streamed thresholding (the histogram pass, the model
 fit, the classification pass with clean-ups, FWHM histograms and edge profiles,
 the edge-rule passes and the forward-model pass, plus writing the compressed
 phases.h5, then the shading measure's read of both volumes: ``shading.threshold_flattened``,
-and the edge-halo measure's read of both: what the threshold rule runs), and prints both throughputs and
+and the edge-halo and z-blur measures' reads of both: what the threshold rule runs), and prints both throughputs and
 their ratio, with ``--workers`` threads (the threshold rule's ``threads``, 2 by
 default) and ``threshold_volume`` alone with them and with one, the time with
 the forward-model pass over the time without it, and the rule's time over
@@ -32,7 +32,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from detachment import edge_halo, io, shading
+from detachment import edge_halo, io, shading, z_blur
 from detachment.phantom import PhantomParams, generate_phantom
 from detachment.threshold import ThresholdSettings, threshold_volume
 
@@ -80,6 +80,7 @@ def main() -> None:
             result = shading.threshold_flattened(path, Path(d) / "rule.h5", settings, progress=False,
                                                  workers=args.workers)[0]
             edge_halo.measure_map(Path(d) / "rule.h5", path, result.fwhm)
+            z_blur.measure_files(Path(d) / "rule.h5", path)
 
         t_rule = best_of(args.repeats, rule)
         plain = ThresholdSettings(psf_refine=False)
@@ -92,10 +93,10 @@ def main() -> None:
         print(f"threshold_volume, {workers} thread(s): {n / t / 1e6:8.1f} Mvoxel/s ({t:.3f} s), "
               f"ratio {t_read / t:.3f}")
     print(f"one-time imports and kernel loading, on a {tile.shape} volume, not in the ratio: {t_once:.2f} s")
-    print(f"threshold rule (threshold_flattened and the edge-halo measure), {args.workers} thread(s): {n / t_rule / 1e6:8.1f} Mvoxel/s "
+    print(f"threshold rule (threshold_flattened, the edge-halo and z-blur measures), {args.workers} thread(s): {n / t_rule / 1e6:8.1f} Mvoxel/s "
           f"({t_rule:.3f} s); time over threshold_volume's: {t_rule / t_thr[args.workers]:.3f}")
     print(f"ratio thresholding / raw read throughput: {t_read / t_rule:.3f} "
-          f"({args.workers} threads, the threshold rule's default, shading and edge-halo measures included)")
+          f"({args.workers} threads, the threshold rule's default, shading, edge-halo and z-blur measures included)")
     print(f"without the forward-model pass (psf_refine: false): {n / t_plain / 1e6:8.1f} Mvoxel/s ({t_plain:.3f} s); "
           f"time with / without it: {t_thr[args.workers] / t_plain:.2f}")
 
