@@ -159,6 +159,20 @@ def test_blurred_truth_keeps_flat_interfaces_and_loses_layers_thinner_than_the_b
     assert np.isnan(m["phase_accuracy_blurred_truth"])
 
 
+def test_blurred_truth_reads_a_point_spread_per_axis():
+    """A one-voxel layer across z is lost to a blur along z (σ 1.0, its share at its centre erf(1 / (2√2)) < ½)
+    and kept under the same blur within the slices only, which runs along it."""
+    truth = np.zeros((12, 16, 16), np.uint8)
+    truth[6] = 2
+    assert robustness.blurred_truth_accuracy(truth, (1.0, 0.3, 0.3)) == pytest.approx(1 - 1 / 12)
+    assert robustness.blurred_truth_accuracy(truth, (0.3, 1.0, 1.0)) == 1.0
+    assert robustness.blurred_truth_accuracy(truth, (0.0, 0.0, 0.0)) == 1.0
+    labels = np.zeros_like(truth, np.int32)
+    m = robustness.sample_metrics(labels, truth, truth, labels, labels, _science([0.0], [0.0]), 4,
+                                  blur_sigma=(1.0, 0.3, 0.3))
+    assert m["phase_accuracy_blurred_truth"] == pytest.approx(1 - 1 / 12)
+
+
 def test_contact_layer_accuracy_against_a_walk_over_each_voxels_six_neighbours():
     """The layer is every non-NMC voxel with an NMC face neighbour, found here by visiting each voxel's six
     neighbours in a loop; a map whose NMC grows by one voxel into the electrolyte on one side scores the

@@ -76,8 +76,8 @@ def blurred_truth_accuracy(truth_phases: np.ndarray, sigma: float, merge_nmc: bo
     ----------
     truth_phases : numpy.ndarray
         (z, y, x) uint8 truth phase codes.
-    sigma : float
-        The planted point-spread σ, voxels (0: no blur, accuracy 1).
+    sigma : float or (3,) sequence of float
+        The planted point-spread σ, voxels, one or per axis (z, y, x) (0: no blur, accuracy 1).
     merge_nmc : bool, default False
         Count NMC low and high density as one phase.
 
@@ -89,12 +89,13 @@ def blurred_truth_accuracy(truth_phases: np.ndarray, sigma: float, merge_nmc: bo
     truth = np.asarray(truth_phases)
     if merge_nmc:
         truth = np.array([VOID, CBD, NMC_LOW, NMC_LOW, AL], np.uint8)[truth]
-    if not sigma > 0:
+    sigma = np.broadcast_to(np.asarray(sigma, float), (3,))
+    if not sigma.max() > 0:
         return 1.0
     best = np.full(truth.shape, -1.0, np.float32)
     read = np.zeros(truth.shape, np.uint8)
     for code in np.unique(truth):
-        share = ndimage.gaussian_filter((truth == code).astype(np.float32), float(sigma), mode="nearest")
+        share = ndimage.gaussian_filter((truth == code).astype(np.float32), tuple(sigma), mode="nearest")
         wins = share > best
         read[wins], best[wins] = code, share[wins]
     return float(np.mean(read == truth))
@@ -220,7 +221,7 @@ def detachment_errors(science_eval: pd.DataFrame, source: str = "pipeline", colu
 
 def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, science_eval: pd.DataFrame,
                    min_area: int, iou_threshold: float = 0.5, nmc_merged: bool = False,
-                   purity: np.ndarray | None = None, blur_sigma: float = float("nan")) -> dict[str, float]:
+                   purity: np.ndarray | None = None, blur_sigma=float("nan")) -> dict[str, float]:
     """Every per-sample metric of one phantom cell.
 
     Parameters
@@ -239,8 +240,9 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
     purity : numpy.ndarray, optional
         (z, y, x) share of each voxel's sub-voxels in its truth phase (truth ``/phase_purity`` of a phantom
         drawn on sub-voxels); None: every voxel holds one phase.
-    blur_sigma : float, optional
-        The phantom's planted point-spread σ (voxels) for ``phase_accuracy_blurred_truth``; NaN: NaN.
+    blur_sigma : float or (3,) sequence of float, optional
+        The phantom's planted point-spread σ (voxels; one, or per axis z, y, x) for
+        ``phase_accuracy_blurred_truth``; NaN: NaN.
 
     Returns
     -------
@@ -283,7 +285,7 @@ def contact_layer(truth_phases: np.ndarray) -> np.ndarray:
     return ndimage.binary_dilation(nmc, ndimage.generate_binary_structure(3, 1)) & ~nmc
 
 
-def _phase_metrics(phases, truth_phases, nmc_merged: bool, purity, blur_sigma: float) -> dict[str, float]:
+def _phase_metrics(phases, truth_phases, nmc_merged: bool, purity, blur_sigma) -> dict[str, float]:
     """The phase accuracies of :func:`sample_metrics` (strict, declared, on pure voxels, on the contact
     layer, of the blurred truth) and the pure share."""
     pure = None if purity is None else np.asarray(purity) >= 1.0
@@ -294,7 +296,7 @@ def _phase_metrics(phases, truth_phases, nmc_merged: bool, purity, blur_sigma: f
             "phase_accuracy_contact_layer": phase_accuracy(phases, truth_phases, nmc_merged,
                                                            contact_layer(truth_phases)),
             "phase_accuracy_blurred_truth": (blurred_truth_accuracy(truth_phases, blur_sigma, nmc_merged)
-                                             if np.isfinite(blur_sigma) else float("nan"))}
+                                             if np.isfinite(blur_sigma).all() else float("nan"))}
 
 
 def contact_reading_plausible(contact_level_path) -> float:

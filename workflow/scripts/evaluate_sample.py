@@ -17,11 +17,13 @@ with h5py.File(snakemake.input.truth, "r") as f:  # drawn on sub-voxels: the sha
     purity = f["phase_purity"][()] if "phase_purity" in f else None
     planted = json.loads(f.attrs["params"]) if "params" in f.attrs else {}  # a phantom's own parameters
 science = pd.read_csv(snakemake.input.science)
+sigma = float(planted.get("blur_sigma_vox", "nan"))
+psf = (float(planted.get("blur_z_factor", 1.0)) * sigma, sigma, sigma)  # (z, y, x)
 metrics = robustness.sample_metrics(
     io.read_dataset(snakemake.input.truth, "labels"), io.read_dataset(snakemake.input.truth, "phases"),
     io.read_dataset(snakemake.input.phases, "phases"), io.read_dataset(snakemake.input.slices, "labels"),
     io.read_dataset(snakemake.input.particles, "labels"), science, p.min_area, p.iou_threshold, nmc_merged,
-    purity, float(planted.get("blur_sigma_vox", "nan")))
+    purity, psf)
 measured, truth_table = pd.read_csv(snakemake.input.table), pd.read_csv(snakemake.input.truth_table)
 metrics.update(robustness.nmc_high_fraction_errors(science, measured, truth_table))
 metrics.update(robustness.collector_distance_errors(science, measured, truth_table))
