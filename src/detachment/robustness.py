@@ -62,7 +62,7 @@ def phase_accuracy(phases: np.ndarray, truth_phases: np.ndarray, merge_nmc: bool
     return float(np.mean(same[where])) if where.any() else float("nan")
 
 
-def blurred_truth_accuracy(truth_phases: np.ndarray, sigma: float, merge_nmc: bool = False) -> float:
+def blurred_truth_accuracy(truth_phases: np.ndarray, sigma, merge_nmc: bool = False) -> float:
     """Phase accuracy of the truth read back through its own point-spread function: a reference.
 
     Each voxel is given the phase with the largest share of its blurred neighbourhood,
