@@ -34,7 +34,9 @@ logging.getLogger("threshold_phases").info(
 steps = z_blur.measure_files(snakemake.output.phases, snakemake.input.volume)
 logging.getLogger("threshold_phases").info(
     "step widths on every NMC / background edge: along z %.3f voxels (%d edges), within the slices %.3f (%d): "
-    "ratio %.3f", steps.width_z, steps.edges_z, steps.width_yx, steps.edges_yx, steps.ratio)
+    "ratio %.3f%s", steps.width_z, steps.edges_z, steps.width_yx, steps.edges_yx, steps.ratio,
+    "" if steps.edges_z >= z_blur.MIN_RATIO_EDGES else
+    f" (fewer than {z_blur.MIN_RATIO_EDGES} edges along z: too few to compare, the z blur is not checked)")
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
 shape, voxel = io.read_volume_info(snakemake.input.volume)
