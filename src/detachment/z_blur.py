@@ -24,9 +24,9 @@ from .phases import CBD, NMC_HIGH, NMC_LOW, VOID
 SLAB_VOX = 32
 #: Rows (y) transposed at a time, with one row of context each side (the flat test's neighbouring lines).
 ROWS = 128
-#: Fewest edges along z for a ratio. Which surfaces the lines cross, and how obliquely, varies from volume to
-#: volume: on isotropic cells of a few particles (about 800 edges along z) the ratio came out 1.02-1.17, on
-#: phantom cells (10,000-60,000 edges) 0.98-1.06. Fewer: no ratio, and no check.
+#: Fewest edges along z for a ratio: which surfaces the lines cross, and how obliquely, varies with the volume,
+#: and the surfaces of a few particles do not average their orientations out (docs/results.md). Fewer: no
+#: ratio, and no check.
 MIN_RATIO_EDGES = 5000
 
 
