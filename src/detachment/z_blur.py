@@ -9,6 +9,7 @@ function to every NMC / background edge (``RUN`` voxels of NMC, then ``RUN`` of 
 z and on lines along y and x of the same slabs; their ratio is 1 under an isotropic point spread.
 Axes (z, y, x). Main entry point: :func:`measure`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
