@@ -133,13 +133,10 @@ def measure(codes_ds, grey_ds, electrolyte: float, nmc: float) -> EdgeHalo:
 def measure_files(phases_path, volume_path, electrolyte: float, nmc: float) -> EdgeHalo:
     """:func:`measure` of ``phases.h5`` and the volume it was read from, through the shading field the map was
     read less (:func:`detachment.shading.flat_view`)."""
-    import h5py
+    from .shading import open_flat
 
-    from . import io
-    from .shading import flat_view
-
-    with h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
-        return measure(fp["phases"], flat_view(fv[io.VOLUME_DATASET], fp), electrolyte, nmc)
+    with open_flat(phases_path, volume_path) as (codes, grey):
+        return measure(codes, grey, electrolyte, nmc)
 
 
 def measure_map(phases_path, volume_path, fwhm) -> EdgeHalo:

@@ -20,6 +20,7 @@ read, or to be read right, it is first estimated from the grey levels alone
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,6 +235,18 @@ def flat_view(dataset, phases_file):
         return dataset
     d = phases_file[FIELD_DATASET]
     return FlatView(dataset, d[...], int(d.attrs["block_vox"]))
+
+
+@contextmanager
+def open_flat(phases_path, volume_path):
+    """Open ``phases.h5`` and the volume it was read from: yields ``(codes, grey)``, the map's ``/phases``
+    dataset and the volume as the map was read from it (:func:`flat_view`), both read lazily."""
+    import h5py
+
+    from . import io
+
+    with h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
+        yield fp["phases"], flat_view(fv[io.VOLUME_DATASET], fp)
 
 
 def write_flattened(volume_path, out_path, field_grid: np.ndarray, block: int, slab: int = 32) -> None:

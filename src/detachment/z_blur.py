@@ -110,10 +110,7 @@ def _width(total: np.ndarray, count: int) -> float:
 def measure_files(phases_path, volume_path) -> ZBlur:
     """:func:`measure` of ``phases.h5`` and the volume it was read from, through the shading field the map was
     read less (:func:`detachment.shading.flat_view`)."""
-    import h5py
+    from .shading import open_flat
 
-    from . import io
-    from .shading import flat_view
-
-    with h5py.File(phases_path, "r") as fp, h5py.File(volume_path, "r") as fv:
-        return measure(fp["phases"], flat_view(fv[io.VOLUME_DATASET], fp))
+    with open_flat(phases_path, volume_path) as (codes, grey):
+        return measure(codes, grey)

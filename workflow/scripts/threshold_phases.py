@@ -4,8 +4,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import h5py
-
 from detachment import edge_halo, io, plausibility, plots, shading, z_blur
 from detachment.logs import log_to
 from detachment.phase_fit import PhaseModelError
@@ -40,8 +38,8 @@ logging.getLogger("threshold_phases").info(
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
 shape, voxel = io.read_volume_info(snakemake.input.volume)
-with h5py.File(snakemake.input.volume, "r") as fv, h5py.File(snakemake.output.phases, "r") as fp:
-    image = shading.flat_view(fv[io.VOLUME_DATASET], fp)[z]  # as the phases were read
+with shading.open_flat(snakemake.output.phases, snakemake.input.volume) as (_, grey):
+    image = grey[z]  # as the phases were read
 y = shape[1] // 2
 section = plots.SideSection(io.read_region(snakemake.output.phases, "phases", (slice(None), y)), y,
                             result.collector_heights(y, shape[2]), tuple(voxel))
