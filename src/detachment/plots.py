@@ -881,7 +881,7 @@ def _reading_title(fit, title: str, through_layer: bool) -> str:
 
 
 #: Goals drawn on the robustness figure: metric -> goal value, or a (low, high) band.
-ROBUSTNESS_GOALS = {"phase_accuracy": 0.97, "phase_accuracy_declared": 0.97, "phase_accuracy_pure_voxels": 0.97,
+ROBUSTNESS_GOALS = {"phase_accuracy": 0.97, "phase_accuracy_pure_voxels": 0.97,
                     "phase_accuracy_blurred_truth": 0.97,
                     "cnn_precision": 0.9,
                     "cnn_sensitivity": 0.85, "recovery_3d": 0.95,

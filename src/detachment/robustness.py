@@ -22,7 +22,7 @@ from .validation import effect_size
 COLUMNS = ("preset", "sample", "split", "metric", "value")
 SPLITS = ("out_of_sample", "in_sample")
 #: The headline metrics, in the order tables and figures show them.
-METRICS = ("phase_accuracy", "phase_accuracy_declared", "phase_accuracy_pure_voxels", "phase_accuracy_blurred_truth",
+METRICS = ("phase_accuracy", "phase_accuracy_every_code", "phase_accuracy_pure_voxels", "phase_accuracy_blurred_truth",
            "cnn_precision",
            "cnn_sensitivity", "recovery_3d", "split_merge_3d", "detachment_mae", "detachment_bias",
            "effect_found_over_planted")
@@ -247,11 +247,11 @@ def sample_metrics(truth_labels, truth_phases, phases, cnn_slices, particles, sc
     Returns
     -------
     dict of str to float
-        ``phase_accuracy`` (every code must match), ``phase_accuracy_declared`` (NMC low and high counted
-        as one where ``nmc_merged``), ``phase_accuracy_pure_voxels`` (the declared accuracy on the voxels
-        that hold one phase only) with ``pure_voxel_share``, ``phase_accuracy_contact_layer`` (the declared
-        accuracy on :func:`contact_layer`), ``phase_accuracy_blurred_truth``
-        (:func:`blurred_truth_accuracy`, declared), ``cnn_precision``, ``cnn_sensitivity``,
+        ``phase_accuracy`` (NMC low and high counted as one where ``nmc_merged``: the map declared them not
+        resolved), ``phase_accuracy_every_code`` (every code must match), ``phase_accuracy_pure_voxels``
+        (``phase_accuracy`` on the voxels that hold one phase only) with ``pure_voxel_share``, ``phase_accuracy_contact_layer``
+        (``phase_accuracy`` on :func:`contact_layer`), ``phase_accuracy_blurred_truth``
+        (:func:`blurred_truth_accuracy`, NMC merged as in ``phase_accuracy``), ``cnn_precision``, ``cnn_sensitivity``,
         ``recovery_3d`` (true particles matched one-to-one at 3D IoU ≥ ``iou_threshold``),
         ``split_merge_3d`` (split + merge rate), ``detachment_mae`` / ``detachment_bias`` (pipeline particles as matched in ``science_eval``), the
         same on the truth's own particles (``*_true_envelopes``: their envelopes refined on the phase map as
@@ -286,11 +286,11 @@ def contact_layer(truth_phases: np.ndarray) -> np.ndarray:
 
 
 def _phase_metrics(phases, truth_phases, nmc_merged: bool, purity, blur_sigma) -> dict[str, float]:
-    """The phase accuracies of :func:`sample_metrics` (strict, declared, on pure voxels, on the contact
-    layer, of the blurred truth) and the pure share."""
+    """The phase accuracies of :func:`sample_metrics` (NMC merged where declared, every code, on pure voxels,
+    on the contact layer, of the blurred truth) and the pure share."""
     pure = None if purity is None else np.asarray(purity) >= 1.0
-    return {"phase_accuracy": phase_accuracy(phases, truth_phases),
-            "phase_accuracy_declared": phase_accuracy(phases, truth_phases, merge_nmc=nmc_merged),
+    return {"phase_accuracy": phase_accuracy(phases, truth_phases, merge_nmc=nmc_merged),
+            "phase_accuracy_every_code": phase_accuracy(phases, truth_phases),
             "phase_accuracy_pure_voxels": phase_accuracy(phases, truth_phases, nmc_merged, pure),
             "pure_voxel_share": 1.0 if pure is None else float(pure.mean()),
             "phase_accuracy_contact_layer": phase_accuracy(phases, truth_phases, nmc_merged,
