@@ -72,9 +72,21 @@ class Track:
         lo, hi : sequences of 3 numbers
             Corners (z, y, x) in voxels, ``hi`` exclusive.
         """
+        # in place and unrolled: called for every track in every slice, where min/max and a new list per
+        # call were a tenth of the linker's time
         a, b = self.bbox_lo, self.bbox_hi
-        self.bbox_lo = [min(a[0], lo[0]), min(a[1], lo[1]), min(a[2], lo[2])]
-        self.bbox_hi = [max(b[0], hi[0]), max(b[1], hi[1]), max(b[2], hi[2])]
+        if lo[0] < a[0]:
+            a[0] = lo[0]
+        if lo[1] < a[1]:
+            a[1] = lo[1]
+        if lo[2] < a[2]:
+            a[2] = lo[2]
+        if hi[0] > b[0]:
+            b[0] = hi[0]
+        if hi[1] > b[1]:
+            b[1] = hi[1]
+        if hi[2] > b[2]:
+            b[2] = hi[2]
 
 
 class TrackBook:
