@@ -8,7 +8,8 @@ levels (in the configured order, any spacing from barely apart to far apart), on
 electrolyte and Al with CBD and NMC at least as wide (texture on top), NMC low and high 0.06-0.20 apart,
 how much electrolyte, CBD, contact and particle size, the collector's thickness and tilt, and surfaces on
 the voxel grid or cutting voxels (partial volume), under point spreads up to 0.6 voxel (wider ones stop
-at the blur check). Each volume is thresholded with the default settings and its phase-map checks run.
+at the blur check), as wide along z as within the slices in half the draws and 0.7-1.4 times as wide in the
+others. Each volume is thresholded with the default settings and its phase-map checks run.
 
 Per draw it prints the phase accuracy (declared: NMC merged where the map says NMC high is not resolved;
 strict; with NMC merged anyway), the share of NMC voxels put in the other density, how NMC was split, and
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from detachment import io, plausibility, shading
+from detachment import io, map_checks, shading
 from detachment.phantom import PhantomParams, generate_phantom
 from detachment.phase_fit import PhaseModelError
 from detachment.phases import NMC_HIGH, NMC_LOW
@@ -69,13 +70,23 @@ def draw(rng: np.random.Generator, max_drift: float = 0.03) -> dict:
     if rise > p["collector_thickness_vox"] - 1:
         p["collector_tilt_deg"], rise = 0.0, 0.0
     p["shape_zyx"] = (int(p["collector_thickness_vox"] + 32 + np.ceil(rise) + rng.integers(0, 20)), SIDE, SIDE)
+    p["blur_z_factor"] = z_factor(rng.spawn(1)[0])
     return p
+
+
+def z_factor(rng: np.random.Generator) -> float:
+    """The point spread's σ along z over its σ within the slices: 1 in half the draws, else log-uniform in
+    0.7-1.4 (a z finer or coarser than the slices, on both sides of the z-blur check's bounds). ``rng`` is a
+    child of the draw's generator (``Generator.spawn``), which leaves the parent's stream as it was: a seed's
+    other fields, and the fields drawn after these, are those drawn before the factor was added."""
+    return 1.0 if rng.uniform() < 0.5 else float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
 
 
 def measure(seed: int, work: Path) -> dict:
     """One draw: its parameters and what the thresholding made of it."""
     p = draw(np.random.default_rng(seed))
     row = {"seed": seed, "supersample": p["supersample"], "blur_sigma_vox": round(p["blur_sigma_vox"], 3),
+           "blur_z_factor": round(p["blur_z_factor"], 3),
            "nmc_apart": round(p["intensity"]["nmc_high"] - p["intensity"]["nmc_low"], 3),
            "al_to_nmc_low": round(p["intensity"]["nmc_low"] - p["intensity"]["al"], 3),
            "noise_fwhm": round(p["fwhm"]["void"], 3)}
@@ -87,18 +98,18 @@ def measure(seed: int, work: Path) -> dict:
     try:
         res, shade, _ = shading.threshold_flattened(volume, phases_path, ThresholdSettings(), progress=False,
                                                     workers=2)
+        checked = map_checks.check_map_files(res, shade, phases_path, volume)
     except PhaseModelError as e:
         return {**row, "failed": f"model: {e}"[:120]}
     finally:
         volume.unlink()
     codes = io.read_dataset(phases_path, "phases")
     phases_path.unlink()
-    checks = plausibility.check_phase_map(plausibility.PhaseCounts(res.counts_per_slice), res.fwhm,
-                                          res.blur_sigma_vox, res.tilted_collector_top, shade.ratio)
+    checks = checked.table
     nmc = np.isin(ph.phases, (NMC_LOW, NMC_HIGH)) & np.isin(codes, (NMC_LOW, NMC_HIGH))
     declared = phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved))
     failed = " ".join(checks.loc[~checks.passed, "check"])
-    return {**row, "nmc_split": res.nmc_split, "unresolved": " ".join(res.unresolved),
+    return {**row, "blur_z_ratio": round(checked.steps.ratio, 3), "nmc_split": res.nmc_split, "unresolved": " ".join(res.unresolved),
             "accuracy_declared": round(declared, 4), "accuracy_strict": round(phase_accuracy(codes, ph.phases), 4),
             "accuracy_nmc_merged": round(phase_accuracy(codes, ph.phases, merge_nmc=True), 4),
             "nmc_swapped": round(float((codes[nmc] != ph.phases[nmc]).mean()), 3) if "nmc_high" in res.model.names

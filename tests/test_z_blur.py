@@ -76,8 +76,8 @@ def test_a_coarser_z_reads_wider_steps_along_z_the_more_the_coarser():
     ratios = [z_blur.measure(codes, render(codes, 0.5, f)).ratio for f in (1.0, 1.5, 2.0, 3.0)]
     assert all(b > a for a, b in zip(ratios, ratios[1:])), ratios
     assert ratios[2] > plausibility.BLUR_Z_RATIO_BOUND
-    # a sharper z (a finer axis) reads below one, not as a coarser one
-    assert z_blur.measure(codes, render(codes, 1.0, 0.5)).ratio < 0.9
+    # a sharper z (a finer axis) reads below one, not as a coarser one, and below the other bound
+    assert z_blur.measure(codes, render(codes, 1.0, 0.5)).ratio < plausibility.BLUR_Z_RATIO_MIN
 
 
 def test_a_volume_of_a_few_particles_reads_its_widths_but_no_ratio():
@@ -100,10 +100,11 @@ def test_too_few_edges_give_nan_and_no_check():
 def test_the_phantoms_planted_z_blur_is_found_on_its_truth():
     from detachment.phantom import PhantomParams, generate_phantom
 
-    for factor, stops in ((1.0, False), (3.0, True)):
+    for factor, coarser, sharper in ((1.0, False, False), (3.0, True, False), (0.4, False, True)):
         ph = generate_phantom(PhantomParams(shape_zyx=[40, 96, 96], n_particles=25, blur_z_factor=factor), seed=4)
         r = z_blur.measure(ph.phases, ph.volume)
-        assert (r.ratio > plausibility.BLUR_Z_RATIO_BOUND) == stops, (factor, r)
+        assert (r.ratio > plausibility.BLUR_Z_RATIO_BOUND) == coarser, (factor, r)
+        assert (r.ratio < plausibility.BLUR_Z_RATIO_MIN) == sharper, (factor, r)
 
 
 def test_a_z_blurred_map_stops_naming_the_check_and_the_way_out():
@@ -118,6 +119,19 @@ def test_a_z_blurred_map_stops_naming_the_check_and_the_way_out():
     assert plausibility.check_phase_map(counts, blur_z_ratio=1.05).passed.all()
 
 
+def test_a_map_sharper_along_z_stops_with_its_own_way_out():
+    counts = plausibility.PhaseCounts(np.tile([[100, 50, 80, 0, 0]], (20, 1)).astype(np.int64))
+    counts.per_slice[:3] = [0, 0, 0, 0, 500]
+    table = plausibility.check_phase_map(counts, blur_z_ratio=0.8).set_index("check")
+    low, high = table.loc["blur_z_ratio_min"], table.loc["blur_z_ratio"]
+    assert not low.passed and low.bound == plausibility.BLUR_Z_RATIO_MIN and low.bound_type == "min"
+    assert high.passed and low.value == high.value == 0.8
+    with pytest.raises(plausibility.ImplausiblePhaseMap, match="blur_z_ratio_min = 0.800 < 0.93") as e:
+        plausibility.enforce(table.reset_index(), "cellS")
+    assert "sharper along z" in str(e.value) and "blurrier along z" not in str(e.value)
+    assert plausibility.check_phase_map(counts, blur_z_ratio=0.95).passed.all()
+
+
 def test_the_phase_title_names_a_blurrier_z():
     from detachment.plots import phase_title
 
@@ -125,6 +139,8 @@ def test_the_phase_title_names_a_blurrier_z():
     assert "BLURRIER ALONG Z: steps 1.42 times" in phase_title("s", 0, "informed", blur_z_ratio=1.42)
     assert "ALONG Z" not in phase_title("s", 0, "informed", blur_z_ratio=bound - 0.01)
     assert "ALONG Z" not in phase_title("s", 0, "informed", blur_z_ratio=float("nan"))
+    assert "SHARPER ALONG Z: steps 0.85 times" in phase_title("s", 0, "informed", blur_z_ratio=0.85)
+    assert "ALONG Z" not in phase_title("s", 0, "informed", blur_z_ratio=plausibility.BLUR_Z_RATIO_MIN + 0.01)
 
 
 def test_the_phantom_refuses_a_z_factor_out_of_range():
@@ -132,3 +148,24 @@ def test_the_phantom_refuses_a_z_factor_out_of_range():
 
     with pytest.raises(ValueError, match="blur_z_factor"):
         PhantomParams(blur_z_factor=0.1).validate()
+
+
+def test_a_thresholded_z_blurred_phantom_fails_its_check_as_every_caller_reads_it(tmp_path):
+    """The threshold step, the self-consistency reading and the benchmarks check a map through one function
+    (``detachment.map_checks``): on a phantom blurred three times as wide along z, the map's table carries the
+    halo and z-blur rows, the z blur fails, and the ratio is the one z_blur reads on the same files."""
+    from detachment import io, map_checks, shading
+    from detachment.phantom import PhantomParams, generate_phantom
+    from detachment.threshold import ThresholdSettings
+
+    for factor, fails in ((3.0, True), (1.0, False)):
+        ph = generate_phantom(PhantomParams(shape_zyx=[40, 96, 96], n_particles=25, blur_z_factor=factor), seed=4)
+        volume, phases = tmp_path / f"v{factor}.h5", tmp_path / f"p{factor}.h5"
+        io.write_volume(volume, ph.volume, 0.5, "test")
+        res, shade, _ = shading.threshold_flattened(volume, phases, ThresholdSettings(), progress=False)
+        checked = map_checks.check_map_files(res, shade, phases, volume)
+        table = checked.table.set_index("check")
+        assert {"edge_undershoot", "blur_z_ratio", "blur_z_ratio_min", "blur_sigma_vox"} <= set(table.index)
+        assert table.loc["blur_z_ratio", "value"] == checked.steps.ratio == z_blur.measure_files(phases, volume).ratio
+        assert (not table.loc["blur_z_ratio", "passed"]) == fails, (factor, checked.steps)
+        assert table.loc["blur_z_ratio_min", "passed"]

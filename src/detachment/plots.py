@@ -117,7 +117,7 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
 def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio) -> str:
     """The phase title's lines on the blur (always, where measured) and on the halo and the z blur (beyond their
     checks' bounds), each starting with a newline."""
-    from .plausibility import MAX_BOUNDS
+    from .plausibility import BOUNDS, MAX_BOUNDS
 
     lines = ""
     bound = MAX_BOUNDS["blur_sigma_vox"][0]
@@ -129,9 +129,11 @@ def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio) -> str:
     if edge_undershoot is not None and np.isfinite(edge_undershoot) and edge_undershoot > halo_bound:
         lines += (f"\nEDGES OVERSHOOT: the electrolyte beside the particles reads {edge_undershoot:.2f} of the NMC "
                   f"contrast below the open electrolyte (> {halo_bound}; a halo, fringes or a sharpening filter)")
-    z_bound = MAX_BOUNDS["blur_z_ratio"][0]
+    z_bound, z_min = MAX_BOUNDS["blur_z_ratio"][0], BOUNDS["blur_z_ratio_min"][0]
     if blur_z_ratio is not None and np.isfinite(blur_z_ratio) and blur_z_ratio > z_bound:
         lines += f"\nBLURRIER ALONG Z: steps {blur_z_ratio:.2f} times as wide as within the slices (> {z_bound})"
+    if blur_z_ratio is not None and np.isfinite(blur_z_ratio) and blur_z_ratio < z_min:
+        lines += f"\nSHARPER ALONG Z: steps {blur_z_ratio:.2f} times as wide as within the slices (< {z_min})"
     return lines
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from . import io, plausibility, shading
+from . import io, map_checks, plausibility, shading
 from .contact_level import ContactLevel, edge_width_from_map, reading_settings, sharpening_weight
 from .particles import contact_level_from_files, particle_table_from_files
 from .phases import FWHM_PER_SIGMA, PHASE_NAMES, fit_near_model
@@ -195,9 +195,7 @@ def read_contacts(volume, phases_path, level_path, qc_path, labels_path, links: 
         The particle table (``particles.csv`` layout).
     """
     result, shade, _ = shading.threshold_flattened(volume, phases_path, settings, progress=False, workers=workers)
-    io.write_csv(qc_path, plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice),
-                                                       result.fwhm, result.blur_sigma_vox,
-                                                       result.tilted_collector_top, shade.ratio))
+    io.write_csv(qc_path, map_checks.check_map_files(result, shade, phases_path, volume).table)
     fit = None
     if fit_level:
         width = edge_width_from_map(phases_path, qc_path)

@@ -4,7 +4,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from detachment import edge_halo, io, plausibility, plots, shading, z_blur
+from detachment import edge_halo, io, map_checks, plausibility, plots, shading, z_blur
 from detachment.logs import log_to
 from detachment.phase_fit import PhaseModelError
 from detachment.threshold import ThresholdSettings, histogram_table
@@ -24,12 +24,12 @@ except PhaseModelError as e:
 io.write_csv(snakemake.output.histogram, histogram_table(result))
 io.write_csv(snakemake.output.fwhm, result.fwhm)
 
-halo = edge_halo.measure_map(snakemake.output.phases, snakemake.input.volume, result.fwhm)
+checked = map_checks.check_map_files(result, shade, snakemake.output.phases, snakemake.input.volume)
+halo, steps, checks = checked.halo, checked.steps, checked.table
 logging.getLogger("threshold_phases").info(
     "edge halo: electrolyte 1-%d voxels from NMC less its slice's open electrolyte, over the contrast: %s "
     "(undershoot %.3f; voxels read %s)", edge_halo.NEAR_VOX, " ".join(f"{v:+.3f}" for v in halo.profile),
     halo.undershoot, " ".join(str(int(v)) for v in halo.voxels))
-steps = z_blur.measure_files(snakemake.output.phases, snakemake.input.volume)
 logging.getLogger("threshold_phases").info(
     "step widths on every NMC / background edge: along z %.3f voxels (%d edges), within the slices %.3f (%d): "
     "ratio %.3f%s", steps.width_z, steps.edges_z, steps.width_yx, steps.edges_yx, steps.ratio,
@@ -52,9 +52,6 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          domain_split=result.domain_split, edges=result.edges, section=section)
 io.save_figure(fig, snakemake.output.figure)
 
-checks = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
-                                     result.blur_sigma_vox, result.tilted_collector_top, shade.ratio,
-                                     halo.undershoot, steps.ratio)
 io.write_csv(snakemake.output.qc, checks)
 if not checks.passed.all():
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
