@@ -6,7 +6,8 @@ Usage: .venv/bin/python benchmarks/random_contacts.py [--first 9000] [--count 30
 
 The phase map alone (``random_phantoms.py``) does not say whether the contacts transfer: they are read on
 the voxels beside the particles, where blur, partial volume and one-voxel coats and gaps decide. Each seed
-draws a phantom as ``random_phantoms.draw`` does (every grey level, width and geometry property at once),
+draws a phantom as ``random_phantoms.draw`` does (every grey level, width and geometry property at once,
+and in half the draws a point spread 0.7-1.4 times as wide along z as within the slices),
 thresholds it, fits the contact level and reads every particle's detachment with the settings of
 ``config/config.yaml``, on the truth's particle labels taken as the segmentation's masks (so the CNN's
 segmentation is left out: what is measured is the phase map and the contact reading), and scores them
@@ -84,7 +85,7 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refi
     again with ``psf_refine_beta`` set to it, adding ``bias_weak_prior`` and ``prior_shift``)."""
     p = draw_with_contacts(np.random.default_rng(seed), max_drift)
     row = {"seed": seed, "drift": round(p["drift_amplitude"], 3), "supersample": p["supersample"],
-           "blur_sigma_vox": round(p["blur_sigma_vox"], 3),
+           "blur_sigma_vox": round(p["blur_sigma_vox"], 3), "blur_z_factor": round(p["blur_z_factor"], 3),
            "void_to_cbd": round(p["intensity"]["cbd"] - p["intensity"]["void"], 3),
            "noise_fwhm": round(p["fwhm"]["void"], 3), "cbd_fwhm": round(p["fwhm"]["cbd"], 3),
            "gap_vox": round(p["gap_width_vox"], 2), "coat_vox": round(p["coating_width_vox"], 2)}

@@ -104,14 +104,33 @@ def test_random_phantom_draws_are_valid_phantoms_with_the_order_and_noise_they_c
     spec.loader.exec_module(rp)
     import numpy as np
 
+    factors = []
     for seed in range(300):
         p = rp.draw(np.random.default_rng(seed))
         PhantomParams(**p).validate(f"draw {seed}")
+        factors.append(p["blur_z_factor"])
         levels = [p["intensity"][n] for n in ("void", "cbd", "al", "nmc_low", "nmc_high")]
         assert levels == sorted(levels), (seed, levels)
         noise = p["fwhm"]["void"]
         assert p["fwhm"]["al"] == noise and min(p["fwhm"][n] for n in ("cbd", "nmc_low", "nmc_high")) >= noise
         assert 0.0 <= p["blur_sigma_vox"] <= 0.6 and p["supersample"] in (1, 2)
+    # isotropic in about half the draws, else 0.7-1.4 times as wide along z, on both sides of 1
+    factors = np.array(factors)
+    iso = factors == 1.0
+    assert 0.4 < iso.mean() < 0.6
+    assert factors[~iso].min() >= 0.7 and factors[~iso].max() <= 1.4
+    assert (factors[~iso] < 0.93).sum() > 20 and (factors[~iso] > 1.12).sum() > 20
+    # the factor is drawn from a child generator: whatever it draws, the parent's stream goes on as without it
+    rng, plain = np.random.default_rng(7), np.random.default_rng(7)
+    drawn = rp.draw(rng)
+    real, rp.z_factor = rp.z_factor, lambda child: 1.0
+    try:
+        without = rp.draw(plain)
+    finally:
+        rp.z_factor = real
+    assert {k: v for k, v in drawn.items() if k != "blur_z_factor"} == {k: v for k, v in without.items()
+                                                                          if k != "blur_z_factor"}
+    assert rng.uniform() == plain.uniform()
 
 
 def _random_contacts():
