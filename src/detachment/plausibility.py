@@ -32,7 +32,8 @@ EDGE_UNDERSHOOT_BOUND = 0.05
 BLUR_Z_RATIO_BOUND = 1.12
 #: Least ``blur_z_ratio``: a z sharper than the slices, chosen on the tuning cells the same way (docs/results.md).
 BLUR_Z_RATIO_MIN = 0.93
-#: Lower bounds of the checks (physical, not fitted, but for the z ratio's): check -> (lower bound, what is required).
+#: Lower bounds of the checks (physical, not fitted; the z ratio's chosen on tuning cells):
+#: check -> (lower bound, what is required).
 BOUNDS = {
     "al_fraction_first_slice": (0.5, "the first slice (z = 0, the collector side) is mostly Al"),
     "al_in_collector_slab": (0.8, "at least this share of the Al voxels lies in the collector slab "
