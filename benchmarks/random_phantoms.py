@@ -109,7 +109,8 @@ def measure(seed: int, work: Path) -> dict:
     nmc = np.isin(ph.phases, (NMC_LOW, NMC_HIGH)) & np.isin(codes, (NMC_LOW, NMC_HIGH))
     declared = phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved))
     failed = " ".join(checks.loc[~checks.passed, "check"])
-    return {**row, "blur_z_ratio": round(checked.steps.ratio, 3), "nmc_split": res.nmc_split, "unresolved": " ".join(res.unresolved),
+    return {**row, "blur_z_ratio": round(checked.steps.ratio, 3), "nmc_split": res.nmc_split,
+            "unresolved": " ".join(res.unresolved),
             "accuracy_declared": round(declared, 4), "accuracy_strict": round(phase_accuracy(codes, ph.phases), 4),
             "accuracy_nmc_merged": round(phase_accuracy(codes, ph.phases, merge_nmc=True), 4),
             "nmc_swapped": round(float((codes[nmc] != ph.phases[nmc]).mean()), 3) if "nmc_high" in res.model.names

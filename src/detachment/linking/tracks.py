@@ -72,8 +72,7 @@ class Track:
         lo, hi : sequences of 3 numbers
             Corners (z, y, x) in voxels, ``hi`` exclusive.
         """
-        # in place and unrolled: called for every track in every slice, where min/max and a new list per
-        # call were a tenth of the linker's time
+        # in place and unrolled, without min/max calls or a new list: called for every track in every slice
         a, b = self.bbox_lo, self.bbox_hi
         if lo[0] < a[0]:
             a[0] = lo[0]
