@@ -14,7 +14,7 @@ from detachment.phases import CBD, NMC_HIGH, NMC_LOW, VOID
 
 def balls(shape=(48, 128, 128), n=56, seed=0) -> np.ndarray:
     """(z, y, x) phase codes: NMC balls of radius 5-8 voxels in electrolyte, CBD below z = 10 (the default: over
-    z_blur.MIN_RATIO_EDGES edges along z)."""
+    z_blur.MIN_RATIO_EDGES edges along z that the surface crosses nearly square)."""
     rng = np.random.default_rng(seed)
     zz, yy, xx = np.indices(shape)
     codes = np.where(zz < 10, CBD, VOID).astype(np.uint8)
@@ -46,20 +46,53 @@ def brute_force_z_edges(codes: np.ndarray, grey: np.ndarray) -> tuple[np.ndarray
     return total, count
 
 
-def test_the_z_lines_are_the_brute_force_edges_of_each_slab(monkeypatch):
+def test_every_edge_is_the_brute_force_edges_when_no_normal_is_required(monkeypatch):
     codes = balls((48, 64, 64), 14)
     grey = render(codes, 0.7, 1.0)
-    acc = [np.zeros(2 * RUN), 0]
-    z_blur._add(acc, codes.transpose(1, 0, 2), grey.transpose(1, 0, 2), np.arange(codes.shape[1]), (True, False))
-    total, count = brute_force_z_edges(codes, grey)
-    assert acc[1] == count > 500
-    np.testing.assert_allclose(acc[0], total, rtol=1e-5)
-    # streamed: the same edges, less those that straddle two slabs of 16 slices
-    monkeypatch.setattr(z_blur, "SLAB_VOX", 16)
-    monkeypatch.setattr(z_blur, "ROWS", 20)
-    streamed = z_blur.measure(codes, grey)
-    within = sum(brute_force_z_edges(codes[z0:z0 + 16], grey[z0:z0 + 16])[1] for z0 in range(0, 48, 16))
-    assert streamed.edges_z == within
+    solid, back = np.isin(codes, (NMC_LOW, NMC_HIGH)), np.isin(codes, (VOID, CBD))
+    lines = [np.moveaxis(v, 0, -1) for v in (solid, back, grey, np.zeros(codes.shape, np.float32))]
+    monkeypatch.setattr(z_blur, "NORMAL_MIN", 0.0)
+    total, count = z_blur.line_edges(*lines, (0, codes.shape[0]))
+    expected_total, expected_count = brute_force_z_edges(codes, grey)
+    assert count == expected_count > 500
+    np.testing.assert_allclose(total, expected_total, rtol=1e-5)
+    assert z_blur.measure(codes, grey).edges_z == expected_count
+
+
+def test_tiles_read_every_edge_once():
+    """Read in tiles of a few slices and rows, each with its context, the edges and their widths are those of
+    the whole volume read at once: none is read twice or left out, and the normals are the whole map's."""
+    codes = balls((48, 100, 90), 30)
+    grey = render(codes, 0.7, 1.3)
+    whole = z_blur.measure(codes, grey)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(z_blur, "TILE_Z", 7)
+        mp.setattr(z_blur, "TILE_Y", 11)
+        tiled = z_blur.measure(codes, grey)
+    assert tiled.edges_z == whole.edges_z > 1000 and tiled.edges_yx == whole.edges_yx
+    assert tiled.width_z == pytest.approx(whole.width_z, rel=1e-6)
+    assert tiled.width_yx == pytest.approx(whole.width_yx, rel=1e-6)
+
+
+@pytest.mark.parametrize("tilt_deg", [20, 70])
+def test_only_edges_the_surface_crosses_nearly_square_are_read(tilt_deg):
+    """A plane tilted from the slices by θ in the z-x plane: its normal is (cos θ, 0, sin θ), so at 20° only the
+    lines along z cross it within arccos(NORMAL_MIN) of square (every one whose crossing has RUN voxels each
+    side), and at 70° only those along x."""
+    shape = (40, 24, 60)
+    zz, _, xx = np.indices(shape)
+    t = np.radians(tilt_deg)
+    below = (zz - 20) * np.cos(t) + (xx - 30) * np.sin(t) < 0
+    codes = np.where(below, NMC_LOW, VOID).astype(np.uint8)
+    r = z_blur.measure(codes, render(codes, 0.6, 1.0, noise=0.0))
+    first_void = below.sum(axis=0)  # per (y, x) line along z: the first electrolyte voxel
+    crossing_z = int(((first_void >= RUN) & (first_void <= shape[0] - RUN)).sum())
+    first_void_x = below.sum(axis=2)
+    crossing_x = int(((first_void_x >= RUN) & (first_void_x <= shape[2] - RUN)).sum())
+    if tilt_deg == 20:
+        assert r.edges_z == crossing_z > 0 and r.edges_yx == 0
+    else:
+        assert r.edges_z == 0 and 0.9 * crossing_x <= r.edges_yx <= crossing_x
 
 
 @pytest.mark.parametrize("sigma", [0.5, 1.0])
@@ -101,7 +134,7 @@ def test_the_phantoms_planted_z_blur_is_found_on_its_truth():
     from detachment.phantom import PhantomParams, generate_phantom
 
     for factor, coarser, sharper in ((1.0, False, False), (3.0, True, False), (0.4, False, True)):
-        ph = generate_phantom(PhantomParams(shape_zyx=[40, 96, 96], n_particles=25, blur_z_factor=factor), seed=4)
+        ph = generate_phantom(PhantomParams(shape_zyx=[40, 128, 128], n_particles=40, blur_z_factor=factor), seed=4)
         r = z_blur.measure(ph.phases, ph.volume)
         assert (r.ratio > plausibility.BLUR_Z_RATIO_BOUND) == coarser, (factor, r)
         assert (r.ratio < plausibility.BLUR_Z_RATIO_MIN) == sharper, (factor, r)
@@ -159,7 +192,7 @@ def test_a_thresholded_z_blurred_phantom_fails_its_check_as_every_caller_reads_i
     from detachment.threshold import ThresholdSettings
 
     for factor, fails in ((3.0, True), (1.0, False)):
-        ph = generate_phantom(PhantomParams(shape_zyx=[40, 96, 96], n_particles=25, blur_z_factor=factor), seed=4)
+        ph = generate_phantom(PhantomParams(shape_zyx=[40, 128, 128], n_particles=40, blur_z_factor=factor), seed=4)
         volume, phases = tmp_path / f"v{factor}.h5", tmp_path / f"p{factor}.h5"
         io.write_volume(volume, ph.volume, 0.5, "test")
         res, shade, _ = shading.threshold_flattened(volume, phases, ThresholdSettings(), progress=False)

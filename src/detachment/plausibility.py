@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 #: between the strongest halo under which one-voxel gaps and coats still read within the goals and the mildest
 #: under which they do not; the presets without a halo read far below it (docs/results.md).
 EDGE_UNDERSHOOT_BOUND = 0.05
-#: Largest ``blur_z_ratio`` (:attr:`detachment.z_blur.ZBlur.ratio`): chosen on the tuning cells below the least
-#: ratio at which one-voxel gaps and coats read outside the goals and above those of every cell that read them
-#: well under a lesser z blur; the isotropic presets read far below it (docs/results.md).
-BLUR_Z_RATIO_BOUND = 1.12
-#: Least ``blur_z_ratio``: a z sharper than the slices, chosen on the tuning cells the same way (docs/results.md).
+#: Largest ``blur_z_ratio`` (:attr:`detachment.z_blur.ZBlur.ratio`): chosen on the tuning cells below every
+#: ratio of one-voxel gaps and coats under the least z blur at which one of them read outside the goals (1.15
+#: times the slices'), above those of the cells that read them well under 1.05 times and 0.07 above the
+#: isotropic presets' highest (docs/results.md).
+BLUR_Z_RATIO_BOUND = 1.16
+#: Least ``blur_z_ratio``: a z sharper than the slices, chosen on the tuning cells between the highest ratio that
+#: read outside the goals and the isotropic presets' lowest (docs/results.md).
 BLUR_Z_RATIO_MIN = 0.93
 #: Lower bounds of the checks (physical, not fitted; the z ratio's chosen on tuning cells):
 #: check -> (lower bound, what is required).

@@ -3,10 +3,16 @@
 :class:`detachment.blur.EdgeProfiles` reads the point spread along y and x, within slices, and the forward model
 (:mod:`detachment.psf_refine`) takes it as isotropic. A reconstruction's resolution along the volume's normal can
 be coarser than within its slices (a vertical drift during the scan, slices interpolated or binned, a volume
-resampled from a coarser axis): the contacts under and over the particles are then blurred more than the in-plane
-edges show, and the map's tops and bottoms are placed under the wrong blur. This module fits the same error
-function to every NMC / background edge (``RUN`` voxels of NMC, then ``RUN`` of electrolyte or CBD) on lines along
-z and on lines along y and x of the same slabs; their ratio is 1 under an isotropic point spread.
+resampled from a coarser axis), or finer: the contacts under and over the particles are then blurred more or less
+than the in-plane edges show, and the map's tops and bottoms are placed under the wrong blur. This module fits the
+same error function to the NMC / background edges (``RUN`` voxels of NMC, then ``RUN`` of electrolyte or CBD) on
+lines along z and on lines along y and x; their ratio is 1 under an isotropic point spread.
+
+Only edges where the surface crosses its line nearly square are read: where the map's surface normal (the
+gradient of its NMC indicator, smoothed by :data:`NORMAL_SMOOTH_VOX`) lies within ``arccos(NORMAL_MIN)`` of the
+line. A surface met obliquely widens a step by ``1 / cos`` of the angle along every axis alike, and where surfaces
+cut voxels anywhere (partial volume, as in real reconstructions) the voxel's box widens both widths as well; read
+over every edge, that common widening hides much of a difference between the axes (docs/results.md).
 Axes (z, y, x). Main entry point: :func:`measure`.
 """
 
@@ -15,33 +21,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
-from . import slab_kernels
 from .blur import MIN_EDGES, RUN, fit_step
 from .phases import CBD, NMC_HIGH, NMC_LOW, VOID
 
-#: Slices read at a time. Only edges whose 2 RUN voxels lie within one slab are read along z, so none is read
-#: twice; those that straddle two slabs (about 2 RUN / SLAB_VOX of them) are left out, which biases nothing.
-SLAB_VOX = 32
-#: Rows (y) transposed at a time, with one row of context each side (the flat test's neighbouring lines).
-ROWS = 128
-#: Fewest edges along z for a ratio: which surfaces the lines cross, and how obliquely, varies with the volume,
-#: and the surfaces of a few particles do not average their orientations out (docs/results.md). Fewer: no
-#: ratio, and no check.
-MIN_RATIO_EDGES = 5000
+#: σ (voxels) of the Gaussian that smooths the map's NMC indicator before its gradient gives the surface normal.
+NORMAL_SMOOTH_VOX = 1.0
+#: Least component of the unit surface normal along an edge's line (the mean of the voxels either side of the
+#: edge) for the edge to be read: within about 37° of square. Chosen with the bounds on the tuning cells: 0.9
+#: reads half as many edges for no wider margin (docs/results.md).
+NORMAL_MIN = 0.8
+#: Context (voxels) read around a tile: an edge's profile (RUN), or the normal one voxel before the tile (the
+#: smoothing's radius, 4 σ, and the gradient's step past that).
+HALO = max(RUN, int(4 * NORMAL_SMOOTH_VOX + 0.5) + 2)
+#: Slices, and rows, owned by a tile read at a time (each with HALO of context): every edge belongs to the tile
+#: that owns the first voxel past it, so each is read once and none is left out.
+TILE_Z, TILE_Y = 32, 64
+#: Fewest edges along z for a ratio: which surfaces the lines cross varies with the volume, and a few particles'
+#: surfaces give a noisy width. Fewer: no ratio, and no check (docs/results.md).
+MIN_RATIO_EDGES = 3000
 
 
 @dataclass(frozen=True)
 class ZBlur:
-    """How wide a step looks along z and within the slices, over every NMC / background edge of the map.
+    """How wide a step looks along z and within the slices, over the NMC / background edges the surface crosses
+    nearly square (:data:`NORMAL_MIN`).
 
     Attributes
     ----------
     width_z, width_yx : float
-        σ (voxels) of the error function fitted to the mean profile of every edge on lines along z, and on
+        σ (voxels) of the error function fitted to the mean profile of those edges on lines along z, and on
         lines along y and x (NaN with fewer than :data:`detachment.blur.MIN_EDGES` edges or where the fit fails).
-        Both carry the same widening by surfaces that meet the lines obliquely, so under an isotropic point
-        spread they agree whatever it is.
     edges_z, edges_yx : int
         The edges each was read on.
     """
@@ -62,12 +73,13 @@ class ZBlur:
 
 def measure(codes_ds, grey_ds) -> ZBlur:
     """Step widths along z and within the slices, each an error function fitted to the mean grey-level profile
-    across every NMC / background edge of the map on lines of that direction.
+    across the NMC / background edges of the map on lines of that direction that the surface crosses nearly
+    square.
 
     Parameters
     ----------
     codes_ds : array-like
-        (z, y, x) uint8 phase codes (an h5py dataset or an array; read a slab at a time).
+        (z, y, x) uint8 phase codes (an h5py dataset or an array; read a tile at a time).
     grey_ds : array-like
         (z, y, x) grey levels the map was read from (flattened where it was: :func:`detachment.shading.flat_view`).
 
@@ -75,31 +87,63 @@ def measure(codes_ds, grey_ds) -> ZBlur:
     -------
     ZBlur
     """
-    sums = {"z": [np.zeros(2 * RUN), 0], "yx": [np.zeros(2 * RUN), 0]}
+    sums = [np.zeros((3, 2 * RUN)), np.zeros(3, np.int64)]  # per line axis: summed profile, count
     nz, ny = codes_ds.shape[0], codes_ds.shape[1]
-    for z0 in range(0, nz, SLAB_VOX):
-        z1 = min(nz, z0 + SLAB_VOX)
-        codes, grey = np.asarray(codes_ds[z0:z1]), np.asarray(grey_ds[z0:z1], np.float32)
-        for y0 in range(0, ny, ROWS):
-            lo, hi = max(0, y0 - 1), min(ny, y0 + ROWS + 1)
-            rows = np.arange(y0 - lo, min(ny, y0 + ROWS) - lo)
-            # in the frame (y, z, x) the rows are the kernel's slices and its first line direction runs along z
-            _add(sums["z"], codes[:, lo:hi].transpose(1, 0, 2), grey[:, lo:hi].transpose(1, 0, 2), rows, (True, False))
-        _add(sums["yx"], codes, grey, np.arange(z1 - z0), (True, True))
-    (tz, nz_), (tyx, nyx) = sums["z"], sums["yx"]
-    return ZBlur(_width(tz, nz_), _width(tyx, nyx), nz_, nyx)
+    for z0 in range(0, nz, TILE_Z):
+        for y0 in range(0, ny, TILE_Y):
+            lo = (max(0, z0 - HALO), max(0, y0 - HALO))
+            hi = (min(nz, z0 + TILE_Z + HALO), min(ny, y0 + TILE_Y + HALO))
+            own = (slice(z0 - lo[0], min(nz, z0 + TILE_Z) - lo[0]), slice(y0 - lo[1], min(ny, y0 + TILE_Y) - lo[1]),
+                   slice(None))
+            codes = np.asarray(codes_ds[lo[0]:hi[0], lo[1]:hi[1]])
+            grey = np.asarray(grey_ds[lo[0]:hi[0], lo[1]:hi[1]], np.float32)
+            _add_tile(sums, codes, grey, own)
+    (total, count) = sums
+    return ZBlur(_width(total[0], count[0]), _width(total[1] + total[2], count[1] + count[2]),
+                 int(count[0]), int(count[1] + count[2]))
 
 
-def _add(acc: list, codes: np.ndarray, grey: np.ndarray, keep: np.ndarray, directions: tuple[bool, bool]) -> None:
-    """Add to ``acc`` ([summed profile, count]) every edge on the lines ``directions`` of the slices ``keep``."""
-    n = keep.size
-    totals, counts = np.zeros((n, 2 * RUN)), np.zeros(n, np.int64)
-    flat_totals, flat_counts = np.zeros((n, 2 * RUN)), np.zeros(n, np.int64)
-    slab_kernels.edge_profiles(np.ascontiguousarray(codes), np.ascontiguousarray(grey, np.float32),
-                               keep.astype(np.int64), np.ones(n, np.bool_), (NMC_LOW, NMC_HIGH), (VOID, CBD), RUN,
-                               totals, counts, flat_totals, flat_counts, np.array(directions))
-    acc[0] += totals.sum(axis=0)
-    acc[1] += int(counts.sum())
+def _add_tile(sums: list, codes: np.ndarray, grey: np.ndarray, own: tuple) -> None:
+    """Add to ``sums`` the edges along each axis whose first voxel past the edge lies in ``own`` (the tile less
+    its context; slices of the three axes)."""
+    solid = np.isin(codes, (NMC_LOW, NMC_HIGH))
+    back = np.isin(codes, (VOID, CBD))
+    gradient = np.gradient(ndimage.gaussian_filter(solid.astype(np.float32), NORMAL_SMOOTH_VOX))
+    magnitude = np.sqrt(sum(g * g for g in gradient))
+    for axis in range(3):
+        normal = np.divide(np.abs(gradient[axis]), magnitude, out=np.zeros_like(magnitude), where=magnitude > 0)
+        # the other two axes cut to the owned voxels; this one kept whole, as the profiles reach into the context
+        cut = tuple(slice(None) if a == axis else own[a] for a in range(3))
+        start, stop, _ = own[axis].indices(codes.shape[axis])
+        total, count = line_edges(*(np.moveaxis(v[cut], axis, -1) for v in (solid, back, grey, normal)),
+                                  (start, stop))
+        sums[0][axis] += total
+        sums[1][axis] += count
+
+
+def line_edges(solid: np.ndarray, back: np.ndarray, grey: np.ndarray, normal: np.ndarray,
+               owned: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """Summed grey-level profile (``2 RUN``, solid side first) and count of the edges on the last axis's lines:
+    ``RUN`` solid voxels then ``RUN`` background (or the reverse) about a boundary whose next voxel ``b`` lies in
+    ``range(*owned)``, where ``normal`` (the unit surface normal's component along the line) averaged over
+    voxels ``b - 1`` and ``b`` is at least :data:`NORMAL_MIN`."""
+    n = solid.shape[-1]
+    first, last = max(owned[0], RUN), min(owned[1], n - RUN + 1)  # boundaries with a whole profile
+    total, count = np.zeros(2 * RUN), 0
+    if last <= first:
+        return total, count
+    b = slice(first, last)
+    square = 0.5 * (normal[..., first - 1:last - 1] + normal[..., b]) >= NORMAL_MIN
+    for solid_first, (before, after) in ((True, (solid, back)), (False, (back, solid))):
+        ok = square.copy()
+        for k in range(RUN):
+            ok &= before[..., first - RUN + k:last - RUN + k] & after[..., first + k:last + k]
+        where = np.nonzero(ok)
+        for k in range(2 * RUN):
+            values = grey[where[:-1] + (where[-1] + first - RUN + k,)]
+            total[k if solid_first else 2 * RUN - 1 - k] += values.sum(dtype=np.float64)
+        count += where[0].size
+    return total, count
 
 
 def _width(total: np.ndarray, count: int) -> float:

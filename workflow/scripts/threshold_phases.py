@@ -31,9 +31,9 @@ logging.getLogger("threshold_phases").info(
     "(undershoot %.3f; voxels read %s)", edge_halo.NEAR_VOX, " ".join(f"{v:+.3f}" for v in halo.profile),
     halo.undershoot, " ".join(str(int(v)) for v in halo.voxels))
 logging.getLogger("threshold_phases").info(
-    "step widths on every NMC / background edge: along z %.3f voxels (%d edges), within the slices %.3f (%d): "
-    "ratio %.3f%s", steps.width_z, steps.edges_z, steps.width_yx, steps.edges_yx, steps.ratio,
-    "" if steps.edges_z >= z_blur.MIN_RATIO_EDGES else
+    "step widths on the NMC / background edges the surface crosses nearly square: along z %.3f voxels (%d edges), "
+    "within the slices %.3f (%d): ratio %.3f%s", steps.width_z, steps.edges_z, steps.width_yx, steps.edges_yx,
+    steps.ratio, "" if steps.edges_z >= z_blur.MIN_RATIO_EDGES else
     f" (fewer than {z_blur.MIN_RATIO_EDGES} edges along z: too few to compare, the z blur is not checked)")
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
