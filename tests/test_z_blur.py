@@ -46,17 +46,22 @@ def brute_force_z_edges(codes: np.ndarray, grey: np.ndarray) -> tuple[np.ndarray
     return total, count
 
 
-def test_every_edge_is_the_brute_force_edges_when_no_normal_is_required(monkeypatch):
+def test_every_edge_is_the_brute_force_edges_and_the_square_ones_a_subset(monkeypatch):
     codes = balls((48, 64, 64), 14)
     grey = render(codes, 0.7, 1.0)
     solid, back = np.isin(codes, (NMC_LOW, NMC_HIGH)), np.isin(codes, (VOID, CBD))
-    lines = [np.moveaxis(v, 0, -1) for v in (solid, back, grey, np.zeros(codes.shape, np.float32))]
-    monkeypatch.setattr(z_blur, "NORMAL_MIN", 0.0)
-    total, count = z_blur.line_edges(*lines, (0, codes.shape[0]))
+    normal = np.random.default_rng(0).random(codes.shape).astype(np.float32)
+    lines = [np.moveaxis(v, 0, -1) for v in (solid, back, grey, normal)]
+    (square_total, square_count), (total, count) = z_blur.line_edges(*lines, (0, codes.shape[0]))
     expected_total, expected_count = brute_force_z_edges(codes, grey)
     assert count == expected_count > 500
     np.testing.assert_allclose(total, expected_total, rtol=1e-5)
-    assert z_blur.measure(codes, grey).edges_z == expected_count
+    assert 0 < square_count < count
+    # where too few edges are crossed nearly square, the reading is over every edge, the brute force's
+    monkeypatch.setattr(z_blur, "MIN_RATIO_EDGES", 10**9)
+    monkeypatch.setattr(z_blur, "MIN_EVERY_EDGES", 100)
+    every = z_blur.measure(codes, grey)
+    assert every.reading == z_blur.EVERY and every.edges_z == expected_count and np.isfinite(every.ratio)
 
 
 def test_tiles_read_every_edge_once():
@@ -64,14 +69,18 @@ def test_tiles_read_every_edge_once():
     the whole volume read at once: none is read twice or left out, and the normals are the whole map's."""
     codes = balls((48, 100, 90), 30)
     grey = render(codes, 0.7, 1.3)
-    whole = z_blur.measure(codes, grey)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(z_blur, "TILE_Z", 7)
-        mp.setattr(z_blur, "TILE_Y", 11)
-        tiled = z_blur.measure(codes, grey)
-    assert tiled.edges_z == whole.edges_z > 1000 and tiled.edges_yx == whole.edges_yx
-    assert tiled.width_z == pytest.approx(whole.width_z, rel=1e-6)
-    assert tiled.width_yx == pytest.approx(whole.width_yx, rel=1e-6)
+    for least in (0, 10**9):  # the nearly square edges, then every edge
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(z_blur, "MIN_RATIO_EDGES", least)
+            mp.setattr(z_blur, "MIN_EVERY_EDGES", 0)
+            whole = z_blur.measure(codes, grey)
+            mp.setattr(z_blur, "TILE_Z", 7)
+            mp.setattr(z_blur, "TILE_Y", 11)
+            tiled = z_blur.measure(codes, grey)
+        assert tiled.reading == whole.reading == (z_blur.SQUARE if least == 0 else z_blur.EVERY)
+        assert tiled.edges_z == whole.edges_z > 1000 and tiled.edges_yx == whole.edges_yx
+        assert tiled.width_z == pytest.approx(whole.width_z, rel=1e-6)
+        assert tiled.width_yx == pytest.approx(whole.width_yx, rel=1e-6)
 
 
 @pytest.mark.parametrize("tilt_deg", [20, 70])
@@ -120,6 +129,20 @@ def test_a_volume_of_a_few_particles_reads_its_widths_but_no_ratio():
     r = z_blur.measure(codes, render(codes, 0.5, 3.0))
     assert 200 < r.edges_z < z_blur.MIN_RATIO_EDGES
     assert r.width_z > r.width_yx > 0 and np.isnan(r.ratio)
+
+
+def test_a_ratio_over_every_edge_is_checked_under_its_own_bounds():
+    counts = plausibility.PhaseCounts(np.tile([[100, 50, 80, 0, 0]], (20, 1)).astype(np.int64))
+    counts.per_slice[:3] = [0, 0, 0, 0, 500]
+    between = 0.5 * (plausibility.BLUR_Z_EVERY_BOUND + plausibility.BLUR_Z_RATIO_BOUND)
+    square = plausibility.check_phase_map(counts, blur_z_ratio=between).set_index("check")
+    every = plausibility.check_phase_map(counts, blur_z_ratio=between, blur_z_reading="every").set_index("check")
+    assert square.loc["blur_z_ratio", "passed"] and not every.loc["blur_z_ratio", "passed"]
+    assert every.loc["blur_z_ratio", "bound"] == plausibility.BLUR_Z_EVERY_BOUND
+    from detachment.plots import phase_title
+
+    assert "BLURRIER ALONG Z" in phase_title("s", 0, "informed", blur_z_ratio=between, blur_z_reading="every")
+    assert "ALONG Z" not in phase_title("s", 0, "informed", blur_z_ratio=between)
 
 
 def test_too_few_edges_give_nan_and_no_check():

@@ -51,5 +51,5 @@ def check_map_files(result, shade, phases_path, volume_path) -> MapChecks:
     steps = z_blur.measure_files(phases_path, volume_path)
     table = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
                                          result.blur_sigma_vox, result.tilted_collector_top, shade.ratio,
-                                         halo.undershoot, steps.ratio)
+                                         halo.undershoot, steps.ratio, steps.reading)
     return MapChecks(table, halo, steps)

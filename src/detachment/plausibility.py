@@ -34,6 +34,11 @@ BLUR_Z_RATIO_BOUND = 1.16
 #: Least ``blur_z_ratio``: a z sharper than the slices, chosen on the tuning cells between the highest ratio that
 #: read outside the goals and the isotropic presets' lowest (docs/results.md).
 BLUR_Z_RATIO_MIN = 0.93
+#: The same bounds for the ratio over every edge, read where too few edges are crossed nearly square
+#: (:data:`detachment.z_blur.EVERY`): chosen on the tuning cells the same way for that reading (docs/results.md).
+BLUR_Z_EVERY_BOUND, BLUR_Z_EVERY_MIN = 1.12, 0.93
+#: ``blur_z_ratio``'s (least, largest) per reading of :class:`detachment.z_blur.ZBlur`.
+BLUR_Z_BOUNDS = {"square": (BLUR_Z_RATIO_MIN, BLUR_Z_RATIO_BOUND), "every": (BLUR_Z_EVERY_MIN, BLUR_Z_EVERY_BOUND)}
 #: Lower bounds of the checks (physical, not fitted; the z ratio's chosen on tuning cells):
 #: check -> (lower bound, what is required).
 BOUNDS = {
@@ -69,7 +74,8 @@ MAX_BOUNDS = {
                         "sharpening filter) darkens it, and a CBD coat under the dark rim reads as a gap. The "
                         "bound: docs/results.md"),
     "blur_z_ratio": (BLUR_Z_RATIO_BOUND, "a step along z is at most this many times as wide as within the slices "
-                     "(every NMC / background edge of the map, detachment.z_blur): the blur check and the forward "
+                     "(the NMC / background edges the map's surface crosses nearly square, or every edge where "
+                     "those are too few, under its own bounds; detachment.z_blur): the blur check and the forward "
                      "model read the point spread within the slices and take it as isotropic; a coarser z blurs "
                      "the contacts under and over the particles unseen. The bound: docs/results.md"),
 }
@@ -136,7 +142,8 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
 
 def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_sigma_vox: float | None = None,
                     tilted_collector_top: int | None = None, shading_ratio: float | None = None,
-                    edge_undershoot: float | None = None, blur_z_ratio: float | None = None) -> pd.DataFrame:
+                    edge_undershoot: float | None = None, blur_z_ratio: float | None = None,
+                    blur_z_reading: str = "square") -> pd.DataFrame:
     """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur.
 
     The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice, or
@@ -167,6 +174,8 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
     blur_z_ratio : float, optional
         A step's width along z over its width within the slices (:attr:`detachment.z_blur.ZBlur.ratio`); without
         it, or NaN, left out.
+    blur_z_reading : str, default "square"
+        Which edges it was read on (:attr:`detachment.z_blur.ZBlur.reading`): its bounds, :data:`BLUR_Z_BOUNDS`.
 
     Returns
     -------
@@ -178,17 +187,22 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
     if fwhm is not None:
         values.update(_model_checks(fwhm, max(float(counts.per_slice.sum()), 1.0)))
     rows = [_row(k, v, "min") for k, v in values.items()]
-    for name, value, kind in (("blur_sigma_vox", blur_sigma_vox, "max"), ("shading_ratio", shading_ratio, "max"),
-                              ("edge_undershoot", edge_undershoot, "max"), ("blur_z_ratio", blur_z_ratio, "max"),
-                              ("blur_z_ratio_min", blur_z_ratio, "min")):
+    z_min, z_max = BLUR_Z_BOUNDS[blur_z_reading]
+    for name, value, kind, bound in (("blur_sigma_vox", blur_sigma_vox, "max", None),
+                                     ("shading_ratio", shading_ratio, "max", None),
+                                     ("edge_undershoot", edge_undershoot, "max", None),
+                                     ("blur_z_ratio", blur_z_ratio, "max", z_max),
+                                     ("blur_z_ratio_min", blur_z_ratio, "min", z_min)):
         if value is not None and np.isfinite(value):
-            rows.append(_row(name, float(value), kind))
+            rows.append(_row(name, float(value), kind, bound))
     return pd.DataFrame(rows)
 
 
-def _row(name: str, value: float, kind: str) -> dict:
-    """One row of :func:`check_phase_map`: ``kind`` ``"min"`` (:data:`BOUNDS`) or ``"max"`` (:data:`MAX_BOUNDS`)."""
-    bound, requirement = (BOUNDS if kind == "min" else MAX_BOUNDS)[name]
+def _row(name: str, value: float, kind: str, bound: float | None = None) -> dict:
+    """One row of :func:`check_phase_map`: ``kind`` ``"min"`` (:data:`BOUNDS`) or ``"max"`` (:data:`MAX_BOUNDS`),
+    under ``bound`` where given rather than the table's."""
+    table_bound, requirement = (BOUNDS if kind == "min" else MAX_BOUNDS)[name]
+    bound = table_bound if bound is None else bound
     passed = value >= bound if kind == "min" else value <= bound
     return {"check": name, "value": value, "bound": bound, "bound_type": kind, "passed": bool(passed),
             "requirement": requirement}

@@ -65,7 +65,7 @@ def section_panel(ax, section: SideSection, letter: str = "") -> None:
 def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None,
                 blur_sigma: float | None = None, blur_se: float | None = None,
                 collector_tilt_deg: float | None = None, edge_undershoot: float | None = None,
-                blur_z_ratio: float | None = None) -> str:
+                blur_z_ratio: float | None = None, blur_z_reading: str = "square") -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -96,6 +96,8 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
     blur_z_ratio : float, optional
         ``phase_qc.csv``'s ``blur_z_ratio`` (:mod:`detachment.z_blur`): named on the last line where it is beyond
         the check's bound.
+    blur_z_reading : str, default "square"
+        The edges it was read on (:attr:`detachment.z_blur.ZBlur.reading`), whose bounds apply.
 
     Returns
     -------
@@ -111,13 +113,13 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
     if collector_tilt_deg is not None:
         title += f"; collector tilted {collector_tilt_deg:.1f}°, Al confined below its plane"
-    return title + _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio)
+    return title + _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading)
 
 
-def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio) -> str:
+def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading="square") -> str:
     """The phase title's lines on the blur (always, where measured) and on the halo and the z blur (beyond their
     checks' bounds), each starting with a newline."""
-    from .plausibility import BOUNDS, MAX_BOUNDS
+    from .plausibility import BLUR_Z_BOUNDS, MAX_BOUNDS
 
     lines = ""
     bound = MAX_BOUNDS["blur_sigma_vox"][0]
@@ -129,7 +131,7 @@ def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio) -> str:
     if edge_undershoot is not None and np.isfinite(edge_undershoot) and edge_undershoot > halo_bound:
         lines += (f"\nEDGES OVERSHOOT: the electrolyte beside the particles reads {edge_undershoot:.2f} of the NMC "
                   f"contrast below the open electrolyte (> {halo_bound}; a halo, fringes or a sharpening filter)")
-    z_bound, z_min = MAX_BOUNDS["blur_z_ratio"][0], BOUNDS["blur_z_ratio_min"][0]
+    z_min, z_bound = BLUR_Z_BOUNDS[blur_z_reading]
     if blur_z_ratio is not None and np.isfinite(blur_z_ratio) and blur_z_ratio > z_bound:
         lines += f"\nBLURRIER ALONG Z: steps {blur_z_ratio:.2f} times as wide as within the slices (> {z_bound})"
     if blur_z_ratio is not None and np.isfinite(blur_z_ratio) and blur_z_ratio < z_min:

@@ -12,7 +12,10 @@ Only edges where the surface crosses its line nearly square are read: where the 
 gradient of its NMC indicator, smoothed by :data:`NORMAL_SMOOTH_VOX`) lies within ``arccos(NORMAL_MIN)`` of the
 line. A surface met obliquely widens a step by ``1 / cos`` of the angle along every axis alike, and where surfaces
 cut voxels anywhere (partial volume, as in real reconstructions) the voxel's box widens both widths as well; read
-over every edge, that common widening hides much of a difference between the axes (docs/results.md).
+over every edge, that common widening hides much of a difference between the axes (docs/results.md). Where too
+few edges are crossed nearly square for a steady width (a small volume, a few particles), the ratio is read over
+every edge instead, which needs fewer particles for the same steadiness, under its own bounds
+(:data:`detachment.plausibility.BLUR_Z_BOUNDS`).
 Axes (z, y, x). Main entry point: :func:`measure`.
 """
 
@@ -38,15 +41,20 @@ HALO = max(RUN, int(4 * NORMAL_SMOOTH_VOX + 0.5) + 2)
 #: Slices, and rows, owned by a tile read at a time (each with HALO of context): every edge belongs to the tile
 #: that owns the first voxel past it, so each is read once and none is left out.
 TILE_Z, TILE_Y = 32, 64
-#: Fewest edges along z for a ratio: which surfaces the lines cross varies with the volume, and a few particles'
-#: surfaces give a noisy width. Fewer: no ratio, and no check (docs/results.md).
+#: Fewest nearly square edges along z for a ratio over them: which surfaces the lines cross varies with the
+#: volume, and a few particles' surfaces give a noisy width (docs/results.md).
 MIN_RATIO_EDGES = 3000
+#: Where those are fewer, fewest edges of every orientation along z for a ratio over every edge; fewer still: no
+#: ratio, and no check (docs/results.md).
+MIN_EVERY_EDGES = 5000
+#: The two readings: over the edges crossed nearly square, and over every edge.
+SQUARE, EVERY = "square", "every"
 
 
 @dataclass(frozen=True)
 class ZBlur:
     """How wide a step looks along z and within the slices, over the NMC / background edges the surface crosses
-    nearly square (:data:`NORMAL_MIN`).
+    nearly square (:data:`NORMAL_MIN`), or over every edge where those are too few.
 
     Attributes
     ----------
@@ -55,18 +63,22 @@ class ZBlur:
         lines along y and x (NaN with fewer than :data:`detachment.blur.MIN_EDGES` edges or where the fit fails).
     edges_z, edges_yx : int
         The edges each was read on.
+    reading : str
+        :data:`SQUARE` or :data:`EVERY`: which edges.
     """
 
     width_z: float
     width_yx: float
     edges_z: int
     edges_yx: int
+    reading: str = SQUARE
 
     @property
     def ratio(self) -> float:
         """``width_z / width_yx``: 1 under an isotropic point spread, above 1 where z is the blurrier axis; NaN
-        with fewer than :data:`MIN_RATIO_EDGES` edges along z."""
-        if self.edges_z < MIN_RATIO_EDGES or not self.width_yx > 0:
+        with fewer edges along z than the reading needs (:data:`MIN_RATIO_EDGES`, :data:`MIN_EVERY_EDGES`)."""
+        least = MIN_RATIO_EDGES if self.reading == SQUARE else MIN_EVERY_EDGES
+        if self.edges_z < least or not self.width_yx > 0:
             return float("nan")
         return self.width_z / self.width_yx
 
@@ -87,7 +99,8 @@ def measure(codes_ds, grey_ds) -> ZBlur:
     -------
     ZBlur
     """
-    sums = [np.zeros((3, 2 * RUN)), np.zeros(3, np.int64)]  # per line axis: summed profile, count
+    # per reading (square, every) and line axis: summed profile, count
+    sums = [np.zeros((2, 3, 2 * RUN)), np.zeros((2, 3), np.int64)]
     nz, ny = codes_ds.shape[0], codes_ds.shape[1]
     for z0 in range(0, nz, TILE_Z):
         for y0 in range(0, ny, TILE_Y):
@@ -98,9 +111,11 @@ def measure(codes_ds, grey_ds) -> ZBlur:
             codes = np.asarray(codes_ds[lo[0]:hi[0], lo[1]:hi[1]])
             grey = np.asarray(grey_ds[lo[0]:hi[0], lo[1]:hi[1]], np.float32)
             _add_tile(sums, codes, grey, own)
-    (total, count) = sums
-    return ZBlur(_width(total[0], count[0]), _width(total[1] + total[2], count[1] + count[2]),
-                 int(count[0]), int(count[1] + count[2]))
+    total, count = sums
+    square = 0 if count[0, 0] >= MIN_RATIO_EDGES or count[1, 0] < MIN_EVERY_EDGES else 1
+    t, c = total[square], count[square]
+    return ZBlur(_width(t[0], c[0]), _width(t[1] + t[2], c[1] + c[2]), int(c[0]), int(c[1] + c[2]),
+                 (SQUARE, EVERY)[square])
 
 
 def _add_tile(sums: list, codes: np.ndarray, grey: np.ndarray, own: tuple) -> None:
@@ -115,35 +130,38 @@ def _add_tile(sums: list, codes: np.ndarray, grey: np.ndarray, own: tuple) -> No
         # the other two axes cut to the owned voxels; this one kept whole, as the profiles reach into the context
         cut = tuple(slice(None) if a == axis else own[a] for a in range(3))
         start, stop, _ = own[axis].indices(codes.shape[axis])
-        total, count = line_edges(*(np.moveaxis(v[cut], axis, -1) for v in (solid, back, grey, normal)),
-                                  (start, stop))
-        sums[0][axis] += total
-        sums[1][axis] += count
+        read = line_edges(*(np.moveaxis(v[cut], axis, -1) for v in (solid, back, grey, normal)), (start, stop))
+        for i, (total, count) in enumerate(read):
+            sums[0][i, axis] += total
+            sums[1][i, axis] += count
 
 
 def line_edges(solid: np.ndarray, back: np.ndarray, grey: np.ndarray, normal: np.ndarray,
-               owned: tuple[int, int]) -> tuple[np.ndarray, int]:
+               owned: tuple[int, int]) -> tuple[tuple[np.ndarray, int], tuple[np.ndarray, int]]:
     """Summed grey-level profile (``2 RUN``, solid side first) and count of the edges on the last axis's lines:
     ``RUN`` solid voxels then ``RUN`` background (or the reverse) about a boundary whose next voxel ``b`` lies in
-    ``range(*owned)``, where ``normal`` (the unit surface normal's component along the line) averaged over
-    voxels ``b - 1`` and ``b`` is at least :data:`NORMAL_MIN`."""
+    ``range(*owned)``. Two: those where ``normal`` (the unit surface normal's component along the line) averaged
+    over voxels ``b - 1`` and ``b`` is at least :data:`NORMAL_MIN`, and every one."""
     n = solid.shape[-1]
     first, last = max(owned[0], RUN), min(owned[1], n - RUN + 1)  # boundaries with a whole profile
-    total, count = np.zeros(2 * RUN), 0
+    square, every = (np.zeros(2 * RUN), 0), (np.zeros(2 * RUN), 0)
     if last <= first:
-        return total, count
+        return square, every
     b = slice(first, last)
-    square = 0.5 * (normal[..., first - 1:last - 1] + normal[..., b]) >= NORMAL_MIN
+    crossed = 0.5 * (normal[..., first - 1:last - 1] + normal[..., b]) >= NORMAL_MIN
     for solid_first, (before, after) in ((True, (solid, back)), (False, (back, solid))):
-        ok = square.copy()
+        ok = np.ones(crossed.shape, bool)
         for k in range(RUN):
             ok &= before[..., first - RUN + k:last - RUN + k] & after[..., first + k:last + k]
         where = np.nonzero(ok)
+        keep = crossed[where]
         for k in range(2 * RUN):
             values = grey[where[:-1] + (where[-1] + first - RUN + k,)]
-            total[k if solid_first else 2 * RUN - 1 - k] += values.sum(dtype=np.float64)
-        count += where[0].size
-    return total, count
+            j = k if solid_first else 2 * RUN - 1 - k
+            every[0][j] += values.sum(dtype=np.float64)
+            square[0][j] += values[keep].sum(dtype=np.float64)
+        every, square = (every[0], every[1] + where[0].size), (square[0], square[1] + int(keep.sum()))
+    return square, every
 
 
 def _width(total: np.ndarray, count: int) -> float:

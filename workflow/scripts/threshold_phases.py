@@ -1,6 +1,7 @@
 """Adapter: phase thresholding of one sample (phases.h5, histogram, FWHMs, Supp. Fig. 1 figure, checks)."""
 
 import logging
+import math
 import shutil
 from pathlib import Path
 
@@ -31,10 +32,11 @@ logging.getLogger("threshold_phases").info(
     "(undershoot %.3f; voxels read %s)", edge_halo.NEAR_VOX, " ".join(f"{v:+.3f}" for v in halo.profile),
     halo.undershoot, " ".join(str(int(v)) for v in halo.voxels))
 logging.getLogger("threshold_phases").info(
-    "step widths on the NMC / background edges the surface crosses nearly square: along z %.3f voxels (%d edges), "
-    "within the slices %.3f (%d): ratio %.3f%s", steps.width_z, steps.edges_z, steps.width_yx, steps.edges_yx,
-    steps.ratio, "" if steps.edges_z >= z_blur.MIN_RATIO_EDGES else
-    f" (fewer than {z_blur.MIN_RATIO_EDGES} edges along z: too few to compare, the z blur is not checked)")
+    "step widths on %s: along z %.3f voxels (%d edges), within the slices %.3f (%d): ratio %.3f%s",
+    "the NMC / background edges the surface crosses nearly square" if steps.reading == z_blur.SQUARE else
+    f"every NMC / background edge (fewer than {z_blur.MIN_RATIO_EDGES} crossed nearly square along z)",
+    steps.width_z, steps.edges_z, steps.width_yx, steps.edges_yx, steps.ratio,
+    " (too few edges along z to compare: the z blur is not checked)" if math.isnan(steps.ratio) else "")
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
 shape, voxel = io.read_volume_info(snakemake.input.volume)
@@ -48,7 +50,8 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                          title=plots.phase_title(snakemake.wildcards.sample, z, result.model.method,
                                                  result.unresolved, result.nmc_split, result.layer,
                                                  result.blur_sigma_vox, result.blur_sigma_se_vox,
-                                                 result.collector_tilt_deg, halo.undershoot, steps.ratio),
+                                                 result.collector_tilt_deg, halo.undershoot, steps.ratio,
+                                                 steps.reading),
                          domain_split=result.domain_split, edges=result.edges, section=section)
 io.save_figure(fig, snakemake.output.figure)
 
