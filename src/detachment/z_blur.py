@@ -86,7 +86,8 @@ class ZBlur:
 def measure(codes_ds, grey_ds) -> ZBlur:
     """Step widths along z and within the slices, each an error function fitted to the mean grey-level profile
     across the NMC / background edges of the map on lines of that direction that the surface crosses nearly
-    square.
+    square; across every edge where fewer than :data:`MIN_RATIO_EDGES` of those lie along z and at least
+    :data:`MIN_EVERY_EDGES` of every orientation do.
 
     Parameters
     ----------
@@ -112,10 +113,10 @@ def measure(codes_ds, grey_ds) -> ZBlur:
             grey = np.asarray(grey_ds[lo[0]:hi[0], lo[1]:hi[1]], np.float32)
             _add_tile(sums, codes, grey, own)
     total, count = sums
-    square = 0 if count[0, 0] >= MIN_RATIO_EDGES or count[1, 0] < MIN_EVERY_EDGES else 1
-    t, c = total[square], count[square]
+    pick = 0 if count[0, 0] >= MIN_RATIO_EDGES or count[1, 0] < MIN_EVERY_EDGES else 1
+    t, c = total[pick], count[pick]
     return ZBlur(_width(t[0], c[0]), _width(t[1] + t[2], c[1] + c[2]), int(c[0]), int(c[1] + c[2]),
-                 (SQUARE, EVERY)[square])
+                 (SQUARE, EVERY)[pick])
 
 
 def _add_tile(sums: list, codes: np.ndarray, grey: np.ndarray, own: tuple) -> None:
