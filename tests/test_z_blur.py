@@ -145,6 +145,17 @@ def test_a_ratio_over_every_edge_is_checked_under_its_own_bounds():
     assert "ALONG Z" not in phase_title("s", 0, "informed", blur_z_ratio=between)
 
 
+def test_steps_too_sharp_to_fit_give_no_ratio_rather_than_a_wild_one():
+    """Under σ 0.25 on the voxel grid a step is six samples of nearly a step function: its fitted width trades
+    against its position (here 0.01-0.2 along either axis), so no ratio is read; from σ 0.35 it is."""
+    codes = balls(seed=2)
+    for factor in (1.0, 0.7):
+        r = z_blur.measure(codes, render(codes, 0.25, factor))
+        assert r.width_yx <= z_blur.MIN_WIDTH_YX and np.isnan(r.ratio), r
+    r = z_blur.measure(codes, render(codes, 0.35, 1.0))
+    assert r.reading == z_blur.SQUARE and abs(r.ratio - 1) < 0.08, r
+
+
 def test_too_few_edges_give_nan_and_no_check():
     codes = np.full((16, 16, 16), VOID, np.uint8)
     r = z_blur.measure(codes, render(codes, 0.5, 1.0))

@@ -47,6 +47,11 @@ MIN_RATIO_EDGES = 3000
 #: Where those are fewer, fewest edges of every orientation along z for a ratio over every edge; fewer still: no
 #: ratio, and no check (docs/results.md).
 MIN_EVERY_EDGES = 5000
+#: Narrowest width (σ, voxels) within the slices for a ratio: a step that sharp on the voxel grid is six samples
+#: of nearly a step function, whose fitted width trades against its position and read from 0.01 to 0.2 on
+#: volumes blurred by σ 0.25-0.3, widths along z included (docs/results.md). Narrower over the nearly square
+#: edges: the ratio over every edge, whose oblique surfaces widen the step; narrower there too: no ratio.
+MIN_WIDTH_YX = 0.22
 #: The two readings: over the edges crossed nearly square, and over every edge.
 SQUARE, EVERY = "square", "every"
 
@@ -76,9 +81,10 @@ class ZBlur:
     @property
     def ratio(self) -> float:
         """``width_z / width_yx``: 1 under an isotropic point spread, above 1 where z is the blurrier axis; NaN
-        with fewer edges along z than the reading needs (:data:`MIN_RATIO_EDGES`, :data:`MIN_EVERY_EDGES`)."""
+        with fewer edges along z than the reading needs (:data:`MIN_RATIO_EDGES`, :data:`MIN_EVERY_EDGES`) or a
+        width within the slices of :data:`MIN_WIDTH_YX` or less."""
         least = MIN_RATIO_EDGES if self.reading == SQUARE else MIN_EVERY_EDGES
-        if self.edges_z < least or not self.width_yx > 0:
+        if self.edges_z < least or not self.width_yx > MIN_WIDTH_YX:
             return float("nan")
         return self.width_z / self.width_yx
 
@@ -86,8 +92,8 @@ class ZBlur:
 def measure(codes_ds, grey_ds) -> ZBlur:
     """Step widths along z and within the slices, each an error function fitted to the mean grey-level profile
     across the NMC / background edges of the map on lines of that direction that the surface crosses nearly
-    square; across every edge where fewer than :data:`MIN_RATIO_EDGES` of those lie along z and at least
-    :data:`MIN_EVERY_EDGES` of every orientation do.
+    square; across every edge where those give no ratio (fewer than :data:`MIN_RATIO_EDGES` along z, or a step
+    within the slices :data:`MIN_WIDTH_YX` wide or less) and every edge does.
 
     Parameters
     ----------
@@ -113,10 +119,9 @@ def measure(codes_ds, grey_ds) -> ZBlur:
             grey = np.asarray(grey_ds[lo[0]:hi[0], lo[1]:hi[1]], np.float32)
             _add_tile(sums, codes, grey, own)
     total, count = sums
-    pick = 0 if count[0, 0] >= MIN_RATIO_EDGES or count[1, 0] < MIN_EVERY_EDGES else 1
-    t, c = total[pick], count[pick]
-    return ZBlur(_width(t[0], c[0]), _width(t[1] + t[2], c[1] + c[2]), int(c[0]), int(c[1] + c[2]),
-                 (SQUARE, EVERY)[pick])
+    square, every = (ZBlur(_width(t[0], c[0]), _width(t[1] + t[2], c[1] + c[2]), int(c[0]), int(c[1] + c[2]),
+                           reading) for t, c, reading in zip(total, count, (SQUARE, EVERY)))
+    return every if np.isnan(square.ratio) and np.isfinite(every.ratio) else square
 
 
 def _add_tile(sums: list, codes: np.ndarray, grey: np.ndarray, own: tuple) -> None:

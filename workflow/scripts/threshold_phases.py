@@ -34,9 +34,10 @@ logging.getLogger("threshold_phases").info(
 logging.getLogger("threshold_phases").info(
     "step widths on %s: along z %.3f voxels (%d edges), within the slices %.3f (%d): ratio %.3f%s",
     "the NMC / background edges the surface crosses nearly square" if steps.reading == z_blur.SQUARE else
-    f"every NMC / background edge (fewer than {z_blur.MIN_RATIO_EDGES} crossed nearly square along z)",
+    "every NMC / background edge (those crossed nearly square give no ratio)",
     steps.width_z, steps.edges_z, steps.width_yx, steps.edges_yx, steps.ratio,
-    " (too few edges along z to compare: the z blur is not checked)" if math.isnan(steps.ratio) else "")
+    f" (too few edges along z, or steps within the slices no wider than {z_blur.MIN_WIDTH_YX} voxel, too sharp "
+    "to fit: the z blur is not checked)" if math.isnan(steps.ratio) else "")
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
 shape, voxel = io.read_volume_info(snakemake.input.volume)
