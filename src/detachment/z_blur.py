@@ -12,9 +12,9 @@ Only edges where the surface crosses its line nearly square are read: where the 
 gradient of its NMC indicator, smoothed by :data:`NORMAL_SMOOTH_VOX`) lies within ``arccos(NORMAL_MIN)`` of the
 line. A surface met obliquely widens a step by ``1 / cos`` of the angle along every axis alike, and where surfaces
 cut voxels anywhere (partial volume, as in real reconstructions) the voxel's box widens both widths as well; read
-over every edge, that common widening hides much of a difference between the axes (docs/results.md). Where too
-few edges are crossed nearly square for a steady width (a small volume, a few particles), the ratio is read over
-every edge instead, which needs fewer particles for the same steadiness, under its own bounds
+over every edge, that common widening hides much of a difference between the axes (docs/results.md). Where the
+edges crossed nearly square give no ratio (too few for a steady width on a small volume or a few particles, or
+steps too sharp to fit), the ratio is read over every edge instead, under its own bounds
 (:data:`detachment.plausibility.BLUR_Z_BOUNDS`).
 Axes (z, y, x). Main entry point: :func:`measure`.
 """
@@ -32,8 +32,9 @@ from .phases import CBD, NMC_HIGH, NMC_LOW, VOID
 #: σ (voxels) of the Gaussian that smooths the map's NMC indicator before its gradient gives the surface normal.
 NORMAL_SMOOTH_VOX = 1.0
 #: Least component of the unit surface normal along an edge's line (the mean of the voxels either side of the
-#: edge) for the edge to be read: within about 37° of square. Chosen with the bounds on the tuning cells: 0.9
-#: reads half as many edges for no wider margin (docs/results.md).
+#: edge) for the edge to be read: within about 37° of square. 0.9 parts the tuning cells that read outside the
+#: goals from the isotropic ones more widely below 1, but reads half as many edges, too few on sparse volumes
+#: (docs/results.md).
 NORMAL_MIN = 0.8
 #: Context (voxels) read around a tile: an edge's profile (RUN), or the normal one voxel before the tile (the
 #: smoothing's radius, 4 σ, and the gradient's step past that).
