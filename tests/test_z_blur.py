@@ -131,6 +131,25 @@ def test_a_volume_of_a_few_particles_reads_its_widths_but_no_ratio():
     assert r.width_z > r.width_yx > 0 and np.isnan(r.ratio)
 
 
+def test_under_partial_volume_a_sharper_z_stops_where_every_edge_would_not(monkeypatch):
+    """Surfaces that cut their voxels anywhere (the phantom on sub-voxels) widen every step by the voxel's box:
+    over every edge a z blur half the slices' reads close to 1 and passes its bound, over the edges crossed
+    nearly square it stops; the isotropic volume passes both."""
+    from detachment.phantom import PhantomParams, generate_phantom
+
+    for factor, sharper in ((1.0, False), (0.5, True)):
+        ph = generate_phantom(PhantomParams(shape_zyx=[40, 128, 128], n_particles=40, blur_z_factor=factor,
+                                            supersample=2), seed=4)
+        square = z_blur.measure(ph.phases, ph.volume)
+        with monkeypatch.context() as mp:
+            mp.setattr(z_blur, "MIN_RATIO_EDGES", 10**9)
+            every = z_blur.measure(ph.phases, ph.volume)
+        assert square.reading == z_blur.SQUARE and every.reading == z_blur.EVERY
+        assert (square.ratio < plausibility.BLUR_Z_RATIO_MIN) == sharper, square
+        assert every.ratio > plausibility.BLUR_Z_EVERY_MIN, every
+        assert square.ratio < plausibility.BLUR_Z_RATIO_BOUND and every.ratio < plausibility.BLUR_Z_EVERY_BOUND
+
+
 def test_a_ratio_over_every_edge_is_checked_under_its_own_bounds():
     counts = plausibility.PhaseCounts(np.tile([[100, 50, 80, 0, 0]], (20, 1)).astype(np.int64))
     counts.per_slice[:3] = [0, 0, 0, 0, 500]
@@ -147,7 +166,7 @@ def test_a_ratio_over_every_edge_is_checked_under_its_own_bounds():
 
 def test_steps_too_sharp_to_fit_give_no_ratio_rather_than_a_wild_one():
     """Under σ 0.25 on the voxel grid a step is six samples of nearly a step function: its fitted width trades
-    against its position (here 0.01-0.2 along either axis), so no ratio is read; from σ 0.35 it is."""
+    against its position (here below 0.2 along either axis), so no ratio is read; from σ 0.35 it is."""
     codes = balls(seed=2)
     for factor in (1.0, 0.7):
         r = z_blur.measure(codes, render(codes, 0.25, factor))
