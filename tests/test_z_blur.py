@@ -155,12 +155,12 @@ def test_a_ratio_over_every_edge_is_checked_under_its_own_bounds():
     counts.per_slice[:3] = [0, 0, 0, 0, 500]
     between = 0.5 * (plausibility.BLUR_Z_EVERY_BOUND + plausibility.BLUR_Z_RATIO_BOUND)
     square = plausibility.check_phase_map(counts, blur_z_ratio=between).set_index("check")
-    every = plausibility.check_phase_map(counts, blur_z_ratio=between, blur_z_reading="every").set_index("check")
+    every = plausibility.check_phase_map(counts, blur_z_ratio=between, blur_z_reading=z_blur.EVERY).set_index("check")
     assert square.loc["blur_z_ratio", "passed"] and not every.loc["blur_z_ratio", "passed"]
     assert every.loc["blur_z_ratio", "bound"] == plausibility.BLUR_Z_EVERY_BOUND
     from detachment.plots import phase_title
 
-    assert "BLURRIER ALONG Z" in phase_title("s", 0, "informed", blur_z_ratio=between, blur_z_reading="every")
+    assert "BLURRIER ALONG Z" in phase_title("s", 0, "informed", blur_z_ratio=between, blur_z_reading=z_blur.EVERY)
     assert "ALONG Z" not in phase_title("s", 0, "informed", blur_z_ratio=between)
 
 

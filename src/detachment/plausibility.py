@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import io
 from .phases import AL, NMC_HIGH, NMC_LOW, VOID
+from .z_blur import EVERY, SQUARE
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ BLUR_Z_RATIO_MIN = 0.93
 #: (:data:`detachment.z_blur.EVERY`): chosen on the tuning cells the same way for that reading (docs/results.md).
 BLUR_Z_EVERY_BOUND, BLUR_Z_EVERY_MIN = 1.12, 0.93
 #: ``blur_z_ratio``'s (least, largest) per reading of :class:`detachment.z_blur.ZBlur`.
-BLUR_Z_BOUNDS = {"square": (BLUR_Z_RATIO_MIN, BLUR_Z_RATIO_BOUND), "every": (BLUR_Z_EVERY_MIN, BLUR_Z_EVERY_BOUND)}
+BLUR_Z_BOUNDS = {SQUARE: (BLUR_Z_RATIO_MIN, BLUR_Z_RATIO_BOUND), EVERY: (BLUR_Z_EVERY_MIN, BLUR_Z_EVERY_BOUND)}
 #: Lower bounds of the checks (physical, not fitted; the z ratio's chosen on tuning cells):
 #: check -> (lower bound, what is required).
 BOUNDS = {
@@ -143,7 +144,7 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
 def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_sigma_vox: float | None = None,
                     tilted_collector_top: int | None = None, shading_ratio: float | None = None,
                     edge_undershoot: float | None = None, blur_z_ratio: float | None = None,
-                    blur_z_reading: str = "square") -> pd.DataFrame:
+                    blur_z_reading: str = SQUARE) -> pd.DataFrame:
     """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur.
 
     The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice, or

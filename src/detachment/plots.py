@@ -19,6 +19,7 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 
 from .phases import PHASE_NAMES  # noqa: E402
 from .plausibility import MIN_CONTACT_SEPARATION  # noqa: E402
+from .z_blur import SQUARE  # noqa: E402
 
 PHASE_COLOURS = {"void": "#1b1b3a", "cbd": "#e0a030", "nmc_low": "#2e8b57", "nmc_high": "#c0392b", "al": "#9aa7b0"}
 PHASE_CMAP = ListedColormap([PHASE_COLOURS[PHASE_NAMES[c]] for c in sorted(PHASE_NAMES)])
@@ -65,7 +66,7 @@ def section_panel(ax, section: SideSection, letter: str = "") -> None:
 def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None,
                 blur_sigma: float | None = None, blur_se: float | None = None,
                 collector_tilt_deg: float | None = None, edge_undershoot: float | None = None,
-                blur_z_ratio: float | None = None, blur_z_reading: str = "square") -> str:
+                blur_z_ratio: float | None = None, blur_z_reading: str = SQUARE) -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -116,7 +117,7 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
     return title + _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading)
 
 
-def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading="square") -> str:
+def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading=SQUARE) -> str:
     """The phase title's lines on the blur (always, where measured) and on the halo and the z blur (beyond their
     checks' bounds), each starting with a newline."""
     from .plausibility import BLUR_Z_BOUNDS, MAX_BOUNDS

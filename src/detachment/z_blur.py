@@ -49,9 +49,9 @@ MIN_RATIO_EDGES = 3000
 #: ratio, and no check (docs/results.md).
 MIN_EVERY_EDGES = 5000
 #: Narrowest width (σ, voxels) within the slices for a ratio: a step that sharp on the voxel grid is six samples
-#: of nearly a step function, whose fitted width trades against its position and read from 0.01 to 0.2 on
-#: volumes blurred by σ 0.25-0.3, widths along z included (docs/results.md). Narrower over the nearly square
-#: edges: the ratio over every edge, whose oblique surfaces widen the step; narrower there too: no ratio.
+#: of nearly a step function, whose fitted width trades against its position, along z as well, so neither width
+#: is measured (docs/results.md). Narrower over the nearly square edges: the ratio over every edge, whose
+#: oblique surfaces widen the step; narrower there too: no ratio.
 MIN_WIDTH_YX = 0.22
 #: The two readings: over the edges crossed nearly square, and over every edge.
 SQUARE, EVERY = "square", "every"
