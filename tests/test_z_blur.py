@@ -255,3 +255,21 @@ def test_a_thresholded_z_blurred_phantom_fails_its_check_as_every_caller_reads_i
         assert table.loc["blur_z_ratio", "value"] == checked.steps.ratio == z_blur.measure_files(phases, volume).ratio
         assert (not table.loc["blur_z_ratio", "passed"]) == fails, (factor, checked.steps)
         assert table.loc["blur_z_ratio_min", "passed"]
+
+
+def test_where_the_forward_model_follows_z_its_sigma_along_z_is_checked_in_place_of_the_ratio():
+    """A z factor fitted or set apart from 1: the ratio, which bounds a z blur the model would not follow, gives
+    way to the model's σ along z, which stops only beyond its own bound, naming the check and the way out."""
+    counts = plausibility.PhaseCounts(np.tile([[100, 50, 80, 0, 0]], (20, 1)).astype(np.int64))
+    counts.per_slice[:3] = [0, 0, 0, 0, 500]
+    followed = plausibility.check_phase_map(counts, blur_z_ratio=1.7, blur_z_sigma_vox=0.9).set_index("check")
+    assert {"blur_z_ratio", "blur_z_ratio_min"}.isdisjoint(followed.index) and followed.passed.all()
+    assert followed.loc["blur_z_sigma_vox", "bound"] == plausibility.BLUR_Z_SIGMA_BOUND
+    wide = plausibility.BLUR_Z_SIGMA_BOUND + 0.1
+    table = plausibility.check_phase_map(counts, blur_z_ratio=1.7, blur_z_sigma_vox=wide)
+    with pytest.raises(plausibility.ImplausiblePhaseMap, match=f"blur_z_sigma_vox = {wide:.3f} >") as e:
+        plausibility.enforce(table, "cellZ")
+    assert "cellZ" in str(e.value) and "finer z resolution" in str(e.value) and "histogram" not in str(e.value)
+    # NaN (the forward model did not run): the ratio is checked
+    assert "blur_z_ratio" in set(plausibility.check_phase_map(counts, blur_z_ratio=1.7,
+                                                               blur_z_sigma_vox=float("nan")).check)

@@ -277,7 +277,7 @@ def electrolyte_spread(volume_path, phases_path, sharpen_weight: float = 0.0, ma
                 continue
             ph = dp[a:a + len(grey)]
             wanted = open_electrolyte(ph, margin)[inner][keep][:, ::2, ::2]
-            values.append(sharpen(grey, sharpen_weight)[inner][keep][:, ::2, ::2][wanted])
+            values.append(sharpen(grey, sharpen_weight, map_z_factor(dp.attrs))[inner][keep][:, ::2, ::2][wanted])
     x = np.concatenate(values) if values else np.zeros(0)
     return robust_sigma(x) if x.size >= min_voxels else float("nan")
 
@@ -355,12 +355,15 @@ def edge_width_from_map(phases_path, qc_path) -> float:
     return float(value) if value is not None else blur_sigma_from_qc(qc_path)
 
 
-def sharpen(grey: np.ndarray, weight: float) -> np.ndarray:
+def sharpen(grey: np.ndarray, weight: float, z_factor: float = 1.0) -> np.ndarray:
     """``grey - weight * laplacian(grey)``: one step of the inverse heat equation.
 
     The Laplacian is the six-neighbour one (:func:`scipy.ndimage.laplace`), the array's border repeated
     (``mode="nearest"``): on a crop, values one voxel in from a cut face are exact only where the crop
-    was read with a voxel of context (:func:`detachment.particles.particle_table_from_files` does).
+    was read with a voxel of context (:func:`detachment.particles.particle_table_from_files` does). Under a
+    point spread ``z_factor`` times as wide along z, the second difference along z is weighed by
+    ``z_factor²`` (a Gaussian of σ along z is the heat equation run ``z_factor²`` times as long there), at
+    most to :data:`MAX_SHARPEN_SIGMA`'s weight.
 
     Parameters
     ----------
@@ -368,6 +371,8 @@ def sharpen(grey: np.ndarray, weight: float) -> np.ndarray:
         (z, y, x) grey levels.
     weight : float
         Voxels² (:func:`sharpening_weight`); 0 returns ``grey`` as float64.
+    z_factor : float, default 1
+        σ along z over σ within the slices (:func:`map_z_factor`).
 
     Returns
     -------
@@ -375,7 +380,21 @@ def sharpen(grey: np.ndarray, weight: float) -> np.ndarray:
         (z, y, x) float64 sharpened grey levels.
     """
     grey = np.asarray(grey, np.float64)
-    return grey - weight * ndimage.laplace(grey, mode="nearest") if weight > 0 else grey
+    if not weight > 0:
+        return grey
+    if z_factor == 1:
+        return grey - weight * ndimage.laplace(grey, mode="nearest")
+    step = np.array([1.0, -2.0, 1.0])
+    weights = (min(weight * z_factor ** 2, MAX_SHARPEN_SIGMA ** 2 / 2), weight, weight)
+    return grey - sum(w * ndimage.correlate1d(grey, step, axis=ax, mode="nearest") for ax, w in enumerate(weights))
+
+
+def map_z_factor(attrs) -> float:
+    """The point spread's σ along z over σ within the slices that a phase map was refined with (its attribute
+    ``psf_refine_z_factor``, :func:`detachment.threshold.threshold_volume`); 1 where the map has none or it is
+    not a number > 0 (an unrefined map, or one written before the attribute)."""
+    value = float(attrs.get("psf_refine_z_factor", 1.0))
+    return value if np.isfinite(value) and value > 0 else 1.0
 
 
 def face_neighbour_pairs(envelope: np.ndarray, others: np.ndarray, phases: np.ndarray, intensity: np.ndarray

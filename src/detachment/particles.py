@@ -415,21 +415,24 @@ def _envelope_crops(dl, dp, dv, links: pd.DataFrame, shape, pad: int, refine: bo
     when neither applies."""
     from tqdm import tqdm
 
+    from .contact_level import map_z_factor
     from .contact_level import sharpen as sharpened
 
+    z_factor = map_z_factor(dp.attrs)  # the point spread's anisotropy the map was refined with
     for row in tqdm(list(links.itertuples()), desc=desc, unit="particle", disable=not progress):
         sl, lab, ph = _crop_labels(dl, dp, row, shape, pad, partition if refine else "masks", sampling)
         others = (lab > 0) & (lab != row.label)
         env = refine_envelope(lab == row.label, others, ph) if refine else lab == row.label
-        grey, read = _grey_crops(dv, sl, shape, sharpen)
+        grey, read = _grey_crops(dv, sl, shape, sharpen, z_factor)
         if spill_sigma > 0 and background is not None:
             owners = np.where(env, 1, np.where(others, 2, 0)).astype(np.uint32)
-            read = read - sharpened(particle_spill(owners, ph, grey, spill_sigma, background), sharpen)
+            spill = particle_spill(owners, ph, grey, spill_sigma, background, z_factor)
+            read = read - sharpened(spill, sharpen, z_factor)
         yield row, [s.start for s in sl], env, others, ph, grey, read
 
 
 def particle_spill(labels: np.ndarray, phases: np.ndarray, grey: np.ndarray, sigma: float,
-                   background: float) -> np.ndarray:
+                   background: float, z_factor: float = 1.0) -> np.ndarray:
     """Grey level the particles' solid puts into every voxel through a Gaussian point-spread function.
 
     ``G_σ * Σ_i (solid_i - background) · [labels == i]``, with ``solid_i`` the particle's interior grey
@@ -448,9 +451,11 @@ def particle_spill(labels: np.ndarray, phases: np.ndarray, grey: np.ndarray, sig
     grey : numpy.ndarray
         (z, y, x) grey levels.
     sigma : float
-        Point-spread σ, voxels (isotropic).
+        Point-spread σ within the slices, voxels.
     background : float
         Grey level the spill is counted from (the void/CBD midpoint: it leaves both on their own side).
+    z_factor : float, default 1
+        σ along z over ``sigma``.
 
     Returns
     -------
@@ -472,13 +477,14 @@ def particle_spill(labels: np.ndarray, phases: np.ndarray, grey: np.ndarray, sig
         if box is not None:
             mine = labels[box] == i
             excess[box][mine] = solids.get(i, fallback) - background
-    return ndimage.gaussian_filter(excess, sigma, mode="nearest")
+    return ndimage.gaussian_filter(excess, sigma if z_factor == 1 else (sigma * z_factor, sigma, sigma),
+                                   mode="nearest")
 
 
-def _grey_crops(dv, sl, shape, weight: float) -> tuple[np.ndarray, np.ndarray]:
+def _grey_crops(dv, sl, shape, weight: float, z_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """The crop ``sl`` of the dataset ``dv`` (float32) and its :func:`detachment.contact_level.sharpen` with
-    ``weight`` (the crop itself for 0), read once with one voxel of context where the volume has it, so
-    every voxel of the crop has the value a sharpening of the whole volume gives it."""
+    ``weight`` and ``z_factor`` (the crop itself for weight 0), read once with one voxel of context where the
+    volume has it, so every voxel of the crop has the value a sharpening of the whole volume gives it."""
     from .contact_level import sharpen
 
     if weight <= 0:
@@ -487,7 +493,7 @@ def _grey_crops(dv, sl, shape, weight: float) -> tuple[np.ndarray, np.ndarray]:
     wide = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(sl, shape))
     inner = tuple(slice(s.start - w.start, s.stop - w.start) for s, w in zip(sl, wide))
     block = dv[wide].astype(np.float32)
-    return block[inner], sharpen(block, weight)[inner]
+    return block[inner], sharpen(block, weight, z_factor)[inner]
 
 
 def contact_level_from_files(labels_path, phases_path, volume_path, links: pd.DataFrame, pad: int = CONTEXT_PAD_VOX,

@@ -38,6 +38,9 @@ BLUR_Z_RATIO_MIN = 0.93
 #: The same bounds for the ratio over every edge, read where too few edges are crossed nearly square
 #: (:data:`detachment.z_blur.EVERY`): chosen on the tuning cells the same way for that reading (docs/results.md).
 BLUR_Z_EVERY_BOUND, BLUR_Z_EVERY_MIN = 1.12, 0.93
+#: Largest ``blur_z_sigma_vox``, the forward model's σ along z where it fitted or was given one apart from the
+#: slices' (``threshold.psf_refine_z_factor``): chosen on the tuning cells (docs/results.md).
+BLUR_Z_SIGMA_BOUND = 1.2
 #: ``blur_z_ratio``'s (least, largest) per reading of :class:`detachment.z_blur.ZBlur`.
 BLUR_Z_BOUNDS = {SQUARE: (BLUR_Z_RATIO_MIN, BLUR_Z_RATIO_BOUND), EVERY: (BLUR_Z_EVERY_MIN, BLUR_Z_EVERY_BOUND)}
 #: Lower bounds of the checks (physical, not fitted; the z ratio's chosen on tuning cells):
@@ -79,6 +82,9 @@ MAX_BOUNDS = {
                      "those are too few, under its own bounds; detachment.z_blur): the blur check and the forward "
                      "model read the point spread within the slices and take it as isotropic; a coarser z blurs "
                      "the contacts under and over the particles unseen. The bound: docs/results.md"),
+    "blur_z_sigma_vox": (BLUR_Z_SIGMA_BOUND, "the point spread along z is narrow enough to read the contacts under "
+                         "and over the particles (σ along z of the forward model, which fits it apart from the σ "
+                         "within the slices: threshold.psf_refine_z_factor; voxels). The bound: docs/results.md"),
 }
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
@@ -144,7 +150,7 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
 def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_sigma_vox: float | None = None,
                     tilted_collector_top: int | None = None, shading_ratio: float | None = None,
                     edge_undershoot: float | None = None, blur_z_ratio: float | None = None,
-                    blur_z_reading: str = SQUARE) -> pd.DataFrame:
+                    blur_z_reading: str = SQUARE, blur_z_sigma_vox: float | None = None) -> pd.DataFrame:
     """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur.
 
     The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice, or
@@ -177,6 +183,10 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         it, or NaN, left out.
     blur_z_reading : str, default "square"
         Which edges it was read on (:attr:`detachment.z_blur.ZBlur.reading`): its bounds, :data:`BLUR_Z_BOUNDS`.
+    blur_z_sigma_vox : float, optional
+        The forward model's σ along z where it was not taken as the slices' (a z factor fitted or set other
+        than 1); given (and finite), it is checked in place of ``blur_z_ratio``, which bounds a z blur that
+        the model would not follow.
 
     Returns
     -------
@@ -189,11 +199,12 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         values.update(_model_checks(fwhm, max(float(counts.per_slice.sum()), 1.0)))
     rows = [_row(k, v, "min") for k, v in values.items()]
     z_min, z_max = BLUR_Z_BOUNDS[blur_z_reading]
+    z_checks = ((("blur_z_sigma_vox", blur_z_sigma_vox, "max", None),)
+                if blur_z_sigma_vox is not None and np.isfinite(blur_z_sigma_vox) else
+                (("blur_z_ratio", blur_z_ratio, "max", z_max), ("blur_z_ratio_min", blur_z_ratio, "min", z_min)))
     for name, value, kind, bound in (("blur_sigma_vox", blur_sigma_vox, "max", None),
                                      ("shading_ratio", shading_ratio, "max", None),
-                                     ("edge_undershoot", edge_undershoot, "max", None),
-                                     ("blur_z_ratio", blur_z_ratio, "max", z_max),
-                                     ("blur_z_ratio_min", blur_z_ratio, "min", z_min)):
+                                     ("edge_undershoot", edge_undershoot, "max", None), *z_checks):
         if value is not None and np.isfinite(value):
             rows.append(_row(name, float(value), kind, bound))
     return pd.DataFrame(rows)
@@ -277,7 +288,8 @@ def enforce(table: pd.DataFrame, sample: str, on_implausible: str = "stop", figu
 def _advice(failed: set, figure: str) -> list[str]:
     """What to do about each failed check of :func:`check_phase_map` (``figure``: where the user can look)."""
     advice = []
-    if failed - {"blur_sigma_vox", "shading_ratio", "edge_undershoot", "blur_z_ratio", "blur_z_ratio_min"}:
+    if failed - {"blur_sigma_vox", "shading_ratio", "edge_undershoot", "blur_z_ratio", "blur_z_ratio_min",
+                  "blur_z_sigma_vox"}:
         advice.append(f"The histogram probably resolves fewer peaks than phases and the classes are shifted (e.g. "
                       f"CBD read as Al, the collector as NMC), or the volume holds no collector at z = 0. Look at "
                       f"{figure}; check the volume's orientation (the collector must be at z = 0 after import: the "
@@ -307,6 +319,11 @@ def _advice(failed: set, figure: str) -> list[str]:
                       "over the particles would be read under the wrong blur. Reconstruct or resample to an "
                       "isotropic resolution (or correct the drift), or, where z is the coarser axis by design, "
                       "blur the slices to match it before import.")
+    if "blur_z_sigma_vox" in failed:
+        advice.append("The reconstruction is blurred along z wider than gaps and coats under and over the particles "
+                      "can be told apart in (a vertical drift during the scan, slices interpolated or binned); no "
+                      "threshold setting changes that. Reconstruct or resample to a finer z resolution, or correct "
+                      "the drift.")
     if "blur_z_ratio_min" in failed:
         advice.append("The reconstruction is sharper along z than within its slices (slices blurred or binned in "
                       "plane, a volume resampled from a coarser in-plane grid); the forward model takes the point "

@@ -61,6 +61,12 @@ from .phases import AL, NMC_HIGH, NMC_LOW, PHASE_NAMES
 #: Range of :func:`fit_sigma`, as multiples of the σ it starts from (the edge profiles'): that σ reads
 #: oblique surfaces and wide blurs too wide, sharp voxel-grid edges too narrow.
 FIT_RANGE = (0.5, 1.6)
+#: Range of :func:`fit_spread`'s σ along z, as multiples of the σ within the slices it starts from: a
+#: point spread from half as wide to twice as wide along z (a scan's drift, slices binned or interpolated)
+#: lies well inside it.
+Z_FIT_RANGE = (0.4, 2.5)
+#: σ (voxels) at or below which :func:`psf_kernel` is nearly a delta: its neighbours' weight is below 0.4 %.
+SHARP_SIGMA = 0.3
 #: Most (slices, rows, columns) :func:`fit_sigma` refines at each σ it tries (:func:`fit_block`).
 FIT_BLOCK = (48, 192, 192)
 #: Tolerance of :func:`fit_sigma`'s σ, voxels.
@@ -96,13 +102,20 @@ class RefineSettings:
     texture_sigma : float
         σ (voxels) of the Gaussian over which NMC's local level is read (:func:`texture_offsets`); 0: one
         level per NMC code.
+    z_factor : float
+        The point spread's σ along z over its σ within the slices (the σ :func:`refine_codes` is given);
+        1: isotropic.
     """
 
     beta: float = 3.0
     sweeps: int = 4
     texture_sigma: float = 0.0
+    z_factor: float = 1.0
 
     def __post_init__(self):
+        if not np.isfinite(self.z_factor) or self.z_factor <= 0:
+            raise ValueError(f"threshold.psf_refine_z_factor: {self.z_factor!r} must be a number > 0")
+        self.z_factor = float(self.z_factor)
         if not np.isfinite(self.texture_sigma) or self.texture_sigma < 0:
             raise ValueError(f"threshold.psf_refine_texture_vox: {self.texture_sigma!r} must be a number >= 0")
         self.texture_sigma = float(self.texture_sigma)
@@ -127,21 +140,31 @@ def psf_kernel(sigma: float) -> np.ndarray:
     return k / k.sum()
 
 
-def border_width(sigma: float) -> int:
-    """Mirrored voxels around a refined block: the reach of ``G``."""
-    return data_radius(sigma)
+def psf_kernels(sigma: float, z_factor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The 1D kernels of ``G`` along z and within the slices (y and x): :func:`psf_kernel` of
+    ``z_factor · σ`` and of ``σ``, the shorter padded with zeros to the length of the longer
+    (:func:`border_width`), so that one reach serves every axis; ``G`` in 3D is ``kz ⊗ k ⊗ k``."""
+    kz, k = psf_kernel(float(sigma) * float(z_factor)), psf_kernel(sigma)
+    n = max(kz.size, k.size)
+    return tuple(np.pad(a, (n - a.size) // 2) for a in (kz, k))
 
 
-def refine_halo(sigma: float, texture_sigma: float = 0.0) -> int:
+def border_width(sigma: float, z_factor: float = 1.0) -> int:
+    """Mirrored voxels around a refined block: the reach of ``G`` (the longer of its two kernels)."""
+    return max(data_radius(sigma), data_radius(float(sigma) * float(z_factor)))
+
+
+def refine_halo(sigma: float, texture_sigma: float = 0.0, z_factor: float = 1.0) -> int:
     """Slices read on either side of a streamed slab for :func:`refine_codes`.
 
-    A voxel's move depends on the residuals one kernel reach away, and those on the codes one reach
-    further: ``2 · data_radius(σ) + 2``, and with NMC's texture read (``texture_sigma`` > 0) the reach of
-    :func:`texture_offsets` more. Moves further out shift it a little through the moves between,
-    so this halo makes the streamed result equal to the whole volume's on all but a few voxels (the test
-    measures it), not bit for bit.
+    A voxel's move depends on the residuals one kernel reach away along z, and those on the codes one
+    reach further: ``2 · data_radius(z_factor · σ) + 2``, and with NMC's texture read (``texture_sigma`` >
+    0) the reach of :func:`texture_offsets` more. Moves further out shift it a little through the moves
+    between, so this halo makes the streamed result equal to the whole volume's on all but a few voxels
+    (the test measures it), not bit for bit.
     """
-    return 2 * data_radius(sigma) + 2 + (data_radius(texture_sigma) if texture_sigma > 0 else 0)
+    reach = data_radius(float(sigma) * float(z_factor))
+    return 2 * reach + 2 + (data_radius(texture_sigma) if texture_sigma > 0 else 0)
 
 
 def deep_depth(sigma: float) -> int:
@@ -196,12 +219,18 @@ def deep_levels(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], s
     return out
 
 
-def blurred_levels(mu: np.ndarray, sigma: float) -> np.ndarray:
-    """``G μ`` in float64 over the (z, y, x) levels ``mu``, zero beyond its faces (pad it first)."""
-    out, k = np.asarray(mu, np.float64), psf_kernel(sigma)
-    for ax in range(out.ndim):
+def blurred_levels(mu: np.ndarray, sigma: float, z_factor: float = 1.0) -> np.ndarray:
+    """``G μ`` in float64 over the (z, y, x) levels ``mu``, zero beyond its faces (pad it first); ``G``'s σ
+    is ``z_factor · sigma`` along z."""
+    out = np.asarray(mu, np.float64)
+    for ax, k in enumerate(_axis_kernels(*psf_kernels(sigma, z_factor))):
         out = ndimage.correlate1d(out, k, axis=ax, mode="constant")
     return out
+
+
+def _axis_kernels(kz: np.ndarray, k: np.ndarray, dtype=np.float64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (z, y, x) kernels of :func:`psf_kernels`' pair, as ``dtype``."""
+    return kz.astype(dtype), k.astype(dtype), k.astype(dtype)
 
 
 def mirrored(a: np.ndarray, pad: int, border: np.ndarray | None = None) -> np.ndarray:
@@ -213,13 +242,14 @@ def mirrored(a: np.ndarray, pad: int, border: np.ndarray | None = None) -> np.nd
 
 
 def energy(codes: np.ndarray, grey: np.ndarray, levels: np.ndarray, sigma: float, noise_sd,
-           beta: float, border: np.ndarray | None = None) -> float:
+           beta: float, border: np.ndarray | None = None, z_factor: float = 1.0) -> float:
     """``E`` of the module docstring as :func:`refine_codes` lowers it, float64 (each residual over its own
     phase's variance, so dimensionless): over the (z, y, x) ``codes`` with :func:`border_width` voxels mirrored beyond the faces
     from ``border`` (the map it started from; default ``codes``), ``levels`` the grey level per code (256),
-    ``noise_sd`` as :func:`refine_codes` takes it (or one per code, (256,))."""
-    pad = border_width(sigma)
-    model = blurred_levels(levels[mirrored(codes, pad, border)], sigma)
+    ``noise_sd`` as :func:`refine_codes` takes it (or one per code, (256,)); ``G``'s σ is ``z_factor · sigma``
+    along z."""
+    pad = border_width(sigma, z_factor)
+    model = blurred_levels(levels[mirrored(codes, pad, border)], sigma, z_factor)
     nz, ny, nx = codes.shape
     r = np.asarray(grey, np.float64) - model[pad: pad + nz, pad: pad + ny, pad: pad + nx]
     var = _variance_table(noise_sd)
@@ -285,14 +315,15 @@ def _has_candidate(nb, a, known, al_ok, al):
 
 
 @njit(cache=True, nogil=True)
-def _weighed(q, k, z, y, x, lo, hi):
+def _weighed(q, kz, k, z, y, x, lo, hi):
     """``A`` of the module docstring at (z, y, x): ``Σ_u G(u - v) q_u`` with ``q = r / s²`` over the voxels
-    within the kernel's reach inside ``lo``-``hi`` (per axis, inclusive-exclusive)."""
+    within the kernel's reach inside ``lo``-``hi`` (per axis, inclusive-exclusive); ``G = kz ⊗ k ⊗ k``
+    (:func:`psf_kernels`)."""
     rad = (k.size - 1) // 2
     A = 0.0
     x0, x1 = max(-rad, lo[2] - x), min(rad, hi[2] - 1 - x) + 1
     for dz in range(max(-rad, lo[0] - z), min(rad, hi[0] - 1 - z) + 1):
-        wz = k[dz + rad]
+        wz = kz[dz + rad]
         for dy in range(max(-rad, lo[1] - y), min(rad, hi[1] - 1 - y) + 1):
             row = 0.0
             for dx in range(x0, x1):
@@ -302,7 +333,7 @@ def _weighed(q, k, z, y, x, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def _moved(r, q, b_sum, inv_w, dirty, d, inv_old, inv_new, k, z, y, x, lo, hi):
+def _moved(r, q, b_sum, inv_w, dirty, d, inv_old, inv_new, kz, k, z, y, x, lo, hi):
     """After the voxel ``v = (z, y, x)`` changed level by ``d`` and inverse variance from ``inv_old`` to
     ``inv_new``: ``r -= d G(· - v)``, ``q = r / s²`` and ``B`` (``b_sum``) brought up to date inside
     ``lo``-``hi``, and the blocks of :data:`DIRTY_BLOCK` voxels within twice the kernel's reach marked
@@ -311,7 +342,7 @@ def _moved(r, q, b_sum, inv_w, dirty, d, inv_old, inv_new, k, z, y, x, lo, hi):
     inv_w[z, y, x] = inv_new
     dinv = inv_new - inv_old
     for dz in range(max(-rad, lo[0] - z), min(rad, hi[0] - 1 - z) + 1):
-        wz = k[dz + rad]
+        wz = kz[dz + rad]
         for dy in range(max(-rad, lo[1] - y), min(rad, hi[1] - 1 - y) + 1):
             wzy = wz * k[dy + rad]
             for dx in range(max(-rad, lo[2] - x), min(rad, hi[2] - 1 - x) + 1):
@@ -327,7 +358,7 @@ def _moved(r, q, b_sum, inv_w, dirty, d, inv_old, inv_new, k, z, y, x, lo, hi):
 
 
 @njit(cache=True, nogil=True)
-def _sweeps(codes, r, q, b_sum, inv_w, levels, tex, inv_var, log_var, known, k, beta, sweeps, al_top, low, high,
+def _sweeps(codes, r, q, b_sum, inv_w, levels, tex, inv_var, log_var, known, kz, k, beta, sweeps, al_top, low, high,
             al, pad):
     """Iterated conditional modes in raster order (the module docstring) over ``codes`` less ``pad``
     voxels on every side (a mirrored border, never moved, no one's neighbour, no residual), at most
@@ -337,7 +368,7 @@ def _sweeps(codes, r, q, b_sum, inv_w, levels, tex, inv_var, log_var, known, k, 
     lo = np.array([pad, pad, pad])
     hi = np.array([mz - pad, my - pad, mx - pad])
     nz, ny, nx = hi[0], hi[1], hi[2]
-    g0 = k[(k.size - 1) // 2] ** 3
+    g0 = kz[(k.size - 1) // 2] * k[(k.size - 1) // 2] ** 2
     nb = np.empty(6, np.int64)
     b = DIRTY_BLOCK
     shape_b = ((mz + b - 1) // b, (my + b - 1) // b, (mx + b - 1) // b)
@@ -362,7 +393,7 @@ def _sweeps(codes, r, q, b_sum, inv_w, levels, tex, inv_var, log_var, known, k, 
                     al_ok = z - pad < al_top[y - pad, x - pad]
                     if not _has_candidate(nb, a, known, al_ok, al):
                         continue
-                    A = _weighed(q, k, z, y, x, lo, hi)
+                    A = _weighed(q, kz, k, z, y, x, lo, hi)
                     t_v = tex[z, y, x]
                     best = _best_code(nb, a, A, b_sum[z, y, x], r[z, y, x], g0, levels, t_v, inv_var, log_var,
                                       known, beta, al_ok, low, high, al)
@@ -371,7 +402,7 @@ def _sweeps(codes, r, q, b_sum, inv_w, levels, tex, inv_var, log_var, known, k, 
                         d = levels[best] - levels[a]
                         if (best == low or best == high) != (a == low or a == high):
                             d += t_v if (best == low or best == high) else -t_v
-                        _moved(r, q, b_sum, inv_w, later, d, inv_var[a], inv_var[best], k, z, y, x, lo, hi)
+                        _moved(r, q, b_sum, inv_w, later, d, inv_var[a], inv_var[best], kz, k, z, y, x, lo, hi)
                         moved += 1
         total += moved
         if moved == 0:
@@ -451,22 +482,22 @@ def refine_codes(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
         return out, 0
     lv, known = _level_table(levels)
     var = _variance_table(noise_sd)
-    k = psf_kernel(sigma)
+    kz, k = psf_kernels(sigma, settings.z_factor)
     # codes mirrored beyond the faces as far as G reaches: near the volume's faces G μ then sees what
     # scipy's "reflect" sees, and no face pulls its voxels toward brighter levels
-    pad = border_width(sigma)
+    pad = border_width(sigma, settings.z_factor)
     work = mirrored(out, pad)
     nz, ny, nx = out.shape
     # float32 and one temporary at a time: a streamed slab holds about five float32 copies at most
-    r = padded_residual(work, grey, lv, k, pad)
+    r = padded_residual(work, grey, lv, k, pad, kz)
     top = out.shape[0] + int(z_first) if al_below is None else al_below
     al_top = np.ascontiguousarray(np.broadcast_to(np.maximum(np.asarray(top, np.int64) - int(z_first), 0),
                                                   out.shape[1:]))
     tex = np.zeros(work.shape, np.float32)
     if settings.texture_sigma > 0:
-        tex = _texture_removed(work, r, k, pad, settings.texture_sigma)
-    q, b_sum, inv_w = _weights(work, r, 1.0 / var, k, pad)
-    _sweeps(work, r, q, b_sum, inv_w, lv, tex, 1.0 / var, np.log(var / var.min()), known, k, float(settings.beta),
+        tex = _texture_removed(work, r, k, pad, settings.texture_sigma, kz)
+    q, b_sum, inv_w = _weights(work, r, 1.0 / var, k, pad, kz)
+    _sweeps(work, r, q, b_sum, inv_w, lv, tex, 1.0 / var, np.log(var / var.min()), known, kz, k, float(settings.beta),
             settings.sweeps, al_top, NMC_LOW, NMC_HIGH, AL, pad)
     out = work[pad: pad + nz, pad: pad + ny, pad: pad + nx].copy()
     return out, int((out != codes).sum())
@@ -514,13 +545,14 @@ def _inner(shape, pad: int) -> tuple[slice, slice, slice]:
     return tuple(slice(pad, n - pad) for n in shape)
 
 
-def _texture_removed(work: np.ndarray, r: np.ndarray, k: np.ndarray, pad: int, texture_sigma: float) -> np.ndarray:
+def _texture_removed(work: np.ndarray, r: np.ndarray, k: np.ndarray, pad: int, texture_sigma: float,
+                     kz: np.ndarray | None = None) -> np.ndarray:
     """:func:`texture_offsets` of ``work`` and ``r``, with ``r`` brought to the textured levels in place
-    (less ``G`` of the offsets on the voxels coded NMC)."""
+    (less ``G`` of the offsets on the voxels coded NMC; ``kz`` along z, default ``k``)."""
     tex = texture_offsets(work, r, texture_sigma, pad)
     g = tex * ((work == NMC_LOW) | (work == NMC_HIGH))
-    for ax in range(3):
-        g = ndimage.correlate1d(g, k.astype(np.float32), axis=ax, mode="constant", output=np.float32)
+    for ax, kk in enumerate(_axis_kernels(k if kz is None else kz, k, np.float32)):
+        g = ndimage.correlate1d(g, kk, axis=ax, mode="constant", output=np.float32)
     inner = _inner(work.shape, pad)
     r[inner] -= g[inner]
     return tex
@@ -545,7 +577,7 @@ def _robust_sd(values: np.ndarray) -> float:
 
 
 def fit_texture_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma: float,
-                      grid: tuple[float, ...] = TEXTURE_GRID, or_none: bool = True
+                      grid: tuple[float, ...] = TEXTURE_GRID, or_none: bool = True, z_factor: float = 1.0
                       ) -> tuple[float, dict[str, float], dict[str, float]]:
     """The texture σ of :func:`texture_offsets` that leaves NMC's residuals least spread, that spread, and
     the spread with one level per code.
@@ -557,15 +589,15 @@ def fit_texture_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, flo
     neighbours', so white texture (nothing to predict) keeps 0, and a smooth one takes the σ that
     predicts it best (``or_none`` False: the best of ``grid`` even where none lowers the spread). Returns
     (0, {}, {}) where the block has too few NMC voxels or ``sigma`` is not > 0; the spreads are each NMC
-    code's (phase name to grey level; the same where the σ is 0).
+    code's (phase name to grey level; the same where the σ is 0). ``G``'s σ is ``z_factor · sigma`` along z.
     """
     if not (np.isfinite(sigma) and sigma > 0):
         return 0.0, {}, {}
     lv, _ = _level_table(levels)
-    k = psf_kernel(sigma)
-    pad = border_width(sigma)
+    kz, k = psf_kernels(sigma, z_factor)
+    pad = border_width(sigma, z_factor)
     work = mirrored(np.asarray(codes, np.uint8), pad)
-    r0 = padded_residual(work, grey, lv, k, pad)
+    r0 = padded_residual(work, grey, lv, k, pad, kz)
     n = {PHASE_NAMES[c]: int((codes == c).sum()) for c in (NMC_LOW, NMC_HIGH)}
 
     def pooled(sd: dict[str, float]) -> float:
@@ -583,13 +615,14 @@ def fit_texture_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, flo
     return best, tried[best], none
 
 
-def padded_residual(work: np.ndarray, grey: np.ndarray, lv: np.ndarray, k: np.ndarray, pad: int) -> np.ndarray:
+def padded_residual(work: np.ndarray, grey: np.ndarray, lv: np.ndarray, k: np.ndarray, pad: int,
+                    kz: np.ndarray | None = None) -> np.ndarray:
     """``r = g - G μ`` (float32) over the map ``work`` padded by ``pad`` voxels on every side (:func:`mirrored`),
-    ``lv`` the grey level per code (256,), ``k`` the 1D kernel (:func:`psf_kernel`) and ``grey`` the volume's
-    own voxels; zero on the border."""
+    ``lv`` the grey level per code (256,), ``k`` the 1D kernel within the slices and ``kz`` along z (default
+    ``k``; :func:`psf_kernels`) and ``grey`` the volume's own voxels; zero on the border."""
     r = lv.astype(np.float32)[work]
-    for ax in range(3):
-        r = ndimage.correlate1d(r, k.astype(np.float32), axis=ax, mode="constant", output=np.float32)
+    for ax, kk in enumerate(_axis_kernels(k if kz is None else kz, k, np.float32)):
+        r = ndimage.correlate1d(r, kk, axis=ax, mode="constant", output=np.float32)
     nz, ny, nx = (n - 2 * pad for n in work.shape)
     inside = r[pad: pad + nz, pad: pad + ny, pad: pad + nx]
     np.subtract(np.asarray(grey, np.float32), inside, out=inside)
@@ -597,15 +630,15 @@ def padded_residual(work: np.ndarray, grey: np.ndarray, lv: np.ndarray, k: np.nd
     return r
 
 
-def _weights(work: np.ndarray, r: np.ndarray, inv_var: np.ndarray, k: np.ndarray, pad: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _weights(work: np.ndarray, r: np.ndarray, inv_var: np.ndarray, k: np.ndarray, pad: int,
+             kz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``q = r / s²``, ``B = Σ_u G(u - v)² / s²_u`` and ``1 / s²`` per voxel of the padded map ``work`` (float32),
-    zero on its ``pad`` border (no residual there)."""
+    zero on its ``pad`` border (no residual there); ``G = kz ⊗ k ⊗ k`` (``kz`` default ``k``)."""
     inside = _inner(work.shape, pad)
     inv_w = np.zeros(work.shape, np.float32)
     inv_w[inside] = inv_var[work[inside]]
-    b_sum, k2 = inv_w, (k * k).astype(np.float32)
-    for ax in range(3):
+    b_sum, kz = inv_w, k if kz is None else kz
+    for ax, k2 in enumerate(_axis_kernels(kz * kz, k * k, np.float32)):
         b_sum = ndimage.correlate1d(b_sum, k2, axis=ax, mode="constant", output=np.float32)
     return r * inv_w, b_sum, inv_w
 
@@ -635,7 +668,7 @@ def fitted_energy(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float],
     """
     settings = dataclasses.replace(settings, texture_sigma=0.0)
     q, _ = refine_codes(codes, grey, levels, sigma, noise_sd, settings, al_below, z_first)
-    e = energy(q, grey, _level_table(levels)[0], sigma, noise_sd, settings.beta)
+    e = energy(q, grey, _level_table(levels)[0], sigma, noise_sd, settings.beta, z_factor=settings.z_factor)
     return e / q.size, q
 
 
@@ -656,6 +689,59 @@ def fit_sigma(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sig
         lambda sig: fitted_energy(codes, grey, levels, sig, noise_sd, settings, al_below, z_first)[0],
         bounds=(lo, hi), method="bounded", options={"xatol": FIT_TOLERANCE})
     return float(res.x)
+
+
+def fit_spread(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], sigma_start: float,
+               noise_sd: float | dict[str, float], settings: RefineSettings,
+               al_below: int | np.ndarray | None = None, z_first: int = 0, sigma: float | None = None
+               ) -> tuple[float, float]:
+    """The point spread's σ within the slices and its z factor (σ along z over it) whose refined labelling
+    leaves the least ``E`` per voxel (:func:`fitted_energy`).
+
+    Coordinate descent on (σ, σ along z), each a bounded Brent search to :data:`FIT_TOLERANCE` voxels: σ
+    isotropic (:func:`fit_sigma`, started from ``sigma_start``), σ along z at that σ (over
+    :data:`Z_FIT_RANGE` times it), σ again (over :data:`FIT_RANGE` times ``sigma_start``) at that σ along
+    z, and σ along z again. The two axes are nearly independent there (steps along z against steps
+    within the slices), so one round comes close to the joint minimum. Given ``sigma`` (a σ set in the
+    config), only σ along z is fitted, at that σ. Arguments otherwise as :func:`fit_sigma`; an invalid
+    start returns (``sigma_start``, 1).
+    """
+    if sigma is None and not (np.isfinite(sigma_start) and sigma_start > 0 and _valid_noise(noise_sd)):
+        return float(sigma_start), 1.0
+    if sigma is not None and not (np.isfinite(sigma) and sigma > 0 and _valid_noise(noise_sd)):
+        return float(sigma), 1.0
+
+    def e(sig: float, sig_z: float) -> float:
+        s = dataclasses.replace(settings, z_factor=sig_z / sig)
+        return fitted_energy(codes, grey, levels, sig, noise_sd, s, al_below, z_first)[0]
+
+    fixed = sigma is not None
+    if not fixed:
+        sigma = fit_sigma(codes, grey, levels, sigma_start, noise_sd, dataclasses.replace(settings, z_factor=1.0),
+                          al_below, z_first)
+    sig_z = _bounded_min(lambda v: e(sigma, v), Z_FIT_RANGE[0] * sigma, Z_FIT_RANGE[1] * sigma)
+    if not fixed:
+        sigma = _bounded_min(lambda v: e(v, sig_z), FIT_RANGE[0] * sigma_start, FIT_RANGE[1] * sigma_start)
+        sig_z = _bounded_min(lambda v: e(sigma, v), Z_FIT_RANGE[0] * sigma, Z_FIT_RANGE[1] * sigma)
+    return float(sigma), float(sig_z / sigma)
+
+
+def _bounded_min(fun, lo: float, hi: float) -> float:
+    """The argument of ``fun``'s least value on [``lo``, ``hi``] (bounded Brent, :data:`FIT_TOLERANCE`)."""
+    return float(optimize.minimize_scalar(fun, bounds=(lo, hi), method="bounded",
+                                          options={"xatol": FIT_TOLERANCE}).x)
+
+
+def at_z_fit_bound(z_factor: float, sigma: float) -> bool:
+    """Whether :func:`fit_spread`'s z factor lies within twice its tolerance of an end of
+    :data:`Z_FIT_RANGE` (σ ``sigma`` within the slices), where the least energy may lie beyond it. Not at
+    the lower end where σ along z is :data:`SHARP_SIGMA` or less there: such a kernel is nearly a delta,
+    so every σ below it gives the same energy."""
+    if not (np.isfinite(z_factor) and np.isfinite(sigma) and sigma > 0):
+        return False
+    lo, hi = Z_FIT_RANGE
+    return (abs(z_factor - hi) * sigma <= 2 * FIT_TOLERANCE
+            or (abs(z_factor - lo) * sigma <= 2 * FIT_TOLERANCE and lo * sigma > SHARP_SIGMA))
 
 
 def at_fit_bound(sigma: float, sigma_start: float) -> bool:

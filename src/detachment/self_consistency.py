@@ -30,7 +30,13 @@ import pandas as pd
 from scipy import ndimage
 
 from . import io, map_checks, plausibility, shading
-from .contact_level import ContactLevel, edge_width_from_map, reading_settings, sharpening_weight
+from .contact_level import (
+    ContactLevel,
+    edge_width_from_map,
+    map_z_factor,
+    reading_settings,
+    sharpening_weight,
+)
 from .particles import contact_level_from_files, particle_table_from_files
 from .phases import FWHM_PER_SIGMA, PHASE_NAMES, fit_near_model
 from .texture import PhaseTexture, measure_textures, textured_noise
@@ -114,7 +120,8 @@ def map_sigma(phases_path, qc_path) -> float:
 
 
 def render_map(codes: np.ndarray, levels: np.ndarray, spreads: np.ndarray, sigma: float,
-               seed: int = RENDER_SEED, textures: dict[int, PhaseTexture] | None = None) -> np.ndarray:
+               seed: int = RENDER_SEED, textures: dict[int, PhaseTexture] | None = None,
+               z_factor: float = 1.0) -> np.ndarray:
     """A grey volume from a phase map under the forward model's assumptions.
 
     ``G_σ * levels[codes] + n`` with ``G_σ`` a Gaussian of ``sigma`` voxels (``scipy.ndimage.gaussian_filter``,
@@ -133,6 +140,8 @@ def render_map(codes: np.ndarray, levels: np.ndarray, spreads: np.ndarray, sigma
         Seed of the noise.
     textures : dict of int to detachment.texture.PhaseTexture, optional
         Each code's texture (:func:`detachment.texture.measure_textures`); absent codes are white.
+    z_factor : float, default 1
+        σ along z over ``sigma`` (the map's :func:`detachment.contact_level.map_z_factor`).
 
     Returns
     -------
@@ -152,7 +161,9 @@ def render_map(codes: np.ndarray, levels: np.ndarray, spreads: np.ndarray, sigma
         raise ValueError(f"no grey level or spread for the phases {missing} the map holds")
     mean = np.asarray(levels, np.float32)[codes]
     if sigma > 0:
-        mean = ndimage.gaussian_filter(mean, float(sigma), mode="nearest")
+        sigma = float(sigma)
+        mean = ndimage.gaussian_filter(mean, sigma if z_factor == 1 else (sigma * z_factor, sigma, sigma),
+                                       mode="nearest")
     return (mean + textured_noise(codes, spreads, textures, seed)).astype(np.float32)
 
 
@@ -270,7 +281,8 @@ def check_reading(codes_path, fwhm: pd.DataFrame, sigma: float, voxel_size_um, l
                   first: pd.DataFrame, level_path, settings: ThresholdSettings, science: dict, workers: int = 1,
                   exclude_border: bool = True, bound: float = MAX_SHIFT, workdir=None,
                   refine: bool = True, volume=None) -> SelfConsistency:
-    """Render the phase map at ``codes_path`` (:func:`render_map`, levels from ``fwhm``), read it again
+    """Render the phase map at ``codes_path`` (:func:`render_map`, levels from ``fwhm``, σ ``sigma`` within
+    the slices and the map's z factor along z), read it again
     (:func:`read_contacts`) as the first reading's ``contact_level.csv`` at ``level_path`` says (the same
     reading, level and partial-volume rule: what is checked is how that reading holds, not which one a volume
     made without partial volume would choose) and measure how far the particles moved from their first
@@ -281,8 +293,10 @@ def check_reading(codes_path, fwhm: pd.DataFrame, sigma: float, voxel_size_um, l
     white noise)."""
     levels, spreads = levels_and_spreads(fwhm)
     codes = io.read_dataset(codes_path, "phases")
+    with h5py.File(codes_path, "r") as f:
+        z_factor = map_z_factor(f["phases"].attrs)
     textures = None if volume is None else measure_textures(io.read_dataset(volume, "volume"), codes, spreads, sigma)
-    rendered = render_map(codes, levels, spreads, sigma, textures=textures)
+    rendered = render_map(codes, levels, spreads, sigma, textures=textures, z_factor=z_factor)
     del codes
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)

@@ -90,6 +90,11 @@ class ThresholdSettings:
         (:func:`detachment.psf_refine.texture_offsets`): ``"fit"`` the σ that leaves NMC's residuals least
         spread on the σ fit's block, or none where no σ lowers it
         (:func:`detachment.psf_refine.fit_texture_sigma`); 0 one level per NMC code.
+    psf_refine_z_factor : "fit" or float
+        That forward model's σ along z over its σ within the slices (the point spread's anisotropy,
+        :class:`detachment.psf_refine.RefineSettings`): ``"fit"`` the factor whose refined labelling leaves
+        the least energy on the σ fit's block (:func:`detachment.psf_refine.fit_spread`), a number that
+        factor (1: isotropic).
     flatten_shading : bool
         Where the electrolyte's grey level wanders across the volume beyond the phase check's bound
         (:func:`detachment.shading.threshold_flattened`), read the phases again on the volume less that
@@ -123,6 +128,7 @@ class ThresholdSettings:
     psf_refine_beta: float = 3.0
     psf_refine_sweeps: int = 4
     psf_refine_texture_vox: str | float = "fit"
+    psf_refine_z_factor: str | float = "fit"
     flatten_shading: bool = True
     nmc_domain_split: bool = True
     slab: int = 32
@@ -138,6 +144,7 @@ class ThresholdSettings:
                                  f"increasing grey levels, one between each two phases of {list(self.order)}")
         if self.denoise not in ("none", "gaussian", "median"):
             raise ValueError(f"threshold.denoise: {self.denoise!r} is not 'none', 'gaussian' or 'median'")
+        self.psf_refine_z_factor = _z_factor_setting(self.psf_refine_z_factor)
         psf_refine.RefineSettings(self.psf_refine_beta, self.psf_refine_sweeps)  # raises on bad values
         self.psf_refine_sigma = _refine_sigma_setting(self.psf_refine_sigma)
         self.psf_refine_texture_vox = _sigma_setting("psf_refine_texture_vox", self.psf_refine_texture_vox,
@@ -170,6 +177,21 @@ def _domain_sigma_setting(value) -> str | float:
 def _refine_sigma_setting(value) -> str | float:
     """``threshold.psf_refine_sigma`` checked: ``"fit"``, ``"edge"`` or a σ > 0 in voxels (a float)."""
     return _sigma_setting("psf_refine_sigma", value, ("fit", "edge"), 0.0, 20.0, zero_allowed=False)
+
+
+def _z_factor_setting(value) -> str | float:
+    """``threshold.psf_refine_z_factor`` checked: ``"fit"`` or a factor 0.1 <= f <= 10 (a float)."""
+    if isinstance(value, str) and value == "fit":
+        return value
+    if not isinstance(value, (str, bool)):
+        try:
+            factor = float(value)
+        except (TypeError, ValueError):
+            factor = float("nan")
+        if 0.1 <= factor <= 10:
+            return factor
+    raise ValueError(f"threshold.psf_refine_z_factor: {value!r} is not 'fit' or a factor from 0.1 to 10 (σ along "
+                     "z over σ within the slices; 1 for an isotropic point spread)")
 
 
 def _sigma_setting(field: str, value, words: tuple[str, ...], lo: float, hi: float, zero_allowed: bool
@@ -239,6 +261,9 @@ class ThresholdResult:
         The collector's top surface fitted column by column (:func:`collector_plane`); where it is tilted,
         Al is confined below it column by column instead of below a flat slab. None where Al was not
         confined to the collector.
+    refine_z_factor : float
+        The forward model's σ along z over ``refine_sigma_vox`` (``psf_refine_z_factor``); NaN where it did
+        not run.
     """
 
     model: phases.PhaseModel
@@ -257,6 +282,7 @@ class ThresholdResult:
     blur_sigma_se_vox: float = float("nan")
     edges: blur.EdgeProfiles | None = None
     collector_plane: collector_surface.CollectorPlane | None = None
+    refine_z_factor: float = float("nan")
 
     @property
     def collector_tilt_deg(self) -> float | None:
@@ -587,7 +613,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         _write_attrs(d, voxel, model, unresolved, nmc_split(model, split), s.domain_sigma_vox)
         psf, psf_se, width = measured_blur(tally.edges)  # the width along the grid is what the contact reading undoes
         d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined,
-                       psf_refine_sigma_vox=tally.refine_sigma, edge_width_vox=width,
+                       psf_refine_sigma_vox=tally.refine_sigma, psf_refine_z_factor=tally.refine_z_factor,
+                       edge_width_vox=width,
                        **(plane.attrs() if plane is not None else {}))
         if shading_field is not None:
             shading.write_field(f, *shading_field)
@@ -595,7 +622,8 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
                            tally.per_slice, unresolved, collector, psf, split, layer,
-                           tally.refine_sigma, s.domain_sigma_vox, width, psf_se, tally.edges, plane)
+                           tally.refine_sigma, s.domain_sigma_vox, width, psf_se, tally.edges, plane,
+                           tally.refine_z_factor)
 
 
 def _classify(volume_path, s: ThresholdSettings, shape, tmp, classifier: slab_phases.SlabClassifier,
@@ -716,6 +744,7 @@ class _SlabTally:
         self.shells: list[ShellCandidates] = []
         self.refined = "off"  # what the forward-model pass did (phases.h5 attribute ``psf_refine``)
         self.refine_sigma = float("nan")  # the σ it refined with, voxels
+        self.refine_z_factor = float("nan")  # and its σ along z over that σ
 
     def merge(self, z0: int, interior: np.ndarray, per_slice: np.ndarray, candidates, edges: blur.EdgeProfiles
               ) -> None:
@@ -753,17 +782,17 @@ def _classify_with_shells(volume_path, s: ThresholdSettings, shape, tmp, classif
         _spill_pass(volume_path, s, raw, writer, model, spill_sigma, tally, workers, progress, out=out)
         levels, noise = refine_levels(model, tally.interior, fine_edges)
         block = grey = None
-        if (s.psf_refine_sigma == "fit" or psf_refine.deep_depth(sigma) > 1
+        if (s.psf_refine_sigma == "fit" or s.psf_refine_z_factor == "fit" or psf_refine.deep_depth(sigma) > 1
                 or s.psf_refine_texture_vox != 0):  # all read the σ fit's block
             solid = tally.per_slice[:, [phases.CBD, phases.NMC_LOW, phases.NMC_HIGH]].sum(axis=1)
             block = psf_refine.fit_block(solid, out.shape)
             grey = _denoised_block(volume_path, s, block, out.shape)
             levels = _deep_levels(np.asarray(out[block]), grey, levels, sigma)
-        fitted, where = _refine_sigma(s, out, block, grey, levels, sigma, noise, classifier.collector_top)
-        texture, noise, texture_words = _refine_texture(s, out, block, grey, levels, fitted, noise)
+        fitted, z_factor, where = _refine_sigma(s, out, block, grey, levels, sigma, noise, classifier.collector_top)
+        texture, noise, texture_words = _refine_texture(s, out, block, grey, levels, fitted, noise, z_factor)
         _refine_pass(volume_path, s, out, writer, levels, fitted, noise, classifier.collector_top, tally, workers,
-                     progress, texture)
-        tally.refine_sigma = fitted
+                     progress, texture, z_factor)
+        tally.refine_sigma, tally.refine_z_factor = fitted, z_factor
         tally.refined = f"{tally.refined}; sigma {where}; NMC texture {texture_words}"
         return tally
     finally:
@@ -930,39 +959,59 @@ def _deep_levels(codes: np.ndarray, grey: np.ndarray, levels: dict[str, float], 
 
 def _refine_sigma(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice, slice, slice] | None,
                   grey: np.ndarray | None, levels: dict[str, float], edge_sigma: float, noise: dict[str, float],
-                  al_below: int | np.ndarray | None) -> tuple[float, str]:
-    """The forward model's σ (``s.psf_refine_sigma``) and where it came from, in words.
+                  al_below: int | np.ndarray | None) -> tuple[float, float, str]:
+    """The forward model's σ within the slices (``s.psf_refine_sigma``), its z factor
+    (``s.psf_refine_z_factor``) and where they came from, in words.
 
-    ``"fit"``: :func:`detachment.psf_refine.fit_sigma` on ``block`` of ``codes`` (the slices with the most CBD
-    and NMC, :func:`detachment.psf_refine.fit_block`) and its grey levels ``grey``, denoised as the
-    classification read them; started from ``edge_sigma``. ``block`` and ``grey`` are read only where the fit or
-    the deep levels use them (None otherwise).
+    ``"fit"``: :func:`detachment.psf_refine.fit_spread` (or :func:`detachment.psf_refine.fit_sigma` where the
+    z factor is set) on ``block`` of ``codes`` (the slices with the most CBD and NMC,
+    :func:`detachment.psf_refine.fit_block`) and its grey levels ``grey``, denoised as the classification read
+    them; started from ``edge_sigma``. ``block`` and ``grey`` are read only where a fit or the deep levels use
+    them (None otherwise).
     """
+    fit_z = s.psf_refine_z_factor == "fit"
+    z_factor = 1.0 if fit_z else float(s.psf_refine_z_factor)
     if s.psf_refine_sigma == "edge":
-        return edge_sigma, "measured on the edge profiles"
-    if s.psf_refine_sigma != "fit":
-        return float(s.psf_refine_sigma), "set in the config"
-    rs = psf_refine.RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps)
+        sigma, where = edge_sigma, "measured on the edge profiles"
+    elif s.psf_refine_sigma != "fit":
+        sigma, where = float(s.psf_refine_sigma), "set in the config"
+    else:
+        sigma, where = float("nan"), ""
+    if not fit_z and s.psf_refine_sigma != "fit":
+        return sigma, z_factor, where + f"; z factor {z_factor:g} set in the config"
+    rs = psf_refine.RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps, z_factor=z_factor)
     if np.ndim(al_below):
         al_below = al_below[block[1], block[2]]
-    sigma = psf_refine.fit_sigma(np.asarray(codes[block]), grey, levels, edge_sigma, noise, rs, al_below,
-                                 block[0].start)
+    args = (np.asarray(codes[block]), grey, levels, edge_sigma, noise, rs, al_below, block[0].start)
+    if fit_z:
+        sigma, z_factor = psf_refine.fit_spread(*args, sigma=None if s.psf_refine_sigma == "fit" else sigma)
+    else:
+        sigma = psf_refine.fit_sigma(*args)
     z, y, x = block
-    where = (f"fitted on the block z {z.start}-{z.stop - 1}, y {y.start}-{y.stop - 1}, x {x.start}-{x.stop - 1} "
-             f"(edge profiles: {edge_sigma:.3g})")
-    if psf_refine.at_fit_bound(sigma, edge_sigma):
+    on = f"on the block z {z.start}-{z.stop - 1}, y {y.start}-{y.stop - 1}, x {x.start}-{x.stop - 1}"
+    if s.psf_refine_sigma == "fit":
+        where = f"fitted {on} (edge profiles: {edge_sigma:.3g})"
+    where += f"; z factor {z_factor:.3g} " + (f"fitted {on}" if fit_z else "set in the config")
+    warn = []
+    if s.psf_refine_sigma == "fit" and psf_refine.at_fit_bound(sigma, edge_sigma):
         lo, hi = (f * edge_sigma for f in psf_refine.FIT_RANGE)
-        where += (f", AT THE END of its range {lo:.3g}-{hi:.3g}: the edge profiles' σ is far from the one the grey "
-                  "levels fit; look at fig1_phases.png and set threshold.psf_refine_sigma if you know the blur")
+        warn.append(f"σ AT THE END of its range {lo:.3g}-{hi:.3g}: the edge profiles' σ is far from the one the "
+                    "grey levels fit; look at fig1_phases.png and set threshold.psf_refine_sigma if you know the blur")
+    if fit_z and psf_refine.at_z_fit_bound(z_factor, sigma):
+        lo, hi = psf_refine.Z_FIT_RANGE
+        warn.append(f"z factor AT THE END of its range {lo:g}-{hi:g}: set threshold.psf_refine_z_factor if you "
+                    "know the blur along z")
+    if warn:
+        where += ", " + "; ".join(warn)
         log.warning("forward model: sigma %.3g vox %s", sigma, where)
     else:
         log.info("forward model: sigma %.3g vox, %s", sigma, where)
-    return sigma, where
+    return sigma, z_factor, where
 
 
 def _refine_texture(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice, slice, slice] | None,
-                    grey: np.ndarray | None, levels: dict[str, float], sigma: float, noise: dict[str, float]
-                    ) -> tuple[float, dict[str, float], str]:
+                    grey: np.ndarray | None, levels: dict[str, float], sigma: float, noise: dict[str, float],
+                    z_factor: float = 1.0) -> tuple[float, dict[str, float], str]:
     """The forward model's NMC texture σ (``s.psf_refine_texture_vox``), its noise with each NMC code's spread
     scaled by the fall the texture brings (:func:`detachment.psf_refine.fit_texture_sigma` on ``block``: the
     median absolute deviations about the textured levels over those about one level; at least the narrowest
@@ -976,7 +1025,7 @@ def _refine_texture(s: ThresholdSettings, codes: np.ndarray, block: tuple[slice,
     fit = s.psf_refine_texture_vox == "fit"
     grid = psf_refine.TEXTURE_GRID if fit else (float(s.psf_refine_texture_vox),)
     texture, spread, untextured = psf_refine.fit_texture_sigma(np.asarray(codes[block]), grey, levels, sigma, grid,
-                                                               or_none=fit)
+                                                               or_none=fit, z_factor=z_factor)
     if texture == 0:
         words = "none: no texture σ lowers NMC's spread on the σ fit's block" if spread else "none: too little NMC"
         log.info("forward model: %s", words)
@@ -1003,18 +1052,19 @@ def _denoised_block(volume_path, s: ThresholdSettings, block: tuple[slice, slice
 def _refine_pass(volume_path, s: ThresholdSettings, codes: np.ndarray, writer: h5chunks.GzipChunkWriter,
                  levels: dict[str, float], sigma: float, noise: dict[str, float],
                  al_below: int | np.ndarray | None,
-                 tally: _SlabTally, workers: int, progress: bool, texture: float = 0.0) -> None:
+                 tally: _SlabTally, workers: int, progress: bool, texture: float = 0.0, z_factor: float = 1.0) -> None:
     """The map ``codes`` refined against the blurred forward model (:func:`detachment.psf_refine.refine_codes`,
-    NMC's texture read over ``texture`` voxels) and written, with ``tally.per_slice`` updated.
+    NMC's texture read over ``texture`` voxels, σ ``z_factor`` times as wide along z) and written, with
+    ``tally.per_slice`` updated.
 
     Each slab of ``s.slab`` slices is refined with :func:`detachment.psf_refine.refine_halo` slices of
     ``codes`` and grey levels on either side and keeps its own rows. The slabs lie at multiples of
     ``s.slab`` whatever ``workers``, so the map does not depend on the threads.
     """
     depth = len(codes)
-    h = psf_refine.refine_halo(sigma, texture)
+    h = psf_refine.refine_halo(sigma, texture, z_factor)
     extra = s.halo if s.denoise != "none" else 0  # the denoising's own halo, as the classification read it
-    rs = psf_refine.RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps, texture)
+    rs = psf_refine.RefineSettings(s.psf_refine_beta, s.psf_refine_sweeps, texture, z_factor)
 
     def job(data, z0, z1):
         b0, b1 = max(0, z0 - h), min(depth, z1 + h)
@@ -1035,7 +1085,7 @@ def _refine_pass(volume_path, s: ThresholdSettings, codes: np.ndarray, writer: h
         writer.store(chunks)
         tally.per_slice[z0: z0 + len(per_z)] += per_z
         moved += n
-    tally.refined = (f"sigma {sigma:.3g} vox, {_noise_words(noise)}, beta {rs.beta:g}, at most {rs.sweeps} sweeps: "
+    tally.refined = (f"sigma {sigma:.3g} vox, z factor {z_factor:.3g}, {_noise_words(noise)}, beta {rs.beta:g}, at most {rs.sweeps} sweeps: "
                      f"{moved} codes changed ({100.0 * moved / codes.size:.3g} % of the voxels)")
     log.info("forward model, levels %s: %s", {k: round(v, 4) for k, v in levels.items()}, tally.refined)
 
