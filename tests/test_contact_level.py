@@ -364,6 +364,36 @@ def test_sharpening_undoes_a_gaussian_blur_to_first_order():
     assert sharpen(quad, 0.5)[2, 2, 2] == pytest.approx(quad[2, 2, 2] - 6)
 
 
+def test_sharpening_under_a_z_factor_weighs_the_second_difference_along_z_by_its_square():
+    """On a quadratic (second differences 2, 4, 6 along z, y, x): ``w (f² 2 + 4 + 6)`` is taken off inside,
+    at most the cap's weight along z; a wave along z blurred by f σ comes back to first order as the isotropic
+    one does under σ; f = 1 is the six-neighbour Laplacian's result exactly."""
+    from detachment.contact_level import MAX_SHARPEN_SIGMA, sharpen, sharpening_weight
+
+    zz, yy, xx = np.indices((5, 5, 5)).astype(float)
+    quad = zz**2 + 2 * yy**2 + 3 * xx**2
+    assert sharpen(quad, 0.1, 1.5)[2, 2, 2] == pytest.approx(quad[2, 2, 2] - 0.1 * (1.5**2 * 2 + 4 + 6))
+    cap = MAX_SHARPEN_SIGMA**2 / 2
+    assert sharpen(quad, 0.2, 3.0)[2, 2, 2] == pytest.approx(quad[2, 2, 2] - (cap * 2 + 0.2 * 10))
+    rng = np.random.default_rng(2)
+    noise = rng.normal(size=(6, 7, 8))
+    np.testing.assert_array_equal(sharpen(noise, 0.2, 1.0), noise - 0.2 * ndimage.laplace(noise, mode="nearest"))
+    sigma, factor, k = 0.4, 1.5, 2 * np.pi / 16
+    wave = np.broadcast_to(np.sin(k * np.arange(64))[:, None, None], (64, 3, 3)).astype(np.float64)
+    blurred = ndimage.gaussian_filter1d(wave, sigma * factor, axis=0, mode="wrap")
+    back = sharpen(blurred, sharpening_weight(sigma), factor)[8:-8, 1, 1] / wave[8:-8, 1, 1]
+    expected = np.exp(-k**2 * (sigma * factor)**2 / 2) * (1 + (sigma * factor)**2 / 2 * 2 * (1 - np.cos(k)))
+    assert np.allclose(back[np.abs(wave[8:-8, 1, 1]) > 0.3], expected, rtol=2e-3)
+
+
+def test_the_maps_z_factor_is_its_attribute_or_one():
+    from detachment.contact_level import map_z_factor
+
+    assert map_z_factor({"psf_refine_z_factor": 1.7}) == 1.7
+    assert map_z_factor({}) == map_z_factor({"psf_refine_z_factor": float("nan")}) == 1.0
+    assert map_z_factor({"psf_refine_z_factor": -2.0}) == 1.0
+
+
 @pytest.mark.parametrize("sigma, weight", [(0.5, 0.125), (0.7, 0.245), (1.5, 0.245), (float("nan"), 0.0),
                                            (None, 0.0), (0.0, 0.0)])
 def test_sharpening_weight_is_half_the_blur_variance_capped_at_the_blur_check(sigma, weight):

@@ -262,7 +262,7 @@ def test_where_the_forward_model_follows_z_its_sigma_along_z_is_checked_in_place
     way to the model's σ along z, which stops only beyond its own bound, naming the check and the way out."""
     counts = plausibility.PhaseCounts(np.tile([[100, 50, 80, 0, 0]], (20, 1)).astype(np.int64))
     counts.per_slice[:3] = [0, 0, 0, 0, 500]
-    followed = plausibility.check_phase_map(counts, blur_z_ratio=1.7, blur_z_sigma_vox=0.9).set_index("check")
+    followed = plausibility.check_phase_map(counts, blur_z_ratio=1.7, blur_z_sigma_vox=0.6).set_index("check")
     assert {"blur_z_ratio", "blur_z_ratio_min"}.isdisjoint(followed.index) and followed.passed.all()
     assert followed.loc["blur_z_sigma_vox", "bound"] == plausibility.BLUR_Z_SIGMA_BOUND
     wide = plausibility.BLUR_Z_SIGMA_BOUND + 0.1
@@ -273,3 +273,14 @@ def test_where_the_forward_model_follows_z_its_sigma_along_z_is_checked_in_place
     # NaN (the forward model did not run): the ratio is checked
     assert "blur_z_ratio" in set(plausibility.check_phase_map(counts, blur_z_ratio=1.7,
                                                                blur_z_sigma_vox=float("nan")).check)
+
+
+def test_the_phase_title_names_the_fitted_z_blur_in_place_of_the_ratio():
+    from detachment.plots import phase_title
+
+    within = phase_title("s", 0, "informed", blur_sigma=0.4, blur_z_ratio=1.7, z_factor=1.5)
+    assert "point spread along z σ 0.60 voxel (1.50 times" in within and "ALONG Z" not in within
+    wide = phase_title("s", 0, "informed", blur_sigma=0.5, blur_z_ratio=1.7, z_factor=1.8)
+    assert f"POINT SPREAD ALONG Z σ 0.90 VOXEL (1.80 times the slices'), WIDER THAN {plausibility.BLUR_Z_SIGMA_BOUND}" \
+        in wide and "BLURRIER" not in wide
+    assert "BLURRIER ALONG Z" in phase_title("s", 0, "informed", blur_sigma=0.4, blur_z_ratio=1.7, z_factor=1.0)

@@ -12,7 +12,10 @@ thin CBD coat darkens it; CBD beside a gap brightens it). Before the levels are 
 sharpened by one step of the inverse heat equation, ``grey - w * laplacian(grey)`` with ``w = σ² / 2``
 of the width σ measured on every particle edge along the grid's axes (the phase map's attribute
 ``edge_width_vox``, :func:`edge_width_from_map`; :func:`sharpening_weight`, :func:`sharpen`): a Gaussian
-blur of variance σ² adds ``σ² / 2`` times the Laplacian to first order. Axes (z, y, x).
+blur of variance σ² adds ``σ² / 2`` times the Laplacian to first order. That width is read on lines within
+the slices; where the forward model fitted σ along z apart from the slices' (:func:`map_z_factor`), the
+second difference along z is weighed by the square of that factor, and the particles' spill is blurred by
+it along z. Axes (z, y, x).
 
 Main entry points: :func:`face_neighbour_levels`, :func:`fit_contact_level`, :class:`ContactLevel`,
 :func:`sharpen`.

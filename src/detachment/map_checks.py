@@ -50,10 +50,11 @@ def check_map_files(result, shade, phases_path, volume_path) -> MapChecks:
     """
     halo = edge_halo.measure_map(phases_path, volume_path, result.fwhm)
     steps = z_blur.measure_files(phases_path, volume_path)
-    # where the forward model followed a z blur apart from the slices', its σ along z is checked rather than the
-    # steps' ratio, which bounds a z blur it would not follow
+    # where the forward model followed a z blur apart from the slices', the point spread along z is checked rather
+    # than the steps' ratio, which bounds a z blur it would not follow: the flat edges' σ (within the slices)
+    # times the model's z factor, so that both axes meet the same bound on the same measure
     z_factor = result.refine_z_factor
-    z_sigma = result.refine_sigma_vox * z_factor if np.isfinite(z_factor) and z_factor != 1 else None
+    z_sigma = result.blur_sigma_vox * z_factor if np.isfinite(z_factor) and z_factor != 1 else None
     table = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
                                          result.blur_sigma_vox, result.tilted_collector_top, shade.ratio,
                                          halo.undershoot, steps.ratio, steps.reading, z_sigma)

@@ -38,9 +38,13 @@ BLUR_Z_RATIO_MIN = 0.93
 #: The same bounds for the ratio over every edge, read where too few edges are crossed nearly square
 #: (:data:`detachment.z_blur.EVERY`): chosen on the tuning cells the same way for that reading (docs/results.md).
 BLUR_Z_EVERY_BOUND, BLUR_Z_EVERY_MIN = 1.12, 0.93
-#: Largest ``blur_z_sigma_vox``, the forward model's σ along z where it fitted or was given one apart from the
-#: slices' (``threshold.psf_refine_z_factor``): chosen on the tuning cells (docs/results.md).
-BLUR_Z_SIGMA_BOUND = 1.2
+#: Largest point-spread σ (voxels) on the particles' flat edges within the slices (``blur_sigma_vox``), chosen on
+#: blurred phantoms (docs/results.md).
+BLUR_SIGMA_BOUND = 0.65
+#: Largest ``blur_z_sigma_vox``, the point spread along z where the forward model fitted or was given one apart
+#: from the slices' (``threshold.psf_refine_z_factor``): that σ times the z factor. The same bound as within the
+#: slices, for the same reason: gaps and coats of one to three voxels under and over the particles.
+BLUR_Z_SIGMA_BOUND = BLUR_SIGMA_BOUND
 #: ``blur_z_ratio``'s (least, largest) per reading of :class:`detachment.z_blur.ZBlur`.
 BLUR_Z_BOUNDS = {SQUARE: (BLUR_Z_RATIO_MIN, BLUR_Z_RATIO_BOUND), EVERY: (BLUR_Z_EVERY_MIN, BLUR_Z_EVERY_BOUND)}
 #: Lower bounds of the checks (physical, not fitted; the z ratio's chosen on tuning cells):
@@ -65,7 +69,7 @@ BOUNDS = {
 }
 #: Upper bounds: check -> (upper bound, what is required).
 MAX_BOUNDS = {
-    "blur_sigma_vox": (0.65, "the point-spread function is narrow enough to see gaps of one to three voxels (σ "
+    "blur_sigma_vox": (BLUR_SIGMA_BOUND, "the point-spread function is narrow enough to see gaps of one to three voxels (σ "
                              "measured on the particles' flat edges, voxels; the bound: docs/results.md)"),
     "shading_ratio": (0.2, "the electrolyte's grey level wanders across the volume by at most this share of the "
                            "CBD - electrolyte contrast (98th less 2nd percentile of its level in blocks of 16 voxels, "
@@ -82,9 +86,10 @@ MAX_BOUNDS = {
                      "those are too few, under its own bounds; detachment.z_blur): the blur check and the forward "
                      "model read the point spread within the slices and take it as isotropic; a coarser z blurs "
                      "the contacts under and over the particles unseen. The bound: docs/results.md"),
-    "blur_z_sigma_vox": (BLUR_Z_SIGMA_BOUND, "the point spread along z is narrow enough to read the contacts under "
-                         "and over the particles (σ along z of the forward model, which fits it apart from the σ "
-                         "within the slices: threshold.psf_refine_z_factor; voxels). The bound: docs/results.md"),
+    "blur_z_sigma_vox": (BLUR_Z_SIGMA_BOUND, "the point-spread function along z is narrow enough to see gaps of one "
+                         "to three voxels under and over the particles (blur_sigma_vox times the z factor the forward "
+                         "model fitted apart from the slices, threshold.psf_refine_z_factor; voxels): the same bound "
+                         "as within the slices"),
 }
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
@@ -184,9 +189,9 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
     blur_z_reading : str, default "square"
         Which edges it was read on (:attr:`detachment.z_blur.ZBlur.reading`): its bounds, :data:`BLUR_Z_BOUNDS`.
     blur_z_sigma_vox : float, optional
-        The forward model's σ along z where it was not taken as the slices' (a z factor fitted or set other
-        than 1); given (and finite), it is checked in place of ``blur_z_ratio``, which bounds a z blur that
-        the model would not follow.
+        The point-spread σ along z where the forward model did not take it as the slices' (``blur_sigma_vox``
+        times a z factor fitted or set other than 1); given (and finite), it is checked in place of
+        ``blur_z_ratio``, which bounds a z blur that the model would not follow.
 
     Returns
     -------

@@ -66,7 +66,7 @@ def section_panel(ax, section: SideSection, letter: str = "") -> None:
 def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None,
                 blur_sigma: float | None = None, blur_se: float | None = None,
                 collector_tilt_deg: float | None = None, edge_undershoot: float | None = None,
-                blur_z_ratio: float | None = None, blur_z_reading: str = SQUARE) -> str:
+                blur_z_ratio: float | None = None, blur_z_reading: str = SQUARE, z_factor: float | None = None) -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -99,6 +99,11 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         the check's bound.
     blur_z_reading : str, default "square"
         The edges it was read on (:attr:`detachment.z_blur.ZBlur.reading`), whose bounds apply.
+    z_factor : float, optional
+        The forward model's σ along z over its σ within the slices
+        (:attr:`detachment.threshold.ThresholdResult.refine_z_factor`): where finite and not 1, the point spread
+        along z (``blur_sigma`` times it) is named in place of ``blur_z_ratio``, in capitals beyond its check's
+        bound.
 
     Returns
     -------
@@ -114,13 +119,14 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
     if collector_tilt_deg is not None:
         title += f"; collector tilted {collector_tilt_deg:.1f}°, Al confined below its plane"
-    return title + _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading)
+    return title + _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading, z_factor)
 
 
-def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading=SQUARE) -> str:
-    """The phase title's lines on the blur (always, where measured) and on the halo and the z blur (beyond their
-    checks' bounds), each starting with a newline."""
-    from .plausibility import BLUR_Z_BOUNDS, MAX_BOUNDS
+def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading=SQUARE, z_factor=None) -> str:
+    """The phase title's lines on the blur (always, where measured), on the halo (beyond its check's bound) and on
+    the z blur (the forward model's, where it followed one apart from the slices'; else the steps' ratio, beyond
+    its bounds), each starting with a newline."""
+    from .plausibility import BLUR_Z_BOUNDS, BLUR_Z_SIGMA_BOUND, MAX_BOUNDS
 
     lines = ""
     bound = MAX_BOUNDS["blur_sigma_vox"][0]
@@ -132,6 +138,14 @@ def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_read
     if edge_undershoot is not None and np.isfinite(edge_undershoot) and edge_undershoot > halo_bound:
         lines += (f"\nEDGES OVERSHOOT: the electrolyte beside the particles reads {edge_undershoot:.2f} of the NMC "
                   f"contrast below the open electrolyte (> {halo_bound}; a halo, fringes or a sharpening filter)")
+    if z_factor is not None and np.isfinite(z_factor) and z_factor != 1:
+        if blur_sigma is None or not np.isfinite(blur_sigma):
+            return lines + f"\npoint spread along z {z_factor:.2f} times the slices' (the forward model's fit)"
+        along = blur_sigma * z_factor
+        return lines + (f"\npoint spread along z σ {along:.2f} voxel ({z_factor:.2f} times the slices', the forward "
+                        f"model's fit)" if along <= BLUR_Z_SIGMA_BOUND else
+                        f"\nPOINT SPREAD ALONG Z σ {along:.2f} VOXEL ({z_factor:.2f} times the slices'), WIDER THAN "
+                        f"{BLUR_Z_SIGMA_BOUND}: gaps of a few voxels under and over the particles are not resolved")
     z_min, z_bound = BLUR_Z_BOUNDS[blur_z_reading]
     if blur_z_ratio is not None and np.isfinite(blur_z_ratio) and blur_z_ratio > z_bound:
         lines += f"\nBLURRIER ALONG Z: steps {blur_z_ratio:.2f} times as wide as within the slices (> {z_bound})"

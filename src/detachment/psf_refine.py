@@ -8,7 +8,8 @@ density, the collector's face as CBD. Here the codes at the phase boundaries are
     E(L) = Σ_v [ r_v² / (2 s²[L_v]) + ½ log(s²[L_v] / s₀²) ] + β · (6-neighbour pairs with different codes)
 
 with ``r = g - G μ[L]`` (``g`` the grey levels, ``μ[L]`` each voxel's phase level, ``G`` the Gaussian
-point-spread function of σ cut at 3 σ), ``s[L]`` the standard deviation of the grey levels about the
+point-spread function of σ within the slices and ``z_factor`` σ along z, each cut at 3 times its own σ),
+``s[L]`` the standard deviation of the grey levels about the
 blurred map in phase ``L`` (the noise, and a textured phase's own spread on top of it), ``s₀`` the
 narrowest of them and ``β`` a smoothness weight in units of that variance: the negative log-likelihood of
 the labelling whose blurred image explains the data, each voxel's residual weighed by its own phase's
@@ -29,7 +30,9 @@ pairs (``r'_v = r_v - d G(0)``), and ``r`` is kept up to date by subtracting ``d
 neighbourhood changed what it sees; the sweeps end when nothing moves.
 
 σ itself is best fitted by the same energy (:func:`fit_sigma`): the σ whose refined labelling leaves
-the least ``E`` per voxel. The σ of an erf fitted to the mean edge profile along the image axes reads a
+the least ``E`` per voxel; and σ along z apart from it (:func:`fit_spread`), as a reconstruction can be
+blurrier or sharper along z than within its slices (a drift during the scan, slices binned or
+interpolated, a volume resampled from a coarser grid). The σ of an erf fitted to the mean edge profile along the image axes reads a
 surface tilted by θ from the axis as σ / cos θ; on real (and sub-voxel rendered) particles it is biased
 high, and a forward model blurred too widely moves boundaries that are right.
 

@@ -52,7 +52,7 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                                                  result.unresolved, result.nmc_split, result.layer,
                                                  result.blur_sigma_vox, result.blur_sigma_se_vox,
                                                  result.collector_tilt_deg, halo.undershoot, steps.ratio,
-                                                 steps.reading),
+                                                 steps.reading, result.refine_z_factor),
                          domain_split=result.domain_split, edges=result.edges, section=section)
 io.save_figure(fig, snakemake.output.figure)
 
