@@ -265,8 +265,13 @@ def test_where_the_forward_model_follows_z_its_sigma_along_z_is_checked_in_place
     followed = plausibility.check_phase_map(counts, blur_z_ratio=1.7, blur_z_sigma_vox=0.6).set_index("check")
     assert {"blur_z_ratio", "blur_z_ratio_min"}.isdisjoint(followed.index) and followed.passed.all()
     assert followed.loc["blur_z_sigma_vox", "bound"] == plausibility.BLUR_Z_SIGMA_BOUND
+    # a sharper z, followed, passes; a factor beyond its bound stops even where σ along z is within its own
+    assert plausibility.check_phase_map(counts, blur_z_ratio=0.6, blur_z_sigma_vox=0.2, blur_z_factor=0.5).passed.all()
+    coarse = plausibility.check_phase_map(counts, blur_z_sigma_vox=0.5, blur_z_factor=1.3).set_index("check")
+    assert not coarse.loc["blur_z_factor", "passed"] and coarse.loc["blur_z_sigma_vox", "passed"]
+    assert coarse.loc["blur_z_factor", "bound"] == plausibility.BLUR_Z_FACTOR_BOUND
     wide = plausibility.BLUR_Z_SIGMA_BOUND + 0.1
-    table = plausibility.check_phase_map(counts, blur_z_ratio=1.7, blur_z_sigma_vox=wide)
+    table = plausibility.check_phase_map(counts, blur_z_ratio=1.7, blur_z_sigma_vox=wide, blur_z_factor=1.1)
     with pytest.raises(plausibility.ImplausiblePhaseMap, match=f"blur_z_sigma_vox = {wide:.3f} >") as e:
         plausibility.enforce(table, "cellZ")
     assert "cellZ" in str(e.value) and "finer z resolution" in str(e.value) and "histogram" not in str(e.value)
@@ -278,9 +283,10 @@ def test_where_the_forward_model_follows_z_its_sigma_along_z_is_checked_in_place
 def test_the_phase_title_names_the_fitted_z_blur_in_place_of_the_ratio():
     from detachment.plots import phase_title
 
-    within = phase_title("s", 0, "informed", blur_sigma=0.4, blur_z_ratio=1.7, z_factor=1.5)
-    assert "point spread along z σ 0.60 voxel (1.50 times" in within and "ALONG Z" not in within
+    within = phase_title("s", 0, "informed", blur_sigma=0.4, blur_z_ratio=1.7, z_factor=1.15)
+    assert "point spread along z σ 0.46 voxel (1.15 times" in within and "ALONG Z" not in within
     wide = phase_title("s", 0, "informed", blur_sigma=0.5, blur_z_ratio=1.7, z_factor=1.8)
     assert f"POINT SPREAD ALONG Z σ 0.90 VOXEL (1.80 times the slices'), WIDER THAN {plausibility.BLUR_Z_SIGMA_BOUND}" \
         in wide and "BLURRIER" not in wide
+    assert "POINT SPREAD ALONG Z" in phase_title("s", 0, "informed", blur_sigma=0.4, z_factor=1.4)
     assert "BLURRIER ALONG Z" in phase_title("s", 0, "informed", blur_sigma=0.4, blur_z_ratio=1.7, z_factor=1.0)

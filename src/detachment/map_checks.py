@@ -57,5 +57,6 @@ def check_map_files(result, shade, phases_path, volume_path) -> MapChecks:
     z_sigma = result.blur_sigma_vox * z_factor if np.isfinite(z_factor) and z_factor != 1 else None
     table = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
                                          result.blur_sigma_vox, result.tilted_collector_top, shade.ratio,
-                                         halo.undershoot, steps.ratio, steps.reading, z_sigma)
+                                         halo.undershoot, steps.ratio, steps.reading, z_sigma,
+                                         z_factor if z_sigma is not None else None)
     return MapChecks(table, halo, steps)

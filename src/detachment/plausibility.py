@@ -45,6 +45,11 @@ BLUR_SIGMA_BOUND = 0.65
 #: from the slices' (``threshold.psf_refine_z_factor``): that σ times the z factor. The same bound as within the
 #: slices, for the same reason: gaps and coats of one to three voxels under and over the particles.
 BLUR_Z_SIGMA_BOUND = BLUR_SIGMA_BOUND
+#: Largest ``blur_z_factor``, the forward model's σ along z over its σ within the slices, where it fitted or was
+#: given one apart from 1: chosen on the tuning cells between the factors under which one-voxel gaps and coats
+#: still read within the goals and those under which they did not (docs/results.md). None below: a sharper z,
+#: followed by the model, read within them on every tuning cell.
+BLUR_Z_FACTOR_BOUND = 1.2
 #: ``blur_z_ratio``'s (least, largest) per reading of :class:`detachment.z_blur.ZBlur`.
 BLUR_Z_BOUNDS = {SQUARE: (BLUR_Z_RATIO_MIN, BLUR_Z_RATIO_BOUND), EVERY: (BLUR_Z_EVERY_MIN, BLUR_Z_EVERY_BOUND)}
 #: Lower bounds of the checks (physical, not fitted; the z ratio's chosen on tuning cells):
@@ -90,6 +95,10 @@ MAX_BOUNDS = {
                          "to three voxels under and over the particles (blur_sigma_vox times the z factor the forward "
                          "model fitted apart from the slices, threshold.psf_refine_z_factor; voxels): the same bound "
                          "as within the slices"),
+    "blur_z_factor": (BLUR_Z_FACTOR_BOUND, "the point spread along z is at most this many times as wide as within "
+                      "the slices (the forward model's fit, threshold.psf_refine_z_factor): beyond it one-voxel gaps "
+                      "and coats under and over the particles read outside the goals even where the model follows "
+                      "the z blur. The bound: docs/results.md"),
 }
 #: Largest ``gap_width_ratio`` of a contact reading (:attr:`detachment.contact_level.ContactLevel.gap_width_ratio`):
 #: the gap faces' grey levels may spread this much wider than the open electrolyte's. Beyond it the voxels
@@ -155,7 +164,8 @@ def phase_counts(phases_path, slab: int = 32) -> PhaseCounts:
 def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_sigma_vox: float | None = None,
                     tilted_collector_top: int | None = None, shading_ratio: float | None = None,
                     edge_undershoot: float | None = None, blur_z_ratio: float | None = None,
-                    blur_z_reading: str = SQUARE, blur_z_sigma_vox: float | None = None) -> pd.DataFrame:
+                    blur_z_reading: str = SQUARE, blur_z_sigma_vox: float | None = None,
+                    blur_z_factor: float | None = None) -> pd.DataFrame:
     """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur.
 
     The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice, or
@@ -192,6 +202,8 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         The point-spread σ along z where the forward model did not take it as the slices' (``blur_sigma_vox``
         times a z factor fitted or set other than 1); given (and finite), it is checked in place of
         ``blur_z_ratio``, which bounds a z blur that the model would not follow.
+    blur_z_factor : float, optional
+        That z factor; checked with ``blur_z_sigma_vox``.
 
     Returns
     -------
@@ -204,7 +216,7 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         values.update(_model_checks(fwhm, max(float(counts.per_slice.sum()), 1.0)))
     rows = [_row(k, v, "min") for k, v in values.items()]
     z_min, z_max = BLUR_Z_BOUNDS[blur_z_reading]
-    z_checks = ((("blur_z_sigma_vox", blur_z_sigma_vox, "max", None),)
+    z_checks = ((("blur_z_sigma_vox", blur_z_sigma_vox, "max", None), ("blur_z_factor", blur_z_factor, "max", None))
                 if blur_z_sigma_vox is not None and np.isfinite(blur_z_sigma_vox) else
                 (("blur_z_ratio", blur_z_ratio, "max", z_max), ("blur_z_ratio_min", blur_z_ratio, "min", z_min)))
     for name, value, kind, bound in (("blur_sigma_vox", blur_sigma_vox, "max", None),
@@ -294,7 +306,7 @@ def _advice(failed: set, figure: str) -> list[str]:
     """What to do about each failed check of :func:`check_phase_map` (``figure``: where the user can look)."""
     advice = []
     if failed - {"blur_sigma_vox", "shading_ratio", "edge_undershoot", "blur_z_ratio", "blur_z_ratio_min",
-                  "blur_z_sigma_vox"}:
+                  "blur_z_sigma_vox", "blur_z_factor"}:
         advice.append(f"The histogram probably resolves fewer peaks than phases and the classes are shifted (e.g. "
                       f"CBD read as Al, the collector as NMC), or the volume holds no collector at z = 0. Look at "
                       f"{figure}; check the volume's orientation (the collector must be at z = 0 after import: the "
@@ -324,7 +336,7 @@ def _advice(failed: set, figure: str) -> list[str]:
                       "over the particles would be read under the wrong blur. Reconstruct or resample to an "
                       "isotropic resolution (or correct the drift), or, where z is the coarser axis by design, "
                       "blur the slices to match it before import.")
-    if "blur_z_sigma_vox" in failed:
+    if failed & {"blur_z_sigma_vox", "blur_z_factor"}:
         advice.append("The reconstruction is blurred along z wider than gaps and coats under and over the particles "
                       "can be told apart in (a vertical drift during the scan, slices interpolated or binned); no "
                       "threshold setting changes that. Reconstruct or resample to a finer z resolution, or correct "

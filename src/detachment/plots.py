@@ -126,7 +126,7 @@ def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_read
     """The phase title's lines on the blur (always, where measured), on the halo (beyond its check's bound) and on
     the z blur (the forward model's, where it followed one apart from the slices'; else the steps' ratio, beyond
     its bounds), each starting with a newline."""
-    from .plausibility import BLUR_Z_BOUNDS, BLUR_Z_SIGMA_BOUND, MAX_BOUNDS
+    from .plausibility import BLUR_Z_BOUNDS, BLUR_Z_FACTOR_BOUND, BLUR_Z_SIGMA_BOUND, MAX_BOUNDS
 
     lines = ""
     bound = MAX_BOUNDS["blur_sigma_vox"][0]
@@ -142,10 +142,12 @@ def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_read
         if blur_sigma is None or not np.isfinite(blur_sigma):
             return lines + f"\npoint spread along z {z_factor:.2f} times the slices' (the forward model's fit)"
         along = blur_sigma * z_factor
-        return lines + (f"\npoint spread along z σ {along:.2f} voxel ({z_factor:.2f} times the slices', the forward "
-                        f"model's fit)" if along <= BLUR_Z_SIGMA_BOUND else
-                        f"\nPOINT SPREAD ALONG Z σ {along:.2f} VOXEL ({z_factor:.2f} times the slices'), WIDER THAN "
-                        f"{BLUR_Z_SIGMA_BOUND}: gaps of a few voxels under and over the particles are not resolved")
+        if along <= BLUR_Z_SIGMA_BOUND and z_factor <= BLUR_Z_FACTOR_BOUND:
+            return lines + f"\npoint spread along z σ {along:.2f} voxel ({z_factor:.2f} times the slices', the forward " \
+                           "model's fit)"
+        return lines + (f"\nPOINT SPREAD ALONG Z σ {along:.2f} VOXEL ({z_factor:.2f} times the slices'), WIDER THAN "
+                        f"{BLUR_Z_SIGMA_BOUND} OR {BLUR_Z_FACTOR_BOUND} TIMES: gaps of a few voxels under and over the "
+                        "particles are not resolved")
     z_min, z_bound = BLUR_Z_BOUNDS[blur_z_reading]
     if blur_z_ratio is not None and np.isfinite(blur_z_ratio) and blur_z_ratio > z_bound:
         lines += f"\nBLURRIER ALONG Z: steps {blur_z_ratio:.2f} times as wide as within the slices (> {z_bound})"
