@@ -181,23 +181,15 @@ def _refine_sigma_setting(value) -> str | float:
 
 def _z_factor_setting(value) -> str | float:
     """``threshold.psf_refine_z_factor`` checked: ``"fit"`` or a factor 0.1 <= f <= 10 (a float)."""
-    if isinstance(value, str) and value == "fit":
-        return value
-    if not isinstance(value, (str, bool)):
-        try:
-            factor = float(value)
-        except (TypeError, ValueError):
-            factor = float("nan")
-        if 0.1 <= factor <= 10:
-            return factor
-    raise ValueError(f"threshold.psf_refine_z_factor: {value!r} is not 'fit' or a factor from 0.1 to 10 (σ along "
-                     "z over σ within the slices; 1 for an isotropic point spread)")
+    return _sigma_setting("psf_refine_z_factor", value, ("fit",), 0.1, 10.0, zero_allowed=True,
+                          noun="a factor (σ along z over σ within the slices; 1 for an isotropic point spread)", symbol="f")
 
 
-def _sigma_setting(field: str, value, words: tuple[str, ...], lo: float, hi: float, zero_allowed: bool
-                   ) -> str | float:
+def _sigma_setting(field: str, value, words: tuple[str, ...], lo: float, hi: float, zero_allowed: bool,
+                   noun: str = "a σ in voxels", symbol: str = "σ") -> str | float:
     """``threshold.<field>`` checked: one of ``words``, or a number from ``lo`` (included where
-    ``zero_allowed``) to ``hi`` returned as a float; a ValueError naming the field otherwise."""
+    ``zero_allowed``) to ``hi`` returned as a float; a ValueError naming the field (and ``noun``, what the
+    number is, ``symbol`` in its range) otherwise."""
     if isinstance(value, str) and value in words:
         return value
     if not isinstance(value, (str, bool)):
@@ -208,8 +200,8 @@ def _sigma_setting(field: str, value, words: tuple[str, ...], lo: float, hi: flo
         if (lo <= sigma if zero_allowed else lo < sigma) and sigma <= hi:
             return sigma
     named = ", ".join(repr(w) for w in words)
-    raise ValueError(f"threshold.{field}: {value!r} is not {named} or a σ in voxels "
-                     f"({lo:g} {'<=' if zero_allowed else '<'} σ <= {hi:g})")
+    raise ValueError(f"threshold.{field}: {value!r} is not {named} or {noun} "
+                     f"({lo:g} {'<=' if zero_allowed else '<'} {symbol} <= {hi:g})")
 
 
 @dataclass
