@@ -239,22 +239,29 @@ def test_the_phantom_refuses_a_z_factor_out_of_range():
 def test_a_thresholded_z_blurred_phantom_fails_its_check_as_every_caller_reads_it(tmp_path):
     """The threshold step, the self-consistency reading and the benchmarks check a map through one function
     (``detachment.map_checks``): on a phantom blurred three times as wide along z, the map's table carries the
-    halo and z-blur rows, the z blur fails, and the ratio is the one z_blur reads on the same files."""
+    halo row and the z-blur rows of the model that read it, and the z blur fails: the fitted factor where the
+    forward model follows z (the default), the steps' ratio (the one z_blur reads on the same files) where it
+    is told the point spread is isotropic."""
     from detachment import io, map_checks, shading
     from detachment.phantom import PhantomParams, generate_phantom
     from detachment.threshold import ThresholdSettings
 
-    for factor, fails in ((3.0, True), (1.0, False)):
+    for factor, z_setting, fails in ((3.0, "fit", True), (1.0, "fit", False), (3.0, 1.0, True)):
         ph = generate_phantom(PhantomParams(shape_zyx=[40, 128, 128], n_particles=40, blur_z_factor=factor), seed=4)
-        volume, phases = tmp_path / f"v{factor}.h5", tmp_path / f"p{factor}.h5"
+        volume, phases = tmp_path / f"v{factor}.h5", tmp_path / f"p{factor}{z_setting}.h5"
         io.write_volume(volume, ph.volume, 0.5, "test")
-        res, shade, _ = shading.threshold_flattened(volume, phases, ThresholdSettings(), progress=False)
+        res, shade, _ = shading.threshold_flattened(volume, phases, ThresholdSettings(psf_refine_z_factor=z_setting),
+                                                    progress=False)
         checked = map_checks.check_map_files(res, shade, phases, volume)
         table = checked.table.set_index("check")
-        assert {"edge_undershoot", "blur_z_ratio", "blur_z_ratio_min", "blur_sigma_vox"} <= set(table.index)
-        assert table.loc["blur_z_ratio", "value"] == checked.steps.ratio == z_blur.measure_files(phases, volume).ratio
-        assert (not table.loc["blur_z_ratio", "passed"]) == fails, (factor, checked.steps)
-        assert table.loc["blur_z_ratio_min", "passed"]
+        assert {"edge_undershoot", "blur_sigma_vox"} <= set(table.index)
+        if z_setting == "fit":
+            assert table.loc["blur_z_factor", "value"] == res.refine_z_factor
+            assert (not table.loc["blur_z_factor", "passed"]) == fails, (factor, res.refine_z_factor)
+            assert "blur_z_ratio" not in table.index
+        else:
+            assert table.loc["blur_z_ratio", "value"] == checked.steps.ratio == z_blur.measure_files(phases, volume).ratio
+            assert (not table.loc["blur_z_ratio", "passed"]) == fails and table.loc["blur_z_ratio_min", "passed"]
 
 
 def test_where_the_forward_model_follows_z_its_sigma_along_z_is_checked_in_place_of_the_ratio():

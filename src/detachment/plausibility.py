@@ -166,10 +166,9 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
                     edge_undershoot: float | None = None, blur_z_ratio: float | None = None,
                     blur_z_reading: str = SQUARE, blur_z_sigma_vox: float | None = None,
                     blur_z_factor: float | None = None) -> pd.DataFrame:
-    """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur.
-
-    The collector slab is the run of slices from z = 0 in which Al makes up more than half the slice, or
-    for a tilted collector the slices below ``tilted_collector_top``.
+    """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur. The collector
+    slab is the run of slices from z = 0 in which Al makes up more than half the slice, or for a tilted collector
+    the slices below ``tilted_collector_top``.
 
     Parameters
     ----------
@@ -198,12 +197,9 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         it, or NaN, left out.
     blur_z_reading : str, default "square"
         Which edges it was read on (:attr:`detachment.z_blur.ZBlur.reading`): its bounds, :data:`BLUR_Z_BOUNDS`.
-    blur_z_sigma_vox : float, optional
-        The point-spread σ along z where the forward model did not take it as the slices' (``blur_sigma_vox``
-        times a z factor fitted or set other than 1); given (and finite), it is checked in place of
-        ``blur_z_ratio``, which bounds a z blur that the model would not follow.
-    blur_z_factor : float, optional
-        That z factor; checked with ``blur_z_sigma_vox``.
+    blur_z_sigma_vox, blur_z_factor : float, optional
+        Where the forward model followed a z factor other than 1: ``blur_sigma_vox`` times it, and the factor.
+        Given (finite), they are checked in place of ``blur_z_ratio``, which bounds a z blur it would not follow.
 
     Returns
     -------

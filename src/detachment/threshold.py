@@ -606,16 +606,14 @@ def threshold_volume(volume_path, phases_path, settings: ThresholdSettings, prog
         psf, psf_se, width = measured_blur(tally.edges)  # the width along the grid is what the contact reading undoes
         d.attrs.update(electrolyte_layer=layer.describe(), psf_refine=tally.refined,
                        psf_refine_sigma_vox=tally.refine_sigma, psf_refine_z_factor=tally.refine_z_factor,
-                       edge_width_vox=width,
-                       **(plane.attrs() if plane is not None else {}))
+                       edge_width_vox=width, **(plane.attrs() if plane is not None else {}))
         if shading_field is not None:
             shading.write_field(f, *shading_field)
     frac = tally.per_slice.sum(0)
     return ThresholdResult(model, hist, _fwhm_table(model, tally.interior, fine_edges, frac, nmc_split(model, split)),
                            {phases.PHASE_NAMES[c]: frac[c] / frac.sum() for c in phases.PHASE_NAMES},
                            tally.per_slice, unresolved, collector, psf, split, layer,
-                           tally.refine_sigma, s.domain_sigma_vox, width, psf_se, tally.edges, plane,
-                           tally.refine_z_factor)
+                           tally.refine_sigma, s.domain_sigma_vox, width, psf_se, tally.edges, plane, tally.refine_z_factor)
 
 
 def _classify(volume_path, s: ThresholdSettings, shape, tmp, classifier: slab_phases.SlabClassifier,
