@@ -200,6 +200,8 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
     # edges that overshoot (phase-contrast halos), mild and strong
     lo, hi = span(lambda p: p.halo_amplitude)
     assert lo == 0 and hi >= 1
+    # of two shapes: the Gaussian unsharp mask the workflow takes out, and a Paganin retrieval's residual
+    assert {p.halo_shape for p in ps.values() if p.halo_amplitude > 0} == {"gaussian", "paganin"}
     # a point spread as wide along z as within the slices, twice as wide along z (a coarser axis) and half
     # as wide (a finer one)
     lo, hi = span(lambda p: p.blur_z_factor)

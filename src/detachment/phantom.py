@@ -29,6 +29,7 @@ VALENCE_KEYS = ("valence_density_correlation", "valence_mean", "valence_std")
 VALENCE_RANGE = (2.0, 4.0)  # Ni2+ .. Ni4+: the planted map is clipped to it
 VALENCE_STREAM = 0x5EC0DE  # mixed with the phantom seed: the map has its own random stream
 COATING_STREAM = 0xC0A7ED  # own stream: drawing coats leaves every other draw of a seed unchanged
+HALO_SHAPES = ("gaussian", "paganin")  # PhantomParams.halo_shape
 
 
 @dataclass
@@ -120,7 +121,12 @@ class PhantomParams:
         of ``halo_sigma_vox``, so every edge overshoots on its bright side and undershoots on its dark side,
         in proportion to its contrast, over a few voxels. 0 = none.
     halo_sigma_vox : float
-        Reach (Gaussian σ, voxels) of the halo.
+        Reach (voxels) of the halo: the Gaussian's σ, or the Lorentzian's length ``ℓ`` for ``"paganin"``.
+    halo_shape : {"gaussian", "paganin"}
+        ``G`` of the halo: a Gaussian (an unsharp mask), or the smoothing of a Paganin phase retrieval,
+        ``1 / (1 + (2π ℓ f)²)`` in Fourier space (its kernel ``exp(-r / ℓ) / r`` reaches much further than
+        a Gaussian's): the fringes a propagation-based reconstruction leaves where its δ/β is set below the
+        sample's.
     supersample : int
         Sub-voxels per voxel edge (1-4) the geometry is drawn on. Above 1, each voxel's noise-free grey
         level is the mean over its sub-voxels (partial volume: surfaces cut voxels anywhere, not only
@@ -173,6 +179,7 @@ class PhantomParams:
     drift_amplitude: float = 0.02
     halo_amplitude: float = 0.0
     halo_sigma_vox: float = 2.0
+    halo_shape: str = "gaussian"
     supersample: int = 1
     # co-registered Ni valence map (Supp. Fig. 7); None = no map. Not used by generate_phantom: see valence_map
     valence_density_correlation: float | None = None
@@ -265,6 +272,8 @@ class PhantomParams:
         if not (0 <= self.halo_amplitude <= 2 and self.halo_sigma_vox > 0):
             bad("halo_amplitude" if not 0 <= self.halo_amplitude <= 2 else "halo_sigma_vox",
                 "a halo amplitude in [0, 2] and a positive reach in voxels")
+        if self.halo_shape not in HALO_SHAPES:
+            bad("halo_shape", f"one of {', '.join(HALO_SHAPES)}")
         self._validate_collector(bad)
 
     def _validate_collector(self, bad) -> None:
@@ -645,6 +654,20 @@ def noise_free_density(phases: np.ndarray, p: PhantomParams) -> np.ndarray:
     return ndimage.gaussian_filter(means[phases], sigma, mode="nearest") if p.blur_sigma_vox > 0 else means[phases]
 
 
+def _halo_smoothing(vol: np.ndarray, reach: float, shape: str) -> np.ndarray:
+    """The smoothing ``G d`` a halo of ``shape`` subtracts (:attr:`PhantomParams.halo_shape`), borders
+    repeated; the Paganin form by FFT on the volume padded by ``8 ℓ`` of its edge values."""
+    if shape == "gaussian":
+        return ndimage.gaussian_filter(vol, reach, mode="nearest")
+    pad = int(np.ceil(8 * reach))
+    padded = np.pad(vol, pad, mode="edge").astype(np.float64)
+    q = sum(np.meshgrid(*[(2 * np.pi * f) ** 2 for f in
+                          (np.fft.fftfreq(padded.shape[0]), np.fft.fftfreq(padded.shape[1]),
+                           np.fft.rfftfreq(padded.shape[2]))], indexing="ij", sparse=True))
+    smooth = np.fft.irfftn(np.fft.rfftn(padded) / (1.0 + reach**2 * q), s=padded.shape, axes=(0, 1, 2))
+    return smooth[pad:-pad, pad:-pad, pad:-pad].astype(np.float32)
+
+
 def render_intensity(phases: np.ndarray, p: PhantomParams, rng, density: np.ndarray | None = None
                      ) -> tuple[np.ndarray, dict]:
     """Grey volume from a phase map: blurred means (with their halo, if any) + per-phase texture + noise + drift.
@@ -674,7 +697,7 @@ def render_intensity(phases: np.ndarray, p: PhantomParams, rng, density: np.ndar
     """
     vol = noise_free_density(phases, p) if density is None else np.array(density, np.float32)
     if p.halo_amplitude > 0:  # the imaging's edge enhancement acts on the object, before noise
-        vol += p.halo_amplitude * (vol - ndimage.gaussian_filter(vol, p.halo_sigma_vox, mode="nearest"))
+        vol += p.halo_amplitude * (vol - _halo_smoothing(vol, p.halo_sigma_vox, p.halo_shape))
     sn = p.noise_sigma
     tex_sigma = np.array([np.sqrt(max((p.fwhm[PHASE_NAMES[c]] / FWHM_PER_SIGMA) ** 2 - sn**2, 0.0))
                           for c in range(5)], np.float32)

@@ -84,7 +84,8 @@ MAX_BOUNDS = {
     "edge_undershoot": (EDGE_UNDERSHOOT_BOUND, "the electrolyte one to four voxels from the particles reads at most "
                         "this share of the NMC - electrolyte contrast darker than the open electrolyte "
                         "(detachment.edge_halo): a blur only lifts it; a halo (phase contrast, fringes, a "
-                        "sharpening filter) darkens it, and a CBD coat under the dark rim reads as a gap. The "
+                        "sharpening filter) darkens it, and a CBD coat under the dark rim reads as a gap. Read "
+                        "after the halo fitted is taken out, where threshold.remove_halo took it out. The "
                         "bound: docs/results.md"),
     "blur_z_ratio": (BLUR_Z_RATIO_BOUND, "a step along z is at most this many times as wide as within the slices "
                      "(the NMC / background edges the map's surface crosses nearly square, or every edge where "
@@ -323,8 +324,10 @@ def _advice(failed: set, figure: str) -> list[str]:
                       "electrolyte, which no blur does. Phase-contrast halos (a Zernike ring), the fringes of a "
                       "propagation-based reconstruction whose phase retrieval assumed one delta/beta for phases "
                       "that differ in it, or a sharpening filter do; the contact reading and the forward model "
-                      "assume a blur and would read coats under the dark rim as gaps. Reconstruct again without "
-                      "the edge enhancement (a phase retrieval fitted to the sample, no sharpening filter).")
+                      "assume a blur and would read coats under the dark rim as gaps. This is what is left "
+                      "after the halo fitted as an unsharp mask was taken out (threshold.remove_halo; off, nothing "
+                      "was): a halo of another shape or reach than that model's. Reconstruct again without the "
+                      "edge enhancement (a phase retrieval fitted to the sample, no sharpening filter).")
     if "blur_z_ratio" in failed:
         advice.append("The reconstruction is blurrier along z than within its slices (a vertical drift during the "
                       "scan, slices interpolated or binned, a volume resampled from a coarser axis); the blur check "

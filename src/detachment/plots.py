@@ -66,7 +66,8 @@ def section_panel(ax, section: SideSection, letter: str = "") -> None:
 def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str = "histogram", layer=None,
                 blur_sigma: float | None = None, blur_se: float | None = None,
                 collector_tilt_deg: float | None = None, edge_undershoot: float | None = None,
-                blur_z_ratio: float | None = None, blur_z_reading: str = SQUARE, z_factor: float | None = None) -> str:
+                blur_z_ratio: float | None = None, blur_z_reading: str = SQUARE, z_factor: float | None = None,
+                halo: tuple[float, float] | None = None) -> str:
     """Title of the phase figure: sample, slice, method and the phases the model could not separate.
 
     Parameters
@@ -104,6 +105,9 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         (:attr:`detachment.threshold.ThresholdResult.refine_z_factor`): where finite and not 1, the point spread
         along z (``blur_sigma`` times it) is named in place of ``blur_z_ratio``, in capitals beyond its check's
         bound.
+    halo : tuple of float, optional
+        ``(amplitude, reach in voxels)`` of the edge halo taken out before the phases were read
+        (:func:`detachment.halo_removal.recorded`); named in the title.
 
     Returns
     -------
@@ -119,6 +123,8 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
         title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
     if collector_tilt_deg is not None:
         title += f"; collector tilted {collector_tilt_deg:.1f}°, Al confined below its plane"
+    if halo is not None:
+        title += f"; edge halo {halo[0]:.2f} over {halo[1]:.1f} voxels taken out (grey levels shown without it)"
     return title + _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading, z_factor)
 
 

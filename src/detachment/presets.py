@@ -87,6 +87,9 @@ PRESETS: dict[str, dict] = {
     # still reads within the goals (tuning presets: between them lies the edge-halo check's bound)
     "thin_gaps_halo": {**THIN_GAPS, "halo_amplitude": 0.5},
     "thin_gaps_halo_mild": {**THIN_GAPS, "halo_amplitude": 0.25},
+    # a halo of another shape than the one the workflow takes out (a Gaussian unsharp mask): a Paganin
+    # retrieval's residual, whose kernel exp(-r / l) / r reaches much further, over one-voxel gaps and coats
+    "thin_gaps_halo_paganin": {**THIN_GAPS, "halo_amplitude": 0.5, "halo_shape": "paganin", "halo_sigma_vox": 1.5},
     # a point spread twice as wide along z as within the slices (σ 1.0 against 0.5: a vertical drift during the
     # scan, slices interpolated or binned): the blur check reads the slices and passes, the contacts under and
     # over the particles are blurred as `paper_like`'s

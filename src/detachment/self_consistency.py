@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from . import io, map_checks, plausibility, shading
+from . import halo_removal, io, map_checks, plausibility
 from .contact_level import (
     ContactLevel,
     edge_width_from_map,
@@ -205,7 +205,8 @@ def read_contacts(volume, phases_path, level_path, qc_path, labels_path, links: 
     table : pandas.DataFrame
         The particle table (``particles.csv`` layout).
     """
-    result, shade, _ = shading.threshold_flattened(volume, phases_path, settings, progress=False, workers=workers)
+    result, shade, _ = halo_removal.threshold_halo_free(volume, phases_path, settings, progress=False,
+                                                       workers=workers)
     io.write_csv(qc_path, map_checks.check_map_files(result, shade, phases_path, volume).table)
     fit = None
     if fit_level:

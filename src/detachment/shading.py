@@ -228,9 +228,14 @@ def write_field(h5file, field_grid: np.ndarray, block: int) -> None:
 
 
 def flat_view(dataset, phases_file):
-    """``dataset`` (the volume's grey levels) as the phase map was read from it: a :class:`FlatView` where
-    the open ``phases.h5`` (``phases_file``, an h5py File) holds the field it was flattened by
-    (:data:`FIELD_DATASET`), else ``dataset`` itself."""
+    """``dataset`` (the volume's grey levels) as the phase map was read from it: less the halo the map
+    records (:func:`detachment.halo_removal.view`), then a :class:`FlatView` where the open ``phases.h5``
+    (``phases_file``, an h5py File) holds the field it was flattened by (:data:`FIELD_DATASET`); else
+    ``dataset`` itself."""
+    from . import halo_removal
+
+    if "phases" in phases_file:
+        dataset = halo_removal.view(dataset, phases_file["phases"])
     if FIELD_DATASET not in phases_file:
         return dataset
     d = phases_file[FIELD_DATASET]

@@ -99,6 +99,11 @@ class ThresholdSettings:
         Where the electrolyte's grey level wanders across the volume beyond the phase check's bound
         (:func:`detachment.shading.threshold_flattened`), read the phases again on the volume less that
         shading field; off, the check stops such a volume.
+    remove_halo : bool
+        Where the electrolyte beside the particles reads darker than the open electrolyte (an edge halo,
+        :mod:`detachment.edge_halo`), fit the halo as an unsharp mask and read the phases again on the volume
+        less it (:func:`detachment.halo_removal.threshold_halo_free`); off, the halo check stops such a
+        volume.
     nmc_domain_split : bool
         Where the grey-level histogram does not resolve NMC high from low density, try again on the
         domain-averaged NMC grey levels (:func:`detachment.phase_fit.split_nmc_domains`; needs
@@ -130,6 +135,7 @@ class ThresholdSettings:
     psf_refine_texture_vox: str | float = "fit"
     psf_refine_z_factor: str | float = "fit"
     flatten_shading: bool = True
+    remove_halo: bool = True
     nmc_domain_split: bool = True
     slab: int = 32
 

@@ -5,7 +5,7 @@ import math
 import shutil
 from pathlib import Path
 
-from detachment import edge_halo, io, map_checks, plausibility, plots, shading, z_blur
+from detachment import edge_halo, halo_removal, io, map_checks, plausibility, plots, shading, z_blur
 from detachment.logs import log_to
 from detachment.phase_fit import PhaseModelError
 from detachment.threshold import ThresholdSettings, histogram_table
@@ -14,14 +14,14 @@ log_to(snakemake.log[0])
 settings = ThresholdSettings(**snakemake.params.settings)
 on_implausible = snakemake.config["threshold"]["on_implausible"]
 try:
-    result, shade, _ = shading.threshold_flattened(snakemake.input.volume, snakemake.output.phases, settings,
-                                                   workers=snakemake.threads)
+    result, shade, _ = halo_removal.threshold_halo_free(snakemake.input.volume, snakemake.output.phases, settings,
+                                                       workers=snakemake.threads)
 except PhaseModelError as e:
     # the data do not support the informed model (no collector slab, ...): stop, or go on with gmm
     plausibility.enforce_model(e, snakemake.wildcards.sample, on_implausible)
     settings.method = "gmm"
-    result, shade, _ = shading.threshold_flattened(snakemake.input.volume, snakemake.output.phases, settings,
-                                                   workers=snakemake.threads)
+    result, shade, _ = halo_removal.threshold_halo_free(snakemake.input.volume, snakemake.output.phases, settings,
+                                                       workers=snakemake.threads)
 io.write_csv(snakemake.output.histogram, histogram_table(result))
 io.write_csv(snakemake.output.fwhm, result.fwhm)
 
@@ -52,7 +52,8 @@ fig = plots.phase_figure(image, phase_slice, result.histogram.counts, result.his
                                                  result.unresolved, result.nmc_split, result.layer,
                                                  result.blur_sigma_vox, result.blur_sigma_se_vox,
                                                  result.collector_tilt_deg, halo.undershoot, steps.ratio,
-                                                 steps.reading, result.refine_z_factor),
+                                                 steps.reading, result.refine_z_factor,
+                                                 halo_removal.recorded(snakemake.output.phases)),
                          domain_split=result.domain_split, edges=result.edges, section=section)
 io.save_figure(fig, snakemake.output.figure)
 
