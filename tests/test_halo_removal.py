@@ -106,6 +106,7 @@ def test_a_phantoms_halo_is_taken_out_before_the_phases_are_read(tmp_path, shape
     with h5py.File(kept, "r") as f:
         assert halo_removal.AMPLITUDE_ATTR not in f["phases"].attrs
     assert 0.3 < attrs[halo_removal.AMPLITUDE_ATTR] < 1.0 and "undershoot before" in attrs["halo_removed"]
+    assert "fits: " in attrs["halo_removed"]  # fitted again on the map read without it
     # the check reads the grey levels as the map was read from them: what is left of the halo
     before = edge_halo.measure_map(kept, volume, res_off.fwhm).undershoot
     after = edge_halo.measure_map(removed, volume, res.fwhm).undershoot

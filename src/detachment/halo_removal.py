@@ -40,6 +40,8 @@ BLUR_GRID = (0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0)
 MIN_AMPLITUDE = 0.02
 #: Largest amplitude taken out (the edge halo check stops beyond what is left).
 MAX_AMPLITUDE = 2.0
+#: Change of the amplitude fitted on the map read less the first fit beyond which the phases are read again.
+AMPLITUDE_TOLERANCE = 0.05
 #: Rounds of :func:`_refined` (levels, then amplitude).
 REFINE_ROUNDS = 5
 #: Voxels within this many steps of a change of phase code are fitted.
@@ -246,22 +248,9 @@ def fit_map(phases_path, volume_path, z_factor: float = 1.0) -> HaloFit:
 def write_halo_free(volume_path, out_path, amplitude: float, sigma_vox: float, slab: int = 32) -> None:
     """Write the volume of ``volume_path`` less a halo (:class:`HaloFreeView`) to ``out_path`` (the volume
     contract, ``/volume`` float32 with the same attributes), atomically and slab by slab."""
-    import h5py
-
     from . import io
 
-    with h5py.File(volume_path, "r") as fin, io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as fout:
-        src = fin[io.VOLUME_DATASET]
-        free = HaloFreeView(src, amplitude, sigma_vox)
-        dst = fout.create_dataset(io.VOLUME_DATASET, shape=src.shape, dtype=np.float32,
-                                  chunks=io.slab_chunks(src.shape))
-        lo, hi = np.inf, -np.inf
-        for z0, z1 in io.slab_ranges(src.shape[0], slab):
-            part = free[z0:z1]
-            dst[z0:z1] = part
-            lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
-        dst.attrs.update({k: v for k, v in src.attrs.items()})
-        dst.attrs[io.GREY_RANGE_ATTR] = np.array([lo, hi], float)
+    io.write_volume_view(volume_path, out_path, lambda src: HaloFreeView(src, amplitude, sigma_vox), slab)
 
 
 def _halo_free_path(phases_path) -> Path:
@@ -272,39 +261,63 @@ def _halo_free_path(phases_path) -> Path:
 def threshold_halo_free(volume_path, phases_path, settings, progress: bool = True, workers: int = 1):
     """:func:`detachment.shading.threshold_flattened`, and where ``settings.remove_halo`` is on and the map's
     edge halo (:func:`detachment.edge_halo.measure_map`) reaches :data:`TRIGGER_UNDERSHOOT`, the phases read
-    again on the volume less the halo :func:`fit_map` finds (written beside ``phases_path``, removed after);
-    the map then records it (:data:`AMPLITUDE_ATTR`, :data:`REACH_ATTR`). Returns what
-    :func:`~detachment.shading.threshold_flattened` returns for the map written."""
+    again on the volume less the halo :func:`fit_map` finds (written beside ``phases_path``, removed after).
+    A first map read under a strong halo misplaces the edges the fit rests on (and its forward model's z
+    factor reads the halo as a sharper z), so the first fit takes the point spread as isotropic and the halo
+    is fitted again on the map read without it, under that map's z factor, and where its amplitude moves by more than :data:`AMPLITUDE_TOLERANCE` the
+    phases are read once more less that one. The map records the halo it was read less
+    (:data:`AMPLITUDE_ATTR`, :data:`REACH_ATTR`). Returns what :func:`~detachment.shading.threshold_flattened`
+    returns for the map written."""
     import h5py
 
     from . import edge_halo, shading
 
-    free = _halo_free_path(phases_path)
-    free.unlink(missing_ok=True)  # left by a run killed mid-way
+    _halo_free_path(phases_path).unlink(missing_ok=True)  # left by a run killed mid-way
     out = shading.threshold_flattened(volume_path, phases_path, settings, progress, workers)
     if not settings.remove_halo:
         return out
     halo = edge_halo.measure_map(phases_path, volume_path, out[0].fwhm)
     if not (np.isfinite(halo.undershoot) and halo.undershoot >= TRIGGER_UNDERSHOOT):
         return out
-    z_factor = out[0].refine_z_factor if np.isfinite(out[0].refine_z_factor) else 1.0
-    found = fit_map(phases_path, volume_path, z_factor)
+    # the first map's z factor is the halo's as much as the blur's (a halo reads as a sharper z): isotropic
+    found = fit_map(phases_path, volume_path, 1.0)
     if not found.amplitude >= MIN_AMPLITUDE:
         log.info("edge halo: undershoot %.3f, but no halo fitted (amplitude %.3f): the grey levels are read as "
                  "they are", halo.undershoot, found.amplitude)
         return out
-    log.info("edge halo: undershoot %.3f; fitted amplitude %.3f over %.1f voxels (point spread %.1f voxels): "
-             "taken out and the phases read again", halo.undershoot, found.amplitude, found.sigma_vox,
-             found.blur_sigma_vox)
-    try:
-        write_halo_free(volume_path, free, found.amplitude, found.sigma_vox)
-        out = shading.threshold_flattened(free, phases_path, settings, progress, workers)
-    finally:
-        free.unlink(missing_ok=True)
+    fits = [found]
+    while True:
+        log.info("edge halo: undershoot %.3f; fitted amplitude %.3f over %.1f voxels (point spread %.1f voxels): "
+                 "taken out and the phases read again", halo.undershoot, found.amplitude, found.sigma_vox,
+                 found.blur_sigma_vox)
+        out = _read_less(volume_path, phases_path, found, settings, progress, workers)
+        if len(fits) > 1:
+            break
+        z_factor = out[0].refine_z_factor if np.isfinite(out[0].refine_z_factor) else 1.0
+        again = fit_map(phases_path, volume_path, z_factor)  # on the map read without it; attrs not yet written
+        fits.append(again)
+        if not abs(again.amplitude - found.amplitude) > AMPLITUDE_TOLERANCE:
+            break
+        found = again
     with h5py.File(phases_path, "r+") as f:
         f["phases"].attrs[AMPLITUDE_ATTR] = found.amplitude
         f["phases"].attrs[REACH_ATTR] = found.sigma_vox
         f["phases"].attrs["halo_removed"] = (
             f"amplitude {found.amplitude:.3f} over {found.sigma_vox:.1f} vox (unsharp mask, fitted with a point "
-            f"spread of {found.blur_sigma_vox:.1f} vox); edge undershoot before {halo.undershoot:.3f}")
+            f"spread of {found.blur_sigma_vox:.1f} vox; fits: "
+            f"{', '.join(f'{h.amplitude:.3f} over {h.sigma_vox:.1f}' for h in fits)}); edge undershoot before "
+            f"{halo.undershoot:.3f}")
     return out
+
+
+def _read_less(volume_path, phases_path, halo: HaloFit, settings, progress, workers):
+    """:func:`detachment.shading.threshold_flattened` of the volume less ``halo`` (written beside
+    ``phases_path`` and removed after)."""
+    from . import shading
+
+    free = _halo_free_path(phases_path)
+    try:
+        write_halo_free(volume_path, free, halo.amplitude, halo.sigma_vox)
+        return shading.threshold_flattened(free, phases_path, settings, progress, workers)
+    finally:
+        free.unlink(missing_ok=True)

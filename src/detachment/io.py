@@ -640,6 +640,23 @@ def import_labels(src: str | os.PathLike, out: str | os.PathLike, *, volume_path
     return tuple(shape)
 
 
+def write_volume_view(volume_path, out_path, view_of, slab: int = 32) -> None:
+    """Write ``view_of(dataset)`` of the volume at ``volume_path`` (a view read by slices along z, e.g. the
+    grey levels less a shading field or a halo) to ``out_path`` by the contract (``/volume`` float32 with the
+    same attributes and its own grey range), atomically and ``slab`` slices at a time."""
+    with h5py.File(volume_path, "r") as fin, atomic_output(out_path) as tmp, h5py.File(tmp, "w") as fout:
+        src = fin[VOLUME_DATASET]
+        view = view_of(src)
+        dst = fout.create_dataset(VOLUME_DATASET, shape=src.shape, dtype=np.float32, chunks=slab_chunks(src.shape))
+        lo, hi = np.inf, -np.inf
+        for z0, z1 in slab_ranges(src.shape[0], slab):
+            part = view[z0:z1]
+            dst[z0:z1] = part
+            lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
+        dst.attrs.update({k: v for k, v in src.attrs.items()})
+        dst.attrs[GREY_RANGE_ATTR] = np.array([lo, hi], float)
+
+
 def write_volume(path: str | os.PathLike, volume: np.ndarray, voxel_size_um, source: str) -> None:
     """Write a (z, y, x) volume to ``path`` atomically, by the contract (``/volume`` float32).
 

@@ -257,22 +257,9 @@ def open_flat(phases_path, volume_path):
 def write_flattened(volume_path, out_path, field_grid: np.ndarray, block: int, slab: int = 32) -> None:
     """Write the volume of ``volume_path`` less its shading field to ``out_path`` (the volume contract,
     ``/volume`` float32 with the same attributes), atomically and slab by slab."""
-    import h5py
-
     from . import io
 
-    with h5py.File(volume_path, "r") as fin, io.atomic_output(out_path) as tmp, h5py.File(tmp, "w") as fout:
-        src = fin[io.VOLUME_DATASET]
-        view = FlatView(src, field_grid, block)
-        dst = fout.create_dataset(io.VOLUME_DATASET, shape=src.shape, dtype=np.float32,
-                                  chunks=io.slab_chunks(src.shape))
-        lo, hi = np.inf, -np.inf
-        for z0, z1 in io.slab_ranges(src.shape[0], slab):
-            part = view[z0:z1]
-            dst[z0:z1] = part
-            lo, hi = min(lo, float(part.min())), max(hi, float(part.max()))
-        dst.attrs.update({k: v for k, v in src.attrs.items()})
-        dst.attrs[io.GREY_RANGE_ATTR] = np.array([lo, hi], float)
+    io.write_volume_view(volume_path, out_path, lambda src: FlatView(src, field_grid, block), slab)
 
 
 def _beyond_bound(shading: Shading) -> bool:
