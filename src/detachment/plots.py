@@ -114,18 +114,24 @@ def phase_title(sample: str, z: int, method: str, unresolved=(), nmc_split: str 
     str
         E.g. ``"cell: slice z=12, informed; NOT RESOLVED: nmc_high (merged into a neighbour)"``.
     """
-    title = f"{sample}: slice z={z}, {method}"
-    if nmc_split == "domain means":
-        title += "; NMC low / high split on domain means (their panel), not on this histogram"
-    if layer is not None and layer.found:
-        title += f"; electrolyte measured on {layer.thickness} slices at the far face"
-    if unresolved:
-        title += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
-    if collector_tilt_deg is not None:
-        title += f"; collector tilted {collector_tilt_deg:.1f}°, Al confined below its plane"
-    if halo is not None:
-        title += f"; edge halo {halo[0]:.2f} over {halo[1]:.1f} voxels taken out (grey levels shown without it)"
+    title = f"{sample}: slice z={z}, {method}" + _model_notes(unresolved, nmc_split, layer, collector_tilt_deg, halo)
     return title + _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading, z_factor)
+
+
+def _model_notes(unresolved, nmc_split, layer, collector_tilt_deg, halo) -> str:
+    """The phase title's notes on how the map was read (see :func:`phase_title`), each after ``"; "``."""
+    notes = ""
+    if nmc_split == "domain means":
+        notes += "; NMC low / high split on domain means (their panel), not on this histogram"
+    if layer is not None and layer.found:
+        notes += f"; electrolyte measured on {layer.thickness} slices at the far face"
+    if unresolved:
+        notes += f"; NOT RESOLVED: {', '.join(unresolved)} (merged into a neighbour)"
+    if collector_tilt_deg is not None:
+        notes += f"; collector tilted {collector_tilt_deg:.1f}°, Al confined below its plane"
+    if halo is not None:
+        notes += f"; edge halo {halo[0]:.2f} over {halo[1]:.1f} voxels taken out (grey levels shown without it)"
+    return notes
 
 
 def _check_lines(blur_sigma, blur_se, edge_undershoot, blur_z_ratio, blur_z_reading=SQUARE, z_factor=None) -> str:
