@@ -170,3 +170,19 @@ def test_read_region_and_count_per_slice_equal_numpy(tmp_path):
     np.testing.assert_array_equal(io.count_per_slice(path, "labels"), (labels > 0).sum(axis=(1, 2)))
     with pytest.raises(io.InputError, match="no dataset '/phases'"):
         io.read_region(path, "phases", 0)
+
+
+@pytest.mark.parametrize("key", [np.s_[3], np.s_[1:4], np.s_[-2, 2:], np.s_[:, 5, 1:3], np.s_[2:2], np.s_[0, 0, -1]])
+def test_view_regions_read_what_numpy_indexing_reads(key):
+    """A view's regions and squeezed axes, against numpy indexing an array of indices (the oracle)."""
+    shape = (5, 6, 7)
+    regions, squeeze = io.view_regions(key, shape, "View")
+    grid = np.indices(shape)
+    want = grid[(slice(None),) + (key if isinstance(key, tuple) else (key,))]
+    got = grid[(slice(None),) + tuple(slice(a, b) for a, b in regions)]
+    assert np.array_equal(got.squeeze(axis=tuple(a + 1 for a in squeeze)), want)
+
+
+def test_view_regions_refuse_a_step_naming_the_view():
+    with pytest.raises(IndexError, match="HaloFreeView: slice step 2 on axis 1"):
+        io.view_regions(np.s_[:, ::2], (4, 4, 4), "HaloFreeView")

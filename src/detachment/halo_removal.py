@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .io import view_regions
+
 log = logging.getLogger(__name__)
 
 #: Edge undershoot (:attr:`detachment.edge_halo.EdgeHalo.undershoot`) from which the halo is fitted and
@@ -110,28 +112,18 @@ class HaloFreeView:
         self.margin = margin_vox(self.amplitude, self.sigma_vox)
 
     def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (3 - len(key))
-        inner, outer, squeeze = [], [], []
-        for axis, (k, n) in enumerate(zip(key, self.shape)):
-            if isinstance(k, slice):
-                start, stop, step = k.indices(n)
-                if step != 1:
-                    raise IndexError(f"HaloFreeView: slice step {step} on axis {axis}; only unit steps")
-                stop = max(start, stop)
-            else:
-                start = int(k) % n
-                stop = start + 1
-                squeeze.append(axis)
+        regions, squeeze = view_regions(key, self.shape, "HaloFreeView")
+        inner, outer = [], []
+        for (start, stop), n in zip(regions, self.shape):
             lo, hi = max(0, start - self.margin), min(n, stop + self.margin)
             outer.append(slice(lo, hi))
             inner.append(slice(start - lo, stop - lo))
         if any(s.stop <= s.start for s in inner):
-            return np.zeros([s.stop - s.start for s in inner], np.float32).squeeze(axis=tuple(squeeze))
+            return np.zeros([s.stop - s.start for s in inner], np.float32).squeeze(axis=squeeze)
         data = np.asarray(self.dataset[tuple(outer)], np.float32)
         # padded by its edge values: a side cut by the volume's border reads as the whole volume's would
         free = remove(data, self.amplitude, self.sigma_vox, margin=self.margin)[tuple(inner)]
-        return free.squeeze(axis=tuple(squeeze)) if squeeze else free
+        return free.squeeze(axis=squeeze) if squeeze else free
 
 
 def view(dataset, phases_dataset):

@@ -640,6 +640,26 @@ def import_labels(src: str | os.PathLike, out: str | os.PathLike, *, volume_path
     return tuple(shape)
 
 
+def view_regions(key, shape: tuple[int, ...], name: str) -> tuple[list[tuple[int, int]], tuple[int, ...]]:
+    """The ``(start, stop)`` each axis of ``shape`` reads for ``key`` (integers and unit-step slices, as a
+    volume view such as the grey levels less a shading field or a halo takes them), and the axes an integer
+    takes away. ``name`` names the view in the error for a slice with another step."""
+    key = key if isinstance(key, tuple) else (key,)
+    key = key + (slice(None),) * (len(shape) - len(key))
+    regions, squeeze = [], []
+    for axis, (k, n) in enumerate(zip(key, shape)):
+        if isinstance(k, slice):
+            start, stop, step = k.indices(n)
+            if step != 1:
+                raise IndexError(f"{name}: slice step {step} on axis {axis}; only unit steps")
+            regions.append((start, max(start, stop)))
+        else:
+            i = int(k) % n
+            regions.append((i, i + 1))
+            squeeze.append(axis)
+    return regions, tuple(squeeze)
+
+
 def write_volume_view(volume_path, out_path, view_of, slab: int = 32) -> None:
     """Write ``view_of(dataset)`` of the volume at ``volume_path`` (a view read by slices along z, e.g. the
     grey levels less a shading field or a halo) to ``out_path`` by the contract (``/volume`` float32 with the

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from .io import view_regions
 from .phases import VOID
 
 #: Edge of the blocks (voxels) whose electrolyte level is read.
@@ -202,22 +203,10 @@ class FlatView:
         self.shape, self.dtype = tuple(dataset.shape), np.dtype(np.float32)
 
     def __getitem__(self, key):
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (3 - len(key))
-        region, squeeze = [], []
-        for axis, (k, n) in enumerate(zip(key, self.shape)):
-            if isinstance(k, slice):
-                start, stop, step = k.indices(n)
-                if step != 1:
-                    raise IndexError(f"FlatView: slice step {step} on axis {axis}; only unit steps")
-                region.append((start, max(start, stop)))
-            else:
-                i = int(k) % n
-                region.append((i, i + 1))
-                squeeze.append(axis)
+        region, squeeze = view_regions(key, self.shape, "FlatView")
         data = np.asarray(self.dataset[key], np.float32)
         field = field_on(self.field_grid, self.block, region, self.shape)
-        return data - (field.squeeze(axis=tuple(squeeze)) if squeeze else field)
+        return data - (field.squeeze(axis=squeeze) if squeeze else field)
 
 
 def write_field(h5file, field_grid: np.ndarray, block: int) -> None:
