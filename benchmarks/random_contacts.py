@@ -7,7 +7,8 @@ Usage: .venv/bin/python benchmarks/random_contacts.py [--first 9000] [--count 30
 The phase map alone (``random_phantoms.py``) does not say whether the contacts transfer: they are read on
 the voxels beside the particles, where blur, partial volume and one-voxel coats and gaps decide. Each seed
 draws a phantom as ``random_phantoms.draw`` does (every grey level, width and geometry property at once,
-and in half the draws a point spread 0.7-1.4 times as wide along z as within the slices),
+in half the draws a point spread 0.7-1.4 times as wide along z as within the slices, and in half an edge
+halo),
 thresholds it, fits the contact level and reads every particle's detachment with the settings of
 ``config/config.yaml``, on the truth's particle labels taken as the segmentation's masks (so the CNN's
 segmentation is left out: what is measured is the phase map and the contact reading), and scores them
@@ -46,9 +47,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from random_phantoms import draw, run_draws
+from random_phantoms import draw, halo_columns, run_draws
 
-from detachment import io, plausibility, validation
+from detachment import halo_removal, io, plausibility, validation
 from detachment.config_docs import with_defaults
 from detachment.contact_level import edge_width_from_map, reads_through_layer
 from detachment.phantom import PhantomParams, generate_phantom, write_phantom
@@ -88,7 +89,8 @@ def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refi
            "blur_sigma_vox": round(p["blur_sigma_vox"], 3), "blur_z_factor": round(p["blur_z_factor"], 3),
            "void_to_cbd": round(p["intensity"]["cbd"] - p["intensity"]["void"], 3),
            "noise_fwhm": round(p["fwhm"]["void"], 3), "cbd_fwhm": round(p["fwhm"]["cbd"], 3),
-           "gap_vox": round(p["gap_width_vox"], 2), "coat_vox": round(p["coating_width_vox"], 2)}
+           "gap_vox": round(p["gap_width_vox"], 2), "coat_vox": round(p["coating_width_vox"], 2),
+           **halo_columns(p)}
     t0 = time.perf_counter()
     ph = generate_phantom(PhantomParams(**p), seed=seed)
     volume, truth, table = work / "volume.h5", work / "truth.h5", work / "truth.csv"
@@ -135,7 +137,9 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
     undecided = float(measured.set_index("label").detachment_ambiguous.reindex(errors.label).mean())
     failed = " ".join(checks.loc[~checks.passed.astype(bool), "check"])
     silent = not failed and not ambiguous and (mae > MAX_MAE or abs(bias) > MAX_BIAS)
+    fitted = halo_removal.recorded(phases_path)
     row = {"accuracy_declared": round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4),
+           "halo_fitted": round(fitted[0], 3) if fitted else 0.0,
            "unresolved": ",".join(res.unresolved),
            "blur_measured": round(float(res.blur_sigma_vox), 3), "edge_width": round(float(edge_width_from_map(phases_path, qc)), 3),
            "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),

@@ -9,7 +9,9 @@ electrolyte and Al with CBD and NMC at least as wide (texture on top), NMC low a
 how much electrolyte, CBD, contact and particle size, the collector's thickness and tilt, and surfaces on
 the voxel grid or cutting voxels (partial volume), under point spreads up to 0.6 voxel (wider ones stop
 at the blur check), as wide along z as within the slices in half the draws and 0.7-1.4 times as wide in the
-others. Each volume is thresholded with the default settings and its phase-map checks run.
+others, and in half the draws an edge halo (phase contrast, a reconstruction's fringes) of either shape the
+phantom renders. Each volume is thresholded as the workflow thresholds it (the halo taken out where one is
+found) with the default settings, and its phase-map checks run.
 
 Per draw it prints the phase accuracy (declared: NMC merged where the map says NMC high is not resolved;
 strict; with NMC merged anyway), the share of NMC voxels put in the other density, how NMC was split, and
@@ -29,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from detachment import io, map_checks, shading
-from detachment.phantom import PhantomParams, generate_phantom
+from detachment import halo_removal, io, map_checks
+from detachment.phantom import HALO_SHAPES, PhantomParams, generate_phantom
 from detachment.phase_fit import PhaseModelError
 from detachment.phases import NMC_HIGH, NMC_LOW
 from detachment.robustness import phase_accuracy
@@ -71,6 +73,7 @@ def draw(rng: np.random.Generator, max_drift: float = 0.03) -> dict:
         p["collector_tilt_deg"], rise = 0.0, 0.0
     p["shape_zyx"] = (int(p["collector_thickness_vox"] + 32 + np.ceil(rise) + rng.integers(0, 20)), SIDE, SIDE)
     p["blur_z_factor"] = z_factor(rng.spawn(1)[0])
+    p.update(halo(rng.spawn(1)[0]))
     return p
 
 
@@ -82,6 +85,25 @@ def z_factor(rng: np.random.Generator) -> float:
     return 1.0 if rng.uniform() < 0.5 else float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
 
 
+def halo(rng: np.random.Generator) -> dict:
+    """PhantomParams fields of a draw's edge halo: none in half the draws, else an amplitude uniform in
+    0.1-1.0 and a reach uniform in 1-3 voxels, of a Gaussian (unsharp-mask) or a Paganin (Lorentzian) shape
+    alike often: from below the removal's trigger to twice the validation preset's, and a shape the removal's
+    model does not have. ``rng``: a child of the draw's generator (the second spawned, after
+    :func:`z_factor`'s), so the fields drawn before halos were added are as they were."""
+    if rng.uniform() < 0.5:
+        return {"halo_amplitude": 0.0}
+    return {"halo_amplitude": float(rng.uniform(0.1, 1.0)), "halo_sigma_vox": float(rng.uniform(1.0, 3.0)),
+            "halo_shape": str(rng.choice(HALO_SHAPES))}
+
+
+def halo_columns(p: dict) -> dict:
+    """A draw's halo as table columns: amplitude, reach and shape ("" without a halo)."""
+    a = p.get("halo_amplitude", 0.0)
+    return {"halo_amplitude": round(a, 3), "halo_reach_vox": round(p.get("halo_sigma_vox", 0.0), 2) if a else 0.0,
+            "halo_shape": p.get("halo_shape", "gaussian") if a else ""}
+
+
 def measure(seed: int, work: Path) -> dict:
     """One draw: its parameters and what the thresholding made of it."""
     p = draw(np.random.default_rng(seed))
@@ -89,27 +111,29 @@ def measure(seed: int, work: Path) -> dict:
            "blur_z_factor": round(p["blur_z_factor"], 3),
            "nmc_apart": round(p["intensity"]["nmc_high"] - p["intensity"]["nmc_low"], 3),
            "al_to_nmc_low": round(p["intensity"]["nmc_low"] - p["intensity"]["al"], 3),
-           "noise_fwhm": round(p["fwhm"]["void"], 3)}
+           "noise_fwhm": round(p["fwhm"]["void"], 3), **halo_columns(p)}
     t0 = time.perf_counter()
     ph = generate_phantom(PhantomParams(**p), seed=seed)
     volume = work / f"{seed}.h5"
     io.write_volume(volume, ph.volume, 0.5, "random draw")
     phases_path = work / f"{seed}_phases.h5"
     try:
-        res, shade, _ = shading.threshold_flattened(volume, phases_path, ThresholdSettings(), progress=False,
-                                                    workers=2)
+        res, shade, _ = halo_removal.threshold_halo_free(volume, phases_path, ThresholdSettings(), progress=False,
+                                                         workers=2)
         checked = map_checks.check_map_files(res, shade, phases_path, volume)
     except PhaseModelError as e:
         return {**row, "failed": f"model: {e}"[:120]}
     finally:
         volume.unlink()
     codes = io.read_dataset(phases_path, "phases")
+    fitted = halo_removal.recorded(phases_path)
     phases_path.unlink()
     checks = checked.table
     nmc = np.isin(ph.phases, (NMC_LOW, NMC_HIGH)) & np.isin(codes, (NMC_LOW, NMC_HIGH))
     declared = phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved))
     failed = " ".join(checks.loc[~checks.passed, "check"])
-    return {**row, "blur_z_ratio": round(checked.steps.ratio, 3), "nmc_split": res.nmc_split,
+    return {**row, "halo_fitted": round(fitted[0], 3) if fitted else 0.0,
+            "blur_z_ratio": round(checked.steps.ratio, 3), "nmc_split": res.nmc_split,
             "unresolved": " ".join(res.unresolved),
             "accuracy_declared": round(declared, 4), "accuracy_strict": round(phase_accuracy(codes, ph.phases), 4),
             "accuracy_nmc_merged": round(phase_accuracy(codes, ph.phases, merge_nmc=True), 4),

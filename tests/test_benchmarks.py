@@ -104,11 +104,12 @@ def test_random_phantom_draws_are_valid_phantoms_with_the_order_and_noise_they_c
     spec.loader.exec_module(rp)
     import numpy as np
 
-    factors = []
+    factors, halos = [], []
     for seed in range(300):
         p = rp.draw(np.random.default_rng(seed))
         PhantomParams(**p).validate(f"draw {seed}")
         factors.append(p["blur_z_factor"])
+        halos.append((p["halo_amplitude"], p.get("halo_sigma_vox", 0.0), p.get("halo_shape", "")))
         levels = [p["intensity"][n] for n in ("void", "cbd", "al", "nmc_low", "nmc_high")]
         assert levels == sorted(levels), (seed, levels)
         noise = p["fwhm"]["void"]
@@ -120,17 +121,30 @@ def test_random_phantom_draws_are_valid_phantoms_with_the_order_and_noise_they_c
     assert 0.4 < iso.mean() < 0.6
     assert factors[~iso].min() >= 0.7 and factors[~iso].max() <= 1.4
     assert (factors[~iso] < 0.93).sum() > 20 and (factors[~iso] > 1.12).sum() > 20
-    # the factor is drawn from a child generator: whatever it draws, the parent's stream goes on as without it
+    # a halo in about half the draws, of both shapes, from below the removal's trigger to twice the preset's
+    amplitude = np.array([a for a, _, _ in halos])
+    assert 0.4 < (amplitude > 0).mean() < 0.6
+    assert amplitude[amplitude > 0].min() >= 0.1 and amplitude.max() <= 1.0 and (amplitude > 0.75).sum() > 20
+    assert {shape for a, _, shape in halos if a > 0} == {"gaussian", "paganin"}
+    assert all(1.0 <= reach <= 3.0 for a, reach, _ in halos if a > 0)
+    # the factor and the halo are drawn from child generators: whatever they draw, the parent's stream, and
+    # the factor drawn before the halo was added, go on as without them
     rng, plain = np.random.default_rng(7), np.random.default_rng(7)
     drawn = rp.draw(rng)
-    real, rp.z_factor = rp.z_factor, lambda child: 1.0
+    real = rp.z_factor, rp.halo
+    rp.z_factor, rp.halo = (lambda child: 1.0), (lambda child: {})
     try:
         without = rp.draw(plain)
     finally:
-        rp.z_factor = real
-    assert {k: v for k, v in drawn.items() if k != "blur_z_factor"} == {k: v for k, v in without.items()
-                                                                          if k != "blur_z_factor"}
+        rp.z_factor, rp.halo = real
+    added = {"blur_z_factor", "halo_amplitude", "halo_sigma_vox", "halo_shape"}
+    assert {k: v for k, v in drawn.items() if k not in added} == {k: v for k, v in without.items() if k not in added}
     assert rng.uniform() == plain.uniform()
+    rp.halo = lambda child: {}
+    try:
+        assert rp.draw(np.random.default_rng(7))["blur_z_factor"] == drawn["blur_z_factor"]
+    finally:
+        rp.halo = real[1]
 
 
 def _random_contacts():
