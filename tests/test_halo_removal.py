@@ -50,6 +50,42 @@ def test_the_inverse_never_amplifies_noise():
     assert np.array_equal(halo_removal.remove(noise, 0.0, 2.0), noise)
 
 
+def _lag1(x: np.ndarray) -> float:
+    """Mean correlation of neighbours along the three axes."""
+    x = x - x.mean()
+    return float(np.mean([np.mean(np.take(x, range(1, n), a) * np.take(x, range(n - 1), a)) / x.var()
+                          for a, n in enumerate(x.shape)]))
+
+
+@pytest.mark.parametrize("a, h", [(0.3, 1.5), (0.6, 2.9), (1.0, 2.0)])
+def test_the_noise_the_inverse_damps_is_given_back_white(a, h):
+    """Detector noise enters after the halo. Taken out by the exact inverse, the noise is damped (by up to
+    1 / (1 + a) per voxel); given back, it has the spread and (no) correlation of white noise as imaged,
+    while the object comes back as it was (the oracle: the object and the white noise drawn before the
+    halo)."""
+    rng = np.random.default_rng(11)
+    u = ndimage.gaussian_filter(LEVELS[_balls()], 0.5, mode="nearest")
+    sd = 0.04
+    noise = rng.normal(0, sd, u.shape).astype(np.float32)
+    imaged = _unsharp(u, a, h) + noise
+    exact = halo_removal.remove(imaged, a, h) - u
+    m = halo_removal.margin_vox(a, h)
+    region = [(-m, n + m) for n in u.shape]
+    matched = halo_removal.remove(imaged, a, h, noise=sd * halo_removal.white_noise(region)) - u
+    inner = np.s_[8:-8, 8:-8, 8:-8]
+    assert exact[inner].std() < 0.9 * sd and exact[inner].std() > 0.99 * sd / (1 + a)
+    assert matched[inner].std() == pytest.approx(sd, rel=0.05) and abs(_lag1(matched[inner])) < 0.03
+    # the object is back: what is left is noise, uncorrelated with it
+    assert abs(np.corrcoef(matched[inner].ravel(), u[inner].ravel())[0, 1]) < 0.02
+
+
+def test_the_noise_given_back_is_the_same_whatever_block_reads_a_voxel():
+    whole = halo_removal.white_noise([(-5, 40), (-3, 150), (0, 70)])
+    assert whole.dtype == np.float32 and abs(whole.std() - 1) < 0.01 and abs(whole.mean()) < 0.01
+    part = halo_removal.white_noise([(10, 12), (60, 130), (33, 34)])
+    assert np.array_equal(part, whole[15:17, 63:133, 33:34])
+
+
 def test_the_view_reads_as_the_whole_volume_removed():
     v = _unsharp(ndimage.gaussian_filter(LEVELS[_balls()], 0.6, mode="nearest"), 0.5, 2.0)
     whole = halo_removal.remove(v, 0.5, 2.0)
@@ -59,6 +95,12 @@ def test_the_view_reads_as_the_whole_volume_removed():
         assert np.allclose(view[key], whole[key], atol=1e-4), key
     with pytest.raises(IndexError, match="unit steps"):
         view[::2]
+    # with noise given back, too: every block reads a voxel's noise as the whole volume's read does
+    m = halo_removal.margin_vox(0.5, 2.0)
+    whole = halo_removal.remove(v, 0.5, 2.0, noise=0.03 * halo_removal.white_noise([(-m, n + m) for n in v.shape]))
+    view = halo_removal.HaloFreeView(v, 0.5, 2.0, noise_sd=0.03)
+    for key in [np.s_[10:20], np.s_[0:3], np.s_[37:40, 5:50], np.s_[12, 30:40, 7]]:
+        assert np.allclose(view[key], whole[key], atol=1e-4), key
 
 
 @pytest.mark.parametrize("a, h, sigma", [(0.5, 2.0, 0.6), (1.0, 1.5, 0.5), (0.25, 3.0, 1.0)])
@@ -107,6 +149,8 @@ def test_a_phantoms_halo_is_taken_out_before_the_phases_are_read(tmp_path, shape
         assert halo_removal.AMPLITUDE_ATTR not in f["phases"].attrs
     assert 0.3 < attrs[halo_removal.AMPLITUDE_ATTR] < 1.0 and "undershoot before" in attrs["halo_removed"]
     assert "fits: " in attrs["halo_removed"]  # fitted again on the map read without it
+    # the noise given back is the imaged electrolyte's: the phantom's planted electrolyte FWHM
+    assert attrs[halo_removal.NOISE_ATTR] == pytest.approx(PhantomParams().fwhm["void"] / 2.3548, rel=0.15)
     # the check reads the grey levels as the map was read from them: what is left of the halo
     before = edge_halo.measure_map(kept, volume, res_off.fwhm).undershoot
     after = edge_halo.measure_map(removed, volume, res.fwhm).undershoot

@@ -8,13 +8,25 @@ and damps the high ones by up to ``1 / (1 + a)``: it never amplifies the noise, 
 the phase model, the forward model and the contact reading, which all assume a point spread that is nowhere
 negative.
 
+The detector's noise enters after the halo, so the inverse damps it too, by up to ``1 / (1 + a)`` per voxel:
+the volume reads less noisy than it was imaged. The contact reading and its checks are not calibrated for
+that: on random phantoms read with the halo taken out this way, gaps read as CBD and the gap / CBD
+separation passed the check where the same draw imaged without a halo reads well or stops (docs/results.md).
+So the noise the inverse takes away is given back: white noise of the imaged electrolyte's spread ``s``,
+filtered by ``c (1 - g)`` with ``g`` the inverse's gain and ``c = √(1 + 2 / a)``, is added. The noise is
+then ``s² (g² + c² (1 - g)²)`` in power: exactly ``s²`` at the lowest and the highest frequencies, and at
+least ``(a + 2) / (2 a + 2)`` of it between (0.83 at a = 0.5, 0.75 at a = 1), over a band where the halo
+acts. The halo's gain in signal to noise at high frequencies is given up, for
+readings and checks that hold. The added noise is drawn from a fixed seed per tile of voxels
+(:func:`white_noise`), so every read of a voxel sees the same value and a run is deterministic.
+
 ``a`` and ``h`` are fitted to the volume (:func:`fit`): for each point spread σ and halo reach ``h`` on a grid,
 the map's levels blurred by σ (``R``) and the grey levels ``v`` give ``a`` by least squares of
 ``v - R ≈ a (R - G_h R) + c`` over the voxels near the map's edges; the grid point of least residual wins.
 :func:`threshold_halo_free` reads the phases, measures the edge halo, and where it reaches
 :data:`TRIGGER_UNDERSHOOT` reads them again on the volume less the fitted halo; the map then carries
-``halo_amplitude`` and ``halo_sigma_vox`` and :func:`detachment.shading.flat_view` reads its grey levels
-through :class:`HaloFreeView`. Axes (z, y, x).
+``halo_amplitude``, ``halo_sigma_vox`` and ``halo_noise_sd`` and :func:`detachment.shading.flat_view` reads
+its grey levels through :class:`HaloFreeView`. Axes (z, y, x).
 """
 
 from __future__ import annotations
@@ -52,8 +64,12 @@ NEAR_VOX = 6
 FIT_VOXELS = 4_000_000
 #: Relative weight of the inverse filter's impulse response left out beyond the margin.
 TAIL = 1e-4
-#: Dataset attributes of the map that record the halo taken out.
-AMPLITUDE_ATTR, REACH_ATTR = "halo_amplitude", "halo_sigma_vox"
+#: Dataset attributes of the map that record the halo taken out, and the spread of the noise given back.
+AMPLITUDE_ATTR, REACH_ATTR, NOISE_ATTR = "halo_amplitude", "halo_sigma_vox", "halo_noise_sd"
+#: Seed of the noise given back, and the edge (voxels, within a slice) of the tiles it is drawn per.
+NOISE_SEED, NOISE_TILE = 20261207, 64
+#: Offset of the tiles' and slices' indices in the seed (a block's margin reaches before the volume's start).
+_INDEX_OFFSET = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -78,10 +94,14 @@ def margin_vox(amplitude: float, sigma_vox: float) -> int:
     return int(math.ceil(3.0 * sigma_vox * math.sqrt(terms)))
 
 
-def remove(block: np.ndarray, amplitude: float, sigma_vox: float, margin: int | None = None) -> np.ndarray:
+def remove(block: np.ndarray, amplitude: float, sigma_vox: float, margin: int | None = None,
+           noise: np.ndarray | None = None) -> np.ndarray:
     """``block`` less a halo of ``amplitude`` and reach ``sigma_vox``: the unsharp mask's exact inverse, applied
     in Fourier space on the block padded by its edge values (``margin`` voxels each side, default
     :func:`margin_vox`), so that its borders read as a volume's borders under ``mode="nearest"``.
+
+    ``noise``: white noise of the spread to give back (module docstring), the shape of the padded block
+    (``margin`` more each side), filtered by ``c (1 - g)`` and added; None: the exact inverse alone.
 
     Returns
     -------
@@ -97,17 +117,44 @@ def remove(block: np.ndarray, amplitude: float, sigma_vox: float, margin: int | 
     f2 = sum(f.reshape([-1 if i == j else 1 for j in range(padded.ndim)]) ** 2 for i, f in enumerate(freqs))
     gain = 1.0 / ((1.0 + amplitude) - amplitude * np.exp(-2.0 * np.pi**2 * sigma_vox**2 * f2))
     axes = tuple(range(padded.ndim))
-    out = np.fft.irfftn(np.fft.rfftn(padded, axes=axes) * gain, s=padded.shape, axes=axes)
+    spectrum = np.fft.rfftn(padded, axes=axes) * gain
+    if noise is not None:
+        if noise.shape != padded.shape:
+            raise ValueError(f"noise of shape {noise.shape} for a padded block of {padded.shape}")
+        spectrum += np.fft.rfftn(noise, axes=axes) * (math.sqrt(1.0 + 2.0 / amplitude) * (1.0 - gain))
+    out = np.fft.irfftn(spectrum, s=padded.shape, axes=axes)
     return out[tuple(slice(m, m + n) for n in block.shape)].astype(np.float32)
+
+
+def white_noise(region) -> np.ndarray:
+    """Standard normal noise (float32) at the voxels of ``region`` ((start, stop) per axis, volume coordinates,
+    which may reach before 0 or past the volume's end): each slice's tiles of :data:`NOISE_TILE` voxels drawn
+    from a generator seeded by :data:`NOISE_SEED` and the tile's indices, so a voxel reads the same value
+    whatever block it is read in."""
+    (z0, z1), (y0, y1), (x0, x1) = region
+    out = np.empty((z1 - z0, y1 - y0, x1 - x0), np.float32)
+    t = NOISE_TILE
+    for z in range(z0, z1):
+        for ty in range(y0 // t, -(-y1 // t)):
+            for tx in range(x0 // t, -(-x1 // t)):
+                tile = np.random.default_rng([NOISE_SEED, z + _INDEX_OFFSET, ty + _INDEX_OFFSET,
+                                              tx + _INDEX_OFFSET]).standard_normal((t, t), np.float32)
+                ya, yb = max(y0, ty * t), min(y1, (ty + 1) * t)
+                xa, xb = max(x0, tx * t), min(x1, (tx + 1) * t)
+                out[z - z0, ya - y0: yb - y0, xa - x0: xb - x0] = tile[ya - ty * t: yb - ty * t,
+                                                                      xa - tx * t: xb - tx * t]
+    return out
 
 
 class HaloFreeView:
     """A (z, y, x) grey-level dataset read less a halo: ``view[key]`` is :func:`remove` of ``dataset`` around
     ``key`` (read with :func:`margin_vox` voxels of context, clipped at the volume's borders), for keys of
-    integers and unit-step slices."""
+    integers and unit-step slices, with white noise of spread ``noise_sd`` given back (:func:`white_noise`;
+    0: none)."""
 
-    def __init__(self, dataset, amplitude: float, sigma_vox: float):
+    def __init__(self, dataset, amplitude: float, sigma_vox: float, noise_sd: float = 0.0):
         self.dataset, self.amplitude, self.sigma_vox = dataset, float(amplitude), float(sigma_vox)
+        self.noise_sd = float(noise_sd)
         self.shape, self.dtype = tuple(dataset.shape), np.dtype(np.float32)
         self.margin = margin_vox(self.amplitude, self.sigma_vox)
 
@@ -121,18 +168,24 @@ class HaloFreeView:
         if any(s.stop <= s.start for s in inner):
             return np.zeros([s.stop - s.start for s in inner], np.float32).squeeze(axis=squeeze)
         data = np.asarray(self.dataset[tuple(outer)], np.float32)
+        noise = None
+        if self.noise_sd > 0:
+            m = self.margin
+            noise = self.noise_sd * white_noise([(o.start - m, o.stop + m) for o in outer])
         # padded by its edge values: a side cut by the volume's border reads as the whole volume's would
-        free = remove(data, self.amplitude, self.sigma_vox, margin=self.margin)[tuple(inner)]
+        free = remove(data, self.amplitude, self.sigma_vox, margin=self.margin, noise=noise)[tuple(inner)]
         return free.squeeze(axis=squeeze) if squeeze else free
 
 
 def view(dataset, phases_dataset):
     """``dataset`` read less the halo the map ``phases_dataset`` records (:data:`AMPLITUDE_ATTR`,
-    :data:`REACH_ATTR`): a :class:`HaloFreeView`, or ``dataset`` itself where it records none."""
+    :data:`REACH_ATTR`, with the noise of :data:`NOISE_ATTR` given back): a :class:`HaloFreeView`, or
+    ``dataset`` itself where it records none."""
     amplitude = float(phases_dataset.attrs.get(AMPLITUDE_ATTR, 0.0))
     if not amplitude > 0:
         return dataset
-    return HaloFreeView(dataset, amplitude, float(phases_dataset.attrs[REACH_ATTR]))
+    return HaloFreeView(dataset, amplitude, float(phases_dataset.attrs[REACH_ATTR]),
+                        float(phases_dataset.attrs.get(NOISE_ATTR, 0.0)))
 
 
 def recorded(phases_path) -> tuple[float, float] | None:
@@ -237,12 +290,14 @@ def fit_map(phases_path, volume_path, z_factor: float = 1.0) -> HaloFit:
         return fit(codes[block], grey[block], z_factor)
 
 
-def write_halo_free(volume_path, out_path, amplitude: float, sigma_vox: float, slab: int = 32) -> None:
-    """Write the volume of ``volume_path`` less a halo (:class:`HaloFreeView`) to ``out_path`` (the volume
-    contract, ``/volume`` float32 with the same attributes), atomically and slab by slab."""
+def write_halo_free(volume_path, out_path, amplitude: float, sigma_vox: float, slab: int = 32,
+                    noise_sd: float = 0.0) -> None:
+    """Write the volume of ``volume_path`` less a halo (:class:`HaloFreeView`, ``noise_sd`` given back) to
+    ``out_path`` (the volume contract, ``/volume`` float32 with the same attributes), atomically and slab by
+    slab."""
     from . import io
 
-    io.write_volume_view(volume_path, out_path, lambda src: HaloFreeView(src, amplitude, sigma_vox), slab)
+    io.write_volume_view(volume_path, out_path, lambda src: HaloFreeView(src, amplitude, sigma_vox, noise_sd), slab)
 
 
 def _halo_free_path(phases_path) -> Path:
@@ -257,8 +312,9 @@ def threshold_halo_free(volume_path, phases_path, settings, progress: bool = Tru
     A first map read under a strong halo misplaces the edges the fit rests on (and its forward model's z
     factor reads the halo as a sharper z), so the first fit takes the point spread as isotropic and the halo
     is fitted again on the map read without it, under that map's z factor, and where its amplitude moves by more than :data:`AMPLITUDE_TOLERANCE` the
-    phases are read once more less that one. The map records the halo it was read less
-    (:data:`AMPLITUDE_ATTR`, :data:`REACH_ATTR`). Returns what :func:`~detachment.shading.threshold_flattened`
+    phases are read once more less that one. The noise the removal damps is given back (:func:`imaged_noise`,
+    module docstring). The map records the halo it was read less and the noise given back
+    (:data:`AMPLITUDE_ATTR`, :data:`REACH_ATTR`, :data:`NOISE_ATTR`). Returns what :func:`~detachment.shading.threshold_flattened`
     returns for the map written."""
     import h5py
 
@@ -277,12 +333,12 @@ def threshold_halo_free(volume_path, phases_path, settings, progress: bool = Tru
         log.info("edge halo: undershoot %.3f, but no halo fitted (amplitude %.3f): the grey levels are read as "
                  "they are", halo.undershoot, found.amplitude)
         return out
-    fits = [found]
+    fits, noise_sd = [found], imaged_noise(volume_path, phases_path, out[0].fwhm)
     while True:
         log.info("edge halo: undershoot %.3f; fitted amplitude %.3f over %.1f voxels (point spread %.1f voxels): "
-                 "taken out and the phases read again", halo.undershoot, found.amplitude, found.sigma_vox,
-                 found.blur_sigma_vox)
-        out = _read_less(volume_path, phases_path, found, settings, progress, workers)
+                 "taken out, noise of spread %.4f given back, and the phases read again", halo.undershoot,
+                 found.amplitude, found.sigma_vox, found.blur_sigma_vox, noise_sd)
+        out = _read_less(volume_path, phases_path, found, noise_sd, settings, progress, workers)
         if len(fits) > 1:
             break
         z_factor = out[0].refine_z_factor if np.isfinite(out[0].refine_z_factor) else 1.0
@@ -294,22 +350,40 @@ def threshold_halo_free(volume_path, phases_path, settings, progress: bool = Tru
     with h5py.File(phases_path, "r+") as f:
         f["phases"].attrs[AMPLITUDE_ATTR] = found.amplitude
         f["phases"].attrs[REACH_ATTR] = found.sigma_vox
+        f["phases"].attrs[NOISE_ATTR] = noise_sd
         f["phases"].attrs["halo_removed"] = (
             f"amplitude {found.amplitude:.3f} over {found.sigma_vox:.1f} vox (unsharp mask, fitted with a point "
             f"spread of {found.blur_sigma_vox:.1f} vox; fits: "
             f"{', '.join(f'{h.amplitude:.3f} over {h.sigma_vox:.1f}' for h in fits)}); edge undershoot before "
-            f"{halo.undershoot:.3f}")
+            f"{halo.undershoot:.3f}; noise of spread {noise_sd:.4f} given back")
     return out
 
 
-def _read_less(volume_path, phases_path, halo: HaloFit, settings, progress, workers):
-    """:func:`detachment.shading.threshold_flattened` of the volume less ``halo`` (written beside
-    ``phases_path`` and removed after)."""
+def imaged_noise(volume_path, phases_path, fwhm) -> float:
+    """Spread of the noise as imaged, grey levels: :func:`detachment.contact_level.electrolyte_spread` of the
+    volume on the map at ``phases_path`` (the open electrolyte, where the halo has faded), else the
+    electrolyte's fitted FWHM / 2.3548 (``fwhm``: ``phase_fwhm.csv``'s ``phase``, ``fwhm``), else 0."""
+    from .contact_level import electrolyte_spread
+
+    sd = electrolyte_spread(volume_path, phases_path)
+    if not (np.isfinite(sd) and sd > 0):
+        widths = dict(zip(fwhm["phase"], fwhm["fwhm"]))
+        sd = float(widths.get("void", float("nan"))) / 2.3548
+    if not (np.isfinite(sd) and sd > 0):
+        log.warning("edge halo: no spread of the electrolyte's grey levels to give back as noise: the halo is "
+                    "taken out with its exact inverse alone, which damps the noise")
+        return 0.0
+    return float(sd)
+
+
+def _read_less(volume_path, phases_path, halo: HaloFit, noise_sd: float, settings, progress, workers):
+    """:func:`detachment.shading.threshold_flattened` of the volume less ``halo``, ``noise_sd`` given back
+    (written beside ``phases_path`` and removed after)."""
     from . import shading
 
     free = _halo_free_path(phases_path)
     try:
-        write_halo_free(volume_path, free, halo.amplitude, halo.sigma_vox)
+        write_halo_free(volume_path, free, halo.amplitude, halo.sigma_vox, noise_sd=noise_sd)
         return shading.threshold_flattened(free, phases_path, settings, progress, workers)
     finally:
         free.unlink(missing_ok=True)
