@@ -359,13 +359,33 @@ def threshold_halo_free(volume_path, phases_path, settings, progress: bool = Tru
     return out
 
 
-def imaged_noise(volume_path, phases_path, fwhm) -> float:
-    """Spread of the noise as imaged, grey levels: :func:`detachment.contact_level.electrolyte_spread` of the
-    volume on the map at ``phases_path`` (the open electrolyte, where the halo has faded), else the
+def imaged_noise(volume_path, phases_path, fwhm, slab: int = 32, min_pairs: int = 200) -> float:
+    """Spread of the white noise as imaged, grey levels: :func:`detachment.contact_level.robust_sigma` of the
+    differences of neighbours along x in the open electrolyte of the map at ``phases_path``
+    (:func:`detachment.contact_level.open_electrolyte`), over √2, on every
+    :data:`detachment.blur.SLICE_STEP`-th slice. Differences of neighbours leave out what varies slowly: a
+    halo's tail that reaches into the open electrolyte, shading. Fewer than ``min_pairs`` pairs: the
     electrolyte's fitted FWHM / 2.3548 (``fwhm``: ``phase_fwhm.csv``'s ``phase``, ``fwhm``), else 0."""
-    from .contact_level import electrolyte_spread
+    import h5py
 
-    sd = electrolyte_spread(volume_path, phases_path)
+    from . import io
+    from .blur import SLICE_STEP
+    from .contact_level import OPEN_ELECTROLYTE_VOX, open_electrolyte, robust_sigma
+
+    halo = OPEN_ELECTROLYTE_VOX + 1
+    diffs = []
+    with h5py.File(phases_path, "r") as f:
+        dp = f["phases"]
+        for z0, z1, grey in io.iter_volume_slabs(volume_path, slab, halo):
+            a = max(0, z0 - halo)
+            keep = np.arange(z0, z1) % SLICE_STEP == 0
+            if not keep.any():
+                continue
+            inside = open_electrolyte(dp[a:a + len(grey)])[z0 - a: z1 - a][keep]
+            g = grey[z0 - a: z1 - a][keep]
+            diffs.append((g[..., 1:] - g[..., :-1])[inside[..., 1:] & inside[..., :-1]])
+    d = np.concatenate(diffs) if diffs else np.zeros(0)
+    sd = robust_sigma(d) / math.sqrt(2.0) if d.size >= min_pairs else float("nan")
     if not (np.isfinite(sd) and sd > 0):
         widths = dict(zip(fwhm["phase"], fwhm["fwhm"]))
         sd = float(widths.get("void", float("nan"))) / 2.3548
