@@ -12,12 +12,12 @@ The detector's noise enters after the halo, so the inverse damps it too, by up t
 the volume reads less noisy than it was imaged. The contact reading and its checks are not calibrated for
 that: on random phantoms read with the halo taken out this way, gaps read as CBD and the gap / CBD
 separation passed the check where the same draw imaged without a halo reads well or stops (docs/results.md).
-So the noise the inverse takes away is given back: white noise of the imaged electrolyte's spread ``s``,
-filtered by ``c (1 - g)`` with ``g`` the inverse's gain and ``c = √(1 + 2 / a)``, is added. The noise is
-then ``s² (g² + c² (1 - g)²)`` in power: exactly ``s²`` at the lowest and the highest frequencies, and at
-least ``(a + 2) / (2 a + 2)`` of it between (0.83 at a = 0.5, 0.75 at a = 1), over a band where the halo
-acts. The halo's gain in signal to noise at high frequencies is given up, for
-readings and checks that hold. The added noise is drawn from a fixed seed per tile of voxels
+So the noise the inverse takes away is given back: white noise of the spread ``s`` the noise was imaged
+with (:func:`imaged_noise`), filtered by ``c (1 - g)`` with ``g`` the inverse's gain and
+``c = √(1 + 2 / a)``, is added. The noise is then ``s² (g² + c² (1 - g)²)`` in power: exactly ``s²`` at the
+lowest and the highest frequencies, and at least ``(a + 2) / (2 a + 2)`` of it between (0.83 at a = 0.5,
+0.75 at a = 1), over the band where the halo acts. The halo's gain in signal to noise at high frequencies is
+given up, for readings and checks that hold. The added noise is drawn from a fixed seed per tile of voxels
 (:func:`white_noise`), so every read of a voxel sees the same value and a run is deterministic.
 
 ``a`` and ``h`` are fitted to the volume (:func:`fit`): for each point spread σ and halo reach ``h`` on a grid,
