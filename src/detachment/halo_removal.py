@@ -365,12 +365,14 @@ def imaged_noise(volume_path, phases_path, fwhm, slab: int = 32, min_pairs: int 
     (:func:`detachment.contact_level.open_electrolyte`), over √2, on every
     :data:`detachment.blur.SLICE_STEP`-th slice. Differences of neighbours leave out what varies slowly: a
     halo's tail that reaches into the open electrolyte, shading. Fewer than ``min_pairs`` pairs: the
-    electrolyte's fitted FWHM / 2.3548 (``fwhm``: ``phase_fwhm.csv``'s ``phase``, ``fwhm``), else 0."""
+    electrolyte's fitted FWHM over :data:`detachment.phases.FWHM_PER_SIGMA` (``fwhm``: ``phase_fwhm.csv``'s
+    ``phase``, ``fwhm``), else 0."""
     import h5py
 
     from . import io
     from .blur import SLICE_STEP
     from .contact_level import OPEN_ELECTROLYTE_VOX, open_electrolyte, robust_sigma
+    from .phases import FWHM_PER_SIGMA
 
     halo = OPEN_ELECTROLYTE_VOX + 1
     diffs = []
@@ -388,7 +390,7 @@ def imaged_noise(volume_path, phases_path, fwhm, slab: int = 32, min_pairs: int 
     sd = robust_sigma(d) / math.sqrt(2.0) if d.size >= min_pairs else float("nan")
     if not (np.isfinite(sd) and sd > 0):
         widths = dict(zip(fwhm["phase"], fwhm["fwhm"]))
-        sd = float(widths.get("void", float("nan"))) / 2.3548
+        sd = float(widths.get("void", float("nan"))) / FWHM_PER_SIGMA
     if not (np.isfinite(sd) and sd > 0):
         log.warning("edge halo: no spread of the electrolyte's grey levels to give back as noise: the halo is "
                     "taken out with its exact inverse alone, which damps the noise")
