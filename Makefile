@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 bench: $(STAMP)
-	@for b in threshold metrics linking diffusion maskrcnn memory paper_scale dag probe contact_reading; do \
+	@for b in threshold metrics linking diffusion maskrcnn memory paper_scale dag probe contact_reading halo_view; do \
 	  echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py || exit 1; done
 	@echo "== benchmarks/paper_volume.py --side 256 --depth 32"
 	$(BIN)/python benchmarks/paper_volume.py --side 256 --depth 32 --skip-without-model

@@ -91,7 +91,9 @@ def test_the_view_reads_as_the_whole_volume_removed():
     whole = halo_removal.remove(v, 0.5, 2.0)
     view = halo_removal.HaloFreeView(v, 0.5, 2.0)
     assert view.shape == v.shape
-    for key in [np.s_[10:20], np.s_[0:3], np.s_[37:40, 5:50], np.s_[5], np.s_[12, 30:40, 7], np.s_[-1]]:
+    # keys whose context the volume's borders cut on some sides, and one whose context they cut nowhere
+    interior = np.s_[19:21, 30:60, 40:50]
+    for key in [np.s_[10:20], np.s_[0:3], np.s_[37:40, 5:50], np.s_[5], np.s_[12, 30:40, 7], np.s_[-1], interior]:
         assert np.allclose(view[key], whole[key], atol=1e-4), key
     with pytest.raises(IndexError, match="unit steps"):
         view[::2]
@@ -99,7 +101,7 @@ def test_the_view_reads_as_the_whole_volume_removed():
     m = halo_removal.margin_vox(0.5, 2.0)
     whole = halo_removal.remove(v, 0.5, 2.0, noise=0.03 * halo_removal.white_noise([(-m, n + m) for n in v.shape]))
     view = halo_removal.HaloFreeView(v, 0.5, 2.0, noise_sd=0.03)
-    for key in [np.s_[10:20], np.s_[0:3], np.s_[37:40, 5:50], np.s_[12, 30:40, 7]]:
+    for key in [np.s_[10:20], np.s_[0:3], np.s_[37:40, 5:50], np.s_[12, 30:40, 7], interior]:
         assert np.allclose(view[key], whole[key], atol=1e-4), key
 
 

@@ -113,17 +113,28 @@ def remove(block: np.ndarray, amplitude: float, sigma_vox: float, margin: int | 
         return block.copy()
     m = margin_vox(amplitude, sigma_vox) if margin is None else int(margin)
     padded = np.pad(block, m, mode="edge")
-    freqs = [np.fft.fftfreq(n) for n in padded.shape[:-1]] + [np.fft.rfftfreq(padded.shape[-1])]
-    f2 = sum(f.reshape([-1 if i == j else 1 for j in range(padded.ndim)]) ** 2 for i, f in enumerate(freqs))
-    gain = 1.0 / ((1.0 + amplitude) - amplitude * np.exp(-2.0 * np.pi**2 * sigma_vox**2 * f2))
+    if noise is not None and noise.shape != padded.shape:
+        raise ValueError(f"noise of shape {noise.shape} for a padded block of {padded.shape}")
+    return _inverse(padded, amplitude, sigma_vox, noise)[tuple(slice(m, m + n) for n in block.shape)]
+
+
+def _inverse(padded: np.ndarray, amplitude: float, sigma_vox: float, noise: np.ndarray | None) -> np.ndarray:
+    """The inverse of :func:`remove` on the whole of ``padded`` (float32), circular: only voxels
+    :func:`margin_vox` or more from its borders are exact. With ``noise``, ``g F(v) + c (1 - g) F(n)`` is taken
+    as ``g F(v - c n) + c n``: one transform pair, not two. float32 and complex64 throughout (numpy's FFT keeps
+    single precision), so a slab's read takes about a third of the memory float64 would."""
     axes = tuple(range(padded.ndim))
-    spectrum = np.fft.rfftn(padded, axes=axes) * gain
-    if noise is not None:
-        if noise.shape != padded.shape:
-            raise ValueError(f"noise of shape {noise.shape} for a padded block of {padded.shape}")
-        spectrum += np.fft.rfftn(noise, axes=axes) * (math.sqrt(1.0 + 2.0 / amplitude) * (1.0 - gain))
+    decay = [np.exp(-2.0 * np.pi**2 * sigma_vox**2 * f**2).astype(np.float32)
+             for f in [np.fft.fftfreq(n) for n in padded.shape[:-1]] + [np.fft.rfftfreq(padded.shape[-1])]]
+    smooth = decay[0].reshape([-1] + [1] * (padded.ndim - 1))
+    for i, d in enumerate(decay[1:], 1):  # the Gaussian's transfer function is separable
+        smooth = smooth * d.reshape([1] * i + [-1] + [1] * (padded.ndim - 1 - i))
+    gain = np.float32(1.0) / (np.float32(1.0 + amplitude) - np.float32(amplitude) * smooth)
+    c = np.float32(math.sqrt(1.0 + 2.0 / amplitude))
+    spectrum = np.fft.rfftn(padded if noise is None else padded - c * np.asarray(noise, np.float32), axes=axes)
+    spectrum *= gain
     out = np.fft.irfftn(spectrum, s=padded.shape, axes=axes)
-    return out[tuple(slice(m, m + n) for n in block.shape)].astype(np.float32)
+    return (out if noise is None else out + c * noise).astype(np.float32, copy=False)
 
 
 def white_noise(region) -> np.ndarray:
@@ -160,20 +171,23 @@ class HaloFreeView:
 
     def __getitem__(self, key):
         regions, squeeze = view_regions(key, self.shape, "HaloFreeView")
-        inner, outer = [], []
+        m, inner, outer, pads = self.margin, [], [], []
         for (start, stop), n in zip(regions, self.shape):
-            lo, hi = max(0, start - self.margin), min(n, stop + self.margin)
+            lo, hi = max(0, start - m), min(n, stop + m)
+            # padded by its edge values only where the volume's border cuts the context: that side reads as the
+            # whole volume's would; elsewhere the context is margin enough for the circular transform
+            pad = (m if start - m < 0 else 0, m if stop + m > n else 0)
             outer.append(slice(lo, hi))
-            inner.append(slice(start - lo, stop - lo))
+            pads.append(pad)
+            inner.append(slice(start - lo + pad[0], stop - lo + pad[0]))
         if any(s.stop <= s.start for s in inner):
             return np.zeros([s.stop - s.start for s in inner], np.float32).squeeze(axis=squeeze)
-        data = np.asarray(self.dataset[tuple(outer)], np.float32)
+        padded = np.pad(np.asarray(self.dataset[tuple(outer)], np.float32), pads, mode="edge")
         noise = None
         if self.noise_sd > 0:
-            m = self.margin
-            noise = self.noise_sd * white_noise([(o.start - m, o.stop + m) for o in outer])
-        # padded by its edge values: a side cut by the volume's border reads as the whole volume's would
-        free = remove(data, self.amplitude, self.sigma_vox, margin=self.margin, noise=noise)[tuple(inner)]
+            noise = np.float32(self.noise_sd) * white_noise([(o.start - p0, o.stop + p1)
+                                                             for o, (p0, p1) in zip(outer, pads)])
+        free = _inverse(padded, self.amplitude, self.sigma_vox, noise)[tuple(inner)]
         return free.squeeze(axis=squeeze) if squeeze else free
 
 
