@@ -22,7 +22,8 @@ Per draw it prints the phase-map checks that fail, whether the contact reading i
 ``contact_level`` rule would stop), how the contacts were read, the detachment MAE and bias over the
 particles not touching the volume's border, and the phase accuracy; ``separation`` is the gap / CBD
 components' Ashman's D (the reading stops below 2) and ``ambiguous_but_separation`` whether the other
-checks of the reading alone would stop it. ``silent`` marks a draw whose checks
+checks of the reading alone would stop it; ``halo_fitted`` the halo amplitude taken out (0: none) and
+``edge_undershoot`` the map's edge-halo check, read on what is left of the grey levels. ``silent`` marks a draw whose checks
 pass and whose reading is not ambiguous but whose MAE is above 0.03 or |bias| above 0.02 (the goals of the
 validation presets): numbers the workflow would report as if they were right. ``detachment_ambiguous`` is
 the mean of ``particles.csv``'s column of that name over the scored particles, the share of each surface
@@ -140,6 +141,7 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
     fitted = halo_removal.recorded(phases_path)
     row = {"accuracy_declared": round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4),
            "halo_fitted": round(fitted[0], 3) if fitted else 0.0,
+           "edge_undershoot": round(float(checks.set_index("check").value.get("edge_undershoot", np.nan)), 4),
            "unresolved": ",".join(res.unresolved),
            "blur_measured": round(float(res.blur_sigma_vox), 3), "edge_width": round(float(edge_width_from_map(phases_path, qc)), 3),
            "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
