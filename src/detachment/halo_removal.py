@@ -23,6 +23,7 @@ given up, for readings and checks that hold. The added noise is drawn from a fix
 ``a`` and ``h`` are fitted to the volume (:func:`fit`): for each point spread σ and halo reach ``h`` on a grid,
 the map's levels blurred by σ (``R``) and the grey levels ``v`` give ``a`` by least squares of
 ``v - R ≈ a (R - G_h R) + c`` over the voxels near the map's edges; the grid point of least residual wins.
+The fit on the map read less the first halo takes σ from that map's forward model instead of the grid.
 :func:`threshold_halo_free` reads the phases, measures the edge halo, and where it reaches
 :data:`TRIGGER_UNDERSHOOT` reads them again on the volume less the fitted halo; the map then carries
 ``halo_amplitude``, ``halo_sigma_vox`` and ``halo_noise_sd`` and :func:`detachment.shading.flat_view` reads
@@ -223,7 +224,8 @@ def _block(shape) -> tuple[slice, ...]:
     return tuple(slice((n - k) // 2, (n - k) // 2 + k) for n, k in zip(shape, (depth, side_y, side_x)))
 
 
-def fit(codes: np.ndarray, grey: np.ndarray, z_factor: float = 1.0) -> HaloFit:
+def fit(codes: np.ndarray, grey: np.ndarray, z_factor: float = 1.0, blur_sigma_vox: float | None = None
+        ) -> HaloFit:
     """The halo (and point spread) that best explain ``grey`` near the edges of the map ``codes``.
 
     Each code's level is its voxels' median away from the edges (all its voxels where none are). For each
@@ -239,6 +241,9 @@ def fit(codes: np.ndarray, grey: np.ndarray, z_factor: float = 1.0) -> HaloFit:
         (z, y, x) grey levels the map was read from.
     z_factor : float, default 1
         The point spread's σ along z over its σ within the slices.
+    blur_sigma_vox : float, optional
+        The point spread's σ (voxels) where it is known: only it is tried, in place of :data:`BLUR_GRID`
+        (a short-reach halo of a larger amplitude cannot then stand in for a wider blur). None or NaN: the grid.
 
     Returns
     -------
@@ -258,7 +263,8 @@ def fit(codes: np.ndarray, grey: np.ndarray, z_factor: float = 1.0) -> HaloFit:
     base = levels[codes]
     g = grey[near].astype(np.float64)
     best = None
-    for s in BLUR_GRID:
+    known = blur_sigma_vox is not None and np.isfinite(blur_sigma_vox) and blur_sigma_vox > 0
+    for s in (float(blur_sigma_vox),) if known else BLUR_GRID:
         blurred = ndimage.gaussian_filter(base, (s * z_factor, s, s), mode="nearest")
         r = g - blurred[near]
         for h in REACH_GRID:
@@ -294,14 +300,14 @@ def _refined(codes: np.ndarray, grey: np.ndarray, near: np.ndarray, start: HaloF
     return HaloFit(a, h, s, res)
 
 
-def fit_map(phases_path, volume_path, z_factor: float = 1.0) -> HaloFit:
+def fit_map(phases_path, volume_path, z_factor: float = 1.0, blur_sigma_vox: float | None = None) -> HaloFit:
     """:func:`fit` on a central block (:data:`FIT_VOXELS`) of ``phases.h5`` and the grey levels it was read
-    from (:func:`detachment.shading.open_flat`)."""
+    from (:func:`detachment.shading.open_flat`); ``blur_sigma_vox``: :func:`fit`'s."""
     from .shading import open_flat
 
     with open_flat(phases_path, volume_path) as (codes, grey):
         block = _block(codes.shape)
-        return fit(codes[block], grey[block], z_factor)
+        return fit(codes[block], grey[block], z_factor, blur_sigma_vox)
 
 
 def write_halo_free(volume_path, out_path, amplitude: float, sigma_vox: float, slab: int = 32,
@@ -325,8 +331,11 @@ def threshold_halo_free(volume_path, phases_path, settings, progress: bool = Tru
     again on the volume less the halo :func:`fit_map` finds (written beside ``phases_path``, removed after).
     A first map read under a strong halo misplaces the edges the fit rests on (and its forward model's z
     factor reads the halo as a sharper z), so the first fit takes the point spread as isotropic and the halo
-    is fitted again on the map read without it, under that map's z factor, and where its amplitude moves by more than :data:`AMPLITUDE_TOLERANCE` the
-    phases are read once more less that one. The noise the removal damps is given back (:func:`imaged_noise`,
+    is fitted again on the map read without it, under that map's z factor and with the point spread its forward
+    model found (fitted free, a wider blur and a short-reach halo of a larger amplitude explain the edges
+    alike, and the amplitude ran to its bound on phantoms whose twins without a halo read well:
+    docs/results.md); where its amplitude moves by more than :data:`AMPLITUDE_TOLERANCE` the phases are read
+    once more less that one. The noise the removal damps is given back (:func:`imaged_noise`,
     module docstring). The map records the halo it was read less and the noise given back
     (:data:`AMPLITUDE_ATTR`, :data:`REACH_ATTR`, :data:`NOISE_ATTR`). Returns what :func:`~detachment.shading.threshold_flattened`
     returns for the map written."""
@@ -356,7 +365,8 @@ def threshold_halo_free(volume_path, phases_path, settings, progress: bool = Tru
         if len(fits) > 1:
             break
         z_factor = out[0].refine_z_factor if np.isfinite(out[0].refine_z_factor) else 1.0
-        again = fit_map(phases_path, volume_path, z_factor)  # on the map read without it; attrs not yet written
+        # on the map read without it (attrs not yet written), under the point spread its forward model found
+        again = fit_map(phases_path, volume_path, z_factor, out[0].refine_sigma_vox)
         fits.append(again)
         if not abs(again.amplitude - found.amplitude) > AMPLITUDE_TOLERANCE:
             break
