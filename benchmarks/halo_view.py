@@ -8,10 +8,11 @@ filter) and reads it slab by slab, as the contact, particle and second-map steps
 map that records a halo (``detachment.halo_removal.HaloFreeView``): (1) with h5py alone, (2) less the halo
 with the exact inverse alone (a map written before the noise was given back), (3) less the halo with the
 damped noise given back (``halo_noise_sd``: what the workflow does now), and (4) the noise's draw alone
-(``white_noise`` over the same padded blocks). Printed: each throughput, the time of (2) and (3) over (1),
-of (3) over (2), the share of (3) spent drawing the noise, and the peak memory numpy allocates for one
-slab's read (tracemalloc, which numpy reports to) with and without the noise, against the slab itself. All
-are measured in this run on this machine, each the best of ``--repeats``.
+(``white_noise`` over each slab's padded block in one piece; the view draws it per band along y where a
+slab exceeds ``halo_removal.BLOCK_VOXELS``, overlapping by the context). Printed: each throughput, the time of
+(2) and (3) over (1), of (3) over (2), about how much of (3) drawing the noise takes, and the peak memory
+numpy allocates for one slab's read (tracemalloc, which numpy reports to) with and without the noise, against
+the slab itself. All are measured in this run on this machine, each the best of ``--repeats``.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def main() -> None:
                     ("less the halo, noise given back", t_noisy)):
         print(f"{name:34s}: {n / t / 1e6:8.2f} Mvoxel/s ({t:.2f} s), time over the raw read {t / t_raw:7.2f}")
     print(f"time with the noise given back over the exact inverse alone: {t_noisy / t_exact:.2f}; "
-          f"drawing the noise (white_noise, {t_draw:.2f} s): {t_draw / t_noisy:.2f} of it")
+          f"drawing the noise in one piece per slab (white_noise, {t_draw:.2f} s): {t_draw / t_noisy:.2f} of that")
     print(f"peak memory of one slab's read ({slab_mib:.0f} MiB of float32): exact inverse {mem_exact:.0f} MiB "
           f"({mem_exact / slab_mib:.1f} slabs), noise given back {mem_noisy:.0f} MiB ({mem_noisy / slab_mib:.1f} "
           f"slabs); ratio {mem_noisy / mem_exact:.2f}")

@@ -105,6 +105,22 @@ def test_the_view_reads_as_the_whole_volume_removed():
         assert np.allclose(view[key], whole[key], atol=1e-4), key
 
 
+def test_a_view_read_in_bands_reads_as_the_whole_volume_removed(monkeypatch):
+    """A key larger than the view's block is read in bands along y, each with its own context and noise
+    tiles: the same voxels as one block (and as the whole volume) within the inverse's tail."""
+    v = _unsharp(ndimage.gaussian_filter(LEVELS[_balls()], 0.6, mode="nearest"), 0.5, 2.0)
+    m = halo_removal.margin_vox(0.5, 2.0)
+    whole = halo_removal.remove(v, 0.5, 2.0, noise=0.03 * halo_removal.white_noise([(-m, n + m) for n in v.shape]))
+    one = halo_removal.HaloFreeView(v, 0.5, 2.0, noise_sd=0.03)[10:20]
+    monkeypatch.setattr(halo_removal, "BLOCK_VOXELS", 300_000)
+    calls = []
+    inverse = halo_removal._inverse
+    monkeypatch.setattr(halo_removal, "_inverse", lambda padded, *a: calls.append(padded.shape) or inverse(padded, *a))
+    banded = halo_removal.HaloFreeView(v, 0.5, 2.0, noise_sd=0.03)[10:20]
+    assert len(calls) == -(-96 // halo_removal.MIN_BAND_ROWS)  # 300 000 voxels leave fewer rows than the least
+    assert np.allclose(banded, one, atol=1e-4) and np.allclose(banded, whole[10:20], atol=1e-4)
+
+
 @pytest.mark.parametrize("a, h, sigma", [(0.5, 2.0, 0.6), (1.0, 1.5, 0.5), (0.25, 3.0, 1.0)])
 def test_the_fit_recovers_a_planted_halo(a, h, sigma):
     codes = _balls(2)

@@ -65,6 +65,9 @@ NEAR_VOX = 6
 FIT_VOXELS = 4_000_000
 #: Relative weight of the inverse filter's impulse response left out beyond the margin.
 TAIL = 1e-4
+#: Most voxels :class:`HaloFreeView` transforms at once, its context included (float32: 128 MiB a copy; a read
+#: holds about five); a larger key is read in bands along y of at least :data:`MIN_BAND_ROWS` rows.
+BLOCK_VOXELS, MIN_BAND_ROWS = 32 * 2**20, 16
 #: Dataset attributes of the map that record the halo taken out, and the spread of the noise given back.
 AMPLITUDE_ATTR, REACH_ATTR, NOISE_ATTR = "halo_amplitude", "halo_sigma_vox", "halo_noise_sd"
 #: Seed of the noise given back, and the edge (voxels, within a slice) of the tiles it is drawn per.
@@ -122,20 +125,36 @@ def remove(block: np.ndarray, amplitude: float, sigma_vox: float, margin: int | 
 def _inverse(padded: np.ndarray, amplitude: float, sigma_vox: float, noise: np.ndarray | None) -> np.ndarray:
     """The inverse of :func:`remove` on the whole of ``padded`` (float32), circular: only voxels
     :func:`margin_vox` or more from its borders are exact. With ``noise``, ``g F(v) + c (1 - g) F(n)`` is taken
-    as ``g F(v - c n) + c n``: one transform pair, not two. float32 and complex64 throughout (numpy's FFT keeps
-    single precision), so a slab's read takes about a third of the memory float64 would."""
-    axes = tuple(range(padded.ndim))
-    decay = [np.exp(-2.0 * np.pi**2 * sigma_vox**2 * f**2).astype(np.float32)
-             for f in [np.fft.fftfreq(n) for n in padded.shape[:-1]] + [np.fft.rfftfreq(padded.shape[-1])]]
-    smooth = decay[0].reshape([-1] + [1] * (padded.ndim - 1))
-    for i, d in enumerate(decay[1:], 1):  # the Gaussian's transfer function is separable
-        smooth = smooth * d.reshape([1] * i + [-1] + [1] * (padded.ndim - 1 - i))
-    gain = np.float32(1.0) / (np.float32(1.0 + amplitude) - np.float32(amplitude) * smooth)
+    as ``g F(v - c n) + c n``: one transform pair, not two. Single precision throughout (scipy's FFT keeps
+    float32 / complex64), the gain built and the spectrum filtered in place: a slab's read holds about five
+    copies of the padded slab (``benchmarks/halo_view.py``)."""
+    from scipy import fft
+
     c = np.float32(math.sqrt(1.0 + 2.0 / amplitude))
-    spectrum = np.fft.rfftn(padded if noise is None else padded - c * np.asarray(noise, np.float32), axes=axes)
-    spectrum *= gain
-    out = np.fft.irfftn(spectrum, s=padded.shape, axes=axes)
-    return (out if noise is None else out + c * noise).astype(np.float32, copy=False)
+    x = padded
+    if noise is not None:
+        x = np.multiply(noise, -c, dtype=np.float32)
+        x += padded
+    spectrum = fft.rfftn(x)
+    spectrum *= _gain(padded.shape, amplitude, sigma_vox)
+    out = fft.irfftn(spectrum, s=padded.shape, overwrite_x=True)
+    del spectrum
+    if noise is not None:
+        out += np.multiply(noise, c, out=x)
+    return out.astype(np.float32, copy=False)
+
+
+def _gain(shape, amplitude: float, sigma_vox: float) -> np.ndarray:
+    """The inverse's gain ``1 / ((1 + a) - a Ĝ_h)`` on the real-FFT grid of a block of ``shape`` (float32; the
+    Gaussian's transfer function is separable, so only the last product is of the whole grid)."""
+    freqs = [np.fft.fftfreq(n) for n in shape[:-1]] + [np.fft.rfftfreq(shape[-1])]
+    gain = np.ones([1] * len(shape), np.float32)
+    for i, f in enumerate(freqs):
+        decay = np.exp(-2.0 * np.pi**2 * sigma_vox**2 * f**2).astype(np.float32)
+        gain = gain * decay.reshape([1] * i + [-1] + [1] * (len(shape) - 1 - i))
+    gain *= np.float32(-amplitude)
+    gain += np.float32(1.0 + amplitude)
+    return np.reciprocal(gain, out=gain)
 
 
 def white_noise(region) -> np.ndarray:
@@ -162,7 +181,7 @@ class HaloFreeView:
     """A (z, y, x) grey-level dataset read less a halo: ``view[key]`` is :func:`remove` of ``dataset`` around
     ``key`` (read with :func:`margin_vox` voxels of context, clipped at the volume's borders), for keys of
     integers and unit-step slices, with white noise of spread ``noise_sd`` given back (:func:`white_noise`;
-    0: none)."""
+    0: none). A key whose block with its context exceeds :data:`BLOCK_VOXELS` is read in bands along y."""
 
     def __init__(self, dataset, amplitude: float, sigma_vox: float, noise_sd: float = 0.0):
         self.dataset, self.amplitude, self.sigma_vox = dataset, float(amplitude), float(sigma_vox)
@@ -172,7 +191,18 @@ class HaloFreeView:
 
     def __getitem__(self, key):
         regions, squeeze = view_regions(key, self.shape, "HaloFreeView")
-        m, inner, outer, pads = self.margin, [], [], []
+        free = self._read(regions)
+        return free.squeeze(axis=squeeze) if squeeze else free
+
+    def _read(self, regions) -> np.ndarray:
+        """The voxels of ``regions`` ((start, stop) per axis) less the halo, float32."""
+        m = self.margin
+        (z0, z1), (y0, y1), (x0, x1) = regions
+        rows = max(MIN_BAND_ROWS, BLOCK_VOXELS // max(1, (z1 - z0 + 2 * m) * (x1 - x0 + 2 * m)) - 2 * m)
+        if y1 - y0 > rows:  # bands along y: each with its own context, so a band reads as the whole would
+            return np.concatenate([self._read([(z0, z1), (a, min(a + rows, y1)), (x0, x1)])
+                                   for a in range(y0, y1, rows)], axis=1)
+        inner, outer, pads = [], [], []
         for (start, stop), n in zip(regions, self.shape):
             lo, hi = max(0, start - m), min(n, stop + m)
             # padded by its edge values only where the volume's border cuts the context: that side reads as the
@@ -182,14 +212,13 @@ class HaloFreeView:
             pads.append(pad)
             inner.append(slice(start - lo + pad[0], stop - lo + pad[0]))
         if any(s.stop <= s.start for s in inner):
-            return np.zeros([s.stop - s.start for s in inner], np.float32).squeeze(axis=squeeze)
+            return np.zeros([s.stop - s.start for s in inner], np.float32)
         padded = np.pad(np.asarray(self.dataset[tuple(outer)], np.float32), pads, mode="edge")
         noise = None
         if self.noise_sd > 0:
-            noise = np.float32(self.noise_sd) * white_noise([(o.start - p0, o.stop + p1)
-                                                             for o, (p0, p1) in zip(outer, pads)])
-        free = _inverse(padded, self.amplitude, self.sigma_vox, noise)[tuple(inner)]
-        return free.squeeze(axis=squeeze) if squeeze else free
+            noise = white_noise([(o.start - p0, o.stop + p1) for o, (p0, p1) in zip(outer, pads)])
+            noise *= np.float32(self.noise_sd)
+        return _inverse(padded, self.amplitude, self.sigma_vox, noise)[tuple(inner)]
 
 
 def view(dataset, phases_dataset):
