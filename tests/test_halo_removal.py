@@ -95,6 +95,7 @@ def test_the_view_reads_as_the_whole_volume_removed():
     interior = np.s_[19:21, 30:60, 40:50]
     for key in [np.s_[10:20], np.s_[0:3], np.s_[37:40, 5:50], np.s_[5], np.s_[12, 30:40, 7], np.s_[-1], interior]:
         assert np.allclose(view[key], whole[key], atol=1e-4), key
+    assert view[10:20, 5:50].flags.c_contiguous and halo_removal.remove(v, 0.5, 2.0).flags.c_contiguous
     with pytest.raises(IndexError, match="unit steps"):
         view[::2]
     # with noise given back, too: every block reads a voxel's noise as the whole volume's read does

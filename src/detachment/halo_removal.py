@@ -119,7 +119,8 @@ def remove(block: np.ndarray, amplitude: float, sigma_vox: float, margin: int | 
     padded = np.pad(block, m, mode="edge")
     if noise is not None and noise.shape != padded.shape:
         raise ValueError(f"noise of shape {noise.shape} for a padded block of {padded.shape}")
-    return _inverse(padded, amplitude, sigma_vox, noise)[tuple(slice(m, m + n) for n in block.shape)]
+    free = _inverse(padded, amplitude, sigma_vox, noise)[tuple(slice(m, m + n) for n in block.shape)]
+    return np.ascontiguousarray(free)  # a copy: the padded block is let go, and the array is contiguous
 
 
 def _inverse(padded: np.ndarray, amplitude: float, sigma_vox: float, noise: np.ndarray | None) -> np.ndarray:
@@ -218,7 +219,7 @@ class HaloFreeView:
         if self.noise_sd > 0:
             noise = white_noise([(o.start - p0, o.stop + p1) for o, (p0, p1) in zip(outer, pads)])
             noise *= np.float32(self.noise_sd)
-        return _inverse(padded, self.amplitude, self.sigma_vox, noise)[tuple(inner)]
+        return np.ascontiguousarray(_inverse(padded, self.amplitude, self.sigma_vox, noise)[tuple(inner)])
 
 
 def view(dataset, phases_dataset):
