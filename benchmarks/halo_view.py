@@ -19,25 +19,15 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
 import h5py
 import numpy as np
+from threshold import best_of, tiled
 
 from detachment import halo_removal, io
 from detachment.phantom import PhantomParams, generate_phantom
-
-
-def best_of(repeats: int, run) -> float:
-    """The shortest wall time of ``repeats`` calls of ``run``, s."""
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def read_all(dataset, depth: int, slab: int) -> None:
@@ -65,9 +55,7 @@ def main() -> None:
     ap.add_argument("--amplitude", type=float, default=0.5)
     ap.add_argument("--reach", type=float, default=2.0, help="the halo's reach, voxels")
     args = ap.parse_args()
-    tile = generate_phantom(PhantomParams(), seed=1).volume
-    reps = [int(np.ceil(n / s)) for n, s in zip((args.depth, args.side, args.side), tile.shape)]
-    vol = np.tile(tile, reps)[: args.depth, : args.side, : args.side]
+    vol = tiled(generate_phantom(PhantomParams(), seed=1).volume, args.depth, args.side)
     a, h, sd = args.amplitude, args.reach, 0.02
     m = halo_removal.margin_vox(a, h)
     with tempfile.TemporaryDirectory() as d:

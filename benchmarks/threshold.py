@@ -47,6 +47,12 @@ def best_of(repeats: int, run) -> float:
     return min(times)
 
 
+def tiled(tile: np.ndarray, depth: int, side: int) -> np.ndarray:
+    """``tile`` (z, y, x) repeated to ``depth`` x ``side`` x ``side``."""
+    reps = [int(np.ceil(n / s)) for n, s in zip((depth, side, side), tile.shape)]
+    return np.tile(tile, reps)[:depth, :side, :side]
+
+
 def _read(path: Path, depth: int, slab: int) -> None:
     with h5py.File(path) as f:
         for z0, z1 in io.slab_ranges(depth, slab):
@@ -61,8 +67,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="each timing is the best of this many runs")
     args = ap.parse_args()
     tile = generate_phantom(PhantomParams(), seed=1).volume
-    reps = [int(np.ceil(n / s)) for n, s in zip((args.depth, args.side, args.side), tile.shape)]
-    vol = np.tile(tile, reps)[: args.depth, : args.side, : args.side]
+    vol = tiled(tile, args.depth, args.side)
     with tempfile.TemporaryDirectory() as d:
         settings = ThresholdSettings()
         t0 = time.perf_counter()
