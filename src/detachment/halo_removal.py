@@ -362,9 +362,8 @@ def threshold_halo_free(volume_path, phases_path, settings, progress: bool = Tru
     A first map read under a strong halo misplaces the edges the fit rests on (and its forward model's z
     factor reads the halo as a sharper z), so the first fit takes the point spread as isotropic and the halo
     is fitted again on the map read without it, under that map's z factor and with the point spread its forward
-    model found (fitted free, a wider blur and a short-reach halo of a larger amplitude explain the edges
-    alike, and the amplitude ran to its bound on phantoms whose twins without a halo read well:
-    docs/results.md); where its amplitude moves by more than :data:`AMPLITUDE_TOLERANCE` the phases are read
+    model found (fitted free, a wider blur and a short-reach halo of a larger amplitude explain edges that cut
+    the voxels alike, and the amplitude can run to its bound); where its amplitude moves by more than :data:`AMPLITUDE_TOLERANCE` the phases are read
     once more less that one. The noise the removal damps is given back (:func:`imaged_noise`,
     module docstring). The map records the halo it was read less and the noise given back
     (:data:`AMPLITUDE_ATTR`, :data:`REACH_ATTR`, :data:`NOISE_ATTR`). Returns what :func:`~detachment.shading.threshold_flattened`
