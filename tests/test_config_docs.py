@@ -16,6 +16,17 @@ def test_config_readme_is_generated_from_the_schema():
         "> config/README.md")
 
 
+def test_the_preset_key_names_every_built_in_preset():
+    import re
+
+    from detachment.presets import PRESETS
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    text = schema["properties"]["phantom"]["properties"]["preset"]["description"]
+    named = set(re.findall(r"[a-z0-9_]+", text.split("detachment.presets:", 1)[1].split("or one of", 1)[0]))
+    assert named == set(PRESETS), f"phantom.preset's description lacks {sorted(set(PRESETS) - named)}, " \
+        f"names unknown {sorted(named - set(PRESETS))}"
+
+
 def test_every_key_and_default_appears_once():
     schema = {"properties": {
         "seed": {"type": "integer", "minimum": 0, "default": 3, "description": "Seed."},
