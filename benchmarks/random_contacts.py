@@ -28,6 +28,8 @@ pass and whose reading is not ambiguous but whose MAE is above 0.03 or |bias| ab
 validation presets): numbers the workflow would report as if they were right. ``detachment_ambiguous`` is
 the mean of ``particles.csv``'s column of that name over the scored particles, the share of each surface
 the reading reports as undecided: ``covered`` marks a silent draw whose |bias| it reaches.
+``separation_weak`` marks a draw read with the warning of
+:func:`detachment.plausibility.warn_weak_separation` (gap and CBD only weakly separated).
 ``--prior-sensitivity BETA`` thresholds and reads each draw a second time with the forward model's
 smoothness weight ``threshold.psf_refine_beta`` set to BETA: ``prior_shift`` is how far the mean
 detachment of the scored particles moves (``bias_weak_prior`` - ``detachment_bias``), a measure of how much
@@ -151,6 +153,7 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
            "through_layer": through, "gap_width_ratio": round(fit.gap_width_ratio, 2),
            "through_share": round(float(fit.gap_share_through_layer), 3), "spread": round(float(fit.spread), 3),
            "failed": failed, "ambiguous": bool(ambiguous),
+           "separation_weak": plausibility.weakly_separated(fit.separation),
            "ambiguous_but_separation": plausibility.contacts_ambiguous(*checks_of_reading),
            "n_particles": len(errors),
            "detachment_truth": round(float(errors.detachment_truth.mean()), 3),
@@ -199,6 +202,12 @@ def main() -> None:
     table = run_draws(lambda seed, work: measure(seed, work, sc, threshold, not args.exact_envelopes,
                                                  args.prior_sensitivity, args.max_drift, args.self_consistency),
                       range(args.first, args.first + args.count), args.out)
+    summarise(table, args.prior_sensitivity, args.self_consistency)
+
+
+def summarise(table: pd.DataFrame, prior_sensitivity: float | None, self_consistency: bool) -> None:
+    """Print the draws' counts: read, passed, silent; with ``self_consistency``, what that check and the
+    weak-separation warning flag among the silent draws and the others."""
     ran = table.dropna(subset=["detachment_mae"])
     passed = ran[(ran.failed == "") & ~ran.ambiguous.astype(bool)]
     print(f"\n{len(ran)} of {len(table)} draws read; checks pass and contacts not ambiguous on {len(passed)}; "
@@ -207,19 +216,25 @@ def main() -> None:
           f"detachment MAE where nothing stops: median {passed.detachment_mae.median():.4f}, most "
           f"{passed.detachment_mae.max():.4f}; bias from {passed.detachment_bias.min():+.4f} to "
           f"{passed.detachment_bias.max():+.4f}")
-    if args.prior_sensitivity is not None:
+    silent = passed.silent.astype(bool)
+    if prior_sensitivity is not None:
         shift = passed.prior_shift.abs()
-        silent = passed.silent.astype(bool)
-        print(f"|prior_shift| at psf_refine_beta {args.prior_sensitivity:g} where nothing stops: silent draws "
+        print(f"|prior_shift| at psf_refine_beta {prior_sensitivity:g} where nothing stops: silent draws "
               f"{np.round(shift[silent].sort_values().to_numpy(), 3)}, the others' largest "
               f"{shift[~silent].max():.3f} (median {shift[~silent].median():.3f})")
-    if args.self_consistency:
+    weak = passed.separation_weak.astype(bool)
+    print(f"weak separation warning (D {plausibility.MIN_CONTACT_SEPARATION}-{plausibility.WEAK_CONTACT_SEPARATION}): "
+          f"flags {int((weak & silent).sum())} of the {int(silent.sum())} silent draws and "
+          f"{int((weak & ~silent).sum())} of the other {int((~silent).sum())}")
+    if self_consistency:
         flagged = ~passed.self_consistent.astype(bool)
-        silent = passed.silent.astype(bool)
         print(f"self-consistency (|self_shift| > {MAX_SHIFT} where nothing else stops): flags {int((flagged & silent).sum())} "
               f"of the {int(silent.sum())} silent draws and {int((flagged & ~silent).sum())} of the other "
               f"{int((~silent).sum())}; |self_shift| of the silent {np.round(passed.self_shift[silent].abs().sort_values().to_numpy(), 3)}, "
               f"the others' largest {passed.self_shift[~silent].abs().max():.4f}")
+        either = flagged | weak
+        print(f"either warning: flags {int((either & silent).sum())} of the {int(silent.sum())} silent draws and "
+              f"{int((either & ~silent).sum())} of the other {int((~silent).sum())}")
 
 
 if __name__ == "__main__":

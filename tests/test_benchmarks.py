@@ -202,3 +202,27 @@ def test_random_contacts_prior_sensitivity_reads_the_same_draw_again_with_the_we
     assert row["bias_weak_prior"] == 0.005 and abs(row["prior_shift"] - (0.005 - 0.03)) < 1e-12
     calls.clear()
     assert "prior_shift" not in rc.measure(7, tmp_path, {}, None, True) and len(calls) == 1
+
+
+def test_random_contacts_summary_counts_what_each_warning_flags_among_the_silent_draws(capsys):
+    """Six draws written out: one stopped, one ambiguous, four that go on (two silent). The weak-separation
+    warning flags one silent and one good draw, self-consistency the other silent one: either flags both."""
+    import pandas as pd
+
+    rc, _ = _random_contacts()
+    table = pd.DataFrame({
+        "detachment_mae": [0.2, 0.1, 0.05, 0.04, 0.01, 0.01],
+        "detachment_bias": [0.2, 0.1, 0.05, 0.04, 0.0, 0.005],
+        "failed": ["blur_sigma_vox", "", "", "", "", ""],
+        "ambiguous": [False, True, False, False, False, False],
+        "silent": [False, False, True, True, False, False],
+        "covered": [False, False, True, False, False, False],
+        "separation_weak": [False, False, True, False, True, False],
+        "self_consistent": [True, True, True, False, True, True],
+        "self_shift": [0.0, 0.0, 0.002, 0.02, 0.001, 0.0]})
+    rc.summarise(table, None, True)
+    out = capsys.readouterr().out
+    assert "not ambiguous on 4;" in out and "nothing stops): 2," in out
+    assert "weak separation warning (D 2.0-3.0): flags 1 of the 2 silent draws and 1 of the other 2" in out
+    assert "flags 1 of the 2 silent draws and 0 of the other 2" in out  # self-consistency
+    assert "either warning: flags 2 of the 2 silent draws and 1 of the other 2" in out

@@ -650,6 +650,25 @@ def test_a_cells_contact_reading_uncertainty_is_its_worst_samples_spread():
     assert list(cells["mean"]) == pytest.approx([0.45, 0.2, 0.1])
 
 
+def test_a_cells_least_separation_is_the_minimum_over_its_samples_by_brute_force():
+    """Random separations (some NaN) over random cells: each cell's value is the minimum of its samples'
+    finite ones, written out with sorted(); a cell with none is NaN."""
+    from detachment.stats import by_cell, with_least_separation
+
+    rng = np.random.default_rng(3)
+    samples = [f"s{i}" for i in range(40)]
+    sample_cells = {s: f"c{rng.integers(6)}" for s in samples}
+    separations = {s: (np.nan if rng.random() < 0.3 else float(rng.uniform(1, 8))) for s in samples}
+    separations.update({s: np.nan for s, c in sample_cells.items() if c == "c0"})
+    particles = pd.DataFrame({"cell": [f"c{i}" for i in range(6)], "c_rate": ["1C"] * 3 + ["C/10"] * 3,
+                              "detachment": rng.random(6)})
+    got = with_least_separation(by_cell(particles), separations, sample_cells).set_index("cell")
+    for c in got.index:
+        finite = sorted(v for s, v in separations.items() if sample_cells[s] == c and np.isfinite(v))
+        assert got.contact_separation_min[c] == pytest.approx(finite[0] if finite else np.nan, nan_ok=True), c
+    assert np.isnan(got.contact_separation_min["c0"])
+
+
 def test_a_cells_undecided_share_is_the_mean_over_the_particles_it_summarises():
     """Written out: cell a's two particles with a detachment (the third has none, as ``by_cell`` leaves it
     out), cell b's one share (its NaN skipped), cell c none; a table without the column gives NaN."""

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from .phases import PHASE_NAMES  # noqa: E402
-from .plausibility import MIN_CONTACT_SEPARATION  # noqa: E402
+from .plausibility import MIN_CONTACT_SEPARATION, WEAK_CONTACT_SEPARATION, weakly_separated  # noqa: E402
 from .z_blur import SQUARE  # noqa: E402
 
 PHASE_COLOURS = {"void": "#1b1b3a", "cbd": "#e0a030", "nmc_low": "#2e8b57", "nmc_high": "#c0392b", "al": "#9aa7b0"}
@@ -828,7 +828,8 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
     failed : list of str, optional
         The sample's contact checks that fail (:func:`detachment.plausibility.ambiguity_checks_failed`): the
         title's last line gives the verdict, in red where any fails, and says whether the run stops there or
-        goes on (``on_ambiguous``, config ``science.on_ambiguous_contacts``). None: no verdict drawn.
+        goes on (``on_ambiguous``, config ``science.on_ambiguous_contacts``); in orange where all pass but gap
+        and CBD are only weakly separated (a warning). None: no verdict drawn.
     on_ambiguous : str, default "stop"
         ``"stop"`` or ``"warn"``.
 
@@ -862,9 +863,17 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
                   + (f", sharpened (w = {weight:.2f} vox²)" if weight > 0 else ""))
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    ax.set_title(_reading_title(fit, title, through_layer) + _verdict_line(failed, on_ambiguous),
-                 color="firebrick" if failed else "black")
+    _verdict_title(ax, fit, title, through_layer, failed, on_ambiguous)
     return fig
+
+
+def _verdict_title(ax, fit, title: str, through_layer: bool, failed: list[str] | None, on_ambiguous: str) -> None:
+    """The contact figure's title with its verdict: red where a check fails, orange where all pass but gap
+    and CBD are only weakly separated, black otherwise."""
+    separation = getattr(fit, "separation", np.nan)
+    weak = bool(failed is not None and not failed and weakly_separated(separation))
+    ax.set_title(_reading_title(fit, title, through_layer) + _verdict_line(failed, on_ambiguous, separation),
+                 color="firebrick" if failed else ("darkorange" if weak else "black"))
 
 
 def _ambiguous_band(ax, values, fit) -> None:
@@ -879,10 +888,14 @@ def _ambiguous_band(ax, values, fit) -> None:
                     color="#f5b041", alpha=0.3, label=f"ambiguous: P(gap) {lo:g}–{hi:g}, {share:.1%} of faces")
 
 
-def _verdict_line(failed: list[str] | None, on_ambiguous: str) -> str:
-    """The contact figure's last title line: which checks fail and what the run does about it."""
+def _verdict_line(failed: list[str] | None, on_ambiguous: str, separation: float = np.nan) -> str:
+    """The contact figure's last title line: which checks fail and what the run does about it, or, where all
+    pass, whether gap and CBD are only weakly separated (:func:`detachment.plausibility.weakly_separated`)."""
     if failed is None:
         return ""
+    if not failed and weakly_separated(separation):
+        return (f"\ncontact checks pass, but gap and CBD are weakly separated (D {separation:.2f} < "
+                f"{WEAK_CONTACT_SEPARATION}): detachment is reported with a warning")
     if not failed:
         return "\ncontact checks pass: detachment is reported"
     then = ("the run stops here" if on_ambiguous == "stop"

@@ -144,13 +144,49 @@ def with_reading_uncertainty(cells: pd.DataFrame, spreads: dict, sample_cells: d
         (0-1; NaN where none was computed). A cell mean whose spread is near the C-rate difference
         cannot tell the rates apart by its contacts.
     """
-    worst = {}
-    for sample, c in sample_cells.items():
-        v = abs(float(spreads.get(sample, np.nan)))
-        if np.isfinite(v):
-            worst[c] = max(worst.get(c, 0.0), v)
+    worst = _per_cell({s: abs(float(v)) for s, v in spreads.items()}, sample_cells, max)
     out = cells.copy()
     out["contact_reading_spread"] = [worst.get(c, np.nan) for c in out[cell]]
+    return out
+
+
+def with_least_separation(cells: pd.DataFrame, separations: dict, sample_cells: dict, cell: str = "cell"
+                          ) -> pd.DataFrame:
+    """Add how well each cell's contact readings told gap from CBD to :func:`by_cell`'s table.
+
+    Parameters
+    ----------
+    cells : pandas.DataFrame
+        :func:`by_cell` output.
+    separations : dict of str to float
+        Sample -> ``separation`` of its ``contact_level.csv`` (Ashman's D of the gap and CBD Gaussians;
+        NaN where nothing was fitted).
+    sample_cells : dict of str to str
+        Sample -> its cell.
+    cell : str, default "cell"
+        Cell column of ``cells``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``cells`` with ``contact_separation_min``: the least separation over the cell's samples (NaN where
+        none was fitted). Below :data:`detachment.plausibility.WEAK_CONTACT_SEPARATION` the cell's
+        detachment carries more than its ``detachment_ambiguous_mean`` suggests.
+    """
+    least = _per_cell({s: float(v) for s, v in separations.items()}, sample_cells, min)
+    out = cells.copy()
+    out["contact_separation_min"] = [least.get(c, np.nan) for c in out[cell]]
+    return out
+
+
+def _per_cell(values: dict, sample_cells: dict, reduce) -> dict:
+    """Cell -> ``reduce`` (``min`` or ``max``) of its samples' finite ``values`` (sample -> float); cells
+    with none are left out."""
+    out = {}
+    for sample, c in sample_cells.items():
+        v = values.get(sample, np.nan)
+        if np.isfinite(v):
+            out[c] = reduce(out[c], v) if c in out else v
     return out
 
 

@@ -72,11 +72,14 @@ elif fit.reading == "deconvolved":
 table = fit.to_frame()
 checks = (fit.spread, p.max_ambiguity, sigma, fit.gap_width_ratio, through, fit.gap_share_through_layer, fit.separation)
 table["ambiguous"] = plausibility.contacts_ambiguous(*checks)
+table["separation_weak"] = plausibility.weakly_separated(fit.separation)
 io.write_csv(snakemake.output.table, table)
 io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample,
                                           through_layer=through, failed=plausibility.ambiguity_checks_failed(*checks),
                                           on_ambiguous=snakemake.config["science"]["on_ambiguous_contacts"]),
                snakemake.output.figure)
+if not table.ambiguous.iloc[0]:
+    plausibility.warn_weak_separation(fit.separation, snakemake.wildcards.sample, snakemake.output.figure)
 if table.ambiguous.iloc[0]:
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
     kept = Path(snakemake.log[0]).with_suffix(".png")

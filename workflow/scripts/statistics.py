@@ -13,9 +13,11 @@ particles = stats.all_particles(tables, p.samples, p.cells, p.c_rates)
 io.write_csv(snakemake.output.all_particles, particles)
 used = stats.analysed_particles(particles, p.exclude_border)
 cells = stats.by_cell(used, "c_rate", "cell", "detachment")
-spreads = {s: pd.read_csv(c).get("spread", pd.Series([float("nan")])).iloc[0]
-           for s, c in zip(p.samples, snakemake.input.contact_level)}
+levels = {s: pd.read_csv(c) for s, c in zip(p.samples, snakemake.input.contact_level)}
+spreads, separations = ({s: t.get(column, pd.Series([float("nan")])).iloc[0] for s, t in levels.items()}
+                        for column in ("spread", "separation"))
 cells = stats.with_reading_uncertainty(cells, spreads, dict(zip(p.samples, p.cells)))
+cells = stats.with_least_separation(cells, separations, dict(zip(p.samples, p.cells)))
 cells = stats.with_undecided_share(cells, used)
 by_rate = stats.by_group(used, "c_rate", "detachment", seed=p.seed)
 if len(by_rate):  # particle-level columns, then the cell-level test beside them
