@@ -17,8 +17,8 @@ levels = {s: pd.read_csv(c) for s, c in zip(p.samples, snakemake.input.contact_l
 spreads, separations = ({s: t.get(column, pd.Series([float("nan")])).iloc[0] for s, t in levels.items()}
                         for column in ("spread", "separation"))
 cells = stats.with_reading_uncertainty(cells, spreads, dict(zip(p.samples, p.cells)))
-cells = stats.with_least_separation(cells, separations, dict(zip(p.samples, p.cells)))
 cells = stats.with_undecided_share(cells, used)
+cells = stats.with_least_separation(cells, separations, dict(zip(p.samples, p.cells)))
 by_rate = stats.by_group(used, "c_rate", "detachment", seed=p.seed)
 if len(by_rate):  # particle-level columns, then the cell-level test beside them
     by_rate = by_rate.merge(stats.cell_level_test(cells, "c_rate"), on="c_rate", how="left")
