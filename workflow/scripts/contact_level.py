@@ -78,8 +78,6 @@ io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake
                                           through_layer=through, failed=plausibility.ambiguity_checks_failed(*checks),
                                           on_ambiguous=snakemake.config["science"]["on_ambiguous_contacts"]),
                snakemake.output.figure)
-if not table.ambiguous.iloc[0]:
-    plausibility.warn_weak_separation(fit.separation, snakemake.wildcards.sample, snakemake.output.figure)
 if table.ambiguous.iloc[0]:
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
     kept = Path(snakemake.log[0]).with_suffix(".png")
@@ -89,3 +87,5 @@ if table.ambiguous.iloc[0]:
                                   blur_sigma=sigma, reading=fit.reading, undecided=fit.ambiguous_faces,
                                   width_ratio=fit.gap_width_ratio, through_layer=through,
                                   through_share=fit.gap_share_through_layer, separation=fit.separation)
+else:
+    plausibility.warn_weak_separation(fit.separation, snakemake.wildcards.sample, snakemake.output.figure)
