@@ -199,6 +199,35 @@ def test_contact_layer_accuracy_against_a_walk_over_each_voxels_six_neighbours()
     assert 0 < expected < 1
 
 
+def test_the_figure_draws_the_cells_a_warning_falls_on_in_orange():
+    """Written out: b_1C weakly separated (D 2.5), b_C10 not self-consistent, c_1C clear and consistent, c_C10
+    weakly separated but stopped (a stop outranks the warning); the pairs follow their cells."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from detachment.plots import robustness_figure, warned_samples
+
+    rows = []
+    for sample, d, consistent, plausible in (("b_1C", 2.5, 1, 1), ("b_C10", 4.0, 0, 1), ("c_1C", 5.0, 1, 1),
+                                             ("c_C10", 2.5, 1, 0)):
+        rows += [(sample[0], sample, "out_of_sample", "contact_separation", d),
+                 (sample[0], sample, "out_of_sample", "contact_reading_self_consistent", float(consistent)),
+                 (sample[0], sample, "out_of_sample", "contact_reading_plausible", float(plausible)),
+                 (sample[0], sample, "out_of_sample", "detachment_mae", d / 100)]
+    rows += [("b", "b_1C+b_C10", "out_of_sample", "effect_found_over_planted", 0.9),
+             ("c", "c_1C+c_C10", "out_of_sample", "effect_found_over_planted", 0.8)]
+    table = pd.DataFrame(rows, columns=["preset", "sample", "split", "metric", "value"])
+    assert warned_samples(table) == {"b_1C", "b_C10", "b_1C+b_C10"}
+    fig = robustness_figure(table, ["detachment_mae", "effect_found_over_planted"])
+    drawn = {ax.get_title(): {c.get_label(): sorted(c.get_offsets()[:, 1].tolist()) for c in ax.collections}
+             for ax in fig.axes if ax.get_title()}
+    assert drawn["detachment_mae"] == {"out of sample": [0.05], "out of sample, run warns": [0.025, 0.04],
+                                       "out of sample, run stops": [0.025]}
+    assert drawn["effect_found_over_planted"] == {"out of sample, run warns": [0.9],
+                                                  "out of sample, run stops": [0.8]}
+    plt.close(fig)
+
+
 def test_the_figure_draws_the_cells_a_check_stops_as_crosses():
     """A cell whose phase map or contact reading failed its check, and the pair holding it, are drawn as
     crosses; the others as filled (out of sample) or open (in sample) dots, each value once."""
@@ -223,3 +252,18 @@ def test_the_figure_draws_the_cells_a_check_stops_as_crosses():
                                        "in sample": [0.01]}
     assert drawn["effect_found_over_planted"] == {"out of sample, run stops": [0.9]}
     plt.close(fig)
+
+
+def test_the_contact_separation_is_read_from_the_contact_table_or_unknown(tmp_path):
+    import pandas as pd
+
+    from detachment.contact_level import ContactLevel
+    from detachment.robustness import contact_separation
+
+    fit = ContactLevel(0.1, True, gap_mean=0.05, gap_sigma=0.03, cbd_mean=0.2, cbd_sigma=0.04)
+    fit.to_frame().to_csv(tmp_path / "new.csv", index=False)
+    assert contact_separation(tmp_path / "new.csv") == pytest.approx(np.sqrt(2) * 0.15 / np.hypot(0.03, 0.04))
+    fit.to_frame().drop(columns="separation").to_csv(tmp_path / "old.csv", index=False)
+    assert np.isnan(contact_separation(tmp_path / "old.csv"))
+    pd.DataFrame({"level": [np.nan], "fitted": [False]}).to_csv(tmp_path / "phases_only.csv", index=False)
+    assert np.isnan(contact_separation(tmp_path / "phases_only.csv"))

@@ -944,10 +944,23 @@ def stopped_samples(table) -> set[str]:
     return stopped | pairs
 
 
+def warned_samples(table) -> set[str]:
+    """Samples of a robustness table whose run goes on with a warning on its contact reading: gap and CBD only
+    weakly separated (``contact_separation``, :func:`detachment.plausibility.weakly_separated`) or the reading
+    not self-consistent (``contact_reading_self_consistent`` 0), and the pairs ``"a+b"`` holding one; those a
+    check stops (:func:`stopped_samples`) left out."""
+    sep = table[table.metric == "contact_separation"]
+    self_check = table[table.metric == "contact_reading_self_consistent"]
+    warned = (set(sep["sample"][[weakly_separated(v) for v in sep["value"]]])
+              | set(self_check["sample"][self_check["value"] == 0]))
+    pairs = {s for s in table["sample"].unique() if "+" in s and set(s.split("+")) & warned}
+    return (warned | pairs) - stopped_samples(table)
+
+
 def robustness_figure(table, metrics=None):
     """Each headline metric against the phantom preset: filled = out-of-sample cells, open = in-sample,
     crosses = out-of-sample cells whose run a check stops (:func:`stopped_samples`; measured with the
-    checks set to warn).
+    checks set to warn), orange = out-of-sample cells whose run goes on with a warning (:func:`warned_samples`).
 
     Dashed lines mark the goals (:data:`ROBUSTNESS_GOALS`).
 
@@ -972,12 +985,13 @@ def robustness_figure(table, metrics=None):
     ncol = 4
     nrow = int(np.ceil(len(metrics) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.4 * ncol, 2.9 * nrow), squeeze=False)
-    stopped = stopped_samples(table)
+    stopped, warned = stopped_samples(table), warned_samples(table)
     for ax, metric in zip(axes.ravel(), metrics):
         t = table[table.metric == metric]
-        out, stops = t.split == "out_of_sample", t["sample"].isin(stopped)
+        out, stops, warns = t.split == "out_of_sample", t["sample"].isin(stopped), t["sample"].isin(warned)
         for rows, label, style in (
-                (out & ~stops, "out of sample", {"color": "#c0392b"}),
+                (out & ~stops & ~warns, "out of sample", {"color": "#c0392b"}),
+                (out & warns, "out of sample, run warns", {"color": "darkorange"}),
                 (out & stops, "out of sample, run stops", {"color": "#c0392b", "marker": "x"}),
                 (t.split == "in_sample", "in sample", {"facecolors": "none", "edgecolors": "#2e86c1"})):
             s = t[rows]

@@ -319,6 +319,14 @@ def contact_reading_plausible(contact_level_path) -> float:
     return 0.0 if bool(t.ambiguous.iloc[0]) else 1.0
 
 
+def contact_separation(contact_level_path) -> float:
+    """A sample's gap / CBD separation, Ashman's D (``contact_level.csv``'s ``separation``; NaN where nothing
+    was fitted or the column is absent): below :data:`detachment.plausibility.MIN_CONTACT_SEPARATION` the
+    reading stops, below :data:`detachment.plausibility.WEAK_CONTACT_SEPARATION` it warns."""
+    t = pd.read_csv(contact_level_path)
+    return float(t.separation.iloc[0]) if "separation" in t.columns else float("nan")
+
+
 def self_consistency_metrics(paths) -> dict[str, float]:
     """``contact_reading_self_consistent`` (1.0 or 0.0) and ``self_consistency_shift`` (the particles' mean move,
     detachment fraction) from a sample's ``self_consistency.csv``

@@ -29,5 +29,6 @@ metrics.update(robustness.nmc_high_fraction_errors(science, measured, truth_tabl
 metrics.update(robustness.collector_distance_errors(science, measured, truth_table))
 metrics["phase_map_plausible"] = float(pd.read_csv(snakemake.input.qc).passed.all())
 metrics["contact_reading_plausible"] = robustness.contact_reading_plausible(snakemake.input.contact_level)
+metrics["contact_separation"] = robustness.contact_separation(snakemake.input.contact_level)
 metrics.update(robustness.self_consistency_metrics(snakemake.input.self_consistency))
 io.write_csv(snakemake.output[0], robustness.long_table(p.preset, snakemake.wildcards.sample, p.split, metrics))
