@@ -669,6 +669,19 @@ def test_a_cells_least_separation_is_the_minimum_over_its_samples_by_brute_force
     assert np.isnan(got.contact_separation_min["c0"])
 
 
+def test_the_statistics_name_the_cells_read_with_weak_separation_and_their_undecided_share():
+    from detachment.stats import uncertain_cells_note
+
+    cells = pd.DataFrame({"cell": ["cellA", "cellB", "cellC", "cellD"],
+                          "contact_separation_min": [2.4, 5.0, np.nan, 1.5],
+                          "detachment_ambiguous_mean": [0.21, 0.01, 0.3, 0.5]})
+    note = uncertain_cells_note(cells)
+    assert note.startswith("1 of 4 cells") and "cellA (D 2.40, detachment_ambiguous_mean 0.210)" in note
+    assert not {"cellB", "cellC", "cellD"} & set(note.replace(",", " ").split())  # clear, unfitted, stopped
+    assert "cellA (D 2.40)" in uncertain_cells_note(cells.drop(columns="detachment_ambiguous_mean"))
+    assert uncertain_cells_note(cells[cells.cell != "cellA"]) == ""
+
+
 def test_a_cells_undecided_share_is_the_mean_over_the_particles_it_summarises():
     """Written out: cell a's two particles with a detachment (the third has none, as ``by_cell`` leaves it
     out), cell b's one share (its NaN skipped), cell c none; a table without the column gives NaN."""

@@ -179,6 +179,23 @@ def with_least_separation(cells: pd.DataFrame, separations: dict, sample_cells: 
     return out
 
 
+def uncertain_cells_note(cells: pd.DataFrame, cell: str = "cell") -> str:
+    """A sentence naming the cells of :func:`with_least_separation`'s table whose contact reading warned (gap
+    and CBD only weakly separated, :func:`detachment.plausibility.weakly_separated`), each with its
+    ``detachment_ambiguous_mean`` where present (how far its mean may be off); "" where none warned."""
+    from .plausibility import weakly_separated
+
+    warned = cells[[weakly_separated(v) for v in cells["contact_separation_min"]]]
+    if warned.empty:
+        return ""
+    share = warned.get("detachment_ambiguous_mean", pd.Series(np.nan, index=warned.index))
+    named = ", ".join(f"{c} (D {d:.2f}" + (f", detachment_ambiguous_mean {a:.3f})" if np.isfinite(a) else ")")
+                      for c, d, a in zip(warned[cell], warned["contact_separation_min"], share))
+    return (f"{len(warned)} of {len(cells)} cells were read with gap and CBD only weakly separated: {named}; "
+            f"their mean detachment may be off by up to their detachment_ambiguous_mean, so a difference "
+            f"between cells smaller than that is not measured (detachment_by_cell.csv)")
+
+
 def _per_cell(values: dict, sample_cells: dict, reduce) -> dict:
     """Cell -> ``reduce`` (``min`` or ``max``) of its samples' finite ``values`` (sample -> float); cells
     with none are left out."""

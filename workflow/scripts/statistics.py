@@ -1,5 +1,7 @@
 """Adapter: statistics across samples and cells (Fig. 4 panels, Supp. Fig. 8)."""
 
+import logging
+
 import pandas as pd
 
 from detachment import io, plots, stats
@@ -19,6 +21,8 @@ spreads, separations = ({s: t.get(column, pd.Series([float("nan")])).iloc[0] for
 cells = stats.with_reading_uncertainty(cells, spreads, dict(zip(p.samples, p.cells)))
 cells = stats.with_undecided_share(cells, used)
 cells = stats.with_least_separation(cells, separations, dict(zip(p.samples, p.cells)))
+if note := stats.uncertain_cells_note(cells):
+    logging.getLogger(__name__).warning(note)
 by_rate = stats.by_group(used, "c_rate", "detachment", seed=p.seed)
 if len(by_rate):  # particle-level columns, then the cell-level test beside them
     by_rate = by_rate.merge(stats.cell_level_test(cells, "c_rate"), on="c_rate", how="left")
