@@ -144,10 +144,8 @@ def with_reading_uncertainty(cells: pd.DataFrame, spreads: dict, sample_cells: d
         (0-1; NaN where none was computed). A cell mean whose spread is near the C-rate difference
         cannot tell the rates apart by its contacts.
     """
-    worst = _per_cell({s: abs(float(v)) for s, v in spreads.items()}, sample_cells, max)
-    out = cells.copy()
-    out["contact_reading_spread"] = [worst.get(c, np.nan) for c in out[cell]]
-    return out
+    return _with_per_cell(cells, cell, "contact_reading_spread", {s: abs(float(v)) for s, v in spreads.items()},
+                          sample_cells, max)
 
 
 def with_least_separation(cells: pd.DataFrame, separations: dict, sample_cells: dict, cell: str = "cell"
@@ -173,10 +171,8 @@ def with_least_separation(cells: pd.DataFrame, separations: dict, sample_cells: 
         none was fitted). Below :data:`detachment.plausibility.WEAK_CONTACT_SEPARATION` the cell's
         detachment carries more than its ``detachment_ambiguous_mean`` suggests.
     """
-    least = _per_cell({s: float(v) for s, v in separations.items()}, sample_cells, min)
-    out = cells.copy()
-    out["contact_separation_min"] = [least.get(c, np.nan) for c in out[cell]]
-    return out
+    return _with_per_cell(cells, cell, "contact_separation_min", {s: float(v) for s, v in separations.items()},
+                          sample_cells, min)
 
 
 def uncertain_cells_note(cells: pd.DataFrame, cell: str = "cell") -> str:
@@ -196,14 +192,17 @@ def uncertain_cells_note(cells: pd.DataFrame, cell: str = "cell") -> str:
             f"between cells smaller than that is not measured (detachment_by_cell.csv)")
 
 
-def _per_cell(values: dict, sample_cells: dict, reduce) -> dict:
-    """Cell -> ``reduce`` (``min`` or ``max``) of its samples' finite ``values`` (sample -> float); cells
-    with none are left out."""
-    out = {}
+def _with_per_cell(cells: pd.DataFrame, cell: str, column: str, values: dict, sample_cells: dict, reduce
+                   ) -> pd.DataFrame:
+    """``cells`` with ``column``: per cell, ``reduce`` (``min`` or ``max``) of its samples' finite ``values``
+    (sample -> float; ``sample_cells``: sample -> cell); NaN for a cell with none."""
+    per_cell = {}
     for sample, c in sample_cells.items():
         v = values.get(sample, np.nan)
         if np.isfinite(v):
-            out[c] = reduce(out[c], v) if c in out else v
+            per_cell[c] = reduce(per_cell[c], v) if c in per_cell else v
+    out = cells.copy()
+    out[column] = [per_cell.get(c, np.nan) for c in out[cell]]
     return out
 
 
