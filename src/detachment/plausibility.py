@@ -604,8 +604,8 @@ def warn_weak_separation(separation: float | None, sample: str, figure: str = ""
                 f"{WEAK_CONTACT_SEPARATION}). At this overlap the per-face reading misreads several percent of the "
                 f"faces, and on phantoms drawn at random most samples in this band that no check stopped read "
                 f"detachment outside MAE 0.03 or |bias| 0.02 (coats of one or two voxels read as gaps, gaps under "
-                f"two voxels as CBD), mostly by 0.02-0.07 but once by 0.25; each time by less than the particles' "
-                f"mean detachment_ambiguous. Take this sample's mean detachment as uncertain by up to that mean "
+                f"two voxels as CBD), mostly by a few hundredths, now and then by a quarter; each time by less than "
+                f"the particles' mean detachment_ambiguous. Take this sample's mean detachment as uncertain by up to that mean "
                 f"(detachment_by_cell.csv detachment_ambiguous_mean; per particle, particles.csv "
                 f"detachment_ambiguous); {figure or 'the contact-level figure'} shows the overlap.")
     return True
