@@ -36,7 +36,8 @@ detachment of the scored particles moves (``bias_weak_prior`` - ``detachment_bia
 the prior rather than the data decides the contact layer (the prior merges one-voxel coats).
 ``--self-consistency`` reads each draw's map again from a volume rendered from it under the forward model's
 assumptions (:func:`detachment.self_consistency.check_reading`): ``self_shift`` is the particles' mean move,
-``self_consistent`` whether it is within ``detachment.self_consistency.MAX_SHIFT``, and
+``self_consistent`` whether it is within ``detachment.self_consistency.MAX_SHIFT``, ``self_shift_mae`` the
+particles' mean absolute move, and
 ``silent_unless_self`` marks a silent draw that this check would not flag either. The seeds are
 not those of any sheet or of ``random_phantoms.py``'s defaults.
 """
@@ -168,6 +169,7 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
                               links, first, level_path, ThresholdSettings(**(threshold or {})), sc, workers=2,
                               refine=refine, volume=volume)
         row["self_shift"] = round(check.shift, 4)
+        row["self_shift_mae"] = round(check.shift_mae, 4)  # the particles' mean |move|: the shift's noise scale
         row["self_consistent"] = check.consistent
         row["silent_unless_self"] = silent and check.consistent
     return row
