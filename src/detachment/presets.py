@@ -66,6 +66,10 @@ PRESETS: dict[str, dict] = {
     # one-voxel gaps, coats and cracks under the paper's NMC width: NMC's texture as wide as real NMC's beside
     # coats the forward model's prior can merge into the particle
     "thin_gaps_broad_nmc": {**THIN_GAPS, "fwhm": PAPER_FWHM},
+    # one-voxel gaps, coats and cracks under a point spread a little wider than the default's (σ 0.6 against 0.5):
+    # the blur check, whose bound was set on gaps and coats of two voxels, passes, and a one-voxel coat blurs
+    # towards a gap's grey level
+    "thin_gaps_blurred": {**THIN_GAPS, "blur_sigma_vox": 0.6},
     # a sample mounted 2 degrees off square: the collector's top rises 9 voxels across the volume, so no
     # slice is its top; on a thicker collector under a deeper volume
     "tilted_collector": {"shape_zyx": [48, 192, 192], "collector_thickness_vox": 8, "collector_tilt_deg": 2.0,
