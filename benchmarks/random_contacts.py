@@ -230,12 +230,13 @@ def summarise(table: pd.DataFrame, prior_sensitivity: float | None, self_consist
           f"{int((weak & ~silent).sum())} of the other {int((~silent).sum())}")
     if self_consistency:
         flagged = ~passed.self_consistent.astype(bool)
-        print(f"self-consistency (|self_shift| > {MAX_SHIFT} where nothing else stops): flags {int((flagged & silent).sum())} "
+        print(f"self-consistency (|self_shift| > {MAX_SHIFT} where nothing else stops; science.self_consistency "
+              f"stops there by default): stops {int((flagged & silent).sum())} "
               f"of the {int(silent.sum())} silent draws and {int((flagged & ~silent).sum())} of the other "
               f"{int((~silent).sum())}; |self_shift| of the silent {np.round(passed.self_shift[silent].abs().sort_values().to_numpy(), 3)}, "
               f"the others' largest {passed.self_shift[~silent].abs().max():.4f}")
         either = flagged | weak
-        print(f"either warning: flags {int((either & silent).sum())} of the {int(silent.sum())} silent draws and "
+        print(f"self-consistency or weak separation: flags {int((either & silent).sum())} of the {int(silent.sum())} silent draws and "
               f"{int((either & ~silent).sum())} of the other {int((~silent).sum())}")
 
 

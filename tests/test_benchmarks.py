@@ -206,7 +206,8 @@ def test_random_contacts_prior_sensitivity_reads_the_same_draw_again_with_the_we
 
 def test_random_contacts_summary_counts_what_each_warning_flags_among_the_silent_draws(capsys):
     """Six draws written out: one stopped, one ambiguous, four that go on (two silent). The weak-separation
-    warning flags one silent and one good draw, self-consistency the other silent one: either flags both."""
+    warning flags one silent and one good draw, the self-consistency stop the other silent one: the two together
+    catch both."""
     import pandas as pd
 
     rc, _ = _random_contacts()
@@ -224,5 +225,5 @@ def test_random_contacts_summary_counts_what_each_warning_flags_among_the_silent
     out = capsys.readouterr().out
     assert "not ambiguous on 4;" in out and "nothing stops): 2," in out
     assert "weak separation warning (D 2.0-3.0): flags 1 of the 2 silent draws and 1 of the other 2" in out
-    assert "flags 1 of the 2 silent draws and 0 of the other 2" in out  # self-consistency
-    assert "either warning: flags 2 of the 2 silent draws and 1 of the other 2" in out
+    assert "stops there by default): stops 1 of the 2 silent draws and 0 of the other 2" in out
+    assert "self-consistency or weak separation: flags 2 of the 2 silent draws and 1 of the other 2" in out

@@ -200,15 +200,16 @@ def test_contact_layer_accuracy_against_a_walk_over_each_voxels_six_neighbours()
 
 
 def test_the_figure_draws_the_cells_a_warning_falls_on_in_orange():
-    """Written out: b_1C weakly separated (D 2.5), b_C10 not self-consistent, c_1C clear and consistent, c_C10
-    weakly separated but stopped (a stop outranks the warning); the pairs follow their cells."""
+    """Written out: b_1C weakly separated (D 2.5), b_C10 clear, c_1C clear but not self-consistent (a stop under
+    the default science.self_consistency), c_C10 weakly separated but stopped (a stop outranks the warning); the
+    pairs follow their cells."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    from detachment.plots import robustness_figure, warned_samples
+    from detachment.plots import robustness_figure, stopped_samples, warned_samples
 
     rows = []
-    for sample, d, consistent, plausible in (("b_1C", 2.5, 1, 1), ("b_C10", 4.0, 0, 1), ("c_1C", 5.0, 1, 1),
+    for sample, d, consistent, plausible in (("b_1C", 2.5, 1, 1), ("b_C10", 4.0, 1, 1), ("c_1C", 5.0, 0, 1),
                                              ("c_C10", 2.5, 1, 0)):
         rows += [(sample[0], sample, "out_of_sample", "contact_separation", d),
                  (sample[0], sample, "out_of_sample", "contact_reading_self_consistent", float(consistent)),
@@ -217,12 +218,13 @@ def test_the_figure_draws_the_cells_a_warning_falls_on_in_orange():
     rows += [("b", "b_1C+b_C10", "out_of_sample", "effect_found_over_planted", 0.9),
              ("c", "c_1C+c_C10", "out_of_sample", "effect_found_over_planted", 0.8)]
     table = pd.DataFrame(rows, columns=["preset", "sample", "split", "metric", "value"])
-    assert warned_samples(table) == {"b_1C", "b_C10", "b_1C+b_C10"}
+    assert warned_samples(table) == {"b_1C", "b_1C+b_C10"}
+    assert stopped_samples(table) == {"c_1C", "c_C10", "c_1C+c_C10"}
     fig = robustness_figure(table, ["detachment_mae", "effect_found_over_planted"])
     drawn = {ax.get_title(): {c.get_label(): sorted(c.get_offsets()[:, 1].tolist()) for c in ax.collections}
              for ax in fig.axes if ax.get_title()}
-    assert drawn["detachment_mae"] == {"out of sample": [0.05], "out of sample, run warns": [0.025, 0.04],
-                                       "out of sample, run stops": [0.025]}
+    assert drawn["detachment_mae"] == {"out of sample": [0.04], "out of sample, run warns": [0.025],
+                                       "out of sample, run stops": [0.025, 0.05]}
     assert drawn["effect_found_over_planted"] == {"out of sample, run warns": [0.9],
                                                   "out of sample, run stops": [0.8]}
     plt.close(fig)

@@ -162,12 +162,12 @@ def test_an_inconsistent_reading_stops_with_the_sample_and_the_way_on(caplog):
     from detachment.plausibility import AmbiguousContacts
     from detachment.self_consistency import enforce
 
-    enforce(SelfConsistency(0.004, 0.01, 20, 0.5), "cell_1C", "stop")  # consistent: nothing
+    enforce(SelfConsistency(0.004, 0.01, 20, 0.5), "cell_1C")  # consistent: nothing
     bad = SelfConsistency(0.031, 0.04, 20, 0.52)
     with pytest.raises(AmbiguousContacts, match=r"sample 'cell_1C'.*\+0\.031.*±0\.01\b.*self_consistency: warn"):
-        enforce(bad, "cell_1C", "stop")
+        enforce(bad, "cell_1C")  # stops by default, as the config's default does
     with caplog.at_level("WARNING"):
-        enforce(bad, "cell_1C")
+        enforce(bad, "cell_1C", "warn")
     assert "does not find itself again" in caplog.text
     with pytest.raises(ValueError, match="self_consistency"):
         enforce(bad, "cell_1C", "ignore")

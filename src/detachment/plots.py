@@ -936,23 +936,23 @@ ROBUSTNESS_GOALS = {"phase_accuracy": 0.97, "phase_accuracy_pure_voxels": 0.97,
 
 
 def stopped_samples(table) -> set[str]:
-    """Samples of a robustness table (:mod:`detachment.robustness`) whose run a check would have stopped
-    (``phase_map_plausible`` or ``contact_reading_plausible`` 0), and the pairs ``"a+b"`` holding one."""
-    checks = table[table.metric.isin(["phase_map_plausible", "contact_reading_plausible"])]
+    """Samples of a robustness table (:mod:`detachment.robustness`) whose run a check would have stopped under
+    the default settings (``phase_map_plausible``, ``contact_reading_plausible`` or
+    ``contact_reading_self_consistent`` 0; ``science.self_consistency`` stops by default), and the pairs
+    ``"a+b"`` holding one."""
+    checks = table[table.metric.isin(["phase_map_plausible", "contact_reading_plausible",
+                                      "contact_reading_self_consistent"])]
     stopped = set(checks["sample"][checks["value"] == 0])
     pairs = {s for s in table["sample"].unique() if "+" in s and set(s.split("+")) & stopped}
     return stopped | pairs
 
 
 def warned_samples(table) -> set[str]:
-    """Samples of a robustness table whose run goes on with a warning on its contact reading: gap and CBD only
-    weakly separated (``contact_separation``, :func:`detachment.plausibility.weakly_separated`) or the reading
-    not self-consistent (``contact_reading_self_consistent`` 0), and the pairs ``"a+b"`` holding one; those a
-    check stops (:func:`stopped_samples`) left out."""
+    """Samples of a robustness table whose run goes on with a warning on its contact reading (gap and CBD only
+    weakly separated: ``contact_separation``, :func:`detachment.plausibility.weakly_separated`), and the pairs
+    ``"a+b"`` holding one; those a check stops (:func:`stopped_samples`) left out."""
     sep = table[table.metric == "contact_separation"]
-    self_check = table[table.metric == "contact_reading_self_consistent"]
-    warned = (set(sep["sample"][[weakly_separated(v) for v in sep["value"]]])
-              | set(self_check["sample"][self_check["value"] == 0]))
+    warned = set(sep["sample"][[weakly_separated(v) for v in sep["value"]]])
     pairs = {s for s in table["sample"].unique() if "+" in s and set(s.split("+")) & warned}
     return (warned | pairs) - stopped_samples(table)
 

@@ -317,9 +317,10 @@ def describe_textures(textures: dict[int, PhaseTexture] | None) -> str:
                                               else "white") for c, t in sorted(textures.items()))
 
 
-def enforce(check: SelfConsistency, sample: str, mode: str = "warn") -> None:
+def enforce(check: SelfConsistency, sample: str, mode: str = "stop") -> None:
     """Warn, or stop (raise :class:`detachment.plausibility.AmbiguousContacts`), where a sample's reading is not
-    self-consistent (config ``science.self_consistency``: ``"warn"`` or ``"stop"``); nothing where it is.
+    self-consistent (config ``science.self_consistency``: ``"stop"``, the default, or ``"warn"``); nothing where
+    it is.
 
     Raises
     ------
