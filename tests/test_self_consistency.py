@@ -173,6 +173,24 @@ def test_an_inconsistent_reading_stops_with_the_sample_and_the_way_on(caplog):
         enforce(bad, "cell_1C", "ignore")
 
 
+def test_the_check_stops_by_default_in_the_schema_and_the_library_alike():
+    """The config's default (the schema's) and enforce's own default are both stop; validate.yaml and tuning.yaml,
+    which score stopped cells, set warn."""
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from detachment.config_docs import with_defaults
+    from detachment.self_consistency import enforce
+
+    root = Path(__file__).resolve().parents[1]
+    assert with_defaults({})["science"]["self_consistency"] == "stop"
+    assert inspect.signature(enforce).parameters["mode"].default == "stop"
+    for name in ("validate.yaml", "tuning.yaml"):
+        assert yaml.safe_load((root / "config" / name).read_text())["science"]["self_consistency"] == "warn", name
+
+
 def test_robustness_rows_of_the_check(tmp_path):
     from detachment.robustness import self_consistency_metrics
 
