@@ -2,7 +2,7 @@
 
 Usage: .venv/bin/python benchmarks/random_contacts.py [--first 9000] [--count 30] [--out table.csv]
        [--threshold KEY=VALUE ...] [--exact-envelopes] [--prior-sensitivity BETA] [--max-drift GREY]
-       [--self-consistency]
+       [--self-consistency] [--thin-features]
 
 The phase map alone (``random_phantoms.py``) does not say whether the contacts transfer: they are read on
 the voxels beside the particles, where blur, partial volume and one-voxel coats and gaps decide. Each seed
@@ -38,8 +38,10 @@ the prior rather than the data decides the contact layer (the prior merges one-v
 assumptions (:func:`detachment.self_consistency.check_reading`): ``self_shift`` is the particles' mean move,
 ``self_consistent`` whether it is within ``detachment.self_consistency.MAX_SHIFT``, ``self_shift_mae`` the
 particles' mean absolute move, and
-``silent_unless_self`` marks a silent draw that this check would not flag either. The seeds are
-not those of any sheet or of ``random_phantoms.py``'s defaults.
+``silent_unless_self`` marks a silent draw that this check would not flag either. ``--thin-features`` draws
+gaps of 1-2 voxels and coats of 1-1.5 in place of the family's 1.5-4 and 1-2.5 (one-voxel features under every
+drawn blur; the other fields as the seed draws them). The seeds are not those of any sheet or of
+``random_phantoms.py``'s defaults.
 """
 
 from __future__ import annotations
@@ -72,23 +74,29 @@ def science_settings(path: Path = CONFIG) -> dict:
     return with_defaults(yaml.safe_load(path.read_text()))["science"]
 
 
-def draw_with_contacts(rng: np.random.Generator, max_drift: float = 0.03) -> dict:
+def draw_with_contacts(rng: np.random.Generator, max_drift: float = 0.03, thin: bool = False) -> dict:
     """PhantomParams fields of one draw: ``random_phantoms.draw``'s, then the planted mean detachment
     (0.1-0.6) and the share of touching pairs split by a one-voxel gap (0-0.6), drawn after the others so
-    that a seed's grey levels and geometry are those ``random_phantoms.py`` draws for it."""
+    that a seed's grey levels and geometry are those ``random_phantoms.py`` draws for it. ``thin``: gaps then
+    drawn again in 1-2 voxels and coats in 1-1.5 (one-voxel features under the drawn blur), after those, so
+    every other field is the seed's as without it."""
     p = draw(rng, max_drift)
     p["detachment_mean"] = float(rng.uniform(0.1, 0.6))
     p["contact_gap_probability"] = float(rng.uniform(0.0, 0.6))
+    if thin:
+        p["gap_width_vox"], p["coating_width_vox"] = float(rng.uniform(1.0, 2.0)), float(rng.uniform(1.0, 1.5))
     return p
 
 
 def measure(seed: int, work: Path, sc: dict, threshold: dict | None = None, refine: bool = True,
-            weak_beta: float | None = None, max_drift: float = 0.03, self_check: bool = False) -> dict:
+            weak_beta: float | None = None, max_drift: float = 0.03, self_check: bool = False,
+            thin: bool = False) -> dict:
     """One draw: its parameters, the checks and the detachment read on the truth's particles (``threshold``:
     :class:`detachment.threshold.ThresholdSettings` fields other than the defaults; ``refine``: their
     envelopes refined on the phase map as the workflow's are, else read as they are; ``weak_beta``: read
-    again with ``psf_refine_beta`` set to it, adding ``bias_weak_prior`` and ``prior_shift``)."""
-    p = draw_with_contacts(np.random.default_rng(seed), max_drift)
+    again with ``psf_refine_beta`` set to it, adding ``bias_weak_prior`` and ``prior_shift``; ``thin``: as
+    :func:`draw_with_contacts`)."""
+    p = draw_with_contacts(np.random.default_rng(seed), max_drift, thin)
     row = {"seed": seed, "drift": round(p["drift_amplitude"], 3), "supersample": p["supersample"],
            "blur_sigma_vox": round(p["blur_sigma_vox"], 3), "blur_z_factor": round(p["blur_z_factor"], 3),
            "void_to_cbd": round(p["intensity"]["cbd"] - p["intensity"]["void"], 3),
@@ -191,6 +199,8 @@ def main() -> None:
     ap.add_argument("--self-consistency", action="store_true",
                     help="also read each draw's map rendered under the forward model's assumptions "
                          "(detachment.self_consistency): self_shift, self_consistent")
+    ap.add_argument("--thin-features", action="store_true",
+                    help="draw gaps of 1-2 voxels and coats of 1-1.5 instead (every other field as drawn without it)")
     ap.add_argument("--prior-sensitivity", type=float, metavar="BETA",
                     help="also threshold and read each draw with threshold.psf_refine_beta set to BETA")
     args = ap.parse_args()
@@ -202,7 +212,8 @@ def main() -> None:
     if args.prior_sensitivity is not None:
         ThresholdSettings(**{**threshold, "psf_refine_beta": args.prior_sensitivity})
     table = run_draws(lambda seed, work: measure(seed, work, sc, threshold, not args.exact_envelopes,
-                                                 args.prior_sensitivity, args.max_drift, args.self_consistency),
+                                                 args.prior_sensitivity, args.max_drift, args.self_consistency,
+                                                 args.thin_features),
                       range(args.first, args.first + args.count), args.out)
     summarise(table, args.prior_sensitivity, args.self_consistency)
 

@@ -176,6 +176,11 @@ def test_random_contact_draws_are_the_phase_draws_with_a_planted_detachment_adde
         assert {k: v for k, v in p.items() if k not in ("detachment_mean", "contact_gap_probability")} == q
         assert 0.1 <= p["detachment_mean"] <= 0.6 and 0.0 <= p["contact_gap_probability"] <= 0.6
         PhantomParams(**p).validate(f"draw {seed}")
+        thin = rc.draw_with_contacts(np.random.default_rng(seed), thin=True)
+        assert {k: v for k, v in thin.items() if k not in ("gap_width_vox", "coating_width_vox")} == \
+            {k: v for k, v in p.items() if k not in ("gap_width_vox", "coating_width_vox")}
+        assert 1 <= thin["gap_width_vox"] <= 2 and 1 <= thin["coating_width_vox"] <= 1.5
+        PhantomParams(**thin).validate(f"thin draw {seed}")
     sc = rc.science_settings()
     for key in ("contact_gap_from_intensity", "contact_max_spread", "contact_sharpen", "contact_spill",
                 "contact_partial_volume", "contact_max_ambiguity", "contact_probe_vox", "contact_level"):
