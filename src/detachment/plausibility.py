@@ -119,7 +119,7 @@ MIN_CONTACT_SEPARATION = 2.0
 #: Ashman's D below which, at or above :data:`MIN_CONTACT_SEPARATION`, the contacts are read with a warning:
 #: each class's tail beyond the midpoint still holds 7 % of its faces at D = 3, and on phantoms drawn at
 #: random most draws that read detachment outside the goals while nothing stopped lay between the two
-#: bounds, but a third of the draws there read well, as do the presets ``low_contrast`` and
+#: bounds, but about half of the draws there read well, as do the presets ``low_contrast`` and
 #: ``partial_volume`` (docs/results.md, random draws): a bound at 3 would stop those, a warning does not.
 WEAK_CONTACT_SEPARATION = 3.0
 
@@ -602,10 +602,10 @@ def warn_weak_separation(separation: float | None, sample: str, figure: str = ""
     log.warning(f"sample '{sample}': gap and CBD beside the particles are only weakly separated (Ashman's D "
                 f"{separation:.2f}, contact_level.csv separation; read from {MIN_CONTACT_SEPARATION}, clear from "
                 f"{WEAK_CONTACT_SEPARATION}). At this overlap the per-face reading misreads several percent of the "
-                f"faces, and on phantoms drawn at random most samples in this band that no check stopped read "
-                f"detachment outside MAE 0.03 or |bias| 0.02 (coats of one or two voxels read as gaps, gaps under "
-                f"two voxels as CBD), mostly by a few hundredths, now and then by a quarter; each time by less than "
-                f"the particles' mean detachment_ambiguous. Take this sample's mean detachment as uncertain by up to that mean "
+                f"faces, and on phantoms drawn at random about half the samples in this band that no check stopped "
+                f"read detachment outside MAE 0.03 or |bias| 0.02 (coats of one or two voxels read as gaps, gaps "
+                f"under two voxels as CBD), by a few hundredths; each time by less than the particles' mean "
+                f"detachment_ambiguous. Take this sample's mean detachment as uncertain by up to that mean "
                 f"(detachment_by_cell.csv detachment_ambiguous_mean; per particle, particles.csv "
                 f"detachment_ambiguous); {figure or 'the contact-level figure'} shows the overlap.")
     return True
