@@ -29,7 +29,8 @@ validation presets): numbers the workflow would report as if they were right. ``
 the mean of ``particles.csv``'s column of that name over the scored particles, the share of each surface
 the reading reports as undecided: ``covered`` marks a silent draw whose |bias| it reaches.
 ``separation_weak`` marks a draw read with the warning of
-:func:`detachment.plausibility.warn_weak_separation` (gap and CBD only weakly separated).
+:func:`detachment.plausibility.warn_weak_separation` (gap and CBD only weakly separated), ``edges_wide`` one
+read with that of :func:`detachment.plausibility.warn_wide_edges` (edges wider than the reading is checked on).
 ``--prior-sensitivity BETA`` thresholds and reads each draw a second time with the forward model's
 smoothness weight ``threshold.psf_refine_beta`` set to BETA: ``prior_shift`` is how far the mean
 detachment of the scored particles moves (``bias_weak_prior`` - ``detachment_bias``), a measure of how much
@@ -163,6 +164,7 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
            "through_share": round(float(fit.gap_share_through_layer), 3), "spread": round(float(fit.spread), 3),
            "failed": failed, "ambiguous": bool(ambiguous),
            "separation_weak": plausibility.weakly_separated(fit.separation),
+           "edges_wide": plausibility.edges_wide(edge_width_from_map(phases_path, qc)),
            "ambiguous_but_separation": plausibility.contacts_ambiguous(*checks_of_reading),
            "n_particles": len(errors),
            "detachment_truth": round(float(errors.detachment_truth.mean()), 3),
@@ -219,8 +221,9 @@ def main() -> None:
 
 
 def summarise(table: pd.DataFrame, prior_sensitivity: float | None, self_consistency: bool) -> None:
-    """Print the draws' counts: read, passed, silent; with ``self_consistency``, what that check and the
-    weak-separation warning flag among the silent draws and the others."""
+    """Print the draws' counts: read, passed, silent; what each warning (weak separation, wide edges) flags among
+    the silent draws and the others; with ``self_consistency``, what that check flags, alone and with the
+    warnings."""
     ran = table.dropna(subset=["detachment_mae"])
     passed = ran[(ran.failed == "") & ~ran.ambiguous.astype(bool)]
     print(f"\n{len(ran)} of {len(table)} draws read; checks pass and contacts not ambiguous on {len(passed)}; "
@@ -239,6 +242,11 @@ def summarise(table: pd.DataFrame, prior_sensitivity: float | None, self_consist
     print(f"weak separation warning (D {plausibility.MIN_CONTACT_SEPARATION}-{plausibility.WEAK_CONTACT_SEPARATION}): "
           f"flags {int((weak & silent).sum())} of the {int(silent.sum())} silent draws and "
           f"{int((weak & ~silent).sum())} of the other {int((~silent).sum())}")
+    wide = passed.get("edges_wide", pd.Series(False, index=passed.index)).astype(bool)
+    print(f"wide-edge warning (edge width above {plausibility.MAX_CHECKED_EDGE_WIDTH} vox): flags "
+          f"{int((wide & silent).sum())} of the {int(silent.sum())} silent draws and {int((wide & ~silent).sum())} of "
+          f"the other {int((~silent).sum())}")
+    warned = weak | wide
     if self_consistency:
         flagged = ~passed.self_consistent.astype(bool)
         print(f"self-consistency (|self_shift| > {MAX_SHIFT} where nothing else stops; science.self_consistency "
@@ -246,9 +254,9 @@ def summarise(table: pd.DataFrame, prior_sensitivity: float | None, self_consist
               f"of the {int(silent.sum())} silent draws and {int((flagged & ~silent).sum())} of the other "
               f"{int((~silent).sum())}; |self_shift| of the silent {np.round(passed.self_shift[silent].abs().sort_values().to_numpy(), 3)}, "
               f"the others' largest {passed.self_shift[~silent].abs().max():.4f}")
-        either = flagged | weak
-        print(f"self-consistency or weak separation: flags {int((either & silent).sum())} of the {int(silent.sum())} silent draws and "
-              f"{int((either & ~silent).sum())} of the other {int((~silent).sum())}")
+        either = flagged | warned
+        print(f"self-consistency or a warning: flags {int((either & silent).sum())} of the {int(silent.sum())} silent "
+              f"draws and {int((either & ~silent).sum())} of the other {int((~silent).sum())}")
 
 
 if __name__ == "__main__":

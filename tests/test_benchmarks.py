@@ -212,7 +212,7 @@ def test_random_contacts_prior_sensitivity_reads_the_same_draw_again_with_the_we
 def test_random_contacts_summary_counts_what_each_warning_flags_among_the_silent_draws(capsys):
     """Six draws written out: one stopped, one ambiguous, four that go on (two silent). The weak-separation
     warning flags one silent and one good draw, the self-consistency stop the other silent one: the two together
-    catch both."""
+    catch both. The wide-edge warning flags one good draw (a table without its column: none)."""
     import pandas as pd
 
     rc, _ = _random_contacts()
@@ -225,10 +225,14 @@ def test_random_contacts_summary_counts_what_each_warning_flags_among_the_silent
         "covered": [False, False, True, False, False, False],
         "separation_weak": [False, False, True, False, True, False],
         "self_consistent": [True, True, True, False, True, True],
-        "self_shift": [0.0, 0.0, 0.002, 0.02, 0.001, 0.0]})
+        "self_shift": [0.0, 0.0, 0.002, 0.02, 0.001, 0.0],
+        "edges_wide": [True, False, False, False, False, True]})
     rc.summarise(table, None, True)
     out = capsys.readouterr().out
+    assert "(edge width above 0.7 vox): flags 0 of the 2 silent draws and 1 of the other 2" in out
     assert "not ambiguous on 4;" in out and "nothing stops): 2," in out
     assert "weak separation warning (D 2.0-3.0): flags 1 of the 2 silent draws and 1 of the other 2" in out
     assert "stops there by default): stops 1 of the 2 silent draws and 0 of the other 2" in out
-    assert "self-consistency or weak separation: flags 2 of the 2 silent draws and 1 of the other 2" in out
+    assert "self-consistency or a warning: flags 2 of the 2 silent draws and 2 of the other 2" in out
+    rc.summarise(table.drop(columns="edges_wide"), None, True)
+    assert "flags 0 of the 2 silent draws and 0 of the other 2" in capsys.readouterr().out

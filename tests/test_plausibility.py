@@ -414,6 +414,38 @@ def test_a_weak_separation_warns_naming_the_sample_and_d_and_only_between_the_bo
     assert warn_weak_separation(MIN_CONTACT_SEPARATION, "s")  # read, and warned, at the lower bound
 
 
+def test_wide_edges_warn_naming_the_sample_and_width_only_beyond_the_sharpening_cap(caplog):
+    """The bound is the contact reading's sharpening cap (one constant, not two); at the cap, below it, NaN or
+    unknown: silent."""
+    from detachment.contact_level import MAX_SHARPEN_SIGMA, sharpening_weight
+    from detachment.plausibility import MAX_CHECKED_EDGE_WIDTH, edges_wide, warn_wide_edges
+
+    assert MAX_SHARPEN_SIGMA == MAX_CHECKED_EDGE_WIDTH
+    # beyond the bound the sharpening no longer follows the width: what the warning is about
+    assert sharpening_weight(MAX_CHECKED_EDGE_WIDTH + 0.1) == sharpening_weight(MAX_CHECKED_EDGE_WIDTH)
+    assert sharpening_weight(MAX_CHECKED_EDGE_WIDTH - 0.1) < sharpening_weight(MAX_CHECKED_EDGE_WIDTH)
+    with caplog.at_level(logging.WARNING):
+        assert warn_wide_edges(0.75, "cell_7", "results/cell_7/contact_level.png")
+    assert "sample 'cell_7'" in caplog.text and "0.75 voxels wide" in caplog.text
+    assert f"wider than the {MAX_CHECKED_EDGE_WIDTH}" in caplog.text and "detachment_ambiguous" in caplog.text
+    assert "results/cell_7/contact_level.png" in caplog.text
+    caplog.clear()
+    for width in (MAX_CHECKED_EDGE_WIDTH, 0.5, float("nan"), None):
+        with caplog.at_level(logging.WARNING):
+            assert not warn_wide_edges(width, "s") and not edges_wide(width)
+    assert not caplog.text
+
+
+def test_the_contact_figures_verdict_names_wide_edges_and_a_weak_separation_where_every_check_passed():
+    from detachment.plots import _verdict_line
+
+    both = _verdict_line([], "stop", 2.47, 0.75)
+    assert "weakly separated (D 2.47 < 3.0)" in both and "edges are 0.75 vox wide (> 0.7" in both
+    assert "warning" in _verdict_line([], "stop", 4.2, 0.75) and "weakly" not in _verdict_line([], "stop", 4.2, 0.75)
+    assert "edges" not in _verdict_line([], "stop", 4.2, 0.7) and "warning" not in _verdict_line([], "stop", 4.2, 0.7)
+    assert "edges" not in _verdict_line(["point spread σ 0.90 vox (> 0.65)"], "stop", 4.2, 0.75)
+
+
 def test_the_contact_figures_verdict_warns_on_a_weak_separation_only_where_every_check_passed():
     from detachment.plots import _verdict_line
 
@@ -424,9 +456,10 @@ def test_the_contact_figures_verdict_warns_on_a_weak_separation_only_where_every
     assert _verdict_line(None, "stop", 2.47) == ""
 
 
-@pytest.mark.parametrize("sigma, failed, colour", [(0.06, [], "darkorange"), (0.02, [], "black"),
-                                                   (0.06, ["gap / CBD separation"], "firebrick")])
-def test_the_contact_figures_title_is_orange_where_it_warns(sigma, failed, colour):
+@pytest.mark.parametrize("sigma, failed, colour, width", [(0.06, [], "darkorange", 0.5), (0.02, [], "black", 0.5),
+                                                          (0.06, ["gap / CBD separation"], "firebrick", 0.5),
+                                                          (0.02, [], "darkorange", 0.8)])
+def test_the_contact_figures_title_is_orange_where_it_warns(sigma, failed, colour, width):
     import matplotlib.pyplot as plt
 
     from detachment.contact_level import ContactLevel
@@ -436,10 +469,11 @@ def test_the_contact_figures_title_is_orange_where_it_warns(sigma, failed, colou
                        cbd_weight=0.6)
     assert (2 <= fit.separation < 3) == (sigma == 0.06)
     values = np.random.default_rng(0).normal(0.1, 0.08, 2000)
-    fig = contact_level_figure(values, fit, 0.12, "s", failed=failed)
+    fig = contact_level_figure(values, fit, 0.12, "s", failed=failed, edge_width=width)
     title = fig.axes[0].title
     assert title.get_color() == colour
-    assert ("weakly separated" in title.get_text()) == (colour == "darkorange")
+    assert ("weakly separated" in title.get_text()) == (colour == "darkorange" and sigma == 0.06)
+    assert ("vox wide" in title.get_text()) == (colour == "darkorange" and width > 0.7)
     plt.close(fig)
 
 

@@ -201,8 +201,8 @@ def test_contact_layer_accuracy_against_a_walk_over_each_voxels_six_neighbours()
 
 def test_the_figure_draws_the_cells_a_warning_falls_on_in_orange():
     """Written out: b_1C weakly separated (D 2.5), b_C10 clear, c_1C clear but not self-consistent (a stop under
-    the default science.self_consistency), c_C10 weakly separated but stopped (a stop outranks the warning); the
-    pairs follow their cells."""
+    the default science.self_consistency), c_C10 weakly separated but stopped (a stop outranks the warning), d_1C
+    clear with edges wider than the reading is checked on, d_C10 at that width; the pairs follow their cells."""
     import matplotlib.pyplot as plt
     import pandas as pd
 
@@ -215,10 +215,12 @@ def test_the_figure_draws_the_cells_a_warning_falls_on_in_orange():
                  (sample[0], sample, "out_of_sample", "contact_reading_self_consistent", float(consistent)),
                  (sample[0], sample, "out_of_sample", "contact_reading_plausible", float(plausible)),
                  (sample[0], sample, "out_of_sample", "detachment_mae", d / 100)]
+    rows += [("d", s, "out_of_sample", m, v) for s, width in (("d_1C", 0.75), ("d_C10", 0.7))
+             for m, v in (("contact_separation", 4.0), ("contact_edge_width", width))]
     rows += [("b", "b_1C+b_C10", "out_of_sample", "effect_found_over_planted", 0.9),
              ("c", "c_1C+c_C10", "out_of_sample", "effect_found_over_planted", 0.8)]
     table = pd.DataFrame(rows, columns=["preset", "sample", "split", "metric", "value"])
-    assert warned_samples(table) == {"b_1C", "b_1C+b_C10"}
+    assert warned_samples(table) == {"b_1C", "b_1C+b_C10", "d_1C"}
     assert stopped_samples(table) == {"c_1C", "c_C10", "c_1C+c_C10"}
     fig = robustness_figure(table, ["detachment_mae", "effect_found_over_planted"])
     drawn = {ax.get_title(): {c.get_label(): sorted(c.get_offsets()[:, 1].tolist()) for c in ax.collections}

@@ -669,6 +669,35 @@ def test_a_cells_least_separation_is_the_minimum_over_its_samples_by_brute_force
     assert np.isnan(got.contact_separation_min["c0"])
 
 
+def test_a_cells_widest_edges_are_the_maximum_over_its_samples_by_brute_force():
+    """Random widths (some NaN) over random cells: each cell's value is the largest of its samples' finite
+    ones, written out with sorted(); a cell with none is NaN."""
+    from detachment.stats import by_cell, with_widest_edges
+
+    rng = np.random.default_rng(5)
+    sample_cells = {f"s{i}": f"c{rng.integers(5)}" for i in range(30)}
+    widths = {s: (np.nan if rng.random() < 0.3 or c == "c0" else float(rng.uniform(0.3, 1.2)))
+              for s, c in sample_cells.items()}
+    particles = pd.DataFrame({"cell": [f"c{i}" for i in range(5)], "c_rate": ["1C"] * 5, "detachment": rng.random(5)})
+    got = with_widest_edges(by_cell(particles), widths, sample_cells).set_index("cell")
+    for c in got.index:
+        finite = sorted(v for s, v in widths.items() if sample_cells[s] == c and np.isfinite(v))
+        assert got.edge_width_max[c] == pytest.approx(finite[-1] if finite else np.nan, nan_ok=True), c
+    assert np.isnan(got.edge_width_max["c0"])
+
+
+def test_the_statistics_name_the_cells_read_with_wide_edges_and_why():
+    from detachment.stats import uncertain_cells_note
+
+    cells = pd.DataFrame({"cell": ["cellA", "cellB", "cellC"], "contact_separation_min": [2.4, 5.0, 5.0],
+                          "edge_width_max": [0.8, 0.75, 0.7], "detachment_ambiguous_mean": [0.2, 0.15, 0.01]})
+    note = uncertain_cells_note(cells)
+    assert note.startswith("2 of 3 cells")
+    assert "cellA (D 2.40, edges 0.80 vox wide, detachment_ambiguous_mean 0.200)" in note
+    assert "cellB (edges 0.75 vox wide, detachment_ambiguous_mean 0.150)" in note and "cellC" not in note
+    assert uncertain_cells_note(cells.drop(columns="edge_width_max")).startswith("1 of 3 cells")
+
+
 def test_the_statistics_name_the_cells_read_with_weak_separation_and_their_undecided_share():
     from detachment.stats import uncertain_cells_note
 

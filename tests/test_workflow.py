@@ -492,7 +492,10 @@ def test_the_trained_model_records_its_training_scale(finished_run):
 def test_an_ambiguous_contact_reading_stops_naming_the_sample_or_is_flagged(finished_run, tmp_path):
     """The tiny run with science.contact_max_ambiguity 0 (any disagreement of the two contact readings is
     too much): contact_level stops, naming the sample and keeping its figure beside the log; told to warn it
-    goes on, contact_level.csv says the reading was ambiguous and the robustness metric reads it."""
+    goes on, contact_level.csv says the reading was ambiguous and the robustness metric reads it; it records
+    the edge width the reading followed and whether that warns."""
+    from detachment.contact_level import edge_width_from_map
+    from detachment.plausibility import MAX_CHECKED_EDGE_WIDTH
     from detachment.robustness import contact_reading_plausible
 
     work = tmp_path / "copy"
@@ -516,3 +519,7 @@ def test_an_ambiguous_contact_reading_stops_naming_the_sample_or_is_flagged(fini
     assert bool(level.ambiguous.iloc[0]) and level.spread.iloc[0] == spread
     assert contact_reading_plausible(work / target) == 0.0
     assert contact_reading_plausible(finished_run / target) == 1.0  # the default bound passes the tiny run
+    # the edge width the reading follows, as the phase map records it, and whether it warns on it
+    width = edge_width_from_map(work / "results/cell_1C/phases.h5", work / "results/cell_1C/phase_qc.csv")
+    assert np.isfinite(width) and level.edge_width.iloc[0] == pytest.approx(width)
+    assert bool(level.edges_wide.iloc[0]) == (width > MAX_CHECKED_EDGE_WIDTH)

@@ -30,7 +30,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .phases import CBD, VOID, gmm_decision_thresholds
-from .plausibility import MAX_GAP_WIDTH_RATIO, MIN_CONTACT_SEPARATION
+from .plausibility import MAX_CHECKED_EDGE_WIDTH, MAX_GAP_WIDTH_RATIO, MIN_CONTACT_SEPARATION
 from .surface import _pairs
 
 MIN_WEIGHT = 0.02
@@ -38,9 +38,10 @@ MAX_FIT_VALUES = 200_000
 READINGS = ("level", "deconvolved", "map")
 #: largest width of a step along the grid (σ, voxels; :func:`edge_width_from_map`) the sharpening weight
 #: follows, the widest the coated-ball checks of the reading cover; beyond it the weight stays at this σ's,
-#: as the Laplacian amplifies the noise by about 1 + 6 w. (A width, not the point spread the blur check
-#: bounds: slanted surfaces widen it.)
-MAX_SHARPEN_SIGMA = 0.7
+#: as the Laplacian amplifies the noise by about 1 + 6 w, and the reading goes on with a warning
+#: (:func:`detachment.plausibility.warn_wide_edges`). (A width, not the point spread the blur check bounds:
+#: slanted surfaces widen it.)
+MAX_SHARPEN_SIGMA = MAX_CHECKED_EDGE_WIDTH
 #: Voxels (a cube's half side) of nothing but electrolyte around an open-electrolyte voxel
 #: (:func:`open_electrolyte`): the spill of a neighbouring phase has faded there (below 3 % of its contrast
 #: at a point-spread σ of 1.6 voxels)

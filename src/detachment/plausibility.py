@@ -7,7 +7,7 @@ away: the Al collector is a slab at z = 0 (the collector side), so the first sli
 and nearly all Al voxels must lie in the slab.
 
 Entry points: :func:`phase_counts`, :func:`check_phase_map`, :func:`enforce`, :func:`enforce_contacts`,
-:func:`warn_weak_separation`.
+:func:`warn_weak_separation`, :func:`warn_wide_edges`.
 """
 
 from __future__ import annotations
@@ -122,6 +122,13 @@ MIN_CONTACT_SEPARATION = 2.0
 #: bounds, but about half of the draws there read well, as do the presets ``low_contrast`` and
 #: ``partial_volume`` (docs/results.md, random draws): a bound at 3 would stop those, a warning does not.
 WEAK_CONTACT_SEPARATION = 3.0
+#: Widest step along the grid (σ, voxels; the phase map's ``edge_width_vox``,
+#: :func:`detachment.contact_level.edge_width_from_map`) up to which the contact reading's corrections follow
+#: the data and are checked on one-voxel coats: the sharpening's weight stops growing there
+#: (:data:`detachment.contact_level.MAX_SHARPEN_SIGMA`). Wider edges are read with a warning: one-voxel coats and
+#: gaps are then narrower than the blur, and the reading is extrapolated. Set from that cap, not fitted to any
+#: phantom; tested on random draws (docs/results.md).
+MAX_CHECKED_EDGE_WIDTH = 0.7
 
 
 class ImplausiblePhaseMap(ValueError):
@@ -608,4 +615,40 @@ def warn_weak_separation(separation: float | None, sample: str, figure: str = ""
                 f"detachment_ambiguous. Take this sample's mean detachment as uncertain by up to that mean "
                 f"(detachment_by_cell.csv detachment_ambiguous_mean; per particle, particles.csv "
                 f"detachment_ambiguous); {figure or 'the contact-level figure'} shows the overlap.")
+    return True
+
+
+def edges_wide(width_vox: float | None) -> bool:
+    """Whether a step along the grid is wider (σ, voxels: the phase map's ``edge_width_vox``) than
+    :data:`MAX_CHECKED_EDGE_WIDTH`, the widest the contact reading is checked on. None or NaN: False."""
+    return width_vox is not None and bool(np.isfinite(width_vox)) and width_vox > MAX_CHECKED_EDGE_WIDTH
+
+
+def warn_wide_edges(width_vox: float | None, sample: str, figure: str = "") -> bool:
+    """Log a warning naming ``sample`` where its edges are :func:`edges_wide`.
+
+    Parameters
+    ----------
+    width_vox : float, optional
+        σ of a step along the grid, voxels (``contact_level.csv`` ``edge_width``).
+    sample : str
+        Named in the message.
+    figure : str, default ""
+        The contact-level figure the user should look at.
+
+    Returns
+    -------
+    bool
+        Whether it warned (the reading goes on either way).
+    """
+    if not edges_wide(width_vox):
+        return False
+    log.warning(f"sample '{sample}': the particles' edges are {width_vox:.2f} voxels wide (σ of a step along the "
+                f"grid, contact_level.csv edge_width), wider than the {MAX_CHECKED_EDGE_WIDTH} up to which the "
+                f"contact reading's corrections follow the blur and are checked on one-voxel coats. Coats and gaps "
+                f"one voxel thick are narrower than the blur here and may be misread: on phantoms with one-voxel "
+                f"coats under such a blur detachment read off by several hundredths although every check passed. "
+                f"Take this sample's mean detachment as uncertain by up to the particles' mean detachment_ambiguous "
+                f"(detachment_by_cell.csv detachment_ambiguous_mean; per particle, particles.csv "
+                f"detachment_ambiguous); {figure or 'the contact-level figure'} shows the grey levels read.")
     return True

@@ -18,7 +18,13 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from .phases import PHASE_NAMES  # noqa: E402
-from .plausibility import MIN_CONTACT_SEPARATION, WEAK_CONTACT_SEPARATION, weakly_separated  # noqa: E402
+from .plausibility import (  # noqa: E402
+    MAX_CHECKED_EDGE_WIDTH,
+    MIN_CONTACT_SEPARATION,
+    WEAK_CONTACT_SEPARATION,
+    edges_wide,
+    weakly_separated,
+)
 from .z_blur import SQUARE  # noqa: E402
 
 PHASE_COLOURS = {"void": "#1b1b3a", "cbd": "#e0a030", "nmc_low": "#2e8b57", "nmc_high": "#c0392b", "al": "#9aa7b0"}
@@ -807,7 +813,7 @@ def _electrolyte_noise_curve(ax, fit, x) -> None:
 
 
 def contact_level_figure(values, fit, midpoint: float | None = None, title: str = "", through_layer: bool = False,
-                         failed: list[str] | None = None, on_ambiguous: str = "stop"):
+                         failed: list[str] | None = None, on_ambiguous: str = "stop", edge_width: float = np.nan):
     """Grey levels just outside the particles, the fitted gap and CBD Gaussians (the gap's dashed as the open
     electrolyte's spread would make it), the levels, and the band where the fit cannot place a face (gap
     probability 0.1-0.9, shaded, with the share of faces in it).
@@ -829,9 +835,13 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
         The sample's contact checks that fail (:func:`detachment.plausibility.ambiguity_checks_failed`): the
         title's last line gives the verdict, in red where any fails, and says whether the run stops there or
         goes on (``on_ambiguous``, config ``science.on_ambiguous_contacts``); in orange where all pass but gap
-        and CBD are only weakly separated (a warning). None: no verdict drawn.
+        and CBD are only weakly separated or the edges are wider than the reading is checked on (a warning).
+        None: no verdict drawn.
     on_ambiguous : str, default "stop"
         ``"stop"`` or ``"warn"``.
+    edge_width : float, default NaN
+        σ of a step along the grid, voxels (the phase map's ``edge_width_vox``): named in the verdict where it is
+        :func:`detachment.plausibility.edges_wide`.
 
     Returns
     -------
@@ -863,17 +873,31 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
                   + (f", sharpened (w = {weight:.2f} vox²)" if weight > 0 else ""))
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
-    _verdict_title(ax, fit, title, through_layer, failed, on_ambiguous)
+    _verdict_title(ax, fit, title, through_layer, failed, on_ambiguous, edge_width)
     return fig
 
 
-def _verdict_title(ax, fit, title: str, through_layer: bool, failed: list[str] | None, on_ambiguous: str) -> None:
-    """The contact figure's title with its verdict: red where a check fails, orange where all pass but gap
-    and CBD are only weakly separated, black otherwise."""
+def _verdict_title(ax, fit, title: str, through_layer: bool, failed: list[str] | None, on_ambiguous: str,
+                   edge_width: float = np.nan) -> None:
+    """The contact figure's title with its verdict: red where a check fails, orange where all pass with a
+    warning (:func:`_warnings`), black otherwise."""
     separation = getattr(fit, "separation", np.nan)
-    weak = bool(failed is not None and not failed and weakly_separated(separation))
-    ax.set_title(_reading_title(fit, title, through_layer) + _verdict_line(failed, on_ambiguous, separation),
-                 color="firebrick" if failed else ("darkorange" if weak else "black"))
+    warned = bool(failed is not None and not failed and _warnings(separation, edge_width))
+    ax.set_title(_reading_title(fit, title, through_layer)
+                 + _verdict_line(failed, on_ambiguous, separation, edge_width),
+                 color="firebrick" if failed else ("darkorange" if warned else "black"))
+
+
+def _warnings(separation: float, edge_width: float) -> list[str]:
+    """Why a contact reading whose checks pass goes on with a warning: gap and CBD only weakly separated
+    (:func:`detachment.plausibility.weakly_separated`), edges wider than the reading is checked on
+    (:func:`detachment.plausibility.edges_wide`); empty where neither."""
+    out = []
+    if weakly_separated(separation):
+        out.append(f"gap and CBD are weakly separated (D {separation:.2f} < {WEAK_CONTACT_SEPARATION})")
+    if edges_wide(edge_width):
+        out.append(f"edges are {edge_width:.2f} vox wide (> {MAX_CHECKED_EDGE_WIDTH}, beyond the checked range)")
+    return out
 
 
 def _ambiguous_band(ax, values, fit) -> None:
@@ -888,14 +912,14 @@ def _ambiguous_band(ax, values, fit) -> None:
                     color="#f5b041", alpha=0.3, label=f"ambiguous: P(gap) {lo:g}–{hi:g}, {share:.1%} of faces")
 
 
-def _verdict_line(failed: list[str] | None, on_ambiguous: str, separation: float = np.nan) -> str:
+def _verdict_line(failed: list[str] | None, on_ambiguous: str, separation: float = np.nan,
+                  edge_width: float = np.nan) -> str:
     """The contact figure's last title line: which checks fail and what the run does about it, or, where all
-    pass, whether gap and CBD are only weakly separated (:func:`detachment.plausibility.weakly_separated`)."""
+    pass, why it warns (:func:`_warnings`)."""
     if failed is None:
         return ""
-    if not failed and weakly_separated(separation):
-        return (f"\ncontact checks pass, but gap and CBD are weakly separated (D {separation:.2f} < "
-                f"{WEAK_CONTACT_SEPARATION}): detachment is reported with a warning")
+    if not failed and (why := _warnings(separation, edge_width)):
+        return "\ncontact checks pass, but " + " and\n".join(why) + ": detachment is reported with a warning"
     if not failed:
         return "\ncontact checks pass: detachment is reported"
     then = ("the run stops here" if on_ambiguous == "stop"
@@ -949,10 +973,12 @@ def stopped_samples(table) -> set[str]:
 
 def warned_samples(table) -> set[str]:
     """Samples of a robustness table whose run goes on with a warning on its contact reading (gap and CBD only
-    weakly separated: ``contact_separation``, :func:`detachment.plausibility.weakly_separated`), and the pairs
-    ``"a+b"`` holding one; those a check stops (:func:`stopped_samples`) left out."""
-    sep = table[table.metric == "contact_separation"]
-    warned = set(sep["sample"][[weakly_separated(v) for v in sep["value"]]])
+    weakly separated: ``contact_separation``, :func:`detachment.plausibility.weakly_separated`; or edges wider
+    than the reading is checked on: ``contact_edge_width``, :func:`detachment.plausibility.edges_wide`), and the
+    pairs ``"a+b"`` holding one; those a check stops (:func:`stopped_samples`) left out."""
+    sep, wide = table[table.metric == "contact_separation"], table[table.metric == "contact_edge_width"]
+    warned = (set(sep["sample"][[weakly_separated(v) for v in sep["value"]]])
+              | set(wide["sample"][[edges_wide(v) for v in wide["value"]]]))
     pairs = {s for s in table["sample"].unique() if "+" in s and set(s.split("+")) & warned}
     return (warned | pairs) - stopped_samples(table)
 

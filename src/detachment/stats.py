@@ -175,19 +175,38 @@ def with_least_separation(cells: pd.DataFrame, separations: dict, sample_cells: 
                           sample_cells, min)
 
 
-def uncertain_cells_note(cells: pd.DataFrame, cell: str = "cell") -> str:
-    """A sentence naming the cells of :func:`with_least_separation`'s table whose contact reading warned (gap
-    and CBD only weakly separated, :func:`detachment.plausibility.weakly_separated`), each with its
-    ``detachment_ambiguous_mean`` where present (how far its mean may be off); "" where none warned."""
-    from .plausibility import weakly_separated
+def with_widest_edges(cells: pd.DataFrame, widths: dict, sample_cells: dict, cell: str = "cell") -> pd.DataFrame:
+    """Add ``edge_width_max`` to :func:`by_cell`'s table: per cell, the widest step along the grid over its
+    samples (σ, voxels; ``contact_level.csv`` ``edge_width``, sample -> float in ``widths``; NaN where none was
+    measured). Beyond :data:`detachment.plausibility.MAX_CHECKED_EDGE_WIDTH` the cell's contacts were read
+    with a warning (``sample_cells``: sample -> its cell; ``cell``: the cell column)."""
+    return _with_per_cell(cells, cell, "edge_width_max", {s: float(v) for s, v in widths.items()}, sample_cells, max)
 
-    warned = cells[[weakly_separated(v) for v in cells["contact_separation_min"]]]
-    if warned.empty:
+
+def uncertain_cells_note(cells: pd.DataFrame, cell: str = "cell") -> str:
+    """A sentence naming the cells of :func:`with_least_separation`'s (and :func:`with_widest_edges`') table
+    whose contact reading warned (gap and CBD only weakly separated,
+    :func:`detachment.plausibility.weakly_separated`; edges wider than the reading is checked on,
+    :func:`detachment.plausibility.edges_wide`), each with why and its ``detachment_ambiguous_mean`` where
+    present (how far its mean may be off); "" where none warned."""
+    from .plausibility import edges_wide, weakly_separated
+
+    nan = pd.Series(np.nan, index=cells.index)
+    weak = [weakly_separated(v) for v in cells.get("contact_separation_min", nan)]
+    wide = [edges_wide(v) for v in cells.get("edge_width_max", nan)]
+    named = []
+    for i, (w, e) in enumerate(zip(weak, wide)):
+        row = cells.iloc[i]
+        why = ([f"D {row['contact_separation_min']:.2f}"] if w else []) + \
+              ([f"edges {row['edge_width_max']:.2f} vox wide"] if e else [])
+        share = float(row.get("detachment_ambiguous_mean", np.nan))
+        if why:
+            named.append(f"{row[cell]} ({', '.join(why)}"
+                         + (f", detachment_ambiguous_mean {share:.3f})" if np.isfinite(share) else ")"))
+    if not named:
         return ""
-    share = warned.get("detachment_ambiguous_mean", pd.Series(np.nan, index=warned.index))
-    named = ", ".join(f"{c} (D {d:.2f}" + (f", detachment_ambiguous_mean {a:.3f})" if np.isfinite(a) else ")")
-                      for c, d, a in zip(warned[cell], warned["contact_separation_min"], share))
-    return (f"{len(warned)} of {len(cells)} cells were read with gap and CBD only weakly separated: {named}; "
+    return (f"{len(named)} of {len(cells)} cells were read with a warning on their contacts (gap and CBD only "
+            f"weakly separated, D below 3, or edges wider than the reading is checked on): {', '.join(named)}; "
             f"their mean detachment may be off by up to their detachment_ambiguous_mean, so a difference "
             f"between cells smaller than that is not measured (detachment_by_cell.csv)")
 

@@ -73,10 +73,13 @@ table = fit.to_frame()
 checks = (fit.spread, p.max_ambiguity, sigma, fit.gap_width_ratio, through, fit.gap_share_through_layer, fit.separation)
 table["ambiguous"] = plausibility.contacts_ambiguous(*checks)
 table["separation_weak"] = plausibility.weakly_separated(fit.separation)
+table["edge_width"] = width
+table["edges_wide"] = plausibility.edges_wide(width)
 io.write_csv(snakemake.output.table, table)
 io.save_figure(plots.contact_level_figure(values, fit, midpoint, title=snakemake.wildcards.sample,
                                           through_layer=through, failed=plausibility.ambiguity_checks_failed(*checks),
-                                          on_ambiguous=snakemake.config["science"]["on_ambiguous_contacts"]),
+                                          on_ambiguous=snakemake.config["science"]["on_ambiguous_contacts"],
+                                          edge_width=width),
                snakemake.output.figure)
 if table.ambiguous.iloc[0]:
     # a failed job's outputs are removed: keep the figure beside the log for the user to look at
@@ -89,3 +92,4 @@ if table.ambiguous.iloc[0]:
                                   through_share=fit.gap_share_through_layer, separation=fit.separation)
 else:
     plausibility.warn_weak_separation(fit.separation, snakemake.wildcards.sample, snakemake.output.figure)
+    plausibility.warn_wide_edges(width, snakemake.wildcards.sample, snakemake.output.figure)

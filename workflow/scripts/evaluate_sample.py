@@ -6,6 +6,7 @@ import h5py
 import pandas as pd
 
 from detachment import io, robustness
+from detachment.contact_level import edge_width_from_map
 from detachment.logs import log_to
 from detachment.particles import phases_not_resolved
 
@@ -30,5 +31,6 @@ metrics.update(robustness.collector_distance_errors(science, measured, truth_tab
 metrics["phase_map_plausible"] = float(pd.read_csv(snakemake.input.qc).passed.all())
 metrics["contact_reading_plausible"] = robustness.contact_reading_plausible(snakemake.input.contact_level)
 metrics["contact_separation"] = robustness.contact_separation(snakemake.input.contact_level)
+metrics["contact_edge_width"] = edge_width_from_map(snakemake.input.phases, snakemake.input.qc)
 metrics.update(robustness.self_consistency_metrics(snakemake.input.self_consistency))
 io.write_csv(snakemake.output[0], robustness.long_table(p.preset, snakemake.wildcards.sample, p.split, metrics))

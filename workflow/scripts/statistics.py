@@ -16,11 +16,12 @@ io.write_csv(snakemake.output.all_particles, particles)
 used = stats.analysed_particles(particles, p.exclude_border)
 cells = stats.by_cell(used, "c_rate", "cell", "detachment")
 levels = {s: pd.read_csv(c) for s, c in zip(p.samples, snakemake.input.contact_level)}
-spreads, separations = ({s: t.get(column, pd.Series([float("nan")])).iloc[0] for s, t in levels.items()}
-                        for column in ("spread", "separation"))
+spreads, separations, widths = ({s: t.get(column, pd.Series([float("nan")])).iloc[0] for s, t in levels.items()}
+                                for column in ("spread", "separation", "edge_width"))
 cells = stats.with_reading_uncertainty(cells, spreads, dict(zip(p.samples, p.cells)))
 cells = stats.with_undecided_share(cells, used)
 cells = stats.with_least_separation(cells, separations, dict(zip(p.samples, p.cells)))
+cells = stats.with_widest_edges(cells, widths, dict(zip(p.samples, p.cells)))
 if note := stats.uncertain_cells_note(cells):
     logging.getLogger(__name__).warning(note)
 by_rate = stats.by_group(used, "c_rate", "detachment", seed=p.seed)
