@@ -611,7 +611,7 @@ def warn_weak_separation(separation: float | None, sample: str, figure: str = ""
                 f"{WEAK_CONTACT_SEPARATION}). At this overlap the per-face reading misreads several percent of the "
                 f"faces, and on phantoms drawn at random about half the samples in this band that no check stopped "
                 f"read detachment outside MAE 0.03 or |bias| 0.02 (coats of one or two voxels read as gaps, gaps "
-                f"under two voxels as CBD), by a few hundredths; each time by less than the particles' mean "
+                f"under two voxels as CBD), by a few hundredths (up to 0.08); each time by less than the particles' mean "
                 f"detachment_ambiguous. Take this sample's mean detachment as uncertain by up to that mean "
                 f"(detachment_by_cell.csv detachment_ambiguous_mean; per particle, particles.csv "
                 f"detachment_ambiguous); {figure or 'the contact-level figure'} shows the overlap.")
