@@ -919,7 +919,7 @@ def _verdict_line(failed: list[str] | None, on_ambiguous: str, separation: float
     if failed is None:
         return ""
     if not failed and (why := _warnings(separation, edge_width)):
-        return "\ncontact checks pass, but " + " and\n".join(why) + ": detachment is reported with a warning"
+        return "\ncontact checks pass, but " + " and\n".join(why) + ":\ndetachment is reported with a warning"
     if not failed:
         return "\ncontact checks pass: detachment is reported"
     then = ("the run stops here" if on_ambiguous == "stop"
