@@ -829,19 +829,14 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
     title : str, default ""
         Figure title.
     through_layer : bool, default False
-        Whether the contacts are read through a thin CBD layer
-        (:func:`detachment.contact_level.reads_through_layer`); said under the title.
+        Whether the contacts are read through a thin CBD layer (:func:`~detachment.contact_level.reads_through_layer`).
     failed : list of str, optional
         The sample's contact checks that fail (:func:`detachment.plausibility.ambiguity_checks_failed`): the
         title's last line gives the verdict, in red where any fails, and says whether the run stops there or
-        goes on (``on_ambiguous``, config ``science.on_ambiguous_contacts``); in orange where all pass but gap
-        and CBD are only weakly separated or the edges are wider than the reading is checked on (a warning).
-        None: no verdict drawn.
-    on_ambiguous : str, default "stop"
-        ``"stop"`` or ``"warn"``.
+        goes on (``on_ambiguous``: ``"stop"`` or ``"warn"``, config ``science.on_ambiguous_contacts``); in orange
+        where all pass with a warning (:func:`_warnings`). None: no verdict drawn.
     edge_width : float, default NaN
-        σ of a step along the grid, voxels (the phase map's ``edge_width_vox``): named in the verdict where it is
-        :func:`detachment.plausibility.edges_wide`.
+        σ of a step along the grid, voxels (the phase map's ``edge_width_vox``), for the verdict.
 
     Returns
     -------
