@@ -625,22 +625,9 @@ def edges_wide(width_vox: float | None) -> bool:
 
 
 def warn_wide_edges(width_vox: float | None, sample: str, figure: str = "") -> bool:
-    """Log a warning naming ``sample`` where its edges are :func:`edges_wide`.
-
-    Parameters
-    ----------
-    width_vox : float, optional
-        σ of a step along the grid, voxels (``contact_level.csv`` ``edge_width``).
-    sample : str
-        Named in the message.
-    figure : str, default ""
-        The contact-level figure the user should look at.
-
-    Returns
-    -------
-    bool
-        Whether it warned (the reading goes on either way).
-    """
+    """Log a warning naming ``sample`` where its edges are :func:`edges_wide` (``width_vox``: σ of a step along
+    the grid, voxels, ``contact_level.csv`` ``edge_width``), as :func:`warn_weak_separation` does for a weak
+    separation (``figure``: the contact-level figure to look at). True where it warned; the reading goes on."""
     if not edges_wide(width_vox):
         return False
     log.warning(f"sample '{sample}': the particles' edges are {width_vox:.2f} voxels wide (σ of a step along the "
