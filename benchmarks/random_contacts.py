@@ -151,11 +151,12 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
     failed = " ".join(checks.loc[~checks.passed.astype(bool), "check"])
     silent = not failed and not ambiguous and (mae > MAX_MAE or abs(bias) > MAX_BIAS)
     fitted = halo_removal.recorded(phases_path)
+    width = float(edge_width_from_map(phases_path, qc))
     row = {"accuracy_declared": round(phase_accuracy(codes, ph.phases, merge_nmc=bool(res.unresolved)), 4),
            "halo_fitted": round(fitted[0], 3) if fitted else 0.0,
            "edge_undershoot": round(float(checks.set_index("check").value.get("edge_undershoot", np.nan)), 4),
            "unresolved": ",".join(res.unresolved),
-           "blur_measured": round(float(res.blur_sigma_vox), 3), "edge_width": round(float(edge_width_from_map(phases_path, qc)), 3),
+           "blur_measured": round(float(res.blur_sigma_vox), 3), "edge_width": round(width, 3),
            "reading": fit.reading, "level_fitted": fit.fitted, "separation": round(fit.separation, 2),
            "gap_mean": round(fit.gap_mean, 4), "gap_sigma": round(fit.gap_sigma, 4),
            "cbd_mean": round(fit.cbd_mean, 4), "cbd_sigma": round(fit.cbd_sigma, 4),
@@ -164,7 +165,7 @@ def read_sample(ph, volume, truth, phases_path, level_path, qc, sc: dict, thresh
            "through_share": round(float(fit.gap_share_through_layer), 3), "spread": round(float(fit.spread), 3),
            "failed": failed, "ambiguous": bool(ambiguous),
            "separation_weak": plausibility.weakly_separated(fit.separation),
-           "edges_wide": plausibility.edges_wide(edge_width_from_map(phases_path, qc)),
+           "edges_wide": plausibility.edges_wide(width),
            "ambiguous_but_separation": plausibility.contacts_ambiguous(*checks_of_reading),
            "n_particles": len(errors),
            "detachment_truth": round(float(errors.detachment_truth.mean()), 3),

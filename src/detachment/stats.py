@@ -189,24 +189,21 @@ def uncertain_cells_note(cells: pd.DataFrame, cell: str = "cell") -> str:
     :func:`detachment.plausibility.weakly_separated`; edges wider than the reading is checked on,
     :func:`detachment.plausibility.edges_wide`), each with why and its ``detachment_ambiguous_mean`` where
     present (how far its mean may be off); "" where none warned."""
-    from .plausibility import edges_wide, weakly_separated
+    from .plausibility import WEAK_CONTACT_SEPARATION, edges_wide, weakly_separated
 
-    nan = pd.Series(np.nan, index=cells.index)
-    weak = [weakly_separated(v) for v in cells.get("contact_separation_min", nan)]
-    wide = [edges_wide(v) for v in cells.get("edge_width_max", nan)]
     named = []
-    for i, (w, e) in enumerate(zip(weak, wide)):
-        row = cells.iloc[i]
-        why = ([f"D {row['contact_separation_min']:.2f}"] if w else []) + \
-              ([f"edges {row['edge_width_max']:.2f} vox wide"] if e else [])
-        share = float(row.get("detachment_ambiguous_mean", np.nan))
+    for row in cells.to_dict("records"):
+        d, width = row.get("contact_separation_min", np.nan), row.get("edge_width_max", np.nan)
+        why = ([f"D {d:.2f}"] if weakly_separated(d) else []) + \
+              ([f"edges {width:.2f} vox wide"] if edges_wide(width) else [])
         if why:
+            share = float(row.get("detachment_ambiguous_mean", np.nan))
             named.append(f"{row[cell]} ({', '.join(why)}"
                          + (f", detachment_ambiguous_mean {share:.3f})" if np.isfinite(share) else ")"))
     if not named:
         return ""
     return (f"{len(named)} of {len(cells)} cells were read with a warning on their contacts (gap and CBD only "
-            f"weakly separated, D below 3, or edges wider than the reading is checked on): {', '.join(named)}; "
+            f"weakly separated, D below {WEAK_CONTACT_SEPARATION:g}, or edges wider than the reading is checked on): {', '.join(named)}; "
             f"their mean detachment may be off by up to their detachment_ambiguous_mean, so a difference "
             f"between cells smaller than that is not measured (detachment_by_cell.csv)")
 
