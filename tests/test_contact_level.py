@@ -262,6 +262,21 @@ def test_reading_settings_follow_the_file_and_the_mode(tmp_path):
         reading_settings(tmp_path / "bad.csv")
 
 
+def test_components_too_close_for_a_level_still_go_to_the_particles_reading(tmp_path):
+    """A file whose gap and CBD components were estimated but not used for a level (``fitted`` False) hands
+    them on for the per-particle share of undecided faces; one whose components are missing or degenerate
+    hands on nothing."""
+    from detachment.contact_level import reading_settings
+
+    head = "level,fitted,reading,gap_mean,gap_sigma,gap_weight,cbd_mean,cbd_sigma,cbd_weight\n"
+    (tmp_path / "close.csv").write_text(head + "0.12,False,map,0.127,0.093,0.40,0.186,0.070,0.60\n")
+    ambiguity = reading_settings(tmp_path / "close.csv")["ambiguity"]
+    assert ambiguity is not None and not ambiguity.fitted and ambiguity.separation < 1
+    for row in ("0.12,False,map,0.127,0.0,0.40,0.186,0.070,0.60", "0.12,False,map,,,,,,"):
+        (tmp_path / "none.csv").write_text(head + row + "\n")
+        assert reading_settings(tmp_path / "none.csv")["ambiguity"] is None
+
+
 @pytest.mark.parametrize("gap_sigma, electrolyte_sigma, mixed", [(0.06, 0.05, False), (0.0674, 0.05, False),
                                                                  (0.0676, 0.05, True), (0.1, 0.05, True),
                                                                  (0.1, float("nan"), False)])
@@ -562,6 +577,46 @@ def test_ambiguous_faces_are_the_planted_mixtures_mass_where_neither_component_d
     assert post[0] > 0.99 and post[1] == pytest.approx(0.5, abs=0.02) and post[2] < 0.01
     unfitted = fit_contact_level(np.full(50, 0.1), fallback=0.15)
     assert np.isnan(ambiguous_face_share(x, unfitted)) and np.isnan(gap_posterior(x[:3], unfitted)).all()
+
+
+def test_gap_and_cbd_too_close_for_a_level_leave_nearly_every_face_undecided():
+    """Two planted Gaussians 0.8 apart in Ashman's D (as under a point spread of 1.5 voxels): no level is
+    fitted, but the share of undecided faces is still given, equal to the share computed here from the
+    estimated components with scipy, and the planted mixture's own posterior (integrated on a fine grid)
+    leaves nearly all of its mass undecided too: the reading can say how little it knows; the figure shows
+    both."""
+    from scipy import stats
+
+    from detachment.contact_level import AMBIGUOUS_POSTERIOR, ambiguous_face_share
+
+    rng = np.random.default_rng(6)
+    n, w, mu, sd = 100_000, (0.4, 0.6), (0.127, 0.186), (0.093, 0.070)
+    gap = rng.random(n) < w[0]
+    x = np.where(gap, rng.normal(mu[0], sd[0], n), rng.normal(mu[1], sd[1], n))
+    fit = fit_contact_level(x, fallback=0.15)
+    assert not fit.fitted and fit.has_components and fit.separation < 2
+    g = fit.gap_weight * stats.norm.pdf(x, fit.gap_mean, fit.gap_sigma)
+    post = g / (g + fit.cbd_weight * stats.norm.pdf(x, fit.cbd_mean, fit.cbd_sigma))
+    lo, hi = AMBIGUOUS_POSTERIOR
+    assert ambiguous_face_share(x, fit) == pytest.approx(np.mean((post > lo) & (post < hi)))
+    t = np.linspace(-0.4, 0.7, 200_001)
+    pg, pc = w[0] * stats.norm.pdf(t, mu[0], sd[0]), w[1] * stats.norm.pdf(t, mu[1], sd[1])
+    planted = np.sum(((pg / (pg + pc) > lo) & (pg / (pg + pc) < hi)) * (pg + pc)) * (t[1] - t[0])
+    assert planted > 0.9 and ambiguous_face_share(x, fit) > 0.9
+    # the figure draws those components dotted, and the undecided band with its share
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from dataclasses import replace
+
+    from detachment.plots import contact_level_figure
+
+    share = ambiguous_face_share(x, fit)
+    ax = contact_level_figure(x, replace(fit, ambiguous_faces=share), 0.15).axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    drawn = [h for h, label in zip(handles, labels) if label.endswith("(too close for a level)")]
+    assert len(drawn) == 2 and all(h.get_linestyle() == ":" for h in drawn), labels
+    assert f"{share:.1%} of faces" in next(label for label in labels if label.startswith("ambiguous"))
 
 
 @pytest.mark.parametrize("seed", [3, 4])

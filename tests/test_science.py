@@ -730,8 +730,11 @@ def test_a_cells_undecided_share_is_the_mean_over_the_particles_it_summarises():
 def test_each_particles_share_of_undecided_faces_against_the_mixture_written_out(tmp_path):
     """``detachment_ambiguous``: summed over the particles (share x counted faces) it is the number of
     background face neighbours whose gap probability under the fitted mixture, computed here from the two
-    Gaussians with scipy, lies between 0.1 and 0.9; without a fit it is NaN; passing the fit and its grey
-    corrections to a reading on the map's codes changes no other column."""
+    Gaussians with scipy, lies between 0.1 and 0.9, also for components too close for a level; without
+    a fit it is NaN; passing the fit and its grey corrections to a reading on the map's codes changes no
+    other column."""
+    from dataclasses import replace
+
     import h5py
     from scipy.stats import norm
 
@@ -756,6 +759,14 @@ def test_each_particles_share_of_undecided_faces_against_the_mixture_written_out
     assert plain.detachment_ambiguous.isna().all()
     others = [c for c in t.columns if c != "detachment_ambiguous"]
     pd.testing.assert_frame_equal(t[others], plain[others])
+    # the same components, too close for a level: still read, with the same oracle, and more faces undecided
+    close = replace(fit, fitted=False, cbd_mean=fit.gap_mean + 0.25 * (fit.cbd_mean - fit.gap_mean))
+    assert close.separation < 2
+    gap = close.gap_weight * norm.pdf(values, close.gap_mean, close.gap_sigma)
+    post = gap / (gap + close.cbd_weight * norm.pdf(values, close.cbd_mean, close.cbd_sigma))
+    t = _streamed(tmp_path, links, gap_from_intensity=False, sharpen=0.125, spill_sigma=0.5, ambiguity=close)
+    assert np.sum(t.detachment_ambiguous * t.surface_faces) == pytest.approx(np.sum((post > 0.1) & (post < 0.9)))
+    assert np.sum((post > 0.1) & (post < 0.9)) > expected
 
 
 def test_the_volume_panel_draws_the_readings_bound_beside_the_face_counts_error():

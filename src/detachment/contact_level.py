@@ -63,7 +63,8 @@ class ContactLevel:
     fitted : bool
         True when the two-Gaussian fit was used, False for the fallback (void/CBD midpoint).
     gap_mean, gap_sigma : float
-        Mean and standard deviation of the darker (gap) component, grey levels; NaN when not fitted.
+        Mean and standard deviation of the darker (gap) component, grey levels, also where they were too
+        close to the other for a level; NaN where no components were estimated (too few faces).
     gap_weight : float
         Its share of the faces, 0-1.
     cbd_mean, cbd_sigma, cbd_weight : float
@@ -91,8 +92,9 @@ class ContactLevel:
         Point-spread σ (voxels) through which the particles' own grey level was subtracted from the grey
         levels before the level's reading (:func:`detachment.particles.particle_spill`); 0 = not.
     ambiguous_faces : float
-        Share (0-1) of the faces the fitted components cannot place (:func:`ambiguous_face_share`); NaN
-        where not fitted.
+        Share (0-1) of the faces the components cannot place (:func:`ambiguous_face_share`), also where
+        they overlap too much for a level (not ``fitted``): there nearly every face is undecided; NaN
+        where no components were estimated.
     electrolyte_sigma : float
         Spread (robust σ, grey levels) of the same grey levels in the open electrolyte
         (:func:`open_electrolyte`): what a gap face's level would spread by with nothing but noise across
@@ -124,6 +126,15 @@ class ContactLevel:
     ambiguous_faces: float = float("nan")
     electrolyte_sigma: float = float("nan")
     gap_share_through_layer: float = float("nan")
+
+    @property
+    def has_components(self) -> bool:
+        """Whether gap and CBD components were estimated (finite means, positive σs and weights), whether or
+        not the level was fitted on them: components too close for a level still say how undecided each
+        face is (:func:`gap_posterior`)."""
+        sigmas, weights = (self.gap_sigma, self.cbd_sigma), (self.gap_weight, self.cbd_weight)
+        return bool(np.isfinite([self.gap_mean, self.cbd_mean, *sigmas, *weights]).all()
+                    and min(sigmas) > 0 and min(weights) > 0)
 
     @property
     def gap_width_ratio(self) -> float:
@@ -501,17 +512,18 @@ def gap_posterior(values, fit: ContactLevel) -> np.ndarray:
     values : array_like
         Grey levels (as fitted: corrected).
     fit : ContactLevel
-        A fitted level (its two Gaussian components and weights; the outlier component is left out).
+        Its two Gaussian components and weights (the outlier component is left out), whether or not the
+        level was fitted on them (:attr:`ContactLevel.has_components`).
 
     Returns
     -------
     numpy.ndarray
-        Probabilities 0-1, one per value; NaN everywhere where ``fit`` was not fitted.
+        Probabilities 0-1, one per value; NaN everywhere where ``fit`` has no components.
     """
     from scipy.stats import norm
 
     v = np.asarray(values, float)
-    if not fit.fitted:
+    if not fit.has_components:
         return np.full(v.shape, np.nan)
     log_gap = np.log(fit.gap_weight) + norm.logpdf(v, fit.gap_mean, fit.gap_sigma)
     log_cbd = np.log(fit.cbd_weight) + norm.logpdf(v, fit.cbd_mean, fit.cbd_sigma)
@@ -537,18 +549,19 @@ def ambiguous_face_share(values, fit: ContactLevel, band: tuple[float, float] = 
     values : array_like
         Face-neighbour grey levels the level was fitted on.
     fit : ContactLevel
-        The fitted level.
+        The level and its components (:func:`gap_posterior`; components too close for a level leave nearly
+        every face undecided).
     band : (float, float), default :data:`AMBIGUOUS_POSTERIOR`
         Gap probabilities between which a face is ambiguous.
 
     Returns
     -------
     float
-        Share 0-1 of the finite values; NaN where not fitted or no value is finite.
+        Share 0-1 of the finite values; NaN where no components were estimated or no value is finite.
     """
     v = np.asarray(values, float)
     v = v[np.isfinite(v)]
-    if not fit.fitted or v.size == 0:
+    if not fit.has_components or v.size == 0:
         return float("nan")
     return float(np.mean(ambiguous_faces(v, fit, band)))
 
@@ -734,8 +747,9 @@ def reading_settings(path, mode: str = "fit", partial_volume: str = "auto") -> d
     dict
         ``contact_level`` (float or None), ``deconvolve`` (bool), ``sharpen`` and ``spill_sigma``
         (floats, the sharpening weight and the spill's σ the level was fitted with; 0 for the deconvolved
-        reading and for ``"midpoint"``), ``ambiguity`` (the file's :class:`ContactLevel` where its mixture
-        was fitted, for the per-particle share of undecided faces; else None), ``partial_volume`` (bool).
+        reading and for ``"midpoint"``), ``ambiguity`` (the file's :class:`ContactLevel` where gap and CBD
+        components were estimated, fitted or too close for a level, for the per-particle share of undecided
+        faces; else None), ``partial_volume`` (bool).
 
     Raises
     ------
@@ -748,8 +762,8 @@ def reading_settings(path, mode: str = "fit", partial_volume: str = "auto") -> d
                 "partial_volume": reads_through_layer(None, partial_volume)}
     level = ContactLevel.read_csv(path)
     through = reads_through_layer(level, partial_volume)
-    components = (level.gap_mean, level.gap_sigma, level.cbd_mean, level.cbd_sigma, level.gap_weight, level.cbd_weight)
-    ambiguity = level if level.fitted and np.isfinite(components).all() else None
+    # components too close for a level still say how undecided the faces are (nearly all of them)
+    ambiguity = level if level.has_components else None
     if level.reading == "map":  # the codes decide; the grey levels (as fitted) only say how ambiguous they are
         return {"contact_level": None, "deconvolve": False, "sharpen": level.sharpen, "spill_sigma": level.spill_sigma,
                 "ambiguity": ambiguity, "partial_volume": through}

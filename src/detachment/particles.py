@@ -665,11 +665,11 @@ def _crop_row(env, others, ph, grey, read, vs, ambiguity, **reading) -> pd.DataF
 def _ambiguous_share(fit, env, others, ph, read, surface_faces: pd.Series) -> float:
     """Share of a particle's ``surface_faces`` whose background face neighbour's grey level (``read``, as the
     mixture was fitted on it) ``fit`` leaves undecided (:func:`detachment.contact_level.ambiguous_faces`);
-    NaN without a fitted mixture."""
+    NaN without gap and CBD components (:attr:`detachment.contact_level.ContactLevel.has_components`)."""
     from .contact_level import ambiguous_faces, face_neighbour_pairs
 
     n = float(surface_faces.iloc[0])
-    if fit is None or not fit.fitted or n <= 0:
+    if fit is None or not fit.has_components or n <= 0:
         return float("nan")
     return float(ambiguous_faces(face_neighbour_pairs(env, others, ph, read)[0], fit).sum()) / n
 

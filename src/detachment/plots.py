@@ -823,7 +823,7 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
     values : array_like
         Face-neighbour grey levels (:func:`detachment.contact_level.face_neighbour_levels`), a density histogram.
     fit : detachment.contact_level.ContactLevel
-        The contact level; its components are drawn where it was fitted.
+        The contact level; its components are drawn (dotted where too close for a level).
     midpoint : float, optional
         The phase model's void/CBD midpoint, grey level.
     title : str, default ""
@@ -847,14 +847,15 @@ def contact_level_figure(values, fit, midpoint: float | None = None, title: str 
     values = np.asarray(values, float)
     if values.size:
         ax.hist(values, bins=120, density=True, color="0.7", label=f"face neighbours (n={values.size})")
-    if fit.fitted:
+    if fit.has_components and values.size:
+        # components too close for a level are drawn dotted: they still say how undecided the faces are
         x = np.linspace(np.nanmin(values), np.nanmax(values), 400)
         for name, mu, sd, w in (("gap", fit.gap_mean, fit.gap_sigma, fit.gap_weight),
                                 ("CBD", fit.cbd_mean, fit.cbd_sigma, fit.cbd_weight)):
             ax.plot(x, w * np.exp(-0.5 * ((x - mu) / sd) ** 2) / (sd * np.sqrt(2 * np.pi)),
-                    color=PHASE_COLOURS["void" if name == "gap" else "cbd"], label=f"{name} {mu:.3f} ± {sd:.3f}")
+                    color=PHASE_COLOURS["void" if name == "gap" else "cbd"], ls="-" if fit.fitted else ":",
+                    label=f"{name} {mu:.3f} ± {sd:.3f}" + ("" if fit.fitted else " (too close for a level)"))
         _electrolyte_noise_curve(ax, fit, x)
-    if fit.fitted and values.size:
         _ambiguous_band(ax, values, fit)
     if np.isfinite(fit.level):
         how = "deconvolved reading" if getattr(fit, "reading", "level") == "deconvolved" else \
