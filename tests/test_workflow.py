@@ -88,6 +88,37 @@ def test_lost_output_is_rebuilt_without_touching_upstream(finished_run, tmp_path
     assert (work / "results" / "cell_1C" / "phases.h5").exists()
 
 
+def test_a_newer_contact_level_reruns_the_particles_read_on_it(finished_run, tmp_path):
+    """A contact level remade on its own (a forced rule, a file edited by hand) is newer than the particles
+    read on it: the next run reads them again, through the temporary per-part tables in between, and
+    rebuilds nothing upstream; the same for a model newer than the slices it segmented. (Snakemake takes a
+    small input newer but with the checksum it recorded as unchanged, so the level is edited, not touched.)"""
+    import os
+
+    work = tmp_path / "copy"
+    shutil.copytree(finished_run, work, symlinks=True)
+    level = work / "results" / "cell_1C" / "contact_level.csv"
+    later = (work / "results" / "cell_1C" / "particles.csv").stat().st_mtime + 10
+    table = pd.read_csv(level)
+    table["level"] += 0.001
+    table.to_csv(level, index=False)
+    os.utime(level, (later, later))
+    r = run_snakemake(work, "-n")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-2000:]
+    assert "rule particles_part:" in out and "rule particles:" in out, out[-3000:]
+    assert "results/cell_1C/parts/particles_" in out and "results/cell_C10/parts/" not in out
+    assert not {"make_phantom", "import_volume", "threshold_phases"} & _jobs(r)
+    # a model newer than the slices it segmented: the slices are segmented again through their slabs
+    shutil.copy2(finished_run / "results" / "cell_1C" / "contact_level.csv", level)
+    model = work / "results" / "model" / "maskrcnn.pt"
+    os.utime(model, (later, later))
+    r = run_snakemake(work, "-n")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "rule infer_slab:" in out and "rule gather_slices:" in out, out[-3000:]
+    assert not {"make_phantom", "import_volume", "threshold_phases"} & _jobs(r)
+
+
 def _config_error(tmp_path, mutate) -> str:
     work = write_tiny_workdir(tmp_path / "bad")
     cfg = yaml.safe_load((work / "config.yaml").read_text())
