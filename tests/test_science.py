@@ -711,6 +711,46 @@ def test_the_statistics_name_the_cells_read_with_weak_separation_and_their_undec
     assert uncertain_cells_note(cells[cells.cell != "cellA"]) == ""
 
 
+def test_a_samples_failed_checks_are_read_back_from_the_files_its_checks_wrote(tmp_path):
+    """Each check's file, written out: the phase map's failed rows by name (the passed one left out), then the
+    contacts where ``ambiguous`` is true, then the self-consistency where ``consistent`` is false; a contact
+    file from before the column, and a skipped self-consistency, add nothing."""
+    from detachment.checks_record import CONTACTS, SELF_CONSISTENCY, failed_checks
+
+    qc = tmp_path / "phase_qc.csv"
+    pd.DataFrame({"check": ["void_fraction", "blur_sigma_vox", "blur_z_factor"], "value": [0.4, 1.5, 1.3],
+                  "bound": [0.001, 0.65, 1.2], "bound_type": ["min", "max", "max"],
+                  "passed": [True, False, False], "requirement": ["", "", ""]}).to_csv(qc, index=False)
+    level, old, consistency = tmp_path / "contact_level.csv", tmp_path / "old.csv", tmp_path / "sc.csv"
+    pd.DataFrame({"level": [0.12], "fitted": [False], "ambiguous": [True]}).to_csv(level, index=False)
+    pd.DataFrame({"level": [0.12], "fitted": [True]}).to_csv(old, index=False)
+    pd.DataFrame({"shift": [0.03], "consistent": [False]}).to_csv(consistency, index=False)
+    assert failed_checks(qc, level, [consistency]) == ["blur_sigma_vox", "blur_z_factor", CONTACTS, SELF_CONSISTENCY]
+    assert failed_checks(qc, old) == ["blur_sigma_vox", "blur_z_factor"]
+    pd.DataFrame({"shift": [0.001], "consistent": [True]}).to_csv(consistency, index=False)
+    pd.DataFrame({"check": ["void_fraction"], "value": [0.4], "bound": [0.001], "bound_type": ["min"],
+                  "passed": [True], "requirement": [""]}).to_csv(qc, index=False)
+    pd.DataFrame({"level": [0.12], "fitted": [True], "ambiguous": [False]}).to_csv(level, index=False)
+    assert failed_checks(qc, level, [consistency]) == []
+
+
+def test_the_statistics_name_the_cells_that_went_on_past_a_failed_check():
+    """Two samples of cell a (one failed two checks, the other none), one of b that failed one, c clean:
+    ``checks_failed`` names each failing sample with its checks, "" for c; the note names a and b only."""
+    from detachment.stats import by_cell, failed_cells_note, with_failed_checks
+
+    particles = pd.DataFrame({"cell": ["a", "a", "b", "c"], "c_rate": ["1C", "1C", "C/10", "C/10"],
+                              "detachment": [0.4, 0.5, 0.2, 0.1]})
+    failed = {"a_top": ["blur_sigma_vox", "contacts"], "a_bottom": [], "b_1": ["self_consistency"], "c_1": []}
+    cells = with_failed_checks(by_cell(particles), failed, {"a_top": "a", "a_bottom": "a", "b_1": "b", "c_1": "c"})
+    assert cells.set_index("cell").checks_failed.to_dict() == {
+        "a": "a_top: blur_sigma_vox, contacts", "b": "b_1: self_consistency", "c": ""}
+    note = failed_cells_note(cells)
+    assert note.startswith("2 of 3 cells went on although checks failed")
+    assert "a (a_top: blur_sigma_vox, contacts); b (b_1: self_consistency)" in note and "c (" not in note
+    assert failed_cells_note(cells[cells.cell == "c"]) == ""
+
+
 def test_a_cells_undecided_share_is_the_mean_over_the_particles_it_summarises():
     """Written out: cell a's two particles with a detachment (the third has none, as ``by_cell`` leaves it
     out), cell b's one share (its NaN skipped), cell c none; a table without the column gives NaN."""

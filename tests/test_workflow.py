@@ -524,7 +524,8 @@ def test_an_ambiguous_contact_reading_stops_naming_the_sample_or_is_flagged(fini
     """The tiny run with science.contact_max_ambiguity 0 (any disagreement of the two contact readings is
     too much): contact_level stops, naming the sample and keeping its figure beside the log; told to warn it
     goes on, contact_level.csv says the reading was ambiguous and the robustness metric reads it; it records
-    the edge width the reading followed and whether that warns."""
+    the edge width the reading followed and whether that warns; the statistics' table and log name each cell
+    that went on so."""
     from detachment.contact_level import edge_width_from_map
     from detachment.plausibility import MAX_CHECKED_EDGE_WIDTH
     from detachment.robustness import contact_reading_plausible
@@ -554,3 +555,14 @@ def test_an_ambiguous_contact_reading_stops_naming_the_sample_or_is_flagged(fini
     width = edge_width_from_map(work / "results/cell_1C/phases.h5", work / "results/cell_1C/phase_qc.csv")
     assert np.isfinite(width) and level.edge_width.iloc[0] == pytest.approx(width)
     assert bool(level.edges_wide.iloc[0]) == (width > MAX_CHECKED_EDGE_WIDTH)
+    # the statistics name each cell that went on past it, with the sample and the check
+    r = run_snakemake(work, "results/statistics/detachment_by_cell.csv")
+    assert r.returncode == 0, r.stderr[-2000:]
+    cells = pd.read_csv(work / "results/statistics/detachment_by_cell.csv", keep_default_na=False).set_index("cell")
+    sheet = pd.read_csv(work / "samples.tsv", sep="\t")
+    ambiguous = {s: bool(pd.read_csv(work / f"results/{s}/contact_level.csv").ambiguous.iloc[0]) for s in sheet["sample"]}
+    assert ambiguous["cell_1C"]
+    log = (work / "logs" / "statistics.log").read_text()
+    for sample, cell in zip(sheet["sample"], sheet["cell"]):
+        assert (f"{sample}: contacts" in cells.checks_failed[cell]) == ambiguous[sample], (sample, cells.checks_failed)
+        assert (f"{cell} ({sample}: contacts" in log) == ambiguous[sample]

@@ -208,6 +208,31 @@ def uncertain_cells_note(cells: pd.DataFrame, cell: str = "cell") -> str:
             f"between cells smaller than that is not measured (detachment_by_cell.csv)")
 
 
+def with_failed_checks(cells: pd.DataFrame, failed: dict, sample_cells: dict, cell: str = "cell") -> pd.DataFrame:
+    """Add ``checks_failed`` to :func:`by_cell`'s table: per cell, ``"sample: check, check"`` for each of its
+    samples with a failed check (``failed``: sample -> :func:`detachment.checks_record.failed_checks`), joined
+    by ``"; "``; ``""`` where every check passed. A cell so named went on only because the run was told to
+    warn (``sample_cells``: sample -> its cell; ``cell``: the cell column)."""
+    per_cell: dict = {}
+    for sample, c in sample_cells.items():
+        if failed.get(sample):
+            per_cell.setdefault(c, []).append(f"{sample}: {', '.join(failed[sample])}")
+    out = cells.copy()
+    out["checks_failed"] = ["; ".join(per_cell.get(c, [])) for c in out[cell]]
+    return out
+
+
+def failed_cells_note(cells: pd.DataFrame, cell: str = "cell") -> str:
+    """A sentence naming the cells of :func:`with_failed_checks`' table whose samples failed a check and
+    went on (the run told to warn), with the checks; "" where none did."""
+    named = [f"{row[cell]} ({row['checks_failed']})" for row in cells.to_dict("records") if row.get("checks_failed")]
+    if not named:
+        return ""
+    return (f"{len(named)} of {len(cells)} cells went on although checks failed, because the run was told to "
+            f"warn: {'; '.join(named)}; their detachment is not a measurement these checks stand behind, so "
+            f"leave them out of comparisons or say so (detachment_by_cell.csv checks_failed)")
+
+
 def _with_per_cell(cells: pd.DataFrame, cell: str, column: str, values: dict, sample_cells: dict, reduce
                    ) -> pd.DataFrame:
     """``cells`` with ``column``: per cell, ``reduce`` (``min`` or ``max``) of its samples' finite ``values``

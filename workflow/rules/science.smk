@@ -198,6 +198,7 @@ rule statistics:
         fwhm=expand(rules.threshold_phases.output.fwhm, sample=SAMPLES.index),
         contact_level=expand(rules.contact_level.output.table, sample=SAMPLES.index),
         self_consistency=self_consistency_tables(SAMPLES.index),
+        qc=expand(rules.threshold_phases.output.qc, sample=SAMPLES.index),
     output:
         all_particles="results/statistics/particles_all.csv",
         by_rate="results/statistics/detachment_by_c_rate.csv",

@@ -5,6 +5,7 @@ import logging
 import pandas as pd
 
 from detachment import io, plots, stats
+from detachment.checks_record import failed_checks
 from detachment.logs import log_to
 
 log_to(snakemake.log[0])
@@ -22,8 +23,13 @@ cells = stats.with_reading_uncertainty(cells, spreads, dict(zip(p.samples, p.cel
 cells = stats.with_undecided_share(cells, used)
 cells = stats.with_least_separation(cells, separations, dict(zip(p.samples, p.cells)))
 cells = stats.with_widest_edges(cells, widths, dict(zip(p.samples, p.cells)))
-if note := stats.uncertain_cells_note(cells):
-    logging.getLogger(__name__).warning(note)
+consistency = dict(zip(p.samples, snakemake.input.self_consistency)) if snakemake.input.self_consistency else {}
+failed = {s: failed_checks(qc, level, [consistency[s]] if s in consistency else [])
+          for s, qc, level in zip(p.samples, snakemake.input.qc, snakemake.input.contact_level)}
+cells = stats.with_failed_checks(cells, failed, dict(zip(p.samples, p.cells)))
+for note in (stats.failed_cells_note(cells), stats.uncertain_cells_note(cells)):
+    if note:
+        logging.getLogger(__name__).warning(note)
 by_rate = stats.by_group(used, "c_rate", "detachment", seed=p.seed)
 if len(by_rate):  # particle-level columns, then the cell-level test beside them
     by_rate = by_rate.merge(stats.cell_level_test(cells, "c_rate"), on="c_rate", how="left")
