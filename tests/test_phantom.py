@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import ndimage, stats
 
@@ -207,6 +208,36 @@ def test_presets_span_the_family_of_real_tomograms(default_config):
     lo, hi = span(lambda p: p.blur_z_factor)
     assert lo <= 0.5 and hi >= 2
     assert any(p.blur_z_factor == 1 for p in ps.values())
+    # ring artefacts a quarter of the electrolyte-CBD step strong
+    assert any(p.ring_amplitude >= 0.25 * (p.intensity["cbd"] - p.intensity["void"]) for p in ps.values())
+
+
+def test_ring_artefacts_are_rings_about_the_slices_centre_added_to_their_twin_without(default_config):
+    """The ``rings`` preset against the same seed without rings: the same phases, labels and truth; the grey
+    levels differ by the same offset in every slice, a function of the radius from the slices' centre alone
+    (read here in bins of a hundredth of a voxel), reaching 0.3-1 of the amplitude times the few rings that overlap,
+    with both signs; bad ring parameters are refused naming the field."""
+    from dataclasses import replace
+
+    rings = _preset(default_config, "rings")
+    plain = replace(rings, ring_amplitude=0.0)
+    a, b = generate_phantom(rings, 3), generate_phantom(plain, 3)
+    assert (a.phases == b.phases).all() and (a.labels == b.labels).all()
+    pd.testing.assert_frame_equal(a.table, b.table)
+    d = (a.volume - b.volume).astype(np.float64)
+    assert np.abs(d - d[:1]).max() < 1e-6
+    Y, X = d.shape[1:]
+    yy, xx = np.mgrid[0:Y, 0:X]
+    r = np.hypot(yy - (Y - 1) / 2, xx - (X - 1) / 2)
+    bins = np.round(r * 100).astype(int).ravel()
+    flat = d[0].ravel()
+    means = np.bincount(bins, flat) / np.maximum(np.bincount(bins), 1)
+    assert np.abs(flat - means[bins]).max() < 0.02 * rings.ring_amplitude
+    assert 0.3 * rings.ring_amplitude <= np.abs(d).max() <= 3 * rings.ring_amplitude
+    assert d.min() < -0.1 * rings.ring_amplitude and d.max() > 0.1 * rings.ring_amplitude
+    for bad in ({"ring_amplitude": -0.1}, {"ring_count": 0}, {"ring_count": 2.5}, {"ring_width_vox": 0.0}):
+        with pytest.raises(ValueError, match=f"phantom.{next(iter(bad))}"):
+            PhantomParams.from_dict(bad)
 
 
 def test_sparse_and_crowded_presets_span_the_electrolyte_fraction_and_touching(default_config):

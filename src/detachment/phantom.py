@@ -127,6 +127,16 @@ class PhantomParams:
         ``1 / (1 + (2π ℓ f)²)`` in Fourier space (its kernel ``exp(-r / ℓ) / r`` reaches much further than
         a Gaussian's): the fringes a propagation-based reconstruction leaves where its δ/β is set below the
         sample's.
+    ring_amplitude : float
+        Ring artefacts of the reconstruction (a detector pixel that answers a little too high or too low
+        gives, in every slice, a ring about the rotation axis, here z through the slices' centre): the
+        largest offset (grey levels) of ``ring_count`` rings at radii drawn uniformly out to the slice's
+        corner, each of a random sign and 0.3-1 of this amplitude, added after the noise (they are not
+        blurred by the object's point spread). 0 = none.
+    ring_count : int
+        Number of rings (1-200).
+    ring_width_vox : float
+        Each ring's radial FWHM, voxels.
     supersample : int
         Sub-voxels per voxel edge (1-4) the geometry is drawn on. Above 1, each voxel's noise-free grey
         level is the mean over its sub-voxels (partial volume: surfaces cut voxels anywhere, not only
@@ -180,6 +190,9 @@ class PhantomParams:
     halo_amplitude: float = 0.0
     halo_sigma_vox: float = 2.0
     halo_shape: str = "gaussian"
+    ring_amplitude: float = 0.0
+    ring_count: int = 16
+    ring_width_vox: float = 1.5
     supersample: int = 1
     # co-registered Ni valence map (Supp. Fig. 7); None = no map. Not used by generate_phantom: see valence_map
     valence_density_correlation: float | None = None
@@ -274,6 +287,12 @@ class PhantomParams:
                 "a halo amplitude in [0, 2] and a positive reach in voxels")
         if self.halo_shape not in HALO_SHAPES:
             bad("halo_shape", f"one of {', '.join(HALO_SHAPES)}")
+        if not 0 <= self.ring_amplitude <= 1:
+            bad("ring_amplitude", "the rings' largest grey-level offset, in [0, 1]")
+        if isinstance(self.ring_count, bool) or not isinstance(self.ring_count, int) or not 1 <= self.ring_count <= 200:
+            bad("ring_count", "an integer number of rings in [1, 200]")
+        if not self.ring_width_vox > 0:
+            bad("ring_width_vox", "a positive ring width (FWHM) in voxels")
         self._validate_collector(bad)
 
     def _validate_collector(self, bad) -> None:
@@ -709,8 +728,26 @@ def render_intensity(phases: np.ndarray, p: PhantomParams, rng, density: np.ndar
     inplane = _smooth_field(rng, (Y, X), max(Y, X) / 4)
     inplane /= max(np.abs(inplane).max(), 1e-6) * 2
     vol += p.drift_amplitude * (0.6 * zz + 0.4 * inplane[None])
+    if p.ring_amplitude > 0:  # drawn last: every other grey level is the twin's without rings
+        vol += ring_artefacts((Y, X), p, rng)[None]
     planted = {PHASE_NAMES[c]: float(np.sqrt(tex_sigma[c] ** 2 + sn**2) * FWHM_PER_SIGMA) for c in range(5)}
     return vol.astype(np.float32), planted
+
+
+def ring_artefacts(shape_yx: tuple[int, int], p: PhantomParams, rng) -> np.ndarray:
+    """(y, x) float32 grey-level offsets of :attr:`PhantomParams.ring_amplitude`'s rings, the same in every
+    slice: Gaussian in the radius from the slices' centre (FWHM ``ring_width_vox``), at radii drawn uniformly
+    out to the corner, each ± 0.3-1 of the amplitude."""
+    Y, X = shape_yx
+    yy, xx = np.mgrid[0:Y, 0:X].astype(np.float32)
+    r = np.hypot(yy - (Y - 1) / 2, xx - (X - 1) / 2)
+    radii = rng.uniform(1.0, float(r.max()), p.ring_count)
+    heights = p.ring_amplitude * rng.uniform(0.3, 1.0, p.ring_count) * rng.choice([-1.0, 1.0], p.ring_count)
+    sd = p.ring_width_vox / FWHM_PER_SIGMA
+    out = np.zeros((Y, X), np.float32)
+    for radius, height in zip(radii, heights):
+        out += np.float32(height) * np.exp(-0.5 * ((r - radius) / sd) ** 2)
+    return out
 
 
 def truth_table(labels: np.ndarray, phases: np.ndarray, parts: list[Particle], voxel_size_um,

@@ -5,7 +5,7 @@ configured phantom defaults (``default`` overrides nothing); :func:`preset_param
 Together they span two grey-level contrasts (phase means), NMC FWHM 0.07-0.147, noise σ 0.023-0.045, electrolyte 30-80 % of the volume (with empty space above the
 electrode), particle diameters 12-40 voxels, 15-90 % of placements touching, detachment gaps 1-4
 voxels, CBD coats 0-2 voxels (bare porous-CBD contacts as well as coated ones), cracks 1-3 voxels,
-blur σ 0.3-1.5 voxel (up to twice as wide along z) and collectors 3-12 voxels thick, flat or tilted 2°, surfaces on the voxel faces or cutting voxels
+blur σ 0.3-1.5 voxel (up to twice as wide along z), ring artefacts and collectors 3-12 voxels thick, flat or tilted 2°, surfaces on the voxel faces or cutting voxels
 anywhere (partial volume). Most presets change one property so a failure can be traced to it;
 ``paper_like`` combines several.
 """
@@ -111,6 +111,9 @@ PRESETS: dict[str, dict] = {
     # and 0.8 times the blur along z
     "thin_gaps_sharp_z": {**THIN_GAPS, "blur_z_factor": 0.7},
     "thin_gaps_sharp_z_mild": {**THIN_GAPS, "blur_z_factor": 0.8},
+    # ring artefacts left in by the reconstruction: 16 rings about the rotation axis (z through the slices'
+    # centre), each up to 0.08 (a quarter of the electrolyte-CBD step), 1.5 voxels wide, in every slice
+    "rings": {"ring_amplitude": 0.08},
 }
 
 
