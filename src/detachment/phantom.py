@@ -280,6 +280,11 @@ class PhantomParams:
             bad("supersample", "an integer number of sub-voxels per voxel edge in [1, 4]")
         if not 0 < self.valence_std <= 1:
             bad("valence_std", "a standard deviation in (0, 1] (valence units)")
+        self._validate_imaging(bad)
+        self._validate_collector(bad)
+
+    def _validate_imaging(self, bad) -> None:
+        """The z blur factor, the halo and the ring artefacts."""
         if not 0.25 <= self.blur_z_factor <= 4:
             bad("blur_z_factor", "the point spread's σ along z over its σ within the slices, in [0.25, 4]")
         if not (0 <= self.halo_amplitude <= 2 and self.halo_sigma_vox > 0):
@@ -293,7 +298,6 @@ class PhantomParams:
             bad("ring_count", "an integer number of rings in [1, 200]")
         if not self.ring_width_vox > 0:
             bad("ring_width_vox", "a positive ring width (FWHM) in voxels")
-        self._validate_collector(bad)
 
     def _validate_collector(self, bad) -> None:
         """The tilt, and z deep enough for the collector's highest point, the largest particle and 2 voxels."""
