@@ -119,6 +119,28 @@ def test_a_newer_contact_level_reruns_the_particles_read_on_it(finished_run, tmp
     assert not {"make_phantom", "import_volume", "threshold_phases"} & _jobs(r)
 
 
+def test_bad_input_a_sheet_without_labels_refuses_the_cnn_before_any_job_and_keeps_the_earlier_splits(
+        finished_run, tmp_path):
+    """The finished run's sheet with its labels removed and no model.checkpoint: asking for slices the
+    Mask R-CNN would segment stops while the DAG is built, naming the sheet and the ways out; the earlier
+    run's splits in results/annotations/ are still there, unchanged (a job started without inputs would
+    fail and remove them, and the next run would retrain the model); thresholding alone still runs."""
+    work = tmp_path / "copy"
+    shutil.copytree(finished_run, work, symlinks=True)
+    sheet = pd.read_csv(work / "samples.tsv", sep="\t", dtype=str, keep_default_na=False)
+    sheet["labels"] = ""
+    sheet.to_csv(work / "samples.tsv", sep="\t", index=False)
+    splits = sorted((work / "results" / "annotations").glob("*"))
+    before = {f.name: (f.stat().st_mtime, f.stat().st_size) for f in splits}
+    r = run_snakemake(work, "--forcerun", "infer_slab", "--", "results/unseen_1C/cnn/slices.h5")
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "samples.tsv: no sample has label slices" in out and "model.checkpoint" in out, out[-2000:]
+    assert {f.name: (f.stat().st_mtime, f.stat().st_size) for f in splits} == before and before
+    r = run_snakemake(work, "-n", "results/unseen_1C/phases.h5")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+
+
 def _config_error(tmp_path, mutate) -> str:
     work = write_tiny_workdir(tmp_path / "bad")
     cfg = yaml.safe_load((work / "config.yaml").read_text())

@@ -4,7 +4,7 @@
 
 rule annotations:
     input:
-        volumes=expand("results/{sample}/volume.h5", sample=LABELLED_SAMPLES),
+        volumes=labelled_volumes,
         labels=[label_file(s) for s in LABELLED_SAMPLES],
     output:
         train="results/annotations/train.h5",

@@ -308,6 +308,19 @@ if not LABELLED_SAMPLES and MODEL_MODE == "none":
     )
 
 
+def labelled_volumes(wildcards):
+    """The labelled samples' volumes (rule annotations). Without any, a target that needs the Mask R-CNN is
+    refused here, while the DAG is built: a job started without inputs would fail and, failing, remove the
+    splits an earlier run wrote in results/annotations/ (and so retrain its model on the next run)."""
+    if not LABELLED_SAMPLES:
+        raise ValueError(
+            f"{config['samples']}: no sample has label slices (column 'labels'; 'truth' for a phantom), so the "
+            "Mask R-CNN cannot be trained and the outputs asked for, which need it, cannot be made; add "
+            "labelled samples or name a trained model in model.checkpoint"
+        )
+    return expand("results/{sample}/volume.h5", sample=LABELLED_SAMPLES)
+
+
 def model_settings():
     """The `model` section as the architecture (ModelSettings): without checkpoint and fine-tuning keys, so
     that these leave a from-scratch training's parameters as they are."""
