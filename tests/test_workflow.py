@@ -30,6 +30,9 @@ def _jobs(proc) -> set[str]:
 
 
 def test_outputs_follow_the_contract(finished_run):
+    from detachment.rings import measure_file
+    from detachment.shading import contrast_from_fwhm
+
     for sample in ("cell_1C", "cell_C10"):
         d = finished_run / "results" / sample
         with h5py.File(d / "volume.h5") as f:
@@ -49,6 +52,11 @@ def test_outputs_follow_the_contract(finished_run):
         hist = pd.read_csv(d / "histogram.csv")
         assert hist["count"].sum() == truth.size
         assert (d / "fig1_phases.png").read_bytes()[:4] == b"\x89PNG"
+        # the ring check ran on the volume, as the library reads it, and passed on the ring-free phantom
+        qc = pd.read_csv(d / "phase_qc.csv").set_index("check")
+        ring = measure_file(d / "volume.h5", contrast_from_fwhm(fwhm))
+        assert qc.value["ring_ratio"] == pytest.approx(ring.ratio) and bool(qc.passed["ring_ratio"])
+        assert ring.ratio < 0.5 * qc.bound["ring_ratio"]
         # the reading finds itself again on its own map, rendered at the σ the map was refined with
         check = pd.read_csv(d / "self_consistency.csv").iloc[0]
         with h5py.File(d / "phases.h5") as f:

@@ -1,6 +1,7 @@
 """Every plausibility check of a phase map as the thresholding wrote it: the counts and the phase model's checks
 (:mod:`detachment.plausibility`) with the two measures read on the map and the volume it was read from, the
-edge halo (:mod:`detachment.edge_halo`) and the z blur (:mod:`detachment.z_blur`). One function, so that the
+edge halo (:mod:`detachment.edge_halo`), the z blur (:mod:`detachment.z_blur`) and the ring artefacts
+(:mod:`detachment.rings`). One function, so that the
 workflow's threshold step, the self-consistency reading and the benchmarks check a map the same way."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import edge_halo, plausibility, z_blur
+from . import edge_halo, plausibility, rings, z_blur
 
 
 @dataclass
@@ -25,11 +26,14 @@ class MapChecks:
         The electrolyte beside the particles against the open electrolyte.
     steps : detachment.z_blur.ZBlur
         The step widths along z and within the slices.
+    ring : detachment.rings.Rings, optional
+        The ring artefacts read on the volume.
     """
 
     table: pd.DataFrame
     halo: edge_halo.EdgeHalo
     steps: z_blur.ZBlur
+    ring: rings.Rings | None = None
 
 
 def check_map_files(result, shade, phases_path, volume_path) -> MapChecks:
@@ -48,7 +52,10 @@ def check_map_files(result, shade, phases_path, volume_path) -> MapChecks:
     -------
     MapChecks
     """
+    from . import shading
+
     halo = edge_halo.measure_map(phases_path, volume_path, result.fwhm)
+    ring = rings.measure_file(volume_path, shading.contrast_from_fwhm(result.fwhm))
     steps = z_blur.measure_files(phases_path, volume_path)
     # where the forward model followed a z blur apart from the slices', the point spread along z is checked rather
     # than the steps' ratio, which bounds a z blur it would not follow: the flat edges' σ (within the slices)
@@ -58,5 +65,5 @@ def check_map_files(result, shade, phases_path, volume_path) -> MapChecks:
     table = plausibility.check_phase_map(plausibility.PhaseCounts(result.counts_per_slice), result.fwhm,
                                          result.blur_sigma_vox, result.tilted_collector_top, shade.ratio,
                                          halo.undershoot, steps.ratio, steps.reading, z_sigma,
-                                         z_factor if z_sigma is not None else None)
-    return MapChecks(table, halo, steps)
+                                         z_factor if z_sigma is not None else None, ring.ratio)
+    return MapChecks(table, halo, steps, ring)

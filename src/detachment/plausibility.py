@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 #: between the strongest halo under which one-voxel gaps and coats still read within the goals and the mildest
 #: under which they do not; the presets without a halo read far below it (docs/results.md).
 EDGE_UNDERSHOOT_BOUND = 0.05
+#: Largest ``ring_ratio`` (:attr:`detachment.rings.Rings.ratio`): chosen on the tuning cells between the
+#: strongest ring artefacts under which the contacts still read within the goals and the mildest under which
+#: they do not; the presets without rings read far below it (docs/results.md).
+RING_RATIO_BOUND = 0.09
 #: Largest ``blur_z_ratio`` (:attr:`detachment.z_blur.ZBlur.ratio`): chosen on the tuning cells below every
 #: ratio of one-voxel gaps and coats under the least z blur at which one of them read outside the goals (1.15
 #: times the slices'), above those of the cells that read them well under 1.05 times and 0.07 above the
@@ -88,6 +92,11 @@ MAX_BOUNDS = {
                         "sharpening filter) darkens it, and a CBD coat under the dark rim reads as a gap. Read "
                         "after the halo fitted is taken out, where threshold.remove_halo took it out. The "
                         "bound: docs/results.md"),
+    "ring_ratio": (RING_RATIO_BOUND, "ring artefacts of the reconstruction (rings about z through the slices' "
+                   "centre, the same in every slice) are at most this share of the CBD - electrolyte contrast (the "
+                   "root mean square of the radial profile the volume's two halves along z share; detachment.rings): "
+                   "beyond it a ring across a gap or a coat shifts its grey level by more than the contact "
+                   "reading tells gap from CBD. The bound: docs/results.md"),
     "blur_z_ratio": (BLUR_Z_RATIO_BOUND, "a step along z is at most this many times as wide as within the slices "
                      "(the NMC / background edges the map's surface crosses nearly square, or every edge where "
                      "those are too few, under its own bounds; detachment.z_blur): the blur check and the forward "
@@ -180,7 +189,7 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
                     tilted_collector_top: int | None = None, shading_ratio: float | None = None,
                     edge_undershoot: float | None = None, blur_z_ratio: float | None = None,
                     blur_z_reading: str = SQUARE, blur_z_sigma_vox: float | None = None,
-                    blur_z_factor: float | None = None) -> pd.DataFrame:
+                    blur_z_factor: float | None = None, ring_ratio: float | None = None) -> pd.DataFrame:
     """Every check of :data:`BOUNDS` and :data:`MAX_BOUNDS` on a phase map's counts, table and blur. The collector
     slab is the run of slices from z = 0 in which Al makes up more than half the slice, or for a tilted collector
     the slices below ``tilted_collector_top``.
@@ -200,13 +209,9 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
         Where the thresholding found the collector tilted, the highest first slice above it over the
         columns (:attr:`detachment.threshold.ThresholdResult.tilted_collector_top`): a tilted slab holds Al
         above its mostly-Al slices.
-    shading_ratio : float, optional
-        How far the electrolyte's grey level wanders across the volume, over the CBD - electrolyte contrast
-        (:attr:`detachment.shading.Shading.ratio`); without it, or NaN (too little electrolyte, CBD not
-        resolved), ``shading_ratio`` is left out.
-    edge_undershoot : float, optional
-        How far the electrolyte beside the particles reads below the open electrolyte, over the NMC -
-        electrolyte contrast (:attr:`detachment.edge_halo.EdgeHalo.undershoot`); without it, or NaN, left out.
+    shading_ratio, edge_undershoot : float, optional
+        :attr:`detachment.shading.Shading.ratio` and :attr:`detachment.edge_halo.EdgeHalo.undershoot`; each
+        left out without it, or NaN (too little electrolyte, CBD not resolved, ...).
     blur_z_ratio : float, optional
         A step's width along z over its width within the slices (:attr:`detachment.z_blur.ZBlur.ratio`); without
         it, or NaN, left out.
@@ -215,6 +220,8 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
     blur_z_sigma_vox, blur_z_factor : float, optional
         Where the forward model followed a z factor other than 1: ``blur_sigma_vox`` times it, and the factor.
         Given (finite), they are checked in place of ``blur_z_ratio``, which bounds a z blur it would not follow.
+    ring_ratio : float, optional
+        :attr:`detachment.rings.Rings.ratio`; left out without it, or NaN.
 
     Returns
     -------
@@ -232,7 +239,8 @@ def check_phase_map(counts: PhaseCounts, fwhm: pd.DataFrame | None = None, blur_
                 (("blur_z_ratio", blur_z_ratio, "max", z_max), ("blur_z_ratio_min", blur_z_ratio, "min", z_min)))
     for name, value, kind, bound in (("blur_sigma_vox", blur_sigma_vox, "max", None),
                                      ("shading_ratio", shading_ratio, "max", None),
-                                     ("edge_undershoot", edge_undershoot, "max", None), *z_checks):
+                                     ("edge_undershoot", edge_undershoot, "max", None), *z_checks,
+                                     ("ring_ratio", ring_ratio, "max", None)):
         if value is not None and np.isfinite(value):
             rows.append(_row(name, float(value), kind, bound))
     return pd.DataFrame(rows)
@@ -317,7 +325,7 @@ def _advice(failed: set, figure: str) -> list[str]:
     """What to do about each failed check of :func:`check_phase_map` (``figure``: where the user can look)."""
     advice = []
     if failed - {"blur_sigma_vox", "shading_ratio", "edge_undershoot", "blur_z_ratio", "blur_z_ratio_min",
-                  "blur_z_sigma_vox", "blur_z_factor"}:
+                  "blur_z_sigma_vox", "blur_z_factor", "ring_ratio"}:
         advice.append(f"The histogram probably resolves fewer peaks than phases and the classes are shifted (e.g. "
                       f"CBD read as Al, the collector as NMC), or the volume holds no collector at z = 0. Look at "
                       f"{figure}; check the volume's orientation (the collector must be at z = 0 after import: the "
@@ -360,6 +368,11 @@ def _advice(failed: set, figure: str) -> list[str]:
                       "spread within the slices as isotropic and would blur the contacts under and over the "
                       "particles more than the data are. Resample to an isotropic resolution, or blur along z to "
                       "match the slices before import.")
+    if "ring_ratio" in failed:
+        advice.append("The reconstruction holds ring artefacts (detector pixels that answer too high or too low), "
+                      "strong enough to shift the grey levels of gaps and coats they cross. Remove them in the "
+                      "reconstruction (a ring or stripe filter on the sinograms, or flat fields taken closer to "
+                      "the scan) and import the volume again.")
     return advice
 
 

@@ -114,6 +114,9 @@ PRESETS: dict[str, dict] = {
     # ring artefacts left in by the reconstruction: 16 rings about the rotation axis (z through the slices'
     # centre), each up to 0.08 (a quarter of the electrolyte-CBD step), 1.5 voxels wide, in every slice
     "rings": {"ring_amplitude": 0.08},
+    # tuning presets between which the ring check's bound lies: rings half as strong again and twice as strong
+    "rings_medium": {"ring_amplitude": 0.12},
+    "rings_strong": {"ring_amplitude": 0.16},
 }
 
 

@@ -38,6 +38,10 @@ logging.getLogger("threshold_phases").info(
     steps.width_z, steps.edges_z, steps.width_yx, steps.edges_yx, steps.ratio,
     f" (too few edges along z, or steps within the slices no wider than {z_blur.MIN_WIDTH_YX} voxel, too sharp "
     "to fit: the z blur is not checked)" if math.isnan(steps.ratio) else "")
+logging.getLogger("threshold_phases").info(
+    "ring artefacts about the slices' centre: %.4f grey levels shared by the two halves along z (profiles "
+    "correlated r %.2f), %.3f of the CBD - electrolyte contrast", checked.ring.rms, checked.ring.correlation,
+    checked.ring.ratio)
 z = result.most_solid_slice
 phase_slice = io.read_region(snakemake.output.phases, "phases", z)
 shape, voxel = io.read_volume_info(snakemake.input.volume)
