@@ -344,7 +344,8 @@ class Plan:
             return [{"script": "statistics.py", "log": self.log(step),
                      "input": {"particles": two, "diffusion": [s(self.diffusion)] * 2,
                                "histograms": [s(r / "histogram.csv")] * 2, "fwhm": [s(r / "phase_fwhm.csv")] * 2,
-                               "contact_level": [s(self.contact)] * 2},
+                               "contact_level": [s(self.contact)] * 2, "qc": [s(r / "phase_qc.csv")] * 2,
+                               "self_consistency": []},  # the paper-scale run does not read it again
                      "output": {k: s(st / v) for k, v in (
                          ("all_particles", "particles_all.csv"), ("by_rate", "detachment_by_c_rate.csv"),
                          ("by_cell", "detachment_by_cell.csv"), ("by_size", "detachment_by_size.csv"),
