@@ -100,9 +100,9 @@ def measure(volume: np.ndarray, contrast: float) -> Rings:
 
 def _median_slice(volume, z0: int, z1: int) -> np.ndarray:
     """Median (float64) over at most :data:`MAX_SLICES` slices spread evenly over ``z0:z1`` (memory: that
-    many slices)."""
+    many float32 slices, 134 MB at 1024 x 1024)."""
     zs = np.unique(np.linspace(z0, z1 - 1, min(MAX_SLICES, z1 - z0)).round().astype(int))
-    return np.median(np.stack([np.asarray(volume[int(z)], np.float64) for z in zs]), axis=0)
+    return np.median(np.stack([np.asarray(volume[int(z)], np.float32) for z in zs]), axis=0).astype(np.float64)
 
 
 def measure_file(volume_path, contrast: float) -> Rings:
