@@ -49,11 +49,12 @@ def test_the_profile_both_halves_share_reads_the_planted_rings_and_not_the_parti
 
 def test_white_noise_shares_no_rings_and_a_contrast_of_zero_gives_no_ratio():
     """Independent noise in the two halves: the shared profile's mean square is about zero (its root below
-    0.002, where the noise's own profile is ten times that); no contrast, no ratio."""
+    0.002, where the noise's own profile is ten times that); no contrast, no ratio; one slice, no reading."""
     noise = np.random.default_rng(2).normal(0.0, 0.05, (40, 128, 128)).astype(np.float32)
     got = measure(noise, 0.3)
     assert got.rms < 0.002 and abs(got.correlation) < 0.3
     assert np.isnan(measure(noise, 0.0).ratio)
+    assert np.isnan(measure(noise[:1], 0.3).rms)  # one slice: no two halves to compare
 
 
 def test_rings_beyond_the_bound_stop_the_map_naming_the_check_and_the_way_out():

@@ -23,9 +23,9 @@ def failed_checks(qc_path, contact_level_path, self_consistency_paths=()) -> lis
         ``passed`` is false gives its ``check``.
     contact_level_path : str or os.PathLike
         Its ``contact_level.csv``: ``ambiguous`` true gives :data:`CONTACTS` (a file without the column:
-        not checked).
+        not checked); read as the validation reads it (:func:`detachment.robustness.contact_reading_plausible`).
     self_consistency_paths : sequence of str or os.PathLike, default ()
-        Its ``self_consistency.csv``, or nothing where the check was skipped: ``consistent`` false gives
+        Its ``self_consistency.csv`` (one), or nothing where the check was skipped: ``consistent`` false gives
         :data:`SELF_CONSISTENCY`.
 
     Returns
@@ -33,12 +33,12 @@ def failed_checks(qc_path, contact_level_path, self_consistency_paths=()) -> lis
     list of str
         Empty where every check that ran passed.
     """
+    from .robustness import contact_reading_plausible, self_consistency_metrics
+
     qc = pd.read_csv(qc_path)
     out = [str(c) for c in qc.loc[~qc.passed.astype(bool), "check"]]
-    level = pd.read_csv(contact_level_path)
-    if "ambiguous" in level.columns and bool(level.ambiguous.iloc[0]):
+    if contact_reading_plausible(contact_level_path) == 0.0:  # NaN: written before the check existed
         out.append(CONTACTS)
-    for path in self_consistency_paths:
-        if not bool(pd.read_csv(path).consistent.iloc[0]):
-            out.append(SELF_CONSISTENCY)
+    if self_consistency_metrics(list(self_consistency_paths))["contact_reading_self_consistent"] == 0.0:
+        out.append(SELF_CONSISTENCY)
     return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from . import edge_halo, plausibility, rings, z_blur
+from . import edge_halo, plausibility, rings, shading, z_blur
 
 
 @dataclass
@@ -52,8 +52,6 @@ def check_map_files(result, shade, phases_path, volume_path) -> MapChecks:
     -------
     MapChecks
     """
-    from . import shading
-
     halo = edge_halo.measure_map(phases_path, volume_path, result.fwhm)
     ring = rings.measure_file(volume_path, shading.contrast_from_fwhm(result.fwhm))
     steps = z_blur.measure_files(phases_path, volume_path)

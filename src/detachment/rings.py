@@ -75,7 +75,8 @@ def radial_profile(image: np.ndarray, step: float = BIN_VOX) -> tuple[np.ndarray
 
 
 def measure(volume: np.ndarray, contrast: float) -> Rings:
-    """:class:`Rings` of a (z, y, x) volume: the radial profiles of the median slice of each half along z.
+    """:class:`Rings` of a (z, y, x) volume: the radial profiles of the median slice of each half along z
+    (NaN with fewer than two slices).
 
     The median over the slices, not the mean: a particle that spans many slices moves a mean but not a median,
     and so shares less with the other half.
@@ -88,9 +89,9 @@ def measure(volume: np.ndarray, contrast: float) -> Rings:
         CBD's grey level less the electrolyte's (:func:`detachment.shading.contrast_from_fwhm`).
     """
     Z = volume.shape[0]
-    half = max(Z // 2, 1)
-    medians = [_median_slice(volume, 0, half), _median_slice(volume, half, Z)] if Z > 1 else \
-        [_median_slice(volume, 0, 1)] * 2
+    if Z < 2:  # no two halves to compare
+        return Rings(float("nan"), float("nan"), float(contrast))
+    medians = [_median_slice(volume, 0, Z // 2), _median_slice(volume, Z // 2, Z)]
     (p1, pixels), (p2, _) = (radial_profile(m) for m in medians)
     ok = pixels >= MIN_BIN_PIXELS
     common = float(np.mean(p1[ok] * p2[ok]))
